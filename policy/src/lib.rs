@@ -1,0 +1,20 @@
+//! Covenant's pure policy layer: the manifest schema, the units it speaks in, the default
+//! seccomp profile as data, and the compiler from an authorised request to the
+//! [`SandboxPlan`] that every later step reads.
+//!
+//! Nothing here makes a syscall beyond reading files the caller names (the manifest, and
+//! `canonicalize` on the host paths a request mentions). Everything security-relevant that
+//! can be decided without the kernel is decided here and tested here.
+
+pub mod compile;
+pub mod manifest;
+pub mod plan;
+pub mod seccomp_profile;
+pub mod units;
+
+pub use compile::{compile_plan, CompileError};
+pub use manifest::{Manifest, ManifestError};
+pub use plan::{
+    Authorisation, Degradation, Limits, MountAccess, NetMode, PlanMount, Rlimit, RlimitKind,
+    RootfsSource, SandboxPlan, UserIds,
+};

@@ -1,0 +1,210 @@
+//! The run manifest, schema version 1 (documented in `docs/manifest.md`). A manifest is a
+//! request: it says what the agent wants to run and what it asks for. It grants nothing by
+//! itself; [`crate::compile_plan`] turns an authorised manifest into a plan.
+//!
+//! Unknown keys are refused so that a typo (`memroy = ...`) can never silently drop a limit.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The manifest schema this build reads.
+pub const MANIFEST_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("cannot read manifest {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("manifest {path} is invalid: {message}")]
+    Parse { path: PathBuf, message: String },
+}
+
+/// A CPU count written either as a TOML number (`1.5`) or a string (`"1.5"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum CpusValue {
+    Number(f64),
+    Text(String),
+}
+
+impl CpusValue {
+    pub fn as_text(&self) -> String {
+        match self {
+            Self::Number(n) => format!("{n}"),
+            Self::Text(s) => s.clone(),
+        }
+    }
+}
+
+/// `[limits]`: cgroup limits and the wall-clock timeout.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSpec {
+    pub memory: Option<String>,
+    pub pids: Option<u64>,
+    pub cpus: Option<CpusValue>,
+    pub timeout: Option<String>,
+}
+
+/// One `[rlimits]` entry: a single number sets soft and hard alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RlimitSpec {
+    Both(u64),
+    Split { soft: u64, hard: u64 },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Schema version; must be 1.
+    pub version: Option<u32>,
+    /// The program and its arguments.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// Host directory mounted read-write at `/workspace` (relative to the manifest's folder).
+    pub workspace: Option<PathBuf>,
+    /// Extra host paths visible read-only at the same path.
+    #[serde(default)]
+    pub read: Vec<PathBuf>,
+    /// Extra host paths visible read-write at the same path.
+    #[serde(default)]
+    pub write: Vec<PathBuf>,
+    /// Working directory inside the sandbox.
+    pub cwd: Option<PathBuf>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// `host` (the default).
+    pub rootfs: Option<String>,
+    pub hostname: Option<String>,
+    /// `UID` or `UID:GID` inside the sandbox (default `0:0`, never host root).
+    pub user: Option<String>,
+    /// `none` (default), `loopback` or `host`.
+    pub net: Option<String>,
+    #[serde(default)]
+    pub limits: LimitsSpec,
+    #[serde(default)]
+    pub rlimits: BTreeMap<String, RlimitSpec>,
+    /// Named restrictions the run may go without when the kernel cannot enforce them.
+    #[serde(default)]
+    pub accept_degradations: Vec<String>,
+    /// The folder relative paths are resolved against (the manifest's own folder, or the
+    /// current directory for a request made of flags alone). Not part of the file.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+impl Manifest {
+    /// Reads and parses a manifest file; relative paths in it resolve against its folder.
+    pub fn load(path: &Path) -> Result<Self, ManifestError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ManifestError::Read { path: path.to_path_buf(), source })?;
+        let mut manifest = Self::parse(&text).map_err(|message| ManifestError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        manifest.base_dir = dir.to_path_buf();
+        Ok(manifest)
+    }
+
+    /// Parses manifest text. The error message names the offending key and line.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let manifest: Manifest = toml::from_str(text).map_err(|e| e.to_string())?;
+        match manifest.version {
+            Some(MANIFEST_VERSION) => Ok(manifest),
+            Some(other) => Err(format!(
+                "version: manifest version {other} is not supported (this build reads version {MANIFEST_VERSION})"
+            )),
+            None => Err(format!("version: missing; add `version = {MANIFEST_VERSION}`")),
+        }
+    }
+
+    /// A request made of command-line flags alone.
+    pub fn empty_in(base_dir: PathBuf) -> Self {
+        Self { version: Some(MANIFEST_VERSION), base_dir, ..Self::default() }
+    }
+
+    /// Applies `flags` on top of `self`: every value the flags set replaces the manifest's;
+    /// list values (`read`, `write`, `accept_degradations`) and `env` are added to. Paths
+    /// given as flags resolve against the flags' own base folder, so each is made absolute
+    /// here before the two are merged.
+    pub fn overlay(mut self, flags: Manifest) -> Manifest {
+        let absolute = |p: PathBuf, base: &Path| if p.is_absolute() { p } else { base.join(p) };
+        let fb = flags.base_dir.clone();
+        let mb = self.base_dir.clone();
+        self.workspace = self.workspace.map(|p| absolute(p, &mb));
+        self.read = self.read.into_iter().map(|p| absolute(p, &mb)).collect();
+        self.write = self.write.into_iter().map(|p| absolute(p, &mb)).collect();
+        if !flags.command.is_empty() {
+            self.command = flags.command;
+        }
+        if let Some(ws) = flags.workspace {
+            self.workspace = Some(absolute(ws, &fb));
+        }
+        self.read.extend(flags.read.into_iter().map(|p| absolute(p, &fb)));
+        self.write.extend(flags.write.into_iter().map(|p| absolute(p, &fb)));
+        self.cwd = flags.cwd.or(self.cwd);
+        self.env.extend(flags.env);
+        self.rootfs = flags.rootfs.or(self.rootfs);
+        self.hostname = flags.hostname.or(self.hostname);
+        self.user = flags.user.or(self.user);
+        self.net = flags.net.or(self.net);
+        self.limits.memory = flags.limits.memory.or(self.limits.memory);
+        self.limits.pids = flags.limits.pids.or(self.limits.pids);
+        self.limits.cpus = flags.limits.cpus.or(self.limits.cpus);
+        self.limits.timeout = flags.limits.timeout.or(self.limits.timeout);
+        self.rlimits.extend(flags.rlimits);
+        for d in flags.accept_degradations {
+            if !self.accept_degradations.contains(&d) {
+                self.accept_degradations.push(d);
+            }
+        }
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() {
+        let err = Manifest::parse("version = 1\ncommand = [\"true\"]\n[limits]\nmemroy = \"1G\"\n")
+            .unwrap_err();
+        assert!(err.contains("memroy"), "{err}");
+    }
+
+    #[test]
+    fn version_is_required_and_checked() {
+        assert!(Manifest::parse("command = [\"true\"]").unwrap_err().starts_with("version: missing"));
+        assert!(Manifest::parse("version = 2").unwrap_err().contains("version 2 is not supported"));
+    }
+
+    #[test]
+    fn flags_override_and_extend_the_manifest() {
+        let mut m = Manifest::parse(
+            "version = 1\ncommand = [\"a\"]\nread = [\"data\"]\nnet = \"loopback\"\n[limits]\nmemory = \"1GiB\"\npids = 10\n",
+        )
+        .unwrap();
+        m.base_dir = PathBuf::from("/m");
+        let mut flags = Manifest::empty_in(PathBuf::from("/f"));
+        flags.command = vec!["b".into()];
+        flags.read = vec![PathBuf::from("more")];
+        flags.limits.memory = Some("256MiB".into());
+        let merged = m.overlay(flags);
+        assert_eq!(merged.command, vec!["b"]);
+        assert_eq!(merged.read, vec![PathBuf::from("/m/data"), PathBuf::from("/f/more")]);
+        assert_eq!(merged.net.as_deref(), Some("loopback"));
+        assert_eq!(merged.limits.memory.as_deref(), Some("256MiB"));
+        assert_eq!(merged.limits.pids, Some(10));
+    }
+
+    #[test]
+    fn cpus_may_be_a_number_or_a_string() {
+        let m = Manifest::parse("version = 1\n[limits]\ncpus = 1.5\n").unwrap();
+        assert_eq!(m.limits.cpus.unwrap().as_text(), "1.5");
+        let m = Manifest::parse("version = 1\n[limits]\ncpus = \"0.5\"\n").unwrap();
+        assert_eq!(m.limits.cpus.unwrap().as_text(), "0.5");
+    }
+}

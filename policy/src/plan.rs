@@ -1,0 +1,253 @@
+//! The `SandboxPlan`: plain data, the single input of every step after authorisation.
+//! It names host paths and concrete limits; nothing downstream re-reads the manifest.
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Version of the plan's serialised shape.
+pub const PLAN_VERSION: u32 = 1;
+
+/// Where the run's authority came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Authorisation {
+    /// The local operator ran the command; the plan is exactly what they asked for.
+    Operator,
+}
+
+/// The root filesystem a run starts from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum RootfsSource {
+    /// A read-only view of the host's system directories and selected `/etc` files.
+    Host,
+}
+
+/// Whether a host path is visible read-only or read-write inside the sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MountAccess {
+    ReadOnly,
+    ReadWrite,
+}
+
+/// A host path made visible in the sandbox. `host` is canonical (symlinks resolved).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanMount {
+    pub host: PathBuf,
+    pub target: PathBuf,
+    pub access: MountAccess,
+}
+
+/// The network the sandbox gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum NetMode {
+    /// A fresh network namespace with `lo` down and no other interface.
+    #[default]
+    None,
+    /// A fresh network namespace with `lo` up.
+    Loopback,
+    /// The host's network namespace (must be asked for explicitly).
+    Host,
+}
+
+impl NetMode {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "none" => Some(Self::None),
+            "loopback" => Some(Self::Loopback),
+            "host" => Some(Self::Host),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Loopback => "loopback",
+            Self::Host => "host",
+        }
+    }
+}
+
+/// Resource limits enforced by cgroups and the supervisor's timer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    pub memory_bytes: Option<u64>,
+    pub pids: Option<u64>,
+    pub millicpus: Option<u32>,
+    pub timeout_ms: Option<u64>,
+}
+
+impl Limits {
+    /// True when a cgroup is needed to enforce these limits.
+    pub fn needs_cgroup(&self) -> bool {
+        self.memory_bytes.is_some() || self.pids.is_some() || self.millicpus.is_some()
+    }
+}
+
+/// A process resource limit (`setrlimit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "kebab-case")]
+pub enum RlimitKind {
+    Core,
+    Nofile,
+    Nproc,
+    Fsize,
+    Stack,
+    As,
+    Cpu,
+    Memlock,
+}
+
+impl RlimitKind {
+    pub const ALL: [RlimitKind; 8] = [
+        Self::Core,
+        Self::Nofile,
+        Self::Nproc,
+        Self::Fsize,
+        Self::Stack,
+        Self::As,
+        Self::Cpu,
+        Self::Memlock,
+    ];
+
+    /// The manifest key under `[rlimits]`.
+    pub fn key(self) -> &'static str {
+        match self {
+            Self::Core => "core",
+            Self::Nofile => "nofile",
+            Self::Nproc => "nproc",
+            Self::Fsize => "fsize",
+            Self::Stack => "stack",
+            Self::As => "as",
+            Self::Cpu => "cpu",
+            Self::Memlock => "memlock",
+        }
+    }
+
+    /// The OCI `process.rlimits[].type` name.
+    pub fn oci_name(self) -> &'static str {
+        match self {
+            Self::Core => "RLIMIT_CORE",
+            Self::Nofile => "RLIMIT_NOFILE",
+            Self::Nproc => "RLIMIT_NPROC",
+            Self::Fsize => "RLIMIT_FSIZE",
+            Self::Stack => "RLIMIT_STACK",
+            Self::As => "RLIMIT_AS",
+            Self::Cpu => "RLIMIT_CPU",
+            Self::Memlock => "RLIMIT_MEMLOCK",
+        }
+    }
+
+    pub fn from_key(key: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.key() == key)
+    }
+
+    pub fn from_oci_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.oci_name() == name)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rlimit {
+    pub kind: RlimitKind,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+/// A restriction the manifest explicitly agreed to run without when the kernel cannot
+/// enforce it. Every accepted degradation is named in the plan and in the run report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord, Hash)]
+pub enum Degradation {
+    /// Run without any landlock ruleset (kernel without landlock).
+    #[serde(rename = "landlock")]
+    Landlock,
+    /// Run without landlock TCP rules (landlock ABI < 4).
+    #[serde(rename = "landlock-net")]
+    LandlockNet,
+    /// Run without landlock signal and abstract-socket scoping (landlock ABI < 6).
+    #[serde(rename = "landlock-scope")]
+    LandlockScope,
+    /// Bind writable host paths without an idmapped mount (files then keep the sandbox's
+    /// host uid, and a directory the sandbox's user does not own is not writable).
+    #[serde(rename = "idmap")]
+    Idmap,
+}
+
+impl Degradation {
+    pub const ALL: [Degradation; 4] =
+        [Self::Landlock, Self::LandlockNet, Self::LandlockScope, Self::Idmap];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Landlock => "landlock",
+            Self::LandlockNet => "landlock-net",
+            Self::LandlockScope => "landlock-scope",
+            Self::Idmap => "idmap",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|d| d.name() == name)
+    }
+}
+
+/// The ids the program runs as, inside the sandbox's user namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserIds {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Everything a runner needs to build and start one sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxPlan {
+    pub version: u32,
+    pub job_id: String,
+    pub authorisation: Authorisation,
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: PathBuf,
+    pub user: UserIds,
+    pub hostname: String,
+    pub rootfs: RootfsSource,
+    /// Host paths made visible, in mount order. The workspace, when there is one, is the
+    /// mount whose target is `/workspace`.
+    pub mounts: Vec<PlanMount>,
+    pub net: NetMode,
+    pub limits: Limits,
+    pub rlimits: Vec<Rlimit>,
+    /// Name of the seccomp profile (see [`crate::seccomp_profile`]).
+    pub seccomp_profile: String,
+    pub accepted_degradations: Vec<Degradation>,
+}
+
+impl SandboxPlan {
+    /// Canonical JSON of the plan (field order is the struct's, maps are vectors), the
+    /// input of [`SandboxPlan::digest`].
+    pub fn canonical_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a plan is always serialisable")
+    }
+
+    /// `sha256:` digest of the canonical JSON, recorded in the bundle and the run report.
+    pub fn digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let hash = Sha256::digest(self.canonical_json());
+        format!("sha256:{}", hex(&hash))
+    }
+
+    pub fn accepts(&self, degradation: Degradation) -> bool {
+        self.accepted_degradations.contains(&degradation)
+    }
+}
+
+/// Lower-case hex of a byte slice.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}

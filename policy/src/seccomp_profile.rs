@@ -1,0 +1,248 @@
+//! The default seccomp profile as data: an allowlist modelled on Docker's default profile,
+//! the syscalls denied with `EPERM` (each with the reason it is denied), and the few
+//! argument-conditional rules. Anything in neither list gets `ENOSYS`, so a syscall added
+//! to the kernel after this list was written looks "not implemented" to the program, and
+//! libc falls back to an older one it knows (as with `clone3`, which hides its flags from
+//! seccomp in a struct and so is left to fall back to `clone`).
+//!
+//! This module only states the profile. `images` writes it into `config.json` (OCI
+//! `linux.seccomp`), and each runner enforces it from there.
+
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_PROFILE_NAME: &str = "covenant-default-v1";
+/// `errno` for syscalls the profile does not know.
+pub const ENOSYS: u32 = 38;
+/// `errno` for syscalls the profile denies on purpose.
+pub const EPERM: u32 = 1;
+
+/// What a rule does when it matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RuleAction {
+    Allow,
+    Errno(u32),
+}
+
+/// How an argument is compared (OCI `SCMP_CMP_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ArgOp {
+    /// `arg == value`
+    Eq,
+    /// `arg != value`
+    Ne,
+    /// `arg & value == value_two`
+    MaskedEq,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArgCheck {
+    pub index: u8,
+    pub op: ArgOp,
+    pub value: u64,
+    pub value_two: u64,
+}
+
+/// One rule: the syscalls it names, the action, and conditions that must all hold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyscallRule {
+    pub names: Vec<String>,
+    pub action: RuleAction,
+    pub args: Vec<ArgCheck>,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeccompProfile {
+    pub name: String,
+    pub default_errno: u32,
+    pub rules: Vec<SyscallRule>,
+}
+
+/// Syscalls every program may make: file, memory, process, time, signal, socket and
+/// scheduling calls that act only on the caller's own resources or on namespaced state.
+pub const ALLOWED: &[&str] = &[
+    "accept", "accept4", "access", "alarm", "arch_prctl", "bind", "brk", "capget", "capset",
+    "chdir", "chmod", "chown", "clock_getres", "clock_gettime", "clock_nanosleep", "close",
+    "close_range", "connect", "copy_file_range", "creat", "dup", "dup2", "dup3",
+    "epoll_create", "epoll_create1", "epoll_ctl", "epoll_pwait", "epoll_pwait2", "epoll_wait",
+    "eventfd", "eventfd2", "execve", "execveat", "exit", "exit_group", "faccessat",
+    "faccessat2", "fadvise64", "fallocate", "fchdir", "fchmod", "fchmodat", "fchown",
+    "fchownat", "fcntl", "fdatasync", "fgetxattr", "flistxattr", "flock", "fork",
+    "fremovexattr", "fsetxattr", "fstat", "fstatfs", "fsync", "ftruncate", "futex",
+    "futex_waitv", "futimesat", "get_robust_list", "get_thread_area", "getcpu", "getcwd",
+    "getdents", "getdents64", "getegid", "geteuid", "getgid", "getgroups", "getitimer",
+    "getpeername", "getpgid", "getpgrp", "getpid", "getppid", "getpriority", "getrandom",
+    "getresgid", "getresuid", "getrlimit", "getrusage", "getsid", "getsockname", "getsockopt",
+    "gettid", "gettimeofday", "getuid", "getxattr", "inotify_add_watch", "inotify_init",
+    "inotify_init1", "inotify_rm_watch", "io_cancel", "io_destroy", "io_getevents",
+    "io_pgetevents", "io_setup", "io_submit", "ioctl", "ioprio_get", "ioprio_set", "kill",
+    "landlock_add_rule", "landlock_create_ruleset", "landlock_restrict_self", "lchown",
+    "lgetxattr", "link", "linkat", "listen", "listxattr", "llistxattr", "lremovexattr", "lseek",
+    "lsetxattr", "lstat", "madvise", "membarrier", "memfd_create", "mincore", "mkdir",
+    "mkdirat", "mknod", "mknodat", "mlock", "mlock2", "mlockall", "mmap", "mprotect",
+    "mq_getsetattr", "mq_notify", "mq_open", "mq_timedreceive", "mq_timedsend", "mq_unlink",
+    "mremap", "msgctl", "msgget", "msgrcv", "msgsnd", "msync", "munlock", "munlockall",
+    "munmap", "nanosleep", "newfstatat", "open", "openat", "openat2", "pause", "pidfd_open",
+    "pidfd_send_signal", "pipe", "pipe2", "pkey_alloc", "pkey_free", "pkey_mprotect", "poll",
+    "ppoll", "prctl", "pread64", "preadv", "preadv2", "prlimit64", "pselect6", "pwrite64",
+    "pwritev", "pwritev2", "read", "readahead", "readlink", "readlinkat", "readv", "recvfrom",
+    "recvmmsg", "recvmsg", "remap_file_pages", "removexattr", "rename", "renameat",
+    "renameat2", "restart_syscall", "rmdir", "rseq", "rt_sigaction", "rt_sigpending",
+    "rt_sigprocmask", "rt_sigqueueinfo", "rt_sigreturn", "rt_sigsuspend", "rt_sigtimedwait",
+    "rt_tgsigqueueinfo", "sched_get_priority_max", "sched_get_priority_min",
+    "sched_getaffinity", "sched_getattr", "sched_getparam", "sched_getscheduler",
+    "sched_rr_get_interval", "sched_setaffinity", "sched_setattr", "sched_setparam",
+    "sched_setscheduler", "sched_yield", "seccomp", "select", "semctl", "semget", "semop",
+    "semtimedop", "sendfile", "sendmmsg", "sendmsg", "sendto", "set_robust_list",
+    "set_thread_area", "set_tid_address", "setfsgid", "setfsuid", "setgid", "setgroups",
+    "setitimer", "setpgid", "setpriority", "setregid", "setresgid", "setresuid", "setreuid",
+    "setrlimit", "setsid", "setsockopt", "setuid", "setxattr", "shmat", "shmctl", "shmdt",
+    "shmget", "shutdown", "sigaltstack", "signalfd", "signalfd4", "socket", "socketpair",
+    "splice", "stat", "statfs", "statx", "symlink", "symlinkat", "sync", "sync_file_range",
+    "syncfs", "sysinfo", "tee", "tgkill", "time", "timer_create", "timer_delete",
+    "timer_getoverrun", "timer_gettime", "timer_settime", "timerfd_create", "timerfd_gettime",
+    "timerfd_settime", "times", "tkill", "truncate", "umask", "uname", "unlink", "unlinkat",
+    "utime", "utimensat", "utimes", "vfork", "vmsplice", "wait4", "waitid", "write", "writev",
+];
+
+/// Syscalls denied with `EPERM`, grouped, each group with the reason.
+pub const DENIED: &[(&[&str], &str)] = &[
+    (&["ptrace"], "reads and rewrites other processes' memory and registers"),
+    (&["process_vm_readv", "process_vm_writev"], "reads or writes another process's memory without ptrace"),
+    (&["pidfd_getfd"], "copies a file descriptor out of another process"),
+    (&["process_madvise"], "acts on another process's memory"),
+    (&["kcmp"], "compares kernel objects of other processes (an information leak)"),
+    (&["io_uring_setup", "io_uring_enter", "io_uring_register"], "io_uring opens files and sockets in kernel workers that seccomp never sees"),
+    (&["bpf"], "loads programs into the kernel; a large attack surface"),
+    (&["perf_event_open"], "kernel attack surface and side channels across the host"),
+    (&["keyctl", "add_key", "request_key"], "the kernel keyring is not namespaced"),
+    (&["mount", "umount2", "pivot_root", "chroot", "move_mount", "open_tree", "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr"], "the filesystem view is fixed by the runner before the program starts"),
+    (&["unshare", "setns"], "new namespaces would hand the program capabilities inside them"),
+    (&["kexec_load", "kexec_file_load"], "replaces the running kernel"),
+    (&["init_module", "finit_module", "delete_module"], "loads or removes kernel code"),
+    (&["userfaultfd"], "stalls kernel page faults, widening race windows for kernel exploits"),
+    (&["open_by_handle_at", "name_to_handle_at"], "opens files by handle, bypassing the mount view (the 'shocker' escape)"),
+    (&["swapon", "swapoff", "reboot", "acct", "quotactl", "syslog", "vhangup"], "host administration"),
+    (&["settimeofday", "clock_settime", "clock_adjtime", "adjtimex"], "the clock is not namespaced"),
+    (&["sethostname", "setdomainname"], "the host name is fixed by the plan"),
+    (&["iopl", "ioperm", "modify_ldt"], "raw hardware access and old kernel attack surface"),
+    (&["fanotify_init", "lookup_dcookie", "nfsservctl", "uselib", "_sysctl", "ustat", "sysfs", "vm86", "vm86old", "create_module", "get_kernel_syms", "query_module"], "obsolete or host-wide interfaces"),
+    (&["memfd_secret"], "memory hidden from the kernel's own inspection"),
+];
+
+/// Namespace flags of `clone(2)`: CLONE_NEWTIME, CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS,
+/// CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET.
+pub const CLONE_NAMESPACE_FLAGS: [u64; 8] =
+    [0x80, 0x2_0000, 0x0200_0000, 0x0400_0000, 0x0800_0000, 0x1000_0000, 0x2000_0000, 0x4000_0000];
+
+/// `personality(2)` values programs use in practice (PER_LINUX, PER_LINUX32, UNAME26
+/// variants, and the query value); any other persona is denied, since personalities such as
+/// READ_IMPLIES_EXEC or ADDR_NO_RANDOMIZE weaken memory protections.
+pub const ALLOWED_PERSONALITIES: [u64; 5] = [0x0, 0x8, 0x2_0000, 0x2_0008, 0xffff_ffff];
+
+/// `TIOCSTI` pushes characters into a terminal's input queue: with the caller's terminal as
+/// stdin, the program could type commands into the caller's shell. `TIOCLINUX` can do the
+/// same on a virtual console.
+pub const DENIED_IOCTLS: [(u64, &str); 2] = [(0x5412, "TIOCSTI"), (0x541C, "TIOCLINUX")];
+
+fn rule(names: &[&str], action: RuleAction, args: Vec<ArgCheck>, reason: &str) -> SyscallRule {
+    SyscallRule {
+        names: names.iter().map(|s| s.to_string()).collect(),
+        action,
+        args,
+        reason: reason.to_string(),
+    }
+}
+
+fn check(index: u8, op: ArgOp, value: u64, value_two: u64) -> ArgCheck {
+    ArgCheck { index, op, value, value_two }
+}
+
+/// The default profile, assembled from the tables above.
+pub fn default_profile() -> SeccompProfile {
+    let ns_mask = CLONE_NAMESPACE_FLAGS.iter().fold(0, |m, f| m | f);
+    let mut rules = vec![rule(ALLOWED, RuleAction::Allow, vec![], "ordinary process operations")];
+    rules.push(rule(
+        &["clone"],
+        RuleAction::Allow,
+        vec![check(0, ArgOp::MaskedEq, ns_mask, 0)],
+        "threads and processes without new namespaces",
+    ));
+    for flag in CLONE_NAMESPACE_FLAGS {
+        rules.push(rule(
+            &["clone"],
+            RuleAction::Errno(EPERM),
+            vec![check(0, ArgOp::MaskedEq, flag, flag)],
+            "clone with a namespace flag would hand the program capabilities inside it",
+        ));
+    }
+    for persona in ALLOWED_PERSONALITIES {
+        rules.push(rule(&["personality"], RuleAction::Allow, vec![check(0, ArgOp::Eq, persona, 0)], "standard personas"));
+    }
+    rules.push(rule(
+        &["personality"],
+        RuleAction::Errno(EPERM),
+        ALLOWED_PERSONALITIES.iter().map(|&p| check(0, ArgOp::Ne, p, 0)).collect(),
+        "other personas weaken memory protections (READ_IMPLIES_EXEC, ADDR_NO_RANDOMIZE)",
+    ));
+    for (cmd, name) in DENIED_IOCTLS {
+        rules.push(rule(
+            &["ioctl"],
+            RuleAction::Errno(EPERM),
+            vec![check(1, ArgOp::Eq, cmd, 0)],
+            &format!("{name} injects input into the caller's terminal"),
+        ));
+    }
+    for (names, reason) in DENIED {
+        rules.push(rule(names, RuleAction::Errno(EPERM), vec![], reason));
+    }
+    SeccompProfile { name: DEFAULT_PROFILE_NAME.to_string(), default_errno: ENOSYS, rules }
+}
+
+/// Looks a profile up by the name a plan carries.
+pub fn profile_by_name(name: &str) -> Option<SeccompProfile> {
+    (name == DEFAULT_PROFILE_NAME).then(default_profile)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn no_syscall_is_both_allowed_and_denied_unconditionally() {
+        let allowed: HashSet<_> = ALLOWED.iter().collect();
+        for (names, _) in DENIED {
+            for n in *names {
+                assert!(!allowed.contains(n), "{n} is both allowed and denied");
+            }
+        }
+        assert_eq!(allowed.len(), ALLOWED.len(), "ALLOWED has duplicates");
+    }
+
+    #[test]
+    fn the_dangerous_syscalls_the_sandbox_promises_to_deny_are_denied() {
+        let denied: HashSet<&str> = DENIED.iter().flat_map(|(n, _)| n.iter().copied()).collect();
+        for must in [
+            "ptrace", "process_vm_readv", "process_vm_writev", "io_uring_setup", "io_uring_enter",
+            "io_uring_register", "bpf", "perf_event_open", "keyctl", "add_key", "request_key",
+            "mount", "umount2", "pivot_root", "move_mount", "fsopen", "kexec_load",
+            "kexec_file_load", "init_module", "finit_module", "delete_module", "unshare", "setns",
+            "userfaultfd",
+        ] {
+            assert!(denied.contains(must), "{must} is not denied");
+            assert!(!ALLOWED.contains(&must));
+        }
+        assert!(!ALLOWED.contains(&"clone3"), "clone3 must fall back to clone (ENOSYS)");
+        assert!(!ALLOWED.contains(&"clone") && !ALLOWED.contains(&"personality"));
+    }
+
+    #[test]
+    fn every_deny_has_a_reason() {
+        for r in default_profile().rules {
+            assert!(!r.reason.trim().is_empty(), "{:?} has no reason", r.names);
+        }
+    }
+}
