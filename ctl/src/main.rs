@@ -1,1 +1,198 @@
-fn main(){}
+//! `covenant-ctl`: run a command in a kernel-enforced sandbox, inspect what a run would
+//! be, and check the host. Embedded mode: everything happens in this process, which stays
+//! single-threaded until the sandbox has been cloned.
+
+mod doctor;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use covenant_policy::manifest::{CpusValue, Manifest};
+use covenant_policy::{compile_plan, SandboxPlan};
+use covenant_supervisor::home::new_job_id;
+use covenant_supervisor::run::{identity_map, EXIT_OOM, EXIT_SETUP, EXIT_TIMEOUT};
+use covenant_supervisor::{run_plan, RunSettings};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "covenant-ctl", version, about = "Run commands in kernel-enforced sandboxes")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a program in a sandbox: `run [MANIFEST] [FLAGS] [-- PROGRAM ARGS...]`.
+    Run(RunArgs),
+    /// Print the plan and the OCI config.json a run would use, without running anything.
+    Plan(RequestArgs),
+    /// Write the OCI bundle a run would use to --out, without running it.
+    Bundle {
+        #[command(flatten)]
+        request: RequestArgs,
+        /// Directory to write the bundle to (must be empty or missing).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Check this host for every kernel feature the sandbox uses.
+    Doctor,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    request: RequestArgs,
+    /// Runner to execute the bundle with.
+    #[arg(long, default_value = "native")]
+    runner: String,
+    /// Write the bundle to DIR and keep it after the run.
+    #[arg(long, value_name = "DIR")]
+    keep_bundle: Option<PathBuf>,
+    /// Write a JSON run report to FILE.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct RequestArgs {
+    /// Manifest file (TOML, schema v1). Flags override it.
+    manifest: Option<PathBuf>,
+    /// Host directory mounted read-write at /workspace.
+    #[arg(long, value_name = "DIR")]
+    workspace: Option<PathBuf>,
+    /// Host path visible read-only at the same path (repeatable).
+    #[arg(long, value_name = "PATH")]
+    read: Vec<PathBuf>,
+    /// Host path visible read-write at the same path (repeatable).
+    #[arg(long, value_name = "PATH")]
+    write: Vec<PathBuf>,
+    /// Memory limit, e.g. 256MiB.
+    #[arg(long, value_name = "SIZE")]
+    memory: Option<String>,
+    /// Maximum number of processes and threads (the sandbox's init counts as one).
+    #[arg(long, value_name = "N")]
+    pids: Option<u64>,
+    /// CPU limit, e.g. 1.5.
+    #[arg(long, value_name = "N")]
+    cpus: Option<String>,
+    /// Wall-clock timeout, e.g. 30s; the whole sandbox is killed and the exit code is 124.
+    #[arg(long, value_name = "DURATION")]
+    timeout: Option<String>,
+    /// Network: none (default), loopback, or host.
+    #[arg(long, value_name = "MODE")]
+    net: Option<String>,
+    /// Environment variable for the program (repeatable).
+    #[arg(long, value_name = "K=V")]
+    env: Vec<String>,
+    /// Working directory inside the sandbox.
+    #[arg(long, value_name = "DIR")]
+    cwd: Option<PathBuf>,
+    /// UID or UID:GID inside the sandbox (never host root).
+    #[arg(long, value_name = "UID[:GID]")]
+    user: Option<String>,
+    /// Host name inside the sandbox.
+    #[arg(long)]
+    hostname: Option<String>,
+    /// Root filesystem source: host.
+    #[arg(long)]
+    rootfs: Option<String>,
+    /// Run even when the kernel cannot enforce this named restriction (repeatable).
+    #[arg(long = "accept-degradation", value_name = "NAME")]
+    accept_degradations: Vec<String>,
+    /// The program and its arguments.
+    #[arg(last = true)]
+    argv: Vec<String>,
+}
+
+impl RequestArgs {
+    /// The manifest (if any) with the flags laid over it.
+    fn manifest(&self) -> anyhow::Result<Manifest> {
+        let cwd = std::env::current_dir().context("current directory")?;
+        let mut flags = Manifest::empty_in(cwd.clone());
+        flags.command = self.argv.clone();
+        flags.workspace = self.workspace.clone();
+        flags.read = self.read.clone();
+        flags.write = self.write.clone();
+        flags.cwd = self.cwd.clone();
+        for kv in &self.env {
+            let (k, v) = kv.split_once('=').with_context(|| format!("--env `{kv}`: expected K=V"))?;
+            flags.env.insert(k.to_string(), v.to_string());
+        }
+        flags.rootfs = self.rootfs.clone();
+        flags.hostname = self.hostname.clone();
+        flags.user = self.user.clone();
+        flags.net = self.net.clone();
+        flags.limits.memory = self.memory.clone();
+        flags.limits.pids = self.pids;
+        flags.limits.cpus = self.cpus.clone().map(CpusValue::Text);
+        flags.limits.timeout = self.timeout.clone();
+        flags.accept_degradations = self.accept_degradations.clone();
+        let base = match &self.manifest {
+            Some(path) => Manifest::load(path)?,
+            None => Manifest::empty_in(cwd),
+        };
+        Ok(base.overlay(flags))
+    }
+
+    fn plan(&self) -> anyhow::Result<SandboxPlan> {
+        let manifest = self.manifest()?;
+        Ok(compile_plan(&manifest, &new_job_id())?)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run(args),
+        Command::Plan(request) => plan(request).map(|()| 0),
+        Command::Bundle { request, out } => bundle(request, out).map(|()| 0),
+        Command::Doctor => Ok(doctor::run()),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("covenant: error: {e:#}");
+            ExitCode::from(EXIT_SETUP as u8)
+        }
+    }
+}
+
+fn run(args: RunArgs) -> anyhow::Result<i32> {
+    let plan = args.request.plan()?;
+    let settings = RunSettings { keep_bundle: args.keep_bundle.clone(), runner: Some(args.runner.clone()) };
+    let report = run_plan(&plan, &settings)?;
+    if report.timed_out {
+        let limit = plan.limits.timeout_ms.unwrap_or(0) as f64 / 1000.0;
+        eprintln!("covenant: the sandbox reached its {limit}s timeout and was killed");
+    } else if report.oom_killed && report.exit_code == EXIT_OOM {
+        let limit = plan.limits.memory_bytes.map(covenant_policy::units::format_size).unwrap_or_default();
+        eprintln!("covenant: the program was killed by the memory limit ({limit})");
+    }
+    for d in &report.degradations {
+        eprintln!("covenant: running without `{}` (accepted degradation)", d.name());
+    }
+    if let Some(path) = &args.report {
+        let json = serde_json::to_vec_pretty(&report)?;
+        std::fs::write(path, json).with_context(|| format!("--report {}", path.display()))?;
+    }
+    debug_assert!(report.exit_code != EXIT_TIMEOUT || report.timed_out);
+    Ok(report.exit_code)
+}
+
+fn plan(request: RequestArgs) -> anyhow::Result<()> {
+    let plan = request.plan()?;
+    let dir = tempfile::tempdir().context("temporary bundle directory")?;
+    let bundle = covenant_images::write_bundle(&plan, &dir.path().join("bundle"), identity_map())?;
+    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(bundle.config_path())?)?;
+    let out = serde_json::json!({ "plan": plan, "plan_digest": plan.digest(), "config": config });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+fn bundle(request: RequestArgs, out: PathBuf) -> anyhow::Result<()> {
+    let plan = request.plan()?;
+    let bundle = covenant_images::write_bundle(&plan, &out, identity_map())?;
+    println!("{} {}", bundle.dir.display(), bundle.config_digest);
+    Ok(())
+}

@@ -1,1 +1,10 @@
+//! Root filesystems and OCI bundles. A bundle is the contract between the supervisor and
+//! every runner: `config.json` (written with `oci-spec`) plus the rootfs skeleton and the
+//! few generated files the mounts name. This crate never enters a namespace or mounts
+//! anything; it only writes files under the bundle directory it is given.
 
+pub mod bundle;
+pub mod host_view;
+pub mod oci_seccomp;
+
+pub use bundle::{write_bundle, Bundle, BundleError, IdentityMap};

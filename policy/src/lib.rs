@@ -6,6 +6,7 @@
 //! `canonicalize` on the host paths a request mentions). Everything security-relevant that
 //! can be decided without the kernel is decided here and tested here.
 
+pub mod annotations;
 pub mod compile;
 pub mod manifest;
 pub mod plan;

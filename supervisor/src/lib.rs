@@ -1,1 +1,7 @@
+//! The supervisor: where plans become runs. This crate owns the job lifecycle (bundle
+//! directory, runner, cleanup, report); later it also owns the store and the daemon.
 
+pub mod home;
+pub mod run;
+
+pub use run::{run_plan, RunError, RunReport, RunSettings};

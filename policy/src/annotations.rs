@@ -1,0 +1,62 @@
+//! The `org.opencovenant.*` annotations: what a bundle says that OCI cannot. `images`
+//! writes them, runners read them; `docs/bundle.md` documents each key. A runner that meets
+//! a restriction it cannot enforce refuses the bundle, so every key here is a promise.
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+pub const JOB_ID: &str = "org.opencovenant.job-id";
+pub const PLAN_DIGEST: &str = "org.opencovenant.plan-digest";
+pub const SECCOMP_PROFILE: &str = "org.opencovenant.seccomp-profile";
+pub const LANDLOCK: &str = "org.opencovenant.landlock";
+pub const IDMAP: &str = "org.opencovenant.idmap";
+pub const TIMEOUT_MS: &str = "org.opencovenant.timeout-ms";
+pub const DEGRADATIONS: &str = "org.opencovenant.accepted-degradations";
+/// `none` (no interface up), `loopback` (`lo` up) or `host`; OCI runtimes bring `lo` up by default.
+pub const NET: &str = "org.opencovenant.net";
+
+/// Access granted beneath a path by landlock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LandlockAccess {
+    /// Read files, list directories, execute.
+    ReadExec,
+    /// Everything landlock controls on files: read, write, create, remove, execute.
+    ReadWrite,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LandlockPathRule {
+    /// Path inside the sandbox (after `pivot_root`).
+    pub path: PathBuf,
+    pub access: LandlockAccess,
+}
+
+/// TCP policy enforced by landlock (ABI ≥ 4).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "mode")]
+pub enum LandlockNet {
+    /// Landlock does not restrict TCP (the network namespace does).
+    Unrestricted,
+    /// No TCP bind or connect at all.
+    DenyAll,
+}
+
+/// `org.opencovenant.landlock`: the ruleset the program runs under.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LandlockPolicy {
+    pub fs: Vec<LandlockPathRule>,
+    pub net: LandlockNet,
+    /// Confine signals and abstract unix sockets to the sandbox (ABI ≥ 6).
+    pub scope: bool,
+}
+
+/// One entry of `org.opencovenant.idmap`: a bind mount that must be idmapped so that files
+/// owned by `host_uid:host_gid` on disk appear owned by the process's user inside, and
+/// files the process creates are owned by `host_uid:host_gid` on the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdmapMount {
+    pub destination: PathBuf,
+    pub host_uid: u32,
+    pub host_gid: u32,
+}

@@ -1,0 +1,412 @@
+//! One cgroup per run, on cgroup v1 (the hybrid layout) or v2, with memory, pids and CPU
+//! limits, usage read back for the report, and removal afterwards.
+//!
+//! Written against paths rather than through `cgroups-rs`: that crate decides v1/v2 by
+//! `statfs("/sys/fs/cgroup")` and hard-codes the v2 root, while a hybrid host needs v1
+//! controllers beside a cgroup2 mount, and the tests here need to point the code at a fake
+//! cgroupfs. Every limit asked for must be written, or the run does not start.
+
+use std::fs;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The directory under each hierarchy that holds Covenant's run cgroups.
+pub const PARENT: &str = "covenant";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("cgroup: no cgroup filesystem found under {root}")]
+    NoHierarchy { root: PathBuf },
+    #[error("cgroup: the {controller} controller is not available on this host, so the `{limit}` limit cannot be enforced")]
+    MissingController { controller: &'static str, limit: &'static str },
+    #[error("cgroup: cannot {action} {path}: {source}{hint}")]
+    Io { action: &'static str, path: PathBuf, source: std::io::Error, hint: &'static str },
+}
+
+type Result<T> = std::result::Result<T, CgroupError>;
+
+fn io(action: &'static str, path: &Path, source: std::io::Error) -> CgroupError {
+    let hint = if source.kind() == ErrorKind::PermissionDenied {
+        " (cgroup limits need root, or a cgroup delegated to this user)"
+    } else {
+        ""
+    };
+    CgroupError::Io { action, path: path.to_path_buf(), source, hint }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum CgroupVersion {
+    #[serde(rename = "v1")]
+    V1,
+    #[serde(rename = "v2")]
+    V2,
+}
+
+/// The limits a run's cgroup enforces.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CgroupLimits {
+    pub memory_bytes: Option<u64>,
+    pub pids: Option<u64>,
+    /// CFS quota and period, in microseconds.
+    pub cpu: Option<(u64, u64)>,
+}
+
+/// Where the controllers live on this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CgroupLayout {
+    /// Everything on one cgroup2 hierarchy.
+    V2 { root: PathBuf },
+    /// One v1 hierarchy per controller (the hybrid layout keeps cgroup2 at `unified`, with
+    /// no controllers we need).
+    V1 { memory: Option<PathBuf>, pids: Option<PathBuf>, cpu: Option<PathBuf>, cpuacct: Option<PathBuf> },
+}
+
+impl CgroupLayout {
+    /// Reads the layout under `root` (normally `/sys/fs/cgroup`).
+    pub fn detect(root: &Path) -> Result<Self> {
+        if root.join("cgroup.controllers").exists() {
+            return Ok(Self::V2 { root: root.to_path_buf() });
+        }
+        let v1 = |names: &[&str]| {
+            names.iter().map(|n| root.join(n)).find(|p| p.join("cgroup.procs").exists() && p.join("tasks").exists())
+        };
+        let layout = Self::V1 {
+            memory: v1(&["memory"]),
+            pids: v1(&["pids"]),
+            cpu: v1(&["cpu", "cpu,cpuacct"]),
+            cpuacct: v1(&["cpuacct", "cpu,cpuacct"]),
+        };
+        match &layout {
+            Self::V1 { memory: None, pids: None, cpu: None, cpuacct: None } => {
+                Err(CgroupError::NoHierarchy { root: root.to_path_buf() })
+            }
+            _ => Ok(layout),
+        }
+    }
+
+    pub fn version(&self) -> CgroupVersion {
+        match self {
+            Self::V1 { .. } => CgroupVersion::V1,
+            Self::V2 { .. } => CgroupVersion::V2,
+        }
+    }
+
+    /// Controllers available for run cgroups, for `doctor`.
+    pub fn controllers(&self) -> Vec<&'static str> {
+        match self {
+            Self::V2 { root } => {
+                let text = fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+                ["memory", "pids", "cpu"].into_iter().filter(|c| text.split_whitespace().any(|x| x == *c)).collect()
+            }
+            Self::V1 { memory, pids, cpu, cpuacct } => [("memory", memory), ("pids", pids), ("cpu", cpu), ("cpuacct", cpuacct)]
+                .into_iter()
+                .filter(|(_, p)| p.is_some())
+                .map(|(n, _)| n)
+                .collect(),
+        }
+    }
+}
+
+/// Usage read back after the run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CgroupUsage {
+    pub peak_memory_bytes: Option<u64>,
+    pub cpu_time_ns: Option<u64>,
+    pub oom_kills: u64,
+    pub pids_limit_hits: u64,
+}
+
+/// A run's cgroup: one directory per v1 hierarchy, or one v2 directory.
+#[derive(Debug)]
+pub struct RunCgroup {
+    version: CgroupVersion,
+    dirs: Vec<PathBuf>,
+}
+
+fn write(path: &Path, value: &str) -> Result<()> {
+    fs::write(path, value).map_err(|e| io("write", path, e))
+}
+
+fn make_dir(path: &Path) -> Result<()> {
+    match fs::create_dir(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(io("create", path, e)),
+    }
+}
+
+fn read_u64(path: &Path) -> Option<u64> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// The value of `key` in a flat keyed file (`memory.events`, `cpu.stat`, `memory.oom_control`).
+fn read_key(path: &Path, key: &str) -> Option<u64> {
+    let text = fs::read_to_string(path).ok()?;
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+impl RunCgroup {
+    /// Creates the cgroup `name` and writes `limits`. A limit whose controller is missing is
+    /// an error; on any error, what was created is removed again.
+    pub fn create(layout: &CgroupLayout, name: &str, limits: CgroupLimits) -> Result<Self> {
+        let mut cg = RunCgroup { version: layout.version(), dirs: Vec::new() };
+        match cg.populate(layout, name, limits) {
+            Ok(()) => Ok(cg),
+            Err(e) => {
+                let _ = cg.remove(Duration::from_millis(200));
+                Err(e)
+            }
+        }
+    }
+
+    fn populate(&mut self, layout: &CgroupLayout, name: &str, limits: CgroupLimits) -> Result<()> {
+        match layout {
+            CgroupLayout::V2 { root } => {
+                let controllers = layout.controllers();
+                for (needed, controller, limit) in [
+                    (limits.memory_bytes.is_some(), "memory", "memory"),
+                    (limits.pids.is_some(), "pids", "pids"),
+                    (limits.cpu.is_some(), "cpu", "cpus"),
+                ] {
+                    if needed && !controllers.contains(&controller) {
+                        return Err(CgroupError::MissingController { controller, limit });
+                    }
+                }
+                let enable: String = controllers.iter().map(|c| format!("+{c} ")).collect();
+                let parent = root.join(PARENT);
+                make_dir(&parent)?;
+                if !enable.is_empty() {
+                    write(&root.join("cgroup.subtree_control"), enable.trim())?;
+                    write(&parent.join("cgroup.subtree_control"), enable.trim())?;
+                }
+                let dir = parent.join(name);
+                make_dir(&dir)?;
+                self.dirs.push(dir.clone());
+                if let Some(mem) = limits.memory_bytes {
+                    write(&dir.join("memory.max"), &mem.to_string())?;
+                    if dir.join("memory.swap.max").exists() {
+                        write(&dir.join("memory.swap.max"), "0")?;
+                    }
+                }
+                if let Some(pids) = limits.pids {
+                    write(&dir.join("pids.max"), &pids.to_string())?;
+                }
+                if let Some((quota, period)) = limits.cpu {
+                    write(&dir.join("cpu.max"), &format!("{quota} {period}"))?;
+                }
+            }
+            CgroupLayout::V1 { memory, pids, cpu, cpuacct } => {
+                let required = |p: &Option<PathBuf>, needed: bool, controller, limit| match (p, needed) {
+                    (None, true) => Err(CgroupError::MissingController { controller, limit }),
+                    _ => Ok(()),
+                };
+                required(memory, limits.memory_bytes.is_some(), "memory", "memory")?;
+                required(pids, limits.pids.is_some(), "pids", "pids")?;
+                required(cpu, limits.cpu.is_some(), "cpu", "cpus")?;
+                let mut seen: Vec<PathBuf> = Vec::new();
+                for hierarchy in [memory, pids, cpu, cpuacct].into_iter().flatten() {
+                    if seen.contains(hierarchy) {
+                        continue;
+                    }
+                    seen.push(hierarchy.clone());
+                    let parent = hierarchy.join(PARENT);
+                    make_dir(&parent)?;
+                    let dir = parent.join(name);
+                    make_dir(&dir)?;
+                    self.dirs.push(dir);
+                }
+                let dir_in = |h: &Option<PathBuf>| h.as_ref().map(|h| h.join(PARENT).join(name));
+                if let (Some(mem), Some(dir)) = (limits.memory_bytes, dir_in(memory)) {
+                    write(&dir.join("memory.limit_in_bytes"), &mem.to_string())?;
+                    // Without swap accounting the limit still holds for RAM; with it, swap
+                    // must not extend the limit.
+                    if dir.join("memory.memsw.limit_in_bytes").exists() {
+                        write(&dir.join("memory.memsw.limit_in_bytes"), &mem.to_string())?;
+                    }
+                }
+                if let (Some(n), Some(dir)) = (limits.pids, dir_in(pids)) {
+                    write(&dir.join("pids.max"), &n.to_string())?;
+                }
+                if let (Some((quota, period)), Some(dir)) = (limits.cpu, dir_in(cpu)) {
+                    write(&dir.join("cpu.cfs_period_us"), &period.to_string())?;
+                    write(&dir.join("cpu.cfs_quota_us"), &quota.to_string())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn version(&self) -> CgroupVersion {
+        self.version
+    }
+
+    /// The cgroup's directories (one per v1 hierarchy).
+    #[cfg(test)]
+    pub fn dirs(&self) -> &[PathBuf] {
+        &self.dirs
+    }
+
+    /// Moves `pid` into the cgroup, in every hierarchy.
+    pub fn add_process(&self, pid: i32) -> Result<()> {
+        for dir in &self.dirs {
+            write(&dir.join("cgroup.procs"), &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    fn file(&self, name: &str) -> Option<PathBuf> {
+        self.dirs.iter().map(|d| d.join(name)).find(|p| p.exists())
+    }
+
+    /// Usage so far. Missing files (an old kernel) read as unknown, not as zero.
+    pub fn usage(&self) -> CgroupUsage {
+        match self.version {
+            CgroupVersion::V2 => CgroupUsage {
+                peak_memory_bytes: self.file("memory.peak").and_then(|p| read_u64(&p)),
+                cpu_time_ns: self.file("cpu.stat").and_then(|p| read_key(&p, "usage_usec")).map(|us| us * 1000),
+                oom_kills: self.file("memory.events").and_then(|p| read_key(&p, "oom_kill")).unwrap_or(0),
+                pids_limit_hits: self.file("pids.events").and_then(|p| read_key(&p, "max")).unwrap_or(0),
+            },
+            CgroupVersion::V1 => CgroupUsage {
+                peak_memory_bytes: self.file("memory.max_usage_in_bytes").and_then(|p| read_u64(&p)),
+                cpu_time_ns: self.file("cpuacct.usage").and_then(|p| read_u64(&p)),
+                oom_kills: self.file("memory.oom_control").and_then(|p| read_key(&p, "oom_kill")).unwrap_or(0),
+                pids_limit_hits: self.file("pids.events").and_then(|p| read_key(&p, "max")).unwrap_or(0),
+            },
+        }
+    }
+
+    /// Kills whatever is left (`cgroup.kill` where the kernel has it) and removes the
+    /// directories, waiting up to `patience` for the kernel to finish reaping.
+    pub fn remove(&mut self, patience: Duration) -> Result<()> {
+        let deadline = Instant::now() + patience;
+        if let Some(kill) = self.file("cgroup.kill") {
+            let _ = fs::write(kill, "1");
+        }
+        let mut result = Ok(());
+        for dir in std::mem::take(&mut self.dirs) {
+            loop {
+                for pid in fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default().lines() {
+                    if let Ok(pid) = pid.trim().parse::<i32>() {
+                        // SAFETY: kill(2) has no memory effects; a stale pid is harmless
+                        // here because the pid was read from this cgroup just now.
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                    }
+                }
+                match fs::remove_dir(&dir) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == ErrorKind::NotFound => break,
+                    Err(e) if Instant::now() < deadline && e.raw_os_error() == Some(libc::EBUSY) => {
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                    Err(e) => {
+                        result = Err(io("remove", &dir, e));
+                        break;
+                    }
+                }
+            }
+        }
+        result
+    }
+}
+
+impl Drop for RunCgroup {
+    fn drop(&mut self) {
+        if !self.dirs.is_empty() {
+            let _ = self.remove(Duration::from_secs(2));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fake_v2() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("cgroup.controllers"), "cpuset cpu io memory hugetlb pids rdma misc\n").unwrap();
+        dir
+    }
+
+    fn fake_v1(controllers: &[&str]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for c in controllers {
+            let h = dir.path().join(c);
+            fs::create_dir(&h).unwrap();
+            fs::write(h.join("cgroup.procs"), "").unwrap();
+            fs::write(h.join("tasks"), "").unwrap();
+        }
+        dir
+    }
+
+    const LIMITS: CgroupLimits = CgroupLimits { memory_bytes: Some(256 << 20), pids: Some(64), cpu: Some((150_000, 100_000)) };
+
+    #[test]
+    fn v2_limits_are_written_to_the_v2_files() {
+        let fake = fake_v2();
+        let layout = CgroupLayout::detect(fake.path()).unwrap();
+        assert_eq!(layout.version(), CgroupVersion::V2);
+        let mut cg = RunCgroup::create(&layout, "job1", LIMITS).unwrap();
+        let dir = fake.path().join("covenant/job1");
+        assert_eq!(fs::read_to_string(dir.join("memory.max")).unwrap(), "268435456");
+        assert_eq!(fs::read_to_string(dir.join("pids.max")).unwrap(), "64");
+        assert_eq!(fs::read_to_string(dir.join("cpu.max")).unwrap(), "150000 100000");
+        assert_eq!(fs::read_to_string(fake.path().join("cgroup.subtree_control")).unwrap(), "+memory +pids +cpu");
+        cg.add_process(42).unwrap();
+        assert_eq!(fs::read_to_string(dir.join("cgroup.procs")).unwrap(), "42");
+        fs::write(dir.join("memory.peak"), "1048576\n").unwrap();
+        fs::write(dir.join("memory.events"), "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n").unwrap();
+        fs::write(dir.join("cpu.stat"), "usage_usec 2500\nuser_usec 2000\n").unwrap();
+        let usage = cg.usage();
+        assert_eq!(usage.peak_memory_bytes, Some(1 << 20));
+        assert_eq!(usage.oom_kills, 1);
+        assert_eq!(usage.cpu_time_ns, Some(2_500_000));
+        cg.dirs.clear();
+    }
+
+    #[test]
+    fn v2_without_a_controller_refuses_the_limit() {
+        let fake = tempfile::tempdir().unwrap();
+        fs::write(fake.path().join("cgroup.controllers"), "cpu hugetlb\n").unwrap();
+        let layout = CgroupLayout::detect(fake.path()).unwrap();
+        let err = RunCgroup::create(&layout, "job", LIMITS).unwrap_err();
+        assert!(matches!(err, CgroupError::MissingController { controller: "memory", .. }), "{err}");
+    }
+
+    #[test]
+    fn v1_limits_go_to_each_hierarchy() {
+        let fake = fake_v1(&["memory", "pids", "cpu", "cpuacct"]);
+        let layout = CgroupLayout::detect(fake.path()).unwrap();
+        assert_eq!(layout.version(), CgroupVersion::V1);
+        let mut cg = RunCgroup::create(&layout, "job", LIMITS).unwrap();
+        assert_eq!(cg.dirs().len(), 4);
+        let p = fake.path();
+        assert_eq!(fs::read_to_string(p.join("memory/covenant/job/memory.limit_in_bytes")).unwrap(), "268435456");
+        assert_eq!(fs::read_to_string(p.join("pids/covenant/job/pids.max")).unwrap(), "64");
+        assert_eq!(fs::read_to_string(p.join("cpu/covenant/job/cpu.cfs_quota_us")).unwrap(), "150000");
+        fs::write(p.join("memory/covenant/job/memory.oom_control"), "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n").unwrap();
+        fs::write(p.join("cpuacct/covenant/job/cpuacct.usage"), "123456\n").unwrap();
+        assert_eq!(cg.usage().oom_kills, 2);
+        assert_eq!(cg.usage().cpu_time_ns, Some(123456));
+        cg.dirs.clear();
+    }
+
+    #[test]
+    fn v1_without_pids_refuses_a_pids_limit_and_leaves_nothing() {
+        let fake = fake_v1(&["memory"]);
+        let layout = CgroupLayout::detect(fake.path()).unwrap();
+        let err = RunCgroup::create(&layout, "job", LIMITS).unwrap_err();
+        assert!(matches!(err, CgroupError::MissingController { controller: "pids", .. }), "{err}");
+        assert!(!fake.path().join("memory/covenant/job").exists());
+    }
+
+    #[test]
+    fn a_folder_without_cgroups_is_not_a_layout() {
+        let empty = tempfile::tempdir().unwrap();
+        assert!(matches!(CgroupLayout::detect(empty.path()), Err(CgroupError::NoHierarchy { .. })));
+    }
+}

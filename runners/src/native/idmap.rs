@@ -1,0 +1,62 @@
+//! User namespaces that exist only to lend their mapping to an idmapped mount: a child
+//! is cloned into a new user namespace, the parent writes one uid and one gid line, keeps a
+//! descriptor of the namespace, and lets the child go.
+
+use nix::sys::wait::waitpid;
+use nix::unistd::Pid;
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+#[derive(Debug, thiserror::Error)]
+#[error("idmap user namespace ({what}): {source}")]
+pub struct IdmapError {
+    what: &'static str,
+    source: std::io::Error,
+}
+
+fn err(what: &'static str) -> impl FnOnce(std::io::Error) -> IdmapError {
+    move |source| IdmapError { what, source }
+}
+
+/// A user namespace mapping `on_disk_uid` to host `kuid` (and likewise for gids).
+pub fn idmap_userns(on_disk_uid: u32, kuid: u32, on_disk_gid: u32, kgid: u32) -> Result<OwnedFd, IdmapError> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into the array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(err("pipe")(std::io::Error::last_os_error()));
+    }
+    // SAFETY: both descriptors are fresh and owned here.
+    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: a fork-like clone of a single-threaded caller; the child only blocks on read
+    // and calls _exit (async-signal-safe).
+    let pid = unsafe {
+        libc::syscall(libc::SYS_clone, (libc::CLONE_NEWUSER | libc::SIGCHLD) as libc::c_ulong, 0usize, 0usize, 0usize, 0usize)
+    };
+    if pid < 0 {
+        return Err(err("clone")(std::io::Error::last_os_error()));
+    }
+    if pid == 0 {
+        drop(wr);
+        let mut b = 0u8;
+        // SAFETY: reads at most one byte into a live buffer, then exits.
+        unsafe {
+            libc::read(rd.as_raw_fd(), (&mut b as *mut u8).cast(), 1);
+            libc::_exit(0);
+        }
+    }
+    drop(rd);
+    let pid = Pid::from_raw(pid as i32);
+    let result = (|| {
+        File::create(format!("/proc/{pid}/uid_map"))
+            .and_then(|mut f| f.write_all(format!("{on_disk_uid} {kuid} 1\n").as_bytes()))
+            .map_err(err("uid_map"))?;
+        File::create(format!("/proc/{pid}/gid_map"))
+            .and_then(|mut f| f.write_all(format!("{on_disk_gid} {kgid} 1\n").as_bytes()))
+            .map_err(err("gid_map"))?;
+        File::open(format!("/proc/{pid}/ns/user")).map(OwnedFd::from).map_err(err("open ns"))
+    })();
+    drop(wr);
+    let _ = waitpid(pid, None);
+    result
+}

@@ -1,0 +1,505 @@
+//! The native runner: our own namespaces, mounts, `pivot_root`, capabilities,
+//! `no_new_privs`, rlimits, landlock, seccomp and cgroups, driven from an OCI bundle.
+//!
+//! Process model: the caller must be single-threaded (the CLI runs before any thread
+//! starts). It clones the sandbox's init straight into new user, PID, mount, IPC, UTS and
+//! network namespaces, writes the id maps, moves it into the run's cgroup, and lets it go.
+//! Init unshares its cgroup namespace, builds the rootfs, pivots, and forks the program,
+//! which drops every privilege, applies landlock and then seccomp, and `exec`s. Errors
+//! from the child side come back over a close-on-exec pipe, so "the pipe closed empty"
+//! means "the program is running".
+
+mod cgroup;
+mod idmap;
+mod init;
+mod landlock;
+mod mounts;
+mod net;
+mod privileges;
+mod seccomp;
+pub mod spec;
+mod syscall_table;
+
+pub use self::cgroup::{CgroupLayout, CgroupVersion};
+pub use self::landlock::{kernel_abi as landlock_abi, LandlockPlan};
+pub use self::spec::Namespace;
+
+use self::cgroup::{CgroupError, CgroupLimits, RunCgroup};
+use self::landlock::LandlockError;
+use self::mounts::{DetachedTree, MountError};
+use self::seccomp::{CompiledSeccomp, SeccompError};
+use self::spec::{MountKind, NativeSpec, SpecError};
+use crate::{ExitKind, RunOutcome, Runner};
+use covenant_policy::Degradation;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::waitpid;
+use nix::unistd::{sethostname, setresgid, setresuid, setsid, ForkResult, Gid, Pid, Uid};
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Exit code of a setup failure, as the CLI reports it.
+pub const SETUP_FAILED: i32 = 125;
+
+/// An error on the child side, named by the setup step that failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildError {
+    pub step: &'static str,
+    pub detail: String,
+}
+
+impl ChildError {
+    pub fn new(step: &'static str, detail: impl Into<String>) -> Self {
+        Self { step, detail: detail.into() }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        format!("{}\n{}", self.step, self.detail).into_bytes()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NativeError {
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error(transparent)]
+    Landlock(#[from] LandlockError),
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error(transparent)]
+    Mount(#[from] MountError),
+    #[error("{0}; accept the degradation `idmap` to bind it without an idmap")]
+    Idmap(String),
+    #[error("writing the sandbox's {file}: {source}")]
+    IdMap { file: &'static str, source: std::io::Error },
+    #[error("{what}: {errno}")]
+    Sys { what: &'static str, errno: nix::errno::Errno },
+    #[error("sandbox setup failed at step `{step}`: {detail}")]
+    Setup { step: String, detail: String },
+}
+
+type Result<T> = std::result::Result<T, NativeError>;
+
+fn sys(what: &'static str) -> impl FnOnce(nix::errno::Errno) -> NativeError {
+    move |errno| NativeError::Sys { what, errno }
+}
+
+/// The native runner.
+#[derive(Debug, Clone)]
+pub struct NativeRunner {
+    /// Where the cgroup hierarchies are mounted (normally `/sys/fs/cgroup`).
+    pub cgroup_root: PathBuf,
+}
+
+impl Default for NativeRunner {
+    fn default() -> Self {
+        Self { cgroup_root: PathBuf::from("/sys/fs/cgroup") }
+    }
+}
+
+impl Runner for NativeRunner {
+    type Error = NativeError;
+
+    fn name(&self) -> &'static str {
+        "native"
+    }
+
+    fn run(&self, bundle: &Path) -> Result<RunOutcome> {
+        let spec = NativeSpec::load(bundle)?;
+        self.run_spec(&spec)
+    }
+}
+
+/// Everything prepared in the parent before the clone, so the start path after it is short.
+struct Prepared {
+    landlock: Option<LandlockPlan>,
+    seccomp: Option<CompiledSeccomp>,
+    trees: Vec<Option<DetachedTree>>,
+    degradations: Vec<Degradation>,
+}
+
+impl NativeRunner {
+    fn run_spec(&self, spec: &NativeSpec) -> Result<RunOutcome> {
+        let mut prepared = prepare(spec)?;
+        let rootless = !Uid::effective().is_root();
+        let mut cgroup = if rootless && spec.limits == CgroupLimits::default() {
+            None
+        } else {
+            let layout = CgroupLayout::detect(&self.cgroup_root)?;
+            let name = format!("{}-{}", spec.job_id, std::process::id());
+            Some(RunCgroup::create(&layout, &name, spec.limits)?)
+        };
+        let (sync_rd, sync_wr) = pipe()?;
+        let (err_rd, err_wr) = pipe()?;
+        let (status_rd, status_wr) = pipe()?;
+
+        let mut forwarded = SigSet::empty();
+        for s in init::FORWARDED {
+            forwarded.add(s);
+        }
+        let status_rd_raw = status_rd.as_raw_fd();
+        let old_mask = forwarded.thread_swap_mask(SigmaskHow::SIG_BLOCK).map_err(sys("block signals"))?;
+        let result = (|| {
+            let sfd = SignalFd::with_flags(&forwarded, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+                .map_err(sys("signalfd"))?;
+            let (pid, pidfd) = clone_sandbox(spec)?;
+            if pid.as_raw() == 0 {
+                // SAFETY: closes the child's copies of the parent's pipe ends.
+                unsafe { libc::close(status_rd_raw) };
+                drop((sync_wr, err_rd, sfd));
+                child_main(spec, &mut prepared, sync_rd, err_wr, status_wr);
+            }
+            drop((sync_rd, err_wr, status_wr));
+            prepared.trees.clear();
+            let supervise = || -> Result<Supervised> {
+                write_id_maps(pid, spec, rootless)?;
+                if let Some(cg) = &cgroup {
+                    cg.add_process(pid.as_raw())?;
+                }
+                File::from(sync_wr).write_all(b"g").map_err(|e| NativeError::Setup {
+                    step: "start sandbox".into(),
+                    detail: e.to_string(),
+                })?;
+                if let Some(err) = read_child_error(err_rd) {
+                    return Err(NativeError::Setup { step: err.step.to_string(), detail: err.detail });
+                }
+                supervise(pid, &pidfd, &sfd, spec.timeout)
+            };
+            let outcome = supervise();
+            if outcome.is_err() {
+                let _ = kill(pid, Signal::SIGKILL);
+            }
+            let _ = waitpid(pid, None);
+            outcome
+        })();
+        let _ = old_mask.thread_set_mask();
+        let supervised = result?;
+        let status = read_status(status_rd);
+        let usage = cgroup.as_ref().map(|cg| cg.usage()).unwrap_or_default();
+        let cgroup_version = cgroup.as_ref().map(|cg| cg.version());
+        if let Some(cg) = cgroup.as_mut() {
+            cg.remove(Duration::from_secs(5))?;
+        }
+        let exit = match status {
+            Some(raw) if libc::WIFEXITED(raw) => ExitKind::Exited(libc::WEXITSTATUS(raw)),
+            Some(raw) if libc::WIFSIGNALED(raw) => ExitKind::Signaled(libc::WTERMSIG(raw)),
+            _ => ExitKind::Killed,
+        };
+        Ok(RunOutcome {
+            exit,
+            timed_out: supervised.timed_out,
+            oom_killed: usage.oom_kills > 0,
+            pids_limit_hits: usage.pids_limit_hits,
+            duration: supervised.duration,
+            cpu_time_ns: usage.cpu_time_ns,
+            peak_memory_bytes: usage.peak_memory_bytes,
+            namespaces: spec.namespaces.clone(),
+            landlock: prepared.landlock,
+            seccomp_filters: prepared.seccomp.as_ref().map(|s| s.programs.len()).unwrap_or(0),
+            cgroup_version,
+            degradations_applied: prepared.degradations.clone(),
+        })
+    }
+}
+
+/// Decides landlock, compiles seccomp and clones every host path, before any namespace
+/// exists: a restriction that cannot be enforced stops the run here.
+fn prepare(spec: &NativeSpec) -> Result<Prepared> {
+    let mut degradations = Vec::new();
+    let landlock = match &spec.landlock {
+        Some(policy) => {
+            let plan = landlock::check_support(policy, landlock::kernel_abi(), &spec.accepted_degradations)?;
+            if !plan.fs {
+                degradations.push(Degradation::Landlock);
+            } else {
+                if policy.net == covenant_policy::annotations::LandlockNet::DenyAll && !plan.net {
+                    degradations.push(Degradation::LandlockNet);
+                }
+                if policy.scope && !plan.scope {
+                    degradations.push(Degradation::LandlockScope);
+                }
+            }
+            Some(plan)
+        }
+        None => None,
+    };
+    let seccomp = spec.seccomp.as_ref().map(seccomp::compile).transpose()?;
+    let mut trees = Vec::with_capacity(spec.mounts.len());
+    let mut userns_cache: Vec<((u32, u32), OwnedFd)> = Vec::new();
+    for m in &spec.mounts {
+        if !matches!(m.kind, MountKind::Bind { .. }) {
+            trees.push(None);
+            continue;
+        }
+        let wanted = spec.idmap.iter().find(|i| i.destination == m.destination);
+        let idmap_fd = match wanted {
+            None => None,
+            Some(i) => {
+                let key = (i.host_uid, i.host_gid);
+                if !userns_cache.iter().any(|(k, _)| *k == key) {
+                    let fd = idmap::idmap_userns(i.host_uid, spec.uid_map.host + spec.uid, i.host_gid, spec.gid_map.host + spec.gid)
+                        .map_err(|e| NativeError::Idmap(e.to_string()))?;
+                    userns_cache.push((key, fd));
+                }
+                userns_cache.iter().find(|(k, _)| *k == key).map(|(_, fd)| fd)
+            }
+        };
+        let tree = match mounts::clone_host_tree(m, idmap_fd) {
+            Err(e @ MountError::SetAttr { .. }) if idmap_fd.is_some() => {
+                if !spec.accepts(Degradation::Idmap) {
+                    return Err(NativeError::Idmap(e.to_string()));
+                }
+                if !degradations.contains(&Degradation::Idmap) {
+                    degradations.push(Degradation::Idmap);
+                }
+                mounts::clone_host_tree(m, None)?
+            }
+            other => other?,
+        };
+        trees.push(Some(tree));
+    }
+    Ok(Prepared { landlock, seccomp, trees, degradations })
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("pipe"))
+}
+
+/// Clones the sandbox's init into its namespaces (all but the cgroup namespace, which init
+/// enters after the parent has moved it into the run's cgroup). Returns pid 0 in the child.
+fn clone_sandbox(spec: &NativeSpec) -> Result<(Pid, OwnedFd)> {
+    let mut flags = libc::CLONE_NEWUSER | libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_PIDFD;
+    for (ns, flag) in [(Namespace::Ipc, libc::CLONE_NEWIPC), (Namespace::Uts, libc::CLONE_NEWUTS), (Namespace::Network, libc::CLONE_NEWNET)] {
+        if spec.has(ns) {
+            flags |= flag;
+        }
+    }
+    let mut pidfd: libc::c_int = -1;
+    // SAFETY: a fork-like clone (no new stack) of a single-threaded process; the child
+    // continues in child_main and never returns into the caller's frames. The pidfd is
+    // written to `pidfd` in the parent only.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (flags | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            &mut pidfd as *mut libc::c_int,
+            0usize,
+            0usize,
+        )
+    };
+    if pid < 0 {
+        return Err(sys("clone the sandbox (user, pid, mount, ipc, uts, net namespaces)")(nix::errno::Errno::last()));
+    }
+    if pid == 0 {
+        // SAFETY: in the child there is no pidfd; a placeholder that is never used.
+        return Ok((Pid::from_raw(0), unsafe { OwnedFd::from_raw_fd(libc::dup(0)) }));
+    }
+    // SAFETY: the kernel returned a fresh pidfd for the child.
+    Ok((Pid::from_raw(pid as i32), unsafe { OwnedFd::from_raw_fd(pidfd) }))
+}
+
+/// Maps the sandbox's ids: a subordinate range when run as root, the caller alone rootless.
+fn write_id_maps(pid: Pid, spec: &NativeSpec, rootless: bool) -> Result<()> {
+    let write = |file: &'static str, text: String| {
+        std::fs::write(format!("/proc/{pid}/{file}"), text).map_err(|source| NativeError::IdMap { file, source })
+    };
+    if rootless {
+        write("setgroups", "deny".into())?;
+    }
+    write("uid_map", format!("0 {} {}\n", spec.uid_map.host, spec.uid_map.size))?;
+    write("gid_map", format!("0 {} {}\n", spec.gid_map.host, spec.gid_map.size))
+}
+
+fn read_child_error(fd: OwnedFd) -> Option<ChildError> {
+    let mut buf = Vec::new();
+    let _ = File::from(fd).read_to_end(&mut buf);
+    if buf.is_empty() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&buf);
+    let (step, detail) = text.split_once('\n').unwrap_or(("sandbox setup", &text));
+    let step: &'static str = Box::leak(step.to_string().into_boxed_str());
+    Some(ChildError::new(step, detail.to_string()))
+}
+
+fn read_status(fd: OwnedFd) -> Option<i32> {
+    let mut buf = [0u8; 4];
+    File::from(fd).read_exact(&mut buf).ok().map(|_| i32::from_ne_bytes(buf))
+}
+
+struct Supervised {
+    timed_out: bool,
+    duration: Duration,
+}
+
+/// Waits for init to exit, forwarding signals and enforcing the timeout. A timeout kills
+/// init, and with it, by the kernel's hand, every process of the PID namespace.
+fn supervise(pid: Pid, pidfd: &OwnedFd, sfd: &SignalFd, timeout: Option<Duration>) -> Result<Supervised> {
+    let started = Instant::now();
+    let mut timed_out = false;
+    loop {
+        let wait = match (timeout, timed_out) {
+            (Some(t), false) => {
+                let left = t.saturating_sub(started.elapsed());
+                PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX)
+            }
+            _ => PollTimeout::NONE,
+        };
+        let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN), PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+        let n = match poll(&mut fds, wait) {
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(sys("poll")(e)),
+        };
+        if fds[0].revents().is_some_and(|r| r.contains(PollFlags::POLLIN)) {
+            return Ok(Supervised { timed_out, duration: started.elapsed() });
+        }
+        if fds[1].revents().is_some_and(|r| r.contains(PollFlags::POLLIN)) {
+            while let Ok(Some(info)) = sfd.read_signal() {
+                if let Ok(sig) = Signal::try_from(info.ssi_signo as i32) {
+                    let _ = kill(pid, sig);
+                }
+            }
+        }
+        if n == 0 && timeout.is_some() && !timed_out {
+            timed_out = true;
+            let _ = kill(pid, Signal::SIGKILL);
+        }
+    }
+}
+
+/// The child side: never returns. Any error is sent to the parent and ends the child
+/// with [`SETUP_FAILED`].
+fn child_main(spec: &NativeSpec, prepared: &mut Prepared, sync: OwnedFd, err: OwnedFd, status: OwnedFd) -> ! {
+    let code = match init_sandbox(spec, prepared, sync, &err, status) {
+        Ok(never) => match never {},
+        Err(e) => {
+            let bytes = e.encode();
+            // SAFETY: writes from a live buffer to an owned pipe.
+            unsafe { libc::write(err.as_raw_fd(), bytes.as_ptr().cast(), bytes.len()) };
+            SETUP_FAILED
+        }
+    };
+    // SAFETY: _exit ends the child without running the parent's destructors.
+    unsafe { libc::_exit(code) }
+}
+
+enum Never {}
+
+/// Init's setup sequence, one step per line, in order.
+fn init_sandbox(spec: &NativeSpec, prepared: &mut Prepared, sync: OwnedFd, err: &OwnedFd, status: OwnedFd) -> std::result::Result<Never, ChildError> {
+    await_parent(sync)?;
+    become_namespace_root()?;
+    if spec.has(Namespace::Cgroup) {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
+            .map_err(|e| ChildError::new("enter cgroup namespace", e.to_string()))?;
+    }
+    if let (true, Some(name)) = (spec.has(Namespace::Uts), &spec.hostname) {
+        sethostname(name).map_err(|e| ChildError::new("set hostname", e.to_string()))?;
+    }
+    if spec.has(Namespace::Network) && spec.loopback_up {
+        net::bring_up_loopback()?;
+    }
+    mounts::setup_rootfs(spec, &prepared.trees)?;
+    prepared.trees.clear();
+    setsid().map_err(|e| ChildError::new("new session", e.to_string()))?;
+    let signals = init::init_signals();
+    signals.thread_block().map_err(|e| ChildError::new("block signals", e.to_string()))?;
+    // SAFETY: init is single-threaded; the program child only runs its own setup and execs.
+    match unsafe { nix::unistd::fork() }.map_err(|e| ChildError::new("fork program", e.to_string()))? {
+        ForkResult::Child => {
+            drop(status);
+            let e = start_program(spec, prepared);
+            let bytes = e.encode();
+            // SAFETY: writes from a live buffer to an owned pipe, then exits.
+            unsafe {
+                libc::write(err.as_raw_fd(), bytes.as_ptr().cast(), bytes.len());
+                libc::_exit(exit_code_for(&e));
+            }
+        }
+        ForkResult::Parent { child } => {
+            // SAFETY: closes init's copy of the error pipe so the parent sees EOF at exec.
+            unsafe { libc::close(err.as_raw_fd()) };
+            init::run_init(child, &signals, status)
+        }
+    }
+}
+
+/// 127 when the program does not exist, 126 when it cannot be executed, 125 otherwise.
+fn exit_code_for(e: &ChildError) -> i32 {
+    match (e.step, e.detail.contains("ENOENT")) {
+        ("exec", true) => 127,
+        ("exec", false) => 126,
+        _ => SETUP_FAILED,
+    }
+}
+
+fn await_parent(sync: OwnedFd) -> std::result::Result<(), ChildError> {
+    let mut b = [0u8; 1];
+    match File::from(sync).read(&mut b) {
+        Ok(1) => Ok(()),
+        _ => Err(ChildError::new("wait for parent", "the supervisor went away before the sandbox started")),
+    }
+}
+
+/// Takes uid/gid 0 of the new user namespace (mapped to an unprivileged host id).
+fn become_namespace_root() -> std::result::Result<(), ChildError> {
+    let (u, g) = (Uid::from_raw(0), Gid::from_raw(0));
+    setresgid(g, g, g).map_err(|e| ChildError::new("enter user namespace", format!("setresgid: {e}")))?;
+    setresuid(u, u, u).map_err(|e| ChildError::new("enter user namespace", format!("setresuid: {e}")))
+}
+
+/// The program's setup, ending in `execve`; returns only the error that stopped it.
+fn start_program(spec: &NativeSpec, prepared: &Prepared) -> ChildError {
+    let run = || -> std::result::Result<Never, ChildError> {
+        SigSet::empty().thread_set_mask().map_err(|e| ChildError::new("reset signals", e.to_string()))?;
+        // SAFETY: restores the default disposition the Rust runtime changed for itself.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+        privileges::set_rlimits(spec)?;
+        privileges::drop_privileges(spec)?;
+        privileges::set_no_new_privs()?;
+        nix::unistd::chdir(&spec.cwd)
+            .map_err(|e| ChildError::new("change directory", format!("cwd {}: {e}", spec.cwd.display())))?;
+        if let (Some(policy), Some(plan)) = (&spec.landlock, prepared.landlock) {
+            landlock::apply(policy, plan)?;
+        }
+        let program = find_program(spec)?;
+        // SAFETY: marks every descriptor above stderr close-on-exec; no memory effects.
+        unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
+        if let Some(filters) = &prepared.seccomp {
+            seccomp::load(filters).map_err(|e| ChildError::new("load seccomp", e.to_string()))?;
+        }
+        let e = nix::unistd::execve(&program, &spec.args, &spec.env).unwrap_err();
+        Err(ChildError::new("exec", format!("{}: {e}", program.to_string_lossy())))
+    };
+    match run() {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}
+
+/// Finds `args[0]` on the sandbox's `PATH`, as a shell would.
+fn find_program(spec: &NativeSpec) -> std::result::Result<CString, ChildError> {
+    let name = spec.args[0].as_bytes();
+    if name.contains(&b'/') {
+        return Ok(spec.args[0].clone());
+    }
+    for dir in spec.path_var.split(':').filter(|d| !d.is_empty()) {
+        let candidate = Path::new(dir).join(std::ffi::OsStr::from_bytes(name));
+        let c = CString::new(candidate.as_os_str().as_bytes()).unwrap_or_default();
+        // SAFETY: access reads a NUL-terminated path.
+        if unsafe { libc::access(c.as_ptr(), libc::X_OK) } == 0 && candidate.is_file() {
+            return Ok(c);
+        }
+    }
+    Err(ChildError::new("exec", format!("{}: ENOENT: not found on PATH {}", String::from_utf8_lossy(name), spec.path_var)))
+}

@@ -1,0 +1,287 @@
+//! The sandbox's filesystem view. Host paths are cloned into detached mount trees by the
+//! parent, as host root (`open_tree`), with their read-only/nosuid/nodev/noexec and idmap
+//! attributes set there (`mount_setattr`); the child attaches each one into the new root
+//! (`move_mount`), mounts the fresh kernel filesystems, masks `/proc`, and pivots.
+//! Cloning in the parent means a host path the sandbox's own host uid could not even look
+//! up (a workspace under a 0700 home) is still mountable, and idmaps need host root.
+
+use super::spec::{MountKind, MountSpec, NativeSpec};
+use super::ChildError;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::unistd::{chdir, pivot_root};
+use std::ffi::CString;
+use std::fs;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const AT_RECURSIVE: libc::c_uint = 0x8000;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
+const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+const MOUNT_ATTR_IDMAP: u64 = 0x10_0000;
+
+/// `struct mount_attr` of `mount_setattr(2)`.
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("mount {destination}: cannot clone host path {source_path}: {errno}")]
+    OpenTree { destination: PathBuf, source_path: PathBuf, errno: nix::errno::Errno },
+    #[error("mount {destination}: cannot set attributes{idmap}: {errno}")]
+    SetAttr { destination: PathBuf, idmap: &'static str, errno: nix::errno::Errno },
+}
+
+fn cstring(path: &Path) -> CString {
+    CString::new(path.as_os_str().as_bytes()).unwrap_or_default()
+}
+
+/// A detached copy of a host path, ready to be attached in the child.
+#[derive(Debug)]
+pub struct DetachedTree {
+    pub fd: OwnedFd,
+    pub is_dir: bool,
+}
+
+/// Clones the bind source of `m` into a detached tree with its final attributes; `idmap`
+/// is a user namespace whose mapping the tree takes on.
+pub fn clone_host_tree(m: &MountSpec, idmap: Option<&OwnedFd>) -> Result<DetachedTree, MountError> {
+    let MountKind::Bind { source, recursive } = &m.kind else {
+        unreachable!("only bind mounts are cloned")
+    };
+    let path = cstring(source);
+    let flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | if *recursive { AT_RECURSIVE } else { 0 };
+    // SAFETY: open_tree reads a NUL-terminated path and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(MountError::OpenTree {
+            destination: m.destination.clone(),
+            source_path: source.clone(),
+            errno: nix::errno::Errno::last(),
+        });
+    }
+    // SAFETY: fd was just returned by open_tree and is owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    let mut set = 0;
+    for (flag, attr) in [
+        (MsFlags::MS_RDONLY, MOUNT_ATTR_RDONLY),
+        (MsFlags::MS_NOSUID, MOUNT_ATTR_NOSUID),
+        (MsFlags::MS_NODEV, MOUNT_ATTR_NODEV),
+        (MsFlags::MS_NOEXEC, MOUNT_ATTR_NOEXEC),
+    ] {
+        if m.flags.contains(flag) {
+            set |= attr;
+        }
+    }
+    let mut attr = MountAttr { attr_set: set, attr_clr: 0, propagation: libc::MS_PRIVATE as u64, userns_fd: 0 };
+    if let Some(ns) = idmap {
+        attr.attr_set |= MOUNT_ATTR_IDMAP;
+        attr.userns_fd = ns.as_raw_fd() as u64;
+    }
+    let at_flags = libc::AT_EMPTY_PATH as libc::c_uint | if *recursive { AT_RECURSIVE } else { 0 };
+    let empty = c"";
+    // SAFETY: attr is a valid mount_attr of the size passed; the path is an empty C string.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            empty.as_ptr(),
+            at_flags,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if rc < 0 {
+        return Err(MountError::SetAttr {
+            destination: m.destination.clone(),
+            idmap: if idmap.is_some() { " (idmapped)" } else { "" },
+            errno: nix::errno::Errno::last(),
+        });
+    }
+    let is_dir = fs::metadata(source).map(|md| md.is_dir()).unwrap_or(true);
+    Ok(DetachedTree { fd, is_dir })
+}
+
+fn step<'a>(step: &'static str, target: &'a Path) -> impl FnOnce(nix::errno::Errno) -> ChildError + 'a {
+    move |e| ChildError::new(step, format!("{}: {e}", target.display()))
+}
+
+fn inside(rootfs: &Path, dest: &Path) -> PathBuf {
+    rootfs.join(dest.strip_prefix("/").unwrap_or(dest))
+}
+
+/// Creates the directory or empty file a mount attaches to, refusing a symlink there.
+fn ensure_mount_point(target: &Path, is_dir: bool) -> Result<(), ChildError> {
+    let fail = |e: std::io::Error| ChildError::new("create mount point", format!("{}: {e}", target.display()));
+    match fs::symlink_metadata(target) {
+        Ok(md) if md.file_type().is_symlink() => {
+            return Err(ChildError::new("create mount point", format!("{} is a symlink", target.display())))
+        }
+        Ok(_) => return Ok(()),
+        Err(_) => {}
+    }
+    if is_dir {
+        fs::create_dir_all(target).map_err(fail)
+    } else {
+        if let Some(parent) = target.parent() {
+            fs::create_dir_all(parent).map_err(fail)?;
+        }
+        fs::File::create(target).map(drop).map_err(fail)
+    }
+}
+
+/// Builds the root filesystem and pivots into it. Runs in the child, in its own user and
+/// mount namespaces; `trees[i]` is the detached tree of `spec.mounts[i]` when it is a bind.
+pub fn setup_rootfs(spec: &NativeSpec, trees: &[Option<DetachedTree>]) -> Result<(), ChildError> {
+    let root = Path::new("/");
+    mount(None::<&str>, root, None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
+        .map_err(step("make mounts private", root))?;
+    let rootfs = &spec.rootfs;
+    mount(Some(rootfs), rootfs, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+        .map_err(step("bind rootfs", rootfs))?;
+    for (m, tree) in spec.mounts.iter().zip(trees) {
+        attach(rootfs, m, tree.as_ref())?;
+    }
+    if spec.mounts.iter().any(|m| m.destination == Path::new("/dev")) {
+        make_dev_links(rootfs)?;
+    }
+    for p in &spec.masked_paths {
+        mask_path(rootfs, p)?;
+    }
+    for p in &spec.readonly_paths {
+        readonly_path(rootfs, p)?;
+    }
+    pivot_into(rootfs)?;
+    if spec.root_readonly {
+        remount_readonly(root, MsFlags::MS_NOSUID | MsFlags::MS_NODEV)
+            .map_err(step("remount root read-only", root))?;
+    }
+    Ok(())
+}
+
+fn attach(rootfs: &Path, m: &MountSpec, tree: Option<&DetachedTree>) -> Result<(), ChildError> {
+    let target = inside(rootfs, &m.destination);
+    match (&m.kind, tree) {
+        (MountKind::Bind { .. }, Some(tree)) => {
+            ensure_mount_point(&target, tree.is_dir)?;
+            let t = cstring(&target);
+            let empty = c"";
+            // SAFETY: both paths are valid C strings; the tree fd is a detached mount.
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_move_mount,
+                    tree.fd.as_raw_fd(),
+                    empty.as_ptr(),
+                    libc::AT_FDCWD,
+                    t.as_ptr(),
+                    MOVE_MOUNT_F_EMPTY_PATH,
+                )
+            };
+            if rc < 0 {
+                return Err(step("attach bind mount", &target)(nix::errno::Errno::last()));
+            }
+            Ok(())
+        }
+        (MountKind::Bind { source, .. }, None) => Err(ChildError::new(
+            "attach bind mount",
+            format!("{}: no detached tree for {}", target.display(), source.display()),
+        )),
+        (MountKind::Fresh { fstype, data }, _) => {
+            ensure_mount_point(&target, true)?;
+            let data = (!data.is_empty()).then_some(data.as_str());
+            mount(Some(fstype.as_str()), &target, Some(fstype.as_str()), m.flags, data)
+                .map_err(step("mount filesystem", &target))
+        }
+    }
+}
+
+/// The links every `/dev` has (`/dev/fd`, the standard streams, `ptmx` of the private
+/// devpts instance).
+fn make_dev_links(rootfs: &Path) -> Result<(), ChildError> {
+    for (link, target) in [
+        ("dev/fd", "/proc/self/fd"),
+        ("dev/stdin", "/proc/self/fd/0"),
+        ("dev/stdout", "/proc/self/fd/1"),
+        ("dev/stderr", "/proc/self/fd/2"),
+        ("dev/ptmx", "pts/ptmx"),
+        ("dev/core", "/proc/kcore"),
+    ] {
+        let path = rootfs.join(link);
+        if fs::symlink_metadata(&path).is_ok() {
+            continue;
+        }
+        std::os::unix::fs::symlink(target, &path)
+            .map_err(|e| ChildError::new("create /dev links", format!("{}: {e}", path.display())))?;
+    }
+    Ok(())
+}
+
+/// Hides a path: an empty read-only tmpfs over a directory, `/dev/null` over a file.
+fn mask_path(rootfs: &Path, path: &Path) -> Result<(), ChildError> {
+    let target = inside(rootfs, path);
+    let Ok(md) = fs::metadata(&target) else { return Ok(()) };
+    if md.is_dir() {
+        mount(
+            Some("tmpfs"),
+            &target,
+            Some("tmpfs"),
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some("size=0,mode=0555"),
+        )
+        .map_err(step("mask path", &target))
+    } else {
+        let null = rootfs.join("dev/null");
+        mount(Some(&null), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(step("mask path", &target))
+    }
+}
+
+fn readonly_path(rootfs: &Path, path: &Path) -> Result<(), ChildError> {
+    let target = inside(rootfs, path);
+    if fs::symlink_metadata(&target).is_err() {
+        return Ok(());
+    }
+    mount(Some(&target), &target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+        .map_err(step("read-only path", &target))?;
+    remount_readonly(&target, MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC)
+        .map_err(step("read-only path", &target))
+}
+
+/// Remounts a bind mount read-only, keeping the flags it already has: a mount inherited
+/// from a more privileged namespace has its atime/nosuid/nodev/noexec flags locked, and a
+/// remount that would clear one is refused.
+fn remount_readonly(target: &Path, extra: MsFlags) -> nix::Result<()> {
+    let current = nix::sys::statvfs::statvfs(target)?.flags();
+    use nix::sys::statvfs::FsFlags;
+    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | extra;
+    for (fs_flag, ms_flag) in [
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+    ] {
+        if current.contains(fs_flag) {
+            flags |= ms_flag;
+        }
+    }
+    mount(None::<&str>, target, None::<&str>, flags, None::<&str>)
+}
+
+/// `pivot_root(".", ".")` then detach the old root: nothing of the host's tree stays
+/// reachable from the sandbox.
+fn pivot_into(rootfs: &Path) -> Result<(), ChildError> {
+    chdir(rootfs).map_err(step("pivot_root", rootfs))?;
+    pivot_root(".", ".").map_err(step("pivot_root", rootfs))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(step("detach old root", Path::new("/")))?;
+    chdir("/").map_err(step("pivot_root", Path::new("/")))
+}

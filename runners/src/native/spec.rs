@@ -1,0 +1,336 @@
+//! Reads a bundle's `config.json` into the plain settings the native runner acts on, and
+//! refuses anything it would not enforce exactly (joining existing namespaces, kept
+//! capabilities, unknown mount types), naming the field.
+
+use covenant_policy::annotations::{self, IdmapMount, LandlockPolicy};
+use covenant_policy::Degradation;
+use nix::mount::MsFlags;
+use oci_spec::runtime::{LinuxNamespaceType, LinuxSeccomp, Spec};
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::cgroup::CgroupLimits;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("bundle {path}: cannot read config.json: {reason}")]
+    Load { path: PathBuf, reason: String },
+    #[error("config.json `{field}`: {reason}")]
+    Field { field: String, reason: String },
+}
+
+fn field(field: &str, reason: impl Into<String>) -> SpecError {
+    SpecError::Field { field: field.to_string(), reason: reason.into() }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MountKind {
+    /// A host path; `recursive` for `rbind`.
+    Bind { source: PathBuf, recursive: bool },
+    /// A fresh kernel filesystem (`proc`, `tmpfs`, `devpts`, `mqueue`).
+    Fresh { fstype: String, data: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountSpec {
+    pub destination: PathBuf,
+    pub kind: MountKind,
+    pub flags: MsFlags,
+}
+
+impl MountSpec {
+    pub fn read_only(&self) -> bool {
+        self.flags.contains(MsFlags::MS_RDONLY)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdRange {
+    pub host: u32,
+    pub size: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Namespace {
+    User,
+    Pid,
+    Mount,
+    Network,
+    Ipc,
+    Uts,
+    Cgroup,
+}
+
+#[derive(Debug, Clone)]
+pub struct NativeSpec {
+    pub bundle: PathBuf,
+    pub rootfs: PathBuf,
+    pub root_readonly: bool,
+    pub hostname: Option<String>,
+    pub args: Vec<CString>,
+    pub env: Vec<CString>,
+    /// `PATH` from `env`, to find `args[0]`.
+    pub path_var: String,
+    pub cwd: PathBuf,
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+    pub rlimits: Vec<(libc::__rlimit_resource_t, u64, u64, &'static str)>,
+    pub namespaces: Vec<Namespace>,
+    pub uid_map: IdRange,
+    pub gid_map: IdRange,
+    pub mounts: Vec<MountSpec>,
+    pub masked_paths: Vec<PathBuf>,
+    pub readonly_paths: Vec<PathBuf>,
+    pub seccomp: Option<LinuxSeccomp>,
+    pub landlock: Option<LandlockPolicy>,
+    pub idmap: Vec<IdmapMount>,
+    pub limits: CgroupLimits,
+    pub timeout: Option<Duration>,
+    pub loopback_up: bool,
+    pub accepted_degradations: Vec<Degradation>,
+    pub job_id: String,
+}
+
+impl NativeSpec {
+    pub fn has(&self, ns: Namespace) -> bool {
+        self.namespaces.contains(&ns)
+    }
+
+    pub fn accepts(&self, d: Degradation) -> bool {
+        self.accepted_degradations.contains(&d)
+    }
+
+    /// Loads and checks `bundle/config.json`.
+    pub fn load(bundle: &Path) -> Result<Self, SpecError> {
+        let config = bundle.join("config.json");
+        let spec = Spec::load(&config).map_err(|e| SpecError::Load { path: bundle.to_path_buf(), reason: e.to_string() })?;
+        Self::from_spec(bundle, &spec)
+    }
+
+    pub fn from_spec(bundle: &Path, spec: &Spec) -> Result<Self, SpecError> {
+        let root = spec.root().as_ref().ok_or_else(|| field("root", "missing"))?;
+        let rootfs = if root.path().is_absolute() { root.path().clone() } else { bundle.join(root.path()) };
+        let process = spec.process().as_ref().ok_or_else(|| field("process", "missing"))?;
+        if process.terminal() == Some(true) {
+            return Err(field("process.terminal", "a console socket is not supported; run with terminal=false"));
+        }
+        let args = process.args().clone().unwrap_or_default();
+        if args.is_empty() {
+            return Err(field("process.args", "empty"));
+        }
+        let cstr = |f: &str, s: &str| CString::new(s).map_err(|_| field(f, "contains a NUL byte"));
+        let env_list = process.env().clone().unwrap_or_default();
+        let path_var = env_list
+            .iter()
+            .find_map(|e| e.strip_prefix("PATH="))
+            .unwrap_or("/usr/local/bin:/usr/bin:/bin")
+            .to_string();
+        if let Some(caps) = process.capabilities() {
+            let sets = [
+                ("bounding", caps.bounding()),
+                ("effective", caps.effective()),
+                ("permitted", caps.permitted()),
+                ("inheritable", caps.inheritable()),
+                ("ambient", caps.ambient()),
+            ];
+            for (name, set) in sets {
+                if set.as_ref().is_some_and(|s| !s.is_empty()) {
+                    return Err(field(
+                        &format!("process.capabilities.{name}"),
+                        "the native runner drops every capability; a bundle that keeps one is refused",
+                    ));
+                }
+            }
+        }
+        if process.no_new_privileges() != Some(true) {
+            return Err(field("process.noNewPrivileges", "must be true: the native runner always sets no_new_privs"));
+        }
+        let mut rlimits = Vec::new();
+        for r in process.rlimits().iter().flatten() {
+            let name = format!("{:?}", r.typ());
+            let (resource, label) = rlimit_resource(&name)
+                .ok_or_else(|| field("process.rlimits", format!("{name} is not supported")))?;
+            if r.soft() > r.hard() {
+                return Err(field("process.rlimits", format!("{label}: soft {} above hard {}", r.soft(), r.hard())));
+            }
+            rlimits.push((resource, r.soft(), r.hard(), label));
+        }
+
+        let linux = spec.linux().as_ref().ok_or_else(|| field("linux", "missing"))?;
+        let mut namespaces = Vec::new();
+        for ns in linux.namespaces().iter().flatten() {
+            if ns.path().is_some() {
+                return Err(field("linux.namespaces", "joining an existing namespace (path) is not supported"));
+            }
+            namespaces.push(match ns.typ() {
+                LinuxNamespaceType::User => Namespace::User,
+                LinuxNamespaceType::Pid => Namespace::Pid,
+                LinuxNamespaceType::Mount => Namespace::Mount,
+                LinuxNamespaceType::Network => Namespace::Network,
+                LinuxNamespaceType::Ipc => Namespace::Ipc,
+                LinuxNamespaceType::Uts => Namespace::Uts,
+                LinuxNamespaceType::Cgroup => Namespace::Cgroup,
+                other => return Err(field("linux.namespaces", format!("{other:?} is not supported"))),
+            });
+        }
+        for required in [Namespace::User, Namespace::Pid, Namespace::Mount] {
+            if !namespaces.contains(&required) {
+                return Err(field("linux.namespaces", format!("the native runner requires a {required:?} namespace")));
+            }
+        }
+        let id_range = |f: &str, maps: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| -> Result<IdRange, SpecError> {
+            match maps.as_deref() {
+                Some([m]) if m.container_id() == 0 && m.size() > 0 => Ok(IdRange { host: m.host_id(), size: m.size() }),
+                _ => Err(field(f, "exactly one mapping starting at container id 0 is supported")),
+            }
+        };
+        let uid_map = id_range("linux.uidMappings", linux.uid_mappings())?;
+        let gid_map = id_range("linux.gidMappings", linux.gid_mappings())?;
+        let user = process.user();
+        if user.uid() >= uid_map.size || user.gid() >= gid_map.size {
+            return Err(field("process.user", format!("{}:{} is outside the user namespace's id mappings", user.uid(), user.gid())));
+        }
+
+        let mounts = spec.mounts().iter().flatten().map(mount_spec).collect::<Result<Vec<_>, _>>()?;
+        let annotations = spec.annotations().clone().unwrap_or_default();
+        let parse_json = |key: &str| -> Result<Option<serde_json::Value>, SpecError> {
+            annotations
+                .get(key)
+                .map(|v| serde_json::from_str(v).map_err(|e| field(&format!("annotations.{key}"), e.to_string())))
+                .transpose()
+        };
+        let landlock = parse_json(annotations::LANDLOCK)?
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| field(annotations::LANDLOCK, e.to_string()))?;
+        let idmap = parse_json(annotations::IDMAP)?
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| field(annotations::IDMAP, e.to_string()))?
+            .unwrap_or_default();
+        let accepted_degradations = parse_json(annotations::DEGRADATIONS)?
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| field(annotations::DEGRADATIONS, e.to_string()))?
+            .unwrap_or_default();
+        let timeout = annotations
+            .get(annotations::TIMEOUT_MS)
+            .map(|t| t.parse::<u64>().map(Duration::from_millis))
+            .transpose()
+            .map_err(|e| field(annotations::TIMEOUT_MS, e.to_string()))?;
+        let loopback_up = match annotations.get(annotations::NET).map(String::as_str) {
+            None | Some("loopback") => true,
+            Some("none") | Some("host") => false,
+            Some(other) => return Err(field(annotations::NET, format!("`{other}` is not none, loopback or host"))),
+        };
+
+        let resources = linux.resources().as_ref();
+        let limits = CgroupLimits {
+            memory_bytes: resources.and_then(|r| r.memory().as_ref()).and_then(|m| m.limit()).map(|l| l.max(0) as u64),
+            pids: resources.and_then(|r| r.pids().as_ref()).map(|p| p.limit().max(0) as u64),
+            cpu: resources.and_then(|r| r.cpu().as_ref()).and_then(|c| match (c.quota(), c.period()) {
+                (Some(q), p) if q > 0 => Some((q as u64, p.unwrap_or(100_000))),
+                _ => None,
+            }),
+        };
+
+        Ok(NativeSpec {
+            bundle: bundle.to_path_buf(),
+            rootfs,
+            root_readonly: root.readonly().unwrap_or(false),
+            hostname: spec.hostname().clone(),
+            args: args.iter().map(|a| cstr("process.args", a)).collect::<Result<_, _>>()?,
+            env: env_list.iter().map(|e| cstr("process.env", e)).collect::<Result<_, _>>()?,
+            path_var,
+            cwd: process.cwd().clone(),
+            uid: user.uid(),
+            gid: user.gid(),
+            additional_gids: user.additional_gids().clone().unwrap_or_default(),
+            rlimits,
+            namespaces,
+            uid_map,
+            gid_map,
+            mounts,
+            masked_paths: linux.masked_paths().clone().unwrap_or_default().into_iter().map(PathBuf::from).collect(),
+            readonly_paths: linux.readonly_paths().clone().unwrap_or_default().into_iter().map(PathBuf::from).collect(),
+            seccomp: linux.seccomp().clone(),
+            landlock,
+            idmap,
+            limits,
+            timeout,
+            loopback_up,
+            accepted_degradations,
+            job_id: annotations.get(annotations::JOB_ID).cloned().unwrap_or_else(|| "unnamed".to_string()),
+        })
+    }
+}
+
+fn rlimit_resource(debug_name: &str) -> Option<(libc::__rlimit_resource_t, &'static str)> {
+    Some(match debug_name {
+        "RlimitCore" => (libc::RLIMIT_CORE, "core"),
+        "RlimitNofile" => (libc::RLIMIT_NOFILE, "nofile"),
+        "RlimitNproc" => (libc::RLIMIT_NPROC, "nproc"),
+        "RlimitFsize" => (libc::RLIMIT_FSIZE, "fsize"),
+        "RlimitStack" => (libc::RLIMIT_STACK, "stack"),
+        "RlimitAs" => (libc::RLIMIT_AS, "as"),
+        "RlimitCpu" => (libc::RLIMIT_CPU, "cpu"),
+        "RlimitMemlock" => (libc::RLIMIT_MEMLOCK, "memlock"),
+        "RlimitData" => (libc::RLIMIT_DATA, "data"),
+        "RlimitMsgqueue" => (libc::RLIMIT_MSGQUEUE, "msgqueue"),
+        "RlimitNice" => (libc::RLIMIT_NICE, "nice"),
+        "RlimitRtprio" => (libc::RLIMIT_RTPRIO, "rtprio"),
+        "RlimitSigpending" => (libc::RLIMIT_SIGPENDING, "sigpending"),
+        "RlimitRss" => (libc::RLIMIT_RSS, "rss"),
+        "RlimitLocks" => (libc::RLIMIT_LOCKS, "locks"),
+        _ => return None,
+    })
+}
+
+fn mount_spec(m: &oci_spec::runtime::Mount) -> Result<MountSpec, SpecError> {
+    let dest = m.destination().clone();
+    let f = format!("mounts[{}]", dest.display());
+    if !dest.is_absolute() || dest.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+        return Err(field(&f, "destination must be absolute without `..`"));
+    }
+    let mut flags = MsFlags::empty();
+    let mut data = Vec::new();
+    let mut bind = false;
+    let mut recursive = false;
+    for opt in m.options().iter().flatten() {
+        match opt.as_str() {
+            "ro" => flags |= MsFlags::MS_RDONLY,
+            "rw" => {}
+            "nosuid" => flags |= MsFlags::MS_NOSUID,
+            "nodev" => flags |= MsFlags::MS_NODEV,
+            "noexec" => flags |= MsFlags::MS_NOEXEC,
+            "relatime" => flags |= MsFlags::MS_RELATIME,
+            "strictatime" => flags |= MsFlags::MS_STRICTATIME,
+            "noatime" => flags |= MsFlags::MS_NOATIME,
+            "bind" => bind = true,
+            "rbind" => {
+                bind = true;
+                recursive = true;
+            }
+            "private" | "rprivate" | "slave" | "rslave" => {}
+            other if other.contains('=') || other == "newinstance" => data.push(other.to_string()),
+            other => return Err(field(&f, format!("mount option `{other}` is not supported"))),
+        }
+    }
+    let typ = m.typ().clone().unwrap_or_default();
+    let kind = if bind || typ == "bind" {
+        let source = m.source().clone().ok_or_else(|| field(&f, "a bind mount needs a source"))?;
+        if !source.is_absolute() {
+            return Err(field(&f, "a bind source must be an absolute host path"));
+        }
+        MountKind::Bind { source, recursive }
+    } else {
+        match typ.as_str() {
+            "proc" | "tmpfs" | "devpts" | "mqueue" => MountKind::Fresh { fstype: typ, data: data.join(",") },
+            other => return Err(field(&f, format!("mount type `{other}` is not supported"))),
+        }
+    };
+    Ok(MountSpec { destination: dest, kind, flags })
+}
