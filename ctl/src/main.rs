@@ -15,7 +15,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "covenant-ctl", version, about = "Run commands in kernel-enforced sandboxes")]
+#[command(
+    name = "covenant-ctl",
+    version,
+    about = "Run commands in kernel-enforced sandboxes"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -116,7 +120,9 @@ impl RequestArgs {
         flags.write = self.write.clone();
         flags.cwd = self.cwd.clone();
         for kv in &self.env {
-            let (k, v) = kv.split_once('=').with_context(|| format!("--env `{kv}`: expected K=V"))?;
+            let (k, v) = kv
+                .split_once('=')
+                .with_context(|| format!("--env `{kv}`: expected K=V"))?;
             flags.env.insert(k.to_string(), v.to_string());
         }
         flags.rootfs = self.rootfs.clone();
@@ -160,17 +166,27 @@ fn main() -> ExitCode {
 
 fn run(args: RunArgs) -> anyhow::Result<i32> {
     let plan = args.request.plan()?;
-    let settings = RunSettings { keep_bundle: args.keep_bundle.clone(), runner: Some(args.runner.clone()) };
+    let settings = RunSettings {
+        keep_bundle: args.keep_bundle.clone(),
+        runner: Some(args.runner.clone()),
+    };
     let report = run_plan(&plan, &settings)?;
     if report.timed_out {
         let limit = plan.limits.timeout_ms.unwrap_or(0) as f64 / 1000.0;
         eprintln!("covenant: the sandbox reached its {limit}s timeout and was killed");
     } else if report.oom_killed && report.exit_code == EXIT_OOM {
-        let limit = plan.limits.memory_bytes.map(covenant_policy::units::format_size).unwrap_or_default();
+        let limit = plan
+            .limits
+            .memory_bytes
+            .map(covenant_policy::units::format_size)
+            .unwrap_or_default();
         eprintln!("covenant: the program was killed by the memory limit ({limit})");
     }
     for d in &report.degradations {
-        eprintln!("covenant: running without `{}` (accepted degradation)", d.name());
+        eprintln!(
+            "covenant: running without `{}` (accepted degradation)",
+            d.name()
+        );
     }
     if let Some(path) = &args.report {
         let json = serde_json::to_vec_pretty(&report)?;

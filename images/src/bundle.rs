@@ -2,16 +2,21 @@
 //! explicit and ordered; the rootfs directory holds only the mount points and the
 //! symlinks of a merged-`/usr` host, and is mounted read-only by the runner.
 
-use crate::host_view::{DEVICES, ETC_ENTRIES, ETC_NETWORK_ENTRIES, MASKED_PATHS, READONLY_PATHS, SYSTEM_DIRS};
+use crate::host_view::{
+    DEVICES, ETC_ENTRIES, ETC_NETWORK_ENTRIES, MASKED_PATHS, READONLY_PATHS, SYSTEM_DIRS,
+};
 use crate::oci_seccomp;
-use covenant_policy::annotations::{self, IdmapMount, LandlockAccess, LandlockNet, LandlockPathRule, LandlockPolicy};
+use covenant_policy::annotations::{
+    self, IdmapMount, LandlockAccess, LandlockNet, LandlockPathRule, LandlockPolicy,
+};
 use covenant_policy::plan::hex;
 use covenant_policy::seccomp_profile::profile_by_name;
 use covenant_policy::{MountAccess, NetMode, RootfsSource, SandboxPlan};
 use oci_spec::runtime::{
-    LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxIdMappingBuilder, LinuxMemoryBuilder,
-    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder,
-    PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxIdMappingBuilder,
+    LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder,
+    LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType,
+    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
@@ -26,7 +31,10 @@ pub const CPU_PERIOD_US: u64 = 100_000;
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
     #[error("bundle directory {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("bundle directory {path} already exists and is not empty")]
     NotEmpty { path: PathBuf },
     #[error("seccomp profile `{name}` is unknown")]
@@ -40,7 +48,10 @@ pub enum BundleError {
 type Result<T> = std::result::Result<T, BundleError>;
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BundleError + '_ {
-    move |source| BundleError::Io { path: path.to_path_buf(), source }
+    move |source| BundleError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// How the sandbox's ids map to host ids.
@@ -59,12 +70,22 @@ pub struct IdentityMap {
 impl IdentityMap {
     /// A root-run sandbox: ids 0..65536 map to an unprivileged host range.
     pub fn subordinate(host_uid: u32, host_gid: u32) -> Self {
-        Self { host_uid, host_gid, size: 65_536, idmap_writable: true }
+        Self {
+            host_uid,
+            host_gid,
+            size: 65_536,
+            idmap_writable: true,
+        }
     }
 
     /// A rootless sandbox: the sandbox's uid 0 is the caller.
     pub fn rootless(uid: u32, gid: u32) -> Self {
-        Self { host_uid: uid, host_gid: gid, size: 1, idmap_writable: false }
+        Self {
+            host_uid: uid,
+            host_gid: gid,
+            size: 1,
+            idmap_writable: false,
+        }
     }
 }
 
@@ -85,20 +106,32 @@ impl Bundle {
 /// Writes `plan` as an OCI bundle in `dir` (created if missing, refused if not empty).
 pub fn write_bundle(plan: &SandboxPlan, dir: &Path, ids: IdentityMap) -> Result<Bundle> {
     if ids.size == 1 && (plan.user.uid != 0 || plan.user.gid != 0) {
-        return Err(BundleError::RootlessUser { uid: plan.user.uid, gid: plan.user.gid });
+        return Err(BundleError::RootlessUser {
+            uid: plan.user.uid,
+            gid: plan.user.gid,
+        });
     }
     create_bundle_dir(dir)?;
     let generated = dir.join("generated");
-    fs::DirBuilder::new().mode(0o755).create(&generated).map_err(io_err(&generated))?;
+    fs::DirBuilder::new()
+        .mode(0o755)
+        .create(&generated)
+        .map_err(io_err(&generated))?;
     write_generated_etc(plan, &generated)?;
 
     let mounts = build_mounts(plan, &generated);
     let rootfs = dir.join("rootfs");
-    fs::DirBuilder::new().mode(0o755).create(&rootfs).map_err(io_err(&rootfs))?;
+    fs::DirBuilder::new()
+        .mode(0o755)
+        .create(&rootfs)
+        .map_err(io_err(&rootfs))?;
     create_mount_points(&rootfs, &mounts)?;
 
-    let profile = profile_by_name(&plan.seccomp_profile)
-        .ok_or_else(|| BundleError::UnknownSeccompProfile { name: plan.seccomp_profile.clone() })?;
+    let profile = profile_by_name(&plan.seccomp_profile).ok_or_else(|| {
+        BundleError::UnknownSeccompProfile {
+            name: plan.seccomp_profile.clone(),
+        }
+    })?;
     let seccomp = oci_seccomp::to_oci(&profile);
     let seccomp_digest = digest(&serde_json::to_vec(&seccomp).expect("serialisable"));
 
@@ -106,7 +139,11 @@ pub fn write_bundle(plan: &SandboxPlan, dir: &Path, ids: IdentityMap) -> Result<
     let json = serde_json::to_vec_pretty(&spec).map_err(|e| BundleError::Spec(e.to_string()))?;
     let config = dir.join("config.json");
     fs::write(&config, &json).map_err(io_err(&config))?;
-    Ok(Bundle { dir: dir.to_path_buf(), config_digest: digest(&json), seccomp_digest })
+    Ok(Bundle {
+        dir: dir.to_path_buf(),
+        config_digest: digest(&json),
+        seccomp_digest,
+    })
 }
 
 fn digest(bytes: &[u8]) -> String {
@@ -119,11 +156,17 @@ fn create_bundle_dir(dir: &Path) -> Result<()> {
     match fs::read_dir(dir) {
         Ok(mut entries) => {
             if entries.next().is_some() {
-                return Err(BundleError::NotEmpty { path: dir.to_path_buf() });
+                return Err(BundleError::NotEmpty {
+                    path: dir.to_path_buf(),
+                });
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            fs::DirBuilder::new().recursive(true).mode(0o711).create(dir).map_err(io_err(dir))?;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o711)
+                .create(dir)
+                .map_err(io_err(dir))?;
         }
         Err(e) => return Err(io_err(dir)(e)),
     }
@@ -135,7 +178,12 @@ fn create_bundle_dir(dir: &Path) -> Result<()> {
 /// not the host: host account names stay on the host.
 fn write_generated_etc(plan: &SandboxPlan, dir: &Path) -> Result<()> {
     let (uid, gid) = (plan.user.uid, plan.user.gid);
-    let home = plan.env.iter().find(|(k, _)| k == "HOME").map(|(_, v)| v.as_str()).unwrap_or("/tmp");
+    let home = plan
+        .env
+        .iter()
+        .find(|(k, _)| k == "HOME")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("/tmp");
     let mut passwd = String::from("root:x:0:0:root:/root:/bin/sh\n");
     let mut group = String::from("root:x:0:\n");
     if uid != 0 {
@@ -146,10 +194,23 @@ fn write_generated_etc(plan: &SandboxPlan, dir: &Path) -> Result<()> {
     }
     passwd.push_str("nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n");
     group.push_str("nogroup:x:65534:\n");
-    let hosts = format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n", plan.hostname);
-    for (name, text) in [("passwd", passwd), ("group", group), ("hosts", hosts), ("hostname", format!("{}\n", plan.hostname))] {
+    let hosts = format!(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n",
+        plan.hostname
+    );
+    for (name, text) in [
+        ("passwd", passwd),
+        ("group", group),
+        ("hosts", hosts),
+        ("hostname", format!("{}\n", plan.hostname)),
+    ] {
         let path = dir.join(name);
-        let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o644).open(&path).map_err(io_err(&path))?;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&path)
+            .map_err(io_err(&path))?;
         f.write_all(text.as_bytes()).map_err(io_err(&path))?;
     }
     Ok(())
@@ -161,7 +222,12 @@ fn bind(source: &Path, destination: &Path, read_only: bool) -> Mount {
         .destination(destination)
         .typ("bind")
         .source(source)
-        .options(vec!["rbind".into(), access.into(), "nosuid".into(), "nodev".into()])
+        .options(vec![
+            "rbind".into(),
+            access.into(),
+            "nosuid".into(),
+            "nodev".into(),
+        ])
         .build()
         .expect("all fields set")
 }
@@ -188,7 +254,11 @@ fn build_mounts(plan: &SandboxPlan, generated: &Path) -> Vec<Mount> {
                     mounts.push(bind(path, path, true));
                 }
             }
-            let network = if plan.net == NetMode::Host { ETC_NETWORK_ENTRIES } else { &[] };
+            let network = if plan.net == NetMode::Host {
+                ETC_NETWORK_ENTRIES
+            } else {
+                &[]
+            };
             for (entry, _why) in ETC_ENTRIES.iter().chain(network) {
                 let path = Path::new(entry);
                 if let Ok(real) = path.canonicalize() {
@@ -198,24 +268,53 @@ fn build_mounts(plan: &SandboxPlan, generated: &Path) -> Vec<Mount> {
         }
     }
     for name in ["passwd", "group", "hosts", "hostname"] {
-        mounts.push(bind(&generated.join(name), &Path::new("/etc").join(name), true));
+        mounts.push(bind(
+            &generated.join(name),
+            &Path::new("/etc").join(name),
+            true,
+        ));
     }
     mounts.push(special("proc", "/proc", &["nosuid", "noexec", "nodev"]));
-    mounts.push(special("tmpfs", "/dev", &["nosuid", "noexec", "strictatime", "mode=755", "size=65536k"]));
+    mounts.push(special(
+        "tmpfs",
+        "/dev",
+        &["nosuid", "noexec", "strictatime", "mode=755", "size=65536k"],
+    ));
     for dev in DEVICES {
         mounts.push(
             MountBuilder::default()
                 .destination(dev)
                 .typ("bind")
                 .source(dev)
-                .options(vec!["bind".to_string(), "nosuid".to_string(), "noexec".to_string()])
+                .options(vec![
+                    "bind".to_string(),
+                    "nosuid".to_string(),
+                    "noexec".to_string(),
+                ])
                 .build()
                 .expect("all fields set"),
         );
     }
-    mounts.push(special("devpts", "/dev/pts", &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]));
-    let shm_size = format!("size={}", plan.limits.memory_bytes.unwrap_or(64 << 20).min(64 << 20));
-    mounts.push(special("tmpfs", "/dev/shm", &["nosuid", "noexec", "nodev", "mode=1777", &shm_size]));
+    mounts.push(special(
+        "devpts",
+        "/dev/pts",
+        &[
+            "nosuid",
+            "noexec",
+            "newinstance",
+            "ptmxmode=0666",
+            "mode=0620",
+        ],
+    ));
+    let shm_size = format!(
+        "size={}",
+        plan.limits.memory_bytes.unwrap_or(64 << 20).min(64 << 20)
+    );
+    mounts.push(special(
+        "tmpfs",
+        "/dev/shm",
+        &["nosuid", "noexec", "nodev", "mode=1777", &shm_size],
+    ));
     let tmp_size = plan.limits.memory_bytes.map(|m| format!("size={m}"));
     let mut tmp_opts = vec!["nosuid", "nodev", "mode=1777"];
     if let Some(size) = &tmp_size {
@@ -240,7 +339,11 @@ fn create_mount_points(rootfs: &Path, mounts: &[Mount]) -> Result<()> {
             let target = fs::read_link(path).map_err(io_err(path))?;
             let link = rootfs.join(dir.trim_start_matches('/'));
             if let Some(parent) = link.parent() {
-                fs::DirBuilder::new().recursive(true).mode(0o755).create(parent).map_err(io_err(parent))?;
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o755)
+                    .create(parent)
+                    .map_err(io_err(parent))?;
             }
             std::os::unix::fs::symlink(&target, &link).map_err(io_err(&link))?;
         }
@@ -248,14 +351,26 @@ fn create_mount_points(rootfs: &Path, mounts: &[Mount]) -> Result<()> {
     let mut done: HashSet<PathBuf> = HashSet::new();
     for m in mounts {
         let dest = m.destination();
-        if FRESH_MOUNTS.iter().any(|f| dest.starts_with(f) && dest != Path::new(f)) || !done.insert(dest.clone()) {
+        if FRESH_MOUNTS
+            .iter()
+            .any(|f| dest.starts_with(f) && dest != Path::new(f))
+            || !done.insert(dest.clone())
+        {
             continue;
         }
         let inside = rootfs.join(dest.strip_prefix("/").unwrap_or(dest));
         let is_file = m.source().as_ref().map(|s| s.is_file()).unwrap_or(false);
-        let dir_part = if is_file { inside.parent().map(Path::to_path_buf) } else { Some(inside.clone()) };
+        let dir_part = if is_file {
+            inside.parent().map(Path::to_path_buf)
+        } else {
+            Some(inside.clone())
+        };
         if let Some(d) = dir_part {
-            fs::DirBuilder::new().recursive(true).mode(0o755).create(&d).map_err(io_err(&d))?;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(&d)
+                .map_err(io_err(&d))?;
         }
         if is_file && !inside.exists() {
             fs::File::create(&inside).map_err(io_err(&inside))?;
@@ -265,16 +380,25 @@ fn create_mount_points(rootfs: &Path, mounts: &[Mount]) -> Result<()> {
 }
 
 fn landlock_policy(plan: &SandboxPlan, mounts: &[Mount]) -> LandlockPolicy {
-    let mut fs_rules = vec![LandlockPathRule { path: "/".into(), access: LandlockAccess::ReadExec }];
+    let mut fs_rules = vec![LandlockPathRule {
+        path: "/".into(),
+        access: LandlockAccess::ReadExec,
+    }];
     for m in mounts {
         let writable = match m.typ().as_deref() {
-            Some("bind") => m.options().as_ref().is_some_and(|o| o.iter().any(|x| x == "rw")),
+            Some("bind") => m
+                .options()
+                .as_ref()
+                .is_some_and(|o| o.iter().any(|x| x == "rw")),
             Some("tmpfs") | Some("devpts") | Some("proc") => true,
             _ => false,
         };
         let is_device = m.destination().starts_with("/dev");
         if writable || is_device {
-            fs_rules.push(LandlockPathRule { path: m.destination().clone(), access: LandlockAccess::ReadWrite });
+            fs_rules.push(LandlockPathRule {
+                path: m.destination().clone(),
+                access: LandlockAccess::ReadWrite,
+            });
         }
     }
     LandlockPolicy {
@@ -296,7 +420,11 @@ fn idmap_mounts(plan: &SandboxPlan, ids: IdentityMap) -> Vec<IdmapMount> {
         .filter(|m| m.access == MountAccess::ReadWrite)
         .filter_map(|m| {
             let meta = fs::metadata(&m.host).ok()?;
-            Some(IdmapMount { destination: m.target.clone(), host_uid: meta.uid(), host_gid: meta.gid() })
+            Some(IdmapMount {
+                destination: m.target.clone(),
+                host_uid: meta.uid(),
+                host_gid: meta.gid(),
+            })
         })
         .collect()
 }
@@ -315,7 +443,12 @@ fn rlimit_type(name: &str) -> Option<PosixRlimitType> {
     })
 }
 
-fn build_spec(plan: &SandboxPlan, ids: IdentityMap, mounts: Vec<Mount>, seccomp: oci_spec::runtime::LinuxSeccomp) -> Result<Spec> {
+fn build_spec(
+    plan: &SandboxPlan,
+    ids: IdentityMap,
+    mounts: Vec<Mount>,
+    seccomp: oci_spec::runtime::LinuxSeccomp,
+) -> Result<Spec> {
     let spec_err = |e: oci_spec::OciSpecError| BundleError::Spec(e.to_string());
     let no_caps = LinuxCapabilitiesBuilder::default()
         .bounding(HashSet::new())
@@ -330,14 +463,30 @@ fn build_spec(plan: &SandboxPlan, ids: IdentityMap, mounts: Vec<Mount>, seccomp:
         .iter()
         .filter_map(|r| {
             let typ = rlimit_type(r.kind.oci_name())?;
-            PosixRlimitBuilder::default().typ(typ).soft(r.soft).hard(r.hard).build().ok()
+            PosixRlimitBuilder::default()
+                .typ(typ)
+                .soft(r.soft)
+                .hard(r.hard)
+                .build()
+                .ok()
         })
         .collect::<Vec<_>>();
     let process = ProcessBuilder::default()
         .terminal(false)
-        .user(UserBuilder::default().uid(plan.user.uid).gid(plan.user.gid).build().map_err(spec_err)?)
+        .user(
+            UserBuilder::default()
+                .uid(plan.user.uid)
+                .gid(plan.user.gid)
+                .build()
+                .map_err(spec_err)?,
+        )
         .args(plan.argv.clone())
-        .env(plan.env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>())
+        .env(
+            plan.env
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>(),
+        )
         .cwd(&plan.cwd)
         .capabilities(no_caps)
         .no_new_privileges(true)
@@ -361,26 +510,59 @@ fn build_spec(plan: &SandboxPlan, ids: IdentityMap, mounts: Vec<Mount>, seccomp:
         .map(|t| LinuxNamespaceBuilder::default().typ(t).build())
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(spec_err)?;
-    let id_map = |host: u32| LinuxIdMappingBuilder::default().container_id(0u32).host_id(host).size(ids.size).build();
+    let id_map = |host: u32| {
+        LinuxIdMappingBuilder::default()
+            .container_id(0u32)
+            .host_id(host)
+            .size(ids.size)
+            .build()
+    };
 
     let mut resources = LinuxResourcesBuilder::default();
     if let Some(mem) = plan.limits.memory_bytes {
-        resources = resources.memory(LinuxMemoryBuilder::default().limit(mem as i64).swap(mem as i64).build().map_err(spec_err)?);
+        resources = resources.memory(
+            LinuxMemoryBuilder::default()
+                .limit(mem as i64)
+                .swap(mem as i64)
+                .build()
+                .map_err(spec_err)?,
+        );
     }
     if let Some(pids) = plan.limits.pids {
-        resources = resources.pids(LinuxPidsBuilder::default().limit(pids as i64).build().map_err(spec_err)?);
+        resources = resources.pids(
+            LinuxPidsBuilder::default()
+                .limit(pids as i64)
+                .build()
+                .map_err(spec_err)?,
+        );
     }
     if let Some(millis) = plan.limits.millicpus {
         let quota = (millis as u64 * CPU_PERIOD_US / 1000) as i64;
-        resources = resources.cpu(LinuxCpuBuilder::default().quota(quota).period(CPU_PERIOD_US).build().map_err(spec_err)?);
+        resources = resources.cpu(
+            LinuxCpuBuilder::default()
+                .quota(quota)
+                .period(CPU_PERIOD_US)
+                .build()
+                .map_err(spec_err)?,
+        );
     }
     let linux = LinuxBuilder::default()
         .namespaces(namespaces)
         .uid_mappings(vec![id_map(ids.host_uid).map_err(spec_err)?])
         .gid_mappings(vec![id_map(ids.host_gid).map_err(spec_err)?])
         .resources(resources.build().map_err(spec_err)?)
-        .masked_paths(MASKED_PATHS.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-        .readonly_paths(READONLY_PATHS.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .masked_paths(
+            MASKED_PATHS
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .readonly_paths(
+            READONLY_PATHS
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
+        )
         .seccomp(seccomp)
         .build()
         .map_err(spec_err)?;
@@ -388,10 +570,19 @@ fn build_spec(plan: &SandboxPlan, ids: IdentityMap, mounts: Vec<Mount>, seccomp:
     let mut notes: HashMap<String, String> = HashMap::new();
     notes.insert(annotations::JOB_ID.into(), plan.job_id.clone());
     notes.insert(annotations::PLAN_DIGEST.into(), plan.digest());
-    notes.insert(annotations::SECCOMP_PROFILE.into(), plan.seccomp_profile.clone());
-    notes.insert(annotations::LANDLOCK.into(), json(&landlock_policy(plan, &mounts)));
+    notes.insert(
+        annotations::SECCOMP_PROFILE.into(),
+        plan.seccomp_profile.clone(),
+    );
+    notes.insert(
+        annotations::LANDLOCK.into(),
+        json(&landlock_policy(plan, &mounts)),
+    );
     notes.insert(annotations::IDMAP.into(), json(&idmap_mounts(plan, ids)));
-    notes.insert(annotations::DEGRADATIONS.into(), json(&plan.accepted_degradations));
+    notes.insert(
+        annotations::DEGRADATIONS.into(),
+        json(&plan.accepted_degradations),
+    );
     notes.insert(annotations::NET.into(), plan.net.as_str().to_string());
     if let Some(t) = plan.limits.timeout_ms {
         notes.insert(annotations::TIMEOUT_MS.into(), t.to_string());
@@ -399,7 +590,13 @@ fn build_spec(plan: &SandboxPlan, ids: IdentityMap, mounts: Vec<Mount>, seccomp:
 
     SpecBuilder::default()
         .version("1.0.2")
-        .root(RootBuilder::default().path("rootfs").readonly(true).build().map_err(spec_err)?)
+        .root(
+            RootBuilder::default()
+                .path("rootfs")
+                .readonly(true)
+                .build()
+                .map_err(spec_err)?,
+        )
         .hostname(plan.hostname.clone())
         .process(process)
         .mounts(mounts)

@@ -3,15 +3,26 @@
 
 /// Host system directories bound read-only when they exist. Where the host has a symlink
 /// (merged-`/usr` systems: `/bin -> usr/bin`), the rootfs gets the same symlink instead.
-pub const SYSTEM_DIRS: [&str; 8] =
-    ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc/alternatives"];
+pub const SYSTEM_DIRS: [&str; 8] = [
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/etc/alternatives",
+];
 
 /// Host `/etc` entries bound read-only when they exist, each with why a program needs it.
 pub const ETC_ENTRIES: &[(&str, &str)] = &[
     ("/etc/ld.so.cache", "the dynamic linker's library index"),
     ("/etc/ld.so.conf", "the dynamic linker's search path"),
     ("/etc/ld.so.conf.d", "the dynamic linker's search path"),
-    ("/etc/nsswitch.conf", "how libc resolves users, groups and hosts"),
+    (
+        "/etc/nsswitch.conf",
+        "how libc resolves users, groups and hosts",
+    ),
     ("/etc/localtime", "the host's time zone"),
     ("/etc/ssl", "TLS certificates"),
     ("/etc/ca-certificates", "TLS certificates"),
@@ -32,7 +43,14 @@ pub const ETC_NETWORK_ENTRIES: &[(&str, &str)] = &[
 ];
 
 /// Device nodes bound from the host's `/dev` into the sandbox's fresh `/dev` tmpfs.
-pub const DEVICES: [&str; 6] = ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty"];
+pub const DEVICES: [&str; 6] = [
+    "/dev/null",
+    "/dev/zero",
+    "/dev/full",
+    "/dev/random",
+    "/dev/urandom",
+    "/dev/tty",
+];
 
 /// Paths under `/proc` hidden behind an empty, read-only object (OCI `maskedPaths`): each
 /// leaks host state or offers a kernel interface a sandbox has no use for.
@@ -52,4 +70,10 @@ pub const MASKED_PATHS: [&str; 12] = [
 ];
 
 /// Paths under `/proc` remounted read-only (OCI `readonlyPaths`): kernel tunables.
-pub const READONLY_PATHS: [&str; 5] = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+pub const READONLY_PATHS: [&str; 5] = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];

@@ -24,16 +24,25 @@ pub fn to_oci(profile: &SeccompProfile) -> LinuxSeccomp {
                     let (op, value, value_two) = match a.op {
                         ArgOp::Eq => (LinuxSeccompOperator::ScmpCmpEq, a.value, None),
                         ArgOp::Ne => (LinuxSeccompOperator::ScmpCmpNe, a.value, None),
-                        ArgOp::MaskedEq => (LinuxSeccompOperator::ScmpCmpMaskedEq, a.value, Some(a.value_two)),
+                        ArgOp::MaskedEq => (
+                            LinuxSeccompOperator::ScmpCmpMaskedEq,
+                            a.value,
+                            Some(a.value_two),
+                        ),
                     };
-                    let mut b = LinuxSeccompArgBuilder::default().index(a.index as usize).value(value).op(op);
+                    let mut b = LinuxSeccompArgBuilder::default()
+                        .index(a.index as usize)
+                        .value(value)
+                        .op(op);
                     if let Some(v2) = value_two {
                         b = b.value_two(v2);
                     }
                     b.build().expect("all fields set")
                 })
                 .collect();
-            let mut b = LinuxSyscallBuilder::default().names(rule.names.clone()).action(action);
+            let mut b = LinuxSyscallBuilder::default()
+                .names(rule.names.clone())
+                .action(action);
             if let Some(e) = errno {
                 b = b.errno_ret(e);
             }

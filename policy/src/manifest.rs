@@ -14,7 +14,10 @@ pub const MANIFEST_VERSION: u32 = 1;
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     #[error("cannot read manifest {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("manifest {path} is invalid: {message}")]
     Parse { path: PathBuf, message: String },
 }
@@ -97,14 +100,28 @@ pub struct Manifest {
 impl Manifest {
     /// Reads and parses a manifest file; relative paths in it resolve against its folder.
     pub fn load(path: &Path) -> Result<Self, ManifestError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ManifestError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let mut manifest = Self::parse(&text).map_err(|message| ManifestError::Parse {
             path: path.to_path_buf(),
             message,
         })?;
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        manifest.base_dir = dir.to_path_buf();
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        manifest.base_dir = if dir.is_absolute() {
+            dir.to_path_buf()
+        } else {
+            std::env::current_dir()
+                .map_err(|source| ManifestError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?
+                .join(dir)
+        };
         Ok(manifest)
     }
 
@@ -122,7 +139,11 @@ impl Manifest {
 
     /// A request made of command-line flags alone.
     pub fn empty_in(base_dir: PathBuf) -> Self {
-        Self { version: Some(MANIFEST_VERSION), base_dir, ..Self::default() }
+        Self {
+            version: Some(MANIFEST_VERSION),
+            base_dir,
+            ..Self::default()
+        }
     }
 
     /// Applies `flags` on top of `self`: every value the flags set replaces the manifest's;
@@ -142,8 +163,10 @@ impl Manifest {
         if let Some(ws) = flags.workspace {
             self.workspace = Some(absolute(ws, &fb));
         }
-        self.read.extend(flags.read.into_iter().map(|p| absolute(p, &fb)));
-        self.write.extend(flags.write.into_iter().map(|p| absolute(p, &fb)));
+        self.read
+            .extend(flags.read.into_iter().map(|p| absolute(p, &fb)));
+        self.write
+            .extend(flags.write.into_iter().map(|p| absolute(p, &fb)));
         self.cwd = flags.cwd.or(self.cwd);
         self.env.extend(flags.env);
         self.rootfs = flags.rootfs.or(self.rootfs);
@@ -177,8 +200,12 @@ mod tests {
 
     #[test]
     fn version_is_required_and_checked() {
-        assert!(Manifest::parse("command = [\"true\"]").unwrap_err().starts_with("version: missing"));
-        assert!(Manifest::parse("version = 2").unwrap_err().contains("version 2 is not supported"));
+        assert!(Manifest::parse("command = [\"true\"]")
+            .unwrap_err()
+            .starts_with("version: missing"));
+        assert!(Manifest::parse("version = 2")
+            .unwrap_err()
+            .contains("version 2 is not supported"));
     }
 
     #[test]
@@ -194,7 +221,10 @@ mod tests {
         flags.limits.memory = Some("256MiB".into());
         let merged = m.overlay(flags);
         assert_eq!(merged.command, vec!["b"]);
-        assert_eq!(merged.read, vec![PathBuf::from("/m/data"), PathBuf::from("/f/more")]);
+        assert_eq!(
+            merged.read,
+            vec![PathBuf::from("/m/data"), PathBuf::from("/f/more")]
+        );
         assert_eq!(merged.net.as_deref(), Some("loopback"));
         assert_eq!(merged.limits.memory.as_deref(), Some("256MiB"));
         assert_eq!(merged.limits.pids, Some(10));

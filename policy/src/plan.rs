@@ -177,8 +177,12 @@ pub enum Degradation {
 }
 
 impl Degradation {
-    pub const ALL: [Degradation; 4] =
-        [Self::Landlock, Self::LandlockNet, Self::LandlockScope, Self::Idmap];
+    pub const ALL: [Degradation; 4] = [
+        Self::Landlock,
+        Self::LandlockNet,
+        Self::LandlockScope,
+        Self::Idmap,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -246,8 +250,10 @@ impl SandboxPlan {
 /// Lower-case hex of a byte slice.
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }

@@ -23,7 +23,9 @@ pub fn parse_size(input: &str) -> Result<u64, UnitError> {
     let s = input.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (number, unit) = s.split_at(split);
-    let err = || UnitError::Size { input: input.to_string() };
+    let err = || UnitError::Size {
+        input: input.to_string(),
+    };
     if number.is_empty() {
         return Err(err());
     }
@@ -40,14 +42,18 @@ pub fn parse_size(input: &str) -> Result<u64, UnitError> {
         "TB" => 1_000_000_000_000,
         _ => return Err(err()),
     };
-    value.checked_mul(multiplier).ok_or(UnitError::Overflow { input: input.to_string() })
+    value.checked_mul(multiplier).ok_or(UnitError::Overflow {
+        input: input.to_string(),
+    })
 }
 
 /// Parses a duration with a mandatory unit: a bare number is refused because `30` could mean
 /// seconds or milliseconds and a sandbox timeout is no place to guess.
 pub fn parse_duration(input: &str) -> Result<Duration, UnitError> {
     let s = input.trim();
-    let err = || UnitError::Duration { input: input.to_string() };
+    let err = || UnitError::Duration {
+        input: input.to_string(),
+    };
     let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(err)?;
     let (number, unit) = s.split_at(split);
     if number.is_empty() {
@@ -63,12 +69,16 @@ pub fn parse_duration(input: &str) -> Result<Duration, UnitError> {
     };
     millis
         .map(Duration::from_millis)
-        .ok_or(UnitError::Overflow { input: input.to_string() })
+        .ok_or(UnitError::Overflow {
+            input: input.to_string(),
+        })
 }
 
 /// Parses a CPU count into millicpus (1.5 → 1500). At least one millicpu, at most 1024 CPUs.
 pub fn parse_cpus(input: &str) -> Result<u32, UnitError> {
-    let err = || UnitError::Cpus { input: input.to_string() };
+    let err = || UnitError::Cpus {
+        input: input.to_string(),
+    };
     let s = input.trim();
     let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
     if whole.is_empty() && frac.is_empty()
@@ -78,13 +88,20 @@ pub fn parse_cpus(input: &str) -> Result<u32, UnitError> {
     {
         return Err(err());
     }
-    let whole: u32 = if whole.is_empty() { 0 } else { whole.parse().map_err(|_| err())? };
+    let whole: u32 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().map_err(|_| err())?
+    };
     let frac_millis: u32 = if frac.is_empty() {
         0
     } else {
         format!("{frac:0<3}").parse().map_err(|_| err())?
     };
-    let millis = whole.checked_mul(1000).and_then(|w| w.checked_add(frac_millis)).ok_or_else(err)?;
+    let millis = whole
+        .checked_mul(1000)
+        .and_then(|w| w.checked_add(frac_millis))
+        .ok_or_else(err)?;
     if millis == 0 || millis > 1024 * 1000 {
         return Err(err());
     }
@@ -93,9 +110,14 @@ pub fn parse_cpus(input: &str) -> Result<u32, UnitError> {
 
 /// Formats a byte count the way [`parse_size`] reads it back, for messages and reports.
 pub fn format_size(bytes: u64) -> String {
-    const UNITS: [(&str, u64); 4] = [("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+    const UNITS: [(&str, u64); 4] = [
+        ("TiB", 1 << 40),
+        ("GiB", 1 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+    ];
     for (unit, size) in UNITS {
-        if bytes >= size && bytes % size == 0 {
+        if bytes >= size && bytes.is_multiple_of(size) {
             return format!("{}{unit}", bytes / size);
         }
     }
@@ -121,7 +143,10 @@ mod tests {
         for bad in ["", "MiB", "12XB", "-1", "1.5G", "99999999999999999999"] {
             assert!(parse_size(bad).is_err(), "{bad} accepted");
         }
-        assert!(matches!(parse_size("18446744073709551615G"), Err(UnitError::Overflow { .. })));
+        assert!(matches!(
+            parse_size("18446744073709551615G"),
+            Err(UnitError::Overflow { .. })
+        ));
     }
 
     #[test]

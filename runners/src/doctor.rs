@@ -1,1 +1,200 @@
-pub fn placeholder() {}
+//! Host checks for `covenant-ctl doctor`: every kernel feature the runners use, probed for
+//! real (a namespace is checked by creating one in a throwaway child), with what to do when
+//! one is missing.
+
+use crate::native::{landlock_abi, CgroupLayout};
+use std::path::Path;
+
+/// One line of the report.
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub name: String,
+    pub ok: bool,
+    /// Whether the native runner cannot work without it.
+    pub required: bool,
+    pub detail: String,
+    pub fix: Option<String>,
+}
+
+fn check(
+    name: &str,
+    ok: bool,
+    required: bool,
+    detail: impl Into<String>,
+    fix: Option<&str>,
+) -> Check {
+    Check {
+        name: name.to_string(),
+        ok,
+        required,
+        detail: detail.into(),
+        fix: fix.filter(|_| !ok).map(str::to_string),
+    }
+}
+
+/// Creates a namespace of `flag` in a forked child; returns the errno on failure. The
+/// caller must be single-threaded.
+fn probe_namespace(flag: libc::c_int) -> Result<(), std::io::Error> {
+    // SAFETY: unshare/_exit only in the child; the caller is single-threaded.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // SAFETY: async-signal-safe calls only.
+        unsafe {
+            let user = if libc::geteuid() == 0 {
+                0
+            } else {
+                libc::CLONE_NEWUSER
+            };
+            let rc = libc::unshare(flag | user);
+            libc::_exit(if rc == 0 {
+                0
+            } else {
+                *libc::__errno_location()
+            });
+        }
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child just forked.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    match libc::WEXITSTATUS(status) {
+        0 => Ok(()),
+        errno => Err(std::io::Error::from_raw_os_error(errno)),
+    }
+}
+
+fn on_path(binary: &str) -> Option<String> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    path.split(':')
+        .map(|d| Path::new(d).join(binary))
+        .find(|p| p.is_file())
+        .map(|p| p.display().to_string())
+}
+
+/// Runs every check.
+pub fn run_checks() -> Vec<Check> {
+    let mut checks = Vec::new();
+    for (name, flag) in [
+        ("user namespace", libc::CLONE_NEWUSER),
+        ("pid namespace", libc::CLONE_NEWPID),
+        ("mount namespace", libc::CLONE_NEWNS),
+        ("network namespace", libc::CLONE_NEWNET),
+        ("ipc namespace", libc::CLONE_NEWIPC),
+        ("uts namespace", libc::CLONE_NEWUTS),
+        ("cgroup namespace", libc::CLONE_NEWCGROUP),
+    ] {
+        let r = probe_namespace(flag);
+        checks.push(check(
+            name,
+            r.is_ok(),
+            true,
+            r.as_ref()
+                .map(|_| "can be created".to_string())
+                .unwrap_or_else(|e| e.to_string()),
+            Some("enable it in the kernel (CONFIG_*_NS) and check user.max_*_namespaces sysctls"),
+        ));
+    }
+    let actions =
+        std::fs::read_to_string("/proc/sys/kernel/seccomp/actions_avail").unwrap_or_default();
+    checks.push(check(
+        "seccomp filters",
+        actions.contains("errno") && actions.contains("allow"),
+        true,
+        format!("actions: {}", actions.trim()),
+        Some("a kernel with CONFIG_SECCOMP_FILTER"),
+    ));
+    let abi = landlock_abi();
+    checks.push(check(
+        "landlock",
+        abi >= 1,
+        true,
+        format!("ABI {abi}"),
+        Some("boot with landlock in the lsm= list (CONFIG_SECURITY_LANDLOCK)"),
+    ));
+    checks.push(check(
+        "landlock TCP rules (ABI >= 4)",
+        abi >= 4,
+        false,
+        format!("ABI {abi}"),
+        Some("kernel >= 6.7; until then `net:none` needs the degradation `landlock-net`"),
+    ));
+    checks.push(check(
+        "landlock signal scoping (ABI >= 6)",
+        abi >= 6,
+        false,
+        format!("ABI {abi}"),
+        Some("kernel >= 6.12; until then runs need the degradation `landlock-scope`"),
+    ));
+    match CgroupLayout::detect(Path::new("/sys/fs/cgroup")) {
+        Ok(layout) => {
+            let controllers = layout.controllers();
+            checks.push(check(
+                "cgroups",
+                true,
+                true,
+                format!(
+                    "{:?}, controllers: {}",
+                    layout.version(),
+                    controllers.join(" ")
+                ),
+                None,
+            ));
+            for c in ["memory", "pids", "cpu"] {
+                checks.push(check(
+                    &format!("cgroup controller {c}"),
+                    controllers.contains(&c),
+                    false,
+                    if controllers.contains(&c) {
+                        "available"
+                    } else {
+                        "missing"
+                    },
+                    Some("enable the controller; runs that set this limit are refused without it"),
+                ));
+            }
+        }
+        Err(e) => checks.push(check(
+            "cgroups",
+            false,
+            true,
+            e.to_string(),
+            Some("mount cgroup2 at /sys/fs/cgroup"),
+        )),
+    }
+    let filesystems = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
+    checks.push(check(
+        "overlayfs",
+        filesystems.contains("overlay"),
+        false,
+        "for image rootfs sources",
+        Some("modprobe overlay"),
+    ));
+    let kvm = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm");
+    checks.push(check(
+        "/dev/kvm",
+        kvm.is_ok(),
+        false,
+        kvm.map(|_| {
+            "openable (nested hosts may still hang: probe gVisor's kvm platform with a deadline)"
+                .to_string()
+        })
+        .unwrap_or_else(|e| e.to_string()),
+        Some("only gVisor's kvm platform needs it; use the ptrace platform otherwise"),
+    ));
+    for binary in ["runsc", "runc", "crun"] {
+        let found = on_path(binary);
+        checks.push(check(
+            binary,
+            found.is_some(),
+            false,
+            found.unwrap_or_else(|| "not on PATH".into()),
+            Some("apt-get install runc crun runsc"),
+        ));
+    }
+    checks
+}

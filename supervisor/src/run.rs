@@ -30,9 +30,15 @@ pub enum RunError {
     #[error("runner `{0}` is not available in this build; use `native`")]
     UnknownRunner(String),
     #[error("cannot create {path}: {source}")]
-    Home { path: PathBuf, source: std::io::Error },
+    Home {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot remove bundle directory {path}: {source}")]
-    Cleanup { path: PathBuf, source: std::io::Error },
+    Cleanup {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Caller's choices that are not part of the plan.
@@ -72,7 +78,12 @@ pub struct RunReport {
 }
 
 impl RunReport {
-    fn new(plan: &SandboxPlan, outcome: &RunOutcome, seccomp_digest: String, config_digest: String) -> Self {
+    fn new(
+        plan: &SandboxPlan,
+        outcome: &RunOutcome,
+        seccomp_digest: String,
+        config_digest: String,
+    ) -> Self {
         RunReport {
             job_id: plan.job_id.clone(),
             exit_code: exit_code(outcome),
@@ -157,7 +168,12 @@ pub fn run_plan(plan: &SandboxPlan, settings: &RunSettings) -> Result<RunReport,
     let result = (|| {
         let bundle = write_bundle(plan, &dir, identity_map())?;
         let outcome = NativeRunner::default().run(&bundle.dir)?;
-        Ok(RunReport::new(plan, &outcome, bundle.seccomp_digest, bundle.config_digest))
+        Ok(RunReport::new(
+            plan,
+            &outcome,
+            bundle.seccomp_digest,
+            bundle.config_digest,
+        ))
     })();
     if !keep {
         remove_bundle(&dir)?;
@@ -175,7 +191,10 @@ fn ensure_traversable(home: &Path) -> Result<(), RunError> {
                 .recursive(true)
                 .mode(0o711)
                 .create(&dir)
-                .map_err(|source| RunError::Home { path: dir.clone(), source })?;
+                .map_err(|source| RunError::Home {
+                    path: dir.clone(),
+                    source,
+                })?;
         }
     }
     Ok(())
@@ -185,6 +204,9 @@ fn remove_bundle(dir: &Path) -> Result<(), RunError> {
     match std::fs::remove_dir_all(dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(RunError::Cleanup { path: dir.to_path_buf(), source }),
+        Err(source) => Err(RunError::Cleanup {
+            path: dir.to_path_buf(),
+            source,
+        }),
     }
 }

@@ -45,7 +45,10 @@ struct Scene {
 
 impl Scene {
     fn new() -> Self {
-        let home = tempfile::Builder::new().prefix("covenant-live-").tempdir().unwrap();
+        let home = tempfile::Builder::new()
+            .prefix("covenant-live-")
+            .tempdir()
+            .unwrap();
         std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
         let workspace = home.path().join("ws");
         std::fs::create_dir(&workspace).unwrap();
@@ -62,7 +65,12 @@ impl Scene {
     /// `covenant-ctl run --workspace WS FLAGS -- ARGV`.
     fn run(&self, flags: &[&str], argv: &[&str]) -> Output {
         let mut cmd = self.ctl();
-        cmd.arg("run").arg("--workspace").arg(&self.workspace).args(flags).arg("--").args(argv);
+        cmd.arg("run")
+            .arg("--workspace")
+            .arg(&self.workspace)
+            .args(flags)
+            .arg("--")
+            .args(argv);
         cmd.stdin(Stdio::null()).output().unwrap()
     }
 
@@ -71,9 +79,16 @@ impl Scene {
         let out = self.run(flags, &["python3", "/workspace/probe.py", name]);
         let stdout = String::from_utf8_lossy(&out.stdout);
         let prefix = format!("{name} errno=");
-        let line = stdout.lines().find_map(|l| l.strip_prefix(&prefix)).unwrap_or_else(|| {
-            panic!("probe {name} printed nothing; status {:?}\nstdout: {stdout}\nstderr: {}", out.status, String::from_utf8_lossy(&out.stderr))
-        });
+        let line = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| {
+                panic!(
+                    "probe {name} printed nothing; status {:?}\nstdout: {stdout}\nstderr: {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            });
         line.trim().parse().unwrap()
     }
 }
@@ -98,12 +113,26 @@ fn reading_host_secrets_is_denied() {
         return;
     }
     let s = Scene::new();
-    let out = s.run(&[], &["sh", "-c", "cat /etc/shadow; ls /root; ls /home; cat /etc/passwd"]);
+    let out = s.run(
+        &[],
+        &[
+            "sh",
+            "-c",
+            "cat /etc/shadow; ls /root; ls /home; cat /etc/passwd",
+        ],
+    );
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let err = stderr(&out);
-    assert!(err.contains("/etc/shadow") && err.contains("No such file"), "{err}");
+    assert!(
+        err.contains("/etc/shadow") && err.contains("No such file"),
+        "{err}"
+    );
     assert!(err.contains("/root") && err.contains("/home"), "{err}");
-    assert!(!stdout(&out).contains("daemon:"), "host accounts leaked: {}", stdout(&out));
+    assert!(
+        !stdout(&out).contains("daemon:"),
+        "host accounts leaked: {}",
+        stdout(&out)
+    );
 }
 
 #[test]
@@ -120,7 +149,10 @@ fn writing_outside_workspace_and_tmp_is_denied() {
     assert!(!text.contains("WROTE"), "{text}");
     assert_eq!(text.matches("DENIED").count(), 5, "{text}");
     assert!(text.contains("WRITABLE"), "{text}{}", stderr(&out));
-    assert_eq!(std::fs::read_to_string(s.workspace.join("w")).unwrap(), "ok\n");
+    assert_eq!(
+        std::fs::read_to_string(s.workspace.join("w")).unwrap(),
+        "ok\n"
+    );
 }
 
 #[test]
@@ -130,9 +162,20 @@ fn workspace_files_belong_to_its_owner_on_the_host() {
     }
     let s = Scene::new();
     std::os::unix::fs::chown(&s.workspace, Some(1234), Some(2345)).unwrap();
-    let out = s.run(&[], &["sh", "-c", "stat -c '%u:%g' /workspace; id -u; echo hi > /workspace/made"]);
+    let out = s.run(
+        &[],
+        &[
+            "sh",
+            "-c",
+            "stat -c '%u:%g' /workspace; id -u; echo hi > /workspace/made",
+        ],
+    );
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert_eq!(stdout(&out), "0:0\n0\n", "the workspace appears owned by the sandbox's user");
+    assert_eq!(
+        stdout(&out),
+        "0:0\n0\n",
+        "the workspace appears owned by the sandbox's user"
+    );
     let meta = std::fs::metadata(s.workspace.join("made")).unwrap();
     assert_eq!((meta.uid(), meta.gid()), (1234, 2345));
 }
@@ -145,11 +188,20 @@ fn sandbox_root_is_not_host_root() {
     let s = Scene::new();
     let out = s.run(&[], &["cat", "/proc/self/uid_map", "/proc/self/status"]);
     let text = stdout(&out);
-    let map: Vec<u64> = text.lines().next().unwrap().split_whitespace().map(|x| x.parse().unwrap()).collect();
+    let map: Vec<u64> = text
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect();
     assert_eq!(map[0], 0);
     assert_ne!(map[1], 0, "sandbox uid 0 maps to host root: {text}");
     for caps in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
-        assert!(text.contains(&format!("{caps}:\t0000000000000000")), "{caps} not empty:\n{text}");
+        assert!(
+            text.contains(&format!("{caps}:\t0000000000000000")),
+            "{caps} not empty:\n{text}"
+        );
     }
     assert!(text.contains("NoNewPrivs:\t1"), "{text}");
     assert!(text.contains("Seccomp:\t2"), "{text}");
@@ -165,7 +217,11 @@ fn host_processes_are_invisible_and_unreachable() {
     let out = s.run(&[], &["sh", "-c", "ls /proc | grep -c '^[0-9]'"]);
     let count: u32 = stdout(&out).trim().parse().unwrap();
     assert!(count <= 4, "sandbox sees {count} processes");
-    assert_eq!(s.probe(&[], &format!("kill_host_pid:{me}")), libc::ESRCH, "signal reached host pid");
+    assert_eq!(
+        s.probe(&[], &format!("kill_host_pid:{me}")),
+        libc::ESRCH,
+        "signal reached host pid"
+    );
 }
 
 #[test]
@@ -176,8 +232,16 @@ fn network_is_unreachable_under_net_none() {
     let s = Scene::new();
     assert_ne!(s.probe(&["--net", "none"], "connect:1.1.1.1:53"), 0);
     assert_ne!(s.probe(&["--net", "none"], "connect:127.0.0.1:22"), 0);
-    assert_ne!(s.probe(&["--net", "none"], "loopback_echo"), 0, "loopback works under net none");
-    assert_eq!(s.probe(&["--net", "loopback"], "loopback_echo"), 0, "loopback broken under net loopback");
+    assert_ne!(
+        s.probe(&["--net", "none"], "loopback_echo"),
+        0,
+        "loopback works under net none"
+    );
+    assert_eq!(
+        s.probe(&["--net", "loopback"], "loopback_echo"),
+        0,
+        "loopback broken under net loopback"
+    );
     assert_ne!(s.probe(&["--net", "loopback"], "connect:1.1.1.1:53"), 0);
 }
 
@@ -188,13 +252,37 @@ fn dangerous_syscalls_are_denied_with_eperm() {
     }
     let s = Scene::new();
     for name in [
-        "ptrace", "process_vm_readv", "bpf", "io_uring_setup", "keyctl", "add_key", "unshare_user",
-        "unshare_mount", "clone_newuser", "mount", "open_tree", "fsopen", "perf_event_open", "userfaultfd",
-        "kexec_load", "init_module", "personality", "tiocsti", "tiocsti_high_bits",
+        "ptrace",
+        "process_vm_readv",
+        "bpf",
+        "io_uring_setup",
+        "keyctl",
+        "add_key",
+        "unshare_user",
+        "unshare_mount",
+        "clone_newuser",
+        "mount",
+        "open_tree",
+        "fsopen",
+        "perf_event_open",
+        "userfaultfd",
+        "kexec_load",
+        "init_module",
+        "personality",
+        "tiocsti",
+        "tiocsti_high_bits",
     ] {
-        assert_eq!(s.probe(&[], name), EPERM, "{name} was not denied with EPERM");
+        assert_eq!(
+            s.probe(&[], name),
+            EPERM,
+            "{name} was not denied with EPERM"
+        );
     }
-    assert_eq!(s.probe(&[], "clone3"), libc::ENOSYS, "clone3 must look unimplemented");
+    assert_eq!(
+        s.probe(&[], "clone3"),
+        libc::ENOSYS,
+        "clone3 must look unimplemented"
+    );
 }
 
 #[test]
@@ -203,8 +291,19 @@ fn mount_and_unshare_commands_fail() {
         return;
     }
     let s = Scene::new();
-    let out = s.run(&[], &["sh", "-c", "mount -t tmpfs none /tmp && echo MOUNTED; unshare -U true && echo UNSHARED; true"]);
-    assert!(!stdout(&out).contains("MOUNTED") && !stdout(&out).contains("UNSHARED"), "{}", stdout(&out));
+    let out = s.run(
+        &[],
+        &[
+            "sh",
+            "-c",
+            "mount -t tmpfs none /tmp && echo MOUNTED; unshare -U true && echo UNSHARED; true",
+        ],
+    );
+    assert!(
+        !stdout(&out).contains("MOUNTED") && !stdout(&out).contains("UNSHARED"),
+        "{}",
+        stdout(&out)
+    );
 }
 
 #[test]
@@ -220,7 +319,10 @@ fn setuid_binary_grants_nothing() {
     let out = s.run(&["--user", "1000:1000"], &["/workspace/suid-id"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let text = stdout(&out);
-    assert!(text.starts_with("uid=1000") && !text.contains("euid=0"), "setuid took effect: {text}");
+    assert!(
+        text.starts_with("uid=1000") && !text.contains("euid=0"),
+        "setuid took effect: {text}"
+    );
 }
 
 #[test]
@@ -235,10 +337,20 @@ fn fork_bomb_stops_at_the_pids_limit() {
         &["python3", "/workspace/probe.py", "fork_bomb"],
     );
     let text = stdout(&out);
-    assert!(text.contains(&format!("fork_bomb errno={}", libc::EAGAIN)), "{text}{}", stderr(&out));
-    let forked: u32 = text.lines().find_map(|l| l.strip_prefix("forked=")).unwrap().parse().unwrap();
+    assert!(
+        text.contains(&format!("fork_bomb errno={}", libc::EAGAIN)),
+        "{text}{}",
+        stderr(&out)
+    );
+    let forked: u32 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("forked="))
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(forked < 32, "forked {forked} processes past a limit of 32");
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(report).unwrap()).unwrap();
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(report).unwrap()).unwrap();
     assert!(report["pids_limit_hits"].as_u64().unwrap() > 0, "{report}");
 }
 
@@ -251,12 +363,21 @@ fn memory_limit_kills_and_is_reported() {
     let report = s.home.path().join("report.json");
     let out = s.run(
         &["--memory", "48MiB", "--report", report.to_str().unwrap()],
-        &["python3", "-c", "x = bytearray(400 * 1024 * 1024); print('ALLOCATED')"],
+        &[
+            "python3",
+            "-c",
+            "x = bytearray(400 * 1024 * 1024); print('ALLOCATED')",
+        ],
     );
     assert_eq!(code(&out), 137, "{}", stderr(&out));
     assert!(!stdout(&out).contains("ALLOCATED"));
-    assert!(stderr(&out).contains("memory limit (48MiB)"), "{}", stderr(&out));
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(report).unwrap()).unwrap();
+    assert!(
+        stderr(&out).contains("memory limit (48MiB)"),
+        "{}",
+        stderr(&out)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(report).unwrap()).unwrap();
     assert_eq!(report["oom_killed"], true);
     assert!(report["peak_memory_bytes"].as_u64().unwrap() <= 48 << 20);
 }
@@ -274,8 +395,16 @@ fn timeout_kills_double_forked_children() {
     assert_eq!(code(&out), 124, "{}", stderr(&out));
     assert!(started.elapsed() < Duration::from_secs(30));
     assert!(stderr(&out).contains("timeout"), "{}", stderr(&out));
-    let left = Command::new("pgrep").arg("-f").arg(&marker).output().unwrap();
-    assert!(left.stdout.is_empty(), "processes outlived the sandbox: {}", stdout(&left));
+    let left = Command::new("pgrep")
+        .arg("-f")
+        .arg(&marker)
+        .output()
+        .unwrap();
+    assert!(
+        left.stdout.is_empty(),
+        "processes outlived the sandbox: {}",
+        stdout(&left)
+    );
 }
 
 #[test]
@@ -285,10 +414,24 @@ fn orphans_die_when_the_program_exits() {
     }
     let s = Scene::new();
     let marker = format!("covenant-leftover-{}", std::process::id());
-    let out = s.run(&[], &["sh", "-c", &format!("(setsid sh -c 'exec -a {marker} sleep 300' &); exit 3")]);
+    let out = s.run(
+        &[],
+        &[
+            "sh",
+            "-c",
+            &format!("(setsid sh -c 'exec -a {marker} sleep 300' &); exit 3"),
+        ],
+    );
     assert_eq!(code(&out), 3);
-    let left = Command::new("pgrep").arg("-f").arg(&marker).output().unwrap();
-    assert!(left.stdout.is_empty(), "a background process outlived the sandbox");
+    let left = Command::new("pgrep")
+        .arg("-f")
+        .arg(&marker)
+        .output()
+        .unwrap();
+    assert!(
+        left.stdout.is_empty(),
+        "a background process outlived the sandbox"
+    );
 }
 
 #[test]
@@ -303,7 +446,11 @@ fn exit_codes_and_signals_propagate() {
     assert_eq!(code(&s.run(&[], &["sh", "-c", "kill -KILL $$"])), 128 + 9);
     let missing = s.run(&[], &["no-such-program"]);
     assert_eq!(code(&missing), 125);
-    assert!(stderr(&missing).contains("no-such-program"), "{}", stderr(&missing));
+    assert!(
+        stderr(&missing).contains("no-such-program"),
+        "{}",
+        stderr(&missing)
+    );
 }
 
 #[test]
@@ -313,8 +460,18 @@ fn sigterm_to_the_cli_reaches_the_program() {
     }
     let s = Scene::new();
     let mut cmd = s.ctl();
-    cmd.args(["run", "--", "sh", "-c", "trap 'echo GOT-TERM; exit 3' TERM; echo READY; while :; do sleep 0.1; done"]);
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    cmd.args([
+        "run",
+        "--",
+        "sh",
+        "-c",
+        "trap 'echo GOT-TERM; exit 3' TERM; echo READY; while :; do sleep 0.1; done",
+    ]);
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
@@ -335,7 +492,11 @@ fn stdin_and_stdout_are_streamed() {
     let s = Scene::new();
     let mut cmd = s.ctl();
     cmd.args(["run", "--", "sh", "-c", "read line; echo got:$line; cat"]);
-    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(b"first\nsecond\n").unwrap();
     drop(stdin);
@@ -353,7 +514,11 @@ fn bad_requests_are_refused_with_125_naming_the_field() {
     assert_eq!(code(&out), 125);
     assert!(stderr(&out).contains("limits.memory"), "{}", stderr(&out));
     let manifest = s.home.path().join("bad.toml");
-    std::fs::write(&manifest, "version = 1\ncommand = [\"true\"]\n[limits]\nmemroy = \"1G\"\n").unwrap();
+    std::fs::write(
+        &manifest,
+        "version = 1\ncommand = [\"true\"]\n[limits]\nmemroy = \"1G\"\n",
+    )
+    .unwrap();
     let out = s.ctl().arg("run").arg(&manifest).output().unwrap();
     assert_eq!(code(&out), 125);
     assert!(stderr(&out).contains("memroy"), "{}", stderr(&out));
@@ -378,19 +543,33 @@ fn a_manifest_runs_and_flags_override_it() {
     .unwrap();
     let out = s.ctl().arg("run").arg(&manifest).output().unwrap();
     assert_eq!(stdout(&out), "from-manifest\nagent\n", "{}", stderr(&out));
-    let out = s.ctl().arg("run").arg(&manifest).args(["--env", "GREETING=from-flag"]).output().unwrap();
+    let out = s
+        .ctl()
+        .arg("run")
+        .arg(&manifest)
+        .args(["--env", "GREETING=from-flag"])
+        .output()
+        .unwrap();
     assert_eq!(stdout(&out), "from-flag\nagent\n");
 }
 
 fn mount_count() -> usize {
-    std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().count()
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .count()
 }
 
 fn covenant_cgroups() -> Vec<PathBuf> {
     let mut found = Vec::new();
     for h in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
         if let Ok(entries) = std::fs::read_dir(h.path().join("covenant")) {
-            found.extend(entries.flatten().filter(|e| e.path().is_dir()).map(|e| e.path()));
+            found.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.path().is_dir())
+                    .map(|e| e.path()),
+            );
         }
     }
     found
@@ -408,21 +587,100 @@ fn a_hundred_runs_leave_nothing_behind() {
     let mut job_ids = Vec::new();
     for i in 0..100 {
         let out = s.run(
-            &["--memory", "64MiB", "--pids", "16", "--timeout", "20s", "--report", report.to_str().unwrap()],
-            &["sh", "-c", &format!("(exec -a {marker} sleep 60 &); echo {i} > /tmp/x; cat /tmp/x")],
+            &[
+                "--memory",
+                "64MiB",
+                "--pids",
+                "16",
+                "--timeout",
+                "20s",
+                "--report",
+                report.to_str().unwrap(),
+            ],
+            &[
+                "sh",
+                "-c",
+                &format!("(exec -a {marker} sleep 60 &); echo {i} > /tmp/x; cat /tmp/x"),
+            ],
         );
         assert_eq!(stdout(&out), format!("{i}\n"), "{}", stderr(&out));
-        let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+        let r: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
         job_ids.push(r["job_id"].as_str().unwrap().to_string());
     }
     assert_eq!(mount_count(), mounts_before, "mounts leaked");
     let bundles = s.home.path().join("home/bundles");
-    assert_eq!(std::fs::read_dir(&bundles).unwrap().count(), 0, "bundle directories leaked");
+    assert_eq!(
+        std::fs::read_dir(&bundles).unwrap().count(),
+        0,
+        "bundle directories leaked"
+    );
     let leaked: Vec<_> = covenant_cgroups()
         .into_iter()
-        .filter(|p| job_ids.iter().any(|id| p.file_name().unwrap().to_string_lossy().starts_with(id.as_str())))
+        .filter(|p| {
+            job_ids.iter().any(|id| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with(id.as_str())
+            })
+        })
         .collect();
     assert!(leaked.is_empty(), "cgroups leaked: {leaked:?}");
-    let left = Command::new("pgrep").arg("-f").arg(&marker).output().unwrap();
+    let left = Command::new("pgrep")
+        .arg("-f")
+        .arg(&marker)
+        .output()
+        .unwrap();
     assert!(left.stdout.is_empty(), "processes leaked");
+}
+
+#[test]
+fn the_example_manifest_runs_from_a_relative_path() {
+    if !live() {
+        return;
+    }
+    let s = Scene::new();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let out = s
+        .ctl()
+        .current_dir(root)
+        .args(["run", "examples/hello/covenant.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with("hello from hello\n"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stdout(&out).contains("covenant.toml"),
+        "the workspace is the manifest's folder"
+    );
+}
+
+#[test]
+fn doctor_finds_every_required_feature() {
+    if !live() {
+        return;
+    }
+    let s = Scene::new();
+    let out = s.ctl().arg("doctor").output().unwrap();
+    let text = stdout(&out);
+    assert_eq!(code(&out), 0, "{text}");
+    for feature in [
+        "user namespace",
+        "pid namespace",
+        "cgroup namespace",
+        "seccomp filters",
+        "landlock",
+        "cgroups",
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("ok") && l.contains(feature)),
+            "{feature} not ok:\n{text}"
+        );
+    }
 }

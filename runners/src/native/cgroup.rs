@@ -19,9 +19,17 @@ pub enum CgroupError {
     #[error("cgroup: no cgroup filesystem found under {root}")]
     NoHierarchy { root: PathBuf },
     #[error("cgroup: the {controller} controller is not available on this host, so the `{limit}` limit cannot be enforced")]
-    MissingController { controller: &'static str, limit: &'static str },
+    MissingController {
+        controller: &'static str,
+        limit: &'static str,
+    },
     #[error("cgroup: cannot {action} {path}: {source}{hint}")]
-    Io { action: &'static str, path: PathBuf, source: std::io::Error, hint: &'static str },
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+        hint: &'static str,
+    },
 }
 
 type Result<T> = std::result::Result<T, CgroupError>;
@@ -32,7 +40,12 @@ fn io(action: &'static str, path: &Path, source: std::io::Error) -> CgroupError 
     } else {
         ""
     };
-    CgroupError::Io { action, path: path.to_path_buf(), source, hint }
+    CgroupError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+        hint,
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -59,17 +72,27 @@ pub enum CgroupLayout {
     V2 { root: PathBuf },
     /// One v1 hierarchy per controller (the hybrid layout keeps cgroup2 at `unified`, with
     /// no controllers we need).
-    V1 { memory: Option<PathBuf>, pids: Option<PathBuf>, cpu: Option<PathBuf>, cpuacct: Option<PathBuf> },
+    V1 {
+        memory: Option<PathBuf>,
+        pids: Option<PathBuf>,
+        cpu: Option<PathBuf>,
+        cpuacct: Option<PathBuf>,
+    },
 }
 
 impl CgroupLayout {
     /// Reads the layout under `root` (normally `/sys/fs/cgroup`).
     pub fn detect(root: &Path) -> Result<Self> {
         if root.join("cgroup.controllers").exists() {
-            return Ok(Self::V2 { root: root.to_path_buf() });
+            return Ok(Self::V2 {
+                root: root.to_path_buf(),
+            });
         }
         let v1 = |names: &[&str]| {
-            names.iter().map(|n| root.join(n)).find(|p| p.join("cgroup.procs").exists() && p.join("tasks").exists())
+            names
+                .iter()
+                .map(|n| root.join(n))
+                .find(|p| p.join("cgroup.procs").exists() && p.join("tasks").exists())
         };
         let layout = Self::V1 {
             memory: v1(&["memory"]),
@@ -78,9 +101,14 @@ impl CgroupLayout {
             cpuacct: v1(&["cpuacct", "cpu,cpuacct"]),
         };
         match &layout {
-            Self::V1 { memory: None, pids: None, cpu: None, cpuacct: None } => {
-                Err(CgroupError::NoHierarchy { root: root.to_path_buf() })
-            }
+            Self::V1 {
+                memory: None,
+                pids: None,
+                cpu: None,
+                cpuacct: None,
+            } => Err(CgroupError::NoHierarchy {
+                root: root.to_path_buf(),
+            }),
             _ => Ok(layout),
         }
     }
@@ -97,13 +125,26 @@ impl CgroupLayout {
         match self {
             Self::V2 { root } => {
                 let text = fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
-                ["memory", "pids", "cpu"].into_iter().filter(|c| text.split_whitespace().any(|x| x == *c)).collect()
+                ["memory", "pids", "cpu"]
+                    .into_iter()
+                    .filter(|c| text.split_whitespace().any(|x| x == *c))
+                    .collect()
             }
-            Self::V1 { memory, pids, cpu, cpuacct } => [("memory", memory), ("pids", pids), ("cpu", cpu), ("cpuacct", cpuacct)]
-                .into_iter()
-                .filter(|(_, p)| p.is_some())
-                .map(|(n, _)| n)
-                .collect(),
+            Self::V1 {
+                memory,
+                pids,
+                cpu,
+                cpuacct,
+            } => [
+                ("memory", memory),
+                ("pids", pids),
+                ("cpu", cpu),
+                ("cpuacct", cpuacct),
+            ]
+            .into_iter()
+            .filter(|(_, p)| p.is_some())
+            .map(|(n, _)| n)
+            .collect(),
         }
     }
 }
@@ -153,7 +194,10 @@ impl RunCgroup {
     /// Creates the cgroup `name` and writes `limits`. A limit whose controller is missing is
     /// an error; on any error, what was created is removed again.
     pub fn create(layout: &CgroupLayout, name: &str, limits: CgroupLimits) -> Result<Self> {
-        let mut cg = RunCgroup { version: layout.version(), dirs: Vec::new() };
+        let mut cg = RunCgroup {
+            version: layout.version(),
+            dirs: Vec::new(),
+        };
         match cg.populate(layout, name, limits) {
             Ok(()) => Ok(cg),
             Err(e) => {
@@ -199,11 +243,17 @@ impl RunCgroup {
                     write(&dir.join("cpu.max"), &format!("{quota} {period}"))?;
                 }
             }
-            CgroupLayout::V1 { memory, pids, cpu, cpuacct } => {
-                let required = |p: &Option<PathBuf>, needed: bool, controller, limit| match (p, needed) {
-                    (None, true) => Err(CgroupError::MissingController { controller, limit }),
-                    _ => Ok(()),
-                };
+            CgroupLayout::V1 {
+                memory,
+                pids,
+                cpu,
+                cpuacct,
+            } => {
+                let required =
+                    |p: &Option<PathBuf>, needed: bool, controller, limit| match (p, needed) {
+                        (None, true) => Err(CgroupError::MissingController { controller, limit }),
+                        _ => Ok(()),
+                    };
                 required(memory, limits.memory_bytes.is_some(), "memory", "memory")?;
                 required(pids, limits.pids.is_some(), "pids", "pids")?;
                 required(cpu, limits.cpu.is_some(), "cpu", "cpus")?;
@@ -267,15 +317,32 @@ impl RunCgroup {
         match self.version {
             CgroupVersion::V2 => CgroupUsage {
                 peak_memory_bytes: self.file("memory.peak").and_then(|p| read_u64(&p)),
-                cpu_time_ns: self.file("cpu.stat").and_then(|p| read_key(&p, "usage_usec")).map(|us| us * 1000),
-                oom_kills: self.file("memory.events").and_then(|p| read_key(&p, "oom_kill")).unwrap_or(0),
-                pids_limit_hits: self.file("pids.events").and_then(|p| read_key(&p, "max")).unwrap_or(0),
+                cpu_time_ns: self
+                    .file("cpu.stat")
+                    .and_then(|p| read_key(&p, "usage_usec"))
+                    .map(|us| us * 1000),
+                oom_kills: self
+                    .file("memory.events")
+                    .and_then(|p| read_key(&p, "oom_kill"))
+                    .unwrap_or(0),
+                pids_limit_hits: self
+                    .file("pids.events")
+                    .and_then(|p| read_key(&p, "max"))
+                    .unwrap_or(0),
             },
             CgroupVersion::V1 => CgroupUsage {
-                peak_memory_bytes: self.file("memory.max_usage_in_bytes").and_then(|p| read_u64(&p)),
+                peak_memory_bytes: self
+                    .file("memory.max_usage_in_bytes")
+                    .and_then(|p| read_u64(&p)),
                 cpu_time_ns: self.file("cpuacct.usage").and_then(|p| read_u64(&p)),
-                oom_kills: self.file("memory.oom_control").and_then(|p| read_key(&p, "oom_kill")).unwrap_or(0),
-                pids_limit_hits: self.file("pids.events").and_then(|p| read_key(&p, "max")).unwrap_or(0),
+                oom_kills: self
+                    .file("memory.oom_control")
+                    .and_then(|p| read_key(&p, "oom_kill"))
+                    .unwrap_or(0),
+                pids_limit_hits: self
+                    .file("pids.events")
+                    .and_then(|p| read_key(&p, "max"))
+                    .unwrap_or(0),
             },
         }
     }
@@ -290,7 +357,10 @@ impl RunCgroup {
         let mut result = Ok(());
         for dir in std::mem::take(&mut self.dirs) {
             loop {
-                for pid in fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default().lines() {
+                for pid in fs::read_to_string(dir.join("cgroup.procs"))
+                    .unwrap_or_default()
+                    .lines()
+                {
                     if let Ok(pid) = pid.trim().parse::<i32>() {
                         // SAFETY: kill(2) has no memory effects; a stale pid is harmless
                         // here because the pid was read from this cgroup just now.
@@ -300,7 +370,9 @@ impl RunCgroup {
                 match fs::remove_dir(&dir) {
                     Ok(()) => break,
                     Err(e) if e.kind() == ErrorKind::NotFound => break,
-                    Err(e) if Instant::now() < deadline && e.raw_os_error() == Some(libc::EBUSY) => {
+                    Err(e)
+                        if Instant::now() < deadline && e.raw_os_error() == Some(libc::EBUSY) =>
+                    {
                         std::thread::sleep(Duration::from_millis(2));
                     }
                     Err(e) => {
@@ -328,7 +400,11 @@ mod tests {
 
     fn fake_v2() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
-        fs::write(dir.path().join("cgroup.controllers"), "cpuset cpu io memory hugetlb pids rdma misc\n").unwrap();
+        fs::write(
+            dir.path().join("cgroup.controllers"),
+            "cpuset cpu io memory hugetlb pids rdma misc\n",
+        )
+        .unwrap();
         dir
     }
 
@@ -343,7 +419,11 @@ mod tests {
         dir
     }
 
-    const LIMITS: CgroupLimits = CgroupLimits { memory_bytes: Some(256 << 20), pids: Some(64), cpu: Some((150_000, 100_000)) };
+    const LIMITS: CgroupLimits = CgroupLimits {
+        memory_bytes: Some(256 << 20),
+        pids: Some(64),
+        cpu: Some((150_000, 100_000)),
+    };
 
     #[test]
     fn v2_limits_are_written_to_the_v2_files() {
@@ -352,14 +432,27 @@ mod tests {
         assert_eq!(layout.version(), CgroupVersion::V2);
         let mut cg = RunCgroup::create(&layout, "job1", LIMITS).unwrap();
         let dir = fake.path().join("covenant/job1");
-        assert_eq!(fs::read_to_string(dir.join("memory.max")).unwrap(), "268435456");
+        assert_eq!(
+            fs::read_to_string(dir.join("memory.max")).unwrap(),
+            "268435456"
+        );
         assert_eq!(fs::read_to_string(dir.join("pids.max")).unwrap(), "64");
-        assert_eq!(fs::read_to_string(dir.join("cpu.max")).unwrap(), "150000 100000");
-        assert_eq!(fs::read_to_string(fake.path().join("cgroup.subtree_control")).unwrap(), "+memory +pids +cpu");
+        assert_eq!(
+            fs::read_to_string(dir.join("cpu.max")).unwrap(),
+            "150000 100000"
+        );
+        assert_eq!(
+            fs::read_to_string(fake.path().join("cgroup.subtree_control")).unwrap(),
+            "+memory +pids +cpu"
+        );
         cg.add_process(42).unwrap();
         assert_eq!(fs::read_to_string(dir.join("cgroup.procs")).unwrap(), "42");
         fs::write(dir.join("memory.peak"), "1048576\n").unwrap();
-        fs::write(dir.join("memory.events"), "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n").unwrap();
+        fs::write(
+            dir.join("memory.events"),
+            "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n",
+        )
+        .unwrap();
         fs::write(dir.join("cpu.stat"), "usage_usec 2500\nuser_usec 2000\n").unwrap();
         let usage = cg.usage();
         assert_eq!(usage.peak_memory_bytes, Some(1 << 20));
@@ -374,7 +467,16 @@ mod tests {
         fs::write(fake.path().join("cgroup.controllers"), "cpu hugetlb\n").unwrap();
         let layout = CgroupLayout::detect(fake.path()).unwrap();
         let err = RunCgroup::create(&layout, "job", LIMITS).unwrap_err();
-        assert!(matches!(err, CgroupError::MissingController { controller: "memory", .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                CgroupError::MissingController {
+                    controller: "memory",
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]
@@ -385,10 +487,23 @@ mod tests {
         let mut cg = RunCgroup::create(&layout, "job", LIMITS).unwrap();
         assert_eq!(cg.dirs().len(), 4);
         let p = fake.path();
-        assert_eq!(fs::read_to_string(p.join("memory/covenant/job/memory.limit_in_bytes")).unwrap(), "268435456");
-        assert_eq!(fs::read_to_string(p.join("pids/covenant/job/pids.max")).unwrap(), "64");
-        assert_eq!(fs::read_to_string(p.join("cpu/covenant/job/cpu.cfs_quota_us")).unwrap(), "150000");
-        fs::write(p.join("memory/covenant/job/memory.oom_control"), "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n").unwrap();
+        assert_eq!(
+            fs::read_to_string(p.join("memory/covenant/job/memory.limit_in_bytes")).unwrap(),
+            "268435456"
+        );
+        assert_eq!(
+            fs::read_to_string(p.join("pids/covenant/job/pids.max")).unwrap(),
+            "64"
+        );
+        assert_eq!(
+            fs::read_to_string(p.join("cpu/covenant/job/cpu.cfs_quota_us")).unwrap(),
+            "150000"
+        );
+        fs::write(
+            p.join("memory/covenant/job/memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+        )
+        .unwrap();
         fs::write(p.join("cpuacct/covenant/job/cpuacct.usage"), "123456\n").unwrap();
         assert_eq!(cg.usage().oom_kills, 2);
         assert_eq!(cg.usage().cpu_time_ns, Some(123456));
@@ -400,13 +515,25 @@ mod tests {
         let fake = fake_v1(&["memory"]);
         let layout = CgroupLayout::detect(fake.path()).unwrap();
         let err = RunCgroup::create(&layout, "job", LIMITS).unwrap_err();
-        assert!(matches!(err, CgroupError::MissingController { controller: "pids", .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                CgroupError::MissingController {
+                    controller: "pids",
+                    ..
+                }
+            ),
+            "{err}"
+        );
         assert!(!fake.path().join("memory/covenant/job").exists());
     }
 
     #[test]
     fn a_folder_without_cgroups_is_not_a_layout() {
         let empty = tempfile::tempdir().unwrap();
-        assert!(matches!(CgroupLayout::detect(empty.path()), Err(CgroupError::NoHierarchy { .. })));
+        assert!(matches!(
+            CgroupLayout::detect(empty.path()),
+            Err(CgroupError::NoHierarchy { .. })
+        ));
     }
 }

@@ -20,7 +20,12 @@ fn err(what: &'static str) -> impl FnOnce(std::io::Error) -> IdmapError {
 }
 
 /// A user namespace mapping `on_disk_uid` to host `kuid` (and likewise for gids).
-pub fn idmap_userns(on_disk_uid: u32, kuid: u32, on_disk_gid: u32, kgid: u32) -> Result<OwnedFd, IdmapError> {
+pub fn idmap_userns(
+    on_disk_uid: u32,
+    kuid: u32,
+    on_disk_gid: u32,
+    kgid: u32,
+) -> Result<OwnedFd, IdmapError> {
     let mut fds = [0; 2];
     // SAFETY: pipe2 writes two descriptors into the array.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -31,7 +36,14 @@ pub fn idmap_userns(on_disk_uid: u32, kuid: u32, on_disk_gid: u32, kgid: u32) ->
     // SAFETY: a fork-like clone of a single-threaded caller; the child only blocks on read
     // and calls _exit (async-signal-safe).
     let pid = unsafe {
-        libc::syscall(libc::SYS_clone, (libc::CLONE_NEWUSER | libc::SIGCHLD) as libc::c_ulong, 0usize, 0usize, 0usize, 0usize)
+        libc::syscall(
+            libc::SYS_clone,
+            (libc::CLONE_NEWUSER | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
     };
     if pid < 0 {
         return Err(err("clone")(std::io::Error::last_os_error()));
@@ -54,7 +66,9 @@ pub fn idmap_userns(on_disk_uid: u32, kuid: u32, on_disk_gid: u32, kgid: u32) ->
         File::create(format!("/proc/{pid}/gid_map"))
             .and_then(|mut f| f.write_all(format!("{on_disk_gid} {kgid} 1\n").as_bytes()))
             .map_err(err("gid_map"))?;
-        File::open(format!("/proc/{pid}/ns/user")).map(OwnedFd::from).map_err(err("open ns"))
+        File::open(format!("/proc/{pid}/ns/user"))
+            .map(OwnedFd::from)
+            .map_err(err("open ns"))
     })();
     drop(wr);
     let _ = waitpid(pid, None);

@@ -58,7 +58,9 @@ pub fn run_init(program: Pid, signals: &SigSet, status_out: OwnedFd) -> ! {
                     if let Some(raw) = raw_status(status) {
                         let bytes = raw.to_ne_bytes();
                         // SAFETY: writes 4 bytes from a live buffer to an owned pipe.
-                        unsafe { libc::write(status_out.as_raw_fd(), bytes.as_ptr().cast(), bytes.len()) };
+                        unsafe {
+                            libc::write(status_out.as_raw_fd(), bytes.as_ptr().cast(), bytes.len())
+                        };
                         // SAFETY: _exit ends this process; PID 1 leaving tears the namespace down.
                         unsafe { libc::_exit(0) };
                     }

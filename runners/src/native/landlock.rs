@@ -27,7 +27,12 @@ pub fn kernel_abi() -> i32 {
     const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
     // SAFETY: with a NULL attr, size 0 and the VERSION flag the syscall only returns a number.
     let v = unsafe {
-        libc::syscall(libc::SYS_landlock_create_ruleset, std::ptr::null::<libc::c_void>(), 0usize, LANDLOCK_CREATE_RULESET_VERSION)
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
     };
     if v < 0 {
         0
@@ -60,10 +65,19 @@ pub struct LandlockPlan {
 
 /// Decides what of `policy` this kernel can enforce; refuses what it cannot unless the
 /// matching degradation was accepted.
-pub fn check_support(policy: &LandlockPolicy, abi: i32, accepted: &[Degradation]) -> Result<LandlockPlan, LandlockError> {
+pub fn check_support(
+    policy: &LandlockPolicy,
+    abi: i32,
+    accepted: &[Degradation],
+) -> Result<LandlockPlan, LandlockError> {
     if abi < 1 {
         return if accepted.contains(&Degradation::Landlock) {
-            Ok(LandlockPlan { abi, fs: false, net: false, scope: false })
+            Ok(LandlockPlan {
+                abi,
+                fs: false,
+                net: false,
+                scope: false,
+            })
         } else {
             Err(LandlockError::Unsupported)
         };
@@ -77,7 +91,12 @@ pub fn check_support(policy: &LandlockPolicy, abi: i32, accepted: &[Degradation]
     if policy.scope && !scope && !accepted.contains(&Degradation::LandlockScope) {
         return Err(LandlockError::NoScope { found: abi });
     }
-    Ok(LandlockPlan { abi, fs: true, net, scope })
+    Ok(LandlockPlan {
+        abi,
+        fs: true,
+        net,
+        scope,
+    })
 }
 
 /// Restricts the calling process. Runs in the program after `pivot_root` (so the paths are
@@ -90,9 +109,14 @@ pub fn apply(policy: &LandlockPolicy, plan: LandlockPlan) -> Result<(), ChildErr
     let abi = abi_enum(plan.abi);
     let all = AccessFs::from_all(abi);
     let read_exec = AccessFs::from_read(abi);
-    let mut ruleset = Ruleset::default().set_compatibility(CompatLevel::HardRequirement).handle_access(all).map_err(|e| fail(&e))?;
+    let mut ruleset = Ruleset::default()
+        .set_compatibility(CompatLevel::HardRequirement)
+        .handle_access(all)
+        .map_err(|e| fail(&e))?;
     if plan.net {
-        ruleset = ruleset.handle_access(AccessNet::from_all(abi)).map_err(|e| fail(&e))?;
+        ruleset = ruleset
+            .handle_access(AccessNet::from_all(abi))
+            .map_err(|e| fail(&e))?;
     }
     if plan.scope {
         ruleset = ruleset.scope(Scope::from_all(abi)).map_err(|e| fail(&e))?;
@@ -109,11 +133,22 @@ pub fn apply(policy: &LandlockPolicy, plan: LandlockPlan) -> Result<(), ChildErr
         created = created
             .set_compatibility(CompatLevel::BestEffort)
             .add_rules(path_beneath_rules([&rule.path], access))
-            .map_err(|e| ChildError::new("apply landlock", format!("rule for {}: {e}", rule.path.display())))?;
+            .map_err(|e| {
+                ChildError::new(
+                    "apply landlock",
+                    format!("rule for {}: {e}", rule.path.display()),
+                )
+            })?;
     }
     let status = created.restrict_self().map_err(|e| fail(&e))?;
     if status.ruleset != RulesetStatus::FullyEnforced {
-        return Err(ChildError::new("apply landlock", format!("the kernel enforces the ruleset only as {:?}", status.ruleset)));
+        return Err(ChildError::new(
+            "apply landlock",
+            format!(
+                "the kernel enforces the ruleset only as {:?}",
+                status.ruleset
+            ),
+        ));
     }
     Ok(())
 }
@@ -125,7 +160,10 @@ mod tests {
 
     fn policy(net: LandlockNet) -> LandlockPolicy {
         LandlockPolicy {
-            fs: vec![LandlockPathRule { path: "/".into(), access: LandlockAccess::ReadExec }],
+            fs: vec![LandlockPathRule {
+                path: "/".into(),
+                access: LandlockAccess::ReadExec,
+            }],
             net,
             scope: true,
         }
@@ -133,25 +171,57 @@ mod tests {
 
     #[test]
     fn an_old_kernel_fails_closed_for_each_missing_feature() {
-        assert!(matches!(check_support(&policy(LandlockNet::DenyAll), 0, &[]), Err(LandlockError::Unsupported)));
-        assert!(matches!(check_support(&policy(LandlockNet::DenyAll), 2, &[]), Err(LandlockError::NoNetRules { found: 2 })));
+        assert!(matches!(
+            check_support(&policy(LandlockNet::DenyAll), 0, &[]),
+            Err(LandlockError::Unsupported)
+        ));
+        assert!(matches!(
+            check_support(&policy(LandlockNet::DenyAll), 2, &[]),
+            Err(LandlockError::NoNetRules { found: 2 })
+        ));
         assert!(matches!(
             check_support(&policy(LandlockNet::DenyAll), 5, &[]),
             Err(LandlockError::NoScope { found: 5 })
         ));
         assert!(matches!(
-            check_support(&policy(LandlockNet::Unrestricted), 2, &[Degradation::LandlockNet]),
+            check_support(
+                &policy(LandlockNet::Unrestricted),
+                2,
+                &[Degradation::LandlockNet]
+            ),
             Err(LandlockError::NoScope { found: 2 })
         ));
     }
 
     #[test]
     fn accepted_degradations_are_dropped_and_reported() {
-        let plan = check_support(&policy(LandlockNet::DenyAll), 2, &[Degradation::LandlockNet, Degradation::LandlockScope]).unwrap();
-        assert_eq!(plan, LandlockPlan { abi: 2, fs: true, net: false, scope: false });
-        let plan = check_support(&policy(LandlockNet::DenyAll), 0, &[Degradation::Landlock]).unwrap();
+        let plan = check_support(
+            &policy(LandlockNet::DenyAll),
+            2,
+            &[Degradation::LandlockNet, Degradation::LandlockScope],
+        )
+        .unwrap();
+        assert_eq!(
+            plan,
+            LandlockPlan {
+                abi: 2,
+                fs: true,
+                net: false,
+                scope: false
+            }
+        );
+        let plan =
+            check_support(&policy(LandlockNet::DenyAll), 0, &[Degradation::Landlock]).unwrap();
         assert!(!plan.fs);
         let plan = check_support(&policy(LandlockNet::DenyAll), 7, &[]).unwrap();
-        assert_eq!(plan, LandlockPlan { abi: 7, fs: true, net: true, scope: true });
+        assert_eq!(
+            plan,
+            LandlockPlan {
+                abi: 7,
+                fs: true,
+                net: true,
+                scope: true
+            }
+        );
     }
 }

@@ -56,7 +56,10 @@ pub struct ChildError {
 
 impl ChildError {
     pub fn new(step: &'static str, detail: impl Into<String>) -> Self {
-        Self { step, detail: detail.into() }
+        Self {
+            step,
+            detail: detail.into(),
+        }
     }
 
     fn encode(&self) -> Vec<u8> {
@@ -79,9 +82,15 @@ pub enum NativeError {
     #[error("{0}; accept the degradation `idmap` to bind it without an idmap")]
     Idmap(String),
     #[error("writing the sandbox's {file}: {source}")]
-    IdMap { file: &'static str, source: std::io::Error },
+    IdMap {
+        file: &'static str,
+        source: std::io::Error,
+    },
     #[error("{what}: {errno}")]
-    Sys { what: &'static str, errno: nix::errno::Errno },
+    Sys {
+        what: &'static str,
+        errno: nix::errno::Errno,
+    },
     #[error("sandbox setup failed at step `{step}`: {detail}")]
     Setup { step: String, detail: String },
 }
@@ -101,7 +110,9 @@ pub struct NativeRunner {
 
 impl Default for NativeRunner {
     fn default() -> Self {
-        Self { cgroup_root: PathBuf::from("/sys/fs/cgroup") }
+        Self {
+            cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+        }
     }
 }
 
@@ -146,10 +157,13 @@ impl NativeRunner {
             forwarded.add(s);
         }
         let status_rd_raw = status_rd.as_raw_fd();
-        let old_mask = forwarded.thread_swap_mask(SigmaskHow::SIG_BLOCK).map_err(sys("block signals"))?;
+        let old_mask = forwarded
+            .thread_swap_mask(SigmaskHow::SIG_BLOCK)
+            .map_err(sys("block signals"))?;
         let result = (|| {
-            let sfd = SignalFd::with_flags(&forwarded, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
-                .map_err(sys("signalfd"))?;
+            let sfd =
+                SignalFd::with_flags(&forwarded, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+                    .map_err(sys("signalfd"))?;
             let (pid, pidfd) = clone_sandbox(spec)?;
             if pid.as_raw() == 0 {
                 // SAFETY: closes the child's copies of the parent's pipe ends.
@@ -164,12 +178,17 @@ impl NativeRunner {
                 if let Some(cg) = &cgroup {
                     cg.add_process(pid.as_raw())?;
                 }
-                File::from(sync_wr).write_all(b"g").map_err(|e| NativeError::Setup {
-                    step: "start sandbox".into(),
-                    detail: e.to_string(),
-                })?;
+                File::from(sync_wr)
+                    .write_all(b"g")
+                    .map_err(|e| NativeError::Setup {
+                        step: "start sandbox".into(),
+                        detail: e.to_string(),
+                    })?;
                 if let Some(err) = read_child_error(err_rd) {
-                    return Err(NativeError::Setup { step: err.step.to_string(), detail: err.detail });
+                    return Err(NativeError::Setup {
+                        step: err.step.to_string(),
+                        detail: err.detail,
+                    });
                 }
                 supervise(pid, &pidfd, &sfd, spec.timeout)
             };
@@ -203,7 +222,11 @@ impl NativeRunner {
             peak_memory_bytes: usage.peak_memory_bytes,
             namespaces: spec.namespaces.clone(),
             landlock: prepared.landlock,
-            seccomp_filters: prepared.seccomp.as_ref().map(|s| s.programs.len()).unwrap_or(0),
+            seccomp_filters: prepared
+                .seccomp
+                .as_ref()
+                .map(|s| s.programs.len())
+                .unwrap_or(0),
             cgroup_version,
             degradations_applied: prepared.degradations.clone(),
         })
@@ -216,7 +239,11 @@ fn prepare(spec: &NativeSpec) -> Result<Prepared> {
     let mut degradations = Vec::new();
     let landlock = match &spec.landlock {
         Some(policy) => {
-            let plan = landlock::check_support(policy, landlock::kernel_abi(), &spec.accepted_degradations)?;
+            let plan = landlock::check_support(
+                policy,
+                landlock::kernel_abi(),
+                &spec.accepted_degradations,
+            )?;
             if !plan.fs {
                 degradations.push(Degradation::Landlock);
             } else {
@@ -245,11 +272,19 @@ fn prepare(spec: &NativeSpec) -> Result<Prepared> {
             Some(i) => {
                 let key = (i.host_uid, i.host_gid);
                 if !userns_cache.iter().any(|(k, _)| *k == key) {
-                    let fd = idmap::idmap_userns(i.host_uid, spec.uid_map.host + spec.uid, i.host_gid, spec.gid_map.host + spec.gid)
-                        .map_err(|e| NativeError::Idmap(e.to_string()))?;
+                    let fd = idmap::idmap_userns(
+                        i.host_uid,
+                        spec.uid_map.host + spec.uid,
+                        i.host_gid,
+                        spec.gid_map.host + spec.gid,
+                    )
+                    .map_err(|e| NativeError::Idmap(e.to_string()))?;
                     userns_cache.push((key, fd));
                 }
-                userns_cache.iter().find(|(k, _)| *k == key).map(|(_, fd)| fd)
+                userns_cache
+                    .iter()
+                    .find(|(k, _)| *k == key)
+                    .map(|(_, fd)| fd)
             }
         };
         let tree = match mounts::clone_host_tree(m, idmap_fd) {
@@ -266,7 +301,12 @@ fn prepare(spec: &NativeSpec) -> Result<Prepared> {
         };
         trees.push(Some(tree));
     }
-    Ok(Prepared { landlock, seccomp, trees, degradations })
+    Ok(Prepared {
+        landlock,
+        seccomp,
+        trees,
+        degradations,
+    })
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd)> {
@@ -276,8 +316,13 @@ fn pipe() -> Result<(OwnedFd, OwnedFd)> {
 /// Clones the sandbox's init into its namespaces (all but the cgroup namespace, which init
 /// enters after the parent has moved it into the run's cgroup). Returns pid 0 in the child.
 fn clone_sandbox(spec: &NativeSpec) -> Result<(Pid, OwnedFd)> {
-    let mut flags = libc::CLONE_NEWUSER | libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_PIDFD;
-    for (ns, flag) in [(Namespace::Ipc, libc::CLONE_NEWIPC), (Namespace::Uts, libc::CLONE_NEWUTS), (Namespace::Network, libc::CLONE_NEWNET)] {
+    let mut flags =
+        libc::CLONE_NEWUSER | libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_PIDFD;
+    for (ns, flag) in [
+        (Namespace::Ipc, libc::CLONE_NEWIPC),
+        (Namespace::Uts, libc::CLONE_NEWUTS),
+        (Namespace::Network, libc::CLONE_NEWNET),
+    ] {
         if spec.has(ns) {
             flags |= flag;
         }
@@ -297,26 +342,39 @@ fn clone_sandbox(spec: &NativeSpec) -> Result<(Pid, OwnedFd)> {
         )
     };
     if pid < 0 {
-        return Err(sys("clone the sandbox (user, pid, mount, ipc, uts, net namespaces)")(nix::errno::Errno::last()));
+        return Err(sys(
+            "clone the sandbox (user, pid, mount, ipc, uts, net namespaces)",
+        )(nix::errno::Errno::last()));
     }
     if pid == 0 {
         // SAFETY: in the child there is no pidfd; a placeholder that is never used.
-        return Ok((Pid::from_raw(0), unsafe { OwnedFd::from_raw_fd(libc::dup(0)) }));
+        return Ok((Pid::from_raw(0), unsafe {
+            OwnedFd::from_raw_fd(libc::dup(0))
+        }));
     }
     // SAFETY: the kernel returned a fresh pidfd for the child.
-    Ok((Pid::from_raw(pid as i32), unsafe { OwnedFd::from_raw_fd(pidfd) }))
+    Ok((Pid::from_raw(pid as i32), unsafe {
+        OwnedFd::from_raw_fd(pidfd)
+    }))
 }
 
 /// Maps the sandbox's ids: a subordinate range when run as root, the caller alone rootless.
 fn write_id_maps(pid: Pid, spec: &NativeSpec, rootless: bool) -> Result<()> {
     let write = |file: &'static str, text: String| {
-        std::fs::write(format!("/proc/{pid}/{file}"), text).map_err(|source| NativeError::IdMap { file, source })
+        std::fs::write(format!("/proc/{pid}/{file}"), text)
+            .map_err(|source| NativeError::IdMap { file, source })
     };
     if rootless {
         write("setgroups", "deny".into())?;
     }
-    write("uid_map", format!("0 {} {}\n", spec.uid_map.host, spec.uid_map.size))?;
-    write("gid_map", format!("0 {} {}\n", spec.gid_map.host, spec.gid_map.size))
+    write(
+        "uid_map",
+        format!("0 {} {}\n", spec.uid_map.host, spec.uid_map.size),
+    )?;
+    write(
+        "gid_map",
+        format!("0 {} {}\n", spec.gid_map.host, spec.gid_map.size),
+    )
 }
 
 fn read_child_error(fd: OwnedFd) -> Option<ChildError> {
@@ -333,7 +391,10 @@ fn read_child_error(fd: OwnedFd) -> Option<ChildError> {
 
 fn read_status(fd: OwnedFd) -> Option<i32> {
     let mut buf = [0u8; 4];
-    File::from(fd).read_exact(&mut buf).ok().map(|_| i32::from_ne_bytes(buf))
+    File::from(fd)
+        .read_exact(&mut buf)
+        .ok()
+        .map(|_| i32::from_ne_bytes(buf))
 }
 
 struct Supervised {
@@ -343,27 +404,45 @@ struct Supervised {
 
 /// Waits for init to exit, forwarding signals and enforcing the timeout. A timeout kills
 /// init, and with it, by the kernel's hand, every process of the PID namespace.
-fn supervise(pid: Pid, pidfd: &OwnedFd, sfd: &SignalFd, timeout: Option<Duration>) -> Result<Supervised> {
+fn supervise(
+    pid: Pid,
+    pidfd: &OwnedFd,
+    sfd: &SignalFd,
+    timeout: Option<Duration>,
+) -> Result<Supervised> {
     let started = Instant::now();
     let mut timed_out = false;
     loop {
         let wait = match (timeout, timed_out) {
             (Some(t), false) => {
                 let left = t.saturating_sub(started.elapsed());
-                PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX)
+                PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32)
+                    .unwrap_or(PollTimeout::MAX)
             }
             _ => PollTimeout::NONE,
         };
-        let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN), PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+        let mut fds = [
+            PollFd::new(pidfd.as_fd(), PollFlags::POLLIN),
+            PollFd::new(sfd.as_fd(), PollFlags::POLLIN),
+        ];
         let n = match poll(&mut fds, wait) {
             Ok(n) => n,
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(sys("poll")(e)),
         };
-        if fds[0].revents().is_some_and(|r| r.contains(PollFlags::POLLIN)) {
-            return Ok(Supervised { timed_out, duration: started.elapsed() });
+        if fds[0]
+            .revents()
+            .is_some_and(|r| r.contains(PollFlags::POLLIN))
+        {
+            return Ok(Supervised {
+                timed_out,
+                duration: started.elapsed(),
+            });
         }
-        if fds[1].revents().is_some_and(|r| r.contains(PollFlags::POLLIN)) {
+        if fds[1]
+            .revents()
+            .is_some_and(|r| r.contains(PollFlags::POLLIN))
+        {
             while let Ok(Some(info)) = sfd.read_signal() {
                 if let Ok(sig) = Signal::try_from(info.ssi_signo as i32) {
                     let _ = kill(pid, sig);
@@ -379,7 +458,13 @@ fn supervise(pid: Pid, pidfd: &OwnedFd, sfd: &SignalFd, timeout: Option<Duration
 
 /// The child side: never returns. Any error is sent to the parent and ends the child
 /// with [`SETUP_FAILED`].
-fn child_main(spec: &NativeSpec, prepared: &mut Prepared, sync: OwnedFd, err: OwnedFd, status: OwnedFd) -> ! {
+fn child_main(
+    spec: &NativeSpec,
+    prepared: &mut Prepared,
+    sync: OwnedFd,
+    err: OwnedFd,
+    status: OwnedFd,
+) -> ! {
     let code = match init_sandbox(spec, prepared, sync, &err, status) {
         Ok(never) => match never {},
         Err(e) => {
@@ -396,7 +481,13 @@ fn child_main(spec: &NativeSpec, prepared: &mut Prepared, sync: OwnedFd, err: Ow
 enum Never {}
 
 /// Init's setup sequence, one step per line, in order.
-fn init_sandbox(spec: &NativeSpec, prepared: &mut Prepared, sync: OwnedFd, err: &OwnedFd, status: OwnedFd) -> std::result::Result<Never, ChildError> {
+fn init_sandbox(
+    spec: &NativeSpec,
+    prepared: &mut Prepared,
+    sync: OwnedFd,
+    err: &OwnedFd,
+    status: OwnedFd,
+) -> std::result::Result<Never, ChildError> {
     await_parent(sync)?;
     become_namespace_root()?;
     if spec.has(Namespace::Cgroup) {
@@ -413,9 +504,13 @@ fn init_sandbox(spec: &NativeSpec, prepared: &mut Prepared, sync: OwnedFd, err: 
     prepared.trees.clear();
     setsid().map_err(|e| ChildError::new("new session", e.to_string()))?;
     let signals = init::init_signals();
-    signals.thread_block().map_err(|e| ChildError::new("block signals", e.to_string()))?;
+    signals
+        .thread_block()
+        .map_err(|e| ChildError::new("block signals", e.to_string()))?;
     // SAFETY: init is single-threaded; the program child only runs its own setup and execs.
-    match unsafe { nix::unistd::fork() }.map_err(|e| ChildError::new("fork program", e.to_string()))? {
+    match unsafe { nix::unistd::fork() }
+        .map_err(|e| ChildError::new("fork program", e.to_string()))?
+    {
         ForkResult::Child => {
             drop(status);
             let e = start_program(spec, prepared);
@@ -423,7 +518,7 @@ fn init_sandbox(spec: &NativeSpec, prepared: &mut Prepared, sync: OwnedFd, err: 
             // SAFETY: writes from a live buffer to an owned pipe, then exits.
             unsafe {
                 libc::write(err.as_raw_fd(), bytes.as_ptr().cast(), bytes.len());
-                libc::_exit(exit_code_for(&e));
+                libc::_exit(SETUP_FAILED);
             }
         }
         ForkResult::Parent { child } => {
@@ -434,52 +529,64 @@ fn init_sandbox(spec: &NativeSpec, prepared: &mut Prepared, sync: OwnedFd, err: 
     }
 }
 
-/// 127 when the program does not exist, 126 when it cannot be executed, 125 otherwise.
-fn exit_code_for(e: &ChildError) -> i32 {
-    match (e.step, e.detail.contains("ENOENT")) {
-        ("exec", true) => 127,
-        ("exec", false) => 126,
-        _ => SETUP_FAILED,
-    }
-}
-
 fn await_parent(sync: OwnedFd) -> std::result::Result<(), ChildError> {
     let mut b = [0u8; 1];
     match File::from(sync).read(&mut b) {
         Ok(1) => Ok(()),
-        _ => Err(ChildError::new("wait for parent", "the supervisor went away before the sandbox started")),
+        _ => Err(ChildError::new(
+            "wait for parent",
+            "the supervisor went away before the sandbox started",
+        )),
     }
 }
 
 /// Takes uid/gid 0 of the new user namespace (mapped to an unprivileged host id).
 fn become_namespace_root() -> std::result::Result<(), ChildError> {
     let (u, g) = (Uid::from_raw(0), Gid::from_raw(0));
-    setresgid(g, g, g).map_err(|e| ChildError::new("enter user namespace", format!("setresgid: {e}")))?;
-    setresuid(u, u, u).map_err(|e| ChildError::new("enter user namespace", format!("setresuid: {e}")))
+    setresgid(g, g, g)
+        .map_err(|e| ChildError::new("enter user namespace", format!("setresgid: {e}")))?;
+    setresuid(u, u, u)
+        .map_err(|e| ChildError::new("enter user namespace", format!("setresuid: {e}")))
 }
 
 /// The program's setup, ending in `execve`; returns only the error that stopped it.
 fn start_program(spec: &NativeSpec, prepared: &Prepared) -> ChildError {
     let run = || -> std::result::Result<Never, ChildError> {
-        SigSet::empty().thread_set_mask().map_err(|e| ChildError::new("reset signals", e.to_string()))?;
+        SigSet::empty()
+            .thread_set_mask()
+            .map_err(|e| ChildError::new("reset signals", e.to_string()))?;
         // SAFETY: restores the default disposition the Rust runtime changed for itself.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
         privileges::set_rlimits(spec)?;
         privileges::drop_privileges(spec)?;
         privileges::set_no_new_privs()?;
-        nix::unistd::chdir(&spec.cwd)
-            .map_err(|e| ChildError::new("change directory", format!("cwd {}: {e}", spec.cwd.display())))?;
+        nix::unistd::chdir(&spec.cwd).map_err(|e| {
+            ChildError::new(
+                "change directory",
+                format!("cwd {}: {e}", spec.cwd.display()),
+            )
+        })?;
         if let (Some(policy), Some(plan)) = (&spec.landlock, prepared.landlock) {
             landlock::apply(policy, plan)?;
         }
         let program = find_program(spec)?;
         // SAFETY: marks every descriptor above stderr close-on-exec; no memory effects.
-        unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
+        unsafe {
+            libc::syscall(
+                libc::SYS_close_range,
+                3u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            )
+        };
         if let Some(filters) = &prepared.seccomp {
             seccomp::load(filters).map_err(|e| ChildError::new("load seccomp", e.to_string()))?;
         }
         let e = nix::unistd::execve(&program, &spec.args, &spec.env).unwrap_err();
-        Err(ChildError::new("exec", format!("{}: {e}", program.to_string_lossy())))
+        Err(ChildError::new(
+            "exec",
+            format!("{}: {e}", program.to_string_lossy()),
+        ))
     };
     match run() {
         Ok(never) => match never {},
@@ -501,5 +608,12 @@ fn find_program(spec: &NativeSpec) -> std::result::Result<CString, ChildError> {
             return Ok(c);
         }
     }
-    Err(ChildError::new("exec", format!("{}: ENOENT: not found on PATH {}", String::from_utf8_lossy(name), spec.path_var)))
+    Err(ChildError::new(
+        "exec",
+        format!(
+            "{}: ENOENT: not found on PATH {}",
+            String::from_utf8_lossy(name),
+            spec.path_var
+        ),
+    ))
 }

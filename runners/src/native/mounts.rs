@@ -36,9 +36,17 @@ struct MountAttr {
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
     #[error("mount {destination}: cannot clone host path {source_path}: {errno}")]
-    OpenTree { destination: PathBuf, source_path: PathBuf, errno: nix::errno::Errno },
+    OpenTree {
+        destination: PathBuf,
+        source_path: PathBuf,
+        errno: nix::errno::Errno,
+    },
     #[error("mount {destination}: cannot set attributes{idmap}: {errno}")]
-    SetAttr { destination: PathBuf, idmap: &'static str, errno: nix::errno::Errno },
+    SetAttr {
+        destination: PathBuf,
+        idmap: &'static str,
+        errno: nix::errno::Errno,
+    },
 }
 
 fn cstring(path: &Path) -> CString {
@@ -59,7 +67,9 @@ pub fn clone_host_tree(m: &MountSpec, idmap: Option<&OwnedFd>) -> Result<Detache
         unreachable!("only bind mounts are cloned")
     };
     let path = cstring(source);
-    let flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | if *recursive { AT_RECURSIVE } else { 0 };
+    let flags = OPEN_TREE_CLONE
+        | libc::O_CLOEXEC as libc::c_uint
+        | if *recursive { AT_RECURSIVE } else { 0 };
     // SAFETY: open_tree reads a NUL-terminated path and returns a new descriptor or -1.
     let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path.as_ptr(), flags) };
     if fd < 0 {
@@ -82,7 +92,12 @@ pub fn clone_host_tree(m: &MountSpec, idmap: Option<&OwnedFd>) -> Result<Detache
             set |= attr;
         }
     }
-    let mut attr = MountAttr { attr_set: set, attr_clr: 0, propagation: libc::MS_PRIVATE as u64, userns_fd: 0 };
+    let mut attr = MountAttr {
+        attr_set: set,
+        attr_clr: 0,
+        propagation: libc::MS_PRIVATE,
+        userns_fd: 0,
+    };
     if let Some(ns) = idmap {
         attr.attr_set |= MOUNT_ATTR_IDMAP;
         attr.userns_fd = ns.as_raw_fd() as u64;
@@ -111,7 +126,10 @@ pub fn clone_host_tree(m: &MountSpec, idmap: Option<&OwnedFd>) -> Result<Detache
     Ok(DetachedTree { fd, is_dir })
 }
 
-fn step<'a>(step: &'static str, target: &'a Path) -> impl FnOnce(nix::errno::Errno) -> ChildError + 'a {
+fn step<'a>(
+    step: &'static str,
+    target: &'a Path,
+) -> impl FnOnce(nix::errno::Errno) -> ChildError + 'a {
     move |e| ChildError::new(step, format!("{}: {e}", target.display()))
 }
 
@@ -121,10 +139,15 @@ fn inside(rootfs: &Path, dest: &Path) -> PathBuf {
 
 /// Creates the directory or empty file a mount attaches to, refusing a symlink there.
 fn ensure_mount_point(target: &Path, is_dir: bool) -> Result<(), ChildError> {
-    let fail = |e: std::io::Error| ChildError::new("create mount point", format!("{}: {e}", target.display()));
+    let fail = |e: std::io::Error| {
+        ChildError::new("create mount point", format!("{}: {e}", target.display()))
+    };
     match fs::symlink_metadata(target) {
         Ok(md) if md.file_type().is_symlink() => {
-            return Err(ChildError::new("create mount point", format!("{} is a symlink", target.display())))
+            return Err(ChildError::new(
+                "create mount point",
+                format!("{} is a symlink", target.display()),
+            ))
         }
         Ok(_) => return Ok(()),
         Err(_) => {}
@@ -143,15 +166,31 @@ fn ensure_mount_point(target: &Path, is_dir: bool) -> Result<(), ChildError> {
 /// mount namespaces; `trees[i]` is the detached tree of `spec.mounts[i]` when it is a bind.
 pub fn setup_rootfs(spec: &NativeSpec, trees: &[Option<DetachedTree>]) -> Result<(), ChildError> {
     let root = Path::new("/");
-    mount(None::<&str>, root, None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-        .map_err(step("make mounts private", root))?;
+    mount(
+        None::<&str>,
+        root,
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(step("make mounts private", root))?;
     let rootfs = &spec.rootfs;
-    mount(Some(rootfs), rootfs, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-        .map_err(step("bind rootfs", rootfs))?;
+    mount(
+        Some(rootfs),
+        rootfs,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(step("bind rootfs", rootfs))?;
     for (m, tree) in spec.mounts.iter().zip(trees) {
         attach(rootfs, m, tree.as_ref())?;
     }
-    if spec.mounts.iter().any(|m| m.destination == Path::new("/dev")) {
+    if spec
+        .mounts
+        .iter()
+        .any(|m| m.destination == Path::new("/dev"))
+    {
         make_dev_links(rootfs)?;
     }
     for p in &spec.masked_paths {
@@ -193,13 +232,23 @@ fn attach(rootfs: &Path, m: &MountSpec, tree: Option<&DetachedTree>) -> Result<(
         }
         (MountKind::Bind { source, .. }, None) => Err(ChildError::new(
             "attach bind mount",
-            format!("{}: no detached tree for {}", target.display(), source.display()),
+            format!(
+                "{}: no detached tree for {}",
+                target.display(),
+                source.display()
+            ),
         )),
         (MountKind::Fresh { fstype, data }, _) => {
             ensure_mount_point(&target, true)?;
             let data = (!data.is_empty()).then_some(data.as_str());
-            mount(Some(fstype.as_str()), &target, Some(fstype.as_str()), m.flags, data)
-                .map_err(step("mount filesystem", &target))
+            mount(
+                Some(fstype.as_str()),
+                &target,
+                Some(fstype.as_str()),
+                m.flags,
+                data,
+            )
+            .map_err(step("mount filesystem", &target))
         }
     }
 }
@@ -219,8 +268,9 @@ fn make_dev_links(rootfs: &Path) -> Result<(), ChildError> {
         if fs::symlink_metadata(&path).is_ok() {
             continue;
         }
-        std::os::unix::fs::symlink(target, &path)
-            .map_err(|e| ChildError::new("create /dev links", format!("{}: {e}", path.display())))?;
+        std::os::unix::fs::symlink(target, &path).map_err(|e| {
+            ChildError::new("create /dev links", format!("{}: {e}", path.display()))
+        })?;
     }
     Ok(())
 }
@@ -228,7 +278,9 @@ fn make_dev_links(rootfs: &Path) -> Result<(), ChildError> {
 /// Hides a path: an empty read-only tmpfs over a directory, `/dev/null` over a file.
 fn mask_path(rootfs: &Path, path: &Path) -> Result<(), ChildError> {
     let target = inside(rootfs, path);
-    let Ok(md) = fs::metadata(&target) else { return Ok(()) };
+    let Ok(md) = fs::metadata(&target) else {
+        return Ok(());
+    };
     if md.is_dir() {
         mount(
             Some("tmpfs"),
@@ -240,7 +292,14 @@ fn mask_path(rootfs: &Path, path: &Path) -> Result<(), ChildError> {
         .map_err(step("mask path", &target))
     } else {
         let null = rootfs.join("dev/null");
-        mount(Some(&null), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(step("mask path", &target))
+        mount(
+            Some(&null),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(step("mask path", &target))
     }
 }
 
@@ -249,10 +308,19 @@ fn readonly_path(rootfs: &Path, path: &Path) -> Result<(), ChildError> {
     if fs::symlink_metadata(&target).is_err() {
         return Ok(());
     }
-    mount(Some(&target), &target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-        .map_err(step("read-only path", &target))?;
-    remount_readonly(&target, MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC)
-        .map_err(step("read-only path", &target))
+    mount(
+        Some(&target),
+        &target,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(step("read-only path", &target))?;
+    remount_readonly(
+        &target,
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+    )
+    .map_err(step("read-only path", &target))
 }
 
 /// Remounts a bind mount read-only, keeping the flags it already has: a mount inherited

@@ -5,7 +5,12 @@ use super::ChildError;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 pub fn bring_up_loopback() -> Result<(), ChildError> {
-    let fail = |what: &str| ChildError::new("bring up loopback", format!("{what}: {}", std::io::Error::last_os_error()));
+    let fail = |what: &str| {
+        ChildError::new(
+            "bring up loopback",
+            format!("{what}: {}", std::io::Error::last_os_error()),
+        )
+    };
     // SAFETY: socket returns a new descriptor or -1.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {

@@ -15,11 +15,17 @@ const SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED: libc::c_ulong = 1 << 7;
 /// the host, so asking for more than the current hard limit is reported by name.
 pub fn set_rlimits(spec: &NativeSpec) -> Result<(), ChildError> {
     for &(resource, soft, hard, name) in &spec.rlimits {
-        let limit = libc::rlimit { rlim_cur: soft, rlim_max: hard };
+        let limit = libc::rlimit {
+            rlim_cur: soft,
+            rlim_max: hard,
+        };
         // SAFETY: setrlimit reads one rlimit struct.
         if unsafe { libc::setrlimit(resource, &limit) } != 0 {
             let err = std::io::Error::last_os_error();
-            let mut current = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            let mut current = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
             // SAFETY: getrlimit writes one rlimit struct.
             unsafe { libc::getrlimit(resource, &mut current) };
             return Err(ChildError::new(
@@ -35,15 +41,21 @@ pub fn set_rlimits(spec: &NativeSpec) -> Result<(), ChildError> {
 /// empty bounding and ambient sets, then the target ids, then empty effective, permitted
 /// and inheritable sets.
 pub fn drop_privileges(spec: &NativeSpec) -> Result<(), ChildError> {
-    let fail = |what: &str, e: &dyn std::fmt::Display| ChildError::new("drop privileges", format!("{what}: {e}"));
-    let bits = SECBIT_NOROOT | SECBIT_NOROOT_LOCKED | SECBIT_NO_CAP_AMBIENT_RAISE | SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED;
+    let fail = |what: &str, e: &dyn std::fmt::Display| {
+        ChildError::new("drop privileges", format!("{what}: {e}"))
+    };
+    let bits = SECBIT_NOROOT
+        | SECBIT_NOROOT_LOCKED
+        | SECBIT_NO_CAP_AMBIENT_RAISE
+        | SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED;
     // SAFETY: prctl with integer arguments only.
     if unsafe { libc::prctl(libc::PR_SET_SECUREBITS, bits, 0, 0, 0) } != 0 {
         return Err(fail("securebits", &std::io::Error::last_os_error()));
     }
     caps::clear(None, CapSet::Ambient).map_err(|e| fail("ambient set", &e))?;
     for cap in caps::all() {
-        caps::drop(None, CapSet::Bounding, cap).map_err(|e| fail(&format!("bounding set ({cap})"), &e))?;
+        caps::drop(None, CapSet::Bounding, cap)
+            .map_err(|e| fail(&format!("bounding set ({cap})"), &e))?;
     }
     let mut groups: Vec<Gid> = vec![Gid::from_raw(spec.gid)];
     groups.extend(spec.additional_gids.iter().map(|&g| Gid::from_raw(g)));
@@ -57,8 +69,14 @@ pub fn drop_privileges(spec: &NativeSpec) -> Result<(), ChildError> {
     for set in [CapSet::Effective, CapSet::Permitted, CapSet::Inheritable] {
         caps::clear(None, set).map_err(|e| fail(&format!("{set:?} set"), &e))?;
     }
-    if !caps::read(None, CapSet::Permitted).map_err(|e| fail("verify", &e))?.is_empty() {
-        return Err(ChildError::new("drop privileges", "capabilities remain after dropping them"));
+    if !caps::read(None, CapSet::Permitted)
+        .map_err(|e| fail("verify", &e))?
+        .is_empty()
+    {
+        return Err(ChildError::new(
+            "drop privileges",
+            "capabilities remain after dropping them",
+        ));
     }
     Ok(())
 }
@@ -67,7 +85,10 @@ pub fn drop_privileges(spec: &NativeSpec) -> Result<(), ChildError> {
 pub fn set_no_new_privs() -> Result<(), ChildError> {
     // SAFETY: prctl with integer arguments only.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-        return Err(ChildError::new("set no_new_privs", std::io::Error::last_os_error().to_string()));
+        return Err(ChildError::new(
+            "set no_new_privs",
+            std::io::Error::last_os_error().to_string(),
+        ));
     }
     Ok(())
 }

@@ -11,8 +11,8 @@
 use super::syscall_table::syscall_number;
 use oci_spec::runtime::{LinuxSeccomp, LinuxSeccompAction, LinuxSeccompOperator};
 use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
-    TargetArch,
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
 };
 use std::collections::BTreeMap;
 
@@ -21,7 +21,11 @@ pub enum SeccompError {
     #[error("seccomp action {action:?} is not supported by the native runner")]
     UnsupportedAction { action: LinuxSeccompAction },
     #[error("seccomp rule for `{syscall}`: argument condition {index} is invalid: {reason}")]
-    BadCondition { syscall: String, index: usize, reason: String },
+    BadCondition {
+        syscall: String,
+        index: usize,
+        reason: String,
+    },
     #[error("seccomp filter could not be compiled: {0}")]
     Compile(String),
     #[error("seccomp filter could not be loaded: {0}")]
@@ -35,8 +39,12 @@ const DWORD_ARGS: [(&str, u8); 2] = [("ioctl", 1), ("personality", 0)];
 fn action(action: LinuxSeccompAction, errno: Option<u32>) -> Result<SeccompAction, SeccompError> {
     Ok(match action {
         LinuxSeccompAction::ScmpActAllow => SeccompAction::Allow,
-        LinuxSeccompAction::ScmpActErrno => SeccompAction::Errno(errno.unwrap_or(libc::EPERM as u32)),
-        LinuxSeccompAction::ScmpActKill | LinuxSeccompAction::ScmpActKillThread => SeccompAction::KillThread,
+        LinuxSeccompAction::ScmpActErrno => {
+            SeccompAction::Errno(errno.unwrap_or(libc::EPERM as u32))
+        }
+        LinuxSeccompAction::ScmpActKill | LinuxSeccompAction::ScmpActKillThread => {
+            SeccompAction::KillThread
+        }
         LinuxSeccompAction::ScmpActKillProcess => SeccompAction::KillProcess,
         LinuxSeccompAction::ScmpActTrap => SeccompAction::Trap,
         LinuxSeccompAction::ScmpActLog => SeccompAction::Log,
@@ -52,6 +60,9 @@ fn arch() -> TargetArch {
     }
 }
 
+/// Rules of one action, by syscall number; `None` means "every call" (unconditional).
+type RuleGroup = BTreeMap<i64, Option<Vec<SeccompRule>>>;
+
 /// The compiled filters, in the order they must be loaded.
 #[derive(Debug, Clone)]
 pub struct CompiledSeccomp {
@@ -62,9 +73,8 @@ pub struct CompiledSeccomp {
 /// action already covers them.
 pub fn compile(profile: &LinuxSeccomp) -> Result<CompiledSeccomp, SeccompError> {
     let default = action(profile.default_action(), profile.default_errno_ret())?;
-    // Groups keyed by the action's debug text, in first-seen order after Allow.
-    let mut groups: Vec<(SeccompAction, BTreeMap<i64, Option<Vec<SeccompRule>>>)> =
-        vec![(SeccompAction::Allow, BTreeMap::new())];
+    // One group per action, Allow first, others in first-seen order.
+    let mut groups: Vec<(SeccompAction, RuleGroup)> = vec![(SeccompAction::Allow, BTreeMap::new())];
     for rule in profile.syscalls().iter().flatten() {
         let act = action(rule.action(), rule.errno_ret())?;
         if act == default {
@@ -78,7 +88,9 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<CompiledSeccomp, SeccompError> 
             }
         };
         for name in rule.names() {
-            let Some(nr) = syscall_number(name) else { continue };
+            let Some(nr) = syscall_number(name) else {
+                continue;
+            };
             let conditions = conditions_of(name, rule.args().as_deref().unwrap_or(&[]))?;
             let entry = groups[idx].1.entry(nr).or_insert_with(|| Some(Vec::new()));
             match (entry.as_mut(), conditions) {
@@ -94,26 +106,44 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<CompiledSeccomp, SeccompError> 
         if i > 0 && rules.is_empty() {
             continue;
         }
-        let rules: BTreeMap<i64, Vec<SeccompRule>> =
-            rules.into_iter().map(|(nr, r)| (nr, r.unwrap_or_default())).collect();
-        let mismatch = if i == 0 { default.clone() } else { SeccompAction::Allow };
+        let rules: BTreeMap<i64, Vec<SeccompRule>> = rules
+            .into_iter()
+            .map(|(nr, r)| (nr, r.unwrap_or_default()))
+            .collect();
+        let mismatch = if i == 0 {
+            default.clone()
+        } else {
+            SeccompAction::Allow
+        };
         let filter = SeccompFilter::new(rules, mismatch, act, arch())
             .map_err(|e| SeccompError::Compile(e.to_string()))?;
-        programs.push(BpfProgram::try_from(filter).map_err(|e| SeccompError::Compile(e.to_string()))?);
+        programs
+            .push(BpfProgram::try_from(filter).map_err(|e| SeccompError::Compile(e.to_string()))?);
     }
     Ok(CompiledSeccomp { programs })
 }
 
-fn conditions_of(name: &str, args: &[oci_spec::runtime::LinuxSeccompArg]) -> Result<Option<SeccompRule>, SeccompError> {
+fn conditions_of(
+    name: &str,
+    args: &[oci_spec::runtime::LinuxSeccompArg],
+) -> Result<Option<SeccompRule>, SeccompError> {
     if args.is_empty() {
         return Ok(None);
     }
-    let bad = |index: usize, reason: String| SeccompError::BadCondition { syscall: name.to_string(), index, reason };
+    let bad = |index: usize, reason: String| SeccompError::BadCondition {
+        syscall: name.to_string(),
+        index,
+        reason,
+    };
     let mut conditions = Vec::new();
     for arg in args {
         let index = arg.index();
         let idx = u8::try_from(index).map_err(|_| bad(index, "index out of range".into()))?;
-        let len = if DWORD_ARGS.contains(&(name, idx)) { SeccompCmpArgLen::Dword } else { SeccompCmpArgLen::Qword };
+        let len = if DWORD_ARGS.contains(&(name, idx)) {
+            SeccompCmpArgLen::Dword
+        } else {
+            SeccompCmpArgLen::Qword
+        };
         let (op, value) = match arg.op() {
             LinuxSeccompOperator::ScmpCmpEq => (SeccompCmpOp::Eq, arg.value()),
             LinuxSeccompOperator::ScmpCmpNe => (SeccompCmpOp::Ne, arg.value()),
@@ -121,14 +151,23 @@ fn conditions_of(name: &str, args: &[oci_spec::runtime::LinuxSeccompArg]) -> Res
             LinuxSeccompOperator::ScmpCmpLe => (SeccompCmpOp::Le, arg.value()),
             LinuxSeccompOperator::ScmpCmpGe => (SeccompCmpOp::Ge, arg.value()),
             LinuxSeccompOperator::ScmpCmpGt => (SeccompCmpOp::Gt, arg.value()),
-            LinuxSeccompOperator::ScmpCmpMaskedEq => {
-                (SeccompCmpOp::MaskedEq(arg.value()), arg.value_two().unwrap_or(0))
-            }
+            LinuxSeccompOperator::ScmpCmpMaskedEq => (
+                SeccompCmpOp::MaskedEq(arg.value()),
+                arg.value_two().unwrap_or(0),
+            ),
         };
-        let value = if len == SeccompCmpArgLen::Dword { value & 0xffff_ffff } else { value };
-        conditions.push(SeccompCondition::new(idx, len, op, value).map_err(|e| bad(index, e.to_string()))?);
+        let value = if len == SeccompCmpArgLen::Dword {
+            value & 0xffff_ffff
+        } else {
+            value
+        };
+        conditions.push(
+            SeccompCondition::new(idx, len, op, value).map_err(|e| bad(index, e.to_string()))?,
+        );
     }
-    SeccompRule::new(conditions).map(Some).map_err(|e| bad(0, e.to_string()))
+    SeccompRule::new(conditions)
+        .map(Some)
+        .map_err(|e| bad(0, e.to_string()))
 }
 
 /// Loads the filters into the calling thread. `no_new_privs` must already be set.
@@ -147,9 +186,20 @@ mod tests {
     #[test]
     fn every_syscall_the_profile_allows_or_denies_on_purpose_is_known_here() {
         let mut names: Vec<&str> = ALLOWED.to_vec();
-        names.extend(["ptrace", "bpf", "io_uring_setup", "keyctl", "mount", "unshare", "userfaultfd"]);
+        names.extend([
+            "ptrace",
+            "bpf",
+            "io_uring_setup",
+            "keyctl",
+            "mount",
+            "unshare",
+            "userfaultfd",
+        ]);
         for n in names {
-            assert!(syscall_number(n).is_some(), "{n} missing from the syscall table");
+            assert!(
+                syscall_number(n).is_some(),
+                "{n} missing from the syscall table"
+            );
         }
         let _ = DENIED;
     }

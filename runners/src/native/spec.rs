@@ -21,7 +21,10 @@ pub enum SpecError {
 }
 
 fn field(field: &str, reason: impl Into<String>) -> SpecError {
-    SpecError::Field { field: field.to_string(), reason: reason.into() }
+    SpecError::Field {
+        field: field.to_string(),
+        reason: reason.into(),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,16 +109,32 @@ impl NativeSpec {
     /// Loads and checks `bundle/config.json`.
     pub fn load(bundle: &Path) -> Result<Self, SpecError> {
         let config = bundle.join("config.json");
-        let spec = Spec::load(&config).map_err(|e| SpecError::Load { path: bundle.to_path_buf(), reason: e.to_string() })?;
+        let spec = Spec::load(&config).map_err(|e| SpecError::Load {
+            path: bundle.to_path_buf(),
+            reason: e.to_string(),
+        })?;
         Self::from_spec(bundle, &spec)
     }
 
     pub fn from_spec(bundle: &Path, spec: &Spec) -> Result<Self, SpecError> {
-        let root = spec.root().as_ref().ok_or_else(|| field("root", "missing"))?;
-        let rootfs = if root.path().is_absolute() { root.path().clone() } else { bundle.join(root.path()) };
-        let process = spec.process().as_ref().ok_or_else(|| field("process", "missing"))?;
+        let root = spec
+            .root()
+            .as_ref()
+            .ok_or_else(|| field("root", "missing"))?;
+        let rootfs = if root.path().is_absolute() {
+            root.path().clone()
+        } else {
+            bundle.join(root.path())
+        };
+        let process = spec
+            .process()
+            .as_ref()
+            .ok_or_else(|| field("process", "missing"))?;
         if process.terminal() == Some(true) {
-            return Err(field("process.terminal", "a console socket is not supported; run with terminal=false"));
+            return Err(field(
+                "process.terminal",
+                "a console socket is not supported; run with terminal=false",
+            ));
         }
         let args = process.args().clone().unwrap_or_default();
         if args.is_empty() {
@@ -146,7 +165,10 @@ impl NativeSpec {
             }
         }
         if process.no_new_privileges() != Some(true) {
-            return Err(field("process.noNewPrivileges", "must be true: the native runner always sets no_new_privs"));
+            return Err(field(
+                "process.noNewPrivileges",
+                "must be true: the native runner always sets no_new_privs",
+            ));
         }
         let mut rlimits = Vec::new();
         for r in process.rlimits().iter().flatten() {
@@ -154,16 +176,25 @@ impl NativeSpec {
             let (resource, label) = rlimit_resource(&name)
                 .ok_or_else(|| field("process.rlimits", format!("{name} is not supported")))?;
             if r.soft() > r.hard() {
-                return Err(field("process.rlimits", format!("{label}: soft {} above hard {}", r.soft(), r.hard())));
+                return Err(field(
+                    "process.rlimits",
+                    format!("{label}: soft {} above hard {}", r.soft(), r.hard()),
+                ));
             }
             rlimits.push((resource, r.soft(), r.hard(), label));
         }
 
-        let linux = spec.linux().as_ref().ok_or_else(|| field("linux", "missing"))?;
+        let linux = spec
+            .linux()
+            .as_ref()
+            .ok_or_else(|| field("linux", "missing"))?;
         let mut namespaces = Vec::new();
         for ns in linux.namespaces().iter().flatten() {
             if ns.path().is_some() {
-                return Err(field("linux.namespaces", "joining an existing namespace (path) is not supported"));
+                return Err(field(
+                    "linux.namespaces",
+                    "joining an existing namespace (path) is not supported",
+                ));
             }
             namespaces.push(match ns.typ() {
                 LinuxNamespaceType::User => Namespace::User,
@@ -173,33 +204,64 @@ impl NativeSpec {
                 LinuxNamespaceType::Ipc => Namespace::Ipc,
                 LinuxNamespaceType::Uts => Namespace::Uts,
                 LinuxNamespaceType::Cgroup => Namespace::Cgroup,
-                other => return Err(field("linux.namespaces", format!("{other:?} is not supported"))),
+                other => {
+                    return Err(field(
+                        "linux.namespaces",
+                        format!("{other:?} is not supported"),
+                    ))
+                }
             });
         }
         for required in [Namespace::User, Namespace::Pid, Namespace::Mount] {
             if !namespaces.contains(&required) {
-                return Err(field("linux.namespaces", format!("the native runner requires a {required:?} namespace")));
+                return Err(field(
+                    "linux.namespaces",
+                    format!("the native runner requires a {required:?} namespace"),
+                ));
             }
         }
-        let id_range = |f: &str, maps: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| -> Result<IdRange, SpecError> {
+        let id_range = |f: &str,
+                        maps: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>|
+         -> Result<IdRange, SpecError> {
             match maps.as_deref() {
-                Some([m]) if m.container_id() == 0 && m.size() > 0 => Ok(IdRange { host: m.host_id(), size: m.size() }),
-                _ => Err(field(f, "exactly one mapping starting at container id 0 is supported")),
+                Some([m]) if m.container_id() == 0 && m.size() > 0 => Ok(IdRange {
+                    host: m.host_id(),
+                    size: m.size(),
+                }),
+                _ => Err(field(
+                    f,
+                    "exactly one mapping starting at container id 0 is supported",
+                )),
             }
         };
         let uid_map = id_range("linux.uidMappings", linux.uid_mappings())?;
         let gid_map = id_range("linux.gidMappings", linux.gid_mappings())?;
         let user = process.user();
         if user.uid() >= uid_map.size || user.gid() >= gid_map.size {
-            return Err(field("process.user", format!("{}:{} is outside the user namespace's id mappings", user.uid(), user.gid())));
+            return Err(field(
+                "process.user",
+                format!(
+                    "{}:{} is outside the user namespace's id mappings",
+                    user.uid(),
+                    user.gid()
+                ),
+            ));
         }
 
-        let mounts = spec.mounts().iter().flatten().map(mount_spec).collect::<Result<Vec<_>, _>>()?;
+        let mounts = spec
+            .mounts()
+            .iter()
+            .flatten()
+            .map(mount_spec)
+            .collect::<Result<Vec<_>, _>>()?;
         let annotations = spec.annotations().clone().unwrap_or_default();
         let parse_json = |key: &str| -> Result<Option<serde_json::Value>, SpecError> {
             annotations
                 .get(key)
-                .map(|v| serde_json::from_str(v).map_err(|e| field(&format!("annotations.{key}"), e.to_string())))
+                .map(|v| {
+                    serde_json::from_str(v)
+                        .map_err(|e| field(&format!("annotations.{key}"), e.to_string()))
+                })
                 .transpose()
         };
         let landlock = parse_json(annotations::LANDLOCK)?
@@ -224,16 +286,28 @@ impl NativeSpec {
         let loopback_up = match annotations.get(annotations::NET).map(String::as_str) {
             None | Some("loopback") => true,
             Some("none") | Some("host") => false,
-            Some(other) => return Err(field(annotations::NET, format!("`{other}` is not none, loopback or host"))),
+            Some(other) => {
+                return Err(field(
+                    annotations::NET,
+                    format!("`{other}` is not none, loopback or host"),
+                ))
+            }
         };
 
         let resources = linux.resources().as_ref();
         let limits = CgroupLimits {
-            memory_bytes: resources.and_then(|r| r.memory().as_ref()).and_then(|m| m.limit()).map(|l| l.max(0) as u64),
-            pids: resources.and_then(|r| r.pids().as_ref()).map(|p| p.limit().max(0) as u64),
-            cpu: resources.and_then(|r| r.cpu().as_ref()).and_then(|c| match (c.quota(), c.period()) {
-                (Some(q), p) if q > 0 => Some((q as u64, p.unwrap_or(100_000))),
-                _ => None,
+            memory_bytes: resources
+                .and_then(|r| r.memory().as_ref())
+                .and_then(|m| m.limit())
+                .map(|l| l.max(0) as u64),
+            pids: resources
+                .and_then(|r| r.pids().as_ref())
+                .map(|p| p.limit().max(0) as u64),
+            cpu: resources.and_then(|r| r.cpu().as_ref()).and_then(|c| {
+                match (c.quota(), c.period()) {
+                    (Some(q), p) if q > 0 => Some((q as u64, p.unwrap_or(100_000))),
+                    _ => None,
+                }
             }),
         };
 
@@ -242,8 +316,14 @@ impl NativeSpec {
             rootfs,
             root_readonly: root.readonly().unwrap_or(false),
             hostname: spec.hostname().clone(),
-            args: args.iter().map(|a| cstr("process.args", a)).collect::<Result<_, _>>()?,
-            env: env_list.iter().map(|e| cstr("process.env", e)).collect::<Result<_, _>>()?,
+            args: args
+                .iter()
+                .map(|a| cstr("process.args", a))
+                .collect::<Result<_, _>>()?,
+            env: env_list
+                .iter()
+                .map(|e| cstr("process.env", e))
+                .collect::<Result<_, _>>()?,
             path_var,
             cwd: process.cwd().clone(),
             uid: user.uid(),
@@ -254,8 +334,20 @@ impl NativeSpec {
             uid_map,
             gid_map,
             mounts,
-            masked_paths: linux.masked_paths().clone().unwrap_or_default().into_iter().map(PathBuf::from).collect(),
-            readonly_paths: linux.readonly_paths().clone().unwrap_or_default().into_iter().map(PathBuf::from).collect(),
+            masked_paths: linux
+                .masked_paths()
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .map(PathBuf::from)
+                .collect(),
+            readonly_paths: linux
+                .readonly_paths()
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .map(PathBuf::from)
+                .collect(),
             seccomp: linux.seccomp().clone(),
             landlock,
             idmap,
@@ -263,7 +355,10 @@ impl NativeSpec {
             timeout,
             loopback_up,
             accepted_degradations,
-            job_id: annotations.get(annotations::JOB_ID).cloned().unwrap_or_else(|| "unnamed".to_string()),
+            job_id: annotations
+                .get(annotations::JOB_ID)
+                .cloned()
+                .unwrap_or_else(|| "unnamed".to_string()),
         })
     }
 }
@@ -292,7 +387,11 @@ fn rlimit_resource(debug_name: &str) -> Option<(libc::__rlimit_resource_t, &'sta
 fn mount_spec(m: &oci_spec::runtime::Mount) -> Result<MountSpec, SpecError> {
     let dest = m.destination().clone();
     let f = format!("mounts[{}]", dest.display());
-    if !dest.is_absolute() || dest.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+    if !dest.is_absolute()
+        || dest
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
         return Err(field(&f, "destination must be absolute without `..`"));
     }
     let mut flags = MsFlags::empty();
@@ -316,21 +415,36 @@ fn mount_spec(m: &oci_spec::runtime::Mount) -> Result<MountSpec, SpecError> {
             }
             "private" | "rprivate" | "slave" | "rslave" => {}
             other if other.contains('=') || other == "newinstance" => data.push(other.to_string()),
-            other => return Err(field(&f, format!("mount option `{other}` is not supported"))),
+            other => {
+                return Err(field(
+                    &f,
+                    format!("mount option `{other}` is not supported"),
+                ))
+            }
         }
     }
     let typ = m.typ().clone().unwrap_or_default();
     let kind = if bind || typ == "bind" {
-        let source = m.source().clone().ok_or_else(|| field(&f, "a bind mount needs a source"))?;
+        let source = m
+            .source()
+            .clone()
+            .ok_or_else(|| field(&f, "a bind mount needs a source"))?;
         if !source.is_absolute() {
             return Err(field(&f, "a bind source must be an absolute host path"));
         }
         MountKind::Bind { source, recursive }
     } else {
         match typ.as_str() {
-            "proc" | "tmpfs" | "devpts" | "mqueue" => MountKind::Fresh { fstype: typ, data: data.join(",") },
+            "proc" | "tmpfs" | "devpts" | "mqueue" => MountKind::Fresh {
+                fstype: typ,
+                data: data.join(","),
+            },
             other => return Err(field(&f, format!("mount type `{other}` is not supported"))),
         }
     };
-    Ok(MountSpec { destination: dest, kind, flags })
+    Ok(MountSpec {
+        destination: dest,
+        kind,
+        flags,
+    })
 }

@@ -351,5 +351,5 @@ pub const SYSCALLS: &[(&str, libc::c_long)] = &[
 
 /// The number of syscall `name`, if this architecture has it.
 pub fn syscall_number(name: &str) -> Option<i64> {
-    SYSCALLS.iter().find(|(n, _)| *n == name).map(|&(_, nr)| nr as i64)
+    SYSCALLS.iter().find(|(n, _)| *n == name).map(|&(_, nr)| nr)
 }
