@@ -44,6 +44,11 @@ struct Scene {
 }
 
 impl Scene {
+    /// A scene when live tests can run here (see [`live`]).
+    fn live() -> Option<Self> {
+        live().then(Self::new)
+    }
+
     fn new() -> Self {
         let home = tempfile::Builder::new()
             .prefix("covenant-live-")
@@ -109,10 +114,7 @@ const EPERM: i32 = libc::EPERM;
 
 #[test]
 fn reading_host_secrets_is_denied() {
-    if !live() {
-        return;
-    }
-    let s = Scene::new();
+    let Some(s) = Scene::live() else { return };
     let out = s.run(
         &[],
         &[
@@ -137,10 +139,7 @@ fn reading_host_secrets_is_denied() {
 
 #[test]
 fn writing_outside_workspace_and_tmp_is_denied() {
-    if !live() {
-        return;
-    }
-    let s = Scene::new();
+    let Some(s) = Scene::live() else { return };
     let script = "for p in /usr/evil /etc/evil /evil /bin/evil /proc/sys/kernel/hostname; do \
                   if echo x > $p 2>/dev/null; then echo WROTE $p; else echo DENIED $p; fi; done; \
                   echo ok > /tmp/t && echo ok > /workspace/w && echo WRITABLE";
@@ -157,10 +156,7 @@ fn writing_outside_workspace_and_tmp_is_denied() {
 
 #[test]
 fn workspace_files_belong_to_its_owner_on_the_host() {
-    if !live() {
-        return;
-    }
-    let s = Scene::new();
+    let Some(s) = Scene::live() else { return };
     std::os::unix::fs::chown(&s.workspace, Some(1234), Some(2345)).unwrap();
     let out = s.run(
         &[],
@@ -182,10 +178,7 @@ fn workspace_files_belong_to_its_owner_on_the_host() {
 
 #[test]
 fn sandbox_root_is_not_host_root() {
-    if !live() {
-        return;
-    }
-    let s = Scene::new();
+    let Some(s) = Scene::live() else { return };
     let out = s.run(&[], &["cat", "/proc/self/uid_map", "/proc/self/status"]);
     let text = stdout(&out);
     let map: Vec<u64> = text
@@ -209,10 +202,7 @@ fn sandbox_root_is_not_host_root() {
 
 #[test]
 fn host_processes_are_invisible_and_unreachable() {
-    if !live() {
-        return;
-    }
-    let s = Scene::new();
+    let Some(s) = Scene::live() else { return };
     let me = std::process::id().to_string();
     let out = s.run(&[], &["sh", "-c", "ls /proc | grep -c '^[0-9]'"]);
     let count: u32 = stdout(&out).trim().parse().unwrap();
@@ -226,10 +216,7 @@ fn host_processes_are_invisible_and_unreachable() {
 
 #[test]
 fn network_is_unreachable_under_net_none() {
-    if !live() {
-        return;
-    }
-    let s = Scene::new();
+    let Some(s) = Scene::live() else { return };
     assert_ne!(s.probe(&["--net", "none"], "connect:1.1.1.1:53"), 0);
     assert_ne!(s.probe(&["--net", "none"], "connect:127.0.0.1:22"), 0);
     assert_ne!(
@@ -247,10 +234,7 @@ fn network_is_unreachable_under_net_none() {
 
 #[test]
 fn dangerous_syscalls_are_denied_with_eperm() {
-    if !live() {
-        return;
-    }
-    let s = Scene::new();
+    let Some(s) = Scene::live() else { return };
     for name in [
         "ptrace",
         "process_vm_readv",
@@ -287,10 +271,7 @@ fn dangerous_syscalls_are_denied_with_eperm() {
 
 #[test]
 fn mount_and_unshare_commands_fail() {
-    if !live() {
-        return;
-    }
-    let s = Scene::new();
+    let Some(s) = Scene::live() else { return };
     let out = s.run(
         &[],
         &[
@@ -308,10 +289,7 @@ fn mount_and_unshare_commands_fail() {
 
 #[test]
 fn setuid_binary_grants_nothing() {
-    if !live() {
-        return;
-    }
-    let s = Scene::new();
+    let Some(s) = Scene::live() else { return };
     let id = s.workspace.join("suid-id");
     std::fs::copy("/usr/bin/id", &id).unwrap();
     std::os::unix::fs::chown(&id, Some(0), Some(0)).unwrap();
@@ -327,10 +305,7 @@ fn setuid_binary_grants_nothing() {
 
 #[test]
 fn fork_bomb_stops_at_the_pids_limit() {
-    if !live() {
-        return;
-    }
-    let s = Scene::new();
+    let Some(s) = Scene::live() else { return };
     let report = s.home.path().join("report.json");
     let out = s.run(
         &["--pids", "32", "--report", report.to_str().unwrap()],
@@ -356,10 +331,7 @@ fn fork_bomb_stops_at_the_pids_limit() {
 
 #[test]
 fn memory_limit_kills_and_is_reported() {
-    if !live() {
-        return;
-    }
-    let s = Scene::new();
+    let Some(s) = Scene::live() else { return };
     let report = s.home.path().join("report.json");
     let out = s.run(
         &["--memory", "48MiB", "--report", report.to_str().unwrap()],
@@ -384,10 +356,7 @@ fn memory_limit_kills_and_is_reported() {
 
 #[test]
 fn timeout_kills_double_forked_children() {
-    if !live() {
-        return;
-    }
-    let s = Scene::new();
+    let Some(s) = Scene::live() else { return };
     let marker = format!("covenant-orphan-{}", std::process::id());
     let script = format!("(setsid sh -c 'exec -a {marker} sleep 300' &) ; (sh -c 'exec -a {marker} sleep 300' &) ; exec sleep 300");
     let started = Instant::now();
@@ -409,10 +378,7 @@ fn timeout_kills_double_forked_children() {
 
 #[test]
 fn orphans_die_when_the_program_exits() {
-    if !live() {
-        return;
-    }
-    let s = Scene::new();
+    let Some(s) = Scene::live() else { return };
     let marker = format!("covenant-leftover-{}", std::process::id());
     let out = s.run(
         &[],
@@ -436,10 +402,7 @@ fn orphans_die_when_the_program_exits() {
 
 #[test]
 fn exit_codes_and_signals_propagate() {
-    if !live() {
-        return;
-    }
-    let s = Scene::new();
+    let Some(s) = Scene::live() else { return };
     assert_eq!(code(&s.run(&[], &["sh", "-c", "exit 42"])), 42);
     assert_eq!(code(&s.run(&[], &["true"])), 0);
     assert_eq!(code(&s.run(&[], &["sh", "-c", "kill -TERM $$"])), 128 + 15);
@@ -455,10 +418,7 @@ fn exit_codes_and_signals_propagate() {
 
 #[test]
 fn sigterm_to_the_cli_reaches_the_program() {
-    if !live() {
-        return;
-    }
-    let s = Scene::new();
+    let Some(s) = Scene::live() else { return };
     let mut cmd = s.ctl();
     cmd.args([
         "run",
@@ -486,10 +446,7 @@ fn sigterm_to_the_cli_reaches_the_program() {
 
 #[test]
 fn stdin_and_stdout_are_streamed() {
-    if !live() {
-        return;
-    }
-    let s = Scene::new();
+    let Some(s) = Scene::live() else { return };
     let mut cmd = s.ctl();
     cmd.args(["run", "--", "sh", "-c", "read line; echo got:$line; cat"]);
     let mut child = cmd
@@ -506,10 +463,7 @@ fn stdin_and_stdout_are_streamed() {
 
 #[test]
 fn bad_requests_are_refused_with_125_naming_the_field() {
-    if !live() {
-        return;
-    }
-    let s = Scene::new();
+    let Some(s) = Scene::live() else { return };
     let out = s.run(&["--memory", "lots"], &["true"]);
     assert_eq!(code(&out), 125);
     assert!(stderr(&out).contains("limits.memory"), "{}", stderr(&out));
@@ -528,10 +482,7 @@ fn bad_requests_are_refused_with_125_naming_the_field() {
 
 #[test]
 fn a_manifest_runs_and_flags_override_it() {
-    if !live() {
-        return;
-    }
-    let s = Scene::new();
+    let Some(s) = Scene::live() else { return };
     let manifest = s.home.path().join("covenant.toml");
     std::fs::write(
         &manifest,
@@ -577,10 +528,7 @@ fn covenant_cgroups() -> Vec<PathBuf> {
 
 #[test]
 fn a_hundred_runs_leave_nothing_behind() {
-    if !live() {
-        return;
-    }
-    let s = Scene::new();
+    let Some(s) = Scene::live() else { return };
     let mounts_before = mount_count();
     let marker = format!("covenant-hundred-{}", std::process::id());
     let report = s.home.path().join("report.json");
@@ -637,10 +585,7 @@ fn a_hundred_runs_leave_nothing_behind() {
 
 #[test]
 fn the_example_manifest_runs_from_a_relative_path() {
-    if !live() {
-        return;
-    }
-    let s = Scene::new();
+    let Some(s) = Scene::live() else { return };
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let out = s
         .ctl()
@@ -662,10 +607,7 @@ fn the_example_manifest_runs_from_a_relative_path() {
 
 #[test]
 fn doctor_finds_every_required_feature() {
-    if !live() {
-        return;
-    }
-    let s = Scene::new();
+    let Some(s) = Scene::live() else { return };
     let out = s.ctl().arg("doctor").output().unwrap();
     let text = stdout(&out);
     assert_eq!(code(&out), 0, "{text}");
