@@ -30,10 +30,10 @@ pub const CPU_PERIOD_US: u64 = 100_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
-    #[error("bundle directory {path}: {source}")]
+    #[error("bundle directory {path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("bundle directory {path} already exists and is not empty")]
     NotEmpty { path: PathBuf },
@@ -48,9 +48,9 @@ pub enum BundleError {
 type Result<T> = std::result::Result<T, BundleError>;
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BundleError + '_ {
-    move |source| BundleError::Io {
+    move |error| BundleError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     }
 }
 
@@ -608,4 +608,140 @@ fn build_spec(
 
 fn json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("annotation values are serialisable")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use covenant_policy::{compile_plan, Manifest};
+
+    /// A plan with a fresh workspace; keep the returned directory alive while it is used.
+    fn plan(extra: &str) -> (SandboxPlan, tempfile::TempDir) {
+        let ws = tempfile::tempdir().unwrap();
+        let text = format!(
+            "version = 1\ncommand = [\"true\"]\nworkspace = \"{}\"\n{extra}",
+            ws.path().display()
+        );
+        let mut m = Manifest::parse(&text).unwrap();
+        m.base_dir = std::env::temp_dir();
+        (compile_plan(&m, "job-test").unwrap(), ws)
+    }
+
+    #[test]
+    fn config_json_round_trips_through_oci_spec_with_every_restriction() {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, _ws) =
+            plan("[limits]\nmemory = \"256MiB\"\npids = 64\ncpus = 1.5\ntimeout = \"30s\"\n");
+        let bundle = write_bundle(
+            &p,
+            &dir.path().join("b"),
+            IdentityMap::subordinate(100_000, 100_000),
+        )
+        .unwrap();
+        let spec = Spec::load(bundle.config_path()).unwrap();
+        let linux = spec.linux().as_ref().unwrap();
+        let ns: Vec<_> = linux
+            .namespaces()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|n| n.typ())
+            .collect();
+        for t in [
+            LinuxNamespaceType::User,
+            LinuxNamespaceType::Pid,
+            LinuxNamespaceType::Mount,
+            LinuxNamespaceType::Network,
+            LinuxNamespaceType::Ipc,
+            LinuxNamespaceType::Uts,
+            LinuxNamespaceType::Cgroup,
+        ] {
+            assert!(ns.contains(&t), "{t:?} missing");
+        }
+        let uid_map = &linux.uid_mappings().as_ref().unwrap()[0];
+        assert_eq!(
+            (uid_map.container_id(), uid_map.host_id(), uid_map.size()),
+            (0, 100_000, 65_536)
+        );
+        let res = linux.resources().as_ref().unwrap();
+        assert_eq!(res.memory().as_ref().unwrap().limit(), Some(256 << 20));
+        assert_eq!(res.pids().as_ref().unwrap().limit(), 64);
+        assert_eq!(res.cpu().as_ref().unwrap().quota(), Some(150_000));
+        let process = spec.process().as_ref().unwrap();
+        assert_eq!(process.no_new_privileges(), Some(true));
+        assert!(process
+            .capabilities()
+            .as_ref()
+            .unwrap()
+            .bounding()
+            .as_ref()
+            .unwrap()
+            .is_empty());
+        assert!(spec.root().as_ref().unwrap().readonly().unwrap());
+        let notes = spec.annotations().as_ref().unwrap();
+        assert_eq!(notes[annotations::TIMEOUT_MS], "30000");
+        assert_eq!(notes[annotations::NET], "none");
+        assert_eq!(notes[annotations::PLAN_DIGEST], p.digest());
+        let landlock: LandlockPolicy = serde_json::from_str(&notes[annotations::LANDLOCK]).unwrap();
+        assert_eq!(landlock.net, LandlockNet::DenyAll);
+        assert!(landlock
+            .fs
+            .iter()
+            .any(|r| r.path == Path::new("/workspace") && r.access == LandlockAccess::ReadWrite));
+        let idmap: Vec<IdmapMount> = serde_json::from_str(&notes[annotations::IDMAP]).unwrap();
+        assert_eq!(idmap.len(), 1);
+        assert_eq!(idmap[0].destination, Path::new("/workspace"));
+        assert!(linux.seccomp().is_some());
+    }
+
+    #[test]
+    fn mounts_come_in_a_safe_order_and_the_rootfs_holds_only_mount_points() {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, _ws) = plan("");
+        let bundle = write_bundle(&p, &dir.path().join("b"), IdentityMap::rootless(1000, 1000));
+        assert!(bundle.is_ok());
+        let spec = Spec::load(dir.path().join("b/config.json")).unwrap();
+        let dests: Vec<_> = spec
+            .mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|m| m.destination().clone())
+            .collect();
+        let pos = |d: &str| dests.iter().position(|x| x == Path::new(d)).unwrap();
+        assert!(
+            pos("/usr") < pos("/proc")
+                && pos("/dev") < pos("/dev/null")
+                && pos("/tmp") < pos("/workspace")
+        );
+        let notes = spec.annotations().as_ref().unwrap();
+        assert_eq!(
+            notes[annotations::IDMAP],
+            "[]",
+            "rootless bundles cannot idmap"
+        );
+        let usr: Vec<_> = fs::read_dir(dir.path().join("b/rootfs/usr"))
+            .unwrap()
+            .collect();
+        assert!(
+            usr.is_empty(),
+            "rootfs/usr is a mount point and must be empty: {usr:?}"
+        );
+        assert!(!dir.path().join("b/rootfs/etc/shadow").exists());
+    }
+
+    #[test]
+    fn a_rootless_bundle_refuses_a_non_root_user_and_a_non_empty_dir_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, _ws) = plan("user = \"1000\"\n");
+        assert!(matches!(
+            write_bundle(&p, &dir.path().join("a"), IdentityMap::rootless(1000, 1000)),
+            Err(BundleError::RootlessUser { uid: 1000, .. })
+        ));
+        fs::write(dir.path().join("file"), "x").unwrap();
+        assert!(matches!(
+            write_bundle(&plan("").0, dir.path(), IdentityMap::rootless(0, 0)),
+            Err(BundleError::NotEmpty { .. })
+        ));
+    }
 }

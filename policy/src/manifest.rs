@@ -13,10 +13,10 @@ pub const MANIFEST_VERSION: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
-    #[error("cannot read manifest {path}: {source}")]
+    #[error("cannot read manifest {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("manifest {path} is invalid: {message}")]
     Parse { path: PathBuf, message: String },
@@ -100,9 +100,9 @@ pub struct Manifest {
 impl Manifest {
     /// Reads and parses a manifest file; relative paths in it resolve against its folder.
     pub fn load(path: &Path) -> Result<Self, ManifestError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ManifestError::Read {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         let mut manifest = Self::parse(&text).map_err(|message| ManifestError::Parse {
             path: path.to_path_buf(),
@@ -116,9 +116,9 @@ impl Manifest {
             dir.to_path_buf()
         } else {
             std::env::current_dir()
-                .map_err(|source| ManifestError::Read {
+                .map_err(|error| ManifestError::Read {
                     path: path.to_path_buf(),
-                    source,
+                    error,
                 })?
                 .join(dir)
         };

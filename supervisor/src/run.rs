@@ -29,15 +29,15 @@ pub enum RunError {
     Native(#[from] NativeError),
     #[error("runner `{0}` is not available in this build; use `native`")]
     UnknownRunner(String),
-    #[error("cannot create {path}: {source}")]
+    #[error("cannot create {path}: {error}")]
     Home {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("cannot remove bundle directory {path}: {source}")]
+    #[error("cannot remove bundle directory {path}: {error}")]
     Cleanup {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -191,9 +191,9 @@ fn ensure_traversable(home: &Path) -> Result<(), RunError> {
                 .recursive(true)
                 .mode(0o711)
                 .create(&dir)
-                .map_err(|source| RunError::Home {
+                .map_err(|error| RunError::Home {
                     path: dir.clone(),
-                    source,
+                    error,
                 })?;
         }
     }
@@ -204,9 +204,9 @@ fn remove_bundle(dir: &Path) -> Result<(), RunError> {
     match std::fs::remove_dir_all(dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(RunError::Cleanup {
+        Err(error) => Err(RunError::Cleanup {
             path: dir.to_path_buf(),
-            source,
+            error,
         }),
     }
 }

@@ -626,3 +626,104 @@ fn doctor_finds_every_required_feature() {
         );
     }
 }
+
+#[test]
+fn an_ordinary_user_runs_rootless_with_the_same_restrictions() {
+    let Some(s) = Scene::live() else { return };
+    let nobody = s.home.path().join("nobody");
+    std::fs::create_dir(&nobody).unwrap();
+    let ctl = nobody.join("covenant-ctl");
+    std::fs::copy(env!("CARGO_BIN_EXE_covenant-ctl"), &ctl).unwrap();
+    std::fs::write(nobody.join("probe.py"), PROBE).unwrap();
+    std::os::unix::fs::chown(&nobody, Some(65534), Some(65534)).unwrap();
+    std::os::unix::fs::chown(nobody.join("probe.py"), Some(65534), Some(65534)).unwrap();
+    let as_nobody = |args: &[&str]| {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "env"])
+            .arg(format!("COVENANT_HOME={}", nobody.join("home").display()))
+            .arg(&ctl)
+            .arg("run")
+            .arg("--workspace")
+            .arg(&nobody)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = as_nobody(&["--", "sh", "-c", "cat /proc/self/uid_map; touch /workspace/made; grep CapEff /proc/self/status; echo x > /usr/x || echo RO"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let text = stdout(&out);
+    let map: Vec<&str> = text.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        map,
+        ["0", "65534", "1"],
+        "rootless maps the sandbox's root to the caller alone"
+    );
+    assert!(
+        text.contains("CapEff:\t0000000000000000") && text.contains("RO"),
+        "{text}"
+    );
+    assert_eq!(std::fs::metadata(nobody.join("made")).unwrap().uid(), 65534);
+    let out = as_nobody(&["--", "python3", "/workspace/probe.py", "unshare_user"]);
+    assert_eq!(
+        stdout(&out).trim(),
+        format!("unshare_user errno={EPERM}"),
+        "{}",
+        stderr(&out)
+    );
+    let out = as_nobody(&["--memory", "64MiB", "--", "true"]);
+    assert_eq!(
+        code(&out),
+        125,
+        "a limit without a writable cgroup must refuse the run"
+    );
+    assert!(
+        stderr(&out).contains("cgroup") && stderr(&out).contains("Permission denied"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn cpu_use_is_held_to_the_cpus_limit() {
+    let Some(s) = Scene::live() else { return };
+    let report = s.home.path().join("report.json");
+    let out = s.run(
+        &["--cpus", "0.2", "--report", report.to_str().unwrap()],
+        &["sh", "-c", "timeout 2 sh -c 'while :; do :; done'; true"],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(report).unwrap()).unwrap();
+    let cpu_ms = report["cpu_time_ms"].as_f64().unwrap();
+    let wall_ms = report["duration_ms"].as_f64().unwrap();
+    assert!(wall_ms >= 1900.0, "{report}");
+    assert!(
+        cpu_ms < 0.35 * wall_ms,
+        "a 0.2 CPU limit let the program use {cpu_ms} ms in {wall_ms} ms"
+    );
+}
+
+#[test]
+fn keep_bundle_leaves_a_bundle_another_runtime_can_read() {
+    let Some(s) = Scene::live() else { return };
+    let dir = s.home.path().join("kept");
+    let out = s.run(&["--keep-bundle", dir.to_str().unwrap()], &["true"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["process"]["args"][0], "true");
+    assert_eq!(config["process"]["noNewPrivileges"], true);
+    assert!(config["annotations"]["org.opencovenant.landlock"].is_string());
+    assert!(dir.join("rootfs/usr").is_dir());
+    let plan = s
+        .ctl()
+        .args(["plan", "--memory", "1GiB", "--", "true"])
+        .output()
+        .unwrap();
+    let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    assert_eq!(plan["plan"]["limits"]["memory_bytes"], 1u64 << 30);
+    assert_eq!(
+        plan["config"]["linux"]["resources"]["memory"]["limit"],
+        1u64 << 30
+    );
+}

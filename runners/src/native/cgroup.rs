@@ -23,19 +23,19 @@ pub enum CgroupError {
         controller: &'static str,
         limit: &'static str,
     },
-    #[error("cgroup: cannot {action} {path}: {source}{hint}")]
+    #[error("cgroup: cannot {action} {path}: {error}{hint}")]
     Io {
         action: &'static str,
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
         hint: &'static str,
     },
 }
 
 type Result<T> = std::result::Result<T, CgroupError>;
 
-fn io(action: &'static str, path: &Path, source: std::io::Error) -> CgroupError {
-    let hint = if source.kind() == ErrorKind::PermissionDenied {
+fn io(action: &'static str, path: &Path, error: std::io::Error) -> CgroupError {
+    let hint = if error.kind() == ErrorKind::PermissionDenied {
         " (cgroup limits need root, or a cgroup delegated to this user)"
     } else {
         ""
@@ -43,7 +43,7 @@ fn io(action: &'static str, path: &Path, source: std::io::Error) -> CgroupError 
     CgroupError::Io {
         action,
         path: path.to_path_buf(),
-        source,
+        error,
         hint,
     }
 }

@@ -9,14 +9,14 @@ use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 #[derive(Debug, thiserror::Error)]
-#[error("idmap user namespace ({what}): {source}")]
+#[error("idmap user namespace ({what}): {error}")]
 pub struct IdmapError {
     what: &'static str,
-    source: std::io::Error,
+    error: std::io::Error,
 }
 
 fn err(what: &'static str) -> impl FnOnce(std::io::Error) -> IdmapError {
-    move |source| IdmapError { what, source }
+    move |error| IdmapError { what, error }
 }
 
 /// A user namespace mapping `on_disk_uid` to host `kuid` (and likewise for gids).

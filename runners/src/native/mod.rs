@@ -81,10 +81,10 @@ pub enum NativeError {
     Mount(#[from] MountError),
     #[error("{0}; accept the degradation `idmap` to bind it without an idmap")]
     Idmap(String),
-    #[error("writing the sandbox's {file}: {source}")]
+    #[error("writing the sandbox's {file}: {error}")]
     IdMap {
         file: &'static str,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{what}: {errno}")]
     Sys {
@@ -165,12 +165,12 @@ impl NativeRunner {
                 SignalFd::with_flags(&forwarded, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
                     .map_err(sys("signalfd"))?;
             let (pid, pidfd) = clone_sandbox(spec)?;
-            if pid.as_raw() == 0 {
+            let Some(pidfd) = pidfd else {
                 // SAFETY: closes the child's copies of the parent's pipe ends.
                 unsafe { libc::close(status_rd_raw) };
                 drop((sync_wr, err_rd, sfd));
                 child_main(spec, &mut prepared, sync_rd, err_wr, status_wr);
-            }
+            };
             drop((sync_rd, err_wr, status_wr));
             prepared.trees.clear();
             let supervise = || -> Result<Supervised> {
@@ -260,9 +260,12 @@ fn prepare(spec: &NativeSpec) -> Result<Prepared> {
     };
     let seccomp = spec.seccomp.as_ref().map(seccomp::compile).transpose()?;
     let mut trees = Vec::with_capacity(spec.mounts.len());
+    // Cloning trees needs CAP_SYS_ADMIN over the caller's mount namespace: rootless, the
+    // child binds the paths itself, inside its own user namespace.
+    let rootless = !Uid::effective().is_root();
     let mut userns_cache: Vec<((u32, u32), OwnedFd)> = Vec::new();
     for m in &spec.mounts {
-        if !matches!(m.kind, MountKind::Bind { .. }) {
+        if rootless || !matches!(m.kind, MountKind::Bind { .. }) {
             trees.push(None);
             continue;
         }
@@ -315,7 +318,7 @@ fn pipe() -> Result<(OwnedFd, OwnedFd)> {
 
 /// Clones the sandbox's init into its namespaces (all but the cgroup namespace, which init
 /// enters after the parent has moved it into the run's cgroup). Returns pid 0 in the child.
-fn clone_sandbox(spec: &NativeSpec) -> Result<(Pid, OwnedFd)> {
+fn clone_sandbox(spec: &NativeSpec) -> Result<(Pid, Option<OwnedFd>)> {
     let mut flags =
         libc::CLONE_NEWUSER | libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_PIDFD;
     for (ns, flag) in [
@@ -347,22 +350,20 @@ fn clone_sandbox(spec: &NativeSpec) -> Result<(Pid, OwnedFd)> {
         )(nix::errno::Errno::last()));
     }
     if pid == 0 {
-        // SAFETY: in the child there is no pidfd; a placeholder that is never used.
-        return Ok((Pid::from_raw(0), unsafe {
-            OwnedFd::from_raw_fd(libc::dup(0))
-        }));
+        return Ok((Pid::from_raw(0), None));
     }
     // SAFETY: the kernel returned a fresh pidfd for the child.
-    Ok((Pid::from_raw(pid as i32), unsafe {
-        OwnedFd::from_raw_fd(pidfd)
-    }))
+    Ok((
+        Pid::from_raw(pid as i32),
+        Some(unsafe { OwnedFd::from_raw_fd(pidfd) }),
+    ))
 }
 
 /// Maps the sandbox's ids: a subordinate range when run as root, the caller alone rootless.
 fn write_id_maps(pid: Pid, spec: &NativeSpec, rootless: bool) -> Result<()> {
     let write = |file: &'static str, text: String| {
         std::fs::write(format!("/proc/{pid}/{file}"), text)
-            .map_err(|source| NativeError::IdMap { file, source })
+            .map_err(|error| NativeError::IdMap { file, error })
     };
     if rootless {
         write("setgroups", "deny".into())?;

@@ -201,8 +201,11 @@ pub fn setup_rootfs(spec: &NativeSpec, trees: &[Option<DetachedTree>]) -> Result
     }
     pivot_into(rootfs)?;
     if spec.root_readonly {
-        remount_readonly(root, MsFlags::MS_NOSUID | MsFlags::MS_NODEV)
-            .map_err(step("remount root read-only", root))?;
+        remount_bind(
+            root,
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        )
+        .map_err(step("remount root read-only", root))?;
     }
     Ok(())
 }
@@ -230,14 +233,32 @@ fn attach(rootfs: &Path, m: &MountSpec, tree: Option<&DetachedTree>) -> Result<(
             }
             Ok(())
         }
-        (MountKind::Bind { source, .. }, None) => Err(ChildError::new(
-            "attach bind mount",
-            format!(
-                "{}: no detached tree for {}",
-                target.display(),
-                source.display()
-            ),
-        )),
+        // Rootless: the caller may not clone trees, but may bind what it can reach.
+        (MountKind::Bind { source, recursive }, None) => {
+            ensure_mount_point(&target, source.is_dir())?;
+            let rec = if *recursive {
+                MsFlags::MS_REC
+            } else {
+                MsFlags::empty()
+            };
+            mount(
+                Some(source),
+                &target,
+                None::<&str>,
+                MsFlags::MS_BIND | rec,
+                None::<&str>,
+            )
+            .map_err(step("bind mount", &target))?;
+            let wanted = m.flags
+                & (MsFlags::MS_RDONLY
+                    | MsFlags::MS_NOSUID
+                    | MsFlags::MS_NODEV
+                    | MsFlags::MS_NOEXEC);
+            if !wanted.is_empty() {
+                remount_bind(&target, wanted).map_err(step("bind mount", &target))?;
+            }
+            Ok(())
+        }
         (MountKind::Fresh { fstype, data }, _) => {
             ensure_mount_point(&target, true)?;
             let data = (!data.is_empty()).then_some(data.as_str());
@@ -316,20 +337,20 @@ fn readonly_path(rootfs: &Path, path: &Path) -> Result<(), ChildError> {
         None::<&str>,
     )
     .map_err(step("read-only path", &target))?;
-    remount_readonly(
+    remount_bind(
         &target,
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
     )
     .map_err(step("read-only path", &target))
 }
 
-/// Remounts a bind mount read-only, keeping the flags it already has: a mount inherited
-/// from a more privileged namespace has its atime/nosuid/nodev/noexec flags locked, and a
-/// remount that would clear one is refused.
-fn remount_readonly(target: &Path, extra: MsFlags) -> nix::Result<()> {
+/// Remounts a bind mount adding `extra` (read-only, nosuid, ...), keeping the flags it
+/// already has: a mount inherited from a more privileged namespace has its
+/// atime/nosuid/nodev/noexec flags locked, and a remount that would clear one is refused.
+fn remount_bind(target: &Path, extra: MsFlags) -> nix::Result<()> {
     let current = nix::sys::statvfs::statvfs(target)?.flags();
     use nix::sys::statvfs::FsFlags;
-    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | extra;
+    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra;
     for (fs_flag, ms_flag) in [
         (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
         (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
