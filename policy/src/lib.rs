@@ -10,7 +10,10 @@ pub mod annotations;
 pub mod compile;
 pub mod manifest;
 pub mod plan;
+pub mod scope;
 pub mod seccomp_profile;
+pub mod token;
+pub mod verify;
 pub mod units;
 
 pub use compile::{compile_plan, CompileError};

@@ -40,7 +40,7 @@ pub struct PlanMount {
 }
 
 /// The network the sandbox gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum NetMode {
     /// A fresh network namespace with `lo` down and no other interface.

@@ -1,0 +1,325 @@
+//! The scope grammar (`docs/capabilities.md`) and the one relation that matters between
+//! scopes: whether a granted scope covers a requested one. Every scope maps to a kernel
+//! mechanism; the table in the docs names it.
+//!
+//! Path scopes name host paths. They are absolute and free of `..` when parsed; symlinks
+//! are resolved when a grant is checked against a request ([`Scope::resolved`]), so the
+//! object enforced is the one the grant's path names at that moment.
+
+use crate::plan::{Degradation, NetMode};
+use crate::units::{format_size, parse_cpus, parse_duration, parse_size};
+use std::fmt;
+use std::path::{Component, Path, PathBuf};
+
+/// Seccomp groups a manifest may ask to open (`sys.GROUP`).
+pub const SYSCALL_GROUPS: [(&str, &str); 1] =
+    [("ptrace", "ptrace and process_vm_readv/writev, for debuggers; confined to the sandbox's own PID namespace")];
+
+/// Filesystem access, weakest first: each level includes the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FsAccess {
+    /// Read files and list directories.
+    Read,
+    /// Read and execute.
+    Exec,
+    /// Read, write, create, remove, execute.
+    Write,
+}
+
+impl FsAccess {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Read => "fs.read",
+            Self::Exec => "fs.exec",
+            Self::Write => "fs.write",
+        }
+    }
+}
+
+/// A resource ceiling (`res.*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Resource {
+    /// Bytes of memory.
+    Mem,
+    /// Millicpus.
+    Cpu,
+    /// Processes and threads.
+    Pids,
+    /// Milliseconds of wall-clock time.
+    Time,
+}
+
+impl Resource {
+    pub const ALL: [Resource; 4] = [Self::Mem, Self::Cpu, Self::Pids, Self::Time];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Mem => "res.mem",
+            Self::Cpu => "res.cpu",
+            Self::Pids => "res.pids",
+            Self::Time => "res.time",
+        }
+    }
+
+    fn format(self, v: u64) -> String {
+        match self {
+            Self::Mem => format_size(v),
+            Self::Cpu if v % 1000 == 0 => format!("{}", v / 1000),
+            Self::Cpu => format!("{}.{:03}", v / 1000, v % 1000).trim_end_matches('0').to_string(),
+            Self::Pids => v.to_string(),
+            Self::Time if v % 1000 == 0 => format!("{}s", v / 1000),
+            Self::Time => format!("{v}ms"),
+        }
+    }
+}
+
+/// One scope.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Scope {
+    Fs(FsAccess, PathBuf),
+    Net(NetMode),
+    NetConnectTcp(u16),
+    Res(Resource, u64),
+    Sys(String),
+    Mem { write: bool, namespace: String },
+    Degrade(Degradation),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("scope `{input}`: {reason}")]
+pub struct ScopeError {
+    pub input: String,
+    pub reason: String,
+}
+
+impl PartialOrd for NetMode {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for NetMode {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        let rank = |m: &NetMode| match m {
+            NetMode::None => 0,
+            NetMode::Loopback => 1,
+            NetMode::Host => 2,
+        };
+        rank(self).cmp(&rank(other))
+    }
+}
+
+/// An absolute path without `.`, `..` or repeated separators.
+fn clean_path(input: &str, raw: &str) -> Result<PathBuf, ScopeError> {
+    let err = |reason: &str| ScopeError { input: input.to_string(), reason: reason.to_string() };
+    let path = Path::new(raw);
+    if !path.is_absolute() {
+        return Err(err("the path must be absolute"));
+    }
+    if raw.contains('\0') {
+        return Err(err("the path contains a NUL byte"));
+    }
+    let mut clean = PathBuf::from("/");
+    for c in path.components() {
+        match c {
+            Component::RootDir | Component::CurDir => {}
+            Component::Normal(part) => clean.push(part),
+            Component::ParentDir => return Err(err("`..` is not allowed in a path scope")),
+            Component::Prefix(_) => return Err(err("not a Unix path")),
+        }
+    }
+    Ok(clean)
+}
+
+impl Scope {
+    /// Parses one scope in its textual form.
+    pub fn parse(input: &str) -> Result<Scope, ScopeError> {
+        let err = |reason: String| ScopeError { input: input.to_string(), reason };
+        let (family, arg) = input
+            .split_once(':')
+            .ok_or_else(|| err("expected FAMILY:VALUE, e.g. fs.write:/home/a/proj".into()))?;
+        let scope = match family {
+            "fs.read" => Scope::Fs(FsAccess::Read, clean_path(input, arg)?),
+            "fs.exec" => Scope::Fs(FsAccess::Exec, clean_path(input, arg)?),
+            "fs.write" => Scope::Fs(FsAccess::Write, clean_path(input, arg)?),
+            "net" => Scope::Net(NetMode::parse(arg).ok_or_else(|| err("expected none, loopback or host".into()))?),
+            "net.connect" => {
+                let port = arg
+                    .strip_prefix("tcp:")
+                    .ok_or_else(|| err("expected net.connect:tcp:PORT".into()))?;
+                let port: u16 = port.parse().map_err(|_| err(format!("`{port}` is not a TCP port")))?;
+                if port == 0 {
+                    return Err(err("port 0 is not a port".into()));
+                }
+                Scope::NetConnectTcp(port)
+            }
+            "res.mem" => Scope::Res(Resource::Mem, parse_size(arg).map_err(|e| err(e.to_string()))?),
+            "res.cpu" => Scope::Res(Resource::Cpu, parse_cpus(arg).map_err(|e| err(e.to_string()))? as u64),
+            "res.pids" => Scope::Res(Resource::Pids, arg.parse().map_err(|_| err(format!("`{arg}` is not a count")))?),
+            "res.time" => Scope::Res(
+                Resource::Time,
+                parse_duration(arg).map_err(|e| err(e.to_string()))?.as_millis() as u64,
+            ),
+            "sys" => {
+                if !SYSCALL_GROUPS.iter().any(|(g, _)| *g == arg) {
+                    let known: Vec<_> = SYSCALL_GROUPS.iter().map(|(g, _)| *g).collect();
+                    return Err(err(format!("unknown syscall group; known: {}", known.join(", "))));
+                }
+                Scope::Sys(arg.to_string())
+            }
+            "mem.read" | "mem.write" => {
+                let valid = !arg.is_empty()
+                    && arg.len() <= 128
+                    && arg.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
+                if !valid {
+                    return Err(err("a memory namespace is 1-128 of letters, digits, `-_./`".into()));
+                }
+                Scope::Mem { write: family == "mem.write", namespace: arg.to_string() }
+            }
+            "degrade" => Scope::Degrade(Degradation::parse(arg).ok_or_else(|| {
+                let known: Vec<_> = Degradation::ALL.iter().map(|d| d.name()).collect();
+                err(format!("unknown degradation; known: {}", known.join(", ")))
+            })?),
+            other => return Err(err(format!("unknown scope family `{other}`"))),
+        };
+        Ok(scope)
+    }
+
+    /// Whether this (granted) scope allows `requested`.
+    pub fn covers(&self, requested: &Scope) -> bool {
+        match (self, requested) {
+            (Scope::Fs(granted, gp), Scope::Fs(asked, rp)) => granted >= asked && rp.starts_with(gp),
+            (Scope::Net(g), Scope::Net(r)) => g >= r,
+            (Scope::Net(NetMode::Host), Scope::NetConnectTcp(_)) => true,
+            (Scope::NetConnectTcp(g), Scope::NetConnectTcp(r)) => g == r,
+            (Scope::Res(gk, gv), Scope::Res(rk, rv)) => gk == rk && rv <= gv,
+            (Scope::Sys(g), Scope::Sys(r)) => g == r,
+            (Scope::Mem { write: gw, namespace: gn }, Scope::Mem { write: rw, namespace: rn }) => {
+                gn == rn && (*gw || !*rw)
+            }
+            (Scope::Degrade(g), Scope::Degrade(r)) => g == r,
+            _ => false,
+        }
+    }
+
+    /// The same scope with its path's symlinks resolved, when the path exists now.
+    pub fn resolved(&self) -> Scope {
+        match self {
+            Scope::Fs(access, path) => Scope::Fs(*access, path.canonicalize().unwrap_or_else(|_| path.clone())),
+            other => other.clone(),
+        }
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scope::Fs(access, path) => write!(f, "{}:{}", access.name(), path.display()),
+            Scope::Net(mode) => write!(f, "net:{}", mode.as_str()),
+            Scope::NetConnectTcp(port) => write!(f, "net.connect:tcp:{port}"),
+            Scope::Res(kind, v) => write!(f, "{}:{}", kind.name(), kind.format(*v)),
+            Scope::Sys(group) => write!(f, "sys:{group}"),
+            Scope::Mem { write, namespace } => {
+                write!(f, "{}:{namespace}", if *write { "mem.write" } else { "mem.read" })
+            }
+            Scope::Degrade(d) => write!(f, "degrade:{}", d.name()),
+        }
+    }
+}
+
+/// Whether `granted` covers every scope of `requested`; returns the ones it does not.
+pub fn missing(granted: &[Scope], requested: &[Scope]) -> Vec<Scope> {
+    let granted: Vec<Scope> = granted.iter().map(Scope::resolved).collect();
+    requested
+        .iter()
+        .filter(|r| {
+            let r = r.resolved();
+            !granted.iter().any(|g| g.covers(&r))
+        })
+        .cloned()
+        .collect()
+}
+
+/// The ceiling `scopes` put on `kind`, if any (the smallest when several).
+pub fn ceiling(scopes: &[Scope], kind: Resource) -> Option<u64> {
+    scopes
+        .iter()
+        .filter_map(|s| match s {
+            Scope::Res(k, v) if *k == kind => Some(*v),
+            _ => None,
+        })
+        .min()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(text: &str) -> Scope {
+        Scope::parse(text).unwrap()
+    }
+
+    #[test]
+    fn every_family_round_trips_through_its_text() {
+        for text in [
+            "fs.read:/etc/x", "fs.exec:/opt/tool", "fs.write:/home/a/proj", "net:none", "net:loopback",
+            "net:host", "net.connect:tcp:443", "res.mem:512MiB", "res.cpu:1.5", "res.cpu:2", "res.pids:64",
+            "res.time:30s", "res.time:1500ms", "sys:ptrace", "mem.read:project", "mem.write:agents/a1",
+            "degrade:landlock-net",
+        ] {
+            assert_eq!(s(text).to_string(), text);
+            assert_eq!(Scope::parse(&s(text).to_string()).unwrap(), s(text));
+        }
+        assert_eq!(s("fs.read://etc/./x/").to_string(), "fs.read:/etc/x");
+    }
+
+    #[test]
+    fn bad_scopes_are_refused_with_the_reason() {
+        for bad in [
+            "fs.write:relative", "fs.write:/a/../b", "net:wifi", "net.connect:udp:53", "net.connect:tcp:0",
+            "net.connect:tcp:70000", "res.mem:lots", "res.cpu:0", "res.time:30", "sys:everything",
+            "mem.read:", "mem.write:a b", "degrade:seccomp", "admin:all", "nocolon",
+        ] {
+            assert!(Scope::parse(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn path_scopes_cover_exactly_what_lies_beneath() {
+        assert!(s("fs.write:/workspace").covers(&s("fs.write:/workspace/src")));
+        assert!(s("fs.write:/workspace").covers(&s("fs.write:/workspace")));
+        assert!(!s("fs.write:/workspace").covers(&s("fs.write:/workspacefoo")));
+        assert!(!s("fs.write:/workspace/src").covers(&s("fs.write:/workspace")));
+        assert!(s("fs.write:/w").covers(&s("fs.read:/w/a")));
+        assert!(s("fs.exec:/w").covers(&s("fs.read:/w/a")));
+        assert!(!s("fs.read:/w").covers(&s("fs.exec:/w")));
+        assert!(!s("fs.exec:/w").covers(&s("fs.write:/w")));
+    }
+
+    #[test]
+    fn limits_cover_smaller_requests_only() {
+        assert!(s("res.mem:512MiB").covers(&s("res.mem:256MiB")));
+        assert!(!s("res.mem:256MiB").covers(&s("res.mem:512MiB")));
+        assert!(!s("res.mem:512MiB").covers(&s("res.pids:1")));
+        assert!(s("net:host").covers(&s("net:loopback")) && s("net:host").covers(&s("net.connect:tcp:22")));
+        assert!(!s("net:loopback").covers(&s("net:host")));
+        assert!(!s("net.connect:tcp:443").covers(&s("net.connect:tcp:80")));
+        assert!(s("mem.write:p").covers(&s("mem.read:p")) && !s("mem.read:p").covers(&s("mem.write:p")));
+    }
+
+    #[test]
+    fn a_symlinked_grant_path_is_enforced_as_its_target() {
+        let dir = std::env::temp_dir().join(format!("covenant-scope-{}", std::process::id()));
+        let real = dir.join("real");
+        std::fs::create_dir_all(&real).unwrap();
+        let link = dir.join("link");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let granted = [Scope::Fs(FsAccess::Write, link.clone())];
+        let asked = Scope::Fs(FsAccess::Write, real.canonicalize().unwrap().join("src"));
+        assert!(missing(&granted, &[asked]).is_empty());
+        let elsewhere = Scope::Fs(FsAccess::Write, dir.canonicalize().unwrap().join("other"));
+        assert_eq!(missing(&granted, std::slice::from_ref(&elsewhere)), vec![elsewhere]);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
