@@ -2,12 +2,14 @@
 //! be, and check the host. Embedded mode: everything happens in this process, which stays
 //! single-threaded until the sandbox has been cloned.
 
+mod capabilities;
 mod doctor;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use covenant_policy::manifest::{CpusValue, Manifest};
-use covenant_policy::{compile_plan, SandboxPlan};
+use covenant_policy::SandboxPlan;
+use covenant_supervisor::authority;
 use covenant_supervisor::home::new_job_id;
 use covenant_supervisor::run::{identity_map, EXIT_OOM, EXIT_SETUP, EXIT_TIMEOUT};
 use covenant_supervisor::{run_plan, RunSettings};
@@ -41,6 +43,12 @@ enum Command {
     },
     /// Check this host for every kernel feature the sandbox uses.
     Doctor,
+    /// Signing keys and the trust store.
+    #[command(subcommand)]
+    Key(capabilities::KeyCommand),
+    /// Capability tokens: grant, attenuate, inspect, verify, revoke.
+    #[command(subcommand)]
+    Cap(capabilities::CapCommand),
 }
 
 #[derive(Args)]
@@ -71,6 +79,19 @@ struct RequestArgs {
     /// Host path visible read-write at the same path (repeatable).
     #[arg(long, value_name = "PATH")]
     write: Vec<PathBuf>,
+    /// Host path visible read-only, with execute, at the same path (repeatable).
+    #[arg(long, value_name = "PATH")]
+    exec: Vec<PathBuf>,
+    /// TCP port the program may connect to (repeatable; needs --net loopback or host).
+    #[arg(long, value_name = "PORT")]
+    connect: Vec<u16>,
+    /// Seccomp group to open, e.g. ptrace (repeatable).
+    #[arg(long = "syscalls", value_name = "GROUP")]
+    syscalls: Vec<String>,
+    /// Capability authorising the run: a file or the printed token. Without it, the local
+    /// operator key authorises exactly what is asked.
+    #[arg(long, value_name = "FILE|TOKEN")]
+    cap: Option<String>,
     /// Memory limit, e.g. 256MiB.
     #[arg(long, value_name = "SIZE")]
     memory: Option<String>,
@@ -118,6 +139,9 @@ impl RequestArgs {
         flags.workspace = self.workspace.clone();
         flags.read = self.read.clone();
         flags.write = self.write.clone();
+        flags.exec = self.exec.clone();
+        flags.connect = self.connect.clone();
+        flags.syscalls = self.syscalls.clone();
         flags.cwd = self.cwd.clone();
         for kv in &self.env {
             let (k, v) = kv
@@ -143,7 +167,16 @@ impl RequestArgs {
 
     fn plan(&self) -> anyhow::Result<SandboxPlan> {
         let manifest = self.manifest()?;
-        Ok(compile_plan(&manifest, &new_job_id())?)
+        let capability = self
+            .cap
+            .as_deref()
+            .map(authority::load_capability)
+            .transpose()?;
+        Ok(authority::authorise_run(
+            &manifest,
+            &new_job_id(),
+            capability.as_ref(),
+        )?)
     }
 }
 
@@ -154,6 +187,8 @@ fn main() -> ExitCode {
         Command::Plan(request) => plan(request).map(|()| 0),
         Command::Bundle { request, out } => bundle(request, out).map(|()| 0),
         Command::Doctor => Ok(doctor::run()),
+        Command::Key(cmd) => capabilities::key(cmd),
+        Command::Cap(cmd) => capabilities::cap(cmd),
     };
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),

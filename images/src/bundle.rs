@@ -322,7 +322,13 @@ fn build_mounts(plan: &SandboxPlan, generated: &Path) -> Vec<Mount> {
     }
     mounts.push(special("tmpfs", "/tmp", &tmp_opts));
     for m in &plan.mounts {
-        mounts.push(bind(&m.host, &m.target, m.access == MountAccess::ReadOnly));
+        let mut mount = bind(&m.host, &m.target, m.access != MountAccess::ReadWrite);
+        if m.access == MountAccess::ReadOnly {
+            let mut options = mount.options().clone().unwrap_or_default();
+            options.push("noexec".into());
+            mount.set_options(Some(options));
+        }
+        mounts.push(mount);
     }
     mounts
 }
@@ -379,33 +385,49 @@ fn create_mount_points(rootfs: &Path, mounts: &[Mount]) -> Result<()> {
     Ok(())
 }
 
+/// Landlock rules equal to the mounts: the root read-only, the host system directories
+/// read+execute, the fresh kernel filesystems and `/tmp` read-write, each plan path at the
+/// access it was granted.
 fn landlock_policy(plan: &SandboxPlan, mounts: &[Mount]) -> LandlockPolicy {
     let mut fs_rules = vec![LandlockPathRule {
         path: "/".into(),
-        access: LandlockAccess::ReadExec,
+        access: LandlockAccess::Read,
     }];
+    let system: Vec<&Path> = SYSTEM_DIRS.iter().map(Path::new).collect();
     for m in mounts {
-        let writable = match m.typ().as_deref() {
-            Some("bind") => m
-                .options()
-                .as_ref()
-                .is_some_and(|o| o.iter().any(|x| x == "rw")),
-            Some("tmpfs") | Some("devpts") | Some("proc") => true,
-            _ => false,
+        let dest = m.destination();
+        let access = match m.typ().as_deref() {
+            Some("bind") if system.contains(&dest.as_path()) => Some(LandlockAccess::ReadExec),
+            Some("tmpfs") | Some("devpts") | Some("proc") => Some(LandlockAccess::ReadWrite),
+            Some("bind") if dest.starts_with("/dev") => Some(LandlockAccess::ReadWrite),
+            _ => None,
         };
-        let is_device = m.destination().starts_with("/dev");
-        if writable || is_device {
+        if let Some(access) = access {
             fs_rules.push(LandlockPathRule {
-                path: m.destination().clone(),
-                access: LandlockAccess::ReadWrite,
+                path: dest.clone(),
+                access,
             });
         }
     }
+    for m in &plan.mounts {
+        let access = match m.access {
+            MountAccess::ReadOnly => LandlockAccess::Read,
+            MountAccess::ReadExec => LandlockAccess::ReadExec,
+            MountAccess::ReadWrite => LandlockAccess::ReadWrite,
+        };
+        fs_rules.push(LandlockPathRule {
+            path: m.target.clone(),
+            access,
+        });
+    }
     LandlockPolicy {
         fs: fs_rules,
-        net: match plan.net {
-            NetMode::None => LandlockNet::DenyAll,
-            NetMode::Loopback | NetMode::Host => LandlockNet::Unrestricted,
+        net: match (plan.net, plan.connect_tcp.is_empty()) {
+            (NetMode::None, _) => LandlockNet::DenyAll,
+            (_, false) => LandlockNet::ConnectOnly {
+                ports: plan.connect_tcp.clone(),
+            },
+            (NetMode::Loopback | NetMode::Host, true) => LandlockNet::Unrestricted,
         },
         scope: true,
     }
@@ -613,7 +635,7 @@ fn json<T: serde::Serialize>(value: &T) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use covenant_policy::{compile_plan, Manifest};
+    use covenant_policy::{compile_request, Manifest};
 
     /// A plan with a fresh workspace; keep the returned directory alive while it is used.
     fn plan(extra: &str) -> (SandboxPlan, tempfile::TempDir) {
@@ -624,7 +646,7 @@ mod tests {
         );
         let mut m = Manifest::parse(&text).unwrap();
         m.base_dir = std::env::temp_dir();
-        (compile_plan(&m, "job-test").unwrap(), ws)
+        (compile_request(&m, "job-test").unwrap(), ws)
     }
 
     #[test]

@@ -19,6 +19,8 @@ pub const NET: &str = "org.opencovenant.net";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum LandlockAccess {
+    /// Read files, list directories.
+    Read,
     /// Read files, list directories, execute.
     ReadExec,
     /// Everything landlock controls on files: read, write, create, remove, execute.
@@ -40,6 +42,8 @@ pub enum LandlockNet {
     Unrestricted,
     /// No TCP bind or connect at all.
     DenyAll,
+    /// No TCP bind; connect only to these ports.
+    ConnectOnly { ports: Vec<u16> },
 }
 
 /// `org.opencovenant.landlock`: the ruleset the program runs under.

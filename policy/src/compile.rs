@@ -6,8 +6,10 @@ use crate::plan::{
     Authorisation, Degradation, Limits, MountAccess, NetMode, PlanMount, Rlimit, RlimitKind,
     RootfsSource, SandboxPlan, UserIds, PLAN_VERSION,
 };
-use crate::seccomp_profile::DEFAULT_PROFILE_NAME;
+use crate::scope::{ceiling, missing, FsAccess, Resource, Scope, SYSCALL_GROUPS};
+use crate::seccomp_profile::profile_name;
 use crate::units::{parse_cpus, parse_duration, parse_size};
+use crate::verify::Grant;
 use std::path::{Component, Path, PathBuf};
 
 /// Where a workspace appears inside every sandbox.
@@ -42,8 +44,91 @@ fn refuse(field: &str, reason: impl Into<String>) -> CompileError {
     }
 }
 
-/// Compiles an operator-authorised manifest into a plan for job `job_id`.
-pub fn compile_plan(manifest: &Manifest, job_id: &str) -> Result<SandboxPlan, CompileError> {
+/// Why an authorised request was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthoriseError {
+    #[error(transparent)]
+    Request(#[from] CompileError),
+    #[error("the capability does not grant {}: {}", if .0.len() == 1 { "this scope" } else { "these scopes" }, .0.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", "))]
+    Missing(Vec<Scope>),
+}
+
+/// Compiles `manifest` under `grant`: the request must lie within the grant (every
+/// missing scope is listed), and the grant's resource ceilings bound whatever the
+/// request leaves open.
+pub fn compile_plan(
+    grant: &Grant,
+    manifest: &Manifest,
+    job_id: &str,
+    authorisation: Authorisation,
+) -> Result<SandboxPlan, AuthoriseError> {
+    let request = compile_request(manifest, job_id)?;
+    authorise(request, grant, authorisation)
+}
+
+/// Checks a compiled request against a grant and applies the grant's ceilings.
+pub fn authorise(
+    mut plan: SandboxPlan,
+    grant: &Grant,
+    authorisation: Authorisation,
+) -> Result<SandboxPlan, AuthoriseError> {
+    let missing = missing(&grant.scopes, &requested_scopes(&plan));
+    if !missing.is_empty() {
+        return Err(AuthoriseError::Missing(missing));
+    }
+    let limits = &mut plan.limits;
+    limits.memory_bytes = limits
+        .memory_bytes
+        .or(ceiling(&grant.scopes, Resource::Mem));
+    limits.millicpus = limits
+        .millicpus
+        .or(ceiling(&grant.scopes, Resource::Cpu).map(|c| c as u32));
+    limits.pids = limits.pids.or(ceiling(&grant.scopes, Resource::Pids));
+    limits.timeout_ms = limits.timeout_ms.or(ceiling(&grant.scopes, Resource::Time));
+    plan.authorisation = authorisation;
+    Ok(plan)
+}
+
+/// The scopes a request needs: its host paths, network, ports, limits, syscall groups
+/// and accepted degradations. `net:none` is in every request and needs no grant.
+pub fn requested_scopes(plan: &SandboxPlan) -> Vec<Scope> {
+    let mut scopes: Vec<Scope> = plan
+        .mounts
+        .iter()
+        .map(|m| {
+            let access = match m.access {
+                MountAccess::ReadOnly => FsAccess::Read,
+                MountAccess::ReadExec => FsAccess::Exec,
+                MountAccess::ReadWrite => FsAccess::Write,
+            };
+            Scope::Fs(access, m.host.clone())
+        })
+        .collect();
+    scopes.push(Scope::Net(plan.net));
+    scopes.extend(plan.connect_tcp.iter().map(|&p| Scope::NetConnectTcp(p)));
+    let l = &plan.limits;
+    for (kind, value) in [
+        (Resource::Mem, l.memory_bytes),
+        (Resource::Cpu, l.millicpus.map(u64::from)),
+        (Resource::Pids, l.pids),
+        (Resource::Time, l.timeout_ms),
+    ] {
+        if let Some(v) = value {
+            scopes.push(Scope::Res(kind, v));
+        }
+    }
+    scopes.extend(plan.syscall_groups.iter().map(|g| Scope::Sys(g.clone())));
+    scopes.extend(
+        plan.accepted_degradations
+            .iter()
+            .map(|&d| Scope::Degrade(d)),
+    );
+    scopes
+}
+
+/// Compiles what `manifest` asks for into a plan for job `job_id`, before any
+/// authorisation (its `authorisation` is a placeholder until [`authorise`]).
+pub fn compile_request(manifest: &Manifest, job_id: &str) -> Result<SandboxPlan, CompileError> {
     let argv = compile_command(&manifest.command)?;
     let mounts = compile_mounts(manifest)?;
     let has_workspace = manifest.workspace.is_some();
@@ -57,10 +142,17 @@ pub fn compile_plan(manifest: &Manifest, job_id: &str) -> Result<SandboxPlan, Co
     } else {
         "/tmp"
     };
+    let net = match manifest.net.as_deref() {
+        None => NetMode::None,
+        Some(s) => NetMode::parse(s)
+            .ok_or_else(|| refuse("net", format!("`{s}` is not one of none, loopback, host")))?,
+    };
+    let connect_tcp = compile_connect(&manifest.connect, net)?;
+    let syscall_groups = compile_syscall_groups(&manifest.syscalls)?;
     Ok(SandboxPlan {
         version: PLAN_VERSION,
         job_id: job_id.to_string(),
-        authorisation: Authorisation::Operator,
+        authorisation: Authorisation::Operator { key: String::new() },
         argv,
         env: compile_env(manifest, home)?,
         cwd,
@@ -68,17 +160,51 @@ pub fn compile_plan(manifest: &Manifest, job_id: &str) -> Result<SandboxPlan, Co
         hostname: compile_hostname(manifest.hostname.as_deref())?,
         rootfs: compile_rootfs(manifest.rootfs.as_deref())?,
         mounts,
-        net: match manifest.net.as_deref() {
-            None => NetMode::None,
-            Some(s) => NetMode::parse(s).ok_or_else(|| {
-                refuse("net", format!("`{s}` is not one of none, loopback, host"))
-            })?,
-        },
+        net,
+        connect_tcp,
         limits: compile_limits(manifest)?,
         rlimits: compile_rlimits(manifest)?,
-        seccomp_profile: DEFAULT_PROFILE_NAME.to_string(),
+        seccomp_profile: profile_name(&syscall_groups),
+        syscall_groups,
         accepted_degradations: compile_degradations(&manifest.accept_degradations)?,
     })
+}
+
+fn compile_connect(ports: &[u16], net: NetMode) -> Result<Vec<u16>, CompileError> {
+    if ports.is_empty() {
+        return Ok(Vec::new());
+    }
+    if net == NetMode::None {
+        return Err(refuse(
+            "connect",
+            "TCP ports need `net` loopback or host; with none there is nothing to connect to",
+        ));
+    }
+    if ports.contains(&0) {
+        return Err(refuse("connect", "port 0 is not a port"));
+    }
+    let mut out = ports.to_vec();
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
+fn compile_syscall_groups(groups: &[String]) -> Result<Vec<String>, CompileError> {
+    let mut out = Vec::new();
+    for g in groups {
+        if !SYSCALL_GROUPS.iter().any(|(known, _)| known == g) {
+            let known: Vec<_> = SYSCALL_GROUPS.iter().map(|(k, _)| *k).collect();
+            return Err(refuse(
+                "syscalls",
+                format!("`{g}` is not a syscall group; known: {}", known.join(", ")),
+            ));
+        }
+        if !out.contains(g) {
+            out.push(g.clone());
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 fn compile_command(command: &[String]) -> Result<Vec<String>, CompileError> {
@@ -163,6 +289,12 @@ fn compile_mounts(manifest: &Manifest) -> Result<Vec<PlanMount>, CompileError> {
         .map(|p| ("read", p, MountAccess::ReadOnly))
         .chain(
             manifest
+                .exec
+                .iter()
+                .map(|p| ("exec", p, MountAccess::ReadExec)),
+        )
+        .chain(
+            manifest
                 .write
                 .iter()
                 .map(|p| ("write", p, MountAccess::ReadWrite)),
@@ -185,6 +317,12 @@ fn compile_mounts(manifest: &Manifest) -> Result<Vec<PlanMount>, CompileError> {
             access,
         });
     }
+    let explicit: Vec<PathBuf> = mounts
+        .iter()
+        .filter(|m| m.access == MountAccess::ReadWrite)
+        .map(|m| m.host.clone())
+        .collect();
+    let mounts = protect_git(mounts, &explicit);
     for (i, m) in mounts.iter().enumerate() {
         if mounts[..i].iter().any(|o| o.target == m.target) {
             return Err(refuse(
@@ -194,6 +332,62 @@ fn compile_mounts(manifest: &Manifest) -> Result<Vec<PlanMount>, CompileError> {
         }
     }
     Ok(mounts)
+}
+
+/// Git-safe writable paths. A writable `.git/hooks` or `.git/config` would let the
+/// program plant code that the person's next `git commit` runs on the host, so for every
+/// writable mount holding a `.git` directory: `.git` itself is bound again (a mount point
+/// cannot be renamed or removed, so it cannot be swapped for a fresh one), `hooks`
+/// read-only (runnable inside) and `config` read-only; a `.git` file (worktrees,
+/// submodules: `gitdir: ...`) is bound read-only so it cannot be pointed elsewhere. A
+/// path the request names explicitly as writable is left writable.
+fn protect_git(mounts: Vec<PlanMount>, explicitly_writable: &[PathBuf]) -> Vec<PlanMount> {
+    let mut out = Vec::with_capacity(mounts.len());
+    for m in mounts {
+        let writable = m.access == MountAccess::ReadWrite;
+        let (host, target) = (m.host.clone(), m.target.clone());
+        out.push(m);
+        if !writable {
+            continue;
+        }
+        let git = host.join(".git");
+        let Ok(meta) = std::fs::symlink_metadata(&git) else {
+            continue;
+        };
+        if explicitly_writable.contains(&git) && meta.is_file() {
+            continue;
+        }
+        if meta.is_file() {
+            out.push(PlanMount {
+                host: git,
+                target: target.join(".git"),
+                access: MountAccess::ReadOnly,
+            });
+            continue;
+        }
+        if !meta.is_dir() {
+            continue;
+        }
+        out.push(PlanMount {
+            host: git.clone(),
+            target: target.join(".git"),
+            access: MountAccess::ReadWrite,
+        });
+        for (name, access) in [
+            ("hooks", MountAccess::ReadExec),
+            ("config", MountAccess::ReadOnly),
+        ] {
+            let item = git.join(name);
+            if item.exists() && !item.is_symlink() && !explicitly_writable.contains(&item) {
+                out.push(PlanMount {
+                    host: item,
+                    target: target.join(".git").join(name),
+                    access,
+                });
+            }
+        }
+    }
+    out
 }
 
 fn compile_env(manifest: &Manifest, home: &str) -> Result<Vec<(String, String)>, CompileError> {
@@ -375,12 +569,12 @@ mod tests {
     }
 
     fn field_of(text: &str) -> String {
-        compile_plan(&manifest(text), "job").unwrap_err().field
+        compile_request(&manifest(text), "job").unwrap_err().field
     }
 
     #[test]
     fn a_minimal_manifest_compiles_with_safe_defaults() {
-        let plan = compile_plan(&manifest("version = 1\ncommand = [\"true\"]"), "job").unwrap();
+        let plan = compile_request(&manifest("version = 1\ncommand = [\"true\"]"), "job").unwrap();
         assert_eq!(plan.net, NetMode::None);
         assert_eq!(plan.user, UserIds { uid: 0, gid: 0 });
         assert_eq!(plan.cwd, PathBuf::from("/"));
@@ -390,7 +584,10 @@ mod tests {
             soft: 0,
             hard: 0
         }));
-        assert_eq!(plan.seccomp_profile, DEFAULT_PROFILE_NAME);
+        assert_eq!(
+            plan.seccomp_profile,
+            crate::seccomp_profile::DEFAULT_PROFILE_NAME
+        );
         assert!(plan.digest().starts_with("sha256:"));
     }
 
@@ -401,7 +598,7 @@ mod tests {
             "version = 1\ncommand = [\"true\"]\nworkspace = \"{}/./\"",
             dir.display()
         );
-        let plan = compile_plan(&manifest(&text), "job").unwrap();
+        let plan = compile_request(&manifest(&text), "job").unwrap();
         assert_eq!(plan.mounts[0].host, dir);
         assert_eq!(plan.mounts[0].target, PathBuf::from(WORKSPACE_TARGET));
         assert_eq!(plan.cwd, PathBuf::from(WORKSPACE_TARGET));
@@ -490,7 +687,7 @@ mod tests {
 
     #[test]
     fn a_symlinked_host_path_resolves_to_its_target() {
-        let dir = tempdir();
+        let dir = tempdir("symlink");
         let real = dir.join("real");
         std::fs::create_dir(&real).unwrap();
         std::os::unix::fs::symlink(&real, dir.join("link")).unwrap();
@@ -498,7 +695,7 @@ mod tests {
             "version = 1\ncommand = [\"x\"]\nread = [\"{}/link\"]",
             dir.display()
         );
-        let plan = compile_plan(&manifest(&text), "job").unwrap();
+        let plan = compile_request(&manifest(&text), "job").unwrap();
         assert_eq!(plan.mounts[0].host, real.canonicalize().unwrap());
         assert_eq!(plan.mounts[0].target, plan.mounts[0].host);
         std::fs::remove_dir_all(dir).unwrap();
@@ -506,7 +703,7 @@ mod tests {
 
     #[test]
     fn env_overrides_defaults_and_rlimits_replace_defaults() {
-        let plan = compile_plan(
+        let plan = compile_request(
             &manifest(
                 "version = 1\ncommand = [\"x\"]\n[env]\nPATH = \"/bin\"\n[rlimits]\nnofile = 64\n",
             ),
@@ -522,8 +719,160 @@ mod tests {
         }));
     }
 
-    fn tempdir() -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("covenant-policy-{}", std::process::id()));
+    fn grant(list: &[&str]) -> Grant {
+        Grant {
+            scopes: list.iter().map(|s| Scope::parse(s).unwrap()).collect(),
+            subject: crate::token::Subject::Name("t".into()),
+            chain_ids: vec![[0; 16]],
+            root_issuer: [0; 32],
+            expires: 0,
+        }
+    }
+
+    fn capability() -> Authorisation {
+        Authorisation::Capability {
+            subject: "t".into(),
+            root_issuer: "k".into(),
+            chain: vec![],
+        }
+    }
+
+    #[test]
+    fn a_request_beyond_the_grant_lists_every_missing_scope() {
+        let dir = tempdir("missing").canonicalize().unwrap();
+        let text = format!(
+            "version = 1\ncommand = [\"x\"]\nworkspace = \"{}\"\nnet = \"host\"\n[limits]\nmemory = \"1GiB\"\n",
+            dir.display()
+        );
+        let request = compile_request(&manifest(&text), "job").unwrap();
+        let err =
+            authorise(request.clone(), &grant(&["res.mem:512MiB"]), capability()).unwrap_err();
+        let AuthoriseError::Missing(missing) = &err else {
+            panic!("{err}")
+        };
+        let texts: Vec<String> = missing.iter().map(|s| s.to_string()).collect();
+        assert_eq!(
+            texts,
+            [
+                format!("fs.write:{}", dir.display()),
+                "net:host".into(),
+                "res.mem:1GiB".into()
+            ]
+        );
+        assert!(err.to_string().contains("these scopes"));
+        let ok = authorise(
+            request,
+            &grant(&[
+                &format!("fs.write:{}", dir.display()),
+                "net:host",
+                "res.mem:2GiB",
+            ]),
+            capability(),
+        );
+        assert!(ok.is_ok());
+    }
+
+    #[test]
+    fn grant_ceilings_bound_what_the_request_leaves_open() {
+        let request = compile_request(
+            &manifest("version = 1\ncommand = [\"x\"]\n[limits]\npids = 10\n"),
+            "job",
+        )
+        .unwrap();
+        let plan = authorise(
+            request,
+            &grant(&[
+                "res.mem:256MiB",
+                "res.pids:100",
+                "res.time:1m",
+                "res.cpu:0.5",
+            ]),
+            capability(),
+        )
+        .unwrap();
+        assert_eq!(plan.limits.memory_bytes, Some(256 << 20));
+        assert_eq!(
+            plan.limits.pids,
+            Some(10),
+            "the request's own smaller limit stays"
+        );
+        assert_eq!(plan.limits.timeout_ms, Some(60_000));
+        assert_eq!(plan.limits.millicpus, Some(500));
+        assert_eq!(plan.authorisation, capability());
+    }
+
+    #[test]
+    fn net_none_needs_no_grant_but_degradations_and_syscalls_do() {
+        let request = compile_request(
+            &manifest("version = 1\ncommand = [\"x\"]\nsyscalls = [\"ptrace\"]\naccept_degradations = [\"landlock-net\"]\n"),
+            "job",
+        )
+        .unwrap();
+        assert_eq!(request.seccomp_profile, "covenant-default-v1+ptrace");
+        let err = authorise(request.clone(), &grant(&["res.pids:1"]), capability()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the capability does not grant these scopes: sys:ptrace, degrade:landlock-net"
+        );
+        assert!(authorise(
+            request,
+            &grant(&["sys:ptrace", "degrade:landlock-net"]),
+            capability()
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn connect_ports_need_a_network() {
+        assert_eq!(
+            field_of("version = 1\ncommand = [\"x\"]\nconnect = [443]"),
+            "connect"
+        );
+        let plan = compile_request(
+            &manifest("version = 1\ncommand = [\"x\"]\nnet = \"host\"\nconnect = [443, 80, 443]"),
+            "job",
+        )
+        .unwrap();
+        assert_eq!(plan.connect_tcp, vec![80, 443]);
+        assert!(requested_scopes(&plan).contains(&Scope::NetConnectTcp(443)));
+    }
+
+    #[test]
+    fn a_writable_git_repository_keeps_hooks_and_config_read_only() {
+        let dir = tempdir("git").join("repo");
+        std::fs::create_dir_all(dir.join(".git/hooks")).unwrap();
+        std::fs::write(dir.join(".git/config"), "").unwrap();
+        let dir = dir.canonicalize().unwrap();
+        let text = format!(
+            "version = 1\ncommand = [\"x\"]\nworkspace = \"{}\"",
+            dir.display()
+        );
+        let plan = compile_request(&manifest(&text), "job").unwrap();
+        let find = |t: &str| {
+            plan.mounts
+                .iter()
+                .find(|m| m.target == Path::new(t))
+                .map(|m| m.access)
+        };
+        assert_eq!(find("/workspace/.git"), Some(MountAccess::ReadWrite));
+        assert_eq!(find("/workspace/.git/hooks"), Some(MountAccess::ReadExec));
+        assert_eq!(find("/workspace/.git/config"), Some(MountAccess::ReadOnly));
+        let hooks = dir.join(".git/hooks");
+        let text = format!("{text}\nwrite = [\"{}\"]", hooks.display());
+        let plan = compile_request(&manifest(&text), "job").unwrap();
+        assert!(
+            !plan
+                .mounts
+                .iter()
+                .any(|m| m.target == Path::new("/workspace/.git/hooks")),
+            "explicitly writable hooks stay writable"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn tempdir(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("covenant-policy-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         dir
     }

@@ -13,12 +13,17 @@ pub mod plan;
 pub mod scope;
 pub mod seccomp_profile;
 pub mod token;
-pub mod verify;
 pub mod units;
+pub mod verify;
 
-pub use compile::{compile_plan, CompileError};
+pub use compile::{
+    authorise, compile_plan, compile_request, requested_scopes, AuthoriseError, CompileError,
+};
 pub use manifest::{Manifest, ManifestError};
 pub use plan::{
     Authorisation, Degradation, Limits, MountAccess, NetMode, PlanMount, Rlimit, RlimitKind,
     RootfsSource, SandboxPlan, UserIds,
 };
+pub use scope::Scope;
+pub use token::{Capability, Subject};
+pub use verify::{verify_capability, Grant, VerifyContext, VerifyError};

@@ -73,6 +73,15 @@ pub struct Manifest {
     /// Extra host paths visible read-write at the same path.
     #[serde(default)]
     pub write: Vec<PathBuf>,
+    /// Extra host paths visible read-only, with execute, at the same path.
+    #[serde(default)]
+    pub exec: Vec<PathBuf>,
+    /// TCP ports the program may connect to (landlock); needs `net` loopback or host.
+    #[serde(default)]
+    pub connect: Vec<u16>,
+    /// Seccomp groups to open, e.g. `["ptrace"]`.
+    #[serde(default)]
+    pub syscalls: Vec<String>,
     /// Working directory inside the sandbox.
     pub cwd: Option<PathBuf>,
     #[serde(default)]
@@ -157,6 +166,7 @@ impl Manifest {
         self.workspace = self.workspace.map(|p| absolute(p, &mb));
         self.read = self.read.into_iter().map(|p| absolute(p, &mb)).collect();
         self.write = self.write.into_iter().map(|p| absolute(p, &mb)).collect();
+        self.exec = self.exec.into_iter().map(|p| absolute(p, &mb)).collect();
         if !flags.command.is_empty() {
             self.command = flags.command;
         }
@@ -167,6 +177,18 @@ impl Manifest {
             .extend(flags.read.into_iter().map(|p| absolute(p, &fb)));
         self.write
             .extend(flags.write.into_iter().map(|p| absolute(p, &fb)));
+        self.exec
+            .extend(flags.exec.into_iter().map(|p| absolute(p, &fb)));
+        for port in flags.connect {
+            if !self.connect.contains(&port) {
+                self.connect.push(port);
+            }
+        }
+        for group in flags.syscalls {
+            if !self.syscalls.contains(&group) {
+                self.syscalls.push(group);
+            }
+        }
         self.cwd = flags.cwd.or(self.cwd);
         self.env.extend(flags.env);
         self.rootfs = flags.rootfs.or(self.rootfs);

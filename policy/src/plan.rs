@@ -12,7 +12,18 @@ pub const PLAN_VERSION: u32 = 1;
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Authorisation {
     /// The local operator ran the command; the plan is exactly what they asked for.
-    Operator,
+    Operator {
+        /// The operator's public key (base64url).
+        key: String,
+    },
+    /// A verified capability chain granted the request.
+    Capability {
+        subject: String,
+        /// The trusted key the chain starts from (base64url).
+        root_issuer: String,
+        /// Token ids, root first.
+        chain: Vec<String>,
+    },
 }
 
 /// The root filesystem a run starts from.
@@ -27,7 +38,12 @@ pub enum RootfsSource {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum MountAccess {
+    /// Read, no execute (`fs.read`): bound read-only and `noexec`.
     ReadOnly,
+    /// Read and execute (`fs.exec`): bound read-only.
+    ReadExec,
+    /// Read, write and execute (`fs.write`): anything writable can be run through an
+    /// interpreter anyway, so a writable path is not made `noexec`.
     ReadWrite,
 }
 
@@ -221,10 +237,15 @@ pub struct SandboxPlan {
     /// mount whose target is `/workspace`.
     pub mounts: Vec<PlanMount>,
     pub net: NetMode,
+    /// TCP ports the program may connect to; empty means no port restriction beyond `net`.
+    pub connect_tcp: Vec<u16>,
     pub limits: Limits,
     pub rlimits: Vec<Rlimit>,
-    /// Name of the seccomp profile (see [`crate::seccomp_profile`]).
+    /// Name of the seccomp profile (see [`crate::seccomp_profile`]), with the syscall
+    /// groups it opens (`covenant-default-v1+ptrace`).
     pub seccomp_profile: String,
+    /// Syscall groups opened (`sys.*` scopes).
+    pub syscall_groups: Vec<String>,
     pub accepted_degradations: Vec<Degradation>,
 }
 

@@ -64,10 +64,12 @@ impl Resource {
     fn format(self, v: u64) -> String {
         match self {
             Self::Mem => format_size(v),
-            Self::Cpu if v % 1000 == 0 => format!("{}", v / 1000),
-            Self::Cpu => format!("{}.{:03}", v / 1000, v % 1000).trim_end_matches('0').to_string(),
+            Self::Cpu if v.is_multiple_of(1000) => format!("{}", v / 1000),
+            Self::Cpu => format!("{}.{:03}", v / 1000, v % 1000)
+                .trim_end_matches('0')
+                .to_string(),
             Self::Pids => v.to_string(),
-            Self::Time if v % 1000 == 0 => format!("{}s", v / 1000),
+            Self::Time if v.is_multiple_of(1000) => format!("{}s", v / 1000),
             Self::Time => format!("{v}ms"),
         }
     }
@@ -111,7 +113,10 @@ impl Ord for NetMode {
 
 /// An absolute path without `.`, `..` or repeated separators.
 fn clean_path(input: &str, raw: &str) -> Result<PathBuf, ScopeError> {
-    let err = |reason: &str| ScopeError { input: input.to_string(), reason: reason.to_string() };
+    let err = |reason: &str| ScopeError {
+        input: input.to_string(),
+        reason: reason.to_string(),
+    };
     let path = Path::new(raw);
     if !path.is_absolute() {
         return Err(err("the path must be absolute"));
@@ -134,7 +139,10 @@ fn clean_path(input: &str, raw: &str) -> Result<PathBuf, ScopeError> {
 impl Scope {
     /// Parses one scope in its textual form.
     pub fn parse(input: &str) -> Result<Scope, ScopeError> {
-        let err = |reason: String| ScopeError { input: input.to_string(), reason };
+        let err = |reason: String| ScopeError {
+            input: input.to_string(),
+            reason,
+        };
         let (family, arg) = input
             .split_once(':')
             .ok_or_else(|| err("expected FAMILY:VALUE, e.g. fs.write:/home/a/proj".into()))?;
@@ -142,39 +150,65 @@ impl Scope {
             "fs.read" => Scope::Fs(FsAccess::Read, clean_path(input, arg)?),
             "fs.exec" => Scope::Fs(FsAccess::Exec, clean_path(input, arg)?),
             "fs.write" => Scope::Fs(FsAccess::Write, clean_path(input, arg)?),
-            "net" => Scope::Net(NetMode::parse(arg).ok_or_else(|| err("expected none, loopback or host".into()))?),
+            "net" => Scope::Net(
+                NetMode::parse(arg).ok_or_else(|| err("expected none, loopback or host".into()))?,
+            ),
             "net.connect" => {
                 let port = arg
                     .strip_prefix("tcp:")
                     .ok_or_else(|| err("expected net.connect:tcp:PORT".into()))?;
-                let port: u16 = port.parse().map_err(|_| err(format!("`{port}` is not a TCP port")))?;
+                let port: u16 = port
+                    .parse()
+                    .map_err(|_| err(format!("`{port}` is not a TCP port")))?;
                 if port == 0 {
                     return Err(err("port 0 is not a port".into()));
                 }
                 Scope::NetConnectTcp(port)
             }
-            "res.mem" => Scope::Res(Resource::Mem, parse_size(arg).map_err(|e| err(e.to_string()))?),
-            "res.cpu" => Scope::Res(Resource::Cpu, parse_cpus(arg).map_err(|e| err(e.to_string()))? as u64),
-            "res.pids" => Scope::Res(Resource::Pids, arg.parse().map_err(|_| err(format!("`{arg}` is not a count")))?),
+            "res.mem" => Scope::Res(
+                Resource::Mem,
+                parse_size(arg).map_err(|e| err(e.to_string()))?,
+            ),
+            "res.cpu" => Scope::Res(
+                Resource::Cpu,
+                parse_cpus(arg).map_err(|e| err(e.to_string()))? as u64,
+            ),
+            "res.pids" => Scope::Res(
+                Resource::Pids,
+                arg.parse()
+                    .map_err(|_| err(format!("`{arg}` is not a count")))?,
+            ),
             "res.time" => Scope::Res(
                 Resource::Time,
-                parse_duration(arg).map_err(|e| err(e.to_string()))?.as_millis() as u64,
+                parse_duration(arg)
+                    .map_err(|e| err(e.to_string()))?
+                    .as_millis() as u64,
             ),
             "sys" => {
                 if !SYSCALL_GROUPS.iter().any(|(g, _)| *g == arg) {
                     let known: Vec<_> = SYSCALL_GROUPS.iter().map(|(g, _)| *g).collect();
-                    return Err(err(format!("unknown syscall group; known: {}", known.join(", "))));
+                    return Err(err(format!(
+                        "unknown syscall group; known: {}",
+                        known.join(", ")
+                    )));
                 }
                 Scope::Sys(arg.to_string())
             }
             "mem.read" | "mem.write" => {
                 let valid = !arg.is_empty()
                     && arg.len() <= 128
-                    && arg.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
+                    && arg
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
                 if !valid {
-                    return Err(err("a memory namespace is 1-128 of letters, digits, `-_./`".into()));
+                    return Err(err(
+                        "a memory namespace is 1-128 of letters, digits, `-_./`".into(),
+                    ));
                 }
-                Scope::Mem { write: family == "mem.write", namespace: arg.to_string() }
+                Scope::Mem {
+                    write: family == "mem.write",
+                    namespace: arg.to_string(),
+                }
             }
             "degrade" => Scope::Degrade(Degradation::parse(arg).ok_or_else(|| {
                 let known: Vec<_> = Degradation::ALL.iter().map(|d| d.name()).collect();
@@ -188,15 +222,24 @@ impl Scope {
     /// Whether this (granted) scope allows `requested`.
     pub fn covers(&self, requested: &Scope) -> bool {
         match (self, requested) {
-            (Scope::Fs(granted, gp), Scope::Fs(asked, rp)) => granted >= asked && rp.starts_with(gp),
+            (Scope::Fs(granted, gp), Scope::Fs(asked, rp)) => {
+                granted >= asked && rp.starts_with(gp)
+            }
             (Scope::Net(g), Scope::Net(r)) => g >= r,
             (Scope::Net(NetMode::Host), Scope::NetConnectTcp(_)) => true,
             (Scope::NetConnectTcp(g), Scope::NetConnectTcp(r)) => g == r,
             (Scope::Res(gk, gv), Scope::Res(rk, rv)) => gk == rk && rv <= gv,
             (Scope::Sys(g), Scope::Sys(r)) => g == r,
-            (Scope::Mem { write: gw, namespace: gn }, Scope::Mem { write: rw, namespace: rn }) => {
-                gn == rn && (*gw || !*rw)
-            }
+            (
+                Scope::Mem {
+                    write: gw,
+                    namespace: gn,
+                },
+                Scope::Mem {
+                    write: rw,
+                    namespace: rn,
+                },
+            ) => gn == rn && (*gw || !*rw),
             (Scope::Degrade(g), Scope::Degrade(r)) => g == r,
             _ => false,
         }
@@ -205,7 +248,10 @@ impl Scope {
     /// The same scope with its path's symlinks resolved, when the path exists now.
     pub fn resolved(&self) -> Scope {
         match self {
-            Scope::Fs(access, path) => Scope::Fs(*access, path.canonicalize().unwrap_or_else(|_| path.clone())),
+            Scope::Fs(access, path) => Scope::Fs(
+                *access,
+                path.canonicalize().unwrap_or_else(|_| path.clone()),
+            ),
             other => other.clone(),
         }
     }
@@ -220,7 +266,11 @@ impl fmt::Display for Scope {
             Scope::Res(kind, v) => write!(f, "{}:{}", kind.name(), kind.format(*v)),
             Scope::Sys(group) => write!(f, "sys:{group}"),
             Scope::Mem { write, namespace } => {
-                write!(f, "{}:{namespace}", if *write { "mem.write" } else { "mem.read" })
+                write!(
+                    f,
+                    "{}:{namespace}",
+                    if *write { "mem.write" } else { "mem.read" }
+                )
             }
             Scope::Degrade(d) => write!(f, "degrade:{}", d.name()),
         }
@@ -233,6 +283,10 @@ pub fn missing(granted: &[Scope], requested: &[Scope]) -> Vec<Scope> {
     requested
         .iter()
         .filter(|r| {
+            // No network is no authority: `net:none` needs no grant.
+            if **r == Scope::Net(NetMode::None) {
+                return false;
+            }
             let r = r.resolved();
             !granted.iter().any(|g| g.covers(&r))
         })
@@ -262,9 +316,22 @@ mod tests {
     #[test]
     fn every_family_round_trips_through_its_text() {
         for text in [
-            "fs.read:/etc/x", "fs.exec:/opt/tool", "fs.write:/home/a/proj", "net:none", "net:loopback",
-            "net:host", "net.connect:tcp:443", "res.mem:512MiB", "res.cpu:1.5", "res.cpu:2", "res.pids:64",
-            "res.time:30s", "res.time:1500ms", "sys:ptrace", "mem.read:project", "mem.write:agents/a1",
+            "fs.read:/etc/x",
+            "fs.exec:/opt/tool",
+            "fs.write:/home/a/proj",
+            "net:none",
+            "net:loopback",
+            "net:host",
+            "net.connect:tcp:443",
+            "res.mem:512MiB",
+            "res.cpu:1.5",
+            "res.cpu:2",
+            "res.pids:64",
+            "res.time:30s",
+            "res.time:1500ms",
+            "sys:ptrace",
+            "mem.read:project",
+            "mem.write:agents/a1",
             "degrade:landlock-net",
         ] {
             assert_eq!(s(text).to_string(), text);
@@ -276,9 +343,21 @@ mod tests {
     #[test]
     fn bad_scopes_are_refused_with_the_reason() {
         for bad in [
-            "fs.write:relative", "fs.write:/a/../b", "net:wifi", "net.connect:udp:53", "net.connect:tcp:0",
-            "net.connect:tcp:70000", "res.mem:lots", "res.cpu:0", "res.time:30", "sys:everything",
-            "mem.read:", "mem.write:a b", "degrade:seccomp", "admin:all", "nocolon",
+            "fs.write:relative",
+            "fs.write:/a/../b",
+            "net:wifi",
+            "net.connect:udp:53",
+            "net.connect:tcp:0",
+            "net.connect:tcp:70000",
+            "res.mem:lots",
+            "res.cpu:0",
+            "res.time:30",
+            "sys:everything",
+            "mem.read:",
+            "mem.write:a b",
+            "degrade:seccomp",
+            "admin:all",
+            "nocolon",
         ] {
             assert!(Scope::parse(bad).is_err(), "{bad} accepted");
         }
@@ -301,10 +380,15 @@ mod tests {
         assert!(s("res.mem:512MiB").covers(&s("res.mem:256MiB")));
         assert!(!s("res.mem:256MiB").covers(&s("res.mem:512MiB")));
         assert!(!s("res.mem:512MiB").covers(&s("res.pids:1")));
-        assert!(s("net:host").covers(&s("net:loopback")) && s("net:host").covers(&s("net.connect:tcp:22")));
+        assert!(
+            s("net:host").covers(&s("net:loopback"))
+                && s("net:host").covers(&s("net.connect:tcp:22"))
+        );
         assert!(!s("net:loopback").covers(&s("net:host")));
         assert!(!s("net.connect:tcp:443").covers(&s("net.connect:tcp:80")));
-        assert!(s("mem.write:p").covers(&s("mem.read:p")) && !s("mem.read:p").covers(&s("mem.write:p")));
+        assert!(
+            s("mem.write:p").covers(&s("mem.read:p")) && !s("mem.read:p").covers(&s("mem.write:p"))
+        );
     }
 
     #[test]
@@ -319,7 +403,10 @@ mod tests {
         let asked = Scope::Fs(FsAccess::Write, real.canonicalize().unwrap().join("src"));
         assert!(missing(&granted, &[asked]).is_empty());
         let elsewhere = Scope::Fs(FsAccess::Write, dir.canonicalize().unwrap().join("other"));
-        assert_eq!(missing(&granted, std::slice::from_ref(&elsewhere)), vec![elsewhere]);
+        assert_eq!(
+            missing(&granted, std::slice::from_ref(&elsewhere)),
+            vec![elsewhere]
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

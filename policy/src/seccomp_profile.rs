@@ -556,9 +556,47 @@ pub fn default_profile() -> SeccompProfile {
     }
 }
 
+/// Syscalls each `sys.*` group opens: they move from the deny list to the allowlist.
+pub const GROUP_SYSCALLS: [(&str, &[&str]); 1] = [(
+    "ptrace",
+    &["ptrace", "process_vm_readv", "process_vm_writev"],
+)];
+
+/// The profile name for the default profile with `groups` opened:
+/// `covenant-default-v1`, `covenant-default-v1+ptrace`.
+pub fn profile_name(groups: &[String]) -> String {
+    let mut name = DEFAULT_PROFILE_NAME.to_string();
+    for g in groups {
+        name.push('+');
+        name.push_str(g);
+    }
+    name
+}
+
 /// Looks a profile up by the name a plan carries.
 pub fn profile_by_name(name: &str) -> Option<SeccompProfile> {
-    (name == DEFAULT_PROFILE_NAME).then(default_profile)
+    let mut parts = name.split('+');
+    if parts.next()? != DEFAULT_PROFILE_NAME {
+        return None;
+    }
+    let mut profile = default_profile();
+    for group in parts {
+        let (_, opened) = GROUP_SYSCALLS.iter().find(|(g, _)| *g == group)?;
+        for rule in &mut profile.rules {
+            if rule.action != RuleAction::Allow && rule.args.is_empty() {
+                rule.names.retain(|n| !opened.contains(&n.as_str()));
+            }
+        }
+        profile.rules.retain(|r| !r.names.is_empty());
+        profile.rules.push(rule(
+            opened,
+            RuleAction::Allow,
+            vec![],
+            &format!("opened by sys:{group}"),
+        ));
+    }
+    profile.name = name.to_string();
+    Some(profile)
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use crate::plan::hex;
 use crate::scope::Scope;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use sha2::{Digest, Sha256};
 use std::fmt;
 
@@ -39,7 +39,9 @@ impl Subject {
         }
         let valid = !text.is_empty()
             && text.len() <= 255
-            && text.chars().all(|c| c.is_ascii_alphanumeric() || "-_.@/".contains(c));
+            && text
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.@/".contains(c));
         if !valid {
             return Err(TokenError::BadSubject(text.to_string()));
         }
@@ -114,14 +116,20 @@ pub enum TokenError {
     NoScopes,
     #[error("scope list: {0}")]
     Scope(String),
-    #[error("the validity window is empty: not-before {not_before} is not before expiry {expires}")]
+    #[error(
+        "the validity window is empty: not-before {not_before} is not before expiry {expires}"
+    )]
     EmptyWindow { not_before: i64, expires: i64 },
 }
 
 /// Decodes a base64url public key.
 pub fn decode_key(text: &str) -> Result<[u8; 32], TokenError> {
-    let bytes = URL_SAFE_NO_PAD.decode(text.trim()).map_err(|_| TokenError::BadKey(text.to_string()))?;
-    let key: [u8; 32] = bytes.try_into().map_err(|_| TokenError::BadKey(text.to_string()))?;
+    let bytes = URL_SAFE_NO_PAD
+        .decode(text.trim())
+        .map_err(|_| TokenError::BadKey(text.to_string()))?;
+    let key: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| TokenError::BadKey(text.to_string()))?;
     VerifyingKey::from_bytes(&key).map_err(|_| TokenError::BadKey(text.to_string()))?;
     Ok(key)
 }
@@ -188,7 +196,9 @@ impl TokenBody {
         }
         let version = r.take(1)?[0];
         if version != TOKEN_VERSION {
-            return Err(malformed(&format!("token version {version} is not supported (this build reads {TOKEN_VERSION})")));
+            return Err(malformed(&format!(
+                "token version {version} is not supported (this build reads {TOKEN_VERSION})"
+            )));
         }
         let id = r.array::<16>()?;
         let issuer = r.array::<32>()?;
@@ -201,7 +211,10 @@ impl TokenBody {
         let expires = i64::from_be_bytes(r.array::<8>()?);
         let parent = match r.take(1)?[0] {
             0 => None,
-            1 => Some(ParentRef { id: r.array::<16>()?, digest: r.array::<32>()? }),
+            1 => Some(ParentRef {
+                id: r.array::<16>()?,
+                digest: r.array::<32>()?,
+            }),
             t => return Err(malformed(&format!("unknown parent tag {t}"))),
         };
         let count = u16::from_be_bytes(r.array::<2>()?) as usize;
@@ -214,9 +227,20 @@ impl TokenBody {
         if r.pos != bytes.len() {
             return Err(malformed("trailing bytes after the body"));
         }
-        let body = TokenBody { id, issuer, subject, not_before, expires, parent, scopes, nonce };
+        let body = TokenBody {
+            id,
+            issuer,
+            subject,
+            not_before,
+            expires,
+            parent,
+            scopes,
+            nonce,
+        };
         if body.encode() != bytes {
-            return Err(malformed("body is not in canonical form (scope order, duplicates or spelling)"));
+            return Err(malformed(
+                "body is not in canonical form (scope order, duplicates or spelling)",
+            ));
         }
         body.check_shape()?;
         Ok(body)
@@ -231,7 +255,10 @@ impl TokenBody {
             return Err(malformed("body is not in canonical form (scopes must be sorted by their text, without duplicates)"));
         }
         if self.not_before >= self.expires {
-            return Err(TokenError::EmptyWindow { not_before: self.not_before, expires: self.expires });
+            return Err(TokenError::EmptyWindow {
+                not_before: self.not_before,
+                expires: self.expires,
+            });
         }
         Ok(())
     }
@@ -253,7 +280,11 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], TokenError> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len()).ok_or_else(|| malformed("truncated"))?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.bytes.len())
+            .ok_or_else(|| malformed("truncated"))?;
         let out = &self.bytes[self.pos..end];
         self.pos = end;
         Ok(out)
@@ -278,13 +309,20 @@ impl SignedToken {
         }
         let body_bytes = body.encode();
         let signature = key.sign(&body_bytes).to_bytes();
-        Ok(SignedToken { body, body_bytes, signature })
+        Ok(SignedToken {
+            body,
+            body_bytes,
+            signature,
+        })
     }
 
     /// Whether the signature is the issuer's over the body bytes.
     pub fn signature_valid(&self) -> bool {
-        let Ok(key) = VerifyingKey::from_bytes(&self.body.issuer) else { return false };
-        key.verify_strict(&self.body_bytes, &Signature::from_bytes(&self.signature)).is_ok()
+        let Ok(key) = VerifyingKey::from_bytes(&self.body.issuer) else {
+            return false;
+        };
+        key.verify_strict(&self.body_bytes, &Signature::from_bytes(&self.signature))
+            .is_ok()
     }
 
     /// sha256 of body and signature: what a child's [`ParentRef`] names.
@@ -299,7 +337,9 @@ impl SignedToken {
 impl Capability {
     /// The token in force (the last link).
     pub fn leaf(&self) -> &SignedToken {
-        self.chain.last().expect("a capability has at least one link")
+        self.chain
+            .last()
+            .expect("a capability has at least one link")
     }
 
     /// `cov1.` + base64url(count u8, then per link: u32 length, body, 64-byte signature).
@@ -319,9 +359,16 @@ impl Capability {
         if text.len() > MAX_PRINTED_LEN {
             return Err(TokenError::TooLarge(text.len()));
         }
-        let b64 = text.strip_prefix(PRINTED_PREFIX).ok_or(TokenError::Prefix)?;
-        let raw = URL_SAFE_NO_PAD.decode(b64).map_err(|e| TokenError::Base64(e.to_string()))?;
-        let mut r = Reader { bytes: &raw, pos: 0 };
+        let b64 = text
+            .strip_prefix(PRINTED_PREFIX)
+            .ok_or(TokenError::Prefix)?;
+        let raw = URL_SAFE_NO_PAD
+            .decode(b64)
+            .map_err(|e| TokenError::Base64(e.to_string()))?;
+        let mut r = Reader {
+            bytes: &raw,
+            pos: 0,
+        };
         let count = r.take(1)?[0] as usize;
         if count == 0 {
             return Err(malformed("the chain is empty"));
@@ -335,7 +382,11 @@ impl Capability {
             let body_bytes = r.take(len)?.to_vec();
             let signature = r.array::<64>()?;
             let body = TokenBody::decode(&body_bytes)?;
-            chain.push(SignedToken { body, body_bytes, signature });
+            chain.push(SignedToken {
+                body,
+                body_bytes,
+                signature,
+            });
         }
         if r.pos != raw.len() {
             return Err(malformed("trailing bytes after the chain"));
@@ -360,7 +411,10 @@ mod tests {
             not_before: 1000,
             expires: 5000,
             parent: None,
-            scopes: canonical_scopes(&[Scope::parse("res.mem:1GiB").unwrap(), Scope::parse("fs.write:/w").unwrap()]),
+            scopes: canonical_scopes(&[
+                Scope::parse("res.mem:1GiB").unwrap(),
+                Scope::parse("fs.write:/w").unwrap(),
+            ]),
             nonce: [9; 16],
         }
     }
@@ -368,7 +422,9 @@ mod tests {
     #[test]
     fn a_capability_round_trips_through_its_printed_form() {
         let k = key(1);
-        let cap = Capability { chain: vec![SignedToken::sign(body(&k), &k).unwrap()] };
+        let cap = Capability {
+            chain: vec![SignedToken::sign(body(&k), &k).unwrap()],
+        };
         let printed = cap.print();
         assert!(printed.starts_with("cov1."));
         let back = Capability::parse(&printed).unwrap();
@@ -382,7 +438,9 @@ mod tests {
         let mut b = body(&k);
         b.scopes.reverse();
         let bytes = b.encode();
-        assert!(matches!(TokenBody::decode(&bytes), Err(TokenError::Malformed(m)) if m.contains("canonical")));
+        assert!(
+            matches!(TokenBody::decode(&bytes), Err(TokenError::Malformed(m)) if m.contains("canonical"))
+        );
         let mut bytes = body(&k).encode();
         bytes.push(0);
         assert!(TokenBody::decode(&bytes).is_err());
@@ -391,14 +449,23 @@ mod tests {
     #[test]
     fn garbage_and_truncation_give_errors_not_panics() {
         let k = key(1);
-        let printed = Capability { chain: vec![SignedToken::sign(body(&k), &k).unwrap()] }.print();
+        let printed = Capability {
+            chain: vec![SignedToken::sign(body(&k), &k).unwrap()],
+        }
+        .print();
         for cut in 0..printed.len() {
             let _ = Capability::parse(&printed[..cut]);
         }
         assert_eq!(Capability::parse("hello"), Err(TokenError::Prefix));
-        assert!(matches!(Capability::parse("cov1.!!!"), Err(TokenError::Base64(_))));
+        assert!(matches!(
+            Capability::parse("cov1.!!!"),
+            Err(TokenError::Base64(_))
+        ));
         assert!(Capability::parse("cov1.AA").is_err());
-        assert!(matches!(Capability::parse(&"x".repeat(MAX_PRINTED_LEN + 1)), Err(TokenError::TooLarge(_))));
+        assert!(matches!(
+            Capability::parse(&"x".repeat(MAX_PRINTED_LEN + 1)),
+            Err(TokenError::TooLarge(_))
+        ));
     }
 
     #[test]
@@ -410,8 +477,14 @@ mod tests {
     #[test]
     fn subjects_parse_names_and_keys() {
         let pk = encode_key(&key(3).verifying_key().to_bytes());
-        assert_eq!(Subject::parse(&format!("key:{pk}")).unwrap(), Subject::Key(key(3).verifying_key().to_bytes()));
-        assert_eq!(Subject::parse("agent-1").unwrap(), Subject::Name("agent-1".into()));
+        assert_eq!(
+            Subject::parse(&format!("key:{pk}")).unwrap(),
+            Subject::Key(key(3).verifying_key().to_bytes())
+        );
+        assert_eq!(
+            Subject::parse("agent-1").unwrap(),
+            Subject::Name("agent-1".into())
+        );
         assert!(Subject::parse("two words").is_err() && Subject::parse("key:nope").is_err());
     }
 }

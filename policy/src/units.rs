@@ -124,6 +124,28 @@ pub fn format_size(bytes: u64) -> String {
     format!("{bytes}B")
 }
 
+/// Formats Unix seconds as `YYYY-MM-DDTHH:MM:SSZ` (UTC, proleptic Gregorian).
+pub fn format_unix_time(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,6 +180,13 @@ mod tests {
         for bad in ["30", "s", "1d", "-5s", ""] {
             assert!(parse_duration(bad).is_err(), "{bad} accepted");
         }
+    }
+
+    #[test]
+    fn unix_times_format_as_utc() {
+        assert_eq!(format_unix_time(0), "1970-01-01T00:00:00Z");
+        assert_eq!(format_unix_time(1_795_665_886), "2026-11-26T04:04:46Z");
+        assert_eq!(format_unix_time(951_782_400), "2000-02-29T00:00:00Z");
     }
 
     #[test]

@@ -33,22 +33,42 @@ pub struct VerifyContext<'a> {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VerifyError {
-    #[error("link {link}: the root issuer {issuer} is not a trusted key (see `covenant-ctl key trust`)")]
+    #[error(
+        "link {link}: the root issuer {issuer} is not a trusted key (see `covenant-ctl key trust`)"
+    )]
     UntrustedIssuer { link: usize, issuer: String },
     #[error("link {link} (token {id}): the signature does not verify")]
     BadSignature { link: usize, id: String },
     #[error("link {link} (token {id}): expired at {expires} (now {now})")]
-    Expired { link: usize, id: String, expires: i64, now: i64 },
+    Expired {
+        link: usize,
+        id: String,
+        expires: i64,
+        now: i64,
+    },
     #[error("link {link} (token {id}): not valid before {not_before} (now {now})")]
-    NotYetValid { link: usize, id: String, not_before: i64, now: i64 },
+    NotYetValid {
+        link: usize,
+        id: String,
+        not_before: i64,
+        now: i64,
+    },
     #[error("link {link} (token {id}): revoked")]
     Revoked { link: usize, id: String },
     #[error("the chain has {0} links; at most {MAX_CHAIN} are accepted")]
     TooDeep(usize),
     #[error("link {link} (token {id}): {reason}")]
-    BrokenChain { link: usize, id: String, reason: String },
+    BrokenChain {
+        link: usize,
+        id: String,
+        reason: String,
+    },
     #[error("link {link} (token {id}): widens its parent: {reason}")]
-    Widened { link: usize, id: String, reason: String },
+    Widened {
+        link: usize,
+        id: String,
+        reason: String,
+    },
 }
 
 /// Verifies `cap` and returns what it grants.
@@ -58,7 +78,10 @@ pub fn verify_capability(cap: &Capability, ctx: VerifyContext<'_>) -> Result<Gra
     }
     let root = &cap.chain[0];
     if !ctx.trusted_roots.contains(&root.body.issuer) {
-        return Err(VerifyError::UntrustedIssuer { link: 0, issuer: encode_key(&root.body.issuer) });
+        return Err(VerifyError::UntrustedIssuer {
+            link: 0,
+            issuer: encode_key(&root.body.issuer),
+        });
     }
     for (link, token) in cap.chain.iter().enumerate() {
         let id = id_text(&token.body.id);
@@ -69,14 +92,28 @@ pub fn verify_capability(cap: &Capability, ctx: VerifyContext<'_>) -> Result<Gra
             return Err(VerifyError::Revoked { link, id });
         }
         if ctx.now > token.body.expires.saturating_add(CLOCK_SKEW_SECS) {
-            return Err(VerifyError::Expired { link, id, expires: token.body.expires, now: ctx.now });
+            return Err(VerifyError::Expired {
+                link,
+                id,
+                expires: token.body.expires,
+                now: ctx.now,
+            });
         }
         if ctx.now < token.body.not_before.saturating_sub(CLOCK_SKEW_SECS) {
-            return Err(VerifyError::NotYetValid { link, id, not_before: token.body.not_before, now: ctx.now });
+            return Err(VerifyError::NotYetValid {
+                link,
+                id,
+                not_before: token.body.not_before,
+                now: ctx.now,
+            });
         }
         match link {
             0 if token.body.parent.is_some() => {
-                return Err(VerifyError::BrokenChain { link, id, reason: "the root names a parent".into() })
+                return Err(VerifyError::BrokenChain {
+                    link,
+                    id,
+                    reason: "the root names a parent".into(),
+                })
             }
             0 => {}
             _ => check_delegation(&cap.chain[link - 1], token, link)?,
@@ -94,25 +131,46 @@ pub fn verify_capability(cap: &Capability, ctx: VerifyContext<'_>) -> Result<Gra
 
 /// A child must name its parent exactly, be signed by the parent's subject key, live no
 /// longer, and narrow every scope.
-fn check_delegation(parent: &SignedToken, child: &SignedToken, link: usize) -> Result<(), VerifyError> {
+fn check_delegation(
+    parent: &SignedToken,
+    child: &SignedToken,
+    link: usize,
+) -> Result<(), VerifyError> {
     let id = id_text(&child.body.id);
-    let broken = |reason: String| VerifyError::BrokenChain { link, id: id.clone(), reason };
-    let widened = |reason: String| VerifyError::Widened { link, id: id.clone(), reason };
+    let broken = |reason: String| VerifyError::BrokenChain {
+        link,
+        id: id.clone(),
+        reason,
+    };
+    let widened = |reason: String| VerifyError::Widened {
+        link,
+        id: id.clone(),
+        reason,
+    };
     let Some(parent_ref) = child.body.parent else {
         return Err(broken("a delegated token must name its parent".into()));
     };
     if parent_ref.id != parent.body.id || parent_ref.digest != parent.digest() {
-        return Err(broken("it does not name the token before it in the chain".into()));
+        return Err(broken(
+            "it does not name the token before it in the chain".into(),
+        ));
     }
     match &parent.body.subject {
         Subject::Key(holder) if *holder == child.body.issuer => {}
-        Subject::Key(_) => return Err(broken("it is not signed by the key its parent was granted to".into())),
-        Subject::Name(n) => {
-            return Err(broken(format!("its parent was granted to the name `{n}`, and only key-held tokens can be attenuated")))
+        Subject::Key(_) => {
+            return Err(broken(
+                "it is not signed by the key its parent was granted to".into(),
+            ))
         }
+        Subject::Name(n) => return Err(broken(format!(
+            "its parent was granted to the name `{n}`, and only key-held tokens can be attenuated"
+        ))),
     }
     if child.body.expires > parent.body.expires {
-        return Err(widened(format!("expires at {}, after its parent ({})", child.body.expires, parent.body.expires)));
+        return Err(widened(format!(
+            "expires at {}, after its parent ({})",
+            child.body.expires, parent.body.expires
+        )));
     }
     if child.body.not_before < parent.body.not_before {
         return Err(widened("becomes valid before its parent".into()));
@@ -138,8 +196,13 @@ pub fn widening(parent: &[Scope], child: &[Scope]) -> Option<String> {
     }
     for kind in Resource::ALL {
         if let (Some(limit), None) = (ceiling(parent, kind), ceiling(child, kind)) {
-            let example = parent.iter().find(|s| matches!(s, Scope::Res(k, v) if *k == kind && *v == limit));
-            return Some(format!("drops the parent's ceiling `{}`", example.map(|s| s.to_string()).unwrap_or_default()));
+            let example = parent
+                .iter()
+                .find(|s| matches!(s, Scope::Res(k, v) if *k == kind && *v == limit));
+            return Some(format!(
+                "drops the parent's ceiling `{}`",
+                example.map(|s| s.to_string()).unwrap_or_default()
+            ));
         }
     }
     None
@@ -156,17 +219,32 @@ mod tests {
     }
 
     fn scopes(list: &[&str]) -> Vec<Scope> {
-        canonical_scopes(&list.iter().map(|s| Scope::parse(s).unwrap()).collect::<Vec<_>>())
+        canonical_scopes(
+            &list
+                .iter()
+                .map(|s| Scope::parse(s).unwrap())
+                .collect::<Vec<_>>(),
+        )
     }
 
-    fn token(issuer: &SigningKey, subject: Subject, parent: Option<&SignedToken>, list: &[&str], window: (i64, i64), id: u8) -> SignedToken {
+    fn token(
+        issuer: &SigningKey,
+        subject: Subject,
+        parent: Option<&SignedToken>,
+        list: &[&str],
+        window: (i64, i64),
+        id: u8,
+    ) -> SignedToken {
         let body = TokenBody {
             id: [id; 16],
             issuer: issuer.verifying_key().to_bytes(),
             subject,
             not_before: window.0,
             expires: window.1,
-            parent: parent.map(|p| ParentRef { id: p.body.id, digest: p.digest() }),
+            parent: parent.map(|p| ParentRef {
+                id: p.body.id,
+                digest: p.digest(),
+            }),
             scopes: scopes(list),
             nonce: [id; 16],
         };
@@ -180,14 +258,41 @@ mod tests {
     /// root (key 1) → key 2 → key 3 → name "agent"
     fn chain() -> Capability {
         let (k1, k2, k3) = (key(1), key(2), key(3));
-        let t0 = token(&k1, holder(&k2), None, &["fs.write:/w", "res.mem:1GiB", "net:host"], (0, 10_000), 1);
-        let t1 = token(&k2, holder(&k3), Some(&t0), &["fs.write:/w/src", "res.mem:512MiB", "net:loopback"], (10, 9_000), 2);
-        let t2 = token(&k3, Subject::Name("agent".into()), Some(&t1), &["fs.read:/w/src/a", "res.mem:256MiB"], (20, 8_000), 3);
-        Capability { chain: vec![t0, t1, t2] }
+        let t0 = token(
+            &k1,
+            holder(&k2),
+            None,
+            &["fs.write:/w", "res.mem:1GiB", "net:host"],
+            (0, 10_000),
+            1,
+        );
+        let t1 = token(
+            &k2,
+            holder(&k3),
+            Some(&t0),
+            &["fs.write:/w/src", "res.mem:512MiB", "net:loopback"],
+            (10, 9_000),
+            2,
+        );
+        let t2 = token(
+            &k3,
+            Subject::Name("agent".into()),
+            Some(&t1),
+            &["fs.read:/w/src/a", "res.mem:256MiB"],
+            (20, 8_000),
+            3,
+        );
+        Capability {
+            chain: vec![t0, t1, t2],
+        }
     }
 
     fn ctx<'a>(roots: &'a [[u8; 32]], revoked: &'a HashSet<[u8; 16]>) -> VerifyContext<'a> {
-        VerifyContext { now: 100, trusted_roots: roots, revoked }
+        VerifyContext {
+            now: 100,
+            trusted_roots: roots,
+            revoked,
+        }
     }
 
     #[test]
@@ -195,7 +300,10 @@ mod tests {
         let roots = [key(1).verifying_key().to_bytes()];
         let none = HashSet::new();
         let grant = verify_capability(&chain(), ctx(&roots, &none)).unwrap();
-        assert_eq!(grant.scopes, scopes(&["fs.read:/w/src/a", "res.mem:256MiB"]));
+        assert_eq!(
+            grant.scopes,
+            scopes(&["fs.read:/w/src/a", "res.mem:256MiB"])
+        );
         assert_eq!(grant.chain_ids.len(), 3);
         assert_eq!(grant.subject, Subject::Name("agent".into()));
     }
@@ -205,21 +313,48 @@ mod tests {
         let roots = [key(1).verifying_key().to_bytes()];
         let none = HashSet::new();
         let other_roots = [key(9).verifying_key().to_bytes()];
-        assert!(matches!(verify_capability(&chain(), ctx(&other_roots, &none)), Err(VerifyError::UntrustedIssuer { link: 0, .. })));
+        assert!(matches!(
+            verify_capability(&chain(), ctx(&other_roots, &none)),
+            Err(VerifyError::UntrustedIssuer { link: 0, .. })
+        ));
 
         let mut forged = chain();
         forged.chain[1].signature[0] ^= 1;
-        assert!(matches!(verify_capability(&forged, ctx(&roots, &none)), Err(VerifyError::BadSignature { link: 1, .. })));
+        assert!(matches!(
+            verify_capability(&forged, ctx(&roots, &none)),
+            Err(VerifyError::BadSignature { link: 1, .. })
+        ));
 
         let revoked: HashSet<[u8; 16]> = [[1u8; 16]].into();
-        assert!(matches!(verify_capability(&chain(), ctx(&roots, &revoked)), Err(VerifyError::Revoked { link: 0, .. })));
+        assert!(matches!(
+            verify_capability(&chain(), ctx(&roots, &revoked)),
+            Err(VerifyError::Revoked { link: 0, .. })
+        ));
 
-        let late = VerifyContext { now: 8_000 + CLOCK_SKEW_SECS + 1, ..ctx(&roots, &none) };
-        assert!(matches!(verify_capability(&chain(), late), Err(VerifyError::Expired { link: 2, .. })));
-        let skewed = VerifyContext { now: 8_000 + CLOCK_SKEW_SECS, ..ctx(&roots, &none) };
-        assert!(verify_capability(&chain(), skewed).is_ok(), "the skew allowance holds");
-        let early = VerifyContext { now: -CLOCK_SKEW_SECS - 1, ..ctx(&roots, &none) };
-        assert!(matches!(verify_capability(&chain(), early), Err(VerifyError::NotYetValid { link: 0, .. })));
+        let late = VerifyContext {
+            now: 8_000 + CLOCK_SKEW_SECS + 1,
+            ..ctx(&roots, &none)
+        };
+        assert!(matches!(
+            verify_capability(&chain(), late),
+            Err(VerifyError::Expired { link: 2, .. })
+        ));
+        let skewed = VerifyContext {
+            now: 8_000 + CLOCK_SKEW_SECS,
+            ..ctx(&roots, &none)
+        };
+        assert!(
+            verify_capability(&chain(), skewed).is_ok(),
+            "the skew allowance holds"
+        );
+        let early = VerifyContext {
+            now: -CLOCK_SKEW_SECS - 1,
+            ..ctx(&roots, &none)
+        };
+        assert!(matches!(
+            verify_capability(&chain(), early),
+            Err(VerifyError::NotYetValid { link: 0, .. })
+        ));
     }
 
     #[test]
@@ -227,20 +362,54 @@ mod tests {
         let roots = [key(1).verifying_key().to_bytes()];
         let none = HashSet::new();
         let (k1, k2) = (key(1), key(2));
-        let t0 = token(&k1, holder(&k2), None, &["fs.write:/w", "res.mem:1GiB"], (0, 10_000), 1);
+        let t0 = token(
+            &k1,
+            holder(&k2),
+            None,
+            &["fs.write:/w", "res.mem:1GiB"],
+            (0, 10_000),
+            1,
+        );
         for (list, window) in [
             (&["fs.write:/", "res.mem:1GiB"][..], (0, 10_000)),
             (&["fs.write:/w", "res.mem:2GiB"][..], (0, 10_000)),
             (&["fs.write:/w"][..], (0, 10_000)),
-            (&["fs.write:/w", "res.mem:1GiB", "net:host"][..], (0, 10_000)),
+            (
+                &["fs.write:/w", "res.mem:1GiB", "net:host"][..],
+                (0, 10_000),
+            ),
             (&["fs.write:/w", "res.mem:1GiB"][..], (0, 20_000)),
         ] {
             let t1 = token(&k2, Subject::Name("a".into()), Some(&t0), list, window, 2);
-            let cap = Capability { chain: vec![t0.clone(), t1] };
-            assert!(matches!(verify_capability(&cap, ctx(&roots, &none)), Err(VerifyError::Widened { link: 1, .. })), "{list:?} {window:?}");
+            let cap = Capability {
+                chain: vec![t0.clone(), t1],
+            };
+            assert!(
+                matches!(
+                    verify_capability(&cap, ctx(&roots, &none)),
+                    Err(VerifyError::Widened { link: 1, .. })
+                ),
+                "{list:?} {window:?}"
+            );
         }
-        let t1 = token(&k2, Subject::Name("a".into()), Some(&t0), &["fs.write:/w", "res.mem:1GiB", "res.pids:10"], (0, 10_000), 2);
-        assert!(verify_capability(&Capability { chain: vec![t0.clone(), t1] }, ctx(&roots, &none)).is_ok(), "adding a ceiling narrows");
+        let t1 = token(
+            &k2,
+            Subject::Name("a".into()),
+            Some(&t0),
+            &["fs.write:/w", "res.mem:1GiB", "res.pids:10"],
+            (0, 10_000),
+            2,
+        );
+        assert!(
+            verify_capability(
+                &Capability {
+                    chain: vec![t0.clone(), t1]
+                },
+                ctx(&roots, &none)
+            )
+            .is_ok(),
+            "adding a ceiling narrows"
+        );
     }
 
     #[test]
@@ -249,13 +418,44 @@ mod tests {
         let none = HashSet::new();
         let (k1, k2, k3) = (key(1), key(2), key(3));
         let t0 = token(&k1, holder(&k2), None, &["fs.write:/w"], (0, 10_000), 1);
-        let stranger = token(&k3, Subject::Name("a".into()), Some(&t0), &["fs.write:/w"], (0, 10_000), 2);
-        let cap = Capability { chain: vec![t0, stranger] };
-        assert!(matches!(verify_capability(&cap, ctx(&roots, &none)), Err(VerifyError::BrokenChain { link: 1, .. })));
-        let named = token(&k1, Subject::Name("ci".into()), None, &["fs.write:/w"], (0, 10_000), 1);
-        let child = token(&k1, Subject::Name("a".into()), Some(&named), &["fs.write:/w"], (0, 10_000), 2);
-        let cap = Capability { chain: vec![named, child] };
-        assert!(matches!(verify_capability(&cap, ctx(&roots, &none)), Err(VerifyError::BrokenChain { link: 1, .. })));
+        let stranger = token(
+            &k3,
+            Subject::Name("a".into()),
+            Some(&t0),
+            &["fs.write:/w"],
+            (0, 10_000),
+            2,
+        );
+        let cap = Capability {
+            chain: vec![t0, stranger],
+        };
+        assert!(matches!(
+            verify_capability(&cap, ctx(&roots, &none)),
+            Err(VerifyError::BrokenChain { link: 1, .. })
+        ));
+        let named = token(
+            &k1,
+            Subject::Name("ci".into()),
+            None,
+            &["fs.write:/w"],
+            (0, 10_000),
+            1,
+        );
+        let child = token(
+            &k1,
+            Subject::Name("a".into()),
+            Some(&named),
+            &["fs.write:/w"],
+            (0, 10_000),
+            2,
+        );
+        let cap = Capability {
+            chain: vec![named, child],
+        };
+        assert!(matches!(
+            verify_capability(&cap, ctx(&roots, &none)),
+            Err(VerifyError::BrokenChain { link: 1, .. })
+        ));
     }
 
     #[test]
@@ -263,8 +463,18 @@ mod tests {
         let roots = [key(1).verifying_key().to_bytes()];
         let none = HashSet::new();
         let mut c = chain();
-        let t0b = token(&key(1), holder(&key(2)), None, &["fs.write:/w", "res.mem:1GiB", "net:host"], (0, 10_000), 7);
+        let t0b = token(
+            &key(1),
+            holder(&key(2)),
+            None,
+            &["fs.write:/w", "res.mem:1GiB", "net:host"],
+            (0, 10_000),
+            7,
+        );
         c.chain[0] = t0b;
-        assert!(matches!(verify_capability(&c, ctx(&roots, &none)), Err(VerifyError::BrokenChain { link: 1, .. })));
+        assert!(matches!(
+            verify_capability(&c, ctx(&roots, &none)),
+            Err(VerifyError::BrokenChain { link: 1, .. })
+        ));
     }
 }

@@ -1,7 +1,9 @@
 //! The supervisor: where plans become runs. This crate owns the job lifecycle (bundle
 //! directory, runner, cleanup, report); later it also owns the store and the daemon.
 
+pub mod authority;
 pub mod home;
+pub mod keys;
 pub mod run;
 
 pub use run::{run_plan, RunError, RunReport, RunSettings};

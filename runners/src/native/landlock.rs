@@ -8,8 +8,8 @@ use super::ChildError;
 use covenant_policy::annotations::{LandlockAccess, LandlockNet, LandlockPolicy};
 use covenant_policy::Degradation;
 use landlock::{
-    path_beneath_rules, Access, AccessFs, AccessNet, CompatLevel, Compatible, Ruleset, RulesetAttr,
-    RulesetCreatedAttr, RulesetStatus, Scope, ABI,
+    path_beneath_rules, Access, AccessFs, AccessNet, CompatLevel, Compatible, NetPort, Ruleset,
+    RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope, ABI,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -82,7 +82,7 @@ pub fn check_support(
             Err(LandlockError::Unsupported)
         };
     }
-    let wants_net = policy.net == LandlockNet::DenyAll;
+    let wants_net = policy.net != LandlockNet::Unrestricted;
     let net = wants_net && abi >= 4;
     if wants_net && !net && !accepted.contains(&Degradation::LandlockNet) {
         return Err(LandlockError::NoNetRules { found: abi });
@@ -127,6 +127,7 @@ pub fn apply(policy: &LandlockPolicy, plan: LandlockPlan) -> Result<(), ChildErr
             continue;
         }
         let access = match rule.access {
+            LandlockAccess::Read => read_exec & !AccessFs::Execute,
             LandlockAccess::ReadExec => read_exec,
             LandlockAccess::ReadWrite => all,
         };
@@ -139,6 +140,13 @@ pub fn apply(policy: &LandlockPolicy, plan: LandlockPlan) -> Result<(), ChildErr
                     format!("rule for {}: {e}", rule.path.display()),
                 )
             })?;
+    }
+    if let (true, LandlockNet::ConnectOnly { ports }) = (plan.net, &policy.net) {
+        for &port in ports {
+            created = created
+                .add_rule(NetPort::new(port, AccessNet::ConnectTcp))
+                .map_err(|e| ChildError::new("apply landlock", format!("TCP port {port}: {e}")))?;
+        }
     }
     let status = created.restrict_self().map_err(|e| fail(&e))?;
     if status.ruleset != RulesetStatus::FullyEnforced {

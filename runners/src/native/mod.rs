@@ -247,7 +247,9 @@ fn prepare(spec: &NativeSpec) -> Result<Prepared> {
             if !plan.fs {
                 degradations.push(Degradation::Landlock);
             } else {
-                if policy.net == covenant_policy::annotations::LandlockNet::DenyAll && !plan.net {
+                if policy.net != covenant_policy::annotations::LandlockNet::Unrestricted
+                    && !plan.net
+                {
                     degradations.push(Degradation::LandlockNet);
                 }
                 if policy.scope && !plan.scope {

@@ -1,0 +1,226 @@
+//! `covenant-ctl key ...` and `covenant-ctl cap ...`.
+
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use covenant_policy::token::{encode_key, id_text, Capability};
+use covenant_policy::units::{format_unix_time, parse_duration};
+use covenant_policy::{Scope, Subject};
+use covenant_supervisor::authority::{self, load_capability};
+use covenant_supervisor::home::covenant_home;
+use covenant_supervisor::keys;
+use std::path::PathBuf;
+
+#[derive(Subcommand)]
+pub enum KeyCommand {
+    /// Generate an ed25519 key (file mode 0600; an existing file is never overwritten).
+    Gen {
+        /// Where to write the private key (default: $COVENANT_HOME/keys/<public prefix>.key).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Print the public key of a private key file.
+    Pub { file: PathBuf },
+    /// Trust an issuer's public key (base64url, or a file holding one).
+    Trust {
+        key: String,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Stop trusting a key, by name or by key.
+    Untrust { name_or_key: String },
+    /// List trusted keys.
+    Ls,
+}
+
+#[derive(Subcommand)]
+pub enum CapCommand {
+    /// Grant scopes to a subject, signed with an issuer key.
+    Grant {
+        #[arg(long)]
+        key: PathBuf,
+        /// A name, or key:BASE64URL (only a key-held token can be attenuated).
+        #[arg(long)]
+        subject: String,
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// Also write the token to this file (mode 0600).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Narrow a capability you hold (the parent's subject key signs the child).
+    Attenuate {
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        subject: String,
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Show a capability's whole chain and whether it verifies here.
+    Inspect { cap: String },
+    /// Verify a capability against the trust store and revocations (exit 0 when valid).
+    Verify { cap: String },
+    /// Revoke a token by id; every token derived from it is revoked with it.
+    Revoke { id: String },
+}
+
+pub fn key(cmd: KeyCommand) -> anyhow::Result<i32> {
+    match cmd {
+        KeyCommand::Gen { out } => {
+            let key = keys::generate_key()?;
+            let public = encode_key(&key.verifying_key().to_bytes());
+            let path = out.unwrap_or_else(|| {
+                covenant_home()
+                    .join("keys")
+                    .join(format!("{}.key", &public[..12]))
+            });
+            keys::write_private_key(&path, &key)?;
+            println!("{}", path.display());
+            println!("public key: {public}");
+        }
+        KeyCommand::Pub { file } => {
+            let key = keys::read_private_key(&file)?;
+            println!("{}", encode_key(&key.verifying_key().to_bytes()));
+        }
+        KeyCommand::Trust { key, name } => {
+            let public = keys::parse_public_key(&key)?;
+            let name = keys::trust(&public, name.as_deref())?;
+            println!("trusted {} as {name}", encode_key(&public));
+        }
+        KeyCommand::Untrust { name_or_key } => {
+            let name = keys::untrust(&name_or_key)?;
+            println!("no longer trusted: {name}");
+        }
+        KeyCommand::Ls => {
+            for (name, key) in keys::trusted_keys()? {
+                println!("{name}\t{}", encode_key(&key));
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn parse_scopes(texts: &[String]) -> anyhow::Result<Vec<Scope>> {
+    texts
+        .iter()
+        .map(|t| Scope::parse(t).map_err(anyhow::Error::from))
+        .collect()
+}
+
+fn emit(cap: &Capability, out: Option<PathBuf>) -> anyhow::Result<()> {
+    let printed = cap.print();
+    if let Some(path) = out {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("--out {}", path.display()))?;
+        writeln!(f, "{printed}")?;
+    }
+    println!("{printed}");
+    Ok(())
+}
+
+pub fn cap(cmd: CapCommand) -> anyhow::Result<i32> {
+    match cmd {
+        CapCommand::Grant {
+            key,
+            subject,
+            scopes,
+            ttl,
+            out,
+        } => {
+            let issuer = keys::read_private_key(&key)?;
+            let ttl = parse_duration(&ttl).context("--ttl")?;
+            let cap = authority::grant(
+                &issuer,
+                Subject::parse(&subject)?,
+                &parse_scopes(&scopes)?,
+                ttl,
+            )?;
+            emit(&cap, out)?;
+        }
+        CapCommand::Attenuate {
+            from,
+            key,
+            subject,
+            scopes,
+            ttl,
+            out,
+        } => {
+            let parent = load_capability(&from)?;
+            let holder = keys::read_private_key(&key)?;
+            let ttl = parse_duration(&ttl).context("--ttl")?;
+            let cap = authority::attenuate(
+                &parent,
+                &holder,
+                Subject::parse(&subject)?,
+                &parse_scopes(&scopes)?,
+                ttl,
+            )?;
+            emit(&cap, out)?;
+        }
+        CapCommand::Inspect { cap } => {
+            let cap = load_capability(&cap)?;
+            for (i, link) in cap.chain.iter().enumerate() {
+                let b = &link.body;
+                println!("link {i}{}", if i == 0 { " (root)" } else { "" });
+                println!("  id         {}", id_text(&b.id));
+                println!("  issuer     key:{}", encode_key(&b.issuer));
+                println!("  subject    {}", b.subject);
+                println!(
+                    "  valid      {} .. {}",
+                    format_unix_time(b.not_before),
+                    format_unix_time(b.expires)
+                );
+                if let Some(p) = &b.parent {
+                    println!("  parent     {}", id_text(&p.id));
+                }
+                for s in &b.scopes {
+                    println!("  scope      {s}");
+                }
+            }
+            match authority::verify(&cap) {
+                Ok(_) => println!("status     valid on this host"),
+                Err(e) => println!("status     {e}"),
+            }
+        }
+        CapCommand::Verify { cap } => {
+            let cap = load_capability(&cap)?;
+            match authority::verify(&cap) {
+                Ok(grant) => {
+                    println!(
+                        "valid: {} scopes for {}, until {}",
+                        grant.scopes.len(),
+                        grant.subject,
+                        format_unix_time(grant.expires)
+                    );
+                }
+                Err(e) => {
+                    eprintln!("covenant: {e}");
+                    return Ok(1);
+                }
+            }
+        }
+        CapCommand::Revoke { id } => {
+            let id = keys::parse_token_id(&id)?;
+            if keys::revoke(&id)? {
+                println!("revoked {}", id_text(&id));
+            } else {
+                bail!("{} was already revoked", id_text(&id));
+            }
+        }
+    }
+    Ok(0)
+}
