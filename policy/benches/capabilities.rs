@@ -3,8 +3,12 @@
 //! Prints the median of 2,000 timed runs after 200 warm-up runs.
 
 use covenant_policy::scope::Scope;
-use covenant_policy::token::{canonical_scopes, Capability, ParentRef, SignedToken, Subject, TokenBody};
-use covenant_policy::{authorise, compile_request, verify_capability, Authorisation, Manifest, VerifyContext};
+use covenant_policy::token::{
+    canonical_scopes, Capability, ParentRef, SignedToken, Subject, TokenBody,
+};
+use covenant_policy::{
+    authorise, compile_request, verify_capability, Authorisation, Manifest, VerifyContext,
+};
 use ed25519_dalek::SigningKey;
 use std::collections::HashSet;
 use std::hint::black_box;
@@ -28,7 +32,9 @@ fn median(mut f: impl FnMut()) -> Duration {
 }
 
 fn main() {
-    let keys: Vec<SigningKey> = (1..=5u8).map(|i| SigningKey::from_bytes(&[i; 32])).collect();
+    let keys: Vec<SigningKey> = (1..=5u8)
+        .map(|i| SigningKey::from_bytes(&[i; 32]))
+        .collect();
     let ws = std::env::temp_dir().canonicalize().unwrap();
     let scopes = |mem: &str| {
         canonical_scopes(&[
@@ -47,7 +53,10 @@ fn main() {
             subject,
             not_before: 0,
             expires: i64::MAX / 2,
-            parent: chain.last().map(|p| ParentRef { id: p.body.id, digest: p.digest() }),
+            parent: chain.last().map(|p| ParentRef {
+                id: p.body.id,
+                digest: p.digest(),
+            }),
             scopes: scopes(mem),
             nonce: [i as u8; 16],
         };
@@ -57,7 +66,11 @@ fn main() {
     let printed = cap.print();
     let roots = [keys[0].verifying_key().to_bytes()];
     let revoked = HashSet::new();
-    let ctx = VerifyContext { now: 1_000, trusted_roots: &roots, revoked: &revoked };
+    let ctx = VerifyContext {
+        now: 1_000,
+        trusted_roots: &roots,
+        revoked: &revoked,
+    };
 
     let verify = median(|| {
         let cap = Capability::parse(black_box(&printed)).unwrap();
@@ -72,10 +85,20 @@ fn main() {
     manifest.base_dir = ws.clone();
     let compile = median(|| {
         let request = compile_request(black_box(&manifest), "job-bench").unwrap();
-        black_box(authorise(request, &grant, Authorisation::Operator { key: String::new() }).unwrap());
+        black_box(
+            authorise(
+                request,
+                &grant,
+                Authorisation::Operator { key: String::new() },
+            )
+            .unwrap(),
+        );
     });
     println!("{:<44} {:>10} {:>8}", "operation", "median µs", "target");
-    for (name, d) in [("parse + verify a 4-link capability", verify), ("compile a manifest under a grant", compile)] {
+    for (name, d) in [
+        ("parse + verify a 4-link capability", verify),
+        ("compile a manifest under a grant", compile),
+    ] {
         let verdict = if d <= TARGET { "met" } else { "MISSED" };
         println!("{name:<44} {:>10.1} {verdict:>8}", d.as_secs_f64() * 1e6);
     }

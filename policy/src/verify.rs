@@ -162,9 +162,11 @@ fn check_delegation(
                 "it is not signed by the key its parent was granted to".into(),
             ))
         }
-        Subject::Name(n) => return Err(broken(format!(
+        Subject::Name(n) => {
+            return Err(broken(format!(
             "its parent was granted to the name `{n}`, and only key-held tokens can be attenuated"
-        ))),
+        )))
+        }
     }
     if child.body.expires > parent.body.expires {
         return Err(widened(format!(

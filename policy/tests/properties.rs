@@ -3,7 +3,9 @@
 //! makes the token decoder panic.
 
 use covenant_policy::scope::{FsAccess, Resource, Scope};
-use covenant_policy::token::{canonical_scopes, Capability, ParentRef, SignedToken, Subject, TokenBody};
+use covenant_policy::token::{
+    canonical_scopes, Capability, ParentRef, SignedToken, Subject, TokenBody,
+};
 use covenant_policy::verify::{verify_capability, widening, VerifyContext};
 use covenant_policy::NetMode;
 use ed25519_dalek::SigningKey;
@@ -12,22 +14,32 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 
 fn path() -> impl Strategy<Value = PathBuf> {
-    prop::collection::vec(prop::sample::select(vec!["a", "b", "src", "w", "x.y"]), 0..4)
-        .prop_map(|parts| PathBuf::from(format!("/{}", parts.join("/"))))
+    prop::collection::vec(
+        prop::sample::select(vec!["a", "b", "src", "w", "x.y"]),
+        0..4,
+    )
+    .prop_map(|parts| PathBuf::from(format!("/{}", parts.join("/"))))
 }
 
 fn scope() -> impl Strategy<Value = Scope> {
     prop_oneof![
-        (prop::sample::select(vec![FsAccess::Read, FsAccess::Exec, FsAccess::Write]), path())
+        (
+            prop::sample::select(vec![FsAccess::Read, FsAccess::Exec, FsAccess::Write]),
+            path()
+        )
             .prop_map(|(a, p)| Scope::Fs(a, p)),
-        prop::sample::select(vec![NetMode::None, NetMode::Loopback, NetMode::Host]).prop_map(Scope::Net),
+        prop::sample::select(vec![NetMode::None, NetMode::Loopback, NetMode::Host])
+            .prop_map(Scope::Net),
         (1u16..).prop_map(Scope::NetConnectTcp),
         (1u64..1 << 40).prop_map(|v| Scope::Res(Resource::Mem, v)),
         (1u64..64_000).prop_map(|v| Scope::Res(Resource::Cpu, v)),
         (1u64..100_000).prop_map(|v| Scope::Res(Resource::Pids, v)),
         (1u64..10_000_000).prop_map(|v| Scope::Res(Resource::Time, v)),
         Just(Scope::Sys("ptrace".into())),
-        (any::<bool>(), prop::sample::select(vec!["p", "q"])).prop_map(|(w, n)| Scope::Mem { write: w, namespace: n.into() }),
+        (any::<bool>(), prop::sample::select(vec!["p", "q"])).prop_map(|(w, n)| Scope::Mem {
+            write: w,
+            namespace: n.into()
+        }),
     ]
 }
 
@@ -35,14 +47,23 @@ fn key(seed: u8) -> SigningKey {
     SigningKey::from_bytes(&[seed; 32])
 }
 
-fn link(issuer: &SigningKey, subject: Subject, parent: Option<&SignedToken>, scopes: &[Scope], id: u8) -> SignedToken {
+fn link(
+    issuer: &SigningKey,
+    subject: Subject,
+    parent: Option<&SignedToken>,
+    scopes: &[Scope],
+    id: u8,
+) -> SignedToken {
     let body = TokenBody {
         id: [id; 16],
         issuer: issuer.verifying_key().to_bytes(),
         subject,
         not_before: 0,
         expires: 1_000,
-        parent: parent.map(|p| ParentRef { id: p.body.id, digest: p.digest() }),
+        parent: parent.map(|p| ParentRef {
+            id: p.body.id,
+            digest: p.digest(),
+        }),
         scopes: canonical_scopes(scopes),
         nonce: [id; 16],
     };

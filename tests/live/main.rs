@@ -1031,21 +1031,56 @@ fn connect_ports_exec_paths_and_syscall_groups_are_enforced() {
     let Some(s) = Scene::live() else { return };
     let allowed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let denied = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let (pa, pd) = (allowed.local_addr().unwrap().port(), denied.local_addr().unwrap().port());
+    let (pa, pd) = (
+        allowed.local_addr().unwrap().port(),
+        denied.local_addr().unwrap().port(),
+    );
     let flags = ["--net", "host", "--connect", &pa.to_string()];
-    assert_eq!(s.probe(&flags, &format!("connect:127.0.0.1:{pa}")), 0, "the granted port is reachable");
-    assert_eq!(s.probe(&flags, &format!("connect:127.0.0.1:{pd}")), libc::EACCES, "landlock stops other ports");
+    assert_eq!(
+        s.probe(&flags, &format!("connect:127.0.0.1:{pa}")),
+        0,
+        "the granted port is reachable"
+    );
+    assert_eq!(
+        s.probe(&flags, &format!("connect:127.0.0.1:{pd}")),
+        libc::EACCES,
+        "landlock stops other ports"
+    );
 
     let tools = s.home.path().join("tools");
     std::fs::create_dir(&tools).unwrap();
     std::fs::copy("/usr/bin/true", tools.join("tool")).unwrap();
     let t = tools.to_str().unwrap();
     let tool = format!("{t}/tool");
-    assert_eq!(code(&s.run(&["--exec", t], &[&tool])), 0, "an fs.exec path runs");
-    let out = s.run(&["--read", t], &["sh", "-c", &format!("{tool} && echo RAN; cat {tool} > /dev/null && echo READ")]);
-    assert_eq!(stdout(&out), "READ\n", "an fs.read path is not executable: {}", stderr(&out));
+    assert_eq!(
+        code(&s.run(&["--exec", t], &[&tool])),
+        0,
+        "an fs.exec path runs"
+    );
+    let out = s.run(
+        &["--read", t],
+        &[
+            "sh",
+            "-c",
+            &format!("{tool} && echo RAN; cat {tool} > /dev/null && echo READ"),
+        ],
+    );
+    assert_eq!(
+        stdout(&out),
+        "READ\n",
+        "an fs.read path is not executable: {}",
+        stderr(&out)
+    );
 
     assert_eq!(s.probe(&[], "ptrace"), EPERM);
-    assert_eq!(s.probe(&["--syscalls", "ptrace"], "ptrace"), 0, "sys:ptrace opens ptrace");
-    assert_eq!(s.probe(&["--syscalls", "ptrace"], "bpf"), EPERM, "and nothing else");
+    assert_eq!(
+        s.probe(&["--syscalls", "ptrace"], "ptrace"),
+        0,
+        "sys:ptrace opens ptrace"
+    );
+    assert_eq!(
+        s.probe(&["--syscalls", "ptrace"], "bpf"),
+        EPERM,
+        "and nothing else"
+    );
 }
