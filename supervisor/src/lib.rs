@@ -5,5 +5,6 @@ pub mod authority;
 pub mod home;
 pub mod keys;
 pub mod run;
+pub mod store;
 
 pub use run::{run_plan, RunError, RunReport, RunSettings};

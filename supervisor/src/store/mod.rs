@@ -1,0 +1,129 @@
+//! The store: one SQLite database under `$COVENANT_HOME` holding the audit chain with its
+//! signed checkpoints, and the agents' memory. Only this module opens it.
+//!
+//! WAL mode, `synchronous=FULL`: a write returns only once it is durable. The schema is
+//! versioned (`PRAGMA user_version`) and migrated forward on open.
+
+pub mod audit;
+pub mod chain;
+pub mod memory;
+mod schema;
+
+use crate::home::covenant_home;
+use crate::keys::{self, KeyError};
+use ed25519_dalek::SigningKey;
+use rusqlite::Connection;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use audit::{AuditEvent, CheckpointPolicy};
+pub use chain::{ChainFault, FaultKind};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store {path}: {error}")]
+    Sqlite { path: PathBuf, error: rusqlite::Error },
+    #[error("store {path}: schema version {found} is newer than this build understands ({known})")]
+    TooNew { path: PathBuf, found: i64, known: i64 },
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
+    #[error("audit chain: {0}")]
+    Chain(ChainFault),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// How long a writer waits for another process's write lock before giving up.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An open store.
+pub struct Store {
+    pub(crate) conn: Connection,
+    pub(crate) path: PathBuf,
+    pub(crate) key: SigningKey,
+    pub(crate) head_file: PathBuf,
+    pub(crate) policy: CheckpointPolicy,
+    pub(crate) since_checkpoint: u64,
+    pub(crate) last_checkpoint: std::time::Instant,
+}
+
+impl Store {
+    /// The default store: `$COVENANT_HOME/covenant.db`, signing with
+    /// `$COVENANT_HOME/supervisor.key` (created on first use).
+    pub fn open_default() -> Result<Self> {
+        let home = covenant_home();
+        Self::open(&home.join("covenant.db"), &home.join("supervisor.key"))
+    }
+
+    /// Opens (creating and migrating as needed) the store at `path`.
+    pub fn open(path: &Path, key_path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|error| StoreError::Io { path: dir.to_path_buf(), error })?;
+        }
+        let key = load_or_create_key(key_path)?;
+        let conn = Connection::open(path).map_err(|error| StoreError::Sqlite { path: path.to_path_buf(), error })?;
+        let mut store = Store {
+            conn,
+            path: path.to_path_buf(),
+            key,
+            head_file: path.with_extension("head"),
+            policy: CheckpointPolicy::default(),
+            since_checkpoint: 0,
+            last_checkpoint: std::time::Instant::now(),
+        };
+        store.configure()?;
+        schema::migrate(&mut store)?;
+        Ok(store)
+    }
+
+    fn configure(&self) -> Result<()> {
+        self.conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| self.sql(e))?;
+        self.conn
+            .execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")
+            .map_err(|e| self.sql(e))
+    }
+
+    pub(crate) fn sql(&self, error: rusqlite::Error) -> StoreError {
+        StoreError::Sqlite { path: self.path.clone(), error }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The public half of the key that signs checkpoints.
+    pub fn public_key(&self) -> [u8; 32] {
+        self.key.verifying_key().to_bytes()
+    }
+
+    /// Size of the database file and its WAL, in bytes.
+    pub fn size_bytes(&self) -> u64 {
+        let wal = self.path.with_extension("db-wal");
+        [&self.path, &wal].iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum()
+    }
+}
+
+fn load_or_create_key(path: &Path) -> Result<SigningKey> {
+    match keys::read_private_key(path) {
+        Ok(k) => Ok(k),
+        Err(KeyError::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => {
+            let key = keys::generate_key()?;
+            match keys::write_private_key(path, &key) {
+                Ok(()) => Ok(key),
+                Err(KeyError::Exists { .. }) => Ok(keys::read_private_key(path)?),
+                Err(e) => Err(e.into()),
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        let _ = self.close_checkpoint();
+    }
+}
