@@ -8,6 +8,7 @@ use covenant_policy::{Scope, Subject};
 use covenant_supervisor::authority::{self, load_capability};
 use covenant_supervisor::home::covenant_home;
 use covenant_supervisor::keys;
+use covenant_supervisor::store;
 use std::path::PathBuf;
 
 #[derive(Subcommand)]
@@ -83,6 +84,10 @@ pub fn key(cmd: KeyCommand) -> anyhow::Result<i32> {
                     .join(format!("{}.key", &public[..12]))
             });
             keys::write_private_key(&path, &key)?;
+            store::record(
+                "key.generated",
+                serde_json::json!({"public_key": public, "path": path}),
+            )?;
             println!("{}", path.display());
             println!("public key: {public}");
         }
@@ -93,10 +98,15 @@ pub fn key(cmd: KeyCommand) -> anyhow::Result<i32> {
         KeyCommand::Trust { key, name } => {
             let public = keys::parse_public_key(&key)?;
             let name = keys::trust(&public, name.as_deref())?;
+            store::record(
+                "key.trusted",
+                serde_json::json!({"public_key": encode_key(&public), "name": name}),
+            )?;
             println!("trusted {} as {name}", encode_key(&public));
         }
         KeyCommand::Untrust { name_or_key } => {
             let name = keys::untrust(&name_or_key)?;
+            store::record("key.untrusted", serde_json::json!({"name": name}))?;
             println!("no longer trusted: {name}");
         }
         KeyCommand::Ls => {
@@ -132,6 +142,20 @@ fn emit(cap: &Capability, out: Option<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The audit body of an issued token: ids, parties, scopes, validity; never the token.
+fn describe(cap: &Capability) -> serde_json::Value {
+    let leaf = &cap.leaf().body;
+    serde_json::json!({
+        "id": id_text(&leaf.id),
+        "chain": cap.chain.iter().map(|t| id_text(&t.body.id)).collect::<Vec<_>>(),
+        "issuer": encode_key(&leaf.issuer),
+        "subject": leaf.subject.to_string(),
+        "scopes": leaf.scopes.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        "not_before": leaf.not_before,
+        "expires": leaf.expires,
+    })
+}
+
 pub fn cap(cmd: CapCommand) -> anyhow::Result<i32> {
     match cmd {
         CapCommand::Grant {
@@ -149,6 +173,7 @@ pub fn cap(cmd: CapCommand) -> anyhow::Result<i32> {
                 &parse_scopes(&scopes)?,
                 ttl,
             )?;
+            store::record("capability.granted", describe(&cap))?;
             emit(&cap, out)?;
         }
         CapCommand::Attenuate {
@@ -169,6 +194,7 @@ pub fn cap(cmd: CapCommand) -> anyhow::Result<i32> {
                 &parse_scopes(&scopes)?,
                 ttl,
             )?;
+            store::record("capability.attenuated", describe(&cap))?;
             emit(&cap, out)?;
         }
         CapCommand::Inspect { cap } => {
@@ -216,6 +242,10 @@ pub fn cap(cmd: CapCommand) -> anyhow::Result<i32> {
         CapCommand::Revoke { id } => {
             let id = keys::parse_token_id(&id)?;
             if keys::revoke(&id)? {
+                store::record(
+                    "capability.revoked",
+                    serde_json::json!({"id": id_text(&id)}),
+                )?;
                 println!("revoked {}", id_text(&id));
             } else {
                 bail!("{} was already revoked", id_text(&id));

@@ -4,6 +4,7 @@
 
 mod capabilities;
 mod doctor;
+mod records;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -12,7 +13,7 @@ use covenant_policy::SandboxPlan;
 use covenant_supervisor::authority;
 use covenant_supervisor::home::new_job_id;
 use covenant_supervisor::run::{identity_map, EXIT_OOM, EXIT_SETUP, EXIT_TIMEOUT};
-use covenant_supervisor::{run_plan, RunSettings};
+use covenant_supervisor::{run_request, RunSettings};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -49,6 +50,12 @@ enum Command {
     /// Capability tokens: grant, attenuate, inspect, verify, revoke.
     #[command(subcommand)]
     Cap(capabilities::CapCommand),
+    /// The audit log: tail, show, verify, export, prune.
+    #[command(subcommand)]
+    Audit(records::AuditCommand),
+    /// The agents' memory: put, get, search, ls, rm, compact.
+    #[command(subcommand)]
+    Mem(records::MemCommand),
 }
 
 #[derive(Args)]
@@ -189,6 +196,8 @@ fn main() -> ExitCode {
         Command::Doctor => Ok(doctor::run()),
         Command::Key(cmd) => capabilities::key(cmd),
         Command::Cap(cmd) => capabilities::cap(cmd),
+        Command::Audit(cmd) => records::audit(cmd),
+        Command::Mem(cmd) => records::mem(cmd),
     };
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
@@ -200,12 +209,13 @@ fn main() -> ExitCode {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<i32> {
-    let plan = args.request.plan()?;
+    let manifest = args.request.manifest()?;
     let settings = RunSettings {
         keep_bundle: args.keep_bundle.clone(),
         runner: Some(args.runner.clone()),
     };
-    let report = run_plan(&plan, &settings)?;
+    let report = run_request(&manifest, args.request.cap.as_deref(), &settings)?;
+    let plan = &report;
     if report.timed_out {
         let limit = plan.limits.timeout_ms.unwrap_or(0) as f64 / 1000.0;
         eprintln!("covenant: the sandbox reached its {limit}s timeout and was killed");

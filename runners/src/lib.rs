@@ -38,6 +38,19 @@ pub struct RunOutcome {
     pub degradations_applied: Vec<covenant_policy::Degradation>,
 }
 
+/// What a runner reports once the program is running (for the audit log).
+#[derive(Debug, Clone, Serialize)]
+pub struct StartInfo {
+    pub runner: &'static str,
+    /// The sandbox's init, as the host sees it.
+    pub pid: i32,
+    pub cgroup: Option<(native::CgroupVersion, Vec<std::path::PathBuf>)>,
+    pub namespaces: Vec<native::Namespace>,
+    pub landlock: Option<native::LandlockPlan>,
+    pub seccomp_filters: usize,
+    pub degradations: Vec<covenant_policy::Degradation>,
+}
+
 /// Something that can run an OCI bundle to completion.
 pub trait Runner {
     type Error: std::error::Error + Send + Sync + 'static;
@@ -45,6 +58,11 @@ pub trait Runner {
     fn name(&self) -> &'static str;
 
     /// Runs the bundle at `bundle`, with the caller's stdin, stdout and stderr, until the
-    /// program exits or is killed. Leaves nothing behind but the bundle itself.
-    fn run(&self, bundle: &Path) -> Result<RunOutcome, Self::Error>;
+    /// program exits or is killed; `on_start` is called once the program is running.
+    /// Leaves nothing behind but the bundle itself.
+    fn run(
+        &self,
+        bundle: &Path,
+        on_start: &mut dyn FnMut(&StartInfo),
+    ) -> Result<RunOutcome, Self::Error>;
 }

@@ -1,11 +1,15 @@
 //! One run, embedded: plan → bundle → native runner → report, with the bundle removed
 //! afterwards unless the caller keeps it.
 
+use crate::authority::{authorise_run, load_capability, AuthorityError};
 use crate::home::covenant_home;
+use crate::home::new_job_id;
+use crate::store::{AuditEvent, Store, StoreError};
 use covenant_images::{write_bundle, BundleError, IdentityMap};
+use covenant_policy::Manifest;
 use covenant_policy::{Degradation, NetMode, SandboxPlan};
 use covenant_runners::native::{NativeError, NativeRunner};
-use covenant_runners::{ExitKind, RunOutcome, Runner};
+use covenant_runners::{ExitKind, RunOutcome, Runner, StartInfo};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -27,6 +31,10 @@ pub enum RunError {
     Bundle(#[from] BundleError),
     #[error(transparent)]
     Native(#[from] NativeError),
+    #[error(transparent)]
+    Authority(#[from] AuthorityError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
     #[error("runner `{0}` is not available in this build; use `native`")]
     UnknownRunner(String),
     #[error("cannot create {path}: {error}")]
@@ -71,6 +79,8 @@ pub struct RunReport {
     pub seccomp_digest: String,
     pub cgroup_version: Option<covenant_runners::native::CgroupVersion>,
     pub net: NetMode,
+    /// The limits the run was held to (the request's, or the grant's ceilings).
+    pub limits: covenant_policy::Limits,
     pub plan_digest: String,
     pub config_digest: String,
     pub authorisation: covenant_policy::Authorisation,
@@ -107,6 +117,7 @@ impl RunReport {
             seccomp_digest,
             cgroup_version: outcome.cgroup_version,
             net: plan.net,
+            limits: plan.limits.clone(),
             plan_digest: plan.digest(),
             config_digest,
             authorisation: plan.authorisation.clone(),
@@ -152,8 +163,96 @@ pub fn identity_map() -> IdentityMap {
     )
 }
 
-/// Runs `plan` to completion with the caller's stdio and returns the report.
-pub fn run_plan(plan: &SandboxPlan, settings: &RunSettings) -> Result<RunReport, RunError> {
+/// Audit events of one run, written in a few durable batches: before the sandbox starts,
+/// once it runs, and when it has ended.
+struct RunAudit {
+    store: Store,
+    job: String,
+    pending: Vec<AuditEvent>,
+}
+
+impl RunAudit {
+    fn push(&mut self, kind: &str, mut body: serde_json::Value) {
+        body["job"] = serde_json::Value::String(self.job.clone());
+        self.pending.push(AuditEvent::new(kind, body));
+    }
+
+    fn flush(&mut self) -> Result<(), RunError> {
+        if !self.pending.is_empty() {
+            let events = std::mem::take(&mut self.pending);
+            self.store.append_batch(&events)?;
+        }
+        Ok(())
+    }
+}
+
+/// Authorises, runs and audits one request end to end: intent, capability verified or
+/// refused, plan compiled, bundle written, sandbox started, degradations, limits hit,
+/// exit. Returns the report; any refusal or failure is audited before it is returned.
+pub fn run_request(
+    manifest: &Manifest,
+    capability: Option<&str>,
+    settings: &RunSettings,
+) -> Result<RunReport, RunError> {
+    let mut store = Store::open_default()?;
+    store.record_open("covenant-ctl run")?;
+    let job = new_job_id();
+    let mut audit = RunAudit {
+        store,
+        job: job.clone(),
+        pending: Vec::new(),
+    };
+    // SAFETY: getuid has no failure mode.
+    let uid = unsafe { libc::getuid() };
+    audit.push(
+        "run.intent",
+        serde_json::json!({
+            "uid": uid, "pid": std::process::id(), "argv": manifest.command,
+            "capability": if capability.is_some() { "presented" } else { "operator" },
+        }),
+    );
+    let result = authorised_run(&mut audit, manifest, capability, settings);
+    if let Err(e) = &result {
+        let kind = match e {
+            RunError::Authority(
+                AuthorityError::Token(_) | AuthorityError::Verify(_) | AuthorityError::Read { .. },
+            ) => "capability.refused",
+            RunError::Authority(AuthorityError::Refused(_)) => "request.refused",
+            RunError::Authority(AuthorityError::Compile(_)) => "request.invalid",
+            _ => "run.failed",
+        };
+        audit.push(kind, serde_json::json!({"reason": e.to_string()}));
+    }
+    audit.flush()?;
+    audit.store.close()?;
+    result
+}
+
+fn authorised_run(
+    audit: &mut RunAudit,
+    manifest: &Manifest,
+    capability: Option<&str>,
+    settings: &RunSettings,
+) -> Result<RunReport, RunError> {
+    let cap = capability.map(load_capability).transpose()?;
+    let plan = authorise_run(manifest, &audit.job, cap.as_ref())?;
+    audit.push(
+        "capability.verified",
+        serde_json::to_value(&plan.authorisation).unwrap_or_default(),
+    );
+    audit.push(
+        "plan.compiled",
+        serde_json::json!({"plan_digest": plan.digest(), "seccomp_profile": plan.seccomp_profile}),
+    );
+    run_plan(audit, &plan, settings)
+}
+
+/// Runs an authorised `plan` with the caller's stdio; returns the report.
+fn run_plan(
+    audit: &mut RunAudit,
+    plan: &SandboxPlan,
+    settings: &RunSettings,
+) -> Result<RunReport, RunError> {
     match settings.runner.as_deref() {
         None | Some("native") => {}
         Some(other) => return Err(RunError::UnknownRunner(other.to_string())),
@@ -167,13 +266,55 @@ pub fn run_plan(plan: &SandboxPlan, settings: &RunSettings) -> Result<RunReport,
     }
     let result = (|| {
         let bundle = write_bundle(plan, &dir, identity_map())?;
-        let outcome = NativeRunner::default().run(&bundle.dir)?;
-        Ok(RunReport::new(
-            plan,
-            &outcome,
-            bundle.seccomp_digest,
-            bundle.config_digest,
-        ))
+        audit.push(
+            "bundle.written",
+            serde_json::json!({"config_digest": bundle.config_digest, "dir": bundle.dir, "kept": keep}),
+        );
+        audit.flush()?;
+        let mut start_error = None;
+        let outcome = NativeRunner::default().run(&bundle.dir, &mut |info: &StartInfo| {
+            audit.push(
+                "sandbox.started",
+                serde_json::to_value(info).unwrap_or_default(),
+            );
+            for d in &info.degradations {
+                audit.push(
+                    "degradation.accepted",
+                    serde_json::json!({"degradation": d.name()}),
+                );
+            }
+            if let Err(e) = audit.flush() {
+                start_error = Some(e);
+            }
+        })?;
+        let report = RunReport::new(plan, &outcome, bundle.seccomp_digest, bundle.config_digest);
+        if report.oom_killed {
+            audit.push(
+                "limit.hit",
+                serde_json::json!({"limit": "memory", "bytes": plan.limits.memory_bytes}),
+            );
+        }
+        if report.pids_limit_hits > 0 {
+            audit.push("limit.hit", serde_json::json!({"limit": "pids", "max": plan.limits.pids, "refused_forks": report.pids_limit_hits}));
+        }
+        if report.timed_out {
+            audit.push(
+                "limit.hit",
+                serde_json::json!({"limit": "timeout", "ms": plan.limits.timeout_ms}),
+            );
+            audit.push("sandbox.killed", serde_json::json!({"reason": "timeout"}));
+        }
+        audit.push(
+            "run.exited",
+            serde_json::json!({
+                "exit_code": report.exit_code, "signal": report.signal, "duration_ms": report.duration_ms,
+                "cpu_time_ms": report.cpu_time_ms, "peak_memory_bytes": report.peak_memory_bytes,
+            }),
+        );
+        match start_error {
+            Some(e) => Err(e),
+            None => Ok(report),
+        }
     })();
     if !keep {
         remove_bundle(&dir)?;

@@ -19,7 +19,12 @@ fn filled(n: u64) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let mut store = store_at(dir.path());
     for i in 0..n {
-        store.append(&AuditEvent::new("test.event", serde_json::json!({"i": i, "note": "x"}))).unwrap();
+        store
+            .append(&AuditEvent::new(
+                "test.event",
+                serde_json::json!({"i": i, "note": "x"}),
+            ))
+            .unwrap();
     }
     drop(store);
     dir
@@ -36,7 +41,10 @@ fn tamper(dir: &Path, sql: &str) {
 
 fn fault_of(dir: &Path) -> (u64, FaultKind) {
     let store = store_at(dir);
-    let fault = store.verify().unwrap().expect_err("tampering went unnoticed");
+    let fault = store
+        .verify()
+        .unwrap()
+        .expect_err("tampering went unnoticed");
     (fault.seq, fault.kind)
 }
 
@@ -45,9 +53,14 @@ fn a_clean_chain_verifies_and_triggers_refuse_update_and_delete() {
     let dir = filled(20);
     let store = store_at(dir.path());
     let report = store.verify().unwrap().unwrap();
-    assert_eq!((report.summary.rows, report.summary.last_checkpoint), (20, Some(20)));
+    assert_eq!(
+        (report.summary.rows, report.summary.last_checkpoint),
+        (20, Some(20))
+    );
     let conn = Connection::open(dir.path().join("covenant.db")).unwrap();
-    let err = conn.execute("UPDATE audit SET body = '{}' WHERE seq = 3", []).unwrap_err();
+    let err = conn
+        .execute("UPDATE audit SET body = '{}' WHERE seq = 3", [])
+        .unwrap_err();
     assert!(err.to_string().contains("append-only"), "{err}");
     assert!(conn.execute("DELETE FROM audit WHERE seq = 3", []).is_err());
 }
@@ -55,7 +68,10 @@ fn a_clean_chain_verifies_and_triggers_refuse_update_and_delete() {
 #[test]
 fn a_flipped_byte_is_named_as_modified() {
     let dir = filled(20);
-    tamper(dir.path(), "UPDATE audit SET body = replace(body, '\"note\":\"x\"', '\"note\":\"y\"') WHERE seq = 8;");
+    tamper(
+        dir.path(),
+        "UPDATE audit SET body = replace(body, '\"note\":\"x\"', '\"note\":\"y\"') WHERE seq = 8;",
+    );
     assert_eq!(fault_of(dir.path()), (8, FaultKind::Modified));
 }
 
@@ -92,7 +108,13 @@ fn a_forged_appended_row_is_named_as_inserted() {
     let last = store.row(20).unwrap().unwrap();
     drop(store);
     let body = "{\"forged\":true}";
-    let hash = covenant_supervisor::store::chain::event_hash(&last.hash, 21, last.time_ms + 1, "test.event", body);
+    let hash = covenant_supervisor::store::chain::event_hash(
+        &last.hash,
+        21,
+        last.time_ms + 1,
+        "test.event",
+        body,
+    );
     let conn = Connection::open(dir.path().join("covenant.db")).unwrap();
     conn.execute(
         "INSERT INTO audit (seq, time_ms, kind, body, prev_hash, hash) VALUES (21, ?1, 'test.event', ?2, ?3, ?4)",
@@ -100,16 +122,27 @@ fn a_forged_appended_row_is_named_as_inserted() {
     )
     .unwrap();
     drop(conn);
-    let store = Store::open(&dir.path().join("covenant.db"), &dir.path().join("supervisor.key")).unwrap();
+    let store = Store::open(
+        &dir.path().join("covenant.db"),
+        &dir.path().join("supervisor.key"),
+    )
+    .unwrap();
     let fault = store.verify().unwrap().unwrap_err();
-    assert_eq!((fault.seq, fault.kind), (21, FaultKind::Inserted), "{fault}");
+    assert_eq!(
+        (fault.seq, fault.kind),
+        (21, FaultKind::Inserted),
+        "{fault}"
+    );
     std::mem::forget(store); // no closing checkpoint: it would adopt the forged row
 }
 
 #[test]
 fn a_truncated_tail_is_named_even_with_its_checkpoints_gone() {
     let dir = filled(20);
-    tamper(dir.path(), "DELETE FROM audit WHERE seq > 15; DELETE FROM checkpoints WHERE seq > 15;");
+    tamper(
+        dir.path(),
+        "DELETE FROM audit WHERE seq > 15; DELETE FROM checkpoints WHERE seq > 15;",
+    );
     assert_eq!(fault_of(dir.path()), (16, FaultKind::Truncated));
 }
 
@@ -117,20 +150,37 @@ fn a_truncated_tail_is_named_even_with_its_checkpoints_gone() {
 fn a_replaced_file_with_a_shorter_valid_chain_is_caught() {
     let dir = filled(20);
     let other = filled(10);
-    std::fs::copy(other.path().join("covenant.db"), dir.path().join("covenant.db")).unwrap();
+    std::fs::copy(
+        other.path().join("covenant.db"),
+        dir.path().join("covenant.db"),
+    )
+    .unwrap();
     let (_, kind) = fault_of(dir.path());
-    assert_eq!(kind, FaultKind::BadSignature, "checkpoints signed by another key");
+    assert_eq!(
+        kind,
+        FaultKind::BadSignature,
+        "checkpoints signed by another key"
+    );
     // Even re-signed with the right key, the recorded head outlives the shorter chain.
     let dir = filled(20);
     let old = tempfile::tempdir().unwrap();
-    std::fs::copy(dir.path().join("supervisor.key"), old.path().join("supervisor.key")).unwrap();
+    std::fs::copy(
+        dir.path().join("supervisor.key"),
+        old.path().join("supervisor.key"),
+    )
+    .unwrap();
     {
         let mut s = store_at(old.path());
         for _ in 0..5 {
-            s.append(&AuditEvent::new("test.event", serde_json::json!({}))).unwrap();
+            s.append(&AuditEvent::new("test.event", serde_json::json!({})))
+                .unwrap();
         }
     }
-    std::fs::copy(old.path().join("covenant.db"), dir.path().join("covenant.db")).unwrap();
+    std::fs::copy(
+        old.path().join("covenant.db"),
+        dir.path().join("covenant.db"),
+    )
+    .unwrap();
     let _ = std::fs::remove_file(dir.path().join("covenant.db-wal"));
     assert_eq!(fault_of(dir.path()).1, FaultKind::Truncated);
 }
@@ -140,22 +190,37 @@ fn exports_verify_without_the_database_and_pruning_keeps_the_chain_verifiable() 
     let dir = filled(30);
     let export = dir.path().join("export.jsonl");
     let mut store = store_at(dir.path());
-    store.export(&mut std::fs::File::create(&export).unwrap(), None).unwrap();
+    store
+        .export(&mut std::fs::File::create(&export).unwrap(), None)
+        .unwrap();
     assert!(verify_export(&export, None).unwrap().is_ok());
-    let text = std::fs::read_to_string(&export).unwrap().replacen("\\\"i\\\":3,", "\\\"i\\\":4,", 1);
+    let text =
+        std::fs::read_to_string(&export)
+            .unwrap()
+            .replacen("\\\"i\\\":3,", "\\\"i\\\":4,", 1);
     std::fs::write(&export, text).unwrap();
-    assert_eq!(verify_export(&export, None).unwrap().unwrap_err().kind, FaultKind::Modified);
+    assert_eq!(
+        verify_export(&export, None).unwrap().unwrap_err().kind,
+        FaultKind::Modified
+    );
 
     for _ in 0..10 {
-        store.append(&AuditEvent::new("test.event", serde_json::json!({}))).unwrap();
+        store
+            .append(&AuditEvent::new("test.event", serde_json::json!({})))
+            .unwrap();
     }
     store.checkpoint().unwrap();
     let archive = dir.path().join("archive.jsonl");
     assert_eq!(store.prune(30, &archive).unwrap(), 30);
     let report = store.verify().unwrap().unwrap();
-    assert_eq!((report.summary.pruned_up_to, report.summary.first_seq), (Some(30), Some(31)));
+    assert_eq!(
+        (report.summary.pruned_up_to, report.summary.first_seq),
+        (Some(30), Some(31))
+    );
     assert!(verify_export(&archive, None).unwrap().is_ok());
-    let seq = store.append(&AuditEvent::new("test.event", serde_json::json!({}))).unwrap();
+    let seq = store
+        .append(&AuditEvent::new("test.event", serde_json::json!({})))
+        .unwrap();
     assert_eq!(seq, 41);
     drop(store);
     assert!(store_at(dir.path()).verify().unwrap().is_ok());
@@ -167,22 +232,41 @@ const CHILD_ENV: &str = "COVENANT_AUDIT_TEST_CHILD";
 /// printing each sequence number once its commit has returned.
 #[test]
 fn child_appender() {
-    let Ok(dir) = std::env::var(CHILD_ENV) else { return };
-    let count: u64 = std::env::var("COVENANT_AUDIT_TEST_COUNT").ok().and_then(|c| c.parse().ok()).unwrap_or(u64::MAX);
+    let Ok(dir) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let count: u64 = std::env::var("COVENANT_AUDIT_TEST_COUNT")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(u64::MAX);
     let mut store = store_at(Path::new(&dir));
     for i in 0..count {
-        let seq = store.append(&AuditEvent::new("test.event", serde_json::json!({"pid": std::process::id(), "i": i}))).unwrap();
+        let seq = store
+            .append(&AuditEvent::new(
+                "test.event",
+                serde_json::json!({"pid": std::process::id(), "i": i}),
+            ))
+            .unwrap();
         println!("ACK {seq}");
     }
 }
 
 fn spawn_child(dir: &Path, count: Option<u64>) -> std::process::Child {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", "child_appender", "--nocapture", "--test-threads=1"]).env(CHILD_ENV, dir);
+    cmd.args([
+        "--exact",
+        "child_appender",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(CHILD_ENV, dir);
     if let Some(c) = count {
         cmd.env("COVENANT_AUDIT_TEST_COUNT", c.to_string());
     }
-    cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap()
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
 }
 
 #[test]
@@ -219,9 +303,15 @@ fn sigkill_at_random_points_loses_no_acknowledged_event() {
     }
     let mut store = store_at(dir.path());
     store.checkpoint().unwrap();
-    let report = store.verify().unwrap().expect("the chain verifies after 20 crashes");
+    let report = store
+        .verify()
+        .unwrap()
+        .expect("the chain verifies after 20 crashes");
     for seq in &acknowledged {
-        assert!(store.row(*seq).unwrap().is_some(), "acknowledged event {seq} is missing");
+        assert!(
+            store.row(*seq).unwrap().is_some(),
+            "acknowledged event {seq} is missing"
+        );
     }
     assert!(report.summary.rows >= acknowledged.len() as u64);
 }

@@ -1084,3 +1084,111 @@ fn connect_ports_exec_paths_and_syscall_groups_are_enforced() {
         "and nothing else"
     );
 }
+
+#[test]
+fn every_run_leaves_a_verifiable_audit_trail() {
+    let Some(s) = Scene::live() else { return };
+    let report = s.home.path().join("report.json");
+    let out = s.run(
+        &["--timeout", "1s", "--report", report.to_str().unwrap()],
+        &["sleep", "10"],
+    );
+    assert_eq!(code(&out), 124);
+    let job = serde_json::from_slice::<serde_json::Value>(&std::fs::read(&report).unwrap())
+        .unwrap()["job_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(code(&s.run(&["--memory", "lots"], &["true"])), 125);
+    let tail = s
+        .ctl()
+        .args(["audit", "tail", "-n", "100"])
+        .output()
+        .unwrap();
+    let text = stdout(&tail);
+    for kind in [
+        "run.intent",
+        "capability.verified",
+        "plan.compiled",
+        "bundle.written",
+        "sandbox.started",
+        "limit.hit",
+        "sandbox.killed",
+        "run.exited",
+        "request.invalid",
+        "store.closed",
+    ] {
+        assert!(text.contains(kind), "{kind} missing:\n{text}");
+    }
+    assert!(
+        text.lines().filter(|l| l.contains(&job)).count() >= 7,
+        "{text}"
+    );
+    let verify = s.ctl().args(["audit", "verify"]).output().unwrap();
+    assert_eq!(code(&verify), 0, "{}", stdout(&verify));
+    let db = s.home.path().join("home/covenant.db");
+    let status = Command::new("python3")
+        .arg("-c")
+        .arg("import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute('DROP TRIGGER audit_no_update'); c.execute(\"UPDATE audit SET body=replace(body,'sleep','true') WHERE kind='run.intent'\"); c.commit()")
+        .arg(&db)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let verify = s.ctl().args(["audit", "verify"]).output().unwrap();
+    assert_eq!(code(&verify), 1);
+    assert!(
+        stdout(&verify).contains("TAMPERED: row 2: Modified"),
+        "{}",
+        stdout(&verify)
+    );
+}
+
+#[test]
+fn memory_commands_round_trip_and_refuse_bad_input() {
+    let Some(s) = Scene::live() else { return };
+    let put = s
+        .ctl()
+        .args([
+            "mem",
+            "put",
+            "--ns",
+            "proj",
+            "--tier",
+            "long-term",
+            "--meta",
+            "{\"by\":\"test\"}",
+            "cargo needs libssl-dev",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(code(&put), 0, "{}", stderr(&put));
+    let id = stdout(&put).trim().to_string();
+    let found = s
+        .ctl()
+        .args(["mem", "search", "--ns", "proj", "libssl"])
+        .output()
+        .unwrap();
+    assert!(stdout(&found).starts_with(&id), "{}", stdout(&found));
+    let bad = s
+        .ctl()
+        .args(["mem", "put", "--ns", "proj", "--tier", "forever", "x"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&bad), 125);
+    assert!(stderr(&bad).contains("tier `forever`"), "{}", stderr(&bad));
+    let bad = s
+        .ctl()
+        .args(["mem", "put", "--ns", "proj", "--meta", "{oops", "x"])
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&bad).contains("metadata is not valid JSON"),
+        "{}",
+        stderr(&bad)
+    );
+    assert_eq!(code(&s.ctl().args(["mem", "rm", &id]).output().unwrap()), 0);
+    assert_eq!(
+        code(&s.ctl().args(["audit", "verify"]).output().unwrap()),
+        0
+    );
+}

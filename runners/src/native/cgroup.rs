@@ -295,7 +295,6 @@ impl RunCgroup {
     }
 
     /// The cgroup's directories (one per v1 hierarchy).
-    #[cfg(test)]
     pub fn dirs(&self) -> &[PathBuf] {
         &self.dirs
     }

@@ -29,7 +29,7 @@ use self::landlock::LandlockError;
 use self::mounts::{DetachedTree, MountError};
 use self::seccomp::{CompiledSeccomp, SeccompError};
 use self::spec::{MountKind, NativeSpec, SpecError};
-use crate::{ExitKind, RunOutcome, Runner};
+use crate::{ExitKind, RunOutcome, Runner, StartInfo};
 use covenant_policy::Degradation;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
@@ -123,9 +123,9 @@ impl Runner for NativeRunner {
         "native"
     }
 
-    fn run(&self, bundle: &Path) -> Result<RunOutcome> {
+    fn run(&self, bundle: &Path, on_start: &mut dyn FnMut(&StartInfo)) -> Result<RunOutcome> {
         let spec = NativeSpec::load(bundle)?;
-        self.run_spec(&spec)
+        self.run_spec(&spec, on_start)
     }
 }
 
@@ -138,7 +138,11 @@ struct Prepared {
 }
 
 impl NativeRunner {
-    fn run_spec(&self, spec: &NativeSpec) -> Result<RunOutcome> {
+    fn run_spec(
+        &self,
+        spec: &NativeSpec,
+        on_start: &mut dyn FnMut(&StartInfo),
+    ) -> Result<RunOutcome> {
         let mut prepared = prepare(spec)?;
         let rootless = !Uid::effective().is_root();
         let mut cgroup = if rootless && spec.limits == CgroupLimits::default() {
@@ -190,7 +194,21 @@ impl NativeRunner {
                         detail: err.detail,
                     });
                 }
-                supervise(pid, &pidfd, &sfd, spec.timeout)
+                let started = Instant::now();
+                on_start(&StartInfo {
+                    runner: "native",
+                    pid: pid.as_raw(),
+                    cgroup: cgroup.as_ref().map(|cg| (cg.version(), cg.dirs().to_vec())),
+                    namespaces: spec.namespaces.clone(),
+                    landlock: prepared.landlock,
+                    seccomp_filters: prepared
+                        .seccomp
+                        .as_ref()
+                        .map(|s| s.programs.len())
+                        .unwrap_or(0),
+                    degradations: prepared.degradations.clone(),
+                });
+                supervise(pid, &pidfd, &sfd, spec.timeout, started)
             };
             let outcome = supervise();
             if outcome.is_err() {
@@ -412,8 +430,8 @@ fn supervise(
     pidfd: &OwnedFd,
     sfd: &SignalFd,
     timeout: Option<Duration>,
+    started: Instant,
 ) -> Result<Supervised> {
-    let started = Instant::now();
     let mut timed_out = false;
     loop {
         let wait = match (timeout, timed_out) {

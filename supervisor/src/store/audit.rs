@@ -5,7 +5,9 @@
 //! one linear chain. [`Store::append_batch`] commits many events with one `fsync` (group
 //! commit); nothing is acknowledged before its commit is durable.
 
-use super::chain::{self, event_hash, AuditRow, ChainFault, ChainInput, ChainSummary, Checkpoint, GENESIS};
+use super::chain::{
+    self, event_hash, AuditRow, ChainFault, ChainInput, ChainSummary, Checkpoint, GENESIS,
+};
 use super::{Result, Store, StoreError};
 use rusqlite::{params, OptionalExtension, Transaction, TransactionBehavior};
 use serde::Serialize;
@@ -25,7 +27,10 @@ pub struct AuditEvent {
 
 impl AuditEvent {
     pub fn new(kind: &str, body: serde_json::Value) -> Self {
-        Self { kind: kind.to_string(), body }
+        Self {
+            kind: kind.to_string(),
+            body,
+        }
     }
 }
 
@@ -39,12 +44,18 @@ pub struct CheckpointPolicy {
 
 impl Default for CheckpointPolicy {
     fn default() -> Self {
-        Self { every_events: 1_000, every: Duration::from_secs(10) }
+        Self {
+            every_events: 1_000,
+            every: Duration::from_secs(10),
+        }
     }
 }
 
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 fn to_hash(v: Vec<u8>) -> [u8; 32] {
@@ -81,15 +92,21 @@ pub fn canonical_body(body: &serde_json::Value) -> String {
 /// The head of the chain inside `tx`: (seq, hash), or the prune marker's, or genesis.
 fn head(tx: &Transaction<'_>) -> rusqlite::Result<(u64, [u8; 32])> {
     if let Some((seq, hash)) = tx
-        .query_row("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get::<_, i64>(0)? as u64, to_hash(r.get(1)?))))
+        .query_row(
+            "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get::<_, i64>(0)? as u64, to_hash(r.get(1)?))),
+        )
         .optional()?
     {
         return Ok((seq, hash));
     }
     Ok(tx
-        .query_row("SELECT up_to, head_hash FROM prune_markers ORDER BY up_to DESC LIMIT 1", [], |r| {
-            Ok((r.get::<_, i64>(0)? as u64, to_hash(r.get(1)?)))
-        })
+        .query_row(
+            "SELECT up_to, head_hash FROM prune_markers ORDER BY up_to DESC LIMIT 1",
+            [],
+            |r| Ok((r.get::<_, i64>(0)? as u64, to_hash(r.get(1)?))),
+        )
         .optional()?
         .unwrap_or((0, GENESIS)))
 }
@@ -108,15 +125,24 @@ impl Store {
 
     /// Appends one event durably; returns its sequence number.
     pub fn append(&mut self, event: &AuditEvent) -> Result<u64> {
-        Ok(*self.append_batch(std::slice::from_ref(event))?.last().expect("one event appended"))
+        Ok(*self
+            .append_batch(std::slice::from_ref(event))?
+            .last()
+            .expect("one event appended"))
     }
 
     /// Appends events in one transaction (one `fsync`); returns their sequence numbers once
     /// the commit is durable.
     pub fn append_batch(&mut self, events: &[AuditEvent]) -> Result<Vec<u64>> {
         let path = self.path.clone();
-        let sql = |error| StoreError::Sqlite { path: path.clone(), error };
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
+        let sql = |error| StoreError::Sqlite {
+            path: path.clone(),
+            error,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql)?;
         let (mut seq, mut prev) = head(&tx).map_err(sql)?;
         let mut seqs = Vec::with_capacity(events.len());
         {
@@ -125,20 +151,37 @@ impl Store {
                 .map_err(sql)?;
             for e in events {
                 if e.kind.is_empty() || e.kind.len() > 128 {
-                    return Err(StoreError::Invalid(format!("audit event kind `{}` must be 1-128 bytes", e.kind)));
+                    return Err(StoreError::Invalid(format!(
+                        "audit event kind `{}` must be 1-128 bytes",
+                        e.kind
+                    )));
                 }
                 seq += 1;
                 let time_ms = now_ms();
                 let body = canonical_body(&e.body);
                 let hash = event_hash(&prev, seq, time_ms, &e.kind, &body);
-                insert.execute(params![seq as i64, time_ms, e.kind, body, &prev[..], &hash[..]]).map_err(sql)?;
+                insert
+                    .execute(params![
+                        seq as i64,
+                        time_ms,
+                        e.kind,
+                        body,
+                        &prev[..],
+                        &hash[..]
+                    ])
+                    .map_err(sql)?;
                 prev = hash;
                 seqs.push(seq);
             }
         }
         self.since_checkpoint += events.len() as u64;
-        let due = self.since_checkpoint >= self.policy.every_events || self.last_checkpoint.elapsed() >= self.policy.every;
-        let checkpoint = if due { Some(sign_head(&tx, &self.key, seq, prev).map_err(sql)?) } else { None };
+        let due = self.since_checkpoint >= self.policy.every_events
+            || self.last_checkpoint.elapsed() >= self.policy.every;
+        let checkpoint = if due {
+            Some(sign_head(&tx, &self.key, seq, prev).map_err(sql)?)
+        } else {
+            None
+        };
         tx.commit().map_err(sql)?;
         if let Some(c) = checkpoint {
             self.after_checkpoint(&c)?;
@@ -155,10 +198,18 @@ impl Store {
     /// Signs the current head if it is not signed yet. Returns the checkpoint's seq.
     pub fn checkpoint(&mut self) -> Result<Option<u64>> {
         let path = self.path.clone();
-        let sql = |error| StoreError::Sqlite { path: path.clone(), error };
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
+        let sql = |error| StoreError::Sqlite {
+            path: path.clone(),
+            error,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql)?;
         let (seq, hash) = head(&tx).map_err(sql)?;
-        let signed: Option<i64> = tx.query_row("SELECT max(seq) FROM checkpoints", [], |r| r.get(0)).map_err(sql)?;
+        let signed: Option<i64> = tx
+            .query_row("SELECT max(seq) FROM checkpoints", [], |r| r.get(0))
+            .map_err(sql)?;
         if seq == 0 || signed.map(|s| s as u64 >= seq).unwrap_or(false) {
             return Ok(None);
         }
@@ -179,8 +230,11 @@ impl Store {
             .conn
             .prepare("SELECT seq, time_ms, kind, body, prev_hash, hash FROM (SELECT * FROM audit ORDER BY seq DESC LIMIT ?1) ORDER BY seq")
             .map_err(|e| self.sql(e))?;
-        let rows = stmt.query_map([n as i64], row_from).map_err(|e| self.sql(e))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|e| self.sql(e))
+        let rows = stmt
+            .query_map([n as i64], row_from)
+            .map_err(|e| self.sql(e))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| self.sql(e))
     }
 
     /// Rows after `seq`, oldest first (for `audit tail -f`).
@@ -189,22 +243,32 @@ impl Store {
             .conn
             .prepare_cached("SELECT seq, time_ms, kind, body, prev_hash, hash FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2")
             .map_err(|e| self.sql(e))?;
-        let rows = stmt.query_map([seq as i64, limit as i64], row_from).map_err(|e| self.sql(e))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|e| self.sql(e))
+        let rows = stmt
+            .query_map([seq as i64, limit as i64], row_from)
+            .map_err(|e| self.sql(e))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| self.sql(e))
     }
 
     pub fn row(&self, seq: u64) -> Result<Option<AuditRow>> {
         self.conn
-            .query_row("SELECT seq, time_ms, kind, body, prev_hash, hash FROM audit WHERE seq = ?1", [seq as i64], row_from)
+            .query_row(
+                "SELECT seq, time_ms, kind, body, prev_hash, hash FROM audit WHERE seq = ?1",
+                [seq as i64],
+                row_from,
+            )
             .optional()
             .map_err(|e| self.sql(e))
     }
 
     fn all_rows(&self) -> Result<Vec<AuditRow>> {
-        let mut stmt =
-            self.conn.prepare("SELECT seq, time_ms, kind, body, prev_hash, hash FROM audit ORDER BY seq").map_err(|e| self.sql(e))?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT seq, time_ms, kind, body, prev_hash, hash FROM audit ORDER BY seq")
+            .map_err(|e| self.sql(e))?;
         let rows = stmt.query_map([], row_from).map_err(|e| self.sql(e))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|e| self.sql(e))
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| self.sql(e))
     }
 
     fn all_checkpoints(&self) -> Result<Vec<Checkpoint>> {
@@ -212,8 +276,11 @@ impl Store {
             .conn
             .prepare("SELECT seq, head_hash, time_ms, public_key, signature FROM checkpoints ORDER BY seq")
             .map_err(|e| self.sql(e))?;
-        let rows = stmt.query_map([], checkpoint_from).map_err(|e| self.sql(e))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|e| self.sql(e))
+        let rows = stmt
+            .query_map([], checkpoint_from)
+            .map_err(|e| self.sql(e))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| self.sql(e))
     }
 
     fn prune_marker(&self) -> Result<Option<Checkpoint>> {
@@ -249,7 +316,10 @@ impl Store {
     /// Writes a self-contained JSONL export of rows `from..=to` (all when `None`).
     pub fn export(&self, out: &mut dyn Write, range: Option<(u64, u64)>) -> Result<u64> {
         let (from, to) = range.unwrap_or((0, u64::MAX));
-        let io = |error| StoreError::Io { path: "export".into(), error };
+        let io = |error| StoreError::Io {
+            path: "export".into(),
+            error,
+        };
         let marker = self.prune_marker()?.filter(|m| m.seq + 1 >= from);
         let header = serde_json::json!({
             "type": "header",
@@ -261,7 +331,11 @@ impl Store {
             writeln!(out, "{}", signed_json("prune-marker", m)).map_err(io)?;
         }
         let mut count = 0;
-        for row in self.all_rows()?.into_iter().filter(|r| r.seq >= from && r.seq <= to) {
+        for row in self
+            .all_rows()?
+            .into_iter()
+            .filter(|r| r.seq >= from && r.seq <= to)
+        {
             let line = serde_json::json!({
                 "type": "event", "seq": row.seq, "time_ms": row.time_ms, "kind": row.kind, "body": row.body,
                 "prev_hash": hex(&row.prev_hash), "hash": hex(&row.hash),
@@ -269,7 +343,11 @@ impl Store {
             writeln!(out, "{line}").map_err(io)?;
             count += 1;
         }
-        for c in self.all_checkpoints()?.into_iter().filter(|c| c.seq >= from && c.seq <= to) {
+        for c in self
+            .all_checkpoints()?
+            .into_iter()
+            .filter(|c| c.seq >= from && c.seq <= to)
+        {
             writeln!(out, "{}", signed_json("checkpoint", &c)).map_err(io)?;
         }
         Ok(count)
@@ -290,20 +368,32 @@ impl Store {
             .write(true)
             .create_new(true)
             .open(archive)
-            .map_err(|error| StoreError::Io { path: archive.to_path_buf(), error })?;
+            .map_err(|error| StoreError::Io {
+                path: archive.to_path_buf(),
+                error,
+            })?;
         let n = self.export(&mut file, Some((0, up_to)))?;
-        file.sync_all().map_err(|error| StoreError::Io { path: archive.to_path_buf(), error })?;
+        file.sync_all().map_err(|error| StoreError::Io {
+            path: archive.to_path_buf(),
+            error,
+        })?;
         let marker = chain::sign(chain::PRUNE_DOMAIN, &self.key, up_to, c.head_hash, now_ms());
         let path = self.path.clone();
-        let sql = |error| StoreError::Sqlite { path: path.clone(), error };
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql)?;
+        let sql = |error| StoreError::Sqlite {
+            path: path.clone(),
+            error,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql)?;
         // The triggers that refuse deletion are lifted for this one transaction only.
-        tx.execute_batch(
-            "DROP TRIGGER audit_no_delete; DROP TRIGGER checkpoints_no_delete;",
-        )
-        .map_err(sql)?;
-        tx.execute("DELETE FROM audit WHERE seq <= ?1", [up_to as i64]).map_err(sql)?;
-        tx.execute("DELETE FROM checkpoints WHERE seq < ?1", [up_to as i64]).map_err(sql)?;
+        tx.execute_batch("DROP TRIGGER audit_no_delete; DROP TRIGGER checkpoints_no_delete;")
+            .map_err(sql)?;
+        tx.execute("DELETE FROM audit WHERE seq <= ?1", [up_to as i64])
+            .map_err(sql)?;
+        tx.execute("DELETE FROM checkpoints WHERE seq < ?1", [up_to as i64])
+            .map_err(sql)?;
         tx.execute(
             "INSERT INTO prune_markers (up_to, head_hash, time_ms, public_key, signature) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![marker.seq as i64, &marker.head_hash[..], marker.time_ms, &marker.public_key[..], &marker.signature[..]],
@@ -320,7 +410,12 @@ impl Store {
 }
 
 /// Signs the head `seq`/`head_hash` and stores the checkpoint inside `tx`.
-fn sign_head(tx: &Transaction<'_>, key: &ed25519_dalek::SigningKey, seq: u64, head_hash: [u8; 32]) -> rusqlite::Result<Checkpoint> {
+fn sign_head(
+    tx: &Transaction<'_>,
+    key: &ed25519_dalek::SigningKey,
+    seq: u64,
+    head_hash: [u8; 32],
+) -> rusqlite::Result<Checkpoint> {
     let c = chain::sign(chain::CHECKPOINT_DOMAIN, key, seq, head_hash, now_ms());
     tx.execute(
         "INSERT OR IGNORE INTO checkpoints (seq, head_hash, time_ms, public_key, signature) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -343,9 +438,17 @@ fn signed_json(kind: &str, c: &Checkpoint) -> serde_json::Value {
 /// The head recorded outside the database at each checkpoint: `SEQ HEXHASH`. It is only
 /// ever moved forward, under an exclusive lock, and replaced atomically.
 fn record_head(path: &Path, seq: u64, hash: &[u8; 32]) -> Result<()> {
-    let io = |error| StoreError::Io { path: path.to_path_buf(), error };
+    let io = |error| StoreError::Io {
+        path: path.to_path_buf(),
+        error,
+    };
     let lock_path = path.with_extension("head.lock");
-    let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(io)?;
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io)?;
     // SAFETY: flock on an owned descriptor; released when `lock` is dropped.
     if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) } != 0 {
         return Err(io(std::io::Error::last_os_error()));
@@ -371,9 +474,19 @@ pub fn read_head(path: &Path) -> Result<Option<(u64, [u8; 32])>> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(error) => return Err(StoreError::Io { path: path.to_path_buf(), error }),
+        Err(error) => {
+            return Err(StoreError::Io {
+                path: path.to_path_buf(),
+                error,
+            })
+        }
     };
-    let bad = || StoreError::Invalid(format!("{} is not a recorded head (`SEQ HEXHASH`)", path.display()));
+    let bad = || {
+        StoreError::Invalid(format!(
+            "{} is not a recorded head (`SEQ HEXHASH`)",
+            path.display()
+        ))
+    };
     let (seq, hash) = text.trim().split_once(' ').ok_or_else(bad)?;
     let seq: u64 = seq.parse().map_err(|_| bad())?;
     Ok(Some((seq, parse_hex32(hash).ok_or_else(bad)?)))
@@ -384,30 +497,55 @@ pub fn parse_hex32(text: &str) -> Option<[u8; 32]> {
 }
 
 pub fn parse_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
-    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// Verifies an export file with nothing but the file (and, optionally, a pinned key).
-pub fn verify_export(path: &Path, pinned_key: Option<[u8; 32]>) -> Result<std::result::Result<ChainSummary, ChainFault>> {
-    let text = std::fs::read_to_string(path).map_err(|error| StoreError::Io { path: path.to_path_buf(), error })?;
-    let bad = |line: usize, what: &str| StoreError::Invalid(format!("{} line {line}: {what}", path.display()));
+pub fn verify_export(
+    path: &Path,
+    pinned_key: Option<[u8; 32]>,
+) -> Result<std::result::Result<ChainSummary, ChainFault>> {
+    let text = std::fs::read_to_string(path).map_err(|error| StoreError::Io {
+        path: path.to_path_buf(),
+        error,
+    })?;
+    let bad = |line: usize, what: &str| {
+        StoreError::Invalid(format!("{} line {line}: {what}", path.display()))
+    };
     let mut key = None;
     let (mut rows, mut checkpoints, mut marker) = (Vec::new(), Vec::new(), None);
     for (n, line) in text.lines().enumerate().map(|(i, l)| (i + 1, l)) {
-        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| bad(n, &e.to_string()))?;
-        let s = |k: &str| v[k].as_str().ok_or_else(|| bad(n, &format!("`{k}` missing")));
-        let u = |k: &str| v[k].as_u64().ok_or_else(|| bad(n, &format!("`{k}` missing")));
-        let h = |k: &str| s(k).and_then(|t| parse_hex32(t).ok_or_else(|| bad(n, &format!("`{k}` is not a hash"))));
+        let v: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| bad(n, &e.to_string()))?;
+        let s = |k: &str| {
+            v[k].as_str()
+                .ok_or_else(|| bad(n, &format!("`{k}` missing")))
+        };
+        let u = |k: &str| {
+            v[k].as_u64()
+                .ok_or_else(|| bad(n, &format!("`{k}` missing")))
+        };
+        let h = |k: &str| {
+            s(k).and_then(|t| parse_hex32(t).ok_or_else(|| bad(n, &format!("`{k}` is not a hash"))))
+        };
         match s("type")? {
             "header" => {
-                key = Some(covenant_policy::token::decode_key(s("public_key")?).map_err(|e| bad(n, &e.to_string()))?);
+                key = Some(
+                    covenant_policy::token::decode_key(s("public_key")?)
+                        .map_err(|e| bad(n, &e.to_string()))?,
+                );
             }
             "event" => rows.push(AuditRow {
                 seq: u("seq")?,
-                time_ms: v["time_ms"].as_i64().ok_or_else(|| bad(n, "`time_ms` missing"))?,
+                time_ms: v["time_ms"]
+                    .as_i64()
+                    .ok_or_else(|| bad(n, "`time_ms` missing"))?,
                 kind: s("kind")?.to_string(),
                 body: s("body")?.to_string(),
                 prev_hash: h("prev_hash")?,
@@ -417,9 +555,14 @@ pub fn verify_export(path: &Path, pinned_key: Option<[u8; 32]>) -> Result<std::r
                 let c = Checkpoint {
                     seq: u("seq")?,
                     head_hash: h("head_hash")?,
-                    time_ms: v["time_ms"].as_i64().ok_or_else(|| bad(n, "`time_ms` missing"))?,
-                    public_key: covenant_policy::token::decode_key(s("public_key")?).map_err(|e| bad(n, &e.to_string()))?,
-                    signature: parse_hex(s("signature")?).and_then(|b| b.try_into().ok()).ok_or_else(|| bad(n, "bad signature"))?,
+                    time_ms: v["time_ms"]
+                        .as_i64()
+                        .ok_or_else(|| bad(n, "`time_ms` missing"))?,
+                    public_key: covenant_policy::token::decode_key(s("public_key")?)
+                        .map_err(|e| bad(n, &e.to_string()))?,
+                    signature: parse_hex(s("signature")?)
+                        .and_then(|b| b.try_into().ok())
+                        .ok_or_else(|| bad(n, "bad signature"))?,
                 };
                 if kind == "checkpoint" {
                     checkpoints.push(c);
@@ -432,9 +575,17 @@ pub fn verify_export(path: &Path, pinned_key: Option<[u8; 32]>) -> Result<std::r
     }
     let key = key.ok_or_else(|| bad(1, "no header line with the public key"))?;
     if pinned_key.is_some_and(|p| p != key) {
-        return Err(StoreError::Invalid("the export is signed with another key than the one given".into()));
+        return Err(StoreError::Invalid(
+            "the export is signed with another key than the one given".into(),
+        ));
     }
     rows.sort_by_key(|r| r.seq);
-    let input = ChainInput { rows: &rows, checkpoints: &checkpoints, marker: marker.as_ref(), expected_key: key, recorded_head: None };
+    let input = ChainInput {
+        rows: &rows,
+        checkpoints: &checkpoints,
+        marker: marker.as_ref(),
+        expected_key: key,
+        recorded_head: None,
+    };
     Ok(chain::verify_chain(&input))
 }

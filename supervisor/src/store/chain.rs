@@ -70,15 +70,34 @@ fn signed_bytes(domain: &[u8], seq: u64, head: &[u8; 32], time_ms: i64) -> Vec<u
 pub const CHECKPOINT_DOMAIN: &[u8] = b"covenant-checkpoint-v1\0";
 pub const PRUNE_DOMAIN: &[u8] = b"covenant-prune-v1\0";
 
-pub fn sign(domain: &[u8], key: &SigningKey, seq: u64, head_hash: [u8; 32], time_ms: i64) -> Checkpoint {
-    let signature = key.sign(&signed_bytes(domain, seq, &head_hash, time_ms)).to_bytes();
-    Checkpoint { seq, head_hash, time_ms, public_key: key.verifying_key().to_bytes(), signature }
+pub fn sign(
+    domain: &[u8],
+    key: &SigningKey,
+    seq: u64,
+    head_hash: [u8; 32],
+    time_ms: i64,
+) -> Checkpoint {
+    let signature = key
+        .sign(&signed_bytes(domain, seq, &head_hash, time_ms))
+        .to_bytes();
+    Checkpoint {
+        seq,
+        head_hash,
+        time_ms,
+        public_key: key.verifying_key().to_bytes(),
+        signature,
+    }
 }
 
 fn signature_valid(domain: &[u8], c: &Checkpoint) -> bool {
-    let Ok(key) = VerifyingKey::from_bytes(&c.public_key) else { return false };
-    key.verify_strict(&signed_bytes(domain, c.seq, &c.head_hash, c.time_ms), &Signature::from_bytes(&c.signature))
-        .is_ok()
+    let Ok(key) = VerifyingKey::from_bytes(&c.public_key) else {
+        return false;
+    };
+    key.verify_strict(
+        &signed_bytes(domain, c.seq, &c.head_hash, c.time_ms),
+        &Signature::from_bytes(&c.signature),
+    )
+    .is_ok()
 }
 
 /// What is wrong with a chain.
@@ -114,7 +133,11 @@ impl fmt::Display for ChainFault {
 }
 
 fn fault(seq: u64, kind: FaultKind, detail: impl Into<String>) -> ChainFault {
-    ChainFault { seq, kind, detail: detail.into() }
+    ChainFault {
+        seq,
+        kind,
+        detail: detail.into(),
+    }
 }
 
 /// What verification saw.
@@ -145,51 +168,89 @@ pub fn verify_chain(input: &ChainInput<'_>) -> Result<ChainSummary, ChainFault> 
     let (mut prev, mut next_seq) = match input.marker {
         Some(m) => {
             if m.public_key != input.expected_key || !signature_valid(PRUNE_DOMAIN, m) {
-                return Err(fault(m.seq, FaultKind::BadSignature, "the prune marker's signature does not verify with the supervisor key"));
+                return Err(fault(
+                    m.seq,
+                    FaultKind::BadSignature,
+                    "the prune marker's signature does not verify with the supervisor key",
+                ));
             }
             (m.head_hash, m.seq + 1)
         }
         None => (GENESIS, 1),
     };
-    let by_hash: HashMap<[u8; 32], usize> = rows.iter().enumerate().map(|(i, r)| (r.hash, i)).collect();
+    let by_hash: HashMap<[u8; 32], usize> =
+        rows.iter().enumerate().map(|(i, r)| (r.hash, i)).collect();
     for (i, row) in rows.iter().enumerate() {
         if row.seq > next_seq {
-            let what = if next_seq + 1 == row.seq { format!("row {next_seq} is missing") } else { format!("rows {next_seq}..{} are missing", row.seq - 1) };
+            let what = if next_seq + 1 == row.seq {
+                format!("row {next_seq} is missing")
+            } else {
+                format!("rows {next_seq}..{} are missing", row.seq - 1)
+            };
             return Err(fault(next_seq, FaultKind::Deleted, what));
         }
         if row.seq < next_seq {
-            return Err(fault(row.seq, FaultKind::Inserted, "a row repeats an earlier sequence number"));
+            return Err(fault(
+                row.seq,
+                FaultKind::Inserted,
+                "a row repeats an earlier sequence number",
+            ));
         }
         if event_hash(&row.prev_hash, row.seq, row.time_ms, &row.kind, &row.body) != row.hash {
             return Err(classify_mismatch(rows, i, &by_hash));
         }
         if row.prev_hash != prev {
             let detail = match by_hash.get(&row.prev_hash) {
-                Some(&j) if j > i => format!("it follows row {}, which comes after it", rows[j].seq),
-                _ => "it does not follow the row before it (a row was forged or put here)".to_string(),
+                Some(&j) if j > i => {
+                    format!("it follows row {}, which comes after it", rows[j].seq)
+                }
+                _ => "it does not follow the row before it (a row was forged or put here)"
+                    .to_string(),
             };
-            let kind = if matches!(by_hash.get(&row.prev_hash), Some(&j) if j > i) { FaultKind::Reordered } else { FaultKind::Inserted };
+            let kind = if matches!(by_hash.get(&row.prev_hash), Some(&j) if j > i) {
+                FaultKind::Reordered
+            } else {
+                FaultKind::Inserted
+            };
             return Err(fault(row.seq, kind, detail));
         }
         prev = row.hash;
         next_seq += 1;
     }
-    let hash_at = |seq: u64| rows.binary_search_by_key(&seq, |r| r.seq).ok().map(|i| rows[i].hash);
+    let hash_at = |seq: u64| {
+        rows.binary_search_by_key(&seq, |r| r.seq)
+            .ok()
+            .map(|i| rows[i].hash)
+    };
     let last_seq = rows.last().map(|r| r.seq);
     let pruned = input.marker.map(|m| m.seq).unwrap_or(0);
     for c in input.checkpoints {
         if c.public_key != input.expected_key {
-            return Err(fault(c.seq, FaultKind::BadSignature, "checkpoint signed by a key that is not the supervisor's"));
+            return Err(fault(
+                c.seq,
+                FaultKind::BadSignature,
+                "checkpoint signed by a key that is not the supervisor's",
+            ));
         }
         if !signature_valid(CHECKPOINT_DOMAIN, c) {
-            return Err(fault(c.seq, FaultKind::BadSignature, "checkpoint signature does not verify"));
+            return Err(fault(
+                c.seq,
+                FaultKind::BadSignature,
+                "checkpoint signature does not verify",
+            ));
         }
         if c.seq <= pruned {
             continue;
         }
         match hash_at(c.seq) {
             Some(h) if h == c.head_hash => {}
-            Some(_) => return Err(fault(c.seq, FaultKind::Modified, "the row differs from what its checkpoint signed")),
+            Some(_) => {
+                return Err(fault(
+                    c.seq,
+                    FaultKind::Modified,
+                    "the row differs from what its checkpoint signed",
+                ))
+            }
             None => {
                 return Err(fault(
                     last_seq.map(|s| s + 1).unwrap_or(pruned + 1),
@@ -203,12 +264,21 @@ pub fn verify_chain(input: &ChainInput<'_>) -> Result<ChainSummary, ChainFault> 
     if let Some((head_seq, head_hash)) = input.recorded_head {
         match hash_at(head_seq) {
             Some(h) if h == head_hash => {}
-            Some(_) => return Err(fault(head_seq, FaultKind::Modified, "the row differs from the recorded head (the file was replaced)")),
+            Some(_) => {
+                return Err(fault(
+                    head_seq,
+                    FaultKind::Modified,
+                    "the row differs from the recorded head (the file was replaced)",
+                ))
+            }
             None if head_seq > pruned => {
                 return Err(fault(
                     last_seq.map(|s| s + 1).unwrap_or(pruned + 1),
                     FaultKind::Truncated,
-                    format!("the recorded head is row {head_seq}, but the chain ends at {}", last_seq.unwrap_or(pruned)),
+                    format!(
+                        "the recorded head is row {head_seq}, but the chain ends at {}",
+                        last_seq.unwrap_or(pruned)
+                    ),
                 ))
             }
             None => {}
@@ -220,7 +290,10 @@ pub fn verify_chain(input: &ChainInput<'_>) -> Result<ChainSummary, ChainFault> 
             return Err(fault(
                 covered + 1,
                 FaultKind::Inserted,
-                format!("rows {}..{last} follow the last checkpoint and no checkpoint signs them", covered + 1),
+                format!(
+                    "rows {}..{last} follow the last checkpoint and no checkpoint signs them",
+                    covered + 1
+                ),
             ));
         }
     }
@@ -235,17 +308,46 @@ pub fn verify_chain(input: &ChainInput<'_>) -> Result<ChainSummary, ChainFault> 
 }
 
 /// A row whose hash does not match its content: another row's event moved here, or edited.
-fn classify_mismatch(rows: &[AuditRow], i: usize, by_hash: &HashMap<[u8; 32], usize>) -> ChainFault {
+fn classify_mismatch(
+    rows: &[AuditRow],
+    i: usize,
+    by_hash: &HashMap<[u8; 32], usize>,
+) -> ChainFault {
     let row = &rows[i];
+    // A swap leaves both rows inconsistent; a single edit that happens to copy another
+    // row's content leaves that other row intact, and is a modification.
+    let intact =
+        |r: &AuditRow| event_hash(&r.prev_hash, r.seq, r.time_ms, &r.kind, &r.body) == r.hash;
     for (j, other) in rows.iter().enumerate() {
-        if j != i && event_hash(&other.prev_hash, other.seq, row.time_ms, &row.kind, &row.body) == other.hash {
-            return fault(row.seq, FaultKind::Reordered, format!("it holds the event of row {}", other.seq));
+        if j != i
+            && !intact(other)
+            && event_hash(
+                &other.prev_hash,
+                other.seq,
+                row.time_ms,
+                &row.kind,
+                &row.body,
+            ) == other.hash
+        {
+            return fault(
+                row.seq,
+                FaultKind::Reordered,
+                format!("it holds the event of row {}", other.seq),
+            );
         }
     }
     if let Some(&j) = by_hash.get(&row.prev_hash) {
         if j > i {
-            return fault(row.seq, FaultKind::Reordered, format!("it follows row {}, which comes after it", rows[j].seq));
+            return fault(
+                row.seq,
+                FaultKind::Reordered,
+                format!("it follows row {}, which comes after it", rows[j].seq),
+            );
         }
     }
-    fault(row.seq, FaultKind::Modified, "its content does not match its hash")
+    fault(
+        row.seq,
+        FaultKind::Modified,
+        "its content does not match its hash",
+    )
 }

@@ -30,7 +30,9 @@ impl Tier {
             "working" => Ok(Self::Working),
             "episodic" => Ok(Self::Episodic),
             "long-term" => Ok(Self::LongTerm),
-            other => Err(StoreError::Invalid(format!("tier `{other}` is not one of working, episodic, long-term"))),
+            other => Err(StoreError::Invalid(format!(
+                "tier `{other}` is not one of working, episodic, long-term"
+            ))),
         }
     }
 
@@ -72,16 +74,25 @@ pub struct CompactionReport {
 }
 
 fn check_namespace(ns: &str) -> Result<()> {
-    let ok = !ns.is_empty() && ns.len() <= 128 && ns.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
+    let ok = !ns.is_empty()
+        && ns.len() <= 128
+        && ns
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
     if ok {
         Ok(())
     } else {
-        Err(StoreError::Invalid(format!("namespace `{ns}`: 1-128 of letters, digits, `-_./`")))
+        Err(StoreError::Invalid(format!(
+            "namespace `{ns}`: 1-128 of letters, digits, `-_./`"
+        )))
     }
 }
 
 fn digest(text: &str) -> String {
-    format!("sha256:{}", covenant_policy::plan::hex(&Sha256::digest(text.as_bytes())))
+    format!(
+        "sha256:{}",
+        covenant_policy::plan::hex(&Sha256::digest(text.as_bytes()))
+    )
 }
 
 fn item_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<MemoryItem> {
@@ -103,19 +114,32 @@ const ITEM_COLUMNS: &str = "id, namespace, tier, text, metadata, created_ms, upd
 
 impl Store {
     /// Stores an item; returns its id.
-    pub fn mem_put(&mut self, namespace: &str, tier: Tier, text: &str, metadata: Option<&str>, parent: Option<&str>) -> Result<String> {
+    pub fn mem_put(
+        &mut self,
+        namespace: &str,
+        tier: Tier,
+        text: &str,
+        metadata: Option<&str>,
+        parent: Option<&str>,
+    ) -> Result<String> {
         check_namespace(namespace)?;
         if text.is_empty() || text.len() > MAX_TEXT_BYTES {
-            return Err(StoreError::Invalid(format!("text: {} bytes; an item holds 1 to {MAX_TEXT_BYTES}", text.len())));
+            return Err(StoreError::Invalid(format!(
+                "text: {} bytes; an item holds 1 to {MAX_TEXT_BYTES}",
+                text.len()
+            )));
         }
         let metadata = match metadata {
             None => "{}".to_string(),
             Some(m) if m.len() > MAX_METADATA_BYTES => {
-                return Err(StoreError::Invalid(format!("metadata: {} bytes; at most {MAX_METADATA_BYTES}", m.len())))
+                return Err(StoreError::Invalid(format!(
+                    "metadata: {} bytes; at most {MAX_METADATA_BYTES}",
+                    m.len()
+                )))
             }
             Some(m) => {
-                let v: serde_json::Value =
-                    serde_json::from_str(m).map_err(|e| StoreError::Invalid(format!("metadata is not valid JSON: {e}")))?;
+                let v: serde_json::Value = serde_json::from_str(m)
+                    .map_err(|e| StoreError::Invalid(format!("metadata is not valid JSON: {e}")))?;
                 if !v.is_object() {
                     return Err(StoreError::Invalid("metadata must be a JSON object".into()));
                 }
@@ -127,7 +151,10 @@ impl Store {
                 return Err(StoreError::Invalid(format!("parent: no item `{p}`")));
             }
         }
-        let id = format!("mem-{}", covenant_policy::plan::hex(&crate::keys::random_bytes::<8>()?));
+        let id = format!(
+            "mem-{}",
+            covenant_policy::plan::hex(&crate::keys::random_bytes::<8>()?)
+        );
         let now = now_ms();
         self.conn
             .execute(
@@ -144,7 +171,11 @@ impl Store {
 
     pub fn mem_get(&self, id: &str) -> Result<Option<MemoryItem>> {
         self.conn
-            .query_row(&format!("SELECT {ITEM_COLUMNS} FROM memory_items WHERE id = ?1"), [id], item_from)
+            .query_row(
+                &format!("SELECT {ITEM_COLUMNS} FROM memory_items WHERE id = ?1"),
+                [id],
+                item_from,
+            )
             .optional()
             .map_err(|e| self.sql(e))
     }
@@ -153,18 +184,28 @@ impl Store {
     pub fn mem_search(&self, namespace: &str, query: &str, limit: u32) -> Result<Vec<MemoryItem>> {
         check_namespace(namespace)?;
         // Each word is quoted, so user input is never FTS5 query syntax.
-        let fts: Vec<String> = query.split_whitespace().map(|w| format!("\"{}\"", w.replace('"', "\"\""))).collect();
+        let fts: Vec<String> = query
+            .split_whitespace()
+            .map(|w| format!("\"{}\"", w.replace('"', "\"\"")))
+            .collect();
         if fts.is_empty() {
             return Err(StoreError::Invalid("query: give at least one word".into()));
         }
         let sql = format!(
             "SELECT {} FROM memory_fts JOIN memory_items m ON m.rowid = memory_fts.rowid
              WHERE memory_fts MATCH ?1 AND m.namespace = ?2 ORDER BY bm25(memory_fts) LIMIT ?3",
-            ITEM_COLUMNS.split(", ").map(|c| format!("m.{c}")).collect::<Vec<_>>().join(", ")
+            ITEM_COLUMNS
+                .split(", ")
+                .map(|c| format!("m.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         let mut stmt = self.conn.prepare(&sql).map_err(|e| self.sql(e))?;
-        let rows = stmt.query_map(params![fts.join(" "), namespace, limit], item_from).map_err(|e| self.sql(e))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|e| self.sql(e))
+        let rows = stmt
+            .query_map(params![fts.join(" "), namespace, limit], item_from)
+            .map_err(|e| self.sql(e))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| self.sql(e))
     }
 
     pub fn mem_list(&self, namespace: Option<&str>, tier: Option<Tier>) -> Result<Vec<MemoryItem>> {
@@ -174,13 +215,20 @@ impl Store {
                 "SELECT {ITEM_COLUMNS} FROM memory_items WHERE (?1 IS NULL OR namespace = ?1) AND (?2 IS NULL OR tier = ?2) ORDER BY namespace, updated_ms"
             ))
             .map_err(|e| self.sql(e))?;
-        let rows = stmt.query_map(params![namespace, tier.map(Tier::as_str)], item_from).map_err(|e| self.sql(e))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|e| self.sql(e))
+        let rows = stmt
+            .query_map(params![namespace, tier.map(Tier::as_str)], item_from)
+            .map_err(|e| self.sql(e))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| self.sql(e))
     }
 
     pub fn mem_remove(&mut self, id: &str) -> Result<bool> {
-        let Some(item) = self.mem_get(id)? else { return Ok(false) };
-        self.conn.execute("DELETE FROM memory_items WHERE id = ?1", [id]).map_err(|e| self.sql(e))?;
+        let Some(item) = self.mem_get(id)? else {
+            return Ok(false);
+        };
+        self.conn
+            .execute("DELETE FROM memory_items WHERE id = ?1", [id])
+            .map_err(|e| self.sql(e))?;
         self.append(&AuditEvent::new(
             "memory.removed",
             serde_json::json!({"id": id, "namespace": item.namespace, "digest": digest(&item.text)}),
@@ -190,7 +238,10 @@ impl Store {
 
     /// Finds items past their tier's TTL; deletes them only when `apply`.
     pub fn mem_compact(&mut self, apply: bool, now_ms: i64) -> Result<CompactionReport> {
-        let mut report = CompactionReport { applied: apply, ..Default::default() };
+        let mut report = CompactionReport {
+            applied: apply,
+            ..Default::default()
+        };
         for tier in Tier::ALL {
             let Some(ttl) = tier.ttl_ms() else { continue };
             let cutoff = now_ms - ttl;
@@ -199,7 +250,9 @@ impl Store {
                 .prepare("SELECT id, namespace FROM memory_items WHERE tier = ?1 AND updated_ms < ?2 ORDER BY updated_ms")
                 .map_err(|e| self.sql(e))?;
             let rows = stmt
-                .query_map(params![tier.as_str(), cutoff], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+                .query_map(params![tier.as_str(), cutoff], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                })
                 .map_err(|e| self.sql(e))?;
             for r in rows {
                 let (id, ns) = r.map_err(|e| self.sql(e))?;
@@ -207,21 +260,38 @@ impl Store {
             }
         }
         if apply && !report.expired.is_empty() {
-            let tx = self.conn.transaction().map_err(|e| StoreError::Sqlite { path: self.path.clone(), error: e })?;
+            let tx = self.conn.transaction().map_err(|e| StoreError::Sqlite {
+                path: self.path.clone(),
+                error: e,
+            })?;
             for (id, _, _) in &report.expired {
                 tx.execute("DELETE FROM memory_items WHERE id = ?1", [id])
-                    .map_err(|e| StoreError::Sqlite { path: self.path.clone(), error: e })?;
+                    .map_err(|e| StoreError::Sqlite {
+                        path: self.path.clone(),
+                        error: e,
+                    })?;
             }
-            tx.commit().map_err(|e| StoreError::Sqlite { path: self.path.clone(), error: e })?;
+            tx.commit().map_err(|e| StoreError::Sqlite {
+                path: self.path.clone(),
+                error: e,
+            })?;
             let ids: Vec<&String> = report.expired.iter().map(|(id, _, _)| id).collect();
-            self.append(&AuditEvent::new("memory.compacted", serde_json::json!({"removed": ids})))?;
+            self.append(&AuditEvent::new(
+                "memory.compacted",
+                serde_json::json!({"removed": ids}),
+            ))?;
         }
         Ok(report)
     }
 
     /// Test and maintenance hook: set an item's update time.
     pub fn mem_touch(&mut self, id: &str, updated_ms: i64) -> Result<()> {
-        self.conn.execute("UPDATE memory_items SET updated_ms = ?2 WHERE id = ?1", params![id, updated_ms]).map_err(|e| self.sql(e))?;
+        self.conn
+            .execute(
+                "UPDATE memory_items SET updated_ms = ?2 WHERE id = ?1",
+                params![id, updated_ms],
+            )
+            .map_err(|e| self.sql(e))?;
         Ok(())
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod chain;
+pub mod group;
 pub mod memory;
 mod schema;
 
@@ -22,15 +23,25 @@ pub use chain::{ChainFault, FaultKind};
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("store {path}: {error}")]
-    Sqlite { path: PathBuf, error: rusqlite::Error },
+    Sqlite {
+        path: PathBuf,
+        error: rusqlite::Error,
+    },
     #[error("store {path}: schema version {found} is newer than this build understands ({known})")]
-    TooNew { path: PathBuf, found: i64, known: i64 },
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
     #[error(transparent)]
     Key(#[from] KeyError),
     #[error("{0}")]
     Invalid(String),
     #[error("{path}: {error}")]
-    Io { path: PathBuf, error: std::io::Error },
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
     #[error("audit chain: {0}")]
     Chain(ChainFault),
 }
@@ -49,6 +60,8 @@ pub struct Store {
     pub(crate) policy: CheckpointPolicy,
     pub(crate) since_checkpoint: u64,
     pub(crate) last_checkpoint: std::time::Instant,
+    /// A reader never writes: no closing checkpoint, so verification sees the file as is.
+    pub(crate) writer: bool,
 }
 
 impl Store {
@@ -59,13 +72,64 @@ impl Store {
         Self::open(&home.join("covenant.db"), &home.join("supervisor.key"))
     }
 
+    /// The default store, opened to read only (`audit verify`, `tail`, `show`, `export`):
+    /// it writes nothing, not even a closing checkpoint.
+    pub fn open_default_reader() -> Result<Self> {
+        let mut store = Self::open_default()?;
+        store.writer = false;
+        Ok(store)
+    }
+
+    /// Records that a writer opened the store; rows not covered by a checkpoint at that
+    /// moment (a writer crashed, or another one is running) are named in a
+    /// `store.recovered` event before the closing checkpoint adopts them.
+    pub fn record_open(&mut self, who: &str) -> Result<()> {
+        let last: Option<i64> = self
+            .conn
+            .query_row("SELECT max(seq) FROM audit", [], |r| r.get(0))
+            .map_err(|e| self.sql(e))?;
+        let signed: Option<i64> = self
+            .conn
+            .query_row("SELECT max(seq) FROM checkpoints", [], |r| r.get(0))
+            .map_err(|e| self.sql(e))?;
+        let pid = std::process::id();
+        let mut events = vec![AuditEvent::new(
+            "store.opened",
+            serde_json::json!({"by": who, "pid": pid}),
+        )];
+        if let (Some(last), signed) = (last, signed.unwrap_or(0)) {
+            if last > signed {
+                events.push(AuditEvent::new(
+                    "store.recovered",
+                    serde_json::json!({"unsigned_from": signed + 1, "unsigned_to": last, "pid": pid}),
+                ));
+            }
+        }
+        self.append_batch(&events).map(|_| ())
+    }
+
+    /// Records the close and signs the head.
+    pub fn close(mut self) -> Result<()> {
+        self.append(&AuditEvent::new(
+            "store.closed",
+            serde_json::json!({"pid": std::process::id()}),
+        ))?;
+        self.checkpoint().map(|_| ())
+    }
+
     /// Opens (creating and migrating as needed) the store at `path`.
     pub fn open(path: &Path, key_path: &Path) -> Result<Self> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|error| StoreError::Io { path: dir.to_path_buf(), error })?;
+            std::fs::create_dir_all(dir).map_err(|error| StoreError::Io {
+                path: dir.to_path_buf(),
+                error,
+            })?;
         }
         let key = load_or_create_key(key_path)?;
-        let conn = Connection::open(path).map_err(|error| StoreError::Sqlite { path: path.to_path_buf(), error })?;
+        let conn = Connection::open(path).map_err(|error| StoreError::Sqlite {
+            path: path.to_path_buf(),
+            error,
+        })?;
         let mut store = Store {
             conn,
             path: path.to_path_buf(),
@@ -74,6 +138,7 @@ impl Store {
             policy: CheckpointPolicy::default(),
             since_checkpoint: 0,
             last_checkpoint: std::time::Instant::now(),
+            writer: true,
         };
         store.configure()?;
         schema::migrate(&mut store)?;
@@ -81,14 +146,21 @@ impl Store {
     }
 
     fn configure(&self) -> Result<()> {
-        self.conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| self.sql(e))?;
         self.conn
-            .execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")
+            .busy_timeout(BUSY_TIMEOUT)
+            .map_err(|e| self.sql(e))?;
+        self.conn
+            .execute_batch(
+                "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
+            )
             .map_err(|e| self.sql(e))
     }
 
     pub(crate) fn sql(&self, error: rusqlite::Error) -> StoreError {
-        StoreError::Sqlite { path: self.path.clone(), error }
+        StoreError::Sqlite {
+            path: self.path.clone(),
+            error,
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -103,8 +175,21 @@ impl Store {
     /// Size of the database file and its WAL, in bytes.
     pub fn size_bytes(&self) -> u64 {
         let wal = self.path.with_extension("db-wal");
-        [&self.path, &wal].iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum()
+        [&self.path, &wal]
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum()
     }
+}
+
+/// Appends one event to the default store (key, trust and capability changes).
+pub fn record(kind: &str, body: serde_json::Value) -> Result<u64> {
+    let mut store = Store::open_default()?;
+    let mut body = body;
+    // SAFETY: getuid has no failure mode.
+    body["uid"] = serde_json::Value::from(unsafe { libc::getuid() });
+    store.append(&AuditEvent::new(kind, body))
 }
 
 fn load_or_create_key(path: &Path) -> Result<SigningKey> {
@@ -124,6 +209,8 @@ fn load_or_create_key(path: &Path) -> Result<SigningKey> {
 
 impl Drop for Store {
     fn drop(&mut self) {
-        let _ = self.close_checkpoint();
+        if self.writer {
+            let _ = self.close_checkpoint();
+        }
     }
 }

@@ -67,15 +67,28 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 pub(super) fn migrate(store: &mut Store) -> Result<()> {
     let path = store.path.clone();
-    let sql = |error| StoreError::Sqlite { path: path.clone(), error };
-    let tx = store.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(sql)?;
-    let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(sql)?;
+    let sql = |error| StoreError::Sqlite {
+        path: path.clone(),
+        error,
+    };
+    let tx = store
+        .conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(sql)?;
+    let version: i64 = tx
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(sql)?;
     if version > SCHEMA_VERSION {
-        return Err(StoreError::TooNew { path: path.clone(), found: version, known: SCHEMA_VERSION });
+        return Err(StoreError::TooNew {
+            path: path.clone(),
+            found: version,
+            known: SCHEMA_VERSION,
+        });
     }
     for (i, migration) in MIGRATIONS.iter().enumerate().skip(version as usize) {
         tx.execute_batch(migration).map_err(sql)?;
-        tx.pragma_update(None, "user_version", (i + 1) as i64).map_err(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)
+            .map_err(sql)?;
     }
     tx.commit().map_err(sql)
 }
