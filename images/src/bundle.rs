@@ -7,7 +7,7 @@ use crate::host_view::{
 };
 use crate::oci_seccomp;
 use covenant_policy::annotations::{
-    self, IdmapMount, LandlockAccess, LandlockNet, LandlockPathRule, LandlockPolicy,
+    self, IdmapMount, LandlockAccess, LandlockNet, LandlockPathRule, LandlockPolicy, RootfsLayout,
 };
 use covenant_policy::plan::hex;
 use covenant_policy::seccomp_profile::profile_by_name;
@@ -103,8 +103,25 @@ impl Bundle {
     }
 }
 
-/// Writes `plan` as an OCI bundle in `dir` (created if missing, refused if not empty).
+/// Writes `plan` as a portable OCI bundle in `dir` (created if missing, refused if not
+/// empty): the rootfs directory holds every mount point, so any OCI runtime can run it.
 pub fn write_bundle(plan: &SandboxPlan, dir: &Path, ids: IdentityMap) -> Result<Bundle> {
+    write_bundle_with(plan, dir, ids, false)
+}
+
+/// Writes a bundle for the native runner only: the rootfs directory stays empty and the
+/// runner builds the root on a private tmpfs, so a run creates and removes a handful of
+/// files on disk instead of one per mount point.
+pub fn write_native_bundle(plan: &SandboxPlan, dir: &Path, ids: IdentityMap) -> Result<Bundle> {
+    write_bundle_with(plan, dir, ids, true)
+}
+
+fn write_bundle_with(
+    plan: &SandboxPlan,
+    dir: &Path,
+    ids: IdentityMap,
+    in_memory: bool,
+) -> Result<Bundle> {
     if ids.size == 1 && (plan.user.uid != 0 || plan.user.gid != 0) {
         return Err(BundleError::RootlessUser {
             uid: plan.user.uid,
@@ -125,7 +142,14 @@ pub fn write_bundle(plan: &SandboxPlan, dir: &Path, ids: IdentityMap) -> Result<
         .mode(0o755)
         .create(&rootfs)
         .map_err(io_err(&rootfs))?;
-    create_mount_points(&rootfs, &mounts)?;
+    let layout = if in_memory {
+        RootfsLayout::InMemory {
+            links: system_links()?,
+        }
+    } else {
+        create_mount_points(&rootfs, &mounts)?;
+        RootfsLayout::Skeleton
+    };
 
     let profile = profile_by_name(&plan.seccomp_profile).ok_or_else(|| {
         BundleError::UnknownSeccompProfile {
@@ -135,7 +159,7 @@ pub fn write_bundle(plan: &SandboxPlan, dir: &Path, ids: IdentityMap) -> Result<
     let seccomp = oci_seccomp::to_oci(&profile);
     let seccomp_digest = digest(&serde_json::to_vec(&seccomp).expect("serialisable"));
 
-    let spec = build_spec(plan, ids, mounts, seccomp)?;
+    let spec = build_spec(plan, ids, mounts, seccomp, &layout)?;
     let json = serde_json::to_vec_pretty(&spec).map_err(|e| BundleError::Spec(e.to_string()))?;
     let config = dir.join("config.json");
     fs::write(&config, &json).map_err(io_err(&config))?;
@@ -338,11 +362,25 @@ const FRESH_MOUNTS: [&str; 3] = ["/proc", "/dev", "/tmp"];
 
 /// Creates, inside `rootfs`, the directory or file each mount is attached to, and the
 /// symlinks of a merged-`/usr` host (`/bin -> usr/bin`).
-fn create_mount_points(rootfs: &Path, mounts: &[Mount]) -> Result<()> {
+/// The host's merged-`/usr` symlinks among the system directories (`/bin -> usr/bin`).
+fn system_links() -> Result<Vec<(PathBuf, PathBuf)>> {
+    let mut links = Vec::new();
     for dir in SYSTEM_DIRS {
         let path = Path::new(dir);
         if path.is_symlink() {
-            let target = fs::read_link(path).map_err(io_err(path))?;
+            links.push((
+                path.to_path_buf(),
+                fs::read_link(path).map_err(io_err(path))?,
+            ));
+        }
+    }
+    Ok(links)
+}
+
+fn create_mount_points(rootfs: &Path, mounts: &[Mount]) -> Result<()> {
+    for (path, target) in system_links()? {
+        {
+            let dir = path.to_str().unwrap_or("/");
             let link = rootfs.join(dir.trim_start_matches('/'));
             if let Some(parent) = link.parent() {
                 fs::DirBuilder::new()
@@ -470,6 +508,7 @@ fn build_spec(
     ids: IdentityMap,
     mounts: Vec<Mount>,
     seccomp: oci_spec::runtime::LinuxSeccomp,
+    layout: &RootfsLayout,
 ) -> Result<Spec> {
     let spec_err = |e: oci_spec::OciSpecError| BundleError::Spec(e.to_string());
     let no_caps = LinuxCapabilitiesBuilder::default()
@@ -606,6 +645,9 @@ fn build_spec(
         json(&plan.accepted_degradations),
     );
     notes.insert(annotations::NET.into(), plan.net.as_str().to_string());
+    if *layout != RootfsLayout::Skeleton {
+        notes.insert(annotations::ROOTFS.into(), json(layout));
+    }
     if let Some(t) = plan.limits.timeout_ms {
         notes.insert(annotations::TIMEOUT_MS.into(), t.to_string());
     }

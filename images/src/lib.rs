@@ -7,4 +7,4 @@ pub mod bundle;
 pub mod host_view;
 pub mod oci_seccomp;
 
-pub use bundle::{write_bundle, Bundle, BundleError, IdentityMap};
+pub use bundle::{write_bundle, write_native_bundle, Bundle, BundleError, IdentityMap};

@@ -12,6 +12,21 @@ pub const LANDLOCK: &str = "org.opencovenant.landlock";
 pub const IDMAP: &str = "org.opencovenant.idmap";
 pub const TIMEOUT_MS: &str = "org.opencovenant.timeout-ms";
 pub const DEGRADATIONS: &str = "org.opencovenant.accepted-degradations";
+/// How the rootfs directory is used. Absent: it holds the root (with every mount point).
+/// `{"layout": "in-memory", "links": [["/bin", "usr/bin"], ...]}`: it is empty, and the
+/// runner builds the root on a private tmpfs with these symlinks and the mount points.
+pub const ROOTFS: &str = "org.opencovenant.rootfs";
+
+/// The value of [`ROOTFS`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "layout", rename_all = "kebab-case")]
+pub enum RootfsLayout {
+    /// The rootfs directory is the root: portable to any OCI runtime.
+    Skeleton,
+    /// Build the root in memory: nothing to create or remove on disk per run.
+    InMemory { links: Vec<(PathBuf, PathBuf)> },
+}
+
 /// `none` (no interface up), `loopback` (`lo` up) or `host`; OCI runtimes bring `lo` up by default.
 pub const NET: &str = "org.opencovenant.net";
 

@@ -5,7 +5,7 @@ use crate::authority::{authorise_run, load_capability, AuthorityError};
 use crate::home::covenant_home;
 use crate::home::new_job_id;
 use crate::store::{AuditEvent, Store, StoreError};
-use covenant_images::{write_bundle, BundleError, IdentityMap};
+use covenant_images::{write_bundle, write_native_bundle, BundleError, IdentityMap};
 use covenant_policy::Manifest;
 use covenant_policy::{Degradation, NetMode, SandboxPlan};
 use covenant_runners::native::{NativeError, NativeRunner};
@@ -194,13 +194,13 @@ pub fn run_request(
     capability: Option<&str>,
     settings: &RunSettings,
 ) -> Result<RunReport, RunError> {
-    let mut store = Store::open_default()?;
-    store.record_open("covenant-ctl run")?;
+    let store = Store::open_default()?;
+    let opening = store.opening_events("covenant-ctl run")?;
     let job = new_job_id();
     let mut audit = RunAudit {
         store,
         job: job.clone(),
-        pending: Vec::new(),
+        pending: opening,
     };
     // SAFETY: getuid has no failure mode.
     let uid = unsafe { libc::getuid() };
@@ -223,8 +223,8 @@ pub fn run_request(
         };
         audit.push(kind, serde_json::json!({"reason": e.to_string()}));
     }
-    audit.flush()?;
-    audit.store.close()?;
+    let RunAudit { store, pending, .. } = audit;
+    store.close(pending)?;
     result
 }
 
@@ -265,12 +265,15 @@ fn run_plan(
         ensure_traversable(&covenant_home())?;
     }
     let result = (|| {
-        let bundle = write_bundle(plan, &dir, identity_map())?;
+        let bundle = if keep {
+            write_bundle(plan, &dir, identity_map())?
+        } else {
+            write_native_bundle(plan, &dir, identity_map())?
+        };
         audit.push(
             "bundle.written",
             serde_json::json!({"config_digest": bundle.config_digest, "dir": bundle.dir, "kept": keep}),
         );
-        audit.flush()?;
         let mut start_error = None;
         let outcome = NativeRunner::default().run(&bundle.dir, &mut |info: &StartInfo| {
             audit.push(

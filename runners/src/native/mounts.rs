@@ -175,14 +175,17 @@ pub fn setup_rootfs(spec: &NativeSpec, trees: &[Option<DetachedTree>]) -> Result
     )
     .map_err(step("make mounts private", root))?;
     let rootfs = &spec.rootfs;
-    mount(
-        Some(rootfs),
-        rootfs,
-        None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None::<&str>,
-    )
-    .map_err(step("bind rootfs", rootfs))?;
+    match &spec.in_memory_root {
+        None => mount(
+            Some(rootfs),
+            rootfs,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(step("bind rootfs", rootfs))?,
+        Some(links) => build_memory_root(rootfs, links)?,
+    }
     for (m, tree) in spec.mounts.iter().zip(trees) {
         attach(rootfs, m, tree.as_ref())?;
     }
@@ -206,6 +209,31 @@ pub fn setup_rootfs(spec: &NativeSpec, trees: &[Option<DetachedTree>]) -> Result
             MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         )
         .map_err(step("remount root read-only", root))?;
+    }
+    Ok(())
+}
+
+/// A private tmpfs as the root, with the host's merged-`/usr` links; the mount points
+/// are created as each mount is attached. It is remounted read-only after the pivot.
+fn build_memory_root(rootfs: &Path, links: &[(PathBuf, PathBuf)]) -> Result<(), ChildError> {
+    mount(
+        Some("tmpfs"),
+        rootfs,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755,size=1m"),
+    )
+    .map_err(step("mount in-memory root", rootfs))?;
+    for (link, target) in links {
+        let path = inside(rootfs, link);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).map_err(|e| {
+                ChildError::new("create root links", format!("{}: {e}", parent.display()))
+            })?;
+        }
+        std::os::unix::fs::symlink(target, &path).map_err(|e| {
+            ChildError::new("create root links", format!("{}: {e}", path.display()))
+        })?;
     }
     Ok(())
 }

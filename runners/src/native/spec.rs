@@ -93,6 +93,8 @@ pub struct NativeSpec {
     pub limits: CgroupLimits,
     pub timeout: Option<Duration>,
     pub loopback_up: bool,
+    /// Build the root on a private tmpfs with these symlinks (the rootfs dir is empty).
+    pub in_memory_root: Option<Vec<(PathBuf, PathBuf)>>,
     pub accepted_degradations: Vec<Degradation>,
     pub job_id: String,
 }
@@ -294,6 +296,28 @@ impl NativeSpec {
             }
         };
 
+        let in_memory_root = match parse_json(annotations::ROOTFS)?
+            .map(serde_json::from_value::<annotations::RootfsLayout>)
+            .transpose()
+            .map_err(|e| field(annotations::ROOTFS, e.to_string()))?
+        {
+            None | Some(annotations::RootfsLayout::Skeleton) => None,
+            Some(annotations::RootfsLayout::InMemory { links }) => {
+                for (link, _) in &links {
+                    if !link.is_absolute()
+                        || link
+                            .components()
+                            .any(|c| matches!(c, std::path::Component::ParentDir))
+                    {
+                        return Err(field(
+                            annotations::ROOTFS,
+                            format!("link {} must be absolute without `..`", link.display()),
+                        ));
+                    }
+                }
+                Some(links)
+            }
+        };
         let resources = linux.resources().as_ref();
         let limits = CgroupLimits {
             memory_bytes: resources
@@ -354,6 +378,7 @@ impl NativeSpec {
             limits,
             timeout,
             loopback_up,
+            in_memory_root,
             accepted_degradations,
             job_id: annotations
                 .get(annotations::JOB_ID)

@@ -134,6 +134,12 @@ impl Store {
     /// Appends events in one transaction (one `fsync`); returns their sequence numbers once
     /// the commit is durable.
     pub fn append_batch(&mut self, events: &[AuditEvent]) -> Result<Vec<u64>> {
+        self.append_batch_signed(events, false)
+    }
+
+    /// Like [`Store::append_batch`]; with `sign`, the new head is checkpointed in the same
+    /// transaction (one `fsync` for both).
+    pub fn append_batch_signed(&mut self, events: &[AuditEvent], sign: bool) -> Result<Vec<u64>> {
         let path = self.path.clone();
         let sql = |error| StoreError::Sqlite {
             path: path.clone(),
@@ -175,7 +181,8 @@ impl Store {
             }
         }
         self.since_checkpoint += events.len() as u64;
-        let due = self.since_checkpoint >= self.policy.every_events
+        let due = sign
+            || self.since_checkpoint >= self.policy.every_events
             || self.last_checkpoint.elapsed() >= self.policy.every;
         let checkpoint = if due {
             Some(sign_head(&tx, &self.key, seq, prev).map_err(sql)?)

@@ -80,10 +80,10 @@ impl Store {
         Ok(store)
     }
 
-    /// Records that a writer opened the store; rows not covered by a checkpoint at that
+    /// The events that record a writer opening the store; rows not covered by a checkpoint at that
     /// moment (a writer crashed, or another one is running) are named in a
     /// `store.recovered` event before the closing checkpoint adopts them.
-    pub fn record_open(&mut self, who: &str) -> Result<()> {
+    pub fn opening_events(&self, who: &str) -> Result<Vec<AuditEvent>> {
         let last: Option<i64> = self
             .conn
             .query_row("SELECT max(seq) FROM audit", [], |r| r.get(0))
@@ -105,16 +105,17 @@ impl Store {
                 ));
             }
         }
-        self.append_batch(&events).map(|_| ())
+        Ok(events)
     }
 
-    /// Records the close and signs the head.
-    pub fn close(mut self) -> Result<()> {
-        self.append(&AuditEvent::new(
+    /// Records the close, with `events` before it, and signs the head in the same commit.
+    pub fn close(mut self, events: Vec<AuditEvent>) -> Result<()> {
+        let mut events = events;
+        events.push(AuditEvent::new(
             "store.closed",
             serde_json::json!({"pid": std::process::id()}),
-        ))?;
-        self.checkpoint().map(|_| ())
+        ));
+        self.append_batch_signed(&events, true).map(|_| ())
     }
 
     /// Opens (creating and migrating as needed) the store at `path`.
