@@ -13,7 +13,7 @@ use covenant_policy::SandboxPlan;
 use covenant_supervisor::authority;
 use covenant_supervisor::home::new_job_id;
 use covenant_supervisor::run::{identity_map, EXIT_OOM, EXIT_SETUP, EXIT_TIMEOUT};
-use covenant_supervisor::{run_request, RunSettings};
+use covenant_supervisor::{run_bundle, run_request, RunSettings};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -56,18 +56,28 @@ enum Command {
     /// The agents' memory: put, get, search, ls, rm, compact.
     #[command(subcommand)]
     Mem(records::MemCommand),
+    /// Inside a sandbox run by runc or crun: apply the landlock ruleset, then exec ARGV.
+    #[command(hide = true)]
+    Enforce {
+        #[arg(last = true, required = true)]
+        argv: Vec<String>,
+    },
 }
 
 #[derive(Args)]
 struct RunArgs {
     #[command(flatten)]
     request: RequestArgs,
-    /// Runner to execute the bundle with.
+    /// Runner: native, gvisor, or oci:PATH (a runc-compatible binary such as /usr/bin/crun).
     #[arg(long, default_value = "native")]
     runner: String,
     /// Write the bundle to DIR and keep it after the run.
     #[arg(long, value_name = "DIR")]
     keep_bundle: Option<PathBuf>,
+    /// Run a bundle written earlier by `covenant-ctl bundle --out DIR`, under the plan it
+    /// carries, instead of compiling a request.
+    #[arg(long, value_name = "DIR")]
+    bundle: Option<PathBuf>,
     /// Write a JSON run report to FILE.
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
@@ -198,6 +208,11 @@ fn main() -> ExitCode {
         Command::Cap(cmd) => capabilities::cap(cmd),
         Command::Audit(cmd) => records::audit(cmd),
         Command::Mem(cmd) => records::mem(cmd),
+        Command::Enforce { argv } => {
+            let error = covenant_runners::enforce::enforce_and_exec(&argv);
+            eprintln!("covenant: enforce: {error}");
+            Ok(EXIT_SETUP)
+        }
     };
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
@@ -214,7 +229,10 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         keep_bundle: args.keep_bundle.clone(),
         runner: Some(args.runner.clone()),
     };
-    let report = run_request(&manifest, args.request.cap.as_deref(), &settings)?;
+    let report = match &args.bundle {
+        Some(dir) => run_bundle(dir, &settings)?,
+        None => run_request(&manifest, args.request.cap.as_deref(), &settings)?,
+    };
     let plan = &report;
     if report.timed_out {
         let limit = plan.limits.timeout_ms.unwrap_or(0) as f64 / 1000.0;

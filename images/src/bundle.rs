@@ -3,7 +3,7 @@
 //! symlinks of a merged-`/usr` host, and is mounted read-only by the runner.
 
 use crate::host_view::{
-    DEVICES, ETC_ENTRIES, ETC_NETWORK_ENTRIES, MASKED_PATHS, READONLY_PATHS, SYSTEM_DIRS,
+    ETC_ENTRIES, ETC_NETWORK_ENTRIES, MASKED_PATHS, READONLY_PATHS, SYSTEM_DIRS,
 };
 use crate::oci_seccomp;
 use covenant_policy::annotations::{
@@ -161,6 +161,10 @@ fn write_bundle_with(
 
     let spec = build_spec(plan, ids, mounts, seccomp, &layout)?;
     let json = serde_json::to_vec_pretty(&spec).map_err(|e| BundleError::Spec(e.to_string()))?;
+    // The plan travels with its bundle, so a kept bundle can be run again under it; its
+    // digest is in the `plan-digest` annotation.
+    let plan_path = dir.join("plan.json");
+    fs::write(&plan_path, plan.canonical_json()).map_err(io_err(&plan_path))?;
     let config = dir.join("config.json");
     fs::write(&config, &json).map_err(io_err(&config))?;
     Ok(Bundle {
@@ -304,21 +308,8 @@ fn build_mounts(plan: &SandboxPlan, generated: &Path) -> Vec<Mount> {
         "/dev",
         &["nosuid", "noexec", "strictatime", "mode=755", "size=65536k"],
     ));
-    for dev in DEVICES {
-        mounts.push(
-            MountBuilder::default()
-                .destination(dev)
-                .typ("bind")
-                .source(dev)
-                .options(vec![
-                    "bind".to_string(),
-                    "nosuid".to_string(),
-                    "noexec".to_string(),
-                ])
-                .build()
-                .expect("all fields set"),
-        );
-    }
+    // The default devices (null, zero, full, random, urandom, tty, ptmx) are not listed:
+    // every OCI runtime provides them, and listing /dev/tty breaks runc without a terminal.
     mounts.push(special(
         "devpts",
         "/dev/pts",
@@ -775,7 +766,7 @@ mod tests {
         let pos = |d: &str| dests.iter().position(|x| x == Path::new(d)).unwrap();
         assert!(
             pos("/usr") < pos("/proc")
-                && pos("/dev") < pos("/dev/null")
+                && pos("/dev") < pos("/dev/pts")
                 && pos("/tmp") < pos("/workspace")
         );
         let notes = spec.annotations().as_ref().unwrap();
@@ -783,6 +774,10 @@ mod tests {
             notes[annotations::IDMAP],
             "[]",
             "rootless bundles cannot idmap"
+        );
+        assert!(
+            !dests.iter().any(|d| d == Path::new("/dev/tty")),
+            "default devices are the runtime's"
         );
         let usr: Vec<_> = fs::read_dir(dir.path().join("b/rootfs/usr"))
             .unwrap()

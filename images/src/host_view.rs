@@ -42,16 +42,6 @@ pub const ETC_NETWORK_ENTRIES: &[(&str, &str)] = &[
     ("/etc/protocols", "protocol names"),
 ];
 
-/// Device nodes bound from the host's `/dev` into the sandbox's fresh `/dev` tmpfs.
-pub const DEVICES: [&str; 6] = [
-    "/dev/null",
-    "/dev/zero",
-    "/dev/full",
-    "/dev/random",
-    "/dev/urandom",
-    "/dev/tty",
-];
-
 /// Paths under `/proc` hidden behind an empty, read-only object (OCI `maskedPaths`): each
 /// leaks host state or offers a kernel interface a sandbox has no use for.
 pub const MASKED_PATHS: [&str; 12] = [

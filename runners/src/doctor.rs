@@ -73,6 +73,71 @@ fn on_path(binary: &str) -> Option<String> {
         .map(|p| p.display().to_string())
 }
 
+/// Runs `true` under runsc on `platform`, killing it after `deadline` (the kvm platform
+/// hangs on nested virtualisation instead of failing).
+fn probe_gvisor_platform(
+    runsc: &str,
+    platform: &str,
+    deadline: std::time::Duration,
+) -> (bool, String) {
+    let child = std::process::Command::new(runsc)
+        .args([
+            format!("--platform={platform}"),
+            "--network=none".into(),
+            "do".into(),
+            "true".into(),
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => return (false, e.to_string()),
+    };
+    let started = std::time::Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) if status.success() => {
+                return (
+                    true,
+                    format!(
+                        "runs (`runsc do true` in {} ms)",
+                        started.elapsed().as_millis()
+                    ),
+                )
+            }
+            Ok(Some(_)) => {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
+                }
+                let line = err
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("failed")
+                    .trim()
+                    .to_string();
+                return (false, line.chars().take(120).collect());
+            }
+            Ok(None) if started.elapsed() > deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return (
+                    false,
+                    format!(
+                        "no answer after {} s; killed (treat as unusable)",
+                        deadline.as_secs()
+                    ),
+                );
+            }
+            Ok(None) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            Err(e) => return (false, e.to_string()),
+        }
+    }
+}
+
 /// Runs every check.
 pub fn run_checks() -> Vec<Check> {
     let mut checks = Vec::new();
@@ -186,6 +251,19 @@ pub fn run_checks() -> Vec<Check> {
         .unwrap_or_else(|e| e.to_string()),
         Some("only gVisor's kvm platform needs it; use the ptrace platform otherwise"),
     ));
+    if let Some(runsc) = on_path("runsc") {
+        for platform in ["ptrace", "systrap", "kvm"] {
+            let (ok, detail) =
+                probe_gvisor_platform(&runsc, platform, std::time::Duration::from_secs(8));
+            checks.push(check(
+                &format!("gVisor platform {platform}"),
+                ok,
+                false,
+                detail,
+                Some("the gvisor runner uses the ptrace platform; only a platform that works here can be chosen"),
+            ));
+        }
+    }
     for binary in ["runsc", "runc", "crun"] {
         let found = on_path(binary);
         checks.push(check(

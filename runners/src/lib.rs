@@ -3,7 +3,10 @@
 //! any runc-compatible runtime) implement the same [`Runner`] trait.
 
 pub mod doctor;
+pub mod enforce;
 pub mod native;
+pub mod oci;
+pub mod supervise;
 
 use serde::Serialize;
 use std::path::Path;
@@ -51,11 +54,27 @@ pub struct StartInfo {
     pub degradations: Vec<covenant_policy::Degradation>,
 }
 
+/// Why a runner could not run a bundle.
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    #[error(transparent)]
+    Native(#[from] native::NativeError),
+    #[error(transparent)]
+    Spec(#[from] native::spec::SpecError),
+    #[error(transparent)]
+    Oci(#[from] oci::OciError),
+    #[error("runner `{0}` is unknown: use native, gvisor, or oci:PATH (a runc-compatible binary)")]
+    Unknown(String),
+}
+
 /// Something that can run an OCI bundle to completion.
 pub trait Runner {
-    type Error: std::error::Error + Send + Sync + 'static;
+    /// The name a user selects it by (`native`, `gvisor`, `oci:/usr/bin/crun`).
+    fn name(&self) -> String;
 
-    fn name(&self) -> &'static str;
+    /// Whether it needs a portable bundle (a rootfs holding every mount point) rather
+    /// than the native runner's in-memory root.
+    fn portable_bundle(&self) -> bool;
 
     /// Runs the bundle at `bundle`, with the caller's stdin, stdout and stderr, until the
     /// program exits or is killed; `on_start` is called once the program is running.
@@ -64,5 +83,30 @@ pub trait Runner {
         &self,
         bundle: &Path,
         on_start: &mut dyn FnMut(&StartInfo),
-    ) -> Result<RunOutcome, Self::Error>;
+    ) -> Result<RunOutcome, RunnerError>;
+}
+
+/// Where runners keep state and find the helper binary they inject.
+#[derive(Debug, Clone)]
+pub struct RunnerContext {
+    /// A directory for runtime state (`--root`) and derived bundles.
+    pub state_dir: std::path::PathBuf,
+    /// A binary that runs `enforce -- ARGV` (the CLI itself), for runtimes that cannot
+    /// apply landlock on their own.
+    pub enforcer: Option<std::path::PathBuf>,
+}
+
+/// The runner a name selects.
+pub fn runner_for(name: &str, ctx: &RunnerContext) -> Result<Box<dyn Runner>, RunnerError> {
+    match name {
+        "native" => Ok(Box::new(native::NativeRunner::default())),
+        "gvisor" => Ok(Box::new(oci::OciRunner::gvisor(ctx)?)),
+        other => match other.strip_prefix("oci:") {
+            Some(path) => Ok(Box::new(oci::OciRunner::generic(
+                std::path::Path::new(path),
+                ctx,
+            )?)),
+            None => Err(RunnerError::Unknown(other.to_string())),
+        },
+    }
 }

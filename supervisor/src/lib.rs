@@ -7,4 +7,4 @@ pub mod keys;
 pub mod run;
 pub mod store;
 
-pub use run::{run_request, RunError, RunReport, RunSettings};
+pub use run::{run_bundle, run_request, RunError, RunReport, RunSettings};

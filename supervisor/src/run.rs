@@ -5,10 +5,10 @@ use crate::authority::{authorise_run, load_capability, AuthorityError};
 use crate::home::covenant_home;
 use crate::home::new_job_id;
 use crate::store::{AuditEvent, Store, StoreError};
-use covenant_images::{write_bundle, write_native_bundle, BundleError, IdentityMap};
+use covenant_images::{write_bundle, write_native_bundle, Bundle, BundleError, IdentityMap};
 use covenant_policy::Manifest;
 use covenant_policy::{Degradation, NetMode, SandboxPlan};
-use covenant_runners::native::{NativeError, NativeRunner};
+use covenant_runners::{runner_for, RunnerContext, RunnerError};
 use covenant_runners::{ExitKind, RunOutcome, Runner, StartInfo};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -30,13 +30,11 @@ pub enum RunError {
     #[error(transparent)]
     Bundle(#[from] BundleError),
     #[error(transparent)]
-    Native(#[from] NativeError),
+    Runner(#[from] RunnerError),
     #[error(transparent)]
     Authority(#[from] AuthorityError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("runner `{0}` is not available in this build; use `native`")]
-    UnknownRunner(String),
     #[error("cannot create {path}: {error}")]
     Home {
         path: PathBuf,
@@ -109,7 +107,7 @@ impl RunReport {
             duration_ms: outcome.duration.as_secs_f64() * 1000.0,
             cpu_time_ms: outcome.cpu_time_ns.map(|ns| ns as f64 / 1e6),
             peak_memory_bytes: outcome.peak_memory_bytes,
-            runner: "native".into(),
+            runner: String::new(),
             namespaces: outcome.namespaces.clone(),
             landlock_abi: outcome.landlock.map(|l| l.abi),
             landlock: outcome.landlock,
@@ -247,16 +245,24 @@ fn authorised_run(
     run_plan(audit, &plan, settings)
 }
 
+fn runner(settings: &RunSettings) -> Result<Box<dyn Runner>, RunError> {
+    let ctx = RunnerContext {
+        state_dir: covenant_home().join("runtime"),
+        enforcer: std::env::current_exe().ok(),
+    };
+    Ok(runner_for(
+        settings.runner.as_deref().unwrap_or("native"),
+        &ctx,
+    )?)
+}
+
 /// Runs an authorised `plan` with the caller's stdio; returns the report.
 fn run_plan(
     audit: &mut RunAudit,
     plan: &SandboxPlan,
     settings: &RunSettings,
 ) -> Result<RunReport, RunError> {
-    match settings.runner.as_deref() {
-        None | Some("native") => {}
-        Some(other) => return Err(RunError::UnknownRunner(other.to_string())),
-    }
+    let runner = runner(settings)?;
     let (dir, keep) = match &settings.keep_bundle {
         Some(dir) => (dir.clone(), true),
         None => (covenant_home().join("bundles").join(&plan.job_id), false),
@@ -265,7 +271,7 @@ fn run_plan(
         ensure_traversable(&covenant_home())?;
     }
     let result = (|| {
-        let bundle = if keep {
+        let bundle = if keep || runner.portable_bundle() {
             write_bundle(plan, &dir, identity_map())?
         } else {
             write_native_bundle(plan, &dir, identity_map())?
@@ -274,55 +280,149 @@ fn run_plan(
             "bundle.written",
             serde_json::json!({"config_digest": bundle.config_digest, "dir": bundle.dir, "kept": keep}),
         );
-        let mut start_error = None;
-        let outcome = NativeRunner::default().run(&bundle.dir, &mut |info: &StartInfo| {
-            audit.push(
-                "sandbox.started",
-                serde_json::to_value(info).unwrap_or_default(),
-            );
-            for d in &info.degradations {
-                audit.push(
-                    "degradation.accepted",
-                    serde_json::json!({"degradation": d.name()}),
-                );
-            }
-            if let Err(e) = audit.flush() {
-                start_error = Some(e);
-            }
-        })?;
-        let report = RunReport::new(plan, &outcome, bundle.seccomp_digest, bundle.config_digest);
-        if report.oom_killed {
-            audit.push(
-                "limit.hit",
-                serde_json::json!({"limit": "memory", "bytes": plan.limits.memory_bytes}),
-            );
-        }
-        if report.pids_limit_hits > 0 {
-            audit.push("limit.hit", serde_json::json!({"limit": "pids", "max": plan.limits.pids, "refused_forks": report.pids_limit_hits}));
-        }
-        if report.timed_out {
-            audit.push(
-                "limit.hit",
-                serde_json::json!({"limit": "timeout", "ms": plan.limits.timeout_ms}),
-            );
-            audit.push("sandbox.killed", serde_json::json!({"reason": "timeout"}));
-        }
-        audit.push(
-            "run.exited",
-            serde_json::json!({
-                "exit_code": report.exit_code, "signal": report.signal, "duration_ms": report.duration_ms,
-                "cpu_time_ms": report.cpu_time_ms, "peak_memory_bytes": report.peak_memory_bytes,
-            }),
-        );
-        match start_error {
-            Some(e) => Err(e),
-            None => Ok(report),
-        }
+        execute(audit, plan, &bundle, runner.as_ref())
     })();
     if !keep {
         remove_bundle(&dir)?;
     }
     result
+}
+
+/// Runs a bundle written earlier (`covenant-ctl bundle --out DIR`), under the plan it
+/// carries (`plan.json`, checked against the `org.opencovenant.plan-digest` annotation).
+/// The bundle is left in place.
+pub fn run_bundle(dir: &Path, settings: &RunSettings) -> Result<RunReport, RunError> {
+    let store = Store::open_default()?;
+    let opening = store.opening_events("covenant-ctl run --bundle")?;
+    let mut audit = RunAudit {
+        store,
+        job: String::new(),
+        pending: opening,
+    };
+    let result = (|| {
+        let bundle = load_bundle(dir)?;
+        let plan: SandboxPlan =
+            serde_json::from_slice(&std::fs::read(dir.join("plan.json")).map_err(|error| {
+                RunError::Home {
+                    path: dir.join("plan.json"),
+                    error,
+                }
+            })?)
+            .map_err(|e| RunError::Bundle(BundleError::Spec(format!("plan.json: {e}"))))?;
+        audit.job = plan.job_id.clone();
+        // SAFETY: getuid has no failure mode.
+        let uid = unsafe { libc::getuid() };
+        audit.push("run.intent", serde_json::json!({"uid": uid, "pid": std::process::id(), "bundle": dir, "argv": plan.argv}));
+        check_plan_digest(dir, &plan)?;
+        audit.push(
+            "capability.verified",
+            serde_json::to_value(&plan.authorisation).unwrap_or_default(),
+        );
+        audit.push(
+            "bundle.loaded",
+            serde_json::json!({"config_digest": bundle.config_digest, "dir": dir}),
+        );
+        let runner = runner(settings)?;
+        execute(&mut audit, &plan, &bundle, runner.as_ref())
+    })();
+    if let Err(e) = &result {
+        audit.push("run.failed", serde_json::json!({"reason": e.to_string()}));
+    }
+    let RunAudit { store, pending, .. } = audit;
+    store.close(pending)?;
+    result
+}
+
+fn load_bundle(dir: &Path) -> Result<Bundle, RunError> {
+    use sha2::{Digest, Sha256};
+    let config = std::fs::read(dir.join("config.json")).map_err(|error| RunError::Home {
+        path: dir.join("config.json"),
+        error,
+    })?;
+    let spec: serde_json::Value = serde_json::from_slice(&config)
+        .map_err(|e| RunError::Bundle(BundleError::Spec(format!("config.json: {e}"))))?;
+    let seccomp = serde_json::to_vec(&spec["linux"]["seccomp"]).unwrap_or_default();
+    let digest = |b: &[u8]| format!("sha256:{}", covenant_policy::plan::hex(&Sha256::digest(b)));
+    Ok(Bundle {
+        dir: dir.to_path_buf(),
+        config_digest: digest(&config),
+        seccomp_digest: digest(&seccomp),
+    })
+}
+
+fn check_plan_digest(dir: &Path, plan: &SandboxPlan) -> Result<(), RunError> {
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap_or_default())
+            .unwrap_or_default();
+    let recorded = config["annotations"][covenant_policy::annotations::PLAN_DIGEST]
+        .as_str()
+        .unwrap_or("");
+    if recorded != plan.digest() {
+        return Err(RunError::Bundle(BundleError::Spec(format!(
+            "plan.json (digest {}) is not the plan this bundle was written from ({recorded})",
+            plan.digest()
+        ))));
+    }
+    Ok(())
+}
+
+/// Runs `bundle` with `runner` and audits what happened.
+fn execute(
+    audit: &mut RunAudit,
+    plan: &SandboxPlan,
+    bundle: &Bundle,
+    runner: &dyn Runner,
+) -> Result<RunReport, RunError> {
+    let mut start_error = None;
+    let outcome = runner.run(&bundle.dir, &mut |info: &StartInfo| {
+        audit.push(
+            "sandbox.started",
+            serde_json::to_value(info).unwrap_or_default(),
+        );
+        for d in &info.degradations {
+            audit.push(
+                "degradation.accepted",
+                serde_json::json!({"degradation": d.name()}),
+            );
+        }
+        if let Err(e) = audit.flush() {
+            start_error = Some(e);
+        }
+    })?;
+    let mut report = RunReport::new(
+        plan,
+        &outcome,
+        bundle.seccomp_digest.clone(),
+        bundle.config_digest.clone(),
+    );
+    report.runner = runner.name();
+    if report.oom_killed {
+        audit.push(
+            "limit.hit",
+            serde_json::json!({"limit": "memory", "bytes": plan.limits.memory_bytes}),
+        );
+    }
+    if report.pids_limit_hits > 0 {
+        audit.push("limit.hit", serde_json::json!({"limit": "pids", "max": plan.limits.pids, "refused_forks": report.pids_limit_hits}));
+    }
+    if report.timed_out {
+        audit.push(
+            "limit.hit",
+            serde_json::json!({"limit": "timeout", "ms": plan.limits.timeout_ms}),
+        );
+        audit.push("sandbox.killed", serde_json::json!({"reason": "timeout"}));
+    }
+    audit.push(
+        "run.exited",
+        serde_json::json!({
+            "exit_code": report.exit_code, "signal": report.signal, "duration_ms": report.duration_ms,
+            "cpu_time_ms": report.cpu_time_ms, "peak_memory_bytes": report.peak_memory_bytes,
+        }),
+    );
+    match start_error {
+        Some(e) => Err(e),
+        None => Ok(report),
+    }
 }
 
 /// `$COVENANT_HOME` and its `bundles` folder, created 0711: the sandbox's host uid must be

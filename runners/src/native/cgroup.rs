@@ -163,6 +163,8 @@ pub struct CgroupUsage {
 pub struct RunCgroup {
     version: CgroupVersion,
     dirs: Vec<PathBuf>,
+    /// Whether this cgroup is ours to remove.
+    owned: bool,
 }
 
 fn write(path: &Path, value: &str) -> Result<()> {
@@ -197,6 +199,7 @@ impl RunCgroup {
         let mut cg = RunCgroup {
             version: layout.version(),
             dirs: Vec::new(),
+            owned: true,
         };
         match cg.populate(layout, name, limits) {
             Ok(()) => Ok(cg),
@@ -294,6 +297,35 @@ impl RunCgroup {
         self.version
     }
 
+    /// A cgroup another runtime created (`covenant/NAME` in each hierarchy), to read its
+    /// usage. It is not removed when dropped; the runtime that made it removes it.
+    pub fn existing(layout: &CgroupLayout, name: &str) -> Self {
+        let roots: Vec<PathBuf> = match layout {
+            CgroupLayout::V2 { root } => vec![root.clone()],
+            CgroupLayout::V1 {
+                memory,
+                pids,
+                cpu,
+                cpuacct,
+            } => [memory, pids, cpu, cpuacct]
+                .into_iter()
+                .flatten()
+                .cloned()
+                .collect(),
+        };
+        let mut dirs: Vec<PathBuf> = roots
+            .into_iter()
+            .map(|r| r.join(PARENT).join(name))
+            .filter(|d| d.is_dir())
+            .collect();
+        dirs.dedup();
+        RunCgroup {
+            version: layout.version(),
+            dirs,
+            owned: false,
+        }
+    }
+
     /// The cgroup's directories (one per v1 hierarchy).
     pub fn dirs(&self) -> &[PathBuf] {
         &self.dirs
@@ -387,7 +419,7 @@ impl RunCgroup {
 
 impl Drop for RunCgroup {
     fn drop(&mut self) {
-        if !self.dirs.is_empty() {
+        if self.owned && !self.dirs.is_empty() {
             let _ = self.remove(Duration::from_secs(2));
         }
     }

@@ -7,18 +7,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use std::os::fd::{AsRawFd, OwnedFd};
 
-/// Signals init passes on to the program.
-pub const FORWARDED: [Signal; 9] = [
-    Signal::SIGINT,
-    Signal::SIGTERM,
-    Signal::SIGHUP,
-    Signal::SIGQUIT,
-    Signal::SIGUSR1,
-    Signal::SIGUSR2,
-    Signal::SIGWINCH,
-    Signal::SIGCONT,
-    Signal::SIGALRM,
-];
+use crate::supervise::FORWARDED;
 
 /// The set init waits on: the forwarded signals and `SIGCHLD`.
 pub fn init_signals() -> SigSet {

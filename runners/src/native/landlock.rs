@@ -55,7 +55,7 @@ fn abi_enum(v: i32) -> ABI {
 }
 
 /// What will actually be enforced, decided before the sandbox is created.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LandlockPlan {
     pub abi: i32,
     pub fs: bool,

@@ -9,10 +9,10 @@
 //! from the child side come back over a close-on-exec pipe, so "the pipe closed empty"
 //! means "the program is running".
 
-mod cgroup;
+pub(crate) mod cgroup;
 mod idmap;
 mod init;
-mod landlock;
+pub(crate) mod landlock;
 mod mounts;
 mod net;
 mod privileges;
@@ -29,17 +29,16 @@ use self::landlock::LandlockError;
 use self::mounts::{DetachedTree, MountError};
 use self::seccomp::{CompiledSeccomp, SeccompError};
 use self::spec::{MountKind, NativeSpec, SpecError};
-use crate::{ExitKind, RunOutcome, Runner, StartInfo};
+use crate::supervise::{forwarded_signals, supervise, Supervised};
+use crate::{ExitKind, RunOutcome, Runner, RunnerError, StartInfo};
 use covenant_policy::Degradation;
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::signal::{kill, SigSet, Signal};
 use nix::sys::wait::waitpid;
 use nix::unistd::{sethostname, setresgid, setresuid, setsid, ForkResult, Gid, Pid, Uid};
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -117,15 +116,21 @@ impl Default for NativeRunner {
 }
 
 impl Runner for NativeRunner {
-    type Error = NativeError;
-
-    fn name(&self) -> &'static str {
-        "native"
+    fn name(&self) -> String {
+        "native".into()
     }
 
-    fn run(&self, bundle: &Path, on_start: &mut dyn FnMut(&StartInfo)) -> Result<RunOutcome> {
+    fn portable_bundle(&self) -> bool {
+        false
+    }
+
+    fn run(
+        &self,
+        bundle: &Path,
+        on_start: &mut dyn FnMut(&StartInfo),
+    ) -> std::result::Result<RunOutcome, RunnerError> {
         let spec = NativeSpec::load(bundle)?;
-        self.run_spec(&spec, on_start)
+        Ok(self.run_spec(&spec, on_start)?)
     }
 }
 
@@ -156,18 +161,9 @@ impl NativeRunner {
         let (err_rd, err_wr) = pipe()?;
         let (status_rd, status_wr) = pipe()?;
 
-        let mut forwarded = SigSet::empty();
-        for s in init::FORWARDED {
-            forwarded.add(s);
-        }
         let status_rd_raw = status_rd.as_raw_fd();
-        let old_mask = forwarded
-            .thread_swap_mask(SigmaskHow::SIG_BLOCK)
-            .map_err(sys("block signals"))?;
+        let (sfd, old_mask) = forwarded_signals().map_err(sys("block forwarded signals"))?;
         let result = (|| {
-            let sfd =
-                SignalFd::with_flags(&forwarded, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
-                    .map_err(sys("signalfd"))?;
             let (pid, pidfd) = clone_sandbox(spec)?;
             let Some(pidfd) = pidfd else {
                 // SAFETY: closes the child's copies of the parent's pipe ends.
@@ -208,7 +204,10 @@ impl NativeRunner {
                         .unwrap_or(0),
                     degradations: prepared.degradations.clone(),
                 });
-                supervise(pid, &pidfd, &sfd, spec.timeout, started)
+                supervise(&pidfd, &sfd, spec.timeout, started, &mut |sig| {
+                    let _ = kill(pid, sig);
+                })
+                .map_err(sys("poll"))
             };
             let outcome = supervise();
             if outcome.is_err() {
@@ -416,65 +415,6 @@ fn read_status(fd: OwnedFd) -> Option<i32> {
         .read_exact(&mut buf)
         .ok()
         .map(|_| i32::from_ne_bytes(buf))
-}
-
-struct Supervised {
-    timed_out: bool,
-    duration: Duration,
-}
-
-/// Waits for init to exit, forwarding signals and enforcing the timeout. A timeout kills
-/// init, and with it, by the kernel's hand, every process of the PID namespace.
-fn supervise(
-    pid: Pid,
-    pidfd: &OwnedFd,
-    sfd: &SignalFd,
-    timeout: Option<Duration>,
-    started: Instant,
-) -> Result<Supervised> {
-    let mut timed_out = false;
-    loop {
-        let wait = match (timeout, timed_out) {
-            (Some(t), false) => {
-                let left = t.saturating_sub(started.elapsed());
-                PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32)
-                    .unwrap_or(PollTimeout::MAX)
-            }
-            _ => PollTimeout::NONE,
-        };
-        let mut fds = [
-            PollFd::new(pidfd.as_fd(), PollFlags::POLLIN),
-            PollFd::new(sfd.as_fd(), PollFlags::POLLIN),
-        ];
-        let n = match poll(&mut fds, wait) {
-            Ok(n) => n,
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(sys("poll")(e)),
-        };
-        if fds[0]
-            .revents()
-            .is_some_and(|r| r.contains(PollFlags::POLLIN))
-        {
-            return Ok(Supervised {
-                timed_out,
-                duration: started.elapsed(),
-            });
-        }
-        if fds[1]
-            .revents()
-            .is_some_and(|r| r.contains(PollFlags::POLLIN))
-        {
-            while let Ok(Some(info)) = sfd.read_signal() {
-                if let Ok(sig) = Signal::try_from(info.ssi_signo as i32) {
-                    let _ = kill(pid, sig);
-                }
-            }
-        }
-        if n == 0 && timeout.is_some() && !timed_out {
-            timed_out = true;
-            let _ = kill(pid, Signal::SIGKILL);
-        }
-    }
 }
 
 /// The child side: never returns. Any error is sent to the parent and ends the child

@@ -250,12 +250,13 @@ impl NativeSpec {
             ));
         }
 
-        let mounts = spec
+        let mut mounts = spec
             .mounts()
             .iter()
             .flatten()
             .map(mount_spec)
             .collect::<Result<Vec<_>, _>>()?;
+        add_default_devices(&mut mounts);
         let annotations = spec.annotations().clone().unwrap_or_default();
         let parse_json = |key: &str| -> Result<Option<serde_json::Value>, SpecError> {
             annotations
@@ -386,6 +387,38 @@ impl NativeSpec {
                 .unwrap_or_else(|| "unnamed".to_string()),
         })
     }
+}
+
+/// Device nodes every OCI runtime provides in a fresh `/dev`, bound from the host's.
+pub const DEFAULT_DEVICES: [&str; 6] = [
+    "/dev/null",
+    "/dev/zero",
+    "/dev/full",
+    "/dev/random",
+    "/dev/urandom",
+    "/dev/tty",
+];
+
+/// Inserts the default devices right after a fresh `/dev`, unless the bundle lists them.
+fn add_default_devices(mounts: &mut Vec<MountSpec>) {
+    let Some(dev) = mounts.iter().position(|m| {
+        m.destination == Path::new("/dev") && matches!(m.kind, MountKind::Fresh { .. })
+    }) else {
+        return;
+    };
+    let devices: Vec<MountSpec> = DEFAULT_DEVICES
+        .iter()
+        .filter(|d| !mounts.iter().any(|m| m.destination == Path::new(d)))
+        .map(|d| MountSpec {
+            destination: PathBuf::from(d),
+            kind: MountKind::Bind {
+                source: PathBuf::from(d),
+                recursive: false,
+            },
+            flags: MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        })
+        .collect();
+    mounts.splice(dev + 1..dev + 1, devices);
 }
 
 fn rlimit_resource(debug_name: &str) -> Option<(libc::__rlimit_resource_t, &'static str)> {

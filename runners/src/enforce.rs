@@ -1,0 +1,67 @@
+//! `covenant-ctl enforce -- ARGV`: the first program of a sandbox run by a runtime that
+//! cannot apply landlock itself (runc, crun). The runtime has already entered the
+//! namespaces, dropped capabilities, set `no_new_privs` and loaded seccomp (which allows
+//! the landlock calls); this applies the landlock ruleset the runner decided and `exec`s
+//! the real program. Nothing runs between the two but this.
+
+use crate::native::landlock::{apply, LandlockPlan};
+use covenant_policy::annotations::LandlockPolicy;
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+/// Environment variable carrying the ruleset (JSON `LandlockPolicy`).
+pub const POLICY_ENV: &str = "COVENANT_LANDLOCK_POLICY";
+/// Environment variable carrying what to enforce of it (JSON `LandlockPlan`).
+pub const PLAN_ENV: &str = "COVENANT_LANDLOCK_PLAN";
+
+/// Applies the ruleset from the environment and executes `argv`; returns only an error.
+pub fn enforce_and_exec(argv: &[String]) -> String {
+    let run = || -> Result<std::convert::Infallible, String> {
+        let policy: LandlockPolicy = serde_json::from_str(
+            &std::env::var(POLICY_ENV).map_err(|_| format!("{POLICY_ENV} is not set"))?,
+        )
+        .map_err(|e| format!("{POLICY_ENV}: {e}"))?;
+        let plan: LandlockPlan = serde_json::from_str(
+            &std::env::var(PLAN_ENV).map_err(|_| format!("{PLAN_ENV} is not set"))?,
+        )
+        .map_err(|e| format!("{PLAN_ENV}: {e}"))?;
+        let program = argv.first().ok_or("nothing to run")?;
+        let env: Vec<CString> = std::env::vars_os()
+            .filter(|(k, _)| k != POLICY_ENV && k != PLAN_ENV)
+            .map(|(k, v)| {
+                let mut kv = k.as_bytes().to_vec();
+                kv.push(b'=');
+                kv.extend_from_slice(v.as_bytes());
+                CString::new(kv).unwrap_or_default()
+            })
+            .collect();
+        let path = find_on_path(program)?;
+        apply(&policy, plan).map_err(|e| format!("{}: {}", e.step, e.detail))?;
+        let args: Vec<CString> = argv
+            .iter()
+            .map(|a| CString::new(a.as_bytes()).unwrap_or_default())
+            .collect();
+        let e = nix::unistd::execve(&path, &args, &env).unwrap_err();
+        Err(format!("exec {program}: {e}"))
+    };
+    match run() {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}
+
+fn find_on_path(program: &str) -> Result<CString, String> {
+    if program.contains('/') {
+        return CString::new(program).map_err(|_| "a NUL byte in the program name".to_string());
+    }
+    let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into());
+    for dir in path.split(':').filter(|d| !d.is_empty()) {
+        let candidate = Path::new(dir).join(program);
+        if candidate.is_file() {
+            return CString::new(candidate.as_os_str().as_bytes())
+                .map_err(|_| "a NUL byte in PATH".to_string());
+        }
+    }
+    Err(format!("exec {program}: not found on PATH {path}"))
+}
