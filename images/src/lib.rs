@@ -6,5 +6,6 @@
 pub mod bundle;
 pub mod host_view;
 pub mod oci_seccomp;
+pub mod unpack;
 
 pub use bundle::{write_bundle, write_native_bundle, Bundle, BundleError, IdentityMap};
