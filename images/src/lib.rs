@@ -5,7 +5,9 @@
 
 pub mod bundle;
 pub mod host_view;
+pub mod layout;
 pub mod oci_seccomp;
+pub mod store;
 pub mod unpack;
 
 pub use bundle::{write_bundle, write_native_bundle, Bundle, BundleError, IdentityMap};
