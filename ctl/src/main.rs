@@ -4,6 +4,7 @@
 
 mod capabilities;
 mod doctor;
+mod image_cmd;
 mod records;
 
 use anyhow::Context;
@@ -53,6 +54,9 @@ enum Command {
     /// The audit log: tail, show, verify, export, prune.
     #[command(subcommand)]
     Audit(records::AuditCommand),
+    /// Images: import, pack, ls, inspect, rm, gc.
+    #[command(subcommand)]
+    Image(image_cmd::ImageCommand),
     /// The agents' memory: put, get, search, ls, rm, compact.
     #[command(subcommand)]
     Mem(records::MemCommand),
@@ -136,7 +140,7 @@ struct RequestArgs {
     /// Host name inside the sandbox.
     #[arg(long)]
     hostname: Option<String>,
-    /// Root filesystem source: host.
+    /// Root filesystem: host (default), image:NAME[:TAG|@DIGEST], or dir:PATH.
     #[arg(long)]
     rootfs: Option<String>,
     /// Run even when the kernel cannot enforce this named restriction (repeatable).
@@ -208,6 +212,7 @@ fn main() -> ExitCode {
         Command::Cap(cmd) => capabilities::cap(cmd),
         Command::Audit(cmd) => records::audit(cmd),
         Command::Mem(cmd) => records::mem(cmd),
+        Command::Image(cmd) => image_cmd::image(cmd),
         Command::Enforce { argv } => {
             let error = covenant_runners::enforce::enforce_and_exec(&argv);
             eprintln!("covenant: enforce: {error}");

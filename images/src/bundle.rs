@@ -142,7 +142,9 @@ fn write_bundle_with(
         .mode(0o755)
         .create(&rootfs)
         .map_err(io_err(&rootfs))?;
-    let layout = if in_memory {
+    let layout = if let Some(lower) = plan.rootfs.lower_dirs() {
+        RootfsLayout::Overlay { lower }
+    } else if in_memory {
         RootfsLayout::InMemory {
             links: system_links()?,
         }
@@ -294,8 +296,20 @@ fn build_mounts(plan: &SandboxPlan, generated: &Path) -> Vec<Mount> {
                 }
             }
         }
+        RootfsSource::Image { .. } | RootfsSource::Dir { .. } => {
+            if plan.net == NetMode::Host {
+                if let Ok(real) = Path::new("/etc/resolv.conf").canonicalize() {
+                    mounts.push(bind(&real, Path::new("/etc/resolv.conf"), true));
+                }
+            }
+        }
     }
-    for name in ["passwd", "group", "hosts", "hostname"] {
+    // An image brings its own accounts; the host view gets the sandbox's.
+    let generated_files: &[&str] = match plan.rootfs {
+        RootfsSource::Host => &["passwd", "group", "hosts", "hostname"],
+        RootfsSource::Image { .. } | RootfsSource::Dir { .. } => &["hosts", "hostname"],
+    };
+    for name in generated_files {
         mounts.push(bind(
             &generated.join(name),
             &Path::new("/etc").join(name),
@@ -418,9 +432,14 @@ fn create_mount_points(rootfs: &Path, mounts: &[Mount]) -> Result<()> {
 /// read+execute, the fresh kernel filesystems and `/tmp` read-write, each plan path at the
 /// access it was granted.
 fn landlock_policy(plan: &SandboxPlan, mounts: &[Mount]) -> LandlockPolicy {
+    // An overlay root is the run's own throwaway copy: all of it is the program's to use.
+    let root_access = match plan.rootfs {
+        RootfsSource::Host => LandlockAccess::Read,
+        RootfsSource::Image { .. } | RootfsSource::Dir { .. } => LandlockAccess::ReadWrite,
+    };
     let mut fs_rules = vec![LandlockPathRule {
         path: "/".into(),
-        access: LandlockAccess::Read,
+        access: root_access,
     }];
     let system: Vec<&Path> = SYSTEM_DIRS.iter().map(Path::new).collect();
     for m in mounts {
@@ -648,7 +667,7 @@ fn build_spec(
         .root(
             RootBuilder::default()
                 .path("rootfs")
-                .readonly(true)
+                .readonly(plan.rootfs == RootfsSource::Host)
                 .build()
                 .map_err(spec_err)?,
         )

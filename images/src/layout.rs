@@ -15,7 +15,10 @@ pub struct PackError {
 }
 
 fn err(path: &Path) -> impl FnOnce(std::io::Error) -> PackError + '_ {
-    move |error| PackError { path: path.display().to_string(), error }
+    move |error| PackError {
+        path: path.display().to_string(),
+        error,
+    }
 }
 
 /// Writes `blob` under `out/blobs/sha256/` and returns its digest.
@@ -40,7 +43,12 @@ pub fn tar_directory(dir: &Path) -> Result<Vec<u8>, PackError> {
 /// Packs `layers` (uncompressed tars, base first) as an OCI image layout at `out`, with
 /// gzip-compressed layer blobs and `ref_name` as the index's
 /// `org.opencontainers.image.ref.name`.
-pub fn write_oci_layout(layers: &[Vec<u8>], out: &Path, ref_name: &str, cmd: &[&str]) -> Result<String, PackError> {
+pub fn write_oci_layout(
+    layers: &[Vec<u8>],
+    out: &Path,
+    ref_name: &str,
+    cmd: &[&str],
+) -> Result<String, PackError> {
     fs::create_dir_all(out).map_err(err(out))?;
     let mut descriptors = Vec::new();
     let mut diff_ids = Vec::new();

@@ -28,7 +28,10 @@ pub const MAX_JSON_BYTES: u64 = 4 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
     #[error("{path}: {error}")]
-    Io { path: PathBuf, error: std::io::Error },
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
     #[error("{0} is neither an OCI image layout (directory or tar) nor a `docker save` tar")]
     UnknownFormat(PathBuf),
     #[error("{what}: {reason}")]
@@ -36,7 +39,11 @@ pub enum ImageError {
     #[error("blob {digest}: the content's digest is {actual}")]
     DigestMismatch { digest: String, actual: String },
     #[error("layer {digest}: its uncompressed content is {actual}, but the image config says {expected}")]
-    DiffIdMismatch { digest: String, expected: String, actual: String },
+    DiffIdMismatch {
+        digest: String,
+        expected: String,
+        actual: String,
+    },
     #[error(transparent)]
     Unpack(#[from] UnpackError),
     #[error("no image `{0}`; see `covenant-ctl image ls`")]
@@ -46,17 +53,27 @@ pub enum ImageError {
     #[error("the image has no name: give --name NAME:TAG")]
     NoName,
     #[error("image store {path} was unpacked for sandbox ids starting at {stored}, but this host maps them to {wanted}")]
-    IdShiftChanged { path: PathBuf, stored: u32, wanted: u32 },
+    IdShiftChanged {
+        path: PathBuf,
+        stored: u32,
+        wanted: u32,
+    },
 }
 
 type Result<T> = std::result::Result<T, ImageError>;
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
-    move |error| ImageError::Io { path: path.to_path_buf(), error }
+    move |error| ImageError::Io {
+        path: path.to_path_buf(),
+        error,
+    }
 }
 
 fn invalid(what: impl Into<String>, reason: impl Into<String>) -> ImageError {
-    ImageError::Invalid { what: what.into(), reason: reason.into() }
+    ImageError::Invalid {
+        what: what.into(),
+        reason: reason.into(),
+    }
 }
 
 /// One imported image.
@@ -82,12 +99,23 @@ struct Refs {
 
 /// Normalises `name[:tag]` to `name:tag` (default tag `latest`).
 pub fn normalise_name(name: &str) -> Result<String> {
-    let valid = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:@".contains(c));
+    let valid = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./:@".contains(c))
+    };
     if !valid(name) || name.contains("..") {
-        return Err(invalid(format!("image name `{name}`"), "use letters, digits and `-_./`, with an optional `:TAG`"));
+        return Err(invalid(
+            format!("image name `{name}`"),
+            "use letters, digits and `-_./`, with an optional `:TAG`",
+        ));
     }
     let last = name.rsplit('/').next().unwrap_or(name);
-    Ok(if last.contains(':') { name.to_string() } else { format!("{name}:latest") })
+    Ok(if last.contains(':') {
+        name.to_string()
+    } else {
+        format!("{name}:latest")
+    })
 }
 
 pub struct ImageStore {
@@ -100,17 +128,30 @@ fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>> {
     let mut buf = Vec::new();
     f.take(limit + 1).read_to_end(&mut buf).map_err(io(path))?;
     if buf.len() as u64 > limit {
-        return Err(invalid(path.display().to_string(), format!("larger than {limit} bytes")));
+        return Err(invalid(
+            path.display().to_string(),
+            format!("larger than {limit} bytes"),
+        ));
     }
     Ok(buf)
 }
 
 fn digest_hex(digest: &str) -> Result<&str> {
-    let hex = digest
-        .strip_prefix("sha256:")
-        .ok_or_else(|| invalid(format!("digest `{digest}`"), "only sha256 digests are supported"))?;
-    if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()) {
-        return Err(invalid(format!("digest `{digest}`"), "not 64 lower-case hex digits"));
+    let hex = digest.strip_prefix("sha256:").ok_or_else(|| {
+        invalid(
+            format!("digest `{digest}`"),
+            "only sha256 digests are supported",
+        )
+    })?;
+    if hex.len() != 64
+        || !hex
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+    {
+        return Err(invalid(
+            format!("digest `{digest}`"),
+            "not 64 lower-case hex digits",
+        ));
     }
     Ok(hex)
 }
@@ -142,13 +183,16 @@ impl ImageStore {
         for dir in [root.to_path_buf(), root.join("layers")] {
             fs::set_permissions(&dir, fs::Permissions::from_mode(0o711)).map_err(io(&dir))?;
         }
-        Ok(Self { root: root.to_path_buf() })
+        Ok(Self {
+            root: root.to_path_buf(),
+        })
     }
 
     fn refs(&self) -> Result<Refs> {
         let path = self.root.join("refs.json");
         match fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| invalid(path.display().to_string(), e.to_string())),
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| invalid(path.display().to_string(), e.to_string())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Refs::default()),
             Err(e) => Err(io(&path)(e)),
         }
@@ -158,7 +202,8 @@ impl ImageStore {
         let path = self.root.join("refs.json");
         let tmp = self.root.join("refs.json.tmp");
         let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
-        f.write_all(&serde_json::to_vec_pretty(refs).expect("serialisable")).map_err(io(&tmp))?;
+        f.write_all(&serde_json::to_vec_pretty(refs).expect("serialisable"))
+            .map_err(io(&tmp))?;
         f.sync_all().map_err(io(&tmp))?;
         fs::rename(&tmp, &path).map_err(io(&path))
     }
@@ -178,19 +223,32 @@ impl ImageStore {
         if target.exists() {
             return Ok(target);
         }
-        let tmp = self.root.join("tmp").join(format!("{}.{}", digest_hex(digest)?, std::process::id()));
+        let tmp =
+            self.root
+                .join("tmp")
+                .join(format!("{}.{}", digest_hex(digest)?, std::process::id()));
         let input = fs::File::open(source).map_err(io(source))?;
-        let mut reader = Hashing { inner: input.take(MAX_BLOB_BYTES + 1), hash: Sha256::new(), bytes: 0 };
+        let mut reader = Hashing {
+            inner: input.take(MAX_BLOB_BYTES + 1),
+            hash: Sha256::new(),
+            bytes: 0,
+        };
         let mut out = fs::File::create(&tmp).map_err(io(&tmp))?;
         std::io::copy(&mut reader, &mut out).map_err(io(source))?;
         if reader.bytes > MAX_BLOB_BYTES {
             let _ = fs::remove_file(&tmp);
-            return Err(invalid(format!("blob {digest}"), format!("larger than {MAX_BLOB_BYTES} bytes")));
+            return Err(invalid(
+                format!("blob {digest}"),
+                format!("larger than {MAX_BLOB_BYTES} bytes"),
+            ));
         }
         let actual = format!("sha256:{}", hex(&reader.hash.finalize()));
         if actual != digest {
             let _ = fs::remove_file(&tmp);
-            return Err(ImageError::DigestMismatch { digest: digest.to_string(), actual });
+            return Err(ImageError::DigestMismatch {
+                digest: digest.to_string(),
+                actual,
+            });
         }
         out.sync_all().map_err(io(&tmp))?;
         fs::rename(&tmp, &target).map_err(io(&target))?;
@@ -198,28 +256,47 @@ impl ImageStore {
     }
 
     /// Unpacks a stored layer blob (if not unpacked yet), checking its diff id.
-    fn unpack(&self, digest: &str, media_type: &str, diff_id: Option<&str>, ids: IdShift) -> Result<()> {
+    fn unpack(
+        &self,
+        digest: &str,
+        media_type: &str,
+        diff_id: Option<&str>,
+        ids: IdShift,
+    ) -> Result<()> {
         let dir = self.layer_dir(digest)?;
         if dir.exists() {
             return Ok(());
         }
-        let staging = self.root.join("tmp").join(format!("layer-{}.{}", digest_hex(digest)?, std::process::id()));
+        let staging = self.root.join("tmp").join(format!(
+            "layer-{}.{}",
+            digest_hex(digest)?,
+            std::process::id()
+        ));
         let _ = fs::remove_dir_all(&staging);
         fs::create_dir(&staging).map_err(io(&staging))?;
         let result = (|| {
             let blob = fs::File::open(self.blob_path(digest)?).map_err(io(&staging))?;
-            let mut hashing = Hashing { inner: decompressed(blob, media_type)?, hash: Sha256::new(), bytes: 0 };
+            let mut hashing = Hashing {
+                inner: decompressed(blob, media_type)?,
+                hash: Sha256::new(),
+                bytes: 0,
+            };
             unpack_layer(&mut hashing, &staging, ids)?;
             // Drain what the tar reader left (padding), so the digest covers the stream.
             std::io::copy(&mut hashing, &mut std::io::sink()).map_err(io(&staging))?;
             let actual = format!("sha256:{}", hex(&hashing.hash.finalize()));
             if let Some(expected) = diff_id {
                 if actual != expected {
-                    return Err(ImageError::DiffIdMismatch { digest: digest.into(), expected: expected.into(), actual });
+                    return Err(ImageError::DiffIdMismatch {
+                        digest: digest.into(),
+                        expected: expected.into(),
+                        actual,
+                    });
                 }
             }
             use std::os::unix::fs::PermissionsExt;
-            fs::set_permissions(&staging, fs::Permissions::from_mode(0o755)).map_err(io(&staging))?;
+            fs::set_permissions(&staging, fs::Permissions::from_mode(0o755))
+                .map_err(io(&staging))?;
             fs::rename(&staging, &dir).map_err(io(&dir))
         })();
         if result.is_err() {
@@ -230,14 +307,27 @@ impl ImageStore {
 
     /// Imports an image from `path`; names it `name`, or by the layout's
     /// `org.opencontainers.image.ref.name` annotation or the archive's first repo tag.
-    pub fn import(&self, path: &Path, name: Option<&str>, ids: IdShift, progress: &mut dyn FnMut(&str)) -> Result<ImageRecord> {
+    pub fn import(
+        &self,
+        path: &Path,
+        name: Option<&str>,
+        ids: IdShift,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<ImageRecord> {
         let mut refs = self.refs()?;
         if let Some((u, _)) = refs.id_shift {
             if u != ids.uid {
-                return Err(ImageError::IdShiftChanged { path: self.root.clone(), stored: u, wanted: ids.uid });
+                return Err(ImageError::IdShiftChanged {
+                    path: self.root.clone(),
+                    stored: u,
+                    wanted: ids.uid,
+                });
             }
         }
-        let staging = self.root.join("tmp").join(format!("import.{}", std::process::id()));
+        let staging = self
+            .root
+            .join("tmp")
+            .join(format!("import.{}", std::process::id()));
         let _ = fs::remove_dir_all(&staging);
         let layout = if path.is_dir() {
             path.to_path_buf()
@@ -246,7 +336,15 @@ impl ImageStore {
             fs::create_dir_all(&staging).map_err(io(&staging))?;
             progress(&format!("reading archive {}", path.display()));
             let file = fs::File::open(path).map_err(io(path))?;
-            unpack_layer(file, &staging, IdShift { uid: 0, gid: 0, size: u32::MAX })?;
+            unpack_layer(
+                file,
+                &staging,
+                IdShift {
+                    uid: 0,
+                    gid: 0,
+                    size: u32::MAX,
+                },
+            )?;
             staging.clone()
         };
         let result = if layout.join("oci-layout").is_file() && layout.join("index.json").is_file() {
@@ -264,74 +362,152 @@ impl ImageStore {
         Ok(record)
     }
 
-    fn import_oci(&self, layout: &Path, name: Option<&str>, ids: IdShift, progress: &mut dyn FnMut(&str)) -> Result<ImageRecord> {
-        let index: serde_json::Value = serde_json::from_slice(&read_limited(&layout.join("index.json"), MAX_JSON_BYTES)?)
-            .map_err(|e| invalid("index.json", e.to_string()))?;
-        let manifests = index["manifests"].as_array().ok_or_else(|| invalid("index.json", "no `manifests`"))?;
+    fn import_oci(
+        &self,
+        layout: &Path,
+        name: Option<&str>,
+        ids: IdShift,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<ImageRecord> {
+        let index: serde_json::Value =
+            serde_json::from_slice(&read_limited(&layout.join("index.json"), MAX_JSON_BYTES)?)
+                .map_err(|e| invalid("index.json", e.to_string()))?;
+        let manifests = index["manifests"]
+            .as_array()
+            .ok_or_else(|| invalid("index.json", "no `manifests`"))?;
         let wanted_tag = name.and_then(|n| n.rsplit_once(':').map(|(_, t)| t.to_string()));
         let chosen = manifests
             .iter()
-            .find(|m| wanted_tag.is_some() && m["annotations"]["org.opencontainers.image.ref.name"].as_str() == wanted_tag.as_deref())
+            .find(|m| {
+                wanted_tag.is_some()
+                    && m["annotations"]["org.opencontainers.image.ref.name"].as_str()
+                        == wanted_tag.as_deref()
+            })
             .or_else(|| manifests.first())
             .ok_or_else(|| invalid("index.json", "no manifest"))?;
-        let ref_name = chosen["annotations"]["org.opencontainers.image.ref.name"].as_str().map(str::to_string);
+        let ref_name = chosen["annotations"]["org.opencontainers.image.ref.name"]
+            .as_str()
+            .map(str::to_string);
         let name = match (name, ref_name) {
             (Some(n), _) => normalise_name(n)?,
             (None, Some(r)) => normalise_name(&r)?,
             (None, None) => return Err(ImageError::NoName),
         };
-        let blob = |digest: &str| -> Result<PathBuf> { Ok(layout.join("blobs/sha256").join(digest_hex(digest)?)) };
-        let manifest_digest = chosen["digest"].as_str().ok_or_else(|| invalid("index.json", "manifest without digest"))?.to_string();
+        let blob = |digest: &str| -> Result<PathBuf> {
+            Ok(layout.join("blobs/sha256").join(digest_hex(digest)?))
+        };
+        let manifest_digest = chosen["digest"]
+            .as_str()
+            .ok_or_else(|| invalid("index.json", "manifest without digest"))?
+            .to_string();
         let manifest_path = self.ingest(&blob(&manifest_digest)?, &manifest_digest)?;
-        let manifest: serde_json::Value = serde_json::from_slice(&read_limited(&manifest_path, MAX_JSON_BYTES)?)
-            .map_err(|e| invalid(format!("manifest {manifest_digest}"), e.to_string()))?;
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&read_limited(&manifest_path, MAX_JSON_BYTES)?)
+                .map_err(|e| invalid(format!("manifest {manifest_digest}"), e.to_string()))?;
         if manifest["manifests"].is_array() {
-            return Err(invalid(format!("manifest {manifest_digest}"), "a multi-platform index; copy one platform (skopeo copy --override-arch ...)"));
+            return Err(invalid(
+                format!("manifest {manifest_digest}"),
+                "a multi-platform index; copy one platform (skopeo copy --override-arch ...)",
+            ));
         }
-        let config_digest = manifest["config"]["digest"].as_str().ok_or_else(|| invalid(format!("manifest {manifest_digest}"), "no config"))?.to_string();
+        let config_digest = manifest["config"]["digest"]
+            .as_str()
+            .ok_or_else(|| invalid(format!("manifest {manifest_digest}"), "no config"))?
+            .to_string();
         let config_path = self.ingest(&blob(&config_digest)?, &config_digest)?;
-        let config: serde_json::Value = serde_json::from_slice(&read_limited(&config_path, MAX_JSON_BYTES)?)
-            .map_err(|e| invalid(format!("config {config_digest}"), e.to_string()))?;
+        let config: serde_json::Value =
+            serde_json::from_slice(&read_limited(&config_path, MAX_JSON_BYTES)?)
+                .map_err(|e| invalid(format!("config {config_digest}"), e.to_string()))?;
         let layers: Vec<(String, String)> = manifest["layers"]
             .as_array()
             .ok_or_else(|| invalid(format!("manifest {manifest_digest}"), "no layers"))?
             .iter()
-            .map(|l| (l["digest"].as_str().unwrap_or("").to_string(), l["mediaType"].as_str().unwrap_or("").to_string()))
+            .map(|l| {
+                (
+                    l["digest"].as_str().unwrap_or("").to_string(),
+                    l["mediaType"].as_str().unwrap_or("").to_string(),
+                )
+            })
             .collect();
-        self.finish(name, manifest_digest, config_digest, config, layers, |d| blob(d), ids, progress)
+        self.finish(
+            name,
+            manifest_digest,
+            config_digest,
+            config,
+            layers,
+            |d| blob(d),
+            ids,
+            progress,
+        )
     }
 
-    fn import_docker(&self, layout: &Path, name: Option<&str>, ids: IdShift, progress: &mut dyn FnMut(&str)) -> Result<ImageRecord> {
+    fn import_docker(
+        &self,
+        layout: &Path,
+        name: Option<&str>,
+        ids: IdShift,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<ImageRecord> {
         let manifest_bytes = read_limited(&layout.join("manifest.json"), MAX_JSON_BYTES)?;
-        let manifest: serde_json::Value = serde_json::from_slice(&manifest_bytes).map_err(|e| invalid("manifest.json", e.to_string()))?;
-        let entry = manifest.as_array().and_then(|a| a.first()).ok_or_else(|| invalid("manifest.json", "no image"))?;
-        let name = match (name, entry["RepoTags"].as_array().and_then(|t| t.first()).and_then(|t| t.as_str())) {
+        let manifest: serde_json::Value = serde_json::from_slice(&manifest_bytes)
+            .map_err(|e| invalid("manifest.json", e.to_string()))?;
+        let entry = manifest
+            .as_array()
+            .and_then(|a| a.first())
+            .ok_or_else(|| invalid("manifest.json", "no image"))?;
+        let name = match (
+            name,
+            entry["RepoTags"]
+                .as_array()
+                .and_then(|t| t.first())
+                .and_then(|t| t.as_str()),
+        ) {
             (Some(n), _) => normalise_name(n)?,
             (None, Some(t)) => normalise_name(t)?,
             (None, None) => return Err(ImageError::NoName),
         };
         let inside = |rel: &str| -> Result<PathBuf> {
             let p = Path::new(rel);
-            if p.is_absolute() || p.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-                return Err(invalid("manifest.json", format!("path `{rel}` leaves the archive")));
+            if p.is_absolute()
+                || p.components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir))
+            {
+                return Err(invalid(
+                    "manifest.json",
+                    format!("path `{rel}` leaves the archive"),
+                ));
             }
             Ok(layout.join(p))
         };
-        let config_rel = entry["Config"].as_str().ok_or_else(|| invalid("manifest.json", "no Config"))?;
+        let config_rel = entry["Config"]
+            .as_str()
+            .ok_or_else(|| invalid("manifest.json", "no Config"))?;
         let config_file = inside(config_rel)?;
         let config_bytes = read_limited(&config_file, MAX_JSON_BYTES)?;
         let config_digest = format!("sha256:{}", hex(&Sha256::digest(&config_bytes)));
         // The config's file name is its digest in both the legacy and the OCI-style layout.
-        let stem = Path::new(config_rel).file_stem().and_then(|s| s.to_str()).unwrap_or("");
+        let stem = Path::new(config_rel)
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("");
         if stem.len() == 64 && format!("sha256:{stem}") != config_digest {
-            return Err(ImageError::DigestMismatch { digest: format!("sha256:{stem}"), actual: config_digest });
+            return Err(ImageError::DigestMismatch {
+                digest: format!("sha256:{stem}"),
+                actual: config_digest,
+            });
         }
         self.ingest(&config_file, &config_digest)?;
-        let config: serde_json::Value = serde_json::from_slice(&config_bytes).map_err(|e| invalid("image config", e.to_string()))?;
+        let config: serde_json::Value = serde_json::from_slice(&config_bytes)
+            .map_err(|e| invalid("image config", e.to_string()))?;
         let mut layers = Vec::new();
         let mut sources = BTreeMap::new();
-        for l in entry["Layers"].as_array().ok_or_else(|| invalid("manifest.json", "no Layers"))? {
-            let rel = l.as_str().ok_or_else(|| invalid("manifest.json", "a layer is not a path"))?;
+        for l in entry["Layers"]
+            .as_array()
+            .ok_or_else(|| invalid("manifest.json", "no Layers"))?
+        {
+            let rel = l
+                .as_str()
+                .ok_or_else(|| invalid("manifest.json", "a layer is not a path"))?;
             let file = inside(rel)?;
             let mut f = fs::File::open(&file).map_err(io(&file))?;
             let mut h = Sha256::new();
@@ -341,7 +517,16 @@ impl ImageStore {
             layers.push((digest, String::new()));
         }
         let manifest_digest = format!("sha256:{}", hex(&Sha256::digest(&manifest_bytes)));
-        self.finish(name, manifest_digest, config_digest, config, layers, |d| Ok(sources[d].clone()), ids, progress)
+        self.finish(
+            name,
+            manifest_digest,
+            config_digest,
+            config,
+            layers,
+            |d| Ok(sources[d].clone()),
+            ids,
+            progress,
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -358,10 +543,17 @@ impl ImageStore {
     ) -> Result<ImageRecord> {
         let diff_ids: Vec<String> = config["rootfs"]["diff_ids"]
             .as_array()
-            .map(|a| a.iter().filter_map(|d| d.as_str().map(str::to_string)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|d| d.as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default();
         if diff_ids.len() != layers.len() {
-            return Err(invalid(format!("config {config_digest}"), format!("{} diff_ids for {} layers", diff_ids.len(), layers.len())));
+            return Err(invalid(
+                format!("config {config_digest}"),
+                format!("{} diff_ids for {} layers", diff_ids.len(), layers.len()),
+            ));
         }
         let mut size = 0;
         for (i, (digest, media)) in layers.iter().enumerate() {
@@ -377,7 +569,10 @@ impl ImageStore {
             config_digest,
             layers: layers.into_iter().map(|(d, _)| d).collect(),
             size_bytes: size,
-            imported_ms: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0),
+            imported_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0),
             config: serde_json::json!({
                 "Env": c["Env"], "Cmd": c["Cmd"], "Entrypoint": c["Entrypoint"], "WorkingDir": c["WorkingDir"], "User": c["User"],
             }),
@@ -392,7 +587,11 @@ impl ImageStore {
     pub fn resolve(&self, reference: &str) -> Result<ImageRecord> {
         let refs = self.refs()?;
         let found = match reference.split_once('@') {
-            Some((name, digest)) => refs.images.values().find(|r| r.manifest_digest == digest && r.name.starts_with(&format!("{name}:"))).cloned(),
+            Some((name, digest)) => refs
+                .images
+                .values()
+                .find(|r| r.manifest_digest == digest && r.name.starts_with(&format!("{name}:")))
+                .cloned(),
             None => refs.images.get(&normalise_name(reference)?).cloned(),
         };
         found.ok_or_else(|| ImageError::NotFound(reference.to_string()))
@@ -404,7 +603,10 @@ impl ImageStore {
         for d in record.layers.iter().rev() {
             let dir = self.layer_dir(d)?;
             if !dir.is_dir() {
-                return Err(invalid(format!("image {}", record.name), format!("layer {d} is missing from the store; import it again")));
+                return Err(invalid(
+                    format!("image {}", record.name),
+                    format!("layer {d} is missing from the store; import it again"),
+                ));
             }
             dirs.push(dir);
         }
@@ -412,10 +614,17 @@ impl ImageStore {
     }
 
     /// Removes a name; `in_use` says which job (if any) runs on the image.
-    pub fn remove(&self, reference: &str, in_use: &dyn Fn(&ImageRecord) -> Option<String>) -> Result<ImageRecord> {
+    pub fn remove(
+        &self,
+        reference: &str,
+        in_use: &dyn Fn(&ImageRecord) -> Option<String>,
+    ) -> Result<ImageRecord> {
         let record = self.resolve(reference)?;
         if let Some(job) = in_use(&record) {
-            return Err(ImageError::InUse { name: record.name, job });
+            return Err(ImageError::InUse {
+                name: record.name,
+                job,
+            });
         }
         let mut refs = self.refs()?;
         refs.images.remove(&record.name);
@@ -440,7 +649,12 @@ impl ImageStore {
                 let name = entry.file_name().to_string_lossy().into_owned();
                 if !live.contains(&name) {
                     let p = entry.path();
-                    if p.is_dir() { fs::remove_dir_all(&p) } else { fs::remove_file(&p) }.map_err(io(&p))?;
+                    if p.is_dir() {
+                        fs::remove_dir_all(&p)
+                    } else {
+                        fs::remove_file(&p)
+                    }
+                    .map_err(io(&p))?;
                     removed += 1;
                 }
             }
@@ -454,7 +668,11 @@ mod tests {
     use super::*;
     use crate::layout::{put_blob, tar_directory, write_oci_layout};
 
-    const IDS: IdShift = IdShift { uid: 0, gid: 0, size: 65_536 };
+    const IDS: IdShift = IdShift {
+        uid: 0,
+        gid: 0,
+        size: 65_536,
+    };
 
     /// A base layer with busybox-like content and an upper layer that deletes a file.
     fn layers() -> Vec<Vec<u8>> {
@@ -468,7 +686,10 @@ mod tests {
         fs::create_dir_all(upper.path().join("etc")).unwrap();
         fs::write(upper.path().join("etc/.wh.motd"), b"").unwrap();
         fs::write(upper.path().join("etc/added"), b"new\n").unwrap();
-        vec![tar_directory(base.path()).unwrap(), tar_directory(upper.path()).unwrap()]
+        vec![
+            tar_directory(base.path()).unwrap(),
+            tar_directory(upper.path()).unwrap(),
+        ]
     }
 
     fn store() -> (tempfile::TempDir, ImageStore) {
@@ -490,17 +711,30 @@ mod tests {
         assert_eq!(record.name, "tools:1");
         let lowers = s.lower_dirs(&record).unwrap();
         assert_eq!(lowers.len(), 2);
-        assert_eq!(fs::read(lowers[1].join("bin/tool")).unwrap(), b"#!/bin/sh\necho tool\n");
+        assert_eq!(
+            fs::read(lowers[1].join("bin/tool")).unwrap(),
+            b"#!/bin/sh\necho tool\n"
+        );
         assert_eq!(fs::read(lowers[0].join("etc/added")).unwrap(), b"new\n");
         use std::os::unix::fs::FileTypeExt;
-        assert!(fs::symlink_metadata(lowers[0].join("etc/motd")).unwrap().file_type().is_char_device());
+        assert!(fs::symlink_metadata(lowers[0].join("etc/motd"))
+            .unwrap()
+            .file_type()
+            .is_char_device());
         let archive = tempfile::tempdir().unwrap();
         let tar_path = archive.path().join("image.tar");
         fs::write(&tar_path, tar_of(layout.path())).unwrap();
-        let again = s.import(&tar_path, Some("tools:tar"), IDS, &mut |_| {}).unwrap();
+        let again = s
+            .import(&tar_path, Some("tools:tar"), IDS, &mut |_| {})
+            .unwrap();
         assert_eq!(again.manifest_digest, record.manifest_digest);
         assert_eq!(s.resolve("tools:tar").unwrap().name, "tools:tar");
-        assert_eq!(s.resolve(&format!("tools@{}", record.manifest_digest)).unwrap().manifest_digest, record.manifest_digest);
+        assert_eq!(
+            s.resolve(&format!("tools@{}", record.manifest_digest))
+                .unwrap()
+                .manifest_digest,
+            record.manifest_digest
+        );
         assert_eq!(s.list().unwrap().len(), 2);
     }
 
@@ -540,10 +774,20 @@ mod tests {
         write_oci_layout(&layers(), layout.path(), "t:1", &["sh"]).unwrap();
         // Replace a layer blob's bytes, keeping its name.
         let blobs = layout.path().join("blobs/sha256");
-        let index: serde_json::Value = serde_json::from_slice(&fs::read(layout.path().join("index.json")).unwrap()).unwrap();
-        let mdigest = index["manifests"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
-        let manifest: serde_json::Value = serde_json::from_slice(&fs::read(blobs.join(&mdigest)).unwrap()).unwrap();
-        let layer = manifest["layers"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
+        let index: serde_json::Value =
+            serde_json::from_slice(&fs::read(layout.path().join("index.json")).unwrap()).unwrap();
+        let mdigest = index["manifests"][0]["digest"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:")
+            .to_string();
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&fs::read(blobs.join(&mdigest)).unwrap()).unwrap();
+        let layer = manifest["layers"][0]["digest"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:")
+            .to_string();
         fs::write(blobs.join(&layer), b"not the layer").unwrap();
         let err = s.import(layout.path(), None, IDS, &mut |_| {}).unwrap_err();
         assert!(matches!(err, ImageError::DigestMismatch { .. }), "{err}");
@@ -566,11 +810,20 @@ mod tests {
         let config_digest = put_blob(out.path(), &config).unwrap();
         let manifest = serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "config": {"digest": config_digest}, "layers": [{"digest": layer_digest, "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip"}]})).unwrap();
         let mdigest = put_blob(out.path(), &manifest).unwrap();
-        fs::write(out.path().join("index.json"), serde_json::to_vec(&serde_json::json!({"manifests": [{"digest": mdigest}]})).unwrap()).unwrap();
+        fs::write(
+            out.path().join("index.json"),
+            serde_json::to_vec(&serde_json::json!({"manifests": [{"digest": mdigest}]})).unwrap(),
+        )
+        .unwrap();
         fs::write(out.path().join("oci-layout"), b"{}").unwrap();
-        let err = s.import(out.path(), Some("liar:1"), IDS, &mut |_| {}).unwrap_err();
+        let err = s
+            .import(out.path(), Some("liar:1"), IDS, &mut |_| {})
+            .unwrap_err();
         assert!(matches!(err, ImageError::DiffIdMismatch { .. }), "{err}");
-        assert!(!s.layer_dir(&layer_digest).unwrap().exists(), "a refused layer is not kept");
+        assert!(
+            !s.layer_dir(&layer_digest).unwrap().exists(),
+            "a refused layer is not kept"
+        );
     }
 
     #[test]
@@ -588,7 +841,10 @@ mod tests {
         fs::write(&path, b.into_inner().unwrap()).unwrap();
         let err = s.import(&path, Some("x:1"), IDS, &mut |_| {}).unwrap_err();
         assert!(err.to_string().contains("../../escaped"), "{err}");
-        assert!(!d.path().join("escaped").exists() && !d.path().parent().unwrap().join("escaped").exists());
+        assert!(
+            !d.path().join("escaped").exists()
+                && !d.path().parent().unwrap().join("escaped").exists()
+        );
     }
 
     #[test]
@@ -602,7 +858,10 @@ mod tests {
         assert_eq!(s.gc().unwrap(), 0);
         s.remove("t", &|_| None).unwrap_err();
         s.remove("t:1", &|_| None).unwrap();
-        assert!(s.gc().unwrap() >= 4, "manifest, config, two layer blobs and two layers");
+        assert!(
+            s.gc().unwrap() >= 4,
+            "manifest, config, two layer blobs and two layers"
+        );
         assert!(!s.blob_path(&record.config_digest).unwrap().exists());
     }
 }

@@ -37,7 +37,10 @@ pub enum UnpackError {
     #[error("layer: {0}")]
     Archive(String),
     #[error("layer entry `{entry}`: {error}")]
-    Io { entry: String, error: std::io::Error },
+    Io {
+        entry: String,
+        error: std::io::Error,
+    },
     #[error("layer unpacks to more than {limit} {what}; refused as a decompression bomb")]
     TooLarge { what: &'static str, limit: u64 },
 }
@@ -45,7 +48,10 @@ pub enum UnpackError {
 type Result<T> = std::result::Result<T, UnpackError>;
 
 fn refuse(entry: &Path, reason: impl Into<String>) -> UnpackError {
-    UnpackError::Refused { entry: entry.display().to_string(), reason: reason.into() }
+    UnpackError::Refused {
+        entry: entry.display().to_string(),
+        reason: reason.into(),
+    }
 }
 
 /// Host ids the image's ids are shifted by, so that inside the sandbox's user namespace
@@ -73,7 +79,9 @@ fn clean_entry_path(raw: &Path) -> Result<PathBuf> {
         match c {
             Component::Normal(p) => out.push(p),
             Component::CurDir => {}
-            Component::RootDir | Component::Prefix(_) => return Err(refuse(raw, "absolute paths are refused")),
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(refuse(raw, "absolute paths are refused"))
+            }
             Component::ParentDir => return Err(refuse(raw, "`..` would leave the layer")),
         }
     }
@@ -87,7 +95,10 @@ fn symlink_stays_inside(link: &Path, target: &Path) -> bool {
         // what matters is that it never names a host path, and inside the sandbox it cannot.
         return true;
     }
-    let mut depth: i64 = link.parent().map(|p| p.components().count() as i64).unwrap_or(0);
+    let mut depth: i64 = link
+        .parent()
+        .map(|p| p.components().count() as i64)
+        .unwrap_or(0);
     for c in target.components() {
         match c {
             Component::ParentDir => {
@@ -111,11 +122,28 @@ fn prepare_parents(root: &Path, rel: &Path, entry: &Path) -> Result<()> {
             current.push(c);
             match fs::symlink_metadata(&current) {
                 Ok(md) if md.file_type().is_symlink() => {
-                    return Err(refuse(entry, format!("its parent `{}` is a symlink", current.strip_prefix(root).unwrap_or(&current).display())))
+                    return Err(refuse(
+                        entry,
+                        format!(
+                            "its parent `{}` is a symlink",
+                            current.strip_prefix(root).unwrap_or(&current).display()
+                        ),
+                    ))
                 }
                 Ok(md) if md.is_dir() => {}
-                Ok(_) => return Err(refuse(entry, format!("its parent `{}` is not a directory", current.strip_prefix(root).unwrap_or(&current).display()))),
-                Err(_) => fs::create_dir(&current).map_err(|error| UnpackError::Io { entry: entry.display().to_string(), error })?,
+                Ok(_) => {
+                    return Err(refuse(
+                        entry,
+                        format!(
+                            "its parent `{}` is not a directory",
+                            current.strip_prefix(root).unwrap_or(&current).display()
+                        ),
+                    ))
+                }
+                Err(_) => fs::create_dir(&current).map_err(|error| UnpackError::Io {
+                    entry: entry.display().to_string(),
+                    error,
+                })?,
             }
         }
     }
@@ -123,8 +151,15 @@ fn prepare_parents(root: &Path, rel: &Path, entry: &Path) -> Result<()> {
 }
 
 fn shift(id: u64, base: u32, size: u32, entry: &Path) -> Result<u32> {
+    if size == 1 {
+        // A rootless store: every file belongs to the one id the sandbox has.
+        return Ok(base);
+    }
     if id >= u64::from(size) {
-        return Err(refuse(entry, format!("owner id {id} is beyond the {size} ids the sandbox maps")));
+        return Err(refuse(
+            entry,
+            format!("owner id {id} is beyond the {size} ids the sandbox maps"),
+        ));
     }
     Ok(base + id as u32)
 }
@@ -133,7 +168,10 @@ fn lchown(path: &Path, uid: u32, gid: u32, entry: &Path) -> Result<()> {
     let c = CString::new(path.as_os_str().as_bytes()).unwrap_or_default();
     // SAFETY: lchown reads a NUL-terminated path.
     if unsafe { libc::lchown(c.as_ptr(), uid, gid) } != 0 {
-        return Err(UnpackError::Io { entry: entry.display().to_string(), error: std::io::Error::last_os_error() });
+        return Err(UnpackError::Io {
+            entry: entry.display().to_string(),
+            error: std::io::Error::last_os_error(),
+        });
     }
     Ok(())
 }
@@ -153,17 +191,26 @@ fn make_whiteout(path: &Path, entry: &Path) -> Result<()> {
     let c = CString::new(path.as_os_str().as_bytes()).unwrap_or_default();
     // SAFETY: mknod reads a NUL-terminated path; (0, 0) is the overlayfs whiteout device.
     if unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR, libc::makedev(0, 0)) } != 0 {
-        return Err(UnpackError::Io { entry: entry.display().to_string(), error: std::io::Error::last_os_error() });
+        return Err(UnpackError::Io {
+            entry: entry.display().to_string(),
+            error: std::io::Error::last_os_error(),
+        });
     }
     Ok(())
 }
 
+/// Marks `dir` opaque for overlayfs, in both xattr namespaces: `trusted.` for an overlay
+/// mounted by host root, `user.` for one mounted inside the sandbox's user namespace.
 fn mark_opaque(dir: &Path, entry: &Path) -> Result<()> {
     let c = CString::new(dir.as_os_str().as_bytes()).unwrap_or_default();
-    let name = c"trusted.overlay.opaque";
-    // SAFETY: setxattr reads the NUL-terminated path and name and one byte of value.
-    if unsafe { libc::lsetxattr(c.as_ptr(), name.as_ptr(), b"y".as_ptr().cast(), 1, 0) } != 0 {
-        return Err(UnpackError::Io { entry: entry.display().to_string(), error: std::io::Error::last_os_error() });
+    for name in [c"trusted.overlay.opaque", c"user.overlay.opaque"] {
+        // SAFETY: setxattr reads the NUL-terminated path and name and one byte of value.
+        if unsafe { libc::lsetxattr(c.as_ptr(), name.as_ptr(), b"y".as_ptr().cast(), 1, 0) } != 0 {
+            return Err(UnpackError::Io {
+                entry: entry.display().to_string(),
+                error: std::io::Error::last_os_error(),
+            });
+        }
     }
     Ok(())
 }
@@ -173,30 +220,55 @@ pub fn unpack_layer(input: impl Read, root: &Path, ids: IdShift) -> Result<Unpac
     let mut archive = tar::Archive::new(input);
     let mut stats = UnpackStats::default();
     let mut seen: HashSet<PathBuf> = HashSet::new();
-    let entries = archive.entries().map_err(|e| UnpackError::Archive(e.to_string()))?;
+    let entries = archive
+        .entries()
+        .map_err(|e| UnpackError::Archive(e.to_string()))?;
     for entry in entries {
-        let mut entry = entry.map_err(|e| UnpackError::Archive(format!("truncated or corrupt: {e}")))?;
-        let raw = entry.path().map_err(|e| UnpackError::Archive(e.to_string()))?.into_owned();
+        let mut entry =
+            entry.map_err(|e| UnpackError::Archive(format!("truncated or corrupt: {e}")))?;
+        let raw = entry
+            .path()
+            .map_err(|e| UnpackError::Archive(e.to_string()))?
+            .into_owned();
         let rel = clean_entry_path(&raw)?;
         if rel.as_os_str().is_empty() {
             continue;
         }
         stats.entries += 1;
         if stats.entries > MAX_LAYER_ENTRIES {
-            return Err(UnpackError::TooLarge { what: "entries", limit: MAX_LAYER_ENTRIES });
+            return Err(UnpackError::TooLarge {
+                what: "entries",
+                limit: MAX_LAYER_ENTRIES,
+            });
         }
         if !seen.insert(rel.clone()) {
             return Err(refuse(&raw, "it appears twice in the layer"));
         }
         prepare_parents(root, &rel, &raw)?;
         let target = root.join(&rel);
-        let name = rel.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = rel
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         if name == ".wh..wh..opq" {
             let dir = target.parent().unwrap_or(root);
-            for child in fs::read_dir(dir).map_err(|error| UnpackError::Io { entry: raw.display().to_string(), error })? {
-                let child = child.map_err(|error| UnpackError::Io { entry: raw.display().to_string(), error })?;
-                if !seen.contains(&rel.parent().unwrap_or(Path::new("")).join(child.file_name())) {
-                    remove_any(&child.path()).map_err(|error| UnpackError::Io { entry: raw.display().to_string(), error })?;
+            for child in fs::read_dir(dir).map_err(|error| UnpackError::Io {
+                entry: raw.display().to_string(),
+                error,
+            })? {
+                let child = child.map_err(|error| UnpackError::Io {
+                    entry: raw.display().to_string(),
+                    error,
+                })?;
+                if !seen.contains(
+                    &rel.parent()
+                        .unwrap_or(Path::new(""))
+                        .join(child.file_name()),
+                ) {
+                    remove_any(&child.path()).map_err(|error| UnpackError::Io {
+                        entry: raw.display().to_string(),
+                        error,
+                    })?;
                 }
             }
             mark_opaque(dir, &raw)?;
@@ -205,13 +277,18 @@ pub fn unpack_layer(input: impl Read, root: &Path, ids: IdShift) -> Result<Unpac
         }
         if let Some(hidden) = name.strip_prefix(".wh.") {
             let victim = target.with_file_name(hidden);
-            remove_any(&victim).map_err(|error| UnpackError::Io { entry: raw.display().to_string(), error })?;
+            remove_any(&victim).map_err(|error| UnpackError::Io {
+                entry: raw.display().to_string(),
+                error,
+            })?;
             make_whiteout(&victim, &raw)?;
             stats.whiteouts += 1;
             continue;
         }
         let header = entry.header().clone();
-        let mode = header.mode().map_err(|e| UnpackError::Archive(e.to_string()))?;
+        let mode = header
+            .mode()
+            .map_err(|e| UnpackError::Archive(e.to_string()))?;
         let (uid, gid) = (
             shift(header.uid().unwrap_or(0), ids.uid, ids.size, &raw)?,
             shift(header.gid().unwrap_or(0), ids.gid, ids.size, &raw)?,
@@ -223,15 +300,24 @@ pub fn unpack_layer(input: impl Read, root: &Path, ids: IdShift) -> Result<Unpac
         }
         // An existing entry from a lower layer is replaced, never written through.
         if !header.entry_type().is_dir() {
-            remove_any(&target).map_err(|error| UnpackError::Io { entry: raw.display().to_string(), error })?;
+            remove_any(&target).map_err(|error| UnpackError::Io {
+                entry: raw.display().to_string(),
+                error,
+            })?;
         }
-        let io = |error| UnpackError::Io { entry: raw.display().to_string(), error };
+        let io = |error| UnpackError::Io {
+            entry: raw.display().to_string(),
+            error,
+        };
         match header.entry_type() {
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 let size = header.size().unwrap_or(0);
                 stats.bytes += size;
                 if stats.bytes > MAX_LAYER_BYTES {
-                    return Err(UnpackError::TooLarge { what: "bytes", limit: MAX_LAYER_BYTES });
+                    return Err(UnpackError::TooLarge {
+                        what: "bytes",
+                        limit: MAX_LAYER_BYTES,
+                    });
                 }
                 let mut file = fs::OpenOptions::new()
                     .write(true)
@@ -243,7 +329,10 @@ pub fn unpack_layer(input: impl Read, root: &Path, ids: IdShift) -> Result<Unpac
                 let copied = std::io::copy(&mut (&mut entry).take(size), &mut file)
                     .map_err(|e| UnpackError::Archive(format!("entry `{}`: {e}", raw.display())))?;
                 if copied != size {
-                    return Err(UnpackError::Archive(format!("entry `{}` is truncated ({copied} of {size} bytes)", raw.display())));
+                    return Err(UnpackError::Archive(format!(
+                        "entry `{}` is truncated ({copied} of {size} bytes)",
+                        raw.display()
+                    )));
                 }
                 file.flush().map_err(io)?;
                 lchown(&target, uid, gid, &raw)?;
@@ -262,30 +351,68 @@ pub fn unpack_layer(input: impl Read, root: &Path, ids: IdShift) -> Result<Unpac
                 fs::set_permissions(&target, fs::Permissions::from_mode(perm)).map_err(io)?;
             }
             tar::EntryType::Symlink => {
-                let link = header.link_name().map_err(|e| UnpackError::Archive(e.to_string()))?.ok_or_else(|| refuse(&raw, "a symlink without a target"))?;
+                let link = header
+                    .link_name()
+                    .map_err(|e| UnpackError::Archive(e.to_string()))?
+                    .ok_or_else(|| refuse(&raw, "a symlink without a target"))?;
                 if !symlink_stays_inside(&rel, &link) {
-                    return Err(refuse(&raw, format!("symlink to `{}` points outside the layer", link.display())));
+                    return Err(refuse(
+                        &raw,
+                        format!("symlink to `{}` points outside the layer", link.display()),
+                    ));
                 }
                 symlink(&link, &target).map_err(io)?;
                 lchown(&target, uid, gid, &raw)?;
             }
             tar::EntryType::Link => {
-                let link = header.link_name().map_err(|e| UnpackError::Archive(e.to_string()))?.ok_or_else(|| refuse(&raw, "a hardlink without a target"))?;
-                let source = clean_entry_path(&link).map_err(|_| refuse(&raw, format!("hardlink to `{}` points outside the layer", link.display())))?;
+                let link = header
+                    .link_name()
+                    .map_err(|e| UnpackError::Archive(e.to_string()))?
+                    .ok_or_else(|| refuse(&raw, "a hardlink without a target"))?;
+                let source = clean_entry_path(&link).map_err(|_| {
+                    refuse(
+                        &raw,
+                        format!("hardlink to `{}` points outside the layer", link.display()),
+                    )
+                })?;
                 if !seen.contains(&source) {
-                    return Err(refuse(&raw, format!("hardlink to `{}`, which this layer has not unpacked", link.display())));
+                    return Err(refuse(
+                        &raw,
+                        format!(
+                            "hardlink to `{}`, which this layer has not unpacked",
+                            link.display()
+                        ),
+                    ));
                 }
                 let source_path = root.join(&source);
                 match fs::symlink_metadata(&source_path) {
                     Ok(md) if md.is_file() => {}
-                    _ => return Err(refuse(&raw, format!("hardlink to `{}`, which is not a regular file here", link.display()))),
+                    _ => {
+                        return Err(refuse(
+                            &raw,
+                            format!(
+                                "hardlink to `{}`, which is not a regular file here",
+                                link.display()
+                            ),
+                        ))
+                    }
                 }
                 fs::hard_link(&source_path, &target).map_err(io)?;
             }
-            tar::EntryType::Char | tar::EntryType::Block => return Err(refuse(&raw, "device nodes are refused")),
+            tar::EntryType::Char | tar::EntryType::Block => {
+                return Err(refuse(&raw, "device nodes are refused"))
+            }
             tar::EntryType::Fifo => {}
-            tar::EntryType::XGlobalHeader | tar::EntryType::XHeader | tar::EntryType::GNULongName | tar::EntryType::GNULongLink => {}
-            other => return Err(refuse(&raw, format!("entry type {other:?} is not supported"))),
+            tar::EntryType::XGlobalHeader
+            | tar::EntryType::XHeader
+            | tar::EntryType::GNULongName
+            | tar::EntryType::GNULongLink => {}
+            other => {
+                return Err(refuse(
+                    &raw,
+                    format!("entry type {other:?} is not supported"),
+                ))
+            }
         }
     }
     Ok(stats)
@@ -301,7 +428,10 @@ pub fn decompressed<'a>(mut blob: impl Read + 'a, media_type: &str) -> Result<Bo
     let gzip = media_type.ends_with("gzip") || magic[..2] == [0x1f, 0x8b];
     let zstd = media_type.ends_with("zstd") || magic == [0x28, 0xb5, 0x2f, 0xfd];
     Ok(if zstd {
-        Box::new(zstd::stream::read::Decoder::new(chained).map_err(|e| UnpackError::Archive(format!("zstd: {e}")))?)
+        Box::new(
+            zstd::stream::read::Decoder::new(chained)
+                .map_err(|e| UnpackError::Archive(format!("zstd: {e}")))?,
+        )
     } else if gzip {
         Box::new(flate2::read::GzDecoder::new(chained))
     } else {
@@ -324,7 +454,11 @@ fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 mod tests {
     use super::*;
 
-    const IDS: IdShift = IdShift { uid: 0, gid: 0, size: 65_536 };
+    const IDS: IdShift = IdShift {
+        uid: 0,
+        gid: 0,
+        size: 65_536,
+    };
 
     /// A tar built entry by entry, including entries the `tar` crate's safe API refuses.
     struct Layer(tar::Builder<Vec<u8>>);
@@ -334,7 +468,14 @@ mod tests {
             Layer(tar::Builder::new(Vec::new()))
         }
 
-        fn entry(mut self, path: &str, kind: tar::EntryType, link: Option<&str>, data: &[u8], mode: u32) -> Self {
+        fn entry(
+            mut self,
+            path: &str,
+            kind: tar::EntryType,
+            link: Option<&str>,
+            data: &[u8],
+            mode: u32,
+        ) -> Self {
             let mut h = tar::Header::new_gnu();
             // Written raw so that `../` and absolute names reach the archive unchanged.
             let name = path.as_bytes();
@@ -379,7 +520,10 @@ mod tests {
 
     /// Nothing may appear beside `root`, the layer's directory.
     fn nothing_outside(dir: &tempfile::TempDir) {
-        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("root")]);
     }
 
@@ -388,17 +532,46 @@ mod tests {
         let bytes = Layer::new()
             .entry("bin/", tar::EntryType::Directory, None, b"", 0o755)
             .entry("bin/busybox", tar::EntryType::Regular, None, b"ELF", 0o4755)
-            .entry("bin/sh", tar::EntryType::Link, Some("bin/busybox"), b"", 0o755)
-            .entry("bin/ls", tar::EntryType::Symlink, Some("/bin/busybox"), b"", 0o777)
-            .entry("usr/lib/x", tar::EntryType::Symlink, Some("../../bin/busybox"), b"", 0o777)
+            .entry(
+                "bin/sh",
+                tar::EntryType::Link,
+                Some("bin/busybox"),
+                b"",
+                0o755,
+            )
+            .entry(
+                "bin/ls",
+                tar::EntryType::Symlink,
+                Some("/bin/busybox"),
+                b"",
+                0o777,
+            )
+            .entry(
+                "usr/lib/x",
+                tar::EntryType::Symlink,
+                Some("../../bin/busybox"),
+                b"",
+                0o777,
+            )
             .bytes();
         let (dir, r) = unpack(&bytes);
         let stats = r.unwrap();
         assert_eq!(stats.setid_bits_stripped, 1);
         let root = dir.path().join("root");
         assert_eq!(fs::read(root.join("bin/sh")).unwrap(), b"ELF");
-        assert_eq!(fs::metadata(root.join("bin/busybox")).unwrap().permissions().mode() & 0o7777, 0o755, "setuid stripped");
-        assert_eq!(fs::read_link(root.join("bin/ls")).unwrap(), Path::new("/bin/busybox"));
+        assert_eq!(
+            fs::metadata(root.join("bin/busybox"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777,
+            0o755,
+            "setuid stripped"
+        );
+        assert_eq!(
+            fs::read_link(root.join("bin/ls")).unwrap(),
+            Path::new("/bin/busybox")
+        );
         nothing_outside(&dir);
     }
 
@@ -406,20 +579,55 @@ mod tests {
     fn parent_paths_and_absolute_paths_are_refused() {
         let (dir, _) = unpack(&Layer::new().file("../escape", b"x").bytes());
         nothing_outside(&dir);
-        assert_eq!(refused_entry(&Layer::new().file("../escape", b"x").bytes()), "../escape");
-        assert_eq!(refused_entry(&Layer::new().file("a/../../escape", b"x").bytes()), "a/../../escape");
-        assert_eq!(refused_entry(&Layer::new().file("/etc/evil", b"x").bytes()), "/etc/evil");
+        assert_eq!(
+            refused_entry(&Layer::new().file("../escape", b"x").bytes()),
+            "../escape"
+        );
+        assert_eq!(
+            refused_entry(&Layer::new().file("a/../../escape", b"x").bytes()),
+            "a/../../escape"
+        );
+        assert_eq!(
+            refused_entry(&Layer::new().file("/etc/evil", b"x").bytes()),
+            "/etc/evil"
+        );
     }
 
     #[test]
     fn links_that_leave_the_layer_are_refused() {
-        let sym = Layer::new().entry("a/link", tar::EntryType::Symlink, Some("../../etc"), b"", 0o777).bytes();
+        let sym = Layer::new()
+            .entry(
+                "a/link",
+                tar::EntryType::Symlink,
+                Some("../../etc"),
+                b"",
+                0o777,
+            )
+            .bytes();
         assert_eq!(refused_entry(&sym), "a/link");
-        let hard = Layer::new().entry("passwd", tar::EntryType::Link, Some("../../etc/passwd"), b"", 0o644).bytes();
+        let hard = Layer::new()
+            .entry(
+                "passwd",
+                tar::EntryType::Link,
+                Some("../../etc/passwd"),
+                b"",
+                0o644,
+            )
+            .bytes();
         assert_eq!(refused_entry(&hard), "passwd");
-        let hard_abs = Layer::new().entry("shadow", tar::EntryType::Link, Some("/etc/shadow"), b"", 0o644).bytes();
+        let hard_abs = Layer::new()
+            .entry(
+                "shadow",
+                tar::EntryType::Link,
+                Some("/etc/shadow"),
+                b"",
+                0o644,
+            )
+            .bytes();
         assert_eq!(refused_entry(&hard_abs), "shadow");
-        let unseen = Layer::new().entry("x", tar::EntryType::Link, Some("not-in-layer"), b"", 0o644).bytes();
+        let unseen = Layer::new()
+            .entry("x", tar::EntryType::Link, Some("not-in-layer"), b"", 0o644)
+            .bytes();
         assert_eq!(refused_entry(&unseen), "x");
     }
 
@@ -430,16 +638,23 @@ mod tests {
             .file("etc/evil", b"x")
             .bytes();
         let (dir, r) = unpack(&bytes);
-        assert!(matches!(r, Err(UnpackError::Refused { ref entry, .. }) if entry == "etc/evil"), "{r:?}");
+        assert!(
+            matches!(r, Err(UnpackError::Refused { ref entry, .. }) if entry == "etc/evil"),
+            "{r:?}"
+        );
         nothing_outside(&dir);
         assert!(!Path::new("/tmp/evil").exists());
     }
 
     #[test]
     fn devices_and_duplicates_are_refused() {
-        let dev = Layer::new().entry("dev/sda", tar::EntryType::Block, None, b"", 0o600).bytes();
+        let dev = Layer::new()
+            .entry("dev/sda", tar::EntryType::Block, None, b"", 0o600)
+            .bytes();
         assert_eq!(refused_entry(&dev), "dev/sda");
-        let chr = Layer::new().entry("dev/mem", tar::EntryType::Char, None, b"", 0o600).bytes();
+        let chr = Layer::new()
+            .entry("dev/mem", tar::EntryType::Char, None, b"", 0o600)
+            .bytes();
         assert_eq!(refused_entry(&chr), "dev/mem");
         let dup = Layer::new().file("a", b"1").file("a", b"2").bytes();
         assert_eq!(refused_entry(&dup), "a");
@@ -465,7 +680,10 @@ mod tests {
         r.unwrap();
         use std::os::unix::fs::FileTypeExt;
         let wh = fs::symlink_metadata(dir.path().join("root/etc/motd")).unwrap();
-        assert!(wh.file_type().is_char_device(), "a whiteout is a 0:0 character device");
+        assert!(
+            wh.file_type().is_char_device(),
+            "a whiteout is a 0:0 character device"
+        );
     }
 
     #[test]
@@ -475,7 +693,10 @@ mod tests {
         gz.write_all(&plain).unwrap();
         let gz = gz.finish().unwrap();
         let zst = zstd::encode_all(&plain[..], 3).unwrap();
-        for (blob, media) in [(gz, "application/vnd.oci.image.layer.v1.tar+gzip"), (zst, "application/vnd.oci.image.layer.v1.tar+zstd")] {
+        for (blob, media) in [
+            (gz, "application/vnd.oci.image.layer.v1.tar+gzip"),
+            (zst, "application/vnd.oci.image.layer.v1.tar+zstd"),
+        ] {
             let dir = tempfile::tempdir().unwrap();
             unpack_layer(decompressed(&blob[..], media).unwrap(), dir.path(), IDS).unwrap();
             assert_eq!(fs::read(dir.path().join("hello")).unwrap(), b"world");

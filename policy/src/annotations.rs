@@ -25,6 +25,9 @@ pub enum RootfsLayout {
     Skeleton,
     /// Build the root in memory: nothing to create or remove on disk per run.
     InMemory { links: Vec<(PathBuf, PathBuf)> },
+    /// The root is an overlay of these read-only directories (top first) under a writable
+    /// layer the runner creates per run and throws away after it.
+    Overlay { lower: Vec<PathBuf> },
 }
 
 /// `none` (no interface up), `loopback` (`lo` up) or `host`; OCI runtimes bring `lo` up by default.

@@ -104,6 +104,11 @@ pub fn requested_scopes(plan: &SandboxPlan) -> Vec<Scope> {
             Scope::Fs(access, m.host.clone())
         })
         .collect();
+    // The base system view (host or image) comes with every run; a host directory used as
+    // the root is a host path like any other.
+    if let RootfsSource::Dir { path } = &plan.rootfs {
+        scopes.push(Scope::Fs(FsAccess::Exec, path.clone()));
+    }
     scopes.push(Scope::Net(plan.net));
     scopes.extend(plan.connect_tcp.iter().map(|&p| Scope::NetConnectTcp(p)));
     let l = &plan.limits;
@@ -158,7 +163,7 @@ pub fn compile_request(manifest: &Manifest, job_id: &str) -> Result<SandboxPlan,
         cwd,
         user: compile_user(manifest.user.as_deref())?,
         hostname: compile_hostname(manifest.hostname.as_deref())?,
-        rootfs: compile_rootfs(manifest.rootfs.as_deref())?,
+        rootfs: compile_rootfs(manifest.rootfs.as_deref(), &manifest.base_dir)?,
         mounts,
         net,
         connect_tcp,
@@ -452,14 +457,43 @@ fn compile_hostname(hostname: Option<&str>) -> Result<String, CompileError> {
     Ok(name.to_string())
 }
 
-fn compile_rootfs(rootfs: Option<&str>) -> Result<RootfsSource, CompileError> {
-    match rootfs.unwrap_or("host") {
-        "host" => Ok(RootfsSource::Host),
-        other => Err(refuse(
-            "rootfs",
-            format!("`{other}` is not a rootfs source this build can prepare; use `host`"),
-        )),
+fn compile_rootfs(rootfs: Option<&str>, base: &Path) -> Result<RootfsSource, CompileError> {
+    let spec = rootfs.unwrap_or("host");
+    if spec == "host" {
+        return Ok(RootfsSource::Host);
     }
+    if let Some(reference) = spec.strip_prefix("image:") {
+        let valid = !reference.is_empty()
+            && reference
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./:@".contains(c))
+            && !reference.contains("..");
+        if !valid {
+            return Err(refuse(
+                "rootfs",
+                format!("`{reference}` is not an image reference (NAME[:TAG] or NAME@sha256:...)"),
+            ));
+        }
+        return Ok(RootfsSource::Image {
+            reference: reference.to_string(),
+            manifest_digest: None,
+            lower_dirs: Vec::new(),
+        });
+    }
+    if let Some(path) = spec.strip_prefix("dir:") {
+        let path = host_path("rootfs", base, Path::new(path))?;
+        if !path.is_dir() {
+            return Err(refuse(
+                "rootfs",
+                format!("`{}` is not a directory", path.display()),
+            ));
+        }
+        return Ok(RootfsSource::Dir { path });
+    }
+    Err(refuse(
+        "rootfs",
+        format!("`{spec}` is not a rootfs source: use host, image:NAME[:TAG] or dir:PATH"),
+    ))
 }
 
 fn compile_limits(manifest: &Manifest) -> Result<Limits, CompileError> {
@@ -628,7 +662,7 @@ mod tests {
             "cwd"
         );
         assert_eq!(
-            field_of("version = 1\ncommand = [\"x\"]\nrootfs = \"image:alpine\""),
+            field_of("version = 1\ncommand = [\"x\"]\nrootfs = \"image:../alpine\""),
             "rootfs"
         );
         assert_eq!(
@@ -683,6 +717,30 @@ mod tests {
             field_of("version = 1\ncommand = [\"x\"]\naccept_degradations = [\"seccomp\"]"),
             "accept_degradations"
         );
+    }
+
+    #[test]
+    fn rootfs_sources_parse_and_a_dir_root_needs_its_scope() {
+        assert!(
+            field_of("version = 1\ncommand = [\"x\"]\nrootfs = \"dir:/nonexistent\"") == "rootfs"
+        );
+        assert!(field_of("version = 1\ncommand = [\"x\"]\nrootfs = \"vm:x\"") == "rootfs");
+        let plan = compile_request(
+            &manifest("version = 1\ncommand = [\"x\"]\nrootfs = \"image:alpine:3\""),
+            "job",
+        )
+        .unwrap();
+        assert!(
+            matches!(plan.rootfs, RootfsSource::Image { ref reference, .. } if reference == "alpine:3")
+        );
+        let dir = tempdir("rootfs").canonicalize().unwrap();
+        let text = format!(
+            "version = 1\ncommand = [\"x\"]\nrootfs = \"dir:{}\"",
+            dir.display()
+        );
+        let plan = compile_request(&manifest(&text), "job").unwrap();
+        assert!(requested_scopes(&plan).contains(&Scope::Fs(FsAccess::Exec, dir.clone())));
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

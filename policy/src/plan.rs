@@ -32,6 +32,27 @@ pub enum Authorisation {
 pub enum RootfsSource {
     /// A read-only view of the host's system directories and selected `/etc` files.
     Host,
+    /// An imported image: its layers (top first) under a per-run writable layer that is
+    /// thrown away after the run. `manifest_digest` and `lower_dirs` are filled in when the
+    /// supervisor resolves the reference against its image store.
+    Image {
+        reference: String,
+        manifest_digest: Option<String>,
+        lower_dirs: Vec<PathBuf>,
+    },
+    /// A prepared host directory, read-only, under a per-run writable layer.
+    Dir { path: PathBuf },
+}
+
+impl RootfsSource {
+    /// The read-only directories an overlay root is built from (top first), if any.
+    pub fn lower_dirs(&self) -> Option<Vec<PathBuf>> {
+        match self {
+            Self::Host => None,
+            Self::Image { lower_dirs, .. } => Some(lower_dirs.clone()),
+            Self::Dir { path } => Some(vec![path.clone()]),
+        }
+    }
 }
 
 /// Whether a host path is visible read-only or read-write inside the sandbox.

@@ -35,6 +35,13 @@ use std::time::{Duration, Instant};
 
 /// Where the enforcer is bound inside the container.
 const ENFORCER_TARGET: &str = "/.covenant-enforce";
+/// Where the host's C library is bound for the enforcer, in an image root.
+const ENFORCER_LIBS: &str = "/.covenant-enforce-libs";
+/// The host's dynamic loader.
+#[cfg(target_arch = "x86_64")]
+const HOST_LOADER: &str = "/lib64/ld-linux-x86-64.so.2";
+#[cfg(target_arch = "aarch64")]
+const HOST_LOADER: &str = "/lib/ld-linux-aarch64.so.1";
 
 /// Memory the gVisor sentry and gofer need on top of the program's own limit.
 pub const GVISOR_MEMORY_ALLOWANCE: u64 = 96 << 20;
@@ -187,6 +194,8 @@ struct Decisions {
     network: &'static str,
     degradations: Vec<Degradation>,
     namespaces: Vec<Namespace>,
+    /// An image or directory root: its read-only layers, top first.
+    overlay: Option<Vec<PathBuf>>,
 }
 
 fn annotation<T: serde::de::DeserializeOwned>(spec: &Spec, key: &str) -> Result<Option<T>> {
@@ -331,6 +340,10 @@ impl OciRunner {
             root.set_path(bundle.join(root.path()));
             config.set_root(Some(root));
         }
+        let overlay = match annotation::<RootfsLayout>(&config, annotations::ROOTFS)? {
+            Some(RootfsLayout::Overlay { lower }) => Some(lower),
+            _ => None,
+        };
         Ok(Decisions {
             config,
             landlock,
@@ -339,6 +352,7 @@ impl OciRunner {
             network,
             degradations,
             namespaces,
+            overlay,
         })
     }
 
@@ -404,11 +418,11 @@ impl OciRunner {
                     .map_err(io(format!("enforcer mount point {}", point.display())))?;
             }
             let mut mounts = spec.mounts().clone().unwrap_or_default();
-            mounts.push(
+            let ro_bind = |source: &Path, destination: &str| {
                 oci_spec::runtime::MountBuilder::default()
-                    .destination(ENFORCER_TARGET)
+                    .destination(destination)
                     .typ("bind")
-                    .source(enforcer)
+                    .source(source)
                     .options(vec![
                         "bind".to_string(),
                         "ro".to_string(),
@@ -416,14 +430,46 @@ impl OciRunner {
                         "nodev".to_string(),
                     ])
                     .build()
-                    .map_err(|e| OciError::Spec(e.to_string()))?,
-            );
+                    .map_err(|e| OciError::Spec(e.to_string()))
+            };
+            mounts.push(ro_bind(enforcer, ENFORCER_TARGET)?);
+            // An image root has its own (or no) C library: the enforcer then runs on the
+            // host's loader and libraries, bound read-only beside it.
+            let loader = if d.overlay.is_some() {
+                let host_loader = Path::new(HOST_LOADER)
+                    .canonicalize()
+                    .map_err(io(format!("host loader {HOST_LOADER}")))?;
+                let lib_dir = host_loader
+                    .parent()
+                    .unwrap_or(Path::new("/lib"))
+                    .to_path_buf();
+                let point = rootfs.join(ENFORCER_LIBS.trim_start_matches('/'));
+                fs::create_dir_all(&point)
+                    .map_err(io(format!("mount point {}", point.display())))?;
+                mounts.push(ro_bind(&lib_dir, ENFORCER_LIBS)?);
+                let name = host_loader
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                Some(format!("{ENFORCER_LIBS}/{name}"))
+            } else {
+                None
+            };
             spec.set_mounts(Some(mounts));
             let mut process = spec
                 .process()
                 .clone()
                 .ok_or_else(|| OciError::Spec("process missing".into()))?;
-            let mut args = vec![ENFORCER_TARGET.to_string(), "enforce".into(), "--".into()];
+            let mut args = match loader {
+                Some(ld) => vec![
+                    ld,
+                    "--library-path".into(),
+                    ENFORCER_LIBS.into(),
+                    ENFORCER_TARGET.into(),
+                ],
+                None => vec![ENFORCER_TARGET.to_string()],
+            };
+            args.extend(["enforce".to_string(), "--".to_string()]);
             args.extend(process.args().clone().unwrap_or_default());
             process.set_args(Some(args));
             let mut env = process.env().clone().unwrap_or_default();
@@ -622,13 +668,99 @@ impl OciRunner {
         log: &Path,
         on_start: &mut dyn FnMut(&StartInfo),
     ) -> Result<RunOutcome> {
-        let rootfs = d
+        let rootfs = match &d.overlay {
+            Some(lower) => self.mount_overlay(d, lower, derived)?,
+            None => d
+                .config
+                .root()
+                .as_ref()
+                .map(|r| r.path().clone())
+                .unwrap_or_default(),
+        };
+        let result = self.lifecycle_in_root(d, id, state, derived, log, &rootfs, on_start);
+        if d.overlay.is_some() {
+            let c = CString::new(rootfs.display().to_string()).unwrap_or_default();
+            // SAFETY: umount2 reads a NUL-terminated path.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+        result
+    }
+
+    /// Mounts an image root for the runtime: the layers under a writable layer in the
+    /// run's state directory, at `derived/rootfs`; unmounted after the run.
+    fn mount_overlay(&self, d: &Decisions, lower: &[PathBuf], derived: &Path) -> Result<PathBuf> {
+        let (upper, work, merged) = (
+            derived.join("upper"),
+            derived.join("work"),
+            derived.join("rootfs"),
+        );
+        for dir in [&upper, &work, &merged] {
+            fs::create_dir_all(dir).map_err(io(format!("overlay directory {}", dir.display())))?;
+        }
+        // The root directory belongs to the sandbox's root, as the image's files do.
+        let owner = d
             .config
-            .root()
+            .linux()
             .as_ref()
-            .map(|r| r.path().clone())
-            .unwrap_or_default();
-        let spec = self.derive_config(d, &rootfs, id)?;
+            .and_then(|l| l.uid_mappings().as_ref())
+            .and_then(|m| m.first())
+            .map(|m| m.host_id());
+        let group = d
+            .config
+            .linux()
+            .as_ref()
+            .and_then(|l| l.gid_mappings().as_ref())
+            .and_then(|m| m.first())
+            .map(|m| m.host_id());
+        if let (Some(u), Some(g), false) =
+            (owner, group, matches!(self.flavor, Flavor::Gvisor { .. }))
+        {
+            let c = CString::new(upper.display().to_string()).unwrap_or_default();
+            // SAFETY: chown reads a NUL-terminated path.
+            unsafe { libc::chown(c.as_ptr(), u, g) };
+        }
+        let lowers: Vec<String> = lower.iter().map(|l| l.display().to_string()).collect();
+        let options = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lowers.join(":"),
+            upper.display(),
+            work.display()
+        );
+        nix::mount::mount(
+            Some("overlay"),
+            &merged,
+            Some("overlay"),
+            nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+            Some(options.as_str()),
+        )
+        .map_err(|e| OciError::Io {
+            what: format!("overlay root at {}", merged.display()),
+            error: e.into(),
+        })?;
+        Ok(merged)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn lifecycle_in_root(
+        &self,
+        d: &Decisions,
+        id: &str,
+        state: &Path,
+        derived: &Path,
+        log: &Path,
+        rootfs: &Path,
+        on_start: &mut dyn FnMut(&StartInfo),
+    ) -> Result<RunOutcome> {
+        let mut spec = self.derive_config(d, rootfs, id)?;
+        if d.overlay.is_some() {
+            let mut root = spec
+                .root()
+                .clone()
+                .ok_or_else(|| OciError::Spec("root missing".into()))?;
+            root.set_path(rootfs.to_path_buf());
+            root.set_readonly(Some(false));
+            spec.set_root(Some(root));
+        }
         spec.save(derived.join("config.json"))
             .map_err(|e| OciError::Spec(e.to_string()))?;
         let gvisor = matches!(self.flavor, Flavor::Gvisor { .. });

@@ -31,6 +31,8 @@ pub enum AuthorityError {
     Refused(#[from] AuthoriseError),
     #[error("attenuation: {0}")]
     Attenuation(String),
+    #[error(transparent)]
+    Image(#[from] covenant_images::store::ImageError),
     #[error("cannot read capability file {path}: {error}")]
     Read { path: String, error: std::io::Error },
 }
@@ -187,7 +189,9 @@ pub fn authorise_run(
                     .map(covenant_policy::token::id_text)
                     .collect(),
             };
-            Ok(authorise(request, &grant, authorisation)?)
+            let mut plan = authorise(request, &grant, authorisation)?;
+            crate::images::resolve_rootfs(&mut plan)?;
+            Ok(plan)
         }
         None => {
             let operator = keys::operator_key()?;
@@ -211,7 +215,9 @@ pub fn authorise_run(
             let authorisation = Authorisation::Operator {
                 key: encode_key(&roots[0]),
             };
-            Ok(authorise(request, &grant, authorisation)?)
+            let mut plan = authorise(request, &grant, authorisation)?;
+            crate::images::resolve_rootfs(&mut plan)?;
+            Ok(plan)
         }
     }
 }

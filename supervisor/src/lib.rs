@@ -3,6 +3,7 @@
 
 pub mod authority;
 pub mod home;
+pub mod images;
 pub mod keys;
 pub mod run;
 pub mod store;

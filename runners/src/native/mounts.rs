@@ -7,6 +7,7 @@
 
 use super::spec::{MountKind, MountSpec, NativeSpec};
 use super::ChildError;
+use covenant_policy::annotations::RootfsLayout;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::unistd::{chdir, pivot_root};
 use std::ffi::CString;
@@ -174,18 +175,25 @@ pub fn setup_rootfs(spec: &NativeSpec, trees: &[Option<DetachedTree>]) -> Result
         None::<&str>,
     )
     .map_err(step("make mounts private", root))?;
-    let rootfs = &spec.rootfs;
-    match &spec.in_memory_root {
-        None => mount(
-            Some(rootfs),
-            rootfs,
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None::<&str>,
-        )
-        .map_err(step("bind rootfs", rootfs))?,
-        Some(links) => build_memory_root(rootfs, links)?,
-    }
+    let root_dir = match &spec.root_layout {
+        RootfsLayout::Skeleton => {
+            mount(
+                Some(&spec.rootfs),
+                &spec.rootfs,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .map_err(step("bind rootfs", &spec.rootfs))?;
+            spec.rootfs.clone()
+        }
+        RootfsLayout::InMemory { links } => {
+            build_memory_root(&spec.rootfs, links)?;
+            spec.rootfs.clone()
+        }
+        RootfsLayout::Overlay { lower } => build_overlay_root(&spec.rootfs, lower)?,
+    };
+    let rootfs = &root_dir;
     for (m, tree) in spec.mounts.iter().zip(trees) {
         attach(rootfs, m, tree.as_ref())?;
     }
@@ -236,6 +244,40 @@ fn build_memory_root(rootfs: &Path, links: &[(PathBuf, PathBuf)]) -> Result<(), 
         })?;
     }
     Ok(())
+}
+
+/// An overlay of the image's layers (read-only) under a writable layer on a private
+/// tmpfs, which disappears with the sandbox. Returns the merged directory, the new root.
+fn build_overlay_root(rootfs: &Path, lower: &[PathBuf]) -> Result<PathBuf, ChildError> {
+    mount(
+        Some("tmpfs"),
+        rootfs,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755"),
+    )
+    .map_err(step("mount overlay scratch", rootfs))?;
+    for d in ["upper", "work", "merged"] {
+        fs::create_dir(rootfs.join(d))
+            .map_err(|e| ChildError::new("mount overlay root", format!("{d}: {e}")))?;
+    }
+    let lowers: Vec<String> = lower.iter().map(|l| l.display().to_string()).collect();
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={},userxattr",
+        lowers.join(":"),
+        rootfs.join("upper").display(),
+        rootfs.join("work").display()
+    );
+    let merged = rootfs.join("merged");
+    mount(
+        Some("overlay"),
+        &merged,
+        Some("overlay"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(options.as_str()),
+    )
+    .map_err(step("mount overlay root", &merged))?;
+    Ok(merged)
 }
 
 fn attach(rootfs: &Path, m: &MountSpec, tree: Option<&DetachedTree>) -> Result<(), ChildError> {

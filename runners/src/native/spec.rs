@@ -93,8 +93,8 @@ pub struct NativeSpec {
     pub limits: CgroupLimits,
     pub timeout: Option<Duration>,
     pub loopback_up: bool,
-    /// Build the root on a private tmpfs with these symlinks (the rootfs dir is empty).
-    pub in_memory_root: Option<Vec<(PathBuf, PathBuf)>>,
+    /// How the root is built (see `org.opencovenant.rootfs`).
+    pub root_layout: annotations::RootfsLayout,
     pub accepted_degradations: Vec<Degradation>,
     pub job_id: String,
 }
@@ -297,12 +297,27 @@ impl NativeSpec {
             }
         };
 
-        let in_memory_root = match parse_json(annotations::ROOTFS)?
+        let root_layout = match parse_json(annotations::ROOTFS)?
             .map(serde_json::from_value::<annotations::RootfsLayout>)
             .transpose()
             .map_err(|e| field(annotations::ROOTFS, e.to_string()))?
         {
-            None | Some(annotations::RootfsLayout::Skeleton) => None,
+            None | Some(annotations::RootfsLayout::Skeleton) => annotations::RootfsLayout::Skeleton,
+            Some(annotations::RootfsLayout::Overlay { lower }) => {
+                if lower.is_empty()
+                    || lower.iter().any(|l| {
+                        !l.is_absolute()
+                            || l.as_os_str().as_encoded_bytes().contains(&b':')
+                            || l.as_os_str().as_encoded_bytes().contains(&b',')
+                    })
+                {
+                    return Err(field(
+                        annotations::ROOTFS,
+                        "overlay lower directories must be absolute paths without `:` or `,`",
+                    ));
+                }
+                annotations::RootfsLayout::Overlay { lower }
+            }
             Some(annotations::RootfsLayout::InMemory { links }) => {
                 for (link, _) in &links {
                     if !link.is_absolute()
@@ -316,7 +331,7 @@ impl NativeSpec {
                         ));
                     }
                 }
-                Some(links)
+                annotations::RootfsLayout::InMemory { links }
             }
         };
         let resources = linux.resources().as_ref();
@@ -379,7 +394,7 @@ impl NativeSpec {
             limits,
             timeout,
             loopback_up,
-            in_memory_root,
+            root_layout,
             accepted_degradations,
             job_id: annotations
                 .get(annotations::JOB_ID)
