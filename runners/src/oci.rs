@@ -678,10 +678,15 @@ impl OciRunner {
                 .unwrap_or_default(),
         };
         let result = self.lifecycle_in_root(d, id, state, derived, log, &rootfs, on_start);
-        if d.overlay.is_some() {
-            let c = CString::new(rootfs.display().to_string()).unwrap_or_default();
-            // SAFETY: umount2 reads a NUL-terminated path.
-            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        if let Some(lower) = &d.overlay {
+            let mut points = vec![rootfs.clone()];
+            points.extend((0..lower.len()).map(|i| derived.join(format!("lower{i}"))));
+            for p in points {
+                let c = CString::new(p.display().to_string()).unwrap_or_default();
+                // SAFETY: umount2 reads a NUL-terminated path; a path that is not a mount
+                // point just fails.
+                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            }
         }
         result
     }
@@ -719,7 +724,31 @@ impl OciRunner {
             // SAFETY: chown reads a NUL-terminated path.
             unsafe { libc::chown(c.as_ptr(), u, g) };
         }
-        let lowers: Vec<String> = lower.iter().map(|l| l.display().to_string()).collect();
+        let mut lowers: Vec<String> = lower.iter().map(|l| l.display().to_string()).collect();
+        if let (Flavor::Gvisor { .. }, Some(base)) = (&self.flavor, owner) {
+            // gVisor has no user namespace: show the layers (stored for the sandbox's id
+            // range) with their image ids, through idmapped mounts of each layer.
+            let gbase = group.unwrap_or(base);
+            let ns = crate::native::idmap::idmap_userns_range(base, 0, gbase, 0, 65_536).map_err(
+                |e| OciError::Io {
+                    what: "idmap for the image layers".into(),
+                    error: std::io::Error::other(e.to_string()),
+                },
+            )?;
+            lowers.clear();
+            for (i, l) in lower.iter().enumerate() {
+                let target = derived.join(format!("lower{i}"));
+                fs::create_dir_all(&target)
+                    .map_err(io(format!("layer mount point {}", target.display())))?;
+                crate::native::mounts::attach_idmapped(l, &target, &ns).map_err(|e| {
+                    OciError::Io {
+                        what: format!("layer {}", l.display()),
+                        error: std::io::Error::other(e.to_string()),
+                    }
+                })?;
+                lowers.push(target.display().to_string());
+            }
+        }
         let options = format!(
             "lowerdir={},upperdir={},workdir={}",
             lowers.join(":"),

@@ -1455,3 +1455,191 @@ fn external_runtimes_leave_nothing_behind() {
         );
     }
 }
+
+/// A busybox image directory (Debian's busybox-static), packed and imported as `busy:1`.
+fn busybox_image(s: &Scene) -> Option<PathBuf> {
+    let busybox = Path::new("/bin/busybox");
+    if !busybox.exists() {
+        if std::env::var("COVENANT_REQUIRE_LIVE").as_deref() == Ok("1") {
+            panic!("/bin/busybox is missing (install busybox-static)");
+        }
+        eprintln!("skipping: /bin/busybox is missing");
+        return None;
+    }
+    let root = s.home.path().join("image-root");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::copy(busybox, root.join("bin/busybox")).unwrap();
+    for applet in ["sh", "echo", "cat", "ls", "id", "touch", "uname", "sleep"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    std::fs::write(root.join("etc/motd"), "from the image\n").unwrap();
+    let layout = s.home.path().join("layout");
+    let out = s
+        .ctl()
+        .args(["image", "pack"])
+        .arg(&root)
+        .arg("--out")
+        .arg(&layout)
+        .args(["--name", "busy:1"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let out = s
+        .ctl()
+        .args(["image", "import"])
+        .arg(&layout)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with("busy:1 sha256:"),
+        "{}",
+        stdout(&out)
+    );
+    Some(layout)
+}
+
+#[test]
+fn an_imported_image_runs_on_a_throwaway_overlay_under_every_runner() {
+    let Some(s) = Scene::live() else { return };
+    let Some(_) = busybox_image(&s) else { return };
+    for runner in all_runners() {
+        let script =
+            "cat /etc/motd; echo changed > /etc/motd; echo new > /etc/new; cat /etc/motd; id -u";
+        let out = s
+            .ctl()
+            .args([
+                "run",
+                "--runner",
+                &runner,
+                "--rootfs",
+                "image:busy:1",
+                "--",
+                "sh",
+                "-c",
+                script,
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(
+            stdout(&out),
+            "from the image\nchanged\n0\n",
+            "{runner}: {}",
+            stderr(&out)
+        );
+        let again = s
+            .ctl()
+            .args([
+                "run",
+                "--runner",
+                &runner,
+                "--rootfs",
+                "image:busy:1",
+                "--",
+                "sh",
+                "-c",
+                "cat /etc/motd; cat /etc/new 2>/dev/null || echo GONE",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(
+            stdout(&again),
+            "from the image\nGONE\n",
+            "{runner}: the writable layer must not outlive the run"
+        );
+    }
+    let overlays = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(" - overlay "))
+        .count();
+    assert_eq!(overlays, 0, "an overlay root was left mounted");
+}
+
+#[test]
+fn image_archives_import_and_rm_refuses_an_image_in_use() {
+    let Some(s) = Scene::live() else { return };
+    let Some(layout) = busybox_image(&s) else {
+        return;
+    };
+    // The same layout as an OCI archive (a tar of the layout), named on import.
+    let archive = s.home.path().join("busy.tar");
+    let status = Command::new("tar")
+        .arg("-C")
+        .arg(&layout)
+        .arg("-cf")
+        .arg(&archive)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = s
+        .ctl()
+        .args(["image", "import"])
+        .arg(&archive)
+        .args(["--name", "busy:tar"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let ls = stdout(&s.ctl().args(["image", "ls"]).output().unwrap());
+    assert!(ls.contains("busy:1") && ls.contains("busy:tar"), "{ls}");
+
+    // A running job keeps its image.
+    let mut job = s
+        .ctl()
+        .args(["run", "--rootfs", "image:busy:tar", "--", "sleep", "30"])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let bundles = s.home.path().join("home/bundles");
+    while std::fs::read_dir(&bundles).map(|d| d.count()).unwrap_or(0) == 0
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let refused = loop {
+        let out = s.ctl().args(["image", "rm", "busy:tar"]).output().unwrap();
+        if code(&out) != 0 && stderr(&out).contains("in use") {
+            break true;
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    unsafe { libc::kill(job.id() as i32, libc::SIGTERM) };
+    let _ = job.wait();
+    assert!(refused, "image rm did not refuse an image in use");
+    assert_eq!(
+        code(&s.ctl().args(["image", "rm", "busy:tar"]).output().unwrap()),
+        0
+    );
+
+    // A hostile archive is refused naming the entry, and nothing lands outside the store.
+    let hostile = s.home.path().join("hostile.tar");
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.as_old_mut().name[..14].copy_from_slice(b"../../../pwned");
+    h.set_size(1);
+    h.set_mode(0o644);
+    h.set_cksum();
+    b.append(&h, &b"x"[..]).unwrap();
+    std::fs::write(&hostile, b.into_inner().unwrap()).unwrap();
+    let out = s
+        .ctl()
+        .args(["image", "import"])
+        .arg(&hostile)
+        .args(["--name", "bad:1"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 125);
+    assert!(stderr(&out).contains("../../../pwned"), "{}", stderr(&out));
+    assert!(!s.home.path().join("pwned").exists() && !s.home.path().join("home/pwned").exists());
+    let gc = s.ctl().args(["image", "gc"]).output().unwrap();
+    assert_eq!(code(&gc), 0, "{}", stderr(&gc));
+}

@@ -26,6 +26,18 @@ pub fn idmap_userns(
     on_disk_gid: u32,
     kgid: u32,
 ) -> Result<OwnedFd, IdmapError> {
+    idmap_userns_range(on_disk_uid, kuid, on_disk_gid, kgid, 1)
+}
+
+/// A user namespace mapping `count` ids from `on_disk_uid` to host ids from `kuid` (and
+/// likewise for gids).
+pub fn idmap_userns_range(
+    on_disk_uid: u32,
+    kuid: u32,
+    on_disk_gid: u32,
+    kgid: u32,
+    count: u32,
+) -> Result<OwnedFd, IdmapError> {
     let mut fds = [0; 2];
     // SAFETY: pipe2 writes two descriptors into the array.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -61,10 +73,10 @@ pub fn idmap_userns(
     let pid = Pid::from_raw(pid as i32);
     let result = (|| {
         File::create(format!("/proc/{pid}/uid_map"))
-            .and_then(|mut f| f.write_all(format!("{on_disk_uid} {kuid} 1\n").as_bytes()))
+            .and_then(|mut f| f.write_all(format!("{on_disk_uid} {kuid} {count}\n").as_bytes()))
             .map_err(err("uid_map"))?;
         File::create(format!("/proc/{pid}/gid_map"))
-            .and_then(|mut f| f.write_all(format!("{on_disk_gid} {kgid} 1\n").as_bytes()))
+            .and_then(|mut f| f.write_all(format!("{on_disk_gid} {kgid} {count}\n").as_bytes()))
             .map_err(err("gid_map"))?;
         File::open(format!("/proc/{pid}/ns/user"))
             .map(OwnedFd::from)

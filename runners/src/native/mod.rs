@@ -10,10 +10,10 @@
 //! means "the program is running".
 
 pub(crate) mod cgroup;
-mod idmap;
+pub(crate) mod idmap;
 mod init;
 pub(crate) mod landlock;
-mod mounts;
+pub(crate) mod mounts;
 mod net;
 mod privileges;
 mod seccomp;

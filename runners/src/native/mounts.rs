@@ -127,6 +127,45 @@ pub fn clone_host_tree(m: &MountSpec, idmap: Option<&OwnedFd>) -> Result<Detache
     Ok(DetachedTree { fd, is_dir })
 }
 
+/// Clones `source` recursively into a detached tree idmapped through `userns`, and
+/// attaches it at `target` (host side, for runtimes that need the result as a path).
+pub(crate) fn attach_idmapped(
+    source: &Path,
+    target: &Path,
+    userns: &OwnedFd,
+) -> Result<(), MountError> {
+    let spec = MountSpec {
+        destination: target.to_path_buf(),
+        kind: MountKind::Bind {
+            source: source.to_path_buf(),
+            recursive: true,
+        },
+        flags: MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+    };
+    let tree = clone_host_tree(&spec, Some(userns))?;
+    let t = cstring(target);
+    let empty = c"";
+    // SAFETY: both paths are valid C strings; the tree fd is a detached mount.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.fd.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if rc < 0 {
+        return Err(MountError::SetAttr {
+            destination: target.to_path_buf(),
+            idmap: " (attach)",
+            errno: nix::errno::Errno::last(),
+        });
+    }
+    Ok(())
+}
+
 fn step<'a>(
     step: &'static str,
     target: &'a Path,
