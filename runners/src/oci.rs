@@ -575,6 +575,46 @@ fn runtime_failure(
     }
 }
 
+/// Runs `cmd` to completion while reaping the runtime's other processes that were
+/// reparented to us (we are their subreaper): a runtime that waits for its helper to die
+/// would otherwise see it as a zombie, alive, until its own timeout (runsc: 5 s).
+fn run_reaping_orphans(mut cmd: Command) -> std::io::Result<std::process::ExitStatus> {
+    let mut child = cmd.spawn()?;
+    let own = child.id() as libc::pid_t;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            reap_orphans(own);
+            return Ok(status);
+        }
+        reap_orphans(own);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Reaps every exited child but `keep`.
+fn reap_orphans(keep: libc::pid_t) {
+    loop {
+        // SAFETY: siginfo_t is plain data; waitid fills it.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waitid with WNOWAIT only looks; it reaps nothing.
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_ALL,
+                0,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            )
+        };
+        // SAFETY: si_pid is valid for a WEXITED result.
+        let pid = unsafe { info.si_pid() };
+        if rc != 0 || pid == 0 || pid == keep {
+            return;
+        }
+        // SAFETY: reaps the one exited child just seen.
+        unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
+    }
+}
+
 fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
     // SAFETY: pidfd_open returns a new descriptor or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
@@ -649,12 +689,19 @@ impl OciRunner {
             .map_err(io(format!("bundle directory {}", derived.display())))?;
         let result = self.lifecycle_run(&decisions, &id, &state, &derived, &log, on_start);
         // Whatever happened: no container, no state directory, no derived bundle.
-        let _ = self
-            .command(&state, &log, &["delete", "--force", &id])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        // `runsc run` deletes its container itself; anything left in the state directory
+        // is a container to delete.
+        if fs::read_dir(&state)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+        {
+            let mut delete = self.command(&state, &log, &["delete", "--force", &id]);
+            delete
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            let _ = run_reaping_orphans(delete);
+        }
         let _ = fs::remove_dir_all(&work);
         result
     }
@@ -812,7 +859,7 @@ impl OciRunner {
         } else {
             None
         };
-        let pid_file = state.join("container.pid");
+        let pid_file = derived.with_file_name("container.pid");
         let pid_arg = pid_file.display().to_string();
         let bundle_arg = derived.display().to_string();
         let mut network_flag = None;
@@ -831,8 +878,10 @@ impl OciRunner {
             if let Some(flag) = &network_flag {
                 args.push(flag);
             }
+            // gVisor: `run` creates, starts, waits and deletes in one runsc process (each
+            // runsc invocation costs tens of milliseconds); runc and crun: create + start.
             args.extend([
-                "create",
+                if gvisor { "run" } else { "create" },
                 "--bundle",
                 &bundle_arg,
                 "--pid-file",
@@ -860,31 +909,54 @@ impl OciRunner {
                     .collect();
                 join_cgroup_in_child(&mut create, procs);
             }
-            let status = create
-                .status()
-                .map_err(io(format!("{} create", self.binary.display())))?;
-            if !status.success() {
-                return Err(runtime_failure(
-                    &self.binary,
-                    &["create"],
-                    &status,
-                    log,
-                    b"",
-                ));
-            }
-            let pid: i32 = fs::read_to_string(&pid_file)
-                .map_err(io("the runtime's pid file"))?
-                .trim()
-                .parse()
-                .map_err(|_| OciError::Spec("the runtime wrote an invalid pid file".into()))?;
-            let mut start_args: Vec<&str> = Vec::new();
-            if let Some(flag) = &network_flag {
-                start_args.push(flag);
-            }
-            start_args.extend(["start", id]);
-            self.lifecycle(state, log, &start_args)?;
+            let read_pid =
+                || -> Option<i32> { fs::read_to_string(&pid_file).ok()?.trim().parse().ok() };
+            let (pid, mut waiter) = if gvisor {
+                let mut child = create
+                    .spawn()
+                    .map_err(io(format!("{} run", self.binary.display())))?;
+                let deadline = Instant::now() + Duration::from_secs(60);
+                let pid = loop {
+                    if let Some(pid) = read_pid() {
+                        break pid;
+                    }
+                    if let Some(status) = child.try_wait().map_err(io("runsc run"))? {
+                        return Err(runtime_failure(&self.binary, &["run"], &status, log, b""));
+                    }
+                    if Instant::now() > deadline {
+                        let _ = child.kill();
+                        return Err(OciError::Spec(
+                            "runsc did not start the sandbox within 60 s".into(),
+                        ));
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                };
+                (pid, Some(child))
+            } else {
+                let status = create
+                    .status()
+                    .map_err(io(format!("{} create", self.binary.display())))?;
+                if !status.success() {
+                    return Err(runtime_failure(
+                        &self.binary,
+                        &["create"],
+                        &status,
+                        log,
+                        b"",
+                    ));
+                }
+                let pid = read_pid()
+                    .ok_or_else(|| OciError::Spec("the runtime wrote no valid pid file".into()))?;
+                let mut start_args: Vec<&str> = Vec::new();
+                if let Some(flag) = &network_flag {
+                    start_args.push(flag);
+                }
+                start_args.extend(["start", id]);
+                self.lifecycle(state, log, &start_args)?;
+                (pid, None)
+            };
             let started = Instant::now();
-            let watched = pid;
+            let watched = waiter.as_ref().map(|c| c.id() as i32).unwrap_or(pid);
             let pidfd = pidfd_open(watched).map_err(io("pidfd_open"))?;
             let cgroup = own_cgroup
                 .as_ref()
@@ -930,10 +1002,25 @@ impl OciRunner {
                         error: e.into(),
                     }
                 })?;
-            let exit = match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None) {
-                Ok(nix::sys::wait::WaitStatus::Exited(_, c)) => ExitKind::Exited(c),
-                Ok(nix::sys::wait::WaitStatus::Signaled(_, s, _)) => ExitKind::Signaled(s as i32),
-                _ => ExitKind::Killed,
+            let exit = match waiter.as_mut() {
+                // `runsc run` exits with the container's status.
+                Some(child) => {
+                    let status = child.wait().map_err(io("runsc run"))?;
+                    reap_orphans(0);
+                    use std::os::unix::process::ExitStatusExt;
+                    match (status.code(), status.signal()) {
+                        (Some(c), _) => ExitKind::Exited(c),
+                        (_, Some(s)) => ExitKind::Signaled(s),
+                        _ => ExitKind::Killed,
+                    }
+                }
+                None => match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None) {
+                    Ok(nix::sys::wait::WaitStatus::Exited(_, c)) => ExitKind::Exited(c),
+                    Ok(nix::sys::wait::WaitStatus::Signaled(_, s, _)) => {
+                        ExitKind::Signaled(s as i32)
+                    }
+                    _ => ExitKind::Killed,
+                },
             };
             let usage = match &own_cgroup {
                 Some(c) => c.usage(),

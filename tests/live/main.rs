@@ -1647,7 +1647,9 @@ fn image_archives_import_and_rm_refuses_an_image_in_use() {
 #[test]
 fn every_bundle_validates_against_the_runtime_spec_schema() {
     let Some(s) = Scene::live() else { return };
-    let schema = Path::new("/usr/share/gocode/src/github.com/opencontainers/runtime-spec/schema/config-schema.json");
+    let schema = Path::new(
+        "/usr/share/gocode/src/github.com/opencontainers/runtime-spec/schema/config-schema.json",
+    );
     if !schema.exists() {
         if std::env::var("COVENANT_REQUIRE_LIVE").as_deref() == Ok("1") {
             panic!("the runtime-spec schema is missing (install golang-github-opencontainers-specs-dev python3-jsonschema)");
@@ -1656,26 +1658,76 @@ fn every_bundle_validates_against_the_runtime_spec_schema() {
         return;
     }
     let validator = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/live/validate_config.py");
-    let validate = |config: &Path| Command::new("/usr/bin/python3").arg("-W").arg("ignore").arg(&validator).arg(config).output().unwrap();
+    let validate = |config: &Path| {
+        Command::new("/usr/bin/python3")
+            .arg("-W")
+            .arg("ignore")
+            .arg(&validator)
+            .arg(config)
+            .output()
+            .unwrap()
+    };
     let image = busybox_image(&s);
     let mut requests: Vec<Vec<String>> = vec![
         vec!["--".into(), "true".into()],
-        vec!["--workspace".into(), s.workspace.display().to_string(), "--memory".into(), "64MiB".into(), "--pids".into(), "9".into(), "--cpus".into(), "0.5".into(), "--timeout".into(), "5s".into(), "--".into(), "true".into()],
-        vec!["--net".into(), "host".into(), "--connect".into(), "443".into(), "--syscalls".into(), "ptrace".into(), "--user".into(), "1000:1000".into(), "--".into(), "true".into()],
+        vec![
+            "--workspace".into(),
+            s.workspace.display().to_string(),
+            "--memory".into(),
+            "64MiB".into(),
+            "--pids".into(),
+            "9".into(),
+            "--cpus".into(),
+            "0.5".into(),
+            "--timeout".into(),
+            "5s".into(),
+            "--".into(),
+            "true".into(),
+        ],
+        vec![
+            "--net".into(),
+            "host".into(),
+            "--connect".into(),
+            "443".into(),
+            "--syscalls".into(),
+            "ptrace".into(),
+            "--user".into(),
+            "1000:1000".into(),
+            "--".into(),
+            "true".into(),
+        ],
     ];
     if image.is_some() {
-        requests.push(vec!["--rootfs".into(), "image:busy:1".into(), "--".into(), "sh".into()]);
+        requests.push(vec![
+            "--rootfs".into(),
+            "image:busy:1".into(),
+            "--".into(),
+            "sh".into(),
+        ]);
     }
     for (i, request) in requests.iter().enumerate() {
         let dir = s.home.path().join(format!("bundle-{i}"));
-        let out = s.ctl().args(["bundle", "--out"]).arg(&dir).args(request).output().unwrap();
+        let out = s
+            .ctl()
+            .args(["bundle", "--out"])
+            .arg(&dir)
+            .args(request)
+            .output()
+            .unwrap();
         assert_eq!(code(&out), 0, "{}", stderr(&out));
         let v = validate(&dir.join("config.json"));
-        assert!(v.status.success(), "bundle {i} is not valid:\n{}{}", stdout(&v), stderr(&v));
+        assert!(
+            v.status.success(),
+            "bundle {i} is not valid:\n{}{}",
+            stdout(&v),
+            stderr(&v)
+        );
     }
     // The check is real: a config that breaks the schema fails it.
     let broken = s.home.path().join("broken.json");
-    let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(s.home.path().join("bundle-0/config.json")).unwrap()).unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(s.home.path().join("bundle-0/config.json")).unwrap())
+            .unwrap();
     config["ociVersion"] = serde_json::json!(5);
     std::fs::write(&broken, serde_json::to_vec(&config).unwrap()).unwrap();
     assert!(!validate(&broken).status.success());
