@@ -143,6 +143,9 @@ struct RequestArgs {
     /// Root filesystem: host (default), image:NAME[:TAG|@DIGEST], or dir:PATH.
     #[arg(long)]
     rootfs: Option<String>,
+    /// With an image or directory root: keep the run's changes to it in this host directory.
+    #[arg(long, value_name = "DIR")]
+    keep_changes: Option<PathBuf>,
     /// Run even when the kernel cannot enforce this named restriction (repeatable).
     #[arg(long = "accept-degradation", value_name = "NAME")]
     accept_degradations: Vec<String>,
@@ -171,6 +174,7 @@ impl RequestArgs {
             flags.env.insert(k.to_string(), v.to_string());
         }
         flags.rootfs = self.rootfs.clone();
+        flags.keep_changes = self.keep_changes.clone();
         flags.hostname = self.hostname.clone();
         flags.user = self.user.clone();
         flags.net = self.net.clone();

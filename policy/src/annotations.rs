@@ -27,7 +27,13 @@ pub enum RootfsLayout {
     InMemory { links: Vec<(PathBuf, PathBuf)> },
     /// The root is an overlay of these read-only directories (top first) under a writable
     /// layer the runner creates per run and throws away after it.
-    Overlay { lower: Vec<PathBuf> },
+    Overlay {
+        lower: Vec<PathBuf>,
+        /// A host directory holding the writable layer (`upper/`, `work/`) to keep;
+        /// absent: the layer lives in memory and is thrown away.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        keep: Option<PathBuf>,
+    },
 }
 
 /// `none` (no interface up), `loopback` (`lo` up) or `host`; OCI runtimes bring `lo` up by default.

@@ -109,6 +109,9 @@ pub fn requested_scopes(plan: &SandboxPlan) -> Vec<Scope> {
     if let RootfsSource::Dir { path } = &plan.rootfs {
         scopes.push(Scope::Fs(FsAccess::Exec, path.clone()));
     }
+    if let Some(keep) = &plan.keep_changes {
+        scopes.push(Scope::Fs(FsAccess::Write, keep.clone()));
+    }
     scopes.push(Scope::Net(plan.net));
     scopes.extend(plan.connect_tcp.iter().map(|&p| Scope::NetConnectTcp(p)));
     let l = &plan.limits;
@@ -164,6 +167,7 @@ pub fn compile_request(manifest: &Manifest, job_id: &str) -> Result<SandboxPlan,
         user: compile_user(manifest.user.as_deref())?,
         hostname: compile_hostname(manifest.hostname.as_deref())?,
         rootfs: compile_rootfs(manifest.rootfs.as_deref(), &manifest.base_dir)?,
+        keep_changes: compile_keep_changes(manifest)?,
         mounts,
         net,
         connect_tcp,
@@ -494,6 +498,36 @@ fn compile_rootfs(rootfs: Option<&str>, base: &Path) -> Result<RootfsSource, Com
         "rootfs",
         format!("`{spec}` is not a rootfs source: use host, image:NAME[:TAG] or dir:PATH"),
     ))
+}
+
+fn compile_keep_changes(manifest: &Manifest) -> Result<Option<PathBuf>, CompileError> {
+    let Some(path) = &manifest.keep_changes else {
+        return Ok(None);
+    };
+    let rootfs = manifest.rootfs.as_deref().unwrap_or("host");
+    if rootfs == "host" {
+        return Err(refuse(
+            "keep_changes",
+            "only an image or directory root has changes to keep",
+        ));
+    }
+    let joined = if path.is_absolute() {
+        path.clone()
+    } else {
+        manifest.base_dir.join(path)
+    };
+    if !joined.exists() {
+        std::fs::create_dir_all(&joined)
+            .map_err(|e| refuse("keep_changes", format!("`{}`: {e}", joined.display())))?;
+    }
+    let dir = host_path("keep_changes", &manifest.base_dir, &joined)?;
+    if !dir.is_dir() {
+        return Err(refuse(
+            "keep_changes",
+            format!("`{}` is not a directory", dir.display()),
+        ));
+    }
+    Ok(Some(dir))
 }
 
 fn compile_limits(manifest: &Manifest) -> Result<Limits, CompileError> {

@@ -86,8 +86,11 @@ pub struct Manifest {
     pub cwd: Option<PathBuf>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
-    /// `host` (the default).
+    /// `host` (the default), `image:NAME[:TAG]` or `dir:PATH`.
     pub rootfs: Option<String>,
+    /// For an image or directory root: keep the run's changes to it in this host directory
+    /// (the overlay's writable layer) instead of throwing them away.
+    pub keep_changes: Option<PathBuf>,
     pub hostname: Option<String>,
     /// `UID` or `UID:GID` inside the sandbox (default `0:0`, never host root).
     pub user: Option<String>,
@@ -192,6 +195,10 @@ impl Manifest {
         self.cwd = flags.cwd.or(self.cwd);
         self.env.extend(flags.env);
         self.rootfs = flags.rootfs.or(self.rootfs);
+        self.keep_changes = flags
+            .keep_changes
+            .map(|p| absolute(p, &fb))
+            .or(self.keep_changes.map(|p| absolute(p, &mb)));
         self.hostname = flags.hostname.or(self.hostname);
         self.user = flags.user.or(self.user);
         self.net = flags.net.or(self.net);

@@ -254,6 +254,10 @@ pub struct SandboxPlan {
     pub user: UserIds,
     pub hostname: String,
     pub rootfs: RootfsSource,
+    /// Where the overlay root's writable layer is kept (an image or directory root);
+    /// `None`: in memory, thrown away after the run.
+    #[serde(default)]
+    pub keep_changes: Option<PathBuf>,
     /// Host paths made visible, in mount order. The workspace, when there is one, is the
     /// mount whose target is `/workspace`.
     pub mounts: Vec<PlanMount>,

@@ -195,7 +195,7 @@ struct Decisions {
     degradations: Vec<Degradation>,
     namespaces: Vec<Namespace>,
     /// An image or directory root: its read-only layers, top first.
-    overlay: Option<Vec<PathBuf>>,
+    overlay: Option<(Vec<PathBuf>, Option<PathBuf>)>,
 }
 
 fn annotation<T: serde::de::DeserializeOwned>(spec: &Spec, key: &str) -> Result<Option<T>> {
@@ -341,9 +341,15 @@ impl OciRunner {
             config.set_root(Some(root));
         }
         let overlay = match annotation::<RootfsLayout>(&config, annotations::ROOTFS)? {
-            Some(RootfsLayout::Overlay { lower }) => Some(lower),
+            Some(RootfsLayout::Overlay { lower, keep }) => Some((lower, keep)),
             _ => None,
         };
+        if let (true, Some((_, Some(keep)))) = (gvisor, &overlay) {
+            return Err(self.unenforceable(
+                &format!("fs.write:{}", keep.display()),
+                "gVisor's gofer writes kept changes as host root; keep changes with the native runner",
+            ));
+        }
         Ok(Decisions {
             config,
             landlock,
@@ -716,7 +722,7 @@ impl OciRunner {
         on_start: &mut dyn FnMut(&StartInfo),
     ) -> Result<RunOutcome> {
         let rootfs = match &d.overlay {
-            Some(lower) => self.mount_overlay(d, lower, derived)?,
+            Some((lower, keep)) => self.mount_overlay(d, lower, keep.as_deref(), derived)?,
             None => d
                 .config
                 .root()
@@ -725,7 +731,7 @@ impl OciRunner {
                 .unwrap_or_default(),
         };
         let result = self.lifecycle_in_root(d, id, state, derived, log, &rootfs, on_start);
-        if let Some(lower) = &d.overlay {
+        if let Some((lower, _)) = &d.overlay {
             let mut points = vec![rootfs.clone()];
             points.extend((0..lower.len()).map(|i| derived.join(format!("lower{i}"))));
             for p in points {
@@ -740,10 +746,18 @@ impl OciRunner {
 
     /// Mounts an image root for the runtime: the layers under a writable layer in the
     /// run's state directory, at `derived/rootfs`; unmounted after the run.
-    fn mount_overlay(&self, d: &Decisions, lower: &[PathBuf], derived: &Path) -> Result<PathBuf> {
+    fn mount_overlay(
+        &self,
+        d: &Decisions,
+        lower: &[PathBuf],
+        keep: Option<&Path>,
+        derived: &Path,
+    ) -> Result<PathBuf> {
         let (upper, work, merged) = (
-            derived.join("upper"),
-            derived.join("work"),
+            keep.map(|k| k.join("upper"))
+                .unwrap_or_else(|| derived.join("upper")),
+            keep.map(|k| k.join("work"))
+                .unwrap_or_else(|| derived.join("work")),
             derived.join("rootfs"),
         );
         for dir in [&upper, &work, &merged] {

@@ -1552,6 +1552,42 @@ fn an_imported_image_runs_on_a_throwaway_overlay_under_every_runner() {
             "{runner}: the writable layer must not outlive the run"
         );
     }
+    // Changes can be kept in a host directory instead (the overlay's writable layer).
+    let keep = s.home.path().join("kept");
+    let out = s
+        .ctl()
+        .args(["run", "--rootfs", "image:busy:1", "--keep-changes"])
+        .arg(&keep)
+        .args(["--", "sh", "-c", "echo kept > /etc/motd"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(keep.join("upper/etc/motd")).unwrap(),
+        "kept\n"
+    );
+    let out = s
+        .ctl()
+        .args([
+            "run",
+            "--runner",
+            "gvisor",
+            "--rootfs",
+            "image:busy:1",
+            "--keep-changes",
+        ])
+        .arg(&keep)
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    if runtime("runsc").is_some() {
+        assert_eq!(
+            code(&out),
+            125,
+            "gVisor must refuse a kept layer it would write as host root"
+        );
+    }
     let overlays = std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap()
         .lines()

@@ -230,7 +230,9 @@ pub fn setup_rootfs(spec: &NativeSpec, trees: &[Option<DetachedTree>]) -> Result
             build_memory_root(&spec.rootfs, links)?;
             spec.rootfs.clone()
         }
-        RootfsLayout::Overlay { lower } => build_overlay_root(&spec.rootfs, lower)?,
+        RootfsLayout::Overlay { lower, keep } => {
+            build_overlay_root(&spec.rootfs, lower, keep.as_deref())?
+        }
     };
     let rootfs = &root_dir;
     for (m, tree) in spec.mounts.iter().zip(trees) {
@@ -287,7 +289,11 @@ fn build_memory_root(rootfs: &Path, links: &[(PathBuf, PathBuf)]) -> Result<(), 
 
 /// An overlay of the image's layers (read-only) under a writable layer on a private
 /// tmpfs, which disappears with the sandbox. Returns the merged directory, the new root.
-fn build_overlay_root(rootfs: &Path, lower: &[PathBuf]) -> Result<PathBuf, ChildError> {
+fn build_overlay_root(
+    rootfs: &Path,
+    lower: &[PathBuf],
+    keep: Option<&Path>,
+) -> Result<PathBuf, ChildError> {
     mount(
         Some("tmpfs"),
         rootfs,
@@ -300,12 +306,17 @@ fn build_overlay_root(rootfs: &Path, lower: &[PathBuf]) -> Result<PathBuf, Child
         fs::create_dir(rootfs.join(d))
             .map_err(|e| ChildError::new("mount overlay root", format!("{d}: {e}")))?;
     }
+    // A kept layer lives in a host directory prepared for the sandbox's root.
+    let (upper, work) = match keep {
+        Some(k) => (k.join("upper"), k.join("work")),
+        None => (rootfs.join("upper"), rootfs.join("work")),
+    };
     let lowers: Vec<String> = lower.iter().map(|l| l.display().to_string()).collect();
     let options = format!(
         "lowerdir={},upperdir={},workdir={},userxattr",
         lowers.join(":"),
-        rootfs.join("upper").display(),
-        rootfs.join("work").display()
+        upper.display(),
+        work.display()
     );
     let merged = rootfs.join("merged");
     mount(

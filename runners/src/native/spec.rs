@@ -303,7 +303,7 @@ impl NativeSpec {
             .map_err(|e| field(annotations::ROOTFS, e.to_string()))?
         {
             None | Some(annotations::RootfsLayout::Skeleton) => annotations::RootfsLayout::Skeleton,
-            Some(annotations::RootfsLayout::Overlay { lower }) => {
+            Some(annotations::RootfsLayout::Overlay { lower, keep }) => {
                 if lower.is_empty()
                     || lower.iter().any(|l| {
                         !l.is_absolute()
@@ -316,7 +316,7 @@ impl NativeSpec {
                         "overlay lower directories must be absolute paths without `:` or `,`",
                     ));
                 }
-                annotations::RootfsLayout::Overlay { lower }
+                annotations::RootfsLayout::Overlay { lower, keep }
             }
             Some(annotations::RootfsLayout::InMemory { links }) => {
                 for (link, _) in &links {
