@@ -139,15 +139,21 @@ impl OciRunner {
         })
     }
 
-    /// `gvisor`: runsc from `PATH` on the ptrace platform (the one that works on nested
-    /// virtualisation; `doctor` probes the others with a deadline).
+    /// `gvisor`: runsc from `PATH` on the platform `COVENANT_GVISOR_PLATFORM` names, by
+    /// default ptrace (the one that works on nested virtualisation; `doctor` probes each
+    /// platform with a deadline before one is chosen).
     pub fn gvisor(ctx: &RunnerContext) -> Result<Self> {
         let binary = on_path("runsc").ok_or_else(|| OciError::NotFound("runsc".into()))?;
+        let platform =
+            std::env::var("COVENANT_GVISOR_PLATFORM").unwrap_or_else(|_| "ptrace".into());
+        if platform.is_empty() || !platform.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return Err(OciError::Spec(format!(
+                "COVENANT_GVISOR_PLATFORM `{platform}` is not a platform name"
+            )));
+        }
         Ok(Self {
             binary,
-            flavor: Flavor::Gvisor {
-                platform: "ptrace".into(),
-            },
+            flavor: Flavor::Gvisor { platform },
             ctx: ctx.clone(),
             cgroup_root: "/sys/fs/cgroup".into(),
         })

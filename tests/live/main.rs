@@ -1768,3 +1768,89 @@ fn every_bundle_validates_against_the_runtime_spec_schema() {
     std::fs::write(&broken, serde_json::to_vec(&config).unwrap()).unwrap();
     assert!(!validate(&broken).status.success());
 }
+
+/// Builds covenant-ctl statically (for the guest kernel's bare initramfs) in its own
+/// target directory.
+fn static_ctl() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let target = root.join("target/static");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(&root)
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            "covenant-ctl",
+            "--target",
+            "x86_64-unknown-linux-gnu",
+            "--target-dir",
+        ])
+        .arg(&target)
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .env("CARGO_PROFILE_RELEASE_DEBUG", "0")
+        .status()
+        .unwrap();
+    assert!(status.success(), "the static build failed");
+    target.join("x86_64-unknown-linux-gnu/release/covenant-ctl")
+}
+
+#[test]
+fn a_pure_cgroup_v2_kernel_enforces_limits_and_landlock_fails_closed() {
+    if !live() {
+        return;
+    }
+    for tool in ["qemu-system-x86_64", "busybox", "dpkg-deb", "apt-get"] {
+        if runtime(tool).is_none() {
+            return;
+        }
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/vm/run.sh");
+    let out = Command::new(script).arg(static_ctl()).output().unwrap();
+    let text = stdout(&out);
+    let line = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("VMTEST {name} ")))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no `{name}` result from the guest:\n{text}\n{}",
+                    stderr(&out)
+                )
+            })
+            .to_string()
+    };
+    assert!(
+        text.contains("VMTEST done"),
+        "the guest did not finish:\n{text}\n{}",
+        stderr(&out)
+    );
+    assert!(
+        line("doctor").contains("cgroups V2, controllers: memory pids cpu"),
+        "{text}"
+    );
+    let refused = line("failclosed");
+    assert!(
+        refused.starts_with("exit=125")
+            && refused.contains("landlock ABI 2")
+            && refused.contains("landlock-net"),
+        "{refused}"
+    );
+    let degraded = line("degraded");
+    assert!(
+        degraded.starts_with("exit=0 out=hello") && degraded.contains("\"cgroup_version\": \"v2\""),
+        "{degraded}"
+    );
+    let pids = line("pids");
+    assert!(
+        !pids.ends_with("forkfail=0"),
+        "a v2 pids limit did not stop forks: {pids}"
+    );
+    assert_eq!(line("memory"), "exit=137", "v2 memory.max did not OOM-kill");
+    assert_eq!(line("timeout"), "exit=124");
+    assert_eq!(line("cgroups-left"), "0", "v2 cgroups left behind");
+    assert_eq!(line("audit"), "clean");
+}
