@@ -1633,9 +1633,16 @@ fn image_archives_import_and_rm_refuses_an_image_in_use() {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     let bundles = s.home.path().join("home/bundles");
-    while std::fs::read_dir(&bundles).map(|d| d.count()).unwrap_or(0) == 0
-        && Instant::now() < deadline
-    {
+    let has_plan = || {
+        std::fs::read_dir(&bundles)
+            .map(|d| {
+                d.flatten().any(|e| {
+                    e.path().join("plan.json").exists() && e.path().join("config.json").exists()
+                })
+            })
+            .unwrap_or(false)
+    };
+    while !has_plan() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
     let refused = loop {
