@@ -204,6 +204,18 @@ struct Decisions {
     overlay: Option<(Vec<PathBuf>, Option<PathBuf>)>,
 }
 
+impl Decisions {
+    /// Filters the runtime loads: the OCI profile compiles to one.
+    fn seccomp_filters(&self) -> usize {
+        usize::from(
+            self.config
+                .linux()
+                .as_ref()
+                .is_some_and(|l| l.seccomp().is_some()),
+        )
+    }
+}
+
 fn annotation<T: serde::de::DeserializeOwned>(spec: &Spec, key: &str) -> Result<Option<T>> {
     spec.annotations()
         .as_ref()
@@ -294,21 +306,7 @@ impl OciRunner {
             }
         };
         let resources = config.linux().as_ref().and_then(|l| l.resources().as_ref());
-        let limits = CgroupLimits {
-            memory_bytes: resources
-                .and_then(|r| r.memory().as_ref())
-                .and_then(|m| m.limit())
-                .map(|l| l.max(0) as u64),
-            pids: resources
-                .and_then(|r| r.pids().as_ref())
-                .map(|p| p.limit().max(0) as u64),
-            cpu: resources.and_then(|r| r.cpu().as_ref()).and_then(|c| {
-                match (c.quota(), c.period()) {
-                    (Some(q), p) if q > 0 => Some((q as u64, p.unwrap_or(100_000))),
-                    _ => None,
-                }
-            }),
-        };
+        let limits = CgroupLimits::from_oci(resources);
         let timeout = config
             .annotations()
             .as_ref()
@@ -991,12 +989,7 @@ impl OciRunner {
                 cgroup: cgroup.clone(),
                 namespaces: d.namespaces.clone(),
                 landlock: d.landlock.as_ref().map(|(_, p)| *p),
-                seccomp_filters: usize::from(
-                    d.config
-                        .linux()
-                        .as_ref()
-                        .is_some_and(|l| l.seccomp().is_some()),
-                ),
+                seccomp_filters: d.seccomp_filters(),
                 degradations: d.degradations.clone(),
             });
             let mut forward = |sig: Signal| {
@@ -1056,12 +1049,7 @@ impl OciRunner {
                 peak_memory_bytes: usage.peak_memory_bytes,
                 namespaces: d.namespaces.clone(),
                 landlock: d.landlock.as_ref().map(|(_, p)| *p),
-                seccomp_filters: usize::from(
-                    d.config
-                        .linux()
-                        .as_ref()
-                        .is_some_and(|l| l.seccomp().is_some()),
-                ),
+                seccomp_filters: d.seccomp_filters(),
                 cgroup_version: cgroup.map(|(v, _)| v),
                 degradations_applied: d.degradations.clone(),
             })

@@ -526,6 +526,28 @@ fn covenant_cgroups() -> Vec<PathBuf> {
     found
 }
 
+/// No bundle directory of the scene and no cgroup of these jobs is left.
+fn assert_jobs_left_nothing(s: &Scene, jobs: &[String]) {
+    let bundles = s.home.path().join("home/bundles");
+    assert_eq!(
+        std::fs::read_dir(&bundles).unwrap().count(),
+        0,
+        "bundle directories left behind"
+    );
+    let cgroups: Vec<_> = covenant_cgroups()
+        .into_iter()
+        .filter(|p| {
+            jobs.iter().any(|j| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with(j.as_str())
+            })
+        })
+        .collect();
+    assert!(cgroups.is_empty(), "cgroups left behind: {cgroups:?}");
+}
+
 #[test]
 fn a_hundred_runs_leave_nothing_behind() {
     let Some(s) = Scene::live() else { return };
@@ -557,24 +579,7 @@ fn a_hundred_runs_leave_nothing_behind() {
         job_ids.push(r["job_id"].as_str().unwrap().to_string());
     }
     assert_eq!(mount_count(), mounts_before, "mounts leaked");
-    let bundles = s.home.path().join("home/bundles");
-    assert_eq!(
-        std::fs::read_dir(&bundles).unwrap().count(),
-        0,
-        "bundle directories leaked"
-    );
-    let leaked: Vec<_> = covenant_cgroups()
-        .into_iter()
-        .filter(|p| {
-            job_ids.iter().any(|id| {
-                p.file_name()
-                    .unwrap()
-                    .to_string_lossy()
-                    .starts_with(id.as_str())
-            })
-        })
-        .collect();
-    assert!(leaked.is_empty(), "cgroups leaked: {leaked:?}");
+    assert_jobs_left_nothing(&s, &job_ids);
     let left = Command::new("pgrep")
         .arg("-f")
         .arg(&marker)
@@ -1428,24 +1433,7 @@ fn external_runtimes_leave_nothing_behind() {
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "runtime state left behind: {left:?}");
-    let bundles = s.home.path().join("home/bundles");
-    assert_eq!(
-        std::fs::read_dir(&bundles).unwrap().count(),
-        0,
-        "bundles left behind"
-    );
-    let cgroups: Vec<_> = covenant_cgroups()
-        .into_iter()
-        .filter(|p| {
-            jobs.iter().any(|j| {
-                p.file_name()
-                    .unwrap()
-                    .to_string_lossy()
-                    .starts_with(j.as_str())
-            })
-        })
-        .collect();
-    assert!(cgroups.is_empty(), "cgroups left behind: {cgroups:?}");
+    assert_jobs_left_nothing(&s, &jobs);
     for j in &jobs {
         let left = Command::new("pgrep").arg("-f").arg(j).output().unwrap();
         assert!(

@@ -65,6 +65,27 @@ pub struct CgroupLimits {
     pub cpu: Option<(u64, u64)>,
 }
 
+impl CgroupLimits {
+    /// The limits an OCI `linux.resources` section sets (memory, pids, CFS quota).
+    pub fn from_oci(resources: Option<&oci_spec::runtime::LinuxResources>) -> Self {
+        CgroupLimits {
+            memory_bytes: resources
+                .and_then(|r| r.memory().as_ref())
+                .and_then(|m| m.limit())
+                .map(|l| l.max(0) as u64),
+            pids: resources
+                .and_then(|r| r.pids().as_ref())
+                .map(|p| p.limit().max(0) as u64),
+            cpu: resources.and_then(|r| r.cpu().as_ref()).and_then(|c| {
+                match (c.quota(), c.period()) {
+                    (Some(q), p) if q > 0 => Some((q as u64, p.unwrap_or(100_000))),
+                    _ => None,
+                }
+            }),
+        }
+    }
+}
+
 /// Where the controllers live on this host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CgroupLayout {

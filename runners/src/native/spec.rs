@@ -335,21 +335,7 @@ impl NativeSpec {
             }
         };
         let resources = linux.resources().as_ref();
-        let limits = CgroupLimits {
-            memory_bytes: resources
-                .and_then(|r| r.memory().as_ref())
-                .and_then(|m| m.limit())
-                .map(|l| l.max(0) as u64),
-            pids: resources
-                .and_then(|r| r.pids().as_ref())
-                .map(|p| p.limit().max(0) as u64),
-            cpu: resources.and_then(|r| r.cpu().as_ref()).and_then(|c| {
-                match (c.quota(), c.period()) {
-                    (Some(q), p) if q > 0 => Some((q as u64, p.unwrap_or(100_000))),
-                    _ => None,
-                }
-            }),
-        };
+        let limits = CgroupLimits::from_oci(resources);
 
         Ok(NativeSpec {
             bundle: bundle.to_path_buf(),
