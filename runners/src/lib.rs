@@ -39,6 +39,8 @@ pub struct RunOutcome {
     pub seccomp_filters: usize,
     pub cgroup_version: Option<native::CgroupVersion>,
     pub degradations_applied: Vec<covenant_policy::Degradation>,
+    /// Signals the caller sent that reached the sandbox (SIGINT, SIGTERM, ...).
+    pub signals_forwarded: Vec<i32>,
 }
 
 /// What a runner reports once the program is running (for the audit log).

@@ -1052,6 +1052,7 @@ impl OciRunner {
                 seccomp_filters: d.seccomp_filters(),
                 cgroup_version: cgroup.map(|(v, _)| v),
                 degradations_applied: d.degradations.clone(),
+                signals_forwarded: supervised.forwarded.clone(),
             })
         })();
         let _ = old_mask.thread_set_mask();

@@ -24,6 +24,8 @@ pub const FORWARDED: [Signal; 9] = [
 pub struct Supervised {
     pub timed_out: bool,
     pub duration: Duration,
+    /// Signals the caller sent that were passed on, in order.
+    pub forwarded: Vec<i32>,
 }
 
 /// Blocks the forwarded signals for this thread and returns a signalfd for them, with the
@@ -54,6 +56,7 @@ pub fn supervise(
     forward: &mut dyn FnMut(Signal),
 ) -> nix::Result<Supervised> {
     let mut timed_out = false;
+    let mut forwarded = Vec::new();
     loop {
         let wait = match (timeout, timed_out) {
             (Some(t), false) => {
@@ -79,6 +82,7 @@ pub fn supervise(
             return Ok(Supervised {
                 timed_out,
                 duration: started.elapsed(),
+                forwarded,
             });
         }
         if fds[1]
@@ -87,6 +91,7 @@ pub fn supervise(
         {
             while let Ok(Some(info)) = sfd.read_signal() {
                 if let Ok(sig) = Signal::try_from(info.ssi_signo as i32) {
+                    forwarded.push(sig as i32);
                     forward(sig);
                 }
             }

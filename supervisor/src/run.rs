@@ -301,7 +301,7 @@ pub fn run_bundle(dir: &Path, settings: &RunSettings) -> Result<RunReport, RunEr
     };
     let result = (|| {
         let bundle = load_bundle(dir)?;
-        let plan: SandboxPlan =
+        let mut plan: SandboxPlan =
             serde_json::from_slice(&std::fs::read(dir.join("plan.json")).map_err(|error| {
                 RunError::Home {
                     path: dir.join("plan.json"),
@@ -314,13 +314,21 @@ pub fn run_bundle(dir: &Path, settings: &RunSettings) -> Result<RunReport, RunEr
         let uid = unsafe { libc::getuid() };
         audit.push("run.intent", serde_json::json!({"uid": uid, "pid": std::process::id(), "bundle": dir, "argv": plan.argv}));
         check_plan_digest(dir, &plan)?;
+        // A bundle on disk proves nothing about who authorised it: running one is the
+        // local operator's act, and what the bundle claims is recorded as a claim.
+        let claimed = serde_json::to_value(&plan.authorisation).unwrap_or_default();
+        let operator =
+            crate::keys::operator_key().map_err(crate::authority::AuthorityError::from)?;
+        plan.authorisation = covenant_policy::Authorisation::Operator {
+            key: covenant_policy::token::encode_key(&operator.verifying_key().to_bytes()),
+        };
         audit.push(
             "capability.verified",
             serde_json::to_value(&plan.authorisation).unwrap_or_default(),
         );
         audit.push(
             "bundle.loaded",
-            serde_json::json!({"config_digest": bundle.config_digest, "dir": dir}),
+            serde_json::json!({"config_digest": bundle.config_digest, "dir": dir, "claimed_authorisation": claimed}),
         );
         let runner = runner(settings)?;
         execute(&mut audit, &plan, &bundle, runner.as_ref())
@@ -404,6 +412,12 @@ fn execute(
     }
     if report.pids_limit_hits > 0 {
         audit.push("limit.hit", serde_json::json!({"limit": "pids", "max": plan.limits.pids, "refused_forks": report.pids_limit_hits}));
+    }
+    for sig in &outcome.signals_forwarded {
+        audit.push(
+            "sandbox.signalled",
+            serde_json::json!({"signal": sig, "by": "caller"}),
+        );
     }
     if report.timed_out {
         audit.push(

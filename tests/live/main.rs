@@ -442,6 +442,16 @@ fn sigterm_to_the_cli_reaches_the_program() {
     std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
     assert_eq!(rest, "GOT-TERM\n");
     assert_eq!(status.code(), Some(3));
+    let tail_out = s
+        .ctl()
+        .args(["audit", "tail", "-n", "20"])
+        .output()
+        .unwrap();
+    let tail = String::from_utf8_lossy(&tail_out.stdout);
+    assert!(
+        tail.contains("sandbox.signalled") && tail.contains("\"signal\":15"),
+        "the forwarded signal is audited:\n{tail}"
+    );
 }
 
 #[test]

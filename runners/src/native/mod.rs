@@ -246,6 +246,7 @@ impl NativeRunner {
                 .unwrap_or(0),
             cgroup_version,
             degradations_applied: prepared.degradations.clone(),
+            signals_forwarded: supervised.forwarded.clone(),
         })
     }
 }
