@@ -357,45 +357,31 @@ fn memory_limit_kills_and_is_reported() {
 #[test]
 fn timeout_kills_double_forked_children() {
     let Some(s) = Scene::live() else { return };
-    let marker = format!("covenant-orphan-{}", std::process::id());
-    let script = format!("(setsid sh -c 'exec -a {marker} sleep 300' &) ; (sh -c 'exec -a {marker} sleep 300' &) ; exec sleep 300");
+    let marker = marker(1);
+    let script = format!("(setsid sh -c 'exec sleep {marker}' &) ; (sh -c 'exec sleep {marker}' &) ; exec sleep {marker}");
     let started = Instant::now();
     let out = s.run(&["--timeout", "1s"], &["sh", "-c", &script]);
     assert_eq!(code(&out), 124, "{}", stderr(&out));
     assert!(started.elapsed() < Duration::from_secs(30));
     assert!(stderr(&out).contains("timeout"), "{}", stderr(&out));
-    let left = Command::new("pgrep")
-        .arg("-f")
-        .arg(&marker)
-        .output()
-        .unwrap();
-    assert!(
-        left.stdout.is_empty(),
-        "processes outlived the sandbox: {}",
-        stdout(&left)
-    );
+    assert!(!still_running(&marker), "processes outlived the sandbox");
 }
 
 #[test]
 fn orphans_die_when_the_program_exits() {
     let Some(s) = Scene::live() else { return };
-    let marker = format!("covenant-leftover-{}", std::process::id());
+    let marker = marker(2);
     let out = s.run(
         &[],
         &[
             "sh",
             "-c",
-            &format!("(setsid sh -c 'exec -a {marker} sleep 300' &); exit 3"),
+            &format!("(setsid sh -c 'exec sleep {marker}' &); exit 3"),
         ],
     );
     assert_eq!(code(&out), 3);
-    let left = Command::new("pgrep")
-        .arg("-f")
-        .arg(&marker)
-        .output()
-        .unwrap();
     assert!(
-        left.stdout.is_empty(),
+        !still_running(&marker),
         "a background process outlived the sandbox"
     );
 }
@@ -544,6 +530,22 @@ fn covenant_cgroups() -> Vec<PathBuf> {
     found
 }
 
+/// A `sleep` duration no other process on the host uses: a test's processes are found by
+/// it (`pgrep -f 'sleep MARKER'`), since `sh` here (dash) cannot rename a process.
+fn marker(n: u32) -> String {
+    format!("{}.{:06}", 1000 + n, std::process::id() % 1_000_000)
+}
+
+/// Whether a process of this test (by its marker) is still running on the host.
+fn still_running(marker: &str) -> bool {
+    let out = Command::new("pgrep")
+        .arg("-f")
+        .arg(format!("^sleep {marker}$"))
+        .output()
+        .unwrap();
+    !out.stdout.is_empty()
+}
+
 /// No bundle directory of the scene and no cgroup of these jobs is left.
 fn assert_jobs_left_nothing(s: &Scene, jobs: &[String]) {
     let bundles = s.home.path().join("home/bundles");
@@ -570,7 +572,7 @@ fn assert_jobs_left_nothing(s: &Scene, jobs: &[String]) {
 fn a_hundred_runs_leave_nothing_behind() {
     let Some(s) = Scene::live() else { return };
     let mounts_before = mounts_under(s.home.path());
-    let marker = format!("covenant-hundred-{}", std::process::id());
+    let marker = marker(3);
     let report = s.home.path().join("report.json");
     let mut job_ids = Vec::new();
     for i in 0..100 {
@@ -588,7 +590,7 @@ fn a_hundred_runs_leave_nothing_behind() {
             &[
                 "sh",
                 "-c",
-                &format!("(exec -a {marker} sleep 60 &); echo {i} > /tmp/x; cat /tmp/x"),
+                &format!("(exec sleep {marker} &); echo {i} > /tmp/x; cat /tmp/x"),
             ],
         );
         assert_eq!(stdout(&out), format!("{i}\n"), "{}", stderr(&out));
@@ -599,12 +601,7 @@ fn a_hundred_runs_leave_nothing_behind() {
     assert_eq!(mounts_under(s.home.path()), mounts_before, "mounts leaked");
     assert_eq!(mounts_before, 0);
     assert_jobs_left_nothing(&s, &job_ids);
-    let left = Command::new("pgrep")
-        .arg("-f")
-        .arg(&marker)
-        .output()
-        .unwrap();
-    assert!(left.stdout.is_empty(), "processes leaked");
+    assert!(!still_running(&marker), "processes leaked");
 }
 
 #[test]
@@ -1863,4 +1860,35 @@ fn a_pure_cgroup_v2_kernel_enforces_limits_and_landlock_fails_closed() {
     assert_eq!(line("timeout"), "exit=124");
     assert_eq!(line("cgroups-left"), "0", "v2 cgroups left behind");
     assert_eq!(line("audit"), "clean");
+}
+
+#[test]
+fn a_sandbox_dies_with_its_supervisor() {
+    let Some(s) = Scene::live() else { return };
+    let marker = marker(4);
+    let mut ctl = s
+        .ctl()
+        .args([
+            "run",
+            "--",
+            "sh",
+            "-c",
+            &format!("(exec sleep {marker} &); exec sleep {marker}"),
+        ])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let running = |m: &str| still_running(m);
+    while !running(&marker) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(running(&marker), "the sandbox never started");
+    unsafe { libc::kill(ctl.id() as i32, libc::SIGKILL) };
+    let _ = ctl.wait();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while running(&marker) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!running(&marker), "the sandbox outlived its supervisor");
 }

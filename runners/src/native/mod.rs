@@ -452,6 +452,8 @@ fn init_sandbox(
 ) -> std::result::Result<Never, ChildError> {
     await_parent(sync)?;
     become_namespace_root()?;
+    // After the last change of credentials: changing them clears the parent-death signal.
+    die_with_parent()?;
     if spec.has(Namespace::Cgroup) {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
             .map_err(|e| ChildError::new("enter cgroup namespace", e.to_string()))?;
@@ -489,6 +491,20 @@ fn init_sandbox(
             init::run_init(child, &signals, status)
         }
     }
+}
+
+/// If the supervisor dies (even by SIGKILL), the sandbox dies with it: init gets SIGKILL,
+/// and with init the whole PID namespace. A supervisor gone before the sandbox was let go
+/// is caught by `await_parent`, whose pipe then reads end-of-file.
+fn die_with_parent() -> std::result::Result<(), ChildError> {
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) } != 0 {
+        return Err(ChildError::new(
+            "set parent-death signal",
+            std::io::Error::last_os_error().to_string(),
+        ));
+    }
+    Ok(())
 }
 
 fn await_parent(sync: OwnedFd) -> std::result::Result<(), ChildError> {
