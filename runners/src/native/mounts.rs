@@ -144,24 +144,29 @@ pub(crate) fn attach_idmapped(
     };
     let tree = clone_host_tree(&spec, Some(userns))?;
     let t = cstring(target);
+    move_tree(&tree.fd, &t).map_err(|errno| MountError::SetAttr {
+        destination: target.to_path_buf(),
+        idmap: " (attach)",
+        errno,
+    })
+}
+
+/// Attaches a detached tree at the C path `target`.
+fn move_tree(tree: &OwnedFd, target: &CString) -> Result<(), nix::errno::Errno> {
     let empty = c"";
     // SAFETY: both paths are valid C strings; the tree fd is a detached mount.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_move_mount,
-            tree.fd.as_raw_fd(),
+            tree.as_raw_fd(),
             empty.as_ptr(),
             libc::AT_FDCWD,
-            t.as_ptr(),
+            target.as_ptr(),
             MOVE_MOUNT_F_EMPTY_PATH,
         )
     };
     if rc < 0 {
-        return Err(MountError::SetAttr {
-            destination: target.to_path_buf(),
-            idmap: " (attach)",
-            errno: nix::errno::Errno::last(),
-        });
+        return Err(nix::errno::Errno::last());
     }
     Ok(())
 }
@@ -336,20 +341,8 @@ fn attach(rootfs: &Path, m: &MountSpec, tree: Option<&DetachedTree>) -> Result<(
         (MountKind::Bind { .. }, Some(tree)) => {
             ensure_mount_point(&target, tree.is_dir)?;
             let t = cstring(&target);
-            let empty = c"";
-            // SAFETY: both paths are valid C strings; the tree fd is a detached mount.
-            let rc = unsafe {
-                libc::syscall(
-                    libc::SYS_move_mount,
-                    tree.fd.as_raw_fd(),
-                    empty.as_ptr(),
-                    libc::AT_FDCWD,
-                    t.as_ptr(),
-                    MOVE_MOUNT_F_EMPTY_PATH,
-                )
-            };
-            if rc < 0 {
-                return Err(step("attach bind mount", &target)(nix::errno::Errno::last()));
+            if let Err(errno) = move_tree(&tree.fd, &t) {
+                return Err(step("attach bind mount", &target)(errno));
             }
             Ok(())
         }
