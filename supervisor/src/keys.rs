@@ -77,23 +77,35 @@ pub fn write_private_key(path: &Path, key: &SigningKey) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::create_dir_all(dir).map_err(io(dir))?;
     }
-    let mut file = match fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            return Err(KeyError::Exists {
+    if path.exists() {
+        return Err(KeyError::Exists {
+            path: path.to_path_buf(),
+        });
+    }
+    // Written whole under a private name, then linked into place: a reader never sees a
+    // half-written key, and `link` refuses to replace a file another process put there.
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    let result = (|| {
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io(&tmp))?;
+        let text = format!("{PRIVATE_HEADER}\n{}\n", encode_key(&key.to_bytes()));
+        file.write_all(text.as_bytes()).map_err(io(&tmp))?;
+        file.sync_all().map_err(io(&tmp))?;
+        match fs::hard_link(&tmp, path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(KeyError::Exists {
                 path: path.to_path_buf(),
-            })
+            }),
+            Err(e) => Err(io(path)(e)),
         }
-        Err(e) => return Err(io(path)(e)),
-    };
-    let text = format!("{PRIVATE_HEADER}\n{}\n", encode_key(&key.to_bytes()));
-    file.write_all(text.as_bytes()).map_err(io(path))?;
-    file.sync_all().map_err(io(path))
+    })();
+    let _ = fs::remove_file(&tmp);
+    result
 }
 
 /// Reads a private key file, refusing one that others can read.

@@ -320,8 +320,18 @@ fn sigkill_at_random_points_loses_no_acknowledged_event() {
 fn writers_in_several_processes_keep_one_linear_chain() {
     let dir = tempfile::tempdir().unwrap();
     let children: Vec<_> = (0..4).map(|_| spawn_child(dir.path(), Some(150))).collect();
-    for mut c in children {
-        assert!(c.wait().unwrap().success());
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "a writer failed ({:?}): {} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .last()
+                .unwrap_or("")
+        );
     }
     let store = store_at(dir.path());
     let report = store.verify().unwrap().unwrap();

@@ -150,10 +150,39 @@ impl Store {
         self.conn
             .busy_timeout(BUSY_TIMEOUT)
             .map_err(|e| self.sql(e))?;
+        // WAL is a property of the file, set once. Switching to it needs every other
+        // connection out of the way, and SQLite answers "busy" at once instead of waiting
+        // when several processes open a new store together, so this waits itself.
+        let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+        loop {
+            let mode: std::result::Result<String, _> =
+                self.conn.query_row("PRAGMA journal_mode", [], |r| r.get(0));
+            match mode {
+                Ok(m) if m.eq_ignore_ascii_case("wal") => break,
+                _ => {}
+            }
+            match self
+                .conn
+                .query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0))
+            {
+                Ok(m) if m.eq_ignore_ascii_case("wal") => break,
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::DatabaseBusy
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Ok(m) => {
+                    return Err(StoreError::Invalid(format!(
+                        "{}: journal mode stays {m}, WAL is required",
+                        self.path.display()
+                    )))
+                }
+                Err(e) => return Err(self.sql(e)),
+            }
+        }
         self.conn
-            .execute_batch(
-                "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
-            )
+            .execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")
             .map_err(|e| self.sql(e))
     }
 
