@@ -278,7 +278,21 @@ impl OciRunner {
             Some("host") => "host",
             _ => "none",
         };
+        // Fail closed, as the native runner does: no filter or no ruleset, no run.
+        if !config
+            .linux()
+            .as_ref()
+            .is_some_and(|l| l.seccomp().is_some())
+        {
+            return Err(self.unenforceable("seccomp", "the bundle has no linux.seccomp filter"));
+        }
         let policy: Option<LandlockPolicy> = annotation(&config, annotations::LANDLOCK)?;
+        if policy.is_none() && !accepted.contains(&Degradation::Landlock) {
+            return Err(self.unenforceable(
+                "landlock",
+                "the bundle has no org.opencovenant.landlock ruleset; accept the degradation `landlock` to run anyway",
+            ));
+        }
         let landlock = match policy {
             None => None,
             Some(p) if gvisor => {
@@ -886,7 +900,12 @@ impl OciRunner {
         }
         // The runtime's first process is reparented to us once `create` returns.
         // SAFETY: prctl with integer arguments only.
-        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+            return Err(OciError::Io {
+                what: "becoming the runtime's subreaper".into(),
+                error: std::io::Error::last_os_error(),
+            });
+        }
         let (sfd, old_mask) = forwarded_signals().map_err(|e| OciError::Io {
             what: "signals".into(),
             error: e.into(),
@@ -1060,5 +1079,60 @@ impl OciRunner {
             cg.remove(Duration::from_secs(5))?;
         }
         outcome
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use covenant_images::{write_bundle, IdentityMap};
+    use covenant_policy::{compile_request, Manifest};
+
+    fn runner() -> OciRunner {
+        let ctx = RunnerContext {
+            state_dir: std::env::temp_dir(),
+            enforcer: Some(PathBuf::from("/bin/true")),
+        };
+        OciRunner::generic(Path::new("/bin/true"), &ctx).unwrap()
+    }
+
+    /// A bundle with `edit` applied to its config.json.
+    fn bundle(edit: impl FnOnce(&mut serde_json::Value)) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = Manifest::parse("version = 1\ncommand = [\"true\"]\n").unwrap();
+        m.base_dir = dir.path().to_path_buf();
+        let plan = compile_request(&m, "job-oci").unwrap();
+        write_bundle(
+            &plan,
+            &dir.path().join("b"),
+            IdentityMap::subordinate(100_000, 100_000),
+        )
+        .unwrap();
+        let path = dir.path().join("b/config.json");
+        let mut config: serde_json::Value =
+            serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        edit(&mut config);
+        fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_bundle_without_seccomp_or_landlock_is_refused() {
+        let r = runner();
+        let ok = bundle(|_| {});
+        assert!(r.decide(&ok.path().join("b")).is_ok());
+        let no_seccomp = bundle(|c| {
+            c["linux"].as_object_mut().unwrap().remove("seccomp");
+        });
+        let err = r.decide(&no_seccomp.path().join("b")).err().unwrap();
+        assert!(err.to_string().contains("seccomp"), "{err}");
+        let no_landlock = bundle(|c| {
+            c["annotations"]
+                .as_object_mut()
+                .unwrap()
+                .remove(annotations::LANDLOCK);
+        });
+        let err = r.decide(&no_landlock.path().join("b")).err().unwrap();
+        assert!(err.to_string().contains("landlock"), "{err}");
     }
 }

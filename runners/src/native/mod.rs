@@ -549,7 +549,7 @@ fn start_program(spec: &NativeSpec, prepared: &Prepared) -> ChildError {
         }
         let program = find_program(spec)?;
         // SAFETY: marks every descriptor above stderr close-on-exec; no memory effects.
-        unsafe {
+        let rc = unsafe {
             libc::syscall(
                 libc::SYS_close_range,
                 3u32,
@@ -557,6 +557,13 @@ fn start_program(spec: &NativeSpec, prepared: &Prepared) -> ChildError {
                 libc::CLOSE_RANGE_CLOEXEC,
             )
         };
+        if rc != 0 {
+            // A descriptor the supervisor holds must never reach the program.
+            return Err(ChildError::new(
+                "close inherited descriptors",
+                std::io::Error::last_os_error().to_string(),
+            ));
+        }
         if let Some(filters) = &prepared.seccomp {
             seccomp::load(filters).map_err(|e| ChildError::new("load seccomp", e.to_string()))?;
         }

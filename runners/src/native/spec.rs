@@ -267,7 +267,7 @@ impl NativeSpec {
                 })
                 .transpose()
         };
-        let landlock = parse_json(annotations::LANDLOCK)?
+        let landlock: Option<LandlockPolicy> = parse_json(annotations::LANDLOCK)?
             .map(serde_json::from_value)
             .transpose()
             .map_err(|e| field(annotations::LANDLOCK, e.to_string()))?;
@@ -276,11 +276,24 @@ impl NativeSpec {
             .transpose()
             .map_err(|e| field(annotations::IDMAP, e.to_string()))?
             .unwrap_or_default();
-        let accepted_degradations = parse_json(annotations::DEGRADATIONS)?
+        let accepted_degradations: Vec<Degradation> = parse_json(annotations::DEGRADATIONS)?
             .map(serde_json::from_value)
             .transpose()
             .map_err(|e| field(annotations::DEGRADATIONS, e.to_string()))?
             .unwrap_or_default();
+        // Fail closed: a bundle that lost its filter or its ruleset is refused, not run bare.
+        if linux.seccomp().is_none() {
+            return Err(field(
+                "linux.seccomp",
+                "missing: the native runner does not run a program without a seccomp filter",
+            ));
+        }
+        if landlock.is_none() && !accepted_degradations.contains(&Degradation::Landlock) {
+            return Err(field(
+                annotations::LANDLOCK,
+                "missing: without a ruleset the program would run with no landlock restriction; accept the degradation `landlock` to run anyway",
+            ));
+        }
         let timeout = annotations
             .get(annotations::TIMEOUT_MS)
             .map(|t| t.parse::<u64>().map(Duration::from_millis))
@@ -506,4 +519,56 @@ fn mount_spec(m: &oci_spec::runtime::Mount) -> Result<MountSpec, SpecError> {
         kind,
         flags,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use covenant_images::{write_bundle, IdentityMap};
+    use covenant_policy::{compile_request, Manifest};
+
+    fn bundle() -> (tempfile::TempDir, Spec) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = Manifest::parse("version = 1\ncommand = [\"true\"]\n").unwrap();
+        m.base_dir = dir.path().to_path_buf();
+        let plan = compile_request(&m, "job-spec").unwrap();
+        write_bundle(
+            &plan,
+            &dir.path().join("b"),
+            IdentityMap::subordinate(100_000, 100_000),
+        )
+        .unwrap();
+        let spec = Spec::load(dir.path().join("b/config.json")).unwrap();
+        (dir, spec)
+    }
+
+    #[test]
+    fn a_written_bundle_loads() {
+        let (dir, spec) = bundle();
+        let native = NativeSpec::from_spec(&dir.path().join("b"), &spec).unwrap();
+        assert!(native.seccomp.is_some() && native.landlock.is_some());
+    }
+
+    #[test]
+    fn a_bundle_without_its_seccomp_filter_is_refused() {
+        let (dir, mut spec) = bundle();
+        let mut linux = spec.linux().clone().unwrap();
+        linux.set_seccomp(None);
+        spec.set_linux(Some(linux));
+        let err = NativeSpec::from_spec(&dir.path().join("b"), &spec).unwrap_err();
+        assert!(err.to_string().contains("linux.seccomp"), "{err}");
+    }
+
+    #[test]
+    fn a_bundle_without_its_landlock_ruleset_is_refused_unless_accepted() {
+        let (dir, mut spec) = bundle();
+        let mut notes = spec.annotations().clone().unwrap();
+        notes.remove(annotations::LANDLOCK);
+        spec.set_annotations(Some(notes.clone()));
+        let err = NativeSpec::from_spec(&dir.path().join("b"), &spec).unwrap_err();
+        assert!(err.to_string().contains(annotations::LANDLOCK), "{err}");
+        notes.insert(annotations::DEGRADATIONS.into(), "[\"landlock\"]".into());
+        spec.set_annotations(Some(notes));
+        assert!(NativeSpec::from_spec(&dir.path().join("b"), &spec).is_ok());
+    }
 }
