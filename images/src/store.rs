@@ -666,21 +666,8 @@ impl ImageStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Unpacking as the image's owners needs root (chown, mknod for whiteouts, trusted
-    /// xattrs). Without it the test says so and passes, unless COVENANT_REQUIRE_LIVE=1.
-    fn privileged() -> bool {
-        // SAFETY: geteuid has no failure mode.
-        if unsafe { libc::geteuid() } == 0 {
-            return true;
-        }
-        if std::env::var("COVENANT_REQUIRE_LIVE").as_deref() == Ok("1") {
-            panic!("this test needs root (COVENANT_REQUIRE_LIVE=1)");
-        }
-        eprintln!("skipping: unpacking with image owners needs root");
-        false
-    }
     use crate::layout::{put_blob, tar_directory, write_oci_layout};
+    use crate::test_support::privileged;
 
     const IDS: IdShift = IdShift {
         uid: 0,

@@ -27,14 +27,20 @@ fn live() -> bool {
     };
     match missing {
         None => true,
-        Some(reason) if std::env::var("COVENANT_REQUIRE_LIVE").as_deref() == Ok("1") => {
-            panic!("live test cannot run: {reason} (COVENANT_REQUIRE_LIVE=1)")
-        }
         Some(reason) => {
-            eprintln!("skipping live test: {reason}");
+            cannot_run(&reason);
             false
         }
     }
+}
+
+/// A live test that cannot run here: it fails when `COVENANT_REQUIRE_LIVE=1`, and says
+/// why and skips otherwise.
+fn cannot_run(reason: &str) {
+    if std::env::var("COVENANT_REQUIRE_LIVE").as_deref() == Ok("1") {
+        panic!("live test cannot run: {reason} (COVENANT_REQUIRE_LIVE=1)");
+    }
+    eprintln!("skipping live test: {reason}");
 }
 
 /// A scratch `$COVENANT_HOME` and workspace for one test.
@@ -1224,11 +1230,8 @@ fn runtime(name: &str) -> Option<String> {
     });
     match found {
         Some(path) => Some(path.display().to_string()),
-        None if std::env::var("COVENANT_REQUIRE_LIVE").as_deref() == Ok("1") => {
-            panic!("{name} is not installed (COVENANT_REQUIRE_LIVE=1)")
-        }
         None => {
-            eprintln!("skipping: {name} is not installed");
+            cannot_run(&format!("{name} is not installed"));
             None
         }
     }
@@ -1464,10 +1467,7 @@ fn external_runtimes_leave_nothing_behind() {
 fn busybox_image(s: &Scene) -> Option<PathBuf> {
     let busybox = Path::new("/bin/busybox");
     if !busybox.exists() {
-        if std::env::var("COVENANT_REQUIRE_LIVE").as_deref() == Ok("1") {
-            panic!("/bin/busybox is missing (install busybox-static)");
-        }
-        eprintln!("skipping: /bin/busybox is missing");
+        cannot_run("/bin/busybox is missing (install busybox-static)");
         return None;
     }
     let root = s.home.path().join("image-root");
@@ -1694,10 +1694,7 @@ fn every_bundle_validates_against_the_runtime_spec_schema() {
         "/usr/share/gocode/src/github.com/opencontainers/runtime-spec/schema/config-schema.json",
     );
     if !schema.exists() {
-        if std::env::var("COVENANT_REQUIRE_LIVE").as_deref() == Ok("1") {
-            panic!("the runtime-spec schema is missing (install golang-github-opencontainers-specs-dev python3-jsonschema)");
-        }
-        eprintln!("skipping: the runtime-spec schema is not installed");
+        cannot_run("the runtime-spec schema is missing (install golang-github-opencontainers-specs-dev python3-jsonschema)");
         return;
     }
     let validator = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/live/validate_config.py");
