@@ -283,6 +283,16 @@ fn prepare(spec: &NativeSpec) -> Result<Prepared> {
     // Cloning trees needs CAP_SYS_ADMIN over the caller's mount namespace: rootless, the
     // child binds the paths itself, inside its own user namespace.
     let rootless = !Uid::effective().is_root();
+    // Idmapped mounts need host root; a bundle that asks for one is not run without it.
+    if rootless && !spec.idmap.is_empty() {
+        if !spec.accepts(Degradation::Idmap) {
+            return Err(NativeError::Idmap(format!(
+                "the idmapped mount of {} needs root",
+                spec.idmap[0].destination.display()
+            )));
+        }
+        degradations.push(Degradation::Idmap);
+    }
     let mut userns_cache: Vec<((u32, u32), OwnedFd)> = Vec::new();
     for m in &spec.mounts {
         if rootless || !matches!(m.kind, MountKind::Bind { .. }) {
