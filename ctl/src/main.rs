@@ -3,6 +3,7 @@
 //! single-threaded until the sandbox has been cloned.
 
 mod capabilities;
+mod client_mode;
 mod doctor;
 mod image_cmd;
 mod records;
@@ -25,6 +26,13 @@ use std::process::ExitCode;
     about = "Run commands in kernel-enforced sandboxes"
 )]
 struct Cli {
+    /// Run in this process even when covenantd answers.
+    #[arg(long, global = true, conflicts_with = "daemon")]
+    embedded: bool,
+    /// Run through covenantd ($COVENANT_SOCKET, else $COVENANT_HOME/covenantd.sock); fail
+    /// if it does not answer.
+    #[arg(long, global = true)]
+    daemon: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -207,8 +215,13 @@ impl RequestArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let mode = match (cli.embedded, cli.daemon) {
+        (true, _) => client_mode::Mode::Embedded,
+        (_, true) => client_mode::Mode::Daemon,
+        _ => client_mode::Mode::Auto,
+    };
     let result = match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(args, mode),
         Command::Plan(request) => plan(request).map(|()| 0),
         Command::Bundle { request, out } => bundle(request, out).map(|()| 0),
         Command::Doctor => Ok(doctor::run()),
@@ -232,8 +245,36 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: RunArgs) -> anyhow::Result<i32> {
+fn run(args: RunArgs, mode: client_mode::Mode) -> anyhow::Result<i32> {
     let manifest = args.request.manifest()?;
+    let local_only = args.bundle.is_some() || args.keep_bundle.is_some();
+    let daemon = if local_only {
+        if mode == client_mode::Mode::Daemon {
+            anyhow::bail!(
+                "--bundle and --keep-bundle work on this host's files: run them with --embedded"
+            );
+        }
+        None
+    } else {
+        client_mode::daemon_for(mode)?
+    };
+    if let Some(client) = daemon {
+        let status = client_mode::run(
+            &client,
+            &manifest,
+            args.request.cap.as_deref(),
+            &args.runner,
+        )?;
+        let code = client_mode::exit_code(&status);
+        match status.get("report").filter(|r| !r.is_null()) {
+            Some(report) => finish(report, args.report.as_deref())?,
+            None => {
+                let reason = status["reason"].as_str().unwrap_or("the job did not run");
+                eprintln!("covenant: error: {reason}");
+            }
+        }
+        return Ok(code);
+    }
     let settings = RunSettings {
         keep_bundle: args.keep_bundle.clone(),
         runner: Some(args.runner.clone()),
@@ -242,30 +283,39 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         Some(dir) => run_bundle(dir, &settings)?,
         None => run_request(&manifest, args.request.cap.as_deref(), &settings)?,
     };
-    let plan = &report;
-    if report.timed_out {
-        let limit = plan.limits.timeout_ms.unwrap_or(0) as f64 / 1000.0;
+    debug_assert!(report.exit_code != EXIT_TIMEOUT || report.timed_out);
+    finish(&serde_json::to_value(&report)?, args.report.as_deref())?;
+    Ok(report.exit_code)
+}
+
+/// What both modes say after a run: the limit that ended it, the degradations accepted,
+/// and the report file.
+fn finish(report: &serde_json::Value, report_file: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let limits = &report["limits"];
+    if report["timed_out"].as_bool() == Some(true) {
+        let limit = limits["timeout_ms"].as_u64().unwrap_or(0) as f64 / 1000.0;
         eprintln!("covenant: the sandbox reached its {limit}s timeout and was killed");
-    } else if report.oom_killed && report.exit_code == EXIT_OOM {
-        let limit = plan
-            .limits
-            .memory_bytes
+    } else if report["oom_killed"].as_bool() == Some(true)
+        && report["exit_code"].as_i64() == Some(EXIT_OOM as i64)
+    {
+        let limit = limits["memory_bytes"]
+            .as_u64()
             .map(covenant_policy::units::format_size)
             .unwrap_or_default();
         eprintln!("covenant: the program was killed by the memory limit ({limit})");
     }
-    for d in &report.degradations {
-        eprintln!(
-            "covenant: running without `{}` (accepted degradation)",
-            d.name()
-        );
+    for d in report["degradations"].as_array().into_iter().flatten() {
+        let name = d
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| d.to_string());
+        eprintln!("covenant: running without `{name}` (accepted degradation)");
     }
-    if let Some(path) = &args.report {
-        let json = serde_json::to_vec_pretty(&report)?;
+    if let Some(path) = report_file {
+        let json = serde_json::to_vec_pretty(report)?;
         std::fs::write(path, json).with_context(|| format!("--report {}", path.display()))?;
     }
-    debug_assert!(report.exit_code != EXIT_TIMEOUT || report.timed_out);
-    Ok(report.exit_code)
+    Ok(())
 }
 
 fn plan(request: RequestArgs) -> anyhow::Result<()> {

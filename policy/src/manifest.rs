@@ -140,6 +140,19 @@ impl Manifest {
     /// Parses manifest text. The error message names the offending key and line.
     pub fn parse(text: &str) -> Result<Self, String> {
         let manifest: Manifest = toml::from_str(text).map_err(|e| e.to_string())?;
+        manifest.checked_version()
+    }
+
+    /// A manifest sent as JSON (the daemon's API): the same keys and checks as the file;
+    /// relative paths resolve against `base_dir`.
+    pub fn from_json(value: serde_json::Value, base_dir: PathBuf) -> Result<Self, String> {
+        let mut manifest: Manifest = serde_json::from_value(value).map_err(|e| e.to_string())?;
+        manifest.base_dir = base_dir;
+        manifest.checked_version()
+    }
+
+    fn checked_version(self) -> Result<Self, String> {
+        let manifest = self;
         match manifest.version {
             Some(MANIFEST_VERSION) => Ok(manifest),
             Some(other) => Err(format!(

@@ -83,9 +83,19 @@ pub enum Scope {
     NetConnectTcp(u16),
     Res(Resource, u64),
     Sys(String),
-    Mem { write: bool, namespace: String },
+    Mem {
+        write: bool,
+        namespace: String,
+    },
     Degrade(Degradation),
+    /// A right on the daemon's agent socket (see [`AGENT_RIGHTS`]).
+    Agent(String),
 }
+
+/// What `agent:RIGHT` may name: `audit` (append agent-authored audit events) and `spawn`
+/// (submit sub-intents). A grant holding one of them, or a `mem.*` scope, gets the agent
+/// socket when the daemon runs it.
+pub const AGENT_RIGHTS: &[&str] = &["audit", "spawn"];
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("scope `{input}`: {reason}")]
@@ -214,6 +224,15 @@ impl Scope {
                 let known: Vec<_> = Degradation::ALL.iter().map(|d| d.name()).collect();
                 err(format!("unknown degradation; known: {}", known.join(", ")))
             })?),
+            "agent" => {
+                if !AGENT_RIGHTS.contains(&arg) {
+                    return Err(err(format!(
+                        "unknown agent right; known: {}",
+                        AGENT_RIGHTS.join(", ")
+                    )));
+                }
+                Scope::Agent(arg.to_string())
+            }
             other => return Err(err(format!("unknown scope family `{other}`"))),
         };
         Ok(scope)
@@ -241,6 +260,7 @@ impl Scope {
                 },
             ) => gn == rn && (*gw || !*rw),
             (Scope::Degrade(g), Scope::Degrade(r)) => g == r,
+            (Scope::Agent(g), Scope::Agent(r)) => g == r,
             _ => false,
         }
     }
@@ -273,6 +293,7 @@ impl fmt::Display for Scope {
                 )
             }
             Scope::Degrade(d) => write!(f, "degrade:{}", d.name()),
+            Scope::Agent(right) => write!(f, "agent:{right}"),
         }
     }
 }

@@ -180,15 +180,7 @@ pub fn authorise_run(
     match capability {
         Some(cap) => {
             let grant = verify(cap)?;
-            let authorisation = Authorisation::Capability {
-                subject: grant.subject.to_string(),
-                root_issuer: encode_key(&grant.root_issuer),
-                chain: grant
-                    .chain_ids
-                    .iter()
-                    .map(covenant_policy::token::id_text)
-                    .collect(),
-            };
+            let authorisation = capability_authorisation(&grant);
             let mut plan = authorise(request, &grant, authorisation)?;
             crate::images::resolve_rootfs(&mut plan)?;
             Ok(plan)
@@ -219,5 +211,46 @@ pub fn authorise_run(
             crate::images::resolve_rootfs(&mut plan)?;
             Ok(plan)
         }
+    }
+}
+
+/// Verifies `cap` as the daemon does: against the trust store alone (the operator key
+/// counts only when it has been trusted explicitly) and the revocation list.
+pub fn verify_for_daemon(cap: &Capability) -> Result<Grant> {
+    let roots: Vec<[u8; 32]> = keys::trusted_keys()?.into_iter().map(|(_, k)| k).collect();
+    let revoked = keys::revoked()?;
+    Ok(verify_capability(
+        cap,
+        VerifyContext {
+            now: now(),
+            trusted_roots: &roots,
+            revoked: &revoked,
+        },
+    )?)
+}
+
+/// The plan for `manifest` under a grant already verified, with images resolved.
+pub fn authorise_granted(
+    manifest: &Manifest,
+    job_id: &str,
+    grant: &Grant,
+    authorisation: Authorisation,
+) -> Result<SandboxPlan> {
+    let request = compile_request(manifest, job_id)?;
+    let mut plan = authorise(request, grant, authorisation)?;
+    crate::images::resolve_rootfs(&mut plan)?;
+    Ok(plan)
+}
+
+/// How a verified grant is recorded in a plan.
+pub fn capability_authorisation(grant: &Grant) -> Authorisation {
+    Authorisation::Capability {
+        subject: grant.subject.to_string(),
+        root_issuer: encode_key(&grant.root_issuer),
+        chain: grant
+            .chain_ids
+            .iter()
+            .map(covenant_policy::token::id_text)
+            .collect(),
     }
 }

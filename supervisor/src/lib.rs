@@ -2,6 +2,7 @@
 //! directory, runner, cleanup, report); later it also owns the store and the daemon.
 
 pub mod authority;
+pub mod daemon;
 pub mod home;
 pub mod images;
 pub mod keys;

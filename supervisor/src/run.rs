@@ -161,26 +161,43 @@ pub fn identity_map() -> IdentityMap {
     )
 }
 
+/// Where a run's audit events go when they are flushed: the store itself (embedded), or
+/// the daemon that owns it (a daemon job's sandbox process).
+pub type AuditSink<'a> = dyn FnMut(Vec<AuditEvent>) -> Result<(), RunError> + 'a;
+
 /// Audit events of one run, written in a few durable batches: before the sandbox starts,
 /// once it runs, and when it has ended.
-struct RunAudit {
-    store: Store,
+pub struct RunAudit<'a> {
     job: String,
     pending: Vec<AuditEvent>,
+    sink: &'a mut AuditSink<'a>,
 }
 
-impl RunAudit {
-    fn push(&mut self, kind: &str, mut body: serde_json::Value) {
+impl<'a> RunAudit<'a> {
+    pub fn new(job: &str, pending: Vec<AuditEvent>, sink: &'a mut AuditSink<'a>) -> Self {
+        Self {
+            job: job.to_string(),
+            pending,
+            sink,
+        }
+    }
+
+    pub fn push(&mut self, kind: &str, mut body: serde_json::Value) {
         body["job"] = serde_json::Value::String(self.job.clone());
         self.pending.push(AuditEvent::new(kind, body));
     }
 
-    fn flush(&mut self) -> Result<(), RunError> {
+    pub fn flush(&mut self) -> Result<(), RunError> {
         if !self.pending.is_empty() {
             let events = std::mem::take(&mut self.pending);
-            self.store.append_batch(&events)?;
+            (self.sink)(events)?;
         }
         Ok(())
+    }
+
+    /// The events not flushed yet.
+    pub fn into_pending(self) -> Vec<AuditEvent> {
+        self.pending
     }
 }
 
@@ -192,14 +209,14 @@ pub fn run_request(
     capability: Option<&str>,
     settings: &RunSettings,
 ) -> Result<RunReport, RunError> {
-    let store = Store::open_default()?;
-    let opening = store.opening_events("covenant-ctl run")?;
+    let store = std::cell::RefCell::new(Store::open_default()?);
+    let opening = store.borrow().opening_events("covenant-ctl run")?;
     let job = new_job_id();
-    let mut audit = RunAudit {
-        store,
-        job: job.clone(),
-        pending: opening,
+    let mut sink = |events: Vec<AuditEvent>| -> Result<(), RunError> {
+        store.borrow_mut().append_batch(&events)?;
+        Ok(())
     };
+    let mut audit = RunAudit::new(&job, opening, &mut sink);
     // SAFETY: getuid has no failure mode.
     let uid = unsafe { libc::getuid() };
     audit.push(
@@ -211,23 +228,30 @@ pub fn run_request(
     );
     let result = authorised_run(&mut audit, manifest, capability, settings);
     if let Err(e) = &result {
-        let kind = match e {
-            RunError::Authority(
-                AuthorityError::Token(_) | AuthorityError::Verify(_) | AuthorityError::Read { .. },
-            ) => "capability.refused",
-            RunError::Authority(AuthorityError::Refused(_)) => "request.refused",
-            RunError::Authority(AuthorityError::Compile(_)) => "request.invalid",
-            _ => "run.failed",
-        };
-        audit.push(kind, serde_json::json!({"reason": e.to_string()}));
+        audit.push(
+            refusal_kind(e),
+            serde_json::json!({"reason": e.to_string()}),
+        );
     }
-    let RunAudit { store, pending, .. } = audit;
-    store.close(pending)?;
+    let pending = audit.into_pending();
+    store.into_inner().close(pending)?;
     result
 }
 
+/// The audit event kind that records `e`.
+pub fn refusal_kind(e: &RunError) -> &'static str {
+    match e {
+        RunError::Authority(
+            AuthorityError::Token(_) | AuthorityError::Verify(_) | AuthorityError::Read { .. },
+        ) => "capability.refused",
+        RunError::Authority(AuthorityError::Refused(_)) => "request.refused",
+        RunError::Authority(AuthorityError::Compile(_)) => "request.invalid",
+        _ => "run.failed",
+    }
+}
+
 fn authorised_run(
-    audit: &mut RunAudit,
+    audit: &mut RunAudit<'_>,
     manifest: &Manifest,
     capability: Option<&str>,
     settings: &RunSettings,
@@ -257,8 +281,8 @@ fn runner(settings: &RunSettings) -> Result<Box<dyn Runner>, RunError> {
 }
 
 /// Runs an authorised `plan` with the caller's stdio; returns the report.
-fn run_plan(
-    audit: &mut RunAudit,
+pub fn run_plan(
+    audit: &mut RunAudit<'_>,
     plan: &SandboxPlan,
     settings: &RunSettings,
 ) -> Result<RunReport, RunError> {
@@ -292,13 +316,13 @@ fn run_plan(
 /// carries (`plan.json`, checked against the `org.opencovenant.plan-digest` annotation).
 /// The bundle is left in place.
 pub fn run_bundle(dir: &Path, settings: &RunSettings) -> Result<RunReport, RunError> {
-    let store = Store::open_default()?;
-    let opening = store.opening_events("covenant-ctl run --bundle")?;
-    let mut audit = RunAudit {
-        store,
-        job: String::new(),
-        pending: opening,
+    let store = std::cell::RefCell::new(Store::open_default()?);
+    let opening = store.borrow().opening_events("covenant-ctl run --bundle")?;
+    let mut sink = |events: Vec<AuditEvent>| -> Result<(), RunError> {
+        store.borrow_mut().append_batch(&events)?;
+        Ok(())
     };
+    let mut audit = RunAudit::new("", opening, &mut sink);
     let result = (|| {
         let bundle = load_bundle(dir)?;
         let mut plan: SandboxPlan =
@@ -336,8 +360,8 @@ pub fn run_bundle(dir: &Path, settings: &RunSettings) -> Result<RunReport, RunEr
     if let Err(e) = &result {
         audit.push("run.failed", serde_json::json!({"reason": e.to_string()}));
     }
-    let RunAudit { store, pending, .. } = audit;
-    store.close(pending)?;
+    let pending = audit.into_pending();
+    store.into_inner().close(pending)?;
     result
 }
 
@@ -376,7 +400,7 @@ fn check_plan_digest(dir: &Path, plan: &SandboxPlan) -> Result<(), RunError> {
 
 /// Runs `bundle` with `runner` and audits what happened.
 fn execute(
-    audit: &mut RunAudit,
+    audit: &mut RunAudit<'_>,
     plan: &SandboxPlan,
     bundle: &Bundle,
     runner: &dyn Runner,

@@ -20,7 +20,7 @@ mod seccomp;
 pub mod spec;
 mod syscall_table;
 
-pub use self::cgroup::{CgroupLayout, CgroupVersion};
+pub use self::cgroup::{CgroupLayout, CgroupVersion, PARENT as CGROUP_PARENT};
 pub use self::landlock::{kernel_abi as landlock_abi, LandlockPlan};
 pub use self::spec::Namespace;
 

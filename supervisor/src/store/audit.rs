@@ -140,6 +140,17 @@ impl Store {
     /// Like [`Store::append_batch`]; with `sign`, the new head is checkpointed in the same
     /// transaction (one `fsync` for both).
     pub fn append_batch_signed(&mut self, events: &[AuditEvent], sign: bool) -> Result<Vec<u64>> {
+        self.commit(events, &[], sign)
+    }
+
+    /// Appends `events` and writes `jobs` in one transaction (one `fsync`); with `sign`,
+    /// the new head is checkpointed in it too.
+    pub fn commit(
+        &mut self,
+        events: &[AuditEvent],
+        jobs: &[super::jobs::JobRow],
+        sign: bool,
+    ) -> Result<Vec<u64>> {
         let path = self.path.clone();
         let sql = |error| StoreError::Sqlite {
             path: path.clone(),
@@ -179,6 +190,9 @@ impl Store {
                 prev = hash;
                 seqs.push(seq);
             }
+        }
+        for job in jobs {
+            super::jobs::upsert(&tx, job).map_err(sql)?;
         }
         self.since_checkpoint += events.len() as u64;
         let due = sign

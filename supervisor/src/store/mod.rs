@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod chain;
 pub mod group;
+pub mod jobs;
 pub mod memory;
 mod schema;
 

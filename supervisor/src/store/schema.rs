@@ -60,6 +60,28 @@ const MIGRATIONS: &[&str] = &[
         INSERT INTO memory_fts(rowid, text) VALUES (new.rowid, new.text);
     END;
     "#,
+    // 2: the daemon's jobs: mutable state beside the append-only chain, so a restarted
+    // daemon finds every job it was running.
+    r#"
+    CREATE TABLE jobs (
+        id           TEXT    PRIMARY KEY,
+        state        TEXT    NOT NULL,
+        subject      TEXT    NOT NULL,
+        caller_uid   INTEGER,
+        caller_pid   INTEGER,
+        runner       TEXT    NOT NULL,
+        parent       TEXT,
+        argv         TEXT    NOT NULL,
+        submitted_ms INTEGER NOT NULL,
+        started_ms   INTEGER,
+        ended_ms     INTEGER,
+        shim_pid     INTEGER,
+        exit_code    INTEGER,
+        reason       TEXT,
+        report       TEXT
+    );
+    CREATE INDEX jobs_by_state ON jobs(state);
+    "#,
 ];
 
 /// The schema version this build writes.

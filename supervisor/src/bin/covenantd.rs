@@ -1,0 +1,121 @@
+//! `covenantd`: the supervisor daemon (`docs/api.md`, `docs/deploy.md`).
+
+use clap::Parser;
+use covenant_supervisor::daemon::{self, Config};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "covenantd", version, about = "The Covenant supervisor daemon")]
+struct Args {
+    /// State directory (store, keys, bundles); default $COVENANT_HOME, /var/lib/covenant as root.
+    #[arg(long, value_name = "DIR")]
+    home: Option<PathBuf>,
+    /// Unix socket to listen on; default HOME/covenantd.sock.
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Also listen on TCP (needs --tcp-token-file: clients present the bearer token).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// File holding the bearer token TCP clients must present.
+    #[arg(long, value_name = "FILE")]
+    tcp_token_file: Option<PathBuf>,
+    /// Most sandboxes running at once.
+    #[arg(long, default_value_t = 16)]
+    max_jobs: usize,
+    /// Most jobs waiting for a slot; past it, submissions get 429.
+    #[arg(long, default_value_t = 256)]
+    max_queue: usize,
+    /// Most jobs queued or running per capability subject.
+    #[arg(long, default_value_t = 64)]
+    per_subject: usize,
+    /// How long running jobs may finish after SIGTERM, e.g. 30s.
+    #[arg(long, default_value = "30s")]
+    grace: String,
+    /// Bytes of stdout and of stderr kept per job, e.g. 16MiB.
+    #[arg(long, default_value = "16MiB")]
+    output_limit: String,
+    /// Memory limit of the cgroup all sandboxes run under, e.g. 8GiB.
+    #[arg(long, value_name = "SIZE")]
+    cgroup_memory: Option<String>,
+    /// Process limit of the cgroup all sandboxes run under.
+    #[arg(long, value_name = "N")]
+    cgroup_pids: Option<u64>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// One job's sandbox process (started by the daemon itself).
+    #[command(hide = true)]
+    Shim,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Some(Command::Shim) = args.command {
+        return ExitCode::from(daemon::shim::main().clamp(0, 255) as u8);
+    }
+    match config(args).and_then(|c| daemon::run(c).map_err(|e| e.to_string())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("covenantd: error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn config(args: Args) -> Result<Config, String> {
+    use covenant_policy::units::{parse_duration, parse_size};
+    let home = args
+        .home
+        .unwrap_or_else(covenant_supervisor::home::covenant_home);
+    let home = if home.is_absolute() {
+        home
+    } else {
+        std::env::current_dir()
+            .map_err(|e| e.to_string())?
+            .join(home)
+    };
+    let tcp_token = match &args.tcp_token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("--tcp-token-file {}: {e}", path.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+    if tcp_token.as_deref().is_some_and(|t| t.len() < 16) {
+        return Err("--tcp-token-file: the token must be at least 16 characters".into());
+    }
+    let positive = |n: usize, flag: &str| {
+        if n == 0 {
+            Err(format!("{flag} must be at least 1"))
+        } else {
+            Ok(n)
+        }
+    };
+    Ok(Config {
+        socket: args.socket.unwrap_or_else(|| home.join("covenantd.sock")),
+        listen: args.listen,
+        tcp_token,
+        max_jobs: positive(args.max_jobs, "--max-jobs")?,
+        max_queue: args.max_queue,
+        per_subject: positive(args.per_subject, "--per-subject")?,
+        grace: parse_duration(&args.grace).map_err(|e| format!("--grace: {e}"))?,
+        output_limit: parse_size(&args.output_limit).map_err(|e| format!("--output-limit: {e}"))?
+            as usize,
+        cgroup_memory: args
+            .cgroup_memory
+            .as_deref()
+            .map(parse_size)
+            .transpose()
+            .map_err(|e| format!("--cgroup-memory: {e}"))?,
+        cgroup_pids: args.cgroup_pids,
+        shim_exe: std::env::current_exe().map_err(|e| format!("own executable: {e}"))?,
+        home,
+    })
+}

@@ -1,0 +1,315 @@
+//! The agent-facing socket (`docs/agent-api.md`). A job whose grant holds a `mem.*` or
+//! `agent:*` scope gets its own socket, mounted read-only at `/run/covenant/agent.sock`
+//! with a per-job credential at `/run/covenant/token`. Through it the agent reads and
+//! writes its memory, appends agent-authored audit events, and submits sub-intents,
+//! each only as far as its own grant allows.
+
+use super::api::{AgentEvent, MemPut, SubmitRequest, MAX_BODY};
+use super::http::{self, Reply};
+use super::jobs::{self, ApiError, Caller, Daemon};
+use crate::store::AuditEvent;
+use covenant_policy::plan::{MountAccess, PlanMount};
+use covenant_policy::{Grant, SandboxPlan, Scope};
+use hyper::body::Incoming;
+use hyper::{Method, Request};
+use serde_json::json;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Where the socket's folder appears inside the sandbox.
+pub const MOUNT_POINT: &str = "/run/covenant";
+
+/// Whether a grant gets the agent socket.
+pub fn wanted(grant: &Grant) -> bool {
+    grant
+        .scopes
+        .iter()
+        .any(|s| matches!(s, Scope::Mem { .. } | Scope::Agent(_)))
+}
+
+/// One job's socket: its folder on the host, its credential, the task serving it.
+pub struct AgentSocket {
+    pub dir: PathBuf,
+    token: String,
+    listener: Option<std::os::unix::net::UnixListener>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for AgentSocket {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl AgentSocket {
+    /// Creates `HOME/agents/JOB` with the socket and the credential, owned by the host
+    /// uid the sandbox's user maps to, and by nobody else.
+    pub fn create(home: &Path, job: &str, plan: &SandboxPlan) -> Result<Self, String> {
+        let dir = home.join("agents").join(job);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let token = crate::keys::random_bytes::<32>()
+            .map(|b| covenant_policy::plan::hex(&b))
+            .map_err(|e| e.to_string())?;
+        let mut socket = AgentSocket {
+            dir: dir.clone(),
+            token: token.clone(),
+            listener: None,
+            task: None,
+        };
+        let token_path = dir.join("token");
+        std::fs::write(&token_path, format!("{token}\n"))
+            .map_err(|e| format!("{}: {e}", token_path.display()))?;
+        let sock_path = dir.join("agent.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&sock_path)
+            .map_err(|e| format!("{}: {e}", sock_path.display()))?;
+        let ids = crate::run::identity_map();
+        let (uid, gid) = if ids.size > plan.user.uid && ids.size > plan.user.gid {
+            (ids.host_uid + plan.user.uid, ids.host_gid + plan.user.gid)
+        } else {
+            (ids.host_uid, ids.host_gid)
+        };
+        for (path, mode) in [(&sock_path, 0o600), (&token_path, 0o400), (&dir, 0o500)] {
+            std::os::unix::fs::chown(path, Some(uid), Some(gid))
+                .and_then(|()| {
+                    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                })
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        socket.listener = Some(listener);
+        Ok(socket)
+    }
+
+    /// Adds the read-only mount of the socket's folder to the plan.
+    pub fn mount_into(&self, plan: &mut SandboxPlan) {
+        plan.mounts.push(PlanMount {
+            host: self.dir.clone(),
+            target: PathBuf::from(MOUNT_POINT),
+            access: MountAccess::ReadOnly,
+        });
+    }
+
+    /// Starts serving the socket for `job`.
+    pub fn start(&mut self, daemon: &Arc<Daemon>, job: &str) -> Result<(), String> {
+        let Some(listener) = self.listener.take() else {
+            return Ok(());
+        };
+        listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let listener = tokio::net::UnixListener::from_std(listener).map_err(|e| e.to_string())?;
+        let daemon = daemon.clone();
+        let job = job.to_string();
+        let token = self.token.clone();
+        self.task = Some(tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (d, j, t) = (daemon.clone(), job.clone(), token.clone());
+                tokio::spawn(http::serve(stream, move |req| {
+                    Box::pin(handle(d.clone(), j.clone(), t.clone(), req))
+                }));
+            }
+        }));
+        Ok(())
+    }
+}
+
+async fn handle(daemon: Arc<Daemon>, job: String, token: String, req: Request<Incoming>) -> Reply {
+    let presented = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let authentic = presented.len() == token.len()
+        && presented
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |a, (x, y)| a | (x ^ y))
+            == 0;
+    let method = req.method().as_str().to_string();
+    let path = req.uri().path().to_string();
+    let result = if authentic {
+        route(&daemon, &job, req).await
+    } else {
+        Err(ApiError::new(
+            401,
+            "the job's credential (/run/covenant/token) is required as a bearer token",
+        ))
+    };
+    let status = match &result {
+        Ok(r) => r.status().as_u16(),
+        Err(e) => e.status,
+    };
+    daemon.record(vec![AuditEvent::new(
+        "agent.request",
+        json!({"job": job, "method": method, "path": path, "status": status}),
+    )]);
+    result.unwrap_or_else(|e| http::error(&e))
+}
+
+fn grant_of(daemon: &Daemon, job: &str) -> Result<Vec<Scope>, ApiError> {
+    jobs::lineage(daemon, job)
+        .map(|(_, scopes)| scopes)
+        .ok_or_else(|| ApiError::new(410, format!("job {job} has ended")))
+}
+
+fn may_memory(scopes: &[Scope], namespace: &str, write: bool) -> bool {
+    scopes.iter().any(|s| {
+        s.covers(&Scope::Mem {
+            write,
+            namespace: namespace.to_string(),
+        })
+    })
+}
+
+fn require(scopes: &[Scope], right: &str) -> Result<(), ApiError> {
+    if scopes.contains(&Scope::Agent(right.to_string())) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            403,
+            format!("the job's capability does not grant agent:{right}"),
+        ))
+    }
+}
+
+async fn route(daemon: &Arc<Daemon>, job: &str, req: Request<Incoming>) -> Result<Reply, ApiError> {
+    let seg = http::segments(&req);
+    let seg: Vec<&str> = seg.iter().map(String::as_str).collect();
+    let q = http::query(&req);
+    let scopes = grant_of(daemon, job)?;
+    match (req.method().clone(), seg.as_slice()) {
+        (Method::GET, ["v1", "self"]) => Ok(http::json(
+            200,
+            &json!({"job": job, "scopes": scopes.iter().map(|s| s.to_string()).collect::<Vec<_>>()}),
+        )),
+        (Method::POST, ["v1", "mem"]) => {
+            let put: MemPut = http::read_json(req, MAX_BODY).await?;
+            if !may_memory(&scopes, &put.namespace, true) {
+                return Err(ApiError::field(
+                    403,
+                    "namespace",
+                    format!("no mem.write scope for namespace `{}`", put.namespace),
+                ));
+            }
+            let id = super::routes::mem_put(daemon, &put)?;
+            Ok(http::json(201, &json!({"id": id})))
+        }
+        (Method::GET, ["v1", "mem"]) => {
+            let allowed = |ns: &str| may_memory(&scopes, ns, false);
+            Ok(http::json(
+                200,
+                &super::routes::mem_query(daemon, &q, Some(&allowed))?,
+            ))
+        }
+        (Method::GET, ["v1", "mem", id]) => {
+            let item = daemon
+                .store
+                .lock()
+                .unwrap()
+                .mem_get(id)
+                .map_err(|e| ApiError::new(500, e.to_string()))?
+                .filter(|i| may_memory(&scopes, &i.namespace, false))
+                .ok_or_else(|| {
+                    ApiError::new(
+                        404,
+                        format!("no memory item {id} in a namespace this job may read"),
+                    )
+                })?;
+            Ok(http::json(200, &item))
+        }
+        (Method::POST, ["v1", "audit"]) => {
+            require(&scopes, "audit")?;
+            let e: AgentEvent = http::read_json(req, 64 * 1024).await?;
+            let valid = !e.kind.is_empty()
+                && e.kind.len() <= 64
+                && e.kind
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+            if !valid {
+                return Err(ApiError::field(
+                    400,
+                    "kind",
+                    "kind: 1-64 of letters, digits, `-_.`",
+                ));
+            }
+            let seqs = daemon
+                .commit(
+                    vec![AuditEvent::new(
+                        &format!("agent.{}", e.kind),
+                        json!({"job": job, "authored_by": "agent", "body": e.body}),
+                    )],
+                    Vec::new(),
+                    false,
+                )
+                .await?;
+            Ok(http::json(201, &json!({"seq": seqs.first()})))
+        }
+        (Method::POST, ["v1", "jobs"]) => {
+            require(&scopes, "spawn")?;
+            let mut sub: SubmitRequest = http::read_json(req, MAX_BODY).await?;
+            if sub.runner.as_deref().is_some_and(|r| r != "native") {
+                return Err(ApiError::field(
+                    400,
+                    "runner",
+                    "a sub-intent runs on the native runner",
+                ));
+            }
+            // The child's authority is the parent's own capability, narrowed by its request.
+            let (lineage, _) = jobs::lineage(daemon, job)
+                .ok_or_else(|| ApiError::new(410, "the job has ended"))?;
+            if !sub.capability.is_empty() {
+                return Err(ApiError::field(400, "capability", "a sub-intent carries no capability: it runs under its parent's, narrowed to what it asks"));
+            }
+            sub.capability = lineage.capability.print();
+            let submitted = jobs::submit(
+                daemon,
+                &Caller::Agent {
+                    job: job.to_string(),
+                },
+                sub,
+                Some(job),
+            )
+            .await?;
+            Ok(http::json(201, &submitted))
+        }
+        (Method::GET, ["v1", "jobs", child]) => {
+            if !jobs::is_child(daemon, job, child) {
+                return Err(ApiError::new(
+                    404,
+                    format!("no sub-intent {child} of this job"),
+                ));
+            }
+            let wait = http::number(&q, "wait", 0)?;
+            let status = if wait > 0 {
+                jobs::wait(
+                    daemon,
+                    child,
+                    std::time::Duration::from_secs(wait.min(3600)),
+                )
+                .await?
+            } else {
+                jobs::status(daemon, child)?
+            };
+            Ok(http::json(200, &status))
+        }
+        (Method::GET, ["v1", "jobs", child, "output"]) => {
+            if !jobs::is_child(daemon, job, child) {
+                return Err(ApiError::new(
+                    404,
+                    format!("no sub-intent {child} of this job"),
+                ));
+            }
+            let (tx, rx) = tokio::sync::mpsc::channel(16);
+            tokio::spawn(jobs::stream_output(
+                daemon.clone(),
+                child.to_string(),
+                http::flag(&q, "follow"),
+                tx,
+            ));
+            Ok(http::stream("application/x-ndjson", rx))
+        }
+        _ => Err(ApiError::new(404, "no such endpoint on the agent socket")),
+    }
+}

@@ -1,0 +1,204 @@
+//! HTTP plumbing shared by the operator socket and the agent sockets: bodies, JSON
+//! answers, query strings, and serving one connection.
+
+use super::jobs::ApiError;
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response, StatusCode};
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::sync::mpsc;
+
+pub type Body = BoxBody<Bytes, Infallible>;
+pub type Reply = Response<Body>;
+
+/// A response body fed from a channel: each message is sent as it arrives (chunked).
+pub struct ChannelBody(pub mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|m| m.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+pub fn full(status: u16, content_type: &str, body: impl Into<Bytes>) -> Reply {
+    Response::builder()
+        .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+        .header("content-type", content_type)
+        .body(Full::new(body.into()).boxed())
+        .expect("a valid response")
+}
+
+pub fn json<T: serde::Serialize>(status: u16, value: &T) -> Reply {
+    let mut body = serde_json::to_vec(value).unwrap_or_default();
+    body.push(b'\n');
+    full(status, "application/json", body)
+}
+
+pub fn error(e: &ApiError) -> Reply {
+    let mut reply = json(e.status, &e.body);
+    if let Some(after) = e.body.retry_after_s {
+        reply
+            .headers_mut()
+            .insert("retry-after", after.to_string().parse().expect("digits"));
+    }
+    reply
+}
+
+pub fn stream(content_type: &str, rx: mpsc::Receiver<Bytes>) -> Reply {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", content_type)
+        .body(ChannelBody(rx).boxed())
+        .expect("a valid response")
+}
+
+/// The whole body, refused past `limit` bytes (413).
+pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::new(
+            413,
+            format!("request body is larger than {limit} bytes"),
+        )),
+        Err(e) => Err(ApiError::new(400, format!("reading the request body: {e}"))),
+    }
+}
+
+/// Parses a JSON body into `T`; the error names the field serde blames.
+pub async fn read_json<T: serde::de::DeserializeOwned>(
+    req: Request<Incoming>,
+    limit: usize,
+) -> Result<T, ApiError> {
+    let is_json = req
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|v| v.starts_with("application/json"));
+    if !is_json {
+        return Err(ApiError::new(415, "the body must be application/json"));
+    }
+    let body = read_body(req, limit).await?;
+    serde_json::from_slice(&body).map_err(|e| {
+        let text = e.to_string();
+        let field = text
+            .split('`')
+            .nth(1)
+            .filter(|_| text.contains("field"))
+            .map(str::to_string);
+        let mut err = ApiError::new(400, format!("invalid JSON body: {text}"));
+        err.body.field = field;
+        err
+    })
+}
+
+/// Query parameters, decoded.
+pub fn query(req: &Request<Incoming>) -> Vec<(String, String)> {
+    req.uri()
+        .query()
+        .map(|q| {
+            form_urlencoded::parse(q.as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn param<'a>(q: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    q.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+/// A numeric query parameter; a bad value is a 400 naming it.
+pub fn number(q: &[(String, String)], key: &str, default: u64) -> Result<u64, ApiError> {
+    match param(q, key) {
+        None => Ok(default),
+        Some(v) => v
+            .parse()
+            .map_err(|_| ApiError::field(400, key, format!("`{key}`: `{v}` is not a number"))),
+    }
+}
+
+pub fn flag(q: &[(String, String)], key: &str) -> bool {
+    matches!(param(q, key), Some("1" | "true" | "yes"))
+}
+
+/// The path split at `/`, without empty segments.
+pub fn segments(req: &Request<Incoming>) -> Vec<String> {
+    req.uri()
+        .path()
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// A signal given as a name (`TERM`, `SIGTERM`) or a number.
+pub fn parse_signal(text: &str) -> Result<i32, ApiError> {
+    if let Ok(n) = text.parse::<i32>() {
+        if (1..=64).contains(&n) {
+            return Ok(n);
+        }
+    }
+    let name = text.trim_start_matches("SIG").to_ascii_uppercase();
+    let sig = match name.as_str() {
+        "KILL" => libc::SIGKILL,
+        "TERM" => libc::SIGTERM,
+        "INT" => libc::SIGINT,
+        "HUP" => libc::SIGHUP,
+        "QUIT" => libc::SIGQUIT,
+        "USR1" => libc::SIGUSR1,
+        "USR2" => libc::SIGUSR2,
+        "WINCH" => libc::SIGWINCH,
+        "CONT" => libc::SIGCONT,
+        _ => {
+            return Err(ApiError::field(
+                400,
+                "signal",
+                format!("signal `{text}`: expected a name such as TERM or KILL, or a number"),
+            ))
+        }
+    };
+    Ok(sig)
+}
+
+/// Serves one connection with `handle` until the peer closes it.
+pub async fn serve<S, F>(io: S, handle: F)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<Incoming>) -> Pin<Box<dyn std::future::Future<Output = Reply> + Send>>
+        + Send
+        + Sync
+        + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let fut = handle(req);
+        async move { Ok::<_, Infallible>(fut.await) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_by_name_and_number() {
+        assert_eq!(parse_signal("TERM").unwrap(), libc::SIGTERM);
+        assert_eq!(parse_signal("SIGKILL").unwrap(), libc::SIGKILL);
+        assert_eq!(parse_signal("2").unwrap(), 2);
+        let e = parse_signal("BOGUS").unwrap_err();
+        assert_eq!(e.body.field.as_deref(), Some("signal"));
+        assert!(parse_signal("0").is_err());
+    }
+}

@@ -1,0 +1,124 @@
+//! The per-job sandbox process. The daemon is multithreaded, and a sandbox must be cloned
+//! from a single-threaded process; so for each job the daemon starts its own executable
+//! again as `covenantd shim`, which runs one plan with the stdio the daemon gave it and
+//! reports over descriptor 3: audit events as they are flushed, then the report or the
+//! error. The shim never opens the store: the daemon writes every event.
+
+use crate::run::{run_plan, RunAudit, RunError, RunSettings};
+use crate::store::AuditEvent;
+use covenant_policy::SandboxPlan;
+use serde::{Deserialize, Serialize};
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::FromRawFd;
+use std::os::unix::net::UnixStream;
+
+/// The descriptor the shim's control channel arrives on.
+pub const CONTROL_FD: i32 = 3;
+
+/// What the daemon sends the shim: one line of JSON.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShimJob {
+    pub plan: SandboxPlan,
+    pub runner: String,
+}
+
+/// What the shim sends back, a line each.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum ShimMessage {
+    Events { events: Vec<WireEvent> },
+    Report { report: serde_json::Value },
+    Error { kind: String, reason: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WireEvent {
+    pub kind: String,
+    pub body: serde_json::Value,
+}
+
+impl From<AuditEvent> for WireEvent {
+    fn from(e: AuditEvent) -> Self {
+        WireEvent {
+            kind: e.kind,
+            body: e.body,
+        }
+    }
+}
+
+impl From<WireEvent> for AuditEvent {
+    fn from(e: WireEvent) -> Self {
+        AuditEvent::new(&e.kind, e.body)
+    }
+}
+
+fn send(out: &mut UnixStream, message: &ShimMessage) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(message).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    out.write_all(&line)
+}
+
+/// `covenantd shim`: returns the process's exit code.
+pub fn main() -> i32 {
+    // SAFETY: descriptor 3 was set up by the daemon for this process alone; from here it
+    // is owned by this stream, and marked close-on-exec so no runtime inherits it.
+    let mut control = unsafe {
+        if libc::fcntl(CONTROL_FD, libc::F_SETFD, libc::FD_CLOEXEC) != 0 {
+            return 125;
+        }
+        UnixStream::from_raw_fd(CONTROL_FD)
+    };
+    let mut line = String::new();
+    let job: ShimJob = match BufReader::new(&control)
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())
+        .and_then(|_| serde_json::from_str(&line).map_err(|e| e.to_string()))
+    {
+        Ok(job) => job,
+        Err(reason) => {
+            let _ = send(
+                &mut control,
+                &ShimMessage::Error {
+                    kind: "run.failed".into(),
+                    reason: format!("shim: no job on the control channel: {reason}"),
+                },
+            );
+            return 125;
+        }
+    };
+    let mut out = control.try_clone().expect("duplicating the control socket");
+    let mut sink = |events: Vec<AuditEvent>| -> Result<(), RunError> {
+        let events = events.into_iter().map(WireEvent::from).collect();
+        send(&mut out, &ShimMessage::Events { events }).map_err(|error| RunError::Home {
+            path: "control channel".into(),
+            error,
+        })
+    };
+    let settings = RunSettings {
+        keep_bundle: None,
+        runner: Some(job.runner.clone()),
+    };
+    let mut audit = RunAudit::new(&job.plan.job_id, Vec::new(), &mut sink);
+    let result = run_plan(&mut audit, &job.plan, &settings);
+    if let Err(e) = &result {
+        audit.push(
+            crate::run::refusal_kind(e),
+            serde_json::json!({"reason": e.to_string()}),
+        );
+    }
+    let pending: Vec<WireEvent> = audit.into_pending().into_iter().map(Into::into).collect();
+    let _ = send(&mut control, &ShimMessage::Events { events: pending });
+    let last = match result {
+        Ok(report) => ShimMessage::Report {
+            report: serde_json::to_value(&report).unwrap_or_default(),
+        },
+        Err(e) => ShimMessage::Error {
+            kind: crate::run::refusal_kind(&e).into(),
+            reason: e.to_string(),
+        },
+    };
+    match send(&mut control, &last) {
+        Ok(()) => 0,
+        Err(_) => 125,
+    }
+}
