@@ -378,6 +378,21 @@ fn prepare(
         (kind, ApiError::field(status, field, e.to_string()))
     };
     let grant = authority::verify_for_daemon(&capability).map_err(authority_error)?;
+    if let covenant_policy::Subject::Key(_) = grant.subject {
+        // A token granted to a key is a delegation to that key's holder, who attenuates it
+        // to a named subject; presenting it as it is would act as somebody else.
+        return Err((
+            "capability.refused",
+            ApiError::field(
+                403,
+                "capability",
+                format!(
+                    "the capability is granted to {}, not to a named subject: its holder must attenuate it (`covenant-ctl cap attenuate`) before it can run anything",
+                    grant.subject
+                ),
+            ),
+        ));
+    }
     let mut plan = authority::authorise_granted(
         &manifest,
         job,
@@ -723,7 +738,10 @@ async fn drive(daemon: Arc<Daemon>, id: String) {
         if daemon.shutting_down.load(Ordering::SeqCst) {
             state = JobState::Interrupted;
         }
-        reason.get_or_insert(why);
+        reason = Some(match reason {
+            Some(r) => format!("killed: {why} ({r})"),
+            None => format!("killed: {why}"),
+        });
     }
     // Children end with their parent.
     for child in &children {

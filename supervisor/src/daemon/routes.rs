@@ -174,12 +174,20 @@ async fn route(
             Ok(http::json(200, &json!({"rows": rows})))
         }
         (Method::GET, ["v1", "audit", "verify"]) => {
-            let report = daemon
-                .store
-                .lock()
-                .unwrap()
-                .verify()
-                .map_err(|e| ApiError::new(500, e.to_string()))?;
+            // Signed and verified on the writer's connection, so the rows written since
+            // the last checkpoint are covered and nothing lands in between.
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            daemon
+                .audit
+                .run(Box::new(move |store| {
+                    let result = store.checkpoint().and_then(|_| store.verify());
+                    let _ = tx.send(result.map_err(|e| e.to_string()));
+                }))
+                .map_err(|e| ApiError::new(503, e.to_string()))?;
+            let report = rx
+                .await
+                .map_err(|_| ApiError::new(503, "the audit writer has stopped"))?
+                .map_err(|e| ApiError::new(500, e))?;
             match report {
                 Ok(r) => Ok(http::json(200, &json!({"ok": true, "report": r}))),
                 Err(fault) => Ok(http::json(

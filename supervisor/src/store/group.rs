@@ -21,16 +21,24 @@ struct Write {
     sign: bool,
 }
 
+/// Work done on the writer thread's own connection, between two commits.
+pub type Task = Box<dyn FnOnce(&mut Store) + Send>;
+
+enum Msg {
+    Write(Write, Reply),
+    Run(Task),
+}
+
 /// A handle to the writer thread; clone the sender side with [`AuditWriter::sender`].
 pub struct AuditWriter {
-    tx: Option<SyncSender<(Write, Reply)>>,
+    tx: Option<SyncSender<Msg>>,
     thread: Option<JoinHandle<Store>>,
 }
 
 /// Submits events to an [`AuditWriter`] from any thread.
 #[derive(Clone)]
 pub struct AuditSender {
-    tx: SyncSender<(Write, Reply)>,
+    tx: SyncSender<Msg>,
 }
 
 impl AuditSender {
@@ -75,7 +83,15 @@ impl AuditSender {
         reply: Reply,
     ) -> Result<()> {
         self.tx
-            .send((Write { events, jobs, sign }, reply))
+            .send(Msg::Write(Write { events, jobs, sign }, reply))
+            .map_err(|_| StoreError::Invalid("the audit writer has stopped".into()))
+    }
+
+    /// Runs `task` on the writer's connection with no write in between: what it reads
+    /// and signs is the chain exactly as written so far.
+    pub fn run(&self, task: Task) -> Result<()> {
+        self.tx
+            .send(Msg::Run(task))
             .map_err(|_| StoreError::Invalid("the audit writer has stopped".into()))
     }
 }
@@ -83,7 +99,7 @@ impl AuditSender {
 impl AuditWriter {
     /// Moves `store` into a writer thread.
     pub fn start(store: Store) -> Self {
-        let (tx, rx) = mpsc::sync_channel::<(Write, Reply)>(MAX_GROUP);
+        let (tx, rx) = mpsc::sync_channel::<Msg>(MAX_GROUP);
         let thread = std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || write_loop(store, rx))
@@ -111,43 +127,66 @@ impl AuditWriter {
     }
 }
 
-fn write_loop(mut store: Store, rx: Receiver<(Write, Reply)>) -> Store {
-    while let Ok(first) = rx.recv() {
+fn write_loop(mut store: Store, rx: Receiver<Msg>) -> Store {
+    let mut held: Option<Msg> = None;
+    loop {
+        let first = match held.take() {
+            Some(m) => m,
+            None => match rx.recv() {
+                Ok(m) => m,
+                Err(_) => break,
+            },
+        };
+        let first = match first {
+            Msg::Run(task) => {
+                task(&mut store);
+                continue;
+            }
+            Msg::Write(w, reply) => (w, reply),
+        };
         let mut count = first.0.events.len();
         let mut group = vec![first];
         while count < MAX_GROUP {
             match rx.try_recv() {
-                Ok(next) => {
-                    count += next.0.events.len();
-                    group.push(next)
+                Ok(Msg::Write(w, reply)) => {
+                    count += w.events.len();
+                    group.push((w, reply))
+                }
+                Ok(run) => {
+                    held = Some(run);
+                    break;
                 }
                 Err(_) => break,
             }
         }
-        let events: Vec<AuditEvent> = group
-            .iter()
-            .flat_map(|(w, _)| w.events.iter().cloned())
-            .collect();
-        let jobs: Vec<JobRow> = group
-            .iter()
-            .flat_map(|(w, _)| w.jobs.iter().cloned())
-            .collect();
-        let sign = group.iter().any(|(w, _)| w.sign);
-        match store.commit(&events, &jobs, sign) {
-            Ok(seqs) => {
-                let mut seqs = seqs.into_iter();
-                for (w, reply) in group {
-                    let mine: Vec<u64> = seqs.by_ref().take(w.events.len()).collect();
-                    reply(Ok(mine));
-                }
+        commit_group(&mut store, group);
+    }
+    store
+}
+
+fn commit_group(store: &mut Store, group: Vec<(Write, Reply)>) {
+    let events: Vec<AuditEvent> = group
+        .iter()
+        .flat_map(|(w, _)| w.events.iter().cloned())
+        .collect();
+    let jobs: Vec<JobRow> = group
+        .iter()
+        .flat_map(|(w, _)| w.jobs.iter().cloned())
+        .collect();
+    let sign = group.iter().any(|(w, _)| w.sign);
+    match store.commit(&events, &jobs, sign) {
+        Ok(seqs) => {
+            let mut seqs = seqs.into_iter();
+            for (w, reply) in group {
+                let mine: Vec<u64> = seqs.by_ref().take(w.events.len()).collect();
+                reply(Ok(mine));
             }
-            Err(e) => {
-                let text = e.to_string();
-                for (_, reply) in group {
-                    reply(Err(text.clone()));
-                }
+        }
+        Err(e) => {
+            let text = e.to_string();
+            for (_, reply) in group {
+                reply(Err(text.clone()));
             }
         }
     }
-    store
 }

@@ -1,0 +1,951 @@
+//! The daemon over its real socket: a real `covenantd` process per test, requests made
+//! with the crate's client (and curl where a header matters).
+//!
+//! Tests that run sandboxes need root (user namespaces, cgroups); without it they skip
+//! with a printed reason, unless `COVENANT_REQUIRE_LIVE=1`, where they fail.
+
+use covenant_policy::token::{SignedToken, TokenBody};
+use covenant_policy::{Capability, Scope, Subject};
+use covenant_supervisor::daemon::client::{Answer, Client};
+use ed25519_dalek::SigningKey;
+use serde_json::{json, Value};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn live() -> bool {
+    // SAFETY: geteuid has no failure mode.
+    let missing = if unsafe { libc::geteuid() } != 0 {
+        Some("not running as root")
+    } else if !Path::new("/proc/self/ns/user").exists() {
+        Some("no user namespaces")
+    } else {
+        None
+    };
+    match missing {
+        None => true,
+        Some(reason) => {
+            if std::env::var("COVENANT_REQUIRE_LIVE").as_deref() == Ok("1") {
+                panic!("live test cannot run: {reason} (COVENANT_REQUIRE_LIVE=1)");
+            }
+            eprintln!("skipping live test: {reason}");
+            false
+        }
+    }
+}
+
+fn random_key() -> SigningKey {
+    let mut seed = [0u8; 32];
+    // SAFETY: getrandom writes at most the buffer's length.
+    unsafe { libc::getrandom(seed.as_mut_ptr().cast(), 32, 0) };
+    SigningKey::from_bytes(&seed)
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// A token signed by `key` for `subject`, valid from `from` to `to` (unix seconds).
+fn token(key: &SigningKey, subject: Subject, scopes: &[&str], from: i64, to: i64) -> String {
+    let mut scopes: Vec<Scope> = scopes.iter().map(|s| Scope::parse(s).unwrap()).collect();
+    scopes.sort_by_key(|s| s.to_string());
+    let mut id = [0u8; 16];
+    // SAFETY: as above.
+    unsafe { libc::getrandom(id.as_mut_ptr().cast(), 16, 0) };
+    let body = TokenBody {
+        id,
+        issuer: key.verifying_key().to_bytes(),
+        subject,
+        not_before: from,
+        expires: to,
+        parent: None,
+        scopes,
+        nonce: id,
+    };
+    Capability {
+        chain: vec![SignedToken::sign(body, key).unwrap()],
+    }
+    .print()
+}
+
+/// A `$COVENANT_HOME` with a trusted issuer, and a daemon running on it.
+struct Daemon {
+    home: tempfile::TempDir,
+    issuer: SigningKey,
+    child: Option<Child>,
+    client: Client,
+    args: Vec<String>,
+}
+
+impl Daemon {
+    fn start(args: &[&str]) -> Self {
+        let home = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        let issuer = random_key();
+        std::fs::create_dir_all(home.path().join("trust")).unwrap();
+        std::fs::write(
+            home.path().join("trust/ci.pub"),
+            covenant_policy::token::encode_key(&issuer.verifying_key().to_bytes()) + "\n",
+        )
+        .unwrap();
+        let client = Client::new(&home.path().join("covenantd.sock"));
+        let mut d = Daemon {
+            home,
+            issuer,
+            child: None,
+            client,
+            args: args.iter().map(|s| s.to_string()).collect(),
+        };
+        d.spawn();
+        d
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(env!("CARGO_BIN_EXE_covenantd"))
+            .arg("--home")
+            .arg(self.home.path())
+            .args(&self.args)
+            .env_remove("COVENANT_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.client.answers() {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                let mut err = String::new();
+                use std::io::Read;
+                let _ = self
+                    .child
+                    .as_mut()
+                    .unwrap()
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut err);
+                panic!("covenantd exited ({status}): {err}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "covenantd did not answer in 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A capability for `subject` with these scopes, valid for an hour.
+    fn cap(&self, subject: &str, scopes: &[&str]) -> String {
+        token(
+            &self.issuer,
+            Subject::Name(subject.into()),
+            scopes,
+            now() - 5,
+            now() + 3600,
+        )
+    }
+
+    fn get(&self, path: &str) -> Answer {
+        self.client.request("GET", path, None).unwrap()
+    }
+
+    fn post(&self, path: &str, body: Value) -> Answer {
+        self.client.request("POST", path, Some(&body)).unwrap()
+    }
+
+    fn submit(&self, cap: &str, argv: &[&str]) -> Answer {
+        self.post("/v1/jobs", json!({"capability": cap, "argv": argv}))
+    }
+
+    fn submit_ok(&self, cap: &str, argv: &[&str]) -> String {
+        let a = self.submit(cap, argv);
+        assert_eq!(a.status, 201, "{}", a.error_text());
+        a.json()["id"].as_str().unwrap().to_string()
+    }
+
+    fn wait(&self, id: &str) -> Value {
+        let a = self.get(&format!("/v1/jobs/{id}?wait=60"));
+        assert_eq!(a.status, 200, "{}", a.error_text());
+        let v = a.json();
+        assert!(
+            !matches!(v["state"].as_str(), Some("running" | "queued")),
+            "job {id} did not end: {v}"
+        );
+        v
+    }
+
+    /// The job's stdout and stderr, decoded.
+    fn output(&self, id: &str) -> (String, String) {
+        use base64::Engine;
+        let mut out = (String::new(), String::new());
+        self.client
+            .lines(&format!("/v1/jobs/{id}/output"), |line| {
+                let v: Value = serde_json::from_slice(line).unwrap();
+                if v["type"] == "data" {
+                    let bytes = base64::engine::general_purpose::STANDARD
+                        .decode(v["data"].as_str().unwrap())
+                        .unwrap();
+                    let text = String::from_utf8_lossy(&bytes).into_owned();
+                    match v["stream"].as_str() {
+                        Some("stdout") => out.0 += &text,
+                        _ => out.1 += &text,
+                    }
+                }
+                true
+            })
+            .unwrap();
+        out
+    }
+
+    fn audit_kinds(&self, job: &str) -> Vec<String> {
+        let rows = self.get("/v1/audit?tail=2000").json();
+        rows["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["body"]["job"] == job)
+            .map(|r| r["kind"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM; the daemon's exit status.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().unwrap();
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        c.wait().unwrap()
+    }
+
+    fn verify_store(&self) {
+        let out = Command::new(ctl())
+            .args(["audit", "verify"])
+            .env("COVENANT_HOME", self.home.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "audit verify: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// `covenant-ctl`, built beside `covenantd` by the workspace's test build.
+fn ctl() -> PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_covenantd")).with_file_name("covenant-ctl");
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace (`cargo test --workspace`)",
+        path.display()
+    );
+    path
+}
+
+const TRUE: &[&str] = &["/bin/true"];
+
+#[test]
+fn health_metrics_and_unknown_paths() {
+    let d = Daemon::start(&[]);
+    let h = d.get("/v1/health");
+    assert_eq!(h.status, 200);
+    assert_eq!(h.json()["status"], "ok");
+    assert_eq!(h.json()["api"], "v1");
+    let m = d.get("/metrics");
+    assert_eq!(m.status, 200);
+    let text = String::from_utf8(m.body).unwrap();
+    for needle in [
+        "covenant_jobs{state=\"running\"} 0",
+        "covenant_run_duration_seconds_count",
+        "covenant_refusals_total{reason=\"capability\"}",
+        "covenant_limits_hit_total{limit=\"memory\"}",
+        "covenant_store_bytes",
+    ] {
+        assert!(text.contains(needle), "metrics lack {needle}:\n{text}");
+    }
+    assert_eq!(d.get("/v2/health").status, 404);
+    assert_eq!(d.post("/v1/health", json!({})).status, 405);
+    assert_eq!(d.get("/v1/jobs/job-0000000000000000").status, 404);
+    let socket = std::fs::metadata(d.home.path().join("covenantd.sock")).unwrap();
+    assert_eq!(socket.permissions().mode() & 0o777, 0o660);
+}
+
+#[test]
+fn bad_requests_get_a_reason_and_store_nothing_but_the_refusal() {
+    let d = Daemon::start(&[]);
+    let good = d.cap("agent-a", &["res.time:60s"]);
+    let raw = |body: &[u8], ctype: &str| {
+        d.client
+            .request_raw("POST", "/v1/jobs", Some(body.to_vec()), ctype)
+            .unwrap()
+    };
+    let a = raw(b"{not json", "application/json");
+    assert_eq!(a.status, 400);
+    assert!(
+        a.error_text().contains("invalid JSON"),
+        "{}",
+        a.error_text()
+    );
+
+    let a = d.post(
+        "/v1/jobs",
+        json!({"capability": good, "argv": TRUE, "priority": 9}),
+    );
+    assert_eq!(a.status, 400);
+    assert!(a.error_text().contains("priority"), "{}", a.error_text());
+    assert_eq!(a.json()["field"], "priority");
+
+    let a = raw(&vec![b' '; 2 * 1024 * 1024], "application/json");
+    assert_eq!(a.status, 413, "{}", a.error_text());
+
+    let a = raw(b"{}", "text/plain");
+    assert_eq!(a.status, 415);
+
+    let a = d.post("/v1/jobs", json!({"argv": TRUE}));
+    assert_eq!(a.status, 400);
+    assert!(a.error_text().contains("capability"), "{}", a.error_text());
+
+    let a = d.post(
+        "/v1/jobs",
+        json!({"capability": good, "manifest": {"version": 1, "net": "host", "colour": "red"}}),
+    );
+    assert_eq!(a.status, 400);
+    assert_eq!(a.json()["field"], "manifest");
+    assert!(a.error_text().contains("colour"), "{}", a.error_text());
+
+    let a = d.post(
+        "/v1/jobs",
+        json!({"capability": good, "argv": TRUE, "runner": "docker"}),
+    );
+    assert_eq!(
+        (a.status, a.json()["field"].as_str()),
+        (400, Some("runner"))
+    );
+
+    let a = d.submit("cov1.garbage!", TRUE);
+    assert_eq!(
+        (a.status, a.json()["field"].as_str()),
+        (400, Some("capability"))
+    );
+
+    let stranger = token(
+        &random_key(),
+        Subject::Name("agent-a".into()),
+        &["res.time:60s"],
+        now() - 5,
+        now() + 60,
+    );
+    let a = d.submit(&stranger, TRUE);
+    assert_eq!(a.status, 403);
+    assert!(
+        a.error_text().contains("not a trusted key"),
+        "{}",
+        a.error_text()
+    );
+
+    let expired = token(
+        &d.issuer,
+        Subject::Name("agent-a".into()),
+        &["res.time:60s"],
+        now() - 7200,
+        now() - 3600,
+    );
+    let a = d.submit(&expired, TRUE);
+    assert_eq!(a.status, 403);
+    assert!(a.error_text().contains("expired"), "{}", a.error_text());
+
+    let delegation = token(
+        &d.issuer,
+        Subject::Key(random_key().verifying_key().to_bytes()),
+        &["res.time:60s"],
+        now() - 5,
+        now() + 60,
+    );
+    let a = d.submit(&delegation, TRUE);
+    assert_eq!(a.status, 403);
+    assert!(a.error_text().contains("attenuate"), "{}", a.error_text());
+
+    let a = d.post(
+        "/v1/jobs",
+        json!({"capability": good, "argv": TRUE, "net": "host"}),
+    );
+    assert_eq!(a.status, 400);
+    let a = d.post(
+        "/v1/jobs",
+        json!({"capability": good, "argv": TRUE, "manifest": {"version": 1, "net": "host"}}),
+    );
+    assert_eq!(a.status, 403);
+    assert!(a.error_text().contains("net:host"), "{}", a.error_text());
+
+    // Nothing was admitted; each refusal is in the audit log with the caller.
+    assert_eq!(
+        d.get("/v1/jobs").json()["jobs"].as_array().unwrap().len(),
+        0
+    );
+    let rows = d.get("/v1/audit?tail=200").json();
+    let rows = rows["rows"].as_array().unwrap();
+    let refusals: Vec<&Value> = rows
+        .iter()
+        .filter(|r| {
+            r["kind"] == "capability.refused"
+                || r["kind"] == "request.refused"
+                || r["kind"] == "request.invalid"
+        })
+        .collect();
+    assert!(refusals.len() >= 5, "{refusals:?}");
+    let intent = rows.iter().find(|r| r["kind"] == "run.intent").unwrap();
+    assert_eq!(
+        intent["body"]["caller"]["uid"],
+        json!(unsafe { libc::getuid() })
+    );
+    assert_eq!(intent["body"]["caller"]["via"], "unix");
+    let api: Vec<&Value> = rows
+        .iter()
+        .filter(|r| r["kind"] == "api.request" && r["body"]["status"] == 413)
+        .collect();
+    assert_eq!(api.len(), 1, "the oversize body is audited");
+    assert!(!rows.iter().any(|r| r["kind"] == "job.admitted"));
+}
+
+#[test]
+fn tcp_listener_requires_a_token_and_the_bearer() {
+    let home = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_covenantd"))
+        .arg("--home")
+        .arg(home.path())
+        .args(["--listen", "127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--tcp-token-file"));
+
+    let token_file = home.path().join("tcp.token");
+    std::fs::write(&token_file, "s3cret-s3cret-s3cret-s3cret\n").unwrap();
+    let port = 20000 + (std::process::id() % 20000) as u16;
+    let d = Daemon::start(&[
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--tcp-token-file",
+        token_file.to_str().unwrap(),
+    ]);
+    let curl = |auth: &str| {
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", auth])
+            .arg(format!("http://127.0.0.1:{port}/v1/health"))
+            .output()
+            .expect("curl");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(curl("X-None: 1"), "401");
+    assert_eq!(
+        curl("Authorization: Bearer s3cret-s3cret-s3cret-s3creX"),
+        "401"
+    );
+    assert_eq!(
+        curl("Authorization: Bearer s3cret-s3cret-s3cret-s3cret"),
+        "200"
+    );
+    drop(d);
+}
+
+#[test]
+fn a_job_runs_with_stdin_output_status_and_audit() {
+    if !live() {
+        return;
+    }
+    let d = Daemon::start(&[]);
+    let cap = d.cap("agent-a", &["res.time:60s", "res.mem:256MiB"]);
+    let a = d.post(
+        "/v1/jobs",
+        json!({"capability": cap, "stdin": "pipe",
+               "argv": ["/bin/sh", "-c", "read line; echo got:$line; echo oops >&2; exit 3"]}),
+    );
+    assert_eq!(a.status, 201, "{}", a.error_text());
+    let id = a.json()["id"].as_str().unwrap().to_string();
+    let w = d
+        .client
+        .request_raw(
+            "POST",
+            &format!("/v1/jobs/{id}/stdin"),
+            Some(b"hello\n".to_vec()),
+            "application/octet-stream",
+        )
+        .unwrap();
+    assert_eq!(w.status, 200, "{}", w.error_text());
+    let status = d.wait(&id);
+    assert_eq!(status["state"], "exited");
+    assert_eq!(status["exit_code"], 3);
+    assert_eq!(
+        status["report"]["limits"]["memory_bytes"],
+        256 * 1024 * 1024
+    );
+    assert_eq!(status["subject"], "agent-a");
+    let (out, err) = d.output(&id);
+    assert_eq!(out, "got:hello\n");
+    assert_eq!(err, "oops\n");
+    let listed = d.get("/v1/jobs?state=exited").json();
+    assert!(listed["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|j| j["id"] == id.as_str()));
+    let kinds = d.audit_kinds(&id);
+    for k in [
+        "run.intent",
+        "capability.verified",
+        "plan.compiled",
+        "job.admitted",
+        "job.started",
+        "bundle.written",
+        "sandbox.started",
+        "run.exited",
+        "job.finished",
+    ] {
+        assert!(kinds.iter().any(|x| x == k), "{k} missing from {kinds:?}");
+    }
+    assert_eq!(
+        d.post(&format!("/v1/jobs/{id}/stdin"), json!({})).status,
+        409
+    );
+    let v = d.get("/v1/audit/verify");
+    assert_eq!(v.status, 200, "{}", String::from_utf8_lossy(&v.body));
+}
+
+#[test]
+fn kill_stops_a_running_job_and_cancels_a_queued_one() {
+    if !live() {
+        return;
+    }
+    let d = Daemon::start(&["--max-jobs", "1", "--max-queue", "1"]);
+    let cap = d.cap("agent-a", &["res.time:60s"]);
+    let running = d.submit_ok(&cap, &["/bin/sleep", "30"]);
+    let queued = d.submit(&cap, &["/bin/sleep", "30"]);
+    assert_eq!(queued.status, 201);
+    assert_eq!(queued.json()["state"], "queued");
+    let queued = queued.json()["id"].as_str().unwrap().to_string();
+    // The queue holds one: the next is turned away with a retry hint.
+    let full = d.submit(&cap, TRUE);
+    assert_eq!(full.status, 429, "{}", full.error_text());
+    assert_eq!(full.json()["retry_after_s"], 1);
+    let hinted = Command::new("curl")
+        .args(["-s", "-D", "-", "-o", "/dev/null", "--unix-socket"])
+        .arg(&d.client.socket)
+        .args(["-H", "content-type: application/json", "-d"])
+        .arg(json!({"capability": cap, "argv": TRUE}).to_string())
+        .arg("http://covenantd/v1/jobs")
+        .output()
+        .expect("curl");
+    assert!(String::from_utf8_lossy(&hinted.stdout)
+        .to_ascii_lowercase()
+        .contains("retry-after: 1"));
+
+    let k = d.post(&format!("/v1/jobs/{queued}/kill"), json!({}));
+    assert_eq!(
+        (k.status, k.json()["state"].as_str()),
+        (202, Some("cancelled"))
+    );
+    let k = d.post(
+        &format!("/v1/jobs/{running}/kill"),
+        json!({"signal": "KILL"}),
+    );
+    assert_eq!(k.status, 202, "{}", k.error_text());
+    let s = d.wait(&running);
+    assert_eq!(s["exit_code"], 137, "{s}");
+    assert_eq!(d.wait(&queued)["state"], "cancelled");
+    let k = d.post(
+        &format!("/v1/jobs/{running}/kill"),
+        json!({"signal": "BOGUS"}),
+    );
+    assert_eq!(
+        (k.status, k.json()["field"].as_str()),
+        (400, Some("signal"))
+    );
+    // A TERM is forwarded to the program.
+    let t = d.submit_ok(&cap, &["/bin/sleep", "30"]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        d.post(&format!("/v1/jobs/{t}/kill"), json!({"signal": "TERM"}))
+            .status,
+        202
+    );
+    assert_eq!(d.wait(&t)["exit_code"], 128 + libc::SIGTERM);
+}
+
+#[test]
+fn per_subject_quota_holds() {
+    if !live() {
+        return;
+    }
+    let d = Daemon::start(&["--per-subject", "2"]);
+    let a = d.cap("agent-a", &["res.time:60s"]);
+    let b = d.cap("agent-b", &["res.time:60s"]);
+    let first = d.submit_ok(&a, &["/bin/sleep", "30"]);
+    let _second = d.submit_ok(&a, &["/bin/sleep", "30"]);
+    let third = d.submit(&a, TRUE);
+    assert_eq!(third.status, 429);
+    assert!(
+        third.error_text().contains("agent-a"),
+        "{}",
+        third.error_text()
+    );
+    d.submit_ok(&b, TRUE);
+    d.post(&format!("/v1/jobs/{first}/kill"), json!({}));
+    d.wait(&first);
+    d.submit_ok(&a, TRUE);
+}
+
+#[test]
+fn a_job_outlives_the_client_that_submitted_it() {
+    if !live() {
+        return;
+    }
+    let d = Daemon::start(&[]);
+    let cap = d.cap("agent-a", &["res.time:60s"]);
+    let id = d.submit_ok(&cap, &["/bin/sh", "-c", "sleep 1; echo done"]);
+    // A follower that goes away mid-stream.
+    let mut follower = Command::new("curl")
+        .args(["-s", "-N", "--unix-socket"])
+        .arg(&d.client.socket)
+        .arg(format!("http://covenantd/v1/jobs/{id}/output?follow=true"))
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    follower.kill().unwrap();
+    follower.wait().unwrap();
+    let s = d.wait(&id);
+    assert_eq!(
+        (s["state"].as_str(), s["exit_code"].as_i64()),
+        (Some("exited"), Some(0))
+    );
+    assert_eq!(d.output(&id).0, "done\n");
+}
+
+/// How many of `jobs` have a cgroup (in any hierarchy).
+fn count_cgroups(jobs: &[String]) -> usize {
+    jobs.iter()
+        .filter(|j| !covenant_supervisor::daemon::recovery::cgroup_dirs(j).is_empty())
+        .count()
+}
+
+#[test]
+fn sigkill_of_the_daemon_with_20_jobs_running_then_restart_cleans_up_everything() {
+    if !live() {
+        return;
+    }
+    let mut d = Daemon::start(&["--max-jobs", "32"]);
+    let cap = d.cap(
+        "agent-a",
+        &["res.time:120s", "res.mem:64MiB", "mem.write:notes"],
+    );
+    let ids: Vec<String> = (0..20)
+        .map(|_| d.submit_ok(&cap, &["/bin/sleep", "600"]))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let running = d.get("/v1/jobs?state=running").json()["jobs"]
+            .as_array()
+            .unwrap()
+            .len();
+        let sandboxes = std::fs::read_dir(d.home.path().join("bundles"))
+            .unwrap()
+            .count();
+        if running == 20 && count_cgroups(&ids) == 20 && sandboxes == 20 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "20 jobs did not start: {running} running"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    d.kill9();
+    d.spawn();
+    for id in &ids {
+        let s = d.get(&format!("/v1/jobs/{id}")).json();
+        assert_eq!(s["state"], "interrupted", "{s}");
+    }
+    assert_eq!(count_cgroups(&ids), 0, "cgroups left behind");
+    for sub in ["bundles", "agents", "runtime"] {
+        let left: Vec<_> = std::fs::read_dir(d.home.path().join(sub))
+            .map(|r| r.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{sub} left behind: {left:?}");
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(d.home.path().to_str().unwrap()),
+        "mounts left behind"
+    );
+    let ps = Command::new("pgrep")
+        .args(["-f", "^/bin/sleep 600$"])
+        .output()
+        .unwrap();
+    assert!(
+        ps.stdout.is_empty(),
+        "sandboxed processes left: {}",
+        String::from_utf8_lossy(&ps.stdout)
+    );
+    for id in &ids {
+        let kinds = d.audit_kinds(id);
+        assert!(
+            kinds.iter().any(|k| k == "job.interrupted"),
+            "{id}: {kinds:?}"
+        );
+    }
+    let v = d.get("/v1/audit/verify");
+    assert_eq!(v.status, 200, "{}", String::from_utf8_lossy(&v.body));
+    d.terminate();
+    d.verify_store();
+}
+
+#[test]
+fn sigterm_lets_jobs_finish_within_the_grace_then_kills_and_signs() {
+    if !live() {
+        return;
+    }
+    let mut d = Daemon::start(&["--grace", "1s"]);
+    let cap = d.cap("agent-a", &["res.time:60s"]);
+    let quick = d.submit_ok(&cap, &["/bin/sh", "-c", "sleep 0.3; echo finished"]);
+    let slow = d.submit_ok(&cap, &["/bin/sleep", "60"]);
+    std::thread::sleep(Duration::from_millis(150));
+    let started = Instant::now();
+    let status = d.terminate();
+    assert!(status.success(), "covenantd exited with {status}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert!(!d.home.path().join("covenantd.sock").exists());
+    d.verify_store();
+    d.spawn();
+    assert_eq!(
+        d.get(&format!("/v1/jobs/{quick}")).json()["state"],
+        "exited"
+    );
+    assert_eq!(
+        d.get(&format!("/v1/jobs/{slow}")).json()["state"],
+        "interrupted"
+    );
+    let rows = d.get("/v1/audit?tail=400").json();
+    let kinds: Vec<&str> = rows["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.contains(&"daemon.stopping") && kinds.contains(&"daemon.stopped"),
+        "{kinds:?}"
+    );
+}
+
+/// Runs `script` in a job holding `scopes`; returns (exit code, stdout, stderr).
+fn agent_run(d: &Daemon, scopes: &[&str], script: &str) -> (i64, String, String) {
+    let cap = d.cap("agent-a", scopes);
+    let id = d.submit_ok(&cap, &["/bin/sh", "-c", script]);
+    let s = d.wait(&id);
+    let (out, err) = d.output(&id);
+    (s["exit_code"].as_i64().unwrap_or(-1), out, err)
+}
+
+const AGENT: &str = r#"T=$(cat /run/covenant/token)
+call() { curl -s -o /dev/null -w '%{http_code}\n' --unix-socket /run/covenant/agent.sock -H "Authorization: Bearer $T" "$@"; }
+body() { curl -s --unix-socket /run/covenant/agent.sock -H "Authorization: Bearer $T" "$@"; }
+"#;
+
+#[test]
+fn the_agent_socket_exists_only_with_its_scope_and_holds_to_the_grant() {
+    if !live() {
+        return;
+    }
+    if !Path::new("/usr/bin/curl").exists() {
+        panic!("/usr/bin/curl is needed inside the sandbox (install curl)");
+    }
+    let d = Daemon::start(&[]);
+    // No scope, no socket.
+    let (code, out, _) = agent_run(
+        &d,
+        &["res.time:30s"],
+        "ls /run/covenant 2>&1; test -e /run/covenant/agent.sock",
+    );
+    assert_ne!(code, 0, "{out}");
+
+    let scopes = [
+        "res.time:60s",
+        "res.pids:32",
+        "mem.write:notes",
+        "mem.read:shared",
+        "agent:audit",
+        "agent:spawn",
+    ];
+    let script = format!(
+        r#"{AGENT}
+call -H content-type:application/json -d '{{"namespace":"notes","text":"the build is green"}}' http://a/v1/mem
+call -H content-type:application/json -d '{{"namespace":"secrets","text":"x"}}' http://a/v1/mem
+call "http://a/v1/mem?namespace=notes&q=green"
+call "http://a/v1/mem?namespace=secrets"
+call -H content-type:application/json -d '{{"kind":"plan.step","body":{{"n":1}}}}' http://a/v1/audit
+curl -s -o /dev/null -w '%{{http_code}}\n' --unix-socket /run/covenant/agent.sock -H "Authorization: Bearer wrong" http://a/v1/self
+call -H content-type:application/json -d '{{"capability":"","argv":["/bin/true"],"manifest":{{"version":1,"net":"host"}}}}' http://a/v1/jobs
+call -H content-type:application/json -d '{{"capability":"","argv":["/bin/true"],"manifest":{{"version":1,"limits":{{"pids":500}}}}}}' http://a/v1/jobs
+call -H content-type:application/json -d '{{"capability":"cov1.AAAA","argv":["/bin/true"]}}' http://a/v1/jobs
+R=$(body -H content-type:application/json -d '{{"capability":"","argv":["/bin/echo","from-child"]}}' http://a/v1/jobs)
+echo "$R"
+ID=$(echo "$R" | sed 's/.*"id":"\([^"]*\)".*/\1/')
+body "http://a/v1/jobs/$ID?wait=30" > /dev/null
+body -H content-type:application/json -d '{{"capability":"","argv":["/bin/sleep","600"]}}' http://a/v1/jobs
+echo
+ls -ld /run/covenant /run/covenant/token
+echo x > /run/covenant/token || echo token-is-read-only
+"#
+    );
+    let (code, out, err) = agent_run(&d, &scopes, &script);
+    assert_eq!(code, 0, "{out}{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        &lines[..9],
+        &["201", "403", "200", "403", "201", "401", "403", "403", "400"],
+        "{out}"
+    );
+    let child: Value = serde_json::from_str(lines[9]).unwrap();
+    let child = child["id"].as_str().unwrap();
+    let s = d.wait(child);
+    assert_eq!(s["state"], "exited");
+    assert_eq!(
+        s["parent"].as_str().map(|p| p.starts_with("job-")),
+        Some(true)
+    );
+    // The child's limits count against the parent's: it gets what is left.
+    assert!(s["report"]["limits"]["pids"].as_u64().unwrap() <= 31, "{s}");
+    assert_eq!(d.output(child).0, "from-child\n");
+    // A child does not outlive its parent.
+    let orphan: Value = serde_json::from_str(lines[10]).unwrap();
+    let orphan = d.wait(orphan["id"].as_str().unwrap());
+    assert_ne!(orphan["exit_code"], 0, "{orphan}");
+    assert!(
+        orphan["reason"].as_str().unwrap_or("").contains("parent"),
+        "{orphan}"
+    );
+    assert!(out.contains("token-is-read-only"), "{out}");
+    let rows = d.get("/v1/audit?tail=500").json();
+    let agent_event = rows["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["kind"] == "agent.plan.step")
+        .expect("agent event");
+    assert_eq!(agent_event["body"]["authored_by"], "agent");
+    assert_eq!(agent_event["body"]["body"]["n"], 1);
+    let mem = d.get("/v1/mem?namespace=notes&q=green").json();
+    assert_eq!(mem["items"].as_array().unwrap().len(), 1, "{mem}");
+}
+
+#[test]
+fn covenant_ctl_runs_through_the_daemon_with_the_same_exit_codes() {
+    if !live() {
+        return;
+    }
+    let d = Daemon::start(&[]);
+    // The operator key of this home signs the request; the daemon must trust it first.
+    let run = |args: &[&str], stdin: &str| {
+        let mut child = Command::new(ctl())
+            .args(args)
+            .env("COVENANT_HOME", d.home.path())
+            .env_remove("COVENANT_SOCKET")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let refused = run(&["--daemon", "run", "--", "/bin/true"], "");
+    assert_eq!(refused.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("not a trusted key"));
+    let trust = run(
+        &[
+            "key",
+            "trust",
+            d.home.path().join("operator.key").to_str().unwrap(),
+            "--name",
+            "operator",
+        ],
+        "",
+    );
+    assert!(
+        trust.status.success(),
+        "{}",
+        String::from_utf8_lossy(&trust.stderr)
+    );
+    let out = run(
+        &["run", "--", "/bin/sh", "-c", "cat; echo e >&2; exit 7"],
+        "piped\n",
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "piped\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("e\n"));
+    let report = d.home.path().join("report.json");
+    let out = run(
+        &[
+            "--daemon",
+            "run",
+            "--timeout",
+            "1s",
+            "--report",
+            report.to_str().unwrap(),
+            "--",
+            "/bin/sleep",
+            "10",
+        ],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(124));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("timeout"));
+    let r: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(r["timed_out"], true);
+    let embedded = run(
+        &[
+            "--embedded",
+            "run",
+            "--timeout",
+            "1s",
+            "--",
+            "/bin/sleep",
+            "10",
+        ],
+        "",
+    );
+    assert_eq!(embedded.status.code(), Some(124));
+    // Runs went through the daemon: its jobs table has them.
+    let jobs = d.get("/v1/jobs").json();
+    assert_eq!(jobs["jobs"].as_array().unwrap().len(), 2, "{jobs}");
+}
