@@ -691,6 +691,14 @@ fn release(daemon: &Arc<Daemon>, id: &str, end: &JobRow) -> Option<JobRow> {
                 st.jobs.remove(&old);
             }
         }
+        if st.running == 0 && st.queue.is_empty() {
+            // Idle: hand the memory the load used back to the system.
+            #[cfg(target_env = "gnu")]
+            // SAFETY: malloc_trim only releases free heap pages.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        }
         if !daemon.shutting_down.load(Ordering::SeqCst) {
             while st.running < daemon.config.max_jobs {
                 let Some(q) = st.queue.pop_front() else { break };

@@ -63,6 +63,13 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
             "--listen needs --tcp-token-file: TCP clients must present a bearer token".into(),
         ));
     }
+    // Two malloc arenas are plenty for one async thread and the writer, and keep the
+    // daemon's resident size small.
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
     std::env::set_var("COVENANT_HOME", &config.home);
     ensure_home(&config.home)?;
     let mut store = Store::open(

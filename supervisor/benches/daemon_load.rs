@@ -1,0 +1,300 @@
+//! `cargo bench -p covenant-supervisor --bench daemon_load [-- JOBS CLIENTS]` (as root):
+//! JOBS runs of `/bin/true` (default 1,000) from CLIENTS concurrent clients (default 32)
+//! through one `covenantd`, with the audit log on. Prints jobs/s, p50/p99 submit-to-exit
+//! latency and the daemon's idle RSS, checks that every job ended with its audit rows,
+//! and runs the same load side by side through embedded `covenant-ctl run` processes and
+//! `crun run`, printing each one's ratio to the daemon.
+//! Targets: at least 100 jobs/s on 2 cores, no job lost, idle RSS at most 20 MiB.
+
+use covenant_policy::token::{SignedToken, TokenBody};
+use covenant_policy::{Capability, Scope, Subject};
+use covenant_supervisor::daemon::client::Client;
+use serde_json::json;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct Result {
+    name: String,
+    jobs: usize,
+    wall: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl Result {
+    fn rate(&self) -> f64 {
+        self.jobs as f64 / self.wall.as_secs_f64()
+    }
+
+    fn percentile(&self, p: f64) -> f64 {
+        let mut l = self.latencies.clone();
+        l.sort();
+        let i = ((l.len() as f64 - 1.0) * p).round() as usize;
+        l[i].as_secs_f64() * 1000.0
+    }
+}
+
+/// Runs `jobs` calls of `one` from `clients` threads; `one(i)` returns once job `i` ended.
+fn load(name: &str, jobs: usize, clients: usize, one: Arc<dyn Fn(usize) + Send + Sync>) -> Result {
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let handles: Vec<_> = (0..clients)
+        .map(|_| {
+            let (next, one) = (next.clone(), one.clone());
+            std::thread::spawn(move || {
+                let mut lat = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    if i >= jobs {
+                        return lat;
+                    }
+                    let t = Instant::now();
+                    one(i);
+                    lat.push(t.elapsed());
+                }
+            })
+        })
+        .collect();
+    let latencies = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    Result {
+        name: name.to_string(),
+        jobs,
+        wall: start.elapsed(),
+        latencies,
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn capability(home: &Path) -> String {
+    let key = covenant_supervisor::keys::generate_key().unwrap();
+    std::fs::create_dir_all(home.join("trust")).unwrap();
+    std::fs::write(
+        home.join("trust/bench.pub"),
+        covenant_policy::token::encode_key(&key.verifying_key().to_bytes()) + "\n",
+    )
+    .unwrap();
+    let now = covenant_supervisor::authority::now();
+    let body = TokenBody {
+        id: covenant_supervisor::keys::random_bytes().unwrap(),
+        issuer: key.verifying_key().to_bytes(),
+        subject: Subject::Name("bench".into()),
+        not_before: now - 5,
+        expires: now + 3600,
+        parent: None,
+        scopes: vec![Scope::parse("res.time:60s").unwrap()],
+        nonce: covenant_supervisor::keys::random_bytes().unwrap(),
+    };
+    Capability {
+        chain: vec![SignedToken::sign(body, &key).unwrap()],
+    }
+    .print()
+}
+
+fn main() {
+    // SAFETY: geteuid has no failure mode.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("daemon_load: needs root (sandboxes with user namespaces and cgroups); skipped");
+        return;
+    }
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let jobs = args.first().copied().unwrap_or(1000);
+    let clients = args.get(1).copied().unwrap_or(32);
+    let work = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let home = work.path().join("daemon");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o711)).unwrap();
+    let cap = capability(&home);
+    let daemon_exe = PathBuf::from(env!("CARGO_BIN_EXE_covenantd"));
+    let ctl = daemon_exe.with_file_name("covenant-ctl");
+    let help = Command::new(&ctl)
+        .arg("--help")
+        .output()
+        .map(|o| o.stdout)
+        .unwrap_or_default();
+    if !String::from_utf8_lossy(&help).contains("--embedded") {
+        eprintln!(
+            "daemon_load: {} is missing or stale: run `cargo build --release` first",
+            ctl.display()
+        );
+        std::process::exit(1);
+    }
+    let mut daemon = Command::new(&daemon_exe)
+        .arg("--home")
+        .arg(&home)
+        .args([
+            "--max-jobs",
+            "16",
+            "--max-queue",
+            "4096",
+            "--per-subject",
+            "4096",
+        ])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = Client::new(&home.join("covenantd.sock"));
+    while !client.answers() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let idle_before = rss_kib(daemon.id());
+
+    let ids = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let one: Arc<dyn Fn(usize) + Send + Sync> = {
+        let (client, cap, ids) = (client.clone(), cap.clone(), ids.clone());
+        Arc::new(move |_| {
+            let a = client
+                .request(
+                    "POST",
+                    "/v1/jobs",
+                    Some(&json!({"capability": cap, "argv": ["/bin/true"]})),
+                )
+                .unwrap();
+            assert_eq!(a.status, 201, "{}", a.error_text());
+            let id = a.json()["id"].as_str().unwrap().to_string();
+            let s = client
+                .request("GET", &format!("/v1/jobs/{id}?wait=120"), None)
+                .unwrap()
+                .json();
+            assert_eq!(s["exit_code"], 0, "{s}");
+            ids.lock().unwrap().push(id);
+        })
+    };
+    let through_daemon = load("covenantd", jobs, clients, one);
+    std::thread::sleep(Duration::from_millis(500));
+    let idle_after = rss_kib(daemon.id());
+
+    // No job lost: every id is final in the store, with its rows in the audit log.
+    let ids = ids.lock().unwrap().clone();
+    let mut finished = std::collections::HashSet::new();
+    let mut after = 0u64;
+    loop {
+        let page = client
+            .request("GET", &format!("/v1/audit?after={after}&limit=10000"), None)
+            .unwrap()
+            .json();
+        let rows = page["rows"].as_array().unwrap();
+        let Some(last) = rows.last() else { break };
+        after = last["seq"].as_u64().unwrap();
+        finished.extend(
+            rows.iter()
+                .filter(|r| r["kind"] == "job.finished")
+                .filter_map(|r| r["body"]["job"].as_str().map(str::to_string)),
+        );
+    }
+    let listed = client
+        .request("GET", "/v1/jobs?state=exited&limit=10000", None)
+        .unwrap()
+        .json();
+    let exited = listed["jobs"].as_array().map(Vec::len).unwrap_or(0);
+    let lost: Vec<&String> = ids.iter().filter(|id| !finished.contains(*id)).collect();
+    let verify = client.request("GET", "/v1/audit/verify", None).unwrap();
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    let stopped = daemon.wait().unwrap();
+
+    // Peers, same load: embedded covenant-ctl processes, and crun.
+    let ctl_home = work.path().join("embedded");
+    let embedded = {
+        let (ctl, ctl_home) = (ctl.clone(), ctl_home.clone());
+        load(
+            "covenant-ctl (embedded)",
+            jobs,
+            clients,
+            Arc::new(move |_| {
+                let s = Command::new(&ctl)
+                    .args(["--embedded", "run", "--", "/bin/true"])
+                    .env("COVENANT_HOME", &ctl_home)
+                    .status()
+                    .unwrap();
+                assert!(s.success());
+            }),
+        )
+    };
+    let mut results = vec![through_daemon, embedded];
+    if Path::new("/usr/bin/crun").exists() {
+        let bundle = work.path().join("bundle");
+        let s = Command::new(&ctl)
+            .args(["bundle", "--out"])
+            .arg(&bundle)
+            .args(["--", "/bin/true"])
+            .env("COVENANT_HOME", &ctl_home)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(s.success());
+        let bundle = bundle.display().to_string();
+        results.push(load(
+            "crun run",
+            jobs,
+            clients,
+            Arc::new(move |i| {
+                // crun 1.8 refuses the hybrid cgroup layout; it runs with the unified
+                // hierarchy unmounted in a private mount namespace, as in start-to-exit.sh.
+                let s = Command::new("unshare")
+                    .args(["-m", "--propagation", "private", "sh", "-c"])
+                    .arg(format!(
+                        "umount /sys/fs/cgroup/unified 2>/dev/null; exec crun run -b {bundle} load-{}-{i}",
+                        std::process::id()
+                    ))
+                    .stdout(Stdio::null())
+                    .status()
+                    .unwrap();
+                assert!(s.success());
+            }),
+        ));
+    }
+
+    println!("{jobs} jobs of /bin/true from {clients} concurrent clients, audit on");
+    println!(
+        "{:<26} {:>9} {:>10} {:>10} {:>14}",
+        "", "jobs/s", "p50 ms", "p99 ms", "rate vs daemon"
+    );
+    let base = results[0].rate();
+    for r in &results {
+        println!(
+            "{:<26} {:>9.1} {:>10.1} {:>10.1} {:>14.2}",
+            r.name,
+            r.rate(),
+            r.percentile(0.5),
+            r.percentile(0.99),
+            r.rate() / base
+        );
+    }
+    println!(
+        "covenantd idle RSS: {:.1} MiB at start, {:.1} MiB after the load (target <= 20 MiB)",
+        idle_before as f64 / 1024.0,
+        idle_after as f64 / 1024.0
+    );
+    println!(
+        "jobs lost: {} of {} (job.finished rows for {}, exited rows {exited}); audit verify: {}; SIGTERM exit: {stopped}",
+        lost.len(),
+        ids.len(),
+        finished.len(),
+        if verify.status == 200 { "ok" } else { "FAILED" }
+    );
+    assert!(lost.is_empty(), "jobs without a final audit row: {lost:?}");
+    assert_eq!(
+        verify.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&verify.body)
+    );
+}
