@@ -949,3 +949,51 @@ fn covenant_ctl_runs_through_the_daemon_with_the_same_exit_codes() {
     let jobs = d.get("/v1/jobs").json();
     assert_eq!(jobs["jobs"].as_array().unwrap().len(), 2, "{jobs}");
 }
+
+#[test]
+fn socket_activation_serves_the_socket_systemd_passes_and_leaves_it() {
+    let tool = Path::new("/usr/bin/systemd-socket-activate");
+    if !tool.exists() {
+        if std::env::var("COVENANT_REQUIRE_LIVE").as_deref() == Ok("1") {
+            panic!("/usr/bin/systemd-socket-activate is missing (install systemd)");
+        }
+        eprintln!("skipping: /usr/bin/systemd-socket-activate is missing (install systemd)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("activated.sock");
+    let mut child = Command::new(tool)
+        .arg("-l")
+        .arg(&socket)
+        .arg(env!("CARGO_BIN_EXE_covenantd"))
+        .arg("--home")
+        .arg(dir.path().join("home"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = Client::new(&socket);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The first connection starts the daemon, which answers on the passed socket.
+    let health = client.request("GET", "/v1/health", None).unwrap();
+    assert_eq!(health.status, 200);
+    let probe = Command::new(env!("CARGO_BIN_EXE_covenantd"))
+        .arg("health")
+        .arg("--socket")
+        .arg(&socket)
+        .output()
+        .unwrap();
+    assert!(probe.status.success());
+    assert!(!dir.path().join("home/covenantd.sock").exists());
+    // SAFETY: kill(2) on our own child (the daemon, after exec).
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    assert!(
+        socket.exists(),
+        "the passed socket belongs to systemd and stays"
+    );
+}

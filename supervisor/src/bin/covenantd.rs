@@ -10,10 +10,10 @@ use std::process::ExitCode;
 #[command(name = "covenantd", version, about = "The Covenant supervisor daemon")]
 struct Args {
     /// State directory (store, keys, bundles); default $COVENANT_HOME, /var/lib/covenant as root.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", global = true)]
     home: Option<PathBuf>,
     /// Unix socket to listen on; default HOME/covenantd.sock.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", global = true)]
     socket: Option<PathBuf>,
     /// Also listen on TCP (needs --tcp-token-file: clients present the bearer token).
     #[arg(long, value_name = "ADDR")]
@@ -51,17 +51,47 @@ enum Command {
     /// One job's sandbox process (started by the daemon itself).
     #[command(hide = true)]
     Shim,
+    /// Exit 0 when a daemon answers on the socket (for liveness probes).
+    Health,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Some(Command::Shim) = args.command {
-        return ExitCode::from(daemon::shim::main().clamp(0, 255) as u8);
+    match args.command {
+        Some(Command::Shim) => return ExitCode::from(daemon::shim::main().clamp(0, 255) as u8),
+        Some(Command::Health) => return health(&args),
+        None => {}
     }
     match config(args).and_then(|c| daemon::run(c).map_err(|e| e.to_string())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("covenantd: error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn health(args: &Args) -> ExitCode {
+    let home = args
+        .home
+        .clone()
+        .unwrap_or_else(covenant_supervisor::home::covenant_home);
+    let socket = args
+        .socket
+        .clone()
+        .unwrap_or_else(|| home.join("covenantd.sock"));
+    let client = daemon::client::Client::new(&socket);
+    match client.request("GET", "/v1/health", None) {
+        Ok(a) if a.status == 200 => {
+            print!("{}", String::from_utf8_lossy(&a.body));
+            ExitCode::SUCCESS
+        }
+        Ok(a) => {
+            eprintln!("covenantd: health: {} {}", a.status, a.error_text());
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("covenantd: health: {e}");
             ExitCode::from(1)
         }
     }

@@ -198,7 +198,7 @@ fn apply_cgroup_limits(config: &Config) -> Result<(), DaemonError> {
 
 /// The unix listener: from systemd socket activation (`LISTEN_FDS`), else bound at the
 /// configured path with mode 0660 and group `covenant` when that group exists.
-fn unix_listener(config: &Config) -> Result<tokio::net::UnixListener, DaemonError> {
+fn unix_listener(config: &Config) -> Result<(tokio::net::UnixListener, bool), DaemonError> {
     let activated = std::env::var("LISTEN_PID")
         .ok()
         .and_then(|p| p.parse::<u32>().ok())
@@ -248,12 +248,14 @@ fn unix_listener(config: &Config) -> Result<tokio::net::UnixListener, DaemonErro
     std_listener
         .set_nonblocking(true)
         .map_err(|e| DaemonError::Setup(e.to_string()))?;
-    tokio::net::UnixListener::from_std(std_listener).map_err(|e| DaemonError::Setup(e.to_string()))
+    let listener = tokio::net::UnixListener::from_std(std_listener)
+        .map_err(|e| DaemonError::Setup(e.to_string()))?;
+    Ok((listener, !activated))
 }
 
 async fn serve(daemon: Arc<Daemon>) -> Result<(), DaemonError> {
     use tokio::signal::unix::{signal, SignalKind};
-    let unix = unix_listener(&daemon.config)?;
+    let (unix, bound_here) = unix_listener(&daemon.config)?;
     let tcp = match daemon.config.listen {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
@@ -271,7 +273,11 @@ async fn serve(daemon: Arc<Daemon>) -> Result<(), DaemonError> {
             "tcp": daemon.config.listen.map(|a| a.to_string()), "max_jobs": daemon.config.max_jobs,
             "max_queue": daemon.config.max_queue, "per_subject": daemon.config.per_subject}),
     )]);
-    eprintln!("covenantd: listening on {}", daemon.config.socket.display());
+    if bound_here {
+        eprintln!("covenantd: listening on {}", daemon.config.socket.display());
+    } else {
+        eprintln!("covenantd: listening on the socket systemd passed in");
+    }
     if let Some(listener) = tcp {
         let d = daemon.clone();
         tokio::spawn(async move {
@@ -305,7 +311,8 @@ async fn serve(daemon: Arc<Daemon>) -> Result<(), DaemonError> {
         }
     };
     shutdown(&daemon, signal_name).await;
-    if !daemon.config.socket.as_os_str().is_empty() {
+    // A socket systemd passed in stays: it belongs to the socket unit.
+    if bound_here {
         let _ = std::fs::remove_file(&daemon.config.socket);
     }
     Ok(())
