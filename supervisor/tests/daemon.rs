@@ -997,3 +997,135 @@ fn socket_activation_serves_the_socket_systemd_passes_and_leaves_it() {
         "the passed socket belongs to systemd and stays"
     );
 }
+
+#[test]
+fn after_a_daemon_sigkill_a_runc_container_that_kept_running_is_killed_on_restart() {
+    if !live() {
+        return;
+    }
+    let runc = Path::new("/usr/sbin/runc");
+    let runc = if runc.exists() {
+        runc.to_path_buf()
+    } else {
+        PathBuf::from("/usr/bin/runc")
+    };
+    if !runc.exists() {
+        panic!("runc is needed (apt-get install runc)");
+    }
+    let mut d = Daemon::start(&[]);
+    let cap = d.cap("agent-a", &["res.time:120s", "res.pids:16"]);
+    let a = d.post(
+        "/v1/jobs",
+        json!({"capability": cap, "argv": ["/bin/sleep", "700"], "runner": format!("oci:{}", runc.display())}),
+    );
+    assert_eq!(a.status, 201, "{}", a.error_text());
+    let id = a.json()["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let sleeping = || {
+        let out = Command::new("pgrep")
+            .args(["-f", "^/bin/sleep 700$"])
+            .output()
+            .unwrap();
+        !out.stdout.is_empty()
+    };
+    while !sleeping() {
+        assert!(Instant::now() < deadline, "the container did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    d.kill9();
+    std::thread::sleep(Duration::from_millis(300));
+    // runc's container is not a child of the shim: it outlives the daemon.
+    assert!(
+        sleeping(),
+        "expected the runc container to outlive its daemon"
+    );
+    d.spawn();
+    assert!(
+        !sleeping(),
+        "the restarted daemon left the container running"
+    );
+    let s = d.get(&format!("/v1/jobs/{id}")).json();
+    assert_eq!(s["state"], "interrupted", "{s}");
+    assert_eq!(count_cgroups(std::slice::from_ref(&id)), 0);
+    let runtime: Vec<_> = std::fs::read_dir(d.home.path().join("runtime"))
+        .map(|r| r.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(runtime.is_empty(), "runtime state left: {runtime:?}");
+    let rows = d.get("/v1/audit?tail=100").json();
+    let interrupted = rows["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["kind"] == "job.interrupted" && r["body"]["job"] == id.as_str())
+        .expect("job.interrupted row");
+    assert!(
+        interrupted["body"]["cleaned"]["processes_killed"]
+            .as_u64()
+            .unwrap()
+            >= 1,
+        "{interrupted}"
+    );
+}
+
+#[test]
+fn memory_endpoints_and_audit_paging() {
+    let d = Daemon::start(&[]);
+    let put = d.post("/v1/mem", json!({"namespace": "team/notes", "text": "the cache key includes the rust version", "tier": "long-term", "metadata": {"source": "ci"}}));
+    assert_eq!(put.status, 201, "{}", put.error_text());
+    let id = put.json()["id"].as_str().unwrap().to_string();
+    let got = d.get(&format!("/v1/mem/{id}")).json();
+    assert_eq!(got["text"], "the cache key includes the rust version");
+    assert_eq!(got["tier"], "long-term");
+    let found = d
+        .get("/v1/mem?namespace=team%2Fnotes&q=%22rust%20version%22")
+        .json();
+    assert_eq!(found["items"].as_array().unwrap().len(), 1, "{found}");
+    let listed = d.get("/v1/mem?namespace=team/notes&tier=long-term").json();
+    assert_eq!(listed["items"].as_array().unwrap().len(), 1);
+    let bad = d.post(
+        "/v1/mem",
+        json!({"namespace": "x", "text": "t", "tier": "forever"}),
+    );
+    assert_eq!(
+        (bad.status, bad.json()["field"].as_str()),
+        (400, Some("tier"))
+    );
+    let bad = d.post("/v1/mem", json!({"namespace": "x", "text": ""}));
+    assert_eq!(bad.status, 400);
+    assert_eq!(d.get("/v1/mem?tier=sometimes").status, 400);
+    let del = d
+        .client
+        .request("DELETE", &format!("/v1/mem/{id}"), None)
+        .unwrap();
+    assert_eq!(del.status, 200);
+    assert_eq!(d.get(&format!("/v1/mem/{id}")).status, 404);
+    assert_eq!(
+        d.client
+            .request("DELETE", &format!("/v1/mem/{id}"), None)
+            .unwrap()
+            .status,
+        404
+    );
+    // The memory writes are in the chain, without their text.
+    let rows = d.get("/v1/audit?after=0&limit=10000").json();
+    let rows = rows["rows"].as_array().unwrap();
+    assert!(rows.iter().any(|r| r["kind"] == "memory.put"));
+    assert!(rows.iter().any(|r| r["kind"] == "memory.removed"));
+    assert!(!rows
+        .iter()
+        .any(|r| r["body"].to_string().contains("cache key includes")));
+    let seqs: Vec<u64> = rows.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+    let page = d
+        .get(&format!("/v1/audit?after={}&limit=2", seqs[0]))
+        .json();
+    let page: Vec<u64> = page["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(page, vec![seqs[0] + 1, seqs[0] + 2]);
+    assert_eq!(d.get("/v1/audit?tail=abc").json()["field"], "tail");
+    assert_eq!(d.get("/v1/audit/verify").json()["ok"], true);
+}

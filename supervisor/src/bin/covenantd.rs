@@ -53,13 +53,25 @@ enum Command {
     Shim,
     /// Exit 0 when a daemon answers on the socket (for liveness probes).
     Health,
+    /// Inside a sandbox run by runc or crun: apply the landlock ruleset, then exec ARGV
+    /// (the daemon's shim injects its own executable, as `covenant-ctl` does).
+    #[command(hide = true)]
+    Enforce {
+        #[arg(last = true, required = true)]
+        argv: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    match args.command {
+    match &args.command {
         Some(Command::Shim) => return ExitCode::from(daemon::shim::main().clamp(0, 255) as u8),
         Some(Command::Health) => return health(&args),
+        Some(Command::Enforce { argv }) => {
+            let error = covenant_runners::enforce::enforce_and_exec(argv);
+            eprintln!("covenant: enforce: {error}");
+            return ExitCode::from(covenant_supervisor::run::EXIT_SETUP as u8);
+        }
         None => {}
     }
     match config(args).and_then(|c| daemon::run(c).map_err(|e| e.to_string())) {

@@ -4,7 +4,7 @@
 use super::jobs::ApiError;
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response, StatusCode};
 use std::convert::Infallible;
@@ -62,16 +62,34 @@ pub fn stream(content_type: &str, rx: mpsc::Receiver<Bytes>) -> Reply {
         .expect("a valid response")
 }
 
+/// Most bytes of an oversize body read and thrown away before answering 413, so the
+/// client has finished writing and sees the answer.
+const DRAIN: u64 = 64 * 1024 * 1024;
+
 /// The whole body, refused past `limit` bytes (413).
 pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
-    match Limited::new(req.into_body(), limit).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::new(
+    let mut body = req.into_body();
+    let mut data = bytes::BytesMut::new();
+    let mut seen = 0u64;
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| ApiError::new(400, format!("reading the request body: {e}")))?;
+        if let Ok(chunk) = frame.into_data() {
+            seen += chunk.len() as u64;
+            if seen <= limit as u64 {
+                data.extend_from_slice(&chunk);
+            } else if seen > DRAIN {
+                break;
+            }
+        }
+    }
+    if seen > limit as u64 {
+        return Err(ApiError::new(
             413,
             format!("request body is larger than {limit} bytes"),
-        )),
-        Err(e) => Err(ApiError::new(400, format!("reading the request body: {e}"))),
+        ));
     }
+    Ok(data.freeze())
 }
 
 /// Parses a JSON body into `T`; the error names the field serde blames.
