@@ -157,7 +157,9 @@ fn config(args: Args) -> Result<Config, String> {
             .transpose()
             .map_err(|e| format!("--cgroup-memory: {e}"))?,
         cgroup_pids: args.cgroup_pids,
-        shim_exe: std::env::current_exe().map_err(|e| format!("own executable: {e}"))?,
+        // The running image itself, even if the file has been replaced by an upgrade
+        // since: a shim always speaks its daemon's protocol.
+        shim_exe: PathBuf::from("/proc/self/exe"),
         home,
     })
 }
