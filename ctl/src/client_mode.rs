@@ -73,7 +73,19 @@ pub fn run(
         runner: Some(runner.to_string()),
         stdin: StdinMode::Pipe,
     };
-    let answer = client.request("POST", "/v1/jobs", Some(&serde_json::to_value(&request)?))?;
+    let body = serde_json::to_value(&request)?;
+    let mut answer = client.request("POST", "/v1/jobs", Some(&body))?;
+    let mut told = false;
+    // A full queue or quota is a wait, not a failure: retry as the daemon advises.
+    while answer.status == 429 {
+        let after = answer.json()["retry_after_s"].as_u64().unwrap_or(1).clamp(1, 60);
+        if !told {
+            eprintln!("covenant: {}; retrying", answer.error_text());
+            told = true;
+        }
+        std::thread::sleep(std::time::Duration::from_secs(after));
+        answer = client.request("POST", "/v1/jobs", Some(&body))?;
+    }
     if answer.status != 201 {
         bail!(
             "covenantd refused the run ({}): {}",

@@ -1147,3 +1147,36 @@ fn memory_endpoints_and_audit_paging() {
     assert_eq!(d.get("/v1/audit?tail=abc").json()["field"], "tail");
     assert_eq!(d.get("/v1/audit/verify").json()["ok"], true);
 }
+
+#[test]
+fn covenant_ctl_waits_out_a_full_queue() {
+    if !live() {
+        return;
+    }
+    let d = Daemon::start(&["--max-jobs", "1", "--max-queue", "0"]);
+    let operator = d.home.path().join("operator.key");
+    let ctl_in_home = |args: &[&str]| {
+        Command::new(ctl())
+            .args(args)
+            .env("COVENANT_HOME", d.home.path())
+            .env_remove("COVENANT_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // Creates the operator key, then trusts it.
+    let _ = ctl_in_home(&["--embedded", "plan", "--", "/bin/true"]).wait_with_output();
+    let t = ctl_in_home(&["key", "trust", operator.to_str().unwrap(), "--name", "operator"]).wait_with_output().unwrap();
+    assert!(t.status.success(), "{}", String::from_utf8_lossy(&t.stderr));
+    let cap = d.cap("agent-a", &["res.time:60s"]);
+    let blocker = d.submit_ok(&cap, &["/bin/sleep", "30"]);
+    let waiting = ctl_in_home(&["--daemon", "run", "--", "/bin/echo", "after the wait"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    d.post(&format!("/v1/jobs/{blocker}/kill"), json!({}));
+    let out = waiting.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "after the wait\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("retrying"));
+}

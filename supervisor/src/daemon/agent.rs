@@ -263,6 +263,8 @@ async fn route(daemon: &Arc<Daemon>, job: &str, req: Request<Incoming>) -> Resul
                 return Err(ApiError::field(400, "capability", "a sub-intent carries no capability: it runs under its parent's, narrowed to what it asks"));
             }
             sub.capability = lineage.capability.print();
+            // Nobody could write to a sub-intent's stdin pipe: it reads an empty one.
+            sub.stdin = super::api::StdinMode::Null;
             let submitted = jobs::submit(
                 daemon,
                 &Caller::Agent {

@@ -142,6 +142,18 @@ fn recover(store: &Store, home: &Path) -> Result<Vec<AuditEvent>, DaemonError> {
         let mut writable = Store::open(store.path(), &home.join("supervisor.key"))?;
         writable.commit(&[], &rows, false)?;
     }
+    // Agent sockets exist only for the daemon's running jobs; one left here belongs to a
+    // job that was never admitted (the daemon died between creating it and the commit).
+    if let Ok(entries) = std::fs::read_dir(home.join("agents")) {
+        for e in entries.flatten() {
+            if std::fs::remove_dir_all(e.path()).is_ok() {
+                events.push(AuditEvent::new(
+                    "daemon.orphan.removed",
+                    serde_json::json!({"dir": e.path(), "reason": "left by a stopped daemon"}),
+                ));
+            }
+        }
+    }
     Ok(events)
 }
 
