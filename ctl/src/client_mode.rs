@@ -78,7 +78,10 @@ pub fn run(
     let mut told = false;
     // A full queue or quota is a wait, not a failure: retry as the daemon advises.
     while answer.status == 429 {
-        let after = answer.json()["retry_after_s"].as_u64().unwrap_or(1).clamp(1, 60);
+        let after = answer.json()["retry_after_s"]
+            .as_u64()
+            .unwrap_or(1)
+            .clamp(1, 60);
         if !told {
             eprintln!("covenant: {}; retrying", answer.error_text());
             told = true;

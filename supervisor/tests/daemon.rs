@@ -35,6 +35,10 @@ fn live() -> bool {
     }
 }
 
+/// Live tests share the sandboxes' parent cgroup; the one that puts limits on it runs
+/// alone.
+static SANDBOXES: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
 fn random_key() -> SigningKey {
     let mut seed = [0u8; 32];
     // SAFETY: getrandom writes at most the buffer's length.
@@ -489,6 +493,7 @@ fn a_job_runs_with_stdin_output_status_and_audit() {
     if !live() {
         return;
     }
+    let _shared = SANDBOXES.read().unwrap_or_else(|e| e.into_inner());
     let d = Daemon::start(&[]);
     let cap = d.cap("agent-a", &["res.time:60s", "res.mem:256MiB"]);
     let a = d.post(
@@ -552,6 +557,7 @@ fn kill_stops_a_running_job_and_cancels_a_queued_one() {
     if !live() {
         return;
     }
+    let _shared = SANDBOXES.read().unwrap_or_else(|e| e.into_inner());
     let d = Daemon::start(&["--max-jobs", "1", "--max-queue", "1"]);
     let cap = d.cap("agent-a", &["res.time:60s"]);
     let running = d.submit_ok(&cap, &["/bin/sleep", "30"]);
@@ -612,6 +618,7 @@ fn per_subject_quota_holds() {
     if !live() {
         return;
     }
+    let _shared = SANDBOXES.read().unwrap_or_else(|e| e.into_inner());
     let d = Daemon::start(&["--per-subject", "2"]);
     let a = d.cap("agent-a", &["res.time:60s"]);
     let b = d.cap("agent-b", &["res.time:60s"]);
@@ -635,6 +642,7 @@ fn a_job_outlives_the_client_that_submitted_it() {
     if !live() {
         return;
     }
+    let _shared = SANDBOXES.read().unwrap_or_else(|e| e.into_inner());
     let d = Daemon::start(&[]);
     let cap = d.cap("agent-a", &["res.time:60s"]);
     let id = d.submit_ok(&cap, &["/bin/sh", "-c", "sleep 1; echo done"]);
@@ -669,6 +677,7 @@ fn sigkill_of_the_daemon_with_20_jobs_running_then_restart_cleans_up_everything(
     if !live() {
         return;
     }
+    let _shared = SANDBOXES.read().unwrap_or_else(|e| e.into_inner());
     let mut d = Daemon::start(&["--max-jobs", "32"]);
     let cap = d.cap(
         "agent-a",
@@ -741,6 +750,7 @@ fn sigterm_lets_jobs_finish_within_the_grace_then_kills_and_signs() {
     if !live() {
         return;
     }
+    let _shared = SANDBOXES.read().unwrap_or_else(|e| e.into_inner());
     let mut d = Daemon::start(&["--grace", "1s"]);
     let cap = d.cap("agent-a", &["res.time:60s"]);
     let quick = d.submit_ok(&cap, &["/bin/sh", "-c", "sleep 0.3; echo finished"]);
@@ -793,6 +803,7 @@ fn the_agent_socket_exists_only_with_its_scope_and_holds_to_the_grant() {
     if !live() {
         return;
     }
+    let _shared = SANDBOXES.read().unwrap_or_else(|e| e.into_inner());
     if !Path::new("/usr/bin/curl").exists() {
         panic!("/usr/bin/curl is needed inside the sandbox (install curl)");
     }
@@ -880,6 +891,7 @@ fn covenant_ctl_runs_through_the_daemon_with_the_same_exit_codes() {
     if !live() {
         return;
     }
+    let _shared = SANDBOXES.read().unwrap_or_else(|e| e.into_inner());
     let d = Daemon::start(&[]);
     // The operator key of this home signs the request; the daemon must trust it first.
     let run = |args: &[&str], stdin: &str| {
@@ -1021,6 +1033,7 @@ fn after_a_daemon_sigkill_a_runc_container_that_kept_running_is_killed_on_restar
     if !live() {
         return;
     }
+    let _shared = SANDBOXES.read().unwrap_or_else(|e| e.into_inner());
     let runc = Path::new("/usr/sbin/runc");
     let runc = if runc.exists() {
         runc.to_path_buf()
@@ -1153,6 +1166,7 @@ fn covenant_ctl_waits_out_a_full_queue() {
     if !live() {
         return;
     }
+    let _shared = SANDBOXES.read().unwrap_or_else(|e| e.into_inner());
     let d = Daemon::start(&["--max-jobs", "1", "--max-queue", "0"]);
     let operator = d.home.path().join("operator.key");
     let ctl_in_home = |args: &[&str]| {
@@ -1168,7 +1182,15 @@ fn covenant_ctl_waits_out_a_full_queue() {
     };
     // Creates the operator key, then trusts it.
     let _ = ctl_in_home(&["--embedded", "plan", "--", "/bin/true"]).wait_with_output();
-    let t = ctl_in_home(&["key", "trust", operator.to_str().unwrap(), "--name", "operator"]).wait_with_output().unwrap();
+    let t = ctl_in_home(&[
+        "key",
+        "trust",
+        operator.to_str().unwrap(),
+        "--name",
+        "operator",
+    ])
+    .wait_with_output()
+    .unwrap();
     assert!(t.status.success(), "{}", String::from_utf8_lossy(&t.stderr));
     let cap = d.cap("agent-a", &["res.time:60s"]);
     let blocker = d.submit_ok(&cap, &["/bin/sleep", "30"]);
@@ -1176,7 +1198,59 @@ fn covenant_ctl_waits_out_a_full_queue() {
     std::thread::sleep(Duration::from_millis(1500));
     d.post(&format!("/v1/jobs/{blocker}/kill"), json!({}));
     let out = waiting.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "after the wait\n");
     assert!(String::from_utf8_lossy(&out.stderr).contains("retrying"));
+}
+
+#[test]
+fn all_sandboxes_together_stay_under_the_daemons_parent_cgroup_limit() {
+    if !live() {
+        return;
+    }
+    let _alone = SANDBOXES.write().unwrap_or_else(|e| e.into_inner());
+    let layout =
+        covenant_runners::native::CgroupLayout::detect(Path::new("/sys/fs/cgroup")).unwrap();
+    let pids_max = match &layout {
+        covenant_runners::native::CgroupLayout::V2 { root } => root.join("covenant/pids.max"),
+        covenant_runners::native::CgroupLayout::V1 { pids, .. } => {
+            pids.as_ref().unwrap().join("covenant/pids.max")
+        }
+    };
+    struct Reset(PathBuf);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            let _ = std::fs::write(&self.0, "max");
+        }
+    }
+    let _reset = Reset(pids_max.clone());
+    // The program forks 40 sleepers, counting the forks that succeed; its own pids limit
+    // (64) would allow them all.
+    let forker = "import os, time\nn = 0\nfor i in range(40):\n    try:\n        pid = os.fork()\n    except OSError:\n        break\n    if pid == 0:\n        time.sleep(2)\n        os._exit(0)\n    n += 1\nprint(n)\n";
+    let run = |d: &Daemon| {
+        let cap = d.cap("agent-a", &["res.time:60s", "res.pids:64"]);
+        let id = d.submit_ok(&cap, &["/usr/bin/python3", "-c", forker]);
+        d.wait(&id);
+        d.output(&id).0.trim().parse::<u32>().unwrap()
+    };
+    {
+        let unlimited = Daemon::start(&[]);
+        assert_eq!(
+            run(&unlimited),
+            40,
+            "without a parent limit every fork succeeds"
+        );
+    }
+    let d = Daemon::start(&["--cgroup-pids", "20"]);
+    assert_eq!(std::fs::read_to_string(&pids_max).unwrap().trim(), "20");
+    let forked = run(&d);
+    assert!(
+        forked < 20,
+        "{forked} forks succeeded under a parent limit of 20"
+    );
 }
