@@ -156,13 +156,16 @@ pub fn trusted_roots() -> Result<Vec<[u8; 32]>> {
 
 /// Verifies `cap` against this host's trust store and revocation list.
 pub fn verify(cap: &Capability) -> Result<Grant> {
-    let roots = trusted_roots()?;
+    verify_against(cap, &trusted_roots()?)
+}
+
+fn verify_against(cap: &Capability, roots: &[[u8; 32]]) -> Result<Grant> {
     let revoked = keys::revoked()?;
     Ok(verify_capability(
         cap,
         VerifyContext {
             now: now(),
-            trusted_roots: &roots,
+            trusted_roots: roots,
             revoked: &revoked,
         },
     )?)
@@ -218,15 +221,7 @@ pub fn authorise_run(
 /// counts only when it has been trusted explicitly) and the revocation list.
 pub fn verify_for_daemon(cap: &Capability) -> Result<Grant> {
     let roots: Vec<[u8; 32]> = keys::trusted_keys()?.into_iter().map(|(_, k)| k).collect();
-    let revoked = keys::revoked()?;
-    Ok(verify_capability(
-        cap,
-        VerifyContext {
-            now: now(),
-            trusted_roots: &roots,
-            revoked: &revoked,
-        },
-    )?)
+    verify_against(cap, &roots)
 }
 
 /// The plan for `manifest` under a grant already verified, with images resolved.

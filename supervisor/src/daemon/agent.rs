@@ -115,18 +115,7 @@ impl AgentSocket {
 }
 
 async fn handle(daemon: Arc<Daemon>, job: String, token: String, req: Request<Incoming>) -> Reply {
-    let presented = req
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    let authentic = presented.len() == token.len()
-        && presented
-            .bytes()
-            .zip(token.bytes())
-            .fold(0u8, |a, (x, y)| a | (x ^ y))
-            == 0;
+    let authentic = http::bearer_ok(&req, &token);
     let method = req.method().as_str().to_string();
     let path = req.uri().path().to_string();
     let result = if authentic {
@@ -204,19 +193,8 @@ async fn route(daemon: &Arc<Daemon>, job: &str, req: Request<Incoming>) -> Resul
             ))
         }
         (Method::GET, ["v1", "mem", id]) => {
-            let item = daemon
-                .store
-                .lock()
-                .unwrap()
-                .mem_get(id)
-                .map_err(|e| ApiError::new(500, e.to_string()))?
-                .filter(|i| may_memory(&scopes, &i.namespace, false))
-                .ok_or_else(|| {
-                    ApiError::new(
-                        404,
-                        format!("no memory item {id} in a namespace this job may read"),
-                    )
-                })?;
+            let readable = |ns: &str| may_memory(&scopes, ns, false);
+            let item = super::routes::mem_get(daemon, id, &readable)?;
             Ok(http::json(200, &item))
         }
         (Method::POST, ["v1", "audit"]) => {

@@ -48,6 +48,24 @@ pub struct Client {
 
 type ReqBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
+/// The whole answer of a response.
+async fn collect(
+    client: &Client,
+    resp: hyper::Response<hyper::body::Incoming>,
+) -> Result<Answer, ClientError> {
+    let status = resp.status().as_u16();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| client.http_error(e))?
+        .to_bytes();
+    Ok(Answer {
+        status,
+        body: bytes.to_vec(),
+    })
+}
+
 impl Client {
     pub fn new(socket: &Path) -> Self {
         Client {
@@ -134,17 +152,7 @@ impl Client {
             };
             let body = Full::new(Bytes::from(body.unwrap_or_default())).boxed();
             let resp = self.send(method, path, body, &headers).await?;
-            let status = resp.status().as_u16();
-            let bytes = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| self.http_error(e))?
-                .to_bytes();
-            Ok(Answer {
-                status,
-                body: bytes.to_vec(),
-            })
+            collect(self, resp).await
         })
     }
 
@@ -213,17 +221,7 @@ impl Client {
                     &[("content-type", "application/octet-stream")],
                 )
                 .await?;
-            let status = resp.status().as_u16();
-            let bytes = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| self.http_error(e))?
-                .to_bytes();
-            Ok(Answer {
-                status,
-                body: bytes.to_vec(),
-            })
+            collect(self, resp).await
         });
         drop(reader);
         result

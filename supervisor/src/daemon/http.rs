@@ -119,6 +119,22 @@ pub async fn read_json<T: serde::de::DeserializeOwned>(
     })
 }
 
+/// Whether the request carries `Authorization: Bearer TOKEN` (compared in constant time).
+pub fn bearer_ok(req: &Request<Incoming>, token: &str) -> bool {
+    let presented = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    presented.len() == token.len()
+        && presented
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
 /// Query parameters, decoded.
 pub fn query(req: &Request<Incoming>) -> Vec<(String, String)> {
     req.uri()

@@ -207,6 +207,15 @@ impl Daemon {
             .map_err(|e| ApiError::new(500, format!("audit store: {e}")))
     }
 
+    /// Runs `f` on the daemon's second store connection; a store error is a 500.
+    pub fn with_store<T>(
+        &self,
+        f: impl FnOnce(&mut Store) -> crate::store::Result<T>,
+    ) -> Result<T, ApiError> {
+        let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut store).map_err(|e| ApiError::new(500, e.to_string()))
+    }
+
     /// Records `events` without waiting for the commit.
     pub fn record(&self, events: Vec<AuditEvent>) {
         let _ = self
@@ -1044,11 +1053,7 @@ pub fn status(daemon: &Daemon, id: &str) -> Result<super::api::JobStatus, ApiErr
         }
     }
     let row = daemon
-        .store
-        .lock()
-        .unwrap()
-        .job(id)
-        .map_err(|e| ApiError::new(500, e.to_string()))?
+        .with_store(|s| s.job(id))?
         .ok_or_else(|| ApiError::new(404, format!("no job {id}")))?;
     Ok(super::api::JobStatus {
         row,

@@ -4,7 +4,6 @@
 use crate::store::jobs::{JobRow, JobState};
 use crate::store::AuditEvent;
 use std::collections::BTreeMap;
-use std::fmt::Write;
 use std::sync::Mutex;
 
 /// Upper bounds of the run-duration histogram, in seconds.
@@ -68,91 +67,125 @@ impl Metrics {
         store_bytes: u64,
         config: &super::Config,
     ) -> String {
-        let c = self.inner.lock().unwrap();
-        let mut out = String::new();
-        let _ = writeln!(out, "# HELP covenant_jobs Jobs by state: live ones now, final ones since the daemon started.");
-        let _ = writeln!(out, "# TYPE covenant_jobs gauge");
-        let _ = writeln!(out, "covenant_jobs{{state=\"running\"}} {running}");
-        let _ = writeln!(out, "covenant_jobs{{state=\"queued\"}} {queued}");
+        let c = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = Exposition::default();
+        let mut jobs = vec![("running", running as u64), ("queued", queued as u64)];
         for state in [
             JobState::Exited,
             JobState::Failed,
             JobState::Cancelled,
             JobState::Interrupted,
         ] {
-            let n = c.finished.get(state.as_str()).copied().unwrap_or(0);
-            let _ = writeln!(out, "covenant_jobs{{state=\"{}\"}} {n}", state.as_str());
+            let name = state.as_str();
+            jobs.push((name, c.finished.get(name).copied().unwrap_or(0)));
         }
-        let _ = writeln!(out, "# HELP covenant_job_slots Admission limits.");
-        let _ = writeln!(out, "# TYPE covenant_job_slots gauge");
-        let _ = writeln!(
-            out,
-            "covenant_job_slots{{kind=\"concurrent\"}} {}",
-            config.max_jobs
+        out.family(
+            "covenant_jobs",
+            "gauge",
+            "Jobs by state: live ones now, final ones since the daemon started.",
+            "state",
+            &jobs,
         );
-        let _ = writeln!(
-            out,
-            "covenant_job_slots{{kind=\"queue\"}} {}",
-            config.max_queue
+        out.family(
+            "covenant_job_slots",
+            "gauge",
+            "Admission limits.",
+            "kind",
+            &[
+                ("concurrent", config.max_jobs as u64),
+                ("queue", config.max_queue as u64),
+                ("per_subject", config.per_subject as u64),
+            ],
         );
-        let _ = writeln!(
-            out,
-            "covenant_job_slots{{kind=\"per_subject\"}} {}",
-            config.per_subject
+        out.head(
+            "covenant_run_duration_seconds",
+            "histogram",
+            "Time from sandbox start to the job's end.",
         );
-        let _ = writeln!(
-            out,
-            "# HELP covenant_run_duration_seconds Time from sandbox start to the job's end."
-        );
-        let _ = writeln!(out, "# TYPE covenant_run_duration_seconds histogram");
         for (i, b) in BUCKETS.iter().enumerate() {
-            let _ = writeln!(
-                out,
+            out.line(format!(
                 "covenant_run_duration_seconds_bucket{{le=\"{b}\"}} {}",
                 c.buckets[i]
-            );
+            ));
         }
-        let _ = writeln!(
-            out,
+        out.line(format!(
             "covenant_run_duration_seconds_bucket{{le=\"+Inf\"}} {}",
             c.duration_count
-        );
-        let _ = writeln!(out, "covenant_run_duration_seconds_sum {}", c.duration_sum);
-        let _ = writeln!(
-            out,
+        ));
+        out.line(format!(
+            "covenant_run_duration_seconds_sum {}",
+            c.duration_sum
+        ));
+        out.line(format!(
             "covenant_run_duration_seconds_count {}",
             c.duration_count
+        ));
+        let counted = |map: &BTreeMap<&'static str, u64>,
+                       keys: &[&'static str]|
+         -> Vec<(&'static str, u64)> {
+            keys.iter()
+                .map(|k| (*k, map.get(k).copied().unwrap_or(0)))
+                .collect()
+        };
+        out.family(
+            "covenant_refusals_total",
+            "counter",
+            "Submissions refused, by reason.",
+            "reason",
+            &counted(
+                &c.refused,
+                &[
+                    "admission",
+                    "capability",
+                    "invalid",
+                    "scope",
+                    "shutting-down",
+                ],
+            ),
         );
-        let _ = writeln!(
-            out,
-            "# HELP covenant_refusals_total Submissions refused, by reason."
+        let limits: Vec<(&str, u64)> = ["memory", "pids", "timeout"]
+            .iter()
+            .map(|l| (*l, c.limits.get(*l).copied().unwrap_or(0)))
+            .collect();
+        out.family(
+            "covenant_limits_hit_total",
+            "counter",
+            "Runs that reached a limit, by limit.",
+            "limit",
+            &limits,
         );
-        let _ = writeln!(out, "# TYPE covenant_refusals_total counter");
-        for reason in [
-            "admission",
-            "capability",
-            "invalid",
-            "scope",
-            "shutting-down",
-        ] {
-            let n = c.refused.get(reason).copied().unwrap_or(0);
-            let _ = writeln!(out, "covenant_refusals_total{{reason=\"{reason}\"}} {n}");
+        out.head(
+            "covenant_store_bytes",
+            "gauge",
+            "Size of the store (database and WAL).",
+        );
+        out.line(format!("covenant_store_bytes {store_bytes}"));
+        out.text
+    }
+}
+
+/// Text in the Prometheus exposition format.
+#[derive(Default)]
+struct Exposition {
+    text: String,
+}
+
+impl Exposition {
+    fn line(&mut self, line: String) {
+        self.text.push_str(&line);
+        self.text.push('\n');
+    }
+
+    fn head(&mut self, name: &str, kind: &str, help: &str) {
+        self.line(format!("# HELP {name} {help}"));
+        self.line(format!("# TYPE {name} {kind}"));
+    }
+
+    /// A metric with one label and a value per label value.
+    fn family(&mut self, name: &str, kind: &str, help: &str, label: &str, values: &[(&str, u64)]) {
+        self.head(name, kind, help);
+        for (v, n) in values {
+            self.line(format!("{name}{{{label}=\"{v}\"}} {n}"));
         }
-        let _ = writeln!(
-            out,
-            "# HELP covenant_limits_hit_total Runs that reached a limit, by limit."
-        );
-        let _ = writeln!(out, "# TYPE covenant_limits_hit_total counter");
-        for limit in ["memory", "pids", "timeout"] {
-            let n = c.limits.get(limit).copied().unwrap_or(0);
-            let _ = writeln!(out, "covenant_limits_hit_total{{limit=\"{limit}\"}} {n}");
-        }
-        let _ = writeln!(
-            out,
-            "# HELP covenant_store_bytes Size of the store (database and WAL)."
-        );
-        let _ = writeln!(out, "# TYPE covenant_store_bytes gauge");
-        let _ = writeln!(out, "covenant_store_bytes {store_bytes}");
-        out
     }
 }

@@ -18,7 +18,12 @@ const MAX_WAIT: Duration = Duration::from_secs(3600);
 
 pub async fn handle(daemon: Arc<Daemon>, caller: Caller, req: Request<Incoming>) -> Reply {
     if let Caller::Tcp { .. } = caller {
-        if !bearer_ok(&req, daemon.config.tcp_token.as_deref()) {
+        if !daemon
+            .config
+            .tcp_token
+            .as_deref()
+            .is_some_and(|t| http::bearer_ok(&req, t))
+        {
             daemon.record(vec![AuditEvent::new(
                 "api.refused",
                 json!({"caller": caller.audit(), "method": req.method().as_str(), "path": req.uri().path(), "status": 401}),
@@ -46,23 +51,6 @@ pub async fn handle(daemon: Arc<Daemon>, caller: Caller, req: Request<Incoming>)
     result.unwrap_or_else(|e| http::error(&e))
 }
 
-/// Constant-time comparison of the presented bearer token.
-fn bearer_ok(req: &Request<Incoming>, token: Option<&str>) -> bool {
-    let Some(token) = token else { return false };
-    let presented = req
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    presented.len() == token.len()
-        && presented
-            .bytes()
-            .zip(token.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
-}
-
 async fn route(
     daemon: &Arc<Daemon>,
     caller: &Caller,
@@ -76,7 +64,7 @@ async fn route(
         (Method::GET, ["v1", "health"]) => Ok(health(daemon)),
         (Method::GET, ["metrics"]) => {
             let (running, queued) = daemon.counts();
-            let size = daemon.store.lock().unwrap().size_bytes();
+            let size = daemon.with_store(|s| Ok(s.size_bytes()))?;
             Ok(http::full(
                 200,
                 "text/plain; version=0.0.4",
@@ -96,12 +84,7 @@ async fn route(
                 None => None,
             };
             let limit = number(&q, "limit", 100)?.min(10_000) as u32;
-            let rows = daemon
-                .store
-                .lock()
-                .unwrap()
-                .jobs(state, limit)
-                .map_err(|e| ApiError::new(500, e.to_string()))?;
+            let rows = daemon.with_store(|s| s.jobs(state, limit))?;
             Ok(http::json(200, &json!({"jobs": rows})))
         }
         (Method::GET, ["v1", "jobs", id]) => {
@@ -161,15 +144,16 @@ async fn route(
             ))
         }
         (Method::GET, ["v1", "audit"]) => {
-            let store = daemon.store.lock().unwrap();
             let rows = match param(&q, "after") {
-                Some(_) => store.rows_after(
-                    number(&q, "after", 0)?,
-                    number(&q, "limit", 100)?.min(10_000),
-                ),
-                None => store.tail(number(&q, "tail", 20)?.min(10_000)),
-            }
-            .map_err(|e| ApiError::new(500, e.to_string()))?;
+                Some(_) => {
+                    let (after, limit) = (number(&q, "after", 0)?, number(&q, "limit", 100)?);
+                    daemon.with_store(|s| s.rows_after(after, limit.min(10_000)))?
+                }
+                None => {
+                    let tail = number(&q, "tail", 20)?.min(10_000);
+                    daemon.with_store(|s| s.tail(tail))?
+                }
+            };
             let rows: Vec<serde_json::Value> = rows.iter().map(row_json).collect();
             Ok(http::json(200, &json!({"rows": rows})))
         }
@@ -202,23 +186,9 @@ async fn route(
             Ok(http::json(201, &json!({"id": id})))
         }
         (Method::GET, ["v1", "mem"]) => Ok(http::json(200, &mem_query(daemon, &q, None)?)),
-        (Method::GET, ["v1", "mem", id]) => {
-            let item = daemon
-                .store
-                .lock()
-                .unwrap()
-                .mem_get(id)
-                .map_err(|e| ApiError::new(500, e.to_string()))?
-                .ok_or_else(|| ApiError::new(404, format!("no memory item {id}")))?;
-            Ok(http::json(200, &item))
-        }
+        (Method::GET, ["v1", "mem", id]) => Ok(http::json(200, &mem_get(daemon, id, &|_| true)?)),
         (Method::DELETE, ["v1", "mem", id]) => {
-            let removed = daemon
-                .store
-                .lock()
-                .unwrap()
-                .mem_remove(id)
-                .map_err(|e| ApiError::new(500, e.to_string()))?;
+            let removed = daemon.with_store(|s| s.mem_remove(id))?;
             if !removed {
                 return Err(ApiError::new(404, format!("no memory item {id}")));
             }
@@ -278,10 +248,8 @@ pub fn mem_put(daemon: &Daemon, put: &MemPut) -> Result<String, ApiError> {
     let tier = Tier::parse(put.tier.as_deref().unwrap_or("working"))
         .map_err(|e| ApiError::field(400, "tier", e.to_string()))?;
     let metadata = put.metadata.as_ref().map(|m| m.to_string());
-    daemon
-        .store
-        .lock()
-        .unwrap()
+    let mut store = daemon.store.lock().unwrap_or_else(|e| e.into_inner());
+    store
         .mem_put(
             &put.namespace,
             tier,
@@ -290,6 +258,19 @@ pub fn mem_put(daemon: &Daemon, put: &MemPut) -> Result<String, ApiError> {
             put.parent.as_deref(),
         )
         .map_err(|e| ApiError::new(400, e.to_string()))
+}
+
+/// One memory item, if `readable` allows its namespace (`404` otherwise, as for a
+/// missing one: an agent learns nothing of namespaces it may not read).
+pub fn mem_get(
+    daemon: &Daemon,
+    id: &str,
+    readable: &dyn Fn(&str) -> bool,
+) -> Result<crate::store::memory::MemoryItem, ApiError> {
+    daemon
+        .with_store(|s| s.mem_get(id))?
+        .filter(|item| readable(&item.namespace))
+        .ok_or_else(|| ApiError::new(404, format!("no memory item {id}")))
 }
 
 /// `?namespace=NS&q=TEXT&tier=T&limit=N`: a search when `q` is given, else a listing.
@@ -314,7 +295,7 @@ pub fn mem_query(
         }
     }
     let limit = number(q, "limit", 20)?.min(1000) as u32;
-    let store = daemon.store.lock().unwrap();
+    let store = daemon.store.lock().unwrap_or_else(|e| e.into_inner());
     let items = match param(q, "q") {
         Some(text) => {
             let ns = namespace
