@@ -217,7 +217,11 @@ where
         let fut = handle(req);
         async move { Ok::<_, Infallible>(fut.await) }
     });
+    // A client gets 30 s to send a request's headers, so idle or trickling connections
+    // do not hold the daemon's descriptors forever.
     let _ = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(std::time::Duration::from_secs(30))
         .serve_connection(hyper_util::rt::TokioIo::new(io), service)
         .await;
 }

@@ -20,8 +20,10 @@ use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
-/// Finished jobs whose output stays in memory for late readers.
+/// Finished jobs whose output stays in memory for late readers, and the most bytes of
+/// output they may hold together; the oldest go first.
 const KEEP_FINISHED: usize = 512;
+const FINISHED_OUTPUT_BUDGET: u64 = 256 * 1024 * 1024;
 
 /// Who made a request: the socket's peer credentials, a TCP peer that presented the
 /// bearer token, or a sandboxed agent on its job's socket.
@@ -157,6 +159,8 @@ struct State {
     running: usize,
     per_subject: HashMap<String, usize>,
     finished: VecDeque<String>,
+    /// Bytes of output the finished jobs hold.
+    finished_bytes: u64,
 }
 
 pub struct Daemon {
@@ -694,10 +698,20 @@ fn release(daemon: &Arc<Daemon>, id: &str, end: &JobRow) -> Option<JobRow> {
             JobState::Queued => st.queue.retain(|q| q != id),
             _ => {}
         }
+        let held = st
+            .jobs
+            .get(id)
+            .map(|j| (j.stdout.data.len() + j.stderr.data.len()) as u64)
+            .unwrap_or(0);
         st.finished.push_back(id.to_string());
-        while st.finished.len() > KEEP_FINISHED {
-            if let Some(old) = st.finished.pop_front() {
-                st.jobs.remove(&old);
+        st.finished_bytes += held;
+        while st.finished.len() > KEEP_FINISHED || st.finished_bytes > FINISHED_OUTPUT_BUDGET {
+            let Some(old) = st.finished.pop_front() else {
+                break;
+            };
+            if let Some(j) = st.jobs.remove(&old) {
+                let bytes = (j.stdout.data.len() + j.stderr.data.len()) as u64;
+                st.finished_bytes = st.finished_bytes.saturating_sub(bytes);
             }
         }
         if st.running == 0 && st.queue.is_empty() {
