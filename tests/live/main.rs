@@ -1773,8 +1773,8 @@ fn every_bundle_validates_against_the_runtime_spec_schema() {
     assert!(!validate(&broken).status.success());
 }
 
-/// Builds covenant-ctl statically (for the guest kernel's bare initramfs) in its own
-/// target directory.
+/// Builds covenant-ctl and covenantd statically (for the guest kernel's bare initramfs)
+/// in their own target directory; returns covenant-ctl's path (covenantd is beside it).
 fn static_ctl() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -1790,6 +1790,9 @@ fn static_ctl() -> PathBuf {
             "--locked",
             "-p",
             "covenant-ctl",
+            "-p",
+            "covenant-supervisor",
+            "--bins",
             "--target",
             "x86_64-unknown-linux-gnu",
             "--target-dir",
@@ -1805,6 +1808,8 @@ fn static_ctl() -> PathBuf {
 
 #[test]
 fn a_pure_cgroup_v2_kernel_enforces_limits_and_landlock_fails_closed() {
+    // covenantd runs there too: parent cgroup limit, OOM through the daemon, recovery of a
+    // job after a SIGKILL of the daemon, and a clean SIGTERM.
     if !live() {
         return;
     }
@@ -1855,6 +1860,22 @@ fn a_pure_cgroup_v2_kernel_enforces_limits_and_landlock_fails_closed() {
     );
     assert_eq!(line("memory"), "exit=137", "v2 memory.max did not OOM-kill");
     assert_eq!(line("timeout"), "exit=124");
+    let daemon = line("daemon");
+    assert_eq!(
+        daemon, "exit=0 out=via-daemon parent-pids=200",
+        "covenantd on cgroup v2"
+    );
+    assert_eq!(
+        line("daemon-memory"),
+        "exit=137",
+        "v2 memory.max through the daemon"
+    );
+    assert_eq!(
+        line("daemon-restart"),
+        "cgroups-left=0 sleeping=0",
+        "a restarted covenantd left a v2 job behind"
+    );
+    assert_eq!(line("daemon-stop"), "exit=0");
     assert_eq!(line("cgroups-left"), "0", "v2 cgroups left behind");
     assert_eq!(line("audit"), "clean");
 }

@@ -28,6 +28,7 @@ for applet in $(root/bin/busybox --list); do
     [ -e "root/bin/$applet" ] || ln -s busybox "root/bin/$applet"
 done
 cp "$CTL" root/bin/covenant-ctl
+cp "$(dirname "$CTL")/covenantd" root/bin/covenantd
 echo 'root:x:0:0:root:/root:/bin/sh' > root/etc/passwd
 cat > root/init <<'EOF'
 #!/bin/sh
@@ -61,6 +62,26 @@ covenant-ctl run $D --memory 32MiB -- sh -c 'head -c 300000000 /dev/zero | tail'
 echo "VMTEST memory exit=$?"
 covenant-ctl run $D --timeout 2s -- sh -c '(sleep 60 &); sleep 60' > /tmp/o 2>&1
 echo "VMTEST timeout exit=$?"
+covenant-ctl key trust "$COVENANT_HOME/operator.key" --name operator > /dev/null 2>&1
+waitsock() { i=0; until covenantd health > /dev/null 2>&1 || [ $i -ge 300 ]; do sleep 0.1; i=$((i+1)); done; }
+covenantd --home "$COVENANT_HOME" --cgroup-pids 200 > /tmp/d.log 2>&1 &
+DPID=$!
+waitsock
+covenant-ctl --daemon run $D -- echo via-daemon > /tmp/o 2>&1
+echo "VMTEST daemon exit=$? out=$(head -1 /tmp/o) parent-pids=$(cat /sys/fs/cgroup/covenant/pids.max)"
+covenant-ctl --daemon run $D --memory 32MiB -- sh -c 'head -c 300000000 /dev/zero | tail' > /tmp/o 2>&1
+echo "VMTEST daemon-memory exit=$?"
+covenant-ctl --daemon run $D --timeout 120s -- sleep 120 > /dev/null 2>&1 &
+i=0; while [ "$(ls -d /sys/fs/cgroup/covenant/job-*/ 2>/dev/null | wc -l)" = 0 ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
+kill -9 $DPID
+sleep 1
+covenantd --home "$COVENANT_HOME" > /tmp/d.log 2>&1 &
+DPID=$!
+waitsock
+echo "VMTEST daemon-restart cgroups-left=$(ls -d /sys/fs/cgroup/covenant/*/ 2>/dev/null | wc -l) sleeping=$(for f in /proc/[0-9]*/cmdline; do tr '\0' ' ' < "$f"; echo; done | grep -c '^sleep 120')"
+kill -TERM $DPID
+wait $DPID
+echo "VMTEST daemon-stop exit=$?"
 echo "VMTEST cgroups-left $(ls -d /sys/fs/cgroup/covenant/*/ 2>/dev/null | wc -l)"
 echo "VMTEST audit $(covenant-ctl audit verify | head -c 5)"
 echo "VMTEST done"
