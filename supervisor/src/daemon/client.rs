@@ -228,10 +228,21 @@ impl Client {
     }
 }
 
-/// The daemon's socket for this user: `$COVENANT_SOCKET`, else `$COVENANT_HOME/covenantd.sock`.
+/// Where a node's daemon listens when nothing else is said.
+pub const SYSTEM_SOCKET: &str = "/var/lib/covenant/covenantd.sock";
+
+/// The daemon's socket for this user: `$COVENANT_SOCKET`; else `covenantd.sock` in
+/// `$COVENANT_HOME` when that is set or the socket is there; else the node's daemon at
+/// [`SYSTEM_SOCKET`] (users of the group `covenant` may reach it).
 pub fn default_socket() -> PathBuf {
-    match std::env::var_os("COVENANT_SOCKET").filter(|s| !s.is_empty()) {
-        Some(s) => PathBuf::from(s),
-        None => crate::home::covenant_home().join("covenantd.sock"),
+    if let Some(s) = std::env::var_os("COVENANT_SOCKET").filter(|s| !s.is_empty()) {
+        return PathBuf::from(s);
+    }
+    let own = crate::home::covenant_home().join("covenantd.sock");
+    let home_set = std::env::var_os("COVENANT_HOME").is_some_and(|h| !h.is_empty());
+    if home_set || own.exists() {
+        own
+    } else {
+        PathBuf::from(SYSTEM_SOCKET)
     }
 }

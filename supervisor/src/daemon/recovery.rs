@@ -115,7 +115,13 @@ pub fn clean_job(home: &Path, job: &str, shim_pid: Option<i32>) -> Cleaned {
             }
         }
     }
-    let _ = shim_pid;
+    if let Some(pid) = shim_pid.filter(|p| is_orphan_shim(*p)) {
+        // SAFETY: kill(2) on a process verified just now to be a shim of this daemon's
+        // executable that lost its daemon.
+        if unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
+            out.processes_killed += 1;
+        }
+    }
     let mut places = vec![
         home.join("bundles").join(job),
         home.join("agents").join(job),
@@ -145,6 +151,24 @@ pub fn clean_job(home: &Path, job: &str, shim_pid: Option<i32>) -> Cleaned {
         }
     }
     out
+}
+
+/// Whether `pid` is a `covenantd shim` whose daemon is gone (its parent is init): the
+/// parent-death signal normally kills it first, but a pid is not trusted on its own.
+fn is_orphan_shim(pid: i32) -> bool {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let mut args = cmdline.split(|b| *b == 0);
+    let exe_is_daemon = args
+        .next()
+        .is_some_and(|a| a.ends_with(b"covenantd") || a == b"/proc/self/exe");
+    let is_shim = args.next() == Some(b"shim".as_slice());
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The parent pid is the second field after the command's closing parenthesis.
+    let ppid = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+        .and_then(|p| p.parse::<i32>().ok());
+    exe_is_daemon && is_shim && ppid == Some(1)
 }
 
 /// Mount points at or below `dir`, deepest first.
