@@ -354,6 +354,8 @@ mod tests {
             "mem.read:project",
             "mem.write:agents/a1",
             "degrade:landlock-net",
+            "agent:audit",
+            "agent:spawn",
         ] {
             assert_eq!(s(text).to_string(), text);
             assert_eq!(Scope::parse(&s(text).to_string()).unwrap(), s(text));
@@ -377,6 +379,8 @@ mod tests {
             "mem.read:",
             "mem.write:a b",
             "degrade:seccomp",
+            "agent:root",
+            "agent:",
             "admin:all",
             "nocolon",
         ] {

@@ -40,6 +40,7 @@ fn scope() -> impl Strategy<Value = Scope> {
             write: w,
             namespace: n.into()
         }),
+        prop::sample::select(vec!["audit", "spawn"]).prop_map(|r| Scope::Agent(r.into())),
     ]
 }
 
