@@ -887,6 +887,39 @@ echo x > /run/covenant/token || echo token-is-read-only
 }
 
 #[test]
+fn an_agent_cannot_flood_the_store() {
+    if !live() {
+        return;
+    }
+    let _shared = SANDBOXES.read().unwrap_or_else(|e| e.into_inner());
+    let d = Daemon::start(&["--agent-writes", "3"]);
+    let script = format!(
+        r#"{AGENT}
+for i in 1 2 3 4 5; do call -H content-type:application/json -d '{{"kind":"spam"}}' http://a/v1/audit; done
+call -H content-type:application/json -d '{{"namespace":"notes","text":"one more"}}' http://a/v1/mem
+"#
+    );
+    let (code, out, err) = agent_run(
+        &d,
+        &["res.time:30s", "agent:audit", "mem.write:notes"],
+        &script,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["201", "201", "201", "429", "429", "429"]
+    );
+    let rows = d.get("/v1/audit?tail=500").json();
+    let spam = rows["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["kind"] == "agent.spam")
+        .count();
+    assert_eq!(spam, 3);
+}
+
+#[test]
 fn covenant_ctl_runs_through_the_daemon_with_the_same_exit_codes() {
     if !live() {
         return;

@@ -36,6 +36,9 @@ struct Args {
     /// Bytes of stdout and of stderr kept per job, e.g. 16MiB.
     #[arg(long, default_value = "16MiB")]
     output_limit: String,
+    /// Writes (memory items, audit events, sub-intents) one job's agent may make.
+    #[arg(long, default_value_t = 10_000)]
+    agent_writes: u64,
     /// Memory limit of the cgroup all sandboxes run under, e.g. 8GiB.
     #[arg(long, value_name = "SIZE")]
     cgroup_memory: Option<String>,
@@ -157,6 +160,7 @@ fn config(args: Args) -> Result<Config, String> {
             .transpose()
             .map_err(|e| format!("--cgroup-memory: {e}"))?,
         cgroup_pids: args.cgroup_pids,
+        agent_writes: args.agent_writes,
         // The running image itself, even if the file has been replaced by an upgrade
         // since: a shim always speaks its daemon's protocol.
         shim_exe: PathBuf::from("/proc/self/exe"),

@@ -175,6 +175,7 @@ async fn route(daemon: &Arc<Daemon>, job: &str, req: Request<Incoming>) -> Resul
         )),
         (Method::POST, ["v1", "mem"]) => {
             let put: MemPut = http::read_json(req, MAX_BODY).await?;
+            jobs::agent_write(daemon, job)?;
             if !may_memory(&scopes, &put.namespace, true) {
                 return Err(ApiError::field(
                     403,
@@ -200,6 +201,7 @@ async fn route(daemon: &Arc<Daemon>, job: &str, req: Request<Incoming>) -> Resul
         (Method::POST, ["v1", "audit"]) => {
             require(&scopes, "audit")?;
             let e: AgentEvent = http::read_json(req, 64 * 1024).await?;
+            jobs::agent_write(daemon, job)?;
             let valid = !e.kind.is_empty()
                 && e.kind.len() <= 64
                 && e.kind
@@ -227,6 +229,7 @@ async fn route(daemon: &Arc<Daemon>, job: &str, req: Request<Incoming>) -> Resul
         (Method::POST, ["v1", "jobs"]) => {
             require(&scopes, "spawn")?;
             let mut sub: SubmitRequest = http::read_json(req, MAX_BODY).await?;
+            jobs::agent_write(daemon, job)?;
             if sub.runner.as_deref().is_some_and(|r| r != "native") {
                 return Err(ApiError::field(
                     400,

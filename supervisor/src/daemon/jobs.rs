@@ -150,6 +150,8 @@ struct Job {
     agent: Option<super::agent::AgentSocket>,
     /// Set when the job was told to stop (API kill, parent ended, shutdown).
     kill_reason: Option<String>,
+    /// Writes its agent has made (memory items, audit events, sub-intents).
+    agent_writes: u64,
 }
 
 #[derive(Default)]
@@ -613,6 +615,7 @@ async fn admit(
                     children: Vec::new(),
                     agent,
                     kill_reason: None,
+                    agent_writes: 0,
                 },
             );
             if let Some(job) = st.jobs.get_mut(&id) {
@@ -1202,6 +1205,28 @@ pub fn lineage(daemon: &Daemon, id: &str) -> Option<(Lineage, Vec<Scope>)> {
     let st = daemon.state.lock().unwrap();
     let j = st.jobs.get(id)?;
     Some((j.lineage.clone(), j.lineage.grant.scopes.clone()))
+}
+
+/// Counts one write by job `id`'s agent; refuses it (429) past the daemon's per-job
+/// allowance, so an agent cannot flood the store.
+pub fn agent_write(daemon: &Daemon, id: &str) -> Result<(), ApiError> {
+    let mut st = daemon.state.lock().unwrap_or_else(|e| e.into_inner());
+    let job = st
+        .jobs
+        .get_mut(id)
+        .filter(|j| !j.row.state.is_final())
+        .ok_or_else(|| ApiError::new(410, format!("job {id} has ended")))?;
+    if job.agent_writes >= daemon.config.agent_writes {
+        return Err(ApiError::new(
+            429,
+            format!(
+                "job {id} has made its {} agent writes (memory items, audit events, sub-intents)",
+                daemon.config.agent_writes
+            ),
+        ));
+    }
+    job.agent_writes += 1;
+    Ok(())
 }
 
 /// Whether `child` was submitted by `parent`'s agent.

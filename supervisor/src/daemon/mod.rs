@@ -44,6 +44,8 @@ pub struct Config {
     /// Limits of the parent cgroup every sandbox runs under.
     pub cgroup_memory: Option<u64>,
     pub cgroup_pids: Option<u64>,
+    /// Writes one job's agent may make through its socket.
+    pub agent_writes: u64,
     /// The executable started as each job's shim.
     pub shim_exe: PathBuf,
 }
