@@ -1,7 +1,7 @@
 //! `covenant-ctl key ...` and `covenant-ctl cap ...`.
 
 use anyhow::{bail, Context};
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use covenant_policy::token::{encode_key, id_text, Capability};
 use covenant_policy::units::{format_unix_time, parse_duration};
 use covenant_policy::{Scope, Subject};
@@ -9,7 +9,9 @@ use covenant_supervisor::authority::{self, load_capability};
 use covenant_supervisor::home::covenant_home;
 use covenant_supervisor::keys;
 use covenant_supervisor::store;
+use ed25519_dalek::SigningKey;
 use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(Subcommand)]
 pub enum KeyCommand {
@@ -33,37 +35,46 @@ pub enum KeyCommand {
     Ls,
 }
 
+/// What a new token says, and who signs it.
+#[derive(Args)]
+pub struct TokenArgs {
+    /// The signing key: the issuer's (grant) or the parent subject's (attenuate).
+    #[arg(long)]
+    key: PathBuf,
+    /// A name, or key:BASE64URL (only a key-held token can be attenuated).
+    #[arg(long)]
+    subject: String,
+    #[arg(long = "scope", required = true)]
+    scopes: Vec<String>,
+    #[arg(long, default_value = "1h")]
+    ttl: String,
+    /// Also write the token to this file (mode 0600).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+impl TokenArgs {
+    /// The signing key, subject, scopes and validity, parsed.
+    fn parse(&self) -> anyhow::Result<(SigningKey, Subject, Vec<Scope>, Duration)> {
+        Ok((
+            keys::read_private_key(&self.key)?,
+            Subject::parse(&self.subject)?,
+            parse_scopes(&self.scopes)?,
+            parse_duration(&self.ttl).context("--ttl")?,
+        ))
+    }
+}
+
 #[derive(Subcommand)]
 pub enum CapCommand {
     /// Grant scopes to a subject, signed with an issuer key.
-    Grant {
-        #[arg(long)]
-        key: PathBuf,
-        /// A name, or key:BASE64URL (only a key-held token can be attenuated).
-        #[arg(long)]
-        subject: String,
-        #[arg(long = "scope", required = true)]
-        scopes: Vec<String>,
-        #[arg(long, default_value = "1h")]
-        ttl: String,
-        /// Also write the token to this file (mode 0600).
-        #[arg(long)]
-        out: Option<PathBuf>,
-    },
+    Grant(#[command(flatten)] TokenArgs),
     /// Narrow a capability you hold (the parent's subject key signs the child).
     Attenuate {
         #[arg(long)]
         from: String,
-        #[arg(long)]
-        key: PathBuf,
-        #[arg(long)]
-        subject: String,
-        #[arg(long = "scope", required = true)]
-        scopes: Vec<String>,
-        #[arg(long, default_value = "1h")]
-        ttl: String,
-        #[arg(long)]
-        out: Option<PathBuf>,
+        #[command(flatten)]
+        token: TokenArgs,
     },
     /// Show a capability's whole chain and whether it verifies here.
     Inspect { cap: String },
@@ -158,44 +169,18 @@ fn describe(cap: &Capability) -> serde_json::Value {
 
 pub fn cap(cmd: CapCommand) -> anyhow::Result<i32> {
     match cmd {
-        CapCommand::Grant {
-            key,
-            subject,
-            scopes,
-            ttl,
-            out,
-        } => {
-            let issuer = keys::read_private_key(&key)?;
-            let ttl = parse_duration(&ttl).context("--ttl")?;
-            let cap = authority::grant(
-                &issuer,
-                Subject::parse(&subject)?,
-                &parse_scopes(&scopes)?,
-                ttl,
-            )?;
+        CapCommand::Grant(args) => {
+            let (issuer, subject, scopes, ttl) = args.parse()?;
+            let cap = authority::grant(&issuer, subject, &scopes, ttl)?;
             store::record("capability.granted", describe(&cap))?;
-            emit(&cap, out)?;
+            emit(&cap, args.out)?;
         }
-        CapCommand::Attenuate {
-            from,
-            key,
-            subject,
-            scopes,
-            ttl,
-            out,
-        } => {
+        CapCommand::Attenuate { from, token } => {
             let parent = load_capability(&from)?;
-            let holder = keys::read_private_key(&key)?;
-            let ttl = parse_duration(&ttl).context("--ttl")?;
-            let cap = authority::attenuate(
-                &parent,
-                &holder,
-                Subject::parse(&subject)?,
-                &parse_scopes(&scopes)?,
-                ttl,
-            )?;
+            let (holder, subject, scopes, ttl) = token.parse()?;
+            let cap = authority::attenuate(&parent, &holder, subject, &scopes, ttl)?;
             store::record("capability.attenuated", describe(&cap))?;
-            emit(&cap, out)?;
+            emit(&cap, token.out)?;
         }
         CapCommand::Inspect { cap } => {
             let cap = load_capability(&cap)?;

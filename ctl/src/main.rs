@@ -29,8 +29,8 @@ struct Cli {
     /// Run in this process even when covenantd answers.
     #[arg(long, global = true, conflicts_with = "daemon")]
     embedded: bool,
-    /// Run through covenantd ($COVENANT_SOCKET, else $COVENANT_HOME/covenantd.sock); fail
-    /// if it does not answer.
+    /// Run through covenantd ($COVENANT_SOCKET, else covenantd.sock in $COVENANT_HOME, else
+    /// /var/lib/covenant/covenantd.sock); fail if it does not answer.
     #[arg(long, global = true)]
     daemon: bool,
     #[command(subcommand)]
@@ -230,11 +230,7 @@ fn main() -> ExitCode {
         Command::Audit(cmd) => records::audit(cmd),
         Command::Mem(cmd) => records::mem(cmd),
         Command::Image(cmd) => image_cmd::image(cmd),
-        Command::Enforce { argv } => {
-            let error = covenant_runners::enforce::enforce_and_exec(&argv);
-            eprintln!("covenant: enforce: {error}");
-            Ok(EXIT_SETUP)
-        }
+        Command::Enforce { argv } => Ok(covenant_runners::enforce::command(&argv)),
     };
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),

@@ -15,6 +15,14 @@ pub const POLICY_ENV: &str = "COVENANT_LANDLOCK_POLICY";
 /// Environment variable carrying what to enforce of it (JSON `LandlockPlan`).
 pub const PLAN_ENV: &str = "COVENANT_LANDLOCK_PLAN";
 
+/// The `enforce -- ARGV` command of `covenant-ctl` and `covenantd`: returns only when
+/// the ruleset could not be applied or ARGV not executed, with exit status 125.
+pub fn command(argv: &[String]) -> i32 {
+    let error = enforce_and_exec(argv);
+    eprintln!("covenant: enforce: {error}");
+    125
+}
+
 /// Applies the ruleset from the environment and executes `argv`; returns only an error.
 pub fn enforce_and_exec(argv: &[String]) -> String {
     let run = || -> Result<std::convert::Infallible, String> {

@@ -689,6 +689,15 @@ impl Runner for OciRunner {
     }
 }
 
+/// One run's private places: the container id, the runtime's state directory
+/// (`--root`), the derived bundle and the runtime's log.
+struct Work {
+    id: String,
+    state: PathBuf,
+    derived: PathBuf,
+    log: PathBuf,
+}
+
 impl OciRunner {
     fn run_bundle(
         &self,
@@ -705,21 +714,25 @@ impl OciRunner {
             .unwrap_or_else(|| "job".into());
         let id = format!("{job}-{}", std::process::id());
         let work = self.ctx.state_dir.join(&id);
-        let state = work.join("state");
-        let derived = work.join("bundle");
-        let log = work.join("runtime.log");
-        fs::create_dir_all(&state).map_err(io(format!("state directory {}", state.display())))?;
-        fs::create_dir_all(&derived)
-            .map_err(io(format!("bundle directory {}", derived.display())))?;
-        let result = self.lifecycle_run(&decisions, &id, &state, &derived, &log, on_start);
+        let w = Work {
+            state: work.join("state"),
+            derived: work.join("bundle"),
+            log: work.join("runtime.log"),
+            id,
+        };
+        let (id, state, log) = (&w.id, &w.state, &w.log);
+        fs::create_dir_all(state).map_err(io(format!("state directory {}", state.display())))?;
+        fs::create_dir_all(&w.derived)
+            .map_err(io(format!("bundle directory {}", w.derived.display())))?;
+        let result = self.lifecycle_run(&decisions, &w, on_start);
         // Whatever happened: no container, no state directory, no derived bundle.
         // `runsc run` deletes its container itself; anything left in the state directory
         // is a container to delete.
-        if fs::read_dir(&state)
+        if fs::read_dir(state)
             .map(|mut d| d.next().is_some())
             .unwrap_or(true)
         {
-            let mut delete = self.command(&state, &log, &["delete", "--force", &id]);
+            let mut delete = self.command(state, log, &["delete", "--force", id]);
             delete
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -733,12 +746,10 @@ impl OciRunner {
     fn lifecycle_run(
         &self,
         d: &Decisions,
-        id: &str,
-        state: &Path,
-        derived: &Path,
-        log: &Path,
+        w: &Work,
         on_start: &mut dyn FnMut(&StartInfo),
     ) -> Result<RunOutcome> {
+        let derived = w.derived.as_path();
         let rootfs = match &d.overlay {
             Some((lower, keep)) => self.mount_overlay(d, lower, keep.as_deref(), derived)?,
             None => d
@@ -748,7 +759,7 @@ impl OciRunner {
                 .map(|r| r.path().clone())
                 .unwrap_or_default(),
         };
-        let result = self.lifecycle_in_root(d, id, state, derived, log, &rootfs, on_start);
+        let result = self.lifecycle_in_root(d, w, &rootfs, on_start);
         if let Some((lower, _)) = &d.overlay {
             let mut points = vec![rootfs.clone()];
             points.extend((0..lower.len()).map(|i| derived.join(format!("lower{i}"))));
@@ -848,17 +859,14 @@ impl OciRunner {
         Ok(merged)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn lifecycle_in_root(
         &self,
         d: &Decisions,
-        id: &str,
-        state: &Path,
-        derived: &Path,
-        log: &Path,
+        w: &Work,
         rootfs: &Path,
         on_start: &mut dyn FnMut(&StartInfo),
     ) -> Result<RunOutcome> {
+        let (id, state, derived, log) = (w.id.as_str(), &w.state, &w.derived, &w.log);
         let mut spec = self.derive_config(d, rootfs, id)?;
         if d.overlay.is_some() {
             let mut root = spec

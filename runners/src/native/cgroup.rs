@@ -366,6 +366,10 @@ impl RunCgroup {
 
     /// Usage so far. Missing files (an old kernel) read as unknown, not as zero.
     pub fn usage(&self) -> CgroupUsage {
+        let pids_limit_hits = self
+            .file("pids.events")
+            .and_then(|p| read_key(&p, "max"))
+            .unwrap_or(0);
         match self.version {
             CgroupVersion::V2 => CgroupUsage {
                 peak_memory_bytes: self.file("memory.peak").and_then(|p| read_u64(&p)),
@@ -377,10 +381,7 @@ impl RunCgroup {
                     .file("memory.events")
                     .and_then(|p| read_key(&p, "oom_kill"))
                     .unwrap_or(0),
-                pids_limit_hits: self
-                    .file("pids.events")
-                    .and_then(|p| read_key(&p, "max"))
-                    .unwrap_or(0),
+                pids_limit_hits,
             },
             CgroupVersion::V1 => CgroupUsage {
                 peak_memory_bytes: self
@@ -391,10 +392,7 @@ impl RunCgroup {
                     .file("memory.oom_control")
                     .and_then(|p| read_key(&p, "oom_kill"))
                     .unwrap_or(0),
-                pids_limit_hits: self
-                    .file("pids.events")
-                    .and_then(|p| read_key(&p, "max"))
-                    .unwrap_or(0),
+                pids_limit_hits,
             },
         }
     }

@@ -142,6 +142,13 @@ struct Prepared {
     degradations: Vec<Degradation>,
 }
 
+impl Prepared {
+    /// How many seccomp programs the sandbox is held by.
+    fn seccomp_filters(&self) -> usize {
+        self.seccomp.as_ref().map(|s| s.programs.len()).unwrap_or(0)
+    }
+}
+
 impl NativeRunner {
     fn run_spec(
         &self,
@@ -197,11 +204,7 @@ impl NativeRunner {
                     cgroup: cgroup.as_ref().map(|cg| (cg.version(), cg.dirs().to_vec())),
                     namespaces: spec.namespaces.clone(),
                     landlock: prepared.landlock,
-                    seccomp_filters: prepared
-                        .seccomp
-                        .as_ref()
-                        .map(|s| s.programs.len())
-                        .unwrap_or(0),
+                    seccomp_filters: prepared.seccomp_filters(),
                     degradations: prepared.degradations.clone(),
                 });
                 supervise(&pidfd, &sfd, spec.timeout, started, &mut |sig| {
@@ -239,11 +242,7 @@ impl NativeRunner {
             peak_memory_bytes: usage.peak_memory_bytes,
             namespaces: spec.namespaces.clone(),
             landlock: prepared.landlock,
-            seccomp_filters: prepared
-                .seccomp
-                .as_ref()
-                .map(|s| s.programs.len())
-                .unwrap_or(0),
+            seccomp_filters: prepared.seccomp_filters(),
             cgroup_version,
             degradations_applied: prepared.degradations.clone(),
             signals_forwarded: supervised.forwarded.clone(),

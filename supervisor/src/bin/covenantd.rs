@@ -71,9 +71,7 @@ fn main() -> ExitCode {
         Some(Command::Shim) => return ExitCode::from(daemon::shim::main().clamp(0, 255) as u8),
         Some(Command::Health) => return health(&args),
         Some(Command::Enforce { argv }) => {
-            let error = covenant_runners::enforce::enforce_and_exec(argv);
-            eprintln!("covenant: enforce: {error}");
-            return ExitCode::from(covenant_supervisor::run::EXIT_SETUP as u8);
+            return ExitCode::from(covenant_runners::enforce::command(argv) as u8)
         }
         None => {}
     }

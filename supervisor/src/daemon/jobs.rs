@@ -981,8 +981,11 @@ async fn run_shim(daemon: &Arc<Daemon>, id: &str) -> Result<End, String> {
             )
         }
     };
-    // What the shim left behind if it was killed: cgroups and the bundle.
-    super::recovery::clean_job(&daemon.config.home, id, shim_pid);
+    // A shim that reported cleaned up after itself; one that died without a report (or
+    // failed, possibly in its cleanup) may have left cgroups, mounts and the bundle.
+    if end.3.is_none() {
+        super::recovery::clean_job(&daemon.config.home, id, shim_pid);
+    }
     Ok(end)
 }
 

@@ -135,8 +135,9 @@ pub fn clean_job(home: &Path, job: &str, shim_pid: Option<i32>) -> Cleaned {
                 .map(|e| e.path()),
         );
     }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     for place in places {
-        for m in mounts_under(&place) {
+        for m in mounts_under(&mountinfo, &place) {
             let c = std::ffi::CString::new(m.as_os_str().as_encoded_bytes()).unwrap_or_default();
             // SAFETY: umount2 reads a NUL-terminated path.
             if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
@@ -171,10 +172,9 @@ fn is_orphan_shim(pid: i32) -> bool {
     exe_is_daemon && is_shim && ppid == Some(1)
 }
 
-/// Mount points at or below `dir`, deepest first.
-pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut points: Vec<PathBuf> = text
+/// Mount points at or below `dir` in `mountinfo` (`/proc/self/mountinfo`), deepest first.
+pub fn mounts_under(mountinfo: &str, dir: &Path) -> Vec<PathBuf> {
+    let mut points: Vec<PathBuf> = mountinfo
         .lines()
         .filter_map(|l| l.split(' ').nth(4))
         .map(|p| PathBuf::from(unescape(p)))

@@ -9,7 +9,7 @@ use super::chain::{
     self, event_hash, AuditRow, ChainFault, ChainInput, ChainSummary, Checkpoint, GENESIS,
 };
 use super::{Result, Store, StoreError};
-use rusqlite::{params, OptionalExtension, Transaction, TransactionBehavior};
+use rusqlite::{params, OptionalExtension, Transaction};
 use serde::Serialize;
 use std::io::Write;
 use std::path::Path;
@@ -151,15 +151,7 @@ impl Store {
         jobs: &[super::jobs::JobRow],
         sign: bool,
     ) -> Result<Vec<u64>> {
-        let path = self.path.clone();
-        let sql = |error| StoreError::Sqlite {
-            path: path.clone(),
-            error,
-        };
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql)?;
+        let (tx, sql) = Store::write_tx(&mut self.conn, &self.path)?;
         let (mut seq, mut prev) = head(&tx).map_err(sql)?;
         let mut seqs = Vec::with_capacity(events.len());
         {
@@ -218,15 +210,7 @@ impl Store {
 
     /// Signs the current head if it is not signed yet. Returns the checkpoint's seq.
     pub fn checkpoint(&mut self) -> Result<Option<u64>> {
-        let path = self.path.clone();
-        let sql = |error| StoreError::Sqlite {
-            path: path.clone(),
-            error,
-        };
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql)?;
+        let (tx, sql) = Store::write_tx(&mut self.conn, &self.path)?;
         let (seq, hash) = head(&tx).map_err(sql)?;
         let signed: Option<i64> = tx
             .query_row("SELECT max(seq) FROM checkpoints", [], |r| r.get(0))
@@ -399,15 +383,7 @@ impl Store {
             error,
         })?;
         let marker = chain::sign(chain::PRUNE_DOMAIN, &self.key, up_to, c.head_hash, now_ms());
-        let path = self.path.clone();
-        let sql = |error| StoreError::Sqlite {
-            path: path.clone(),
-            error,
-        };
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql)?;
+        let (tx, sql) = Store::write_tx(&mut self.conn, &self.path)?;
         // The triggers that refuse deletion are lifted for this one transaction only.
         tx.execute_batch("DROP TRIGGER audit_no_delete; DROP TRIGGER checkpoints_no_delete;")
             .map_err(sql)?;

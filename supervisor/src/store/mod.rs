@@ -187,6 +187,25 @@ impl Store {
             .map_err(|e| self.sql(e))
     }
 
+    /// A write transaction on `conn` (IMMEDIATE: it waits its turn for the write lock),
+    /// and the mapper that names the store's file in an SQLite error.
+    pub(crate) fn write_tx<'a>(
+        conn: &'a mut Connection,
+        path: &'a Path,
+    ) -> Result<(
+        rusqlite::Transaction<'a>,
+        impl Fn(rusqlite::Error) -> StoreError + Copy + 'a,
+    )> {
+        let sql = move |error| StoreError::Sqlite {
+            path: path.to_path_buf(),
+            error,
+        };
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(sql)?;
+        Ok((tx, sql))
+    }
+
     pub(crate) fn sql(&self, error: rusqlite::Error) -> StoreError {
         StoreError::Sqlite {
             path: self.path.clone(),

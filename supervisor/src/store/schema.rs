@@ -89,14 +89,7 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 pub(super) fn migrate(store: &mut Store) -> Result<()> {
     let path = store.path.clone();
-    let sql = |error| StoreError::Sqlite {
-        path: path.clone(),
-        error,
-    };
-    let tx = store
-        .conn
-        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-        .map_err(sql)?;
+    let (tx, sql) = Store::write_tx(&mut store.conn, &path)?;
     let version: i64 = tx
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(sql)?;
