@@ -62,7 +62,6 @@ pub fn run(
     client: &Client,
     manifest: &Manifest,
     cap: Option<&str>,
-    runner: &str,
 ) -> anyhow::Result<serde_json::Value> {
     let request = SubmitRequest {
         manifest: Some(serde_json::to_value(manifest)?),
@@ -70,7 +69,7 @@ pub fn run(
         base_dir: Some(manifest.base_dir.clone()),
         capability: capability(manifest, cap)?,
         argv: None,
-        runner: Some(runner.to_string()),
+        runner: None,
         stdin: StdinMode::Pipe,
     };
     let body = serde_json::to_value(&request)?;

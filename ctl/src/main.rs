@@ -80,9 +80,6 @@ enum Command {
 struct RunArgs {
     #[command(flatten)]
     request: RequestArgs,
-    /// Runner: native, gvisor, or oci:PATH (a runc-compatible binary such as /usr/bin/crun).
-    #[arg(long, default_value = "native")]
-    runner: String,
     /// Write the bundle to DIR and keep it after the run.
     #[arg(long, value_name = "DIR")]
     keep_bundle: Option<PathBuf>,
@@ -148,6 +145,10 @@ struct RequestArgs {
     /// Host name inside the sandbox.
     #[arg(long)]
     hostname: Option<String>,
+    /// Runner: native (default), gvisor, or oci:PATH (a runc-compatible binary such as
+    /// /usr/bin/crun); any but native must be granted as a `runner:` scope.
+    #[arg(long, value_name = "RUNNER")]
+    runner: Option<String>,
     /// Root filesystem: host (default), image:NAME[:TAG|@DIGEST], or dir:PATH.
     #[arg(long)]
     rootfs: Option<String>,
@@ -186,6 +187,7 @@ impl RequestArgs {
         flags.hostname = self.hostname.clone();
         flags.user = self.user.clone();
         flags.net = self.net.clone();
+        flags.runner = self.runner.clone();
         flags.limits.memory = self.memory.clone();
         flags.limits.pids = self.pids;
         flags.limits.cpus = self.cpus.clone().map(CpusValue::Text);
@@ -255,12 +257,7 @@ fn run(args: RunArgs, mode: client_mode::Mode) -> anyhow::Result<i32> {
         client_mode::daemon_for(mode)?
     };
     if let Some(client) = daemon {
-        let status = client_mode::run(
-            &client,
-            &manifest,
-            args.request.cap.as_deref(),
-            &args.runner,
-        )?;
+        let status = client_mode::run(&client, &manifest, args.request.cap.as_deref())?;
         let code = client_mode::exit_code(&status);
         match status.get("report").filter(|r| !r.is_null()) {
             Some(report) => finish(report, args.report.as_deref())?,
@@ -273,7 +270,7 @@ fn run(args: RunArgs, mode: client_mode::Mode) -> anyhow::Result<i32> {
     }
     let settings = RunSettings {
         keep_bundle: args.keep_bundle.clone(),
-        runner: Some(args.runner.clone()),
+        runner: args.request.runner.clone(),
     };
     let report = match &args.bundle {
         Some(dir) => run_bundle(dir, &settings)?,

@@ -4,7 +4,7 @@
 use crate::manifest::{Manifest, RlimitSpec};
 use crate::plan::{
     Authorisation, Degradation, Limits, MountAccess, NetMode, PlanMount, Rlimit, RlimitKind,
-    RootfsSource, SandboxPlan, UserIds, PLAN_VERSION,
+    RootfsSource, RunnerChoice, SandboxPlan, UserIds, PLAN_VERSION,
 };
 use crate::scope::{ceiling, missing, FsAccess, Resource, Scope, SYSCALL_GROUPS};
 use crate::seccomp_profile::profile_name;
@@ -113,6 +113,7 @@ pub fn requested_scopes(plan: &SandboxPlan) -> Vec<Scope> {
         scopes.push(Scope::Fs(FsAccess::Write, keep.clone()));
     }
     scopes.push(Scope::Net(plan.net));
+    scopes.push(Scope::Runner(plan.runner.clone()));
     scopes.extend(plan.connect_tcp.iter().map(|&p| Scope::NetConnectTcp(p)));
     let l = &plan.limits;
     for (kind, value) in [
@@ -167,6 +168,10 @@ pub fn compile_request(manifest: &Manifest, job_id: &str) -> Result<SandboxPlan,
         user: compile_user(manifest.user.as_deref())?,
         hostname: compile_hostname(manifest.hostname.as_deref())?,
         rootfs: compile_rootfs(manifest.rootfs.as_deref(), &manifest.base_dir)?,
+        runner: match manifest.runner.as_deref() {
+            None => RunnerChoice::Native,
+            Some(text) => RunnerChoice::parse(text).map_err(|e| refuse("runner", e))?,
+        },
         keep_changes: compile_keep_changes(manifest)?,
         mounts,
         net,
@@ -176,6 +181,7 @@ pub fn compile_request(manifest: &Manifest, job_id: &str) -> Result<SandboxPlan,
         seccomp_profile: profile_name(&syscall_groups),
         syscall_groups,
         accepted_degradations: compile_degradations(&manifest.accept_degradations)?,
+        pinned: Vec::new(),
     })
 }
 
@@ -255,24 +261,45 @@ fn sandbox_path(field: &str, path: &Path) -> Result<PathBuf, CompileError> {
     Ok(path.components().collect())
 }
 
-/// Resolves a host path the request names: relative to the manifest's folder, symlinks
-/// resolved, so the plan names the object that will actually be mounted.
+/// A host path the request names: made absolute against the manifest's folder and
+/// cleaned by name alone (`.` dropped, `..` takes back one component). Nothing is looked
+/// up here, so a refusal never tells whether a path exists: the supervisor opens the
+/// result after authorisation without following any symlink, so the object mounted is
+/// the one this name (and the grant that covers it) names.
 fn host_path(field: &str, base: &Path, path: &Path) -> Result<PathBuf, CompileError> {
+    if path.as_os_str().as_encoded_bytes().contains(&0) {
+        return Err(refuse(field, "path contains a NUL byte"));
+    }
     let joined = if path.is_absolute() {
         path.to_path_buf()
-    } else {
+    } else if base.is_absolute() {
         base.join(path)
+    } else {
+        return Err(refuse(
+            field,
+            format!(
+                "`{}` is relative and the request has no absolute folder to resolve it against",
+                path.display()
+            ),
+        ));
     };
-    let resolved = joined
-        .canonicalize()
-        .map_err(|e| refuse(field, format!("`{}`: {e}", joined.display())))?;
-    if resolved == Path::new("/") {
+    let mut clean = PathBuf::from("/");
+    for c in joined.components() {
+        match c {
+            Component::Normal(part) => clean.push(part),
+            Component::ParentDir => {
+                clean.pop();
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    if clean == Path::new("/") {
         return Err(refuse(
             field,
             "the host's root directory cannot be mounted into a sandbox",
         ));
     }
-    Ok(resolved)
+    Ok(clean)
 }
 
 fn compile_mounts(manifest: &Manifest) -> Result<Vec<PlanMount>, CompileError> {
@@ -280,12 +307,6 @@ fn compile_mounts(manifest: &Manifest) -> Result<Vec<PlanMount>, CompileError> {
     let mut mounts: Vec<PlanMount> = Vec::new();
     if let Some(ws) = &manifest.workspace {
         let host = host_path("workspace", base, ws)?;
-        if !host.is_dir() {
-            return Err(refuse(
-                "workspace",
-                format!("`{}` is not a directory", host.display()),
-            ));
-        }
         mounts.push(PlanMount {
             host,
             target: PathBuf::from(WORKSPACE_TARGET),
@@ -326,12 +347,6 @@ fn compile_mounts(manifest: &Manifest) -> Result<Vec<PlanMount>, CompileError> {
             access,
         });
     }
-    let explicit: Vec<PathBuf> = mounts
-        .iter()
-        .filter(|m| m.access == MountAccess::ReadWrite)
-        .map(|m| m.host.clone())
-        .collect();
-    let mounts = protect_git(mounts, &explicit);
     for (i, m) in mounts.iter().enumerate() {
         if mounts[..i].iter().any(|o| o.target == m.target) {
             return Err(refuse(
@@ -341,62 +356,6 @@ fn compile_mounts(manifest: &Manifest) -> Result<Vec<PlanMount>, CompileError> {
         }
     }
     Ok(mounts)
-}
-
-/// Git-safe writable paths. A writable `.git/hooks` or `.git/config` would let the
-/// program plant code that the person's next `git commit` runs on the host, so for every
-/// writable mount holding a `.git` directory: `.git` itself is bound again (a mount point
-/// cannot be renamed or removed, so it cannot be swapped for a fresh one), `hooks`
-/// read-only (runnable inside) and `config` read-only; a `.git` file (worktrees,
-/// submodules: `gitdir: ...`) is bound read-only so it cannot be pointed elsewhere. A
-/// path the request names explicitly as writable is left writable.
-fn protect_git(mounts: Vec<PlanMount>, explicitly_writable: &[PathBuf]) -> Vec<PlanMount> {
-    let mut out = Vec::with_capacity(mounts.len());
-    for m in mounts {
-        let writable = m.access == MountAccess::ReadWrite;
-        let (host, target) = (m.host.clone(), m.target.clone());
-        out.push(m);
-        if !writable {
-            continue;
-        }
-        let git = host.join(".git");
-        let Ok(meta) = std::fs::symlink_metadata(&git) else {
-            continue;
-        };
-        if explicitly_writable.contains(&git) && meta.is_file() {
-            continue;
-        }
-        if meta.is_file() {
-            out.push(PlanMount {
-                host: git,
-                target: target.join(".git"),
-                access: MountAccess::ReadOnly,
-            });
-            continue;
-        }
-        if !meta.is_dir() {
-            continue;
-        }
-        out.push(PlanMount {
-            host: git.clone(),
-            target: target.join(".git"),
-            access: MountAccess::ReadWrite,
-        });
-        for (name, access) in [
-            ("hooks", MountAccess::ReadExec),
-            ("config", MountAccess::ReadOnly),
-        ] {
-            let item = git.join(name);
-            if item.exists() && !item.is_symlink() && !explicitly_writable.contains(&item) {
-                out.push(PlanMount {
-                    host: item,
-                    target: target.join(".git").join(name),
-                    access,
-                });
-            }
-        }
-    }
-    out
 }
 
 fn compile_env(manifest: &Manifest, home: &str) -> Result<Vec<(String, String)>, CompileError> {
@@ -486,12 +445,6 @@ fn compile_rootfs(rootfs: Option<&str>, base: &Path) -> Result<RootfsSource, Com
     }
     if let Some(path) = spec.strip_prefix("dir:") {
         let path = host_path("rootfs", base, Path::new(path))?;
-        if !path.is_dir() {
-            return Err(refuse(
-                "rootfs",
-                format!("`{}` is not a directory", path.display()),
-            ));
-        }
         return Ok(RootfsSource::Dir { path });
     }
     Err(refuse(
@@ -511,23 +464,8 @@ fn compile_keep_changes(manifest: &Manifest) -> Result<Option<PathBuf>, CompileE
             "only an image or directory root has changes to keep",
         ));
     }
-    let joined = if path.is_absolute() {
-        path.clone()
-    } else {
-        manifest.base_dir.join(path)
-    };
-    if !joined.exists() {
-        std::fs::create_dir_all(&joined)
-            .map_err(|e| refuse("keep_changes", format!("`{}`: {e}", joined.display())))?;
-    }
-    let dir = host_path("keep_changes", &manifest.base_dir, &joined)?;
-    if !dir.is_dir() {
-        return Err(refuse(
-            "keep_changes",
-            format!("`{}` is not a directory", dir.display()),
-        ));
-    }
-    Ok(Some(dir))
+    // Created (when missing) only once the run is authorised and starts.
+    Ok(Some(host_path("keep_changes", &manifest.base_dir, path)?))
 }
 
 fn compile_limits(manifest: &Manifest) -> Result<Limits, CompileError> {
@@ -660,14 +598,10 @@ mod tests {
     }
 
     #[test]
-    fn workspace_is_canonical_and_becomes_the_cwd() {
-        let dir = std::env::temp_dir().canonicalize().unwrap();
-        let text = format!(
-            "version = 1\ncommand = [\"true\"]\nworkspace = \"{}/./\"",
-            dir.display()
-        );
-        let plan = compile_request(&manifest(&text), "job").unwrap();
-        assert_eq!(plan.mounts[0].host, dir);
+    fn workspace_is_cleaned_by_name_and_becomes_the_cwd() {
+        let text = "version = 1\ncommand = [\"true\"]\nworkspace = \"/srv/./a/../w/\"";
+        let plan = compile_request(&manifest(text), "job").unwrap();
+        assert_eq!(plan.mounts[0].host, PathBuf::from("/srv/w"));
         assert_eq!(plan.mounts[0].target, PathBuf::from(WORKSPACE_TARGET));
         assert_eq!(plan.cwd, PathBuf::from(WORKSPACE_TARGET));
     }
@@ -700,8 +634,16 @@ mod tests {
             "rootfs"
         );
         assert_eq!(
-            field_of("version = 1\ncommand = [\"x\"]\nworkspace = \"/nonexistent/x\""),
+            field_of("version = 1\ncommand = [\"x\"]\nworkspace = \"/a/..\""),
             "workspace"
+        );
+        assert_eq!(
+            field_of("version = 1\ncommand = [\"x\"]\nrunner = \"oci:bin/runc\""),
+            "runner"
+        );
+        assert_eq!(
+            field_of("version = 1\ncommand = [\"x\"]\nrunner = \"docker\""),
+            "runner"
         );
         assert_eq!(
             field_of("version = 1\ncommand = [\"x\"]\nread = [\"/\"]"),
@@ -755,9 +697,7 @@ mod tests {
 
     #[test]
     fn rootfs_sources_parse_and_a_dir_root_needs_its_scope() {
-        assert!(
-            field_of("version = 1\ncommand = [\"x\"]\nrootfs = \"dir:/nonexistent\"") == "rootfs"
-        );
+        assert!(field_of("version = 1\ncommand = [\"x\"]\nrootfs = \"dir:/\"") == "rootfs");
         assert!(field_of("version = 1\ncommand = [\"x\"]\nrootfs = \"vm:x\"") == "rootfs");
         let plan = compile_request(
             &manifest("version = 1\ncommand = [\"x\"]\nrootfs = \"image:alpine:3\""),
@@ -767,30 +707,47 @@ mod tests {
         assert!(
             matches!(plan.rootfs, RootfsSource::Image { ref reference, .. } if reference == "alpine:3")
         );
-        let dir = tempdir("rootfs").canonicalize().unwrap();
+        let text = "version = 1\ncommand = [\"x\"]\nrootfs = \"dir:/srv/root\"";
+        let plan = compile_request(&manifest(text), "job").unwrap();
+        assert!(requested_scopes(&plan).contains(&Scope::Fs(FsAccess::Exec, "/srv/root".into())));
+    }
+
+    #[test]
+    fn host_paths_are_names_nothing_is_looked_up_or_created() {
+        // A symlink is not resolved here (the supervisor refuses it when it opens the
+        // path), a missing path is not reported (a refusal must not tell whether a host
+        // path exists), and keep_changes is not created before the run is authorised.
+        let dir = tempdir("names");
+        let real = dir.join("real");
+        std::fs::create_dir(&real).unwrap();
+        std::os::unix::fs::symlink(&real, dir.join("link")).unwrap();
+        let keep = dir.join("keep");
         let text = format!(
-            "version = 1\ncommand = [\"x\"]\nrootfs = \"dir:{}\"",
+            "version = 1\ncommand = [\"x\"]\nread = [\"{0}/link\", \"{0}/missing\"]\nrootfs = \"dir:{0}/real\"\nkeep_changes = \"{0}/keep\"",
             dir.display()
         );
         let plan = compile_request(&manifest(&text), "job").unwrap();
-        assert!(requested_scopes(&plan).contains(&Scope::Fs(FsAccess::Exec, dir.clone())));
+        assert_eq!(plan.mounts[0].host, dir.join("link"));
+        assert_eq!(plan.mounts[1].host, dir.join("missing"));
+        assert_eq!(plan.keep_changes, Some(keep.clone()));
+        assert!(
+            !keep.exists(),
+            "keep_changes was created before authorisation"
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
-    fn a_symlinked_host_path_resolves_to_its_target() {
-        let dir = tempdir("symlink");
-        let real = dir.join("real");
-        std::fs::create_dir(&real).unwrap();
-        std::os::unix::fs::symlink(&real, dir.join("link")).unwrap();
-        let text = format!(
-            "version = 1\ncommand = [\"x\"]\nread = [\"{}/link\"]",
-            dir.display()
-        );
-        let plan = compile_request(&manifest(&text), "job").unwrap();
-        assert_eq!(plan.mounts[0].host, real.canonicalize().unwrap());
-        assert_eq!(plan.mounts[0].target, plan.mounts[0].host);
-        std::fs::remove_dir_all(dir).unwrap();
+    fn a_runner_is_requested_as_a_scope() {
+        let plan = compile_request(&manifest("version = 1\ncommand = [\"x\"]"), "job").unwrap();
+        assert_eq!(plan.runner, RunnerChoice::Native);
+        let text = "version = 1\ncommand = [\"x\"]\nrunner = \"oci:/usr/sbin/runc\"";
+        let plan = compile_request(&manifest(text), "job").unwrap();
+        let runc = Scope::parse("runner:oci:/usr/sbin/runc").unwrap();
+        assert!(requested_scopes(&plan).contains(&runc));
+        let err = authorise(plan.clone(), &grant(&["fs.read:/x"]), capability()).unwrap_err();
+        assert_eq!(err, AuthoriseError::Missing(vec![runc.clone()]));
+        assert!(authorise(plan, &grant(&["runner:oci:/usr/sbin/runc"]), capability()).is_ok());
     }
 
     #[test]
@@ -927,39 +884,6 @@ mod tests {
         .unwrap();
         assert_eq!(plan.connect_tcp, vec![80, 443]);
         assert!(requested_scopes(&plan).contains(&Scope::NetConnectTcp(443)));
-    }
-
-    #[test]
-    fn a_writable_git_repository_keeps_hooks_and_config_read_only() {
-        let dir = tempdir("git").join("repo");
-        std::fs::create_dir_all(dir.join(".git/hooks")).unwrap();
-        std::fs::write(dir.join(".git/config"), "").unwrap();
-        let dir = dir.canonicalize().unwrap();
-        let text = format!(
-            "version = 1\ncommand = [\"x\"]\nworkspace = \"{}\"",
-            dir.display()
-        );
-        let plan = compile_request(&manifest(&text), "job").unwrap();
-        let find = |t: &str| {
-            plan.mounts
-                .iter()
-                .find(|m| m.target == Path::new(t))
-                .map(|m| m.access)
-        };
-        assert_eq!(find("/workspace/.git"), Some(MountAccess::ReadWrite));
-        assert_eq!(find("/workspace/.git/hooks"), Some(MountAccess::ReadExec));
-        assert_eq!(find("/workspace/.git/config"), Some(MountAccess::ReadOnly));
-        let hooks = dir.join(".git/hooks");
-        let text = format!("{text}\nwrite = [\"{}\"]", hooks.display());
-        let plan = compile_request(&manifest(&text), "job").unwrap();
-        assert!(
-            !plan
-                .mounts
-                .iter()
-                .any(|m| m.target == Path::new("/workspace/.git/hooks")),
-            "explicitly writable hooks stay writable"
-        );
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     fn tempdir(name: &str) -> PathBuf {

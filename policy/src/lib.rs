@@ -2,9 +2,10 @@
 //! seccomp profile as data, and the compiler from an authorised request to the
 //! [`SandboxPlan`] that every later step reads.
 //!
-//! Nothing here makes a syscall beyond reading files the caller names (the manifest, and
-//! `canonicalize` on the host paths a request mentions). Everything security-relevant that
-//! can be decided without the kernel is decided here and tested here.
+//! Nothing here makes a syscall beyond reading files the caller names (the manifest and
+//! keys). Host paths are compiled and authorised as names; the supervisor opens them
+//! afterwards. Everything security-relevant that can be decided without the kernel is
+//! decided here and tested here.
 
 pub mod annotations;
 pub mod compile;
@@ -21,8 +22,8 @@ pub use compile::{
 };
 pub use manifest::{Manifest, ManifestError};
 pub use plan::{
-    Authorisation, Degradation, Limits, MountAccess, NetMode, PlanMount, Rlimit, RlimitKind,
-    RootfsSource, SandboxPlan, UserIds,
+    Authorisation, Degradation, Limits, MountAccess, NetMode, ObjectId, PinnedPath, PlanMount,
+    Rlimit, RlimitKind, RootfsSource, RunnerChoice, SandboxPlan, UserIds,
 };
 pub use scope::Scope;
 pub use token::{Capability, Subject};

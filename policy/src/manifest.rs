@@ -96,6 +96,9 @@ pub struct Manifest {
     pub user: Option<String>,
     /// `none` (default), `loopback` or `host`.
     pub net: Option<String>,
+    /// `native` (default), `gvisor` or `oci:/ABSOLUTE/PATH`; any but native must be granted
+    /// as a `runner:` scope.
+    pub runner: Option<String>,
     #[serde(default)]
     pub limits: LimitsSpec,
     #[serde(default)]
@@ -124,16 +127,12 @@ impl Manifest {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        manifest.base_dir = if dir.is_absolute() {
-            dir.to_path_buf()
-        } else {
-            std::env::current_dir()
-                .map_err(|error| ManifestError::Read {
-                    path: path.to_path_buf(),
-                    error,
-                })?
-                .join(dir)
-        };
+        // The manifest's own folder, as the operator named it, resolved once here: the
+        // paths the manifest names are then taken from it by name, without symlinks.
+        manifest.base_dir = dir.canonicalize().map_err(|error| ManifestError::Read {
+            path: path.to_path_buf(),
+            error,
+        })?;
         Ok(manifest)
     }
 
@@ -215,6 +214,7 @@ impl Manifest {
         self.hostname = flags.hostname.or(self.hostname);
         self.user = flags.user.or(self.user);
         self.net = flags.net.or(self.net);
+        self.runner = flags.runner.or(self.runner);
         self.limits.memory = flags.limits.memory.or(self.limits.memory);
         self.limits.pids = flags.limits.pids.or(self.limits.pids);
         self.limits.cpus = flags.limits.cpus.or(self.limits.cpus);

@@ -2,7 +2,7 @@
 //! It names host paths and concrete limits; nothing downstream re-reads the manifest.
 
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Version of the plan's serialised shape.
 pub const PLAN_VERSION: u32 = 1;
@@ -55,6 +55,76 @@ impl RootfsSource {
     }
 }
 
+/// Which runner executes a plan's bundle. The native runner is Covenant's own and adds no
+/// authority, so it needs no grant; any other runner is a scope the capability names
+/// exactly (`runner:gvisor`, `runner:oci:/usr/sbin/runc`), because the supervisor starts
+/// its binary as root outside any sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum RunnerChoice {
+    #[default]
+    Native,
+    Gvisor,
+    /// A runc-compatible binary at this absolute, lexically clean path.
+    Oci {
+        path: PathBuf,
+    },
+}
+
+impl RunnerChoice {
+    /// Parses `native`, `gvisor` or `oci:/ABSOLUTE/PATH`; the error says what is accepted.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "native" => return Ok(Self::Native),
+            "gvisor" => return Ok(Self::Gvisor),
+            _ => {}
+        }
+        let Some(path) = text.strip_prefix("oci:") else {
+            return Err(format!(
+                "`{text}` is not a runner: use native, gvisor or oci:/ABSOLUTE/PATH"
+            ));
+        };
+        let clean = Path::new(path).is_absolute()
+            && !path.contains('\0')
+            && !path.ends_with('/')
+            && path[1..]
+                .split('/')
+                .all(|c| !c.is_empty() && c != "." && c != "..");
+        if !clean {
+            return Err(format!(
+                "`{path}` must be an absolute path without `.`, `..` or repeated `/`"
+            ));
+        }
+        Ok(Self::Oci {
+            path: PathBuf::from(path),
+        })
+    }
+
+    /// The name a user selects it by: `native`, `gvisor`, `oci:/usr/sbin/runc`.
+    pub fn name(&self) -> String {
+        match self {
+            Self::Native => "native".into(),
+            Self::Gvisor => "gvisor".into(),
+            Self::Oci { path } => format!("oci:{}", path.display()),
+        }
+    }
+}
+
+/// The identity of a host object a plan names, taken when the request was authorised:
+/// when the run starts, the path must still name this object, or the run is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// A host path of the plan and the object it named when it was checked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinnedPath {
+    pub path: PathBuf,
+    pub object: ObjectId,
+}
+
 /// Whether a host path is visible read-only or read-write inside the sandbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -68,7 +138,8 @@ pub enum MountAccess {
     ReadWrite,
 }
 
-/// A host path made visible in the sandbox. `host` is canonical (symlinks resolved).
+/// A host path made visible in the sandbox. `host` is absolute and lexically clean; it is
+/// opened without following any symlink, so it names exactly the object mounted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlanMount {
     pub host: PathBuf,
@@ -254,6 +325,9 @@ pub struct SandboxPlan {
     pub user: UserIds,
     pub hostname: String,
     pub rootfs: RootfsSource,
+    /// The runner that executes the bundle.
+    #[serde(default)]
+    pub runner: RunnerChoice,
     /// Where the overlay root's writable layer is kept (an image or directory root);
     /// `None`: in memory, thrown away after the run.
     #[serde(default)]
@@ -272,6 +346,10 @@ pub struct SandboxPlan {
     /// Syscall groups opened (`sys.*` scopes).
     pub syscall_groups: Vec<String>,
     pub accepted_degradations: Vec<Degradation>,
+    /// The objects the host paths named when the request was authorised (filled in by the
+    /// supervisor after authorisation; empty until then).
+    #[serde(default)]
+    pub pinned: Vec<PinnedPath>,
 }
 
 impl SandboxPlan {
@@ -286,6 +364,23 @@ impl SandboxPlan {
         use sha2::{Digest, Sha256};
         let hash = Sha256::digest(self.canonical_json());
         format!("sha256:{}", hex(&hash))
+    }
+
+    /// Every host path the plan names and the access it is used at: the mounts, a
+    /// directory root (read and execute) and the kept writable layer.
+    pub fn host_paths(&self) -> Vec<(&Path, MountAccess)> {
+        let mut paths: Vec<(&Path, MountAccess)> = self
+            .mounts
+            .iter()
+            .map(|m| (m.host.as_path(), m.access))
+            .collect();
+        if let RootfsSource::Dir { path } = &self.rootfs {
+            paths.push((path, MountAccess::ReadExec));
+        }
+        if let Some(keep) = &self.keep_changes {
+            paths.push((keep, MountAccess::ReadWrite));
+        }
+        paths
     }
 
     pub fn accepts(&self, degradation: Degradation) -> bool {

@@ -2,11 +2,13 @@
 //! scopes: whether a granted scope covers a requested one. Every scope maps to a kernel
 //! mechanism; the table in the docs names it.
 //!
-//! Path scopes name host paths. They are absolute and free of `..` when parsed; symlinks
-//! are resolved when a grant is checked against a request ([`Scope::resolved`]), so the
-//! object enforced is the one the grant's path names at that moment.
+//! Path scopes name host paths. They are absolute and lexically clean when parsed, and a
+//! grant covers a request by path alone: neither side's symlinks are resolved here. The
+//! supervisor then opens each requested path without following any symlink, so what is
+//! mounted is what the granted path names, never what a symlink planted under it points
+//! to.
 
-use crate::plan::{Degradation, NetMode};
+use crate::plan::{Degradation, NetMode, RunnerChoice};
 use crate::units::{format_size, parse_cpus, parse_duration, parse_size};
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
@@ -90,6 +92,9 @@ pub enum Scope {
     Degrade(Degradation),
     /// A right on the daemon's agent socket (see [`AGENT_RIGHTS`]).
     Agent(String),
+    /// The runner that may execute the bundle (`runner:gvisor`, `runner:oci:/usr/sbin/runc`);
+    /// the native runner needs no grant.
+    Runner(RunnerChoice),
 }
 
 /// What `agent:RIGHT` may name: `audit` (append agent-authored audit events) and `spawn`
@@ -233,6 +238,7 @@ impl Scope {
                 }
                 Scope::Agent(arg.to_string())
             }
+            "runner" => Scope::Runner(RunnerChoice::parse(arg).map_err(err)?),
             other => return Err(err(format!("unknown scope family `{other}`"))),
         };
         Ok(scope)
@@ -261,18 +267,8 @@ impl Scope {
             ) => gn == rn && (*gw || !*rw),
             (Scope::Degrade(g), Scope::Degrade(r)) => g == r,
             (Scope::Agent(g), Scope::Agent(r)) => g == r,
+            (Scope::Runner(g), Scope::Runner(r)) => g == r,
             _ => false,
-        }
-    }
-
-    /// The same scope with its path's symlinks resolved, when the path exists now.
-    pub fn resolved(&self) -> Scope {
-        match self {
-            Scope::Fs(access, path) => Scope::Fs(
-                *access,
-                path.canonicalize().unwrap_or_else(|_| path.clone()),
-            ),
-            other => other.clone(),
         }
     }
 }
@@ -294,22 +290,25 @@ impl fmt::Display for Scope {
             }
             Scope::Degrade(d) => write!(f, "degrade:{}", d.name()),
             Scope::Agent(right) => write!(f, "agent:{right}"),
+            Scope::Runner(runner) => write!(f, "runner:{}", runner.name()),
         }
     }
 }
 
 /// Whether `granted` covers every scope of `requested`; returns the ones it does not.
 pub fn missing(granted: &[Scope], requested: &[Scope]) -> Vec<Scope> {
-    let granted: Vec<Scope> = granted.iter().map(Scope::resolved).collect();
     requested
         .iter()
         .filter(|r| {
-            // No network is no authority: `net:none` needs no grant.
-            if **r == Scope::Net(NetMode::None) {
+            // No network is no authority: `net:none` needs no grant, nor does the native
+            // runner, which enforces the plan itself.
+            if matches!(
+                r,
+                Scope::Net(NetMode::None) | Scope::Runner(RunnerChoice::Native)
+            ) {
                 return false;
             }
-            let r = r.resolved();
-            !granted.iter().any(|g| g.covers(&r))
+            !granted.iter().any(|g| g.covers(r))
         })
         .cloned()
         .collect()
@@ -417,7 +416,9 @@ mod tests {
     }
 
     #[test]
-    fn a_symlinked_grant_path_is_enforced_as_its_target() {
+    fn a_symlinked_grant_path_covers_only_its_own_name() {
+        // A holder of fs.write:DIR/link who points `link` at another directory gains
+        // nothing: the grant is matched by name, and the target's path is not under it.
         let dir = std::env::temp_dir().join(format!("covenant-scope-{}", std::process::id()));
         let real = dir.join("real");
         std::fs::create_dir_all(&real).unwrap();
@@ -425,13 +426,47 @@ mod tests {
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(&real, &link).unwrap();
         let granted = [Scope::Fs(FsAccess::Write, link.clone())];
-        let asked = Scope::Fs(FsAccess::Write, real.canonicalize().unwrap().join("src"));
-        assert!(missing(&granted, &[asked]).is_empty());
-        let elsewhere = Scope::Fs(FsAccess::Write, dir.canonicalize().unwrap().join("other"));
+        let target = Scope::Fs(FsAccess::Write, real.join("src"));
         assert_eq!(
-            missing(&granted, std::slice::from_ref(&elsewhere)),
-            vec![elsewhere]
+            missing(&granted, std::slice::from_ref(&target)),
+            vec![target]
         );
+        assert!(missing(&granted, &[Scope::Fs(FsAccess::Write, link.join("src"))]).is_empty());
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_runner_other_than_native_is_granted_by_exact_name() {
+        for text in [
+            "runner:native",
+            "runner:gvisor",
+            "runner:oci:/usr/sbin/runc",
+        ] {
+            assert_eq!(s(text).to_string(), text);
+        }
+        for bad in [
+            "runner:oci:relative/runc",
+            "runner:oci:/usr/../tmp/x",
+            "runner:oci:/usr/sbin//runc",
+            "runner:oci:/usr/sbin/./runc",
+            "runner:oci:",
+            "runner:docker",
+        ] {
+            assert!(Scope::parse(bad).is_err(), "{bad} accepted");
+        }
+        let runc = s("runner:oci:/usr/sbin/runc");
+        assert!(missing(&[runc.clone()], &[runc.clone()]).is_empty());
+        let crun = s("runner:oci:/usr/bin/crun");
+        assert_eq!(
+            missing(&[runc.clone()], std::slice::from_ref(&crun)),
+            vec![crun]
+        );
+        let under = s("runner:oci:/usr/sbin/runc2");
+        assert_eq!(missing(&[runc], std::slice::from_ref(&under)), vec![under]);
+        assert_eq!(
+            missing(&[], &[s("runner:gvisor")]),
+            vec![s("runner:gvisor")]
+        );
+        assert!(missing(&[], &[s("runner:native")]).is_empty());
     }
 }

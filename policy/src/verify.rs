@@ -190,6 +190,8 @@ pub fn widening(parent: &[Scope], child: &[Scope]) -> Option<String> {
         let covered = match scope {
             // A ceiling the parent does not have is a new restriction, hence narrower.
             Scope::Res(kind, _) if ceiling(parent, *kind).is_none() => true,
+            // The native runner is no authority (see `missing`).
+            Scope::Runner(crate::plan::RunnerChoice::Native) => true,
             _ => parent.iter().any(|p| p.covers(scope)),
         };
         if !covered {

@@ -4,6 +4,7 @@
 
 pub mod doctor;
 pub mod enforce;
+pub mod hostpath;
 pub mod native;
 pub mod oci;
 pub mod supervise;

@@ -54,6 +54,8 @@ pub const GVISOR_PIDS_PER_TASK: u64 = 4;
 pub enum OciError {
     #[error("runtime {0} not found or not executable")]
     NotFound(PathBuf),
+    #[error("runtime {binary} is not trusted: {reason}; a runtime binary and every folder above it must belong to root and be writable by root alone")]
+    Untrusted { binary: PathBuf, reason: String },
     #[error("config.json: {0}")]
     Spec(String),
     #[error("{runtime} cannot enforce {restriction}: {reason}")]
@@ -112,12 +114,61 @@ fn on_path(name: &str) -> Option<PathBuf> {
         .unwrap_or(None)
 }
 
-impl OciRunner {
-    /// `oci:PATH`: a runc-compatible binary.
-    pub fn generic(binary: &Path, ctx: &RunnerContext) -> Result<Self> {
-        if !binary.is_file() {
-            return Err(OciError::NotFound(binary.to_path_buf()));
+/// Checks that `binary` can only have been put there by root (or, for a caller that is
+/// not root, by root or the caller): the file and every folder on its path, symlinks
+/// included, belong to such an owner and are writable by it alone. The supervisor starts
+/// the runtime with its own privileges outside any sandbox, so a binary another user can
+/// write or swap would be theirs to run as root. Returns the path to execute.
+pub fn trusted_binary(binary: &Path) -> Result<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let untrusted = |reason: String| OciError::Untrusted {
+        binary: binary.to_path_buf(),
+        reason,
+    };
+    let euid = nix::unistd::geteuid().as_raw();
+    let owner_ok = |uid: u32| uid == 0 || uid == euid;
+    let check = |path: &Path, md: &fs::Metadata| -> Result<()> {
+        if !owner_ok(md.uid()) {
+            return Err(untrusted(format!(
+                "{} belongs to uid {}",
+                path.display(),
+                md.uid()
+            )));
         }
+        if !md.file_type().is_symlink() && md.mode() & 0o022 != 0 {
+            return Err(untrusted(format!(
+                "{} is writable by its group or by others (mode {:o})",
+                path.display(),
+                md.mode() & 0o7777
+            )));
+        }
+        Ok(())
+    };
+    if !binary.is_absolute() {
+        return Err(untrusted("the path is not absolute".into()));
+    }
+    let real = binary
+        .canonicalize()
+        .map_err(|_| OciError::NotFound(binary.to_path_buf()))?;
+    // Every prefix of the name given and of the file it resolves to.
+    for path in [binary, real.as_path()] {
+        for prefix in path.ancestors().collect::<Vec<_>>().into_iter().rev() {
+            let md = fs::symlink_metadata(prefix)
+                .map_err(|_| OciError::NotFound(binary.to_path_buf()))?;
+            check(prefix, &md)?;
+        }
+    }
+    let md = fs::metadata(&real).map_err(|_| OciError::NotFound(binary.to_path_buf()))?;
+    if !md.is_file() || md.mode() & 0o111 == 0 {
+        return Err(OciError::NotFound(binary.to_path_buf()));
+    }
+    Ok(real)
+}
+
+impl OciRunner {
+    /// `oci:PATH`: a runc-compatible binary, trusted as [`trusted_binary`] says.
+    pub fn generic(binary: &Path, ctx: &RunnerContext) -> Result<Self> {
+        trusted_binary(binary)?;
         let name = binary
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -144,6 +195,7 @@ impl OciRunner {
     /// platform with a deadline before one is chosen).
     pub fn gvisor(ctx: &RunnerContext) -> Result<Self> {
         let binary = on_path("runsc").ok_or_else(|| OciError::NotFound("runsc".into()))?;
+        trusted_binary(&binary)?;
         let platform =
             std::env::var("COVENANT_GVISOR_PLATFORM").unwrap_or_else(|_| "ptrace".into());
         if platform.is_empty() || !platform.chars().all(|c| c.is_ascii_alphanumeric()) {
@@ -1095,6 +1147,32 @@ mod tests {
     use super::*;
     use covenant_images::{write_bundle, IdentityMap};
     use covenant_policy::{compile_request, Manifest};
+
+    #[test]
+    fn a_runtime_binary_others_could_write_is_refused() {
+        // Under /tmp (1777) anybody could have planted or could swap it.
+        let dir = tempfile::tempdir().unwrap();
+        let planted = dir.path().join("runc");
+        fs::copy("/bin/true", &planted).unwrap();
+        let err = trusted_binary(&planted).unwrap_err();
+        assert!(matches!(err, OciError::Untrusted { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains("writable by its group or by others"),
+            "{err}"
+        );
+        // A symlink to a trusted binary, from a folder others can write, is refused too.
+        let link = dir.path().join("true");
+        std::os::unix::fs::symlink("/usr/bin/true", &link).unwrap();
+        assert!(matches!(
+            trusted_binary(&link),
+            Err(OciError::Untrusted { .. })
+        ));
+        assert!(trusted_binary(Path::new("usr/bin/true")).is_err());
+        // The system's own binaries, also through root's symlinks (/bin on merged /usr).
+        assert!(trusted_binary(Path::new("/usr/bin/true")).is_ok());
+        assert!(trusted_binary(Path::new("/bin/true")).is_ok());
+    }
 
     fn runner() -> OciRunner {
         let ctx = RunnerContext {

@@ -35,6 +35,8 @@ pub enum AuthorityError {
     Image(#[from] covenant_images::store::ImageError),
     #[error("cannot read capability file {path}: {error}")]
     Read { path: String, error: std::io::Error },
+    #[error(transparent)]
+    Path(#[from] crate::host_paths::PathRefused),
 }
 
 impl From<TokenError> for AuthorityError {
@@ -173,7 +175,8 @@ fn verify_against(cap: &Capability, roots: &[[u8; 32]]) -> Result<Grant> {
 
 /// Compiles and authorises a run: with a capability, the request must lie within what it
 /// grants; without one, the local operator key grants exactly what is requested, and the
-/// plan records that it was operator-authorised.
+/// plan records that it was operator-authorised. Host paths are authorised by name and
+/// only then opened (without following symlinks) and recorded in the plan.
 pub fn authorise_run(
     manifest: &Manifest,
     job_id: &str,
@@ -186,6 +189,7 @@ pub fn authorise_run(
             let authorisation = capability_authorisation(&grant);
             let mut plan = authorise(request, &grant, authorisation)?;
             crate::images::resolve_rootfs(&mut plan)?;
+            crate::host_paths::check_plan(&mut plan)?;
             Ok(plan)
         }
         None => {
@@ -212,6 +216,7 @@ pub fn authorise_run(
             };
             let mut plan = authorise(request, &grant, authorisation)?;
             crate::images::resolve_rootfs(&mut plan)?;
+            crate::host_paths::check_plan(&mut plan)?;
             Ok(plan)
         }
     }
@@ -234,6 +239,7 @@ pub fn authorise_granted(
     let request = compile_request(manifest, job_id)?;
     let mut plan = authorise(request, grant, authorisation)?;
     crate::images::resolve_rootfs(&mut plan)?;
+    crate::host_paths::check_plan(&mut plan)?;
     Ok(plan)
 }
 

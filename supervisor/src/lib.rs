@@ -4,6 +4,7 @@
 pub mod authority;
 pub mod daemon;
 pub mod home;
+pub mod host_paths;
 pub mod images;
 pub mod keys;
 pub mod run;

@@ -45,6 +45,10 @@ pub enum RunError {
         path: PathBuf,
         error: std::io::Error,
     },
+    #[error(transparent)]
+    Path(#[from] crate::host_paths::PathRefused),
+    #[error(transparent)]
+    Namespace(#[from] covenant_runners::hostpath::HostPathError),
 }
 
 /// Caller's choices that are not part of the plan.
@@ -52,7 +56,8 @@ pub enum RunError {
 pub struct RunSettings {
     /// Write the bundle here and keep it after the run.
     pub keep_bundle: Option<PathBuf>,
-    /// Runner name (`native`).
+    /// The runner for a bundle run from disk (`run --bundle`), the local operator's
+    /// choice. A compiled plan always runs on the runner it was authorised for.
     pub runner: Option<String>,
 }
 
@@ -245,7 +250,8 @@ pub fn refusal_kind(e: &RunError) -> &'static str {
             AuthorityError::Token(_) | AuthorityError::Verify(_) | AuthorityError::Read { .. },
         ) => "capability.refused",
         RunError::Authority(AuthorityError::Refused(_)) => "request.refused",
-        RunError::Authority(AuthorityError::Compile(_)) => "request.invalid",
+        RunError::Authority(AuthorityError::Compile(_) | AuthorityError::Path(_))
+        | RunError::Path(_) => "request.invalid",
         _ => "run.failed",
     }
 }
@@ -269,24 +275,33 @@ fn authorised_run(
     run_plan(audit, &plan, settings)
 }
 
-fn runner(settings: &RunSettings) -> Result<Box<dyn Runner>, RunError> {
+fn runner(name: &str) -> Result<Box<dyn Runner>, RunError> {
     let ctx = RunnerContext {
         state_dir: covenant_home().join("runtime"),
         enforcer: std::env::current_exe().ok(),
     };
-    Ok(runner_for(
-        settings.runner.as_deref().unwrap_or("native"),
-        &ctx,
-    )?)
+    Ok(runner_for(name, &ctx)?)
+}
+
+/// Where a run's host paths are staged: `$COVENANT_HOME/staging/JOB`, root's alone.
+pub fn staging_dir(job: &str) -> PathBuf {
+    covenant_home().join("staging").join(job)
 }
 
 /// Runs an authorised `plan` with the caller's stdio; returns the report.
+///
+/// Every host path of the plan is opened again without following symlinks and must
+/// still be the object recorded when it was authorised. As root, each is then attached
+/// by descriptor under [`staging_dir`], in a mount namespace of this process's own, and
+/// the bundle names those places: whatever a path names by the time the runner looks,
+/// the sandbox gets the object that was checked. A kept bundle names the host paths
+/// themselves (it is meant to be run again later, where they are checked again).
 pub fn run_plan(
     audit: &mut RunAudit<'_>,
     plan: &SandboxPlan,
     settings: &RunSettings,
 ) -> Result<RunReport, RunError> {
-    let runner = runner(settings)?;
+    let runner = runner(&plan.runner.name())?;
     let (dir, keep) = match &settings.keep_bundle {
         Some(dir) => (dir.clone(), true),
         None => (covenant_home().join("bundles").join(&plan.job_id), false),
@@ -294,22 +309,47 @@ pub fn run_plan(
     if !keep {
         ensure_traversable(&covenant_home())?;
     }
-    let result = (|| {
-        let bundle = if keep || runner.portable_bundle() {
-            write_bundle(plan, &dir, identity_map())?
-        } else {
-            write_native_bundle(plan, &dir, identity_map())?
-        };
-        audit.push(
-            "bundle.written",
-            serde_json::json!({"config_digest": bundle.config_digest, "dir": bundle.dir, "kept": keep}),
-        );
-        execute(audit, plan, &bundle, runner.as_ref())
-    })();
+    let stage = (!keep && nix::unistd::geteuid().is_root()).then(|| staging_dir(&plan.job_id));
+    if let Some(stage) = &stage {
+        covenant_runners::hostpath::enter_private_mount_namespace()?;
+        ensure_private_dir(stage.parent().unwrap_or(Path::new("/")))?;
+    }
+    let mut pinned = crate::host_paths::pin_for_run(plan, stage.as_deref());
+    let result = match &mut pinned {
+        Err(_) => Ok(None),
+        Ok(pinned) => (|| {
+            let bundle_plan = &pinned.bundle_plan;
+            let bundle = if keep || runner.portable_bundle() {
+                write_bundle(bundle_plan, &dir, identity_map())?
+            } else {
+                write_native_bundle(bundle_plan, &dir, identity_map())?
+            };
+            audit.push(
+                "bundle.written",
+                serde_json::json!({"config_digest": bundle.config_digest, "dir": bundle.dir, "kept": keep}),
+            );
+            execute(audit, plan, &bundle, runner.as_ref()).map(Some)
+        })(),
+    };
+    let released = match &mut pinned {
+        Ok(pinned) => pinned.release(),
+        Err(_) => Ok(()),
+    };
+    if let Some(stage) = &stage {
+        // Only once every staged object is detached: the places are then empty, and
+        // they are removed one by one, never recursively.
+        released?;
+        remove_staging(stage)?;
+    }
     if !keep {
         remove_bundle(&dir)?;
     }
-    result
+    match (pinned, result) {
+        (Err(refused), _) => Err(refused.into()),
+        (Ok(_), Ok(Some(report))) => Ok(report),
+        (Ok(_), Ok(None)) => unreachable!("a pinned run has a result"),
+        (Ok(_), Err(e)) => Err(e),
+    }
 }
 
 /// Runs a bundle written earlier (`covenant-ctl bundle --out DIR`), under the plan it
@@ -354,7 +394,7 @@ pub fn run_bundle(dir: &Path, settings: &RunSettings) -> Result<RunReport, RunEr
             "bundle.loaded",
             serde_json::json!({"config_digest": bundle.config_digest, "dir": dir, "claimed_authorisation": claimed}),
         );
-        let runner = runner(settings)?;
+        let runner = runner(settings.runner.as_deref().unwrap_or("native"))?;
         execute(&mut audit, &plan, &bundle, runner.as_ref())
     })();
     if let Err(e) = &result {
@@ -480,6 +520,51 @@ fn ensure_traversable(home: &Path) -> Result<(), RunError> {
         }
     }
     Ok(())
+}
+
+/// A directory only its owner may enter, created when missing.
+fn ensure_private_dir(dir: &Path) -> Result<(), RunError> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(error) => Err(RunError::Home {
+            path: dir.to_path_buf(),
+            error,
+        }),
+    }
+}
+
+/// Removes a staging directory whose objects were detached: each place is removed with
+/// `rmdir`/`unlink`, which fail on a mount point instead of descending into it.
+pub fn remove_staging(dir: &Path) -> Result<(), RunError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => {
+            return Err(RunError::Cleanup {
+                path: dir.to_path_buf(),
+                error,
+            })
+        }
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+        let removed = if is_dir {
+            std::fs::remove_dir(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        removed.map_err(|error| RunError::Cleanup {
+            path: path.clone(),
+            error,
+        })?;
+    }
+    std::fs::remove_dir(dir).map_err(|error| RunError::Cleanup {
+        path: dir.to_path_buf(),
+        error,
+    })
 }
 
 fn remove_bundle(dir: &Path) -> Result<(), RunError> {

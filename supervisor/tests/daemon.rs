@@ -1077,10 +1077,14 @@ fn after_a_daemon_sigkill_a_runc_container_that_kept_running_is_killed_on_restar
         panic!("runc is needed (apt-get install runc)");
     }
     let mut d = Daemon::start(&[]);
-    let cap = d.cap("agent-a", &["res.time:120s", "res.pids:16"]);
+    let runner = format!("oci:{}", runc.display());
+    let cap = d.cap(
+        "agent-a",
+        &["res.time:120s", "res.pids:16", &format!("runner:{runner}")],
+    );
     let a = d.post(
         "/v1/jobs",
-        json!({"capability": cap, "argv": ["/bin/sleep", "700"], "runner": format!("oci:{}", runc.display())}),
+        json!({"capability": cap, "argv": ["/bin/sleep", "700"], "runner": runner}),
     );
     assert_eq!(a.status, 201, "{}", a.error_text());
     let id = a.json()["id"].as_str().unwrap().to_string();

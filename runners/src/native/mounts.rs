@@ -151,8 +151,27 @@ pub(crate) fn attach_idmapped(
     })
 }
 
+/// Clones the object `fd` refers to (a descriptor from `openat2`, `O_PATH` will do) into a
+/// detached mount tree, with its submounts when `recursive`: the tree is that object,
+/// whatever its path names by now.
+pub(crate) fn clone_fd_tree(fd: &OwnedFd, recursive: bool) -> Result<OwnedFd, nix::errno::Errno> {
+    let empty = c"";
+    let flags = OPEN_TREE_CLONE
+        | libc::O_CLOEXEC as libc::c_uint
+        | libc::AT_EMPTY_PATH as libc::c_uint
+        | if recursive { AT_RECURSIVE } else { 0 };
+    // SAFETY: open_tree reads an empty C string relative to a valid descriptor and
+    // returns a new descriptor or -1.
+    let tree = unsafe { libc::syscall(libc::SYS_open_tree, fd.as_raw_fd(), empty.as_ptr(), flags) };
+    if tree < 0 {
+        return Err(nix::errno::Errno::last());
+    }
+    // SAFETY: tree was just returned by open_tree and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(tree as RawFd) })
+}
+
 /// Attaches a detached tree at the C path `target`.
-fn move_tree(tree: &OwnedFd, target: &CString) -> Result<(), nix::errno::Errno> {
+pub(crate) fn move_tree(tree: &OwnedFd, target: &CString) -> Result<(), nix::errno::Errno> {
     let empty = c"";
     // SAFETY: both paths are valid C strings; the tree fd is a detached mount.
     let rc = unsafe {

@@ -289,24 +289,12 @@ fn request_manifest(req: &SubmitRequest) -> Result<Manifest, ApiError> {
     if manifest.command.is_empty() || manifest.command[0].is_empty() {
         return Err(ApiError::field(400, "argv", "argv: no program to run"));
     }
-    Ok(manifest)
-}
-
-fn runner_name(req: &SubmitRequest) -> Result<String, ApiError> {
-    let name = req.runner.clone().unwrap_or_else(|| "native".into());
-    let valid = name == "native"
-        || name == "gvisor"
-        || name
-            .strip_prefix("oci:")
-            .is_some_and(|p| p.starts_with('/'));
-    if !valid {
-        return Err(ApiError::field(
-            400,
-            "runner",
-            format!("runner `{name}`: expected native, gvisor or oci:/ABSOLUTE/PATH"),
-        ));
+    // The runner is part of the request like any path: a scope the capability grants
+    // (`runner:gvisor`, `runner:oci:/usr/sbin/runc`), or a refusal.
+    if let Some(runner) = &req.runner {
+        manifest.runner = Some(runner.clone());
     }
-    Ok(name)
+    Ok(manifest)
 }
 
 fn authority_status(e: &AuthorityError) -> (u16, &'static str, &'static str) {
@@ -315,6 +303,7 @@ fn authority_status(e: &AuthorityError) -> (u16, &'static str, &'static str) {
         AuthorityError::Verify(_) => (403, "capability", "capability.refused"),
         AuthorityError::Refused(_) => (403, "capability", "request.refused"),
         AuthorityError::Compile(_) => (400, "manifest", "request.invalid"),
+        AuthorityError::Path(_) => (400, "manifest", "request.invalid"),
         AuthorityError::Image(_) => (400, "manifest", "request.invalid"),
         _ => (500, "capability", "run.failed"),
     }
@@ -381,7 +370,6 @@ fn prepare(
 ) -> Result<Prepared, Refusal> {
     let invalid = |e: ApiError| ("request.invalid", e);
     let manifest = request_manifest(req).map_err(invalid)?;
-    let runner = runner_name(req).map_err(invalid)?;
     let capability = Capability::parse(&req.capability).map_err(|e| {
         (
             "capability.refused",
@@ -390,6 +378,10 @@ fn prepare(
     })?;
     let authority_error = |e: AuthorityError| {
         let (status, field, kind) = authority_status(&e);
+        let field = match &e {
+            AuthorityError::Compile(c) if c.field == "runner" => "runner",
+            _ => field,
+        };
         (kind, ApiError::field(status, field, e.to_string()))
     };
     let grant = authority::verify_for_daemon(&capability).map_err(authority_error)?;
@@ -422,7 +414,7 @@ fn prepare(
         within_parent(daemon, parent, &asked, &mut plan).map_err(|e| ("request.refused", e))?;
     }
     let agent = if super::agent::wanted(&grant) {
-        if runner == "gvisor" {
+        if plan.runner == covenant_policy::RunnerChoice::Gvisor {
             return Err(invalid(ApiError::field(
                 400,
                 "runner",
@@ -442,7 +434,7 @@ fn prepare(
         subject: grant.subject.to_string(),
         caller_uid: caller.uid(),
         caller_pid: caller.pid(),
-        runner,
+        runner: plan.runner.name(),
         parent: parent.map(str::to_string),
         argv: plan.argv.clone(),
         submitted_ms: now_ms(),

@@ -1,0 +1,374 @@
+//! Host paths a plan names, resolved once and used by descriptor.
+//!
+//! A path is opened with `openat2(RESOLVE_NO_SYMLINKS)`: no component on the way may be a
+//! symlink, so the object reached is the one the authorised name names, and a path its
+//! owner swapped for a symlink is refused instead of followed. The object's identity
+//! (device and inode) is compared with the one recorded when the request was authorised,
+//! so a queued job whose path was replaced in the meantime does not start.
+//!
+//! The runner then mounts that descriptor, not the path: [`Staging`] clones each object
+//! (`open_tree`) and attaches it under the bundle's own directory, inside a mount
+//! namespace private to the supervising process. Every runner (native, runc, crun, runsc)
+//! binds from there, a place that only root can change and that vanishes with the
+//! process.
+
+use crate::native::mounts::{clone_fd_tree, move_tree};
+use covenant_policy::ObjectId;
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::stat::{fstat, Mode, SFlag};
+use std::ffi::CString;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum HostPathError {
+    #[error("`{path}` does not exist")]
+    Missing { path: PathBuf },
+    #[error("`{path}` passes through a symlink; host paths are never followed through symlinks, name the real path")]
+    Symlink { path: PathBuf },
+    #[error("`{path}`: {errno}")]
+    Open { path: PathBuf, errno: Errno },
+    #[error("`{path}` was replaced after the request was authorised (it is no longer the object that was checked)")]
+    Replaced { path: PathBuf },
+    #[error("`{path}` is {found}; {expected} is needed here")]
+    Kind {
+        path: PathBuf,
+        found: &'static str,
+        expected: &'static str,
+    },
+    #[error("cannot stage `{path}` at {at}: {step}: {errno}")]
+    Stage {
+        path: PathBuf,
+        at: PathBuf,
+        step: &'static str,
+        errno: Errno,
+    },
+    #[error("cannot give the supervisor a private mount namespace: {step}: {errno}")]
+    Namespace { step: &'static str, errno: Errno },
+}
+
+type Result<T> = std::result::Result<T, HostPathError>;
+
+/// What kind of object a host path names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectKind {
+    Dir,
+    File,
+    Other,
+}
+
+impl ObjectKind {
+    fn describe(self) -> &'static str {
+        match self {
+            Self::Dir => "a directory",
+            Self::File => "a regular file",
+            Self::Other => "neither a file nor a directory",
+        }
+    }
+}
+
+/// One host object, open.
+#[derive(Debug)]
+pub struct HostObject {
+    fd: OwnedFd,
+    /// The name it was opened by.
+    pub path: PathBuf,
+    pub id: ObjectId,
+    pub uid: u32,
+    pub gid: u32,
+    pub kind: ObjectKind,
+}
+
+impl HostObject {
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Refuses unless this is the object recorded as `expected`.
+    pub fn expect(&self, expected: ObjectId) -> Result<()> {
+        if self.id != expected {
+            return Err(HostPathError::Replaced {
+                path: self.path.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Refuses unless this is a directory.
+    pub fn expect_dir(&self) -> Result<()> {
+        if self.kind != ObjectKind::Dir {
+            return Err(HostPathError::Kind {
+                path: self.path.clone(),
+                found: self.kind.describe(),
+                expected: "a directory",
+            });
+        }
+        Ok(())
+    }
+}
+
+fn how(resolve: ResolveFlag) -> OpenHow {
+    OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+        .resolve(resolve | ResolveFlag::RESOLVE_NO_MAGICLINKS)
+}
+
+fn opened(path: &Path, fd: std::result::Result<i32, Errno>) -> Result<HostObject> {
+    let fd = match fd {
+        Ok(fd) => fd,
+        Err(Errno::ELOOP) => {
+            return Err(HostPathError::Symlink {
+                path: path.to_path_buf(),
+            })
+        }
+        Err(Errno::ENOENT) => {
+            return Err(HostPathError::Missing {
+                path: path.to_path_buf(),
+            })
+        }
+        Err(errno) => {
+            return Err(HostPathError::Open {
+                path: path.to_path_buf(),
+                errno,
+            })
+        }
+    };
+    // SAFETY: openat2 just returned this descriptor and nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let st = fstat(fd.as_raw_fd()).map_err(|errno| HostPathError::Open {
+        path: path.to_path_buf(),
+        errno,
+    })?;
+    let kind = match SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT {
+        SFlag::S_IFDIR => ObjectKind::Dir,
+        SFlag::S_IFREG => ObjectKind::File,
+        _ => ObjectKind::Other,
+    };
+    Ok(HostObject {
+        fd,
+        path: path.to_path_buf(),
+        id: ObjectId {
+            dev: st.st_dev,
+            ino: st.st_ino,
+        },
+        uid: st.st_uid,
+        gid: st.st_gid,
+        kind,
+    })
+}
+
+/// Opens the absolute `path` without following any symlink on the way.
+pub fn open(path: &Path) -> Result<HostObject> {
+    let fd = nix::fcntl::openat2(libc::AT_FDCWD, path, how(ResolveFlag::RESOLVE_NO_SYMLINKS));
+    opened(path, fd)
+}
+
+/// Opens `relative` beneath the directory `dir` (never outside it, no symlinks);
+/// `path` is the name it is reported by.
+pub fn open_beneath(dir: &HostObject, relative: &Path, path: &Path) -> Result<HostObject> {
+    let fd = nix::fcntl::openat2(
+        dir.fd.as_raw_fd(),
+        relative,
+        how(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS),
+    );
+    opened(path, fd)
+}
+
+/// Creates the directory `path` (mode 0700) when it does not exist: its parent is opened
+/// without following symlinks, and the new entry is made in that parent by descriptor.
+pub fn create_dir(path: &Path) -> Result<()> {
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(HostPathError::Kind {
+            path: path.to_path_buf(),
+            found: "the root directory",
+            expected: "a directory below it",
+        });
+    };
+    let parent = open(parent)?;
+    parent.expect_dir()?;
+    // An O_PATH descriptor cannot be written through: reopen the same object as a
+    // directory, by descriptor.
+    let dir = nix::fcntl::openat2(
+        parent.fd.as_raw_fd(),
+        ".",
+        OpenHow::new()
+            .flags(OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS),
+    )
+    .map_err(|errno| HostPathError::Open {
+        path: parent.path.clone(),
+        errno,
+    })?;
+    // SAFETY: openat2 just returned this descriptor and nothing else owns it.
+    let dir = unsafe { OwnedFd::from_raw_fd(dir) };
+    match nix::sys::stat::mkdirat(Some(dir.as_raw_fd()), name, Mode::from_bits_truncate(0o700)) {
+        Ok(()) | Err(Errno::EEXIST) => Ok(()),
+        Err(errno) => Err(HostPathError::Open {
+            path: path.to_path_buf(),
+            errno,
+        }),
+    }
+}
+
+/// Moves the calling process into a mount namespace of its own whose mounts do not
+/// propagate back to the host (mounts the host makes still reach it). The caller must be
+/// single-threaded and privileged.
+pub fn enter_private_mount_namespace() -> Result<()> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(|errno| {
+        HostPathError::Namespace {
+            step: "unshare(CLONE_NEWNS)",
+            errno,
+        }
+    })?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    )
+    .map_err(|errno| HostPathError::Namespace {
+        step: "make / a recursive slave",
+        errno,
+    })
+}
+
+/// Objects attached under a private directory, to be detached before it is removed.
+#[derive(Debug, Default)]
+pub struct Staging {
+    points: Vec<PathBuf>,
+}
+
+impl Staging {
+    /// Clones `object` (with its submounts) and attaches it at `at`, which is created
+    /// (a directory or an empty file, as the object is) and must not exist yet.
+    pub fn attach(&mut self, object: &HostObject, at: &Path) -> Result<()> {
+        let fail = |step: &'static str| {
+            let (path, at) = (object.path.clone(), at.to_path_buf());
+            move |errno: Errno| HostPathError::Stage {
+                path,
+                at,
+                step,
+                errno,
+            }
+        };
+        let created = match object.kind {
+            ObjectKind::Dir => nix::unistd::mkdir(at, Mode::from_bits_truncate(0o700)),
+            _ => nix::fcntl::open(
+                at,
+                OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(0o600),
+            )
+            .map(|fd| {
+                // SAFETY: open just returned this descriptor; dropping it closes it.
+                drop(unsafe { OwnedFd::from_raw_fd(fd) });
+            }),
+        };
+        created.map_err(fail("create the mount point"))?;
+        let tree = clone_fd_tree(&object.fd, true).map_err(fail("open_tree"))?;
+        let target = CString::new(at.as_os_str().as_bytes()).map_err(|_| HostPathError::Stage {
+            path: object.path.clone(),
+            at: at.to_path_buf(),
+            step: "the path holds a NUL byte",
+            errno: Errno::EINVAL,
+        })?;
+        move_tree(&tree, &target).map_err(fail("move_mount"))?;
+        self.points.push(at.to_path_buf());
+        Ok(())
+    }
+
+    /// Detaches every attached object, last first. Stops at the first failure, which
+    /// leaves the rest attached: the caller must then not remove the directory.
+    pub fn detach_all(&mut self) -> Result<()> {
+        while let Some(at) = self.points.last() {
+            umount2(at, MntFlags::MNT_DETACH).map_err(|errno| HostPathError::Stage {
+                path: at.clone(),
+                at: at.clone(),
+                step: "umount",
+                errno,
+            })?;
+            self.points.pop();
+        }
+        Ok(())
+    }
+
+    /// Whether nothing is attached.
+    pub fn is_empty(&self) -> bool {
+        self.points.is_empty()
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = self.detach_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_symlink_anywhere_on_the_way_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        std::fs::create_dir_all(real.join("sub")).unwrap();
+        std::os::unix::fs::symlink(&real, dir.path().join("link")).unwrap();
+        assert!(open(&real.join("sub")).is_ok());
+        for path in [dir.path().join("link"), dir.path().join("link/sub")] {
+            assert!(
+                matches!(open(&path), Err(HostPathError::Symlink { .. })),
+                "{} was followed",
+                path.display()
+            );
+        }
+        assert!(matches!(
+            open(&dir.path().join("missing")),
+            Err(HostPathError::Missing { .. })
+        ));
+    }
+
+    #[test]
+    fn a_replaced_path_is_told_apart_from_the_object_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = dir.path().join("ws");
+        std::fs::create_dir(&ws).unwrap();
+        let checked = open(&ws).unwrap().id;
+        std::fs::rename(&ws, dir.path().join("old")).unwrap();
+        std::fs::create_dir(&ws).unwrap();
+        let now = open(&ws).unwrap();
+        assert!(matches!(
+            now.expect(checked),
+            Err(HostPathError::Replaced { .. })
+        ));
+        assert!(now.expect(now.id).is_ok());
+    }
+
+    #[test]
+    fn beneath_never_leaves_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("a")).unwrap();
+        std::os::unix::fs::symlink("/etc", dir.path().join("a/etc")).unwrap();
+        let a = open(&dir.path().join("a")).unwrap();
+        assert!(open_beneath(&a, Path::new("../"), dir.path()).is_err());
+        assert!(open_beneath(&a, Path::new("etc/passwd"), dir.path()).is_err());
+        assert!(open_beneath(&a, Path::new("/etc"), dir.path()).is_err());
+    }
+
+    #[test]
+    fn create_dir_refuses_a_symlinked_parent() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("real")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("real"), dir.path().join("link")).unwrap();
+        assert!(matches!(
+            create_dir(&dir.path().join("link/keep")),
+            Err(HostPathError::Symlink { .. })
+        ));
+        assert!(!dir.path().join("real/keep").exists());
+        create_dir(&dir.path().join("real/keep")).unwrap();
+        assert!(dir.path().join("real/keep").is_dir());
+    }
+}
