@@ -305,8 +305,11 @@ fn finish(report: &serde_json::Value, report_file: Option<&std::path::Path>) -> 
         eprintln!("covenant: running without `{name}` (accepted degradation)");
     }
     if let Some(path) = report_file {
+        // Often a path the sandbox could write: a link planted there is replaced, never
+        // written through.
         let json = serde_json::to_vec_pretty(report)?;
-        std::fs::write(path, json).with_context(|| format!("--report {}", path.display()))?;
+        covenant_runners::hostpath::write_new_file(path, &json, 0o644)
+            .with_context(|| format!("--report {}", path.display()))?;
     }
     Ok(())
 }

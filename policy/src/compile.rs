@@ -106,8 +106,10 @@ pub fn requested_scopes(plan: &SandboxPlan) -> Vec<Scope> {
         .collect();
     // The base system view (host or image) comes with every run; a host directory used as
     // the root is a host path like any other.
-    if let RootfsSource::Dir { path } = &plan.rootfs {
-        scopes.push(Scope::Fs(FsAccess::Exec, path.clone()));
+    match &plan.rootfs {
+        RootfsSource::Host => {}
+        RootfsSource::Dir { path } => scopes.push(Scope::Fs(FsAccess::Exec, path.clone())),
+        RootfsSource::Image { reference, .. } => scopes.push(Scope::RootImage(reference.clone())),
     }
     if let Some(keep) = &plan.keep_changes {
         scopes.push(Scope::Fs(FsAccess::Write, keep.clone()));
@@ -426,12 +428,7 @@ fn compile_rootfs(rootfs: Option<&str>, base: &Path) -> Result<RootfsSource, Com
         return Ok(RootfsSource::Host);
     }
     if let Some(reference) = spec.strip_prefix("image:") {
-        let valid = !reference.is_empty()
-            && reference
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_./:@".contains(c))
-            && !reference.contains("..");
-        if !valid {
+        if !crate::scope::valid_image_reference(reference) {
             return Err(refuse(
                 "rootfs",
                 format!("`{reference}` is not an image reference (NAME[:TAG] or NAME@sha256:...)"),
@@ -707,6 +704,15 @@ mod tests {
         assert!(
             matches!(plan.rootfs, RootfsSource::Image { ref reference, .. } if reference == "alpine:3")
         );
+        let image = Scope::parse("rootfs:image:alpine:3").unwrap();
+        assert!(requested_scopes(&plan).contains(&image));
+        let err = authorise(
+            plan.clone(),
+            &grant(&["rootfs:image:alpine:4"]),
+            capability(),
+        );
+        assert_eq!(err.unwrap_err(), AuthoriseError::Missing(vec![image]));
+        assert!(authorise(plan, &grant(&["rootfs:image:alpine:3"]), capability()).is_ok());
         let text = "version = 1\ncommand = [\"x\"]\nrootfs = \"dir:/srv/root\"";
         let plan = compile_request(&manifest(text), "job").unwrap();
         assert!(requested_scopes(&plan).contains(&Scope::Fs(FsAccess::Exec, "/srv/root".into())));

@@ -95,6 +95,21 @@ pub enum Scope {
     /// The runner that may execute the bundle (`runner:gvisor`, `runner:oci:/usr/sbin/runc`);
     /// the native runner needs no grant.
     Runner(RunnerChoice),
+    /// An imported image the run may use as its root (`rootfs:image:alpine:3`), by the
+    /// exact reference the request names. The host view needs no grant; a directory root
+    /// is an `fs.exec` path.
+    RootImage(String),
+}
+
+/// Whether `reference` is an image reference a request may name: `NAME[:TAG]` or
+/// `NAME@sha256:...` of letters, digits and `-_./:@`, without `..`.
+pub fn valid_image_reference(reference: &str) -> bool {
+    !reference.is_empty()
+        && reference.len() <= 255
+        && reference
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:@".contains(c))
+        && !reference.contains("..")
 }
 
 /// What `agent:RIGHT` may name: `audit` (append agent-authored audit events) and `spawn`
@@ -239,6 +254,15 @@ impl Scope {
                 Scope::Agent(arg.to_string())
             }
             "runner" => Scope::Runner(RunnerChoice::parse(arg).map_err(err)?),
+            "rootfs" => {
+                let reference = arg
+                    .strip_prefix("image:")
+                    .ok_or_else(|| err("expected rootfs:image:NAME[:TAG]".into()))?;
+                if !valid_image_reference(reference) {
+                    return Err(err(format!("`{reference}` is not an image reference")));
+                }
+                Scope::RootImage(reference.to_string())
+            }
             other => return Err(err(format!("unknown scope family `{other}`"))),
         };
         Ok(scope)
@@ -268,6 +292,7 @@ impl Scope {
             (Scope::Degrade(g), Scope::Degrade(r)) => g == r,
             (Scope::Agent(g), Scope::Agent(r)) => g == r,
             (Scope::Runner(g), Scope::Runner(r)) => g == r,
+            (Scope::RootImage(g), Scope::RootImage(r)) => g == r,
             _ => false,
         }
     }
@@ -291,6 +316,7 @@ impl fmt::Display for Scope {
             Scope::Degrade(d) => write!(f, "degrade:{}", d.name()),
             Scope::Agent(right) => write!(f, "agent:{right}"),
             Scope::Runner(runner) => write!(f, "runner:{}", runner.name()),
+            Scope::RootImage(reference) => write!(f, "rootfs:image:{reference}"),
         }
     }
 }
@@ -451,6 +477,9 @@ mod tests {
             "runner:oci:/usr/sbin/./runc",
             "runner:oci:",
             "runner:docker",
+            "rootfs:alpine",
+            "rootfs:image:",
+            "rootfs:image:../x",
         ] {
             assert!(Scope::parse(bad).is_err(), "{bad} accepted");
         }

@@ -213,6 +213,81 @@ pub fn create_dir(path: &Path) -> Result<()> {
     }
 }
 
+/// Writes `bytes` to the file `path` as a new file that replaces any old one: the parent
+/// is opened without following symlinks, the data goes to a fresh temporary name in it
+/// (created exclusively, never through a link), and the name is then renamed into place.
+/// A symlink or hardlink planted at `path` by whoever can write the folder is replaced,
+/// never written through. The file is created with `mode`.
+pub fn write_new_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(HostPathError::Kind {
+            path: path.to_path_buf(),
+            found: "a folder",
+            expected: "a file name",
+        });
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    let failed = |errno| HostPathError::Open {
+        path: path.to_path_buf(),
+        errno,
+    };
+    let dir = nix::fcntl::openat2(
+        libc::AT_FDCWD,
+        parent,
+        OpenHow::new()
+            .flags(OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS),
+    );
+    let dir = match dir {
+        Ok(fd) => fd,
+        Err(Errno::ELOOP) => {
+            return Err(HostPathError::Symlink {
+                path: parent.to_path_buf(),
+            })
+        }
+        Err(errno) => return Err(failed(errno)),
+    };
+    // SAFETY: openat2 just returned this descriptor and nothing else owns it.
+    let dir = unsafe { OwnedFd::from_raw_fd(dir) };
+    let mut temp = std::ffi::OsString::from(".");
+    temp.push(name);
+    temp.push(format!(".{}.tmp", std::process::id()));
+    let fd = nix::fcntl::openat(
+        Some(dir.as_raw_fd()),
+        temp.as_os_str(),
+        OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(mode),
+    )
+    .map_err(failed)?;
+    // SAFETY: openat just returned this descriptor; the File owns it from here.
+    let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
+    let written = std::io::Write::write_all(&mut file, bytes).and_then(|()| file.sync_all());
+    drop(file);
+    let renamed = written
+        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+        .and_then(|()| {
+            nix::fcntl::renameat(
+                Some(dir.as_raw_fd()),
+                temp.as_os_str(),
+                Some(dir.as_raw_fd()),
+                name,
+            )
+        });
+    if let Err(errno) = renamed {
+        let _ = nix::unistd::unlinkat(
+            Some(dir.as_raw_fd()),
+            temp.as_os_str(),
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        );
+        return Err(failed(errno));
+    }
+    Ok(())
+}
+
 /// Moves the calling process into a mount namespace of its own whose mounts do not
 /// propagate back to the host (mounts the host makes still reach it). The caller must be
 /// single-threaded and privileged.
@@ -356,6 +431,29 @@ mod tests {
         assert!(open_beneath(&a, Path::new("../"), dir.path()).is_err());
         assert!(open_beneath(&a, Path::new("etc/passwd"), dir.path()).is_err());
         assert!(open_beneath(&a, Path::new("/etc"), dir.path()).is_err());
+    }
+
+    #[test]
+    fn a_new_file_replaces_a_planted_link_instead_of_writing_through_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let report = dir.path().join("report.json");
+        std::os::unix::fs::symlink(&victim, &report).unwrap();
+        write_new_file(&report, b"{}", 0o600).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert_eq!(std::fs::read_to_string(&report).unwrap(), "{}");
+        assert!(!std::fs::symlink_metadata(&report).unwrap().is_symlink());
+        let hard = dir.path().join("hard.json");
+        std::fs::hard_link(&victim, &hard).unwrap();
+        write_new_file(&hard, b"{}", 0o600).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        std::os::unix::fs::symlink(dir.path(), dir.path().join("up")).unwrap();
+        assert!(matches!(
+            write_new_file(&dir.path().join("up/x.json"), b"{}", 0o600),
+            Err(HostPathError::Symlink { .. })
+        ));
+        assert!(!dir.path().join("x.json").exists());
     }
 
     #[test]

@@ -36,7 +36,7 @@ pub enum AuthorityError {
     #[error("cannot read capability file {path}: {error}")]
     Read { path: String, error: std::io::Error },
     #[error(transparent)]
-    Path(#[from] crate::host_paths::PathRefused),
+    Path(#[from] crate::host_paths::RunnerRefused),
 }
 
 impl From<TokenError> for AuthorityError {

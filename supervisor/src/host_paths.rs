@@ -7,7 +7,7 @@
 //! anything about a path outside its grant.
 
 use covenant_policy::compile::WORKSPACE_TARGET;
-use covenant_policy::{MountAccess, PinnedPath, RootfsSource, SandboxPlan};
+use covenant_policy::{MountAccess, PinnedPath, RootfsSource, RunnerChoice, SandboxPlan};
 use covenant_runners::hostpath::{self, HostObject, HostPathError, Staging};
 use std::path::{Path, PathBuf};
 
@@ -86,11 +86,23 @@ fn open(entry: &Entry) -> Result<HostObject, PathRefused> {
     Ok(object)
 }
 
-/// Right after authorisation: opens every host path of `plan` without following
-/// symlinks, checks its kind, and records the object each names in `plan.pinned`. A kept
-/// layer that does not exist yet needs an existing parent; it is created when the run
-/// starts.
-pub fn check_plan(plan: &mut SandboxPlan) -> Result<(), PathRefused> {
+/// Why an authorised plan cannot run here: its runner binary or one of its paths.
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerRefused {
+    #[error("runner: {0}")]
+    Runner(covenant_runners::oci::OciError),
+    #[error(transparent)]
+    Path(#[from] PathRefused),
+}
+
+/// Right after authorisation: checks that an OCI runner's binary is root's (see
+/// `trusted_binary`), opens every host path of `plan` without following symlinks, checks
+/// its kind, and records the object each names in `plan.pinned`. A kept layer that does
+/// not exist yet needs an existing parent; it is created when the run starts.
+pub fn check_plan(plan: &mut SandboxPlan) -> Result<(), RunnerRefused> {
+    if let RunnerChoice::Oci { path } = &plan.runner {
+        covenant_runners::oci::trusted_binary(path).map_err(RunnerRefused::Runner)?;
+    }
     let mut pinned = Vec::new();
     for entry in entries(plan) {
         if entry.used == Use::Keep {
@@ -110,7 +122,8 @@ pub fn check_plan(plan: &mut SandboxPlan) -> Result<(), PathRefused> {
                     return Err(PathRefused {
                         field: entry.field,
                         error,
-                    })
+                    }
+                    .into())
                 }
                 Ok(_) => {}
             }

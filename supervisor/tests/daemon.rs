@@ -1291,3 +1291,232 @@ fn all_sandboxes_together_stay_under_the_daemons_parent_cgroup_limit() {
         "{forked} forks succeeded under a parent limit of 20"
     );
 }
+
+/// A directory others can enter, under a fresh temporary one, for host paths a job names.
+fn shared_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+/// Root's secret: a 0700 directory holding a file.
+fn secret_dir(base: &Path) -> PathBuf {
+    let secret = base.join("secret");
+    std::fs::create_dir(&secret).unwrap();
+    std::fs::write(secret.join("key"), "root's").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o700)).unwrap();
+    secret
+}
+
+fn submit_in(d: &Daemon, cap: &str, workspace: &Path, script: &str) -> Answer {
+    d.post(
+        "/v1/jobs",
+        json!({"capability": cap, "argv": ["/bin/sh", "-c", script],
+               "manifest": {"version": 1, "workspace": workspace}}),
+    )
+}
+
+#[test]
+fn a_runner_is_authority_the_capability_must_name() {
+    if !live() {
+        return;
+    }
+    let _shared = SANDBOXES.read().unwrap_or_else(|e| e.into_inner());
+    let d = Daemon::start(&[]);
+    let base = shared_dir();
+    let marker = base.path().join("ran-as-root");
+    let planted = base.path().join("runtime");
+    std::fs::write(&planted, format!("#!/bin/sh\ntouch {}\n", marker.display())).unwrap();
+    std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let post = |cap: &str, runner: &str| {
+        d.post(
+            "/v1/jobs",
+            json!({"capability": cap, "argv": TRUE, "runner": runner}),
+        )
+    };
+    // Any valid capability used to be enough to pick any binary.
+    let cap = d.cap("agent-a", &["res.time:60s"]);
+    for runner in [
+        "oci:/usr/sbin/runc".to_string(),
+        "gvisor".into(),
+        format!("oci:{}", planted.display()),
+    ] {
+        let a = post(&cap, &runner);
+        assert_eq!(a.status, 403, "{runner}: {}", a.error_text());
+        assert!(
+            a.error_text().contains(&format!("runner:{runner}")),
+            "{runner}: {}",
+            a.error_text()
+        );
+    }
+    // A grant naming one binary does not cover another, nor a path beside it.
+    let runc = d.cap("agent-a", &["res.time:60s", "runner:oci:/usr/sbin/runc"]);
+    let a = post(&runc, "oci:/usr/sbin/runc2");
+    assert_eq!(a.status, 403, "{}", a.error_text());
+    let a = post(&runc, "oci:/usr/sbin/../sbin/runc");
+    assert_eq!(a.status, 400, "{}", a.error_text());
+    // Even granted by name, a binary others could write is not run as root.
+    let granted = d.cap(
+        "agent-a",
+        &["res.time:60s", &format!("runner:oci:{}", planted.display())],
+    );
+    let a = post(&granted, &format!("oci:{}", planted.display()));
+    assert_eq!(a.status, 403, "{}", a.error_text());
+    assert_eq!(a.json()["field"], "runner", "{}", a.error_text());
+    assert!(a.error_text().contains("not trusted"), "{}", a.error_text());
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!marker.exists(), "the planted runtime ran");
+}
+
+#[test]
+fn a_granted_path_that_is_a_symlink_grants_nothing_beyond_its_name() {
+    if !live() {
+        return;
+    }
+    let _shared = SANDBOXES.read().unwrap_or_else(|e| e.into_inner());
+    let d = Daemon::start(&[]);
+    let base = shared_dir();
+    let secret = secret_dir(base.path());
+    let ws = base.path().join("ws");
+    std::os::unix::fs::symlink(&secret, &ws).unwrap();
+    let cap = d.cap(
+        "agent-a",
+        &["res.time:60s", &format!("fs.write:{}", ws.display())],
+    );
+    // The granted name is a symlink now: it is not followed.
+    let a = submit_in(&d, &cap, &ws, "touch /workspace/planted");
+    assert_eq!(a.status, 400, "{}", a.error_text());
+    assert!(a.error_text().contains("symlink"), "{}", a.error_text());
+    // Its target is not what was granted.
+    let a = submit_in(&d, &cap, &secret, "touch /workspace/planted");
+    assert_eq!(a.status, 403, "{}", a.error_text());
+    // Nor is anything reached through it.
+    let a = submit_in(&d, &cap, &ws.join("."), "touch /workspace/planted");
+    assert_eq!(a.status, 400, "{}", a.error_text());
+    assert!(!secret.join("planted").exists());
+    // A refusal outside the grant says nothing about whether the path exists.
+    let narrow = d.cap("agent-a", &["res.time:60s", "fs.write:/nonexistent"]);
+    let exists = submit_in(&d, &narrow, Path::new("/root"), "true");
+    let missing = submit_in(&d, &narrow, Path::new("/root/no-such-dir"), "true");
+    assert_eq!(exists.status, 403);
+    assert_eq!(missing.status, 403);
+    assert_eq!(
+        exists.error_text().replace("/root", "P"),
+        missing.error_text().replace("/root/no-such-dir", "P")
+    );
+}
+
+#[test]
+fn a_queued_jobs_workspace_swapped_after_submission_is_refused_at_start() {
+    if !live() {
+        return;
+    }
+    let _shared = SANDBOXES.read().unwrap_or_else(|e| e.into_inner());
+    let d = Daemon::start(&["--max-jobs", "1"]);
+    let base = shared_dir();
+    let secret = secret_dir(base.path());
+    let ws = base.path().join("ws");
+    std::fs::create_dir(&ws).unwrap();
+    let cap = d.cap(
+        "agent-a",
+        &["res.time:60s", &format!("fs.write:{}", ws.display())],
+    );
+    for swap in ["symlink", "directory"] {
+        let blocker = d.submit_ok(&cap, &["/bin/sleep", "1"]);
+        let a = submit_in(&d, &cap, &ws, "touch /workspace/planted");
+        assert_eq!(a.status, 201, "{}", a.error_text());
+        let id = a.json()["id"].as_str().unwrap().to_string();
+        assert_eq!(d.get(&format!("/v1/jobs/{id}")).json()["state"], "queued");
+        let old = base.path().join(format!("ws-{swap}"));
+        std::fs::rename(&ws, &old).unwrap();
+        match swap {
+            "symlink" => std::os::unix::fs::symlink(&secret, &ws).unwrap(),
+            _ => std::fs::create_dir(&ws).unwrap(),
+        }
+        d.wait(&blocker);
+        let s = d.wait(&id);
+        assert_ne!(s["state"], "exited", "{s}");
+        let reason = s["reason"].as_str().unwrap_or("");
+        let expected = if swap == "symlink" {
+            "symlink"
+        } else {
+            "replaced"
+        };
+        assert!(reason.contains(expected), "{swap}: {s}");
+        assert!(!secret.join("planted").exists());
+        assert!(!ws.join("planted").exists());
+        std::fs::remove_file(&ws)
+            .or_else(|_| std::fs::remove_dir(&ws))
+            .unwrap();
+        std::fs::rename(&old, &ws).unwrap();
+    }
+    // Nothing staged for the refused jobs is left behind.
+    let staging = d.home.path().join("staging");
+    let left: Vec<_> = std::fs::read_dir(&staging)
+        .map(|r| r.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn an_agent_cannot_swap_a_sub_intents_path_between_submission_and_start() {
+    if !live() {
+        return;
+    }
+    let _shared = SANDBOXES.read().unwrap_or_else(|e| e.into_inner());
+    if !Path::new("/usr/bin/curl").exists() {
+        panic!("/usr/bin/curl is needed inside the sandbox (install curl)");
+    }
+    let d = Daemon::start(&["--max-jobs", "2"]);
+    let base = shared_dir();
+    let secret = secret_dir(base.path());
+    let ws = base.path().join("ws");
+    std::fs::create_dir(&ws).unwrap();
+    std::fs::set_permissions(&ws, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let scopes = [
+        "res.time:60s".to_string(),
+        "agent:spawn".into(),
+        format!("fs.write:{}", ws.display()),
+    ];
+    let scopes: Vec<&str> = scopes.iter().map(String::as_str).collect();
+    let cap = d.cap("agent-a", &scopes);
+    // The other slot is taken, so the sub-intent waits in the queue.
+    let blocker = d.submit_ok(&cap, &["/bin/sleep", "2"]);
+    let sub = ws.join("sub");
+    let script = format!(
+        r#"{AGENT}
+mkdir /workspace/sub
+# Straight away: a symlink is refused at submission.
+ln -s {secret} /workspace/direct
+body -H content-type:application/json -d '{{"capability":"","argv":["/bin/touch","/workspace/planted"],"manifest":{{"version":1,"workspace":"{ws}/direct"}}}}' http://a/v1/jobs
+echo
+R=$(body -H content-type:application/json -d '{{"capability":"","argv":["/bin/touch","/workspace/planted"],"manifest":{{"version":1,"workspace":"{sub}"}}}}' http://a/v1/jobs)
+ID=$(echo "$R" | sed 's/.*"id":"\([^"]*\)".*/\1/')
+rmdir /workspace/sub && ln -s {secret} /workspace/sub
+body "http://a/v1/jobs/$ID?wait=30"
+"#,
+        secret = secret.display(),
+        ws = ws.display(),
+        sub = sub.display(),
+    );
+    let id = submit_in(&d, &cap, &ws, &script);
+    assert_eq!(id.status, 201, "{}", id.error_text());
+    let id = id.json()["id"].as_str().unwrap().to_string();
+    d.wait(&blocker);
+    let s = d.wait(&id);
+    let (out, err) = d.output(&id);
+    assert_eq!(s["exit_code"], 0, "{out}{err}");
+    let mut lines = out.lines();
+    let direct: Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    assert!(
+        direct["error"].as_str().unwrap_or("").contains("symlink"),
+        "{out}"
+    );
+    let child: Value = serde_json::from_str(lines.next().unwrap_or("{}")).unwrap();
+    assert_ne!(child["state"], "exited", "{out}");
+    assert!(
+        child["reason"].as_str().unwrap_or("").contains("symlink"),
+        "{out}"
+    );
+    assert!(!secret.join("planted").exists());
+}

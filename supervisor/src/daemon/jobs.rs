@@ -380,6 +380,7 @@ fn prepare(
         let (status, field, kind) = authority_status(&e);
         let field = match &e {
             AuthorityError::Compile(c) if c.field == "runner" => "runner",
+            AuthorityError::Path(crate::host_paths::RunnerRefused::Runner(_)) => "runner",
             _ => field,
         };
         (kind, ApiError::field(status, field, e.to_string()))

@@ -125,6 +125,9 @@ pub fn clean_job(home: &Path, job: &str, shim_pid: Option<i32>) -> Cleaned {
     let mut places = vec![
         home.join("bundles").join(job),
         home.join("agents").join(job),
+        // Its host paths' staging places: mounts there lived only in the shim's own mount
+        // namespace, so here they are empty folders.
+        home.join("staging").join(job),
     ];
     if let Ok(entries) = std::fs::read_dir(home.join("runtime")) {
         let prefix = format!("{job}-");
