@@ -315,7 +315,7 @@ pub fn findings_after(host: &Path, dir: BorrowedFd<'_>, guard: &RepoGuard) -> Ve
             continue;
         };
         let now = match fsat::open_resolved(dir, parent, libc::O_PATH | libc::O_DIRECTORY, true) {
-            Ok(fd) => fingerprint(fd.as_fd(), name, 0),
+            Ok(fd) => fingerprint(fd.as_fd(), name),
             Err(e) => format!("error:{e}"),
         };
         if now != *before {
@@ -387,18 +387,18 @@ fn looks_like_git_dir(names: &Listing) -> bool {
 enum Seen<'a> {
     /// A git dir: a `.git` directory, a directory shaped like a git dir, an entry of a git
     /// dir's `worktrees/`. `rel` is relative to the walked path.
-    GitDir {
+    Dir {
         rel: &'a Path,
         fd: BorrowedFd<'a>,
         names: &'a Listing,
     },
     /// A regular file named `.git`, and the directory holding it.
-    GitFile {
+    File {
         rel: &'a Path,
         parent: BorrowedFd<'a>,
     },
     /// A symlink named `.git`, and the directory holding it.
-    GitSymlink {
+    Symlink {
         rel: &'a Path,
         parent: BorrowedFd<'a>,
     },
@@ -516,11 +516,11 @@ impl Walk<'_> {
                         self.git_dir(v, cfd.as_fd(), &child, depth + 1, &cnames)?;
                     }
                 }
-                (true, Kind::File) => v.seen(Seen::GitFile {
+                (true, Kind::File) => v.seen(Seen::File {
                     rel: &child,
                     parent: fd,
                 })?,
-                (true, Kind::Symlink) => v.seen(Seen::GitSymlink {
+                (true, Kind::Symlink) => v.seen(Seen::Symlink {
                     rel: &child,
                     parent: fd,
                 })?,
@@ -546,7 +546,7 @@ impl Walk<'_> {
         depth: usize,
         names: &Listing,
     ) -> Result<()> {
-        v.seen(Seen::GitDir { rel, fd, names })?;
+        v.seen(Seen::Dir { rel, fd, names })?;
         if has(names, "modules") == Some(Kind::Dir) {
             let modules = rel.join("modules");
             let name = OsStr::new("modules");
@@ -610,9 +610,26 @@ fn gitfile_path(content: &[u8]) -> Option<PathBuf> {
     (!path.is_empty()).then(|| PathBuf::from(OsStr::from_bytes(path)))
 }
 
+/// Largest file whose content a fingerprint hashes; a larger one is described by size,
+/// modification time and inode.
+const HASHED_CAP: u64 = 64 << 10;
+/// Most names one fingerprint looks at, so a huge `hooks` tree costs a bounded amount.
+const FINGERPRINT_BUDGET: usize = 1024;
+
 /// A stable description of a name under `parent`: type, mode, owner, and a hash of the
 /// content (files) or of the entries (directories, a few levels deep). Never follows it.
-fn fingerprint(parent: BorrowedFd<'_>, name: &OsStr, depth: usize) -> String {
+/// Bounded: past [`FINGERPRINT_BUDGET`] names it stops at the same place every time.
+fn fingerprint(parent: BorrowedFd<'_>, name: &OsStr) -> String {
+    let mut budget = FINGERPRINT_BUDGET;
+    fingerprint_within(parent, name, 0, &mut budget)
+}
+
+fn fingerprint_within(
+    parent: BorrowedFd<'_>,
+    name: &OsStr,
+    depth: usize,
+    budget: &mut usize,
+) -> String {
     let st = match fsat::stat_at(parent, name) {
         Ok(Some(st)) => st,
         Ok(None) => return "absent".into(),
@@ -620,7 +637,11 @@ fn fingerprint(parent: BorrowedFd<'_>, name: &OsStr, depth: usize) -> String {
     };
     let head = format!("{:o}:{}:{}", st.st_mode, st.st_uid, st.st_gid);
     match Kind::of_mode(st.st_mode) {
-        Kind::File => match fsat::read_small(parent, name, CONFIG_CAP) {
+        Kind::File if st.st_size as u64 > HASHED_CAP => format!(
+            "file:{head}:{}:{}.{}:{}",
+            st.st_size, st.st_mtime, st.st_mtime_nsec, st.st_ino
+        ),
+        Kind::File => match fsat::read_small(parent, name, HASHED_CAP) {
             Ok(Some(bytes)) => format!("file:{head}:{:x}", Sha256::digest(&bytes)),
             Ok(None) => "absent".into(),
             Err(e) => format!("file:{head}:{}:{e}", st.st_size),
@@ -632,21 +653,24 @@ fn fingerprint(parent: BorrowedFd<'_>, name: &OsStr, depth: usize) -> String {
         Kind::Dir if depth < 4 => {
             let listed = fsat::open_child(parent, name, libc::O_RDONLY | libc::O_DIRECTORY, 0)
                 .and_then(|fd| fsat::list(fd.as_fd()).map(|names| (fd, names)));
-            match listed {
-                Ok((fd, mut names)) if names.len() <= 1000 => {
-                    names.sort();
-                    let mut hash = Sha256::new();
-                    for (n, _) in &names {
-                        hash.update(n.as_bytes());
-                        hash.update(b"=");
-                        hash.update(fingerprint(fd.as_fd(), n, depth + 1).as_bytes());
-                        hash.update(b"\n");
-                    }
-                    format!("dir:{head}:{:x}", hash.finalize())
+            let (fd, mut names) = match listed {
+                Ok(listed) => listed,
+                Err(e) => return format!("dir:{head}:{e}"),
+            };
+            names.sort();
+            let mut hash = Sha256::new();
+            for (n, _) in &names {
+                if *budget == 0 {
+                    hash.update(format!("{} entries", names.len()).as_bytes());
+                    break;
                 }
-                Ok((_, names)) => format!("dir:{head}:{} entries", names.len()),
-                Err(e) => format!("dir:{head}:{e}"),
+                *budget -= 1;
+                hash.update(n.as_bytes());
+                hash.update(b"=");
+                hash.update(fingerprint_within(fd.as_fd(), n, depth + 1, budget).as_bytes());
+                hash.update(b"\n");
             }
+            format!("dir:{head}:{:x}", hash.finalize())
         }
         Kind::Dir => format!("dir:{head}"),
         Kind::Other => format!("other:{head}"),
@@ -750,7 +774,7 @@ impl Guarding<'_> {
             self.mount(&rel.join(name), access);
             self.guard
                 .control
-                .insert(rel.join(name), fingerprint(g, os, 0));
+                .insert(rel.join(name), fingerprint(g, os));
         }
         Ok(())
     }
@@ -805,7 +829,7 @@ impl Guarding<'_> {
         self.mount(rel, MountAccess::ReadOnly);
         self.guard
             .control
-            .insert(rel.to_path_buf(), fingerprint(parent, name, 0));
+            .insert(rel.to_path_buf(), fingerprint(parent, name));
         let content = fsat::read_small(parent, name, POINTER_CAP)
             .map_err(|source| GitSafeError::Io {
                 op: "read",
@@ -845,7 +869,7 @@ impl Guarding<'_> {
 impl Visitor for Guarding<'_> {
     fn seen(&mut self, seen: Seen<'_>) -> Result<()> {
         match seen {
-            Seen::GitDir { rel, fd, names } => {
+            Seen::Dir { rel, fd, names } => {
                 if rel.as_os_str().is_empty() {
                     return Err(GitSafeError::InsideGitDir {
                         path: self.host.to_path_buf(),
@@ -856,12 +880,12 @@ impl Visitor for Guarding<'_> {
                     self.protect_git_dir(rel, fd, names)?;
                 }
             }
-            Seen::GitFile { rel, parent } => {
+            Seen::File { rel, parent } => {
                 if self.done.insert(rel.to_path_buf()) {
                     self.protect_git_file(rel, parent)?;
                 }
             }
-            Seen::GitSymlink { rel, .. } => {
+            Seen::Symlink { rel, .. } => {
                 return Err(GitSafeError::Symlink {
                     path: self.host.join(rel),
                 })
@@ -1050,13 +1074,13 @@ impl Checking<'_> {
 impl Visitor for Checking<'_> {
     fn seen(&mut self, seen: Seen<'_>) -> Result<()> {
         match seen {
-            Seen::GitDir { rel, fd, .. } => {
+            Seen::Dir { rel, fd, .. } => {
                 let repo = self.host.join(rel);
                 if !self.guarded(&repo) {
                     self.scan_repo(&repo, fd, "", true);
                 }
             }
-            Seen::GitFile { rel, parent } => {
+            Seen::File { rel, parent } => {
                 if self.guard.control.contains_key(rel) {
                     return Ok(());
                 }
@@ -1080,7 +1104,7 @@ impl Visitor for Checking<'_> {
                     self.scan_repo(&gitdir, fd.as_fd(), "", true);
                 }
             }
-            Seen::GitSymlink { rel, parent } => {
+            Seen::Symlink { rel, parent } => {
                 let to = fsat::readlink_at(parent, OsStr::new(".git")).unwrap_or_default();
                 self.found(
                     &self.host.join(rel),
