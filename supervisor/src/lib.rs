@@ -3,6 +3,7 @@
 
 pub mod authority;
 pub mod daemon;
+pub mod gitsafe;
 pub mod home;
 pub mod host_paths;
 pub mod images;
