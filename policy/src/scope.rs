@@ -484,10 +484,10 @@ mod tests {
             assert!(Scope::parse(bad).is_err(), "{bad} accepted");
         }
         let runc = s("runner:oci:/usr/sbin/runc");
-        assert!(missing(&[runc.clone()], &[runc.clone()]).is_empty());
+        assert!(missing(std::slice::from_ref(&runc), std::slice::from_ref(&runc)).is_empty());
         let crun = s("runner:oci:/usr/bin/crun");
         assert_eq!(
-            missing(&[runc.clone()], std::slice::from_ref(&crun)),
+            missing(std::slice::from_ref(&runc), std::slice::from_ref(&crun)),
             vec![crun]
         );
         let under = s("runner:oci:/usr/sbin/runc2");

@@ -177,7 +177,7 @@ pub fn open_beneath(dir: &HostObject, relative: &Path, path: &Path) -> Result<Ho
     opened(path, fd)
 }
 
-/// Creates the directory `path` (mode 0700) when it does not exist: its parent is opened
+/// Creates the directory `path` (mode 0755) when it does not exist: its parent is opened
 /// without following symlinks, and the new entry is made in that parent by descriptor.
 pub fn create_dir(path: &Path) -> Result<()> {
     let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
@@ -204,7 +204,7 @@ pub fn create_dir(path: &Path) -> Result<()> {
     })?;
     // SAFETY: openat2 just returned this descriptor and nothing else owns it.
     let dir = unsafe { OwnedFd::from_raw_fd(dir) };
-    match nix::sys::stat::mkdirat(Some(dir.as_raw_fd()), name, Mode::from_bits_truncate(0o700)) {
+    match nix::sys::stat::mkdirat(Some(dir.as_raw_fd()), name, Mode::from_bits_truncate(0o755)) {
         Ok(()) | Err(Errno::EEXIST) => Ok(()),
         Err(errno) => Err(HostPathError::Open {
             path: path.to_path_buf(),
@@ -331,7 +331,7 @@ impl Staging {
             }
         };
         let created = match object.kind {
-            ObjectKind::Dir => nix::unistd::mkdir(at, Mode::from_bits_truncate(0o700)),
+            ObjectKind::Dir => nix::unistd::mkdir(at, Mode::from_bits_truncate(0o711)),
             _ => nix::fcntl::open(
                 at,
                 OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_CLOEXEC,

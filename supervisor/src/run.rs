@@ -88,6 +88,9 @@ pub struct RunReport {
     pub config_digest: String,
     pub authorisation: covenant_policy::Authorisation,
     pub degradations: Vec<Degradation>,
+    /// What in the run's writable paths would make git on the host run code the sandbox
+    /// chose: hooks and code-running config of repositories made during the run.
+    pub git_findings: Vec<crate::gitsafe::GitFinding>,
 }
 
 impl RunReport {
@@ -125,6 +128,7 @@ impl RunReport {
             config_digest,
             authorisation: plan.authorisation.clone(),
             degradations: outcome.degradations_applied.clone(),
+            git_findings: Vec::new(),
         }
     }
 }
@@ -312,7 +316,7 @@ pub fn run_plan(
     let stage = (!keep && nix::unistd::geteuid().is_root()).then(|| staging_dir(&plan.job_id));
     if let Some(stage) = &stage {
         covenant_runners::hostpath::enter_private_mount_namespace()?;
-        ensure_private_dir(stage.parent().unwrap_or(Path::new("/")))?;
+        ensure_traversable_dir(stage.parent().unwrap_or(Path::new("/")))?;
     }
     let mut pinned = crate::host_paths::pin_for_run(plan, stage.as_deref());
     let result = match &mut pinned {
@@ -328,7 +332,15 @@ pub fn run_plan(
                 "bundle.written",
                 serde_json::json!({"config_digest": bundle.config_digest, "dir": bundle.dir, "kept": keep}),
             );
-            execute(audit, plan, &bundle, runner.as_ref()).map(Some)
+            let mut report = execute(audit, plan, &bundle, runner.as_ref())?;
+            report.git_findings = pinned.git_findings();
+            if !report.git_findings.is_empty() {
+                audit.push(
+                    "workspace.git.findings",
+                    serde_json::json!({"findings": report.git_findings}),
+                );
+            }
+            Ok(Some(report))
         })(),
     };
     let released = match &mut pinned {
@@ -522,16 +534,23 @@ fn ensure_traversable(home: &Path) -> Result<(), RunError> {
     Ok(())
 }
 
-/// A directory only its owner may enter, created when missing.
-fn ensure_private_dir(dir: &Path) -> Result<(), RunError> {
+/// A directory others may pass through but not list (0711), created when missing: an
+/// overlay root is mounted by the sandbox's own (unprivileged) root, which must reach
+/// its staged layers. What is attached there exists only in this process's mount
+/// namespace; on the host the places are empty.
+fn ensure_traversable_dir(dir: &Path) -> Result<(), RunError> {
     use std::os::unix::fs::DirBuilderExt;
-    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+    use std::os::unix::fs::PermissionsExt;
+    let home = |error| RunError::Home {
+        path: dir.to_path_buf(),
+        error,
+    };
+    match std::fs::DirBuilder::new().mode(0o711).create(dir) {
         Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(error) => Err(RunError::Home {
-            path: dir.to_path_buf(),
-            error,
-        }),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)).map_err(home)
+        }
+        Err(error) => Err(home(error)),
     }
 }
 

@@ -1490,6 +1490,10 @@ mkdir /workspace/sub
 ln -s {secret} /workspace/direct
 body -H content-type:application/json -d '{{"capability":"","argv":["/bin/touch","/workspace/planted"],"manifest":{{"version":1,"workspace":"{ws}/direct"}}}}' http://a/v1/jobs
 echo
+# A sub-intent whose workspace is a git directory would write its hooks and config.
+git init -q /workspace/repo
+body -H content-type:application/json -d '{{"capability":"","argv":["/bin/true"],"manifest":{{"version":1,"workspace":"{ws}/repo/.git"}}}}' http://a/v1/jobs
+echo
 R=$(body -H content-type:application/json -d '{{"capability":"","argv":["/bin/touch","/workspace/planted"],"manifest":{{"version":1,"workspace":"{sub}"}}}}' http://a/v1/jobs)
 ID=$(echo "$R" | sed 's/.*"id":"\([^"]*\)".*/\1/')
 rmdir /workspace/sub && ln -s {secret} /workspace/sub
@@ -1506,13 +1510,21 @@ body "http://a/v1/jobs/$ID?wait=30"
     let s = d.wait(&id);
     let (out, err) = d.output(&id);
     assert_eq!(s["exit_code"], 0, "{out}{err}");
-    let mut lines = out.lines();
-    let direct: Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    let mut lines = out.lines().filter(|l| !l.trim().is_empty());
+    let direct: Value = serde_json::from_str(lines.next().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("{e}: {out}{err}"));
     assert!(
         direct["error"].as_str().unwrap_or("").contains("symlink"),
         "{out}"
     );
-    let child: Value = serde_json::from_str(lines.next().unwrap_or("{}")).unwrap();
+    let git_dir: Value = serde_json::from_str(lines.next().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("{e}: {out}{err}"));
+    assert!(
+        git_dir["error"].as_str().unwrap_or("").contains(".git"),
+        "{out}"
+    );
+    let child: Value = serde_json::from_str(lines.next().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("{e}: {out}{err}"));
     assert_ne!(child["state"], "exited", "{out}");
     assert!(
         child["reason"].as_str().unwrap_or("").contains("symlink"),

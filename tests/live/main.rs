@@ -1115,7 +1115,6 @@ try hook 'echo "touch /x" > .git/hooks/post-checkout && chmod +x .git/hooks/post
 try module-config 'cat evil.config >> .git/modules/vendor/lib/config'
 try module-hook 'echo "touch /x" > .git/modules/vendor/lib/hooks/post-checkout'
 try module-commondir 'echo ../../../../evil > .git/modules/vendor/lib/commondir'
-try new-module 'mkdir .git/modules/other'
 try worktrees 'mkdir -p .git/worktrees/w && echo ../../../evil > .git/worktrees/w/commondir'
 try gitfile 'echo "gitdir: /workspace/evil" > vendor/lib/.git'
 try nested-config 'cat evil.config >> nested/.git/config'
@@ -1124,6 +1123,7 @@ try nested-commondir 'echo ../../evil > nested/.git/commondir'
 try swap-git 'mv .git .git-old'
 try swap-nested 'mv nested/.git nested/.git-old'
 git init -q fresh && git -C fresh config core.fsmonitor "touch /x" && echo FRESH-MADE
+git init -q --bare .git/modules/other && cat evil.config >> .git/modules/other/config && echo MODULE-MADE
 echo a > a && git add a && git -c user.email=a@b -c user.name=a commit -qm inside && echo COMMITTED
 "#;
     let report = s.home.path().join("report.json");
@@ -1136,7 +1136,10 @@ echo a > a && git add a && git -c user.email=a@b -c user.name=a commit -qm insid
     let planted: Vec<&str> = text.lines().filter(|l| l.starts_with("PLANTED:")).collect();
     assert!(planted.is_empty(), "{planted:?}\n{text}");
     assert!(text.contains("COMMITTED"), "{text}{}", stderr(&out));
-    assert!(text.contains("FRESH-MADE"), "{text}");
+    assert!(
+        text.contains("FRESH-MADE") && text.contains("MODULE-MADE"),
+        "{text}"
+    );
     // The owner's next git commands, in every repository the sandbox could reach.
     for dir in [ws.clone(), ws.join("vendor/lib"), ws.join("nested")] {
         let out = host_git(&dir, &["status", "--porcelain"]);
@@ -1159,6 +1162,13 @@ echo a > a && git add a && git -c user.email=a@b -c user.name=a commit -qm insid
         findings.iter().any(|f| f["repo"]
             .as_str()
             .is_some_and(|r| r.ends_with("fresh") || r.ends_with("fresh/.git"))
+            && f["what"].as_str().unwrap_or("").contains("core.fsmonitor")),
+        "{report}"
+    );
+    assert!(
+        findings.iter().any(|f| f["repo"]
+            .as_str()
+            .is_some_and(|r| r.ends_with("modules/other"))
             && f["what"].as_str().unwrap_or("").contains("core.fsmonitor")),
         "{report}"
     );

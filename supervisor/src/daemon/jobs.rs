@@ -303,6 +303,9 @@ fn authority_status(e: &AuthorityError) -> (u16, &'static str, &'static str) {
         AuthorityError::Verify(_) => (403, "capability", "capability.refused"),
         AuthorityError::Refused(_) => (403, "capability", "request.refused"),
         AuthorityError::Compile(_) => (400, "manifest", "request.invalid"),
+        AuthorityError::Path(crate::host_paths::RunnerRefused::Runner(_)) => {
+            (403, "runner", "request.refused")
+        }
         AuthorityError::Path(_) => (400, "manifest", "request.invalid"),
         AuthorityError::Image(_) => (400, "manifest", "request.invalid"),
         _ => (500, "capability", "run.failed"),
