@@ -158,6 +158,31 @@ impl Store {
             .map_err(|e| self.sql(e))
     }
 
+    /// Jobs submitted by `caller_uid` (`None`: by callers without a uid, over TCP),
+    /// newest first; only those in `state` when given.
+    pub fn jobs_of(
+        &self,
+        state: Option<JobState>,
+        caller_uid: Option<u32>,
+        limit: u32,
+    ) -> Result<Vec<JobRow>> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!(
+                "SELECT {COLUMNS} FROM jobs WHERE (?1 IS NULL OR state = ?1) AND caller_uid IS ?2 \
+                 ORDER BY submitted_ms DESC, id LIMIT ?3"
+            ))
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map(
+                params![state.map(JobState::as_str), caller_uid, limit],
+                from_row,
+            )
+            .map_err(|e| self.sql(e))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(|e| self.sql(e))
+    }
+
     /// Jobs a daemon left queued or running.
     pub fn unfinished_jobs(&self) -> Result<Vec<JobRow>> {
         let mut all = self.jobs(Some(JobState::Running), u32::MAX)?;

@@ -222,6 +222,39 @@ impl Store {
             .map_err(|e| self.sql(e))
     }
 
+    /// One page of a listing in (namespace, updated_ms, id) order: at most `limit` items
+    /// after the position `after` (the namespace, update time and id of the last item of
+    /// the previous page) when given.
+    pub fn mem_page(
+        &self,
+        namespace: Option<&str>,
+        tier: Option<Tier>,
+        after: Option<(&str, i64, &str)>,
+        limit: u32,
+    ) -> Result<Vec<MemoryItem>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {ITEM_COLUMNS} FROM memory_items WHERE (?1 IS NULL OR namespace = ?1) \
+                 AND (?2 IS NULL OR tier = ?2) \
+                 AND (?3 IS NULL OR (namespace, updated_ms, id) > (?3, ?4, ?5)) \
+                 ORDER BY namespace, updated_ms, id LIMIT ?6"
+            ))
+            .map_err(|e| self.sql(e))?;
+        let (a_ns, a_ms, a_id) = match after {
+            Some((ns, ms, id)) => (Some(ns), Some(ms), Some(id)),
+            None => (None, None, None),
+        };
+        let rows = stmt
+            .query_map(
+                params![namespace, tier.map(Tier::as_str), a_ns, a_ms, a_id, limit],
+                item_from,
+            )
+            .map_err(|e| self.sql(e))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| self.sql(e))
+    }
+
     pub fn mem_remove(&mut self, id: &str) -> Result<bool> {
         let Some(item) = self.mem_get(id)? else {
             return Ok(false);
