@@ -39,6 +39,29 @@ struct Args {
     /// Writes (memory items, audit events, sub-intents) one job's agent may make.
     #[arg(long, default_value_t = 10_000)]
     agent_writes: u64,
+    /// Refused requests one job's agent may make; at the last its socket is closed.
+    #[arg(long, default_value_t = 1_000)]
+    agent_refusals: u64,
+    /// Connections open at once to one job's agent socket.
+    #[arg(long, default_value_t = 16)]
+    agent_connections: usize,
+    /// Connections open at once per caller uid (and for all TCP clients together) on the
+    /// operator socket; admins are exempt.
+    #[arg(long, default_value_t = 64)]
+    caller_connections: usize,
+    /// Client connections open at once in total (admins may use 32 more).
+    #[arg(long, default_value_t = 4096)]
+    max_connections: usize,
+    /// Time a client has to send a request's headers, and again its body, e.g. 30s.
+    #[arg(long, default_value = "30s")]
+    request_timeout: String,
+    /// Finished jobs whose status and output stay in memory for late readers.
+    #[arg(long, default_value_t = 512)]
+    keep_finished: usize,
+    /// Group (name or gid) whose members see and control every job and all memory, and
+    /// read the audit log; root always does.
+    #[arg(long, value_name = "GROUP")]
+    admin_group: Option<String>,
     /// Memory limit of the cgroup all sandboxes run under, e.g. 8GiB.
     #[arg(long, value_name = "SIZE")]
     cgroup_memory: Option<String>,
@@ -110,6 +133,18 @@ fn health(args: &Args) -> ExitCode {
     }
 }
 
+/// The gid of `--admin-group`: a group name, or a number.
+fn admin_gid(group: &str) -> Result<u32, String> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(gid);
+    }
+    match nix::unistd::Group::from_name(group) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        Ok(None) => Err(format!("--admin-group: no group named `{group}`")),
+        Err(e) => Err(format!("--admin-group {group}: {e}")),
+    }
+}
+
 fn config(args: Args) -> Result<Config, String> {
     use covenant_policy::units::{parse_duration, parse_size};
     let home = args
@@ -159,6 +194,21 @@ fn config(args: Args) -> Result<Config, String> {
             .map_err(|e| format!("--cgroup-memory: {e}"))?,
         cgroup_pids: args.cgroup_pids,
         agent_writes: args.agent_writes,
+        agent_refusals: args.agent_refusals.max(1),
+        agent_connections: positive(args.agent_connections, "--agent-connections")?,
+        caller_connections: positive(args.caller_connections, "--caller-connections")?,
+        max_connections: positive(args.max_connections, "--max-connections")?,
+        request_timeout: parse_duration(&args.request_timeout)
+            .map_err(|e| format!("--request-timeout: {e}"))
+            .and_then(|d| {
+                if d.is_zero() {
+                    Err("--request-timeout must be more than 0".to_string())
+                } else {
+                    Ok(d)
+                }
+            })?,
+        keep_finished: args.keep_finished,
+        admin_group: args.admin_group.as_deref().map(admin_gid).transpose()?,
         // The running image itself, even if the file has been replaced by an upgrade
         // since: a shim always speaks its daemon's protocol.
         shim_exe: PathBuf::from("/proc/self/exe"),

@@ -3,8 +3,14 @@
 //! with a per-job credential at `/run/covenant/token`. Through it the agent reads and
 //! writes its memory, appends agent-authored audit events, and submits sub-intents,
 //! each only as far as its own grant allows.
+//!
+//! The agent is as hostile as anything in its sandbox, and every request it makes costs
+//! the daemon: its connections are bounded (`--agent-connections`), its requests are
+//! counted and audited as summary rows, not one row each, and once it has been refused
+//! `--agent-refusals` times its socket is closed for the rest of the job.
 
 use super::api::{AgentEvent, MemPut, SubmitRequest, MAX_BODY};
+use super::connections::Peer;
 use super::http::{self, Reply};
 use super::jobs::{self, ApiError, Caller, Daemon};
 use crate::store::AuditEvent;
@@ -102,12 +108,42 @@ impl AgentSocket {
         let daemon = daemon.clone();
         let job = job.to_string();
         let token = self.token.clone();
+        let timeout = daemon.config.request_timeout;
         self.task = Some(tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let (d, j, t) = (daemon.clone(), job.clone(), token.clone());
-                tokio::spawn(http::serve(stream, move |req| {
-                    Box::pin(handle(d.clone(), j.clone(), t.clone(), req))
-                }));
+            // The connections are this task's: when the socket is dropped (the job ended,
+            // or the agent spent its refusals) they all close with it.
+            let mut connections = tokio::task::JoinSet::new();
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        let stream = match accepted {
+                            Ok((stream, _)) => stream,
+                            Err(_) => {
+                                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                                continue;
+                            }
+                        };
+                        let peer = Peer::Agent(job.clone());
+                        let slot = match daemon.connections.admit(peer, false) {
+                            Ok(slot) => slot,
+                            Err(why) => {
+                                drop(stream);
+                                daemon.metrics.connection_refused("agent");
+                                refused(&daemon, &job, "connections", &why.to_string());
+                                continue;
+                            }
+                        };
+                        let (d, j, t) = (daemon.clone(), job.clone(), token.clone());
+                        connections.spawn(async move {
+                            let _slot = slot;
+                            http::serve(stream, timeout, move |req| {
+                                Box::pin(handle(d.clone(), j.clone(), t.clone(), req))
+                            })
+                            .await
+                        });
+                    }
+                    Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                }
             }
         }));
         Ok(())
@@ -130,11 +166,51 @@ async fn handle(daemon: Arc<Daemon>, job: String, token: String, req: Request<In
         Ok(r) => r.status().as_u16(),
         Err(e) => e.status,
     };
-    daemon.record(vec![AuditEvent::new(
-        "agent.request",
-        json!({"job": job, "method": method, "path": path, "status": status}),
-    )]);
+    if status < 400 {
+        jobs::agent_tally(&daemon, &job, Ok(()));
+    } else {
+        refused(
+            &daemon,
+            &job,
+            refusal_reason(status),
+            &format!("{method} {path}: {status}"),
+        );
+    }
     result.unwrap_or_else(|e| http::error(&e))
+}
+
+/// Counts a refusal of job `job`'s agent; the one that spends `--agent-refusals` closes
+/// its socket.
+fn refused(daemon: &Daemon, job: &str, reason: &'static str, last: &str) {
+    if jobs::agent_tally(daemon, job, Err(reason)) {
+        jobs::close_agent_socket(
+            daemon,
+            job,
+            &format!(
+                "the agent was refused {} times (--agent-refusals); the last: {last}",
+                daemon.config.agent_refusals
+            ),
+        );
+    }
+}
+
+/// The summary rows' name for a refusal.
+fn refusal_reason(status: u16) -> &'static str {
+    match status {
+        400 => "invalid",
+        401 => "unauthenticated",
+        403 => "forbidden",
+        404 => "not-found",
+        405 => "method",
+        408 => "timeout",
+        409 => "conflict",
+        410 => "gone",
+        413 => "too-large",
+        415 => "media-type",
+        429 => "budget",
+        400..=499 => "refused",
+        _ => "error",
+    }
 }
 
 fn grant_of(daemon: &Daemon, job: &str) -> Result<Vec<Scope>, ApiError> {
@@ -174,7 +250,7 @@ async fn route(daemon: &Arc<Daemon>, job: &str, req: Request<Incoming>) -> Resul
             &json!({"job": job, "scopes": scopes.iter().map(|s| s.to_string()).collect::<Vec<_>>()}),
         )),
         (Method::POST, ["v1", "mem"]) => {
-            let put: MemPut = http::read_json(req, MAX_BODY).await?;
+            let put: MemPut = http::read_json(req, MAX_BODY, daemon.config.request_timeout).await?;
             jobs::agent_write(daemon, job)?;
             if !may_memory(&scopes, &put.namespace, true) {
                 return Err(ApiError::field(
@@ -200,7 +276,8 @@ async fn route(daemon: &Arc<Daemon>, job: &str, req: Request<Incoming>) -> Resul
         }
         (Method::POST, ["v1", "audit"]) => {
             require(&scopes, "audit")?;
-            let e: AgentEvent = http::read_json(req, 64 * 1024).await?;
+            let e: AgentEvent =
+                http::read_json(req, 64 * 1024, daemon.config.request_timeout).await?;
             jobs::agent_write(daemon, job)?;
             let valid = !e.kind.is_empty()
                 && e.kind.len() <= 64
@@ -228,7 +305,8 @@ async fn route(daemon: &Arc<Daemon>, job: &str, req: Request<Incoming>) -> Resul
         }
         (Method::POST, ["v1", "jobs"]) => {
             require(&scopes, "spawn")?;
-            let mut sub: SubmitRequest = http::read_json(req, MAX_BODY).await?;
+            let mut sub: SubmitRequest =
+                http::read_json(req, MAX_BODY, daemon.config.request_timeout).await?;
             jobs::agent_write(daemon, job)?;
             if sub.runner.as_deref().is_some_and(|r| r != "native") {
                 return Err(ApiError::field(

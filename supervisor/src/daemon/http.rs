@@ -10,6 +10,7 @@ use hyper::{Request, Response, StatusCode};
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::sync::mpsc;
 
 pub type Body = BoxBody<Bytes, Infallible>;
@@ -46,6 +47,12 @@ pub fn json<T: serde::Serialize>(status: u16, value: &T) -> Reply {
 
 pub fn error(e: &ApiError) -> Reply {
     let mut reply = json(e.status, &e.body);
+    if e.status == 408 {
+        // The rest of a body that came too slowly is not worth waiting for.
+        reply
+            .headers_mut()
+            .insert("connection", "close".parse().expect("ascii"));
+    }
     if let Some(after) = e.body.retry_after_s {
         reply
             .headers_mut()
@@ -66,12 +73,28 @@ pub fn stream(content_type: &str, rx: mpsc::Receiver<Bytes>) -> Reply {
 /// client has finished writing and sees the answer.
 const DRAIN: u64 = 64 * 1024 * 1024;
 
-/// The whole body, refused past `limit` bytes (413).
-pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
+/// The whole body, refused past `limit` bytes (413) or when it has not all arrived
+/// within `timeout` (408), so a client that trickles a body holds nothing for long.
+pub async fn read_body(
+    req: Request<Incoming>,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, ApiError> {
+    let deadline = tokio::time::Instant::now() + timeout;
     let mut body = req.into_body();
     let mut data = bytes::BytesMut::new();
     let mut seen = 0u64;
-    while let Some(frame) = body.frame().await {
+    loop {
+        let Ok(frame) = tokio::time::timeout_at(deadline, body.frame()).await else {
+            return Err(ApiError::new(
+                408,
+                format!(
+                    "the request body did not arrive within {} ms",
+                    timeout.as_millis()
+                ),
+            ));
+        };
+        let Some(frame) = frame else { break };
         let frame =
             frame.map_err(|e| ApiError::new(400, format!("reading the request body: {e}")))?;
         if let Ok(chunk) = frame.into_data() {
@@ -96,6 +119,7 @@ pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Ap
 pub async fn read_json<T: serde::de::DeserializeOwned>(
     req: Request<Incoming>,
     limit: usize,
+    timeout: Duration,
 ) -> Result<T, ApiError> {
     let is_json = req
         .headers()
@@ -105,7 +129,7 @@ pub async fn read_json<T: serde::de::DeserializeOwned>(
     if !is_json {
         return Err(ApiError::new(415, "the body must be application/json"));
     }
-    let body = read_body(req, limit).await?;
+    let body = read_body(req, limit, timeout).await?;
     serde_json::from_slice(&body).map_err(|e| {
         let text = e.to_string();
         let field = text
@@ -204,8 +228,9 @@ pub fn parse_signal(text: &str) -> Result<i32, ApiError> {
     Ok(sig)
 }
 
-/// Serves one connection with `handle` until the peer closes it.
-pub async fn serve<S, F>(io: S, handle: F)
+/// Serves one connection with `handle` until the peer closes it; the client gets
+/// `timeout` to send each request's headers (bodies are held to it where they are read).
+pub async fn serve<S, F>(io: S, timeout: Duration, handle: F)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     F: Fn(Request<Incoming>) -> Pin<Box<dyn std::future::Future<Output = Reply> + Send>>
@@ -217,11 +242,10 @@ where
         let fut = handle(req);
         async move { Ok::<_, Infallible>(fut.await) }
     });
-    // A client gets 30 s to send a request's headers, so idle or trickling connections
-    // do not hold the daemon's descriptors forever.
+    // Idle or trickling connections do not hold the daemon's descriptors forever.
     let _ = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(std::time::Duration::from_secs(30))
+        .header_read_timeout(timeout)
         .serve_connection(hyper_util::rt::TokioIo::new(io), service)
         .await;
 }

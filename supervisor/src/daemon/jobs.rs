@@ -16,14 +16,17 @@ use serde_json::json;
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
-/// Finished jobs whose output stays in memory for late readers, and the most bytes of
-/// output they may hold together; the oldest go first.
-const KEEP_FINISHED: usize = 512;
+/// The most bytes of output the finished jobs kept in memory (`--keep-finished`) may
+/// hold together; the oldest go first.
 const FINISHED_OUTPUT_BUDGET: u64 = 256 * 1024 * 1024;
+
+/// Largest piece of output sent as one line of `/output`: a reader that stalls holds at
+/// most its channel's lines of this size.
+const OUTPUT_LINE_BYTES: usize = 48 * 1024;
 
 /// Who made a request: the socket's peer credentials, a TCP peer that presented the
 /// bearer token, or a sandboxed agent on its job's socket.
@@ -33,6 +36,8 @@ pub enum Caller {
         uid: u32,
         gid: u32,
         pid: Option<i32>,
+        /// Root, or a member of the configured admin group when it connected.
+        admin: bool,
     },
     Tcp {
         addr: String,
@@ -45,11 +50,35 @@ pub enum Caller {
 impl Caller {
     pub fn audit(&self) -> serde_json::Value {
         match self {
-            Caller::Unix { uid, gid, pid } => {
-                json!({"via": "unix", "uid": uid, "gid": gid, "pid": pid})
+            Caller::Unix {
+                uid,
+                gid,
+                pid,
+                admin,
+            } => {
+                json!({"via": "unix", "uid": uid, "gid": gid, "pid": pid, "admin": admin})
             }
             Caller::Tcp { addr } => json!({"via": "tcp", "addr": addr}),
             Caller::Agent { job } => json!({"via": "agent-socket", "job": job}),
+        }
+    }
+
+    /// Root or the admin group on the unix socket: sees and controls every job and all
+    /// memory. A TCP client never is one: the bearer token names nobody.
+    pub fn is_admin(&self) -> bool {
+        matches!(self, Caller::Unix { admin: true, .. })
+    }
+
+    /// Whether this caller may see and control the job `row`: an admin any job; a unix
+    /// caller the jobs its uid submitted (and their sub-intents); TCP clients, one
+    /// identity without a uid, the jobs submitted over TCP. An agent reaches its
+    /// sub-intents through its own socket, never here.
+    pub fn owns(&self, row: &JobRow) -> bool {
+        match self {
+            Caller::Unix { admin: true, .. } => true,
+            Caller::Unix { uid, .. } => row.caller_uid == Some(*uid),
+            Caller::Tcp { .. } => row.caller_uid.is_none(),
+            Caller::Agent { .. } => false,
         }
     }
 
@@ -152,6 +181,37 @@ struct Job {
     kill_reason: Option<String>,
     /// Writes its agent has made (memory items, audit events, sub-intents).
     agent_writes: u64,
+    /// What its agent asked of its socket, for the summary rows.
+    agent_tally: AgentTally,
+}
+
+/// A job's agent requests: counted, and audited as a summary row now and then and at the
+/// job's end, never one row each (an agent could write rows as fast as it can ask).
+#[derive(Default)]
+struct AgentTally {
+    /// Answered with success since the last summary row.
+    answered: u64,
+    /// Refused since the last summary row, by reason.
+    refused: std::collections::BTreeMap<&'static str, u64>,
+    /// Refused in the job's life; past `--agent-refusals` the socket is closed.
+    refused_total: u64,
+}
+
+impl AgentTally {
+    /// The summary row of what was counted since the last one, if anything was.
+    fn take_summary(&mut self, job: &str) -> Option<AuditEvent> {
+        if self.answered == 0 && self.refused.is_empty() {
+            return None;
+        }
+        let e = event(
+            "agent.requests",
+            job,
+            json!({"answered": self.answered, "refused": self.refused, "refused_in_life": self.refused_total}),
+        );
+        self.answered = 0;
+        self.refused.clear();
+        Some(e)
+    }
 }
 
 #[derive(Default)]
@@ -172,6 +232,8 @@ pub struct Daemon {
     pub store: Mutex<Store>,
     pub metrics: Metrics,
     state: Mutex<State>,
+    /// Open client connections, bounded per caller and in total.
+    pub connections: Arc<super::connections::Connections>,
     pub shutting_down: AtomicBool,
     /// Bumped when a job ends.
     pub ended: watch::Sender<u64>,
@@ -180,6 +242,7 @@ pub struct Daemon {
 impl Daemon {
     pub fn new(config: Config, audit: AuditSender, store: Store) -> Arc<Self> {
         Arc::new(Daemon {
+            connections: super::connections::Connections::new(config.connection_bounds()),
             config,
             audit,
             store: Mutex::new(store),
@@ -229,18 +292,26 @@ impl Daemon {
             .submit(events, Vec::new(), false, Box::new(|_| {}));
     }
 
+    /// The jobs' state. No caller holds it across an `.await` or while calling anything
+    /// that takes it again (a std mutex on the one runtime thread would hang the daemon);
+    /// a task that panicked while holding it leaves it poisoned, and the state is used as
+    /// it is rather than failing every later request.
+    fn lock_state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     pub fn running(&self) -> usize {
-        self.state.lock().unwrap().running
+        self.lock_state().running
     }
 
     pub fn counts(&self) -> (usize, usize) {
-        let st = self.state.lock().unwrap();
+        let st = self.lock_state();
         (st.running, st.queue.len())
     }
 
     /// The live ids of unfinished jobs.
     pub fn unfinished(&self) -> Vec<String> {
-        let st = self.state.lock().unwrap();
+        let st = self.lock_state();
         st.jobs
             .values()
             .filter(|j| !j.row.state.is_final())
@@ -432,11 +503,20 @@ fn prepare(
     } else {
         None
     };
+    // A sub-intent belongs to whoever owns its parent: they see and control it.
+    let caller_uid = match parent {
+        Some(p) => daemon
+            .lock_state()
+            .jobs
+            .get(p)
+            .and_then(|j| j.row.caller_uid),
+        None => caller.uid(),
+    };
     let row = JobRow {
         id: job.to_string(),
         state: JobState::Queued,
         subject: grant.subject.to_string(),
-        caller_uid: caller.uid(),
+        caller_uid,
         caller_pid: caller.pid(),
         runner: plan.runner.name(),
         parent: parent.map(str::to_string),
@@ -468,7 +548,7 @@ fn within_parent(
     asked: &covenant_policy::Limits,
     plan: &mut SandboxPlan,
 ) -> Result<(), ApiError> {
-    let st = daemon.state.lock().unwrap();
+    let st = daemon.lock_state();
     let p = st
         .jobs
         .get(parent)
@@ -551,7 +631,7 @@ async fn admit(
     } = prepared;
     let id = row.id.clone();
     let decision = {
-        let mut st = daemon.state.lock().unwrap();
+        let mut st = daemon.lock_state();
         let cfg = &daemon.config;
         let mine = st.per_subject.get(&row.subject).copied().unwrap_or(0);
         let decision = if daemon.shutting_down.load(Ordering::SeqCst) {
@@ -612,6 +692,7 @@ async fn admit(
                     agent,
                     kill_reason: None,
                     agent_writes: 0,
+                    agent_tally: AgentTally::default(),
                 },
             );
             if let Some(job) = st.jobs.get_mut(&id) {
@@ -680,7 +761,7 @@ async fn admit(
 fn release(daemon: &Arc<Daemon>, id: &str, end: &JobRow) -> Option<JobRow> {
     let mut next = Vec::new();
     let row = {
-        let mut st = daemon.state.lock().unwrap();
+        let mut st = daemon.lock_state();
         let job = st.jobs.get_mut(id)?;
         let was = job.row.state;
         job.row = end.clone();
@@ -704,7 +785,9 @@ fn release(daemon: &Arc<Daemon>, id: &str, end: &JobRow) -> Option<JobRow> {
             .unwrap_or(0);
         st.finished.push_back(id.to_string());
         st.finished_bytes += held;
-        while st.finished.len() > KEEP_FINISHED || st.finished_bytes > FINISHED_OUTPUT_BUDGET {
+        while st.finished.len() > daemon.config.keep_finished
+            || st.finished_bytes > FINISHED_OUTPUT_BUDGET
+        {
             let Some(old) = st.finished.pop_front() else {
                 break;
             };
@@ -755,15 +838,23 @@ async fn drive(daemon: Arc<Daemon>, id: String) {
             vec![event("run.failed", &id, json!({"reason": reason}))],
         ),
     };
-    let (children, killed, row) = {
-        let st = daemon.state.lock().unwrap();
-        let Some(job) = st.jobs.get(&id) else { return };
+    // The agent socket closes with the sandbox, its connections with it; what the agent
+    // asked since the last summary row is written with the job's end.
+    let (children, killed, row, agent, summary) = {
+        let mut st = daemon.lock_state();
+        let Some(job) = st.jobs.get_mut(&id) else {
+            return;
+        };
         (
             job.children.clone(),
             job.kill_reason.clone(),
             job.row.clone(),
+            job.agent.take(),
+            job.agent_tally.take_summary(&id),
         )
     };
+    drop(agent);
+    events.extend(summary);
     if let Some(why) = killed {
         if daemon.shutting_down.load(Ordering::SeqCst) {
             state = JobState::Interrupted;
@@ -802,7 +893,7 @@ type End = (
 
 async fn run_shim(daemon: &Arc<Daemon>, id: &str) -> Result<End, String> {
     let (plan, runner, stdin_rx) = {
-        let mut st = daemon.state.lock().unwrap();
+        let mut st = daemon.lock_state();
         let job = st.jobs.get_mut(id).ok_or("job vanished")?;
         (
             job.plan.clone(),
@@ -854,7 +945,7 @@ async fn run_shim(daemon: &Arc<Daemon>, id: &str) -> Result<End, String> {
     drop(theirs);
     let shim_pid = child.id().map(|p| p as i32);
     let row = {
-        let mut st = daemon.state.lock().unwrap();
+        let mut st = daemon.lock_state();
         let job = st.jobs.get_mut(id).ok_or("job vanished")?;
         job.row.state = JobState::Running;
         job.row.started_ms = Some(now_ms());
@@ -908,7 +999,7 @@ async fn run_shim(daemon: &Arc<Daemon>, id: &str) -> Result<End, String> {
                 match pipe.read(&mut buf).await {
                     Ok(0) | Err(_) => break,
                     Ok(n) => {
-                        let mut st = daemon.state.lock().unwrap();
+                        let mut st = daemon.lock_state();
                         if let Some(job) = st.jobs.get_mut(&id) {
                             match stream {
                                 Stream::Stdout => job.stdout.push(&buf[..n], limit),
@@ -999,7 +1090,7 @@ pub async fn kill(
         return Ok(state);
     }
     let shim_pid = {
-        let mut st = daemon.state.lock().unwrap();
+        let mut st = daemon.lock_state();
         let Some(job) = st.jobs.get_mut(id) else {
             return Ok(JobState::Running);
         };
@@ -1031,7 +1122,7 @@ pub async fn kill(
 /// Cancels job `id` if it is still queued; returns its state either way.
 pub async fn kill_queued(daemon: &Arc<Daemon>, id: &str, why: &str) -> Result<JobState, ApiError> {
     let row = {
-        let st = daemon.state.lock().unwrap();
+        let st = daemon.lock_state();
         let job = st
             .jobs
             .get(id)
@@ -1053,13 +1144,13 @@ pub async fn kill_queued(daemon: &Arc<Daemon>, id: &str, why: &str) -> Result<Jo
 
 /// Whether the daemon still holds job `id`'s output.
 pub fn has_output(daemon: &Daemon, id: &str) -> bool {
-    daemon.state.lock().unwrap().jobs.contains_key(id)
+    daemon.lock_state().jobs.contains_key(id)
 }
 
 /// The job's row, from memory while it is live, else from the store.
 pub fn status(daemon: &Daemon, id: &str) -> Result<super::api::JobStatus, ApiError> {
     {
-        let st = daemon.state.lock().unwrap();
+        let st = daemon.lock_state();
         if let Some(j) = st.jobs.get(id) {
             return Ok(super::api::JobStatus {
                 row: j.row.clone(),
@@ -1084,12 +1175,14 @@ pub async fn wait(
     id: &str,
     timeout: std::time::Duration,
 ) -> Result<super::api::JobStatus, ApiError> {
-    let mut rx = {
-        let st = daemon.state.lock().unwrap();
-        match st.jobs.get(id) {
-            Some(j) => j.changed.subscribe(),
-            None => return status(daemon, id),
-        }
+    // The guard ends with this statement: `status` takes the lock itself.
+    let live = daemon
+        .lock_state()
+        .jobs
+        .get(id)
+        .map(|j| j.changed.subscribe());
+    let Some(mut rx) = live else {
+        return status(daemon, id);
     };
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
@@ -1097,11 +1190,12 @@ pub async fn wait(
         if s.row.state.is_final() {
             return Ok(s);
         }
-        if tokio::time::timeout_at(deadline, rx.changed())
-            .await
-            .is_err()
-        {
-            return Ok(s);
+        match tokio::time::timeout_at(deadline, rx.changed()).await {
+            Ok(Ok(())) => {}
+            // The deadline passed, or the daemon forgot the job (its row is final in the
+            // store by then): answer what is known rather than spin on a closed channel.
+            Err(_) => return Ok(s),
+            Ok(Err(_)) => return status(daemon, id),
         }
     }
 }
@@ -1109,7 +1203,7 @@ pub async fn wait(
 /// Sends stdin bytes to a job that asked for a pipe; `None` closes it.
 pub async fn write_stdin(daemon: &Daemon, id: &str, chunk: Option<Bytes>) -> Result<(), ApiError> {
     let tx = {
-        let mut st = daemon.state.lock().unwrap();
+        let mut st = daemon.lock_state();
         let job = st
             .jobs
             .get_mut(id)
@@ -1146,9 +1240,7 @@ pub async fn stream_output(
     use base64::engine::general_purpose::STANDARD;
     use base64::Engine;
     let Some(mut changed) = daemon
-        .state
-        .lock()
-        .unwrap()
+        .lock_state()
         .jobs
         .get(&id)
         .map(|j| j.changed.subscribe())
@@ -1158,7 +1250,7 @@ pub async fn stream_output(
     let mut offsets = [0u64; 2];
     loop {
         let (chunks, end) = {
-            let st = daemon.state.lock().unwrap();
+            let st = daemon.lock_state();
             let Some(job) = st.jobs.get(&id) else { return };
             let mut chunks = Vec::new();
             for (i, (stream, output)) in
@@ -1167,12 +1259,12 @@ pub async fn stream_output(
                     .enumerate()
             {
                 let (at, data) = output.since(offsets[i]);
-                if !data.is_empty() {
-                    offsets[i] = at + data.len() as u64;
+                offsets[i] = at + data.len() as u64;
+                for (n, piece) in data.chunks(OUTPUT_LINE_BYTES).enumerate() {
                     chunks.push(OutputLine::Data {
                         stream,
-                        offset: at,
-                        data: STANDARD.encode(&data),
+                        offset: at + (n * OUTPUT_LINE_BYTES) as u64,
+                        data: STANDARD.encode(piece),
                     });
                 }
             }
@@ -1183,10 +1275,13 @@ pub async fn stream_output(
             });
             (chunks, end)
         };
+        // A reader that takes no line within the request timeout is dropped: a stalled
+        // client must not hold the job's output (and a descriptor) forever.
+        let patience = daemon.config.request_timeout;
         for c in chunks.iter().chain(end.iter()) {
             let mut line = serde_json::to_vec(c).unwrap_or_default();
             line.push(b'\n');
-            if out.send(Bytes::from(line)).await.is_err() {
+            if out.send_timeout(Bytes::from(line), patience).await.is_err() {
                 return;
             }
         }
@@ -1201,7 +1296,7 @@ pub async fn stream_output(
 
 /// The verified grant and capability of a running job (for its agent's sub-intents).
 pub fn lineage(daemon: &Daemon, id: &str) -> Option<(Lineage, Vec<Scope>)> {
-    let st = daemon.state.lock().unwrap();
+    let st = daemon.lock_state();
     let j = st.jobs.get(id)?;
     Some((j.lineage.clone(), j.lineage.grant.scopes.clone()))
 }
@@ -1209,7 +1304,7 @@ pub fn lineage(daemon: &Daemon, id: &str) -> Option<(Lineage, Vec<Scope>)> {
 /// Counts one write by job `id`'s agent; refuses it (429) past the daemon's per-job
 /// allowance, so an agent cannot flood the store.
 pub fn agent_write(daemon: &Daemon, id: &str) -> Result<(), ApiError> {
-    let mut st = daemon.state.lock().unwrap_or_else(|e| e.into_inner());
+    let mut st = daemon.lock_state();
     let job = st
         .jobs
         .get_mut(id)
@@ -1230,8 +1325,58 @@ pub fn agent_write(daemon: &Daemon, id: &str) -> Result<(), ApiError> {
 
 /// Whether `child` was submitted by `parent`'s agent.
 pub fn is_child(daemon: &Daemon, parent: &str, child: &str) -> bool {
-    let st = daemon.state.lock().unwrap();
+    let st = daemon.lock_state();
     st.jobs
         .get(child)
         .is_some_and(|c| c.row.parent.as_deref() == Some(parent))
+}
+
+/// Counts one request of job `id`'s agent: answered, or refused for `reason`. Returns
+/// true when this refusal spent the job's `--agent-refusals`: the caller then closes the
+/// agent's socket.
+pub fn agent_tally(daemon: &Daemon, id: &str, outcome: Result<(), &'static str>) -> bool {
+    let mut st = daemon.lock_state();
+    let Some(job) = st.jobs.get_mut(id) else {
+        return false;
+    };
+    let tally = &mut job.agent_tally;
+    match outcome {
+        Ok(()) => {
+            tally.answered += 1;
+            false
+        }
+        Err(reason) => {
+            *tally.refused.entry(reason).or_default() += 1;
+            tally.refused_total += 1;
+            tally.refused_total == daemon.config.agent_refusals
+        }
+    }
+}
+
+/// Closes job `id`'s agent socket and every connection to it, for `why`; audited once.
+pub fn close_agent_socket(daemon: &Daemon, id: &str, why: &str) {
+    let (agent, summary) = {
+        let mut st = daemon.lock_state();
+        let Some(job) = st.jobs.get_mut(id) else {
+            return;
+        };
+        (job.agent.take(), job.agent_tally.take_summary(id))
+    };
+    if agent.is_none() {
+        return;
+    }
+    let mut events: Vec<AuditEvent> = summary.into_iter().collect();
+    events.push(event("agent.socket.closed", id, json!({"reason": why})));
+    daemon.record(events);
+    // Dropping it stops the listener and aborts its connections, this one included.
+    drop(agent);
+}
+
+/// The summary rows of every live job's agent requests since the last ones.
+pub fn agent_summaries(daemon: &Daemon) -> Vec<AuditEvent> {
+    let mut st = daemon.lock_state();
+    st.jobs
+        .iter_mut()
+        .filter_map(|(id, j)| j.agent_tally.take_summary(id))
+        .collect()
 }

@@ -14,6 +14,7 @@ struct Counters {
     finished: BTreeMap<&'static str, u64>,
     refused: BTreeMap<&'static str, u64>,
     limits: BTreeMap<String, u64>,
+    connections_refused: BTreeMap<&'static str, u64>,
     buckets: [u64; BUCKETS.len()],
     duration_count: u64,
     duration_sum: f64,
@@ -25,18 +26,28 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn refused(&self, reason: &'static str) {
-        *self
-            .inner
+    /// The counters; a panic elsewhere while they were held leaves them usable.
+    fn counters(&self) -> std::sync::MutexGuard<'_, Counters> {
+        self.inner
             .lock()
-            .unwrap()
-            .refused
-            .entry(reason)
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn refused(&self, reason: &'static str) {
+        *self.counters().refused.entry(reason).or_default() += 1;
+    }
+
+    /// A connection closed unanswered past its bound (`operator`, `tcp` or `agent`).
+    pub fn connection_refused(&self, socket: &'static str) {
+        *self
+            .counters()
+            .connections_refused
+            .entry(socket)
             .or_default() += 1;
     }
 
     pub fn finished(&self, row: &JobRow) {
-        let mut c = self.inner.lock().unwrap();
+        let mut c = self.counters();
         *c.finished.entry(row.state.as_str()).or_default() += 1;
         if let (Some(start), Some(end)) = (row.started_ms, row.ended_ms) {
             let secs = (end - start).max(0) as f64 / 1000.0;
@@ -52,7 +63,7 @@ impl Metrics {
 
     /// Counts `limit.hit` events as they pass to the store.
     pub fn observe_events(&self, events: &[AuditEvent]) {
-        let mut c = self.inner.lock().unwrap();
+        let mut c = self.counters();
         for e in events.iter().filter(|e| e.kind == "limit.hit") {
             let limit = e.body["limit"].as_str().unwrap_or("unknown").to_string();
             *c.limits.entry(limit).or_default() += 1;
@@ -65,9 +76,10 @@ impl Metrics {
         running: usize,
         queued: usize,
         store_bytes: u64,
+        open_connections: usize,
         config: &super::Config,
     ) -> String {
-        let c = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let c = self.counters();
         let mut out = Exposition::default();
         let mut jobs = vec![("running", running as u64), ("queued", queued as u64)];
         for state in [
@@ -153,6 +165,19 @@ impl Metrics {
             "Runs that reached a limit, by limit.",
             "limit",
             &limits,
+        );
+        out.head(
+            "covenant_connections_open",
+            "gauge",
+            "Client connections open now (operator, TCP and agent sockets).",
+        );
+        out.line(format!("covenant_connections_open {open_connections}"));
+        out.family(
+            "covenant_connections_refused_total",
+            "counter",
+            "Connections closed unanswered past their bound, by socket.",
+            "socket",
+            &counted(&c.connections_refused, &["operator", "tcp", "agent"]),
         );
         out.head(
             "covenant_store_bytes",

@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod api;
 pub mod client;
+pub mod connections;
 pub mod http;
 pub mod jobs;
 pub mod metrics;
@@ -18,6 +19,7 @@ pub mod shim;
 use crate::store::group::AuditWriter;
 use crate::store::jobs::JobState;
 use crate::store::{AuditEvent, Store};
+use connections::Peer;
 use jobs::{Caller, Daemon};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -46,9 +48,44 @@ pub struct Config {
     pub cgroup_pids: Option<u64>,
     /// Writes one job's agent may make through its socket.
     pub agent_writes: u64,
+    /// Refused requests one job's agent may make before its socket is closed.
+    pub agent_refusals: u64,
+    /// Connections open at once to one job's agent socket.
+    pub agent_connections: usize,
+    /// Connections open at once per caller (uid; all TCP clients together) on the operator
+    /// socket; admins are not held to it.
+    pub caller_connections: usize,
+    /// Client connections open at once in total; admins may use a few more
+    /// ([`connections::ADMIN_RESERVE`]).
+    pub max_connections: usize,
+    /// A client's time to send a request's headers, and again to send its body.
+    pub request_timeout: Duration,
+    /// Finished jobs whose status and output stay in memory for late readers.
+    pub keep_finished: usize,
+    /// Members of this group (besides root) see and control every job and all memory.
+    pub admin_group: Option<u32>,
     /// The executable started as each job's shim.
     pub shim_exe: PathBuf,
 }
+
+impl Config {
+    pub fn connection_bounds(&self) -> connections::Bounds {
+        connections::Bounds {
+            per_caller: self.caller_connections,
+            per_agent: self.agent_connections,
+            total: self.max_connections,
+        }
+    }
+
+    /// Descriptors the daemon needs besides client connections: the store, listeners,
+    /// each running job's pipes and control socket, each admitted job's agent listener.
+    fn descriptors_besides_connections(&self) -> u64 {
+        64 + 8 * self.max_jobs as u64 + 2 * (self.max_jobs + self.max_queue) as u64
+    }
+}
+
+/// How often the agents' request counts are written as summary rows.
+const AGENT_SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -72,6 +109,8 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
+    let mut config = config;
+    fit_connections_to_descriptors(&mut config)?;
     std::env::set_var("COVENANT_HOME", &config.home);
     ensure_home(&config.home)?;
     let mut store = Store::open(
@@ -101,6 +140,85 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     };
     store_after.close(Vec::new())?;
     result
+}
+
+/// Lowers `max_connections` to what the descriptor limit (RLIMIT_NOFILE) leaves once the
+/// jobs' own descriptors and the admins' reserve are counted, so that the bound is met
+/// before the kernel's is: a connection past it is refused, not an `accept` that fails.
+fn fit_connections_to_descriptors(config: &mut Config) -> Result<(), DaemonError> {
+    let (soft, _) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_err(|e| DaemonError::Setup(format!("getrlimit(RLIMIT_NOFILE): {e}")))?;
+    let room = soft
+        .saturating_sub(config.descriptors_besides_connections())
+        .saturating_sub(connections::ADMIN_RESERVE as u64);
+    if room < 16 {
+        return Err(DaemonError::Setup(format!(
+            "the descriptor limit ({soft}) leaves no room for client connections with --max-jobs {} and --max-queue {}: raise it (LimitNOFILE=) or lower them",
+            config.max_jobs, config.max_queue
+        )));
+    }
+    if (config.max_connections as u64) > room {
+        eprintln!(
+            "covenantd: --max-connections {} lowered to {room} to fit the descriptor limit {soft}",
+            config.max_connections
+        );
+        config.max_connections = room as usize;
+    }
+    Ok(())
+}
+
+/// The supplementary groups the peer held when it connected (`SO_PEERGROUPS`, Linux
+/// 4.13). Empty when the kernel cannot say: the caller is then judged by its uid and
+/// primary gid alone.
+fn peer_groups(stream: &tokio::net::UnixStream) -> Vec<u32> {
+    #[cfg(any(
+        target_arch = "x86_64",
+        target_arch = "x86",
+        target_arch = "aarch64",
+        target_arch = "arm",
+        target_arch = "riscv64",
+        target_arch = "s390x",
+        target_arch = "powerpc64",
+        target_arch = "loongarch64"
+    ))]
+    {
+        // The asm-generic value; the libc crate does not name it.
+        const SO_PEERGROUPS: libc::c_int = 59;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(stream);
+        let mut groups = vec![0u32; 64];
+        for _ in 0..2 {
+            let mut len = (groups.len() * 4) as libc::socklen_t;
+            // SAFETY: getsockopt writes at most `len` bytes into the buffer and sets `len`.
+            let r = unsafe {
+                libc::getsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    SO_PEERGROUPS,
+                    groups.as_mut_ptr().cast(),
+                    &mut len,
+                )
+            };
+            if r == 0 {
+                groups.truncate(len as usize / 4);
+                return groups;
+            }
+            if std::io::Error::last_os_error().raw_os_error() != Some(libc::ERANGE) {
+                break;
+            }
+            groups.resize(len as usize / 4 + 1, 0);
+        }
+    }
+    let _ = stream;
+    Vec::new()
+}
+
+/// Root is always an admin; so is a peer whose primary or supplementary groups include
+/// the configured admin group.
+fn is_admin(config: &Config, stream: &tokio::net::UnixStream, uid: u32, gid: u32) -> bool {
+    uid == 0
+        || config
+            .admin_group
+            .is_some_and(|admins| gid == admins || peer_groups(stream).contains(&admins))
 }
 
 fn ensure_home(home: &Path) -> Result<(), DaemonError> {
@@ -285,40 +403,88 @@ async fn serve(daemon: Arc<Daemon>) -> Result<(), DaemonError> {
         "daemon.started",
         serde_json::json!({"pid": std::process::id(), "socket": daemon.config.socket,
             "tcp": daemon.config.listen.map(|a| a.to_string()), "max_jobs": daemon.config.max_jobs,
-            "max_queue": daemon.config.max_queue, "per_subject": daemon.config.per_subject}),
+            "max_queue": daemon.config.max_queue, "per_subject": daemon.config.per_subject,
+            "admin_group": daemon.config.admin_group, "max_connections": daemon.config.max_connections,
+            "caller_connections": daemon.config.caller_connections,
+            "agent_connections": daemon.config.agent_connections,
+            "agent_refusals": daemon.config.agent_refusals,
+            "request_timeout_ms": daemon.config.request_timeout.as_millis() as u64}),
     )]);
     if bound_here {
         eprintln!("covenantd: listening on {}", daemon.config.socket.display());
     } else {
         eprintln!("covenantd: listening on the socket systemd passed in");
     }
+    let timeout = daemon.config.request_timeout;
     if let Some(listener) = tcp {
         let d = daemon.clone();
         tokio::spawn(async move {
-            while let Ok((stream, addr)) = listener.accept().await {
+            loop {
+                let (stream, addr) = match listener.accept().await {
+                    Ok(accepted) => accepted,
+                    // Out of descriptors or similar: wait instead of spinning on the error.
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Ok(slot) = d.connections.admit(Peer::Tcp, false) else {
+                    d.metrics.connection_refused("tcp");
+                    continue;
+                };
                 let caller = Caller::Tcp {
                     addr: addr.to_string(),
                 };
                 let d = d.clone();
-                tokio::spawn(http::serve(stream, move |req| {
-                    Box::pin(routes::handle(d.clone(), caller.clone(), req))
-                }));
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    http::serve(stream, timeout, move |req| {
+                        Box::pin(routes::handle(d.clone(), caller.clone(), req))
+                    })
+                    .await
+                });
+            }
+        });
+    }
+    {
+        let d = daemon.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(AGENT_SUMMARY_INTERVAL);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let events = jobs::agent_summaries(&d);
+                if !events.is_empty() {
+                    d.record(events);
+                }
             }
         });
     }
     let signal_name = loop {
         tokio::select! {
             accepted = unix.accept() => {
-                if let Ok((stream, _)) = accepted {
-                    let caller = match stream.peer_cred() {
-                        Ok(c) => Caller::Unix { uid: c.uid(), gid: c.gid(), pid: c.pid() },
-                        Err(_) => continue,
-                    };
-                    let d = daemon.clone();
-                    tokio::spawn(http::serve(stream, move |req| {
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Ok(cred) = stream.peer_cred() else { continue };
+                let admin = is_admin(&daemon.config, &stream, cred.uid(), cred.gid());
+                let Ok(slot) = daemon.connections.admit(Peer::Uid(cred.uid()), admin) else {
+                    daemon.metrics.connection_refused("operator");
+                    continue;
+                };
+                let caller = Caller::Unix { uid: cred.uid(), gid: cred.gid(), pid: cred.pid(), admin };
+                let d = daemon.clone();
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    http::serve(stream, timeout, move |req| {
                         Box::pin(routes::handle(d.clone(), caller.clone(), req))
-                    }));
-                }
+                    })
+                    .await
+                });
             }
             _ = term.recv() => break "TERM",
             _ = int.recv() => break "INT",

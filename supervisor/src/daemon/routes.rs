@@ -1,4 +1,8 @@
 //! The operator API (`docs/api.md`): every route of the daemon's main socket.
+//!
+//! A caller reaches only what is its own: the jobs its uid submitted, and memory through
+//! a capability's `mem.*` scopes. Root and the admin group reach everything. Nothing a
+//! caller may not reach is named in an answer (another caller's job is a 404).
 
 use super::api::{KillRequest, MemPut, SubmitRequest, MAX_BODY};
 use super::http::{self, flag, number, param, Reply};
@@ -15,6 +19,23 @@ use std::time::Duration;
 
 /// Longest `?wait=` a status request may block.
 const MAX_WAIT: Duration = Duration::from_secs(3600);
+
+/// Most items of one memory page or search, and the default of a listing.
+pub const MEM_MAX_LIMIT: u64 = 1000;
+const MEM_LIST_DEFAULT: u64 = 100;
+const MEM_SEARCH_DEFAULT: u64 = 20;
+
+/// Most bytes of item text and metadata one memory answer carries; the page ends early
+/// (with a cursor) past it.
+pub const MEM_PAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Most rows, and bytes of row bodies, one audit answer carries; past the bytes it ends
+/// early and says so.
+const AUDIT_MAX_ROWS: u64 = 10_000;
+const AUDIT_PAGE_BYTES: usize = 8 * 1024 * 1024;
+
+/// The header that carries a capability on the operator socket's memory endpoints.
+pub const CAPABILITY_HEADER: &str = "covenant-capability";
 
 pub async fn handle(daemon: Arc<Daemon>, caller: Caller, req: Request<Incoming>) -> Reply {
     if let Caller::Tcp { .. } = caller {
@@ -60,6 +81,7 @@ async fn route(
     let seg: Vec<&str> = seg.iter().map(String::as_str).collect();
     let q = http::query(&req);
     let method = req.method().clone();
+    let timeout = daemon.config.request_timeout;
     match (method, seg.as_slice()) {
         (Method::GET, ["v1", "health"]) => Ok(health(daemon)),
         (Method::GET, ["metrics"]) => {
@@ -68,11 +90,17 @@ async fn route(
             Ok(http::full(
                 200,
                 "text/plain; version=0.0.4",
-                daemon.metrics.render(running, queued, size, &daemon.config),
+                daemon.metrics.render(
+                    running,
+                    queued,
+                    size,
+                    daemon.connections.open(),
+                    &daemon.config,
+                ),
             ))
         }
         (Method::POST, ["v1", "jobs"]) => {
-            let body: SubmitRequest = http::read_json(req, MAX_BODY).await?;
+            let body: SubmitRequest = http::read_json(req, MAX_BODY, timeout).await?;
             let submitted = jobs::submit(daemon, caller, body, None).await?;
             Ok(http::json(201, &submitted))
         }
@@ -84,11 +112,18 @@ async fn route(
                 None => None,
             };
             let limit = number(&q, "limit", 100)?.min(10_000) as u32;
-            let rows = daemon.with_store(|s| s.jobs(state, limit))?;
+            let rows = match caller {
+                c if c.is_admin() => daemon.with_store(|s| s.jobs(state, limit))?,
+                Caller::Unix { uid, .. } => {
+                    daemon.with_store(|s| s.jobs_of(state, Some(*uid), limit))?
+                }
+                _ => daemon.with_store(|s| s.jobs_of(state, None, limit))?,
+            };
             Ok(http::json(200, &json!({"jobs": rows})))
         }
         (Method::GET, ["v1", "jobs", id]) => {
             let wait = number(&q, "wait", 0)?;
+            owned(daemon, caller, id)?;
             let status = if wait > 0 {
                 jobs::wait(daemon, id, Duration::from_secs(wait).min(MAX_WAIT)).await?
             } else {
@@ -97,7 +132,7 @@ async fn route(
             Ok(http::json(200, &status))
         }
         (Method::GET, ["v1", "jobs", id, "output"]) => {
-            jobs::status(daemon, id)?;
+            owned(daemon, caller, id)?;
             let (tx, rx) = tokio::sync::mpsc::channel(16);
             let follow = flag(&q, "follow");
             let (d, id) = (daemon.clone(), id.to_string());
@@ -111,6 +146,7 @@ async fn route(
             Ok(http::stream("application/x-ndjson", rx))
         }
         (Method::POST, ["v1", "jobs", id, "stdin"]) => {
+            owned(daemon, caller, id)?;
             let id = id.to_string();
             let close = param(&q, "close") != Some("false");
             let mut body = req.into_body();
@@ -131,8 +167,9 @@ async fn route(
             ))
         }
         (Method::POST, ["v1", "jobs", id, "kill"]) => {
+            owned(daemon, caller, id)?;
             let body: KillRequest = if has_body(&req) {
-                http::read_json(req, MAX_BODY).await?
+                http::read_json(req, MAX_BODY, timeout).await?
             } else {
                 KillRequest::default()
             };
@@ -144,20 +181,34 @@ async fn route(
             ))
         }
         (Method::GET, ["v1", "audit"]) => {
-            let rows = match param(&q, "after") {
+            admin_only(caller, "the audit log")?;
+            let (rows, truncated) = match param(&q, "after") {
                 Some(_) => {
                     let (after, limit) = (number(&q, "after", 0)?, number(&q, "limit", 100)?);
-                    daemon.with_store(|s| s.rows_after(after, limit.min(10_000)))?
+                    let rows =
+                        daemon.with_store(|s| s.rows_after(after, limit.min(AUDIT_MAX_ROWS)))?;
+                    let n = rows_within(rows.iter(), AUDIT_PAGE_BYTES);
+                    let truncated = n < rows.len();
+                    (rows[..n].to_vec(), truncated)
                 }
                 None => {
-                    let tail = number(&q, "tail", 20)?.min(10_000);
-                    daemon.with_store(|s| s.tail(tail))?
+                    let tail = number(&q, "tail", 20)?.min(AUDIT_MAX_ROWS);
+                    let rows = daemon.with_store(|s| s.tail(tail))?;
+                    // The newest rows that fit.
+                    let n = rows_within(rows.iter().rev(), AUDIT_PAGE_BYTES);
+                    let truncated = n < rows.len();
+                    (rows[rows.len() - n..].to_vec(), truncated)
                 }
             };
             let rows: Vec<serde_json::Value> = rows.iter().map(row_json).collect();
-            Ok(http::json(200, &json!({"rows": rows})))
+            Ok(http::json(
+                200,
+                &json!({"rows": rows, "truncated": truncated}),
+            ))
         }
         (Method::GET, ["v1", "audit", "verify"]) => {
+            // Verifying signs a checkpoint first: a write, for admins only.
+            admin_only(caller, "audit verification")?;
             // Signed and verified on the writer's connection, so the rows written since
             // the last checkpoint are covered and nothing lands in between.
             let (tx, rx) = tokio::sync::oneshot::channel();
@@ -181,13 +232,35 @@ async fn route(
             }
         }
         (Method::POST, ["v1", "mem"]) => {
-            let put: MemPut = http::read_json(req, MAX_BODY).await?;
+            let access = mem_access(caller, &req)?;
+            let put: MemPut = http::read_json(req, MAX_BODY, timeout).await?;
+            if !access.may(&put.namespace, true) {
+                return Err(access.refusal(&put.namespace, true));
+            }
             let id = mem_put(daemon, &put)?;
             Ok(http::json(201, &json!({"id": id})))
         }
-        (Method::GET, ["v1", "mem"]) => Ok(http::json(200, &mem_query(daemon, &q, None)?)),
-        (Method::GET, ["v1", "mem", id]) => Ok(http::json(200, &mem_get(daemon, id, &|_| true)?)),
+        (Method::GET, ["v1", "mem"]) => {
+            let access = mem_access(caller, &req)?;
+            let readable = |ns: &str| access.may(ns, false);
+            let only: Option<&dyn Fn(&str) -> bool> = match access {
+                MemAccess::All => None,
+                MemAccess::Granted(_) => Some(&readable),
+            };
+            Ok(http::json(200, &mem_query(daemon, &q, only)?))
+        }
+        (Method::GET, ["v1", "mem", id]) => {
+            let access = mem_access(caller, &req)?;
+            let readable = |ns: &str| access.may(ns, false);
+            Ok(http::json(200, &mem_get(daemon, id, &readable)?))
+        }
         (Method::DELETE, ["v1", "mem", id]) => {
+            let access = mem_access(caller, &req)?;
+            // Found only when its namespace is readable: others learn nothing of it.
+            let item = mem_get(daemon, id, &|ns| access.may(ns, false))?;
+            if !access.may(&item.namespace, true) {
+                return Err(access.refusal(&item.namespace, true));
+            }
             let removed = daemon.with_store(|s| s.mem_remove(id))?;
             if !removed {
                 return Err(ApiError::new(404, format!("no memory item {id}")));
@@ -207,6 +280,106 @@ async fn route(
             format!("no such endpoint: {}", req_path(&seg)),
         )),
     }
+}
+
+/// Job `id`'s status, when `caller` may see it; otherwise the same 404 as for a job that
+/// does not exist.
+fn owned(daemon: &Daemon, caller: &Caller, id: &str) -> Result<super::api::JobStatus, ApiError> {
+    match jobs::status(daemon, id) {
+        Ok(s) if caller.owns(&s.row) => Ok(s),
+        Ok(_) => Err(ApiError::new(404, format!("no job {id}"))),
+        Err(e) => Err(e),
+    }
+}
+
+fn admin_only(caller: &Caller, what: &str) -> Result<(), ApiError> {
+    if caller.is_admin() {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            403,
+            format!("{what} is open to root and the admin group (covenantd --admin-group) only"),
+        ))
+    }
+}
+
+/// How many of `rows` (in the order given) fit in `budget` bytes of bodies; at least one.
+fn rows_within<'a>(
+    rows: impl Iterator<Item = &'a crate::store::chain::AuditRow>,
+    budget: usize,
+) -> usize {
+    let mut used = 0;
+    let mut n = 0;
+    for r in rows {
+        used += r.body.len() + r.kind.len() + 160;
+        if used > budget && n > 0 {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
+/// What a caller may do with memory on the operator socket.
+enum MemAccess {
+    /// Root and the admin group: every namespace.
+    All,
+    /// The scopes of the verified capability the request presented.
+    Granted(Vec<covenant_policy::Scope>),
+}
+
+impl MemAccess {
+    fn may(&self, namespace: &str, write: bool) -> bool {
+        match self {
+            MemAccess::All => true,
+            MemAccess::Granted(scopes) => scopes.iter().any(|s| {
+                s.covers(&covenant_policy::Scope::Mem {
+                    write,
+                    namespace: namespace.to_string(),
+                })
+            }),
+        }
+    }
+
+    fn refusal(&self, namespace: &str, write: bool) -> ApiError {
+        let scope = if write { "mem.write" } else { "mem.read" };
+        ApiError::field(
+            403,
+            "namespace",
+            format!("the capability does not grant {scope}:{namespace}"),
+        )
+    }
+}
+
+/// Memory on the operator socket is reached through `mem.*` scopes: a non-admin caller
+/// presents a capability (`covenant-capability` header), verified as a submission's is.
+fn mem_access(caller: &Caller, req: &Request<Incoming>) -> Result<MemAccess, ApiError> {
+    if caller.is_admin() {
+        return Ok(MemAccess::All);
+    }
+    let Some(text) = req
+        .headers()
+        .get(CAPABILITY_HEADER)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return Err(ApiError::field(
+            403,
+            "capability",
+            format!("memory needs a capability granting mem.read:NAMESPACE or mem.write:NAMESPACE, presented in the {CAPABILITY_HEADER} header (or root or the admin group)"),
+        ));
+    };
+    let capability = covenant_policy::Capability::parse(text.trim())
+        .map_err(|e| ApiError::field(400, "capability", format!("capability: {e}")))?;
+    let grant = crate::authority::verify_for_daemon(&capability)
+        .map_err(|e| ApiError::field(403, "capability", e.to_string()))?;
+    if let covenant_policy::Subject::Key(_) = grant.subject {
+        return Err(ApiError::field(
+            403,
+            "capability",
+            format!("the capability is granted to {}, not to a named subject: its holder must attenuate it first", grant.subject),
+        ));
+    }
+    Ok(MemAccess::Granted(grant.scopes))
 }
 
 /// An audit row as JSON: the body parsed, the hashes in hex.
@@ -273,8 +446,11 @@ pub fn mem_get(
         .ok_or_else(|| ApiError::new(404, format!("no memory item {id}")))
 }
 
-/// `?namespace=NS&q=TEXT&tier=T&limit=N`: a search when `q` is given, else a listing.
-/// `only` restricts the namespaces an agent may read.
+/// `?namespace=NS&q=TEXT&tier=T&limit=N&after=CURSOR`: a search when `q` is given, else
+/// a listing. `only` restricts the namespaces the caller may read. A listing page ends
+/// after `limit` items (at most [`MEM_MAX_LIMIT`]) or [`MEM_PAGE_BYTES`] of text, and
+/// then carries `next`, the cursor of the following page; a search that had more hits
+/// than it returns says `truncated`.
 pub fn mem_query(
     daemon: &Daemon,
     q: &[(String, String)],
@@ -294,22 +470,75 @@ pub fn mem_query(
             None => return Err(ApiError::field(400, "namespace", "namespace is required")),
         }
     }
-    let limit = number(q, "limit", 20)?.min(1000) as u32;
     let store = daemon.store.lock().unwrap_or_else(|e| e.into_inner());
-    let items = match param(q, "q") {
+    match param(q, "q") {
         Some(text) => {
+            let limit = number(q, "limit", MEM_SEARCH_DEFAULT)?.clamp(1, MEM_MAX_LIMIT) as usize;
             let ns = namespace
                 .ok_or_else(|| ApiError::field(400, "namespace", "a search needs a namespace"))?;
-            store.mem_search(ns, text, limit)
+            let mut items = store
+                .mem_search(ns, text, limit as u32 + 1)
+                .map_err(|e| ApiError::new(400, e.to_string()))?;
+            let fit = items_within(&items, limit);
+            let truncated = fit < items.len();
+            items.truncate(fit);
+            Ok(json!({"items": items, "truncated": truncated}))
         }
         None => {
+            let limit = number(q, "limit", MEM_LIST_DEFAULT)?.clamp(1, MEM_MAX_LIMIT) as usize;
             let tier = param(q, "tier")
                 .map(Tier::parse)
                 .transpose()
                 .map_err(|e| ApiError::field(400, "tier", e.to_string()))?;
-            store.mem_list(namespace, tier)
+            let after = param(q, "after").map(decode_cursor).transpose()?;
+            let mut items = store
+                .mem_page(
+                    namespace,
+                    tier,
+                    after.as_ref().map(|(n, m, i)| (n.as_str(), *m, i.as_str())),
+                    limit as u32 + 1,
+                )
+                .map_err(|e| ApiError::new(400, e.to_string()))?;
+            let fit = items_within(&items, limit);
+            let next = (fit < items.len()).then(|| encode_cursor(&items[fit - 1]));
+            items.truncate(fit);
+            Ok(json!({"items": items, "next": next}))
         }
     }
-    .map_err(|e| ApiError::new(400, e.to_string()))?;
-    Ok(json!({"items": items}))
+}
+
+/// How many of `items` one answer carries: at most `limit`, and no more than
+/// [`MEM_PAGE_BYTES`] of text and metadata (but at least one).
+fn items_within(items: &[crate::store::memory::MemoryItem], limit: usize) -> usize {
+    let mut used = 0;
+    for (n, item) in items.iter().enumerate().take(limit) {
+        used += item.text.len() + item.metadata.to_string().len();
+        if used > MEM_PAGE_BYTES && n > 0 {
+            return n;
+        }
+    }
+    items.len().min(limit)
+}
+
+/// A listing position as an opaque cursor: base64url of `[namespace, updated_ms, id]`.
+fn encode_cursor(item: &crate::store::memory::MemoryItem) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    URL_SAFE_NO_PAD.encode(json!([item.namespace, item.updated_ms, item.id]).to_string())
+}
+
+fn decode_cursor(text: &str) -> Result<(String, i64, String), ApiError> {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    URL_SAFE_NO_PAD
+        .decode(text)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(|| {
+            ApiError::field(
+                400,
+                "after",
+                "`after`: not a cursor this daemon gave (use the `next` of the previous page)",
+            )
+        })
 }
