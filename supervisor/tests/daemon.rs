@@ -1532,3 +1532,660 @@ body "http://a/v1/jobs/$ID?wait=30"
     );
     assert!(!secret.join("planted").exists());
 }
+
+// ---- Hostile clients: the daemon stays up, and each caller reaches only its own ----
+
+/// Runs `f` on its own thread; fails the test when it has not returned within `secs`.
+fn within<T: Send + 'static>(secs: u64, what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(secs))
+        .unwrap_or_else(|_| panic!("{what} did not return within {secs} s: the daemon hangs"))
+}
+
+/// How many descriptors process `pid` holds.
+fn fds_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// The sequence number of the newest audit row.
+fn last_seq(d: &Daemon) -> u64 {
+    d.get("/v1/audit?tail=1").json()["rows"][0]["seq"]
+        .as_u64()
+        .unwrap()
+}
+
+/// Credentials a client process runs with: uid, primary gid, supplementary groups.
+#[derive(Clone, Copy)]
+struct As {
+    uid: u32,
+    gid: u32,
+    groups: &'static [u32],
+}
+
+/// The socket's group in these tests, and the admin group (numbers no account uses).
+const SOCKET_GID: u32 = 64999;
+const ADMIN_GID: u32 = 64998;
+const VICTIM: As = As {
+    uid: 64990,
+    gid: SOCKET_GID,
+    groups: &[SOCKET_GID],
+};
+const MEMBER: As = As {
+    uid: 64991,
+    gid: SOCKET_GID,
+    groups: &[SOCKET_GID],
+};
+const OUTSIDER: As = As {
+    uid: 64992,
+    gid: 64992,
+    groups: &[64992],
+};
+const ADMIN: As = As {
+    uid: 64993,
+    gid: SOCKET_GID,
+    groups: &[SOCKET_GID, ADMIN_GID],
+};
+
+/// `program` started with `who`'s credentials (groups, then gid, then uid are dropped to
+/// in the child before it execs).
+fn command_as(who: As, program: &str) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(program);
+    // SAFETY: only async-signal-safe calls (setgroups, setgid, setuid) before exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setgroups(who.groups.len(), who.groups.as_ptr()) != 0
+                || libc::setgid(who.gid) != 0
+                || libc::setuid(who.uid) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
+/// One request with curl as `who`; (status, body). Status 0: no connection.
+fn curl_as(
+    who: As,
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &[String],
+) -> (u16, String) {
+    let mut cmd = command_as(who, "curl");
+    cmd.args(["-s", "-w", "\n%{http_code}", "-X", method, "--unix-socket"])
+        .arg(socket);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    if let Some(b) = body {
+        cmd.args(["-H", "content-type: application/json", "--data-binary", b]);
+    }
+    let out = cmd
+        .arg(format!("http://covenantd{path}"))
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+#[test]
+fn status_wait_on_a_forgotten_job_neither_hangs_nor_stops_the_daemon() {
+    if !live() {
+        return;
+    }
+    let _shared = SANDBOXES.read().unwrap_or_else(|e| e.into_inner());
+    // The daemon keeps one finished job in memory: the first is forgotten once the
+    // second ends, and is then only in the store.
+    let mut d = Daemon::start(&["--keep-finished", "1"]);
+    let cap = d.cap("agent-a", &["res.time:60s"]);
+    let first = d.submit_ok(&cap, TRUE);
+    d.wait(&first);
+    let second = d.submit_ok(&cap, TRUE);
+    d.wait(&second);
+    let started = Instant::now();
+    let client = d.client.clone();
+    let path = format!("/v1/jobs/{first}?wait=5");
+    let a = within(15, "GET ?wait=5 of a forgotten job", move || {
+        client.request("GET", &path, None).unwrap()
+    });
+    assert_eq!(a.status, 200, "{}", a.error_text());
+    assert_eq!(a.json()["state"], "exited");
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(2), "answered after {waited:?}");
+    // An id the daemon never held, too.
+    let client = d.client.clone();
+    let a = within(15, "GET ?wait=5 of an unknown job", move || {
+        client
+            .request("GET", "/v1/jobs/job-0000000000000000?wait=5", None)
+            .unwrap()
+    });
+    assert_eq!(a.status, 404);
+    let client = d.client.clone();
+    let health = within(10, "health after the waits", move || {
+        client.request("GET", "/v1/health", None).unwrap()
+    });
+    assert_eq!(health.status, 200);
+    let pid = d.child.as_ref().unwrap().id();
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = d.child.as_mut().unwrap().try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "SIGTERM went unanswered");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    d.child = None;
+    assert!(status.success(), "{status}");
+    eprintln!(
+        "?wait=5 on a forgotten job answered in {} ms; health and SIGTERM answered",
+        waited.as_millis()
+    );
+}
+
+#[test]
+fn a_socket_member_reaches_only_its_own_jobs_and_memory_through_mem_scopes() {
+    if !live() {
+        return;
+    }
+    let _shared = SANDBOXES.read().unwrap_or_else(|e| e.into_inner());
+    let d = Daemon::start(&["--admin-group", &ADMIN_GID.to_string()]);
+    let socket = d.client.socket.clone();
+    // The deployment's socket group.
+    std::os::unix::fs::chown(&socket, None, Some(SOCKET_GID)).unwrap();
+    let call = |who: As, method: &str, path: &str, body: Option<&str>| {
+        curl_as(who, &socket, method, path, body, &[])
+    };
+    let with_cap = |who: As, method: &str, path: &str, body: Option<&str>, cap: &str| {
+        curl_as(
+            who,
+            &socket,
+            method,
+            path,
+            body,
+            &[format!("covenant-capability: {cap}")],
+        )
+    };
+    let cap = d.cap("agent-a", &["res.time:60s"]);
+    let submit = json!({"capability": cap, "stdin": "pipe",
+        "argv": ["/bin/sh", "-c", "cat; echo victim-secret"]})
+    .to_string();
+    let (status, body) = call(VICTIM, "POST", "/v1/jobs", Some(&submit));
+    assert_eq!(status, 201, "{body}");
+    let victim_job = serde_json::from_str::<Value>(&body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // A non-member cannot connect at all.
+    assert_eq!(call(OUTSIDER, "GET", "/v1/health", None).0, 0);
+
+    // A member sees nothing of the other uid's job and cannot touch it.
+    let job = format!("/v1/jobs/{victim_job}");
+    for (method, path, body) in [
+        ("GET", job.clone(), None),
+        ("GET", format!("{job}?wait=1"), None),
+        ("GET", format!("{job}/output"), None),
+        ("POST", format!("{job}/stdin"), Some("stolen\n")),
+        ("POST", format!("{job}/kill"), Some("{}")),
+    ] {
+        let (status, answer) = call(MEMBER, method, &path, body);
+        assert_eq!(status, 404, "{method} {path}: {answer}");
+        assert!(!answer.contains("victim-secret"), "{answer}");
+    }
+    let (status, mine) = call(
+        MEMBER,
+        "POST",
+        "/v1/jobs",
+        Some(&json!({"capability": cap, "argv": TRUE}).to_string()),
+    );
+    assert_eq!(status, 201, "{mine}");
+    let mine = serde_json::from_str::<Value>(&mine).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        call(MEMBER, "GET", &format!("/v1/jobs/{mine}?wait=30"), None).0,
+        200
+    );
+    let (_, listed) = call(MEMBER, "GET", "/v1/jobs", None);
+    let listed: Value = serde_json::from_str(&listed).unwrap();
+    let ids: Vec<&str> = listed["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [mine.as_str()], "a member lists only its own jobs");
+    assert_eq!(call(MEMBER, "GET", "/v1/audit?tail=5", None).0, 403);
+
+    // Memory on the operator socket needs a mem scope.
+    let put = d.post(
+        "/v1/mem",
+        json!({"namespace": "team", "text": "the deploy key rotates monthly"}),
+    );
+    assert_eq!(put.status, 201, "{}", put.error_text());
+    let item = put.json()["id"].as_str().unwrap().to_string();
+    let (status, answer) = call(MEMBER, "GET", "/v1/mem?namespace=team", None);
+    assert_eq!(status, 403, "{answer}");
+    assert!(answer.contains("mem.read"), "{answer}");
+    assert_eq!(call(MEMBER, "GET", &format!("/v1/mem/{item}"), None).0, 403);
+    assert_eq!(
+        call(MEMBER, "DELETE", &format!("/v1/mem/{item}"), None).0,
+        403
+    );
+    let put_body = json!({"namespace": "team", "text": "planted"}).to_string();
+    assert_eq!(call(MEMBER, "POST", "/v1/mem", Some(&put_body)).0, 403);
+    let other = d.cap("agent-a", &["mem.read:other"]);
+    let (status, answer) = with_cap(MEMBER, "GET", "/v1/mem?namespace=team", None, &other);
+    assert_eq!(status, 403, "{answer}");
+    assert!(answer.contains("team"), "{answer}");
+    assert_eq!(
+        with_cap(MEMBER, "GET", &format!("/v1/mem/{item}"), None, &other).0,
+        404
+    );
+    let forged = token(
+        &random_key(),
+        Subject::Name("agent-a".into()),
+        &["mem.write:team"],
+        now() - 5,
+        now() + 60,
+    );
+    assert_eq!(
+        with_cap(MEMBER, "GET", "/v1/mem?namespace=team", None, &forged).0,
+        403
+    );
+    let reader = d.cap("agent-a", &["mem.read:team"]);
+    let (status, answer) = with_cap(MEMBER, "GET", "/v1/mem?namespace=team", None, &reader);
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("rotates monthly"), "{answer}");
+    let (status, answer) = with_cap(MEMBER, "DELETE", &format!("/v1/mem/{item}"), None, &reader);
+    assert_eq!(status, 403, "{answer}");
+    assert!(answer.contains("mem.write:team"), "{answer}");
+    let writer = d.cap("agent-a", &["mem.write:team"]);
+    assert_eq!(
+        with_cap(MEMBER, "POST", "/v1/mem", Some(&put_body), &writer).0,
+        201
+    );
+
+    // An admin (by its supplementary group) and root reach everything.
+    assert_eq!(call(ADMIN, "GET", &job, None).0, 200);
+    let (_, all) = call(ADMIN, "GET", "/v1/jobs", None);
+    assert!(all.contains(&victim_job) && all.contains(&mine), "{all}");
+    assert_eq!(call(ADMIN, "GET", "/v1/mem?namespace=team", None).0, 200);
+    assert_eq!(call(ADMIN, "GET", "/v1/audit?tail=5", None).0, 200);
+
+    // The owner still has its job, untouched: its stdin, output and status.
+    let (status, answer) = call(VICTIM, "POST", &format!("{job}/stdin"), Some("owner\n"));
+    assert_eq!(status, 200, "{answer}");
+    let (status, answer) = call(VICTIM, "GET", &format!("{job}?wait=30"), None);
+    assert_eq!(status, 200, "{answer}");
+    let s: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(
+        (s["state"].as_str(), s["exit_code"].as_i64()),
+        (Some("exited"), Some(0)),
+        "{s}"
+    );
+    assert_eq!(d.output(&victim_job).0, "owner\nvictim-secret\n");
+    assert_eq!(d.get(&format!("/v1/mem/{item}")).status, 200);
+    eprintln!("member: 5 requests on another uid's job answered 404; memory without a mem scope 403; outsider could not connect");
+}
+
+/// Audit rows about `job`, by kind.
+fn job_rows(d: &Daemon, job: &str) -> Vec<Value> {
+    d.get("/v1/audit?tail=10000").json()["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["body"]["job"] == job)
+        .cloned()
+        .collect()
+}
+
+const REFUSED_FLOOD: &str = r#"
+import socket
+tok = open('/run/covenant/token').read().strip()
+req = ('GET /v1/nope HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer %s\r\nConnection: close\r\n\r\n' % tok).encode()
+seen = {}
+for i in range(5000):
+    try:
+        s = socket.socket(socket.AF_UNIX)
+        s.settimeout(5)
+        s.connect('/run/covenant/agent.sock')
+        s.sendall(req)
+        data = b''
+        while True:
+            c = s.recv(65536)
+            if not c:
+                break
+            data += c
+        s.close()
+        code = data.split(b' ')[1].decode() if data.startswith(b'HTTP/') else 'cut'
+    except OSError:
+        code = 'closed'
+    seen[code] = seen.get(code, 0) + 1
+print(' '.join('%s=%d' % kv for kv in sorted(seen.items())))
+"#;
+
+#[test]
+fn an_agent_flooding_refused_requests_is_summarised_and_cut_off() {
+    if !live() {
+        return;
+    }
+    let _shared = SANDBOXES.read().unwrap_or_else(|e| e.into_inner());
+    let d = Daemon::start(&["--agent-refusals", "1000"]);
+    let before = last_seq(&d);
+    let cap = d.cap("agent-a", &["res.time:120s", "mem.read:notes"]);
+    let id = d.submit_ok(&cap, &["/usr/bin/python3", "-c", REFUSED_FLOOD]);
+    let status = d.wait(&id);
+    let (out, err) = d.output(&id);
+    assert_eq!(status["exit_code"], 0, "{out}{err}");
+    let added = last_seq(&d) - before;
+    let rows = job_rows(&d, &id);
+    let agent_rows: Vec<&Value> = rows
+        .iter()
+        .filter(|r| r["kind"].as_str().unwrap().starts_with("agent."))
+        .collect();
+    let count = |key: &str| -> u64 {
+        out.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let fds = fds_of(d.child.as_ref().unwrap().id());
+    eprintln!(
+        "agent made 5000 requests ({}); audit rows added: {added} ({} agent.*); daemon fds: {fds}",
+        out.trim(),
+        agent_rows.len()
+    );
+    // Answered until the 1000th refusal, then the socket is gone.
+    assert!((999..=1000).contains(&count("404")), "{out}");
+    assert!(count("closed") + count("cut") >= 4000, "{out}");
+    assert!(agent_rows.len() <= 3, "{agent_rows:?}");
+    let refused: u64 = agent_rows
+        .iter()
+        .filter(|r| r["kind"] == "agent.requests")
+        .map(|r| r["body"]["refused"]["not-found"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(refused, 1000, "{agent_rows:?}");
+    assert!(agent_rows
+        .iter()
+        .any(|r| r["kind"] == "agent.socket.closed"));
+    assert!(added < 40, "{added} audit rows for one job");
+    assert!(fds < 100, "{fds}");
+    assert_eq!(d.get("/v1/health").status, 200);
+}
+
+#[test]
+fn a_slow_body_is_dropped_after_the_request_timeout_while_others_are_answered() {
+    use std::io::{Read, Write};
+    let d = Daemon::start(&["--request-timeout", "1s"]);
+    let connect = || std::os::unix::net::UnixStream::connect(&d.client.socket).unwrap();
+    let mut slow_body = connect();
+    slow_body
+        .write_all(b"POST /v1/jobs HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100000\r\n\r\n{\"capa")
+        .unwrap();
+    let mut slow_head = connect();
+    slow_head
+        .write_all(b"GET /v1/health HTTP/1.1\r\nhost: x\r\n")
+        .unwrap();
+    let started = Instant::now();
+    let mut slowest = Duration::ZERO;
+    for _ in 0..5 {
+        let t = Instant::now();
+        assert_eq!(d.get("/v1/health").status, 200);
+        slowest = slowest.max(t.elapsed());
+    }
+    assert!(slowest < Duration::from_millis(500), "{slowest:?}");
+    let mut answer = Vec::new();
+    slow_body
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    slow_body.read_to_end(&mut answer).unwrap();
+    let body_dropped = started.elapsed();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        body_dropped >= Duration::from_millis(800) && body_dropped < Duration::from_secs(5),
+        "{body_dropped:?}"
+    );
+    slow_head
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = slow_head.read_to_end(&mut rest);
+    let head_dropped = started.elapsed();
+    assert!(head_dropped < Duration::from_secs(5), "{head_dropped:?}");
+    assert!(!String::from_utf8_lossy(&rest).contains("200 OK"));
+    eprintln!(
+        "slow body dropped with 408 after {} ms, slow headers after {} ms; health answered meanwhile in at most {} ms",
+        body_dropped.as_millis(),
+        head_dropped.as_millis(),
+        slowest.as_millis()
+    );
+}
+
+#[test]
+fn memory_listings_and_audit_answers_are_bounded() {
+    let d = Daemon::start(&[]);
+    for i in 0..250 {
+        let a = d.post(
+            "/v1/mem",
+            json!({"namespace": "bulk", "text": format!("note {i} about caching")}),
+        );
+        assert_eq!(a.status, 201, "{}", a.error_text());
+    }
+    let first = d.get("/v1/mem?namespace=bulk").json();
+    assert_eq!(
+        first["items"].as_array().unwrap().len(),
+        100,
+        "the default page"
+    );
+    assert!(first["next"].is_string());
+    let mut seen = std::collections::BTreeSet::new();
+    let mut pages = 0;
+    let mut next: Option<String> = None;
+    loop {
+        let path = match &next {
+            Some(c) => format!("/v1/mem?namespace=bulk&limit=70&after={c}"),
+            None => "/v1/mem?namespace=bulk&limit=70".into(),
+        };
+        let page = d.get(&path).json();
+        pages += 1;
+        for item in page["items"].as_array().unwrap() {
+            assert!(seen.insert(item["id"].as_str().unwrap().to_string()));
+        }
+        match page["next"].as_str() {
+            Some(c) => next = Some(c.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!((seen.len(), pages), (250, 4));
+    let huge = d.get("/v1/mem?namespace=bulk&limit=1000000").json();
+    assert_eq!(huge["items"].as_array().unwrap().len(), 250);
+    assert_eq!(
+        d.get("/v1/mem?namespace=bulk&limit=0").json()["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        d.get("/v1/mem?namespace=bulk&after=bogus").json()["field"],
+        "after"
+    );
+    let search = d.get("/v1/mem?namespace=bulk&q=caching&limit=5").json();
+    assert_eq!(search["items"].as_array().unwrap().len(), 5);
+    assert_eq!(search["truncated"], true);
+    // Big items: a page stops at its byte bound and hands on a cursor.
+    let text = "x".repeat(200 * 1024);
+    for _ in 0..25 {
+        assert_eq!(
+            d.post("/v1/mem", json!({"namespace": "big", "text": text}))
+                .status,
+            201
+        );
+    }
+    let a = d.get("/v1/mem?namespace=big&limit=1000");
+    let page = a.json();
+    let n = page["items"].as_array().unwrap().len();
+    assert!(n < 25 && page["next"].is_string(), "{n} items");
+    // Audit answers stop at their byte bound too: twelve refused submissions with a
+    // 900 KB argv each are 10 MB of rows.
+    let argv = vec!["a".repeat(900 * 1024)];
+    for _ in 0..12 {
+        let a = d.post(
+            "/v1/jobs",
+            json!({"capability": "cov1.garbage!", "argv": argv}),
+        );
+        assert_eq!(a.status, 400);
+    }
+    let audit = d.get("/v1/audit?tail=100");
+    assert_eq!(audit.json()["truncated"], true);
+    assert!(audit.body.len() < 10 * 1024 * 1024, "{}", audit.body.len());
+    eprintln!(
+        "250 items: default page 100, 4 pages of 70, limit=1000000 gave 250 (max 1000); 25 items of 200 KiB: first page {n} items, {} bytes; audit tail=100 of 10 MB rows: {} rows, {} bytes",
+        a.body.len(),
+        audit.json()["rows"].as_array().unwrap().len(),
+        audit.body.len()
+    );
+}
+
+const CONNECTION_FLOOD: &str = r#"
+import socket, sys, time
+path = sys.argv[1] if len(sys.argv) > 1 else '/run/covenant/agent.sock'
+socks, failed = [], 0
+for i in range(3000):
+    try:
+        s = socket.socket(socket.AF_UNIX)
+        s.settimeout(3)
+        s.connect(path)
+        socks.append(s)
+    except OSError:
+        failed += 1
+time.sleep(1)
+answered = 0
+for s in socks:
+    try:
+        s.sendall(b'GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n')
+        if s.recv(16).startswith(b'HTTP/1.1'):
+            answered += 1
+    except OSError:
+        pass
+time.sleep(4)
+print(len(socks), failed, answered)
+"#;
+
+#[test]
+fn connection_floods_from_an_agent_and_a_uid_are_bounded_while_others_submit() {
+    if !live() {
+        return;
+    }
+    let _shared = SANDBOXES.read().unwrap_or_else(|e| e.into_inner());
+    let d = Daemon::start(&[
+        "--agent-connections",
+        "8",
+        "--caller-connections",
+        "16",
+        "--agent-refusals",
+        "100000",
+    ]);
+    let socket = d.client.socket.clone();
+    std::os::unix::fs::chown(&socket, None, Some(SOCKET_GID)).unwrap();
+    let daemon_pid = d.child.as_ref().unwrap().id();
+    let fds_before = fds_of(daemon_pid);
+    let cap = d.cap("agent-a", &["res.time:120s", "mem.read:notes"]);
+    let flood = d.submit_ok(&cap, &["/usr/bin/python3", "-c", CONNECTION_FLOOD]);
+    let member_flood = command_as(MEMBER, "/usr/bin/python3")
+        .args(["-c", CONNECTION_FLOOD])
+        .arg(&socket)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    let fds_during = fds_of(daemon_pid);
+    let open = d.get("/metrics");
+    let open = String::from_utf8_lossy(&open.body)
+        .lines()
+        .find_map(|l| l.strip_prefix("covenant_connections_open "))
+        .unwrap()
+        .to_string();
+    // Another uid's submission goes through meanwhile.
+    let body = json!({"capability": cap, "argv": ["/bin/echo", "still served"]}).to_string();
+    let (status, answer) = curl_as(VICTIM, &socket, "POST", "/v1/jobs", Some(&body), &[]);
+    assert_eq!(status, 201, "{answer}");
+    let other: Value = serde_json::from_str(&answer).unwrap();
+    let other = other["id"].as_str().unwrap();
+    assert_eq!(d.wait(other)["exit_code"], 0);
+    assert_eq!(d.output(other).0, "still served\n");
+    let member = member_flood.wait_with_output().unwrap();
+    let member = String::from_utf8_lossy(&member.stdout).into_owned();
+    d.wait(&flood);
+    let (agent, err) = d.output(&flood);
+    let nums = |text: &str| -> Vec<usize> {
+        text.split_whitespace()
+            .map(|n| n.parse().unwrap())
+            .collect()
+    };
+    let (agent_n, member_n) = (nums(&agent), nums(&member));
+    assert_eq!(agent_n.len(), 3, "{agent}{err}");
+    assert_eq!(member_n.len(), 3, "{member}");
+    eprintln!(
+        "agent opened {} connections ({} failed), {} answered; uid {} opened {}, {} answered; daemon fds {fds_before} before, {fds_during} during the floods; connections open: {open}",
+        agent_n[0], agent_n[1], agent_n[2], MEMBER.uid, member_n[0], member_n[2]
+    );
+    assert!(agent_n[0] >= 500, "the agent could not flood: {agent}");
+    assert!(agent_n[2] <= 8, "{agent}");
+    assert!(member_n[0] >= 200, "the uid could not flood: {member}");
+    assert!(member_n[2] <= 16, "{member}");
+    assert!(fds_during < fds_before + 100, "{fds_during}");
+    assert_eq!(d.get("/v1/health").status, 200);
+}
+
+#[test]
+fn an_output_reader_that_never_reads_is_dropped() {
+    use std::io::{Read, Write};
+    if !live() {
+        return;
+    }
+    let _shared = SANDBOXES.read().unwrap_or_else(|e| e.into_inner());
+    let d = Daemon::start(&["--request-timeout", "1s"]);
+    let cap = d.cap("agent-a", &["res.time:60s"]);
+    let id = d.submit_ok(&cap, &["/bin/sh", "-c", "head -c 8388608 /dev/zero"]);
+    d.wait(&id);
+    let mut stalled = std::os::unix::net::UnixStream::connect(&d.client.socket).unwrap();
+    stalled
+        .write_all(format!("GET /v1/jobs/{id}/output HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(d.get("/v1/health").status, 200);
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut got = Vec::new();
+    let started = Instant::now();
+    let _ = stalled.read_to_end(&mut got);
+    let whole = 8 * 1024 * 1024 * 4 / 3;
+    eprintln!(
+        "a reader that stalled for 3 s then read got {} of about {whole} bytes; closed {} ms later",
+        got.len(),
+        started.elapsed().as_millis()
+    );
+    assert!(got.len() < whole / 2, "{} bytes", got.len());
+    assert!(!String::from_utf8_lossy(&got).contains("\"type\":\"end\""));
+    // A reader that keeps reading gets all of it.
+    let (out, _) = d.output(&id);
+    assert_eq!(out.len(), 8 * 1024 * 1024);
+}
