@@ -1940,6 +1940,7 @@ fn a_slow_body_is_dropped_after_the_request_timeout_while_others_are_answered() 
     slow_head
         .write_all(b"GET /v1/health HTTP/1.1\r\nhost: x\r\n")
         .unwrap();
+    let mut idle = connect();
     let started = Instant::now();
     let mut slowest = Duration::ZERO;
     for _ in 0..5 {
@@ -1968,10 +1969,16 @@ fn a_slow_body_is_dropped_after_the_request_timeout_while_others_are_answered() 
     let head_dropped = started.elapsed();
     assert!(head_dropped < Duration::from_secs(5), "{head_dropped:?}");
     assert!(!String::from_utf8_lossy(&rest).contains("200 OK"));
+    idle.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let _ = idle.read_to_end(&mut rest);
+    let idle_dropped = started.elapsed();
+    assert!(idle_dropped < Duration::from_secs(5), "{idle_dropped:?}");
     eprintln!(
-        "slow body dropped with 408 after {} ms, slow headers after {} ms; health answered meanwhile in at most {} ms",
+        "slow body dropped with 408 after {} ms, slow headers after {} ms, a silent connection after {} ms; health answered meanwhile in at most {} ms",
         body_dropped.as_millis(),
         head_dropped.as_millis(),
+        idle_dropped.as_millis(),
         slowest.as_millis()
     );
 }
