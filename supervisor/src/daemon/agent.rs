@@ -208,7 +208,7 @@ fn refusal_reason(status: u16) -> &'static str {
         413 => "too-large",
         415 => "media-type",
         429 => "budget",
-        400..=499 => "refused",
+        s if s < 500 => "refused",
         _ => "error",
     }
 }
