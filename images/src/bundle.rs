@@ -143,9 +143,6 @@ fn write_bundle_with(
         .create(&rootfs)
         .map_err(io_err(&rootfs))?;
     let layout = if let Some(lower) = plan.rootfs.lower_dirs() {
-        if let Some(keep) = &plan.keep_changes {
-            prepare_kept_layer(keep, ids)?;
-        }
         RootfsLayout::Overlay {
             lower,
             keep: plan.keep_changes.clone(),
@@ -371,27 +368,6 @@ fn build_mounts(plan: &SandboxPlan, generated: &Path) -> Vec<Mount> {
 /// Destinations under these are created by the runner inside filesystems it mounts fresh.
 const FRESH_MOUNTS: [&str; 3] = ["/proc", "/dev", "/tmp"];
 
-/// Creates, inside `rootfs`, the directory or file each mount is attached to, and the
-/// symlinks of a merged-`/usr` host (`/bin -> usr/bin`).
-/// `upper/` and `work/` of a kept writable layer, owned by the sandbox's root so that the
-/// overlay mounted in its user namespace may write there.
-fn prepare_kept_layer(keep: &Path, ids: IdentityMap) -> Result<()> {
-    for sub in ["upper", "work"] {
-        let dir = keep.join(sub);
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(&dir)
-            .map_err(io_err(&dir))?;
-        let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap_or_default();
-        // SAFETY: chown reads a NUL-terminated path.
-        if unsafe { libc::chown(c.as_ptr(), ids.host_uid, ids.host_gid) } != 0 {
-            return Err(io_err(&dir)(std::io::Error::last_os_error()));
-        }
-    }
-    Ok(())
-}
-
 /// The host's merged-`/usr` symlinks among the system directories (`/bin -> usr/bin`).
 fn system_links() -> Result<Vec<(PathBuf, PathBuf)>> {
     let mut links = Vec::new();
@@ -407,6 +383,8 @@ fn system_links() -> Result<Vec<(PathBuf, PathBuf)>> {
     Ok(links)
 }
 
+/// Creates, inside `rootfs`, the directory or file each mount is attached to, and the
+/// symlinks of a merged-`/usr` host (`/bin -> usr/bin`).
 fn create_mount_points(rootfs: &Path, mounts: &[Mount]) -> Result<()> {
     for (path, target) in system_links()? {
         {

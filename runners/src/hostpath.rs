@@ -288,6 +288,76 @@ pub fn write_new_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     Ok(())
 }
 
+/// An overlay root's kept writable layer: `upper` and `work` under the kept directory,
+/// opened beneath it without following symlinks. The kept directory belongs to whoever
+/// was granted it, so the names inside it are theirs to swap: an overlay is therefore
+/// mounted with `/proc/self/fd/N` of these descriptors ([`KeptLayer::upperdir`]), never
+/// with the names, and ownership is set on the descriptors, never through a path.
+#[derive(Debug)]
+pub struct KeptLayer {
+    pub upper: HostObject,
+    pub work: HostObject,
+}
+
+impl KeptLayer {
+    /// Opens (creating when absent, 0755) `keep/upper` and `keep/work`; with `owner`,
+    /// gives both to that uid and gid.
+    pub fn open(keep: &Path, owner: Option<(u32, u32)>) -> Result<Self> {
+        let dir = open(keep)?;
+        dir.expect_dir()?;
+        let listing = nix::fcntl::openat2(
+            dir.fd.as_raw_fd(),
+            ".",
+            OpenHow::new()
+                .flags(OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC)
+                .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS),
+        )
+        .map_err(|errno| HostPathError::Open {
+            path: keep.to_path_buf(),
+            errno,
+        })?;
+        // SAFETY: openat2 just returned this descriptor and nothing else owns it.
+        let listing = unsafe { OwnedFd::from_raw_fd(listing) };
+        let mut layer = Vec::with_capacity(2);
+        for name in ["upper", "work"] {
+            let path = keep.join(name);
+            match nix::sys::stat::mkdirat(
+                Some(listing.as_raw_fd()),
+                name,
+                Mode::from_bits_truncate(0o755),
+            ) {
+                Ok(()) | Err(Errno::EEXIST) => {}
+                Err(errno) => return Err(HostPathError::Open { path, errno }),
+            }
+            let object = open_beneath(&dir, Path::new(name), &path)?;
+            object.expect_dir()?;
+            if let Some((uid, gid)) = owner {
+                nix::unistd::fchownat(
+                    Some(object.fd.as_raw_fd()),
+                    "",
+                    Some(nix::unistd::Uid::from_raw(uid)),
+                    Some(nix::unistd::Gid::from_raw(gid)),
+                    nix::unistd::FchownatFlags::AT_EMPTY_PATH,
+                )
+                .map_err(|errno| HostPathError::Open { path, errno })?;
+            }
+            layer.push(object);
+        }
+        let work = layer.pop().expect("two directories");
+        let upper = layer.pop().expect("two directories");
+        Ok(Self { upper, work })
+    }
+
+    /// `upperdir=...,workdir=...` for overlay's options, naming the descriptors.
+    pub fn overlay_options(&self) -> String {
+        format!(
+            "upperdir=/proc/self/fd/{},workdir=/proc/self/fd/{}",
+            self.upper.fd.as_raw_fd(),
+            self.work.fd.as_raw_fd()
+        )
+    }
+}
+
 /// Moves the calling process into a mount namespace of its own whose mounts do not
 /// propagate back to the host (mounts the host makes still reach it). The caller must be
 /// single-threaded and privileged.
@@ -454,6 +524,28 @@ mod tests {
             Err(HostPathError::Symlink { .. })
         ));
         assert!(!dir.path().join("x.json").exists());
+    }
+
+    #[test]
+    fn a_kept_layer_planted_with_symlinks_is_refused_and_nothing_is_chowned() {
+        let dir = tempfile::tempdir().unwrap();
+        let keep = dir.path().join("keep");
+        let victim = dir.path().join("etc");
+        std::fs::create_dir_all(&keep).unwrap();
+        std::fs::create_dir_all(&victim).unwrap();
+        std::os::unix::fs::symlink(&victim, keep.join("upper")).unwrap();
+        let before = std::fs::metadata(&victim).unwrap();
+        let err = KeptLayer::open(&keep, Some((4242, 4242))).unwrap_err();
+        assert!(matches!(err, HostPathError::Symlink { .. }), "{err}");
+        let after = std::fs::metadata(&victim).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!((before.uid(), before.gid()), (after.uid(), after.gid()));
+        std::fs::remove_file(keep.join("upper")).unwrap();
+        let layer = KeptLayer::open(&keep, None).unwrap();
+        assert!(layer
+            .overlay_options()
+            .starts_with("upperdir=/proc/self/fd/"));
+        assert!(keep.join("upper").is_dir() && keep.join("work").is_dir());
     }
 
     #[test]

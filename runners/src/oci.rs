@@ -168,7 +168,8 @@ pub fn trusted_binary(binary: &Path) -> Result<PathBuf> {
 impl OciRunner {
     /// `oci:PATH`: a runc-compatible binary, trusted as [`trusted_binary`] says.
     pub fn generic(binary: &Path, ctx: &RunnerContext) -> Result<Self> {
-        trusted_binary(binary)?;
+        // Executed by the resolved path, so a chain of links is never followed again.
+        let real = trusted_binary(binary)?;
         let name = binary
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -183,7 +184,7 @@ impl OciRunner {
             Flavor::Runc
         };
         Ok(Self {
-            binary: binary.to_path_buf(),
+            binary: real,
             flavor,
             ctx: ctx.clone(),
             cgroup_root: "/sys/fs/cgroup".into(),
@@ -195,7 +196,7 @@ impl OciRunner {
     /// platform with a deadline before one is chosen).
     pub fn gvisor(ctx: &RunnerContext) -> Result<Self> {
         let binary = on_path("runsc").ok_or_else(|| OciError::NotFound("runsc".into()))?;
-        trusted_binary(&binary)?;
+        let binary = trusted_binary(&binary)?;
         let platform =
             std::env::var("COVENANT_GVISOR_PLATFORM").unwrap_or_else(|_| "ptrace".into());
         if platform.is_empty() || !platform.chars().all(|c| c.is_ascii_alphanumeric()) {
@@ -835,10 +836,8 @@ impl OciRunner {
         derived: &Path,
     ) -> Result<PathBuf> {
         let (upper, work, merged) = (
-            keep.map(|k| k.join("upper"))
-                .unwrap_or_else(|| derived.join("upper")),
-            keep.map(|k| k.join("work"))
-                .unwrap_or_else(|| derived.join("work")),
+            derived.join("upper"),
+            derived.join("work"),
             derived.join("rootfs"),
         );
         for dir in [&upper, &work, &merged] {
@@ -859,11 +858,22 @@ impl OciRunner {
             .and_then(|l| l.gid_mappings().as_ref())
             .and_then(|m| m.first())
             .map(|m| m.host_id());
-        if let (Some(u), Some(g), false) =
-            (owner, group, matches!(self.flavor, Flavor::Gvisor { .. }))
-        {
+        let sandbox_root = match (owner, group, &self.flavor) {
+            (Some(u), Some(g), f) if !matches!(f, Flavor::Gvisor { .. }) => Some((u, g)),
+            _ => None,
+        };
+        // A kept layer is the granted owner's directory: its `upper` and `work` are opened
+        // beneath it without symlinks, owned by descriptor, and named by descriptor.
+        let kept = keep
+            .map(|k| crate::hostpath::KeptLayer::open(k, sandbox_root))
+            .transpose()
+            .map_err(|e| OciError::Io {
+                what: "the kept layer".into(),
+                error: std::io::Error::other(e.to_string()),
+            })?;
+        if let (None, Some((u, g))) = (&kept, sandbox_root) {
             let c = CString::new(upper.display().to_string()).unwrap_or_default();
-            // SAFETY: chown reads a NUL-terminated path.
+            // SAFETY: chown reads a NUL-terminated path (the run's own state directory).
             unsafe { libc::chown(c.as_ptr(), u, g) };
         }
         let mut lowers: Vec<String> = lower.iter().map(|l| l.display().to_string()).collect();
@@ -891,12 +901,11 @@ impl OciRunner {
                 lowers.push(target.display().to_string());
             }
         }
-        let options = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            lowers.join(":"),
-            upper.display(),
-            work.display()
-        );
+        let layer = match &kept {
+            Some(kept) => kept.overlay_options(),
+            None => format!("upperdir={},workdir={}", upper.display(), work.display()),
+        };
+        let options = format!("lowerdir={},{layer}", lowers.join(":"));
         nix::mount::mount(
             Some("overlay"),
             &merged,

@@ -204,19 +204,24 @@ impl PinnedRun {
 
 /// When the run starts: opens every host path of `plan` again without following
 /// symlinks, refuses one that no longer names the object recorded at authorisation,
-/// creates a missing kept layer, guards every repository under a writable directory
+/// creates a missing kept layer (its `upper` and `work` owned by `sandbox_root`, the host
+/// ids of the sandbox's root), guards every repository under a writable directory
 /// ([`gitsafe::guard_writable`], its mounts opened beneath the object walked), and, when
 /// `stage_dir` is given, attaches each object by descriptor there so the bundle names
 /// places only root can change. The caller must already be in a private mount namespace
 /// when staging.
-pub fn pin_for_run(plan: &SandboxPlan, stage_dir: Option<&Path>) -> Result<PinnedRun, PathRefused> {
+pub fn pin_for_run(
+    plan: &SandboxPlan,
+    stage_dir: Option<&Path>,
+    sandbox_root: (u32, u32),
+) -> Result<PinnedRun, PathRefused> {
     let mut run = PinnedRun {
         bundle_plan: plan.clone(),
         staging: Staging::default(),
         objects: Vec::new(),
         guards: Vec::new(),
     };
-    match pin_into(&mut run, plan, stage_dir) {
+    match pin_into(&mut run, plan, stage_dir, sandbox_root) {
         Ok(()) => Ok(run),
         Err(e) => {
             let _ = run.release();
@@ -229,6 +234,7 @@ fn pin_into(
     run: &mut PinnedRun,
     plan: &SandboxPlan,
     stage_dir: Option<&Path>,
+    sandbox_root: (u32, u32),
 ) -> Result<(), PathRefused> {
     if let Some(dir) = stage_dir {
         use std::os::unix::fs::DirBuilderExt;
@@ -252,6 +258,11 @@ fn pin_into(
         let object = open(&entry)?;
         if let Some(recorded) = plan.pinned.iter().find(|p| p.path == entry.path) {
             object.expect(recorded.object).map_err(&refused)?;
+        }
+        if entry.used == Use::Keep {
+            // `upper` and `work` for the sandbox's root, by descriptor beneath the object
+            // just checked: the names in it are its owner's to swap.
+            hostpath::KeptLayer::open(&entry.path, Some(sandbox_root)).map_err(&refused)?;
         }
         let place = |k: Option<usize>| {
             stage_dir.map(|dir| match k {

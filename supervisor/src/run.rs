@@ -298,39 +298,48 @@ pub fn staging_dir(job: &str) -> PathBuf {
 /// still be the object recorded when it was authorised. As root, each is then attached
 /// by descriptor under [`staging_dir`], in a mount namespace of this process's own, and
 /// the bundle names those places: whatever a path names by the time the runner looks,
-/// the sandbox gets the object that was checked. A kept bundle names the host paths
-/// themselves (it is meant to be run again later, where they are checked again).
+/// the sandbox gets the object that was checked. A bundle kept for later
+/// (`settings.keep_bundle`) names the host paths themselves; it is written beside this
+/// run's own and checked again when it is run.
 pub fn run_plan(
     audit: &mut RunAudit<'_>,
     plan: &SandboxPlan,
     settings: &RunSettings,
 ) -> Result<RunReport, RunError> {
     let runner = runner(&plan.runner.name())?;
-    let (dir, keep) = match &settings.keep_bundle {
-        Some(dir) => (dir.clone(), true),
-        None => (covenant_home().join("bundles").join(&plan.job_id), false),
-    };
-    if !keep {
-        ensure_traversable(&covenant_home())?;
+    if let Some(kept) = &settings.keep_bundle {
+        // The kept bundle names the host paths, to be checked again when it is run; this
+        // run goes through a bundle of its own like any other.
+        let bundle = write_bundle(plan, kept, identity_map())?;
+        audit.push(
+            "bundle.kept",
+            serde_json::json!({"config_digest": bundle.config_digest, "dir": bundle.dir}),
+        );
     }
-    let stage = (!keep && nix::unistd::geteuid().is_root()).then(|| staging_dir(&plan.job_id));
+    let dir = covenant_home().join("bundles").join(&plan.job_id);
+    ensure_traversable(&covenant_home())?;
+    let stage = nix::unistd::geteuid()
+        .is_root()
+        .then(|| staging_dir(&plan.job_id));
     if let Some(stage) = &stage {
         covenant_runners::hostpath::enter_private_mount_namespace()?;
         ensure_traversable_dir(stage.parent().unwrap_or(Path::new("/")))?;
     }
-    let mut pinned = crate::host_paths::pin_for_run(plan, stage.as_deref());
+    let ids = identity_map();
+    let mut pinned =
+        crate::host_paths::pin_for_run(plan, stage.as_deref(), (ids.host_uid, ids.host_gid));
     let result = match &mut pinned {
         Err(_) => Ok(None),
         Ok(pinned) => (|| {
             let bundle_plan = &pinned.bundle_plan;
-            let bundle = if keep || runner.portable_bundle() {
+            let bundle = if runner.portable_bundle() {
                 write_bundle(bundle_plan, &dir, identity_map())?
             } else {
                 write_native_bundle(bundle_plan, &dir, identity_map())?
             };
             audit.push(
                 "bundle.written",
-                serde_json::json!({"config_digest": bundle.config_digest, "dir": bundle.dir, "kept": keep}),
+                serde_json::json!({"config_digest": bundle.config_digest, "dir": bundle.dir}),
             );
             let mut report = execute(audit, plan, &bundle, runner.as_ref())?;
             report.git_findings = pinned.git_findings();
@@ -353,9 +362,7 @@ pub fn run_plan(
         released?;
         remove_staging(stage)?;
     }
-    if !keep {
-        remove_bundle(&dir)?;
-    }
+    remove_bundle(&dir)?;
     match (pinned, result) {
         (Err(refused), _) => Err(refused.into()),
         (Ok(_), Ok(Some(report))) => Ok(report),

@@ -1193,6 +1193,62 @@ echo a > a && git add a && git -c user.email=a@b -c user.name=a commit -qm insid
 }
 
 #[test]
+fn a_kept_layer_planted_with_symlinks_neither_chowns_nor_redirects_the_root() {
+    let Some(s) = Scene::live() else { return };
+    let base = s.home.path();
+    // The victim stands in for /etc: root's, and the kept layer's owner plants links to it.
+    let victim = base.join("victim");
+    std::fs::create_dir(&victim).unwrap();
+    std::fs::write(victim.join("passwd"), "precious").unwrap();
+    let keep = base.join("keep");
+    std::fs::create_dir(&keep).unwrap();
+    std::os::unix::fs::symlink(&victim, keep.join("upper")).unwrap();
+    std::os::unix::fs::symlink(&victim, keep.join("work")).unwrap();
+    std::os::unix::fs::lchown(keep.join("upper"), Some(65534), Some(65534)).unwrap();
+    std::os::unix::fs::chown(&keep, Some(65534), Some(65534)).unwrap();
+    // A directory root owned by the sandbox's id range, as an imported image's is.
+    let root = base.join("root");
+    for d in ["etc", "proc", "dev", "sys", "tmp", "usr", "run"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    for (link, to) in [("bin", "usr/bin"), ("lib", "usr/lib"), ("lib64", "usr/lib64")] {
+        std::os::unix::fs::symlink(to, root.join(link)).unwrap();
+    }
+    let chown = Command::new("chown")
+        .args(["-R", "-h", "100000:100000"])
+        .arg(&root)
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    let request = |cmd: &str| {
+        let mut c = s.ctl();
+        c.arg(cmd)
+            .arg("--rootfs")
+            .arg(format!("dir:{}", root.display()))
+            .args(["--exec", "/usr", "--keep-changes"])
+            .arg(&keep)
+            .args(["--", "/bin/sh", "-c", "echo pwned > /passwd"]);
+        c.stdin(Stdio::null()).output().unwrap()
+    };
+    use std::os::unix::fs::MetadataExt;
+    let plan = request("plan");
+    assert_eq!(code(&plan), 0, "{}", stderr(&plan));
+    let run = request("run");
+    assert_eq!(code(&run), 125, "{}", stderr(&run));
+    assert!(stderr(&run).contains("symlink"), "{}", stderr(&run));
+    let md = std::fs::metadata(&victim).unwrap();
+    assert_eq!((md.uid(), md.gid()), (0, 0), "the victim was given away");
+    assert_eq!(std::fs::read_to_string(victim.join("passwd")).unwrap(), "precious");
+    // With the links gone, the layer is prepared for the sandbox's root by descriptor.
+    std::fs::remove_file(keep.join("upper")).unwrap();
+    std::fs::remove_file(keep.join("work")).unwrap();
+    let run = request("run");
+    assert_eq!(code(&run), 0, "{}", stderr(&run));
+    assert_eq!(std::fs::read_to_string(keep.join("upper/passwd")).unwrap(), "pwned\n");
+    assert_eq!(std::fs::metadata(keep.join("upper")).unwrap().uid(), 100000);
+}
+
+#[test]
 fn connect_ports_exec_paths_and_syscall_groups_are_enforced() {
     let Some(s) = Scene::live() else { return };
     let allowed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

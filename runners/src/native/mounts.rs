@@ -330,18 +330,22 @@ fn build_overlay_root(
         fs::create_dir(rootfs.join(d))
             .map_err(|e| ChildError::new("mount overlay root", format!("{d}: {e}")))?;
     }
-    // A kept layer lives in a host directory prepared for the sandbox's root.
-    let (upper, work) = match keep {
-        Some(k) => (k.join("upper"), k.join("work")),
-        None => (rootfs.join("upper"), rootfs.join("work")),
+    // A kept layer lives in a host directory prepared for the sandbox's root; its
+    // `upper` and `work` are named by descriptor, never by a name its owner could swap.
+    let kept = keep
+        .map(|k| crate::hostpath::KeptLayer::open(k, None))
+        .transpose()
+        .map_err(|e| ChildError::new("mount overlay root", e.to_string()))?;
+    let layer = match &kept {
+        Some(kept) => kept.overlay_options(),
+        None => format!(
+            "upperdir={},workdir={}",
+            rootfs.join("upper").display(),
+            rootfs.join("work").display()
+        ),
     };
     let lowers: Vec<String> = lower.iter().map(|l| l.display().to_string()).collect();
-    let options = format!(
-        "lowerdir={},upperdir={},workdir={},userxattr",
-        lowers.join(":"),
-        upper.display(),
-        work.display()
-    );
+    let options = format!("lowerdir={},{layer},userxattr", lowers.join(":"));
     let merged = rootfs.join("merged");
     mount(
         Some("overlay"),
