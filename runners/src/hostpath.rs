@@ -97,6 +97,24 @@ impl HostObject {
         Ok(())
     }
 
+    /// The same directory opened again for reading its entries and making new ones
+    /// (an `O_PATH` descriptor cannot be written through), by descriptor.
+    fn reopen_dir(&self) -> Result<OwnedFd> {
+        let fd = nix::fcntl::openat2(
+            self.fd.as_raw_fd(),
+            ".",
+            OpenHow::new()
+                .flags(OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC)
+                .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS),
+        )
+        .map_err(|errno| HostPathError::Open {
+            path: self.path.clone(),
+            errno,
+        })?;
+        // SAFETY: openat2 just returned this descriptor and nothing else owns it.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
     /// Refuses unless this is a directory.
     pub fn expect_dir(&self) -> Result<()> {
         if self.kind != ObjectKind::Dir {
@@ -189,21 +207,7 @@ pub fn create_dir(path: &Path) -> Result<()> {
     };
     let parent = open(parent)?;
     parent.expect_dir()?;
-    // An O_PATH descriptor cannot be written through: reopen the same object as a
-    // directory, by descriptor.
-    let dir = nix::fcntl::openat2(
-        parent.fd.as_raw_fd(),
-        ".",
-        OpenHow::new()
-            .flags(OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC)
-            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS),
-    )
-    .map_err(|errno| HostPathError::Open {
-        path: parent.path.clone(),
-        errno,
-    })?;
-    // SAFETY: openat2 just returned this descriptor and nothing else owns it.
-    let dir = unsafe { OwnedFd::from_raw_fd(dir) };
+    let dir = parent.reopen_dir()?;
     match nix::sys::stat::mkdirat(Some(dir.as_raw_fd()), name, Mode::from_bits_truncate(0o755)) {
         Ok(()) | Err(Errno::EEXIST) => Ok(()),
         Err(errno) => Err(HostPathError::Open {
@@ -305,19 +309,7 @@ impl KeptLayer {
     pub fn open(keep: &Path, owner: Option<(u32, u32)>) -> Result<Self> {
         let dir = open(keep)?;
         dir.expect_dir()?;
-        let listing = nix::fcntl::openat2(
-            dir.fd.as_raw_fd(),
-            ".",
-            OpenHow::new()
-                .flags(OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC)
-                .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS),
-        )
-        .map_err(|errno| HostPathError::Open {
-            path: keep.to_path_buf(),
-            errno,
-        })?;
-        // SAFETY: openat2 just returned this descriptor and nothing else owns it.
-        let listing = unsafe { OwnedFd::from_raw_fd(listing) };
+        let listing = dir.reopen_dir()?;
         let mut layer = Vec::with_capacity(2);
         for name in ["upper", "work"] {
             let path = keep.join(name);

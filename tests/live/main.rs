@@ -1211,7 +1211,11 @@ fn a_kept_layer_planted_with_symlinks_neither_chowns_nor_redirects_the_root() {
     for d in ["etc", "proc", "dev", "sys", "tmp", "usr", "run"] {
         std::fs::create_dir_all(root.join(d)).unwrap();
     }
-    for (link, to) in [("bin", "usr/bin"), ("lib", "usr/lib"), ("lib64", "usr/lib64")] {
+    for (link, to) in [
+        ("bin", "usr/bin"),
+        ("lib", "usr/lib"),
+        ("lib64", "usr/lib64"),
+    ] {
         std::os::unix::fs::symlink(to, root.join(link)).unwrap();
     }
     let chown = Command::new("chown")
@@ -1238,13 +1242,19 @@ fn a_kept_layer_planted_with_symlinks_neither_chowns_nor_redirects_the_root() {
     assert!(stderr(&run).contains("symlink"), "{}", stderr(&run));
     let md = std::fs::metadata(&victim).unwrap();
     assert_eq!((md.uid(), md.gid()), (0, 0), "the victim was given away");
-    assert_eq!(std::fs::read_to_string(victim.join("passwd")).unwrap(), "precious");
+    assert_eq!(
+        std::fs::read_to_string(victim.join("passwd")).unwrap(),
+        "precious"
+    );
     // With the links gone, the layer is prepared for the sandbox's root by descriptor.
     std::fs::remove_file(keep.join("upper")).unwrap();
     std::fs::remove_file(keep.join("work")).unwrap();
     let run = request("run");
     assert_eq!(code(&run), 0, "{}", stderr(&run));
-    assert_eq!(std::fs::read_to_string(keep.join("upper/passwd")).unwrap(), "pwned\n");
+    assert_eq!(
+        std::fs::read_to_string(keep.join("upper/passwd")).unwrap(),
+        "pwned\n"
+    );
     assert_eq!(std::fs::metadata(keep.join("upper")).unwrap().uid(), 100000);
 }
 
