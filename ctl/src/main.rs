@@ -327,6 +327,10 @@ fn plan(request: RequestArgs) -> anyhow::Result<()> {
 fn bundle(request: RequestArgs, out: PathBuf) -> anyhow::Result<()> {
     let plan = request.plan()?;
     let bundle = covenant_images::write_bundle(&plan, &out, identity_map())?;
+    // Signed, so that `run --bundle` can tell this bundle from one edited (or written) by
+    // anyone else.
+    let key = covenant_supervisor::keys::supervisor_key()?;
+    covenant_supervisor::bundle_signature::sign_bundle(&bundle.dir, &key)?;
     println!("{} {}", bundle.dir.display(), bundle.config_digest);
     Ok(())
 }

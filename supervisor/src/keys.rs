@@ -141,15 +141,25 @@ fn base64_decode(text: &str) -> Option<Vec<u8>> {
 
 /// The operator's key (`$COVENANT_HOME/operator.key`), created on first use.
 pub fn operator_key() -> Result<SigningKey> {
-    let path = covenant_home().join("operator.key");
-    match read_private_key(&path) {
+    key_created_on_first_use(&covenant_home().join("operator.key"))
+}
+
+/// The supervisor's key (`$COVENANT_HOME/supervisor.key`), which signs audit checkpoints
+/// and kept bundles; created on first use.
+pub fn supervisor_key() -> Result<SigningKey> {
+    key_created_on_first_use(&covenant_home().join("supervisor.key"))
+}
+
+/// The private key at `path`, created (0600) when there is none.
+pub fn key_created_on_first_use(path: &Path) -> Result<SigningKey> {
+    match read_private_key(path) {
         Ok(key) => Ok(key),
         Err(KeyError::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => {
             let key = generate_key()?;
-            match write_private_key(&path, &key) {
+            match write_private_key(path, &key) {
                 Ok(()) => Ok(key),
                 // Another process created it first: use theirs.
-                Err(KeyError::Exists { .. }) => read_private_key(&path),
+                Err(KeyError::Exists { .. }) => read_private_key(path),
                 Err(e) => Err(e),
             }
         }

@@ -2,6 +2,7 @@
 //! directory, runner, cleanup, report); later it also owns the store and the daemon.
 
 pub mod authority;
+pub mod bundle_signature;
 pub mod daemon;
 pub mod gitsafe;
 pub mod home;

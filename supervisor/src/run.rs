@@ -2,6 +2,9 @@
 //! afterwards unless the caller keeps it.
 
 use crate::authority::{authorise_run, load_capability, AuthorityError};
+use crate::bundle_signature::{
+    trusted_bundle_keys, verify_bundle, BundleSignatureError, VerifiedBundle,
+};
 use crate::home::covenant_home;
 use crate::home::new_job_id;
 use crate::store::{AuditEvent, Store, StoreError};
@@ -35,6 +38,8 @@ pub enum RunError {
     Authority(#[from] AuthorityError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    BundleSignature(#[from] BundleSignatureError),
     #[error("cannot create {path}: {error}")]
     Home {
         path: PathBuf,
@@ -371,9 +376,11 @@ pub fn run_plan(
     }
 }
 
-/// Runs a bundle written earlier (`covenant-ctl bundle --out DIR`), under the plan it
-/// carries (`plan.json`, checked against the `org.opencovenant.plan-digest` annotation).
-/// The bundle is left in place.
+/// Runs a bundle written earlier (`covenant-ctl bundle --out DIR`). The bundle must be
+/// signed by a trusted key, its `plan.json` must be the signed plan, and its `config.json`
+/// exactly what that plan compiles to (see [`crate::bundle_signature`]); anything else is
+/// refused, naming the first field that differs. What runs is the verified plan, written
+/// afresh by the normal run path: never the files on disk. The bundle is left in place.
 pub fn run_bundle(dir: &Path, settings: &RunSettings) -> Result<RunReport, RunError> {
     let store = std::cell::RefCell::new(Store::open_default()?);
     let opening = store.borrow().opening_events("covenant-ctl run --bundle")?;
@@ -381,80 +388,67 @@ pub fn run_bundle(dir: &Path, settings: &RunSettings) -> Result<RunReport, RunEr
         store.borrow_mut().append_batch(&events)?;
         Ok(())
     };
-    let mut audit = RunAudit::new("", opening, &mut sink);
-    let result = (|| {
-        let bundle = load_bundle(dir)?;
-        let mut plan: SandboxPlan =
-            serde_json::from_slice(&std::fs::read(dir.join("plan.json")).map_err(|error| {
-                RunError::Home {
-                    path: dir.join("plan.json"),
-                    error,
-                }
-            })?)
-            .map_err(|e| RunError::Bundle(BundleError::Spec(format!("plan.json: {e}"))))?;
-        audit.job = plan.job_id.clone();
-        // SAFETY: getuid has no failure mode.
-        let uid = unsafe { libc::getuid() };
-        audit.push("run.intent", serde_json::json!({"uid": uid, "pid": std::process::id(), "bundle": dir, "argv": plan.argv}));
-        check_plan_digest(dir, &plan)?;
-        // A bundle on disk proves nothing about who authorised it: running one is the
-        // local operator's act, and what the bundle claims is recorded as a claim.
-        let claimed = serde_json::to_value(&plan.authorisation).unwrap_or_default();
-        let operator =
-            crate::keys::operator_key().map_err(crate::authority::AuthorityError::from)?;
-        plan.authorisation = covenant_policy::Authorisation::Operator {
-            key: covenant_policy::token::encode_key(&operator.verifying_key().to_bytes()),
-        };
-        audit.push(
-            "capability.verified",
-            serde_json::to_value(&plan.authorisation).unwrap_or_default(),
-        );
-        audit.push(
-            "bundle.loaded",
-            serde_json::json!({"config_digest": bundle.config_digest, "dir": dir, "claimed_authorisation": claimed}),
-        );
-        let runner = runner(settings.runner.as_deref().unwrap_or("native"))?;
-        execute(&mut audit, &plan, &bundle, runner.as_ref())
-    })();
+    let mut audit = RunAudit::new(&new_job_id(), opening, &mut sink);
+    // SAFETY: getuid has no failure mode.
+    let uid = unsafe { libc::getuid() };
+    audit.push(
+        "run.intent",
+        serde_json::json!({"uid": uid, "pid": std::process::id(), "bundle": dir}),
+    );
+    let result = verified_bundle_run(&mut audit, dir, settings);
     if let Err(e) = &result {
-        audit.push("run.failed", serde_json::json!({"reason": e.to_string()}));
+        let kind = match e {
+            RunError::BundleSignature(_) => "bundle.refused",
+            _ => "run.failed",
+        };
+        audit.push(kind, serde_json::json!({"reason": e.to_string()}));
     }
     let pending = audit.into_pending();
     store.into_inner().close(pending)?;
     result
 }
 
-fn load_bundle(dir: &Path) -> Result<Bundle, RunError> {
-    use sha2::{Digest, Sha256};
-    let config = std::fs::read(dir.join("config.json")).map_err(|error| RunError::Home {
-        path: dir.join("config.json"),
-        error,
-    })?;
-    let spec: serde_json::Value = serde_json::from_slice(&config)
-        .map_err(|e| RunError::Bundle(BundleError::Spec(format!("config.json: {e}"))))?;
-    let seccomp = serde_json::to_vec(&spec["linux"]["seccomp"]).unwrap_or_default();
-    let digest = |b: &[u8]| format!("sha256:{}", covenant_policy::plan::hex(&Sha256::digest(b)));
-    Ok(Bundle {
-        dir: dir.to_path_buf(),
-        config_digest: digest(&config),
-        seccomp_digest: digest(&seccomp),
-    })
-}
-
-fn check_plan_digest(dir: &Path, plan: &SandboxPlan) -> Result<(), RunError> {
-    let config: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap_or_default())
-            .unwrap_or_default();
-    let recorded = config["annotations"][covenant_policy::annotations::PLAN_DIGEST]
-        .as_str()
-        .unwrap_or("");
-    if recorded != plan.digest() {
-        return Err(RunError::Bundle(BundleError::Spec(format!(
-            "plan.json (digest {}) is not the plan this bundle was written from ({recorded})",
-            plan.digest()
-        ))));
+fn verified_bundle_run(
+    audit: &mut RunAudit<'_>,
+    dir: &Path,
+    settings: &RunSettings,
+) -> Result<RunReport, RunError> {
+    let trusted = trusted_bundle_keys()?;
+    let VerifiedBundle {
+        mut plan,
+        signature,
+    } = verify_bundle(dir, &trusted, identity_map())?;
+    // A signed bundle says which plan an operator approved; running it is the local
+    // operator's act, and what the bundle claims about its authority is recorded as a
+    // claim. Each run is its own job, so a bundle may run again (or twice at once).
+    let claimed = serde_json::to_value(&plan.authorisation).unwrap_or_default();
+    let bundle_job = std::mem::replace(&mut plan.job_id, audit.job.clone());
+    let operator = crate::keys::operator_key().map_err(AuthorityError::from)?;
+    plan.authorisation = covenant_policy::Authorisation::Operator {
+        key: covenant_policy::token::encode_key(&operator.verifying_key().to_bytes()),
+    };
+    audit.push(
+        "capability.verified",
+        serde_json::to_value(&plan.authorisation).unwrap_or_default(),
+    );
+    audit.push(
+        "bundle.verified",
+        serde_json::json!({
+            "dir": dir, "bundle_job": bundle_job, "signed_by": signature.public_key,
+            "plan_digest": signature.plan_digest, "config_digest": signature.config_digest,
+            "claimed_authorisation": claimed, "argv": plan.argv,
+        }),
+    );
+    // Which runner executes a bundle from disk is the local operator's choice.
+    if let Some(name) = &settings.runner {
+        plan.runner = covenant_policy::RunnerChoice::parse(name)
+            .map_err(|reason| RunError::Bundle(BundleError::Spec(format!("--runner: {reason}"))))?;
     }
-    Ok(())
+    let fresh = RunSettings {
+        keep_bundle: None,
+        runner: None,
+    };
+    run_plan(audit, &plan, &fresh)
 }
 
 /// Runs `bundle` with `runner` and audits what happened.

@@ -226,6 +226,25 @@ impl NativeSpec {
                         maps: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>|
          -> Result<IdRange, SpecError> {
             match maps.as_deref() {
+                // Host id 0 in the range would make a sandbox id the host's root, with the
+                // host root's access to every file the sandbox can reach. A rootless
+                // caller is never host root and the kernel refuses the map anyway; as
+                // root, the sandbox always runs in a subordinate range.
+                Some([m]) if m.host_id() == 0 => Err(field(
+                    f,
+                    format!(
+                        "container ids 0..{} map onto host id 0 (root); a sandbox never runs as host root",
+                        m.size()
+                    ),
+                )),
+                Some([m]) if m.host_id().checked_add(m.size()).is_none() => Err(field(
+                    f,
+                    format!(
+                        "host ids {}+{} run past the largest id",
+                        m.host_id(),
+                        m.size()
+                    ),
+                )),
                 Some([m]) if m.container_id() == 0 && m.size() > 0 => Ok(IdRange {
                     host: m.host_id(),
                     size: m.size(),
@@ -547,6 +566,90 @@ mod tests {
         let (dir, spec) = bundle();
         let native = NativeSpec::from_spec(&dir.path().join("b"), &spec).unwrap();
         assert!(native.seccomp.is_some() && native.landlock.is_some());
+    }
+
+    fn set_maps(spec: &mut Spec, uid: (u32, u32), gid: (u32, u32)) {
+        use oci_spec::runtime::LinuxIdMappingBuilder;
+        let map = |(host, size): (u32, u32)| {
+            vec![LinuxIdMappingBuilder::default()
+                .container_id(0u32)
+                .host_id(host)
+                .size(size)
+                .build()
+                .unwrap()]
+        };
+        let mut linux = spec.linux().clone().unwrap();
+        linux.set_uid_mappings(Some(map(uid)));
+        linux.set_gid_mappings(Some(map(gid)));
+        spec.set_linux(Some(linux));
+    }
+
+    #[test]
+    fn a_bundle_that_maps_sandbox_ids_onto_host_root_is_refused() {
+        let (dir, mut spec) = bundle();
+        let b = dir.path().join("b");
+        set_maps(&mut spec, (0, 65_536), (100_000, 65_536));
+        let err = NativeSpec::from_spec(&b, &spec).unwrap_err().to_string();
+        assert!(
+            err.contains("linux.uidMappings") && err.contains("host id 0"),
+            "{err}"
+        );
+        set_maps(&mut spec, (100_000, 65_536), (0, 1));
+        let err = NativeSpec::from_spec(&b, &spec).unwrap_err().to_string();
+        assert!(
+            err.contains("linux.gidMappings") && err.contains("host id 0"),
+            "{err}"
+        );
+        set_maps(&mut spec, (u32::MAX - 10, 65_536), (100_000, 65_536));
+        let err = NativeSpec::from_spec(&b, &spec).unwrap_err().to_string();
+        assert!(err.contains("linux.uidMappings"), "{err}");
+        set_maps(&mut spec, (100_000, 65_536), (100_000, 65_536));
+        assert!(NativeSpec::from_spec(&b, &spec).is_ok());
+    }
+
+    #[test]
+    fn a_bundle_that_keeps_a_capability_is_refused() {
+        use oci_spec::runtime::{Capability, LinuxCapabilitiesBuilder};
+        let (dir, mut spec) = bundle();
+        for set in [
+            "bounding",
+            "effective",
+            "permitted",
+            "inheritable",
+            "ambient",
+        ] {
+            let kept: std::collections::HashSet<Capability> =
+                [Capability::SysAdmin].into_iter().collect();
+            let none = std::collections::HashSet::new();
+            let mut b = LinuxCapabilitiesBuilder::default()
+                .bounding(none.clone())
+                .effective(none.clone())
+                .permitted(none.clone())
+                .inheritable(none.clone())
+                .ambient(none);
+            b = match set {
+                "bounding" => b.bounding(kept),
+                "effective" => b.effective(kept),
+                "permitted" => b.permitted(kept),
+                "inheritable" => b.inheritable(kept),
+                _ => b.ambient(kept),
+            };
+            let mut process = spec.process().clone().unwrap();
+            process.set_capabilities(Some(b.build().unwrap()));
+            let mut s = spec.clone();
+            s.set_process(Some(process));
+            let err = NativeSpec::from_spec(&dir.path().join("b"), &s)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("process.capabilities.{set}")),
+                "{set}: {err}"
+            );
+        }
+        let mut process = spec.process().clone().unwrap();
+        process.set_capabilities(None);
+        spec.set_process(Some(process));
+        assert!(NativeSpec::from_spec(&dir.path().join("b"), &spec).is_ok());
     }
 
     #[test]

@@ -243,18 +243,7 @@ pub fn record(kind: &str, body: serde_json::Value) -> Result<u64> {
 }
 
 fn load_or_create_key(path: &Path) -> Result<SigningKey> {
-    match keys::read_private_key(path) {
-        Ok(k) => Ok(k),
-        Err(KeyError::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => {
-            let key = keys::generate_key()?;
-            match keys::write_private_key(path, &key) {
-                Ok(()) => Ok(key),
-                Err(KeyError::Exists { .. }) => Ok(keys::read_private_key(path)?),
-                Err(e) => Err(e.into()),
-            }
-        }
-        Err(e) => Err(e.into()),
-    }
+    Ok(keys::key_created_on_first_use(path)?)
 }
 
 impl Drop for Store {
