@@ -169,9 +169,9 @@ fn write_bundle_with(
     // The plan travels with its bundle, so a kept bundle can be run again under it; its
     // digest is in the `plan-digest` annotation.
     let plan_path = dir.join("plan.json");
-    fs::write(&plan_path, plan.canonical_json()).map_err(io_err(&plan_path))?;
+    write_private(&plan_path, &plan.canonical_json())?;
     let config = dir.join("config.json");
-    fs::write(&config, &json).map_err(io_err(&config))?;
+    write_private(&config, &json)?;
     Ok(Bundle {
         dir: dir.to_path_buf(),
         config_digest: digest(&json),
@@ -205,6 +205,19 @@ fn create_bundle_dir(dir: &Path) -> Result<()> {
     }
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o711)).map_err(io_err(dir))
+}
+
+/// Creates `path` readable and writable by its owner only (0600 from the start, no window
+/// where it is wider): the plan and config.json carry the job's environment, secrets
+/// passed with `--env` included.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_err(path))?;
+    f.write_all(bytes).map_err(io_err(path))
 }
 
 /// `/etc/passwd`, `/etc/group`, `/etc/hosts` and `/etc/hostname` describing the sandbox,

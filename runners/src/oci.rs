@@ -774,9 +774,22 @@ impl OciRunner {
             id,
         };
         let (id, state, log) = (&w.id, &w.state, &w.log);
-        fs::create_dir_all(state).map_err(io(format!("state directory {}", state.display())))?;
-        fs::create_dir_all(&w.derived)
-            .map_err(io(format!("bundle directory {}", w.derived.display())))?;
+        // The run's folder and its derived bundle are traversable (the sandbox's host uid
+        // reaches the rootfs through them); the runtime's state is the runtime's alone.
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            for (dir, mode, what) in [
+                (&work, 0o711, "run directory"),
+                (state, 0o700, "state directory"),
+                (&w.derived, 0o711, "bundle directory"),
+            ] {
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(mode)
+                    .create(dir)
+                    .map_err(io(format!("{what} {}", dir.display())))?;
+            }
+        }
         let result = self.lifecycle_run(&decisions, &w, on_start);
         // Whatever happened: no container, no state directory, no derived bundle.
         // `runsc run` deletes its container itself; anything left in the state directory
@@ -938,8 +951,20 @@ impl OciRunner {
             root.set_readonly(Some(false));
             spec.set_root(Some(root));
         }
-        spec.save(derived.join("config.json"))
-            .map_err(|e| OciError::Spec(e.to_string()))?;
+        // 0600 from creation: the config carries the job's environment.
+        let config_path = derived.join("config.json");
+        let json = serde_json::to_vec(&spec).map_err(|e| OciError::Spec(e.to_string()))?;
+        {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&config_path)
+                .and_then(|mut f| f.write_all(&json))
+                .map_err(io(format!("derived config {}", config_path.display())))?;
+        }
         let gvisor = matches!(self.flavor, Flavor::Gvisor { .. });
         let layout = CgroupLayout::detect(&self.cgroup_root)?;
         // gVisor: Covenant's cgroup holds the whole sandbox, with an allowance for the

@@ -136,6 +136,9 @@ impl Runner for NativeRunner {
 
 /// Everything prepared in the parent before the clone, so the start path after it is short.
 struct Prepared {
+    /// The directory holding the rootfs, entered by the child while it still has the
+    /// caller's host ids (see [`enter_bundle_directory`]).
+    root_parent: Option<PathBuf>,
     landlock: Option<LandlockPlan>,
     seccomp: Option<CompiledSeccomp>,
     trees: Vec<Option<DetachedTree>>,
@@ -156,6 +159,20 @@ impl NativeRunner {
         on_start: &mut dyn FnMut(&StartInfo),
     ) -> Result<RunOutcome> {
         let mut prepared = prepare(spec)?;
+        // The child reaches its rootfs relative to the directory that holds it, which it
+        // enters before it takes the sandbox's ids: a home only its owner may pass
+        // through (0700, or under /root) stays closed to the sandbox's host uid.
+        let relative;
+        let spec = match (spec.rootfs.parent(), spec.rootfs.file_name()) {
+            (Some(parent), Some(name)) if !parent.as_os_str().is_empty() => {
+                prepared.root_parent = Some(parent.to_path_buf());
+                let mut s = spec.clone();
+                s.rootfs = PathBuf::from(name);
+                relative = s;
+                &relative
+            }
+            _ => spec,
+        };
         let rootless = !Uid::effective().is_root();
         let mut cgroup = if rootless && spec.limits == CgroupLimits::default() {
             None
@@ -334,6 +351,7 @@ fn prepare(spec: &NativeSpec) -> Result<Prepared> {
         trees.push(Some(tree));
     }
     Ok(Prepared {
+        root_parent: None,
         landlock,
         seccomp,
         trees,
@@ -460,6 +478,7 @@ fn init_sandbox(
     status: OwnedFd,
 ) -> std::result::Result<Never, ChildError> {
     await_parent(sync)?;
+    enter_bundle_directory(prepared.root_parent.as_deref())?;
     become_namespace_root()?;
     // After the last change of credentials: changing them clears the parent-death signal.
     die_with_parent()?;
@@ -524,6 +543,18 @@ fn await_parent(sync: OwnedFd) -> std::result::Result<(), ChildError> {
             "wait for parent",
             "the supervisor went away before the sandbox started",
         )),
+    }
+}
+
+/// Makes the directory that holds the rootfs the working directory. Still holding the
+/// caller's host ids, the child may pass through every directory the caller may (the
+/// caller owns the home); once it has the sandbox's ids, it keeps the directory without
+/// looking its ancestors up again, and every rootfs path is relative to it.
+fn enter_bundle_directory(dir: Option<&Path>) -> std::result::Result<(), ChildError> {
+    match dir {
+        Some(dir) => nix::unistd::chdir(dir)
+            .map_err(|e| ChildError::new("enter bundle directory", format!("{}: {e}", dir.display()))),
+        None => Ok(()),
     }
 }
 

@@ -221,19 +221,33 @@ fn is_admin(config: &Config, stream: &tokio::net::UnixStream, uid: u32, gid: u32
             .is_some_and(|admins| gid == admins || peer_groups(stream).contains(&admins))
 }
 
+/// The home and its folders. The home and `bundles` are traversable (0711): a sandbox's
+/// host uid passes through them to its bundle's rootfs. `agents` holds each job's agent
+/// socket and credential and is reached only by the daemon (the sandbox gets its folder
+/// as a mount the daemon's side clones), so it is 0700; a folder an older build left
+/// wider is tightened.
 fn ensure_home(home: &Path) -> Result<(), DaemonError> {
     use std::os::unix::fs::DirBuilderExt;
-    for dir in [
-        home.to_path_buf(),
-        home.join("bundles"),
-        home.join("agents"),
+    for (dir, mode) in [
+        (home.to_path_buf(), 0o711),
+        (home.join("bundles"), 0o711),
+        (home.join("agents"), 0o700),
     ] {
         if !dir.exists() {
             std::fs::DirBuilder::new()
                 .recursive(true)
-                .mode(0o711)
+                .mode(mode)
                 .create(&dir)
                 .map_err(|e| DaemonError::Setup(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let current = std::fs::metadata(&dir)
+            .map_err(|e| DaemonError::Setup(format!("{}: {e}", dir.display())))?
+            .permissions()
+            .mode()
+            & 0o7777;
+        if current & !mode & 0o077 != 0 {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(current & mode))
+                .map_err(|e| DaemonError::Setup(format!("chmod {}: {e}", dir.display())))?;
         }
     }
     Ok(())

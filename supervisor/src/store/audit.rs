@@ -12,6 +12,7 @@ use super::{Result, Store, StoreError};
 use rusqlite::{params, OptionalExtension, Transaction};
 use serde::Serialize;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -444,6 +445,7 @@ fn record_head(path: &Path, seq: u64, hash: &[u8; 32]) -> Result<()> {
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(0o600)
         .open(&lock_path)
         .map_err(io)?;
     // SAFETY: flock on an owned descriptor; released when `lock` is dropped.
@@ -454,7 +456,13 @@ fn record_head(path: &Path, seq: u64, hash: &[u8; 32]) -> Result<()> {
         return Ok(());
     }
     let tmp = path.with_extension("head.tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(io)?;
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io)?;
     writeln!(f, "{seq} {}", hex(hash)).map_err(io)?;
     f.sync_all().map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)?;

@@ -128,6 +128,7 @@ impl Store {
             })?;
         }
         let key = load_or_create_key(key_path)?;
+        create_private(path)?;
         let conn = Connection::open(path).map_err(|error| StoreError::Sqlite {
             path: path.to_path_buf(),
             error,
@@ -231,6 +232,48 @@ impl Store {
             .map(|m| m.len())
             .sum()
     }
+}
+
+/// The database file and the files SQLite and the store keep beside it.
+pub fn store_files(db: &Path) -> [PathBuf; 5] {
+    [
+        db.to_path_buf(),
+        db.with_extension("db-wal"),
+        db.with_extension("db-shm"),
+        db.with_extension("head"),
+        db.with_extension("head.lock"),
+    ]
+}
+
+/// Creates the database file 0600 if it does not exist, before SQLite opens it: SQLite
+/// gives its `-wal` and `-shm` files the database file's mode, so all three are private
+/// from the moment they exist. Files an older build left readable by others are
+/// tightened to their owner.
+fn create_private(db: &Path) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |error| StoreError::Io { path, error }
+    };
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(db)
+        .map_err(io(db))?;
+    for file in store_files(db) {
+        let meta = match std::fs::symlink_metadata(&file) {
+            Ok(m) if m.file_type().is_file() => m,
+            _ => continue,
+        };
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode & 0o700))
+                .map_err(io(&file))?;
+        }
+    }
+    Ok(())
 }
 
 /// Appends one event to the default store (key, trust and capability changes).
