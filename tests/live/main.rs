@@ -1525,6 +1525,247 @@ fn the_same_bundle_runs_alike_under_every_runner() {
     );
 }
 
+/// `covenant-ctl bundle --out DIR` with the scene's workspace, for `argv`.
+fn write_bundle(s: &Scene, dir: &Path, argv: &[&str]) {
+    let out = s
+        .ctl()
+        .args(["bundle", "--workspace"])
+        .arg(&s.workspace)
+        .arg("--out")
+        .arg(dir)
+        .arg("--")
+        .args(argv)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+}
+
+fn edit_json(path: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    edit(&mut v);
+    std::fs::write(path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+}
+
+#[test]
+fn an_edited_or_foreign_bundle_is_refused_and_nothing_runs() {
+    let Some(s) = Scene::live() else { return };
+    let marker = s.workspace.join("marker");
+    let argv = ["sh", "-c", "touch /workspace/marker"];
+    let run_bundle = |dir: &Path| {
+        s.ctl()
+            .args(["run", "--bundle"])
+            .arg(dir)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    // The bundle as written runs.
+    let good = s.home.path().join("good");
+    write_bundle(&s, &good, &argv);
+    let out = run_bundle(&good);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(marker.exists(), "the untouched bundle did not run");
+    std::fs::remove_file(&marker).unwrap();
+
+    type Edit = Box<dyn Fn(&Path)>;
+    let cases: Vec<(&str, Edit, &str)> = vec![
+        (
+            "container root mapped to host root",
+            Box::new(|d: &Path| {
+                edit_json(&d.join("config.json"), |c| {
+                    c["linux"]["uidMappings"][0]["hostID"] = 0.into();
+                    c["linux"]["gidMappings"][0]["hostID"] = 0.into();
+                })
+            }),
+            "`/linux/gidMappings/0/hostID`",
+        ),
+        (
+            "an extra read-write bind of host /",
+            Box::new(|d: &Path| {
+                edit_json(&d.join("config.json"), |c| {
+                    let mounts = c["mounts"].as_array_mut().unwrap();
+                    mounts.push(serde_json::json!({"destination": "/host", "type": "bind",
+                        "source": "/", "options": ["rbind", "rw"]}));
+                })
+            }),
+            "`/mounts/",
+        ),
+        (
+            "a widened landlock ruleset",
+            Box::new(|d: &Path| {
+                edit_json(&d.join("config.json"), |c| {
+                    let key = "org.opencovenant.landlock";
+                    let mut rules: serde_json::Value =
+                        serde_json::from_str(c["annotations"][key].as_str().unwrap()).unwrap();
+                    let mut all = rules["fs"][0].clone();
+                    all["path"] = "/".into();
+                    all["access"] = "read-write".into();
+                    rules["fs"].as_array_mut().unwrap().push(all);
+                    c["annotations"][key] = rules.to_string().into();
+                })
+            }),
+            "`/annotations/org.opencovenant.landlock`",
+        ),
+        (
+            "an edited plan with its digest rewritten",
+            Box::new(|d: &Path| {
+                edit_json(&d.join("plan.json"), |p| {
+                    p["argv"] =
+                        serde_json::json!(["sh", "-c", "touch /workspace/marker; cat /etc/shadow"]);
+                });
+                let plan = std::fs::read(d.join("plan.json")).unwrap();
+                let digest = format!("sha256:{}", sha256_hex(&plan));
+                edit_json(&d.join("config.json"), |c| {
+                    c["annotations"]["org.opencovenant.plan-digest"] = digest.into();
+                });
+            }),
+            "`/plan_digest` of signature.json",
+        ),
+        (
+            "a bundle signed by a key this home does not trust",
+            Box::new(|d: &Path| {
+                // Rewritten and signed in another home, then put in place of this one.
+                let other = tempfile::tempdir().unwrap();
+                let foreign = other.path().join("b");
+                let out = Command::new(env!("CARGO_BIN_EXE_covenant-ctl"))
+                    .env("COVENANT_HOME", other.path().join("home"))
+                    .args(["bundle", "--workspace"])
+                    .arg(d.parent().unwrap().join("ws"))
+                    .arg("--out")
+                    .arg(&foreign)
+                    .args(["--", "sh", "-c", "touch /workspace/marker"])
+                    .output()
+                    .unwrap();
+                assert_eq!(code(&out), 0, "{}", stderr(&out));
+                std::fs::copy(foreign.join("signature.json"), d.join("signature.json")).unwrap();
+            }),
+            "is not a trusted key",
+        ),
+    ];
+    for (i, (what, edit, named)) in cases.iter().enumerate() {
+        let dir = s.home.path().join(format!("edited-{i}"));
+        write_bundle(&s, &dir, &argv);
+        edit(&dir);
+        let out = run_bundle(&dir);
+        assert_eq!(code(&out), 125, "{what}: {}", stderr(&out));
+        assert!(stderr(&out).contains(named), "{what}: {}", stderr(&out));
+        assert!(!marker.exists(), "{what}: the refused bundle ran");
+    }
+    // The refusals are audited.
+    let out = s
+        .ctl()
+        .args(["audit", "tail", "-n", "200"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        stdout(&out).matches("bundle.refused").count(),
+        cases.len(),
+        "{}",
+        stdout(&out)
+    );
+}
+
+/// Hex sha256 of `bytes`, by `sha256sum`.
+fn sha256_hex(bytes: &[u8]) -> String {
+    let mut child = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(bytes).unwrap();
+    let out = child.wait_with_output().unwrap();
+    stdout(&out).split_whitespace().next().unwrap().to_string()
+}
+
+/// Tries to read `path` as user `nobody`; returns what `cat` said.
+fn read_as_nobody(path: &Path) -> Output {
+    use std::os::unix::process::CommandExt;
+    Command::new("cat")
+        .arg(path)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_private_home_runs_and_other_users_read_none_of_its_files() {
+    let Some(s) = Scene::live() else { return };
+    // A home only its owner may pass through, as `mktemp -d` makes it.
+    std::fs::set_permissions(s.home.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let out = s.run(&[], &["sh", "-c", "echo ran > /workspace/ran"]);
+    assert_eq!(code(&out), 0, "a 0700 home must run: {}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(s.workspace.join("ran")).unwrap(),
+        "ran\n"
+    );
+
+    // Open the way to the files, so that only their own modes stand between them and
+    // another user.
+    std::fs::set_permissions(s.home.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let home = s.home.path().join("home");
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o711)).unwrap();
+    let mut running = s
+        .ctl()
+        .arg("run")
+        .arg("--workspace")
+        .arg(&s.workspace)
+        .args(["--env", "SECRET=hunter2-live", "--", "sleep", "20"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let bundle = loop {
+        let found = std::fs::read_dir(home.join("bundles"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.join("config.json").exists() && p.join("plan.json").exists());
+        if let Some(b) = found {
+            break b;
+        }
+        assert!(Instant::now() < deadline, "the run wrote no bundle");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let config = bundle.join("config.json");
+    assert!(std::fs::read_to_string(&config)
+        .unwrap()
+        .contains("hunter2-live"));
+    let mut files = vec![
+        config,
+        bundle.join("plan.json"),
+        home.join("covenant.db"),
+        home.join("covenant.db-wal"),
+        home.join("supervisor.key"),
+        home.join("operator.key"),
+    ];
+    if home.join("covenant.db-shm").exists() {
+        files.push(home.join("covenant.db-shm"));
+    }
+    for f in &files {
+        assert!(f.exists(), "{} does not exist", f.display());
+        let out = read_as_nobody(f);
+        assert_ne!(code(&out), 0, "nobody read {}", f.display());
+        assert!(
+            stderr(&out).contains("Permission denied"),
+            "{}: {}",
+            f.display(),
+            stderr(&out)
+        );
+    }
+    let _ = running.kill();
+    let _ = running.wait();
+
+    // A home an older build left readable is tightened when the store opens.
+    let db = home.join("covenant.db");
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = s.run(&[], &["true"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(std::fs::metadata(&db).unwrap().mode() & 0o777, 0o600);
+}
+
 #[test]
 fn hostile_probes_fail_under_every_runner() {
     let Some(s) = Scene::live() else { return };

@@ -552,8 +552,9 @@ fn await_parent(sync: OwnedFd) -> std::result::Result<(), ChildError> {
 /// looking its ancestors up again, and every rootfs path is relative to it.
 fn enter_bundle_directory(dir: Option<&Path>) -> std::result::Result<(), ChildError> {
     match dir {
-        Some(dir) => nix::unistd::chdir(dir)
-            .map_err(|e| ChildError::new("enter bundle directory", format!("{}: {e}", dir.display()))),
+        Some(dir) => nix::unistd::chdir(dir).map_err(|e| {
+            ChildError::new("enter bundle directory", format!("{}: {e}", dir.display()))
+        }),
         None => Ok(()),
     }
 }
