@@ -304,8 +304,6 @@ pub const ALLOWED: &[&str] = &[
     "sigaltstack",
     "signalfd",
     "signalfd4",
-    "socket",
-    "socketpair",
     "splice",
     "stat",
     "statfs",
@@ -475,10 +473,95 @@ pub const CLONE_NAMESPACE_FLAGS: [u64; 8] = [
 /// READ_IMPLIES_EXEC or ADDR_NO_RANDOMIZE weaken memory protections.
 pub const ALLOWED_PERSONALITIES: [u64; 5] = [0x0, 0x8, 0x2_0000, 0x2_0008, 0xffff_ffff];
 
-/// `TIOCSTI` pushes characters into a terminal's input queue: with the caller's terminal as
-/// stdin, the program could type commands into the caller's shell. `TIOCLINUX` can do the
-/// same on a virtual console.
-pub const DENIED_IOCTLS: [(u64, &str); 2] = [(0x5412, "TIOCSTI"), (0x541C, "TIOCLINUX")];
+/// `errno` for a socket family the profile does not allow.
+pub const EAFNOSUPPORT: u32 = 97;
+
+/// Socket families a program may create: local sockets, IP, and netlink (routes and
+/// addresses of its own network namespace, which `getaddrinfo` and `ip` read). Every
+/// other family reaches something the network namespace does not hold or is kernel
+/// attack surface: `AF_VSOCK` reaches the VM-wide vsock port space (the hypervisor and
+/// every other guest process) even under `net:none`, `AF_PACKET` raw frames, `AF_KEY`
+/// and `AF_ALG` kernel crypto and IPsec state, `AF_BLUETOOTH`, `AF_CAN`, `AF_RDS`,
+/// `AF_TIPC`, `AF_XDP` drivers and protocols rarely exercised.
+pub const ALLOWED_SOCKET_FAMILIES: [(u64, &str); 4] = [
+    (1, "AF_UNIX"),
+    (2, "AF_INET"),
+    (10, "AF_INET6"),
+    (16, "AF_NETLINK"),
+];
+
+/// `socketpair` makes only local sockets.
+pub const ALLOWED_SOCKETPAIR_FAMILIES: [(u64, &str); 1] = [(1, "AF_UNIX")];
+
+/// ioctls on terminals the program must not make. The program's stdin, stdout and stderr
+/// may be the caller's terminal, and a terminal outlives the run: whatever the program
+/// sets stays set for the caller's shell. Denied on every terminal (seccomp sees the
+/// request number, not what the descriptor is), ptys the program opens itself included.
+pub const DENIED_IOCTLS: [(u64, &str, &str); 27] = [
+    (
+        0x5412,
+        "TIOCSTI",
+        "pushes characters into the terminal's input: types commands into the caller's shell",
+    ),
+    (
+        0x541C,
+        "TIOCLINUX",
+        "virtual console control, including pasting input",
+    ),
+    (
+        0x5402,
+        "TCSETS",
+        "tcsetattr: changes the terminal's modes (echo, raw, signals), which outlive the run",
+    ),
+    (0x5403, "TCSETSW", "tcsetattr after drain: as TCSETS"),
+    (0x5404, "TCSETSF", "tcsetattr after flush: as TCSETS"),
+    (0x5406, "TCSETA", "old termio form of TCSETS"),
+    (0x5407, "TCSETAW", "old termio form of TCSETSW"),
+    (0x5408, "TCSETAF", "old termio form of TCSETSF"),
+    (0x402C_542B, "TCSETS2", "termios2 form of TCSETS"),
+    (0x402C_542C, "TCSETSW2", "termios2 form of TCSETSW"),
+    (0x402C_542D, "TCSETSF2", "termios2 form of TCSETSF"),
+    (0x5433, "TCSETX", "termiox settings"),
+    (0x5434, "TCSETXF", "termiox settings"),
+    (0x5435, "TCSETXW", "termiox settings"),
+    (
+        0x5423,
+        "TIOCSETD",
+        "changes the terminal's line discipline, which outlives the run",
+    ),
+    (
+        0x5414,
+        "TIOCSWINSZ",
+        "changes the size the caller's shell sees",
+    ),
+    (
+        0x540A,
+        "TCXONC",
+        "TCOOFF stops the terminal's output until someone restarts it",
+    ),
+    (
+        0x540C,
+        "TIOCEXCL",
+        "exclusive mode: the caller can no longer open its own terminal",
+    ),
+    (
+        0x540E,
+        "TIOCSCTTY",
+        "takes the terminal as the program's controlling terminal",
+    ),
+    (
+        0x5410,
+        "TIOCSPGRP",
+        "moves the terminal's foreground process group",
+    ),
+    (0x541D, "TIOCCONS", "redirects console output"),
+    (0x5437, "TIOCVHANGUP", "hangs the terminal up"),
+    (0x5427, "TIOCSBRK", "holds a break condition on the line"),
+    (0x5418, "TIOCMSET", "sets modem control lines"),
+    (0x5416, "TIOCMBIS", "sets modem control lines"),
+    (0x5417, "TIOCMBIC", "clears modem control lines"),
+    (0x541F, "TIOCSSERIAL", "reconfigures the serial line"),
+];
 
 fn rule(names: &[&str], action: RuleAction, args: Vec<ArgCheck>, reason: &str) -> SyscallRule {
     SyscallRule {
@@ -538,12 +621,34 @@ pub fn default_profile() -> SeccompProfile {
             .collect(),
         "other personas weaken memory protections (READ_IMPLIES_EXEC, ADDR_NO_RANDOMIZE)",
     ));
-    for (cmd, name) in DENIED_IOCTLS {
+    for (cmd, name, reason) in DENIED_IOCTLS {
         rules.push(rule(
             &["ioctl"],
             RuleAction::Errno(EPERM),
             vec![check(1, ArgOp::Eq, cmd, 0)],
-            &format!("{name} injects input into the caller's terminal"),
+            &format!("{name} {reason}"),
+        ));
+    }
+    for (call, families) in [
+        ("socket", &ALLOWED_SOCKET_FAMILIES[..]),
+        ("socketpair", &ALLOWED_SOCKETPAIR_FAMILIES[..]),
+    ] {
+        for (family, name) in families {
+            rules.push(rule(
+                &[call],
+                RuleAction::Allow,
+                vec![check(0, ArgOp::Eq, *family, 0)],
+                &format!("{name} sockets"),
+            ));
+        }
+        rules.push(rule(
+            &[call],
+            RuleAction::Errno(EAFNOSUPPORT),
+            families
+                .iter()
+                .map(|&(f, _)| check(0, ArgOp::Ne, f, 0))
+                .collect(),
+            "other socket families reach past the network namespace or are kernel attack surface",
         ));
     }
     for (names, reason) in DENIED {
@@ -652,6 +757,71 @@ mod tests {
             "clone3 must fall back to clone (ENOSYS)"
         );
         assert!(!ALLOWED.contains(&"clone") && !ALLOWED.contains(&"personality"));
+        assert!(
+            !ALLOWED.contains(&"socket") && !ALLOWED.contains(&"socketpair"),
+            "socket families are an allowlist"
+        );
+    }
+
+    /// The families `socket` may create, read back from the profile's rules.
+    fn socket_families(profile: &SeccompProfile, call: &str) -> Vec<u64> {
+        profile
+            .rules
+            .iter()
+            .filter(|r| r.names == [call] && r.action == RuleAction::Allow)
+            .map(|r| {
+                assert!(matches!(
+                    r.args[..],
+                    [ArgCheck {
+                        index: 0,
+                        op: ArgOp::Eq,
+                        ..
+                    }]
+                ));
+                r.args[0].value
+            })
+            .collect()
+    }
+
+    #[test]
+    fn sockets_are_limited_to_local_ip_and_netlink_families() {
+        let p = default_profile();
+        assert_eq!(socket_families(&p, "socket"), vec![1, 2, 10, 16]);
+        assert_eq!(socket_families(&p, "socketpair"), vec![1]);
+        for (family, name) in [
+            (40, "AF_VSOCK"),
+            (17, "AF_PACKET"),
+            (15, "AF_KEY"),
+            (38, "AF_ALG"),
+            (31, "AF_BLUETOOTH"),
+            (29, "AF_CAN"),
+            (44, "AF_XDP"),
+        ] {
+            assert!(!socket_families(&p, "socket").contains(&family), "{name}");
+        }
+        let deny = p
+            .rules
+            .iter()
+            .find(|r| r.names == ["socket"] && r.action == RuleAction::Errno(EAFNOSUPPORT))
+            .expect("a deny rule for other families");
+        assert_eq!(deny.args.len(), ALLOWED_SOCKET_FAMILIES.len());
+        assert!(deny.args.iter().all(|a| a.op == ArgOp::Ne));
+    }
+
+    #[test]
+    fn terminal_setters_are_denied() {
+        let p = default_profile();
+        let denied: Vec<u64> = p
+            .rules
+            .iter()
+            .filter(|r| r.names == ["ioctl"] && r.action == RuleAction::Errno(EPERM))
+            .map(|r| r.args[0].value)
+            .collect();
+        for cmd in [0x5412, 0x541C, 0x5402, 0x5403, 0x5404, 0x5423, 0x402C_542B] {
+            assert!(denied.contains(&cmd), "{cmd:#x} is not denied");
+        }
+        // Reading the settings stays allowed: isatty and tcgetattr.
+        assert!(!denied.contains(&0x5401), "TCGETS must stay allowed");
     }
 
     #[test]

@@ -276,6 +276,117 @@ fn dangerous_syscalls_are_denied_with_eperm() {
 }
 
 #[test]
+fn sockets_of_families_past_the_network_namespace_are_refused() {
+    let Some(s) = Scene::live() else { return };
+    const EAFNOSUPPORT: i32 = libc::EAFNOSUPPORT;
+    // AF_VSOCK reaches the VM's vsock port space even under net:none.
+    for name in [
+        "socket:40:1",      // AF_VSOCK
+        "socket_high:40:1", // AF_VSOCK with the high half set
+        "socket:17:3",      // AF_PACKET
+        "socket:15:3",      // AF_KEY
+        "socket:38:5",      // AF_ALG
+        "socket:31:1",      // AF_BLUETOOTH
+        "socket:29:3",      // AF_CAN
+        "socket:44:3",      // AF_XDP
+        "socketpair:2:1",   // an AF_INET pair
+        "socketpair:40:1",
+    ] {
+        assert_eq!(
+            s.probe(&["--net", "none"], name),
+            EAFNOSUPPORT,
+            "{name} was not refused"
+        );
+    }
+    for name in ["socket:1:1", "socket:2:1", "socket:16:3", "socketpair:1:1"] {
+        assert_eq!(s.probe(&["--net", "none"], name), 0, "{name} must work");
+    }
+}
+
+/// A pseudo-terminal pair: (controller, terminal).
+fn open_pty() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+    use std::os::fd::FromRawFd;
+    let (mut controller, mut terminal) = (-1, -1);
+    // SAFETY: openpty writes two descriptors; the name, settings and size are optional.
+    let rc = unsafe {
+        libc::openpty(
+            &mut controller,
+            &mut terminal,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: both descriptors are new and owned here.
+    unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(controller),
+            std::os::fd::OwnedFd::from_raw_fd(terminal),
+        )
+    }
+}
+
+/// What a terminal's settings are: modes, line discipline and size.
+fn terminal_state(fd: &std::os::fd::OwnedFd) -> (String, i32, (u16, u16)) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: reads into zeroed structures of the kernel's layout from an open terminal.
+    unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        assert_eq!(libc::tcgetattr(fd.as_raw_fd(), &mut t), 0);
+        let mut ldisc: libc::c_int = -1;
+        assert_eq!(libc::ioctl(fd.as_raw_fd(), libc::TIOCGETD, &mut ldisc), 0);
+        let mut size: libc::winsize = std::mem::zeroed();
+        assert_eq!(libc::ioctl(fd.as_raw_fd(), libc::TIOCGWINSZ, &mut size), 0);
+        let modes = format!(
+            "{:x} {:x} {:x} {:x} {:?}",
+            t.c_iflag, t.c_oflag, t.c_cflag, t.c_lflag, t.c_cc
+        );
+        (modes, ldisc, (size.ws_row, size.ws_col))
+    }
+}
+
+#[test]
+fn the_callers_terminal_keeps_its_settings_after_a_hostile_run() {
+    let Some(s) = Scene::live() else { return };
+    let (controller, terminal) = open_pty();
+    let before = terminal_state(&terminal);
+    let script =
+        "for p in tcsetattr tiocsetd tiocswinsz tiocsti; do python3 /workspace/probe.py $p; done; \
+                  stty raw -echo; echo stty=$?";
+    let mut cmd = s.ctl();
+    cmd.arg("run")
+        .arg("--workspace")
+        .arg(&s.workspace)
+        .args(["--", "sh", "-c", script]);
+    cmd.stdin(Stdio::from(terminal.try_clone().unwrap()))
+        .stdout(Stdio::from(terminal.try_clone().unwrap()))
+        .stderr(Stdio::from(terminal.try_clone().unwrap()));
+    let status = cmd.status().unwrap();
+    // SAFETY: the controller is an open descriptor owned by this test.
+    unsafe {
+        use std::os::fd::AsRawFd;
+        libc::fcntl(controller.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK);
+    }
+    let mut out = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut std::fs::File::from(controller), &mut out);
+    let out = String::from_utf8_lossy(&out).replace('\r', "");
+    assert_eq!(status.code(), Some(0), "{out}");
+    for probe in ["tcsetattr", "tiocsetd", "tiocswinsz", "tiocsti"] {
+        assert!(
+            out.contains(&format!("{probe} errno={EPERM}\n")),
+            "{probe} was not denied: {out}"
+        );
+    }
+    assert!(out.contains("stty=1"), "stty must fail: {out}");
+    assert_eq!(
+        terminal_state(&terminal),
+        before,
+        "the run changed the caller's terminal"
+    );
+}
+
+#[test]
 fn mount_and_unshare_commands_fail() {
     let Some(s) = Scene::live() else { return };
     let out = s.run(

@@ -76,6 +76,42 @@ def probe(name):
         ctypes.set_errno(0)
         rc = libc.syscall(16, 0, ctypes.c_ulong((1 << 32) | 0x5412), ctypes.c_char_p(b"x"))
         report(name, 0 if rc >= 0 else ctypes.get_errno())
+    elif name.startswith("socket:") or name.startswith("socket_high:") or name.startswith("socketpair:"):
+        # socket:FAMILY:TYPE, the family with bits set above 32 (socket_high), or a pair.
+        call, family, kind = name.split(":")
+        family, kind = int(family), int(kind)
+        if call == "socket_high":
+            family |= 1 << 32
+        ctypes.set_errno(0)
+        if call == "socketpair":
+            fds = (ctypes.c_int * 2)()
+            rc = libc.syscall(53, ctypes.c_ulong(family), kind, 0, ctypes.byref(fds))
+        else:
+            rc = libc.syscall(41, ctypes.c_ulong(family), kind, 0)
+        report(name, 0 if rc >= 0 else ctypes.get_errno())
+    elif name == "tcsetattr":
+        import termios
+        try:
+            attrs = termios.tcgetattr(0)
+            attrs[3] &= ~(termios.ECHO | termios.ICANON)
+            termios.tcsetattr(0, termios.TCSANOW, attrs)
+            report(name, 0)
+        except termios.error as e:
+            report(name, e.args[0])
+    elif name == "tiocsetd":
+        import fcntl, struct
+        try:
+            fcntl.ioctl(0, 0x5423, struct.pack("i", 0))  # N_TTY, which needs no module
+            report(name, 0)
+        except OSError as e:
+            report(name, e.errno)
+    elif name == "tiocswinsz":
+        import fcntl, struct
+        try:
+            fcntl.ioctl(0, 0x5414, struct.pack("HHHH", 7, 9, 0, 0))
+            report(name, 0)
+        except OSError as e:
+            report(name, e.errno)
     elif name.startswith("connect:"):
         host, port = name.split(":")[1], int(name.split(":")[2])
         s = socket.socket()

@@ -38,8 +38,14 @@ pub enum SeccompError {
 }
 
 /// Arguments the kernel reads as 32-bit values: comparing all 64 bits would let a program
-/// set the high half and slip past an equality check (`ioctl(fd, TIOCSTI | 1 << 32)`).
-const DWORD_ARGS: [(&str, u8); 2] = [("ioctl", 1), ("personality", 0)];
+/// set the high half and slip past an equality check (`ioctl(fd, TIOCSTI | 1 << 32)`,
+/// `socket(AF_VSOCK | 1 << 32, ...)`).
+const DWORD_ARGS: [(&str, u8); 4] = [
+    ("ioctl", 1),
+    ("personality", 0),
+    ("socket", 0),
+    ("socketpair", 0),
+];
 
 fn action(action: LinuxSeccompAction, errno: Option<u32>) -> Result<SeccompAction, SeccompError> {
     Ok(match action {
@@ -257,9 +263,10 @@ mod tests {
     }
 
     #[test]
-    fn the_default_profile_compiles_to_an_allow_filter_and_a_deny_filter() {
+    fn the_default_profile_compiles_to_an_allow_filter_and_one_filter_per_errno() {
+        // Allow (else ENOSYS), EPERM, and EAFNOSUPPORT for socket families.
         let oci = covenant_images::oci_seccomp::to_oci(&default_profile());
         let compiled = compile(&oci).unwrap();
-        assert_eq!(compiled.programs.len(), 2);
+        assert_eq!(compiled.programs.len(), 3);
     }
 }
