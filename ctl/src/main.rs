@@ -229,7 +229,7 @@ fn main() -> ExitCode {
         Command::Doctor => Ok(doctor::run()),
         Command::Key(cmd) => capabilities::key(cmd),
         Command::Cap(cmd) => capabilities::cap(cmd),
-        Command::Audit(cmd) => records::audit(cmd),
+        Command::Audit(cmd) => records::audit(cmd, mode == client_mode::Mode::Daemon),
         Command::Mem(cmd) => records::mem(cmd),
         Command::Image(cmd) => image_cmd::image(cmd),
         Command::Enforce { argv } => Ok(covenant_runners::enforce::command(&argv)),

@@ -99,7 +99,35 @@ fn print_row(r: &AuditRow) {
     );
 }
 
-pub fn audit(cmd: AuditCommand) -> anyhow::Result<i32> {
+/// `audit verify --daemon`: the daemon signs its head and verifies the chain on its
+/// writer's connection, so no row it wrote is left unsigned.
+fn verify_through_daemon() -> anyhow::Result<i32> {
+    let Some(client) = crate::client_mode::daemon_for(crate::client_mode::Mode::Daemon)? else {
+        bail!("--daemon: no covenantd answers");
+    };
+    let answer = client.request("GET", "/v1/audit/verify", None)?;
+    let body = answer.json();
+    match answer.status {
+        200 => {
+            println!(
+                "clean (signed and verified by covenantd): {}",
+                body["report"]
+            );
+            Ok(0)
+        }
+        409 => {
+            println!(
+                "TAMPERED: {}",
+                body["error"].as_str().unwrap_or("the daemon found a fault")
+            );
+            Ok(1)
+        }
+        status => bail!("covenantd answered {status}: {}", answer.error_text()),
+    }
+}
+
+/// `covenant-ctl audit ...`; `through_daemon` for `--daemon`, which `verify` honours.
+pub fn audit(cmd: AuditCommand, through_daemon: bool) -> anyhow::Result<i32> {
     match cmd {
         AuditCommand::Tail { lines, follow } => {
             let store = Store::open_default_reader()?;
@@ -130,6 +158,12 @@ pub fn audit(cmd: AuditCommand) -> anyhow::Result<i32> {
             println!("{}", serde_json::to_string_pretty(&out)?);
         }
         AuditCommand::Verify { from_export, key } => {
+            if through_daemon {
+                if from_export.is_some() {
+                    bail!("--from-export verifies a file on this host: run it without --daemon");
+                }
+                return verify_through_daemon();
+            }
             let result = match from_export {
                 Some(file) => {
                     let pinned = key
@@ -143,7 +177,17 @@ pub fn audit(cmd: AuditCommand) -> anyhow::Result<i32> {
                     .map(|r| serde_json::to_value(r).unwrap_or_default()),
             };
             match result {
-                Ok(summary) => println!("clean: {summary}"),
+                Ok(summary) => {
+                    println!("clean: {summary}");
+                    if let Some(tail) = summary.get("unsigned_tail") {
+                        println!(
+                            "unsigned tail: rows {}..{} chain correctly and are not signed yet: {} (pid {}) is still writing; `covenant-ctl --daemon audit verify` has the daemon sign them first",
+                            tail["from"], tail["to"],
+                            tail["writer"]["by"].as_str().unwrap_or("a writer"),
+                            tail["writer"]["pid"]
+                        );
+                    }
+                }
                 Err(fault) => {
                     println!("TAMPERED: {fault}");
                     return Ok(1);

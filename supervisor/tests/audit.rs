@@ -136,6 +136,75 @@ fn a_forged_appended_row_is_named_as_inserted() {
     std::mem::forget(store); // no closing checkpoint: it would adopt the forged row
 }
 
+fn reader_at(dir: &Path) -> Store {
+    Store::open_reader(&dir.join("covenant.db"), &dir.join("supervisor.key")).unwrap()
+}
+
+/// A writer that opened the store as process `pid` and wrote `n` events after the last
+/// checkpoint, then stopped without closing it (no closing checkpoint).
+fn unsigned_tail_by(dir: &Path, pid: u32, n: u64) {
+    let mut writer = store_at(dir);
+    writer.set_checkpoint_policy(covenant_supervisor::store::CheckpointPolicy {
+        every_events: u64::MAX,
+        every: std::time::Duration::from_secs(3600),
+    });
+    writer
+        .append(&AuditEvent::new(
+            "store.opened",
+            serde_json::json!({"by": "covenantd", "pid": pid}),
+        ))
+        .unwrap();
+    for i in 0..n {
+        writer
+            .append(&AuditEvent::new("test.event", serde_json::json!({"i": i})))
+            .unwrap();
+    }
+    std::mem::forget(writer); // no closing checkpoint, as a writer that is still running
+}
+
+#[test]
+fn an_unsigned_tail_of_a_running_writer_is_reported_as_such_not_as_tampering() {
+    let dir = filled(10);
+    unsigned_tail_by(dir.path(), std::process::id(), 3);
+    let report = reader_at(dir.path())
+        .verify()
+        .unwrap()
+        .expect("a running writer's unsigned rows are not tampering");
+    let tail = report.summary.unsigned_tail.expect("the tail is named");
+    assert_eq!((tail.from, tail.to), (11, 14));
+    assert_eq!(tail.writer.pid, std::process::id());
+    assert_eq!(tail.writer.by, "covenantd");
+}
+
+#[test]
+fn an_unsigned_tail_without_a_running_writer_is_named_as_inserted() {
+    let dir = filled(10);
+    let mut gone = Command::new("true").spawn().unwrap();
+    let pid = gone.id();
+    gone.wait().unwrap();
+    unsigned_tail_by(dir.path(), pid, 3);
+    let fault = reader_at(dir.path()).verify().unwrap().unwrap_err();
+    assert_eq!(
+        (fault.seq, fault.kind),
+        (11, FaultKind::Inserted),
+        "{fault}"
+    );
+    assert!(fault.detail.contains("no writer"), "{fault}");
+    // A row edited inside a running writer's tail is still tampering.
+    let dir = filled(10);
+    unsigned_tail_by(dir.path(), std::process::id(), 3);
+    tamper(
+        dir.path(),
+        "UPDATE audit SET body = '{\"i\":7}' WHERE seq = 13;",
+    );
+    let fault = reader_at(dir.path()).verify().unwrap().unwrap_err();
+    assert_eq!(
+        (fault.seq, fault.kind),
+        (13, FaultKind::Modified),
+        "{fault}"
+    );
+}
+
 #[test]
 fn a_truncated_tail_is_named_even_with_its_checkpoints_gone() {
     let dir = filled(20);

@@ -266,6 +266,72 @@ fn ctl() -> PathBuf {
 
 const TRUE: &[&str] = &["/bin/true"];
 
+/// `covenant-ctl [--daemon] audit verify` against the daemon's home: exit code, stdout.
+fn ctl_verify(d: &Daemon, through_daemon: bool) -> (i32, String) {
+    let mut cmd = Command::new(ctl());
+    if through_daemon {
+        cmd.arg("--daemon");
+    }
+    let out = cmd
+        .args(["audit", "verify"])
+        .env("COVENANT_HOME", d.home.path())
+        .env_remove("COVENANT_SOCKET")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[test]
+fn audit_verify_of_a_live_daemon_names_its_unsigned_tail_and_still_catches_tampering() {
+    let d = Daemon::start(&[]);
+    // Audited requests, written after the daemon's opening checkpoint.
+    for _ in 0..3 {
+        assert_eq!(d.get("/v1/audit?tail=1").status, 200);
+    }
+    let (code, out) = ctl_verify(&d, false);
+    assert_eq!(
+        code, 0,
+        "a live daemon's unsigned rows are not tampering: {out}"
+    );
+    assert!(out.starts_with("clean:"), "{out}");
+    let pid = d.child.as_ref().unwrap().id();
+    assert!(
+        out.contains("unsigned tail") && out.contains(&format!("covenantd (pid {pid})")),
+        "the unsigned rows and their writer are named: {out}"
+    );
+    let (code, out) = ctl_verify(&d, true);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("signed and verified by covenantd"), "{out}");
+
+    // An edited row is tampering, whoever is writing.
+    edit_first_audit_row(d.home.path());
+    let (code, out) = ctl_verify(&d, false);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("TAMPERED") && out.contains("Modified"),
+        "{out}"
+    );
+    let (code, out) = ctl_verify(&d, true);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("TAMPERED") && out.contains("Modified"),
+        "{out}"
+    );
+}
+
+/// Edits audit row 1 behind the store's back, as someone with write access to the file
+/// would: drops the append-only trigger first.
+fn edit_first_audit_row(home: &Path) {
+    let conn = rusqlite::Connection::open(home.join("covenant.db")).unwrap();
+    conn.execute_batch(
+        "DROP TRIGGER audit_no_update; UPDATE audit SET body = replace(body, 'covenantd', 'forged') WHERE seq = 1;",
+    )
+    .unwrap();
+}
+
 #[test]
 fn health_metrics_and_unknown_paths() {
     let d = Daemon::start(&[]);

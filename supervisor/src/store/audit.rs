@@ -312,6 +312,7 @@ impl Store {
             marker: marker.as_ref(),
             expected_key: self.public_key(),
             recorded_head: read_head(&self.head_file)?,
+            live_writer: live_writer(&rows),
         };
         Ok(chain::verify_chain(&input).map(|summary| VerifyReport {
             summary,
@@ -474,6 +475,56 @@ fn record_head(path: &Path, seq: u64, hash: &[u8; 32]) -> Result<()> {
     Ok(())
 }
 
+/// The latest writer that opened the store (`store.opened`), has not closed it
+/// (`store.closed` with its pid), and is still running: the process with that pid exists
+/// and started before the event was written, so a pid reused since does not count.
+pub fn live_writer(rows: &[AuditRow]) -> Option<chain::LiveWriter> {
+    let mut open: Vec<(chain::LiveWriter, i64)> = Vec::new();
+    for row in rows {
+        if row.kind != "store.opened" && row.kind != "store.closed" {
+            continue;
+        }
+        let Ok(body) = serde_json::from_str::<serde_json::Value>(&row.body) else {
+            continue;
+        };
+        let Some(pid) = body["pid"].as_u64().and_then(|p| u32::try_from(p).ok()) else {
+            continue;
+        };
+        open.retain(|(w, _)| w.pid != pid);
+        if row.kind == "store.opened" {
+            let by = body["by"].as_str().unwrap_or("a writer").to_string();
+            let writer = chain::LiveWriter {
+                pid,
+                by,
+                opened_at: row.seq,
+            };
+            open.push((writer, row.time_ms));
+        }
+    }
+    open.into_iter()
+        .rev()
+        .find(|(w, opened_ms)| process_started_ms(w.pid).is_some_and(|s| s <= opened_ms + 1_000))
+        .map(|(w, _)| w)
+}
+
+/// When process `pid` started (unix milliseconds), if it runs.
+fn process_started_ms(pid: u32) -> Option<i64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 22, counted after the command name, which may hold spaces and parentheses.
+    let after_name = &stat[stat.rfind(')')? + 2..];
+    let ticks: i64 = after_name.split(' ').nth(19)?.parse().ok()?;
+    let boot: i64 = std::fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    // SAFETY: sysconf has no memory effects.
+    let hz = i64::from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as i32).max(1);
+    Some(boot * 1000 + ticks * 1000 / hz)
+}
+
 /// Reads the recorded head, if any.
 pub fn read_head(path: &Path) -> Result<Option<(u64, [u8; 32])>> {
     let text = match std::fs::read_to_string(path) {
@@ -591,6 +642,7 @@ pub fn verify_export(
         marker: marker.as_ref(),
         expected_key: key,
         recorded_head: None,
+        live_writer: None,
     };
     Ok(chain::verify_chain(&input))
 }

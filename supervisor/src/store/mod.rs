@@ -76,7 +76,14 @@ impl Store {
     /// The default store, opened to read only (`audit verify`, `tail`, `show`, `export`):
     /// it writes nothing, not even a closing checkpoint.
     pub fn open_default_reader() -> Result<Self> {
-        let mut store = Self::open_default()?;
+        let home = covenant_home();
+        Self::open_reader(&home.join("covenant.db"), &home.join("supervisor.key"))
+    }
+
+    /// The store at `path`, opened to read only: it writes nothing, not even a closing
+    /// checkpoint.
+    pub fn open_reader(path: &Path, key_path: &Path) -> Result<Self> {
+        let mut store = Self::open(path, key_path)?;
         store.writer = false;
         Ok(store)
     }
@@ -255,13 +262,19 @@ fn create_private(db: &Path) -> Result<()> {
         let path = path.to_path_buf();
         move |error| StoreError::Io { path, error }
     };
-    std::fs::OpenOptions::new()
+    // Only a file that does not exist yet is opened here. Closing any descriptor of the
+    // database drops every POSIX lock this process holds on it, the SQLite connections'
+    // own included, so an existing file is never opened outside SQLite.
+    match std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(false)
+        .create_new(true)
         .mode(0o600)
         .open(db)
-        .map_err(io(db))?;
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io(db)(e)),
+    }
     for file in store_files(db) {
         let meta = match std::fs::symlink_metadata(&file) {
             Ok(m) if m.file_type().is_file() => m,
