@@ -24,6 +24,7 @@ pub fn to_oci(profile: &SeccompProfile) -> LinuxSeccomp {
                     let (op, value, value_two) = match a.op {
                         ArgOp::Eq => (LinuxSeccompOperator::ScmpCmpEq, a.value, None),
                         ArgOp::Ne => (LinuxSeccompOperator::ScmpCmpNe, a.value, None),
+                        ArgOp::Gt => (LinuxSeccompOperator::ScmpCmpGt, a.value, None),
                         ArgOp::MaskedEq => (
                             LinuxSeccompOperator::ScmpCmpMaskedEq,
                             a.value,

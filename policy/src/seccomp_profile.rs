@@ -34,6 +34,8 @@ pub enum ArgOp {
     Ne,
     /// `arg & value == value_two`
     MaskedEq,
+    /// `arg > value`
+    Gt,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -493,6 +495,34 @@ pub const ALLOWED_SOCKET_FAMILIES: [(u64, &str); 4] = [
 /// `socketpair` makes only local sockets.
 pub const ALLOWED_SOCKETPAIR_FAMILIES: [(u64, &str); 1] = [(1, "AF_UNIX")];
 
+/// The rules that deny every family not in `allowed` (sorted), each with one condition:
+/// OCI runtimes (runc, crun through libseccomp) read several conditions on the same
+/// argument as alternatives, so "none of these" cannot be one rule. Every family up to
+/// the largest allowed one is named, everything above it is one `>` rule.
+fn other_families(call: &str, allowed: &[(u64, &str)]) -> Vec<SyscallRule> {
+    let highest = allowed.iter().map(|&(f, _)| f).max().unwrap_or(0);
+    let reason =
+        "other socket families reach past the network namespace or are kernel attack surface";
+    let mut rules: Vec<SyscallRule> = (0..highest)
+        .filter(|f| !allowed.iter().any(|&(a, _)| a == *f))
+        .map(|f| {
+            rule(
+                &[call],
+                RuleAction::Errno(EAFNOSUPPORT),
+                vec![check(0, ArgOp::Eq, f, 0)],
+                reason,
+            )
+        })
+        .collect();
+    rules.push(rule(
+        &[call],
+        RuleAction::Errno(EAFNOSUPPORT),
+        vec![check(0, ArgOp::Gt, highest, 0)],
+        reason,
+    ));
+    rules
+}
+
 /// ioctls on terminals the program must not make. The program's stdin, stdout and stderr
 /// may be the caller's terminal, and a terminal outlives the run: whatever the program
 /// sets stays set for the caller's shell. Denied on every terminal (seccomp sees the
@@ -641,15 +671,7 @@ pub fn default_profile() -> SeccompProfile {
                 &format!("{name} sockets"),
             ));
         }
-        rules.push(rule(
-            &[call],
-            RuleAction::Errno(EAFNOSUPPORT),
-            families
-                .iter()
-                .map(|&(f, _)| check(0, ArgOp::Ne, f, 0))
-                .collect(),
-            "other socket families reach past the network namespace or are kernel attack surface",
-        ));
+        rules.extend(other_families(call, families));
     }
     for (names, reason) in DENIED {
         rules.push(rule(names, RuleAction::Errno(EPERM), vec![], reason));
@@ -799,13 +821,39 @@ mod tests {
         ] {
             assert!(!socket_families(&p, "socket").contains(&family), "{name}");
         }
-        let deny = p
-            .rules
-            .iter()
-            .find(|r| r.names == ["socket"] && r.action == RuleAction::Errno(EAFNOSUPPORT))
-            .expect("a deny rule for other families");
-        assert_eq!(deny.args.len(), ALLOWED_SOCKET_FAMILIES.len());
-        assert!(deny.args.iter().all(|a| a.op == ArgOp::Ne));
+        // Every family is either allowed or denied, by rules of one condition each.
+        for call in ["socket", "socketpair"] {
+            let denies = |family: u64| {
+                p.rules.iter().any(|r| {
+                    r.names == [call]
+                        && r.action == RuleAction::Errno(EAFNOSUPPORT)
+                        && match r.args[..] {
+                            [ArgCheck {
+                                index: 0,
+                                op: ArgOp::Eq,
+                                value,
+                                ..
+                            }] => value == family,
+                            [ArgCheck {
+                                index: 0,
+                                op: ArgOp::Gt,
+                                value,
+                                ..
+                            }] => family > value,
+                            _ => panic!("{call}: a deny rule with more than one condition"),
+                        }
+                })
+            };
+            let allowed = socket_families(&p, call);
+            for family in 0..64 {
+                assert_ne!(
+                    allowed.contains(&family),
+                    denies(family),
+                    "{call} family {family}"
+                );
+            }
+            assert!(denies(u64::from(u32::MAX)));
+        }
     }
 
     #[test]
