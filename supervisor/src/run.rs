@@ -313,9 +313,12 @@ pub fn run_plan(
 ) -> Result<RunReport, RunError> {
     let runner = runner(&plan.runner.name())?;
     if let Some(kept) = &settings.keep_bundle {
-        // The kept bundle names the host paths, to be checked again when it is run; this
-        // run goes through a bundle of its own like any other.
+        // The kept bundle names the host paths, to be checked again when it is run, and
+        // is signed like `bundle --out`'s; this run goes through a bundle of its own like
+        // any other.
         let bundle = write_bundle(plan, kept, identity_map())?;
+        let key = crate::keys::supervisor_key().map_err(AuthorityError::from)?;
+        crate::bundle_signature::sign_bundle(&bundle.dir, &key)?;
         audit.push(
             "bundle.kept",
             serde_json::json!({"config_digest": bundle.config_digest, "dir": bundle.dir}),

@@ -1378,6 +1378,60 @@ fn a_kept_layer_planted_with_symlinks_neither_chowns_nor_redirects_the_root() {
 }
 
 #[test]
+fn a_kept_bundles_paths_are_checked_again_when_it_runs() {
+    let Some(s) = Scene::live() else { return };
+    let base = s.home.path();
+    let secret = base.join("secret");
+    std::fs::create_dir(&secret).unwrap();
+    std::fs::write(secret.join("key"), "root's").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let shared = base.join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    for (i, swap) in ["symlink", "directory"].into_iter().enumerate() {
+        let bundle = base.join(format!("bundle-{i}"));
+        let out = s
+            .ctl()
+            .arg("bundle")
+            .arg("--read")
+            .arg(&shared)
+            .arg("--out")
+            .arg(&bundle)
+            .args(["--", "cat", &format!("{}/key", shared.display())])
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        let old = base.join(format!("shared-{i}"));
+        std::fs::rename(&shared, &old).unwrap();
+        match swap {
+            "symlink" => std::os::unix::fs::symlink(&secret, &shared).unwrap(),
+            _ => {
+                std::fs::create_dir(&shared).unwrap();
+                std::fs::write(shared.join("key"), "another's").unwrap();
+            }
+        }
+        let out = s
+            .ctl()
+            .args(["run", "--bundle"])
+            .arg(&bundle)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 125, "{swap}: {}{}", stdout(&out), stderr(&out));
+        let expected = if swap == "symlink" {
+            "symlink"
+        } else {
+            "replaced"
+        };
+        assert!(stderr(&out).contains(expected), "{swap}: {}", stderr(&out));
+        assert!(!stdout(&out).contains("root's") && !stdout(&out).contains("another's"));
+        std::fs::remove_file(&shared)
+            .or_else(|_| std::fs::remove_dir_all(&shared))
+            .unwrap();
+        std::fs::rename(&old, &shared).unwrap();
+    }
+}
+
+#[test]
 fn connect_ports_exec_paths_and_syscall_groups_are_enforced() {
     let Some(s) = Scene::live() else { return };
     let allowed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
