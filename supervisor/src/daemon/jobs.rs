@@ -231,6 +231,8 @@ pub struct Daemon {
     /// A second connection for memory operations and reads.
     pub store: Mutex<Store>,
     pub metrics: Metrics,
+    /// Operator requests not audited alone, counted for the summary rows.
+    pub requests: super::request_audit::RequestTally,
     state: Mutex<State>,
     /// Open client connections, bounded per caller and in total.
     pub connections: Arc<super::connections::Connections>,
@@ -247,6 +249,7 @@ impl Daemon {
             audit,
             store: Mutex::new(store),
             metrics: Metrics::default(),
+            requests: super::request_audit::RequestTally::default(),
             state: Mutex::new(State::default()),
             shutting_down: AtomicBool::new(false),
             ended: watch::channel(0).0,

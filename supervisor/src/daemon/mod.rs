@@ -13,6 +13,7 @@ pub mod http;
 pub mod jobs;
 pub mod metrics;
 pub mod recovery;
+pub mod request_audit;
 pub mod routes;
 pub mod shim;
 
@@ -467,7 +468,8 @@ async fn serve(daemon: Arc<Daemon>) -> Result<(), DaemonError> {
             tick.tick().await;
             loop {
                 tick.tick().await;
-                let events = jobs::agent_summaries(&d);
+                let mut events = jobs::agent_summaries(&d);
+                events.extend(d.requests.take_summaries());
                 if !events.is_empty() {
                     d.record(events);
                 }
@@ -566,14 +568,10 @@ async fn shutdown(daemon: &Arc<Daemon>, signal: &str) {
             break;
         }
     }
-    let _ = daemon
-        .commit(
-            vec![AuditEvent::new(
-                "daemon.stopped",
-                serde_json::json!({"pid": std::process::id(), "left_running": daemon.running()}),
-            )],
-            Vec::new(),
-            true,
-        )
-        .await;
+    let mut last = daemon.requests.take_summaries();
+    last.push(AuditEvent::new(
+        "daemon.stopped",
+        serde_json::json!({"pid": std::process::id(), "left_running": daemon.running()}),
+    ));
+    let _ = daemon.commit(last, Vec::new(), true).await;
 }

@@ -7,6 +7,7 @@
 use super::api::{KillRequest, MemPut, SubmitRequest, MAX_BODY};
 use super::http::{self, flag, number, param, Reply};
 use super::jobs::{self, ApiError, Caller, Daemon};
+use super::request_audit;
 use crate::store::jobs::JobState;
 use crate::store::memory::Tier;
 use crate::store::AuditEvent;
@@ -45,10 +46,7 @@ pub async fn handle(daemon: Arc<Daemon>, caller: Caller, req: Request<Incoming>)
             .as_deref()
             .is_some_and(|t| http::bearer_ok(&req, t))
         {
-            daemon.record(vec![AuditEvent::new(
-                "api.refused",
-                json!({"caller": caller.audit(), "method": req.method().as_str(), "path": req.uri().path(), "status": 401}),
-            )]);
+            daemon.requests.count(&caller, req.method(), 401);
             let mut r = http::error(&ApiError::new(401, "a bearer token is required on TCP"));
             r.headers_mut()
                 .insert("www-authenticate", "Bearer".parse().expect("ascii"));
@@ -62,12 +60,16 @@ pub async fn handle(daemon: Arc<Daemon>, caller: Caller, req: Request<Incoming>)
         Ok(r) => r.status().as_u16(),
         Err(e) => e.status,
     };
-    // Every request is audited with its caller, except the liveness and metrics probes.
-    if !(path == "/v1/health" || path == "/metrics") {
+    // A request that changed something is audited with its caller; the rest (reads,
+    // stdin, refusals) are counted for the caller's summary row, except the liveness and
+    // metrics probes.
+    if request_audit::audited_alone(&method, &path, status) {
         daemon.record(vec![AuditEvent::new(
             "api.request",
             json!({"caller": caller.audit(), "method": method.as_str(), "path": path, "status": status}),
         )]);
+    } else if !(path == "/v1/health" || path == "/metrics") {
+        daemon.requests.count(&caller, &method, status);
     }
     result.unwrap_or_else(|e| http::error(&e))
 }
