@@ -7,6 +7,8 @@
 //! afterwards. Everything security-relevant that can be decided without the kernel is
 //! decided here and tested here.
 
+#![forbid(unsafe_code)]
+
 pub mod annotations;
 pub mod compile;
 pub mod manifest;

@@ -207,6 +207,7 @@ fn main() {
     let exited = listed["jobs"].as_array().map(Vec::len).unwrap_or(0);
     let lost: Vec<&String> = ids.iter().filter(|id| !finished.contains(*id)).collect();
     let verify = client.request("GET", "/v1/audit/verify", None).unwrap();
+    // SAFETY: kill(2) on the daemon this bench started and has not reaped.
     unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
     let stopped = daemon.wait().unwrap();
 

@@ -361,6 +361,7 @@ fn sigkill_at_random_points_loses_no_acknowledged_event() {
                 }
             }
         }
+        // SAFETY: kill(2) on a child this test started and has not reaped.
         unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
         child.wait().unwrap();
         // Whatever the child printed after we stopped reading was acknowledged too.

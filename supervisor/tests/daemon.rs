@@ -500,10 +500,9 @@ fn bad_requests_get_a_reason_and_store_nothing_but_the_refusal() {
         .collect();
     assert!(refusals.len() >= 5, "{refusals:?}");
     let intent = rows.iter().find(|r| r["kind"] == "run.intent").unwrap();
-    assert_eq!(
-        intent["body"]["caller"]["uid"],
-        json!(unsafe { libc::getuid() })
-    );
+    // SAFETY: getuid has no failure mode.
+    let uid = unsafe { libc::getuid() };
+    assert_eq!(intent["body"]["caller"]["uid"], json!(uid));
     assert_eq!(intent["body"]["caller"]["via"], "unix");
     assert!(!rows.iter().any(|r| r["kind"] == "job.admitted"));
     // Refused requests are not a row each: they are counted in the caller's summary,

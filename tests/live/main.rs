@@ -16,7 +16,9 @@ const PROBE: &str = include_str!("probe.py");
 /// Returns false (after printing why) when live tests cannot run here; panics instead when
 /// `COVENANT_REQUIRE_LIVE=1`.
 fn live() -> bool {
-    let missing = if unsafe { libc::geteuid() } != 0 {
+    // SAFETY: geteuid has no failure mode.
+    let euid = unsafe { libc::geteuid() };
+    let missing = if euid != 0 {
         Some("not running as root".to_string())
     } else if !Path::new("/usr/bin/python3").exists() {
         Some("/usr/bin/python3 is missing (install python3)".to_string())
@@ -547,6 +549,7 @@ fn sigterm_to_the_cli_reaches_the_program() {
     let mut line = String::new();
     std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
     assert_eq!(line, "READY\n");
+    // SAFETY: kill(2) on a child this test started and has not reaped.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();
     let mut rest = String::new();
@@ -2290,6 +2293,7 @@ fn image_archives_import_and_rm_refuses_an_image_in_use() {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
+    // SAFETY: kill(2) on a child this test started and has not reaped.
     unsafe { libc::kill(job.id() as i32, libc::SIGTERM) };
     let _ = job.wait();
     assert!(refused, "image rm did not refuse an image in use");
@@ -2537,6 +2541,7 @@ fn a_sandbox_dies_with_its_supervisor() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(running(&marker), "the sandbox never started");
+    // SAFETY: kill(2) on a child this test started and has not reaped.
     unsafe { libc::kill(ctl.id() as i32, libc::SIGKILL) };
     let _ = ctl.wait();
     let deadline = Instant::now() + Duration::from_secs(5);
