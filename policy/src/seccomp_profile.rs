@@ -527,7 +527,7 @@ fn other_families(call: &str, allowed: &[(u64, &str)]) -> Vec<SyscallRule> {
 /// may be the caller's terminal, and a terminal outlives the run: whatever the program
 /// sets stays set for the caller's shell. Denied on every terminal (seccomp sees the
 /// request number, not what the descriptor is), ptys the program opens itself included.
-pub const DENIED_IOCTLS: [(u64, &str, &str); 27] = [
+pub const DENIED_IOCTLS: [(u64, &str, &str); 30] = [
     (
         0x5412,
         "TIOCSTI",
@@ -591,7 +591,22 @@ pub const DENIED_IOCTLS: [(u64, &str, &str); 27] = [
     (0x5416, "TIOCMBIS", "sets modem control lines"),
     (0x5417, "TIOCMBIC", "clears modem control lines"),
     (0x541F, "TIOCSSERIAL", "reconfigures the serial line"),
+    (
+        0x541A,
+        "TIOCSSOFTCAR",
+        "sets CLOCAL on the caller's terminal, which outlives the run",
+    ),
+    (
+        0x540B,
+        "TCFLSH",
+        "throws away what the caller typed ahead, or output not yet shown",
+    ),
+    (0x5425, "TCSBRKP", "sends a break on the line"),
 ];
+
+/// `TCSBRK`: with argument 0 it sends a break on the line; any other value is
+/// `tcdrain()`, which only waits, and stays allowed.
+pub const TCSBRK: u64 = 0x5409;
 
 fn rule(names: &[&str], action: RuleAction, args: Vec<ArgCheck>, reason: &str) -> SyscallRule {
     SyscallRule {
@@ -659,6 +674,12 @@ pub fn default_profile() -> SeccompProfile {
             &format!("{name} {reason}"),
         ));
     }
+    rules.push(rule(
+        &["ioctl"],
+        RuleAction::Errno(EPERM),
+        vec![check(1, ArgOp::Eq, TCSBRK, 0), check(2, ArgOp::Eq, 0, 0)],
+        "TCSBRK with 0 sends a break on the line (tcdrain, any other value, only waits)",
+    ));
     for (call, families) in [
         ("socket", &ALLOWED_SOCKET_FAMILIES[..]),
         ("socketpair", &ALLOWED_SOCKETPAIR_FAMILIES[..]),

@@ -5,8 +5,8 @@
 //! just files: an agent can write one into its workspace, and anyone who can write the
 //! directory can edit it. So a bundle runs only when
 //!
-//! 1. `signature.json` is signed by a key this home trusts (the supervisor key, the
-//!    operator key, or a key in the trust store),
+//! 1. `signature.json` is signed by a key of this home's (the supervisor key or the
+//!    operator key; capability issuers in the trust store sign capabilities, not bundles),
 //! 2. `plan.json` is the plan that was signed, and
 //! 3. `config.json` is exactly what that plan compiles to on this host (checked by writing
 //!    the plan again into a scratch directory and comparing the two documents); the first
@@ -43,7 +43,7 @@ pub enum BundleSignatureError {
     Malformed { path: PathBuf, reason: String },
     #[error("{path}: the bundle is not signed; write it with `covenant-ctl bundle --out`")]
     Unsigned { path: PathBuf },
-    #[error("{SIGNATURE_FILE} `/public_key`: {key} is not a trusted key (not the supervisor key, the operator key, or in the trust store); run `covenant-ctl key trust` to trust it")]
+    #[error("{SIGNATURE_FILE} `/public_key`: {key} is not a key of this home (bundles are signed by the supervisor or operator key; a bundle from elsewhere must be written again here with `covenant-ctl bundle`)")]
     UntrustedKey { key: String },
     #[error("{SIGNATURE_FILE} `/signature`: the signature does not verify with {key}")]
     BadSignature { key: String },
@@ -135,15 +135,14 @@ pub fn sign_bundle(dir: &Path, key: &SigningKey) -> Result<BundleSignature> {
     Ok(sig)
 }
 
-/// The keys a bundle may be signed by: this home's supervisor key, the operator key, and
-/// every key in the trust store.
+/// The keys a bundle may be signed by: this home's supervisor key and operator key. The
+/// trust store's keys are not among them: they issue capabilities, which are checked
+/// scope by scope, while a signed bundle runs with the local operator's authority.
 pub fn trusted_bundle_keys() -> Result<Vec<[u8; 32]>> {
-    let mut trusted = vec![
+    Ok(vec![
         keys::supervisor_key()?.verifying_key().to_bytes(),
         keys::operator_key()?.verifying_key().to_bytes(),
-    ];
-    trusted.extend(keys::trusted_keys()?.into_iter().map(|(_, k)| k));
-    Ok(trusted)
+    ])
 }
 
 /// A bundle whose signature, plan and config were all checked; `plan` is what may run.

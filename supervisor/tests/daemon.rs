@@ -2272,3 +2272,83 @@ fn an_output_reader_that_never_reads_is_dropped() {
     let (out, _) = d.output(&id);
     assert_eq!(out.len(), 8 * 1024 * 1024);
 }
+
+/// An agent that spawns a sub-intent (down to depth 3), then writes `kind` (`audit`
+/// events or `mem` items) of 30 KB until the daemon refuses; prints what it was allowed.
+const AGENT_CHAIN: &str = r#"
+import socket, json, sys
+T = open("/run/covenant/token").read().strip()
+SRC = open("/proc/self/cmdline", "rb").read().split(b"\0")[2].decode()
+def req(method, path, body=None):
+    s = socket.socket(socket.AF_UNIX); s.connect("/run/covenant/agent.sock")
+    b = json.dumps(body).encode() if body is not None else b""
+    s.sendall(f"{method} {path} HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {T}\r\nContent-Type: application/json\r\nContent-Length: {len(b)}\r\nConnection: close\r\n\r\n".encode() + b)
+    d = b""
+    while True:
+        x = s.recv(65536)
+        if not x: break
+        d += x
+    return d.split(b" ", 2)[1].decode(), d.split(b"\r\n\r\n", 1)[-1].decode()
+depth, kind = int(sys.argv[1]), sys.argv[2]
+child = None
+if depth < 3:
+    st, b = req("POST", "/v1/jobs", {"capability": "", "argv": ["/usr/bin/python3", "-c", SRC, str(depth + 1), kind]})
+    child = json.loads(b).get("id") if st == "201" else None
+ok = 0
+while True:
+    if kind == "audit":
+        st, _ = req("POST", "/v1/audit", {"kind": "flood", "body": {"pad": "P" * 30000}})
+    else:
+        st, _ = req("POST", "/v1/mem", {"namespace": "notes", "text": ("%05d" % ok) * 6000})
+    if st != "201": break
+    ok += 1
+print(f"depth {depth}: {ok} then {st}", flush=True)
+if child:
+    req("GET", f"/v1/jobs/{child}?wait=60")
+"#;
+
+#[test]
+fn an_agent_and_its_sub_intents_share_one_write_and_byte_budget() {
+    if !live() {
+        return;
+    }
+    let _shared = SANDBOXES.read().unwrap_or_else(|e| e.into_inner());
+    let scopes = [
+        "res.time:120s",
+        "agent:audit",
+        "agent:spawn",
+        "mem.write:notes",
+    ];
+    // Writes: five for the whole lineage, however deep it spawns.
+    let d = Daemon::start(&["--agent-writes", "5"]);
+    let cap = d.cap("agent-a", &scopes);
+    let id = d.submit_ok(&cap, &["/usr/bin/python3", "-c", AGENT_CHAIN, "0", "audit"]);
+    d.wait(&id);
+    let rows = d.get("/v1/audit?tail=10000").json();
+    let flood = rows["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["kind"] == "agent.flood")
+        .count();
+    println!(
+        "lineage with --agent-writes 5 wrote {flood} audit events: {:?}",
+        d.output(&id).0
+    );
+    assert!(
+        (1..=4).contains(&flood),
+        "{flood} agent events for a budget of 5"
+    );
+    drop(d);
+    // Bytes: 200 KiB of memory items for the whole lineage.
+    let d = Daemon::start(&["--agent-bytes", "200KiB"]);
+    let cap = d.cap("agent-a", &scopes);
+    let id = d.submit_ok(&cap, &["/usr/bin/python3", "-c", AGENT_CHAIN, "0", "mem"]);
+    d.wait(&id);
+    let (out, err) = d.output(&id);
+    let items = d.get("/v1/mem?namespace=notes&limit=1000").json();
+    let stored = items["items"].as_array().map_or(0, |a| a.len());
+    println!("lineage with --agent-bytes 200KiB stored {stored} items of 30 KB: {out:?}");
+    assert!(stored >= 1 && stored * 30_000 <= 200 * 1024, "{items}");
+    assert!(out.contains("then 429"), "{out}{err}");
+}

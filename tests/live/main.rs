@@ -359,7 +359,7 @@ fn the_callers_terminal_keeps_its_settings_after_a_hostile_run() {
     let (controller, terminal) = open_pty();
     let before = terminal_state(&terminal);
     let script =
-        "for p in tcsetattr tiocsetd tiocswinsz tiocsti; do python3 /workspace/probe.py $p; done; \
+        "for p in tcsetattr tiocsetd tiocswinsz tiocsti tiocssoftcar tcflsh tcsbrk tcdrain; do python3 /workspace/probe.py $p; done; \
                   stty raw -echo; echo stty=$?";
     let mut cmd = s.ctl();
     cmd.arg("run")
@@ -381,12 +381,25 @@ fn the_callers_terminal_keeps_its_settings_after_a_hostile_run() {
     let _ = std::io::Read::read_to_end(&mut reader, &mut out);
     let out = String::from_utf8_lossy(&out).replace('\r', "");
     assert_eq!(status.code(), Some(0), "{status:?}: {out}");
-    for probe in ["tcsetattr", "tiocsetd", "tiocswinsz", "tiocsti"] {
+    for probe in [
+        "tcsetattr",
+        "tiocsetd",
+        "tiocswinsz",
+        "tiocsti",
+        "tiocssoftcar",
+        "tcflsh",
+        "tcsbrk",
+    ] {
         assert!(
             out.contains(&format!("{probe} errno={EPERM}\n")),
             "{probe} was not denied: {out}"
         );
     }
+    // Waiting for output to drain changes nothing, and programs use it.
+    assert!(
+        out.contains("tcdrain errno=0\n"),
+        "tcdrain was denied: {out}"
+    );
     assert!(out.contains("stty=1"), "stty must fail: {out}");
     assert_eq!(
         terminal_state(&terminal),

@@ -105,6 +105,30 @@ def probe(name):
             report(name, 0)
         except OSError as e:
             report(name, e.errno)
+    elif name == "tiocssoftcar":
+        import fcntl, struct
+        try:
+            fcntl.ioctl(0, 0x541A, struct.pack("i", 1))
+            report(name, 0)
+        except OSError as e:
+            report(name, e.errno)
+    elif name in ("tcflsh", "tcdrain"):
+        import termios
+        try:
+            if name == "tcflsh":
+                termios.tcflush(0, termios.TCIFLUSH)
+            else:
+                termios.tcdrain(0)
+            report(name, 0)
+        except termios.error as e:
+            report(name, e.args[0])
+    elif name == "tcsbrk":
+        import fcntl
+        try:
+            fcntl.ioctl(0, 0x5409, 0)  # argument 0: send a break
+            report(name, 0)
+        except OSError as e:
+            report(name, e.errno)
     elif name == "tiocswinsz":
         import fcntl, struct
         try:

@@ -36,10 +36,17 @@ struct Args {
     /// Bytes of stdout and of stderr kept per job, e.g. 16MiB.
     #[arg(long, default_value = "16MiB")]
     output_limit: String,
-    /// Writes (memory items, audit events, sub-intents) one job's agent may make.
+    /// Writes (memory items, audit events, sub-intents) one job's agent, together with
+    /// every sub-intent under it, may make.
     #[arg(long, default_value_t = 10_000)]
     agent_writes: u64,
-    /// Refused requests one job's agent may make; at the last its socket is closed.
+    /// Bytes of memory items and agent audit events one job's agent, together with every
+    /// sub-intent under it, may store, e.g. 32MiB (the full-text index about doubles it
+    /// on disk).
+    #[arg(long, default_value = "32MiB")]
+    agent_bytes: String,
+    /// Refused requests one job's agent, together with every sub-intent under it, may
+    /// make; past it the asking agent's socket is closed.
     #[arg(long, default_value_t = 1_000)]
     agent_refusals: u64,
     /// Connections open at once to one job's agent socket.
@@ -194,6 +201,7 @@ fn config(args: Args) -> Result<Config, String> {
             .map_err(|e| format!("--cgroup-memory: {e}"))?,
         cgroup_pids: args.cgroup_pids,
         agent_writes: args.agent_writes,
+        agent_bytes: parse_size(&args.agent_bytes).map_err(|e| format!("--agent-bytes: {e}"))?,
         agent_refusals: args.agent_refusals.max(1),
         agent_connections: positive(args.agent_connections, "--agent-connections")?,
         caller_connections: positive(args.caller_connections, "--caller-connections")?,

@@ -251,7 +251,9 @@ async fn route(daemon: &Arc<Daemon>, job: &str, req: Request<Incoming>) -> Resul
         )),
         (Method::POST, ["v1", "mem"]) => {
             let put: MemPut = http::read_json(req, MAX_BODY, daemon.config.request_timeout).await?;
-            jobs::agent_write(daemon, job)?;
+            // What the item stores: its text and metadata (the index grows with them).
+            let bytes = put.text.len() + put.metadata.as_ref().map_or(0, |m| m.to_string().len());
+            jobs::agent_write(daemon, job, bytes as u64)?;
             if !may_memory(&scopes, &put.namespace, true) {
                 return Err(ApiError::field(
                     403,
@@ -278,7 +280,11 @@ async fn route(daemon: &Arc<Daemon>, job: &str, req: Request<Incoming>) -> Resul
             require(&scopes, "audit")?;
             let e: AgentEvent =
                 http::read_json(req, 64 * 1024, daemon.config.request_timeout).await?;
-            jobs::agent_write(daemon, job)?;
+            jobs::agent_write(
+                daemon,
+                job,
+                (e.kind.len() + e.body.to_string().len()) as u64,
+            )?;
             let valid = !e.kind.is_empty()
                 && e.kind.len() <= 64
                 && e.kind
@@ -307,7 +313,7 @@ async fn route(daemon: &Arc<Daemon>, job: &str, req: Request<Incoming>) -> Resul
             require(&scopes, "spawn")?;
             let mut sub: SubmitRequest =
                 http::read_json(req, MAX_BODY, daemon.config.request_timeout).await?;
-            jobs::agent_write(daemon, job)?;
+            jobs::agent_write(daemon, job, 0)?;
             if sub.runner.as_deref().is_some_and(|r| r != "native") {
                 return Err(ApiError::field(
                     400,

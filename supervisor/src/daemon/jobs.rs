@@ -179,8 +179,13 @@ struct Job {
     agent: Option<super::agent::AgentSocket>,
     /// Set when the job was told to stop (API kill, parent ended, shutdown).
     kill_reason: Option<String>,
-    /// Writes its agent has made (memory items, audit events, sub-intents).
+    /// Writes its agent and its sub-intents' agents have made (memory items, audit
+    /// events, sub-intents); counted on the lineage's root only.
     agent_writes: u64,
+    /// Bytes of memory items and audit events those writes stored (root only).
+    agent_bytes: u64,
+    /// Refused agent requests of the whole lineage (root only).
+    agent_refusals: u64,
     /// What its agent asked of its socket, for the summary rows.
     agent_tally: AgentTally,
 }
@@ -695,6 +700,8 @@ async fn admit(
                     agent,
                     kill_reason: None,
                     agent_writes: 0,
+                    agent_bytes: 0,
+                    agent_refusals: 0,
                     agent_tally: AgentTally::default(),
                 },
             );
@@ -1306,24 +1313,57 @@ pub fn lineage(daemon: &Daemon, id: &str) -> Option<(Lineage, Vec<Scope>)> {
 
 /// Counts one write by job `id`'s agent; refuses it (429) past the daemon's per-job
 /// allowance, so an agent cannot flood the store.
-pub fn agent_write(daemon: &Daemon, id: &str) -> Result<(), ApiError> {
+pub fn agent_write(daemon: &Daemon, id: &str, bytes: u64) -> Result<(), ApiError> {
     let mut st = daemon.lock_state();
+    if st.jobs.get(id).is_none_or(|j| j.row.state.is_final()) {
+        return Err(ApiError::new(410, format!("job {id} has ended")));
+    }
+    // A sub-intent's agent spends its lineage's budget, not a fresh one of its own.
+    let root = lineage_root(&st, id);
     let job = st
         .jobs
-        .get_mut(id)
-        .filter(|j| !j.row.state.is_final())
-        .ok_or_else(|| ApiError::new(410, format!("job {id} has ended")))?;
+        .get_mut(&root)
+        .expect("the root of a live job is live");
     if job.agent_writes >= daemon.config.agent_writes {
         return Err(ApiError::new(
             429,
             format!(
-                "job {id} has made its {} agent writes (memory items, audit events, sub-intents)",
+                "job {root} and its sub-intents have made their {} agent writes (memory items, audit events, sub-intents)",
                 daemon.config.agent_writes
             ),
         ));
     }
+    if job.agent_bytes.saturating_add(bytes) > daemon.config.agent_bytes {
+        return Err(ApiError::new(
+            429,
+            format!(
+                "job {root} and its sub-intents have stored {} of their {} bytes of memory items and audit events",
+                job.agent_bytes, daemon.config.agent_bytes
+            ),
+        ));
+    }
     job.agent_writes += 1;
+    job.agent_bytes += bytes;
     Ok(())
+}
+
+/// The first job of `id`'s lineage: its parent's parent, and so on, while that is held
+/// and live (a sub-intent never outlives its parent).
+fn lineage_root(st: &State, id: &str) -> String {
+    let mut root = id.to_string();
+    // Bounded: every step goes to a job submitted earlier.
+    for _ in 0..st.jobs.len() {
+        match st
+            .jobs
+            .get(&root)
+            .and_then(|j| j.row.parent.clone())
+            .filter(|p| st.jobs.get(p).is_some_and(|j| !j.row.state.is_final()))
+        {
+            Some(parent) => root = parent,
+            None => break,
+        }
+    }
+    root
 }
 
 /// Whether `child` was submitted by `parent`'s agent.
@@ -1351,7 +1391,11 @@ pub fn agent_tally(daemon: &Daemon, id: &str, outcome: Result<(), &'static str>)
         Err(reason) => {
             *tally.refused.entry(reason).or_default() += 1;
             tally.refused_total += 1;
-            tally.refused_total == daemon.config.agent_refusals
+            // The lineage's refusals together: a sub-intent gets no fresh allowance.
+            let root = lineage_root(&st, id);
+            let lineage = &mut st.jobs.get_mut(&root).expect("held").agent_refusals;
+            *lineage += 1;
+            *lineage >= daemon.config.agent_refusals
         }
     }
 }

@@ -47,9 +47,13 @@ pub struct Config {
     /// Limits of the parent cgroup every sandbox runs under.
     pub cgroup_memory: Option<u64>,
     pub cgroup_pids: Option<u64>,
-    /// Writes one job's agent may make through its socket.
+    /// Writes one job's agent may make through its socket, counted with every
+    /// sub-intent under it (the lineage's root holds the count).
     pub agent_writes: u64,
-    /// Refused requests one job's agent may make before its socket is closed.
+    /// Bytes of memory items and agent audit events a lineage may store.
+    pub agent_bytes: u64,
+    /// Refused requests a lineage's agents may make; past it the asking agent's socket
+    /// is closed.
     pub agent_refusals: u64,
     /// Connections open at once to one job's agent socket.
     pub agent_connections: usize,
