@@ -2352,3 +2352,44 @@ fn an_agent_and_its_sub_intents_share_one_write_and_byte_budget() {
     assert!(stored >= 1 && stored * 30_000 <= 200 * 1024, "{items}");
     assert!(out.contains("then 429"), "{out}{err}");
 }
+
+#[test]
+fn a_flood_of_refused_submissions_stores_a_bounded_number_of_small_rows() {
+    let d = Daemon::start(&[]);
+    let db = d.home.path().join("covenant.db");
+    let size = || {
+        ["covenant.db", "covenant.db-wal"]
+            .iter()
+            .map(|f| std::fs::metadata(d.home.path().join(f)).map_or(0, |m| m.len()))
+            .sum::<u64>()
+    };
+    let before = size();
+    let big = "A".repeat(600 * 1024);
+    let bad = d.cap("agent-a", &["res.time:60s"]).replace('.', "!");
+    for _ in 0..200 {
+        let a = d.post(
+            "/v1/jobs",
+            json!({"capability": bad, "argv": ["/bin/echo", big]}),
+        );
+        assert_eq!(a.status, 400, "{}", a.error_text());
+    }
+    let grown = size().saturating_sub(before);
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let intents: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM audit WHERE kind = 'run.intent'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let longest: i64 = conn
+        .query_row("SELECT max(length(body)) FROM audit", [], |r| r.get(0))
+        .unwrap();
+    println!(
+        "200 refused submissions of 600 KiB: {intents} intent rows, longest row {longest} bytes, store grew {} KiB",
+        grown / 1024
+    );
+    assert!(intents <= 60, "{intents} intent rows");
+    assert!(longest < 16 * 1024, "a row of {longest} bytes");
+    assert!(grown < 8 << 20, "the store grew {grown} bytes");
+}

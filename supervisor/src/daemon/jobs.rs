@@ -401,23 +401,38 @@ pub async fn submit(
     parent: Option<&str>,
 ) -> Result<Submitted, ApiError> {
     let job = new_job_id();
-    let intent = event(
-        "run.intent",
-        &job,
-        json!({"caller": caller.audit(), "argv": req.argv, "runner": req.runner, "parent": parent}),
-    );
     match prepare(daemon, caller, &job, &req, parent) {
-        Ok(prepared) => admit(daemon, caller, intent, prepared).await,
+        Ok(prepared) => {
+            let intent = event(
+                "run.intent",
+                &job,
+                json!({"caller": caller.audit(), "argv": req.argv, "runner": req.runner, "parent": parent}),
+            );
+            admit(daemon, caller, intent, prepared).await
+        }
         Err((kind, e)) => {
             daemon.metrics.refused(refusal_reason(e.status, kind));
-            let refusal = event(
-                kind,
-                &job,
-                json!({"reason": e.body.error, "field": e.body.field, "status": e.status}),
-            );
-            daemon
-                .commit(vec![intent, refusal], Vec::new(), false)
-                .await?;
+            // A refusal stores nothing the caller chose beyond a bounded argv, and past
+            // a few rows a minute only its count (`api.requests`): refusals are free to
+            // ask for, rows are not free to store.
+            if daemon.requests.refusal_row_allowed(caller) {
+                let intent = event(
+                    "run.intent",
+                    &job,
+                    json!({"caller": caller.audit(), "argv": super::request_audit::bounded_argv(&req.argv),
+                           "runner": req.runner.as_deref().map(|r| super::request_audit::cut(r, 512)),
+                           "parent": parent}),
+                );
+                let refusal = event(
+                    kind,
+                    &job,
+                    json!({"reason": super::request_audit::cut(&e.body.error, super::request_audit::REFUSED_ARGV_BYTES),
+                           "field": e.body.field, "status": e.status}),
+                );
+                daemon
+                    .commit(vec![intent, refusal], Vec::new(), false)
+                    .await?;
+            }
             Err(e)
         }
     }

@@ -14,6 +14,45 @@ use std::sync::{Mutex, PoisonError};
 /// Most distinct callers tallied between two summaries; the rest are counted together.
 const MAX_CALLERS: usize = 4096;
 
+/// Refused submissions of one caller audited as rows of their own between two
+/// summaries; the rest are only counted (in the caller's `api.requests` row).
+pub const MAX_REFUSAL_ROWS: u64 = 60;
+
+/// Bytes of a refused submission's argv kept in its audit row.
+pub const REFUSED_ARGV_BYTES: usize = 4096;
+
+/// The argv of a refused submission as its audit row keeps it: whole when short, else
+/// its first arguments up to [`REFUSED_ARGV_BYTES`] and its size.
+pub fn bounded_argv(argv: &Option<Vec<String>>) -> Value {
+    let Some(argv) = argv else {
+        return Value::Null;
+    };
+    let size: usize = argv.iter().map(String::len).sum();
+    if size <= REFUSED_ARGV_BYTES {
+        return json!(argv);
+    }
+    let mut kept = Vec::new();
+    let mut left = REFUSED_ARGV_BYTES;
+    for arg in argv {
+        if left == 0 {
+            break;
+        }
+        let head = cut(arg, left);
+        left -= head.len();
+        kept.push(head.to_string());
+    }
+    json!({"head": kept, "args": argv.len(), "bytes": size})
+}
+
+/// The longest prefix of `text` of at most `bytes` bytes that ends on a character.
+pub fn cut(text: &str, bytes: usize) -> &str {
+    let end = (0..=bytes.min(text.len()))
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
+    &text[..end]
+}
+
 /// Whether a request is audited on its own row: it succeeded and changed something.
 pub fn audited_alone(method: &Method, path: &str, status: u16) -> bool {
     (200..300).contains(&status) && *method != Method::GET && !path.ends_with("/stdin")
@@ -30,6 +69,8 @@ struct CallerTally {
 #[derive(Default)]
 pub struct RequestTally {
     callers: Mutex<BTreeMap<String, CallerTally>>,
+    /// Refusal rows written per caller since the last summary.
+    refusal_rows: Mutex<BTreeMap<String, u64>>,
 }
 
 fn caller_key(caller: &Caller) -> (String, Value) {
@@ -61,8 +102,28 @@ impl RequestTally {
             .or_default() += 1;
     }
 
+    /// Whether a refused submission of `caller` may still be audited as rows of its own
+    /// in this interval (at most [`MAX_REFUSAL_ROWS`]).
+    pub fn refusal_row_allowed(&self, caller: &Caller) -> bool {
+        let (key, _) = caller_key(caller);
+        let mut rows = self
+            .refusal_rows
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !rows.contains_key(&key) && rows.len() >= MAX_CALLERS {
+            return false;
+        }
+        let n = rows.entry(key).or_default();
+        *n += 1;
+        *n <= MAX_REFUSAL_ROWS
+    }
+
     /// One `api.requests` row per caller counted since the last call.
     pub fn take_summaries(&self) -> Vec<AuditEvent> {
+        self.refusal_rows
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
         let callers =
             std::mem::take(&mut *self.callers.lock().unwrap_or_else(PoisonError::into_inner));
         callers
@@ -113,6 +174,28 @@ mod tests {
         assert!(!audited_alone(&Method::POST, "/v1/jobs/j/stdin", 204));
         assert!(!audited_alone(&Method::POST, "/v1/jobs", 429));
         assert!(!audited_alone(&Method::GET, "/v1/jobs", 200));
+    }
+
+    #[test]
+    fn refused_submissions_are_rows_up_to_a_bound_and_their_argv_is_cut() {
+        let tally = RequestTally::default();
+        let a = Caller::Agent { job: "j".into() };
+        let allowed = (0..1000).filter(|_| tally.refusal_row_allowed(&a)).count();
+        assert_eq!(allowed as u64, MAX_REFUSAL_ROWS);
+        tally.take_summaries();
+        assert!(
+            tally.refusal_row_allowed(&a),
+            "a new interval allows rows again"
+        );
+        let big = Some(vec!["x".repeat(1 << 20), "y".into()]);
+        let cut = bounded_argv(&big);
+        assert_eq!(cut["bytes"], (1 << 20) + 1);
+        assert_eq!(cut["args"], 2);
+        assert_eq!(cut["head"][0].as_str().unwrap().len(), REFUSED_ARGV_BYTES);
+        let small = Some(vec!["make".to_string(), "test".into()]);
+        assert_eq!(bounded_argv(&small), json!(["make", "test"]));
+        let wide = Some(vec!["é".repeat(3000)]);
+        assert!(bounded_argv(&wide)["head"][0].as_str().is_some());
     }
 
     #[test]
