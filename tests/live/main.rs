@@ -1828,7 +1828,7 @@ fn an_edited_or_foreign_bundle_is_refused_and_nothing_runs() {
                 assert_eq!(code(&out), 0, "{}", stderr(&out));
                 std::fs::copy(foreign.join("signature.json"), d.join("signature.json")).unwrap();
             }),
-            "is not a trusted key",
+            "is not a key of this home",
         ),
     ];
     for (i, (what, edit, named)) in cases.iter().enumerate() {
