@@ -334,49 +334,56 @@ pub fn run_plan(
         ensure_traversable_dir(stage.parent().unwrap_or(Path::new("/")))?;
     }
     let ids = identity_map();
-    let mut pinned =
-        crate::host_paths::pin_for_run(plan, stage.as_deref(), (ids.host_uid, ids.host_gid));
-    let result = match &mut pinned {
-        Err(_) => Ok(None),
-        Ok(pinned) => (|| {
-            let bundle_plan = &pinned.bundle_plan;
-            let bundle = if runner.portable_bundle() {
-                write_bundle(bundle_plan, &dir, identity_map())?
-            } else {
-                write_native_bundle(bundle_plan, &dir, identity_map())?
-            };
-            audit.push(
-                "bundle.written",
-                serde_json::json!({"config_digest": bundle.config_digest, "dir": bundle.dir}),
-            );
-            let mut report = execute(audit, plan, &bundle, runner.as_ref())?;
-            report.git_findings = pinned.git_findings();
-            if !report.git_findings.is_empty() {
-                audit.push(
-                    "workspace.git.findings",
-                    serde_json::json!({"findings": report.git_findings}),
-                );
-            }
-            Ok(Some(report))
-        })(),
+    let outcome =
+        crate::host_paths::pin_for_run(plan, stage.as_deref(), (ids.host_uid, ids.host_gid))
+            .map_err(RunError::from)
+            .and_then(|mut pinned| {
+                let result = run_pinned(audit, plan, &mut pinned, &dir, runner.as_ref());
+                // Every staged object is detached before its place is removed.
+                let released = pinned.release();
+                let report = result?;
+                released?;
+                Ok(report)
+            });
+    // The places are removed one by one with rmdir/unlink, which fail on anything still
+    // attached instead of descending into it.
+    let cleaned = stage
+        .as_deref()
+        .map_or(Ok(()), remove_staging)
+        .and_then(|()| remove_bundle(&dir));
+    let report = outcome?;
+    cleaned?;
+    Ok(report)
+}
+
+/// Writes the bundle of a pinned run in `dir`, runs it, and names what in its writable
+/// paths would make git on the host run code the sandbox chose.
+fn run_pinned(
+    audit: &mut RunAudit<'_>,
+    plan: &SandboxPlan,
+    pinned: &mut crate::host_paths::PinnedRun,
+    dir: &Path,
+    runner: &dyn Runner,
+) -> Result<RunReport, RunError> {
+    let bundle_plan = &pinned.bundle_plan;
+    let bundle = if runner.portable_bundle() {
+        write_bundle(bundle_plan, dir, identity_map())?
+    } else {
+        write_native_bundle(bundle_plan, dir, identity_map())?
     };
-    let released = match &mut pinned {
-        Ok(pinned) => pinned.release(),
-        Err(_) => Ok(()),
-    };
-    if let Some(stage) = &stage {
-        // Only once every staged object is detached: the places are then empty, and
-        // they are removed one by one, never recursively.
-        released?;
-        remove_staging(stage)?;
+    audit.push(
+        "bundle.written",
+        serde_json::json!({"config_digest": bundle.config_digest, "dir": bundle.dir}),
+    );
+    let mut report = execute(audit, plan, &bundle, runner)?;
+    report.git_findings = pinned.git_findings();
+    if !report.git_findings.is_empty() {
+        audit.push(
+            "workspace.git.findings",
+            serde_json::json!({"findings": report.git_findings}),
+        );
     }
-    remove_bundle(&dir)?;
-    match (pinned, result) {
-        (Err(refused), _) => Err(refused.into()),
-        (Ok(_), Ok(Some(report))) => Ok(report),
-        (Ok(_), Ok(None)) => unreachable!("a pinned run has a result"),
-        (Ok(_), Err(e)) => Err(e),
-    }
+    Ok(report)
 }
 
 /// Runs a bundle written earlier (`covenant-ctl bundle --out DIR`). The bundle must be
