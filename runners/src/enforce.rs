@@ -1,8 +1,14 @@
 //! `covenant-ctl enforce -- ARGV`: the first program of a sandbox run by a runtime that
 //! cannot apply landlock itself (runc, crun). The runtime has already entered the
 //! namespaces, dropped capabilities, set `no_new_privs` and loaded seccomp (which allows
-//! the landlock calls); this applies the landlock ruleset the runner decided and `exec`s
-//! the real program. Nothing runs between the two but this.
+//! the landlock and seccomp calls); this applies the landlock ruleset the runner decided,
+//! loads the bundle's own seccomp profile again as the native runner compiles it, and
+//! `exec`s the real program. Nothing runs between the two but this.
+//!
+//! The second filter is there because libseccomp (which runc and crun build theirs with)
+//! keeps an unconditional allow of a call and drops the conditional denials of the same
+//! call, such as `ioctl` with `TIOCSTI` or `TCSETS`; filters stack, so the stricter reading
+//! holds.
 
 use crate::native::landlock::{apply, LandlockPlan};
 use covenant_policy::annotations::LandlockPolicy;
@@ -14,6 +20,8 @@ use std::path::Path;
 pub const POLICY_ENV: &str = "COVENANT_LANDLOCK_POLICY";
 /// Environment variable carrying what to enforce of it (JSON `LandlockPlan`).
 pub const PLAN_ENV: &str = "COVENANT_LANDLOCK_PLAN";
+/// Environment variable carrying the bundle's seccomp profile (JSON `linux.seccomp`).
+pub const SECCOMP_ENV: &str = "COVENANT_SECCOMP";
 
 /// The `enforce -- ARGV` command of `covenant-ctl` and `covenantd`: returns only when
 /// the ruleset could not be applied or ARGV not executed, with exit status 125.
@@ -34,9 +42,18 @@ pub fn enforce_and_exec(argv: &[String]) -> String {
             &std::env::var(PLAN_ENV).map_err(|_| format!("{PLAN_ENV} is not set"))?,
         )
         .map_err(|e| format!("{PLAN_ENV}: {e}"))?;
+        let seccomp = std::env::var(SECCOMP_ENV)
+            .map_err(|_| format!("{SECCOMP_ENV} is not set"))
+            .and_then(|json| {
+                serde_json::from_str::<oci_spec::runtime::LinuxSeccomp>(&json)
+                    .map_err(|e| format!("{SECCOMP_ENV}: {e}"))
+            })
+            .and_then(|profile| {
+                crate::native::seccomp::compile(&profile).map_err(|e| e.to_string())
+            })?;
         let program = argv.first().ok_or("nothing to run")?;
         let env: Vec<CString> = std::env::vars_os()
-            .filter(|(k, _)| k != POLICY_ENV && k != PLAN_ENV)
+            .filter(|(k, _)| k != POLICY_ENV && k != PLAN_ENV && k != SECCOMP_ENV)
             .map(|(k, v)| {
                 let mut kv = k.as_bytes().to_vec();
                 kv.push(b'=');
@@ -46,6 +63,7 @@ pub fn enforce_and_exec(argv: &[String]) -> String {
             .collect();
         let path = find_on_path(program)?;
         apply(&policy, plan).map_err(|e| format!("{}: {}", e.step, e.detail))?;
+        crate::native::seccomp::load(&seccomp).map_err(|e| e.to_string())?;
         let args: Vec<CString> = argv
             .iter()
             .map(|a| CString::new(a.as_bytes()).unwrap_or_default())

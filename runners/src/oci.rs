@@ -560,6 +560,16 @@ impl OciRunner {
                 crate::enforce::PLAN_ENV,
                 serde_json::to_string(plan).unwrap_or_default()
             ));
+            let seccomp = spec
+                .linux()
+                .as_ref()
+                .and_then(|l| l.seccomp().as_ref())
+                .ok_or_else(|| OciError::Spec("linux.seccomp missing".into()))?;
+            env.push(format!(
+                "{}={}",
+                crate::enforce::SECCOMP_ENV,
+                serde_json::to_string(seccomp).map_err(|e| OciError::Spec(e.to_string()))?
+            ));
             process.set_env(Some(env));
             spec.set_process(Some(process));
         }

@@ -2397,3 +2397,43 @@ fn a_flood_of_refused_submissions_stores_a_bounded_number_of_small_rows() {
     assert!(longest < 16 * 1024, "a row of {longest} bytes");
     assert!(grown < 8 << 20, "the store grew {grown} bytes");
 }
+
+#[test]
+fn repeated_kills_of_an_ended_job_write_bounded_rows() {
+    if !live() {
+        return;
+    }
+    let _shared = SANDBOXES.read().unwrap_or_else(|e| e.into_inner());
+    let d = Daemon::start(&[]);
+    let cap = d.cap("agent-a", &["res.time:60s"]);
+    let id = d.submit_ok(&cap, TRUE);
+    d.wait(&id);
+    // The path padded with empty segments, which routing ignores.
+    let path = format!("/v1/{}jobs/{id}/kill", "/".repeat(30_000));
+    let mut accepted = 0;
+    for _ in 0..700 {
+        let a = d.client.request("POST", &path, Some(&json!({}))).unwrap();
+        if a.status == 202 {
+            accepted += 1;
+        }
+    }
+    let rows = d.get("/v1/audit?tail=10000").json();
+    let rows = rows["rows"].as_array().unwrap();
+    let kills: Vec<&Value> = rows
+        .iter()
+        .filter(|r| {
+            r["kind"] == "api.request"
+                && r["body"]["path"]
+                    .as_str()
+                    .is_some_and(|p| p.ends_with("/kill"))
+        })
+        .collect();
+    let longest = kills.iter().map(|r| r.to_string().len()).max().unwrap_or(0);
+    println!(
+        "700 kills of an ended job ({accepted} accepted): {} rows, longest {longest} bytes",
+        kills.len()
+    );
+    assert!(kills.len() <= 600, "{} rows", kills.len());
+    assert!(longest < 2048, "a row of {longest} bytes");
+    assert_eq!(kills[0]["body"]["path"], format!("/v1/jobs/{id}/kill"));
+}

@@ -16,7 +16,7 @@ pub(crate) mod landlock;
 pub(crate) mod mounts;
 mod net;
 mod privileges;
-mod seccomp;
+pub(crate) mod seccomp;
 pub mod spec;
 mod syscall_table;
 

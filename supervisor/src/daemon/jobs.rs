@@ -188,7 +188,12 @@ struct Job {
     agent_refusals: u64,
     /// What its agent asked of its socket, for the summary rows.
     agent_tally: AgentTally,
+    /// Signals sent through the API and audited; past [`MAX_SIGNAL_ROWS`] only counted.
+    signals: u64,
 }
+
+/// `sandbox.signalled` rows one job gets; a caller repeating signals gets no more rows.
+const MAX_SIGNAL_ROWS: u64 = 100;
 
 /// A job's agent requests: counted, and audited as a summary row now and then and at the
 /// job's end, never one row each (an agent could write rows as fast as it can ask).
@@ -718,6 +723,7 @@ async fn admit(
                     agent_bytes: 0,
                     agent_refusals: 0,
                     agent_tally: AgentTally::default(),
+                    signals: 0,
                 },
             );
             if let Some(job) = st.jobs.get_mut(&id) {
@@ -1114,7 +1120,7 @@ pub async fn kill(
     if state != JobState::Running {
         return Ok(state);
     }
-    let shim_pid = {
+    let (shim_pid, signals) = {
         let mut st = daemon.lock_state();
         let Some(job) = st.jobs.get_mut(id) else {
             return Ok(JobState::Running);
@@ -1122,13 +1128,17 @@ pub async fn kill(
         if signal == libc::SIGKILL {
             job.kill_reason.get_or_insert_with(|| why.to_string());
         }
-        job.row.shim_pid
+        job.signals += 1;
+        (job.row.shim_pid, job.signals)
     };
-    daemon.record(vec![event(
-        "sandbox.signalled",
-        id,
-        json!({"signal": signal, "by": "api", "reason": why}),
-    )]);
+    if signals <= MAX_SIGNAL_ROWS {
+        daemon.record(vec![event(
+            "sandbox.signalled",
+            id,
+            json!({"signal": signal, "by": "api", "reason": why, "nth": signals,
+                   "further": if signals == MAX_SIGNAL_ROWS { "counted only" } else { "audited" }}),
+        )]);
+    }
     if signal == libc::SIGKILL {
         let killed = super::recovery::kill_job_processes(id, shim_pid);
         if killed == 0 {

@@ -18,6 +18,14 @@ const MAX_CALLERS: usize = 4096;
 /// summaries; the rest are only counted (in the caller's `api.requests` row).
 pub const MAX_REFUSAL_ROWS: u64 = 60;
 
+/// Requests of one caller that changed something audited as rows of their own between
+/// two summaries (a kill repeated on the same job changes nothing new); the rest are
+/// only counted.
+pub const MAX_CHANGE_ROWS: u64 = 600;
+
+/// Bytes of a request's path kept in its audit row.
+pub const PATH_BYTES: usize = 256;
+
 /// Bytes of a refused submission's argv kept in its audit row.
 pub const REFUSED_ARGV_BYTES: usize = 4096;
 
@@ -28,20 +36,33 @@ pub fn bounded_argv(argv: &Option<Vec<String>>) -> Value {
         return Value::Null;
     };
     let size: usize = argv.iter().map(String::len).sum();
-    if size <= REFUSED_ARGV_BYTES {
+    // Each argument costs its quotes and comma too: many empty ones are not free.
+    if size + 3 * argv.len() <= REFUSED_ARGV_BYTES {
         return json!(argv);
     }
     let mut kept = Vec::new();
     let mut left = REFUSED_ARGV_BYTES;
     for arg in argv {
-        if left == 0 {
+        if left < 3 {
             break;
         }
-        let head = cut(arg, left);
-        left -= head.len();
+        let head = cut(arg, left - 3);
+        left -= head.len() + 3;
         kept.push(head.to_string());
     }
     json!({"head": kept, "args": argv.len(), "bytes": size})
+}
+
+/// Counts one more row of `caller` in `rows`; whether it is within `limit`.
+fn allowance(rows: &Mutex<BTreeMap<String, u64>>, caller: &Caller, limit: u64) -> bool {
+    let (key, _) = caller_key(caller);
+    let mut rows = rows.lock().unwrap_or_else(PoisonError::into_inner);
+    if !rows.contains_key(&key) && rows.len() >= MAX_CALLERS {
+        return false;
+    }
+    let n = rows.entry(key).or_default();
+    *n += 1;
+    *n <= limit
 }
 
 /// The longest prefix of `text` of at most `bytes` bytes that ends on a character.
@@ -71,6 +92,8 @@ pub struct RequestTally {
     callers: Mutex<BTreeMap<String, CallerTally>>,
     /// Refusal rows written per caller since the last summary.
     refusal_rows: Mutex<BTreeMap<String, u64>>,
+    /// `api.request` rows written per caller since the last summary.
+    change_rows: Mutex<BTreeMap<String, u64>>,
 }
 
 fn caller_key(caller: &Caller) -> (String, Value) {
@@ -105,25 +128,20 @@ impl RequestTally {
     /// Whether a refused submission of `caller` may still be audited as rows of its own
     /// in this interval (at most [`MAX_REFUSAL_ROWS`]).
     pub fn refusal_row_allowed(&self, caller: &Caller) -> bool {
-        let (key, _) = caller_key(caller);
-        let mut rows = self
-            .refusal_rows
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if !rows.contains_key(&key) && rows.len() >= MAX_CALLERS {
-            return false;
-        }
-        let n = rows.entry(key).or_default();
-        *n += 1;
-        *n <= MAX_REFUSAL_ROWS
+        allowance(&self.refusal_rows, caller, MAX_REFUSAL_ROWS)
+    }
+
+    /// Whether a request of `caller` that changed something may still be an `api.request`
+    /// row of its own in this interval (at most [`MAX_CHANGE_ROWS`]).
+    pub fn change_row_allowed(&self, caller: &Caller) -> bool {
+        allowance(&self.change_rows, caller, MAX_CHANGE_ROWS)
     }
 
     /// One `api.requests` row per caller counted since the last call.
     pub fn take_summaries(&self) -> Vec<AuditEvent> {
-        self.refusal_rows
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
+        for rows in [&self.refusal_rows, &self.change_rows] {
+            rows.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        }
         let callers =
             std::mem::take(&mut *self.callers.lock().unwrap_or_else(PoisonError::into_inner));
         callers
@@ -191,9 +209,16 @@ mod tests {
         let cut = bounded_argv(&big);
         assert_eq!(cut["bytes"], (1 << 20) + 1);
         assert_eq!(cut["args"], 2);
-        assert_eq!(cut["head"][0].as_str().unwrap().len(), REFUSED_ARGV_BYTES);
+        assert_eq!(
+            cut["head"][0].as_str().unwrap().len(),
+            REFUSED_ARGV_BYTES - 3
+        );
         let small = Some(vec!["make".to_string(), "test".into()]);
         assert_eq!(bounded_argv(&small), json!(["make", "test"]));
+        let empties = Some(vec![String::new(); 330_000]);
+        let cut_empties = bounded_argv(&empties);
+        assert_eq!(cut_empties["args"], 330_000);
+        assert!(cut_empties.to_string().len() < 2 * REFUSED_ARGV_BYTES);
         let wide = Some(vec!["é".repeat(3000)]);
         assert!(bounded_argv(&wide)["head"][0].as_str().is_some());
     }

@@ -54,7 +54,12 @@ pub async fn handle(daemon: Arc<Daemon>, caller: Caller, req: Request<Incoming>)
         }
     }
     let method = req.method().clone();
-    let path = req.uri().path().to_string();
+    // As routed (empty segments dropped) and bounded: the raw path is the caller's to
+    // pad with up to the URI limit.
+    let path = format!(
+        "/{}",
+        request_audit::cut(&http::segments(&req).join("/"), request_audit::PATH_BYTES)
+    );
     let result = route(&daemon, &caller, req).await;
     let status = match &result {
         Ok(r) => r.status().as_u16(),
@@ -63,7 +68,9 @@ pub async fn handle(daemon: Arc<Daemon>, caller: Caller, req: Request<Incoming>)
     // A request that changed something is audited with its caller; the rest (reads,
     // stdin, refusals) are counted for the caller's summary row, except the liveness and
     // metrics probes.
-    if request_audit::audited_alone(&method, &path, status) {
+    if request_audit::audited_alone(&method, &path, status)
+        && daemon.requests.change_row_allowed(&caller)
+    {
         daemon.record(vec![AuditEvent::new(
             "api.request",
             json!({"caller": caller.audit(), "method": method.as_str(), "path": path, "status": status}),
