@@ -190,6 +190,11 @@ struct Job {
     agent_tally: AgentTally,
     /// Signals sent through the API and audited; past [`MAX_SIGNAL_ROWS`] only counted.
     signals: u64,
+    /// Its sandbox has ended and its children are being killed: it takes no new ones.
+    closing: bool,
+    /// The first job of its lineage (itself, or its parent's root), which holds the
+    /// lineage's agent budgets.
+    root: String,
 }
 
 /// `sandbox.signalled` rows one job gets; a caller repeating signals gets no more rows.
@@ -400,6 +405,21 @@ fn authority_status(e: &AuthorityError) -> (u16, &'static str, &'static str) {
 /// plan, check admission, and commit the job with its audit events. A refusal is audited
 /// (with the caller) and nothing else is stored.
 pub async fn submit(
+    daemon: &Arc<Daemon>,
+    caller: &Caller,
+    req: SubmitRequest,
+    parent: Option<&str>,
+) -> Result<Submitted, ApiError> {
+    // Admission runs to its end in a task of its own: a client (or an agent whose socket
+    // closes with its job) that goes away mid-request must not leave a job admitted but
+    // never driven, holding a slot and its subject's quota.
+    let (daemon, caller, parent) = (daemon.clone(), caller.clone(), parent.map(str::to_string));
+    tokio::spawn(async move { submit_now(&daemon, &caller, req, parent.as_deref()).await })
+        .await
+        .map_err(|e| ApiError::new(500, format!("admission did not finish: {e}")))?
+}
+
+async fn submit_now(
     daemon: &Arc<Daemon>,
     caller: &Caller,
     req: SubmitRequest,
@@ -662,8 +682,15 @@ async fn admit(
         let mut st = daemon.lock_state();
         let cfg = &daemon.config;
         let mine = st.per_subject.get(&row.subject).copied().unwrap_or(0);
+        let parent_gone = row.parent.as_ref().is_some_and(|p| {
+            st.jobs
+                .get(p)
+                .is_none_or(|p| p.closing || p.row.state.is_final())
+        });
         let decision = if daemon.shutting_down.load(Ordering::SeqCst) {
             Err(ApiError::retry(503, "the daemon is shutting down", 5))
+        } else if parent_gone {
+            Err(ApiError::new(410, "the parent job has ended"))
         } else if mine >= cfg.per_subject {
             Err(ApiError::retry(
                 429,
@@ -700,9 +727,11 @@ async fn admit(
                 }
                 StdinMode::Null => (None, None),
             };
+            let mut root = id.clone();
             if let Some(parent) = &row.parent {
                 if let Some(p) = st.jobs.get_mut(parent) {
                     p.children.push(id.clone());
+                    root = p.root.clone();
                 }
             }
             st.jobs.insert(
@@ -724,6 +753,8 @@ async fn admit(
                     agent_refusals: 0,
                     agent_tally: AgentTally::default(),
                     signals: 0,
+                    closing: false,
+                    root,
                 },
             );
             if let Some(job) = st.jobs.get_mut(&id) {
@@ -876,6 +907,8 @@ async fn drive(daemon: Arc<Daemon>, id: String) {
         let Some(job) = st.jobs.get_mut(&id) else {
             return;
         };
+        // From here no child is admitted under it: every child is in this list.
+        job.closing = true;
         (
             job.children.clone(),
             job.kill_reason.clone(),
@@ -1348,7 +1381,7 @@ pub fn agent_write(daemon: &Daemon, id: &str, bytes: u64) -> Result<(), ApiError
     let job = st
         .jobs
         .get_mut(&root)
-        .expect("the root of a live job is live");
+        .ok_or_else(|| ApiError::new(410, format!("the lineage of job {id} has ended")))?;
     if job.agent_writes >= daemon.config.agent_writes {
         return Err(ApiError::new(
             429,
@@ -1372,23 +1405,12 @@ pub fn agent_write(daemon: &Daemon, id: &str, bytes: u64) -> Result<(), ApiError
     Ok(())
 }
 
-/// The first job of `id`'s lineage: its parent's parent, and so on, while that is held
-/// and live (a sub-intent never outlives its parent).
+/// The first job of `id`'s lineage, fixed when it was admitted: a child keeps spending
+/// its root's budgets whatever state its ancestors are in.
 fn lineage_root(st: &State, id: &str) -> String {
-    let mut root = id.to_string();
-    // Bounded: every step goes to a job submitted earlier.
-    for _ in 0..st.jobs.len() {
-        match st
-            .jobs
-            .get(&root)
-            .and_then(|j| j.row.parent.clone())
-            .filter(|p| st.jobs.get(p).is_some_and(|j| !j.row.state.is_final()))
-        {
-            Some(parent) => root = parent,
-            None => break,
-        }
-    }
-    root
+    st.jobs
+        .get(id)
+        .map_or_else(|| id.to_string(), |j| j.root.clone())
 }
 
 /// Whether `child` was submitted by `parent`'s agent.
@@ -1418,9 +1440,14 @@ pub fn agent_tally(daemon: &Daemon, id: &str, outcome: Result<(), &'static str>)
             tally.refused_total += 1;
             // The lineage's refusals together: a sub-intent gets no fresh allowance.
             let root = lineage_root(&st, id);
-            let lineage = &mut st.jobs.get_mut(&root).expect("held").agent_refusals;
-            *lineage += 1;
-            *lineage >= daemon.config.agent_refusals
+            match st.jobs.get_mut(&root) {
+                Some(root) => {
+                    root.agent_refusals += 1;
+                    root.agent_refusals >= daemon.config.agent_refusals
+                }
+                // The lineage is gone: nothing more to answer.
+                None => true,
+            }
         }
     }
 }
