@@ -111,7 +111,16 @@ pub struct RepoGuard {
     /// by path relative to `host`, to tell after the run whether one changed.
     pub control: BTreeMap<PathBuf, String>,
     pub limits: WalkLimits,
+    /// Rebases and cherry-picks in progress at start (host paths of their state
+    /// directories, see [`SEQUENCER_STATE`]).
+    #[serde(default)]
+    pub sequencers_at_start: Vec<PathBuf>,
 }
+
+/// State a git dir keeps for an operation the owner continues later: their todo lists
+/// may hold `exec` lines, which `git rebase --continue` runs on the host. They stay
+/// writable (git inside the sandbox uses them); one that appears during the run is named.
+const SEQUENCER_STATE: [&str; 3] = ["rebase-merge", "rebase-apply", "sequencer"];
 
 /// A file or directory the guard created so that a dangerous name exists and can be
 /// covered by a read-only mount (a bind mount needs an existing target).
@@ -323,6 +332,21 @@ pub fn findings_after(host: &Path, dir: BorrowedFd<'_>, guard: &RepoGuard) -> Ve
                 &host.join(parent),
                 format!("{} changed during the run", name.to_string_lossy()),
             );
+        }
+    }
+    for repo in &guard.repos_at_start {
+        let Ok(rel) = repo.strip_prefix(host) else {
+            continue;
+        };
+        for name in SEQUENCER_STATE {
+            let state = rel.join(name);
+            let now = fsat::open_resolved(dir, &state, libc::O_PATH, true).is_ok();
+            if now && !guard.sequencers_at_start.contains(&repo.join(name)) {
+                checking.found(
+                    repo,
+                    format!("{name} written during the run: its todo's `exec` lines run at the next `git rebase --continue`"),
+                );
+            }
         }
     }
     let mut findings = checking.findings;
@@ -749,6 +773,11 @@ impl Guarding<'_> {
         let st = fsat::fstat(g).map_err(io("stat", host_g.clone()))?;
         self.mount(rel, MountAccess::ReadWrite);
         self.guard.repos_at_start.push(host_g.clone());
+        for name in SEQUENCER_STATE {
+            if has(names, name).is_some() {
+                self.guard.sequencers_at_start.push(host_g.join(name));
+            }
+        }
         let items = if has(names, "commondir").is_some() {
             WORKTREE_GIT_DIR
         } else {
@@ -1531,6 +1560,24 @@ mod tests {
             findings.contains(&expect(&ws.join(".git"), "hooks changed during the run")),
             "{findings:?}"
         );
+        // So is a rebase left in progress, whose todo may `exec` on the owner's continue.
+        std::fs::create_dir(ws.join(".git/rebase-merge")).unwrap();
+        std::fs::write(ws.join(".git/rebase-merge/git-rebase-todo"), "exec ./x\n").unwrap();
+        let findings = findings_after(&ws, open(&ws).as_fd(), &g);
+        assert!(
+            findings
+                .iter()
+                .any(|f| f.repo == ws.join(".git") && f.what.starts_with("rebase-merge written")),
+            "{findings:?}"
+        );
+        // One that was in progress before the run is the owner's own.
+        let again = guard(&ws).unwrap();
+        let findings = findings_after(&ws, open(&ws).as_fd(), &again);
+        assert!(
+            !findings.iter().any(|f| f.what.starts_with("rebase-merge")),
+            "{findings:?}"
+        );
+        remove_placeholders(&again);
         remove_placeholders(&g);
     }
 
