@@ -34,14 +34,18 @@ pub fn command(argv: &[String]) -> i32 {
 /// Applies the ruleset from the environment and executes `argv`; returns only an error.
 pub fn enforce_and_exec(argv: &[String]) -> String {
     let run = || -> Result<std::convert::Infallible, String> {
-        let policy: LandlockPolicy = serde_json::from_str(
-            &std::env::var(POLICY_ENV).map_err(|_| format!("{POLICY_ENV} is not set"))?,
-        )
-        .map_err(|e| format!("{POLICY_ENV}: {e}"))?;
-        let plan: LandlockPlan = serde_json::from_str(
-            &std::env::var(PLAN_ENV).map_err(|_| format!("{PLAN_ENV} is not set"))?,
-        )
-        .map_err(|e| format!("{PLAN_ENV}: {e}"))?;
+        // The ruleset and its plan travel together; neither means the runner decided to
+        // run without landlock (an accepted degradation).
+        let landlock = match (std::env::var(POLICY_ENV), std::env::var(PLAN_ENV)) {
+            (Ok(policy), Ok(plan)) => Some((
+                serde_json::from_str::<LandlockPolicy>(&policy)
+                    .map_err(|e| format!("{POLICY_ENV}: {e}"))?,
+                serde_json::from_str::<LandlockPlan>(&plan)
+                    .map_err(|e| format!("{PLAN_ENV}: {e}"))?,
+            )),
+            (Err(_), Err(_)) => None,
+            _ => return Err(format!("{POLICY_ENV} and {PLAN_ENV} come together")),
+        };
         let seccomp = std::env::var(SECCOMP_ENV)
             .map_err(|_| format!("{SECCOMP_ENV} is not set"))
             .and_then(|json| {
@@ -62,7 +66,9 @@ pub fn enforce_and_exec(argv: &[String]) -> String {
             })
             .collect();
         let path = find_on_path(program)?;
-        apply(&policy, plan).map_err(|e| format!("{}: {}", e.step, e.detail))?;
+        if let Some((policy, plan)) = &landlock {
+            apply(policy, *plan).map_err(|e| format!("{}: {}", e.step, e.detail))?;
+        }
         crate::native::seccomp::load(&seccomp).map_err(|e| e.to_string())?;
         let args: Vec<CString> = argv
             .iter()

@@ -372,6 +372,14 @@ impl OciRunner {
                 }
             }
         };
+        // libseccomp drops conditional denials of a call it also allows outright (the
+        // terminal ioctls): the enforcer loads the profile again, so it must be there.
+        if !gvisor && self.ctx.enforcer.is_none() {
+            return Err(self.unenforceable(
+                "seccomp",
+                "no enforcer binary to inject for the ioctl rules libseccomp drops",
+            ));
+        }
         let resources = config.linux().as_ref().and_then(|l| l.resources().as_ref());
         let limits = CgroupLimits::from_oci(resources);
         let timeout = config
@@ -488,7 +496,8 @@ impl OciRunner {
             }
         }
         spec.set_linux(Some(linux));
-        if let (Some((policy, plan)), Some(enforcer)) = (&d.landlock, &self.ctx.enforcer) {
+        let gvisor = matches!(self.flavor, Flavor::Gvisor { .. });
+        if let (false, Some(enforcer)) = (gvisor, &self.ctx.enforcer) {
             let point = rootfs.join(ENFORCER_TARGET.trim_start_matches('/'));
             if !point.exists() {
                 fs::File::create(&point)
@@ -550,16 +559,20 @@ impl OciRunner {
             args.extend(process.args().clone().unwrap_or_default());
             process.set_args(Some(args));
             let mut env = process.env().clone().unwrap_or_default();
-            env.push(format!(
-                "{}={}",
-                crate::enforce::POLICY_ENV,
-                serde_json::to_string(policy).unwrap_or_default()
-            ));
-            env.push(format!(
-                "{}={}",
-                crate::enforce::PLAN_ENV,
-                serde_json::to_string(plan).unwrap_or_default()
-            ));
+            // Without a ruleset (the degradation `landlock` accepted) the enforcer loads
+            // the seccomp profile alone.
+            if let Some((policy, plan)) = &d.landlock {
+                env.push(format!(
+                    "{}={}",
+                    crate::enforce::POLICY_ENV,
+                    serde_json::to_string(policy).unwrap_or_default()
+                ));
+                env.push(format!(
+                    "{}={}",
+                    crate::enforce::PLAN_ENV,
+                    serde_json::to_string(plan).unwrap_or_default()
+                ));
+            }
             let seccomp = spec
                 .linux()
                 .as_ref()
