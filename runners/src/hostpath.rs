@@ -307,11 +307,15 @@ impl KeptLayer {
     /// Opens (creating when absent, 0755) `keep/upper` and `keep/work`; with `owner`,
     /// gives both to that uid and gid.
     pub fn open(keep: &Path, owner: Option<(u32, u32)>) -> Result<Self> {
-        let dir = open(keep)?;
+        Self::within(&open(keep)?, owner)
+    }
+
+    /// As [`KeptLayer::open`], in the kept directory `dir` already opened and checked.
+    pub fn within(dir: &HostObject, owner: Option<(u32, u32)>) -> Result<Self> {
         dir.expect_dir()?;
+        let keep = dir.path.as_path();
         let listing = dir.reopen_dir()?;
-        let mut layer = Vec::with_capacity(2);
-        for name in ["upper", "work"] {
+        let sub = |name: &str| -> Result<HostObject> {
             let path = keep.join(name);
             match nix::sys::stat::mkdirat(
                 Some(listing.as_raw_fd()),
@@ -321,7 +325,7 @@ impl KeptLayer {
                 Ok(()) | Err(Errno::EEXIST) => {}
                 Err(errno) => return Err(HostPathError::Open { path, errno }),
             }
-            let object = open_beneath(&dir, Path::new(name), &path)?;
+            let object = open_beneath(dir, Path::new(name), &path)?;
             object.expect_dir()?;
             if let Some((uid, gid)) = owner {
                 nix::unistd::fchownat(
@@ -333,10 +337,9 @@ impl KeptLayer {
                 )
                 .map_err(|errno| HostPathError::Open { path, errno })?;
             }
-            layer.push(object);
-        }
-        let work = layer.pop().expect("two directories");
-        let upper = layer.pop().expect("two directories");
+            Ok(object)
+        };
+        let (upper, work) = (sub("upper")?, sub("work")?);
         Ok(Self { upper, work })
     }
 

@@ -262,7 +262,7 @@ fn pin_into(
         if entry.used == Use::Keep {
             // `upper` and `work` for the sandbox's root, by descriptor beneath the object
             // just checked: the names in it are its owner's to swap.
-            hostpath::KeptLayer::open(&entry.path, Some(sandbox_root)).map_err(&refused)?;
+            hostpath::KeptLayer::within(&object, Some(sandbox_root)).map_err(&refused)?;
         }
         let place = |k: Option<usize>| {
             stage_dir.map(|dir| match k {
