@@ -352,8 +352,32 @@ pub fn findings_after(host: &Path, dir: BorrowedFd<'_>, guard: &RepoGuard) -> Ve
     let mut findings = checking.findings;
     findings.sort();
     findings.dedup();
+    // The sandbox chose how many repositories and keys there are, and their names: the
+    // report and its audit row stay bounded.
+    for f in &mut findings {
+        if f.what.len() > MAX_FINDING_BYTES {
+            let end = (0..=MAX_FINDING_BYTES)
+                .rev()
+                .find(|&i| f.what.is_char_boundary(i))
+                .unwrap_or(0);
+            f.what.truncate(end);
+            f.what.push_str("...");
+        }
+    }
+    if findings.len() > MAX_FINDINGS {
+        let more = findings.len() - MAX_FINDINGS;
+        findings.truncate(MAX_FINDINGS);
+        findings.push(GitFinding {
+            repo: host.to_path_buf(),
+            what: format!("{more} more findings not listed"),
+        });
+    }
     findings
 }
+
+/// Most findings one writable path reports, and bytes of each one's text.
+const MAX_FINDINGS: usize = 200;
+const MAX_FINDING_BYTES: usize = 256;
 
 /// Removes the placeholders `guard` created, newest first, and returns those left in
 /// place. A file is removed only if it is still the same inode in the same git dir with the
@@ -1579,6 +1603,31 @@ mod tests {
         );
         remove_placeholders(&again);
         remove_placeholders(&g);
+    }
+
+    #[test]
+    fn findings_are_bounded_in_number_and_length() {
+        let t = tempfile::tempdir().unwrap();
+        let ws = t.path().join("ws");
+        std::fs::create_dir(&ws).unwrap();
+        let g = guard(&ws).unwrap();
+        for i in 0..(MAX_FINDINGS + 20) {
+            let git = ws.join(format!("r{i}/.git"));
+            std::fs::create_dir_all(git.join("hooks")).unwrap();
+            std::fs::write(git.join("HEAD"), "ref: refs/heads/main\n").unwrap();
+            let key = format!("[filter \"{}\"]\n\tsmudge = x\n", "k".repeat(1000));
+            std::fs::write(git.join("config"), key).unwrap();
+        }
+        let findings = findings_after(&ws, open(&ws).as_fd(), &g);
+        assert_eq!(findings.len(), MAX_FINDINGS + 1, "{:?}", &findings[..3]);
+        assert!(findings
+            .iter()
+            .all(|f| f.what.len() <= MAX_FINDING_BYTES + 3));
+        assert!(findings
+            .last()
+            .unwrap()
+            .what
+            .ends_with("more findings not listed"));
     }
 
     #[test]

@@ -1442,6 +1442,17 @@ fn a_runner_is_authority_the_capability_must_name() {
     assert!(a.error_text().contains("not trusted"), "{}", a.error_text());
     std::thread::sleep(Duration::from_millis(300));
     assert!(!marker.exists(), "the planted runtime ran");
+    // An imported image as the root is a choice too.
+    let a = d.post(
+        "/v1/jobs",
+        json!({"capability": cap, "argv": TRUE, "manifest": {"version": 1, "rootfs": "image:busy:1"}}),
+    );
+    assert_eq!(a.status, 403, "{}", a.error_text());
+    assert!(
+        a.error_text().contains("rootfs:image:busy:1"),
+        "{}",
+        a.error_text()
+    );
 }
 
 #[test]
