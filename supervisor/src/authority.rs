@@ -36,7 +36,7 @@ pub enum AuthorityError {
     #[error("cannot read capability file {path}: {error}")]
     Read { path: String, error: std::io::Error },
     #[error(transparent)]
-    Path(#[from] crate::host_paths::RunnerRefused),
+    Path(#[from] crate::host_paths::PlanRefused),
 }
 
 impl From<TokenError> for AuthorityError {

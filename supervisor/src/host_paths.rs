@@ -114,7 +114,7 @@ impl Entry {
 
 /// Why an authorised plan cannot run here: its runner binary or one of its paths.
 #[derive(Debug, thiserror::Error)]
-pub enum RunnerRefused {
+pub enum PlanRefused {
     #[error("runner: {0}")]
     Runner(covenant_runners::oci::OciError),
     #[error(transparent)]
@@ -126,9 +126,9 @@ pub enum RunnerRefused {
 /// its kind, refuses a writable path inside a git directory, and records the object each
 /// names in `plan.pinned`. A kept layer that does not exist yet needs an existing parent;
 /// it is created when the run starts.
-pub fn check_plan(plan: &mut SandboxPlan) -> Result<(), RunnerRefused> {
+pub fn check_plan(plan: &mut SandboxPlan) -> Result<(), PlanRefused> {
     if let RunnerChoice::Oci { path } = &plan.runner {
-        covenant_runners::oci::trusted_binary(path).map_err(RunnerRefused::Runner)?;
+        covenant_runners::oci::trusted_binary(path).map_err(PlanRefused::Runner)?;
     }
     let mut pinned = Vec::new();
     for entry in entries(plan) {

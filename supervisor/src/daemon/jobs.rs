@@ -392,7 +392,7 @@ fn authority_status(e: &AuthorityError) -> (u16, &'static str, &'static str) {
         AuthorityError::Verify(_) => (403, "capability", "capability.refused"),
         AuthorityError::Refused(_) => (403, "capability", "request.refused"),
         AuthorityError::Compile(_) => (400, "manifest", "request.invalid"),
-        AuthorityError::Path(crate::host_paths::RunnerRefused::Runner(_)) => {
+        AuthorityError::Path(crate::host_paths::PlanRefused::Runner(_)) => {
             (403, "runner", "request.refused")
         }
         AuthorityError::Path(_) => (400, "manifest", "request.invalid"),
@@ -502,7 +502,7 @@ fn prepare(
         let (status, field, kind) = authority_status(&e);
         let field = match &e {
             AuthorityError::Compile(c) if c.field == "runner" => "runner",
-            AuthorityError::Path(crate::host_paths::RunnerRefused::Runner(_)) => "runner",
+            AuthorityError::Path(crate::host_paths::PlanRefused::Runner(_)) => "runner",
             _ => field,
         };
         (kind, ApiError::field(status, field, e.to_string()))
