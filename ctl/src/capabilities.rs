@@ -9,6 +9,7 @@ use covenant_supervisor::authority::{self, load_capability};
 use covenant_supervisor::home::covenant_home;
 use covenant_supervisor::keys;
 use covenant_supervisor::store;
+use covenant_supervisor::store::Kind;
 use ed25519_dalek::SigningKey;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -96,7 +97,7 @@ pub fn key(cmd: KeyCommand) -> anyhow::Result<i32> {
             });
             keys::write_private_key(&path, &key)?;
             store::record(
-                "key.generated",
+                Kind::KeyGenerated,
                 serde_json::json!({"public_key": public, "path": path}),
             )?;
             println!("{}", path.display());
@@ -110,14 +111,14 @@ pub fn key(cmd: KeyCommand) -> anyhow::Result<i32> {
             let public = keys::parse_public_key(&key)?;
             let name = keys::trust(&public, name.as_deref())?;
             store::record(
-                "key.trusted",
+                Kind::KeyTrusted,
                 serde_json::json!({"public_key": encode_key(&public), "name": name}),
             )?;
             println!("trusted {} as {name}", encode_key(&public));
         }
         KeyCommand::Untrust { name_or_key } => {
             let name = keys::untrust(&name_or_key)?;
-            store::record("key.untrusted", serde_json::json!({"name": name}))?;
+            store::record(Kind::KeyUntrusted, serde_json::json!({"name": name}))?;
             println!("no longer trusted: {name}");
         }
         KeyCommand::Ls => {
@@ -172,14 +173,14 @@ pub fn cap(cmd: CapCommand) -> anyhow::Result<i32> {
         CapCommand::Grant(args) => {
             let (issuer, subject, scopes, ttl) = args.parse()?;
             let cap = authority::grant(&issuer, subject, &scopes, ttl)?;
-            store::record("capability.granted", describe(&cap))?;
+            store::record(Kind::CapabilityGranted, describe(&cap))?;
             emit(&cap, args.out)?;
         }
         CapCommand::Attenuate { from, token } => {
             let parent = load_capability(&from)?;
             let (holder, subject, scopes, ttl) = token.parse()?;
             let cap = authority::attenuate(&parent, &holder, subject, &scopes, ttl)?;
-            store::record("capability.attenuated", describe(&cap))?;
+            store::record(Kind::CapabilityAttenuated, describe(&cap))?;
             emit(&cap, token.out)?;
         }
         CapCommand::Inspect { cap } => {
@@ -228,7 +229,7 @@ pub fn cap(cmd: CapCommand) -> anyhow::Result<i32> {
             let id = keys::parse_token_id(&id)?;
             if keys::revoke(&id)? {
                 store::record(
-                    "capability.revoked",
+                    Kind::CapabilityRevoked,
                     serde_json::json!({"id": id_text(&id)}),
                 )?;
                 println!("revoked {}", id_text(&id));

@@ -107,10 +107,17 @@ pub fn run(
         });
     }
     let mut end = None;
+    let mut unreadable = None;
     let streamed = client.lines(&format!("/v1/jobs/{id}/output?follow=true"), |line| {
         match serde_json::from_slice::<OutputLine>(line) {
             Ok(OutputLine::Data { stream, data, .. }) => {
-                let bytes = STANDARD.decode(data).unwrap_or_default();
+                let bytes = match STANDARD.decode(data) {
+                    Ok(bytes) => bytes,
+                    Err(e) => {
+                        unreadable = Some(format!("output data is not base64: {e}"));
+                        return false;
+                    }
+                };
                 let _ = match stream {
                     Stream::Stdout => {
                         let mut out = std::io::stdout().lock();
@@ -124,9 +131,15 @@ pub fn run(
                 end = Some(());
                 false
             }
-            Err(_) => true,
+            Err(e) => {
+                unreadable = Some(format!("an output line is not one the API defines: {e}"));
+                false
+            }
         }
     })?;
+    if let Some(why) = unreadable {
+        bail!("job {id}: {why}");
+    }
     if streamed.status != 200 {
         bail!(
             "job {id}: output: {}",

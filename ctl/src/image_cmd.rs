@@ -4,6 +4,7 @@ use clap::Subcommand;
 use covenant_policy::units::{format_size, format_unix_time};
 use covenant_supervisor::images::{id_shift, job_using, store};
 use covenant_supervisor::store as audit_store;
+use covenant_supervisor::store::Kind;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
@@ -53,7 +54,7 @@ pub fn image(cmd: ImageCommand) -> anyhow::Result<i32> {
                 eprintln!();
             }
             audit_store::record(
-                "image.imported",
+                Kind::ImageImported,
                 serde_json::json!({"name": record.name, "manifest_digest": record.manifest_digest, "layers": record.layers, "source": path}),
             )?;
             println!("{} {}", record.name, record.manifest_digest);
@@ -87,7 +88,7 @@ pub fn image(cmd: ImageCommand) -> anyhow::Result<i32> {
         ImageCommand::Rm { reference } => {
             let r = store()?.remove(&reference, &job_using)?;
             audit_store::record(
-                "image.removed",
+                Kind::ImageRemoved,
                 serde_json::json!({"name": r.name, "manifest_digest": r.manifest_digest}),
             )?;
             println!("removed {}", r.name);
@@ -95,7 +96,7 @@ pub fn image(cmd: ImageCommand) -> anyhow::Result<i32> {
         ImageCommand::Gc => {
             let n = store()?.gc()?;
             if n > 0 {
-                audit_store::record("image.gc", serde_json::json!({"removed": n}))?;
+                audit_store::record(Kind::ImageGc, serde_json::json!({"removed": n}))?;
             }
             println!("removed {n} unreferenced blobs and layers");
         }

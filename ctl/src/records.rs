@@ -169,15 +169,15 @@ pub fn audit(cmd: AuditCommand, through_daemon: bool) -> anyhow::Result<i32> {
                     let pinned = key
                         .map(|k| covenant_supervisor::keys::parse_public_key(&k))
                         .transpose()?;
-                    verify_export(&file, pinned)?
-                        .map(|s| serde_json::to_value(s).unwrap_or_default())
+                    verify_export(&file, pinned)?.map(serde_json::to_value)
                 }
                 None => Store::open_default_reader()?
                     .verify()?
-                    .map(|r| serde_json::to_value(r).unwrap_or_default()),
+                    .map(serde_json::to_value),
             };
             match result {
                 Ok(summary) => {
+                    let summary = summary?;
                     println!("clean: {summary}");
                     if let Some(tail) = summary.get("unsigned_tail") {
                         println!(
@@ -210,7 +210,7 @@ pub fn audit(cmd: AuditCommand, through_daemon: bool) -> anyhow::Result<i32> {
             let mut store = Store::open_default()?;
             let n = store.prune(up_to, &archive)?;
             store.append(&covenant_supervisor::store::AuditEvent::new(
-                "audit.pruned",
+                covenant_supervisor::store::Kind::AuditPruned,
                 serde_json::json!({"up_to": up_to, "archived": n, "archive": archive}),
             ))?;
             println!(

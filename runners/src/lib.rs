@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::Duration;
 
 /// How the program ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "kind", content = "value")]
 pub enum ExitKind {
     /// It exited with this code.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 fn event(i: u64) -> AuditEvent {
     AuditEvent::new(
-        "run.exited",
+        covenant_supervisor::store::Kind::RunExited,
         serde_json::json!({"job": format!("job-{i:016x}"), "exit_code": 0, "duration_ms": 12.5, "cpu_time_ms": 3.1}),
     )
 }

@@ -1,6 +1,13 @@
-//! `$COVENANT_HOME`: where bundles (and later the store and keys) live.
+//! `$COVENANT_HOME` (where the store, keys and bundles live), job ids, and the host id
+//! range sandboxes map to.
 
+use covenant_images::IdentityMap;
 use std::path::PathBuf;
+
+/// Host id range the sandbox's ids map to when run as root, unless `/etc/subuid` and
+/// `/etc/subgid` have an entry for the user `covenant`.
+pub const DEFAULT_SUBORDINATE_BASE: u32 = 100_000;
+pub const SUBORDINATE_SIZE: u32 = 65_536;
 
 /// `$COVENANT_HOME`, else `/var/lib/covenant` as root, else `~/.covenant`.
 pub fn covenant_home() -> PathBuf {
@@ -29,4 +36,28 @@ pub fn new_job_id() -> String {
         bytes = ((nanos as u64) ^ ((std::process::id() as u64) << 32)).to_ne_bytes();
     }
     format!("job-{}", covenant_policy::plan::hex(&bytes))
+}
+
+/// The id map for this caller: a subordinate range as root, the caller alone otherwise.
+pub fn identity_map() -> IdentityMap {
+    // SAFETY: getters without failure modes.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    if uid != 0 {
+        return IdentityMap::rootless(uid, gid);
+    }
+    let base = |file: &str| {
+        std::fs::read_to_string(file).ok().and_then(|text| {
+            text.lines().find_map(|l| {
+                let mut parts = l.split(':');
+                (parts.next()? == "covenant").then_some(())?;
+                let start: u32 = parts.next()?.parse().ok()?;
+                let count: u32 = parts.next()?.parse().ok()?;
+                (count >= SUBORDINATE_SIZE && start > 0).then_some(start)
+            })
+        })
+    };
+    IdentityMap::subordinate(
+        base("/etc/subuid").unwrap_or(DEFAULT_SUBORDINATE_BASE),
+        base("/etc/subgid").unwrap_or(DEFAULT_SUBORDINATE_BASE),
+    )
 }

@@ -2,7 +2,7 @@
 //! root against it.
 
 use crate::home::covenant_home;
-use crate::run::identity_map;
+use crate::home::identity_map;
 use covenant_images::store::{ImageError, ImageRecord, ImageStore};
 use covenant_images::unpack::IdShift;
 use covenant_policy::{RootfsSource, SandboxPlan};

@@ -5,21 +5,16 @@ use crate::authority::{authorise_run, load_capability, AuthorityError};
 use crate::bundle_signature::{
     trusted_bundle_keys, verify_bundle, BundleSignatureError, VerifiedBundle,
 };
-use crate::home::covenant_home;
-use crate::home::new_job_id;
+use crate::home::{covenant_home, identity_map, new_job_id};
+use crate::store::Kind;
 use crate::store::{AuditEvent, Store, StoreError};
-use covenant_images::{write_bundle, write_native_bundle, Bundle, BundleError, IdentityMap};
+use covenant_images::{write_bundle, write_native_bundle, Bundle, BundleError};
 use covenant_policy::Manifest;
 use covenant_policy::{Degradation, NetMode, SandboxPlan};
 use covenant_runners::{runner_for, RunnerContext, RunnerError};
 use covenant_runners::{ExitKind, RunOutcome, Runner, StartInfo};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-
-/// Host id range the sandbox's ids map to when run as root, unless `/etc/subuid` and
-/// `/etc/subgid` have an entry for the user `covenant`.
-pub const DEFAULT_SUBORDINATE_BASE: u32 = 100_000;
-pub const SUBORDINATE_SIZE: u32 = 65_536;
 
 /// Exit code when the timeout killed the sandbox.
 pub const EXIT_TIMEOUT: i32 = 124;
@@ -67,7 +62,7 @@ pub struct RunSettings {
 }
 
 /// The JSON run report (`--report FILE`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunReport {
     pub job_id: String,
     pub exit_code: i32,
@@ -151,30 +146,6 @@ pub fn exit_code(outcome: &RunOutcome) -> i32 {
     }
 }
 
-/// The id map for this caller: a subordinate range as root, the caller alone otherwise.
-pub fn identity_map() -> IdentityMap {
-    // SAFETY: getters without failure modes.
-    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
-    if uid != 0 {
-        return IdentityMap::rootless(uid, gid);
-    }
-    let base = |file: &str| {
-        std::fs::read_to_string(file).ok().and_then(|text| {
-            text.lines().find_map(|l| {
-                let mut parts = l.split(':');
-                (parts.next()? == "covenant").then_some(())?;
-                let start: u32 = parts.next()?.parse().ok()?;
-                let count: u32 = parts.next()?.parse().ok()?;
-                (count >= SUBORDINATE_SIZE && start > 0).then_some(start)
-            })
-        })
-    };
-    IdentityMap::subordinate(
-        base("/etc/subuid").unwrap_or(DEFAULT_SUBORDINATE_BASE),
-        base("/etc/subgid").unwrap_or(DEFAULT_SUBORDINATE_BASE),
-    )
-}
-
 /// Where a run's audit events go when they are flushed: the store itself (embedded), or
 /// the daemon that owns it (a daemon job's sandbox process).
 pub type AuditSink<'a> = dyn FnMut(Vec<AuditEvent>) -> Result<(), RunError> + 'a;
@@ -196,7 +167,7 @@ impl<'a> RunAudit<'a> {
         }
     }
 
-    pub fn push(&mut self, kind: &str, mut body: serde_json::Value) {
+    pub fn push(&mut self, kind: Kind, mut body: serde_json::Value) {
         body["job"] = serde_json::Value::String(self.job.clone());
         self.pending.push(AuditEvent::new(kind, body));
     }
@@ -234,7 +205,7 @@ pub fn run_request(
     // SAFETY: getuid has no failure mode.
     let uid = unsafe { libc::getuid() };
     audit.push(
-        "run.intent",
+        Kind::RunIntent,
         serde_json::json!({
             "uid": uid, "pid": std::process::id(), "argv": manifest.command,
             "capability": if capability.is_some() { "presented" } else { "operator" },
@@ -253,15 +224,15 @@ pub fn run_request(
 }
 
 /// The audit event kind that records `e`.
-pub fn refusal_kind(e: &RunError) -> &'static str {
+pub fn refusal_kind(e: &RunError) -> Kind {
     match e {
         RunError::Authority(
             AuthorityError::Token(_) | AuthorityError::Verify(_) | AuthorityError::Read { .. },
-        ) => "capability.refused",
-        RunError::Authority(AuthorityError::Refused(_)) => "request.refused",
+        ) => Kind::CapabilityRefused,
+        RunError::Authority(AuthorityError::Refused(_)) => Kind::RequestRefused,
         RunError::Authority(AuthorityError::Compile(_) | AuthorityError::Path(_))
-        | RunError::Path(_) => "request.invalid",
-        _ => "run.failed",
+        | RunError::Path(_) => Kind::RequestInvalid,
+        _ => Kind::RunFailed,
     }
 }
 
@@ -274,11 +245,11 @@ fn authorised_run(
     let cap = capability.map(load_capability).transpose()?;
     let plan = authorise_run(manifest, &audit.job, cap.as_ref())?;
     audit.push(
-        "capability.verified",
-        serde_json::to_value(&plan.authorisation).unwrap_or_default(),
+        Kind::CapabilityVerified,
+        crate::store::audit::body_of(&plan.authorisation),
     );
     audit.push(
-        "plan.compiled",
+        Kind::PlanCompiled,
         serde_json::json!({"plan_digest": plan.digest(), "seccomp_profile": plan.seccomp_profile}),
     );
     run_plan(audit, &plan, settings)
@@ -320,7 +291,7 @@ pub fn run_plan(
         let key = crate::keys::supervisor_key().map_err(AuthorityError::from)?;
         crate::bundle_signature::sign_bundle(&bundle.dir, &key)?;
         audit.push(
-            "bundle.kept",
+            Kind::BundleKept,
             serde_json::json!({"config_digest": bundle.config_digest, "dir": bundle.dir}),
         );
     }
@@ -372,14 +343,14 @@ fn run_pinned(
         write_native_bundle(bundle_plan, dir, identity_map())?
     };
     audit.push(
-        "bundle.written",
+        Kind::BundleWritten,
         serde_json::json!({"config_digest": bundle.config_digest, "dir": bundle.dir}),
     );
     let mut report = execute(audit, plan, &bundle, runner)?;
     report.git_findings = pinned.git_findings();
     if !report.git_findings.is_empty() {
         audit.push(
-            "workspace.git.findings",
+            Kind::WorkspaceGitFindings,
             serde_json::json!({"findings": report.git_findings}),
         );
     }
@@ -402,14 +373,14 @@ pub fn run_bundle(dir: &Path, settings: &RunSettings) -> Result<RunReport, RunEr
     // SAFETY: getuid has no failure mode.
     let uid = unsafe { libc::getuid() };
     audit.push(
-        "run.intent",
+        Kind::RunIntent,
         serde_json::json!({"uid": uid, "pid": std::process::id(), "bundle": dir}),
     );
     let result = verified_bundle_run(&mut audit, dir, settings);
     if let Err(e) = &result {
         let kind = match e {
-            RunError::BundleSignature(_) => "bundle.refused",
-            _ => "run.failed",
+            RunError::BundleSignature(_) => Kind::BundleRefused,
+            _ => Kind::RunFailed,
         };
         audit.push(kind, serde_json::json!({"reason": e.to_string()}));
     }
@@ -431,18 +402,18 @@ fn verified_bundle_run(
     // A signed bundle says which plan an operator approved; running it is the local
     // operator's act, and what the bundle claims about its authority is recorded as a
     // claim. Each run is its own job, so a bundle may run again (or twice at once).
-    let claimed = serde_json::to_value(&plan.authorisation).unwrap_or_default();
+    let claimed = crate::store::audit::body_of(&plan.authorisation);
     let bundle_job = std::mem::replace(&mut plan.job_id, audit.job.clone());
     let operator = crate::keys::operator_key().map_err(AuthorityError::from)?;
     plan.authorisation = covenant_policy::Authorisation::Operator {
         key: covenant_policy::token::encode_key(&operator.verifying_key().to_bytes()),
     };
     audit.push(
-        "capability.verified",
-        serde_json::to_value(&plan.authorisation).unwrap_or_default(),
+        Kind::CapabilityVerified,
+        crate::store::audit::body_of(&plan.authorisation),
     );
     audit.push(
-        "bundle.verified",
+        Kind::BundleVerified,
         serde_json::json!({
             "dir": dir, "bundle_job": bundle_job, "signed_by": signature.public_key,
             "plan_digest": signature.plan_digest, "config_digest": signature.config_digest,
@@ -470,13 +441,10 @@ fn execute(
 ) -> Result<RunReport, RunError> {
     let mut start_error = None;
     let outcome = runner.run(&bundle.dir, &mut |info: &StartInfo| {
-        audit.push(
-            "sandbox.started",
-            serde_json::to_value(info).unwrap_or_default(),
-        );
+        audit.push(Kind::SandboxStarted, crate::store::audit::body_of(info));
         for d in &info.degradations {
             audit.push(
-                "degradation.accepted",
+                Kind::DegradationAccepted,
                 serde_json::json!({"degradation": d.name()}),
             );
         }
@@ -493,28 +461,31 @@ fn execute(
     report.runner = runner.name();
     if report.oom_killed {
         audit.push(
-            "limit.hit",
+            Kind::LimitHit,
             serde_json::json!({"limit": "memory", "bytes": plan.limits.memory_bytes}),
         );
     }
     if report.pids_limit_hits > 0 {
-        audit.push("limit.hit", serde_json::json!({"limit": "pids", "max": plan.limits.pids, "refused_forks": report.pids_limit_hits}));
+        audit.push(Kind::LimitHit, serde_json::json!({"limit": "pids", "max": plan.limits.pids, "refused_forks": report.pids_limit_hits}));
     }
     for sig in &outcome.signals_forwarded {
         audit.push(
-            "sandbox.signalled",
+            Kind::SandboxSignalled,
             serde_json::json!({"signal": sig, "by": "caller"}),
         );
     }
     if report.timed_out {
         audit.push(
-            "limit.hit",
+            Kind::LimitHit,
             serde_json::json!({"limit": "timeout", "ms": plan.limits.timeout_ms}),
         );
-        audit.push("sandbox.killed", serde_json::json!({"reason": "timeout"}));
+        audit.push(
+            Kind::SandboxKilled,
+            serde_json::json!({"reason": "timeout"}),
+        );
     }
     audit.push(
-        "run.exited",
+        Kind::RunExited,
         serde_json::json!({
             "exit_code": report.exit_code, "signal": report.signal, "duration_ms": report.duration_ms,
             "cpu_time_ms": report.cpu_time_ms, "peak_memory_bytes": report.peak_memory_bytes,

@@ -20,8 +20,8 @@ fn filled(n: u64) -> tempfile::TempDir {
     let mut store = store_at(dir.path());
     for i in 0..n {
         store
-            .append(&AuditEvent::new(
-                "test.event",
+            .append(&AuditEvent::by_agent(
+                "test",
                 serde_json::json!({"i": i, "note": "x"}),
             ))
             .unwrap();
@@ -112,12 +112,12 @@ fn a_forged_appended_row_is_named_as_inserted() {
         &last.hash,
         21,
         last.time_ms + 1,
-        "test.event",
+        "agent.test",
         body,
     );
     let conn = Connection::open(dir.path().join("covenant.db")).unwrap();
     conn.execute(
-        "INSERT INTO audit (seq, time_ms, kind, body, prev_hash, hash) VALUES (21, ?1, 'test.event', ?2, ?3, ?4)",
+        "INSERT INTO audit (seq, time_ms, kind, body, prev_hash, hash) VALUES (21, ?1, 'agent.test', ?2, ?3, ?4)",
         rusqlite::params![last.time_ms + 1, body, &last.hash[..], &hash[..]],
     )
     .unwrap();
@@ -150,13 +150,13 @@ fn unsigned_tail_by(dir: &Path, pid: u32, n: u64) {
     });
     writer
         .append(&AuditEvent::new(
-            "store.opened",
+            covenant_supervisor::store::Kind::StoreOpened,
             serde_json::json!({"by": "covenantd", "pid": pid}),
         ))
         .unwrap();
     for i in 0..n {
         writer
-            .append(&AuditEvent::new("test.event", serde_json::json!({"i": i})))
+            .append(&AuditEvent::by_agent("test", serde_json::json!({"i": i})))
             .unwrap();
     }
     std::mem::forget(writer); // no closing checkpoint, as a writer that is still running
@@ -241,7 +241,7 @@ fn a_replaced_file_with_a_shorter_valid_chain_is_caught() {
     {
         let mut s = store_at(old.path());
         for _ in 0..5 {
-            s.append(&AuditEvent::new("test.event", serde_json::json!({})))
+            s.append(&AuditEvent::by_agent("test", serde_json::json!({})))
                 .unwrap();
         }
     }
@@ -275,7 +275,7 @@ fn exports_verify_without_the_database_and_pruning_keeps_the_chain_verifiable() 
 
     for _ in 0..10 {
         store
-            .append(&AuditEvent::new("test.event", serde_json::json!({})))
+            .append(&AuditEvent::by_agent("test", serde_json::json!({})))
             .unwrap();
     }
     store.checkpoint().unwrap();
@@ -288,7 +288,7 @@ fn exports_verify_without_the_database_and_pruning_keeps_the_chain_verifiable() 
     );
     assert!(verify_export(&archive, None).unwrap().is_ok());
     let seq = store
-        .append(&AuditEvent::new("test.event", serde_json::json!({})))
+        .append(&AuditEvent::by_agent("test", serde_json::json!({})))
         .unwrap();
     assert_eq!(seq, 41);
     drop(store);
@@ -311,8 +311,8 @@ fn child_appender() {
     let mut store = store_at(Path::new(&dir));
     for i in 0..count {
         let seq = store
-            .append(&AuditEvent::new(
-                "test.event",
+            .append(&AuditEvent::by_agent(
+                "test",
                 serde_json::json!({"pid": std::process::id(), "i": i}),
             ))
             .unwrap();

@@ -48,7 +48,7 @@ fn io(action: &'static str, path: &Path, error: std::io::Error) -> CgroupError {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum CgroupVersion {
     #[serde(rename = "v1")]
     V1,

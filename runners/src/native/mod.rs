@@ -20,11 +20,11 @@ pub(crate) mod seccomp;
 pub mod spec;
 mod syscall_table;
 
-pub use self::cgroup::{CgroupLayout, CgroupVersion, PARENT as CGROUP_PARENT};
+pub use self::cgroup::{CgroupError, CgroupLayout, CgroupVersion, PARENT as CGROUP_PARENT};
 pub use self::landlock::{kernel_abi as landlock_abi, LandlockPlan};
 pub use self::spec::Namespace;
 
-use self::cgroup::{CgroupError, CgroupLimits, RunCgroup};
+use self::cgroup::{CgroupLimits, RunCgroup};
 use self::landlock::LandlockError;
 use self::mounts::{DetachedTree, MountError};
 use self::seccomp::{CompiledSeccomp, SeccompError};

@@ -9,144 +9,75 @@
 //! counted and audited as summary rows, not one row each, and once it has been refused
 //! `--agent-refusals` times its socket is closed for the rest of the job.
 
-use super::api::{AgentEvent, MemPut, SubmitRequest, MAX_BODY};
+use super::admission;
+use super::api::{AgentEvent, ApiError, Caller, MemPut, StdinMode, SubmitRequest, MAX_BODY};
 use super::connections::Peer;
+use super::control;
 use super::http::{self, Reply};
-use super::jobs::{self, ApiError, Caller, Daemon};
+use super::lineage;
+use super::memory;
+use super::state::Daemon;
 use crate::store::AuditEvent;
-use covenant_policy::plan::{MountAccess, PlanMount};
-use covenant_policy::{Grant, SandboxPlan, Scope};
+use covenant_policy::Scope;
 use hyper::body::Incoming;
 use hyper::{Method, Request};
 use serde_json::json;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// Where the socket's folder appears inside the sandbox.
-pub const MOUNT_POINT: &str = "/run/covenant";
-
-/// Whether a grant gets the agent socket.
-pub fn wanted(grant: &Grant) -> bool {
-    grant
-        .scopes
-        .iter()
-        .any(|s| matches!(s, Scope::Mem { .. } | Scope::Agent(_)))
-}
-
-/// One job's socket: its folder on the host, its credential, the task serving it.
-pub struct AgentSocket {
-    pub dir: PathBuf,
+/// Starts the task that serves job `job`'s agent socket until it is aborted (its
+/// [`AgentSocket`] is dropped); each connection must present `token`.
+///
+/// [`AgentSocket`]: super::agent_socket::AgentSocket
+pub(super) fn serve(
+    daemon: Arc<Daemon>,
+    job: String,
+    listener: tokio::net::UnixListener,
     token: String,
-    listener: Option<std::os::unix::net::UnixListener>,
-    task: Option<tokio::task::JoinHandle<()>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(accept(daemon, job, listener, token))
 }
 
-impl Drop for AgentSocket {
-    fn drop(&mut self) {
-        if let Some(t) = self.task.take() {
-            t.abort();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-impl AgentSocket {
-    /// Creates `HOME/agents/JOB` with the socket and the credential, owned by the host
-    /// uid the sandbox's user maps to, and by nobody else.
-    pub fn create(home: &Path, job: &str, plan: &SandboxPlan) -> Result<Self, String> {
-        let dir = home.join("agents").join(job);
-        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let token = crate::keys::random_bytes::<32>()
-            .map(|b| covenant_policy::plan::hex(&b))
-            .map_err(|e| e.to_string())?;
-        let mut socket = AgentSocket {
-            dir: dir.clone(),
-            token: token.clone(),
-            listener: None,
-            task: None,
-        };
-        let token_path = dir.join("token");
-        std::fs::write(&token_path, format!("{token}\n"))
-            .map_err(|e| format!("{}: {e}", token_path.display()))?;
-        let sock_path = dir.join("agent.sock");
-        let listener = std::os::unix::net::UnixListener::bind(&sock_path)
-            .map_err(|e| format!("{}: {e}", sock_path.display()))?;
-        let ids = crate::run::identity_map();
-        let (uid, gid) = if ids.size > plan.user.uid && ids.size > plan.user.gid {
-            (ids.host_uid + plan.user.uid, ids.host_gid + plan.user.gid)
-        } else {
-            (ids.host_uid, ids.host_gid)
-        };
-        for (path, mode) in [(&sock_path, 0o600), (&token_path, 0o400), (&dir, 0o500)] {
-            std::os::unix::fs::chown(path, Some(uid), Some(gid))
-                .and_then(|()| {
-                    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-                })
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-        }
-        socket.listener = Some(listener);
-        Ok(socket)
-    }
-
-    /// Adds the read-only mount of the socket's folder to the plan.
-    pub fn mount_into(&self, plan: &mut SandboxPlan) {
-        plan.mounts.push(PlanMount {
-            host: self.dir.clone(),
-            target: PathBuf::from(MOUNT_POINT),
-            access: MountAccess::ReadOnly,
-        });
-    }
-
-    /// Starts serving the socket for `job`.
-    pub fn start(&mut self, daemon: &Arc<Daemon>, job: &str) -> Result<(), String> {
-        let Some(listener) = self.listener.take() else {
-            return Ok(());
-        };
-        listener.set_nonblocking(true).map_err(|e| e.to_string())?;
-        let listener = tokio::net::UnixListener::from_std(listener).map_err(|e| e.to_string())?;
-        let daemon = daemon.clone();
-        let job = job.to_string();
-        let token = self.token.clone();
-        let timeout = daemon.config.request_timeout;
-        self.task = Some(tokio::spawn(async move {
-            // The connections are this task's: when the socket is dropped (the job ended,
-            // or the agent spent its refusals) they all close with it.
-            let mut connections = tokio::task::JoinSet::new();
-            loop {
-                tokio::select! {
-                    accepted = listener.accept() => {
-                        let stream = match accepted {
-                            Ok((stream, _)) => stream,
-                            Err(_) => {
-                                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                                continue;
-                            }
-                        };
-                        let peer = Peer::Agent(job.clone());
-                        let slot = match daemon.connections.admit(peer, false) {
-                            Ok(slot) => slot,
-                            Err(why) => {
-                                drop(stream);
-                                daemon.metrics.connection_refused("agent");
-                                refused(&daemon, &job, "connections", &why.to_string());
-                                continue;
-                            }
-                        };
-                        let (d, j, t) = (daemon.clone(), job.clone(), token.clone());
-                        connections.spawn(async move {
-                            let _slot = slot;
-                            http::serve(stream, timeout, move |req| {
-                                Box::pin(handle(d.clone(), j.clone(), t.clone(), req))
-                            })
-                            .await
-                        });
+async fn accept(
+    daemon: Arc<Daemon>,
+    job: String,
+    listener: tokio::net::UnixListener,
+    token: String,
+) {
+    let timeout = daemon.config.request_timeout;
+    // The connections are this task's: when the socket is dropped (the job ended,
+    // or the agent spent its refusals) they all close with it.
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(_) => {
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
                     }
-                    Some(_) = connections.join_next(), if !connections.is_empty() => {}
-                }
+                };
+                let peer = Peer::Agent(job.clone());
+                let slot = match daemon.connections.admit(peer, false) {
+                    Ok(slot) => slot,
+                    Err(why) => {
+                        drop(stream);
+                        daemon.metrics.connection_refused("agent");
+                        refused(&daemon, &job, "connections", &why.to_string());
+                        continue;
+                    }
+                };
+                let (d, j, t) = (daemon.clone(), job.clone(), token.clone());
+                connections.spawn(async move {
+                    let _slot = slot;
+                    http::serve(stream, timeout, move |req| {
+                        Box::pin(handle(d.clone(), j.clone(), t.clone(), req))
+                    })
+                    .await
+                });
             }
-        }));
-        Ok(())
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
     }
 }
 
@@ -167,7 +98,7 @@ async fn handle(daemon: Arc<Daemon>, job: String, token: String, req: Request<In
         Err(e) => e.status,
     };
     if status < 400 {
-        jobs::agent_tally(&daemon, &job, Ok(()));
+        lineage::agent_tally(&daemon, &job, Ok(()));
     } else {
         refused(
             &daemon,
@@ -182,8 +113,8 @@ async fn handle(daemon: Arc<Daemon>, job: String, token: String, req: Request<In
 /// Counts a refusal of job `job`'s agent; the one that spends `--agent-refusals` closes
 /// its socket.
 fn refused(daemon: &Daemon, job: &str, reason: &'static str, last: &str) {
-    if jobs::agent_tally(daemon, job, Err(reason)) {
-        jobs::close_agent_socket(
+    if lineage::agent_tally(daemon, job, Err(reason)) {
+        lineage::close_agent_socket(
             daemon,
             job,
             &format!(
@@ -214,7 +145,7 @@ fn refusal_reason(status: u16) -> &'static str {
 }
 
 fn grant_of(daemon: &Daemon, job: &str) -> Result<Vec<Scope>, ApiError> {
-    jobs::lineage(daemon, job)
+    lineage::lineage(daemon, job)
         .map(|(_, scopes)| scopes)
         .ok_or_else(|| ApiError::new(410, format!("job {job} has ended")))
 }
@@ -253,7 +184,7 @@ async fn route(daemon: &Arc<Daemon>, job: &str, req: Request<Incoming>) -> Resul
             let put: MemPut = http::read_json(req, MAX_BODY, daemon.config.request_timeout).await?;
             // What the item stores: its text and metadata (the index grows with them).
             let bytes = put.text.len() + put.metadata.as_ref().map_or(0, |m| m.to_string().len());
-            jobs::agent_write(daemon, job, bytes as u64)?;
+            lineage::agent_write(daemon, job, bytes as u64)?;
             if !may_memory(&scopes, &put.namespace, true) {
                 return Err(ApiError::field(
                     403,
@@ -261,26 +192,26 @@ async fn route(daemon: &Arc<Daemon>, job: &str, req: Request<Incoming>) -> Resul
                     format!("no mem.write scope for namespace `{}`", put.namespace),
                 ));
             }
-            let id = super::routes::mem_put(daemon, &put)?;
+            let id = memory::mem_put(daemon, &put)?;
             Ok(http::json(201, &json!({"id": id})))
         }
         (Method::GET, ["v1", "mem"]) => {
             let allowed = |ns: &str| may_memory(&scopes, ns, false);
             Ok(http::json(
                 200,
-                &super::routes::mem_query(daemon, &q, Some(&allowed))?,
+                &memory::mem_query(daemon, &q, Some(&allowed))?,
             ))
         }
         (Method::GET, ["v1", "mem", id]) => {
             let readable = |ns: &str| may_memory(&scopes, ns, false);
-            let item = super::routes::mem_get(daemon, id, &readable)?;
+            let item = memory::mem_get(daemon, id, &readable)?;
             Ok(http::json(200, &item))
         }
         (Method::POST, ["v1", "audit"]) => {
             require(&scopes, "audit")?;
             let e: AgentEvent =
                 http::read_json(req, 64 * 1024, daemon.config.request_timeout).await?;
-            jobs::agent_write(
+            lineage::agent_write(
                 daemon,
                 job,
                 (e.kind.len() + e.body.to_string().len()) as u64,
@@ -299,8 +230,8 @@ async fn route(daemon: &Arc<Daemon>, job: &str, req: Request<Incoming>) -> Resul
             }
             let seqs = daemon
                 .commit(
-                    vec![AuditEvent::new(
-                        &format!("agent.{}", e.kind),
+                    vec![AuditEvent::by_agent(
+                        &e.kind,
                         json!({"job": job, "authored_by": "agent", "body": e.body}),
                     )],
                     Vec::new(),
@@ -313,7 +244,7 @@ async fn route(daemon: &Arc<Daemon>, job: &str, req: Request<Incoming>) -> Resul
             require(&scopes, "spawn")?;
             let mut sub: SubmitRequest =
                 http::read_json(req, MAX_BODY, daemon.config.request_timeout).await?;
-            jobs::agent_write(daemon, job, 0)?;
+            lineage::agent_write(daemon, job, 0)?;
             if sub.runner.as_deref().is_some_and(|r| r != "native") {
                 return Err(ApiError::field(
                     400,
@@ -322,15 +253,15 @@ async fn route(daemon: &Arc<Daemon>, job: &str, req: Request<Incoming>) -> Resul
                 ));
             }
             // The child's authority is the parent's own capability, narrowed by its request.
-            let (lineage, _) = jobs::lineage(daemon, job)
+            let (lineage, _) = lineage::lineage(daemon, job)
                 .ok_or_else(|| ApiError::new(410, "the job has ended"))?;
             if !sub.capability.is_empty() {
                 return Err(ApiError::field(400, "capability", "a sub-intent carries no capability: it runs under its parent's, narrowed to what it asks"));
             }
             sub.capability = lineage.capability.print();
             // Nobody could write to a sub-intent's stdin pipe: it reads an empty one.
-            sub.stdin = super::api::StdinMode::Null;
-            let submitted = jobs::submit(
+            sub.stdin = StdinMode::Null;
+            let submitted = admission::submit(
                 daemon,
                 &Caller::Agent {
                     job: job.to_string(),
@@ -342,7 +273,7 @@ async fn route(daemon: &Arc<Daemon>, job: &str, req: Request<Incoming>) -> Resul
             Ok(http::json(201, &submitted))
         }
         (Method::GET, ["v1", "jobs", child]) => {
-            if !jobs::is_child(daemon, job, child) {
+            if !lineage::is_child(daemon, job, child) {
                 return Err(ApiError::new(
                     404,
                     format!("no sub-intent {child} of this job"),
@@ -350,26 +281,26 @@ async fn route(daemon: &Arc<Daemon>, job: &str, req: Request<Incoming>) -> Resul
             }
             let wait = http::number(&q, "wait", 0)?;
             let status = if wait > 0 {
-                jobs::wait(
+                control::wait(
                     daemon,
                     child,
                     std::time::Duration::from_secs(wait.min(3600)),
                 )
                 .await?
             } else {
-                jobs::status(daemon, child)?
+                control::status(daemon, child)?
             };
             Ok(http::json(200, &status))
         }
         (Method::GET, ["v1", "jobs", child, "output"]) => {
-            if !jobs::is_child(daemon, job, child) {
+            if !lineage::is_child(daemon, job, child) {
                 return Err(ApiError::new(
                     404,
                     format!("no sub-intent {child} of this job"),
                 ));
             }
             let (tx, rx) = tokio::sync::mpsc::channel(16);
-            tokio::spawn(jobs::stream_output(
+            tokio::spawn(control::stream_output(
                 daemon.clone(),
                 child.to_string(),
                 http::flag(&q, "follow"),

@@ -3,10 +3,14 @@
 
 use crate::store::jobs::{JobRow, JobState};
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use std::path::PathBuf;
 
 /// The API's version prefix.
 pub const PREFIX: &str = "/v1";
+
+/// The header that carries a capability on the operator socket's memory endpoints.
+pub const CAPABILITY_HEADER: &str = "covenant-capability";
 
 /// Largest request body accepted, except on the stdin endpoint (which streams).
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -136,4 +140,105 @@ pub struct ErrorBody {
     /// Seconds to wait before retrying (429, 503).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_s: Option<u64>,
+}
+
+/// Who made a request: the socket's peer credentials, a TCP peer that presented the
+/// bearer token, or a sandboxed agent on its job's socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    Unix {
+        uid: u32,
+        gid: u32,
+        pid: Option<i32>,
+        /// Root, or a member of the configured admin group when it connected.
+        admin: bool,
+    },
+    Tcp {
+        addr: String,
+    },
+    Agent {
+        job: String,
+    },
+}
+
+impl Caller {
+    pub fn audit(&self) -> serde_json::Value {
+        match self {
+            Caller::Unix {
+                uid,
+                gid,
+                pid,
+                admin,
+            } => {
+                json!({"via": "unix", "uid": uid, "gid": gid, "pid": pid, "admin": admin})
+            }
+            Caller::Tcp { addr } => json!({"via": "tcp", "addr": addr}),
+            Caller::Agent { job } => json!({"via": "agent-socket", "job": job}),
+        }
+    }
+
+    /// Root or the admin group on the unix socket: sees and controls every job and all
+    /// memory. A TCP client never is one: the bearer token names nobody.
+    pub fn is_admin(&self) -> bool {
+        matches!(self, Caller::Unix { admin: true, .. })
+    }
+
+    /// Whether this caller may see and control the job `row`: an admin any job; a unix
+    /// caller the jobs its uid submitted (and their sub-intents); TCP clients, one
+    /// identity without a uid, the jobs submitted over TCP. An agent reaches its
+    /// sub-intents through its own socket, never here.
+    pub fn owns(&self, row: &JobRow) -> bool {
+        match self {
+            Caller::Unix { admin: true, .. } => true,
+            Caller::Unix { uid, .. } => row.caller_uid == Some(*uid),
+            Caller::Tcp { .. } => row.caller_uid.is_none(),
+            Caller::Agent { .. } => false,
+        }
+    }
+
+    pub(super) fn uid(&self) -> Option<u32> {
+        match self {
+            Caller::Unix { uid, .. } => Some(*uid),
+            _ => None,
+        }
+    }
+
+    pub(super) fn pid(&self) -> Option<i32> {
+        match self {
+            Caller::Unix { pid, .. } => *pid,
+            _ => None,
+        }
+    }
+}
+
+/// An error answer: status and body.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: u16,
+    pub body: ErrorBody,
+}
+
+impl ApiError {
+    pub fn new(status: u16, error: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            body: ErrorBody {
+                error: error.into(),
+                field: None,
+                retry_after_s: None,
+            },
+        }
+    }
+
+    pub fn field(status: u16, field: &str, error: impl Into<String>) -> Self {
+        let mut e = Self::new(status, error);
+        e.body.field = Some(field.to_string());
+        e
+    }
+
+    pub fn retry(status: u16, error: impl Into<String>, after: u64) -> Self {
+        let mut e = Self::new(status, error);
+        e.body.retry_after_s = Some(after);
+        e
+    }
 }

@@ -1,7 +1,7 @@
 //! HTTP plumbing shared by the operator socket and the agent sockets: bodies, JSON
 //! answers, query strings, and serving one connection.
 
-use super::jobs::ApiError;
+use super::api::ApiError;
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
@@ -39,10 +39,23 @@ pub fn full(status: u16, content_type: &str, body: impl Into<Bytes>) -> Reply {
         .expect("a valid response")
 }
 
+/// `value` as a JSON answer; one that cannot be serialised is a 500 that says so, never
+/// an empty body under the intended status.
 pub fn json<T: serde::Serialize>(status: u16, value: &T) -> Reply {
-    let mut body = serde_json::to_vec(value).unwrap_or_default();
-    body.push(b'\n');
-    full(status, "application/json", body)
+    match serde_json::to_vec(value) {
+        Ok(mut body) => {
+            body.push(b'\n');
+            full(status, "application/json", body)
+        }
+        Err(e) => full(
+            500,
+            "application/json",
+            format!(
+                "{}\n",
+                serde_json::json!({"error": format!("the answer could not be serialised: {e}")})
+            ),
+        ),
+    }
 }
 
 pub fn error(e: &ApiError) -> Reply {
@@ -115,7 +128,8 @@ pub async fn read_body(
     Ok(data.freeze())
 }
 
-/// Parses a JSON body into `T`; the error names the field serde blames.
+/// Parses a JSON body into `T`; the error names the path of the field that failed
+/// (`argv[1]`, `manifest`), or, when a field is missing or unknown, that field.
 pub async fn read_json<T: serde::de::DeserializeOwned>(
     req: Request<Incoming>,
     limit: usize,
@@ -130,14 +144,20 @@ pub async fn read_json<T: serde::de::DeserializeOwned>(
         return Err(ApiError::new(415, "the body must be application/json"));
     }
     let body = read_body(req, limit, timeout).await?;
-    serde_json::from_slice(&body).map_err(|e| {
-        let text = e.to_string();
-        let field = text
-            .split('`')
-            .nth(1)
-            .filter(|_| text.contains("field"))
-            .map(str::to_string);
-        let mut err = ApiError::new(400, format!("invalid JSON body: {text}"));
+    parse_json(&body)
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let mut json = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut json).map_err(|e| {
+        let path = e.path().to_string();
+        let text = e.inner().to_string();
+        // `.` is the body itself, `?` a syntax error before any field.
+        let field = (path != "." && path != "?").then_some(path);
+        let mut err = match &field {
+            Some(path) => ApiError::new(400, format!("invalid JSON body: {path}: {text}")),
+            None => ApiError::new(400, format!("invalid JSON body: {text}")),
+        };
         err.body.field = field;
         err
     })
@@ -228,6 +248,25 @@ pub fn parse_signal(text: &str) -> Result<i32, ApiError> {
     Ok(sig)
 }
 
+/// Runs one request's handler in a task of its own, so that a handler that panics costs
+/// its own request a 500, not the connection or the daemon. This is the daemon's policy
+/// for panics: a panic is a bug confined to the request it happened in; the locks it may
+/// have held are used as they are afterwards (see `Daemon::lock_state`).
+async fn answer(handler: Pin<Box<dyn std::future::Future<Output = Reply> + Send>>) -> Reply {
+    match tokio::spawn(handler).await {
+        Ok(reply) => reply,
+        Err(e) => {
+            let why = if e.is_panic() {
+                "the request's handler panicked"
+            } else {
+                "the request's handler was cancelled"
+            };
+            eprintln!("covenantd: {why}");
+            error(&ApiError::new(500, why))
+        }
+    }
+}
+
 /// Serves one connection with `handle` until the peer closes it; the client gets
 /// `timeout` to send each request's headers (bodies are held to it where they are read).
 pub async fn serve<S, F>(io: S, timeout: Duration, handle: F)
@@ -240,7 +279,7 @@ where
 {
     let service = hyper::service::service_fn(move |req| {
         let fut = handle(req);
-        async move { Ok::<_, Infallible>(fut.await) }
+        async move { Ok::<_, Infallible>(answer(fut).await) }
     });
     // Idle or trickling connections do not hold the daemon's descriptors forever.
     let _ = hyper::server::conn::http1::Builder::new()
@@ -253,6 +292,88 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One request of a connection, written raw; returns the answer's status code.
+    async fn ask(io: &mut tokio::io::DuplexStream, path: &str) -> u16 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        io.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        // Headers and the whole (small, length-delimited) body.
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") || !got.ends_with(b"\n") {
+            let n = io.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "the connection closed: {}",
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&buf[..n]);
+        }
+        let head = String::from_utf8_lossy(&got);
+        head[9..12].parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_costs_its_request_a_500_and_nothing_more() {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(serve(server, Duration::from_secs(5), |req| {
+            Box::pin(async move {
+                if req.uri().path() == "/panic" {
+                    panic!("a bug in one handler");
+                }
+                json(200, &serde_json::json!({"ok": true}))
+            })
+        }));
+        assert_eq!(ask(&mut client, "/panic").await, 500);
+        // The same connection, and so the daemon's serving task, still answers.
+        assert_eq!(ask(&mut client, "/fine").await, 200);
+        assert_eq!(ask(&mut client, "/panic").await, 500);
+        assert_eq!(ask(&mut client, "/fine").await, 200);
+    }
+
+    #[test]
+    fn an_answer_that_cannot_be_serialised_is_a_500_not_an_empty_body() {
+        struct Unserialisable;
+        impl serde::Serialize for Unserialisable {
+            fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+                Err(serde::ser::Error::custom("no"))
+            }
+        }
+        let reply = json(200, &Unserialisable);
+        assert_eq!(reply.status(), 500);
+    }
+
+    #[test]
+    fn a_bad_body_names_the_path_of_what_failed() {
+        use crate::daemon::api::SubmitRequest;
+        let e =
+            parse_json::<SubmitRequest>(br#"{"capability": "c", "argv": ["a", 7]}"#).unwrap_err();
+        assert_eq!(e.body.field.as_deref(), Some("argv[1]"));
+        assert_eq!(
+            e.body.error,
+            "invalid JSON body: argv[1]: invalid type: integer `7`, expected a string at line 1 column 35"
+        );
+        let e = parse_json::<SubmitRequest>(br#"{"capability": "c", "stdin": "tty"}"#).unwrap_err();
+        assert_eq!(e.body.field.as_deref(), Some("stdin"));
+        let e = parse_json::<SubmitRequest>(br#"{"capability": "c", "priority": 9}"#).unwrap_err();
+        assert_eq!(
+            e.body.field.as_deref(),
+            Some("priority"),
+            "{}",
+            e.body.error
+        );
+        let e = parse_json::<SubmitRequest>(br#"{"argv": ["a"]}"#).unwrap_err();
+        assert_eq!(e.body.field, None, "{}", e.body.error);
+        assert!(
+            e.body.error.contains("missing field `capability`"),
+            "{}",
+            e.body.error
+        );
+        let e = parse_json::<SubmitRequest>(b"{not json").unwrap_err();
+        assert_eq!(e.body.field, None);
+    }
 
     #[test]
     fn signals_by_name_and_number() {

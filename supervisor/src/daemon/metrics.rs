@@ -3,6 +3,7 @@
 
 use crate::store::jobs::{JobRow, JobState};
 use crate::store::AuditEvent;
+use crate::store::Kind;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
@@ -64,7 +65,7 @@ impl Metrics {
     /// Counts `limit.hit` events as they pass to the store.
     pub fn observe_events(&self, events: &[AuditEvent]) {
         let mut c = self.counters();
-        for e in events.iter().filter(|e| e.kind == "limit.hit") {
+        for e in events.iter().filter(|e| e.kind == Kind::LimitHit.as_str()) {
             let limit = e.body["limit"].as_str().unwrap_or("unknown").to_string();
             *c.limits.entry(limit).or_default() += 1;
         }
@@ -77,7 +78,7 @@ impl Metrics {
         queued: usize,
         store_bytes: u64,
         open_connections: usize,
-        config: &super::Config,
+        config: &super::config::Config,
     ) -> String {
         let c = self.counters();
         let mut out = Exposition::default();

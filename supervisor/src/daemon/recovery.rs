@@ -57,6 +57,7 @@ pub fn kill_job_processes(job: &str, _shim_pid: Option<i32>) -> usize {
     killed
 }
 
+/// The processes in cgroup `dir`; none when it is gone.
 fn procs(dir: &Path) -> Vec<i32> {
     std::fs::read_to_string(dir.join("cgroup.procs"))
         .unwrap_or_default()
@@ -138,10 +139,20 @@ pub fn clean_job(home: &Path, job: &str, shim_pid: Option<i32>) -> Cleaned {
                 .map(|e| e.path()),
         );
     }
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mountinfo = match std::fs::read_to_string("/proc/self/mountinfo") {
+        Ok(text) => text,
+        Err(e) => {
+            out.errors.push(format!("/proc/self/mountinfo: {e}"));
+            String::new()
+        }
+    };
     for place in places {
         for m in mounts_under(&mountinfo, &place) {
-            let c = std::ffi::CString::new(m.as_os_str().as_encoded_bytes()).unwrap_or_default();
+            let Ok(c) = std::ffi::CString::new(m.as_os_str().as_encoded_bytes()) else {
+                out.errors
+                    .push(format!("{}: a mount point with a NUL byte", m.display()));
+                continue;
+            };
             // SAFETY: umount2 reads a NUL-terminated path.
             if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
                 out.mounts_removed.push(m);
@@ -160,6 +171,7 @@ pub fn clean_job(home: &Path, job: &str, shim_pid: Option<i32>) -> Cleaned {
 /// Whether `pid` is a `covenantd shim` whose daemon is gone (its parent is init): the
 /// parent-death signal normally kills it first, but a pid is not trusted on its own.
 fn is_orphan_shim(pid: i32) -> bool {
+    // A process that is gone has neither file, and is no shim.
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     let mut args = cmdline.split(|b| *b == 0);
     let exe_is_daemon = args

@@ -4,8 +4,9 @@
 //! caller now and then, and when the daemon stops: a client asking as fast as it can
 //! must not write rows as fast, or any member of the socket's group could fill the disk.
 
-use super::jobs::Caller;
+use super::api::Caller;
 use crate::store::AuditEvent;
+use crate::store::Kind;
 use hyper::Method;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -149,7 +150,7 @@ impl RequestTally {
             .map(|t| {
                 let total: u64 = t.counts.values().sum();
                 AuditEvent::new(
-                    "api.requests",
+                    Kind::ApiRequests,
                     json!({"caller": t.caller, "requests": total, "by_status": t.counts}),
                 )
             })

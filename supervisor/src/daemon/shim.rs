@@ -4,8 +4,9 @@
 //! reports over descriptor 3: audit events as they are flushed, then the report or the
 //! error. The shim never opens the store: the daemon writes every event.
 
-use crate::run::{run_plan, RunAudit, RunError, RunSettings};
+use crate::run::{run_plan, RunAudit, RunError, RunReport, RunSettings};
 use crate::store::AuditEvent;
+use crate::store::Kind;
 use covenant_policy::SandboxPlan;
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Write};
@@ -27,20 +28,20 @@ pub struct ShimJob {
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum ShimMessage {
     Events { events: Vec<WireEvent> },
-    Report { report: serde_json::Value },
-    Error { kind: String, reason: String },
+    Report { report: Box<RunReport> },
+    Error { kind: Kind, reason: String },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WireEvent {
-    pub kind: String,
+    pub kind: Kind,
     pub body: serde_json::Value,
 }
 
 impl From<AuditEvent> for WireEvent {
     fn from(e: AuditEvent) -> Self {
         WireEvent {
-            kind: e.kind,
+            kind: Kind::parse(&e.kind).expect("a run writes only the kinds of store::Kind"),
             body: e.body,
         }
     }
@@ -48,7 +49,7 @@ impl From<AuditEvent> for WireEvent {
 
 impl From<WireEvent> for AuditEvent {
     fn from(e: WireEvent) -> Self {
-        AuditEvent::new(&e.kind, e.body)
+        AuditEvent::new(e.kind, e.body)
     }
 }
 
@@ -79,7 +80,7 @@ pub fn main() -> i32 {
             let _ = send(
                 &mut control,
                 &ShimMessage::Error {
-                    kind: "run.failed".into(),
+                    kind: Kind::RunFailed,
                     reason: format!("shim: no job on the control channel: {reason}"),
                 },
             );
@@ -110,10 +111,10 @@ pub fn main() -> i32 {
     let _ = send(&mut control, &ShimMessage::Events { events: pending });
     let last = match result {
         Ok(report) => ShimMessage::Report {
-            report: serde_json::to_value(&report).unwrap_or_default(),
+            report: Box::new(report),
         },
         Err(e) => ShimMessage::Error {
-            kind: crate::run::refusal_kind(&e).into(),
+            kind: crate::run::refusal_kind(&e),
             reason: e.to_string(),
         },
     };

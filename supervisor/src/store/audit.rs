@@ -8,6 +8,7 @@
 use super::chain::{
     self, event_hash, AuditRow, ChainFault, ChainInput, ChainSummary, Checkpoint, GENESIS,
 };
+use super::kind::Kind;
 use super::{Result, Store, StoreError};
 use rusqlite::{params, OptionalExtension, Transaction};
 use serde::Serialize;
@@ -19,7 +20,7 @@ use std::time::{Duration, Instant};
 /// The versioned list of event kinds is in `docs/audit.md`.
 pub const EVENT_KINDS_VERSION: u32 = 1;
 
-/// One event to append: a kind from `docs/audit.md` and a JSON body.
+/// One event to append: a [`Kind`] (or an agent's own `agent.KIND`) and a JSON body.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AuditEvent {
     pub kind: String,
@@ -27,9 +28,18 @@ pub struct AuditEvent {
 }
 
 impl AuditEvent {
-    pub fn new(kind: &str, body: serde_json::Value) -> Self {
+    pub fn new(kind: Kind, body: serde_json::Value) -> Self {
         Self {
-            kind: kind.to_string(),
+            kind: kind.as_str().to_string(),
+            body,
+        }
+    }
+
+    /// An event an agent wrote through `agent:audit`: its kind is `agent.` and the
+    /// agent's own name, which the caller has checked (1-64 of letters, digits, `-_.`).
+    pub fn by_agent(kind: &str, body: serde_json::Value) -> Self {
+        Self {
+            kind: format!("agent.{kind}"),
             body,
         }
     }
@@ -50,6 +60,13 @@ impl Default for CheckpointPolicy {
             every: Duration::from_secs(10),
         }
     }
+}
+
+/// `value` as an event body. Covenant's own types always serialise; were one ever not
+/// to, the event would say so instead of carrying `null`.
+pub fn body_of<T: serde::Serialize + ?Sized>(value: &T) -> serde_json::Value {
+    serde_json::to_value(value)
+        .unwrap_or_else(|e| serde_json::json!({"unserialisable": e.to_string()}))
 }
 
 pub fn now_ms() -> i64 {
@@ -161,10 +178,7 @@ impl Store {
                 .map_err(sql)?;
             for e in events {
                 if e.kind.is_empty() || e.kind.len() > 128 {
-                    return Err(StoreError::Invalid(format!(
-                        "audit event kind `{}` must be 1-128 bytes",
-                        e.kind
-                    )));
+                    return Err(StoreError::EventKind(e.kind.clone()));
                 }
                 seq += 1;
                 let time_ms = now_ms();
@@ -367,7 +381,7 @@ impl Store {
             .all_checkpoints()?
             .into_iter()
             .find(|c| c.seq == up_to)
-            .ok_or_else(|| StoreError::Invalid(format!("row {up_to} is not a checkpoint; prune up to a checkpointed row (see `audit tail`)")))?;
+            .ok_or(StoreError::NotACheckpoint(up_to))?;
         if let Err(fault) = self.verify()? {
             return Err(StoreError::Chain(fault));
         }
@@ -481,7 +495,7 @@ fn record_head(path: &Path, seq: u64, hash: &[u8; 32]) -> Result<()> {
 pub fn live_writer(rows: &[AuditRow]) -> Option<chain::LiveWriter> {
     let mut open: Vec<(chain::LiveWriter, i64)> = Vec::new();
     for row in rows {
-        if row.kind != "store.opened" && row.kind != "store.closed" {
+        if row.kind != Kind::StoreOpened.as_str() && row.kind != Kind::StoreClosed.as_str() {
             continue;
         }
         let Ok(body) = serde_json::from_str::<serde_json::Value>(&row.body) else {
@@ -491,7 +505,7 @@ pub fn live_writer(rows: &[AuditRow]) -> Option<chain::LiveWriter> {
             continue;
         };
         open.retain(|(w, _)| w.pid != pid);
-        if row.kind == "store.opened" {
+        if row.kind == Kind::StoreOpened.as_str() {
             let by = body["by"].as_str().unwrap_or("a writer").to_string();
             let writer = chain::LiveWriter {
                 pid,
@@ -537,12 +551,7 @@ pub fn read_head(path: &Path) -> Result<Option<(u64, [u8; 32])>> {
             })
         }
     };
-    let bad = || {
-        StoreError::Invalid(format!(
-            "{} is not a recorded head (`SEQ HEXHASH`)",
-            path.display()
-        ))
-    };
+    let bad = || StoreError::BadHead(path.to_path_buf());
     let (seq, hash) = text.trim().split_once(' ').ok_or_else(bad)?;
     let seq: u64 = seq.parse().map_err(|_| bad())?;
     Ok(Some((seq, parse_hex32(hash).ok_or_else(bad)?)))
@@ -571,8 +580,10 @@ pub fn verify_export(
         path: path.to_path_buf(),
         error,
     })?;
-    let bad = |line: usize, what: &str| {
-        StoreError::Invalid(format!("{} line {line}: {what}", path.display()))
+    let bad = |line: usize, what: &str| StoreError::BadExport {
+        path: path.to_path_buf(),
+        line,
+        what: what.to_string(),
     };
     let mut key = None;
     let (mut rows, mut checkpoints, mut marker) = (Vec::new(), Vec::new(), None);
@@ -631,9 +642,7 @@ pub fn verify_export(
     }
     let key = key.ok_or_else(|| bad(1, "no header line with the public key"))?;
     if pinned_key.is_some_and(|p| p != key) {
-        return Err(StoreError::Invalid(
-            "the export is signed with another key than the one given".into(),
-        ));
+        return Err(StoreError::ExportKey);
     }
     rows.sort_by_key(|r| r.seq);
     let input = ChainInput {

@@ -67,8 +67,8 @@ impl AuditSender {
         )?;
         answer
             .recv()
-            .map_err(|_| StoreError::Invalid("the audit writer has stopped".into()))?
-            .map_err(StoreError::Invalid)
+            .map_err(|_| StoreError::WriterStopped)?
+            .map_err(StoreError::Writer)
     }
 }
 
@@ -84,7 +84,7 @@ impl AuditSender {
     ) -> Result<()> {
         self.tx
             .send(Msg::Write(Write { events, jobs, sign }, reply))
-            .map_err(|_| StoreError::Invalid("the audit writer has stopped".into()))
+            .map_err(|_| StoreError::WriterStopped)
     }
 
     /// Runs `task` on the writer's connection with no write in between: what it reads
@@ -92,7 +92,7 @@ impl AuditSender {
     pub fn run(&self, task: Task) -> Result<()> {
         self.tx
             .send(Msg::Run(task))
-            .map_err(|_| StoreError::Invalid("the audit writer has stopped".into()))
+            .map_err(|_| StoreError::WriterStopped)
     }
 }
 

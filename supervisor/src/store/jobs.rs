@@ -119,7 +119,9 @@ fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
         caller_pid: r.get(4)?,
         runner: r.get(5)?,
         parent: r.get(6)?,
-        argv: serde_json::from_str(&argv).unwrap_or_default(),
+        argv: serde_json::from_str(&argv).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(7, rusqlite::types::Type::Text, Box::new(e))
+        })?,
         submitted_ms: r.get(8)?,
         started_ms: r.get(9)?,
         ended_ms: r.get(10)?,

@@ -4,7 +4,8 @@
 //! audited with the item's digest, never its text.
 
 use super::audit::{now_ms, AuditEvent};
-use super::{Result, Store, StoreError};
+use super::kind::Kind;
+use super::{MemoryError, Result, Store, StoreError};
 use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -30,9 +31,7 @@ impl Tier {
             "working" => Ok(Self::Working),
             "episodic" => Ok(Self::Episodic),
             "long-term" => Ok(Self::LongTerm),
-            other => Err(StoreError::Invalid(format!(
-                "tier `{other}` is not one of working, episodic, long-term"
-            ))),
+            other => Err(MemoryError::Tier(other.to_string()).into()),
         }
     }
 
@@ -82,9 +81,7 @@ fn check_namespace(ns: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(StoreError::Invalid(format!(
-            "namespace `{ns}`: 1-128 of letters, digits, `-_./`"
-        )))
+        Err(MemoryError::Namespace(ns.to_string()).into())
     }
 }
 
@@ -124,31 +121,25 @@ impl Store {
     ) -> Result<String> {
         check_namespace(namespace)?;
         if text.is_empty() || text.len() > MAX_TEXT_BYTES {
-            return Err(StoreError::Invalid(format!(
-                "text: {} bytes; an item holds 1 to {MAX_TEXT_BYTES}",
-                text.len()
-            )));
+            return Err(MemoryError::TextSize(text.len()).into());
         }
         let metadata = match metadata {
             None => "{}".to_string(),
             Some(m) if m.len() > MAX_METADATA_BYTES => {
-                return Err(StoreError::Invalid(format!(
-                    "metadata: {} bytes; at most {MAX_METADATA_BYTES}",
-                    m.len()
-                )))
+                return Err(MemoryError::MetadataSize(m.len()).into())
             }
             Some(m) => {
                 let v: serde_json::Value = serde_json::from_str(m)
-                    .map_err(|e| StoreError::Invalid(format!("metadata is not valid JSON: {e}")))?;
+                    .map_err(|e| MemoryError::MetadataJson(e.to_string()))?;
                 if !v.is_object() {
-                    return Err(StoreError::Invalid("metadata must be a JSON object".into()));
+                    return Err(MemoryError::MetadataNotObject.into());
                 }
                 super::audit::canonical_body(&v)
             }
         };
         if let Some(p) = parent {
             if self.mem_get(p)?.is_none() {
-                return Err(StoreError::Invalid(format!("parent: no item `{p}`")));
+                return Err(MemoryError::NoParent(p.to_string()).into());
             }
         }
         let id = format!(
@@ -163,7 +154,7 @@ impl Store {
             )
             .map_err(|e| self.sql(e))?;
         self.append(&AuditEvent::new(
-            "memory.put",
+            Kind::MemoryPut,
             serde_json::json!({"id": id, "namespace": namespace, "tier": tier.as_str(), "digest": digest(text), "bytes": text.len()}),
         ))?;
         Ok(id)
@@ -189,7 +180,7 @@ impl Store {
             .map(|w| format!("\"{}\"", w.replace('"', "\"\"")))
             .collect();
         if fts.is_empty() {
-            return Err(StoreError::Invalid("query: give at least one word".into()));
+            return Err(MemoryError::EmptyQuery.into());
         }
         let sql = format!(
             "SELECT {} FROM memory_fts JOIN memory_items m ON m.rowid = memory_fts.rowid
@@ -263,7 +254,7 @@ impl Store {
             .execute("DELETE FROM memory_items WHERE id = ?1", [id])
             .map_err(|e| self.sql(e))?;
         self.append(&AuditEvent::new(
-            "memory.removed",
+            Kind::MemoryRemoved,
             serde_json::json!({"id": id, "namespace": item.namespace, "digest": digest(&item.text)}),
         ))?;
         Ok(true)
@@ -310,7 +301,7 @@ impl Store {
             })?;
             let ids: Vec<&String> = report.expired.iter().map(|(id, _, _)| id).collect();
             self.append(&AuditEvent::new(
-                "memory.compacted",
+                Kind::MemoryCompacted,
                 serde_json::json!({"removed": ids}),
             ))?;
         }

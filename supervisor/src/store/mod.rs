@@ -8,6 +8,7 @@ pub mod audit;
 pub mod chain;
 pub mod group;
 pub mod jobs;
+pub mod kind;
 pub mod memory;
 mod schema;
 
@@ -20,6 +21,7 @@ use std::time::Duration;
 
 pub use audit::{AuditEvent, CheckpointPolicy};
 pub use chain::{ChainFault, FaultKind};
+pub use kind::Kind;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -36,8 +38,30 @@ pub enum StoreError {
     },
     #[error(transparent)]
     Key(#[from] KeyError),
+    /// A memory request the store refuses; it names the field.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error("audit event kind `{0}` must be 1-128 bytes")]
+    EventKind(String),
+    #[error("row {0} is not a checkpoint; prune up to a checkpointed row (see `audit tail`)")]
+    NotACheckpoint(u64),
+    #[error("{} is not a recorded head (`SEQ HEXHASH`)", .0.display())]
+    BadHead(PathBuf),
+    #[error("{} line {line}: {what}", path.display())]
+    BadExport {
+        path: PathBuf,
+        line: usize,
+        what: String,
+    },
+    #[error("the export is signed with another key than the one given")]
+    ExportKey,
+    #[error("{}: journal mode stays {mode}, WAL is required", path.display())]
+    JournalMode { path: PathBuf, mode: String },
+    #[error("the audit writer has stopped")]
+    WriterStopped,
+    /// The group-commit writer's own failure, as it reported it.
     #[error("{0}")]
-    Invalid(String),
+    Writer(String),
     #[error("{path}: {error}")]
     Io {
         path: PathBuf,
@@ -48,6 +72,43 @@ pub enum StoreError {
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// A memory request the store refuses: bad input, each naming its field.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    #[error("tier `{0}` is not one of working, episodic, long-term")]
+    Tier(String),
+    #[error("namespace `{0}`: 1-128 of letters, digits, `-_./`")]
+    Namespace(String),
+    #[error("text: {0} bytes; an item holds 1 to {max}", max = memory::MAX_TEXT_BYTES)]
+    TextSize(usize),
+    #[error("metadata: {0} bytes; at most {max}", max = memory::MAX_METADATA_BYTES)]
+    MetadataSize(usize),
+    #[error("metadata is not valid JSON: {0}")]
+    MetadataJson(String),
+    #[error("metadata must be a JSON object")]
+    MetadataNotObject,
+    #[error("parent: no item `{0}`")]
+    NoParent(String),
+    #[error("query: give at least one word")]
+    EmptyQuery,
+}
+
+impl MemoryError {
+    /// The request field at fault.
+    pub fn field(&self) -> &'static str {
+        match self {
+            MemoryError::Tier(_) => "tier",
+            MemoryError::Namespace(_) => "namespace",
+            MemoryError::TextSize(_) => "text",
+            MemoryError::MetadataSize(_)
+            | MemoryError::MetadataJson(_)
+            | MemoryError::MetadataNotObject => "metadata",
+            MemoryError::NoParent(_) => "parent",
+            MemoryError::EmptyQuery => "q",
+        }
+    }
+}
 
 /// How long a writer waits for another process's write lock before giving up.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -102,13 +163,13 @@ impl Store {
             .map_err(|e| self.sql(e))?;
         let pid = std::process::id();
         let mut events = vec![AuditEvent::new(
-            "store.opened",
+            Kind::StoreOpened,
             serde_json::json!({"by": who, "pid": pid}),
         )];
         if let (Some(last), signed) = (last, signed.unwrap_or(0)) {
             if last > signed {
                 events.push(AuditEvent::new(
-                    "store.recovered",
+                    Kind::StoreRecovered,
                     serde_json::json!({"unsigned_from": signed + 1, "unsigned_to": last, "pid": pid}),
                 ));
             }
@@ -120,7 +181,7 @@ impl Store {
     pub fn close(mut self, events: Vec<AuditEvent>) -> Result<()> {
         let mut events = events;
         events.push(AuditEvent::new(
-            "store.closed",
+            Kind::StoreClosed,
             serde_json::json!({"pid": std::process::id()}),
         ));
         self.append_batch_signed(&events, true).map(|_| ())
@@ -182,10 +243,10 @@ impl Store {
                     std::thread::sleep(std::time::Duration::from_millis(5));
                 }
                 Ok(m) => {
-                    return Err(StoreError::Invalid(format!(
-                        "{}: journal mode stays {m}, WAL is required",
-                        self.path.display()
-                    )))
+                    return Err(StoreError::JournalMode {
+                        path: self.path.clone(),
+                        mode: m,
+                    })
                 }
                 Err(e) => return Err(self.sql(e)),
             }
@@ -290,7 +351,7 @@ fn create_private(db: &Path) -> Result<()> {
 }
 
 /// Appends one event to the default store (key, trust and capability changes).
-pub fn record(kind: &str, body: serde_json::Value) -> Result<u64> {
+pub fn record(kind: Kind, body: serde_json::Value) -> Result<u64> {
     let mut store = Store::open_default()?;
     let mut body = body;
     // SAFETY: getuid has no failure mode.

@@ -1,0 +1,304 @@
+//! The shim driver: each running job gets its own shim process (`covenantd shim`), which
+//! clones the sandbox. The driver starts it, sends it the plan, copies its output into the
+//! job's buffers, commits the audit events it reports, and commits the job's end.
+
+use super::api::Stream;
+use super::control::kill;
+use super::shim::{ShimJob, ShimMessage};
+use super::state::{event, release, Daemon};
+use crate::run::RunReport;
+use crate::store::jobs::JobState;
+use crate::store::Kind;
+use crate::store::{audit::now_ms, AuditEvent};
+use serde_json::json;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+/// Drives every job handed to [`Daemon::start`], each in a task of its own, until the
+/// daemon is dropped.
+pub async fn run_starts(daemon: Arc<Daemon>, mut starts: mpsc::UnboundedReceiver<String>) {
+    while let Some(id) = starts.recv().await {
+        tokio::spawn(drive(daemon.clone(), id));
+    }
+}
+
+/// Runs one admitted job to its end. The final row is committed with the job's last
+/// audit events before anyone can see the job as ended.
+async fn drive(daemon: Arc<Daemon>, id: String) {
+    let End {
+        mut state,
+        exit_code,
+        mut reason,
+        report,
+        mut events,
+    } = match run_shim(&daemon, &id).await {
+        Ok(end) => end,
+        Err(reason) => End::failed(&id, reason),
+    };
+    // The agent socket closes with the sandbox, its connections with it; what the agent
+    // asked since the last summary row is written with the job's end.
+    let (children, killed, row, agent, summary) = {
+        let mut st = daemon.lock_state();
+        let Some(job) = st.jobs.get_mut(&id) else {
+            return;
+        };
+        // From here no child is admitted under it: every child is in this list.
+        job.closing = true;
+        (
+            job.children.clone(),
+            job.kill_reason.clone(),
+            job.row.clone(),
+            job.agent.take(),
+            job.agent_tally.take_summary(&id),
+        )
+    };
+    drop(agent);
+    events.extend(summary);
+    if let Some(why) = killed {
+        if daemon.shutting_down.load(Ordering::SeqCst) {
+            state = JobState::Interrupted;
+        }
+        reason = Some(match reason {
+            Some(r) => format!("killed: {why} ({r})"),
+            None => format!("killed: {why}"),
+        });
+    }
+    // Children end with their parent.
+    for child in &children {
+        let _ = kill(&daemon, child, libc::SIGKILL, "its parent job ended").await;
+    }
+    let mut end = row;
+    end.state = state;
+    end.exit_code = exit_code;
+    end.reason = reason;
+    end.report = match report.map(|r| serde_json::to_value(&r)).transpose() {
+        Ok(value) => value,
+        Err(e) => {
+            events.push(event(
+                Kind::RunFailed,
+                &id,
+                json!({"reason": format!("the run report could not be stored: {e}")}),
+            ));
+            None
+        }
+    };
+    end.ended_ms = Some(now_ms());
+    events.push(event(
+        Kind::JobFinished,
+        &id,
+        json!({"state": end.state, "exit_code": end.exit_code, "reason": end.reason}),
+    ));
+    let _ = daemon.commit(events, vec![end.clone()], false).await;
+    release(&daemon, &id, &end);
+}
+
+/// How a job's sandbox ended, as its shim told it (or its silence did).
+struct End {
+    state: JobState,
+    exit_code: Option<i32>,
+    reason: Option<String>,
+    /// The shim's report; none when the run failed or the shim died.
+    report: Option<RunReport>,
+    /// Audit events the driver adds for this end.
+    events: Vec<AuditEvent>,
+}
+
+impl End {
+    /// The run could not be set up, or its sandbox process failed: exit 125, audited.
+    fn failed(id: &str, reason: String) -> Self {
+        End {
+            state: JobState::Failed,
+            exit_code: Some(crate::run::EXIT_SETUP),
+            events: vec![event(Kind::RunFailed, id, json!({"reason": reason}))],
+            reason: Some(reason),
+            report: None,
+        }
+    }
+}
+
+async fn run_shim(daemon: &Arc<Daemon>, id: &str) -> Result<End, String> {
+    let (plan, runner, stdin_rx) = {
+        let mut st = daemon.lock_state();
+        let job = st.jobs.get_mut(id).ok_or("job vanished")?;
+        (
+            job.plan.clone(),
+            job.row.runner.clone(),
+            job.stdin_rx.take(),
+        )
+    };
+    let (ours, theirs) =
+        std::os::unix::net::UnixStream::pair().map_err(|e| format!("control socket: {e}"))?;
+    let mut cmd = tokio::process::Command::new(&daemon.config.shim_exe);
+    cmd.arg("shim")
+        .env("COVENANT_HOME", &daemon.config.home)
+        .stdin(if stdin_rx.is_some() {
+            std::process::Stdio::piped()
+        } else {
+            std::process::Stdio::null()
+        })
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&theirs);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        let parent = libc::getpid();
+        cmd.pre_exec(move || {
+            if fd == super::shim::CONTROL_FD {
+                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(fd, super::shim::CONTROL_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The shim, and through it the sandbox, dies with the daemon; a restarted
+            // daemon cleans up what is left.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                libc::_exit(125);
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|e| {
+        format!(
+            "cannot start the sandbox process {}: {e}",
+            daemon.config.shim_exe.display()
+        )
+    })?;
+    drop(theirs);
+    let shim_pid = child.id().map(|p| p as i32);
+    let row = {
+        let mut st = daemon.lock_state();
+        let job = st.jobs.get_mut(id).ok_or("job vanished")?;
+        job.row.state = JobState::Running;
+        job.row.started_ms = Some(now_ms());
+        job.row.shim_pid = shim_pid;
+        job.changed.send_modify(|v| *v += 1);
+        job.row.clone()
+    };
+    // The row names the shim before the sandbox exists, so a restarted daemon can find it.
+    if let Err(e) = daemon
+        .commit(
+            vec![event(Kind::JobStarted, id, json!({"shim_pid": shim_pid}))],
+            vec![row],
+            false,
+        )
+        .await
+    {
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+        return Err(e.body.error);
+    }
+    ours.set_nonblocking(true)
+        .map_err(|e| format!("control socket: {e}"))?;
+    let control = tokio::net::UnixStream::from_std(ours).map_err(|e| format!("control: {e}"))?;
+    let (control_rd, mut control_wr) = control.into_split();
+    let sent = match serde_json::to_vec(&ShimJob { plan, runner }) {
+        Ok(mut line) => {
+            line.push(b'\n');
+            control_wr.write_all(&line).await
+        }
+        Err(e) => Err(std::io::Error::other(e)),
+    };
+    if let Err(e) = sent {
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+        return Err(format!("sending the job to its sandbox process: {e}"));
+    }
+    let stdin_task = match (child.stdin.take(), stdin_rx) {
+        (Some(mut pipe), Some(mut rx)) => Some(tokio::spawn(async move {
+            while let Some(chunk) = rx.recv().await {
+                if pipe.write_all(&chunk).await.is_err() {
+                    break;
+                }
+            }
+        })),
+        _ => None,
+    };
+    let stdout = child.stdout.take().expect("piped stdout");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let limit = daemon.config.output_limit;
+    let copy = |mut pipe: Box<dyn tokio::io::AsyncRead + Unpin + Send>, stream: Stream| {
+        let daemon = daemon.clone();
+        let id = id.to_string();
+        async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match pipe.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        let mut st = daemon.lock_state();
+                        if let Some(job) = st.jobs.get_mut(&id) {
+                            match stream {
+                                Stream::Stdout => job.stdout.push(&buf[..n], limit),
+                                Stream::Stderr => job.stderr.push(&buf[..n], limit),
+                            }
+                            job.changed.send_modify(|v| *v += 1);
+                        }
+                    }
+                }
+            }
+        }
+    };
+    let messages = async {
+        let mut lines = tokio::io::BufReader::new(control_rd).lines();
+        let mut last = None;
+        while let Ok(Some(line)) = lines.next_line().await {
+            match serde_json::from_str::<ShimMessage>(&line) {
+                Ok(ShimMessage::Events { events }) => {
+                    let events: Vec<AuditEvent> = events.into_iter().map(Into::into).collect();
+                    daemon.metrics.observe_events(&events);
+                    let _ = daemon.commit(events, Vec::new(), false).await;
+                }
+                Ok(other) => last = Some(other),
+                Err(e) => {
+                    last = Some(ShimMessage::Error {
+                        kind: Kind::RunFailed,
+                        reason: format!("sandbox process sent an unreadable message: {e}"),
+                    })
+                }
+            }
+        }
+        last
+    };
+    let (last, _, _, status) = tokio::join!(
+        messages,
+        copy(Box::new(stdout), Stream::Stdout),
+        copy(Box::new(stderr), Stream::Stderr),
+        child.wait()
+    );
+    if let Some(t) = stdin_task {
+        t.abort();
+    }
+    let end = match last {
+        Some(ShimMessage::Report { report }) => End {
+            state: JobState::Exited,
+            exit_code: Some(report.exit_code),
+            reason: None,
+            report: Some(*report),
+            events: Vec::new(),
+        },
+        // The shim audited its own failure before it said so.
+        Some(ShimMessage::Error { reason, .. }) => End {
+            events: Vec::new(),
+            ..End::failed(id, reason)
+        },
+        _ => End::failed(
+            id,
+            match status {
+                Ok(s) => format!("the sandbox process ended without a report ({s})"),
+                Err(e) => format!("the sandbox process could not be waited for: {e}"),
+            },
+        ),
+    };
+    // A shim that reported cleaned up after itself; one that died without a report (or
+    // failed, possibly in its cleanup) may have left cgroups, mounts and the bundle.
+    if end.report.is_none() {
+        super::recovery::clean_job(&daemon.config.home, id, shim_pid);
+    }
+    Ok(end)
+}
