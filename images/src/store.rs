@@ -667,16 +667,8 @@ impl ImageStore {
 mod tests {
     use super::*;
     use crate::layout::{put_blob, tar_directory, write_oci_layout};
-    use covenant_test_support::{skip_unless, Need};
-
-    /// Unpacking as the image's owners needs root: chown, whiteout devices, trusted xattrs.
-    const AS_OWNERS: &[Need] = &[Need::Root];
-
-    const IDS: IdShift = IdShift {
-        uid: 0,
-        gid: 0,
-        size: 65_536,
-    };
+    use crate::test_fixtures::{AS_OWNERS, IDS};
+    use covenant_test_support::skip_unless;
 
     /// A base layer with busybox-like content and an upper layer that deletes a file.
     fn layers() -> Vec<Vec<u8>> {

@@ -453,16 +453,8 @@ fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use covenant_test_support::{skip_unless, Need};
-
-    /// Unpacking as the image's owners needs root: chown, whiteout devices, trusted xattrs.
-    const AS_OWNERS: &[Need] = &[Need::Root];
-
-    const IDS: IdShift = IdShift {
-        uid: 0,
-        gid: 0,
-        size: 65_536,
-    };
+    use crate::test_fixtures::{AS_OWNERS, IDS};
+    use covenant_test_support::skip_unless;
 
     /// A tar built entry by entry, including entries the `tar` crate's safe API refuses.
     struct Layer(tar::Builder<Vec<u8>>);

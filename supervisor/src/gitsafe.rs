@@ -1180,7 +1180,7 @@ impl Visitor for Checking<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use covenant_test_support::git::{git_ok, repo};
+    use covenant_test_support::git::{add_submodule, git_ok, repo};
     use covenant_test_support::{have, Need};
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     use std::process::Command;
@@ -1285,17 +1285,7 @@ mod tests {
         let (lib, ws) = (t.path().join("lib"), t.path().join("ws"));
         repo(&lib);
         repo(&ws);
-        git_ok(
-            &ws,
-            &[
-                "submodule",
-                "add",
-                "-q",
-                lib.to_str().unwrap(),
-                "vendor/lib",
-            ],
-        );
-        git_ok(&ws, &["commit", "-qm", "submodule"]);
+        add_submodule(&ws, &lib, "vendor/lib");
         git_ok(&ws, &["worktree", "add", "-q", "wt"]);
         let g = guard(&ws).unwrap();
 

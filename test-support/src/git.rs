@@ -46,3 +46,10 @@ pub fn repo(dir: &Path) {
     git_ok(dir, &["add", "a"]);
     git_ok(dir, &["commit", "-qm", "first"]);
 }
+
+/// Adds the repository at `source` to `repo` as a submodule at `path`, and commits it.
+pub fn add_submodule(repo: &Path, source: &Path, path: &str) {
+    let source = source.to_str().expect("a UTF-8 path");
+    git_ok(repo, &["submodule", "add", "-q", source, path]);
+    git_ok(repo, &["commit", "-qm", &format!("submodule {path}")]);
+}

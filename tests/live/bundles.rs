@@ -1,7 +1,7 @@
 //! Bundles: a kept bundle is readable by other runtimes and valid against the runtime
 //! spec, and an edited, foreign or swapped one is refused before anything runs.
 
-use crate::scene::{busybox_image, code, stderr, stdout, Scene};
+use crate::scene::{busybox_image, code, read_json, stderr, stdout, Scene};
 use covenant_test_support::cannot_run;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
@@ -14,8 +14,7 @@ fn keep_bundle_leaves_a_bundle_another_runtime_can_read() {
     let dir = s.home.path().join("kept");
     let out = s.run(&["--keep-bundle", dir.to_str().unwrap()], &["true"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    let config: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    let config: serde_json::Value = read_json(&dir.join("config.json"));
     assert_eq!(config["process"]["args"][0], "true");
     assert_eq!(config["process"]["noNewPrivileges"], true);
     assert!(config["annotations"]["org.opencovenant.landlock"].is_string());
@@ -103,7 +102,7 @@ fn write_bundle(s: &Scene, dir: &Path, argv: &[&str]) {
 }
 
 fn edit_json(path: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
-    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let mut v: serde_json::Value = read_json(path);
     edit(&mut v);
     std::fs::write(path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
 }
@@ -317,9 +316,7 @@ fn every_bundle_validates_against_the_runtime_spec_schema() {
     }
     // The check is real: a config that breaks the schema fails it.
     let broken = s.home.path().join("broken.json");
-    let mut config: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(s.home.path().join("bundle-0/config.json")).unwrap())
-            .unwrap();
+    let mut config: serde_json::Value = read_json(&s.home.path().join("bundle-0/config.json"));
     config["ociVersion"] = serde_json::json!(5);
     std::fs::write(&broken, serde_json::to_vec(&config).unwrap()).unwrap();
     assert!(!validate(&broken).status.success());

@@ -1,7 +1,7 @@
 //! The command line around a run: manifests, refused requests, `doctor`, and the memory
 //! and audit commands.
 
-use crate::scene::{code, stderr, stdout, Scene};
+use crate::scene::{code, read_json, stderr, stdout, Scene};
 use std::path::Path;
 use std::process::Command;
 
@@ -101,11 +101,7 @@ fn every_run_leaves_a_verifiable_audit_trail() {
         &["sleep", "10"],
     );
     assert_eq!(code(&out), 124);
-    let job = serde_json::from_slice::<serde_json::Value>(&std::fs::read(&report).unwrap())
-        .unwrap()["job_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let job = read_json(&report)["job_id"].as_str().unwrap().to_string();
     assert_eq!(code(&s.run(&["--memory", "lots"], &["true"])), 125);
     let tail = s
         .ctl()

@@ -10,14 +10,7 @@ use std::time::{Duration, Instant};
 #[test]
 fn reading_host_secrets_is_denied() {
     let Some(s) = Scene::live() else { return };
-    let out = s.run(
-        &[],
-        &[
-            "sh",
-            "-c",
-            "cat /etc/shadow; ls /root; ls /home; cat /etc/passwd",
-        ],
-    );
+    let out = s.sh("cat /etc/shadow; ls /root; ls /home; cat /etc/passwd");
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let err = stderr(&out);
     assert!(
@@ -38,7 +31,7 @@ fn writing_outside_workspace_and_tmp_is_denied() {
     let script = "for p in /usr/evil /etc/evil /evil /bin/evil /proc/sys/kernel/hostname; do \
                   if echo x > $p 2>/dev/null; then echo WROTE $p; else echo DENIED $p; fi; done; \
                   echo ok > /tmp/t && echo ok > /workspace/w && echo WRITABLE";
-    let out = s.run(&[], &["sh", "-c", script]);
+    let out = s.sh(script);
     let text = stdout(&out);
     assert!(!text.contains("WROTE"), "{text}");
     assert_eq!(text.matches("DENIED").count(), 5, "{text}");
@@ -53,14 +46,7 @@ fn writing_outside_workspace_and_tmp_is_denied() {
 fn workspace_files_belong_to_its_owner_on_the_host() {
     let Some(s) = Scene::live() else { return };
     std::os::unix::fs::chown(&s.workspace, Some(1234), Some(2345)).unwrap();
-    let out = s.run(
-        &[],
-        &[
-            "sh",
-            "-c",
-            "stat -c '%u:%g' /workspace; id -u; echo hi > /workspace/made",
-        ],
-    );
+    let out = s.sh("stat -c '%u:%g' /workspace; id -u; echo hi > /workspace/made");
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(
         stdout(&out),
@@ -87,7 +73,7 @@ fn a_private_home_runs_and_other_users_read_none_of_its_files() {
     let Some(s) = Scene::live() else { return };
     // A home only its owner may pass through, as `mktemp -d` makes it.
     std::fs::set_permissions(s.home.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
-    let out = s.run(&[], &["sh", "-c", "echo ran > /workspace/ran"]);
+    let out = s.sh("echo ran > /workspace/ran");
     assert_eq!(code(&out), 0, "a 0700 home must run: {}", stderr(&out));
     assert_eq!(
         std::fs::read_to_string(s.workspace.join("ran")).unwrap(),

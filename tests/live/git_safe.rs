@@ -1,29 +1,17 @@
 //! Git safety: the sandbox commits in its workspace, but no route plants code that the
 //! owner's next git command on the host would run.
 
-use crate::scene::{code, stderr, stdout, Scene};
-use std::path::Path;
-use std::process::Command;
+use crate::scene::{code, read_json, stderr, stdout, Scene};
+use covenant_test_support::git::{add_submodule, git, git_ok, repo};
 
 #[test]
 fn git_commit_works_inside_but_hooks_and_config_cannot_be_planted() {
     let Some(s) = Scene::live() else { return };
-    let git = |args: &[&str]| {
-        Command::new("git")
-            .arg("-C")
-            .arg(&s.workspace)
-            .args(args)
-            .output()
-            .unwrap()
-    };
-    assert_eq!(code(&git(&["init", "-q"])), 0);
-    let out = s.run(
-        &[],
-        &["sh", "-c", "cd /workspace && echo a > a && git add a && git -c user.email=a@b -c user.name=a commit -qm inside && echo COMMITTED; \
+    git_ok(&s.workspace, &["init", "-q"]);
+    let out = s.sh("cd /workspace && echo a > a && git add a && git -c user.email=a@b -c user.name=a commit -qm inside && echo COMMITTED; \
            echo 'echo pwned' > .git/hooks/pre-commit && echo HOOK-PLANTED; \
            git config core.hooksPath /workspace/h && echo CONFIG-CHANGED; \
-           mv .git .git-old && echo GIT-MOVED; rm -rf .git/hooks && echo HOOKS-REMOVED; true"],
-    );
+           mv .git .git-old && echo GIT-MOVED; rm -rf .git/hooks && echo HOOKS-REMOVED; true");
     let text = stdout(&out);
     assert!(text.contains("COMMITTED"), "{text}{}", stderr(&out));
     for planted in [
@@ -35,54 +23,19 @@ fn git_commit_works_inside_but_hooks_and_config_cannot_be_planted() {
         assert!(!text.contains(planted), "{planted}: {text}");
     }
     assert!(!s.workspace.join(".git/hooks/pre-commit").exists());
-    let log = git(&["log", "--format=%s"]);
-    assert_eq!(stdout(&log), "inside\n");
+    assert_eq!(git_ok(&s.workspace, &["log", "--format=%s"]), "inside\n");
 }
 
 #[test]
 fn no_git_route_plants_code_for_the_owners_next_git_command() {
     let Some(s) = Scene::live() else { return };
     let ws = &s.workspace;
-    let host_git = |dir: &Path, args: &[&str]| {
-        Command::new("git")
-            .arg("-C")
-            .arg(dir)
-            .args(["-c", "user.email=o@h", "-c", "user.name=owner"])
-            .args(["-c", "protocol.file.allow=always"])
-            .args(args)
-            .env_remove("GIT_DIR")
-            .output()
-            .unwrap()
-    };
     let lib = s.home.path().join("lib");
-    std::fs::create_dir(&lib).unwrap();
-    for (dir, args) in [
-        (lib.as_path(), &["init", "-q"][..]),
-        (
-            lib.as_path(),
-            &["commit", "-q", "--allow-empty", "-m", "lib"][..],
-        ),
-        (ws.as_path(), &["init", "-q"][..]),
-        (
-            ws.as_path(),
-            &[
-                "submodule",
-                "add",
-                "-q",
-                lib.to_str().unwrap(),
-                "vendor/lib",
-            ][..],
-        ),
-        (
-            ws.as_path(),
-            &["commit", "-q", "-m", "with a submodule"][..],
-        ),
-    ] {
-        let out = host_git(dir, args);
-        assert_eq!(code(&out), 0, "git {args:?}: {}", stderr(&out));
-    }
+    repo(&lib);
+    git_ok(ws, &["init", "-q"]);
+    add_submodule(ws, &lib, "vendor/lib");
     std::fs::create_dir(ws.join("nested")).unwrap();
-    assert_eq!(code(&host_git(&ws.join("nested"), &["init", "-q"])), 0);
+    git_ok(&ws.join("nested"), &["init", "-q"]);
     // What the host's git would run if any of the plants took: it leaves a mark.
     let mark = s.home.path().join("host-ran-planted-code");
     let evil = format!(
@@ -128,18 +81,13 @@ echo a > a && git add a && git -c user.email=a@b -c user.name=a commit -qm insid
     );
     // The owner's next git commands, in every repository the sandbox could reach.
     for dir in [ws.clone(), ws.join("vendor/lib"), ws.join("nested")] {
-        let out = host_git(&dir, &["status", "--porcelain"]);
-        assert_eq!(code(&out), 0, "{}: {}", dir.display(), stderr(&out));
-        let _ = host_git(&dir, &["st"]);
+        git_ok(&dir, &["status", "--porcelain"]);
+        let _ = git(&dir, &["st"]);
     }
     assert!(!mark.exists(), "the host ran code the sandbox planted");
-    assert_eq!(
-        stdout(&host_git(ws, &["log", "-1", "--format=%s"])),
-        "inside\n"
-    );
+    assert_eq!(git_ok(ws, &["log", "-1", "--format=%s"]), "inside\n");
     // The repository made during the run is not protected, but it is named.
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let report: serde_json::Value = read_json(&report);
     let findings = report["git_findings"]
         .as_array()
         .cloned()

@@ -2,7 +2,8 @@
 //! or its supervisor.
 
 use crate::scene::{
-    assert_jobs_left_nothing, code, marker, mounts_under, stderr, stdout, still_running, Scene,
+    assert_jobs_left_nothing, code, marker, mounts_under, read_json, stderr, stdout, still_running,
+    Scene,
 };
 use std::io::Write;
 use std::process::Stdio;
@@ -12,14 +13,7 @@ use std::time::{Duration, Instant};
 fn orphans_die_when_the_program_exits() {
     let Some(s) = Scene::live() else { return };
     let marker = marker(2);
-    let out = s.run(
-        &[],
-        &[
-            "sh",
-            "-c",
-            &format!("(setsid sh -c 'exec sleep {marker}' &); exit 3"),
-        ],
-    );
+    let out = s.sh(&format!("(setsid sh -c 'exec sleep {marker}' &); exit 3"));
     assert_eq!(code(&out), 3);
     assert!(
         !still_running(&marker),
@@ -30,10 +24,10 @@ fn orphans_die_when_the_program_exits() {
 #[test]
 fn exit_codes_and_signals_propagate() {
     let Some(s) = Scene::live() else { return };
-    assert_eq!(code(&s.run(&[], &["sh", "-c", "exit 42"])), 42);
+    assert_eq!(code(&s.sh("exit 42")), 42);
     assert_eq!(code(&s.run(&[], &["true"])), 0);
-    assert_eq!(code(&s.run(&[], &["sh", "-c", "kill -TERM $$"])), 128 + 15);
-    assert_eq!(code(&s.run(&[], &["sh", "-c", "kill -KILL $$"])), 128 + 9);
+    assert_eq!(code(&s.sh("kill -TERM $$")), 128 + 15);
+    assert_eq!(code(&s.sh("kill -KILL $$")), 128 + 9);
     let missing = s.run(&[], &["no-such-program"]);
     assert_eq!(code(&missing), 125);
     assert!(
@@ -125,8 +119,7 @@ fn a_hundred_runs_leave_nothing_behind() {
             ],
         );
         assert_eq!(stdout(&out), format!("{i}\n"), "{}", stderr(&out));
-        let r: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+        let r: serde_json::Value = read_json(&report);
         job_ids.push(r["job_id"].as_str().unwrap().to_string());
     }
     assert_eq!(mounts_under(s.home.path()), mounts_before, "mounts leaked");

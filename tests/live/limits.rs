@@ -1,6 +1,6 @@
 //! Resource limits (cgroups and the timeout): each stops the program and is reported.
 
-use crate::scene::{code, marker, stderr, stdout, still_running, Scene};
+use crate::scene::{code, forked, marker, read_json, stderr, stdout, still_running, Scene};
 use std::time::{Duration, Instant};
 
 #[test]
@@ -17,15 +17,9 @@ fn fork_bomb_stops_at_the_pids_limit() {
         "{text}{}",
         stderr(&out)
     );
-    let forked: u32 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("forked="))
-        .unwrap()
-        .parse()
-        .unwrap();
+    let forked = forked(&out);
     assert!(forked < 32, "forked {forked} processes past a limit of 32");
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(report).unwrap()).unwrap();
+    let report: serde_json::Value = read_json(&report);
     assert!(report["pids_limit_hits"].as_u64().unwrap() > 0, "{report}");
 }
 
@@ -48,8 +42,7 @@ fn memory_limit_kills_and_is_reported() {
         "{}",
         stderr(&out)
     );
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(report).unwrap()).unwrap();
+    let report: serde_json::Value = read_json(&report);
     assert_eq!(report["oom_killed"], true);
     assert!(report["peak_memory_bytes"].as_u64().unwrap() <= 48 << 20);
 }
@@ -63,8 +56,7 @@ fn cpu_use_is_held_to_the_cpus_limit() {
         &["sh", "-c", "timeout 2 sh -c 'while :; do :; done'; true"],
     );
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(report).unwrap()).unwrap();
+    let report: serde_json::Value = read_json(&report);
     let cpu_ms = report["cpu_time_ms"].as_f64().unwrap();
     let wall_ms = report["duration_ms"].as_f64().unwrap();
     assert!(wall_ms >= 1900.0, "{report}");

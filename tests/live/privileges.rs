@@ -33,7 +33,7 @@ fn sandbox_root_is_not_host_root() {
 fn host_processes_are_invisible_and_unreachable() {
     let Some(s) = Scene::live() else { return };
     let me = std::process::id().to_string();
-    let out = s.run(&[], &["sh", "-c", "ls /proc | grep -c '^[0-9]'"]);
+    let out = s.sh("ls /proc | grep -c '^[0-9]'");
     let count: u32 = stdout(&out).trim().parse().unwrap();
     assert!(count <= 4, "sandbox sees {count} processes");
     assert_eq!(
@@ -46,14 +46,8 @@ fn host_processes_are_invisible_and_unreachable() {
 #[test]
 fn mount_and_unshare_commands_fail() {
     let Some(s) = Scene::live() else { return };
-    let out = s.run(
-        &[],
-        &[
-            "sh",
-            "-c",
-            "mount -t tmpfs none /tmp && echo MOUNTED; unshare -U true && echo UNSHARED; true",
-        ],
-    );
+    let out =
+        s.sh("mount -t tmpfs none /tmp && echo MOUNTED; unshare -U true && echo UNSHARED; true");
     assert!(
         !stdout(&out).contains("MOUNTED") && !stdout(&out).contains("UNSHARED"),
         "{}",

@@ -2,7 +2,8 @@
 //! fail alike, and the external runtimes leave nothing behind.
 
 use crate::scene::{
-    all_runners, assert_jobs_left_nothing, code, runtime, stderr, stdout, Scene, EPERM,
+    all_runners, assert_jobs_left_nothing, code, forked, read_json, runtime, stderr, stdout, Scene,
+    EPERM,
 };
 use std::process::{Command, Stdio};
 
@@ -92,12 +93,7 @@ fn hostile_probes_fail_under_every_runner() {
             &["--pids", "16"],
             &["python3", &probe, "fork_bomb"],
         );
-        let forked: u32 = stdout(&out)
-            .lines()
-            .find_map(|l| l.strip_prefix("forked="))
-            .unwrap_or_else(|| panic!("{runner}: {}", stderr(&out)))
-            .parse()
-            .unwrap();
+        let forked = forked(&out);
         assert!(
             forked < 16,
             "{runner}: forked {forked} under a pids limit of 16"
@@ -184,8 +180,7 @@ fn external_runtimes_leave_nothing_behind() {
                 "{runner}: {}",
                 stderr(&out)
             );
-            let r: serde_json::Value =
-                serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+            let r: serde_json::Value = read_json(&report);
             assert_eq!(r["runner"].as_str().unwrap(), runner);
             jobs.push(r["job_id"].as_str().unwrap().to_string());
         }

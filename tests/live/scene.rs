@@ -61,26 +61,24 @@ impl Scene {
         cmd.stdin(Stdio::null()).output().unwrap()
     }
 
+    /// `covenant-ctl run --workspace WS -- sh -c SCRIPT`.
+    pub fn sh(&self, script: &str) -> Output {
+        self.run(&[], &["sh", "-c", script])
+    }
+
     /// Runs one probe and returns the errno it printed.
     pub fn probe(&self, flags: &[&str], name: &str) -> i32 {
         let out = self.run(flags, &["python3", "/workspace/probe.py", name]);
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let prefix = format!("{name} errno=");
-        let line = stdout
-            .lines()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .unwrap_or_else(|| {
-                panic!(
-                    "probe {name} printed nothing; status {:?}\nstdout: {stdout}\nstderr: {}",
-                    out.status,
-                    String::from_utf8_lossy(&out.stderr)
-                )
-            });
-        line.trim().parse().unwrap()
+        errno_printed(&out, name).unwrap_or_else(|| {
+            panic!(
+                "probe {name} printed nothing; status {:?}\nstdout: {}\nstderr: {}",
+                out.status,
+                stdout(&out),
+                stderr(&out)
+            )
+        })
     }
-}
 
-impl Scene {
     /// `covenant-ctl run --runner R --read WS FLAGS -- ARGV`: the workspace read-only,
     /// which every runner can enforce.
     pub fn run_with(&self, runner: &str, flags: &[&str], argv: &[&str]) -> Output {
@@ -93,22 +91,27 @@ impl Scene {
         cmd.stdin(Stdio::null()).output().unwrap()
     }
 
+    /// Runs one probe under `runner` and returns the errno it printed.
     pub fn probe_with(&self, runner: &str, flags: &[&str], name: &str) -> i32 {
         let probe = self.workspace.join("probe.py").display().to_string();
         let out = self.run_with(runner, flags, &["python3", &probe, name]);
-        let text = stdout(&out);
-        let prefix = format!("{name} errno=");
-        text.lines()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .map(|v| v.trim().parse().unwrap())
-            .unwrap_or_else(|| {
-                panic!(
-                    "{runner}: probe {name} printed nothing; {:?}\n{text}\n{}",
-                    out.status,
-                    stderr(&out)
-                )
-            })
+        errno_printed(&out, name).unwrap_or_else(|| {
+            panic!(
+                "{runner}: probe {name} printed nothing; {:?}\n{}\n{}",
+                out.status,
+                stdout(&out),
+                stderr(&out)
+            )
+        })
     }
+}
+
+/// The errno probe `name` printed (its line `NAME errno=N`), if it printed one.
+fn errno_printed(out: &Output, name: &str) -> Option<i32> {
+    let prefix = format!("{name} errno=");
+    stdout(out)
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix).map(|v| v.trim().parse().unwrap()))
 }
 
 pub fn stdout(out: &Output) -> String {
@@ -121,6 +124,22 @@ pub fn stderr(out: &Output) -> String {
 
 pub fn code(out: &Output) -> i32 {
     out.status.code().unwrap_or(-1)
+}
+
+/// A JSON file the run wrote: a `--report`, a bundle's `config.json` or `plan.json`.
+pub fn read_json(path: &Path) -> serde_json::Value {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+/// How many processes the `fork_bomb` probe forked (its `forked=N` line).
+pub fn forked(out: &Output) -> u32 {
+    stdout(out)
+        .lines()
+        .find_map(|l| l.strip_prefix("forked="))
+        .unwrap_or_else(|| panic!("the fork bomb printed no count: {}", stderr(out)))
+        .parse()
+        .unwrap()
 }
 
 pub const EPERM: i32 = libc::EPERM;

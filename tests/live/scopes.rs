@@ -1,7 +1,7 @@
 //! Capabilities: each scope family allows what it grants and nothing else; attenuation
 //! narrows, revocation reaches children, and untrusted or forged tokens are refused.
 
-use crate::scene::{code, stderr, stdout, Scene, EPERM};
+use crate::scene::{code, forked, stderr, stdout, Scene, EPERM};
 use std::path::PathBuf;
 use std::process::Output;
 
@@ -151,12 +151,7 @@ fn each_scope_family_allows_what_it_grants_and_nothing_else() {
     );
     assert_eq!(code(&out), 137, "{}", stderr(&out));
     let out = a.run(&cap, &[], &["python3", "/workspace/probe.py", "fork_bomb"]);
-    let forked: u32 = stdout(&out)
-        .lines()
-        .find_map(|l| l.strip_prefix("forked="))
-        .unwrap()
-        .parse()
-        .unwrap();
+    let forked = forked(&out);
     assert!(forked < 16, "forked {forked} under res.pids:16");
     assert_eq!(code(&a.run(&cap, &[], &["sleep", "30"])), 124);
     let out = a.run(
