@@ -87,3 +87,25 @@ macro_rules! skip_unless {
         }
     };
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Need;
+
+    #[test]
+    fn a_missing_file_names_the_package_that_installs_it() {
+        let need = Need::File {
+            path: "/nonexistent/covenant-tool",
+            package: "covenant-tools",
+        };
+        assert_eq!(
+            need.missing().as_deref(),
+            Some("/nonexistent/covenant-tool is missing (install covenant-tools)")
+        );
+        let present = Need::File {
+            path: "/",
+            package: "base-files",
+        };
+        assert_eq!(present.missing(), None);
+    }
+}
