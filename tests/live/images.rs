@@ -12,47 +12,30 @@ use std::time::{Duration, Instant};
 fn an_imported_image_runs_on_a_throwaway_overlay_under_every_runner() {
     let Some(s) = Scene::live() else { return };
     let Some(_) = busybox_image(&s) else { return };
-    for runner in all_runners() {
-        let script =
-            "cat /etc/motd; echo changed > /etc/motd; echo new > /etc/new; cat /etc/motd; id -u";
-        let out = s
-            .ctl()
-            .args([
-                "run",
-                "--runner",
-                &runner,
-                "--rootfs",
-                "image:busy:1",
-                "--",
-                "sh",
-                "-c",
-                script,
-            ])
+    // `sh -c SCRIPT` on the image under `runner`.
+    let on_image = |runner: &str, script: &str| {
+        s.ctl()
+            .args(["run", "--runner", runner, "--rootfs", "image:busy:1"])
+            .args(["--", "sh", "-c", script])
             .stdin(Stdio::null())
             .output()
-            .unwrap();
+            .unwrap()
+    };
+    for runner in all_runners() {
+        let out = on_image(
+            &runner,
+            "cat /etc/motd; echo changed > /etc/motd; echo new > /etc/new; cat /etc/motd; id -u",
+        );
         assert_eq!(
             stdout(&out),
             "from the image\nchanged\n0\n",
             "{runner}: {}",
             stderr(&out)
         );
-        let again = s
-            .ctl()
-            .args([
-                "run",
-                "--runner",
-                &runner,
-                "--rootfs",
-                "image:busy:1",
-                "--",
-                "sh",
-                "-c",
-                "cat /etc/motd; cat /etc/new 2>/dev/null || echo GONE",
-            ])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
+        let again = on_image(
+            &runner,
+            "cat /etc/motd; cat /etc/new 2>/dev/null || echo GONE",
+        );
         assert_eq!(
             stdout(&again),
             "from the image\nGONE\n",
