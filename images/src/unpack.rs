@@ -453,13 +453,8 @@ fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::privileged;
-
-    const IDS: IdShift = IdShift {
-        uid: 0,
-        gid: 0,
-        size: 65_536,
-    };
+    use crate::test_fixtures::{AS_OWNERS, IDS};
+    use covenant_test_support::skip_unless;
 
     /// A tar built entry by entry, including entries the `tar` crate's safe API refuses.
     struct Layer(tar::Builder<Vec<u8>>);
@@ -530,9 +525,7 @@ mod tests {
 
     #[test]
     fn a_plain_layer_unpacks_with_links_and_modes() {
-        if !privileged() {
-            return;
-        }
+        skip_unless!(AS_OWNERS);
         let bytes = Layer::new()
             .entry("bin/", tar::EntryType::Directory, None, b"", 0o755)
             .entry("bin/busybox", tar::EntryType::Regular, None, b"ELF", 0o4755)
@@ -637,9 +630,7 @@ mod tests {
 
     #[test]
     fn an_entry_under_a_symlinked_parent_is_refused_and_nothing_escapes() {
-        if !privileged() {
-            return;
-        }
+        skip_unless!(AS_OWNERS);
         let bytes = Layer::new()
             .entry("etc", tar::EntryType::Symlink, Some("/tmp"), b"", 0o777)
             .file("etc/evil", b"x")
@@ -655,9 +646,7 @@ mod tests {
 
     #[test]
     fn devices_and_duplicates_are_refused() {
-        if !privileged() {
-            return;
-        }
+        skip_unless!(AS_OWNERS);
         let dev = Layer::new()
             .entry("dev/sda", tar::EntryType::Block, None, b"", 0o600)
             .bytes();
@@ -680,9 +669,7 @@ mod tests {
 
     #[test]
     fn whiteouts_and_opaque_directories_become_overlay_markers() {
-        if !privileged() {
-            return;
-        }
+        skip_unless!(AS_OWNERS);
         let bytes = Layer::new()
             .entry("etc/", tar::EntryType::Directory, None, b"", 0o755)
             .file("etc/.wh.motd", b"")
@@ -701,9 +688,7 @@ mod tests {
 
     #[test]
     fn gzip_and_zstd_layers_decompress_and_a_bomb_stops_at_the_limit() {
-        if !privileged() {
-            return;
-        }
+        skip_unless!(AS_OWNERS);
         let plain = Layer::new().file("hello", b"world").bytes();
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         gz.write_all(&plain).unwrap();

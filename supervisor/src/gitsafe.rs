@@ -1180,42 +1180,12 @@ impl Visitor for Checking<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use covenant_test_support::git::{add_submodule, git_ok, repo};
+    use covenant_test_support::{have, Need};
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     use std::process::Command;
 
     const SANDBOX: &str = "/workspace";
-
-    fn git(dir: &Path, args: &[&str]) -> String {
-        let out = Command::new("git")
-            .arg("-C")
-            .arg(dir)
-            .args(["-c", "protocol.file.allow=always"])
-            .args(args)
-            .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("GIT_AUTHOR_NAME", "a")
-            .env("GIT_AUTHOR_EMAIL", "a@b")
-            .env("GIT_COMMITTER_NAME", "a")
-            .env("GIT_COMMITTER_EMAIL", "a@b")
-            .output()
-            .expect("git runs");
-        assert!(
-            out.status.success(),
-            "git {args:?} in {}: {}",
-            dir.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// A repository with one commit at `dir`.
-    fn repo(dir: &Path) {
-        std::fs::create_dir_all(dir).unwrap();
-        git(dir, &["init", "-q"]);
-        std::fs::write(dir.join("a"), "a\n").unwrap();
-        git(dir, &["add", "a"]);
-        git(dir, &["commit", "-qm", "first"]);
-    }
 
     fn open(path: &Path) -> OwnedFd {
         fsat::open_absolute(path, libc::O_PATH | libc::O_DIRECTORY).unwrap()
@@ -1262,19 +1232,6 @@ mod tests {
         }
     }
 
-    fn require_root(what: &str) -> bool {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } == 0 {
-            return true;
-        }
-        assert!(
-            std::env::var("COVENANT_REQUIRE_LIVE").as_deref() != Ok("1"),
-            "{what} needs root (COVENANT_REQUIRE_LIVE=1)"
-        );
-        eprintln!("skipped: {what} needs root to create files owned by another user");
-        false
-    }
-
     #[test]
     fn top_repo_control_files_are_covered_and_placeholders_keep_git_working() {
         let t = tempfile::tempdir().unwrap();
@@ -1307,19 +1264,19 @@ mod tests {
         assert_eq!(made, expected);
 
         // The owner's git keeps working with the placeholders in place.
-        assert_eq!(git(&ws, &["status", "--porcelain"]), "");
+        assert_eq!(git_ok(&ws, &["status", "--porcelain"]), "");
         std::fs::write(ws.join("b"), "b\n").unwrap();
-        git(&ws, &["add", "b"]);
-        git(&ws, &["commit", "-qm", "second"]);
-        assert_eq!(git(&ws, &["log", "--format=%s"]), "second\nfirst\n");
-        assert_eq!(git(&ws, &["fsck", "--no-progress"]), "");
+        git_ok(&ws, &["add", "b"]);
+        git_ok(&ws, &["commit", "-qm", "second"]);
+        assert_eq!(git_ok(&ws, &["log", "--format=%s"]), "second\nfirst\n");
+        assert_eq!(git_ok(&ws, &["fsck", "--no-progress"]), "");
 
         assert!(findings_after(&ws, open(&ws).as_fd(), &g).is_empty());
         assert!(remove_placeholders(&g).is_empty());
         for p in &g.placeholders {
             assert!(!p.path.exists(), "{} removed", p.path.display());
         }
-        assert_eq!(git(&ws, &["status", "--porcelain"]), "");
+        assert_eq!(git_ok(&ws, &["status", "--porcelain"]), "");
     }
 
     #[test]
@@ -1328,18 +1285,8 @@ mod tests {
         let (lib, ws) = (t.path().join("lib"), t.path().join("ws"));
         repo(&lib);
         repo(&ws);
-        git(
-            &ws,
-            &[
-                "submodule",
-                "add",
-                "-q",
-                lib.to_str().unwrap(),
-                "vendor/lib",
-            ],
-        );
-        git(&ws, &["commit", "-qm", "submodule"]);
-        git(&ws, &["worktree", "add", "-q", "wt"]);
+        add_submodule(&ws, &lib, "vendor/lib");
+        git_ok(&ws, &["worktree", "add", "-q", "wt"]);
         let g = guard(&ws).unwrap();
 
         assert_common_guarded(&g, ".git");
@@ -1362,10 +1309,13 @@ mod tests {
         assert_eq!(access_of(&g, ".git/worktrees"), None);
         assert_parents_first(&g);
 
-        assert_eq!(git(&ws, &["status", "--porcelain"]), "?? wt/\n");
-        assert_eq!(git(&ws.join("wt"), &["status", "--porcelain"]), "");
-        assert_eq!(git(&ws.join("vendor/lib"), &["status", "--porcelain"]), "");
-        assert!(git(&ws, &["submodule", "status"]).contains("vendor/lib"));
+        assert_eq!(git_ok(&ws, &["status", "--porcelain"]), "?? wt/\n");
+        assert_eq!(git_ok(&ws.join("wt"), &["status", "--porcelain"]), "");
+        assert_eq!(
+            git_ok(&ws.join("vendor/lib"), &["status", "--porcelain"]),
+            ""
+        );
+        assert!(git_ok(&ws, &["submodule", "status"]).contains("vendor/lib"));
         assert!(findings_after(&ws, open(&ws).as_fd(), &g).is_empty());
         assert!(remove_placeholders(&g).is_empty());
     }
@@ -1378,7 +1328,7 @@ mod tests {
         repo(&ws.join("deep/sub"));
         // `other/.git` is a file pointing at a git dir elsewhere in the workspace.
         std::fs::create_dir(ws.join("other")).unwrap();
-        git(
+        git_ok(
             &ws.join("other"),
             &[
                 "init",
@@ -1392,7 +1342,7 @@ mod tests {
         assert_common_guarded(&g, "store");
         assert_eq!(access_of(&g, "other/.git"), Some(MountAccess::ReadOnly));
         assert_parents_first(&g);
-        assert_eq!(git(&ws.join("other"), &["status", "--porcelain"]), "");
+        assert_eq!(git_ok(&ws.join("other"), &["status", "--porcelain"]), "");
         remove_placeholders(&g);
     }
 
@@ -1462,8 +1412,8 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let (r, bare) = (t.path().join("r"), t.path().join("bare.git"));
         repo(&r);
-        git(t.path(), &["init", "-q", "--bare", bare.to_str().unwrap()]);
-        git(&r, &["worktree", "add", "-q", "../wt"]);
+        git_ok(t.path(), &["init", "-q", "--bare", bare.to_str().unwrap()]);
+        git_ok(&r, &["worktree", "add", "-q", "../wt"]);
         for inside in [
             r.join(".git"),
             r.join(".git/hooks"),
@@ -1536,12 +1486,12 @@ mod tests {
         // What a sandbox could leave behind.
         repo(&ws.join("planted"));
         let planted = ws.join("planted/.git");
-        git(
+        git_ok(
             &ws.join("planted"),
             &["config", "core.fsmonitor", "./run-me"],
         );
-        git(&ws.join("planted"), &["config", "filter.x.smudge", "evil"]);
-        git(
+        git_ok(&ws.join("planted"), &["config", "filter.x.smudge", "evil"]);
+        git_ok(
             &ws.join("planted"),
             &["config", "core.fsmonitor", "true", "--add"],
         );
@@ -1549,7 +1499,7 @@ mod tests {
         std::fs::write(&hook, "#!/bin/sh\n").unwrap();
         std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::write(planted.join("hooks/post-checkout"), "not executable").unwrap();
-        git(
+        git_ok(
             t.path(),
             &["init", "-q", "--bare", ws.join("b.git").to_str().unwrap()],
         );
@@ -1678,7 +1628,8 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let ws = t.path().join("ws");
         repo(&ws);
-        let owned = require_root("chowning a repository to another user");
+        // Files owned by another user need root to make.
+        let owned = have(&[Need::Root]);
         if owned {
             let out = Command::new("chown")
                 .args(["-R", "1234:2345"])
