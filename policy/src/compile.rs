@@ -343,19 +343,17 @@ fn compile_mounts(manifest: &Manifest) -> Result<Vec<PlanMount>, CompileError> {
                 ),
             ));
         }
+        if mounts.iter().any(|o| o.target == target) {
+            return Err(refuse(
+                field,
+                format!("`{}` is mounted twice", target.display()),
+            ));
+        }
         mounts.push(PlanMount {
             host,
             target,
             access,
         });
-    }
-    for (i, m) in mounts.iter().enumerate() {
-        if mounts[..i].iter().any(|o| o.target == m.target) {
-            return Err(refuse(
-                "write",
-                format!("`{}` is mounted twice", m.target.display()),
-            ));
-        }
     }
     Ok(mounts)
 }
@@ -366,7 +364,11 @@ fn compile_env(manifest: &Manifest, home: &str) -> Result<Vec<(String, String)>,
         ("HOME".into(), home.into()),
     ];
     for (key, value) in &manifest.env {
-        let field = format!("env.{key}");
+        let field = if key.is_empty() {
+            "env".to_string()
+        } else {
+            format!("env.{key}")
+        };
         if key.is_empty() || key.contains('=') || key.contains('\0') {
             return Err(refuse(
                 &field,
@@ -603,92 +605,284 @@ mod tests {
         assert_eq!(plan.cwd, PathBuf::from(WORKSPACE_TARGET));
     }
 
+    use crate::manifest::CpusValue;
+
+    type Edit = fn(&mut Manifest);
+
+    /// Each refusal of `compile_request`, by the one field changed from a manifest it
+    /// accepts.
     #[test]
-    fn each_bad_field_is_named() {
-        assert_eq!(field_of("version = 1"), "command");
+    fn every_refusal_names_its_field_and_reason() {
+        let cases: &[(Edit, &str)] = &[
+            (
+                |m| m.command.clear(),
+                "command: nothing to run: give `command = [...]` or `-- PROGRAM ARGS`",
+            ),
+            (
+                |m| m.command = vec![String::new(), "x".into()],
+                "command: the program name is empty",
+            ),
+            (
+                |m| m.command.push("a\0b".into()),
+                "command: an argument contains a NUL byte",
+            ),
+            (
+                |m| m.workspace = Some("/srv/w\0".into()),
+                "workspace: path contains a NUL byte",
+            ),
+            (
+                |m| {
+                    m.base_dir = PathBuf::new();
+                    m.workspace = Some("w".into());
+                },
+                "workspace: `w` is relative and the request has no absolute folder to resolve it against",
+            ),
+            (
+                |m| m.workspace = Some("../../..".into()),
+                "workspace: the host's root directory cannot be mounted into a sandbox",
+            ),
+            (
+                |m| m.read = vec!["/proc/self".into()],
+                "read: `/proc/self` lies under /proc, which the sandbox builds itself",
+            ),
+            (
+                |m| m.exec = vec!["/dev".into()],
+                "exec: `/dev` lies under /dev, which the sandbox builds itself",
+            ),
+            (
+                |m| m.write = vec!["/run/covenant/agent".into()],
+                "write: `/run/covenant/agent` lies under /run/covenant, which the sandbox builds itself",
+            ),
+            (
+                |m| m.read = vec!["/sys".into()],
+                "read: `/sys` lies under /sys, which the sandbox builds itself",
+            ),
+            (
+                |m| m.exec = vec!["/opt/tool".into(), "/opt/./tool/".into()],
+                "exec: `/opt/tool` is mounted twice",
+            ),
+            (
+                |m| {
+                    m.read = vec!["/srv/data".into()];
+                    m.write = vec!["/srv/data".into()];
+                },
+                "write: `/srv/data` is mounted twice",
+            ),
+            (
+                |m| m.cwd = Some("src".into()),
+                "cwd: `src` must be an absolute path inside the sandbox",
+            ),
+            (
+                |m| m.cwd = Some("/a/../b".into()),
+                "cwd: `/a/../b` must not contain `..`",
+            ),
+            (
+                |m| m.cwd = Some("/a\0".into()),
+                "cwd: path contains a NUL byte",
+            ),
+            (
+                |m| m.net = Some("wifi".into()),
+                "net: `wifi` is not one of none, loopback, host",
+            ),
+            (
+                |m| m.connect = vec![443],
+                "connect: TCP ports need `net` loopback or host; with none there is nothing to connect to",
+            ),
+            (
+                |m| {
+                    m.net = Some("loopback".into());
+                    m.connect = vec![80, 0];
+                },
+                "connect: port 0 is not a port",
+            ),
+            (
+                |m| m.syscalls = vec!["mount".into()],
+                "syscalls: `mount` is not a syscall group; known: ptrace",
+            ),
+            (
+                |m| {
+                    m.env.insert(String::new(), "x".into());
+                },
+                "env: a variable name must be non-empty without `=` or NUL",
+            ),
+            (
+                |m| {
+                    m.env.insert("A=B".into(), "x".into());
+                },
+                "env.A=B: a variable name must be non-empty without `=` or NUL",
+            ),
+            (
+                |m| {
+                    m.env.insert("A\0".into(), "x".into());
+                },
+                "env.A\0: a variable name must be non-empty without `=` or NUL",
+            ),
+            (
+                |m| {
+                    m.env.insert("A".into(), "x\0".into());
+                },
+                "env.A: the value contains a NUL byte",
+            ),
+            (
+                |m| m.user = Some("root".into()),
+                "user: `root` is not UID or UID:GID (numbers)",
+            ),
+            (
+                |m| m.user = Some("1000:staff".into()),
+                "user: `1000:staff` is not UID or UID:GID (numbers)",
+            ),
+            (
+                |m| m.user = Some("70000".into()),
+                "user: id 70000 is above 65535, the last id the sandbox maps",
+            ),
+            (
+                |m| m.user = Some("0:65536".into()),
+                "user: id 65536 is above 65535, the last id the sandbox maps",
+            ),
+            (
+                |m| m.hostname = Some("-box".into()),
+                "hostname: `-box` is not a valid host name (letters, digits, `-`, `.`; at most 63)",
+            ),
+            (
+                |m| m.hostname = Some(String::new()),
+                "hostname: `` is not a valid host name (letters, digits, `-`, `.`; at most 63)",
+            ),
+            (
+                |m| m.hostname = Some("a b".into()),
+                "hostname: `a b` is not a valid host name (letters, digits, `-`, `.`; at most 63)",
+            ),
+            (
+                |m| m.hostname = Some("h".repeat(64)),
+                "hostname: `hhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhh` is not a valid host name (letters, digits, `-`, `.`; at most 63)",
+            ),
+            (
+                |m| m.rootfs = Some("image:../alpine".into()),
+                "rootfs: `../alpine` is not an image reference (NAME[:TAG] or NAME@sha256:...)",
+            ),
+            (
+                |m| m.rootfs = Some("image:".into()),
+                "rootfs: `` is not an image reference (NAME[:TAG] or NAME@sha256:...)",
+            ),
+            (
+                |m| m.rootfs = Some("dir:/".into()),
+                "rootfs: the host's root directory cannot be mounted into a sandbox",
+            ),
+            (
+                |m| m.rootfs = Some("tar:root.tar".into()),
+                "rootfs: `tar:root.tar` is not a rootfs source: use host, image:NAME[:TAG] or dir:PATH",
+            ),
+            (
+                |m| m.runner = Some("docker".into()),
+                "runner: `docker` is not a runner: use native, gvisor or oci:/ABSOLUTE/PATH",
+            ),
+            (
+                |m| m.runner = Some("oci:bin/runc".into()),
+                "runner: `bin/runc` must be an absolute path without `.`, `..` or repeated `/`",
+            ),
+            (
+                |m| m.runner = Some("oci:/usr/bin/".into()),
+                "runner: `/usr/bin/` must be an absolute path without `.`, `..` or repeated `/`",
+            ),
+            (
+                |m| m.keep_changes = Some("/srv/keep".into()),
+                "keep_changes: only an image or directory root has changes to keep",
+            ),
+            (
+                |m| {
+                    m.rootfs = Some("image:alpine".into());
+                    m.keep_changes = Some("/srv/keep\0".into());
+                },
+                "keep_changes: path contains a NUL byte",
+            ),
+            (
+                |m| m.limits.memory = Some("lots".into()),
+                "limits.memory: `lots` is not a size: use a number with an optional unit B, KiB, MiB, GiB (or K, M, G, KB, MB, GB)",
+            ),
+            (
+                |m| m.limits.memory = Some("1MiB".into()),
+                "limits.memory: `1MiB` is below 4MiB, too small to start a process",
+            ),
+            (
+                |m| m.limits.memory = Some("99999999999TiB".into()),
+                "limits.memory: `99999999999TiB` is too large",
+            ),
+            (
+                |m| m.limits.pids = Some(1),
+                "limits.pids: must be at least 2: the sandbox's init counts as one",
+            ),
+            (
+                |m| m.limits.cpus = Some(CpusValue::Number(0.0)),
+                "limits.cpus: `0` is not a CPU count: use a positive decimal number such as 0.5 or 2",
+            ),
+            (
+                |m| m.limits.cpus = Some(CpusValue::Text("2000".into())),
+                "limits.cpus: `2000` is not a CPU count: use a positive decimal number such as 0.5 or 2",
+            ),
+            (
+                |m| m.limits.cpus = Some(CpusValue::Text("0.0001".into())),
+                "limits.cpus: `0.0001` is not a CPU count: use a positive decimal number such as 0.5 or 2",
+            ),
+            (
+                |m| m.limits.timeout = Some("30".into()),
+                "limits.timeout: `30` is not a duration: use a number with a unit ms, s, m or h (e.g. 30s)",
+            ),
+            (
+                |m| m.limits.timeout = Some("0s".into()),
+                "limits.timeout: must be longer than zero",
+            ),
+            (
+                |m| m.limits.timeout = Some("99999999999999999h".into()),
+                "limits.timeout: `99999999999999999h` is too large",
+            ),
+            (
+                |m| {
+                    m.rlimits.insert("stack2".into(), RlimitSpec::Both(1));
+                },
+                "rlimits.stack2: unknown rlimit; known: core, nofile, nproc, fsize, stack, as, cpu, memlock",
+            ),
+            (
+                |m| {
+                    m.rlimits
+                        .insert("nofile".into(), RlimitSpec::Split { soft: 9, hard: 8 });
+                },
+                "rlimits.nofile: soft limit 9 is above hard limit 8",
+            ),
+            (
+                |m| m.accept_degradations = vec!["seccomp".into()],
+                "accept_degradations: `seccomp` is not a degradation; known: landlock, landlock-net, landlock-scope, idmap",
+            ),
+        ];
+        let mut wrong = Vec::new();
+        for (edit, expected) in cases {
+            let mut m = manifest("version = 1\ncommand = [\"true\"]");
+            m.base_dir = PathBuf::from("/srv/m");
+            compile_request(&m, "job").expect("the fixture compiles");
+            edit(&mut m);
+            match compile_request(&m, "job") {
+                Ok(_) => wrong.push(format!("accepted, expected {expected}")),
+                Err(e) if e.to_string() != *expected => wrong.push(format!(
+                    "expected {expected:?}\n  got      {:?}",
+                    e.to_string()
+                )),
+                Err(_) => {}
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+
+    #[test]
+    fn a_refusal_is_the_field_and_the_reason() {
+        let err = compile_request(
+            &manifest("version = 1\nnet = \"wifi\"\ncommand = [\"x\"]"),
+            "job",
+        )
+        .unwrap_err();
         assert_eq!(
-            field_of("version = 1\ncommand = [\"x\"]\nnet = \"wifi\""),
-            "net"
-        );
-        assert_eq!(
-            field_of("version = 1\ncommand = [\"x\"]\nuser = \"70000\""),
-            "user"
-        );
-        assert_eq!(
-            field_of("version = 1\ncommand = [\"x\"]\nuser = \"root\""),
-            "user"
-        );
-        assert_eq!(
-            field_of("version = 1\ncommand = [\"x\"]\ncwd = \"rel\""),
-            "cwd"
-        );
-        assert_eq!(
-            field_of("version = 1\ncommand = [\"x\"]\ncwd = \"/a/../b\""),
-            "cwd"
-        );
-        assert_eq!(
-            field_of("version = 1\ncommand = [\"x\"]\nrootfs = \"image:../alpine\""),
-            "rootfs"
-        );
-        assert_eq!(
-            field_of("version = 1\ncommand = [\"x\"]\nworkspace = \"/a/..\""),
-            "workspace"
-        );
-        assert_eq!(
-            field_of("version = 1\ncommand = [\"x\"]\nrunner = \"oci:bin/runc\""),
-            "runner"
-        );
-        assert_eq!(
-            field_of("version = 1\ncommand = [\"x\"]\nrunner = \"docker\""),
-            "runner"
-        );
-        assert_eq!(
-            field_of("version = 1\ncommand = [\"x\"]\nread = [\"/\"]"),
-            "read"
-        );
-        assert_eq!(
-            field_of("version = 1\ncommand = [\"x\"]\nwrite = [\"/proc/self\"]"),
-            "write"
-        );
-        assert_eq!(
-            field_of("version = 1\ncommand = [\"x\"]\n[limits]\nmemory = \"lots\""),
-            "limits.memory"
-        );
-        assert_eq!(
-            field_of("version = 1\ncommand = [\"x\"]\n[limits]\nmemory = \"1MiB\""),
-            "limits.memory"
-        );
-        assert_eq!(
-            field_of("version = 1\ncommand = [\"x\"]\n[limits]\npids = 1"),
-            "limits.pids"
-        );
-        assert_eq!(
-            field_of("version = 1\ncommand = [\"x\"]\n[limits]\ncpus = 0"),
-            "limits.cpus"
-        );
-        assert_eq!(
-            field_of("version = 1\ncommand = [\"x\"]\n[limits]\ntimeout = \"0s\""),
-            "limits.timeout"
-        );
-        assert_eq!(
-            field_of("version = 1\ncommand = [\"x\"]\n[rlimits]\nstack2 = 1"),
-            "rlimits.stack2"
-        );
-        assert_eq!(
-            field_of("version = 1\ncommand = [\"x\"]\n[rlimits]\nnofile = { soft = 9, hard = 8 }"),
-            "rlimits.nofile"
-        );
-        assert_eq!(
-            field_of("version = 1\ncommand = [\"x\"]\n[env]\n\"A=B\" = \"c\""),
-            "env.A=B"
-        );
-        assert_eq!(
-            field_of("version = 1\ncommand = [\"x\"]\nhostname = \"a b\""),
-            "hostname"
-        );
-        assert_eq!(
-            field_of("version = 1\ncommand = [\"x\"]\naccept_degradations = [\"seccomp\"]"),
-            "accept_degradations"
+            err,
+            CompileError {
+                field: "net".into(),
+                reason: "`wifi` is not one of none, loopback, host".into(),
+            }
         );
     }
 
