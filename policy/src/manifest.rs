@@ -298,6 +298,32 @@ mod tests {
     }
 
     #[test]
+    fn a_manifest_file_is_refused_naming_the_file() {
+        let dir = std::env::temp_dir().join(format!("covenant-manifest-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let missing = dir.join("missing.toml");
+        match Manifest::load(&missing) {
+            Err(ManifestError::Read { path, error }) => {
+                assert_eq!(
+                    (path, error.kind()),
+                    (missing, std::io::ErrorKind::NotFound)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let bad = dir.join("bad.toml");
+        std::fs::write(&bad, "version = 2\n").unwrap();
+        assert_eq!(
+            Manifest::load(&bad).unwrap_err().to_string(),
+            format!(
+                "manifest {} is invalid: version: manifest version 2 is not supported (this build reads version 1)",
+                bad.display()
+            )
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
     fn every_refusal_of_the_json_reader() {
         use serde_json::json;
         let cases = [
