@@ -148,7 +148,15 @@ impl Manifest {
     /// A manifest sent as JSON (the daemon's API): the same keys and checks as the file;
     /// relative paths resolve against `base_dir`.
     pub fn from_json(value: serde_json::Value, base_dir: PathBuf) -> Result<Self, String> {
-        let mut manifest: Manifest = serde_json::from_value(value).map_err(|e| e.to_string())?;
+        // The error names the path of the key at fault (`limits.memory: invalid type ...`).
+        let mut manifest: Manifest = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            if path == "." || path == "?" {
+                e.inner().to_string()
+            } else {
+                format!("{path}: {}", e.inner())
+            }
+        })?;
         manifest.base_dir = base_dir;
         manifest.checked_version()
     }
@@ -337,11 +345,11 @@ mod tests {
             ),
             (
                 json!({"version": 1, "memroy": 1}),
-                "unknown field `memroy`, expected one of `version`, `command`, `workspace`, `read`, `write`, `exec`, `connect`, `syscalls`, `cwd`, `env`, `rootfs`, `keep_changes`, `hostname`, `user`, `net`, `runner`, `limits`, `rlimits`, `accept_degradations`",
+                "memroy: unknown field `memroy`, expected one of `version`, `command`, `workspace`, `read`, `write`, `exec`, `connect`, `syscalls`, `cwd`, `env`, `rootfs`, `keep_changes`, `hostname`, `user`, `net`, `runner`, `limits`, `rlimits`, `accept_degradations`",
             ),
             (
                 json!({"version": 1, "limits": {"pids": "x"}}),
-                "invalid type: string \"x\", expected u64",
+                "limits.pids: invalid type: string \"x\", expected u64",
             ),
         ];
         for (value, expected) in cases {
