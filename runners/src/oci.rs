@@ -23,11 +23,19 @@ use crate::supervise::{forwarded_signals, supervise};
 use crate::{ExitKind, RunOutcome, Runner, RunnerContext, RunnerError, StartInfo};
 use covenant_policy::annotations::{self, IdmapMount, LandlockNet, LandlockPolicy, RootfsLayout};
 use covenant_policy::Degradation;
-use nix::sys::signal::Signal;
+use nix::fcntl::{open, OFlag};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::prctl::set_child_subreaper;
+use nix::sys::signal::{kill, Signal};
+use nix::sys::stat::Mode;
+use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag};
+use nix::unistd::{chown, setsid, write, Gid, Pid, Uid};
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::fs;
 use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -542,7 +550,10 @@ impl OciRunner {
                 let name = host_loader
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
+                    .ok_or_else(|| OciError::Io {
+                        what: format!("host loader {}", host_loader.display()),
+                        error: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+                    })?;
                 Some(format!("{ENFORCER_LIBS}/{name}"))
             } else {
                 None
@@ -571,12 +582,12 @@ impl OciRunner {
                 env.push(format!(
                     "{}={}",
                     crate::enforce::POLICY_ENV,
-                    serde_json::to_string(policy).unwrap_or_default()
+                    serde_json::to_string(policy).map_err(|e| OciError::Spec(e.to_string()))?
                 ));
                 env.push(format!(
                     "{}={}",
                     crate::enforce::PLAN_ENV,
-                    serde_json::to_string(plan).unwrap_or_default()
+                    serde_json::to_string(plan).map_err(|e| OciError::Spec(e.to_string()))?
                 ));
             }
             let seccomp = spec
@@ -603,28 +614,22 @@ impl OciRunner {
         {
             // crun refuses the hybrid layout; hide the cgroup2 mount in a private mount
             // namespace of its own (measured: about 3 ms).
-            // SAFETY: unshare, mount and umount2 are async-signal-safe syscalls.
-            unsafe {
-                cmd.pre_exec(|| {
-                    if libc::unshare(libc::CLONE_NEWNS) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    let root = c"/";
-                    if libc::mount(
-                        std::ptr::null(),
-                        root.as_ptr(),
-                        std::ptr::null(),
-                        libc::MS_REC | libc::MS_PRIVATE,
-                        std::ptr::null(),
-                    ) != 0
-                    {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    let unified = c"/sys/fs/cgroup/unified";
-                    libc::umount2(unified.as_ptr(), libc::MNT_DETACH);
-                    Ok(())
-                });
-            }
+            // Paths are C string literals, so nothing is allocated between fork and exec.
+            let hide_unified = || -> std::io::Result<()> {
+                unshare(CloneFlags::CLONE_NEWNS)?;
+                mount(
+                    None::<&CStr>,
+                    c"/",
+                    None::<&CStr>,
+                    MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                    None::<&CStr>,
+                )?;
+                let _ = umount2(c"/sys/fs/cgroup/unified", MntFlags::MNT_DETACH);
+                Ok(())
+            };
+            // SAFETY: the hook only makes async-signal-safe syscalls (unshare, mount,
+            // umount2) on static C strings.
+            unsafe { cmd.pre_exec(hide_unified) };
         }
         cmd
     }
@@ -686,7 +691,7 @@ fn runtime_failure(
 /// would otherwise see it as a zombie, alive, until its own timeout (runsc: 5 s).
 fn run_reaping_orphans(mut cmd: Command) -> std::io::Result<std::process::ExitStatus> {
     let mut child = cmd.spawn()?;
-    let own = child.id() as libc::pid_t;
+    let own = Pid::from_raw(child.id() as i32);
     loop {
         if let Some(status) = child.try_wait()? {
             reap_orphans(own);
@@ -698,26 +703,18 @@ fn run_reaping_orphans(mut cmd: Command) -> std::io::Result<std::process::ExitSt
 }
 
 /// Reaps every exited child but `keep`.
-fn reap_orphans(keep: libc::pid_t) {
+fn reap_orphans(keep: Pid) {
     loop {
-        // SAFETY: siginfo_t is plain data; waitid fills it.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        // SAFETY: waitid with WNOWAIT only looks; it reaps nothing.
-        let rc = unsafe {
-            libc::waitid(
-                libc::P_ALL,
-                0,
-                &mut info,
-                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-            )
+        // WNOWAIT only looks; the child seen is reaped below unless it is `keep`.
+        let seen = waitid(
+            Id::All,
+            WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
+        );
+        let pid = match seen.map(|status| status.pid()) {
+            Ok(Some(pid)) if pid != keep => pid,
+            _ => return,
         };
-        // SAFETY: si_pid is valid for a WEXITED result.
-        let pid = unsafe { info.si_pid() };
-        if rc != 0 || pid == 0 || pid == keep {
-            return;
-        }
-        // SAFETY: reaps the one exited child just seen.
-        unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
+        let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
     }
 }
 
@@ -734,23 +731,24 @@ fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
 /// Writes "0" to each `cgroup.procs`: the calling process moves itself into the cgroup.
 /// Runs between fork and exec, so it only makes syscalls on prepared buffers.
 fn join_cgroup_in_child(cmd: &mut Command, procs: Vec<CString>) {
-    // SAFETY: open, write and close are async-signal-safe; the paths were built before fork.
-    unsafe {
-        cmd.pre_exec(move || {
-            for p in &procs {
-                let fd = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                if fd < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                let ok = libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
-                libc::close(fd);
-                if !ok {
-                    return Err(std::io::Error::last_os_error());
-                }
+    let join = move || -> std::io::Result<()> {
+        for p in &procs {
+            let fd = open(
+                p.as_c_str(),
+                OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )?;
+            // SAFETY: open just returned this descriptor; dropping it closes it.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            if write(&fd, b"0")? != 1 {
+                return Err(std::io::Error::from(std::io::ErrorKind::WriteZero));
             }
-            Ok(())
-        });
-    }
+        }
+        Ok(())
+    };
+    // SAFETY: the hook only makes async-signal-safe syscalls (open, write, close) on C
+    // strings built before the fork.
+    unsafe { cmd.pre_exec(join) };
 }
 
 impl Runner for OciRunner {
@@ -852,17 +850,15 @@ impl OciRunner {
                 .root()
                 .as_ref()
                 .map(|r| r.path().clone())
-                .unwrap_or_default(),
+                .ok_or_else(|| OciError::Spec("root missing".into()))?,
         };
         let result = self.lifecycle_in_root(d, w, &rootfs, on_start);
         if let Some((lower, _)) = &d.overlay {
             let mut points = vec![rootfs.clone()];
             points.extend((0..lower.len()).map(|i| derived.join(format!("lower{i}"))));
             for p in points {
-                let c = CString::new(p.display().to_string()).unwrap_or_default();
-                // SAFETY: umount2 reads a NUL-terminated path; a path that is not a mount
-                // point just fails.
-                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+                // A path that is not a mount point (its mount failed) just fails.
+                let _ = umount2(&p, MntFlags::MNT_DETACH);
             }
         }
         result
@@ -914,9 +910,13 @@ impl OciRunner {
                 error: std::io::Error::other(e.to_string()),
             })?;
         if let (None, Some((u, g))) = (&kept, sandbox_root) {
-            let c = CString::new(upper.display().to_string()).unwrap_or_default();
-            // SAFETY: chown reads a NUL-terminated path (the run's own state directory).
-            unsafe { libc::chown(c.as_ptr(), u, g) };
+            // Without it the sandbox's root could not write its own root directory.
+            chown(&upper, Some(Uid::from_raw(u)), Some(Gid::from_raw(g))).map_err(|e| {
+                OciError::Io {
+                    what: format!("giving {} to the sandbox's root", upper.display()),
+                    error: e.into(),
+                }
+            })?;
         }
         let mut lowers: Vec<String> = lower.iter().map(|l| l.display().to_string()).collect();
         if let (Flavor::Gvisor { .. }, Some(base)) = (&self.flavor, owner) {
@@ -1022,13 +1022,10 @@ impl OciRunner {
             network_flag = Some(format!("--network={}", d.network));
         }
         // The runtime's first process is reparented to us once `create` returns.
-        // SAFETY: prctl with integer arguments only.
-        if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
-            return Err(OciError::Io {
-                what: "becoming the runtime's subreaper".into(),
-                error: std::io::Error::last_os_error(),
-            });
-        }
+        set_child_subreaper(true).map_err(|e| OciError::Io {
+            what: "becoming the runtime's subreaper".into(),
+            error: e.into(),
+        })?;
         let (sfd, old_mask) = forwarded_signals().map_err(|e| OciError::Io {
             what: "signals".into(),
             error: e.into(),
@@ -1051,22 +1048,24 @@ impl OciRunner {
             let mut create = self.command(state, log, &args);
             // The container gets a session of its own: no controlling terminal, so even a
             // runtime whose seccomp library lets TIOCSTI through cannot type into ours.
-            // SAFETY: setsid is async-signal-safe.
-            unsafe {
-                create.pre_exec(|| {
-                    libc::setsid();
-                    Ok(())
-                });
-            }
+            let new_session = || -> std::io::Result<()> {
+                let _ = setsid();
+                Ok(())
+            };
+            // SAFETY: the hook only calls setsid, which is async-signal-safe.
+            unsafe { create.pre_exec(new_session) };
             if let Some(cg) = &own_cgroup {
                 let procs = cg
                     .dirs()
                     .iter()
                     .map(|d| {
-                        CString::new(d.join("cgroup.procs").display().to_string())
-                            .unwrap_or_default()
+                        let procs = d.join("cgroup.procs");
+                        CString::new(procs.as_os_str().as_bytes()).map_err(|_| OciError::Io {
+                            what: format!("the run's cgroup {}", procs.display()),
+                            error: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+                        })
                     })
-                    .collect();
+                    .collect::<Result<_>>()?;
                 join_cgroup_in_child(&mut create, procs);
             }
             let read_pid =
@@ -1136,8 +1135,7 @@ impl OciRunner {
             });
             let mut forward = |sig: Signal| {
                 if sig == Signal::SIGKILL {
-                    // SAFETY: kill(2) of the container's first process; no memory effects.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
                 }
                 let _ = self
                     .command(
@@ -1161,7 +1159,7 @@ impl OciRunner {
                 // `runsc run` exits with the container's status.
                 Some(child) => {
                     let status = child.wait().map_err(io("runsc run"))?;
-                    reap_orphans(0);
+                    reap_orphans(Pid::from_raw(0));
                     use std::os::unix::process::ExitStatusExt;
                     match (status.code(), status.signal()) {
                         (Some(c), _) => ExitKind::Exited(c),

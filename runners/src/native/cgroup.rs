@@ -412,9 +412,12 @@ impl RunCgroup {
                     .lines()
                 {
                     if let Ok(pid) = pid.trim().parse::<i32>() {
-                        // SAFETY: kill(2) has no memory effects; a stale pid is harmless
-                        // here because the pid was read from this cgroup just now.
-                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                        // A stale pid is harmless here: it was read from this cgroup
+                        // just now.
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
                     }
                 }
                 match fs::remove_dir(&dir) {

@@ -6,7 +6,7 @@
 //! up (a workspace under a 0700 home) is still mountable, and idmaps need host root.
 
 use super::spec::{MountKind, MountSpec, NativeSpec};
-use super::ChildError;
+use super::step::{ChildError, SetupStep};
 use covenant_policy::annotations::RootfsLayout;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::unistd::{chdir, pivot_root};
@@ -48,10 +48,17 @@ pub enum MountError {
         idmap: &'static str,
         errno: nix::errno::Errno,
     },
+    #[error("mount {destination}: the path {path} holds a NUL byte")]
+    NulInPath { destination: PathBuf, path: PathBuf },
 }
 
-fn cstring(path: &Path) -> CString {
-    CString::new(path.as_os_str().as_bytes()).unwrap_or_default()
+/// The path as a C string; a path holding a NUL byte names nothing the kernel could find,
+/// so it is refused rather than cut short.
+fn cstring(path: &Path, destination: &Path) -> Result<CString, MountError> {
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| MountError::NulInPath {
+        destination: destination.to_path_buf(),
+        path: path.to_path_buf(),
+    })
 }
 
 /// A detached copy of a host path, ready to be attached in the child.
@@ -67,7 +74,7 @@ pub fn clone_host_tree(m: &MountSpec, idmap: Option<&OwnedFd>) -> Result<Detache
     let MountKind::Bind { source, recursive } = &m.kind else {
         unreachable!("only bind mounts are cloned")
     };
-    let path = cstring(source);
+    let path = cstring(source, &m.destination)?;
     let flags = OPEN_TREE_CLONE
         | libc::O_CLOEXEC as libc::c_uint
         | if *recursive { AT_RECURSIVE } else { 0 };
@@ -143,7 +150,7 @@ pub(crate) fn attach_idmapped(
         flags: MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
     };
     let tree = clone_host_tree(&spec, Some(userns))?;
-    let t = cstring(target);
+    let t = cstring(target, target)?;
     move_tree(&tree.fd, &t).map_err(|errno| MountError::SetAttr {
         destination: target.to_path_buf(),
         idmap: " (attach)",
@@ -191,7 +198,7 @@ pub(crate) fn move_tree(tree: &OwnedFd, target: &CString) -> Result<(), nix::err
 }
 
 fn step<'a>(
-    step: &'static str,
+    step: SetupStep,
     target: &'a Path,
 ) -> impl FnOnce(nix::errno::Errno) -> ChildError + 'a {
     move |e| ChildError::new(step, format!("{}: {e}", target.display()))
@@ -204,12 +211,15 @@ fn inside(rootfs: &Path, dest: &Path) -> PathBuf {
 /// Creates the directory or empty file a mount attaches to, refusing a symlink there.
 fn ensure_mount_point(target: &Path, is_dir: bool) -> Result<(), ChildError> {
     let fail = |e: std::io::Error| {
-        ChildError::new("create mount point", format!("{}: {e}", target.display()))
+        ChildError::new(
+            SetupStep::CreateMountPoint,
+            format!("{}: {e}", target.display()),
+        )
     };
     match fs::symlink_metadata(target) {
         Ok(md) if md.file_type().is_symlink() => {
             return Err(ChildError::new(
-                "create mount point",
+                SetupStep::CreateMountPoint,
                 format!("{} is a symlink", target.display()),
             ))
         }
@@ -237,7 +247,7 @@ pub fn setup_rootfs(spec: &NativeSpec, trees: &[Option<DetachedTree>]) -> Result
         MsFlags::MS_REC | MsFlags::MS_PRIVATE,
         None::<&str>,
     )
-    .map_err(step("make mounts private", root))?;
+    .map_err(step(SetupStep::MakeMountsPrivate, root))?;
     let root_dir = match &spec.root_layout {
         RootfsLayout::Skeleton => {
             mount(
@@ -247,7 +257,7 @@ pub fn setup_rootfs(spec: &NativeSpec, trees: &[Option<DetachedTree>]) -> Result
                 MsFlags::MS_BIND | MsFlags::MS_REC,
                 None::<&str>,
             )
-            .map_err(step("bind rootfs", &spec.rootfs))?;
+            .map_err(step(SetupStep::BindRootfs, &spec.rootfs))?;
             spec.rootfs.clone()
         }
         RootfsLayout::InMemory { links } => {
@@ -281,7 +291,7 @@ pub fn setup_rootfs(spec: &NativeSpec, trees: &[Option<DetachedTree>]) -> Result
             root,
             MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         )
-        .map_err(step("remount root read-only", root))?;
+        .map_err(step(SetupStep::RemountRootReadOnly, root))?;
     }
     Ok(())
 }
@@ -296,16 +306,22 @@ fn build_memory_root(rootfs: &Path, links: &[(PathBuf, PathBuf)]) -> Result<(), 
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some("mode=0755,size=1m"),
     )
-    .map_err(step("mount in-memory root", rootfs))?;
+    .map_err(step(SetupStep::MountInMemoryRoot, rootfs))?;
     for (link, target) in links {
         let path = inside(rootfs, link);
         if let Some(parent) = path.parent() {
             fs::create_dir_all(parent).map_err(|e| {
-                ChildError::new("create root links", format!("{}: {e}", parent.display()))
+                ChildError::new(
+                    SetupStep::CreateRootLinks,
+                    format!("{}: {e}", parent.display()),
+                )
             })?;
         }
         std::os::unix::fs::symlink(target, &path).map_err(|e| {
-            ChildError::new("create root links", format!("{}: {e}", path.display()))
+            ChildError::new(
+                SetupStep::CreateRootLinks,
+                format!("{}: {e}", path.display()),
+            )
         })?;
     }
     Ok(())
@@ -325,17 +341,17 @@ fn build_overlay_root(
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some("mode=0755"),
     )
-    .map_err(step("mount overlay scratch", rootfs))?;
+    .map_err(step(SetupStep::MountOverlayScratch, rootfs))?;
     for d in ["upper", "work", "merged"] {
         fs::create_dir(rootfs.join(d))
-            .map_err(|e| ChildError::new("mount overlay root", format!("{d}: {e}")))?;
+            .map_err(|e| ChildError::new(SetupStep::MountOverlayRoot, format!("{d}: {e}")))?;
     }
     // A kept layer lives in a host directory prepared for the sandbox's root; its
     // `upper` and `work` are named by descriptor, never by a name its owner could swap.
     let kept = keep
         .map(|k| crate::hostpath::KeptLayer::open(k, None))
         .transpose()
-        .map_err(|e| ChildError::new("mount overlay root", e.to_string()))?;
+        .map_err(|e| ChildError::new(SetupStep::MountOverlayRoot, e.to_string()))?;
     let layer = match &kept {
         Some(kept) => kept.overlay_options(),
         None => format!(
@@ -354,7 +370,7 @@ fn build_overlay_root(
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some(options.as_str()),
     )
-    .map_err(step("mount overlay root", &merged))?;
+    .map_err(step(SetupStep::MountOverlayRoot, &merged))?;
     Ok(merged)
 }
 
@@ -363,9 +379,10 @@ fn attach(rootfs: &Path, m: &MountSpec, tree: Option<&DetachedTree>) -> Result<(
     match (&m.kind, tree) {
         (MountKind::Bind { .. }, Some(tree)) => {
             ensure_mount_point(&target, tree.is_dir)?;
-            let t = cstring(&target);
+            let t = cstring(&target, &m.destination)
+                .map_err(|e| ChildError::new(SetupStep::AttachBindMount, e.to_string()))?;
             if let Err(errno) = move_tree(&tree.fd, &t) {
-                return Err(step("attach bind mount", &target)(errno));
+                return Err(step(SetupStep::AttachBindMount, &target)(errno));
             }
             Ok(())
         }
@@ -384,14 +401,14 @@ fn attach(rootfs: &Path, m: &MountSpec, tree: Option<&DetachedTree>) -> Result<(
                 MsFlags::MS_BIND | rec,
                 None::<&str>,
             )
-            .map_err(step("bind mount", &target))?;
+            .map_err(step(SetupStep::BindMount, &target))?;
             let wanted = m.flags
                 & (MsFlags::MS_RDONLY
                     | MsFlags::MS_NOSUID
                     | MsFlags::MS_NODEV
                     | MsFlags::MS_NOEXEC);
             if !wanted.is_empty() {
-                remount_bind(&target, wanted).map_err(step("bind mount", &target))?;
+                remount_bind(&target, wanted).map_err(step(SetupStep::BindMount, &target))?;
             }
             Ok(())
         }
@@ -405,7 +422,7 @@ fn attach(rootfs: &Path, m: &MountSpec, tree: Option<&DetachedTree>) -> Result<(
                 m.flags,
                 data,
             )
-            .map_err(step("mount filesystem", &target))
+            .map_err(step(SetupStep::MountFilesystem, &target))
         }
     }
 }
@@ -426,7 +443,10 @@ fn make_dev_links(rootfs: &Path) -> Result<(), ChildError> {
             continue;
         }
         std::os::unix::fs::symlink(target, &path).map_err(|e| {
-            ChildError::new("create /dev links", format!("{}: {e}", path.display()))
+            ChildError::new(
+                SetupStep::CreateDevLinks,
+                format!("{}: {e}", path.display()),
+            )
         })?;
     }
     Ok(())
@@ -446,7 +466,7 @@ fn mask_path(rootfs: &Path, path: &Path) -> Result<(), ChildError> {
             MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
             Some("size=0,mode=0555"),
         )
-        .map_err(step("mask path", &target))
+        .map_err(step(SetupStep::MaskPath, &target))
     } else {
         let null = rootfs.join("dev/null");
         mount(
@@ -456,7 +476,7 @@ fn mask_path(rootfs: &Path, path: &Path) -> Result<(), ChildError> {
             MsFlags::MS_BIND,
             None::<&str>,
         )
-        .map_err(step("mask path", &target))
+        .map_err(step(SetupStep::MaskPath, &target))
     }
 }
 
@@ -472,12 +492,12 @@ fn readonly_path(rootfs: &Path, path: &Path) -> Result<(), ChildError> {
         MsFlags::MS_BIND | MsFlags::MS_REC,
         None::<&str>,
     )
-    .map_err(step("read-only path", &target))?;
+    .map_err(step(SetupStep::ReadOnlyPath, &target))?;
     remount_bind(
         &target,
         MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
     )
-    .map_err(step("read-only path", &target))
+    .map_err(step(SetupStep::ReadOnlyPath, &target))
 }
 
 /// Remounts a bind mount adding `extra` (read-only, nosuid, ...), keeping the flags it
@@ -505,8 +525,8 @@ fn remount_bind(target: &Path, extra: MsFlags) -> nix::Result<()> {
 /// `pivot_root(".", ".")` then detach the old root: nothing of the host's tree stays
 /// reachable from the sandbox.
 fn pivot_into(rootfs: &Path) -> Result<(), ChildError> {
-    chdir(rootfs).map_err(step("pivot_root", rootfs))?;
-    pivot_root(".", ".").map_err(step("pivot_root", rootfs))?;
-    umount2(".", MntFlags::MNT_DETACH).map_err(step("detach old root", Path::new("/")))?;
-    chdir("/").map_err(step("pivot_root", Path::new("/")))
+    chdir(rootfs).map_err(step(SetupStep::PivotRoot, rootfs))?;
+    pivot_root(".", ".").map_err(step(SetupStep::PivotRoot, rootfs))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(step(SetupStep::DetachOldRoot, Path::new("/")))?;
+    chdir("/").map_err(step(SetupStep::PivotRoot, Path::new("/")))
 }

@@ -5,6 +5,7 @@
 use covenant_policy::annotations::{self, IdmapMount, LandlockPolicy};
 use covenant_policy::Degradation;
 use nix::mount::MsFlags;
+use nix::sys::resource::Resource;
 use oci_spec::runtime::{LinuxNamespaceType, LinuxSeccomp, Spec};
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
@@ -85,7 +86,7 @@ pub struct NativeSpec {
     pub uid: u32,
     pub gid: u32,
     pub additional_gids: Vec<u32>,
-    pub rlimits: Vec<(libc::__rlimit_resource_t, u64, u64, &'static str)>,
+    pub rlimits: Vec<(Resource, u64, u64, &'static str)>,
     pub namespaces: Vec<Namespace>,
     pub uid_map: IdRange,
     pub gid_map: IdRange,
@@ -462,23 +463,23 @@ fn add_default_devices(mounts: &mut Vec<MountSpec>) {
     mounts.splice(dev + 1..dev + 1, devices);
 }
 
-fn rlimit_resource(debug_name: &str) -> Option<(libc::__rlimit_resource_t, &'static str)> {
+fn rlimit_resource(debug_name: &str) -> Option<(Resource, &'static str)> {
     Some(match debug_name {
-        "RlimitCore" => (libc::RLIMIT_CORE, "core"),
-        "RlimitNofile" => (libc::RLIMIT_NOFILE, "nofile"),
-        "RlimitNproc" => (libc::RLIMIT_NPROC, "nproc"),
-        "RlimitFsize" => (libc::RLIMIT_FSIZE, "fsize"),
-        "RlimitStack" => (libc::RLIMIT_STACK, "stack"),
-        "RlimitAs" => (libc::RLIMIT_AS, "as"),
-        "RlimitCpu" => (libc::RLIMIT_CPU, "cpu"),
-        "RlimitMemlock" => (libc::RLIMIT_MEMLOCK, "memlock"),
-        "RlimitData" => (libc::RLIMIT_DATA, "data"),
-        "RlimitMsgqueue" => (libc::RLIMIT_MSGQUEUE, "msgqueue"),
-        "RlimitNice" => (libc::RLIMIT_NICE, "nice"),
-        "RlimitRtprio" => (libc::RLIMIT_RTPRIO, "rtprio"),
-        "RlimitSigpending" => (libc::RLIMIT_SIGPENDING, "sigpending"),
-        "RlimitRss" => (libc::RLIMIT_RSS, "rss"),
-        "RlimitLocks" => (libc::RLIMIT_LOCKS, "locks"),
+        "RlimitCore" => (Resource::RLIMIT_CORE, "core"),
+        "RlimitNofile" => (Resource::RLIMIT_NOFILE, "nofile"),
+        "RlimitNproc" => (Resource::RLIMIT_NPROC, "nproc"),
+        "RlimitFsize" => (Resource::RLIMIT_FSIZE, "fsize"),
+        "RlimitStack" => (Resource::RLIMIT_STACK, "stack"),
+        "RlimitAs" => (Resource::RLIMIT_AS, "as"),
+        "RlimitCpu" => (Resource::RLIMIT_CPU, "cpu"),
+        "RlimitMemlock" => (Resource::RLIMIT_MEMLOCK, "memlock"),
+        "RlimitData" => (Resource::RLIMIT_DATA, "data"),
+        "RlimitMsgqueue" => (Resource::RLIMIT_MSGQUEUE, "msgqueue"),
+        "RlimitNice" => (Resource::RLIMIT_NICE, "nice"),
+        "RlimitRtprio" => (Resource::RLIMIT_RTPRIO, "rtprio"),
+        "RlimitSigpending" => (Resource::RLIMIT_SIGPENDING, "sigpending"),
+        "RlimitRss" => (Resource::RLIMIT_RSS, "rss"),
+        "RlimitLocks" => (Resource::RLIMIT_LOCKS, "locks"),
         _ => return None,
     })
 }
