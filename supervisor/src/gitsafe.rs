@@ -647,6 +647,15 @@ fn lexical(path: &Path) -> PathBuf {
     out
 }
 
+/// Where the symlink `name` under `parent` points, for a finding; a link that cannot be
+/// read is still reported, with why its target is unknown.
+fn link_target(parent: BorrowedFd<'_>, name: &OsStr) -> String {
+    match fsat::readlink_at(parent, name) {
+        Ok(to) => to.display().to_string(),
+        Err(e) => format!("an unreadable target ({e})"),
+    }
+}
+
 /// The path in a `.git` file (`gitdir: PATH`), as git's `read_gitfile_gently` reads it.
 fn gitfile_path(content: &[u8]) -> Option<PathBuf> {
     let rest = content.strip_prefix(b"gitdir: ")?;
@@ -889,6 +898,8 @@ impl Guarding<'_> {
                 path: host_f.clone(),
                 source,
             })?
+            // Gone since the walk saw it: nothing points anywhere, and the path is
+            // mounted read-only above either way.
             .unwrap_or_default();
         let Some(pointed) = gitfile_path(&content) else {
             return Ok(());
@@ -1047,11 +1058,8 @@ impl Checking<'_> {
         match fsat::stat_at(g, hooks).map(|s| s.map(|s| Kind::of_mode(s.st_mode))) {
             Ok(Some(Kind::Dir)) => {}
             Ok(Some(Kind::Symlink)) => {
-                let to = fsat::readlink_at(g, hooks).unwrap_or_default();
-                self.found(
-                    repo,
-                    format!("{prefix}hooks is a symlink to {}", to.display()),
-                );
+                let to = link_target(g, hooks);
+                self.found(repo, format!("{prefix}hooks is a symlink to {to}"));
                 return;
             }
             Ok(_) => return,
@@ -1093,11 +1101,8 @@ impl Checking<'_> {
         match fsat::stat_at(g, os) {
             Ok(None) => return,
             Ok(Some(st)) if Kind::of_mode(st.st_mode) == Kind::Symlink => {
-                let to = fsat::readlink_at(g, os).unwrap_or_default();
-                self.found(
-                    repo,
-                    format!("{prefix}{name} is a symlink to {}", to.display()),
-                );
+                let to = link_target(g, os);
+                self.found(repo, format!("{prefix}{name} is a symlink to {to}"));
                 return;
             }
             _ => {}
@@ -1140,6 +1145,7 @@ impl Visitor for Checking<'_> {
                 let file = self.host.join(rel);
                 let dir = file.parent().unwrap_or(self.host).to_path_buf();
                 let content = match fsat::read_small(parent, OsStr::new(".git"), POINTER_CAP) {
+                    // Gone since the walk saw it: there is no pointer to follow.
                     Ok(content) => content.unwrap_or_default(),
                     Err(e) => {
                         self.found(&file, format!("`.git` file not checked: {e}"));
@@ -1158,11 +1164,8 @@ impl Visitor for Checking<'_> {
                 }
             }
             Seen::Symlink { rel, parent } => {
-                let to = fsat::readlink_at(parent, OsStr::new(".git")).unwrap_or_default();
-                self.found(
-                    &self.host.join(rel),
-                    format!("`.git` is a symlink to {}", to.display()),
-                );
+                let to = link_target(parent, OsStr::new(".git"));
+                self.found(&self.host.join(rel), format!("`.git` is a symlink to {to}"));
             }
         }
         Ok(())
