@@ -40,8 +40,10 @@ pub fn new_job_id() -> String {
 
 /// The id map for this caller: a subordinate range as root, the caller alone otherwise.
 pub fn identity_map() -> IdentityMap {
-    // SAFETY: getters without failure modes.
-    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let (uid, gid) = (
+        nix::unistd::geteuid().as_raw(),
+        nix::unistd::getegid().as_raw(),
+    );
     if uid != 0 {
         return IdentityMap::rootless(uid, gid);
     }

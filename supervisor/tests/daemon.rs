@@ -1578,18 +1578,20 @@ const ADMIN: As = As {
 fn command_as(who: As, program: &str) -> Command {
     use std::os::unix::process::CommandExt;
     let mut cmd = Command::new(program);
-    // SAFETY: only async-signal-safe calls (setgroups, setgid, setuid) before exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setgroups(who.groups.len(), who.groups.as_ptr()) != 0
-                || libc::setgid(who.gid) != 0
-                || libc::setuid(who.uid) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    // Built before the fork: the hook allocates nothing.
+    let groups: Vec<nix::unistd::Gid> = who
+        .groups
+        .iter()
+        .map(|&g| nix::unistd::Gid::from_raw(g))
+        .collect();
+    let drop_to = move || -> std::io::Result<()> {
+        nix::unistd::setgroups(&groups)?;
+        nix::unistd::setgid(nix::unistd::Gid::from_raw(who.gid))?;
+        nix::unistd::setuid(nix::unistd::Uid::from_raw(who.uid))?;
+        Ok(())
+    };
+    // SAFETY: the hook only makes async-signal-safe calls (setgroups, setgid, setuid).
+    unsafe { cmd.pre_exec(drop_to) };
     cmd
 }
 

@@ -20,37 +20,39 @@ fn open_pty() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
         )
     };
     assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
-    // SAFETY: both descriptors are new and owned here.
-    unsafe {
-        (
-            std::os::fd::OwnedFd::from_raw_fd(controller),
-            std::os::fd::OwnedFd::from_raw_fd(terminal),
-        )
-    }
+    // SAFETY: the descriptor is new and owned here.
+    let controller = unsafe { std::os::fd::OwnedFd::from_raw_fd(controller) };
+    // SAFETY: the descriptor is new and owned here.
+    let terminal = unsafe { std::os::fd::OwnedFd::from_raw_fd(terminal) };
+    (controller, terminal)
 }
 
 /// What a terminal's settings are: modes, line discipline and size.
 fn terminal_state(fd: &std::os::fd::OwnedFd) -> (String, i32, (u16, u16)) {
     use std::os::fd::AsRawFd;
-    // SAFETY: reads into zeroed structures of the kernel's layout from an open terminal.
-    unsafe {
-        let mut t: libc::termios = std::mem::zeroed();
-        assert_eq!(
-            libc::tcgetattr(fd.as_raw_fd(), &mut t),
-            0,
-            "tcgetattr: {}",
-            std::io::Error::last_os_error()
-        );
-        let mut ldisc: libc::c_int = -1;
-        assert_eq!(libc::ioctl(fd.as_raw_fd(), libc::TIOCGETD, &mut ldisc), 0);
-        let mut size: libc::winsize = std::mem::zeroed();
-        assert_eq!(libc::ioctl(fd.as_raw_fd(), libc::TIOCGWINSZ, &mut size), 0);
-        let modes = format!(
-            "{:x} {:x} {:x} {:x} {:?}",
-            t.c_iflag, t.c_oflag, t.c_cflag, t.c_lflag, t.c_cc
-        );
-        (modes, ldisc, (size.ws_row, size.ws_col))
-    }
+    // SAFETY: termios is plain data; all-zero is a valid value.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: tcgetattr fills the termios passed, which outlives the call.
+    let rc = unsafe { libc::tcgetattr(fd.as_raw_fd(), &mut t) };
+    assert_eq!(rc, 0, "tcgetattr: {}", std::io::Error::last_os_error());
+    let mut ldisc: libc::c_int = -1;
+    // SAFETY: TIOCGETD writes one int, which outlives the call.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGETD, &mut ldisc) };
+    assert_eq!(rc, 0);
+    let mut size = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ fills the winsize passed, which outlives the call.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGWINSZ, &mut size) };
+    assert_eq!(rc, 0);
+    let modes = format!(
+        "{:x} {:x} {:x} {:x} {:?}",
+        t.c_iflag, t.c_oflag, t.c_cflag, t.c_lflag, t.c_cc
+    );
+    (modes, ldisc, (size.ws_row, size.ws_col))
 }
 
 #[test]
