@@ -541,6 +541,7 @@ impl ImageStore {
         ids: IdShift,
         progress: &mut dyn FnMut(&str),
     ) -> Result<ImageRecord> {
+        // Missing diff_ids count as none, which the check below refuses for any layer.
         let diff_ids: Vec<String> = config["rootfs"]["diff_ids"]
             .as_array()
             .map(|a| {

@@ -203,6 +203,7 @@ pub fn widening(parent: &[Scope], child: &[Scope]) -> Option<String> {
     }
     for kind in Resource::ALL {
         if let (Some(limit), None) = (ceiling(parent, kind), ceiling(child, kind)) {
+            // The ceiling is read from one of the parent's scopes, so it is always found.
             let example = parent
                 .iter()
                 .find(|s| matches!(s, Scope::Res(k, v) if *k == kind && *v == limit));

@@ -407,6 +407,8 @@ impl RunCgroup {
         let mut result = Ok(());
         for dir in std::mem::take(&mut self.dirs) {
             loop {
+                // Unreadable (the directory is already gone) means nothing to kill; a
+                // cgroup still populated is caught below, when it cannot be removed.
                 for pid in fs::read_to_string(dir.join("cgroup.procs"))
                     .unwrap_or_default()
                     .lines()

@@ -224,6 +224,7 @@ impl NativeRunner {
         })();
         let _ = old_mask.thread_set_mask();
         let (supervised, status) = result?;
+        // Without a cgroup (rootless, no limits) nothing was measured.
         let usage = cgroup.as_ref().map(|cg| cg.usage()).unwrap_or_default();
         let cgroup_version = cgroup.as_ref().map(|cg| cg.version());
         if let Some(cg) = cgroup.as_mut() {

@@ -125,6 +125,7 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<CompiledSeccomp, SeccompError> 
         if i > 0 && rules.is_empty() {
             continue;
         }
+        // `None` is an unconditional rule, which seccompiler spells as no conditions.
         let rules: BTreeMap<i64, Vec<SeccompRule>> = rules
             .into_iter()
             .map(|(nr, r)| (nr, r.unwrap_or_default()))
