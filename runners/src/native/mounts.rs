@@ -9,6 +9,7 @@ use super::spec::{MountKind, MountSpec, NativeSpec};
 use super::step::{ChildError, SetupStep};
 use covenant_policy::annotations::RootfsLayout;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::stat::SFlag;
 use nix::unistd::{chdir, pivot_root};
 use std::ffi::CString;
 use std::fs;
@@ -130,7 +131,13 @@ pub fn clone_host_tree(m: &MountSpec, idmap: Option<&OwnedFd>) -> Result<Detache
             errno: nix::errno::Errno::last(),
         });
     }
-    let is_dir = fs::metadata(source).map(|md| md.is_dir()).unwrap_or(true);
+    // The tree's own root, not whatever the path names by now, decides the mount point.
+    let st = nix::sys::stat::fstat(fd.as_raw_fd()).map_err(|errno| MountError::OpenTree {
+        destination: m.destination.clone(),
+        source_path: source.clone(),
+        errno,
+    })?;
+    let is_dir = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR;
     Ok(DetachedTree { fd, is_dir })
 }
 
