@@ -7,33 +7,16 @@
 
 use super::spec::{MountKind, MountSpec, NativeSpec};
 use super::step::{ChildError, SetupStep};
+use crate::mount_api::{self, move_tree};
 use covenant_policy::annotations::RootfsLayout;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::stat::SFlag;
 use nix::unistd::{chdir, pivot_root};
 use std::ffi::CString;
 use std::fs;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-
-const OPEN_TREE_CLONE: libc::c_uint = 1;
-const AT_RECURSIVE: libc::c_uint = 0x8000;
-const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
-const MOUNT_ATTR_RDONLY: u64 = 0x1;
-const MOUNT_ATTR_NOSUID: u64 = 0x2;
-const MOUNT_ATTR_NODEV: u64 = 0x4;
-const MOUNT_ATTR_NOEXEC: u64 = 0x8;
-const MOUNT_ATTR_IDMAP: u64 = 0x10_0000;
-
-/// `struct mount_attr` of `mount_setattr(2)`.
-#[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
@@ -76,61 +59,30 @@ pub fn clone_host_tree(m: &MountSpec, idmap: Option<&OwnedFd>) -> Result<Detache
         unreachable!("only bind mounts are cloned")
     };
     let path = cstring(source, &m.destination)?;
-    let flags = OPEN_TREE_CLONE
-        | libc::O_CLOEXEC as libc::c_uint
-        | if *recursive { AT_RECURSIVE } else { 0 };
-    // SAFETY: open_tree reads a NUL-terminated path and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path.as_ptr(), flags) };
-    if fd < 0 {
-        return Err(MountError::OpenTree {
+    let fd =
+        mount_api::open_tree(None, &path, *recursive).map_err(|errno| MountError::OpenTree {
             destination: m.destination.clone(),
             source_path: source.clone(),
-            errno: nix::errno::Errno::last(),
-        });
-    }
-    // SAFETY: fd was just returned by open_tree and is owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+            errno,
+        })?;
     let mut set = 0;
     for (flag, attr) in [
-        (MsFlags::MS_RDONLY, MOUNT_ATTR_RDONLY),
-        (MsFlags::MS_NOSUID, MOUNT_ATTR_NOSUID),
-        (MsFlags::MS_NODEV, MOUNT_ATTR_NODEV),
-        (MsFlags::MS_NOEXEC, MOUNT_ATTR_NOEXEC),
+        (MsFlags::MS_RDONLY, mount_api::ATTR_RDONLY),
+        (MsFlags::MS_NOSUID, mount_api::ATTR_NOSUID),
+        (MsFlags::MS_NODEV, mount_api::ATTR_NODEV),
+        (MsFlags::MS_NOEXEC, mount_api::ATTR_NOEXEC),
     ] {
         if m.flags.contains(flag) {
             set |= attr;
         }
     }
-    let mut attr = MountAttr {
-        attr_set: set,
-        attr_clr: 0,
-        propagation: libc::MS_PRIVATE,
-        userns_fd: 0,
-    };
-    if let Some(ns) = idmap {
-        attr.attr_set |= MOUNT_ATTR_IDMAP;
-        attr.userns_fd = ns.as_raw_fd() as u64;
-    }
-    let at_flags = libc::AT_EMPTY_PATH as libc::c_uint | if *recursive { AT_RECURSIVE } else { 0 };
-    let empty = c"";
-    // SAFETY: attr is a valid mount_attr of the size passed; the path is an empty C string.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            fd.as_raw_fd(),
-            empty.as_ptr(),
-            at_flags,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    if rc < 0 {
-        return Err(MountError::SetAttr {
+    mount_api::set_attributes(&fd, set, idmap, *recursive).map_err(|errno| {
+        MountError::SetAttr {
             destination: m.destination.clone(),
             idmap: if idmap.is_some() { " (idmapped)" } else { "" },
-            errno: nix::errno::Errno::last(),
-        });
-    }
+            errno,
+        }
+    })?;
     // The tree's own root, not whatever the path names by now, decides the mount point.
     let st = nix::sys::stat::fstat(fd.as_raw_fd()).map_err(|errno| MountError::OpenTree {
         destination: m.destination.clone(),
@@ -163,45 +115,6 @@ pub(crate) fn attach_idmapped(
         idmap: " (attach)",
         errno,
     })
-}
-
-/// Clones the object `fd` refers to (a descriptor from `openat2`, `O_PATH` will do) into a
-/// detached mount tree, with its submounts when `recursive`: the tree is that object,
-/// whatever its path names by now.
-pub(crate) fn clone_fd_tree(fd: &OwnedFd, recursive: bool) -> Result<OwnedFd, nix::errno::Errno> {
-    let empty = c"";
-    let flags = OPEN_TREE_CLONE
-        | libc::O_CLOEXEC as libc::c_uint
-        | libc::AT_EMPTY_PATH as libc::c_uint
-        | if recursive { AT_RECURSIVE } else { 0 };
-    // SAFETY: open_tree reads an empty C string relative to a valid descriptor and
-    // returns a new descriptor or -1.
-    let tree = unsafe { libc::syscall(libc::SYS_open_tree, fd.as_raw_fd(), empty.as_ptr(), flags) };
-    if tree < 0 {
-        return Err(nix::errno::Errno::last());
-    }
-    // SAFETY: tree was just returned by open_tree and is owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(tree as RawFd) })
-}
-
-/// Attaches a detached tree at the C path `target`.
-pub(crate) fn move_tree(tree: &OwnedFd, target: &CString) -> Result<(), nix::errno::Errno> {
-    let empty = c"";
-    // SAFETY: both paths are valid C strings; the tree fd is a detached mount.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_move_mount,
-            tree.as_raw_fd(),
-            empty.as_ptr(),
-            libc::AT_FDCWD,
-            target.as_ptr(),
-            MOVE_MOUNT_F_EMPTY_PATH,
-        )
-    };
-    if rc < 0 {
-        return Err(nix::errno::Errno::last());
-    }
-    Ok(())
 }
 
 fn step<'a>(
