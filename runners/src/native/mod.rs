@@ -31,8 +31,8 @@ use self::landlock::LandlockError;
 use self::mounts::{DetachedTree, MountError};
 use self::seccomp::{CompiledSeccomp, SeccompError};
 use self::spec::{MountKind, NativeSpec, SpecError};
+use crate::outcome::{ExitKind, RunOutcome, StartInfo};
 use crate::supervise::{forwarded_signals, supervise, Supervised};
-use crate::{ExitKind, RunOutcome, Runner, RunnerError, StartInfo};
 use covenant_policy::Degradation;
 use nix::sys::signal::{kill, SigHandler, SigSet, Signal};
 use nix::sys::wait::waitpid;
@@ -101,25 +101,6 @@ impl Default for NativeRunner {
     }
 }
 
-impl Runner for NativeRunner {
-    fn name(&self) -> String {
-        "native".into()
-    }
-
-    fn portable_bundle(&self) -> bool {
-        false
-    }
-
-    fn run(
-        &self,
-        bundle: &Path,
-        on_start: &mut dyn FnMut(&StartInfo),
-    ) -> std::result::Result<RunOutcome, RunnerError> {
-        let spec = NativeSpec::load(bundle)?;
-        Ok(self.run_spec(&spec, on_start)?)
-    }
-}
-
 /// Everything prepared in the parent before the clone, so the start path after it is short.
 struct Prepared {
     /// The directory holding the rootfs, entered by the child while it still has the
@@ -139,7 +120,7 @@ impl Prepared {
 }
 
 impl NativeRunner {
-    fn run_spec(
+    pub fn run_spec(
         &self,
         spec: &NativeSpec,
         on_start: &mut dyn FnMut(&StartInfo),
