@@ -14,8 +14,7 @@ pub fn covenant_home() -> PathBuf {
     if let Some(home) = std::env::var_os("COVENANT_HOME").filter(|h| !h.is_empty()) {
         return PathBuf::from(home);
     }
-    // SAFETY: geteuid has no failure mode and no memory effects.
-    if unsafe { libc::geteuid() } == 0 {
+    if nix::unistd::geteuid().is_root() {
         return PathBuf::from("/var/lib/covenant");
     }
     std::env::var_os("HOME")

@@ -202,8 +202,7 @@ pub fn run_request(
         Ok(())
     };
     let mut audit = RunAudit::new(&job, opening, &mut sink);
-    // SAFETY: getuid has no failure mode.
-    let uid = unsafe { libc::getuid() };
+    let uid = nix::unistd::getuid().as_raw();
     audit.push(
         Kind::RunIntent,
         serde_json::json!({
@@ -370,8 +369,7 @@ pub fn run_bundle(dir: &Path, settings: &RunSettings) -> Result<RunReport, RunEr
         Ok(())
     };
     let mut audit = RunAudit::new(&new_job_id(), opening, &mut sink);
-    // SAFETY: getuid has no failure mode.
-    let uid = unsafe { libc::getuid() };
+    let uid = nix::unistd::getuid().as_raw();
     audit.push(
         Kind::RunIntent,
         serde_json::json!({"uid": uid, "pid": std::process::id(), "bundle": dir}),

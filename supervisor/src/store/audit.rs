@@ -447,10 +447,9 @@ fn record_head(path: &Path, seq: u64, hash: &[u8; 32]) -> Result<()> {
         .mode(0o600)
         .open(&lock_path)
         .map_err(io)?;
-    // SAFETY: flock on an owned descriptor; released when `lock` is dropped.
-    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) } != 0 {
-        return Err(io(std::io::Error::last_os_error()));
-    }
+    // Held until `_held` is dropped at the end of this function.
+    let _held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, errno)| io(errno.into()))?;
     if read_head(path)?.is_some_and(|(s, _)| s >= seq) {
         return Ok(());
     }
@@ -518,8 +517,12 @@ fn process_started_ms(pid: u32) -> Option<i64> {
         .trim()
         .parse()
         .ok()?;
-    // SAFETY: sysconf has no memory effects.
-    let hz = i64::from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as i32).max(1);
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        // USER_HZ, 100 on every Linux, should sysconf not say.
+        .unwrap_or(100)
+        .max(1);
     Some(boot * 1000 + ticks * 1000 / hz)
 }
 
@@ -684,8 +687,7 @@ impl Store {
 pub fn record(kind: Kind, body: serde_json::Value) -> Result<u64> {
     let mut store = Store::open_default()?;
     let mut body = body;
-    // SAFETY: getuid has no failure mode.
-    body["uid"] = serde_json::Value::from(unsafe { libc::getuid() });
+    body["uid"] = serde_json::Value::from(nix::unistd::getuid().as_raw());
     store.append(&AuditEvent::new(kind, body))
 }
 
