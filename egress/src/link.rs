@@ -1,0 +1,115 @@
+//! The sandbox's side of the link: the TUN device the gateway reads, created and addressed
+//! in the calling thread's network namespace (the caller enters the sandbox's namespace
+//! first, on a thread of its own). The namespace gets `lo` up, the device with
+//! [`SANDBOX_ADDR`], a default route via [`GATEWAY_ADDR`] and nothing else: no IPv6 route,
+//! so IPv6 has no way out (an IPv6 packet on the link itself reaches the gateway, which
+//! drops it), and the device disappears with the gateway's descriptor.
+
+use covenant_policy::egress::{GATEWAY_ADDR, LINK_PREFIX, SANDBOX_ADDR};
+use std::ffi::CStr;
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+/// The device's name inside the sandbox.
+pub const DEVICE: &CStr = c"egress0";
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+
+fn check(what: &'static str, rc: libc::c_int) -> io::Result<()> {
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(e.kind(), format!("{what}: {e}")));
+    }
+    Ok(())
+}
+
+fn ifreq(name: &CStr) -> libc::ifreq {
+    // SAFETY: ifreq is plain data; zeroed is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.to_bytes_with_nul()) {
+        *dst = *src as libc::c_char;
+    }
+    req
+}
+
+fn sockaddr(ip: Ipv4Addr) -> libc::sockaddr {
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: sockaddr_in and sockaddr have the same size; the kernel reads it by family.
+    unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
+}
+
+fn set_up(sock: &OwnedFd, name: &CStr) -> io::Result<()> {
+    let mut req = ifreq(name);
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the ifreq passed.
+    unsafe {
+        check(
+            "SIOCGIFFLAGS",
+            libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req),
+        )?;
+        req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        check(
+            "SIOCSIFFLAGS",
+            libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req),
+        )
+    }
+}
+
+/// Creates the device in the current thread's network namespace and returns its
+/// descriptor (close-on-exec), with the namespace's addresses and route set.
+pub fn create_link() -> io::Result<OwnedFd> {
+    // SAFETY: open of a NUL-terminated literal path.
+    let fd = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+    check("open /dev/net/tun", fd)?;
+    // SAFETY: fd is a fresh descriptor owned here.
+    let tun = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut req = ifreq(DEVICE);
+    req.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short;
+    // SAFETY: TUNSETIFF reads the ifreq passed.
+    check("TUNSETIFF", unsafe {
+        libc::ioctl(tun.as_raw_fd(), TUNSETIFF, &req)
+    })?;
+
+    // SAFETY: socket returns a new descriptor or -1.
+    let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    check("socket", s)?;
+    // SAFETY: s is a fresh descriptor owned here.
+    let sock = unsafe { OwnedFd::from_raw_fd(s) };
+    let mask = Ipv4Addr::from(u32::MAX << (32 - LINK_PREFIX as u32));
+    for (what, op, ip) in [
+        ("SIOCSIFADDR", libc::SIOCSIFADDR, SANDBOX_ADDR),
+        ("SIOCSIFNETMASK", libc::SIOCSIFNETMASK, mask),
+    ] {
+        let mut req = ifreq(DEVICE);
+        req.ifr_ifru.ifru_addr = sockaddr(ip);
+        // SAFETY: the ioctl reads the ifreq passed.
+        check(what, unsafe { libc::ioctl(sock.as_raw_fd(), op, &req) })?;
+    }
+    let mut req = ifreq(DEVICE);
+    req.ifr_ifru.ifru_mtu = 1500;
+    // SAFETY: SIOCSIFMTU reads the ifreq passed.
+    check("SIOCSIFMTU", unsafe {
+        libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFMTU, &req)
+    })?;
+    set_up(&sock, DEVICE)?;
+    set_up(&sock, c"lo")?;
+
+    // SAFETY: rtentry is plain data; zeroed is a valid value.
+    let mut route: libc::rtentry = unsafe { std::mem::zeroed() };
+    route.rt_dst = sockaddr(Ipv4Addr::UNSPECIFIED);
+    route.rt_genmask = sockaddr(Ipv4Addr::UNSPECIFIED);
+    route.rt_gateway = sockaddr(GATEWAY_ADDR);
+    route.rt_flags = libc::RTF_UP | libc::RTF_GATEWAY;
+    route.rt_dev = DEVICE.as_ptr().cast_mut();
+    // SAFETY: SIOCADDRT reads the rtentry and the device name it points at, both alive.
+    check("SIOCADDRT default route", unsafe {
+        libc::ioctl(sock.as_raw_fd(), libc::SIOCADDRT, &route)
+    })?;
+    Ok(tun)
+}
