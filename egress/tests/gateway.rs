@@ -159,7 +159,7 @@ fn query(name: &str) -> Result<Vec<Ipv4Addr>, ResponseCode> {
     m.set_id(4242).set_recursion_desired(true);
     m.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
     sock.send_to(&m.to_vec().unwrap(), (GATEWAY_ADDR, 53))
-        .unwrap();
+        .map_err(|_| ResponseCode::ServFail)?;
     let mut buf = [0u8; 1500];
     let n = sock.recv(&mut buf).map_err(|_| ResponseCode::ServFail)?;
     let r = Message::from_vec(&buf[..n]).unwrap();
@@ -528,4 +528,54 @@ fn when_the_gateway_stops_the_sandbox_has_no_way_out() {
     assert!(after.is_err(), "the device outlived the gateway");
     assert!(tcp.is_err());
     assert_eq!(report.failure, None);
+}
+
+#[test]
+fn a_gateway_whose_link_goes_away_stops_and_says_so() {
+    if !live() {
+        return;
+    }
+    let net = Internet::start(7, &[("api.test", host(7, 10))]);
+    let rules = vec![EgressRule::parse("api.test").unwrap()];
+    let (fd_tx, fd_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let sandbox = std::thread::spawn(move || {
+        // SAFETY: unshare of this thread's network namespace only.
+        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
+        fd_tx
+            .send(covenant_egress::link::create_link().unwrap())
+            .unwrap();
+        go_rx.recv().unwrap();
+        let before = query("api.test.");
+        // A child of this thread runs in its namespace.
+        let deleted = std::process::Command::new("ip")
+            .args(["link", "delete", "egress0"])
+            .status()
+            .map(|s| s.success());
+        std::thread::sleep(Duration::from_millis(300));
+        let after = query("api.test.");
+        (before, deleted, after)
+    });
+    let gateway = Gateway::start(
+        fd_rx.recv().unwrap(),
+        rules,
+        net.settings(),
+        Limits::default(),
+    )
+    .unwrap();
+    go_tx.send(()).unwrap();
+    let (before, deleted, after) = sandbox.join().unwrap();
+    assert!(before.is_ok());
+    assert_eq!(deleted.ok(), Some(true), "ip link delete");
+    assert!(after.is_err());
+    assert!(!gateway.is_running(), "the gateway outlived its device");
+    let report = gateway.stop();
+    assert!(
+        report
+            .failure
+            .as_deref()
+            .is_some_and(|f| f.contains("mid-run")),
+        "{:?}",
+        report.failure
+    );
 }

@@ -329,6 +329,14 @@ impl OciRunner {
             .cloned();
         let network = match net_mode.as_deref() {
             Some("host") => "host",
+            Some("egress") => {
+                // The gateway's link is prepared by the native runner in the namespace it
+                // clones; no external runtime joins such a namespace yet.
+                return Err(self.unenforceable(
+                    "net egress",
+                    "the egress gateway runs only with the native runner; use runner native",
+                ));
+            }
             _ => "none",
         };
         // Fail closed, as the native runner does: no filter or no ruleset, no run.
@@ -1189,6 +1197,7 @@ impl OciRunner {
                 cgroup_version: cgroup.map(|(v, _)| v),
                 degradations_applied: d.degradations.clone(),
                 signals_forwarded: supervised.forwarded.clone(),
+                egress: None,
             })
         })();
         let _ = old_mask.thread_set_mask();

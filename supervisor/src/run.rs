@@ -96,6 +96,10 @@ pub struct RunReport {
     /// What in the run's writable paths would make git on the host run code the sandbox
     /// chose: hooks and code-running config of repositories made during the run.
     pub git_findings: Vec<crate::gitsafe::GitFinding>,
+    /// With `net` egress: the gateway's totals, the first refusals, and whether the
+    /// gateway lasted the run (its events are in the audit log).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub egress: Option<covenant_egress::EgressReport>,
 }
 
 impl RunReport {
@@ -134,9 +138,39 @@ impl RunReport {
             authorisation: plan.authorisation.clone(),
             degradations: outcome.degradations_applied.clone(),
             git_findings: Vec::new(),
+            egress: outcome.egress.clone().map(|mut e| {
+                e.events = Vec::new();
+                e
+            }),
         }
     }
 }
+
+/// The gateway's events, in batches of [`EGRESS_BATCH`] per audit event, then its totals.
+/// The audit kinds are the gateway's own (`covenant_egress::events`).
+fn audit_egress(audit: &mut RunAudit<'_>, report: &covenant_egress::EgressReport) {
+    use covenant_egress::events::{EventKind, AUDIT_CONNECT, AUDIT_QUERY, AUDIT_SUMMARY};
+    for (kind, audit_kind) in [
+        (EventKind::Connect, AUDIT_CONNECT),
+        (EventKind::Query, AUDIT_QUERY),
+    ] {
+        let events: Vec<&covenant_egress::EgressEvent> =
+            report.events.iter().filter(|e| e.kind == kind).collect();
+        for batch in events.chunks(EGRESS_BATCH) {
+            audit.push(audit_kind, serde_json::json!({ "events": batch }));
+        }
+    }
+    let mut summary = report.clone();
+    summary.events = Vec::new();
+    summary.refused = Vec::new();
+    audit.push(
+        AUDIT_SUMMARY,
+        serde_json::to_value(&summary).unwrap_or_default(),
+    );
+}
+
+/// Gateway events per audit event.
+const EGRESS_BATCH: usize = 256;
 
 /// The exit status a caller sees: the program's own code, 128+N for signal N, 124 for the
 /// timeout, 137 for an OOM kill.
@@ -512,6 +546,9 @@ fn execute(
             serde_json::json!({"limit": "timeout", "ms": plan.limits.timeout_ms}),
         );
         audit.push("sandbox.killed", serde_json::json!({"reason": "timeout"}));
+    }
+    if let Some(egress) = &outcome.egress {
+        audit_egress(audit, egress);
     }
     audit.push(
         "run.exited",
