@@ -470,7 +470,9 @@ fn a_connection_storm_is_bounded_and_served() {
     assert!(peak <= 1024, "peak {peak}");
     eprintln!("storm: {} (peak {peak})", r[0]);
     assert!(
-        refusal_reasons(&report).iter().any(|r| r == "connection limit reached"),
+        refusal_reasons(&report)
+            .iter()
+            .any(|r| r == "connection limit reached"),
         "1,200 connections and none refused: {report}"
     );
 }
@@ -524,4 +526,119 @@ fn the_sandbox_cannot_take_down_or_reroute_its_link() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("Operation not permitted"));
     assert_eq!(r[3], "ok:HELLO", "{}", explain(&out));
     assert!(report["egress"]["failure"].is_null(), "{report}");
+}
+
+/// `covenantd` beside `covenant-ctl` (the workspace builds both), started on `net`'s home
+/// with the egress settings as flags; killed when dropped.
+struct Covenantd(std::process::Child);
+
+impl Drop for Covenantd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Internet {
+    fn covenantd(&self) -> Option<Covenantd> {
+        let exe = Path::new(env!("CARGO_BIN_EXE_covenant-ctl")).with_file_name("covenantd");
+        if !exe.exists() {
+            let reason = format!("{} is not built (cargo build --workspace)", exe.display());
+            if std::env::var("COVENANT_REQUIRE_LIVE").as_deref() == Ok("1") {
+                panic!("live test cannot run: {reason} (COVENANT_REQUIRE_LIVE=1)");
+            }
+            eprintln!("skipping live test: {reason}");
+            return None;
+        }
+        let home = self.home.path().join("home");
+        let child = Command::new(exe)
+            .arg("--home")
+            .arg(&home)
+            .arg("--egress-resolver")
+            .arg(format!("{}:53", host(self.net, 53)))
+            .arg("--egress-public")
+            .arg(format!("127.77.{}.0/24", self.net))
+            .env_remove("COVENANT_EGRESS_RESOLVER")
+            .env_remove("COVENANT_EGRESS_PUBLIC")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let daemon = Covenantd(child);
+        let socket = home.join("covenantd.sock");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !socket.exists() || std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "covenantd did not answer"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(daemon)
+    }
+}
+
+#[test]
+fn a_daemon_job_gets_its_own_gateway_from_its_shim() {
+    if !live() {
+        return;
+    }
+    let net = Internet::start(
+        108,
+        &[("api.test", host(108, 10)), ("other.test", host(108, 11))],
+    );
+    // The daemon trusts this home's operator key, which signs the client's request.
+    let plan = net.ctl().args(["plan", "--", "true"]).output().unwrap();
+    assert!(plan.status.success(), "{}", explain(&plan));
+    let key = net.home.path().join("home/operator.key");
+    let public = net.ctl().arg("key").arg("pub").arg(&key).output().unwrap();
+    let public = String::from_utf8_lossy(&public.stdout).trim().to_string();
+    let trust = net
+        .ctl()
+        .args(["key", "trust", "--name", "operator", &public])
+        .output()
+        .unwrap();
+    assert!(trust.status.success(), "{}", explain(&trust));
+    let Some(_daemon) = net.covenantd() else {
+        return;
+    };
+    let out = net
+        .ctl()
+        .env(
+            "COVENANT_SOCKET",
+            net.home.path().join("home/covenantd.sock"),
+        )
+        // The daemon's flags decide; the client's environment does not reach the job.
+        .env("COVENANT_EGRESS_RESOLVER", "127.0.0.1:9")
+        .args(["--daemon", "run", "--workspace"])
+        .arg(net.home.path().join("ws"))
+        .args(["--allow-host", "api.test", "--", "sh", "-c"])
+        .arg(
+            "python3 /workspace/probe.py tls api.test 443 api.test; \
+             python3 /workspace/probe.py resolve other.test; \
+             python3 /workspace/probe.py tls api.test 443 other.test",
+        )
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let r = results(&out);
+    assert_eq!(r.len(), 3, "{}", explain(&out));
+    assert_eq!(r[0], "ok:HELLO", "{}", explain(&out));
+    assert!(r[1].starts_with("gaierror"), "{}", r[1]);
+    assert!(r[2].starts_with("err:"), "{}", r[2]);
+    assert_eq!(net.received().len(), 1);
+    // The shim's gateway audited its decisions into the daemon's store.
+    let audit = net
+        .ctl()
+        .env(
+            "COVENANT_SOCKET",
+            net.home.path().join("home/covenantd.sock"),
+        )
+        .args(["--embedded", "audit", "tail", "-n", "200"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&audit.stdout);
+    assert!(text.contains("net.egress.connect"), "{}", explain(&audit));
+    assert!(text.contains("net.egress.summary"), "{}", explain(&audit));
 }
