@@ -80,7 +80,7 @@ impl Default for Limits {
             first_bytes_timeout: Duration::from_secs(10),
             server_first_wait: Duration::from_millis(1000),
             rx_buffer: 16 * 1024,
-            tx_buffer: 32 * 1024,
+            tx_buffer: 128 * 1024,
             max_names: 4096,
             max_forwarded_names: 1024,
             max_pending_queries: 256,
@@ -164,6 +164,7 @@ impl Gateway {
         let mut device = TunDevice {
             fd: tun,
             rx: VecDeque::new(),
+            scratch: Vec::new(),
         };
         let mut config = Config::new(HardwareAddress::Ip);
         config.random_seed = random_u64();
@@ -304,10 +305,12 @@ fn raise_fd_limit() {
 struct TunDevice {
     fd: OwnedFd,
     rx: VecDeque<Vec<u8>>,
+    /// Where outgoing packets are built (reused: no allocation or zeroing per packet).
+    scratch: Vec<u8>,
 }
 
 struct TunRx(Vec<u8>);
-struct TunTx<'a>(RawFd, std::marker::PhantomData<&'a ()>);
+struct TunTx<'a>(RawFd, &'a mut Vec<u8>);
 
 impl RxToken for TunRx {
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
@@ -317,9 +320,12 @@ impl RxToken for TunRx {
 
 impl TxToken for TunTx<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let mut buf = vec![0u8; len];
-        let r = f(&mut buf);
-        write_packet(self.0, &buf);
+        if self.1.len() < len {
+            self.1.resize(len, 0);
+        }
+        let buf = &mut self.1[..len];
+        let r = f(buf);
+        write_packet(self.0, buf);
         r
     }
 }
@@ -336,14 +342,11 @@ impl Device for TunDevice {
 
     fn receive(&mut self, _: SmolInstant) -> Option<(TunRx, TunTx<'_>)> {
         let packet = self.rx.pop_front()?;
-        Some((
-            TunRx(packet),
-            TunTx(self.fd.as_raw_fd(), std::marker::PhantomData),
-        ))
+        Some((TunRx(packet), TunTx(self.fd.as_raw_fd(), &mut self.scratch)))
     }
 
     fn transmit(&mut self, _: SmolInstant) -> Option<TunTx<'_>> {
-        Some(TunTx(self.fd.as_raw_fd(), std::marker::PhantomData))
+        Some(TunTx(self.fd.as_raw_fd(), &mut self.scratch))
     }
 
     fn capabilities(&self) -> DeviceCapabilities {
@@ -354,7 +357,7 @@ impl Device for TunDevice {
     }
 }
 
-const MTU: usize = 1500;
+const MTU: usize = crate::link::LINK_MTU;
 
 /// A query waiting for the upstream resolver.
 struct Pending {
@@ -591,6 +594,8 @@ impl State {
             tcp::SocketBuffer::new(vec![0; self.limits.tx_buffer]),
         );
         socket.set_nagle_enabled(false);
+        // The sandbox's kernel waits for window updates; a delayed ACK would stall it.
+        socket.set_ack_delay(None);
         if socket
             .listen(IpListenEndpoint {
                 addr: Some(IpAddress::Ipv4(*to.ip())),

@@ -11,6 +11,10 @@ use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
+/// The link's MTU: the link never leaves this machine, so its packets may be as large as
+/// IPv4 allows; fewer, larger packets are what makes bulk transfers fast.
+pub const LINK_MTU: usize = 65535;
+
 /// The device's name inside the sandbox.
 pub const DEVICE: &CStr = c"egress0";
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
@@ -92,7 +96,7 @@ pub fn create_link() -> io::Result<OwnedFd> {
         check(what, unsafe { libc::ioctl(sock.as_raw_fd(), op, &req) })?;
     }
     let mut req = ifreq(DEVICE);
-    req.ifr_ifru.ifru_mtu = 1500;
+    req.ifr_ifru.ifru_mtu = LINK_MTU as libc::c_int;
     // SAFETY: SIOCSIFMTU reads the ifreq passed.
     check("SIOCSIFMTU", unsafe {
         libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFMTU, &req)

@@ -331,11 +331,17 @@ impl OciRunner {
             Some("host") => "host",
             Some("egress") => {
                 // The gateway's link is prepared by the native runner in the namespace it
-                // clones; no external runtime joins such a namespace yet.
-                return Err(self.unenforceable(
-                    "net egress",
-                    "the egress gateway runs only with the native runner; use runner native",
-                ));
+                // clones; no external runtime joins such a namespace yet, so the sandbox
+                // would have no gateway. Refused rather than run without a network.
+                let reason = match self.flavor {
+                    Flavor::Gvisor { .. } => {
+                        "runsc does not yet run inside the egress gateway's network namespace; use runner native"
+                    }
+                    Flavor::Runc | Flavor::Crun => {
+                        "this runtime does not yet join the egress gateway's network namespace; use runner native"
+                    }
+                };
+                return Err(self.unenforceable("net egress", reason));
             }
             _ => "none",
         };

@@ -642,3 +642,37 @@ fn a_daemon_job_gets_its_own_gateway_from_its_shim() {
     assert!(text.contains("net.egress.connect"), "{}", explain(&audit));
     assert!(text.contains("net.egress.summary"), "{}", explain(&audit));
 }
+
+#[test]
+fn other_runners_refuse_egress_naming_the_restriction() {
+    if !live() {
+        return;
+    }
+    let net = Internet::start(109, &[]);
+    for (runner, says) in [("gvisor", "runsc"), ("oci:/usr/sbin/runc", "runtime")] {
+        if !Path::new(runner.strip_prefix("oci:").unwrap_or("/usr/bin/runsc")).exists() {
+            eprintln!("{runner}: not installed here, its refusal is not tried");
+            continue;
+        }
+        let out = net
+            .ctl()
+            .args([
+                "run",
+                "--runner",
+                runner,
+                "--allow-host",
+                "api.test",
+                "--",
+                "true",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(125), "{runner}: {}", explain(&out));
+        assert!(
+            err.contains("net egress") && err.contains(says),
+            "{runner}: {err}"
+        );
+    }
+}
