@@ -28,6 +28,8 @@ export COVENANT_EGRESS_PUBLIC=127.77.200.0/24
 EGRESS="--allow-host bulk.test"
 HOST="--net host"
 
+calc() { awk "BEGIN { print $1 }"; }
+
 run() { # MODE-FLAGS TARGET ARGS...
     flags=$1; shift
     # shellcheck disable=SC2086
@@ -37,12 +39,12 @@ run() { # MODE-FLAGS TARGET ARGS...
 printf '%-34s %14s %14s %8s\n' "measure" "net host" "egress gateway" "ratio"
 h=$(run "$HOST" bulk 127.77.200.10 "$BYTES" | jq .mib_per_s)
 e=$(run "$EGRESS" bulk bulk.test "$BYTES" | jq .mib_per_s)
-printf '%-34s %12.0f/s %12.0f/s %8.2f\n' "bulk download, MiB" "$h" "$e" "$(echo "$e / $h" | bc -l)"
+printf '%-34s %12.0f/s %12.0f/s %8.2f\n' "bulk download, MiB" "$h" "$e" "$(calc "$e / $h")"
 
 h=$(run "$HOST" setup 127.77.200.10 200)
 e=$(run "$EGRESS" setup bulk.test 200)
 printf '%-34s %12.3fms %12.3fms %+7.3fms\n' "connection setup + 1 RTT, p50" "$(echo "$h" | jq .p50_ms)" "$(echo "$e" | jq .p50_ms)" \
-    "$(echo "$(echo "$e" | jq .p50_ms) - $(echo "$h" | jq .p50_ms)" | bc -l)"
+    "$(calc "$(echo "$e" | jq .p50_ms) - $(echo "$h" | jq .p50_ms)")"
 printf '%-34s %12.3fms %12.3fms\n' "connection setup + 1 RTT, p90" "$(echo "$h" | jq .p90_ms)" "$(echo "$e" | jq .p90_ms)"
 
 h=$(run "$HOST" concurrent 127.77.200.10 1000 | jq -r '"\(.served)/\(.opened)"')
@@ -61,4 +63,4 @@ rss_with() { # N
 one=$(rss_with 1)
 many=$(rss_with 1000)
 printf '%-34s %14s %12.1fKiB   (resident %s KiB with 1, %s KiB with 1,000)\n' "gateway memory per idle connection" "-" \
-    "$(echo "($many - $one) / 999" | bc -l)" "$one" "$many"
+    "$(calc "($many - $one) / 999")" "$one" "$many"

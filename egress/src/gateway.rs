@@ -320,20 +320,44 @@ impl RxToken for TunRx {
 
 impl TxToken for TunTx<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        if self.1.len() < len {
-            self.1.resize(len, 0);
+        if self.1.len() < VNET_HDR_LEN + len {
+            self.1.resize(VNET_HDR_LEN + len, 0);
         }
-        let buf = &mut self.1[..len];
-        let r = f(buf);
-        write_packet(self.0, buf);
+        let (hdr, packet) = self.1[..VNET_HDR_LEN + len].split_at_mut(VNET_HDR_LEN);
+        let r = f(packet);
+        partial_tcp_checksum(hdr, packet);
+        write_framed(self.0, &self.1[..VNET_HDR_LEN + len]);
         r
     }
 }
 
-/// Writes one packet; a full device drops it (TCP sends it again).
-fn write_packet(fd: RawFd, packet: &[u8]) {
+/// Writes one packet with its `virtio_net_hdr` already in front; a full device drops it
+/// (TCP sends it again).
+fn write_framed(fd: RawFd, framed: &[u8]) {
     // SAFETY: writes from a live buffer to the device descriptor.
-    unsafe { libc::write(fd, packet.as_ptr().cast(), packet.len()) };
+    unsafe { libc::write(fd, framed.as_ptr().cast(), framed.len()) };
+}
+
+/// Writes one packet whose checksums are complete (a zero `virtio_net_hdr` in front).
+fn write_packet(fd: RawFd, packet: &[u8]) {
+    let mut framed = Vec::with_capacity(VNET_HDR_LEN + packet.len());
+    framed.extend_from_slice(&[0; VNET_HDR_LEN]);
+    framed.extend_from_slice(packet);
+    write_framed(fd, &framed);
+}
+
+/// Fills the `virtio_net_hdr` of an outgoing packet: for TCP, "checksum to be completed"
+/// from the TCP header on, which the receiving kernel treats as verified (the stack leaves
+/// TCP checksums out; the packet is delivered inside the sandbox's namespace and nowhere
+/// else). Anything else carries its own checksums.
+fn partial_tcp_checksum(hdr: &mut [u8], packet: &[u8]) {
+    hdr.fill(0);
+    if packet.len() >= 20 && packet[0] >> 4 == 4 && packet[9] == 6 {
+        let ihl = (packet[0] & 0x0f) as u16 * 4;
+        hdr[0] = 1; // VIRTIO_NET_HDR_F_NEEDS_CSUM
+        hdr[6..8].copy_from_slice(&ihl.to_ne_bytes()); // csum_start
+        hdr[8..10].copy_from_slice(&16u16.to_ne_bytes()); // csum_offset: TCP checksum
+    }
 }
 
 impl Device for TunDevice {
@@ -353,11 +377,15 @@ impl Device for TunDevice {
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ip;
         caps.max_transmission_unit = MTU;
+        // Incoming TCP checksums are verified; outgoing ones are left to the header (see
+        // `partial_tcp_checksum`).
+        caps.checksum.tcp = smoltcp::phy::Checksum::Rx;
         caps
     }
 }
 
 const MTU: usize = crate::link::LINK_MTU;
+const VNET_HDR_LEN: usize = crate::link::VNET_HDR_LEN;
 
 /// A query waiting for the upstream resolver.
 struct Pending {
@@ -472,7 +500,7 @@ impl State {
     /// Reads what the sandbox sent, checks each packet, and queues for the stack what it
     /// should see. A read error other than "nothing more" ends the gateway.
     fn read_device(&mut self) -> std::io::Result<()> {
-        let mut buf = vec![0u8; 65536];
+        let mut buf = vec![0u8; VNET_HDR_LEN + 65536];
         for _ in 0..4096 {
             // SAFETY: reads into a live buffer of the length passed.
             let n = unsafe {
@@ -496,7 +524,14 @@ impl State {
                     "device closed",
                 ));
             }
-            self.inspect(&buf[..n as usize]);
+            let n = n as usize;
+            // flags bit 0: checksum left to complete; gso_type: a segment to split. The
+            // device was asked for neither offload, so such a packet is not one of ours.
+            if n <= VNET_HDR_LEN || buf[0] & 1 != 0 || buf[1] != 0 {
+                self.drop_packet(|d| d.other += 1);
+                continue;
+            }
+            self.inspect(&buf[VNET_HDR_LEN..n]);
             if self.device.rx.len() >= self.limits.max_queued_packets {
                 // Let the stack drain what is queued before reading more.
                 self.iface
