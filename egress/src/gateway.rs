@@ -109,6 +109,8 @@ fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> GatewayError {
 /// A running gateway; [`Gateway::stop`] ends it and returns its report.
 pub struct Gateway {
     stop: Arc<AtomicBool>,
+    /// Set by [`Gateway::stop_after_sandbox`]: leave the device to the namespace's teardown.
+    leave: Arc<AtomicBool>,
     waker: Arc<Waker>,
     running: Arc<AtomicBool>,
     report: Arc<Mutex<EgressReport>>,
@@ -200,22 +202,33 @@ impl Gateway {
             query_count: 0,
             report: report.clone(),
         };
-        let (stop2, running2, report2) = (stop.clone(), running.clone(), report.clone());
+        let leave = Arc::new(AtomicBool::new(false));
+        let (stop2, running2, report2, leave2) =
+            (stop.clone(), running.clone(), report.clone(), leave.clone());
         let thread = std::thread::Builder::new()
             .name("egress-gateway".into())
             .spawn(move || {
                 let result = state.run(&stop2);
                 state.finish_all();
-                if let Err(e) = result {
-                    lock(&report2).failure = Some(format!("the gateway stopped mid-run: {e}"));
+                match result {
+                    Err(e) => {
+                        lock(&report2).failure = Some(format!("the gateway stopped mid-run: {e}"))
+                    }
+                    // The sandbox has ended: its namespace's teardown removes the device, in
+                    // the background, instead of this close doing it (an RCU grace period,
+                    // some 20 ms, on every run's exit path).
+                    Ok(()) if leave2.load(Ordering::SeqCst) => leave_device(&state.device.fd),
+                    Ok(()) => {}
                 }
-                // Dropping the state closes the device: the sandbox's route goes with it.
+                // Dropping the state closes the device: unless it was left to the
+                // namespace, the sandbox's route goes with it.
                 drop(state);
                 running2.store(false, Ordering::SeqCst);
             })
             .map_err(io("start the gateway thread"))?;
         Ok(Gateway {
             stop,
+            leave,
             waker,
             running,
             report,
@@ -228,7 +241,16 @@ impl Gateway {
         self.running.load(Ordering::SeqCst)
     }
 
-    /// Stops the gateway (closing every connection) and returns its report.
+    /// Stops the gateway once the sandbox (every process of its network namespace) has
+    /// ended: the device is left for the namespace's own teardown to remove, which spares
+    /// the caller's exit path a synchronous device removal. Returns the report.
+    pub fn stop_after_sandbox(self) -> EgressReport {
+        self.leave.store(true, Ordering::SeqCst);
+        self.stop()
+    }
+
+    /// Stops the gateway (closing every connection and removing the device at once, so
+    /// whatever is still in the namespace has no route left) and returns its report.
     pub fn stop(mut self) -> EgressReport {
         let died = !self.is_running();
         self.stop.store(true, Ordering::SeqCst);
@@ -282,6 +304,14 @@ fn set_nonblocking(fd: RawFd) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Makes the device outlive its descriptor, so that closing it does not remove it; the
+/// namespace's teardown does. Only for a namespace nothing runs in any more.
+fn leave_device(fd: &OwnedFd) {
+    const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
+    // SAFETY: TUNSETPERSIST takes an integer argument on the device descriptor.
+    unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETPERSIST, 1 as libc::c_ulong) };
 }
 
 /// Upstream sockets count against the supervisor's descriptor limit: raise the soft limit

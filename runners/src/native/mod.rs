@@ -251,7 +251,7 @@ impl NativeRunner {
         })();
         let _ = old_mask.thread_set_mask();
         // The sandbox is gone: its gateway stops and says whether it lasted the run.
-        let egress_report = gateway.map(|g| g.stop());
+        let egress_report = gateway.map(|g| g.stop_after_sandbox());
         let supervised = result?;
         let status = read_status(status_rd);
         let usage = cgroup.as_ref().map(|cg| cg.usage()).unwrap_or_default();
