@@ -13,6 +13,7 @@
 //! | landlock (`org.opencovenant.landlock`) | `covenant-ctl enforce` injected as the first program | path rules: the sentry's own mount table; TCP port rules: refused |
 //! | cgroup limits | the runtime (`linux.resources`, under `covenant/ID`) | Covenant's cgroup around the whole sandbox (`--ignore-cgroups`) |
 //! | network `none` / `loopback` / `host` | network namespace (landlock denies TCP for `none`) | `--network=none` / `none` / `host` |
+//! | network `egress` | joins a namespace Covenant prepared with the gateway's link | refused |
 //! | idmapped writable paths | refused (degradation `idmap`) | refused (degradation `idmap`) |
 //! | timeout | Covenant kills the container | Covenant kills the sandbox |
 
@@ -251,6 +252,9 @@ struct Decisions {
     limits: CgroupLimits,
     timeout: Option<Duration>,
     network: &'static str,
+    /// With `net` egress (runc, crun): the gateway's rules; the runtime joins a namespace
+    /// prepared with its link.
+    egress: Option<Vec<covenant_policy::EgressRule>>,
     degradations: Vec<Degradation>,
     namespaces: Vec<Namespace>,
     /// An image or directory root: its read-only layers, top first.
@@ -329,20 +333,18 @@ impl OciRunner {
             .cloned();
         let network = match net_mode.as_deref() {
             Some("host") => "host",
-            Some("egress") => {
-                // The gateway's link is prepared by the native runner in the namespace it
-                // clones; no external runtime joins such a namespace yet, so the sandbox
-                // would have no gateway. Refused rather than run without a network.
-                let reason = match self.flavor {
-                    Flavor::Gvisor { .. } => {
-                        "runsc does not yet run inside the egress gateway's network namespace; use runner native"
-                    }
-                    Flavor::Runc | Flavor::Crun => {
-                        "this runtime does not yet join the egress gateway's network namespace; use runner native"
-                    }
-                };
-                return Err(self.unenforceable("net egress", reason));
-            }
+            Some("egress") => match self.flavor {
+                // runsc would have to run inside the gateway's namespace with its own
+                // network stack in host mode; until it does, the sandbox would have no
+                // gateway. Refused rather than run without a network.
+                Flavor::Gvisor { .. } => {
+                    return Err(self.unenforceable(
+                        "net egress",
+                        "runsc does not yet run inside the egress gateway's network namespace; use runner native, runc or crun",
+                    ))
+                }
+                Flavor::Runc | Flavor::Crun => "egress",
+            },
             _ => "none",
         };
         // Fail closed, as the native runner does: no filter or no ruleset, no run.
@@ -353,6 +355,14 @@ impl OciRunner {
         {
             return Err(self.unenforceable("seccomp", "the bundle has no linux.seccomp filter"));
         }
+        let egress: Option<Vec<covenant_policy::EgressRule>> = if network == "egress" {
+            Some(
+                annotation(&config, annotations::EGRESS)?
+                    .ok_or_else(|| self.unenforceable("net egress", "the bundle names no rules"))?,
+            )
+        } else {
+            None
+        };
         let policy: Option<LandlockPolicy> = annotation(&config, annotations::LANDLOCK)?;
         if policy.is_none() && !accepted.contains(&Degradation::Landlock) {
             return Err(self.unenforceable(
@@ -449,6 +459,7 @@ impl OciRunner {
             limits,
             timeout,
             network,
+            egress,
             degradations,
             namespaces,
             overlay,
@@ -779,6 +790,32 @@ impl Runner for OciRunner {
     }
 }
 
+/// Points the config's network namespace at `path` (a namespace the runtime joins instead
+/// of making one).
+fn join_network_namespace(spec: &mut Spec, path: &Path) -> Result<()> {
+    let mut linux = spec
+        .linux()
+        .clone()
+        .ok_or_else(|| OciError::Spec("linux section missing".into()))?;
+    let mut namespaces: Vec<_> = linux
+        .namespaces()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|n| n.typ() != LinuxNamespaceType::Network)
+        .collect();
+    namespaces.push(
+        oci_spec::runtime::LinuxNamespaceBuilder::default()
+            .typ(LinuxNamespaceType::Network)
+            .path(path.to_path_buf())
+            .build()
+            .map_err(|e| OciError::Spec(e.to_string()))?,
+    );
+    linux.set_namespaces(Some(namespaces));
+    spec.set_linux(Some(linux));
+    Ok(())
+}
+
 /// One run's private places: the container id, the runtime's state directory
 /// (`--root`), the derived bundle and the runtime's log.
 struct Work {
@@ -970,6 +1007,8 @@ impl OciRunner {
         Ok(merged)
     }
 
+    /// With `net` egress, prepares the namespace the runtime joins and its gateway, runs,
+    /// and stops the gateway once the container has ended.
     fn lifecycle_in_root(
         &self,
         d: &Decisions,
@@ -977,8 +1016,33 @@ impl OciRunner {
         rootfs: &Path,
         on_start: &mut dyn FnMut(&StartInfo),
     ) -> Result<RunOutcome> {
+        let Some(rules) = &d.egress else {
+            return self.lifecycle_with_netns(d, w, rootfs, None, on_start);
+        };
+        let (held, gateway) = crate::native::egress::prepare_namespace(rules)
+            .map_err(|e| self.unenforceable("net egress", &e.to_string()))?;
+        let outcome = self.lifecycle_with_netns(d, w, rootfs, Some(&held.path), on_start);
+        let report = gateway.stop_after_sandbox();
+        drop(held);
+        outcome.map(|mut o| {
+            o.egress = Some(report);
+            o
+        })
+    }
+
+    fn lifecycle_with_netns(
+        &self,
+        d: &Decisions,
+        w: &Work,
+        rootfs: &Path,
+        netns: Option<&Path>,
+        on_start: &mut dyn FnMut(&StartInfo),
+    ) -> Result<RunOutcome> {
         let (id, state, derived, log) = (w.id.as_str(), &w.state, &w.derived, &w.log);
         let mut spec = self.derive_config(d, rootfs, id)?;
+        if let Some(path) = netns {
+            join_network_namespace(&mut spec, path)?;
+        }
         if d.overlay.is_some() {
             let mut root = spec
                 .root()

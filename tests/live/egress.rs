@@ -644,35 +644,84 @@ fn a_daemon_job_gets_its_own_gateway_from_its_shim() {
 }
 
 #[test]
-fn other_runners_refuse_egress_naming_the_restriction() {
+fn gvisor_refuses_egress_naming_the_restriction() {
     if !live() {
         return;
     }
+    if !Path::new("/usr/bin/runsc").exists() {
+        return cannot_run("runsc is not installed (apt-get install runsc)");
+    }
     let net = Internet::start(109, &[]);
-    for (runner, says) in [("gvisor", "runsc"), ("oci:/usr/sbin/runc", "runtime")] {
-        if !Path::new(runner.strip_prefix("oci:").unwrap_or("/usr/bin/runsc")).exists() {
-            eprintln!("{runner}: not installed here, its refusal is not tried");
+    let out = net
+        .ctl()
+        .args([
+            "run",
+            "--runner",
+            "gvisor",
+            "--allow-host",
+            "api.test",
+            "--",
+            "true",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{}", explain(&out));
+    assert!(err.contains("net egress") && err.contains("runsc"), "{err}");
+}
+
+#[test]
+fn runc_and_crun_join_the_gateway_namespace() {
+    if !live() {
+        return;
+    }
+    let net = Internet::start(
+        110,
+        &[("api.test", host(110, 10)), ("other.test", host(110, 11))],
+    );
+    for runtime in ["/usr/sbin/runc", "/usr/bin/crun"] {
+        if !Path::new(runtime).exists() {
+            cannot_run(&format!("{runtime} is not installed"));
             continue;
         }
-        let out = net
-            .ctl()
-            .args([
-                "run",
+        let runner = format!("oci:{runtime}");
+        let (out, report) = net.run(
+            &[
                 "--runner",
-                runner,
+                &runner,
+                "--accept-degradation",
+                "idmap",
                 "--allow-host",
                 "api.test",
-                "--",
-                "true",
-            ])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(125), "{runner}: {}", explain(&out));
+            ],
+            &[
+                "tls api.test 443 api.test",
+                "resolve other.test",
+                "tls api.test 443 other.test",
+                &format!("literal {} 443 api.test", host(110, 10)),
+                "!ip link delete egress0 2>&1; echo RESULT=$?",
+            ],
+        );
+        let r = results(&out);
+        assert_eq!(r.len(), 5, "{runtime}: {}", explain(&out));
+        assert_eq!(r[0], "ok:HELLO", "{runtime}: {}", explain(&out));
+        assert!(r[1].starts_with("gaierror"), "{runtime}: {}", r[1]);
+        assert!(r[2].starts_with("err:"), "{runtime}: {}", r[2]);
+        assert!(r[3].starts_with("err:"), "{runtime}: {}", r[3]);
+        assert_ne!(r[4], "0", "{runtime}: the container deleted its link");
+        assert_eq!(report["runner"], runner.as_str(), "{report}");
         assert!(
-            err.contains("net egress") && err.contains(says),
-            "{runner}: {err}"
+            report["egress"]["connections_allowed"].as_u64() >= Some(1),
+            "{report}"
         );
     }
+    assert_eq!(net.received().len(), 2, "{:?}", net.received());
+}
+
+fn cannot_run(reason: &str) {
+    if std::env::var("COVENANT_REQUIRE_LIVE").as_deref() == Ok("1") {
+        panic!("live test cannot run: {reason} (COVENANT_REQUIRE_LIVE=1)");
+    }
+    eprintln!("skipping: {reason}");
 }

@@ -50,3 +50,67 @@ pub fn start_gateway(pid: Pid, rules: &[EgressRule]) -> Result<Gateway, NativeEr
     Gateway::start(link, rules.to_vec(), settings, Limits::default())
         .map_err(|e| refused("start the gateway", e))
 }
+
+/// A network namespace made for a runtime to join (runc, crun: `linux.namespaces` network
+/// `path`), holding the gateway's link. A parked thread of this process is its only member
+/// until the runtime joins; the namespace is named by that thread's `/proc` path, so
+/// nothing is mounted and nothing outlives this process.
+pub struct HeldNamespace {
+    pub path: std::path::PathBuf,
+    release: std::sync::mpsc::Sender<()>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for HeldNamespace {
+    fn drop(&mut self) {
+        let _ = self.release.send(());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Makes a network namespace with the gateway's link in it and starts the gateway;
+/// returns both (drop the namespace after the gateway is stopped).
+pub fn prepare_namespace(rules: &[EgressRule]) -> Result<(HeldNamespace, Gateway), NativeError> {
+    let settings = Settings::from_env().map_err(|e| refused("read the operator's settings", e))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (release, wait) = std::sync::mpsc::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("egress-netns".into())
+        .spawn(move || {
+            // SAFETY: unshare moves only this thread into a new network namespace.
+            let made = if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                covenant_egress::link::create_link()
+            };
+            // SAFETY: gettid has no failure mode.
+            let tid = unsafe { libc::gettid() };
+            let path = format!("/proc/{}/task/{tid}/ns/net", std::process::id());
+            let ok = made.is_ok();
+            let _ = tx.send(made.map(|fd| (fd, path)));
+            if ok {
+                // Parked until the run is over: the runtime joins by this path.
+                let _ = wait.recv();
+            }
+        })
+        .map_err(|e| refused("start the namespace thread", e))?;
+    let (link, path) = rx
+        .recv()
+        .map_err(|_| refused("create the link", "the thread ended"))?
+        .map_err(|e| {
+            refused(
+                "create the sandbox's network namespace and link",
+                format!("{e} (needs root and /dev/net/tun)"),
+            )
+        })?;
+    let held = HeldNamespace {
+        path: path.into(),
+        release,
+        thread: Some(thread),
+    };
+    let gateway = Gateway::start(link, rules.to_vec(), settings, Limits::default())
+        .map_err(|e| refused("start the gateway", e))?;
+    Ok((held, gateway))
+}

@@ -10,7 +10,7 @@
 //! means "the program is running".
 
 pub(crate) mod cgroup;
-mod egress;
+pub(crate) mod egress;
 pub(crate) mod idmap;
 mod init;
 pub(crate) mod landlock;
