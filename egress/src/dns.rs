@@ -13,6 +13,8 @@ use std::net::Ipv4Addr;
 
 /// The longest query name the gateway answers, in bytes.
 pub const MAX_QUERY_NAME: usize = 128;
+/// How an upstream "no such name" is reported (and passed on to the client as NXDOMAIN).
+pub const NXDOMAIN: &str = "no such name (NXDOMAIN)";
 /// TTL of answered stand-ins: they stay valid for the whole run.
 pub const ANSWER_TTL: u32 = 300;
 
@@ -127,6 +129,9 @@ pub fn upstream_addresses(bytes: &[u8], id: u16, name: &str) -> Result<Vec<Ipv4A
         .map(|q| q.name().to_ascii().to_ascii_lowercase());
     if asked.as_deref() != Some(&format!("{name}.")) {
         return Err(Refusal::Upstream("answer for another name".into()));
+    }
+    if msg.response_code() == ResponseCode::NXDomain {
+        return Err(Refusal::Upstream(NXDOMAIN.into()));
     }
     if msg.response_code() != ResponseCode::NoError {
         return Err(Refusal::Upstream(msg.response_code().to_string()));

@@ -834,7 +834,7 @@ impl State {
             Ok(a) => a,
             Err(why) => {
                 let code = match &why {
-                    Refusal::Upstream(t) if t.contains("NXDomain") => ResponseCode::NXDomain,
+                    Refusal::Upstream(t) if t == dns::NXDOMAIN => ResponseCode::NXDomain,
                     _ => ResponseCode::ServFail,
                 };
                 self.reply_udp(p.client, &dns::error_answer(&p.question, code));
@@ -1023,8 +1023,14 @@ impl State {
             } else if !socket.may_recv() {
                 return Step::Refuse(Refusal::FirstBytes("the sandbox closed before a decision"));
             }
-            if conn.verdict.is_none() && conn.opened.elapsed() > limits.first_bytes_timeout {
-                return Step::Refuse(Refusal::FirstBytes("none in time"));
+            // A first message begun must be finished in time. A connection that has sent
+            // nothing is connected upstream after `server_first_wait` (the server may
+            // speak first) and may then stay quiet; its first bytes are still decided
+            // before any goes upstream.
+            let late = conn.opened.elapsed() > limits.first_bytes_timeout;
+            if conn.verdict.is_none() && late && (!conn.held.is_empty() || conn.upstream.is_none())
+            {
+                return Step::Refuse(Refusal::FirstBytes("not complete in time"));
             }
         }
         let server_first =

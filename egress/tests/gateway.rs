@@ -103,6 +103,26 @@ impl Internet {
                 });
             }
         }
+        // A server that speaks first (as ssh does), on port 22 of .10.
+        let l = TcpListener::bind((host(net, 10), 22)).expect("bind a server-first server");
+        let rec = received.clone();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { continue };
+                let rec = rec.clone();
+                std::thread::spawn(move || {
+                    let _ = s.write_all(b"SSH-2.0-test\r\n");
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
+                    let mut buf = [0u8; 4096];
+                    if let Ok(n) = s.read(&mut buf) {
+                        if n > 0 {
+                            rec.lock().unwrap().push(buf[..n].to_vec());
+                            let _ = s.write_all(b"OK\n");
+                        }
+                    }
+                });
+            }
+        });
         Internet { net, received }
     }
 
@@ -577,5 +597,46 @@ fn a_gateway_whose_link_goes_away_stops_and_says_so() {
             .is_some_and(|f| f.contains("mid-run")),
         "{:?}",
         report.failure
+    );
+}
+
+#[test]
+fn a_server_first_protocol_works_and_its_client_bytes_are_still_checked() {
+    if !live() {
+        return;
+    }
+    let net = Internet::start(8, &[("api.test", host(8, 10))]);
+    let ((plain, fronted), report) = in_sandbox(&net, &["api.test:22"], Limits::default(), || {
+        let ip = query("api.test.").unwrap()[0];
+        let talk = |first: &[u8]| -> std::io::Result<Vec<u8>> {
+            let mut s = TcpStream::connect_timeout(
+                &SocketAddr::from(SocketAddrV4::new(ip, 22)),
+                Duration::from_secs(3),
+            )?;
+            s.set_read_timeout(Some(Duration::from_secs(4)))?;
+            let mut banner = [0u8; 14];
+            s.read_exact(&mut banner)?;
+            assert_eq!(&banner, b"SSH-2.0-test\r\n");
+            s.write_all(first)?;
+            let mut out = Vec::new();
+            s.read_to_end(&mut out)?;
+            Ok(out)
+        };
+        (
+            talk(b"SSH-2.0-client\r\n"),
+            talk(&client_hello(Some("other.test"))),
+        )
+    });
+    assert_eq!(plain.unwrap(), b"OK\n");
+    assert!(fronted.map(|b| b.is_empty()).unwrap_or(true));
+    let got = net.received();
+    assert_eq!(got, vec![b"SSH-2.0-client\r\n".to_vec()], "{got:?}");
+    assert!(
+        report
+            .refused
+            .iter()
+            .any(|e| e.reason.as_deref().is_some_and(|r| r.contains("SNI"))),
+        "{:#?}",
+        report.refused
     );
 }
