@@ -580,7 +580,7 @@ impl Internet {
 }
 
 #[test]
-fn a_daemon_job_gets_its_own_gateway_from_its_shim() {
+fn daemon_jobs_run_their_gateway_in_their_shim_native_and_runc() {
     if !live() {
         return;
     }
@@ -641,6 +641,33 @@ fn a_daemon_job_gets_its_own_gateway_from_its_shim() {
     let text = String::from_utf8_lossy(&audit.stdout);
     assert!(text.contains("net.egress.connect"), "{}", explain(&audit));
     assert!(text.contains("net.egress.summary"), "{}", explain(&audit));
+    // A job on an OCI runner: its shim prepares the namespace runc joins.
+    if Path::new("/usr/sbin/runc").exists() {
+        let out = net
+            .ctl()
+            .env(
+                "COVENANT_SOCKET",
+                net.home.path().join("home/covenantd.sock"),
+            )
+            .args(["--daemon", "run", "--runner", "oci:/usr/sbin/runc"])
+            .args(["--accept-degradation", "idmap", "--workspace"])
+            .arg(net.home.path().join("ws"))
+            .args(["--allow-host", "api.test", "--", "sh", "-c"])
+            .arg(
+                "python3 /workspace/probe.py tls api.test 443 api.test; \
+                 python3 /workspace/probe.py tls api.test 443 other.test",
+            )
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let r = results(&out);
+        assert_eq!(r.len(), 2, "runc job: {}", explain(&out));
+        assert_eq!(r[0], "ok:HELLO", "runc job: {}", explain(&out));
+        assert!(r[1].starts_with("err:"), "runc job: {}", r[1]);
+        assert_eq!(net.received().len(), 2);
+    } else {
+        cannot_run("/usr/sbin/runc is not installed");
+    }
 }
 
 #[test]
