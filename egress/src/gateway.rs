@@ -62,6 +62,10 @@ pub struct Limits {
     pub rx_buffer: usize,
     /// The stack's send buffer per connection (upstream to sandbox).
     pub tx_buffer: usize,
+    /// The send buffer of the first [`Limits::large_buffers`] connections open at once:
+    /// bulk downloads need a wide window, a storm of connections must not multiply it.
+    pub large_tx_buffer: usize,
+    pub large_buffers: usize,
     /// Distinct (name, address) pairs answered per run.
     pub max_names: usize,
     /// Distinct names forwarded upstream per run (bounds what DNS can carry out).
@@ -80,7 +84,9 @@ impl Default for Limits {
             first_bytes_timeout: Duration::from_secs(10),
             server_first_wait: Duration::from_millis(1000),
             rx_buffer: 16 * 1024,
-            tx_buffer: 128 * 1024,
+            tx_buffer: 32 * 1024,
+            large_tx_buffer: 512 * 1024,
+            large_buffers: 64,
             max_names: 4096,
             max_forwarded_names: 1024,
             max_pending_queries: 256,
@@ -191,6 +197,7 @@ impl Gateway {
             tuples: HashMap::new(),
             tokens: HashMap::new(),
             next_token: FIRST_CONN_TOKEN,
+            large_in_use: 0,
             names: NameTable::new(limits.max_names),
             forwarded: HashSet::new(),
             rules: Rules::new(rules),
@@ -446,6 +453,8 @@ struct Conn {
     bytes_out: u64,
     bytes_in: u64,
     closing: bool,
+    /// Holds one of the large send buffers.
+    large: bool,
     tuple: (SocketAddrV4, SocketAddrV4),
 }
 
@@ -458,6 +467,8 @@ struct State {
     tuples: HashMap<(SocketAddrV4, SocketAddrV4), SocketHandle>,
     tokens: HashMap<Token, SocketHandle>,
     next_token: usize,
+    /// Connections holding a large send buffer.
+    large_in_use: usize,
     names: NameTable,
     forwarded: HashSet<String>,
     rules: Rules,
@@ -654,9 +665,15 @@ impl State {
                 });
             }
         };
+        let large = self.large_in_use < self.limits.large_buffers;
+        let tx = if large {
+            self.limits.large_tx_buffer
+        } else {
+            self.limits.tx_buffer
+        };
         let mut socket = tcp::Socket::new(
             tcp::SocketBuffer::new(vec![0; self.limits.rx_buffer]),
-            tcp::SocketBuffer::new(vec![0; self.limits.tx_buffer]),
+            tcp::SocketBuffer::new(vec![0; tx]),
         );
         socket.set_nagle_enabled(false);
         // The sandbox's kernel waits for window updates; a delayed ACK would stall it.
@@ -671,6 +688,7 @@ impl State {
             return;
         }
         let handle = self.sockets.add(socket);
+        self.large_in_use += usize::from(large);
         self.tuples.insert((from, to), handle);
         self.conns.insert(
             handle,
@@ -684,6 +702,7 @@ impl State {
                 bytes_out: 0,
                 bytes_in: 0,
                 closing: false,
+                large,
                 tuple: (from, to),
             },
         );
@@ -927,6 +946,7 @@ impl State {
             return;
         };
         self.tuples.remove(&conn.tuple);
+        self.large_in_use -= usize::from(conn.large);
         // The socket is removed once the reset or final FIN has gone out.
         self.iface
             .poll(SmolInstant::now(), &mut self.device, &mut self.sockets);
