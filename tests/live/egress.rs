@@ -752,3 +752,51 @@ fn cannot_run(reason: &str) {
     }
     eprintln!("skipping: {reason}");
 }
+
+#[test]
+fn a_killed_supervisor_takes_the_sandbox_and_its_link_with_it() {
+    if !live() {
+        return;
+    }
+    let net = Internet::start(111, &[("api.test", host(111, 10))]);
+    let marker = "31.4159";
+    let mut child = net
+        .ctl()
+        .args(["run", "--allow-host", "api.test", "--", "sleep", marker])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let sandboxed = || -> Vec<u32> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| c == format!("sleep\0{marker}\0").as_bytes())
+            })
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while sandboxed().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sandbox did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    let _ = child.wait();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !sandboxed().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sandbox outlived its supervisor: {:?}",
+            sandboxed()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!Path::new("/sys/class/net/egress0").exists());
+}
