@@ -131,9 +131,14 @@ struct RequestArgs {
     /// Wall-clock timeout, e.g. 30s; the whole sandbox is killed and the exit code is 124.
     #[arg(long, value_name = "DURATION")]
     timeout: Option<String>,
-    /// Network: none (default), loopback, or host.
+    /// Network: none (default), loopback, egress, or host.
     #[arg(long, value_name = "MODE")]
     net: Option<String>,
+    /// Host the program may reach through the egress gateway, HOST[:PORTS] or
+    /// *.DOMAIN[:PORTS] or CIDR:PORTS (repeatable; ports default to 443); implies
+    /// `--net egress`.
+    #[arg(long = "allow-host", value_name = "HOST[:PORTS]")]
+    allow_host: Vec<String>,
     /// Environment variable for the program (repeatable).
     #[arg(long, value_name = "K=V")]
     env: Vec<String>,
@@ -188,6 +193,7 @@ impl RequestArgs {
         flags.hostname = self.hostname.clone();
         flags.user = self.user.clone();
         flags.net = self.net.clone();
+        flags.egress = self.allow_host.clone();
         flags.runner = self.runner.clone();
         flags.limits.memory = self.memory.clone();
         flags.limits.pids = self.pids;
@@ -320,7 +326,13 @@ fn plan(request: RequestArgs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir().context("temporary bundle directory")?;
     let bundle = covenant_images::write_bundle(&plan, &dir.path().join("bundle"), identity_map())?;
     let config: serde_json::Value = serde_json::from_slice(&std::fs::read(bundle.config_path())?)?;
-    let out = serde_json::json!({ "plan": plan, "plan_digest": plan.digest(), "config": config });
+    let egress: Vec<String> = plan.egress.iter().map(|r| r.to_string()).collect();
+    let out = serde_json::json!({
+        "plan": plan,
+        "plan_digest": plan.digest(),
+        "egress_rules": egress,
+        "config": config,
+    });
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
 }

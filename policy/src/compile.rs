@@ -1,6 +1,7 @@
 //! `compile_plan`: from an authorised manifest to the [`SandboxPlan`]. Every refusal names
 //! the manifest field (or the flag that set it) and says what would be accepted.
 
+use crate::egress::EgressRule;
 use crate::manifest::{Manifest, RlimitSpec};
 use crate::plan::{
     Authorisation, Degradation, Limits, MountAccess, NetMode, PlanMount, Rlimit, RlimitKind,
@@ -117,6 +118,7 @@ pub fn requested_scopes(plan: &SandboxPlan) -> Vec<Scope> {
     scopes.push(Scope::Net(plan.net));
     scopes.push(Scope::Runner(plan.runner.clone()));
     scopes.extend(plan.connect_tcp.iter().map(|&p| Scope::NetConnectTcp(p)));
+    scopes.extend(plan.egress.iter().cloned().map(Scope::NetEgress));
     let l = &plan.limits;
     for (kind, value) in [
         (Resource::Mem, l.memory_bytes),
@@ -153,11 +155,35 @@ pub fn compile_request(manifest: &Manifest, job_id: &str) -> Result<SandboxPlan,
     } else {
         "/tmp"
     };
+    let egress = compile_egress(&manifest.egress)?;
     let net = match manifest.net.as_deref() {
+        None if !egress.is_empty() => NetMode::Egress,
         None => NetMode::None,
-        Some(s) => NetMode::parse(s)
-            .ok_or_else(|| refuse("net", format!("`{s}` is not one of none, loopback, host")))?,
+        Some(s) => NetMode::parse(s).ok_or_else(|| {
+            refuse(
+                "net",
+                format!("`{s}` is not one of none, loopback, egress, host"),
+            )
+        })?,
     };
+    match (net, egress.is_empty()) {
+        (NetMode::Egress, true) => {
+            return Err(refuse(
+                "egress",
+                "`net = \"egress\"` with no `egress` rules reaches nothing; list hosts or use `net = \"none\"`",
+            ))
+        }
+        (NetMode::Egress, false) | (_, true) => {}
+        (other, false) => {
+            return Err(refuse(
+                "egress",
+                format!(
+                    "`egress` rules need `net = \"egress\"` (or no `net`), not `{}`",
+                    other.as_str()
+                ),
+            ))
+        }
+    }
     let connect_tcp = compile_connect(&manifest.connect, net)?;
     let syscall_groups = compile_syscall_groups(&manifest.syscalls)?;
     Ok(SandboxPlan {
@@ -177,6 +203,7 @@ pub fn compile_request(manifest: &Manifest, job_id: &str) -> Result<SandboxPlan,
         keep_changes: compile_keep_changes(manifest)?,
         mounts,
         net,
+        egress,
         connect_tcp,
         limits: compile_limits(manifest)?,
         rlimits: compile_rlimits(manifest)?,
@@ -204,6 +231,22 @@ fn compile_connect(ports: &[u16], net: NetMode) -> Result<Vec<u16>, CompileError
     out.sort_unstable();
     out.dedup();
     Ok(out)
+}
+
+/// The manifest's `egress` list as rules, sorted and without duplicates; a bad entry is
+/// refused naming it.
+fn compile_egress(entries: &[String]) -> Result<Vec<EgressRule>, CompileError> {
+    const MAX_RULES: usize = 256;
+    if entries.len() > MAX_RULES {
+        return Err(refuse("egress", format!("more than {MAX_RULES} rules")));
+    }
+    let mut rules = Vec::with_capacity(entries.len());
+    for entry in entries {
+        rules.push(EgressRule::parse(entry).map_err(|e| refuse("egress", e.to_string()))?);
+    }
+    rules.sort();
+    rules.dedup();
+    Ok(rules)
 }
 
 fn compile_syscall_groups(groups: &[String]) -> Result<Vec<String>, CompileError> {
@@ -1084,6 +1127,58 @@ mod tests {
         .unwrap();
         assert_eq!(plan.connect_tcp, vec![80, 443]);
         assert!(requested_scopes(&plan).contains(&Scope::NetConnectTcp(443)));
+    }
+
+    #[test]
+    fn egress_rules_imply_the_egress_mode_and_are_authorised_by_narrower_grants() {
+        let plan = compile_request(
+            &manifest(
+                "version = 1\ncommand = [\"x\"]\negress = [\"GitHub.com\", \"*.pypi.org:80,443\"]",
+            ),
+            "job",
+        )
+        .unwrap();
+        assert_eq!(plan.net, NetMode::Egress);
+        let rules: Vec<String> = plan.egress.iter().map(|r| r.to_string()).collect();
+        assert_eq!(rules, ["github.com:443", "*.pypi.org:80,443"]);
+        let ok = authorise(
+            plan.clone(),
+            &grant(&[
+                "net.egress:github.com:443",
+                "net.egress:*.pypi.org:80,443,8080",
+            ]),
+            capability(),
+        );
+        assert!(ok.is_ok(), "{ok:?}");
+        let wider = authorise(
+            plan.clone(),
+            &grant(&["net.egress:github.com:443", "net.egress:files.pypi.org:443"]),
+            capability(),
+        )
+        .unwrap_err();
+        assert!(
+            wider.to_string().contains("net.egress:*.pypi.org:80,443"),
+            "{wider}"
+        );
+        assert!(authorise(plan, &grant(&["net:host"]), capability()).is_ok());
+    }
+
+    #[test]
+    fn bad_egress_requests_are_refused_naming_the_field() {
+        for text in [
+            "egress = [\"*\"]",
+            "egress = [\"10.0.0.1\"]",
+            "egress = [\"a..com\"]",
+            "egress = [\"a.com:0\"]",
+            "net = \"egress\"",
+            "net = \"host\"\negress = [\"a.com\"]",
+        ] {
+            assert_eq!(
+                field_of(&format!("version = 1\ncommand = [\"x\"]\n{text}")),
+                "egress",
+                "{text}"
+            );
+        }
     }
 
     fn tempdir(name: &str) -> PathBuf {

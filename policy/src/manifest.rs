@@ -97,8 +97,12 @@ pub struct Manifest {
     pub hostname: Option<String>,
     /// `UID` or `UID:GID` inside the sandbox (default `0:0`, never host root).
     pub user: Option<String>,
-    /// `none` (default), `loopback` or `host`.
+    /// `none` (default), `loopback`, `egress` or `host`.
     pub net: Option<String>,
+    /// Hosts the sandbox may reach through the egress gateway, `PATTERN[:PORTS]`
+    /// (`github.com:443`, `*.pypi.org`); implies `net = "egress"`.
+    #[serde(default)]
+    pub egress: Vec<String>,
     /// `native` (default), `gvisor` or `oci:/ABSOLUTE/PATH`; any but native must be granted
     /// as a `runner:` scope.
     pub runner: Option<String>,
@@ -208,6 +212,11 @@ impl Manifest {
         for port in flags.connect {
             if !self.connect.contains(&port) {
                 self.connect.push(port);
+            }
+        }
+        for host in flags.egress {
+            if !self.egress.contains(&host) {
+                self.egress.push(host);
             }
         }
         for group in flags.syscalls {

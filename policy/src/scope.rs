@@ -8,6 +8,7 @@
 //! mounted is what the granted path names, never what a symlink planted under it points
 //! to.
 
+use crate::egress::EgressRule;
 use crate::plan::{Degradation, NetMode, RunnerChoice};
 use crate::units::{format_size, parse_cpus, parse_duration, parse_size};
 use std::fmt;
@@ -83,6 +84,8 @@ pub enum Scope {
     Fs(FsAccess, PathBuf),
     Net(NetMode),
     NetConnectTcp(u16),
+    /// A host or network the egress gateway may reach (`net.egress:PATTERN[:PORTS]`).
+    NetEgress(EgressRule),
     Res(Resource, u64),
     Sys(String),
     Mem {
@@ -135,7 +138,8 @@ impl Ord for NetMode {
         let rank = |m: &NetMode| match m {
             NetMode::None => 0,
             NetMode::Loopback => 1,
-            NetMode::Host => 2,
+            NetMode::Egress => 2,
+            NetMode::Host => 3,
         };
         rank(self).cmp(&rank(other))
     }
@@ -181,8 +185,12 @@ impl Scope {
             "fs.exec" => Scope::Fs(FsAccess::Exec, clean_path(input, arg)?),
             "fs.write" => Scope::Fs(FsAccess::Write, clean_path(input, arg)?),
             "net" => Scope::Net(
-                NetMode::parse(arg).ok_or_else(|| err("expected none, loopback or host".into()))?,
+                NetMode::parse(arg)
+                    .ok_or_else(|| err("expected none, loopback, egress or host".into()))?,
             ),
+            "net.egress" => {
+                Scope::NetEgress(EgressRule::parse(arg).map_err(|e| err(e.to_string()))?)
+            }
             "net.connect" => {
                 let port = arg
                     .strip_prefix("tcp:")
@@ -277,6 +285,11 @@ impl Scope {
             (Scope::Net(g), Scope::Net(r)) => g >= r,
             (Scope::Net(NetMode::Host), Scope::NetConnectTcp(_)) => true,
             (Scope::NetConnectTcp(g), Scope::NetConnectTcp(r)) => g == r,
+            // The host network reaches every host; an egress rule brings the egress mode
+            // (a namespace whose only way out is the gateway) with it.
+            (Scope::Net(NetMode::Host), Scope::NetEgress(_)) => true,
+            (Scope::NetEgress(_), Scope::Net(NetMode::Egress | NetMode::Loopback)) => true,
+            (Scope::NetEgress(g), Scope::NetEgress(r)) => g.covers(r),
             (Scope::Res(gk, gv), Scope::Res(rk, rv)) => gk == rk && rv <= gv,
             (Scope::Sys(g), Scope::Sys(r)) => g == r,
             (
@@ -304,6 +317,7 @@ impl fmt::Display for Scope {
             Scope::Fs(access, path) => write!(f, "{}:{}", access.name(), path.display()),
             Scope::Net(mode) => write!(f, "net:{}", mode.as_str()),
             Scope::NetConnectTcp(port) => write!(f, "net.connect:tcp:{port}"),
+            Scope::NetEgress(rule) => write!(f, "net.egress:{rule}"),
             Scope::Res(kind, v) => write!(f, "{}:{}", kind.name(), kind.format(*v)),
             Scope::Sys(group) => write!(f, "sys:{group}"),
             Scope::Mem { write, namespace } => {

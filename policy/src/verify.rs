@@ -366,6 +366,32 @@ mod tests {
     }
 
     #[test]
+    fn an_egress_child_may_only_narrow_its_parent() {
+        let scopes = |list: &[&str]| -> Vec<Scope> {
+            list.iter().map(|s| Scope::parse(s).unwrap()).collect()
+        };
+        let parent = scopes(&[
+            "net.egress:*.example.com:80,443",
+            "net.egress:10.0.0.0/8:5432",
+        ]);
+        for narrower in [
+            &["net.egress:api.example.com:443"][..],
+            &["net.egress:*.a.example.com:80"],
+            &["net.egress:10.20.0.0/16:5432", "net:egress"],
+        ] {
+            assert_eq!(widening(&parent, &scopes(narrower)), None, "{narrower:?}");
+        }
+        for wider in [
+            &["net.egress:example.com:443"][..],
+            &["net.egress:api.example.com:22"],
+            &["net.egress:10.0.0.0/7:5432"],
+            &["net:host"],
+        ] {
+            assert!(widening(&parent, &scopes(wider)).is_some(), "{wider:?}");
+        }
+    }
+
+    #[test]
     fn widening_children_are_refused() {
         let roots = [key(1).verifying_key().to_bytes()];
         let none = HashSet::new();

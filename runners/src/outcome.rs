@@ -33,6 +33,8 @@ pub struct RunOutcome {
     pub degradations_applied: Vec<covenant_policy::Degradation>,
     /// Signals the caller sent that reached the sandbox (SIGINT, SIGTERM, ...).
     pub signals_forwarded: Vec<i32>,
+    /// With `net` egress: what the gateway decided, and whether it outlived the run.
+    pub egress: Option<covenant_egress::EgressReport>,
 }
 
 /// What a runner reports once the program is running (for the audit log).

@@ -10,6 +10,7 @@
 //! means "the program is running".
 
 pub(crate) mod cgroup;
+pub(crate) mod egress;
 pub(crate) mod idmap;
 mod init;
 pub(crate) mod landlock;
@@ -78,6 +79,8 @@ pub enum NativeError {
     Setup { step: SetupStep, detail: String },
     #[error(transparent)]
     UnknownStep(#[from] UnknownStep),
+    #[error(transparent)]
+    Egress(#[from] egress::EgressError),
 }
 
 type Result<T> = std::result::Result<T, NativeError>;
@@ -130,6 +133,12 @@ impl NativeRunner {
         // enters before it takes the sandbox's ids: a home only its owner may pass
         // through (0700, or under /root) stays closed to the sandbox's host uid.
         let relative;
+        if spec.egress.is_some() && !spec.has(Namespace::Network) {
+            return Err(NativeError::Egress(egress::EgressError {
+                step: "check the bundle",
+                detail: "net egress needs a network namespace of its own".into(),
+            }));
+        }
         let spec = match (spec.rootfs.parent(), spec.rootfs.file_name()) {
             (Some(parent), Some(name)) if !parent.as_os_str().is_empty() => {
                 prepared.root_parent = Some(parent.to_path_buf());
@@ -152,6 +161,7 @@ impl NativeRunner {
         let (err_rd, err_wr) = pipe()?;
         let (status_rd, status_wr) = pipe()?;
 
+        let mut gateway: Option<covenant_egress::Gateway> = None;
         let (sfd, old_mask) = forwarded_signals().map_err(sys("block forwarded signals"))?;
         let result = (|| {
             let (pid, pidfd) = clone_sandbox(spec)?;
@@ -166,6 +176,9 @@ impl NativeRunner {
                 write_id_maps(pid, spec, rootless)?;
                 if let Some(cg) = &cgroup {
                     cg.add_process(pid.as_raw())?;
+                }
+                if let Some(rules) = &spec.egress {
+                    gateway = Some(egress::start_gateway(pid, rules)?);
                 }
                 File::from(sync_wr)
                     .write_all(b"g")
@@ -204,6 +217,8 @@ impl NativeRunner {
             outcome.map(|supervised| (supervised, read_status(status_rd)))
         })();
         let _ = old_mask.thread_set_mask();
+        // The sandbox is gone: its gateway stops and says whether it lasted the run.
+        let egress_report = gateway.map(|g| g.stop_after_sandbox());
         let (supervised, status) = result?;
         // Without a cgroup (rootless, no limits) nothing was measured.
         let usage = cgroup.as_ref().map(|cg| cg.usage()).unwrap_or_default();
@@ -230,6 +245,7 @@ impl NativeRunner {
             cgroup_version,
             degradations_applied: prepared.degradations.clone(),
             signals_forwarded: supervised.forwarded.clone(),
+            egress: egress_report,
         })
     }
 }

@@ -99,6 +99,8 @@ pub struct NativeSpec {
     pub limits: CgroupLimits,
     pub timeout: Option<Duration>,
     pub loopback_up: bool,
+    /// With `net` egress: the rules of the gateway the runner starts for the sandbox.
+    pub egress: Option<Vec<covenant_policy::EgressRule>>,
     /// How the root is built (see `org.opencovenant.rootfs`).
     pub root_layout: annotations::RootfsLayout,
     pub accepted_degradations: Vec<Degradation>,
@@ -328,14 +330,30 @@ impl NativeSpec {
             })
             .transpose()?;
         let loopback_up = match annotations.get(annotations::NET).map(String::as_str) {
-            None | Some("loopback") => true,
+            None | Some("loopback") | Some("egress") => true,
             Some("none") | Some("host") => false,
             Some(other) => {
                 return Err(field(
                     &note(annotations::NET),
-                    format!("`{other}` is not none, loopback or host"),
+                    format!("`{other}` is not none, loopback, egress or host"),
                 ))
             }
+        };
+        let egress = match annotations.get(annotations::NET).map(String::as_str) {
+            Some("egress") => {
+                let text = annotations
+                    .get(annotations::EGRESS)
+                    .ok_or_else(|| field(annotations::EGRESS, "missing with net egress"))?;
+                let rules: Vec<covenant_policy::EgressRule> = serde_json::from_str(text)
+                    .map_err(|e| field(annotations::EGRESS, e.to_string()))?;
+                // Rules in a bundle pass the same grammar as rules in a request.
+                for rule in &rules {
+                    covenant_policy::EgressRule::parse(&rule.to_string())
+                        .map_err(|e| field(annotations::EGRESS, e.to_string()))?;
+                }
+                Some(rules)
+            }
+            _ => None,
         };
 
         let root_layout = match parse_json(annotations::ROOTFS)?
@@ -421,6 +439,7 @@ impl NativeSpec {
             limits,
             timeout,
             loopback_up,
+            egress,
             root_layout,
             accepted_degradations,
             job_id: annotations
@@ -801,7 +820,7 @@ mod tests {
             (
                 "an unknown network mode",
                 |c| note(c, annotations::NET, "wifi"),
-                "config.json `annotations.org.opencovenant.net`: `wifi` is not none, loopback or host",
+                "config.json `annotations.org.opencovenant.net`: `wifi` is not none, loopback, egress or host",
             ),
             (
                 "an unknown root layout",

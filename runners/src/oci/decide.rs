@@ -20,6 +20,9 @@ pub(super) struct Decisions {
     pub(super) limits: CgroupLimits,
     pub(super) timeout: Option<Duration>,
     pub(super) network: &'static str,
+    /// With `net` egress (runc, crun): the gateway's rules; the runtime joins a namespace
+    /// prepared with its link.
+    pub(super) egress: Option<Vec<covenant_policy::EgressRule>>,
     pub(super) degradations: Vec<Degradation>,
     pub(super) namespaces: Vec<Namespace>,
     /// An image or directory root: its read-only layers, top first.
@@ -101,6 +104,18 @@ impl OciRunner {
             .cloned();
         let network = match net_mode.as_deref() {
             Some("host") => "host",
+            Some("egress") => match self.flavor {
+                // runsc would have to run inside the gateway's namespace with its own
+                // network stack in host mode; until it does, the sandbox would have no
+                // gateway. Refused rather than run without a network.
+                Flavor::Gvisor { .. } => {
+                    return Err(self.unenforceable(
+                        "net egress",
+                        "runsc does not yet run inside the egress gateway's network namespace; use runner native, runc or crun",
+                    ))
+                }
+                Flavor::Runc | Flavor::Crun => "egress",
+            },
             _ => "none",
         };
         // Fail closed, as the native runner does: no filter or no ruleset, no run.
@@ -111,6 +126,14 @@ impl OciRunner {
         {
             return Err(self.unenforceable("seccomp", "the bundle has no linux.seccomp filter"));
         }
+        let egress: Option<Vec<covenant_policy::EgressRule>> = if network == "egress" {
+            Some(
+                annotation(&config, annotations::EGRESS)?
+                    .ok_or_else(|| self.unenforceable("net egress", "the bundle names no rules"))?,
+            )
+        } else {
+            None
+        };
         let policy: Option<LandlockPolicy> = annotation(&config, annotations::LANDLOCK)?;
         if policy.is_none() && !accepted.contains(&Degradation::Landlock) {
             return Err(self.unenforceable(
@@ -213,6 +236,7 @@ impl OciRunner {
             limits,
             timeout,
             network,
+            egress,
             degradations,
             namespaces,
             overlay,

@@ -12,6 +12,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::stat::Mode;
 use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag};
 use nix::unistd::{chown, setsid, write, Gid, Pid, Uid};
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use std::ffi::CString;
 use std::fs;
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -87,6 +88,32 @@ pub(super) fn join_cgroup_in_child(cmd: &mut Command, procs: Vec<CString>) {
     // SAFETY: the hook only makes async-signal-safe syscalls (open, write, close) on C
     // strings built before the fork.
     unsafe { cmd.pre_exec(join) };
+}
+
+/// Points the config's network namespace at `path` (a namespace the runtime joins instead
+/// of making one).
+fn join_network_namespace(spec: &mut Spec, path: &Path) -> Result<()> {
+    let mut linux = spec
+        .linux()
+        .clone()
+        .ok_or_else(|| OciError::Spec("linux section missing".into()))?;
+    let mut namespaces: Vec<_> = linux
+        .namespaces()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|n| n.typ() != LinuxNamespaceType::Network)
+        .collect();
+    namespaces.push(
+        oci_spec::runtime::LinuxNamespaceBuilder::default()
+            .typ(LinuxNamespaceType::Network)
+            .path(path.to_path_buf())
+            .build()
+            .map_err(|e| OciError::Spec(e.to_string()))?,
+    );
+    linux.set_namespaces(Some(namespaces));
+    spec.set_linux(Some(linux));
+    Ok(())
 }
 
 /// One run's private places: the container id, the runtime's state directory
@@ -282,6 +309,8 @@ impl OciRunner {
         Ok(merged)
     }
 
+    /// With `net` egress, prepares the namespace the runtime joins and its gateway, runs,
+    /// and stops the gateway once the container has ended.
     pub(super) fn lifecycle_in_root(
         &self,
         d: &Decisions,
@@ -289,8 +318,33 @@ impl OciRunner {
         rootfs: &Path,
         on_start: &mut dyn FnMut(&StartInfo),
     ) -> Result<RunOutcome> {
+        let Some(rules) = &d.egress else {
+            return self.lifecycle_with_netns(d, w, rootfs, None, on_start);
+        };
+        let (held, gateway) = crate::native::egress::prepare_namespace(rules)
+            .map_err(|e| self.unenforceable("net egress", &e.to_string()))?;
+        let outcome = self.lifecycle_with_netns(d, w, rootfs, Some(&held.path), on_start);
+        let report = gateway.stop_after_sandbox();
+        drop(held);
+        outcome.map(|mut o| {
+            o.egress = Some(report);
+            o
+        })
+    }
+
+    fn lifecycle_with_netns(
+        &self,
+        d: &Decisions,
+        w: &Work,
+        rootfs: &Path,
+        netns: Option<&Path>,
+        on_start: &mut dyn FnMut(&StartInfo),
+    ) -> Result<RunOutcome> {
         let (id, state, derived, log) = (w.id.as_str(), &w.state, &w.derived, &w.log);
         let mut spec = self.derive_config(d, rootfs, id)?;
+        if let Some(path) = netns {
+            join_network_namespace(&mut spec, path)?;
+        }
         if d.overlay.is_some() {
             let mut root = spec
                 .root()
@@ -513,6 +567,7 @@ impl OciRunner {
                 cgroup_version: cgroup.map(|(v, _)| v),
                 degradations_applied: d.degradations.clone(),
                 signals_forwarded: supervised.forwarded.clone(),
+                egress: None,
             })
         })();
         let _ = old_mask.thread_set_mask();

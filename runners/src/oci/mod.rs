@@ -13,6 +13,7 @@
 //! | landlock (`org.opencovenant.landlock`) | `covenant-ctl enforce` injected as the first program | path rules: the sentry's own mount table; TCP port rules: refused |
 //! | cgroup limits | the runtime (`linux.resources`, under `covenant/ID`) | Covenant's cgroup around the whole sandbox (`--ignore-cgroups`) |
 //! | network `none` / `loopback` / `host` | network namespace (landlock denies TCP for `none`) | `--network=none` / `none` / `host` |
+//! | network `egress` | joins a namespace Covenant prepared with the gateway's link | refused |
 //! | idmapped writable paths | refused (degradation `idmap`) | refused (degradation `idmap`) |
 //! | timeout | Covenant kills the container | Covenant kills the sandbox |
 
