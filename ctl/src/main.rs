@@ -250,6 +250,16 @@ fn main() -> ExitCode {
     }
 }
 
+/// Blocks the signals a run forwards to its sandbox, for the rest of this process.
+fn block_forwarded_signals() -> anyhow::Result<()> {
+    let mut set = nix::sys::signal::SigSet::empty();
+    for s in covenant_runners::supervise::FORWARDED {
+        set.add(s);
+    }
+    set.thread_block()
+        .map_err(|e| anyhow::anyhow!("blocking the signals a run forwards: {e}"))
+}
+
 fn run(args: RunArgs, mode: client_mode::Mode) -> anyhow::Result<i32> {
     let manifest = args.request.manifest()?;
     let local_only = args.bundle.is_some() || args.keep_bundle.is_some();
@@ -275,6 +285,13 @@ fn run(args: RunArgs, mode: client_mode::Mode) -> anyhow::Result<i32> {
         }
         return Ok(code);
     }
+    // From here the run owns files (its bundle, staging places, cgroups) that only this
+    // process removes. A signal the caller sends while the sandbox is being set up stays
+    // pending, and reaches the program once it runs, like any later one; the run then ends
+    // and cleans up. Without this, Ctrl-C during setup would kill this process and leave a
+    // bundle behind that keeps its image "in use". (Still single-threaded here; the
+    // runners block the same set again around the run.)
+    block_forwarded_signals()?;
     let settings = RunSettings {
         keep_bundle: args.keep_bundle.clone(),
         runner: args.request.runner.clone(),

@@ -159,3 +159,48 @@ fn a_sandbox_dies_with_its_supervisor() {
     }
     assert!(!running(&marker), "the sandbox outlived its supervisor");
 }
+
+#[test]
+fn a_signal_during_setup_still_leaves_nothing_behind() {
+    let Some(s) = Scene::live() else { return };
+    // SIGTERM at a spread of moments from right after the CLI starts until after the
+    // sandbox runs: whenever it lands, the run ends and removes its bundle and cgroups
+    // (a run killed mid-setup once left its bundle, which kept its image "in use").
+    for delay_ms in [0u64, 1, 2, 4, 8, 16, 32] {
+        let mut child = s
+            .ctl()
+            .args(["run", "--memory", "64MiB", "--", "sleep", "30"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let started = Instant::now();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the run outlived the signal: it reached the program only at its end"
+        );
+        // Killed by the signal itself only before the run began (nothing exists yet);
+        // after that, the program's 143, or 125 when setup stopped.
+        let c = code(&out);
+        let killed = std::os::unix::process::ExitStatusExt::signal(&out.status) == Some(15);
+        assert!(
+            killed || c == 128 + 15 || c == 125,
+            "after {delay_ms} ms: exit {c}: {}",
+            stderr(&out)
+        );
+        for dir in ["home/bundles", "home/staging"] {
+            let left: Vec<_> = std::fs::read_dir(s.home.path().join(dir))
+                .map(|d| d.flatten().map(|e| e.path()).collect())
+                .unwrap_or_default();
+            assert!(
+                left.is_empty(),
+                "after {delay_ms} ms: left behind: {left:?}"
+            );
+        }
+    }
+}
