@@ -167,7 +167,7 @@ fn a_signal_during_setup_still_leaves_nothing_behind() {
     // sandbox runs: whenever it lands, the run ends and removes its bundle and cgroups
     // (a run killed mid-setup once left its bundle, which kept its image "in use").
     for delay_ms in [0u64, 1, 2, 4, 8, 16, 32] {
-        let mut child = s
+        let child = s
             .ctl()
             .args(["run", "--memory", "64MiB", "--", "sleep", "30"])
             .stdin(Stdio::null())
