@@ -159,6 +159,14 @@ impl Rules {
             .any(|r| r.matches_name(name) && r.ports.contains(&port))
     }
 
+    /// Whether a granted network holds `ip` and allows `port` on it (`None`: any port).
+    fn network_allows(&self, ip: Ipv4Addr, port: Option<u16>) -> bool {
+        self.networks(ip).any(|r| match port {
+            Some(p) => r.ports.contains(&p),
+            None => true,
+        })
+    }
+
     /// The granted networks holding `ip`, on any port.
     fn networks(&self, ip: Ipv4Addr) -> impl Iterator<Item = &EgressRule> {
         self.rules.iter().filter(move |r| match r.target {
@@ -178,8 +186,16 @@ pub struct Target {
 
 /// Whether the gateway may reach `ip` upstream: the operator's public ranges and granted
 /// networks always; the host's own addresses and the [`NEVER_REACHABLE`] ranges never.
-pub fn upstream_reachable(ip: Ipv4Addr, rules: &Rules, settings: &Settings) -> Result<(), Refusal> {
-    if settings.public.iter().any(|c| c.contains(ip)) || rules.networks(ip).next().is_some() {
+/// A granted network opens only its own ports: with `port`, a name resolving into it is
+/// reached there only on a port the network allows (`None`: on some port, as a DNS answer
+/// is judged before any connection names one).
+pub fn upstream_reachable(
+    ip: Ipv4Addr,
+    port: Option<u16>,
+    rules: &Rules,
+    settings: &Settings,
+) -> Result<(), Refusal> {
+    if settings.public.iter().any(|c| c.contains(ip)) || rules.network_allows(ip, port) {
         return Ok(());
     }
     let unreachable = |range: &str| Refusal::AnswerUnreachable {
@@ -209,7 +225,7 @@ pub fn decide_connect(
         if !rules.name_port_allowed(&answered.name, port) {
             return Err(Refusal::Port);
         }
-        upstream_reachable(answered.upstream, rules, settings)?;
+        upstream_reachable(answered.upstream, Some(port), rules, settings)?;
         return Ok(Target {
             upstream: SocketAddrV4::new(answered.upstream, port),
             name: Some(answered.name.clone()),
@@ -335,14 +351,38 @@ mod tests {
             "203.0.113.9",
         ] {
             assert!(
-                upstream_reachable(ip(bad), &r, &settings(&[])).is_err(),
+                upstream_reachable(ip(bad), None, &r, &settings(&[])).is_err(),
                 "{bad}"
             );
         }
-        assert!(upstream_reachable(ip("10.20.0.1"), &r, &settings(&[])).is_ok());
-        assert!(upstream_reachable(ip("93.184.216.34"), &r, &settings(&[])).is_ok());
-        assert!(upstream_reachable(ip("127.77.0.10"), &r, &settings(&["127.77.0.0/16"])).is_ok());
-        assert!(upstream_reachable(ip("127.0.0.1"), &r, &settings(&["127.77.0.0/16"])).is_err());
+        assert!(upstream_reachable(ip("10.20.0.1"), None, &r, &settings(&[])).is_ok());
+        assert!(upstream_reachable(ip("93.184.216.34"), None, &r, &settings(&[])).is_ok());
+        assert!(
+            upstream_reachable(ip("127.77.0.10"), None, &r, &settings(&["127.77.0.0/16"])).is_ok()
+        );
+        assert!(
+            upstream_reachable(ip("127.0.0.1"), None, &r, &settings(&["127.77.0.0/16"])).is_err()
+        );
+    }
+
+    #[test]
+    fn a_network_grant_opens_only_its_ports_to_names_resolving_into_it() {
+        // A name allowed on 443 whose answer lies in a network granted for 5432 only: the
+        // network's grant does not open 10.20.1.1:443, and the name's rule does not open
+        // a private address; together they must not either.
+        let r = rules(&["api.test:443,5432", "10.20.0.0/16:5432"]);
+        let s = settings(&[]);
+        let mut names = NameTable::new(16);
+        let inside = names.standin_for("api.test", ip("10.20.1.1")).unwrap();
+        let d = |p: u16| decide_connect(SocketAddrV4::new(inside, p), &names, &r, &s);
+        assert!(matches!(d(443), Err(Refusal::AnswerUnreachable { .. })));
+        assert_eq!(
+            d(5432).unwrap().upstream,
+            SocketAddrV4::new(ip("10.20.1.1"), 5432)
+        );
+        // The DNS answer itself stays: some port of the network is granted.
+        assert!(upstream_reachable(ip("10.20.1.1"), None, &r, &s).is_ok());
+        assert!(upstream_reachable(ip("10.20.1.1"), Some(443), &r, &s).is_err());
     }
 
     #[test]
