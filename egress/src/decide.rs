@@ -257,14 +257,21 @@ pub fn check_first_bytes(target: &Target, sniffed: &Sniffed) -> Result<(), Refus
         Sniffed::Tls { sni: None } => Err(Refusal::NoSni),
         Sniffed::Tls { sni: Some(sni) } if same(sni) => Ok(()),
         Sniffed::Tls { sni: Some(sni) } => Err(Refusal::SniMismatch { sni: sni.clone() }),
-        Sniffed::Http { host: None } => Err(Refusal::NoHost),
-        Sniffed::Http { host: Some(host) } => {
-            let bare = host_without_port(host);
-            if same(bare) {
-                Ok(())
-            } else {
-                Err(Refusal::HostMismatch { host: host.clone() })
+        Sniffed::Http { host: None, .. } => Err(Refusal::NoHost),
+        Sniffed::Http {
+            host: Some(host),
+            authority,
+        } => {
+            // A server routes by an absolute-form target's host before the Host header:
+            // both must be the name.
+            for given in std::iter::once(host).chain(authority) {
+                if !same(host_without_port(given)) {
+                    return Err(Refusal::HostMismatch {
+                        host: given.clone(),
+                    });
+                }
             }
+            Ok(())
         }
         Sniffed::Other => Ok(()),
     }
@@ -386,6 +393,43 @@ mod tests {
     }
 
     #[test]
+    fn http_requests_naming_another_host_outside_the_host_header_are_refused() {
+        use crate::sniff::sniff;
+        let t = Target {
+            upstream: "93.184.216.34:80".parse().unwrap(),
+            name: Some("api.test".into()),
+        };
+        let check = |req: &[u8]| check_first_bytes(&t, &sniff(req));
+        assert!(check(b"GET / HTTP/1.1\r\nHost: api.test\r\n\r\n").is_ok());
+        assert!(check(b"GET http://api.test/x HTTP/1.1\r\nHost: api.test\r\n\r\n").is_ok());
+        // Each of these reaches a name-routing server at api.test's address as evil.test.
+        for attack in [
+            // absolute form: the target's host wins over Host (RFC 9112 3.2.2)
+            &b"GET http://evil.test/ HTTP/1.1\r\nHost: api.test\r\n\r\n"[..],
+            b"GET HTTP://evil.test:80/?q HTTP/1.1\r\nHost: api.test\r\n\r\n",
+            b"GET http://api.test@evil.test/ HTTP/1.1\r\nHost: api.test\r\n\r\n",
+            b"GET http://evil.test\\@api.test/ HTTP/1.1\r\nHost: api.test\r\n\r\n",
+            b"CONNECT evil.test:443 HTTP/1.1\r\nHost: api.test\r\n\r\n",
+            // empty lines before the request line are skipped by servers
+            b"\r\nGET / HTTP/1.1\r\nHost: evil.test\r\n\r\n",
+            // a method the gateway did not list
+            b"PROPFIND / HTTP/1.1\r\nHost: evil.test\r\n\r\n",
+            b"get / HTTP/1.1\r\nHost: evil.test\r\n\r\n",
+            b"GET\t/ HTTP/1.1\r\nHost: evil.test\r\n\r\n",
+            // bare LF ends a line: two Host headers, the first hidden in another header
+            b"GET / HTTP/1.1\r\nX: a\nHost: evil.test\r\nHost: api.test\r\n\r\n",
+            // a folded Host header
+            b"GET / HTTP/1.1\r\nHost: api.test\r\n evil.test\r\n\r\n",
+        ] {
+            assert!(
+                check(attack).is_err(),
+                "{:?} passed",
+                String::from_utf8_lossy(attack)
+            );
+        }
+    }
+
+    #[test]
     fn first_bytes_must_name_the_answered_host() {
         let t = Target {
             upstream: "93.184.216.34:443".parse().unwrap(),
@@ -396,6 +440,7 @@ mod tests {
         };
         let http = |h: &str| Sniffed::Http {
             host: Some(h.into()),
+            authority: None,
         };
         assert!(check_first_bytes(&t, &tls("api.test")).is_ok());
         assert!(check_first_bytes(&t, &tls("API.test.")).is_ok());
@@ -413,7 +458,13 @@ mod tests {
             Err(Refusal::HostMismatch { .. })
         ));
         assert_eq!(
-            check_first_bytes(&t, &Sniffed::Http { host: None }),
+            check_first_bytes(
+                &t,
+                &Sniffed::Http {
+                    host: None,
+                    authority: None
+                }
+            ),
             Err(Refusal::NoHost)
         );
         assert!(check_first_bytes(&t, &Sniffed::Other).is_ok());
