@@ -77,6 +77,9 @@ pub enum Refusal {
     Port,
     /// The TLS ClientHello has no SNI.
     NoSni,
+    /// The TLS ClientHello carries an encrypted server name (ECH, ESNI): the server goes
+    /// by a name the gateway cannot read.
+    HiddenSni,
     /// The SNI is not the name the address was resolved for.
     SniMismatch { sni: String },
     /// The HTTP request has no (single) Host header.
@@ -112,6 +115,9 @@ impl fmt::Display for Refusal {
             ),
             Refusal::Port => f.write_str("port not allowed for this host"),
             Refusal::NoSni => f.write_str("TLS ClientHello without SNI"),
+            Refusal::HiddenSni => f.write_str(
+                "TLS ClientHello with an encrypted server name (ECH): the name it reaches is hidden",
+            ),
             Refusal::SniMismatch { sni } => {
                 write!(
                     f,
@@ -254,9 +260,10 @@ pub fn check_first_bytes(target: &Target, sniffed: &Sniffed) -> Result<(), Refus
     let same = |given: &str| normalize_name(given).is_ok_and(|n| &n == name);
     match sniffed {
         Sniffed::NeedMore => Err(Refusal::FirstBytes("incomplete")),
-        Sniffed::Tls { sni: None } => Err(Refusal::NoSni),
-        Sniffed::Tls { sni: Some(sni) } if same(sni) => Ok(()),
-        Sniffed::Tls { sni: Some(sni) } => Err(Refusal::SniMismatch { sni: sni.clone() }),
+        Sniffed::Tls { hidden: true, .. } => Err(Refusal::HiddenSni),
+        Sniffed::Tls { sni: None, .. } => Err(Refusal::NoSni),
+        Sniffed::Tls { sni: Some(sni), .. } if same(sni) => Ok(()),
+        Sniffed::Tls { sni: Some(sni), .. } => Err(Refusal::SniMismatch { sni: sni.clone() }),
         Sniffed::Http { host: None, .. } => Err(Refusal::NoHost),
         Sniffed::Http {
             host: Some(host),
@@ -430,6 +437,37 @@ mod tests {
     }
 
     #[test]
+    fn a_client_hello_with_an_encrypted_server_name_is_refused() {
+        use crate::sniff::sniff;
+        use crate::sniff::tests::client_hello_with;
+        let t = Target {
+            upstream: "93.184.216.34:443".parse().unwrap(),
+            name: Some("api.test".into()),
+        };
+        let check = |hello: &[u8]| check_first_bytes(&t, &sniff(hello));
+        assert!(check(&client_hello_with(Some("api.test"), &[], &[])).is_ok());
+        // ECH: the outer SNI is the allowed name, the server answers for the inner one.
+        let ech = [0xfe, 0x0d, 0, 4, 0, 1, 2, 3];
+        let esni = [0xff, 0xce, 0, 2, 9, 9];
+        // An extension the parser gives up on (a server_name list cut short) hides what
+        // follows it from a parser that stops there.
+        let junk = [0, 0x0a, 0, 3, 0, 9, 1];
+        for (before, after) in [
+            (&[][..], &ech[..]),
+            (&ech[..], &[][..]),
+            (&[][..], &esni[..]),
+            (&[][..], &[&junk[..], &ech[..]].concat()[..]),
+        ] {
+            let hello = client_hello_with(Some("api.test"), before, after);
+            assert_eq!(
+                check(&hello),
+                Err(Refusal::HiddenSni),
+                "{before:?} {after:?}"
+            );
+        }
+    }
+
+    #[test]
     fn first_bytes_must_name_the_answered_host() {
         let t = Target {
             upstream: "93.184.216.34:443".parse().unwrap(),
@@ -437,6 +475,7 @@ mod tests {
         };
         let tls = |s: &str| Sniffed::Tls {
             sni: Some(s.into()),
+            hidden: false,
         };
         let http = |h: &str| Sniffed::Http {
             host: Some(h.into()),
@@ -449,7 +488,13 @@ mod tests {
             Err(Refusal::SniMismatch { .. })
         ));
         assert_eq!(
-            check_first_bytes(&t, &Sniffed::Tls { sni: None }),
+            check_first_bytes(
+                &t,
+                &Sniffed::Tls {
+                    sni: None,
+                    hidden: false
+                }
+            ),
             Err(Refusal::NoSni)
         );
         assert!(check_first_bytes(&t, &http("api.test:443")).is_ok());

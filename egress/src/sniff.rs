@@ -30,8 +30,10 @@ const HTTP_METHODS: &[&[u8]] = &[
 pub enum Sniffed {
     /// Not enough bytes yet to tell.
     NeedMore,
-    /// A TLS handshake; `sni` is its host name, when it has exactly one.
-    Tls { sni: Option<String> },
+    /// A TLS handshake; `sni` is its host name, when it has exactly one; `hidden` says
+    /// the ClientHello carries an encrypted one (ECH, or the older ESNI), which the server
+    /// goes by instead of `sni`.
+    Tls { sni: Option<String>, hidden: bool },
     /// A plain HTTP request; `host` is its Host header, when it has exactly one;
     /// `authority` the host its request target names by itself (absolute or authority
     /// form), which a server routes by before the Host header.
@@ -60,16 +62,38 @@ fn sniff_tls(buf: &[u8]) -> Sniffed {
     if buf.len() < 5 + len {
         return Sniffed::NeedMore;
     }
-    let sni = match parse_tls_plaintext(&buf[..5 + len]) {
+    let (sni, hidden) = match parse_tls_plaintext(&buf[..5 + len]) {
         Ok((_, record)) => match record.msg.first() {
-            Some(TlsMessage::Handshake(TlsMessageHandshake::ClientHello(hello))) => {
-                hello.ext.and_then(server_name)
-            }
-            _ => None,
+            Some(TlsMessage::Handshake(TlsMessageHandshake::ClientHello(hello))) => (
+                hello.ext.and_then(server_name),
+                hello.ext.is_some_and(hides_name),
+            ),
+            _ => (None, false),
         },
-        Err(_) => None,
+        Err(_) => (None, false),
     };
-    Sniffed::Tls { sni }
+    Sniffed::Tls { sni, hidden }
+}
+
+/// TLS extension types that carry an encrypted server name: `encrypted_client_hello`
+/// (RFC 9849) and the draft ESNI it replaced.
+const HIDDEN_NAME_EXTENSIONS: [u16; 2] = [0xfe0d, 0xffce];
+
+/// Whether a ClientHello's extensions carry an encrypted server name. Read from the
+/// extensions' own framing, not from a parser that stops at the first extension it does
+/// not understand; extensions whose framing does not add up count as hiding one.
+fn hides_name(mut ext: &[u8]) -> bool {
+    while !ext.is_empty() {
+        let [t0, t1, l0, l1, rest @ ..] = ext else {
+            return true;
+        };
+        let len = u16::from_be_bytes([*l0, *l1]) as usize;
+        if rest.len() < len || HIDDEN_NAME_EXTENSIONS.contains(&u16::from_be_bytes([*t0, *t1])) {
+            return true;
+        }
+        ext = &rest[len..];
+    }
+    false
 }
 
 /// The one host name of a ClientHello's server_name extension.
@@ -210,7 +234,12 @@ pub(crate) mod tests {
 
     /// A minimal TLS 1.2 ClientHello record naming `sni` (or none).
     pub fn client_hello(sni: Option<&str>) -> Vec<u8> {
-        let mut ext = Vec::new();
+        client_hello_with(sni, &[], &[])
+    }
+
+    /// A ClientHello naming `sni`, with raw extensions `before` and `after` its SNI.
+    pub fn client_hello_with(sni: Option<&str>, before: &[u8], after: &[u8]) -> Vec<u8> {
+        let mut ext = before.to_vec();
         if let Some(name) = sni {
             let n = name.as_bytes();
             let list_len = 3 + n.len();
@@ -221,6 +250,7 @@ pub(crate) mod tests {
             ext.extend_from_slice(&(n.len() as u16).to_be_bytes());
             ext.extend_from_slice(n);
         }
+        ext.extend_from_slice(after);
         let mut body = Vec::new();
         body.extend_from_slice(&[3, 3]);
         body.extend_from_slice(&[7; 32]);
@@ -247,13 +277,23 @@ pub(crate) mod tests {
         assert_eq!(
             sniff(&hello),
             Sniffed::Tls {
-                sni: Some("API.test".into())
+                sni: Some("API.test".into()),
+                hidden: false
             }
         );
-        assert_eq!(sniff(&client_hello(None)), Sniffed::Tls { sni: None });
+        assert_eq!(
+            sniff(&client_hello(None)),
+            Sniffed::Tls {
+                sni: None,
+                hidden: false
+            }
+        );
         assert_eq!(
             sniff(&[0x16, 3, 1, 0, 4, 9, 9, 9, 9]),
-            Sniffed::Tls { sni: None }
+            Sniffed::Tls {
+                sni: None,
+                hidden: false
+            }
         );
     }
 
