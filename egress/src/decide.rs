@@ -419,6 +419,7 @@ mod tests {
             b"CONNECT evil.test:443 HTTP/1.1\r\nHost: api.test\r\n\r\n",
             // empty lines before the request line are skipped by servers
             b"\r\nGET / HTTP/1.1\r\nHost: evil.test\r\n\r\n",
+            b" \tGET / HTTP/1.1\r\nHost: evil.test\r\n\r\n",
             // a method the gateway did not list
             b"PROPFIND / HTTP/1.1\r\nHost: evil.test\r\n\r\n",
             b"get / HTTP/1.1\r\nHost: evil.test\r\n\r\n",

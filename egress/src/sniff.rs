@@ -130,12 +130,15 @@ fn is_binary(b: u8) -> bool {
     (b < 0x20 && !matches!(b, b'\t' | b'\r' | b'\n' | 0x0b | 0x0c)) || b == 0x7f
 }
 
-/// Reads an HTTP/1 request head the way a lenient server does: empty lines before the
-/// request line are skipped, any method token is a method, a bare LF ends a line, and a
+/// Reads an HTTP/1 request head the way a lenient server does: empty lines (and blanks)
+/// before the request line are skipped, any method token is a method, a bare LF ends a line, and a
 /// request target in absolute form (or CONNECT's authority form) names a host of its own,
 /// which a server routes by instead of the Host header.
 fn sniff_http(buf: &[u8]) -> Sniffed {
-    let Some(start) = buf.iter().position(|b| *b != b'\r' && *b != b'\n') else {
+    let Some(start) = buf
+        .iter()
+        .position(|b| !matches!(b, b'\r' | b'\n' | b' ' | b'\t'))
+    else {
         return Sniffed::NeedMore;
     };
     let rest = &buf[start..];
