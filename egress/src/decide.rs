@@ -77,6 +77,9 @@ pub enum Refusal {
     Port,
     /// The TLS ClientHello has no SNI.
     NoSni,
+    /// The TLS ClientHello carries an encrypted server name (ECH, ESNI): the server goes
+    /// by a name the gateway cannot read.
+    HiddenSni,
     /// The SNI is not the name the address was resolved for.
     SniMismatch { sni: String },
     /// The HTTP request has no (single) Host header.
@@ -112,6 +115,9 @@ impl fmt::Display for Refusal {
             ),
             Refusal::Port => f.write_str("port not allowed for this host"),
             Refusal::NoSni => f.write_str("TLS ClientHello without SNI"),
+            Refusal::HiddenSni => f.write_str(
+                "TLS ClientHello with an encrypted server name (ECH): the name it reaches is hidden",
+            ),
             Refusal::SniMismatch { sni } => {
                 write!(
                     f,
@@ -159,6 +165,14 @@ impl Rules {
             .any(|r| r.matches_name(name) && r.ports.contains(&port))
     }
 
+    /// Whether a granted network holds `ip` and allows `port` on it (`None`: any port).
+    fn network_allows(&self, ip: Ipv4Addr, port: Option<u16>) -> bool {
+        self.networks(ip).any(|r| match port {
+            Some(p) => r.ports.contains(&p),
+            None => true,
+        })
+    }
+
     /// The granted networks holding `ip`, on any port.
     fn networks(&self, ip: Ipv4Addr) -> impl Iterator<Item = &EgressRule> {
         self.rules.iter().filter(move |r| match r.target {
@@ -178,8 +192,16 @@ pub struct Target {
 
 /// Whether the gateway may reach `ip` upstream: the operator's public ranges and granted
 /// networks always; the host's own addresses and the [`NEVER_REACHABLE`] ranges never.
-pub fn upstream_reachable(ip: Ipv4Addr, rules: &Rules, settings: &Settings) -> Result<(), Refusal> {
-    if settings.public.iter().any(|c| c.contains(ip)) || rules.networks(ip).next().is_some() {
+/// A granted network opens only its own ports: with `port`, a name resolving into it is
+/// reached there only on a port the network allows (`None`: on some port, as a DNS answer
+/// is judged before any connection names one).
+pub fn upstream_reachable(
+    ip: Ipv4Addr,
+    port: Option<u16>,
+    rules: &Rules,
+    settings: &Settings,
+) -> Result<(), Refusal> {
+    if settings.public.iter().any(|c| c.contains(ip)) || rules.network_allows(ip, port) {
         return Ok(());
     }
     let unreachable = |range: &str| Refusal::AnswerUnreachable {
@@ -209,7 +231,7 @@ pub fn decide_connect(
         if !rules.name_port_allowed(&answered.name, port) {
             return Err(Refusal::Port);
         }
-        upstream_reachable(answered.upstream, rules, settings)?;
+        upstream_reachable(answered.upstream, Some(port), rules, settings)?;
         return Ok(Target {
             upstream: SocketAddrV4::new(answered.upstream, port),
             name: Some(answered.name.clone()),
@@ -238,17 +260,25 @@ pub fn check_first_bytes(target: &Target, sniffed: &Sniffed) -> Result<(), Refus
     let same = |given: &str| normalize_name(given).is_ok_and(|n| &n == name);
     match sniffed {
         Sniffed::NeedMore => Err(Refusal::FirstBytes("incomplete")),
-        Sniffed::Tls { sni: None } => Err(Refusal::NoSni),
-        Sniffed::Tls { sni: Some(sni) } if same(sni) => Ok(()),
-        Sniffed::Tls { sni: Some(sni) } => Err(Refusal::SniMismatch { sni: sni.clone() }),
-        Sniffed::Http { host: None } => Err(Refusal::NoHost),
-        Sniffed::Http { host: Some(host) } => {
-            let bare = host_without_port(host);
-            if same(bare) {
-                Ok(())
-            } else {
-                Err(Refusal::HostMismatch { host: host.clone() })
+        Sniffed::Tls { hidden: true, .. } => Err(Refusal::HiddenSni),
+        Sniffed::Tls { sni: None, .. } => Err(Refusal::NoSni),
+        Sniffed::Tls { sni: Some(sni), .. } if same(sni) => Ok(()),
+        Sniffed::Tls { sni: Some(sni), .. } => Err(Refusal::SniMismatch { sni: sni.clone() }),
+        Sniffed::Http { host: None, .. } => Err(Refusal::NoHost),
+        Sniffed::Http {
+            host: Some(host),
+            authority,
+        } => {
+            // A server routes by an absolute-form target's host before the Host header:
+            // both must be the name.
+            for given in std::iter::once(host).chain(authority) {
+                if !same(host_without_port(given)) {
+                    return Err(Refusal::HostMismatch {
+                        host: given.clone(),
+                    });
+                }
             }
+            Ok(())
         }
         Sniffed::Other => Ok(()),
     }
@@ -335,14 +365,107 @@ mod tests {
             "203.0.113.9",
         ] {
             assert!(
-                upstream_reachable(ip(bad), &r, &settings(&[])).is_err(),
+                upstream_reachable(ip(bad), None, &r, &settings(&[])).is_err(),
                 "{bad}"
             );
         }
-        assert!(upstream_reachable(ip("10.20.0.1"), &r, &settings(&[])).is_ok());
-        assert!(upstream_reachable(ip("93.184.216.34"), &r, &settings(&[])).is_ok());
-        assert!(upstream_reachable(ip("127.77.0.10"), &r, &settings(&["127.77.0.0/16"])).is_ok());
-        assert!(upstream_reachable(ip("127.0.0.1"), &r, &settings(&["127.77.0.0/16"])).is_err());
+        assert!(upstream_reachable(ip("10.20.0.1"), None, &r, &settings(&[])).is_ok());
+        assert!(upstream_reachable(ip("93.184.216.34"), None, &r, &settings(&[])).is_ok());
+        assert!(
+            upstream_reachable(ip("127.77.0.10"), None, &r, &settings(&["127.77.0.0/16"])).is_ok()
+        );
+        assert!(
+            upstream_reachable(ip("127.0.0.1"), None, &r, &settings(&["127.77.0.0/16"])).is_err()
+        );
+    }
+
+    #[test]
+    fn a_network_grant_opens_only_its_ports_to_names_resolving_into_it() {
+        // A name allowed on 443 whose answer lies in a network granted for 5432 only: the
+        // network's grant does not open 10.20.1.1:443, and the name's rule does not open
+        // a private address; together they must not either.
+        let r = rules(&["api.test:443,5432", "10.20.0.0/16:5432"]);
+        let s = settings(&[]);
+        let mut names = NameTable::new(16);
+        let inside = names.standin_for("api.test", ip("10.20.1.1")).unwrap();
+        let d = |p: u16| decide_connect(SocketAddrV4::new(inside, p), &names, &r, &s);
+        assert!(matches!(d(443), Err(Refusal::AnswerUnreachable { .. })));
+        assert_eq!(
+            d(5432).unwrap().upstream,
+            SocketAddrV4::new(ip("10.20.1.1"), 5432)
+        );
+        // The DNS answer itself stays: some port of the network is granted.
+        assert!(upstream_reachable(ip("10.20.1.1"), None, &r, &s).is_ok());
+        assert!(upstream_reachable(ip("10.20.1.1"), Some(443), &r, &s).is_err());
+    }
+
+    #[test]
+    fn http_requests_naming_another_host_outside_the_host_header_are_refused() {
+        use crate::sniff::sniff;
+        let t = Target {
+            upstream: "93.184.216.34:80".parse().unwrap(),
+            name: Some("api.test".into()),
+        };
+        let check = |req: &[u8]| check_first_bytes(&t, &sniff(req));
+        assert!(check(b"GET / HTTP/1.1\r\nHost: api.test\r\n\r\n").is_ok());
+        assert!(check(b"GET http://api.test/x HTTP/1.1\r\nHost: api.test\r\n\r\n").is_ok());
+        // Each of these reaches a name-routing server at api.test's address as evil.test.
+        for attack in [
+            // absolute form: the target's host wins over Host (RFC 9112 3.2.2)
+            &b"GET http://evil.test/ HTTP/1.1\r\nHost: api.test\r\n\r\n"[..],
+            b"GET HTTP://evil.test:80/?q HTTP/1.1\r\nHost: api.test\r\n\r\n",
+            b"GET http://api.test@evil.test/ HTTP/1.1\r\nHost: api.test\r\n\r\n",
+            b"GET http://evil.test\\@api.test/ HTTP/1.1\r\nHost: api.test\r\n\r\n",
+            b"CONNECT evil.test:443 HTTP/1.1\r\nHost: api.test\r\n\r\n",
+            // empty lines before the request line are skipped by servers
+            b"\r\nGET / HTTP/1.1\r\nHost: evil.test\r\n\r\n",
+            b" \tGET / HTTP/1.1\r\nHost: evil.test\r\n\r\n",
+            // a method the gateway did not list
+            b"PROPFIND / HTTP/1.1\r\nHost: evil.test\r\n\r\n",
+            b"get / HTTP/1.1\r\nHost: evil.test\r\n\r\n",
+            b"GET\t/ HTTP/1.1\r\nHost: evil.test\r\n\r\n",
+            // bare LF ends a line: two Host headers, the first hidden in another header
+            b"GET / HTTP/1.1\r\nX: a\nHost: evil.test\r\nHost: api.test\r\n\r\n",
+            // a folded Host header
+            b"GET / HTTP/1.1\r\nHost: api.test\r\n evil.test\r\n\r\n",
+        ] {
+            assert!(
+                check(attack).is_err(),
+                "{:?} passed",
+                String::from_utf8_lossy(attack)
+            );
+        }
+    }
+
+    #[test]
+    fn a_client_hello_with_an_encrypted_server_name_is_refused() {
+        use crate::sniff::sniff;
+        use crate::sniff::tests::client_hello_with;
+        let t = Target {
+            upstream: "93.184.216.34:443".parse().unwrap(),
+            name: Some("api.test".into()),
+        };
+        let check = |hello: &[u8]| check_first_bytes(&t, &sniff(hello));
+        assert!(check(&client_hello_with(Some("api.test"), &[], &[])).is_ok());
+        // ECH: the outer SNI is the allowed name, the server answers for the inner one.
+        let ech = [0xfe, 0x0d, 0, 4, 0, 1, 2, 3];
+        let esni = [0xff, 0xce, 0, 2, 9, 9];
+        // An extension the parser gives up on (a server_name list cut short) hides what
+        // follows it from a parser that stops there.
+        let junk = [0, 0x0a, 0, 3, 0, 9, 1];
+        for (before, after) in [
+            (&[][..], &ech[..]),
+            (&ech[..], &[][..]),
+            (&[][..], &esni[..]),
+            (&[][..], &[&junk[..], &ech[..]].concat()[..]),
+        ] {
+            let hello = client_hello_with(Some("api.test"), before, after);
+            assert_eq!(
+                check(&hello),
+                Err(Refusal::HiddenSni),
+                "{before:?} {after:?}"
+            );
+        }
     }
 
     #[test]
@@ -353,9 +476,11 @@ mod tests {
         };
         let tls = |s: &str| Sniffed::Tls {
             sni: Some(s.into()),
+            hidden: false,
         };
         let http = |h: &str| Sniffed::Http {
             host: Some(h.into()),
+            authority: None,
         };
         assert!(check_first_bytes(&t, &tls("api.test")).is_ok());
         assert!(check_first_bytes(&t, &tls("API.test.")).is_ok());
@@ -364,7 +489,13 @@ mod tests {
             Err(Refusal::SniMismatch { .. })
         ));
         assert_eq!(
-            check_first_bytes(&t, &Sniffed::Tls { sni: None }),
+            check_first_bytes(
+                &t,
+                &Sniffed::Tls {
+                    sni: None,
+                    hidden: false
+                }
+            ),
             Err(Refusal::NoSni)
         );
         assert!(check_first_bytes(&t, &http("api.test:443")).is_ok());
@@ -373,7 +504,13 @@ mod tests {
             Err(Refusal::HostMismatch { .. })
         ));
         assert_eq!(
-            check_first_bytes(&t, &Sniffed::Http { host: None }),
+            check_first_bytes(
+                &t,
+                &Sniffed::Http {
+                    host: None,
+                    authority: None
+                }
+            ),
             Err(Refusal::NoHost)
         );
         assert!(check_first_bytes(&t, &Sniffed::Other).is_ok());

@@ -8,6 +8,35 @@ use serde::{Deserialize, Serialize};
 pub const MAX_EVENTS: usize = 4096;
 /// The most refusals the run report lists.
 pub const MAX_REPORTED_REFUSALS: usize = 100;
+/// The most bytes of one text field of an event: names, SNI and Host values come from the
+/// sandbox, and every kept event goes to the audit log.
+pub const MAX_FIELD_BYTES: usize = 300;
+
+/// `text` cut to [`MAX_FIELD_BYTES`] (on a character boundary, marked with `...`), with
+/// control characters replaced, so that one event stays small in the audit log.
+fn bounded(text: String) -> String {
+    let clean = |t: &str| -> String {
+        t.chars()
+            .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+            .collect()
+    };
+    if text.len() <= MAX_FIELD_BYTES && !text.chars().any(char::is_control) {
+        return text;
+    }
+    let mut end = text.len().min(MAX_FIELD_BYTES - 3);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut out = clean(&text[..end]);
+    if end < text.len() {
+        out.push_str("...");
+    }
+    // A replaced character may be wider than what it replaced.
+    while out.len() > MAX_FIELD_BYTES {
+        out.pop();
+    }
+    out
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -84,7 +113,10 @@ pub struct EgressReport {
 
 impl EgressReport {
     /// Records one event into the totals and the bounded lists.
-    pub fn record(&mut self, event: EgressEvent) {
+    pub fn record(&mut self, mut event: EgressEvent) {
+        event.name = event.name.map(bounded);
+        event.address = event.address.map(bounded);
+        event.reason = event.reason.map(bounded);
         match (event.kind, event.verdict) {
             (EventKind::Connect, Verdict::Allowed) => self.connections_allowed += 1,
             (EventKind::Connect, Verdict::Refused) => self.connections_refused += 1,
@@ -107,6 +139,35 @@ impl EgressReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_the_sandbox_chose_is_bounded_in_every_event() {
+        // A 16 KiB SNI of control characters, refused 4,096 times, went into the audit log
+        // whole: some 400 MiB of escaped JSON per run.
+        let sni = "\u{1}".repeat(16 * 1024);
+        let why = crate::decide::Refusal::SniMismatch { sni: sni.clone() };
+        let mut r = EgressReport::default();
+        r.record(EgressEvent {
+            kind: EventKind::Connect,
+            verdict: Verdict::Refused,
+            name: Some(format!("é{sni}")),
+            address: Some(sni.clone()),
+            port: Some(443),
+            bytes_out: 0,
+            bytes_in: 0,
+            reason: Some(why.to_string()),
+        });
+        for e in [&r.events[0], &r.refused[0]] {
+            for field in [&e.name, &e.address, &e.reason] {
+                let text = field.as_deref().unwrap();
+                assert!(text.len() <= MAX_FIELD_BYTES, "{} bytes", text.len());
+                assert!(!text.chars().any(char::is_control), "{text:?}");
+            }
+            assert!(e.reason.as_deref().unwrap().starts_with("SNI `"));
+        }
+        // Ordinary text is kept as it is.
+        assert_eq!(bounded("api.test".into()), "api.test");
+    }
 
     #[test]
     fn the_log_is_bounded_and_the_totals_are_not() {

@@ -859,7 +859,7 @@ impl State {
         let mut standins = Vec::new();
         let mut refusal = None;
         for ip in &addresses {
-            if let Err(why) = upstream_reachable(*ip, &self.rules, &self.settings) {
+            if let Err(why) = upstream_reachable(*ip, None, &self.rules, &self.settings) {
                 // Rebinding: an allowed name may not lead to a range never reached.
                 self.query_event(Some(name.clone()), Some(&why), Some(ip.to_string()));
                 refusal = Some(why);
@@ -883,7 +883,7 @@ impl State {
         self.reply_udp(p.client, &dns::answer(&p.question, &standins));
         let answered: Vec<String> = addresses
             .iter()
-            .filter(|ip| upstream_reachable(**ip, &self.rules, &self.settings).is_ok())
+            .filter(|ip| upstream_reachable(**ip, None, &self.rules, &self.settings).is_ok())
             .map(|ip| ip.to_string())
             .collect();
         self.query_event(Some(name), None, Some(answered.join(",")));

@@ -30,10 +30,17 @@ const HTTP_METHODS: &[&[u8]] = &[
 pub enum Sniffed {
     /// Not enough bytes yet to tell.
     NeedMore,
-    /// A TLS handshake; `sni` is its host name, when it has exactly one.
-    Tls { sni: Option<String> },
-    /// A plain HTTP request; `host` is its Host header, when it has exactly one.
-    Http { host: Option<String> },
+    /// A TLS handshake; `sni` is its host name, when it has exactly one; `hidden` says
+    /// the ClientHello carries an encrypted one (ECH, or the older ESNI), which the server
+    /// goes by instead of `sni`.
+    Tls { sni: Option<String>, hidden: bool },
+    /// A plain HTTP request; `host` is its Host header, when it has exactly one;
+    /// `authority` the host its request target names by itself (absolute or authority
+    /// form), which a server routes by before the Host header.
+    Http {
+        host: Option<String>,
+        authority: Option<String>,
+    },
     /// Another protocol.
     Other,
 }
@@ -55,16 +62,38 @@ fn sniff_tls(buf: &[u8]) -> Sniffed {
     if buf.len() < 5 + len {
         return Sniffed::NeedMore;
     }
-    let sni = match parse_tls_plaintext(&buf[..5 + len]) {
+    let (sni, hidden) = match parse_tls_plaintext(&buf[..5 + len]) {
         Ok((_, record)) => match record.msg.first() {
-            Some(TlsMessage::Handshake(TlsMessageHandshake::ClientHello(hello))) => {
-                hello.ext.and_then(server_name)
-            }
-            _ => None,
+            Some(TlsMessage::Handshake(TlsMessageHandshake::ClientHello(hello))) => (
+                hello.ext.and_then(server_name),
+                hello.ext.is_some_and(hides_name),
+            ),
+            _ => (None, false),
         },
-        Err(_) => None,
+        Err(_) => (None, false),
     };
-    Sniffed::Tls { sni }
+    Sniffed::Tls { sni, hidden }
+}
+
+/// TLS extension types that carry an encrypted server name: `encrypted_client_hello`
+/// (RFC 9849) and the draft ESNI it replaced.
+const HIDDEN_NAME_EXTENSIONS: [u16; 2] = [0xfe0d, 0xffce];
+
+/// Whether a ClientHello's extensions carry an encrypted server name. Read from the
+/// extensions' own framing, not from a parser that stops at the first extension it does
+/// not understand; extensions whose framing does not add up count as hiding one.
+fn hides_name(mut ext: &[u8]) -> bool {
+    while !ext.is_empty() {
+        let [t0, t1, l0, l1, rest @ ..] = ext else {
+            return true;
+        };
+        let len = u16::from_be_bytes([*l0, *l1]) as usize;
+        if rest.len() < len || HIDDEN_NAME_EXTENSIONS.contains(&u16::from_be_bytes([*t0, *t1])) {
+            return true;
+        }
+        ext = &rest[len..];
+    }
+    false
 }
 
 /// The one host name of a ClientHello's server_name extension.
@@ -82,33 +111,124 @@ fn server_name(ext: &[u8]) -> Option<String> {
     Some(name.to_string())
 }
 
+/// The longest method token the gateway waits on before it calls a stream another
+/// protocol.
+const MAX_METHOD: usize = 32;
+
+/// A byte of an HTTP token (RFC 9110), the alphabet of methods and header names.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Whitespace a lenient server accepts between the parts of a request line.
+fn is_line_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | 0x0b | 0x0c | b'\r')
+}
+
+/// A control byte no text protocol line holds.
+fn is_binary(b: u8) -> bool {
+    (b < 0x20 && !matches!(b, b'\t' | b'\r' | b'\n' | 0x0b | 0x0c)) || b == 0x7f
+}
+
+/// Reads an HTTP/1 request head the way a lenient server does: empty lines (and blanks)
+/// before the request line are skipped, any method token is a method, a bare LF ends a line, and a
+/// request target in absolute form (or CONNECT's authority form) names a host of its own,
+/// which a server routes by instead of the Host header.
 fn sniff_http(buf: &[u8]) -> Sniffed {
-    let method = HTTP_METHODS.iter().find(|m| buf.starts_with(m));
-    if method.is_none() {
-        let maybe = HTTP_METHODS
-            .iter()
-            .any(|m| buf.len() < m.len() && m.starts_with(buf));
-        return if maybe {
-            Sniffed::NeedMore
-        } else {
-            Sniffed::Other
-        };
-    }
-    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+    let Some(start) = buf
+        .iter()
+        .position(|b| !matches!(b, b'\r' | b'\n' | b' ' | b'\t'))
+    else {
         return Sniffed::NeedMore;
     };
-    let head = String::from_utf8_lossy(&buf[..end]);
-    let mut hosts = head
-        .split("\r\n")
-        .skip(1)
-        .filter_map(|line| line.split_once(':'))
-        .filter(|(k, _)| k.trim().eq_ignore_ascii_case("host"))
-        .map(|(_, v)| v.trim().to_string());
-    let host = match (hosts.next(), hosts.next()) {
-        (Some(h), None) if !h.is_empty() => Some(h),
+    let rest = &buf[start..];
+    let known = HTTP_METHODS.iter().any(|m| rest.starts_with(m));
+    if !known {
+        let maybe_known = HTTP_METHODS
+            .iter()
+            .any(|m| rest.len() < m.len() && m.starts_with(rest));
+        match rest.iter().position(|b| !is_tchar(*b)) {
+            None if rest.len() <= MAX_METHOD || maybe_known => return Sniffed::NeedMore,
+            None | Some(0) => return Sniffed::Other,
+            Some(n) if n > MAX_METHOD || !is_line_space(rest[n]) => return Sniffed::Other,
+            Some(_) => {}
+        }
+    }
+    let Some(eol) = rest.iter().position(|b| *b == b'\n') else {
+        if !known && rest.iter().any(|b| is_binary(*b)) {
+            return Sniffed::Other;
+        }
+        return Sniffed::NeedMore;
+    };
+    let line = &rest[..eol];
+    let is_request_line = !line.iter().any(|b| is_binary(*b))
+        && line.windows(5).any(|w| w.eq_ignore_ascii_case(b"HTTP/"));
+    if !known && !is_request_line {
+        return Sniffed::Other;
+    }
+    // The head ends at the first empty line (CRLF or bare LF).
+    let mut lines = Vec::new();
+    let mut at = eol + 1;
+    loop {
+        let Some(len) = rest[at..].iter().position(|b| *b == b'\n') else {
+            return Sniffed::NeedMore;
+        };
+        let l = &rest[at..at + len];
+        let l = l.strip_suffix(b"\r").unwrap_or(l);
+        if l.is_empty() {
+            break;
+        }
+        lines.push(l);
+        at += len + 1;
+    }
+    let mut hosts = Vec::new();
+    let mut folded_host = false;
+    let mut last_was_host = false;
+    for l in lines {
+        if l.first().is_some_and(|b| *b == b' ' || *b == b'\t') {
+            // A folded line continues the header before it.
+            folded_host |= last_was_host;
+            continue;
+        }
+        last_was_host = false;
+        let Some(colon) = l.iter().position(|b| *b == b':') else {
+            continue;
+        };
+        let key = String::from_utf8_lossy(&l[..colon]);
+        if key.trim().eq_ignore_ascii_case("host") {
+            last_was_host = true;
+            hosts.push(String::from_utf8_lossy(&l[colon + 1..]).trim().to_string());
+        }
+    }
+    let host = match hosts.as_slice() {
+        [h] if !h.is_empty() && !folded_host => Some(h.clone()),
         _ => None,
     };
-    Sniffed::Http { host }
+    Sniffed::Http {
+        host,
+        authority: request_authority(line),
+    }
+}
+
+/// The host a request line's target names by itself: an absolute-form target's authority
+/// (`GET http://host/ HTTP/1.1`), or CONNECT's authority form; `None` for origin form.
+fn request_authority(line: &[u8]) -> Option<String> {
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.split(|c: char| c.is_ascii() && is_line_space(c as u8));
+    let method = parts.next()?;
+    let target = parts.find(|p| !p.is_empty())?;
+    if method.eq_ignore_ascii_case("CONNECT") {
+        return Some(target.to_string());
+    }
+    if target.starts_with('/') || target == "*" {
+        return None;
+    }
+    let after = match target.split_once("://") {
+        Some((_, after)) => after,
+        None => target,
+    };
+    let end = after.find(['/', '?', '#']).unwrap_or(after.len());
+    Some(after[..end].to_string())
 }
 
 #[cfg(test)]
@@ -117,7 +237,12 @@ pub(crate) mod tests {
 
     /// A minimal TLS 1.2 ClientHello record naming `sni` (or none).
     pub fn client_hello(sni: Option<&str>) -> Vec<u8> {
-        let mut ext = Vec::new();
+        client_hello_with(sni, &[], &[])
+    }
+
+    /// A ClientHello naming `sni`, with raw extensions `before` and `after` its SNI.
+    pub fn client_hello_with(sni: Option<&str>, before: &[u8], after: &[u8]) -> Vec<u8> {
+        let mut ext = before.to_vec();
         if let Some(name) = sni {
             let n = name.as_bytes();
             let list_len = 3 + n.len();
@@ -128,6 +253,7 @@ pub(crate) mod tests {
             ext.extend_from_slice(&(n.len() as u16).to_be_bytes());
             ext.extend_from_slice(n);
         }
+        ext.extend_from_slice(after);
         let mut body = Vec::new();
         body.extend_from_slice(&[3, 3]);
         body.extend_from_slice(&[7; 32]);
@@ -154,13 +280,23 @@ pub(crate) mod tests {
         assert_eq!(
             sniff(&hello),
             Sniffed::Tls {
-                sni: Some("API.test".into())
+                sni: Some("API.test".into()),
+                hidden: false
             }
         );
-        assert_eq!(sniff(&client_hello(None)), Sniffed::Tls { sni: None });
+        assert_eq!(
+            sniff(&client_hello(None)),
+            Sniffed::Tls {
+                sni: None,
+                hidden: false
+            }
+        );
         assert_eq!(
             sniff(&[0x16, 3, 1, 0, 4, 9, 9, 9, 9]),
-            Sniffed::Tls { sni: None }
+            Sniffed::Tls {
+                sni: None,
+                hidden: false
+            }
         );
     }
 
@@ -170,20 +306,50 @@ pub(crate) mod tests {
         assert_eq!(
             sniff(req),
             Sniffed::Http {
-                host: Some("a.test:8080".into())
+                host: Some("a.test:8080".into()),
+                authority: None
             }
         );
         assert_eq!(sniff(b"GE"), Sniffed::NeedMore);
         assert_eq!(sniff(b"GET / HTTP/1.1\r\nHost: a"), Sniffed::NeedMore);
         assert_eq!(
             sniff(b"GET / HTTP/1.0\r\n\r\n"),
-            Sniffed::Http { host: None }
+            Sniffed::Http {
+                host: None,
+                authority: None
+            }
         );
         assert_eq!(
             sniff(b"GET / HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n"),
-            Sniffed::Http { host: None }
+            Sniffed::Http {
+                host: None,
+                authority: None
+            }
         );
         assert_eq!(sniff(b"SSH-2.0-OpenSSH_9.2\r\n"), Sniffed::Other);
         assert_eq!(sniff(&[0, 0, 0, 8, 4, 210, 22, 47]), Sniffed::Other);
+    }
+
+    #[test]
+    fn other_protocols_are_told_apart_without_waiting() {
+        // ssh (with a comment), redis, git://, a postgres startup: none is held back.
+        assert_eq!(sniff(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n"), Sniffed::Other);
+        assert_eq!(sniff(b"*1\r\n$4\r\nPING\r\n"), Sniffed::Other);
+        assert_eq!(sniff(b"PING\r\n"), Sniffed::Other);
+        assert_eq!(
+            sniff(b"0032git-upload-pack /project.git\0host=a.test\0"),
+            Sniffed::Other
+        );
+        assert_eq!(sniff(&[0, 0, 0, 8, 4, 210, 22, 47]), Sniffed::Other);
+        // A request line still arriving is waited for.
+        assert_eq!(sniff(b"\r\n"), Sniffed::NeedMore);
+        assert_eq!(sniff(b"PROPFIND /a"), Sniffed::NeedMore);
+        assert_eq!(
+            sniff(b"PROPFIND /a HTTP/1.1\nHost: a.test\n\n"),
+            Sniffed::Http {
+                host: Some("a.test".into()),
+                authority: None
+            }
+        );
     }
 }

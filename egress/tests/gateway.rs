@@ -641,3 +641,163 @@ fn a_server_first_protocol_works_and_its_client_bytes_are_still_checked() {
         report.refused
     );
 }
+
+/// Sends one hand-made IPv4 packet out of the namespace's link (root: a raw socket).
+fn send_raw(raw: i32, packet: &[u8], dst: Ipv4Addr) {
+    let addr = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(dst).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: sends from a live buffer to a valid sockaddr_in of the size passed.
+    unsafe {
+        libc::sendto(
+            raw,
+            packet.as_ptr().cast(),
+            packet.len(),
+            0,
+            (&addr as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+}
+
+fn checksum(data: &[u8]) -> u16 {
+    let mut sum = 0u32;
+    for c in data.chunks(2) {
+        let w = if c.len() == 2 {
+            u16::from_be_bytes([c[0], c[1]])
+        } else {
+            u16::from(c[0]) << 8
+        };
+        sum += u32::from(w);
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An IPv4 packet from the sandbox's address with `options` in its header and `proto`'s
+/// `payload`, whose TCP or UDP checksum is made right unless `bad_l4`.
+fn ipv4(dst: Ipv4Addr, proto: u8, options: &[u8], payload: &[u8], bad_l4: bool) -> Vec<u8> {
+    let src = Ipv4Addr::new(169, 254, 77, 2);
+    let ihl = 5 + options.len() / 4;
+    let mut p = vec![0u8; ihl * 4];
+    p[0] = 0x40 | ihl as u8;
+    let total = (ihl * 4 + payload.len()) as u16;
+    p[2..4].copy_from_slice(&total.to_be_bytes());
+    p[8] = 64;
+    p[9] = proto;
+    p[12..16].copy_from_slice(&src.octets());
+    p[16..20].copy_from_slice(&dst.octets());
+    p[20..20 + options.len()].copy_from_slice(options);
+    let c = checksum(&p);
+    p[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut l4 = payload.to_vec();
+    let at = match proto {
+        6 if l4.len() >= 18 => Some(16),
+        17 if l4.len() >= 8 => Some(6),
+        _ => None,
+    };
+    if let Some(at) = at {
+        l4[at] = 0;
+        l4[at + 1] = 0;
+        let mut pseudo = Vec::new();
+        pseudo.extend_from_slice(&src.octets());
+        pseudo.extend_from_slice(&dst.octets());
+        pseudo.extend_from_slice(&[0, proto]);
+        pseudo.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+        pseudo.extend_from_slice(&l4);
+        let c = if bad_l4 { 0x1234 } else { checksum(&pseudo) };
+        l4[at..at + 2].copy_from_slice(&c.to_be_bytes());
+    }
+    p.extend_from_slice(&l4);
+    p
+}
+
+#[test]
+fn malformed_packets_do_not_stop_the_gateway() {
+    if !live() {
+        return;
+    }
+    let net = Internet::start(9, &[("api.test", host(9, 10))]);
+    let ((survived, after), report) =
+        in_sandbox(&net, &["api.test:443,80"], Limits::default(), || {
+            let ips = query("api.test.").unwrap();
+            let api = ips[0];
+            // SAFETY: a raw socket of this thread's namespace.
+            let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+            assert!(raw >= 0);
+            let mut seed = 0x2545_f491_4f6c_dd1du64;
+            let mut rnd = move || {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed
+            };
+            for i in 0..20000u32 {
+                let r = rnd();
+                let dst = match r % 4 {
+                    0 => api,
+                    1 => GATEWAY_ADDR,
+                    2 => Ipv4Addr::new(198, 18, 0, (r >> 8) as u8),
+                    // Never a real outside address: the test internet and the pool,
+                    // which a broken gateway could not put on a real network.
+                    _ => match (r >> 24) % 2 {
+                        0 => host(9, (r >> 8) as u8),
+                        _ => Ipv4Addr::new(198, 19, (r >> 8) as u8, (r >> 16) as u8),
+                    },
+                };
+                let len = (rnd() % 80) as usize;
+                let mut l4: Vec<u8> = (0..len).map(|_| rnd() as u8).collect();
+                let proto = match (r >> 16) % 5 {
+                    0..=2 => 6u8,
+                    3 => 17,
+                    _ => (rnd() % 256) as u8,
+                };
+                if proto == 6 && l4.len() >= 20 {
+                    // Ports the gateway allows, a plausible data offset, random flags,
+                    // windows, urgent pointers and options.
+                    let sport = 40000 + (i % 64) as u16;
+                    l4[0..2].copy_from_slice(&sport.to_be_bytes());
+                    let dport: u16 = if r % 3 == 0 { 80 } else { 443 };
+                    l4[2..4].copy_from_slice(&dport.to_be_bytes());
+                    let doff = 5 + (rnd() % 11) as u8;
+                    l4[12] = doff << 4;
+                    if r % 2 == 0 {
+                        l4[13] = 0x02; // SYN
+                    }
+                    if r % 7 == 0 {
+                        l4[14] = 0;
+                        l4[15] = 0; // zero window
+                    }
+                }
+                if proto == 17 && l4.len() >= 8 {
+                    l4[0..2].copy_from_slice(&5353u16.to_be_bytes());
+                    l4[2..4].copy_from_slice(&53u16.to_be_bytes());
+                    let n = l4.len() as u16;
+                    l4[4..6].copy_from_slice(&n.to_be_bytes());
+                }
+                let opts: Vec<u8> = match r % 5 {
+                    0 => vec![],
+                    1 => vec![1, 1, 1, 0],
+                    2 => vec![7, 7, 4, 0, 0, 0, 0, 0],
+                    3 => (0..4 * (rnd() % 10)).map(|_| rnd() as u8).collect(),
+                    _ => vec![0x44, 40, 5, 0],
+                };
+                let packet = ipv4(dst, proto, &opts, &l4, r % 13 == 0);
+                send_raw(raw, &packet, dst);
+            }
+            std::thread::sleep(Duration::from_millis(500));
+            let alive = query("api.test.").is_ok();
+            let after = exchange(SocketAddrV4::new(api, 443), &client_hello(Some("api.test")));
+            (alive, after)
+        });
+    assert!(survived, "{report:#?}");
+    assert_eq!(after.unwrap(), b"HELLO\n", "{report:#?}");
+    assert!(report.failure.is_none(), "{report:#?}");
+}

@@ -725,7 +725,7 @@ mod tests {
             ),
             (
                 |m| m.net = Some("wifi".into()),
-                "net: `wifi` is not one of none, loopback, host",
+                "net: `wifi` is not one of none, loopback, egress, host",
             ),
             (
                 |m| m.connect = vec![443],
@@ -924,7 +924,7 @@ mod tests {
             err,
             CompileError {
                 field: "net".into(),
-                reason: "`wifi` is not one of none, loopback, host".into(),
+                reason: "`wifi` is not one of none, loopback, egress, host".into(),
             }
         );
     }

@@ -282,7 +282,7 @@ mod tests {
             ),
             (
                 "version = 1\nmemroy = 1\n",
-                "TOML parse error at line 2, column 1\n  |\n2 | memroy = 1\n  | ^^^^^^\nunknown field `memroy`, expected one of `version`, `command`, `workspace`, `read`, `write`, `exec`, `connect`, `syscalls`, `cwd`, `env`, `rootfs`, `keep_changes`, `hostname`, `user`, `net`, `runner`, `limits`, `rlimits`, `accept_degradations`\n",
+                "TOML parse error at line 2, column 1\n  |\n2 | memroy = 1\n  | ^^^^^^\nunknown field `memroy`, expected one of `version`, `command`, `workspace`, `read`, `write`, `exec`, `connect`, `syscalls`, `cwd`, `env`, `rootfs`, `keep_changes`, `hostname`, `user`, `net`, `egress`, `runner`, `limits`, `rlimits`, `accept_degradations`\n",
             ),
             (
                 "version = 1\n[limits]\nmemroy = \"1G\"\n",
@@ -354,7 +354,7 @@ mod tests {
             ),
             (
                 json!({"version": 1, "memroy": 1}),
-                "memroy: unknown field `memroy`, expected one of `version`, `command`, `workspace`, `read`, `write`, `exec`, `connect`, `syscalls`, `cwd`, `env`, `rootfs`, `keep_changes`, `hostname`, `user`, `net`, `runner`, `limits`, `rlimits`, `accept_degradations`",
+                "memroy: unknown field `memroy`, expected one of `version`, `command`, `workspace`, `read`, `write`, `exec`, `connect`, `syscalls`, `cwd`, `env`, `rootfs`, `keep_changes`, `hostname`, `user`, `net`, `egress`, `runner`, `limits`, `rlimits`, `accept_degradations`",
             ),
             (
                 json!({"version": 1, "limits": {"pids": "x"}}),

@@ -414,7 +414,7 @@ mod tests {
             ("fs.read:", "the path must be absolute"),
             ("fs.exec:/opt/\0x", "the path contains a NUL byte"),
             ("fs.write:/a/../b", "`..` is not allowed in a path scope"),
-            ("net:wifi", "expected none, loopback or host"),
+            ("net:wifi", "expected none, loopback, egress or host"),
             ("net.connect:udp:53", "expected net.connect:tcp:PORT"),
             ("net.connect:443", "expected net.connect:tcp:PORT"),
             ("net.connect:tcp:70000", "`70000` is not a TCP port"),
@@ -487,7 +487,7 @@ mod tests {
         }
         assert_eq!(
             Scope::parse("net:wifi").unwrap_err().to_string(),
-            "scope `net:wifi`: expected none, loopback or host"
+            "scope `net:wifi`: expected none, loopback, egress or host"
         );
     }
 
