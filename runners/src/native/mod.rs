@@ -12,11 +12,11 @@
 pub(crate) mod cgroup;
 pub(crate) mod idmap;
 mod init;
-pub(crate) mod landlock;
+pub mod landlock;
 pub(crate) mod mounts;
 mod net;
 mod privileges;
-pub(crate) mod seccomp;
+pub mod seccomp;
 pub mod spec;
 mod syscall_table;
 

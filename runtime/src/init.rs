@@ -1,0 +1,445 @@
+//! The container's init, between `clone` and `execve`. Its setup reads top to bottom in
+//! [`init_container`]: wait for the parent (id maps, cgroup), join namespaces, build the
+//! filesystem, report "ready", wait at the start barrier, then [`start_process`] drops to
+//! the configured credentials and execs. Until the barrier an error goes to the parent
+//! (`create` fails); after it, to whoever ran `start`.
+//!
+//! This code runs in a fork of a single-threaded process; it never returns to the
+//! caller's frames (it ends in `execve` or `_exit`).
+
+use crate::config::Prepared;
+use covenant_policy::annotations::LandlockPolicy;
+use covenant_runners::native::landlock::{self as ll, LandlockPlan};
+use covenant_runners::native::seccomp::{self as sc, CompiledSeccomp};
+use nix::sched::CloneFlags;
+use nix::unistd::{setresgid, setresuid, Gid, Uid};
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use std::ffi::CString;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+/// A setup step that failed, and why.
+#[derive(Debug, Clone)]
+pub struct StepError {
+    pub step: &'static str,
+    pub detail: String,
+}
+
+pub fn step_err(step: &'static str, detail: impl Into<String>) -> StepError {
+    StepError {
+        step,
+        detail: detail.into(),
+    }
+}
+
+impl StepError {
+    pub fn encode(&self) -> Vec<u8> {
+        format!("{}\n{}", self.step, self.detail).into_bytes()
+    }
+
+    pub fn decode(bytes: &[u8]) -> (String, String) {
+        let text = String::from_utf8_lossy(bytes);
+        match text.split_once('\n') {
+            Some((s, d)) => (s.to_string(), d.to_string()),
+            None => ("container setup".to_string(), text.to_string()),
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, StepError>;
+
+/// Everything the child needs, prepared by the parent before the clone.
+pub struct ChildContext<'a> {
+    pub spec: &'a Spec,
+    pub prepared: &'a Prepared,
+    pub bundle: &'a Path,
+    /// Parent → child: one byte once the id maps are written and the cgroup joined.
+    pub sync: OwnedFd,
+    /// Child → parent: `R` when ready, or an encoded [`StepError`].
+    pub report: OwnedFd,
+    /// The start barrier: a listening socket `start` connects to. `None`: start at once.
+    pub barrier: Option<OwnedFd>,
+    /// Namespaces to join, opened by path in the parent (user first).
+    pub join: Vec<(LinuxNamespaceType, OwnedFd)>,
+    pub new_cgroupns: bool,
+    pub has_mountns: bool,
+    pub has_utsns: bool,
+    pub userns: bool,
+    pub console: Option<OwnedFd>,
+    pub preserve_fds: u32,
+    pub seccomp: Option<CompiledSeccomp>,
+    pub landlock: Option<(LandlockPolicy, LandlockPlan)>,
+}
+
+pub enum Never {}
+
+/// The child side: never returns.
+pub fn child_main(ctx: ChildContext<'_>) -> ! {
+    let report = ctx.report.as_raw_fd();
+    let e = match init_container(ctx) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    };
+    let bytes = e.encode();
+    // SAFETY: writes a live buffer to a descriptor this process owns, then exits without
+    // running the parent's destructors.
+    unsafe {
+        libc::write(report, bytes.as_ptr().cast(), bytes.len());
+        libc::_exit(1)
+    }
+}
+
+/// Init's setup sequence, one step per line, in order.
+fn init_container(mut ctx: ChildContext<'_>) -> Result<Never> {
+    await_parent(&ctx.sync)?;
+    join_namespaces(&ctx.join)?;
+    if ctx.userns {
+        become_namespace_root()?;
+    }
+    if ctx.new_cgroupns {
+        nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP)
+            .map_err(|e| step_err("enter cgroup namespace", e.to_string()))?;
+    }
+    nix::unistd::setsid().map_err(|e| step_err("new session", e.to_string()))?;
+    if ctx.has_mountns {
+        crate::mounts::setup_rootfs(ctx.spec, ctx.bundle, &ctx.prepared.rootfs, ctx.userns)?;
+    } else {
+        crate::mounts::chroot_into(&ctx.prepared.rootfs)?;
+    }
+    crate::mounts::write_sysctls(ctx.spec)?;
+    if ctx.has_mountns {
+        crate::mounts::restrict_paths(ctx.spec)?;
+    }
+    if ctx.has_utsns {
+        set_names(ctx.spec)?;
+    }
+    if let Some(console) = &ctx.console {
+        setup_console(console)?;
+    }
+    let cwd = ctx
+        .spec
+        .process()
+        .as_ref()
+        .map(|p| p.cwd().clone())
+        .unwrap_or_else(|| PathBuf::from("/"));
+    let program = find_program(ctx.prepared, &cwd)?;
+    report_ready(&ctx.report)?;
+    // SAFETY: closes this process's copy of the report pipe so the parent reads EOF.
+    unsafe { libc::close(ctx.report.as_raw_fd()) };
+    std::mem::forget(ctx.report);
+    let started = match ctx.barrier.take() {
+        Some(listener) => Some(await_start(listener)?),
+        None => None,
+    };
+    if let Err(e) = run_start_container_hooks(ctx.spec) {
+        return Err(report_after_start(started.as_ref(), e));
+    }
+    let process = match ctx.spec.process().as_ref() {
+        Some(p) => p,
+        None => return Err(step_err("process", "missing")),
+    };
+    let e = start_process(
+        &ProcessPlan {
+            process,
+            prepared: ctx.prepared,
+            preserve_fds: ctx.preserve_fds,
+            seccomp: ctx.seccomp.as_ref(),
+            landlock: ctx.landlock.as_ref(),
+        },
+        &program,
+    );
+    Err(report_after_start(started.as_ref(), e))
+}
+
+/// After the barrier, `start` is the one waiting for the outcome.
+fn report_after_start(conn: Option<&OwnedFd>, e: StepError) -> StepError {
+    if let Some(conn) = conn {
+        let bytes = e.encode();
+        // SAFETY: writes a live buffer to the start connection this process owns.
+        unsafe { libc::write(conn.as_raw_fd(), bytes.as_ptr().cast(), bytes.len()) };
+    }
+    e
+}
+
+/// What the last steps before exec act on (the init's process, or an `exec`'s).
+pub struct ProcessPlan<'a> {
+    pub process: &'a oci_spec::runtime::Process,
+    pub prepared: &'a Prepared,
+    pub preserve_fds: u32,
+    pub seccomp: Option<&'a CompiledSeccomp>,
+    pub landlock: Option<&'a (LandlockPolicy, LandlockPlan)>,
+}
+
+fn await_parent(sync: &OwnedFd) -> Result<()> {
+    let mut b = [0u8; 1];
+    match std::fs::File::from(
+        sync.try_clone()
+            .map_err(|e| step_err("wait for parent", e.to_string()))?,
+    )
+    .read(&mut b)
+    {
+        Ok(1) => Ok(()),
+        _ => Err(step_err(
+            "wait for parent",
+            "the runtime went away before the container was set up",
+        )),
+    }
+}
+
+/// Joins each namespace given by path, the user namespace first (it decides what the
+/// others may do).
+fn join_namespaces(join: &[(LinuxNamespaceType, OwnedFd)]) -> Result<()> {
+    for (typ, fd) in join {
+        nix::sched::setns(fd, CloneFlags::from_bits_truncate(*typ as i32))
+            .map_err(|e| step_err("join namespace", format!("{typ}: {e}")))?;
+    }
+    Ok(())
+}
+
+fn become_namespace_root() -> Result<()> {
+    let (u, g) = (Uid::from_raw(0), Gid::from_raw(0));
+    setresgid(g, g, g).map_err(|e| step_err("enter user namespace", format!("setresgid: {e}")))?;
+    setresuid(u, u, u).map_err(|e| step_err("enter user namespace", format!("setresuid: {e}")))
+}
+
+fn set_names(spec: &Spec) -> Result<()> {
+    if let Some(h) = spec.hostname() {
+        nix::unistd::sethostname(h).map_err(|e| step_err("set hostname", e.to_string()))?;
+    }
+    if let Some(d) = spec.domainname() {
+        let c = CString::new(d.as_str()).map_err(|_| step_err("set domainname", "contains NUL"))?;
+        // SAFETY: setdomainname reads `len` bytes of a live buffer.
+        if unsafe { libc::setdomainname(c.as_ptr(), d.len()) } != 0 {
+            return Err(step_err(
+                "set domainname",
+                std::io::Error::last_os_error().to_string(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Opens a new terminal in the container's `/dev/pts`, sends its master to the console
+/// socket and makes the slave the process's stdio and controlling terminal.
+pub fn setup_console(socket: &OwnedFd) -> Result<()> {
+    use nix::fcntl::OFlag;
+    use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
+    let fail = |e: &dyn std::fmt::Display| step_err("set up console", e.to_string());
+    let master =
+        posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC).map_err(|e| fail(&e))?;
+    grantpt(&master).map_err(|e| fail(&e))?;
+    unlockpt(&master).map_err(|e| fail(&e))?;
+    let name = ptsname_r(&master).map_err(|e| fail(&e))?;
+    let slave = nix::fcntl::open(
+        name.as_str(),
+        OFlag::O_RDWR | OFlag::O_NOCTTY,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| fail(&format!("{name}: {e}")))?;
+    let fds = [master.as_raw_fd()];
+    let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
+    let iov = [std::io::IoSlice::new(b"/dev/ptmx")];
+    nix::sys::socket::sendmsg::<()>(
+        socket.as_raw_fd(),
+        &iov,
+        &cmsg,
+        nix::sys::socket::MsgFlags::empty(),
+        None,
+    )
+    .map_err(|e| fail(&format!("send the terminal: {e}")))?;
+    for target in 0..3 {
+        // SAFETY: dup2 onto the standard descriptors.
+        if unsafe { libc::dup2(slave, target) } < 0 {
+            return Err(fail(&std::io::Error::last_os_error()));
+        }
+    }
+    // SAFETY: makes the new terminal this session's controlling terminal.
+    if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } != 0 {
+        return Err(fail(&std::io::Error::last_os_error()));
+    }
+    if slave > 2 {
+        // SAFETY: closes a descriptor this process opened.
+        unsafe { libc::close(slave) };
+    }
+    Ok(())
+}
+
+/// Finds `args[0]` on the container's `PATH`, as a shell would; before the barrier, so a
+/// missing program fails `create`.
+pub fn find_program(p: &Prepared, cwd: &Path) -> Result<CString> {
+    let name = p.args[0].as_bytes();
+    if name.contains(&b'/') {
+        return Ok(p.args[0].clone());
+    }
+    for dir in p.path_var.split(':').filter(|d| !d.is_empty()) {
+        let base = if Path::new(dir).is_absolute() {
+            PathBuf::from(dir)
+        } else {
+            cwd.join(dir)
+        };
+        let candidate = base.join(std::ffi::OsStr::from_bytes(name));
+        let Ok(c) = CString::new(candidate.as_os_str().as_bytes()) else {
+            continue;
+        };
+        // SAFETY: access reads a NUL-terminated path.
+        if unsafe { libc::access(c.as_ptr(), libc::X_OK) } == 0 && candidate.is_file() {
+            return Ok(c);
+        }
+    }
+    Err(step_err(
+        "find program",
+        format!(
+            "process.args[0] `{}`: not found on PATH {}",
+            String::from_utf8_lossy(name),
+            p.path_var
+        ),
+    ))
+}
+
+fn report_ready(report: &OwnedFd) -> Result<()> {
+    let f = report
+        .try_clone()
+        .map_err(|e| step_err("report ready", e.to_string()))?;
+    std::fs::File::from(f)
+        .write_all(b"R")
+        .map_err(|e| step_err("report ready", e.to_string()))
+}
+
+/// Blocks until `start` connects to the barrier; the connection stays open until exec
+/// (close-on-exec), so `start` reads EOF once the process runs, or the error.
+fn await_start(listener: OwnedFd) -> Result<OwnedFd> {
+    loop {
+        match nix::sys::socket::accept4(
+            listener.as_raw_fd(),
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        ) {
+            Ok(fd) => {
+                // SAFETY: accept returned a fresh descriptor this process owns.
+                let conn = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+                // Nobody else may start this container.
+                drop(listener);
+                return Ok(conn);
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(step_err("wait for start", e.to_string())),
+        }
+    }
+}
+
+/// The process's last steps: hooks in the container, rlimits, credentials, capabilities,
+/// `no_new_privs`, umask, cwd, landlock, descriptors, seccomp, exec. Returns only the
+/// error that stopped it.
+pub fn start_process(ctx: &ProcessPlan<'_>, program: &CString) -> StepError {
+    let run = || -> Result<Never> {
+        let process = ctx.process;
+        set_rlimits(&ctx.prepared.rlimits)?;
+        if let Some(adj) = process.oom_score_adj() {
+            std::fs::write("/proc/self/oom_score_adj", adj.to_string()).map_err(|e| {
+                step_err("set oomScoreAdj", format!("process.oomScoreAdj {adj}: {e}"))
+            })?;
+        }
+        crate::privileges::apply_user_and_caps(process, &ctx.prepared.caps)?;
+        if process.no_new_privileges() == Some(true) || ctx.landlock.is_some() {
+            // SAFETY: prctl with integer arguments only.
+            if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+                return Err(step_err(
+                    "set no_new_privs",
+                    std::io::Error::last_os_error().to_string(),
+                ));
+            }
+        }
+        if let Some(mask) = process.user().umask() {
+            // SAFETY: umask has no failure mode.
+            unsafe { libc::umask(mask as libc::mode_t) };
+        }
+        nix::unistd::chdir(process.cwd()).map_err(|e| {
+            step_err(
+                "change directory",
+                format!("process.cwd {}: {e}", process.cwd().display()),
+            )
+        })?;
+        if let Some((policy, plan)) = &ctx.landlock {
+            ll::apply(policy, *plan).map_err(|e| step_err("apply landlock", e.detail))?;
+        }
+        close_inherited(3 + ctx.preserve_fds)?;
+        // SAFETY: restores the default disposition the Rust runtime changed for itself.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+        nix::sys::signal::SigSet::empty()
+            .thread_set_mask()
+            .map_err(|e| step_err("reset signals", e.to_string()))?;
+        if let Some(filters) = &ctx.seccomp {
+            if process.no_new_privileges() != Some(true) && ctx.landlock.is_none() {
+                // Without no_new_privs only a process holding CAP_SYS_ADMIN may load a
+                // filter; the runtime loads it and keeps the process's own capabilities.
+                // SAFETY: prctl with integer arguments only.
+                unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+            }
+            sc::load(filters).map_err(|e| step_err("load seccomp", e.to_string()))?;
+        }
+        let e = nix::unistd::execve(program, &ctx.prepared.args, &ctx.prepared.env).unwrap_err();
+        Err(step_err(
+            "exec",
+            format!("{}: {e}", program.to_string_lossy()),
+        ))
+    };
+    match run() {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}
+
+fn run_start_container_hooks(spec: &Spec) -> Result<()> {
+    let hooks = crate::hooks::HookSet::from_spec(spec);
+    if hooks.start_container.is_empty() {
+        return Ok(());
+    }
+    crate::hooks::run(
+        "startContainer",
+        &hooks.start_container,
+        &serde_json::json!({}),
+    )
+    .map_err(|e| step_err("startContainer hook", e.to_string()))
+}
+
+fn set_rlimits(rlimits: &[(libc::__rlimit_resource_t, u64, u64)]) -> Result<()> {
+    for &(resource, soft, hard) in rlimits {
+        let limit = libc::rlimit {
+            rlim_cur: soft,
+            rlim_max: hard,
+        };
+        // SAFETY: setrlimit reads one rlimit struct.
+        if unsafe { libc::setrlimit(resource, &limit) } != 0 {
+            return Err(step_err(
+                "set rlimits",
+                format!(
+                    "process.rlimits {resource} {soft}:{hard}: {}",
+                    std::io::Error::last_os_error()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Marks every descriptor from `first` on close-on-exec: nothing of the runtime's
+/// reaches the process beyond stdio and the `--preserve-fds` it was given.
+fn close_inherited(first: u32) -> Result<()> {
+    // SAFETY: close_range with CLOEXEC only changes descriptor flags.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if rc != 0 {
+        return Err(step_err(
+            "close inherited descriptors",
+            std::io::Error::last_os_error().to_string(),
+        ));
+    }
+    Ok(())
+}

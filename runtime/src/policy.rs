@@ -1,0 +1,387 @@
+//! Covenant's policy over a standard bundle. The node's file
+//! (`/etc/covenant/runtime.toml`, or `$COVENANT_RUNTIME_CONFIG`) decides how far the
+//! author of a `config.json` is trusted:
+//!
+//! - always: a host hook may not run a file of the bundle; joining the host's own
+//!   namespaces (those of host PID 1) and binding the host's `/` writable are refused
+//!   unless the node allows them by name;
+//! - with `require_capability = true`: every container must carry a capability token
+//!   (annotation `org.opencovenant.capability`) that verifies against the node's trusted
+//!   keys, and the config is held to its grant: bind mounts only under granted `fs.*`
+//!   paths (read-only unless `fs.write`), the host network only with `net:host`, no
+//!   host hooks, no namespace joined by path, nothing outside a new PID, mount, IPC and UTS
+//!   namespace.
+//!
+//! A file that does not exist means the defaults; a file that exists and does not parse
+//! is an error (fail closed).
+
+use covenant_policy::scope::{FsAccess, Scope};
+use covenant_policy::{verify_capability, Capability, Grant, NetMode, VerifyContext};
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use serde::Deserialize;
+use std::collections::HashSet;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// The annotation that carries a capability token.
+pub const CAPABILITY_ANNOTATION: &str = "org.opencovenant.capability";
+/// The default location of the node's runtime policy.
+pub const DEFAULT_PATH: &str = "/etc/covenant/runtime.toml";
+/// Overrides [`DEFAULT_PATH`] (tests, unusual layouts).
+pub const PATH_ENV: &str = "COVENANT_RUNTIME_CONFIG";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("runtime policy {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error("refused by the runtime policy: config.json `{field}`: {reason}")]
+    Refused { field: String, reason: String },
+}
+
+fn refuse(field: impl Into<String>, reason: impl Into<String>) -> PolicyError {
+    PolicyError::Refused {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// The node's runtime policy.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimePolicy {
+    /// Every container must carry a capability that verifies.
+    #[serde(default)]
+    pub require_capability: bool,
+    /// Files holding the trusted root keys (one `BASE64URL` key each, as `covenant-ctl key
+    /// export` prints them).
+    #[serde(default)]
+    pub trusted_keys: Vec<PathBuf>,
+    /// Allow joining the namespaces of the host's PID 1 by path.
+    #[serde(default)]
+    pub allow_host_namespaces: bool,
+    /// Allow a writable bind of the host's `/`.
+    #[serde(default)]
+    pub allow_host_root_bind: bool,
+    /// Record create, start, kill and delete in the node's store.
+    #[serde(default)]
+    pub audit: bool,
+    /// `COVENANT_HOME` of the node's store (default: the supervisor's default).
+    #[serde(default)]
+    pub store_home: Option<PathBuf>,
+}
+
+impl RuntimePolicy {
+    /// Reads the node's policy file.
+    pub fn load() -> Result<Self, PolicyError> {
+        let path = std::env::var_os(PATH_ENV)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_PATH));
+        Self::load_from(&path)
+    }
+
+    pub fn load_from(path: &Path) -> Result<Self, PolicyError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) => {
+                return Err(PolicyError::File {
+                    path: path.to_path_buf(),
+                    reason: e.to_string(),
+                })
+            }
+        };
+        let policy: Self = toml::from_str(&text).map_err(|e| PolicyError::File {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        if policy.require_capability && policy.trusted_keys.is_empty() {
+            return Err(PolicyError::File {
+                path: path.to_path_buf(),
+                reason: "`require_capability` needs at least one `trusted_keys` file".into(),
+            });
+        }
+        Ok(policy)
+    }
+
+    fn trusted_roots(&self) -> Result<Vec<[u8; 32]>, PolicyError> {
+        self.trusted_keys
+            .iter()
+            .map(|p| {
+                let text = std::fs::read_to_string(p).map_err(|e| PolicyError::File {
+                    path: p.clone(),
+                    reason: e.to_string(),
+                })?;
+                covenant_policy::token::decode_key(text.trim()).map_err(|e| PolicyError::File {
+                    path: p.clone(),
+                    reason: e.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    /// Holds `spec` to the node's policy; returns the verified grant when one was given.
+    pub fn check(&self, spec: &Spec) -> Result<Option<Grant>, PolicyError> {
+        let grant = self.verify_token(spec)?;
+        check_namespace_paths(spec, self.allow_host_namespaces)?;
+        check_binds(spec, self.allow_host_root_bind, grant.as_ref())?;
+        if let Some(g) = &grant {
+            check_against_grant(spec, g)?;
+        }
+        Ok(grant)
+    }
+
+    fn verify_token(&self, spec: &Spec) -> Result<Option<Grant>, PolicyError> {
+        let field = format!("annotations.{CAPABILITY_ANNOTATION}");
+        let token = spec
+            .annotations()
+            .as_ref()
+            .and_then(|a| a.get(CAPABILITY_ANNOTATION));
+        let Some(token) = token else {
+            if self.require_capability {
+                return Err(refuse(
+                    field,
+                    "missing: this node runs only containers that carry a capability token",
+                ));
+            }
+            return Ok(None);
+        };
+        if !self.require_capability && self.trusted_keys.is_empty() {
+            return Err(refuse(
+                field,
+                "a capability was given but this node trusts no key to verify it (set `trusted_keys` in the runtime policy)",
+            ));
+        }
+        let cap = Capability::parse(token).map_err(|e| refuse(&field, e.to_string()))?;
+        let roots = self.trusted_roots()?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let revoked = HashSet::new();
+        let grant = verify_capability(
+            &cap,
+            VerifyContext {
+                now,
+                trusted_roots: &roots,
+                revoked: &revoked,
+            },
+        )
+        .map_err(|e| refuse(&field, e.to_string()))?;
+        Ok(Some(grant))
+    }
+}
+
+/// The (device, inode) of the host's namespace of this type.
+fn host_namespace(name: &str) -> Option<(u64, u64)> {
+    let m = std::fs::metadata(format!("/proc/1/ns/{name}")).ok()?;
+    Some((m.dev(), m.ino()))
+}
+
+fn check_namespace_paths(spec: &Spec, allow_host: bool) -> Result<(), PolicyError> {
+    let Some(linux) = spec.linux() else {
+        return Ok(());
+    };
+    for (i, ns) in linux.namespaces().iter().flatten().enumerate() {
+        let Some(path) = ns.path() else { continue };
+        let field = format!("linux.namespaces[{i}].path");
+        let m = std::fs::metadata(path)
+            .map_err(|e| refuse(&field, format!("{}: {e}", path.display())))?;
+        let name = ns.typ().to_string();
+        if !allow_host && host_namespace(&name) == Some((m.dev(), m.ino())) {
+            return Err(refuse(
+                field,
+                format!(
+                    "{} is the host's own {name} namespace; set `allow_host_namespaces` in the runtime policy to allow it",
+                    path.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn is_bind(m: &oci_spec::runtime::Mount) -> bool {
+    m.typ().as_deref() == Some("bind")
+        || m.options()
+            .iter()
+            .flatten()
+            .any(|o| o == "bind" || o == "rbind")
+}
+
+fn check_binds(spec: &Spec, allow_root: bool, grant: Option<&Grant>) -> Result<(), PolicyError> {
+    for (i, m) in spec.mounts().iter().flatten().enumerate() {
+        if !is_bind(m) {
+            continue;
+        }
+        let field = format!("mounts[{i}].source");
+        let Some(source) = m.source() else { continue };
+        let real = std::fs::canonicalize(source)
+            .map_err(|e| refuse(&field, format!("{}: {e}", source.display())))?;
+        let ro = m.options().iter().flatten().any(|o| o == "ro");
+        if real == Path::new("/") && !ro && !allow_root {
+            return Err(refuse(
+                field,
+                "a writable bind of the host's `/` gives the container the host; set `allow_host_root_bind` in the runtime policy to allow it",
+            ));
+        }
+        if let Some(g) = grant {
+            let asked = Scope::Fs(
+                if ro { FsAccess::Read } else { FsAccess::Write },
+                real.clone(),
+            );
+            if !g.scopes.iter().any(|s| s.covers(&asked)) {
+                return Err(refuse(
+                    field,
+                    format!(
+                        "{} is not granted by the capability (needs `{asked}`)",
+                        real.display()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What a verified grant allows beyond binds.
+fn check_against_grant(spec: &Spec, grant: &Grant) -> Result<(), PolicyError> {
+    #[allow(deprecated)]
+    if let Some(h) = spec.hooks() {
+        let any = [
+            h.prestart(),
+            h.create_runtime(),
+            h.create_container(),
+            h.poststart(),
+            h.poststop(),
+        ]
+        .iter()
+        .any(|l| l.as_ref().is_some_and(|l| !l.is_empty()));
+        if any {
+            return Err(refuse(
+                "hooks",
+                "host hooks run as the runtime on the host; a capability cannot grant them",
+            ));
+        }
+    }
+    let namespaces: Vec<_> = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().clone())
+        .unwrap_or_default();
+    for (i, ns) in namespaces.iter().enumerate() {
+        if ns.path().is_some() {
+            return Err(refuse(
+                format!("linux.namespaces[{i}].path"),
+                "joining an existing namespace is not granted by a capability",
+            ));
+        }
+    }
+    for required in [
+        LinuxNamespaceType::Pid,
+        LinuxNamespaceType::Mount,
+        LinuxNamespaceType::Ipc,
+        LinuxNamespaceType::Uts,
+    ] {
+        if !namespaces.iter().any(|n| n.typ() == required) {
+            return Err(refuse(
+                "linux.namespaces",
+                format!("a {required} namespace is required; sharing the host's is not grantable"),
+            ));
+        }
+    }
+    if !namespaces
+        .iter()
+        .any(|n| n.typ() == LinuxNamespaceType::Network)
+        && !grant
+            .scopes
+            .iter()
+            .any(|s| s.covers(&Scope::Net(NetMode::Host)))
+    {
+        return Err(refuse(
+            "linux.namespaces",
+            "no network namespace means the host's network, which needs `net:host`",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(json: serde_json::Value) -> Spec {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn a_writable_bind_of_the_host_root_is_refused() {
+        let s = spec(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "mounts": [{"destination": "/host", "type": "bind", "source": "/", "options": ["rbind", "rw"]}]
+        }));
+        let err = RuntimePolicy::default().check(&s).unwrap_err().to_string();
+        assert!(
+            err.contains("mounts[0].source") && err.contains("host's `/`"),
+            "{err}"
+        );
+        let allowed = RuntimePolicy {
+            allow_host_root_bind: true,
+            ..RuntimePolicy::default()
+        };
+        assert!(allowed.check(&s).is_ok());
+    }
+
+    #[test]
+    fn joining_the_host_pid_namespace_is_refused() {
+        if !Path::new("/proc/1/ns/pid").exists() || std::fs::metadata("/proc/1/ns/pid").is_err() {
+            return;
+        }
+        let s = spec(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "linux": {"namespaces": [{"type": "pid", "path": "/proc/1/ns/pid"}]}
+        }));
+        let err = RuntimePolicy::default().check(&s).unwrap_err().to_string();
+        assert!(
+            err.contains("linux.namespaces[0].path") && err.contains("host's own"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_required_capability_that_is_missing_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("root.pub");
+        std::fs::write(&key, covenant_policy::token::encode_key(&[7u8; 32])).unwrap();
+        let file = dir.path().join("runtime.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "require_capability = true\ntrusted_keys = [\"{}\"]\n",
+                key.display()
+            ),
+        )
+        .unwrap();
+        let policy = RuntimePolicy::load_from(&file).unwrap();
+        let s = spec(serde_json::json!({"ociVersion": "1.0.2"}));
+        let err = policy.check(&s).unwrap_err().to_string();
+        assert!(
+            err.contains(CAPABILITY_ANNOTATION) && err.contains("missing"),
+            "{err}"
+        );
+        let s = spec(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "annotations": {CAPABILITY_ANNOTATION: "not-a-token"}
+        }));
+        let err = policy.check(&s).unwrap_err().to_string();
+        assert!(err.contains(CAPABILITY_ANNOTATION), "{err}");
+    }
+
+    #[test]
+    fn a_policy_file_that_does_not_parse_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("runtime.toml");
+        std::fs::write(&file, "require_capabilty = true\n").unwrap();
+        assert!(RuntimePolicy::load_from(&file).is_err());
+        assert!(RuntimePolicy::load_from(&dir.path().join("absent")).is_ok());
+    }
+}
