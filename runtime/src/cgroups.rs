@@ -470,11 +470,14 @@ impl Cgroup {
             .devices()
             .iter()
             .flatten()
+            // A fifo is no device to the cgroup; `u` (unbuffered) is a character device.
+            .filter(|d| d.typ().map(|t| t.as_str().to_string()).as_deref() != Some("p"))
             .map(|d| {
-                let typ = d
-                    .typ()
-                    .map(|t| t.as_str().to_string())
-                    .unwrap_or_else(|| "a".into());
+                let typ = match d.typ().map(|t| t.as_str().to_string()).as_deref() {
+                    None => "a".to_string(),
+                    Some("u") => "c".to_string(),
+                    Some(t) => t.to_string(),
+                };
                 let n = |v: Option<i64>| v.map(|v| v.to_string()).unwrap_or_else(|| "*".into());
                 let access = d.access().clone().unwrap_or_else(|| "rwm".into());
                 (

@@ -87,7 +87,7 @@ pub fn check(
     let spec = config::load(&bundle)?;
     let prepared = config::prepare(&bundle, &spec)?;
     let hooks = HookSet::from_spec(&spec);
-    hooks.check(&bundle)?;
+    hooks.check(&bundle, policy.allow_bundle_hooks)?;
     policy.check(&spec)?;
     Ok((bundle, spec, prepared, hooks))
 }
@@ -135,9 +135,7 @@ fn spawn(
     seccomp: Option<sc::CompiledSeccomp>,
 ) -> Result<Created> {
     cgroup.create()?;
-    if let Some(r) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) {
-        cgroup.apply(r)?;
-    }
+    cgroup.apply(&resources_with_devices(spec))?;
     let barrier = bind_barrier(dir)?;
     let console = match &opts.console_socket {
         Some(p) => Some(connect_console(p)?),
@@ -252,9 +250,15 @@ fn spawn(
         })
     })?;
     drop(sync_wr);
-    let mut buf = Vec::new();
-    let _ = std::fs::File::from(report_rd).read_to_end(&mut buf);
+    // `R` means ready (the init keeps the pipe open while it waits); anything else is
+    // an error the init wrote before it exited.
+    let mut report = std::fs::File::from(report_rd);
+    let mut buf = vec![0u8; 1];
+    if report.read(&mut buf).unwrap_or(0) == 0 {
+        buf.clear();
+    }
     if buf.first() != Some(&b'R') {
+        let _ = report.read_to_end(&mut buf);
         let (step, detail) = if buf.is_empty() {
             (
                 "container setup".to_string(),
@@ -302,6 +306,27 @@ fn spawn(
         hooks::run(kind, list, &st).map_err(|e| abort(e.into()))?;
     }
     Ok(Created { record, pid })
+}
+
+/// The config's resources, with an allow rule for each device it lists (as runc does:
+/// a device the config creates is one it may use).
+fn resources_with_devices(spec: &Spec) -> oci_spec::runtime::LinuxResources {
+    let linux = spec.linux().as_ref();
+    let mut r = linux
+        .and_then(|l| l.resources().clone())
+        .unwrap_or_default();
+    let mut rules = r.devices().clone().unwrap_or_default();
+    for d in linux.and_then(|l| l.devices().clone()).unwrap_or_default() {
+        let mut rule = oci_spec::runtime::LinuxDeviceCgroup::default();
+        rule.set_allow(true);
+        rule.set_typ(Some(d.typ()));
+        rule.set_major(Some(d.major()));
+        rule.set_minor(Some(d.minor()));
+        rule.set_access(Some("rwm".into()));
+        rules.push(rule);
+    }
+    r.set_devices(Some(rules));
+    r
 }
 
 /// The state document hooks read on stdin.

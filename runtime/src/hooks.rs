@@ -88,8 +88,9 @@ impl HookSet {
     }
 
     /// Refuses a host hook that is not an absolute path to an executable file outside
-    /// `bundle`. `startContainer` hooks run inside the container and are checked there.
-    pub fn check(&self, bundle: &Path) -> Result<(), HookError> {
+    /// `bundle` (inside it only when the node allows `allow_bundle_hooks`).
+    /// `startContainer` hooks run inside the container and are checked there.
+    pub fn check(&self, bundle: &Path, allow_bundle: bool) -> Result<(), HookError> {
         let bundle = std::fs::canonicalize(bundle).unwrap_or_else(|_| bundle.to_path_buf());
         for (kind, hooks) in self.kinds() {
             for (index, hook) in hooks.iter().enumerate() {
@@ -115,9 +116,9 @@ impl HookSet {
                 }
                 let real = std::fs::canonicalize(&hook.path)
                     .map_err(|e| refuse(format!("cannot be resolved: {e}")))?;
-                if real.starts_with(&bundle) {
+                if real.starts_with(&bundle) && !allow_bundle {
                     return Err(refuse(format!(
-                        "resolves to {} inside the bundle; a host hook must not run the bundle's own files",
+                        "resolves to {} inside the bundle; a host hook must not run the bundle's own files (the node may set `allow_bundle_hooks`)",
                         real.display()
                     )));
                 }
@@ -209,13 +210,16 @@ mod tests {
         .unwrap();
         let link = dir.path().join("hook");
         std::os::unix::fs::symlink(bundle.join("rootfs/bin/evil"), &link).unwrap();
-        let err = set(&link).check(&bundle).unwrap_err().to_string();
+        let err = set(&link).check(&bundle, false).unwrap_err().to_string();
         assert!(
             err.contains("hooks.prestart[0].path") && err.contains("inside the bundle"),
             "{err}"
         );
-        assert!(set(Path::new("/bin/true")).check(&bundle).is_ok());
-        let err = set(Path::new("bin/true")).check(&bundle).unwrap_err();
+        assert!(set(Path::new("/bin/true")).check(&bundle, false).is_ok());
+        assert!(set(&link).check(&bundle, true).is_ok());
+        let err = set(Path::new("bin/true"))
+            .check(&bundle, false)
+            .unwrap_err();
         assert!(err.to_string().contains("absolute"), "{err}");
     }
 

@@ -77,7 +77,9 @@ pub enum Never {}
 
 /// The child side: never returns.
 pub fn child_main(ctx: ChildContext<'_>) -> ! {
-    let report = ctx.report.as_raw_fd();
+    // A copy that outlives `ctx`: the parent must read the error before it sees EOF.
+    // SAFETY: dup of a descriptor this process owns; on failure -1 makes the write a no-op.
+    let report = unsafe { libc::fcntl(ctx.report.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
     let e = match init_container(ctx) {
         Ok(never) => match never {},
         Err(e) => e,
@@ -126,9 +128,6 @@ fn init_container(mut ctx: ChildContext<'_>) -> Result<Never> {
         .unwrap_or_else(|| PathBuf::from("/"));
     let program = find_program(ctx.prepared, &cwd)?;
     report_ready(&ctx.report)?;
-    // SAFETY: closes this process's copy of the report pipe so the parent reads EOF.
-    unsafe { libc::close(ctx.report.as_raw_fd()) };
-    std::mem::forget(ctx.report);
     let started = match ctx.barrier.take() {
         Some(listener) => Some(await_start(listener)?),
         None => None,
@@ -340,8 +339,21 @@ pub fn start_process(ctx: &ProcessPlan<'_>, program: &CString) -> StepError {
                 step_err("set oomScoreAdj", format!("process.oomScoreAdj {adj}: {e}"))
             })?;
         }
+        close_inherited(3 + ctx.preserve_fds)?;
+        // SAFETY: restores the default disposition the Rust runtime changed for itself.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+        nix::sys::signal::SigSet::empty()
+            .thread_set_mask()
+            .map_err(|e| step_err("reset signals", e.to_string()))?;
+        // Without no_new_privs only a holder of CAP_SYS_ADMIN may load a filter: it is
+        // loaded now, before the capabilities are dropped (as runc does), and so also
+        // governs the remaining setup calls.
+        let nnp = process.no_new_privileges() == Some(true) || ctx.landlock.is_some();
+        if let (Some(filters), false) = (ctx.seccomp, nnp) {
+            load_seccomp_keeping_privileges(filters)?;
+        }
         crate::privileges::apply_user_and_caps(process, &ctx.prepared.caps)?;
-        if process.no_new_privileges() == Some(true) || ctx.landlock.is_some() {
+        if nnp {
             // SAFETY: prctl with integer arguments only.
             if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
                 return Err(step_err(
@@ -363,19 +375,7 @@ pub fn start_process(ctx: &ProcessPlan<'_>, program: &CString) -> StepError {
         if let Some((policy, plan)) = &ctx.landlock {
             ll::apply(policy, *plan).map_err(|e| step_err("apply landlock", e.detail))?;
         }
-        close_inherited(3 + ctx.preserve_fds)?;
-        // SAFETY: restores the default disposition the Rust runtime changed for itself.
-        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-        nix::sys::signal::SigSet::empty()
-            .thread_set_mask()
-            .map_err(|e| step_err("reset signals", e.to_string()))?;
-        if let Some(filters) = &ctx.seccomp {
-            if process.no_new_privileges() != Some(true) && ctx.landlock.is_none() {
-                // Without no_new_privs only a process holding CAP_SYS_ADMIN may load a
-                // filter; the runtime loads it and keeps the process's own capabilities.
-                // SAFETY: prctl with integer arguments only.
-                unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
-            }
+        if let (Some(filters), true) = (ctx.seccomp, nnp) {
             sc::load(filters).map_err(|e| step_err("load seccomp", e.to_string()))?;
         }
         let e = nix::unistd::execve(program, &ctx.prepared.args, &ctx.prepared.env).unwrap_err();
@@ -388,6 +388,35 @@ pub fn start_process(ctx: &ProcessPlan<'_>, program: &CString) -> StepError {
         Ok(never) => match never {},
         Err(e) => e,
     }
+}
+
+/// Loads the filters without setting `no_new_privs` (which `seccompiler` always sets):
+/// the config did not ask for it, and the process holds CAP_SYS_ADMIN until its
+/// capabilities are set right after.
+fn load_seccomp_keeping_privileges(filters: &CompiledSeccomp) -> Result<()> {
+    for program in &filters.programs {
+        let prog = libc::sock_fprog {
+            len: program.len() as libc::c_ushort,
+            filter: program.as_ptr() as *mut libc::sock_filter,
+        };
+        // SAFETY: the kernel copies `len` instructions from a live program; seccompiler's
+        // `sock_filter` has the kernel's layout.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                0,
+                &prog as *const libc::sock_fprog,
+            )
+        };
+        if rc != 0 {
+            return Err(step_err(
+                "load seccomp",
+                std::io::Error::last_os_error().to_string(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn run_start_container_hooks(spec: &Spec) -> Result<()> {

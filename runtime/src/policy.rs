@@ -2,9 +2,9 @@
 //! (`/etc/covenant/runtime.toml`, or `$COVENANT_RUNTIME_CONFIG`) decides how far the
 //! author of a `config.json` is trusted:
 //!
-//! - always: a host hook may not run a file of the bundle; joining the host's own
+//! - always: a host hook that is a file of the bundle, joining the host's own
 //!   namespaces (those of host PID 1) and binding the host's `/` writable are refused
-//!   unless the node allows them by name;
+//!   unless the node allows each by name;
 //! - with `require_capability = true`: every container must carry a capability token
 //!   (annotation `org.opencovenant.capability`) that verifies against the node's trusted
 //!   keys, and the config is held to its grant: bind mounts only under granted `fs.*`
@@ -59,6 +59,10 @@ pub struct RuntimePolicy {
     /// Allow joining the namespaces of the host's PID 1 by path.
     #[serde(default)]
     pub allow_host_namespaces: bool,
+    /// Allow host hooks that are files of the bundle (its root filesystem included):
+    /// the config's author then runs the image's own programs on the host.
+    #[serde(default)]
+    pub allow_bundle_hooks: bool,
     /// Allow a writable bind of the host's `/`.
     #[serde(default)]
     pub allow_host_root_bind: bool,
