@@ -6,6 +6,7 @@
 //! socket in the container's state directory) for `start`. The parent records the
 //! state, runs the create-time hooks and exits: the init outlives it.
 
+use crate::audit;
 use crate::cgroups::Cgroup;
 use crate::config::{self, field};
 use crate::hooks::{self, HookSet};
@@ -17,6 +18,7 @@ use covenant_policy::annotations::{self, LandlockPolicy};
 use covenant_policy::Degradation;
 use covenant_runners::native::landlock as ll;
 use covenant_runners::native::seccomp as sc;
+use covenant_supervisor::store::Kind;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
@@ -41,6 +43,8 @@ pub struct CreateOptions {
 pub struct Created {
     pub record: Record,
     pub pid: Pid,
+    /// The capability the container carried, verified.
+    pub grant: Option<covenant_policy::Grant>,
 }
 
 /// Landlock from Covenant's annotation, if the config carries one: what this kernel
@@ -78,7 +82,13 @@ fn landlock_of(spec: &Spec) -> Result<Option<(LandlockPolicy, ll::LandlockPlan)>
 pub fn check(
     policy: &RuntimePolicy,
     opts: &CreateOptions,
-) -> Result<(PathBuf, Spec, config::Prepared, HookSet)> {
+) -> Result<(
+    PathBuf,
+    Spec,
+    config::Prepared,
+    HookSet,
+    Option<covenant_policy::Grant>,
+)> {
     state::check_id(&opts.id)?;
     let bundle = std::fs::canonicalize(&opts.bundle).map_err(|e| config::ConfigError::Bundle {
         bundle: opts.bundle.clone(),
@@ -88,12 +98,45 @@ pub fn check(
     let prepared = config::prepare(&bundle, &spec)?;
     let hooks = HookSet::from_spec(&spec);
     hooks.check(&bundle, policy.allow_bundle_hooks)?;
-    policy.check(&spec)?;
-    Ok((bundle, spec, prepared, hooks))
+    let grant = policy.check(&spec)?;
+    Ok((bundle, spec, prepared, hooks, grant))
 }
 
+/// Creates the container, and records it (or the refusal) when the node audits.
 pub fn create(root: &Root, policy: &RuntimePolicy, opts: &CreateOptions) -> Result<Created> {
-    let (bundle, spec, prepared, hooks) = check(policy, opts)?;
+    let result = create_container(root, policy, opts);
+    match &result {
+        Err(e) => {
+            // The refusal stands whether or not the store takes it.
+            let _ = audit::record(
+                policy,
+                Kind::ContainerRefused,
+                serde_json::json!({"id": opts.id, "bundle": opts.bundle, "reason": e.to_string()}),
+            );
+        }
+        Ok(c) => {
+            let recorded = audit::record(
+                policy,
+                Kind::ContainerCreated,
+                serde_json::json!({
+                    "id": opts.id,
+                    "bundle": c.record.bundle,
+                    "pid": c.record.pid,
+                    "capability": audit::describe_grant(c.grant.as_ref()),
+                }),
+            );
+            // Nothing of the container has run yet: unaudited, it is removed again.
+            if let Err(e) = recorded {
+                let _ = crate::lifecycle::delete(root, &opts.id, true);
+                return Err(e);
+            }
+        }
+    }
+    result
+}
+
+fn create_container(root: &Root, policy: &RuntimePolicy, opts: &CreateOptions) -> Result<Created> {
+    let (bundle, spec, prepared, hooks, grant) = check(policy, opts)?;
     let landlock = landlock_of(&spec)?;
     let seccomp = spec
         .linux()
@@ -118,7 +161,7 @@ pub fn create(root: &Root, policy: &RuntimePolicy, opts: &CreateOptions) -> Resu
         cgroup.remove();
         let _ = root.remove(&opts.id);
     }
-    result
+    result.map(|c| Created { grant, ..c })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -305,7 +348,11 @@ fn spawn(
     ] {
         hooks::run(kind, list, &st).map_err(|e| abort(e.into()))?;
     }
-    Ok(Created { record, pid })
+    Ok(Created {
+        record,
+        pid,
+        grant: None,
+    })
 }
 
 /// The config's resources, with an allow rule for each device it lists (as runc does:

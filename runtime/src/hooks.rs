@@ -147,6 +147,23 @@ pub fn run(kind: &'static str, hooks: &[Hook], state: &serde_json::Value) -> Res
     Ok(())
 }
 
+/// Runs every hook of `kind` (`poststart`, `poststop`): a failure is a warning on
+/// stderr and the rest still run, as the runtime spec requires.
+pub fn run_warning(kind: &'static str, hooks: &[Hook], state: &serde_json::Value) {
+    let input = serde_json::to_vec(state).unwrap_or_default();
+    for (index, hook) in hooks.iter().enumerate() {
+        if let Err(reason) = run_one(hook, &input) {
+            let e = HookError::Failed {
+                kind,
+                index,
+                path: hook.path.clone(),
+                reason,
+            };
+            eprintln!("warning: {e}");
+        }
+    }
+}
+
 fn run_one(hook: &Hook, input: &[u8]) -> Result<(), String> {
     let mut cmd = Command::new(&hook.path);
     if let Some((first, rest)) = hook.args.split_first() {

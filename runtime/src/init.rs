@@ -270,6 +270,24 @@ pub fn setup_console(socket: &OwnedFd) -> Result<()> {
 pub fn find_program(p: &Prepared, cwd: &Path) -> Result<CString> {
     let name = p.args[0].as_bytes();
     if name.contains(&b'/') {
+        let path = Path::new(std::ffi::OsStr::from_bytes(name));
+        let path = if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            cwd.join(path)
+        };
+        let c = CString::new(path.as_os_str().as_bytes()).unwrap_or_default();
+        // SAFETY: access reads a NUL-terminated path.
+        if unsafe { libc::access(c.as_ptr(), libc::X_OK) } != 0 {
+            return Err(step_err(
+                "find program",
+                format!(
+                    "process.args[0] `{}`: {}",
+                    String::from_utf8_lossy(name),
+                    std::io::Error::last_os_error()
+                ),
+            ));
+        }
         return Ok(p.args[0].clone());
     }
     for dir in p.path_var.split(':').filter(|d| !d.is_empty()) {

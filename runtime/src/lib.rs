@@ -6,6 +6,7 @@
 //!
 //! Like the native runner, the runtime is single-threaded whenever it forks or clones.
 
+pub mod audit;
 pub mod cgroups;
 pub mod config;
 pub mod create;
@@ -57,4 +58,6 @@ pub enum RuntimeError {
     Setup { step: String, detail: String },
     #[error("{0}")]
     Usage(String),
+    #[error("the node's runtime policy requires audit, and the store refused the event: {0}")]
+    Audit(String),
 }

@@ -52,14 +52,12 @@ pub fn start(root: &Root, id: &str) -> Result<()> {
         let (step, detail) = crate::init::StepError::decode(&buf);
         return Err(RuntimeError::Setup { step, detail });
     }
-    if let Err(e) = hooks::run(
+    // A failed poststart hook is a warning: the container runs on.
+    hooks::run_warning(
         "poststart",
         &record.hooks.poststart,
         &hook_state(&record, Status::Running),
-    ) {
-        // The spec makes a failed poststart hook a warning: the container runs on.
-        eprintln!("warning: {e}");
-    }
+    );
     Ok(())
 }
 
@@ -125,13 +123,11 @@ pub fn delete(root: &Root, id: &str, force: bool) -> Result<()> {
         kill_all(&record, &cg);
     }
     cg.remove();
-    if let Err(e) = hooks::run(
+    hooks::run_warning(
         "poststop",
         &record.hooks.poststop,
         &hook_state(&record, Status::Stopped),
-    ) {
-        eprintln!("warning: {e}");
-    }
+    );
     root.remove(id)?;
     Ok(())
 }

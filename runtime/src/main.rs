@@ -1,12 +1,15 @@
 //! The `covenant-runtime` command line: runc's commands and global flags.
 
 use clap::{Parser, Subcommand};
+use covenant_runtime::audit;
 use covenant_runtime::create::{self, CreateOptions};
 use covenant_runtime::exec::{self, ExecOptions};
 use covenant_runtime::lifecycle;
 use covenant_runtime::policy::RuntimePolicy;
 use covenant_runtime::state::Root;
 use covenant_runtime::RuntimeError;
+use covenant_supervisor::store::Kind;
+use serde_json::json;
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -258,6 +261,13 @@ fn run(cli: Cli, log: &Log) -> Result<i32, RuntimeError> {
             Ok(0)
         }
         Command::Start { id } => {
+            let policy = RuntimePolicy::load()?;
+            let pid = lifecycle::state(&root, &id)?["pid"].clone();
+            audit::record(
+                &policy,
+                Kind::ContainerStarted,
+                json!({"id": id, "pid": pid}),
+            )?;
             lifecycle::start(&root, &id)?;
             Ok(0)
         }
@@ -267,10 +277,25 @@ fn run(cli: Cli, log: &Log) -> Result<i32, RuntimeError> {
         }
         Command::Kill { all, id, signal } => {
             let sig = lifecycle::parse_signal(&signal)?;
+            let policy = RuntimePolicy::load()?;
+            root.load(&id)?;
+            audit::record(
+                &policy,
+                Kind::ContainerKilled,
+                json!({"id": id, "signal": sig.as_str(), "all": all}),
+            )?;
             lifecycle::kill(&root, &id, sig, all)?;
             Ok(0)
         }
         Command::Delete { force, id } => {
+            let policy = RuntimePolicy::load()?;
+            if let Ok(state) = lifecycle::state(&root, &id) {
+                audit::record(
+                    &policy,
+                    Kind::ContainerDeleted,
+                    json!({"id": id, "status": state["status"], "force": force}),
+                )?;
+            }
             lifecycle::delete(&root, &id, force)?;
             Ok(0)
         }

@@ -127,6 +127,16 @@ kinds! {
     AgentRequests = "agent.requests",
     /// A job's agent spent its refusals; its socket is closed.
     AgentSocketClosed = "agent.socket.closed",
+    /// `covenant-runtime create` made a container.
+    ContainerCreated = "container.created",
+    /// `covenant-runtime create` refused a container.
+    ContainerRefused = "container.refused",
+    /// `covenant-runtime start` released a container's process.
+    ContainerStarted = "container.started",
+    /// `covenant-runtime kill` signalled a container.
+    ContainerKilled = "container.killed",
+    /// `covenant-runtime delete` removed a container.
+    ContainerDeleted = "container.deleted",
 }
 
 impl std::fmt::Display for Kind {
