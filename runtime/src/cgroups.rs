@@ -13,6 +13,8 @@ pub enum CgroupError {
     NoHierarchy,
     #[error("config.json `linux.cgroupsPath` {0}: must not contain `..`")]
     BadPath(String),
+    #[error("config.json `linux.cgroupsPath`: {path} {reason}; a container gets a cgroup of its own (kill --all and delete act on every process in it)")]
+    Occupied { path: PathBuf, reason: &'static str },
     #[error("config.json `linux.resources.{field}`: {action} {path}: {source}")]
     Write {
         field: &'static str,
@@ -180,6 +182,19 @@ impl Cgroup {
     /// (an empty cpuset takes no task).
     pub fn create(&self) -> Result<()> {
         for (h, dir) in &self.dirs {
+            if dir == &h.mount {
+                return Err(CgroupError::Occupied {
+                    path: dir.clone(),
+                    reason: "is the root of the hierarchy",
+                });
+            }
+            let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+            if !procs.trim().is_empty() {
+                return Err(CgroupError::Occupied {
+                    path: dir.clone(),
+                    reason: "already holds processes",
+                });
+            }
             let mut missing = Vec::new();
             let mut d = dir.as_path();
             while !d.exists() && d.starts_with(&h.mount) && d != h.mount {

@@ -355,6 +355,41 @@ fn a_mount_through_a_symlink_in_the_image_stays_inside_the_root() {
 }
 
 #[test]
+fn a_cgroups_path_that_names_an_occupied_cgroup_is_refused() {
+    if !live() {
+        return;
+    }
+    let f = Fixture::new(&["true"]);
+    // `kill --all` or `delete --force` of such a container would kill the host's processes.
+    for path in ["/", "/.."] {
+        f.edit(|c| c["linux"]["cgroupsPath"] = json!(path));
+        let out = f.create("cg");
+        assert!(!out.status.success(), "{path}");
+        assert!(
+            stderr(&out).contains("linux.cgroupsPath"),
+            "{}",
+            stderr(&out)
+        );
+        f.assert_no_state("cg");
+    }
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let pids = own
+        .lines()
+        .find(|l| l.contains(":pids:"))
+        .map(|l| l.rsplit(':').next().unwrap().to_string());
+    if let Some(pids) = pids.filter(|p| p != "/") {
+        f.edit(|c| c["linux"]["cgroupsPath"] = json!(pids));
+        let out = f.create("cg");
+        assert!(
+            stderr(&out).contains("already holds processes"),
+            "{}",
+            stderr(&out)
+        );
+        f.assert_no_state("cg");
+    }
+}
+
+#[test]
 fn unsafe_and_taken_ids_are_refused() {
     if !live() {
         return;
