@@ -56,7 +56,7 @@ impl NamespaceSpec {
 }
 
 /// What the child needs, checked and converted once in the parent.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Prepared {
     pub rootfs: PathBuf,
     pub args: Vec<CString>,
@@ -119,11 +119,11 @@ pub fn prepare(bundle: &Path, spec: &Spec) -> Result<Prepared> {
             "the host's own root cannot be a container's root filesystem",
         ));
     }
-    let process = spec
-        .process()
-        .as_ref()
-        .ok_or_else(|| field("process", "missing"))?;
-    let mut prepared = prepare_process(process)?;
+    // A config without `process` may be created; `start` then fails (runtime spec).
+    let mut prepared = match spec.process().as_ref() {
+        Some(process) => prepare_process(process)?,
+        None => Prepared::default(),
+    };
     prepared.rootfs = rootfs;
     let linux = spec
         .linux()
@@ -159,7 +159,7 @@ pub fn prepare(bundle: &Path, spec: &Spec) -> Result<Prepared> {
     let has_userns = namespaces
         .iter()
         .any(|n| n.typ == LinuxNamespaceType::User && n.path.is_none());
-    if has_userns && linux.uid_mappings().as_ref().map_or(true, |m| m.is_empty()) {
+    if has_userns && linux.uid_mappings().as_ref().map(Vec::len).unwrap_or(0) == 0 {
         return Err(field(
             "linux.uidMappings",
             "a new user namespace needs uid and gid mappings",
@@ -168,7 +168,7 @@ pub fn prepare(bundle: &Path, spec: &Spec) -> Result<Prepared> {
     if !namespaces
         .iter()
         .any(|n| n.typ == LinuxNamespaceType::Mount)
-        && !linux.masked_paths().as_ref().map_or(true, |m| m.is_empty())
+        && linux.masked_paths().as_ref().is_some_and(|m| !m.is_empty())
     {
         // Masking without a mount namespace would mask the host's own paths.
         return Err(field(

@@ -126,7 +126,10 @@ fn init_container(mut ctx: ChildContext<'_>) -> Result<Never> {
         .as_ref()
         .map(|p| p.cwd().clone())
         .unwrap_or_else(|| PathBuf::from("/"));
-    let program = find_program(ctx.prepared, &cwd)?;
+    let program = match ctx.spec.process() {
+        Some(_) => Some(find_program(ctx.prepared, &cwd)?),
+        None => None,
+    };
     report_ready(&ctx.report)?;
     let started = match ctx.barrier.take() {
         Some(listener) => Some(await_start(listener)?),
@@ -135,9 +138,12 @@ fn init_container(mut ctx: ChildContext<'_>) -> Result<Never> {
     if let Err(e) = run_start_container_hooks(ctx.spec) {
         return Err(report_after_start(started.as_ref(), e));
     }
-    let process = match ctx.spec.process().as_ref() {
-        Some(p) => p,
-        None => return Err(step_err("process", "missing")),
+    let (Some(process), Some(program)) = (ctx.spec.process().as_ref(), program) else {
+        let e = step_err(
+            "start",
+            "config.json has no `process`: there is nothing to start",
+        );
+        return Err(report_after_start(started.as_ref(), e));
     };
     let e = start_process(
         &ProcessPlan {

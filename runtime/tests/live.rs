@@ -419,13 +419,16 @@ fn unsafe_and_taken_ids_are_refused() {
     assert!(f.rt(&["delete", "--force", "twice"]).status.success());
 }
 
+/// A change to a config, as a test case.
+type ConfigEdit = Box<dyn Fn(&mut Value)>;
+
 #[test]
 fn bad_configs_name_the_field_and_leave_no_state() {
     if !live() {
         return;
     }
     let f = Fixture::new(&["true"]);
-    let cases: Vec<(Box<dyn Fn(&mut Value)>, &str)> = vec![
+    let cases: Vec<(ConfigEdit, &str)> = vec![
         (
             Box::new(|c| c["process"]["user"]["uid"] = json!("root")),
             "process.user.uid",
@@ -507,4 +510,68 @@ fn systemd_cgroup_is_refused_clearly() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--systemd-cgroup is not supported"));
+}
+
+#[test]
+fn a_terminal_goes_to_the_console_socket() {
+    if !live() {
+        return;
+    }
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::io::Read;
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let f = Fixture::new(&["sh", "-c", "test -t 0 && test -t 1 && echo on-a-tty"]);
+    f.edit(|c| c["process"]["terminal"] = json!(true));
+    let sock = f.dir.path().join("console.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let receiver = std::thread::spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 64];
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+        let msg = recvmsg::<()>(
+            conn.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::empty(),
+        )
+        .unwrap();
+        let fd = msg
+            .cmsgs()
+            .unwrap()
+            .find_map(|c| match c {
+                ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
+                _ => None,
+            })
+            .expect("no descriptor on the console socket");
+        // SAFETY: the descriptor was just received and is owned here.
+        unsafe { std::fs::File::from_raw_fd(fd) }
+    });
+    let out = f.rt(&[
+        "create",
+        "--bundle",
+        f.bundle().to_str().unwrap(),
+        "--console-socket",
+        sock.to_str().unwrap(),
+        "tty",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut master = receiver.join().unwrap();
+    assert!(f.rt(&["start", "tty"]).status.success());
+    let mut text = Vec::new();
+    let mut buf = [0u8; 256];
+    // The pty reads EIO once the process is gone.
+    while let Ok(n) = master.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        text.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        String::from_utf8_lossy(&text).contains("on-a-tty"),
+        "{:?}",
+        String::from_utf8_lossy(&text)
+    );
+    f.wait_status("tty", "stopped");
+    assert!(f.rt(&["delete", "tty"]).status.success());
 }
