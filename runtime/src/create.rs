@@ -88,6 +88,7 @@ pub fn check(
     config::Prepared,
     HookSet,
     Option<covenant_policy::Grant>,
+    Vec<Option<OwnedFd>>,
 )> {
     state::check_id(&opts.id)?;
     let bundle = std::fs::canonicalize(&opts.bundle).map_err(|e| config::ConfigError::Bundle {
@@ -98,8 +99,14 @@ pub fn check(
     let prepared = config::prepare(&bundle, &spec)?;
     let hooks = HookSet::from_spec(&spec);
     hooks.check(&bundle, policy.allow_bundle_hooks)?;
-    let grant = policy.check(&spec)?;
-    Ok((bundle, spec, prepared, hooks, grant))
+    let pinned = pin_bind_sources(&bundle, &spec)?;
+    let real: Vec<Option<PathBuf>> = pinned
+        .iter()
+        .map(|p| p.as_ref().map(|(_, r)| r.clone()))
+        .collect();
+    let grant = policy.check(&spec, &real)?;
+    let pinned = pinned.into_iter().map(|p| p.map(|(fd, _)| fd)).collect();
+    Ok((bundle, spec, prepared, hooks, grant, pinned))
 }
 
 /// Creates the container, and records it (or the refusal) when the node audits.
@@ -136,7 +143,7 @@ pub fn create(root: &Root, policy: &RuntimePolicy, opts: &CreateOptions) -> Resu
 }
 
 fn create_container(root: &Root, policy: &RuntimePolicy, opts: &CreateOptions) -> Result<Created> {
-    let (bundle, spec, prepared, hooks, grant) = check(policy, opts)?;
+    let (bundle, spec, prepared, hooks, grant, pinned) = check(policy, opts)?;
     let landlock = landlock_of(&spec)?;
     let seccomp = spec
         .linux()
@@ -155,7 +162,7 @@ fn create_container(root: &Root, policy: &RuntimePolicy, opts: &CreateOptions) -
         }
     };
     let result = spawn(
-        root, &dir, &bundle, &spec, &prepared, &hooks, &cgroup, opts, landlock, seccomp,
+        root, &dir, &bundle, &spec, &prepared, &hooks, &cgroup, opts, landlock, seccomp, pinned,
     );
     if result.is_err() {
         cgroup.remove();
@@ -176,6 +183,7 @@ fn spawn(
     opts: &CreateOptions,
     landlock: Option<(LandlockPolicy, ll::LandlockPlan)>,
     seccomp: Option<sc::CompiledSeccomp>,
+    bind_sources: Vec<Option<OwnedFd>>,
 ) -> Result<Created> {
     cgroup.create()?;
     cgroup.apply(&resources_with_devices(spec))?;
@@ -260,6 +268,7 @@ fn spawn(
             sync: sync_rd,
             report: report_wr,
             barrier: Some(barrier),
+            bind_sources,
             join,
             new_cgroupns: has(LinuxNamespaceType::Cgroup)
                 && !prepared
@@ -275,7 +284,7 @@ fn spawn(
             landlock,
         });
     }
-    drop((sync_rd, report_wr, barrier, console, join));
+    drop((sync_rd, report_wr, barrier, console, join, bind_sources));
     let pid = Pid::from_raw(pid as i32);
     let abort = |e: RuntimeError| {
         let _ = kill(pid, Signal::SIGKILL);
@@ -374,6 +383,43 @@ fn resources_with_devices(spec: &Spec) -> oci_spec::runtime::LinuxResources {
     }
     r.set_devices(Some(rules));
     r
+}
+
+/// Opens every bind source once (`O_PATH`, symlinks followed now and never again) and
+/// returns the descriptor with the path it really is. The policy judges that path and
+/// the init mounts the descriptor, so a source swapped after the check is not what gets
+/// mounted.
+fn pin_bind_sources(bundle: &Path, spec: &Spec) -> Result<Vec<Option<(OwnedFd, PathBuf)>>> {
+    let mut out = Vec::new();
+    for (i, m) in spec.mounts().iter().flatten().enumerate() {
+        let (Some(source), true) = (m.source(), crate::mounts::is_bind_mount(m)) else {
+            out.push(None);
+            continue;
+        };
+        let source = if source.is_absolute() {
+            source.clone()
+        } else {
+            bundle.join(source)
+        };
+        let f = format!("mounts[{i}].source");
+        let fd = nix::fcntl::open(
+            &source,
+            nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|e| field(&f, format!("{}: {e}", source.display())))?;
+        // SAFETY: open returned a fresh descriptor.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let real = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+            .map_err(|e| field(&f, format!("{}: {e}", source.display())))?;
+        // A detached copy of the mount, made here in the host's mount namespace: the
+        // init attaches it in its own (a descriptor of a host mount cannot be bound
+        // there). Without the privilege for that, the init binds the name instead.
+        let recursive = m.options().iter().flatten().any(|o| o == "rbind");
+        let fd = crate::mounts::clone_tree(&fd, recursive).unwrap_or(fd);
+        out.push(Some((fd, real)));
+    }
+    Ok(out)
 }
 
 /// The state document hooks read on stdin.

@@ -61,6 +61,8 @@ pub struct ChildContext<'a> {
     pub report: OwnedFd,
     /// The start barrier: a listening socket `start` connects to. `None`: start at once.
     pub barrier: Option<OwnedFd>,
+    /// Each bind mount's source, opened and checked by the parent (by mount index).
+    pub bind_sources: Vec<Option<OwnedFd>>,
     /// Namespaces to join, opened by path in the parent (user first).
     pub join: Vec<(LinuxNamespaceType, OwnedFd)>,
     pub new_cgroupns: bool,
@@ -106,7 +108,13 @@ fn init_container(mut ctx: ChildContext<'_>) -> Result<Never> {
     }
     nix::unistd::setsid().map_err(|e| step_err("new session", e.to_string()))?;
     if ctx.has_mountns {
-        crate::mounts::setup_rootfs(ctx.spec, ctx.bundle, &ctx.prepared.rootfs, ctx.userns)?;
+        crate::mounts::setup_rootfs(
+            ctx.spec,
+            ctx.bundle,
+            &ctx.prepared.rootfs,
+            ctx.userns,
+            &ctx.bind_sources,
+        )?;
     } else {
         crate::mounts::chroot_into(&ctx.prepared.rootfs)?;
     }

@@ -9,6 +9,7 @@ use crate::init::{step_err, StepError};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 use oci_spec::runtime::{LinuxDeviceType, Mount, Spec};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
@@ -69,6 +70,49 @@ pub fn parse_options(options: &[String]) -> (MsFlags, MsFlags, Vec<String>, bool
     (flags & !clear, propagation, data, bind)
 }
 
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const AT_RECURSIVE: libc::c_uint = 0x8000;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+
+/// A detached copy of the mount at `fd` (with its submounts when `recursive`): it is
+/// that object, whatever its path names later. Needs CAP_SYS_ADMIN over the caller's
+/// mount namespace.
+pub fn clone_tree(fd: &OwnedFd, recursive: bool) -> nix::Result<OwnedFd> {
+    let flags = OPEN_TREE_CLONE
+        | libc::O_CLOEXEC as libc::c_uint
+        | libc::AT_EMPTY_PATH as libc::c_uint
+        | if recursive { AT_RECURSIVE } else { 0 };
+    // SAFETY: open_tree reads an empty C string relative to a valid descriptor and
+    // returns a new descriptor or -1.
+    let tree = unsafe { libc::syscall(libc::SYS_open_tree, fd.as_raw_fd(), c"".as_ptr(), flags) };
+    if tree < 0 {
+        return Err(nix::errno::Errno::last());
+    }
+    // SAFETY: open_tree returned a fresh descriptor owned by nobody else.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(tree as i32) })
+}
+
+/// Attaches a detached tree at `target`.
+fn move_tree(tree: &OwnedFd, target: &Path) -> nix::Result<()> {
+    let target = std::ffi::CString::new(target.as_os_str().as_encoded_bytes())
+        .map_err(|_| nix::errno::Errno::EINVAL)?;
+    // SAFETY: both paths are valid C strings; the tree is a detached mount.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if rc < 0 {
+        return Err(nix::errno::Errno::last());
+    }
+    Ok(())
+}
+
 /// Creates `path` as a directory or an empty file (for a file bind), with its parents.
 fn make_target(path: &Path, dir: bool) -> Result<()> {
     if path.symlink_metadata().is_ok() {
@@ -92,7 +136,13 @@ fn make_target(path: &Path, dir: bool) -> Result<()> {
 }
 
 /// Builds the container's filesystem under `rootfs` and pivots into it.
-pub fn setup_rootfs(spec: &Spec, bundle: &Path, rootfs: &Path, userns: bool) -> Result<()> {
+pub fn setup_rootfs(
+    spec: &Spec,
+    bundle: &Path,
+    rootfs: &Path,
+    userns: bool,
+    bind_sources: &[Option<OwnedFd>],
+) -> Result<()> {
     let linux = spec.linux().as_ref();
     let propagation = match linux.and_then(|l| l.rootfs_propagation().as_deref()) {
         Some("shared") | Some("rshared") => MsFlags::MS_SHARED,
@@ -123,7 +173,14 @@ pub fn setup_rootfs(spec: &Spec, bundle: &Path, rootfs: &Path, userns: bool) -> 
         )
     })?;
     for (i, m) in spec.mounts().iter().flatten().enumerate() {
-        mount_one(i, m, bundle, rootfs, userns)?;
+        mount_one(
+            i,
+            m,
+            bundle,
+            rootfs,
+            userns,
+            bind_sources.get(i).and_then(Option::as_ref),
+        )?;
     }
     let dev_is_fresh = !spec
         .mounts()
@@ -156,7 +213,14 @@ pub fn is_bind_mount(m: &Mount) -> bool {
             .any(|o| o == "bind" || o == "rbind")
 }
 
-fn mount_one(i: usize, m: &Mount, bundle: &Path, rootfs: &Path, userns: bool) -> Result<()> {
+fn mount_one(
+    i: usize,
+    m: &Mount,
+    bundle: &Path,
+    rootfs: &Path,
+    userns: bool,
+    pinned: Option<&OwnedFd>,
+) -> Result<()> {
     let what = format!("mounts[{i}] {}", m.destination().display());
     let options = m.options().clone().unwrap_or_default();
     let (flags, propagation, data, bind) = parse_options(&options);
@@ -177,14 +241,20 @@ fn mount_one(i: usize, m: &Mount, bundle: &Path, rootfs: &Path, userns: bool) ->
             .map_err(|e| step_err("mount", format!("{what}: source {}: {e}", source.display())))?
             .is_dir();
         make_target(&target, is_dir)?;
-        mount(
-            Some(&source),
-            &target,
-            None::<&str>,
-            MsFlags::MS_BIND | (flags & MsFlags::MS_REC),
-            None::<&str>,
-        )
-        .map_err(|e| step_err("mount", format!("{what}: bind {}: {e}", source.display())))?;
+        match pinned {
+            // The tree the parent cloned from the source it checked, never the name again.
+            Some(tree) => move_tree(tree, &target).map_err(|e| {
+                step_err("mount", format!("{what}: attach {}: {e}", source.display()))
+            })?,
+            None => mount(
+                Some(&source),
+                &target,
+                None::<&str>,
+                MsFlags::MS_BIND | (flags & MsFlags::MS_REC),
+                None::<&str>,
+            )
+            .map_err(|e| step_err("mount", format!("{what}: bind {}: {e}", source.display())))?,
+        }
         let extra = flags & !(MsFlags::MS_REC | MsFlags::MS_REMOUNT);
         if !extra.is_empty() {
             remount_bind(&target, extra)

@@ -124,10 +124,16 @@ impl RuntimePolicy {
     }
 
     /// Holds `spec` to the node's policy; returns the verified grant when one was given.
-    pub fn check(&self, spec: &Spec) -> Result<Option<Grant>, PolicyError> {
+    /// `pinned[i]` is the real path of mount `i`'s source as `create` holds it open (see
+    /// `create::pin_bind_sources`); a source not in it is resolved here.
+    pub fn check(
+        &self,
+        spec: &Spec,
+        pinned: &[Option<PathBuf>],
+    ) -> Result<Option<Grant>, PolicyError> {
         let grant = self.verify_token(spec)?;
         check_namespace_paths(spec, self.allow_host_namespaces)?;
-        check_binds(spec, self.allow_host_root_bind, grant.as_ref())?;
+        check_binds(spec, pinned, self.allow_host_root_bind, grant.as_ref())?;
         if let Some(g) = &grant {
             check_against_grant(spec, g)?;
         }
@@ -216,15 +222,23 @@ fn is_bind(m: &oci_spec::runtime::Mount) -> bool {
             .any(|o| o == "bind" || o == "rbind")
 }
 
-fn check_binds(spec: &Spec, allow_root: bool, grant: Option<&Grant>) -> Result<(), PolicyError> {
+fn check_binds(
+    spec: &Spec,
+    pinned: &[Option<PathBuf>],
+    allow_root: bool,
+    grant: Option<&Grant>,
+) -> Result<(), PolicyError> {
     for (i, m) in spec.mounts().iter().flatten().enumerate() {
         if !is_bind(m) {
             continue;
         }
         let field = format!("mounts[{i}].source");
         let Some(source) = m.source() else { continue };
-        let real = std::fs::canonicalize(source)
-            .map_err(|e| refuse(&field, format!("{}: {e}", source.display())))?;
+        let real = match pinned.get(i).cloned().flatten() {
+            Some(p) => p,
+            None => std::fs::canonicalize(source)
+                .map_err(|e| refuse(&field, format!("{}: {e}", source.display())))?,
+        };
         let ro = m.options().iter().flatten().any(|o| o == "ro");
         if real == Path::new("/") && !ro && !allow_root {
             return Err(refuse(
@@ -327,7 +341,10 @@ mod tests {
             "ociVersion": "1.0.2",
             "mounts": [{"destination": "/host", "type": "bind", "source": "/", "options": ["rbind", "rw"]}]
         }));
-        let err = RuntimePolicy::default().check(&s).unwrap_err().to_string();
+        let err = RuntimePolicy::default()
+            .check(&s, &[])
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("mounts[0].source") && err.contains("host's `/`"),
             "{err}"
@@ -336,7 +353,7 @@ mod tests {
             allow_host_root_bind: true,
             ..RuntimePolicy::default()
         };
-        assert!(allowed.check(&s).is_ok());
+        assert!(allowed.check(&s, &[]).is_ok());
     }
 
     #[test]
@@ -345,7 +362,10 @@ mod tests {
             "ociVersion": "1.0.2",
             "linux": {"namespaces": [{"type": "pid", "path": "/proc/self/ns/pid"}]}
         }));
-        let err = RuntimePolicy::default().check(&s).unwrap_err().to_string();
+        let err = RuntimePolicy::default()
+            .check(&s, &[])
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("linux.namespaces[0].path") && err.contains("host's own"),
             "{err}"
@@ -368,7 +388,7 @@ mod tests {
         .unwrap();
         let policy = RuntimePolicy::load_from(&file).unwrap();
         let s = spec(serde_json::json!({"ociVersion": "1.0.2"}));
-        let err = policy.check(&s).unwrap_err().to_string();
+        let err = policy.check(&s, &[]).unwrap_err().to_string();
         assert!(
             err.contains(CAPABILITY_ANNOTATION) && err.contains("missing"),
             "{err}"
@@ -377,7 +397,7 @@ mod tests {
             "ociVersion": "1.0.2",
             "annotations": {CAPABILITY_ANNOTATION: "not-a-token"}
         }));
-        let err = policy.check(&s).unwrap_err().to_string();
+        let err = policy.check(&s, &[]).unwrap_err().to_string();
         assert!(err.contains(CAPABILITY_ANNOTATION), "{err}");
     }
 
