@@ -78,18 +78,19 @@ fn landlock_of(spec: &Spec) -> Result<Option<(LandlockPolicy, ll::LandlockPlan)>
     Ok(Some((policy, plan)))
 }
 
+/// A config that passed every check, and what the checks opened.
+pub struct Checked {
+    pub bundle: PathBuf,
+    pub spec: Spec,
+    pub prepared: config::Prepared,
+    pub hooks: HookSet,
+    pub grant: Option<covenant_policy::Grant>,
+    /// Each bind mount's source, held open since it was checked (by mount index).
+    pub bind_sources: Vec<Option<OwnedFd>>,
+}
+
 /// Checks everything about `opts` that needs no state; returns the loaded config.
-pub fn check(
-    policy: &RuntimePolicy,
-    opts: &CreateOptions,
-) -> Result<(
-    PathBuf,
-    Spec,
-    config::Prepared,
-    HookSet,
-    Option<covenant_policy::Grant>,
-    Vec<Option<OwnedFd>>,
-)> {
+pub fn check(policy: &RuntimePolicy, opts: &CreateOptions) -> Result<Checked> {
     state::check_id(&opts.id)?;
     let bundle = std::fs::canonicalize(&opts.bundle).map_err(|e| config::ConfigError::Bundle {
         bundle: opts.bundle.clone(),
@@ -105,8 +106,14 @@ pub fn check(
         .map(|p| p.as_ref().map(|(_, r)| r.clone()))
         .collect();
     let grant = policy.check(&spec, &real)?;
-    let pinned = pinned.into_iter().map(|p| p.map(|(fd, _)| fd)).collect();
-    Ok((bundle, spec, prepared, hooks, grant, pinned))
+    Ok(Checked {
+        bundle,
+        spec,
+        prepared,
+        hooks,
+        grant,
+        bind_sources: pinned.into_iter().map(|p| p.map(|(fd, _)| fd)).collect(),
+    })
 }
 
 /// Creates the container, and records it (or the refusal) when the node audits.
@@ -143,7 +150,14 @@ pub fn create(root: &Root, policy: &RuntimePolicy, opts: &CreateOptions) -> Resu
 }
 
 fn create_container(root: &Root, policy: &RuntimePolicy, opts: &CreateOptions) -> Result<Created> {
-    let (bundle, spec, prepared, hooks, grant, pinned) = check(policy, opts)?;
+    let Checked {
+        bundle,
+        spec,
+        prepared,
+        hooks,
+        grant,
+        bind_sources: pinned,
+    } = check(policy, opts)?;
     let landlock = landlock_of(&spec)?;
     let seccomp = spec
         .linux()
