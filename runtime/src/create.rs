@@ -399,10 +399,10 @@ fn resources_with_devices(spec: &Spec) -> oci_spec::runtime::LinuxResources {
     r
 }
 
-/// Opens every bind source once (`O_PATH`, symlinks followed now and never again) and
-/// returns the descriptor with the path it really is. The policy judges that path and
-/// the init mounts the descriptor, so a source swapped after the check is not what gets
-/// mounted.
+/// Opens every bind source once (`O_PATH`, symlinks followed) and returns the
+/// descriptor with the path it really is. The policy judges that path; the init binds
+/// the name and then checks that the mount's root is this very object, so a source
+/// swapped after the check is refused, not mounted.
 fn pin_bind_sources(bundle: &Path, spec: &Spec) -> Result<Vec<Option<(OwnedFd, PathBuf)>>> {
     let mut out = Vec::new();
     for (i, m) in spec.mounts().iter().flatten().enumerate() {
@@ -426,11 +426,6 @@ fn pin_bind_sources(bundle: &Path, spec: &Spec) -> Result<Vec<Option<(OwnedFd, P
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         let real = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
             .map_err(|e| field(&f, format!("{}: {e}", source.display())))?;
-        // A detached copy of the mount, made here in the host's mount namespace: the
-        // init attaches it in its own (a descriptor of a host mount cannot be bound
-        // there). Without the privilege for that, the init binds the name instead.
-        let recursive = m.options().iter().flatten().any(|o| o == "rbind");
-        let fd = crate::mounts::clone_tree(&fd, recursive).unwrap_or(fd);
         out.push(Some((fd, real)));
     }
     Ok(out)

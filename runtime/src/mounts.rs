@@ -70,45 +70,13 @@ pub fn parse_options(options: &[String]) -> (MsFlags, MsFlags, Vec<String>, bool
     (flags & !clear, propagation, data, bind)
 }
 
-const OPEN_TREE_CLONE: libc::c_uint = 1;
-const AT_RECURSIVE: libc::c_uint = 0x8000;
-const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
-
-/// A detached copy of the mount at `fd` (with its submounts when `recursive`): it is
-/// that object, whatever its path names later. Needs CAP_SYS_ADMIN over the caller's
-/// mount namespace.
-pub fn clone_tree(fd: &OwnedFd, recursive: bool) -> nix::Result<OwnedFd> {
-    let flags = OPEN_TREE_CLONE
-        | libc::O_CLOEXEC as libc::c_uint
-        | libc::AT_EMPTY_PATH as libc::c_uint
-        | if recursive { AT_RECURSIVE } else { 0 };
-    // SAFETY: open_tree reads an empty C string relative to a valid descriptor and
-    // returns a new descriptor or -1.
-    let tree = unsafe { libc::syscall(libc::SYS_open_tree, fd.as_raw_fd(), c"".as_ptr(), flags) };
-    if tree < 0 {
-        return Err(nix::errno::Errno::last());
-    }
-    // SAFETY: open_tree returned a fresh descriptor owned by nobody else.
-    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(tree as i32) })
-}
-
-/// Attaches a detached tree at `target`.
-fn move_tree(tree: &OwnedFd, target: &Path) -> nix::Result<()> {
-    let target = std::ffi::CString::new(target.as_os_str().as_encoded_bytes())
-        .map_err(|_| nix::errno::Errno::EINVAL)?;
-    // SAFETY: both paths are valid C strings; the tree is a detached mount.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_move_mount,
-            tree.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_FDCWD,
-            target.as_ptr(),
-            MOVE_MOUNT_F_EMPTY_PATH,
-        )
-    };
-    if rc < 0 {
-        return Err(nix::errno::Errno::last());
+/// Whether what is now mounted at `target` is the object the parent opened and checked
+/// (a source renamed or swapped for a symlink in between is not).
+fn same_object(checked: &OwnedFd, target: &Path) -> std::result::Result<(), String> {
+    let want = nix::sys::stat::fstat(checked.as_raw_fd()).map_err(|e| e.to_string())?;
+    let got = nix::sys::stat::stat(target).map_err(|e| e.to_string())?;
+    if (want.st_dev, want.st_ino) != (got.st_dev, got.st_ino) {
+        return Err("changed after it was checked; refusing to mount what was not checked".into());
     }
     Ok(())
 }
@@ -241,19 +209,21 @@ fn mount_one(
             .map_err(|e| step_err("mount", format!("{what}: source {}: {e}", source.display())))?
             .is_dir();
         make_target(&target, is_dir)?;
-        match pinned {
-            // The tree the parent cloned from the source it checked, never the name again.
-            Some(tree) => move_tree(tree, &target).map_err(|e| {
-                step_err("mount", format!("{what}: attach {}: {e}", source.display()))
-            })?,
-            None => mount(
-                Some(&source),
-                &target,
-                None::<&str>,
-                MsFlags::MS_BIND | (flags & MsFlags::MS_REC),
-                None::<&str>,
-            )
-            .map_err(|e| step_err("mount", format!("{what}: bind {}: {e}", source.display())))?,
+        mount(
+            Some(&source),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND | (flags & MsFlags::MS_REC),
+            None::<&str>,
+        )
+        .map_err(|e| step_err("mount", format!("{what}: bind {}: {e}", source.display())))?;
+        if let Some(checked) = pinned {
+            same_object(checked, &target).map_err(|reason| {
+                step_err(
+                    "mount",
+                    format!("{what}: source {}: {reason}", source.display()),
+                )
+            })?;
         }
         let extra = flags & !(MsFlags::MS_REC | MsFlags::MS_REMOUNT);
         if !extra.is_empty() {
