@@ -186,6 +186,14 @@ pub fn prepare(bundle: &Path, spec: &Spec) -> Result<Prepared> {
         if key.contains('/') || key.split('.').any(|p| p.is_empty() || p == "..") {
             return Err(field(format!("linux.sysctl.{key}"), "not a sysctl name"));
         }
+        let new = |t: LinuxNamespaceType| namespaces.iter().any(|n| n.typ == t && n.path.is_none());
+        let joined = |t: LinuxNamespaceType| namespaces.iter().any(|n| n.typ == t);
+        if !sysctl_is_namespaced(key, new, joined) {
+            return Err(field(
+                format!("linux.sysctl.{key}"),
+                "not a sysctl of the container's own namespaces: writing it would change the host (kernel.core_pattern runs a program as host root)",
+            ));
+        }
     }
     prepared.namespaces = namespaces;
     Ok(prepared)
@@ -260,6 +268,35 @@ pub fn prepare_process(process: &oci_spec::runtime::Process) -> Result<Prepared>
         rlimits,
         caps,
     })
+}
+
+/// Whether `key` belongs to a namespace the container has (as runc decides it): IPC
+/// sysctls with an IPC namespace, `net.*` with a network namespace, the host and domain
+/// name with a UTS namespace. Everything else is the host's.
+fn sysctl_is_namespaced(
+    key: &str,
+    new: impl Fn(LinuxNamespaceType) -> bool,
+    has: impl Fn(LinuxNamespaceType) -> bool,
+) -> bool {
+    const IPC: [&str; 7] = [
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.sem",
+        "kernel.shmall",
+        "kernel.shmmax",
+        "kernel.shmmni",
+    ];
+    if IPC.contains(&key) || key == "kernel.shm_rmid_forced" || key.starts_with("fs.mqueue.") {
+        return has(LinuxNamespaceType::Ipc);
+    }
+    if key.starts_with("net.") {
+        return new(LinuxNamespaceType::Network) || has(LinuxNamespaceType::Network);
+    }
+    if key == "kernel.hostname" || key == "kernel.domainname" {
+        return new(LinuxNamespaceType::Uts);
+    }
+    false
 }
 
 /// A destination is a path inside the container: absolute, and it never climbs with `..`.

@@ -265,6 +265,25 @@ fn check_binds(
     Ok(())
 }
 
+/// The capabilities a container under a capability token may keep: the set container
+/// engines give by default, none of which reaches beyond the container's namespaces.
+const GRANTABLE_CAPABILITIES: [&str; 14] = [
+    "AUDIT_WRITE",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "MKNOD",
+    "NET_BIND_SERVICE",
+    "NET_RAW",
+    "SETFCAP",
+    "SETGID",
+    "SETPCAP",
+    "SETUID",
+    "SYS_CHROOT",
+];
+
 /// What a verified grant allows beyond binds.
 fn check_against_grant(spec: &Spec, grant: &Grant) -> Result<(), PolicyError> {
     #[allow(deprecated)]
@@ -285,9 +304,52 @@ fn check_against_grant(spec: &Spec, grant: &Grant) -> Result<(), PolicyError> {
             ));
         }
     }
-    let namespaces: Vec<_> = spec
-        .linux()
+    let linux = spec.linux().as_ref();
+    if linux.and_then(|l| l.seccomp().as_ref()).is_none() {
+        return Err(refuse(
+            "linux.seccomp",
+            "missing: a container run under a capability is never run without a seccomp filter",
+        ));
+    }
+    if linux
+        .and_then(|l| l.devices().as_ref())
+        .is_some_and(|d| !d.is_empty())
+    {
+        return Err(refuse(
+            "linux.devices",
+            "device nodes are not grantable by a capability",
+        ));
+    }
+    if let Some(caps) = spec
+        .process()
         .as_ref()
+        .and_then(|p| p.capabilities().as_ref())
+    {
+        let ptrace = grant
+            .scopes
+            .iter()
+            .any(|s| s.covers(&Scope::Sys("ptrace".into())));
+        for (name, set) in [
+            ("bounding", caps.bounding()),
+            ("effective", caps.effective()),
+            ("permitted", caps.permitted()),
+            ("inheritable", caps.inheritable()),
+            ("ambient", caps.ambient()),
+        ] {
+            for cap in set.iter().flatten() {
+                let text = cap.to_string();
+                let allowed = GRANTABLE_CAPABILITIES.contains(&text.as_str())
+                    || (text == "SYS_PTRACE" && ptrace);
+                if !allowed {
+                    return Err(refuse(
+                        format!("process.capabilities.{name}"),
+                        format!("CAP_{text} is beyond what a capability grants (the engines' default set; CAP_SYS_PTRACE with `sys.ptrace`)"),
+                    ));
+                }
+            }
+        }
+    }
+    let namespaces: Vec<_> = linux
         .and_then(|l| l.namespaces().clone())
         .unwrap_or_default();
     for (i, ns) in namespaces.iter().enumerate() {
@@ -408,5 +470,117 @@ mod tests {
         std::fs::write(&file, "require_capabilty = true\n").unwrap();
         assert!(RuntimePolicy::load_from(&file).is_err());
         assert!(RuntimePolicy::load_from(&dir.path().join("absent")).is_ok());
+    }
+
+    /// A node that requires capabilities, a key it trusts, and a token from that key.
+    fn governed(dir: &Path, scopes: &[&str]) -> (RuntimePolicy, String) {
+        use covenant_policy::token::{SignedToken, TokenBody};
+        let key = ed25519_dalek::SigningKey::from_bytes(&[5u8; 32]);
+        let public = dir.join("root.pub");
+        std::fs::write(
+            &public,
+            covenant_policy::token::encode_key(&key.verifying_key().to_bytes()),
+        )
+        .unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let mut scopes: Vec<Scope> = scopes.iter().map(|s| Scope::parse(s).unwrap()).collect();
+        scopes.sort_by_key(|s| s.to_string());
+        let body = TokenBody {
+            id: [1u8; 16],
+            issuer: key.verifying_key().to_bytes(),
+            subject: covenant_policy::Subject::Name("pod".into()),
+            not_before: now - 60,
+            expires: now + 3600,
+            parent: None,
+            scopes,
+            nonce: [2u8; 16],
+        };
+        let token = Capability {
+            chain: vec![SignedToken::sign(body, &key).unwrap()],
+        }
+        .print();
+        let policy = RuntimePolicy {
+            require_capability: true,
+            trusted_keys: vec![public],
+            ..RuntimePolicy::default()
+        };
+        (policy, token)
+    }
+
+    fn governed_spec(token: &str, edit: impl FnOnce(&mut serde_json::Value)) -> Spec {
+        let mut v = serde_json::json!({
+            "ociVersion": "1.0.2",
+            "annotations": {CAPABILITY_ANNOTATION: token},
+            "process": {"cwd": "/", "args": ["true"], "user": {"uid": 0, "gid": 0},
+                        "capabilities": {"bounding": ["CAP_KILL"], "effective": ["CAP_KILL"], "permitted": ["CAP_KILL"]}},
+            "mounts": [{"destination": "/data", "type": "bind", "source": "/tmp", "options": ["rbind", "ro"]}],
+            "linux": {
+                "namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "ipc"}, {"type": "uts"}, {"type": "network"}],
+                "seccomp": {"defaultAction": "SCMP_ACT_ERRNO", "syscalls": []}
+            }
+        });
+        edit(&mut v);
+        spec(v)
+    }
+
+    #[test]
+    fn a_governed_config_is_held_to_its_grant() {
+        let dir = tempfile::tempdir().unwrap();
+        let (policy, token) = governed(dir.path(), &["fs.read:/tmp"]);
+        let tmp = std::fs::canonicalize("/tmp").unwrap();
+        let pinned = [Some(tmp)];
+        assert!(policy
+            .check(&governed_spec(&token, |_| {}), &pinned)
+            .unwrap()
+            .is_some());
+        let cases: Vec<(Box<dyn Fn(&mut serde_json::Value)>, &str)> = vec![
+            (
+                Box::new(|v| v["mounts"][0]["options"] = serde_json::json!(["rbind", "rw"])),
+                "mounts[0].source",
+            ),
+            (
+                Box::new(|v| {
+                    v["process"]["capabilities"]["bounding"] = serde_json::json!(["CAP_SYS_ADMIN"])
+                }),
+                "process.capabilities.bounding",
+            ),
+            (
+                Box::new(|v| {
+                    v["linux"].as_object_mut().unwrap().remove("seccomp");
+                }),
+                "linux.seccomp",
+            ),
+            (
+                Box::new(
+                    |v| v["linux"]["namespaces"] = serde_json::json!([{"type": "pid"}, {"type": "mount"}, {"type": "ipc"}, {"type": "uts"}]),
+                ),
+                "net:host",
+            ),
+            (
+                Box::new(|v| v["hooks"] = serde_json::json!({"prestart": [{"path": "/bin/true"}]})),
+                "hooks",
+            ),
+            (
+                Box::new(|v| {
+                    v["linux"]["devices"] = serde_json::json!([{"path": "/dev/sda", "type": "b", "major": 8, "minor": 0}])
+                }),
+                "linux.devices",
+            ),
+        ];
+        for (edit, field) in cases {
+            let err = policy
+                .check(&governed_spec(&token, edit), &pinned)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(field), "{field}: {err}");
+        }
+        let (other, _) = governed(dir.path(), &["fs.read:/tmp"]);
+        let forged = token.replace('A', "B");
+        assert!(other
+            .check(&governed_spec(&forged, |_| {}), &pinned)
+            .is_err());
     }
 }

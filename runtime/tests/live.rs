@@ -390,6 +390,32 @@ fn a_cgroups_path_that_names_an_occupied_cgroup_is_refused() {
 }
 
 #[test]
+fn a_sysctl_of_the_host_is_refused() {
+    if !live() {
+        return;
+    }
+    let f = Fixture::new(&["true"]);
+    let before = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap();
+    f.edit(|c| c["linux"]["sysctl"] = json!({"kernel.core_pattern": "|/tmp/evil"}));
+    let out = f.rt(&["run", "--bundle", f.bundle().to_str().unwrap(), "sysctl"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("linux.sysctl.kernel.core_pattern"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap(),
+        before
+    );
+    f.assert_no_state("sysctl");
+    // A sysctl of the container's own network namespace is fine.
+    f.edit(|c| c["linux"]["sysctl"] = json!({"net.ipv4.ip_forward": "1"}));
+    let out = f.rt(&["run", "--bundle", f.bundle().to_str().unwrap(), "sysctl"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
 fn unsafe_and_taken_ids_are_refused() {
     if !live() {
         return;
