@@ -315,7 +315,6 @@ fn spawn(
             errno: e,
         })
     })?;
-    drop(sync_wr);
     // `R` means ready (the init keeps the pipe open while it waits); anything else is
     // an error the init wrote before it exited.
     let mut report = std::fs::File::from(report_rd);
@@ -371,6 +370,14 @@ fn spawn(
     ] {
         hooks::run(kind, list, &st).map_err(|e| abort(e.into()))?;
     }
+    // The container is recorded: the init may go on to the barrier. Had this process
+    // died before, the init would have read end-of-file here and exited.
+    nix::unistd::write(&sync_wr, b"c").map_err(|e| {
+        abort(RuntimeError::Sys {
+            what: "commit the container's init",
+            errno: e,
+        })
+    })?;
     Ok(Created {
         record,
         pid,

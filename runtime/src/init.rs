@@ -139,6 +139,7 @@ fn init_container(mut ctx: ChildContext<'_>) -> Result<Never> {
         None => None,
     };
     report_ready(&ctx.report)?;
+    await_commit(&ctx.sync)?;
     let started = match ctx.barrier.take() {
         Some(listener) => Some(await_start(listener)?),
         None => None,
@@ -197,6 +198,19 @@ fn await_parent(sync: &OwnedFd) -> Result<()> {
         _ => Err(step_err(
             "wait for parent",
             "the runtime went away before the container was set up",
+        )),
+    }
+}
+
+/// Waits until the parent has recorded the container; if it died first (end of file),
+/// nothing knows this init, so it exits instead of waiting at the barrier forever.
+fn await_commit(sync: &OwnedFd) -> Result<()> {
+    let mut b = [0u8; 1];
+    match nix::unistd::read(sync.as_raw_fd(), &mut b) {
+        Ok(1) if b[0] == b'c' => Ok(()),
+        _ => Err(step_err(
+            "wait for commit",
+            "the runtime went away before it recorded the container",
         )),
     }
 }

@@ -104,7 +104,8 @@ pub fn kill(root: &Root, id: &str, signal: Signal, all: bool) -> Result<()> {
 pub fn delete(root: &Root, id: &str, force: bool) -> Result<()> {
     let record = match root.load(id) {
         Ok(r) => r,
-        Err(crate::state::StateError::NotFound(_)) if force => return Ok(()),
+        // A create that died before it recorded anything leaves only the directory.
+        Err(crate::state::StateError::NotFound(_)) if force => return Ok(root.remove(id)?),
         Err(e) => return Err(e.into()),
     };
     let status = state::status(&record);
