@@ -526,6 +526,8 @@ mod tests {
         spec(v)
     }
 
+    type SpecEdit = Box<dyn Fn(&mut serde_json::Value)>;
+
     #[test]
     fn a_governed_config_is_held_to_its_grant() {
         let dir = tempfile::tempdir().unwrap();
@@ -536,7 +538,7 @@ mod tests {
             .check(&governed_spec(&token, |_| {}), &pinned)
             .unwrap()
             .is_some());
-        let cases: Vec<(Box<dyn Fn(&mut serde_json::Value)>, &str)> = vec![
+        let cases: Vec<(SpecEdit, &str)> = vec![
             (
                 Box::new(|v| v["mounts"][0]["options"] = serde_json::json!(["rbind", "rw"])),
                 "mounts[0].source",
