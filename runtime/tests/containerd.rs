@@ -102,11 +102,9 @@ impl Containerd {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
-        for task in ["svc"] {
-            let _ = self.cmd(&["task", "kill", "-s", "KILL", task]);
-            let _ = self.cmd(&["task", "rm", "-f", task]);
-            let _ = self.cmd(&["container", "rm", task]);
-        }
+        let _ = self.cmd(&["task", "kill", "-s", "KILL", "svc"]);
+        let _ = self.cmd(&["task", "rm", "-f", "svc"]);
+        let _ = self.cmd(&["container", "rm", "svc"]);
         let _ = self.daemon.kill();
         let _ = self.daemon.wait();
         // The daemon's snapshot mounts live under its root.

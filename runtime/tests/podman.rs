@@ -97,15 +97,19 @@ fn podman_runs_execs_logs_stops_and_gives_a_terminal() {
         std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(tool)).unwrap();
     }
     let tar = p.dir.path().join("rootfs.tar");
-    assert!(Command::new("tar")
+    let made = Command::new("tar")
         .arg("-C")
         .arg(&rootfs)
         .arg("-cf")
         .arg(&tar)
         .arg(".")
-        .status()
-        .unwrap()
-        .success());
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "tar: {}",
+        String::from_utf8_lossy(&made.stderr)
+    );
     p.ok(&["import", tar.to_str().unwrap(), "localhost/covenant-bb:1"]);
 
     let mut run = vec!["run", "--rm"];
