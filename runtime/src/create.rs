@@ -90,7 +90,7 @@ pub struct Checked {
 }
 
 /// Checks everything about `opts` that needs no state; returns the loaded config.
-pub fn check(policy: &RuntimePolicy, opts: &CreateOptions) -> Result<Checked> {
+pub fn check(root: &Root, policy: &RuntimePolicy, opts: &CreateOptions) -> Result<Checked> {
     state::check_id(&opts.id)?;
     let bundle = std::fs::canonicalize(&opts.bundle).map_err(|e| config::ConfigError::Bundle {
         bundle: opts.bundle.clone(),
@@ -105,7 +105,23 @@ pub fn check(policy: &RuntimePolicy, opts: &CreateOptions) -> Result<Checked> {
         .iter()
         .map(|p| p.as_ref().map(|(_, r)| r.clone()))
         .collect();
-    let grant = policy.check(&spec, &real)?;
+    let grant = if policy.require_capability
+        || spec
+            .annotations()
+            .as_ref()
+            .is_some_and(|a| a.contains_key(crate::policy::CAPABILITY_ANNOTATION))
+    {
+        let inits: Vec<i32> = root
+            .ids()?
+            .iter()
+            .filter_map(|id| root.load(id).ok())
+            .filter(state::init_alive)
+            .map(|r| r.pid)
+            .collect();
+        policy.check(&spec, &real, &crate::policy::shareable_namespaces(&inits))?
+    } else {
+        policy.check(&spec, &real, &[])?
+    };
     Ok(Checked {
         bundle,
         spec,
@@ -157,7 +173,7 @@ fn create_container(root: &Root, policy: &RuntimePolicy, opts: &CreateOptions) -
         hooks,
         grant,
         bind_sources: pinned,
-    } = check(policy, opts)?;
+    } = check(root, policy, opts)?;
     let landlock = landlock_of(&spec)?;
     let seccomp = spec
         .linux()

@@ -130,12 +130,13 @@ impl RuntimePolicy {
         &self,
         spec: &Spec,
         pinned: &[Option<PathBuf>],
+        shared: &[NamespaceId],
     ) -> Result<Option<Grant>, PolicyError> {
         let grant = self.verify_token(spec)?;
         check_namespace_paths(spec, self.allow_host_namespaces)?;
         check_binds(spec, pinned, self.allow_host_root_bind, grant.as_ref())?;
         if let Some(g) = &grant {
-            check_against_grant(spec, g)?;
+            check_against_grant(spec, g, shared)?;
         }
         Ok(grant)
     }
@@ -285,7 +286,36 @@ const GRANTABLE_CAPABILITIES: [&str; 14] = [
 ];
 
 /// What a verified grant allows beyond binds.
-fn check_against_grant(spec: &Spec, grant: &Grant) -> Result<(), PolicyError> {
+/// A namespace, by the (device, inode) of its nsfs file.
+pub type NamespaceId = (u64, u64);
+
+/// The namespaces a governed container may join by path: those of the other containers
+/// this runtime runs (a pod's containers join its sandbox's) and the named network
+/// namespaces under `/run/netns` (where CNI plugins leave a pod's). Never the host's.
+pub fn shareable_namespaces(inits: &[i32]) -> Vec<NamespaceId> {
+    let mut out = Vec::new();
+    for pid in inits {
+        for name in ["net", "ipc", "uts", "pid", "mnt", "user", "cgroup"] {
+            if let Ok(m) = std::fs::metadata(format!("/proc/{pid}/ns/{name}")) {
+                out.push((m.dev(), m.ino()));
+            }
+        }
+    }
+    for dir in ["/run/netns", "/var/run/netns"] {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if let Ok(m) = std::fs::metadata(e.path()) {
+                out.push((m.dev(), m.ino()));
+            }
+        }
+    }
+    out
+}
+
+fn check_against_grant(
+    spec: &Spec,
+    grant: &Grant,
+    shared: &[NamespaceId],
+) -> Result<(), PolicyError> {
     #[allow(deprecated)]
     if let Some(h) = spec.hooks() {
         let any = [
@@ -353,10 +383,15 @@ fn check_against_grant(spec: &Spec, grant: &Grant) -> Result<(), PolicyError> {
         .and_then(|l| l.namespaces().clone())
         .unwrap_or_default();
     for (i, ns) in namespaces.iter().enumerate() {
-        if ns.path().is_some() {
+        let Some(path) = ns.path() else { continue };
+        let id = std::fs::metadata(path).map(|m| (m.dev(), m.ino())).ok();
+        if !id.is_some_and(|id| shared.contains(&id)) {
             return Err(refuse(
                 format!("linux.namespaces[{i}].path"),
-                "joining an existing namespace is not granted by a capability",
+                format!(
+                    "{} is neither another container's namespace nor one under /run/netns; a capability grants joining no other",
+                    path.display()
+                ),
             ));
         }
     }
@@ -404,7 +439,7 @@ mod tests {
             "mounts": [{"destination": "/host", "type": "bind", "source": "/", "options": ["rbind", "rw"]}]
         }));
         let err = RuntimePolicy::default()
-            .check(&s, &[])
+            .check(&s, &[], &[])
             .unwrap_err()
             .to_string();
         assert!(
@@ -415,7 +450,7 @@ mod tests {
             allow_host_root_bind: true,
             ..RuntimePolicy::default()
         };
-        assert!(allowed.check(&s, &[]).is_ok());
+        assert!(allowed.check(&s, &[], &[]).is_ok());
     }
 
     #[test]
@@ -425,7 +460,7 @@ mod tests {
             "linux": {"namespaces": [{"type": "pid", "path": "/proc/self/ns/pid"}]}
         }));
         let err = RuntimePolicy::default()
-            .check(&s, &[])
+            .check(&s, &[], &[])
             .unwrap_err()
             .to_string();
         assert!(
@@ -450,7 +485,7 @@ mod tests {
         .unwrap();
         let policy = RuntimePolicy::load_from(&file).unwrap();
         let s = spec(serde_json::json!({"ociVersion": "1.0.2"}));
-        let err = policy.check(&s, &[]).unwrap_err().to_string();
+        let err = policy.check(&s, &[], &[]).unwrap_err().to_string();
         assert!(
             err.contains(CAPABILITY_ANNOTATION) && err.contains("missing"),
             "{err}"
@@ -459,7 +494,7 @@ mod tests {
             "ociVersion": "1.0.2",
             "annotations": {CAPABILITY_ANNOTATION: "not-a-token"}
         }));
-        let err = policy.check(&s, &[]).unwrap_err().to_string();
+        let err = policy.check(&s, &[], &[]).unwrap_err().to_string();
         assert!(err.contains(CAPABILITY_ANNOTATION), "{err}");
     }
 
@@ -535,7 +570,7 @@ mod tests {
         let tmp = std::fs::canonicalize("/tmp").unwrap();
         let pinned = [Some(tmp)];
         assert!(policy
-            .check(&governed_spec(&token, |_| {}), &pinned)
+            .check(&governed_spec(&token, |_| {}), &pinned, &[])
             .unwrap()
             .is_some());
         let cases: Vec<(SpecEdit, &str)> = vec![
@@ -574,7 +609,7 @@ mod tests {
         ];
         for (edit, field) in cases {
             let err = policy
-                .check(&governed_spec(&token, edit), &pinned)
+                .check(&governed_spec(&token, edit), &pinned, &[])
                 .unwrap_err()
                 .to_string();
             assert!(err.contains(field), "{field}: {err}");
@@ -582,7 +617,25 @@ mod tests {
         let (other, _) = governed(dir.path(), &["fs.read:/tmp"]);
         let forged = token.replace('A', "B");
         assert!(other
-            .check(&governed_spec(&forged, |_| {}), &pinned)
+            .check(&governed_spec(&forged, |_| {}), &pinned, &[])
             .is_err());
+    }
+
+    #[test]
+    fn a_governed_container_joins_only_a_namespace_it_may_share() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut policy, token) = governed(dir.path(), &["fs.read:/tmp"]);
+        // The test runs in the host's namespaces; let the host rule pass to reach the grant's.
+        policy.allow_host_namespaces = true;
+        let tmp = std::fs::canonicalize("/tmp").unwrap();
+        let pinned = [Some(tmp)];
+        let spec = governed_spec(&token, |v| {
+            v["linux"]["namespaces"][3] =
+                serde_json::json!({"type": "uts", "path": "/proc/self/ns/uts"});
+        });
+        let err = policy.check(&spec, &pinned, &[]).unwrap_err().to_string();
+        assert!(err.contains("linux.namespaces[3].path"), "{err}");
+        let m = std::fs::metadata("/proc/self/ns/uts").unwrap();
+        assert!(policy.check(&spec, &pinned, &[(m.dev(), m.ino())]).is_ok());
     }
 }
