@@ -601,3 +601,58 @@ fn a_terminal_goes_to_the_console_socket() {
     f.wait_status("tty", "stopped");
     assert!(f.rt(&["delete", "tty"]).status.success());
 }
+
+#[test]
+fn create_start_kill_delete_and_refusals_are_audited_when_the_node_asks() {
+    if !live() {
+        return;
+    }
+    let f = Fixture::new(&["sleep", "30"]);
+    let home = f.dir.path().join("home");
+    std::fs::write(
+        &f.policy,
+        format!("audit = true\nstore_home = \"{}\"\n", home.display()),
+    )
+    .unwrap();
+    assert!(f.create("audited").status.success());
+    assert!(f.rt(&["start", "audited"]).status.success());
+    assert!(f.rt(&["kill", "audited", "KILL"]).status.success());
+    f.wait_status("audited", "stopped");
+    assert!(f.rt(&["delete", "audited"]).status.success());
+    f.edit(|c| {
+        c["mounts"].as_array_mut().unwrap().push(json!({
+            "destination": "/host", "type": "bind", "source": "/", "options": ["rbind", "rw"]
+        }));
+    });
+    assert!(!f.create("refused").status.success());
+
+    let store = covenant_supervisor::store::Store::open_reader(
+        &home.join("covenant.db"),
+        &home.join("supervisor.key"),
+    )
+    .unwrap();
+    let rows = store.tail(100).unwrap();
+    let kinds: Vec<&str> = rows
+        .iter()
+        .map(|r| r.kind.as_str())
+        .filter(|k| k.starts_with("container."))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "container.created",
+            "container.started",
+            "container.killed",
+            "container.deleted",
+            "container.refused"
+        ],
+        "{rows:?}"
+    );
+    let refused = rows.iter().find(|r| r.kind == "container.refused").unwrap();
+    assert!(
+        refused.body.contains("mounts[") && refused.body.contains("refused"),
+        "{}",
+        refused.body
+    );
+    assert!(store.verify().unwrap().is_ok(), "the chain does not verify");
+}
