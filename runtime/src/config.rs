@@ -137,12 +137,6 @@ pub fn prepare(bundle: &Path, spec: &Spec) -> Result<Prepared> {
                 format!("{} is listed twice", ns.typ()),
             ));
         }
-        if ns.typ() == LinuxNamespaceType::Time {
-            return Err(field(
-                format!("linux.namespaces[{i}].type"),
-                "time namespaces are not supported by this runtime",
-            ));
-        }
         if let Some(p) = ns.path() {
             if !p.is_absolute() {
                 return Err(field(
@@ -155,6 +149,41 @@ pub fn prepare(bundle: &Path, spec: &Spec) -> Result<Prepared> {
             typ: ns.typ(),
             path: ns.path().clone(),
         });
+    }
+    let new_timens = namespaces
+        .iter()
+        .any(|n| n.typ == LinuxNamespaceType::Time && n.path.is_none());
+    if let Some(offsets) = linux.time_offsets() {
+        if !new_timens {
+            return Err(field(
+                "linux.timeOffsets",
+                "offsets need a new time namespace in linux.namespaces",
+            ));
+        }
+        if let Some(k) = offsets
+            .keys()
+            .find(|k| *k != "monotonic" && *k != "boottime")
+        {
+            return Err(field(
+                format!("linux.timeOffsets.{k}"),
+                "only monotonic and boottime clocks can be offset",
+            ));
+        }
+    }
+    // Fail closed: a setting this runtime would not apply is refused, never ignored.
+    if linux.intel_rdt().is_some() {
+        return Err(field("linux.intelRdt", "not supported by this runtime"));
+    }
+    if linux.memory_policy().is_some() {
+        return Err(field("linux.memoryPolicy", "not supported by this runtime"));
+    }
+    if let Some(p) = linux.personality() {
+        if p.flags().as_ref().is_some_and(|f| !f.is_empty()) {
+            return Err(field(
+                "linux.personality.flags",
+                "personality flags are not supported by this runtime",
+            ));
+        }
     }
     let has_userns = namespaces
         .iter()

@@ -228,6 +228,8 @@ fn spawn(
     // Namespaces joined by path are opened now, in the host's mount namespace.
     let mut join = Vec::new();
     let mut pid_ns: Option<OwnedFd> = None;
+    let mut time_ns: Option<OwnedFd> = None;
+    let mut new_time = false;
     let mut flags = 0;
     for (i, ns) in prepared.namespaces.iter().enumerate() {
         match (&ns.path, ns.typ) {
@@ -253,6 +255,8 @@ fn spawn(
                 })?;
                 if typ == LinuxNamespaceType::Pid {
                     pid_ns = Some(fd);
+                } else if typ == LinuxNamespaceType::Time {
+                    time_ns = Some(fd);
                 } else if typ == LinuxNamespaceType::User {
                     join.insert(0, (typ, fd));
                 } else {
@@ -260,6 +264,8 @@ fn spawn(
                 }
             }
             (None, LinuxNamespaceType::Cgroup) => {}
+            // CLONE_NEWTIME is no clone() flag: the parent unshares it for its children.
+            (None, LinuxNamespaceType::Time) => new_time = true,
             (None, typ) => flags |= typ as i32,
         }
     }
@@ -269,6 +275,7 @@ fn spawn(
         nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWPID)
             .map_err(|e| field("linux.namespaces", format!("join pid namespace: {e}")))?;
     }
+    enter_time_namespace(spec, new_time, time_ns.as_ref())?;
     let (sync_rd, sync_wr) = pipe()?;
     let (report_rd, report_wr) = pipe()?;
     // SAFETY: a fork-like clone (no new stack) of a single-threaded process; the child
@@ -462,6 +469,54 @@ pub fn hook_state(record: &Record, status: Status) -> serde_json::Value {
         v["pid"] = serde_json::Value::from(record.pid);
     }
     v
+}
+
+/// Puts this process's future children (the init) in the container's time namespace:
+/// a new one with the config's clock offsets, or one joined by path. Like the PID
+/// namespace, it changes only what this process forks next.
+fn enter_time_namespace(spec: &Spec, new: bool, join: Option<&OwnedFd>) -> Result<()> {
+    const CLONE_NEWTIME: libc::c_int = 0x80;
+    if let Some(fd) = join {
+        // SAFETY: setns with a namespace descriptor this process owns.
+        if unsafe { libc::setns(fd.as_raw_fd(), CLONE_NEWTIME) } != 0 {
+            return Err(field(
+                "linux.namespaces",
+                format!("join time namespace: {}", std::io::Error::last_os_error()),
+            )
+            .into());
+        }
+    }
+    if !new {
+        return Ok(());
+    }
+    // SAFETY: unshare with a namespace flag; affects this process's future children.
+    if unsafe { libc::unshare(CLONE_NEWTIME) } != 0 {
+        return Err(field(
+            "linux.namespaces",
+            format!("new time namespace: {}", std::io::Error::last_os_error()),
+        )
+        .into());
+    }
+    let offsets = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.time_offsets().clone())
+        .unwrap_or_default();
+    let text: String = offsets
+        .iter()
+        .map(|(clock, o)| {
+            format!(
+                "{clock} {} {}\n",
+                o.secs().unwrap_or(0),
+                o.nanosecs().unwrap_or(0)
+            )
+        })
+        .collect();
+    if !text.is_empty() {
+        std::fs::write("/proc/self/timens_offsets", text)
+            .map_err(|e| field("linux.timeOffsets", e.to_string()))?;
+    }
+    Ok(())
 }
 
 fn check_ns_type(fd: &OwnedFd, typ: LinuxNamespaceType) -> std::result::Result<(), String> {

@@ -34,8 +34,10 @@ pub struct ExecOptions {
 }
 
 /// The order namespaces are joined in: user first (it grants the rest), mount last.
-const JOIN_ORDER: [(&str, CloneFlags); 6] = [
+const JOIN_ORDER: [(&str, CloneFlags); 7] = [
     ("user", CloneFlags::CLONE_NEWUSER),
+    // CLONE_NEWTIME, which nix does not name.
+    ("time", CloneFlags::from_bits_retain(0x80)),
     ("ipc", CloneFlags::CLONE_NEWIPC),
     ("uts", CloneFlags::CLONE_NEWUTS),
     ("net", CloneFlags::CLONE_NEWNET),
@@ -256,6 +258,7 @@ fn exec_child(
                 preserve_fds,
                 seccomp,
                 landlock,
+                personality: None,
             },
             &program,
         ))

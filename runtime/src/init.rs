@@ -161,6 +161,12 @@ fn init_container(mut ctx: ChildContext<'_>) -> Result<Never> {
             preserve_fds: ctx.preserve_fds,
             seccomp: ctx.seccomp.as_ref(),
             landlock: ctx.landlock.as_ref(),
+            personality: ctx
+                .spec
+                .linux()
+                .as_ref()
+                .and_then(|l| l.personality().as_ref())
+                .map(|p| p.domain()),
         },
         &program,
     );
@@ -184,6 +190,26 @@ pub struct ProcessPlan<'a> {
     pub preserve_fds: u32,
     pub seccomp: Option<&'a CompiledSeccomp>,
     pub landlock: Option<&'a (LandlockPolicy, LandlockPlan)>,
+    /// `linux.personality.domain` (`LINUX32` for a 32-bit personality).
+    pub personality: Option<oci_spec::runtime::LinuxPersonalityDomain>,
+}
+
+/// Sets the execution domain the config names (flags are refused at create).
+fn set_personality(domain: Option<oci_spec::runtime::LinuxPersonalityDomain>) -> Result<()> {
+    const PER_LINUX32: libc::c_ulong = 0x0008;
+    let Some(domain) = domain else { return Ok(()) };
+    let value = match domain {
+        oci_spec::runtime::LinuxPersonalityDomain::PerLinux => 0,
+        _ => PER_LINUX32,
+    };
+    // SAFETY: personality takes an integer and changes only this process's domain.
+    if unsafe { libc::personality(value) } < 0 {
+        return Err(step_err(
+            "set personality",
+            format!("linux.personality: {}", std::io::Error::last_os_error()),
+        ));
+    }
+    Ok(())
 }
 
 fn await_parent(sync: &OwnedFd) -> Result<()> {
@@ -385,6 +411,7 @@ pub fn start_process(ctx: &ProcessPlan<'_>, program: &CString) -> StepError {
                 step_err("set oomScoreAdj", format!("process.oomScoreAdj {adj}: {e}"))
             })?;
         }
+        set_personality(ctx.personality)?;
         close_inherited(3 + ctx.preserve_fds)?;
         // SAFETY: restores the default disposition the Rust runtime changed for itself.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };

@@ -656,3 +656,38 @@ fn create_start_kill_delete_and_refusals_are_audited_when_the_node_asks() {
     );
     assert!(store.verify().unwrap().is_ok(), "the chain does not verify");
 }
+
+#[test]
+fn a_time_namespace_gets_the_configured_clock_offsets() {
+    if !live() {
+        return;
+    }
+    // Ten days more of boot time than the host has: uptime inside is at least that.
+    let f = Fixture::new(&[
+        "sh",
+        "-c",
+        "read up idle < /proc/uptime; test ${up%.*} -ge 864000",
+    ]);
+    f.edit(|c| {
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"type": "time"}));
+        c["linux"]["timeOffsets"] = json!({"boottime": {"secs": 864000, "nanosecs": 0}});
+    });
+    let out = f.rt(&["run", "--bundle", f.bundle().to_str().unwrap(), "timens"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    f.edit(|c| {
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|n| n["type"] != "time");
+    });
+    let out = f.create("timens");
+    assert!(
+        stderr(&out).contains("linux.timeOffsets"),
+        "{}",
+        stderr(&out)
+    );
+    f.assert_no_state("timens");
+}
