@@ -131,9 +131,14 @@ struct RequestArgs {
     /// Wall-clock timeout, e.g. 30s; the whole sandbox is killed and the exit code is 124.
     #[arg(long, value_name = "DURATION")]
     timeout: Option<String>,
-    /// Network: none (default), loopback, or host.
+    /// Network: none (default), loopback, egress, or host.
     #[arg(long, value_name = "MODE")]
     net: Option<String>,
+    /// Host the program may reach through the egress gateway, HOST[:PORTS] or
+    /// *.DOMAIN[:PORTS] or CIDR:PORTS (repeatable; ports default to 443); implies
+    /// `--net egress`.
+    #[arg(long = "allow-host", value_name = "HOST[:PORTS]")]
+    allow_host: Vec<String>,
     /// Environment variable for the program (repeatable).
     #[arg(long, value_name = "K=V")]
     env: Vec<String>,
@@ -188,6 +193,7 @@ impl RequestArgs {
         flags.hostname = self.hostname.clone();
         flags.user = self.user.clone();
         flags.net = self.net.clone();
+        flags.egress = self.allow_host.clone();
         flags.runner = self.runner.clone();
         flags.limits.memory = self.memory.clone();
         flags.limits.pids = self.pids;
@@ -244,6 +250,16 @@ fn main() -> ExitCode {
     }
 }
 
+/// Blocks the signals a run forwards to its sandbox, for the rest of this process.
+fn block_forwarded_signals() -> anyhow::Result<()> {
+    let mut set = nix::sys::signal::SigSet::empty();
+    for s in covenant_runners::supervise::FORWARDED {
+        set.add(s);
+    }
+    set.thread_block()
+        .map_err(|e| anyhow::anyhow!("blocking the signals a run forwards: {e}"))
+}
+
 fn run(args: RunArgs, mode: client_mode::Mode) -> anyhow::Result<i32> {
     let manifest = args.request.manifest()?;
     let local_only = args.bundle.is_some() || args.keep_bundle.is_some();
@@ -269,6 +285,13 @@ fn run(args: RunArgs, mode: client_mode::Mode) -> anyhow::Result<i32> {
         }
         return Ok(code);
     }
+    // From here the run owns files (its bundle, staging places, cgroups) that only this
+    // process removes. A signal the caller sends while the sandbox is being set up stays
+    // pending, and reaches the program once it runs, like any later one; the run then ends
+    // and cleans up. Without this, Ctrl-C during setup would kill this process and leave a
+    // bundle behind that keeps its image "in use". (Still single-threaded here; the
+    // runners block the same set again around the run.)
+    block_forwarded_signals()?;
     let settings = RunSettings {
         keep_bundle: args.keep_bundle.clone(),
         runner: args.request.runner.clone(),
@@ -320,7 +343,13 @@ fn plan(request: RequestArgs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir().context("temporary bundle directory")?;
     let bundle = covenant_images::write_bundle(&plan, &dir.path().join("bundle"), identity_map())?;
     let config: serde_json::Value = serde_json::from_slice(&std::fs::read(bundle.config_path())?)?;
-    let out = serde_json::json!({ "plan": plan, "plan_digest": plan.digest(), "config": config });
+    let egress: Vec<String> = plan.egress.iter().map(|r| r.to_string()).collect();
+    let out = serde_json::json!({
+        "plan": plan,
+        "plan_digest": plan.digest(),
+        "egress_rules": egress,
+        "config": config,
+    });
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
 }

@@ -249,6 +249,14 @@ fn write_generated_etc(plan: &SandboxPlan, dir: &Path) -> Result<()> {
         ("group", group),
         ("hosts", hosts),
         ("hostname", format!("{}\n", plan.hostname)),
+        (
+            "resolv.conf",
+            // Read only under `net` egress: the gateway is the only resolver there is.
+            format!(
+                "nameserver {}\noptions attempts:2 timeout:2\n",
+                covenant_policy::egress::GATEWAY_ADDR
+            ),
+        ),
     ] {
         let path = dir.join(name);
         let mut f = fs::OpenOptions::new()
@@ -300,10 +308,11 @@ fn build_mounts(plan: &SandboxPlan, generated: &Path) -> Vec<Mount> {
                     mounts.push(bind(path, path, true));
                 }
             }
-            let network = if plan.net == NetMode::Host {
-                ETC_NETWORK_ENTRIES
-            } else {
-                &[]
+            let network = match plan.net {
+                NetMode::Host => ETC_NETWORK_ENTRIES,
+                // The gateway's resolv.conf is generated; the rest are plain tables.
+                NetMode::Egress => &ETC_NETWORK_ENTRIES[1..],
+                NetMode::None | NetMode::Loopback => &[],
             };
             for (entry, _why) in ETC_ENTRIES.iter().chain(network) {
                 let path = Path::new(entry);
@@ -321,11 +330,14 @@ fn build_mounts(plan: &SandboxPlan, generated: &Path) -> Vec<Mount> {
         }
     }
     // An image brings its own accounts; the host view gets the sandbox's.
-    let generated_files: &[&str] = match plan.rootfs {
-        RootfsSource::Host => &["passwd", "group", "hosts", "hostname"],
-        RootfsSource::Image { .. } | RootfsSource::Dir { .. } => &["hosts", "hostname"],
+    let mut generated_files: Vec<&str> = match plan.rootfs {
+        RootfsSource::Host => vec!["passwd", "group", "hosts", "hostname"],
+        RootfsSource::Image { .. } | RootfsSource::Dir { .. } => vec!["hosts", "hostname"],
     };
-    for name in generated_files {
+    if plan.net == NetMode::Egress {
+        generated_files.push("resolv.conf");
+    }
+    for name in &generated_files {
         mounts.push(bind(
             &generated.join(name),
             &Path::new("/etc").join(name),
@@ -491,7 +503,9 @@ fn landlock_policy(plan: &SandboxPlan, mounts: &[Mount]) -> LandlockPolicy {
             (_, false) => LandlockNet::ConnectOnly {
                 ports: plan.connect_tcp.clone(),
             },
-            (NetMode::Loopback | NetMode::Host, true) => LandlockNet::Unrestricted,
+            (NetMode::Loopback | NetMode::Egress | NetMode::Host, true) => {
+                LandlockNet::Unrestricted
+            }
         },
         scope: true,
     }
@@ -671,6 +685,9 @@ fn build_spec(
         json(&plan.accepted_degradations),
     );
     notes.insert(annotations::NET.into(), plan.net.as_str().to_string());
+    if plan.net == NetMode::Egress {
+        notes.insert(annotations::EGRESS.into(), json(&plan.egress));
+    }
     if *layout != RootfsLayout::Skeleton {
         notes.insert(annotations::ROOTFS.into(), json(layout));
     }

@@ -12,19 +12,19 @@ pub mod unpack;
 
 pub use bundle::{write_bundle, write_native_bundle, Bundle, BundleError, IdentityMap};
 
+/// What the unpack and store tests share.
 #[cfg(test)]
-pub(crate) mod test_support {
-    /// Unpacking as the image's owners needs root (chown, mknod for whiteouts, trusted
-    /// xattrs). Without it a test says so and passes, unless COVENANT_REQUIRE_LIVE=1.
-    pub fn privileged() -> bool {
-        // SAFETY: geteuid has no failure mode.
-        if unsafe { libc::geteuid() } == 0 {
-            return true;
-        }
-        if std::env::var("COVENANT_REQUIRE_LIVE").as_deref() == Ok("1") {
-            panic!("this test needs root (COVENANT_REQUIRE_LIVE=1)");
-        }
-        eprintln!("skipping: unpacking with image owners needs root");
-        false
-    }
+mod test_fixtures {
+    use crate::unpack::IdShift;
+    use covenant_test_support::Need;
+
+    /// Unpacking as the image's owners needs root: chown, whiteout devices, trusted xattrs.
+    pub const AS_OWNERS: &[Need] = &[Need::Root];
+
+    /// Image ids kept as they are: the tests unpack as the host's own root.
+    pub const IDS: IdShift = IdShift {
+        uid: 0,
+        gid: 0,
+        size: 65_536,
+    };
 }

@@ -17,6 +17,8 @@
 //! - duplicate entries are refused; sizes are bounded (a decompression bomb stops at the
 //!   limit).
 
+use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+use nix::unistd::{fchownat, FchownatFlags, Gid, Uid};
 use std::collections::HashSet;
 use std::ffi::CString;
 use std::fs;
@@ -165,15 +167,17 @@ fn shift(id: u64, base: u32, size: u32, entry: &Path) -> Result<u32> {
 }
 
 fn lchown(path: &Path, uid: u32, gid: u32, entry: &Path) -> Result<()> {
-    let c = CString::new(path.as_os_str().as_bytes()).unwrap_or_default();
-    // SAFETY: lchown reads a NUL-terminated path.
-    if unsafe { libc::lchown(c.as_ptr(), uid, gid) } != 0 {
-        return Err(UnpackError::Io {
-            entry: entry.display().to_string(),
-            error: std::io::Error::last_os_error(),
-        });
-    }
-    Ok(())
+    fchownat(
+        None,
+        path,
+        Some(Uid::from_raw(uid)),
+        Some(Gid::from_raw(gid)),
+        FchownatFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .map_err(|errno| UnpackError::Io {
+        entry: entry.display().to_string(),
+        error: errno.into(),
+    })
 }
 
 /// Removes `path` (file, link or whole directory) without following symlinks.
@@ -188,21 +192,24 @@ fn remove_any(path: &Path) -> std::io::Result<()> {
 
 /// Records a whiteout the way overlayfs reads it: a 0:0 character device.
 fn make_whiteout(path: &Path, entry: &Path) -> Result<()> {
-    let c = CString::new(path.as_os_str().as_bytes()).unwrap_or_default();
-    // SAFETY: mknod reads a NUL-terminated path; (0, 0) is the overlayfs whiteout device.
-    if unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR, libc::makedev(0, 0)) } != 0 {
-        return Err(UnpackError::Io {
-            entry: entry.display().to_string(),
-            error: std::io::Error::last_os_error(),
-        });
-    }
-    Ok(())
+    // (0, 0) is the overlayfs whiteout device.
+    mknod(path, SFlag::S_IFCHR, Mode::empty(), makedev(0, 0)).map_err(|errno| UnpackError::Io {
+        entry: entry.display().to_string(),
+        error: errno.into(),
+    })
 }
 
 /// Marks `dir` opaque for overlayfs, in both xattr namespaces: `trusted.` for an overlay
 /// mounted by host root, `user.` for one mounted inside the sandbox's user namespace.
 fn mark_opaque(dir: &Path, entry: &Path) -> Result<()> {
-    let c = CString::new(dir.as_os_str().as_bytes()).unwrap_or_default();
+    // nix has no xattr calls: a raw lsetxattr, on a path that must not be cut short.
+    let c = CString::new(dir.as_os_str().as_bytes()).map_err(|_| UnpackError::Io {
+        entry: entry.display().to_string(),
+        error: std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the path holds a NUL byte",
+        ),
+    })?;
     for name in [c"trusted.overlay.opaque", c"user.overlay.opaque"] {
         // SAFETY: setxattr reads the NUL-terminated path and name and one byte of value.
         if unsafe { libc::lsetxattr(c.as_ptr(), name.as_ptr(), b"y".as_ptr().cast(), 1, 0) } != 0 {
@@ -453,13 +460,8 @@ fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::privileged;
-
-    const IDS: IdShift = IdShift {
-        uid: 0,
-        gid: 0,
-        size: 65_536,
-    };
+    use crate::test_fixtures::{AS_OWNERS, IDS};
+    use covenant_test_support::skip_unless;
 
     /// A tar built entry by entry, including entries the `tar` crate's safe API refuses.
     struct Layer(tar::Builder<Vec<u8>>);
@@ -530,9 +532,7 @@ mod tests {
 
     #[test]
     fn a_plain_layer_unpacks_with_links_and_modes() {
-        if !privileged() {
-            return;
-        }
+        skip_unless!(AS_OWNERS);
         let bytes = Layer::new()
             .entry("bin/", tar::EntryType::Directory, None, b"", 0o755)
             .entry("bin/busybox", tar::EntryType::Regular, None, b"ELF", 0o4755)
@@ -637,9 +637,7 @@ mod tests {
 
     #[test]
     fn an_entry_under_a_symlinked_parent_is_refused_and_nothing_escapes() {
-        if !privileged() {
-            return;
-        }
+        skip_unless!(AS_OWNERS);
         let bytes = Layer::new()
             .entry("etc", tar::EntryType::Symlink, Some("/tmp"), b"", 0o777)
             .file("etc/evil", b"x")
@@ -655,9 +653,7 @@ mod tests {
 
     #[test]
     fn devices_and_duplicates_are_refused() {
-        if !privileged() {
-            return;
-        }
+        skip_unless!(AS_OWNERS);
         let dev = Layer::new()
             .entry("dev/sda", tar::EntryType::Block, None, b"", 0o600)
             .bytes();
@@ -680,9 +676,7 @@ mod tests {
 
     #[test]
     fn whiteouts_and_opaque_directories_become_overlay_markers() {
-        if !privileged() {
-            return;
-        }
+        skip_unless!(AS_OWNERS);
         let bytes = Layer::new()
             .entry("etc/", tar::EntryType::Directory, None, b"", 0o755)
             .file("etc/.wh.motd", b"")
@@ -701,9 +695,7 @@ mod tests {
 
     #[test]
     fn gzip_and_zstd_layers_decompress_and_a_bomb_stops_at_the_limit() {
-        if !privileged() {
-            return;
-        }
+        skip_unless!(AS_OWNERS);
         let plain = Layer::new().file("hello", b"world").bytes();
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         gz.write_all(&plain).unwrap();

@@ -36,8 +36,12 @@ pub enum RootfsLayout {
     },
 }
 
-/// `none` (no interface up), `loopback` (`lo` up) or `host`; OCI runtimes bring `lo` up by default.
+/// `none` (no interface up), `loopback` (`lo` up), `egress` (`lo` up and the gateway's
+/// device) or `host`; OCI runtimes bring `lo` up by default.
 pub const NET: &str = "org.opencovenant.net";
+/// With `net` egress: the rules the gateway enforces, a JSON list of
+/// [`crate::egress::EgressRule`]. A runner that cannot run the gateway refuses the bundle.
+pub const EGRESS: &str = "org.opencovenant.egress";
 
 /// Access granted beneath a path by landlock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,6 +1,7 @@
 //! `compile_plan`: from an authorised manifest to the [`SandboxPlan`]. Every refusal names
 //! the manifest field (or the flag that set it) and says what would be accepted.
 
+use crate::egress::EgressRule;
 use crate::manifest::{Manifest, RlimitSpec};
 use crate::plan::{
     Authorisation, Degradation, Limits, MountAccess, NetMode, PlanMount, Rlimit, RlimitKind,
@@ -117,6 +118,7 @@ pub fn requested_scopes(plan: &SandboxPlan) -> Vec<Scope> {
     scopes.push(Scope::Net(plan.net));
     scopes.push(Scope::Runner(plan.runner.clone()));
     scopes.extend(plan.connect_tcp.iter().map(|&p| Scope::NetConnectTcp(p)));
+    scopes.extend(plan.egress.iter().cloned().map(Scope::NetEgress));
     let l = &plan.limits;
     for (kind, value) in [
         (Resource::Mem, l.memory_bytes),
@@ -153,11 +155,35 @@ pub fn compile_request(manifest: &Manifest, job_id: &str) -> Result<SandboxPlan,
     } else {
         "/tmp"
     };
+    let egress = compile_egress(&manifest.egress)?;
     let net = match manifest.net.as_deref() {
+        None if !egress.is_empty() => NetMode::Egress,
         None => NetMode::None,
-        Some(s) => NetMode::parse(s)
-            .ok_or_else(|| refuse("net", format!("`{s}` is not one of none, loopback, host")))?,
+        Some(s) => NetMode::parse(s).ok_or_else(|| {
+            refuse(
+                "net",
+                format!("`{s}` is not one of none, loopback, egress, host"),
+            )
+        })?,
     };
+    match (net, egress.is_empty()) {
+        (NetMode::Egress, true) => {
+            return Err(refuse(
+                "egress",
+                "`net = \"egress\"` with no `egress` rules reaches nothing; list hosts or use `net = \"none\"`",
+            ))
+        }
+        (NetMode::Egress, false) | (_, true) => {}
+        (other, false) => {
+            return Err(refuse(
+                "egress",
+                format!(
+                    "`egress` rules need `net = \"egress\"` (or no `net`), not `{}`",
+                    other.as_str()
+                ),
+            ))
+        }
+    }
     let connect_tcp = compile_connect(&manifest.connect, net)?;
     let syscall_groups = compile_syscall_groups(&manifest.syscalls)?;
     Ok(SandboxPlan {
@@ -177,6 +203,7 @@ pub fn compile_request(manifest: &Manifest, job_id: &str) -> Result<SandboxPlan,
         keep_changes: compile_keep_changes(manifest)?,
         mounts,
         net,
+        egress,
         connect_tcp,
         limits: compile_limits(manifest)?,
         rlimits: compile_rlimits(manifest)?,
@@ -204,6 +231,22 @@ fn compile_connect(ports: &[u16], net: NetMode) -> Result<Vec<u16>, CompileError
     out.sort_unstable();
     out.dedup();
     Ok(out)
+}
+
+/// The manifest's `egress` list as rules, sorted and without duplicates; a bad entry is
+/// refused naming it.
+fn compile_egress(entries: &[String]) -> Result<Vec<EgressRule>, CompileError> {
+    const MAX_RULES: usize = 256;
+    if entries.len() > MAX_RULES {
+        return Err(refuse("egress", format!("more than {MAX_RULES} rules")));
+    }
+    let mut rules = Vec::with_capacity(entries.len());
+    for entry in entries {
+        rules.push(EgressRule::parse(entry).map_err(|e| refuse("egress", e.to_string()))?);
+    }
+    rules.sort();
+    rules.dedup();
+    Ok(rules)
 }
 
 fn compile_syscall_groups(groups: &[String]) -> Result<Vec<String>, CompileError> {
@@ -343,19 +386,17 @@ fn compile_mounts(manifest: &Manifest) -> Result<Vec<PlanMount>, CompileError> {
                 ),
             ));
         }
+        if mounts.iter().any(|o| o.target == target) {
+            return Err(refuse(
+                field,
+                format!("`{}` is mounted twice", target.display()),
+            ));
+        }
         mounts.push(PlanMount {
             host,
             target,
             access,
         });
-    }
-    for (i, m) in mounts.iter().enumerate() {
-        if mounts[..i].iter().any(|o| o.target == m.target) {
-            return Err(refuse(
-                "write",
-                format!("`{}` is mounted twice", m.target.display()),
-            ));
-        }
     }
     Ok(mounts)
 }
@@ -366,7 +407,11 @@ fn compile_env(manifest: &Manifest, home: &str) -> Result<Vec<(String, String)>,
         ("HOME".into(), home.into()),
     ];
     for (key, value) in &manifest.env {
-        let field = format!("env.{key}");
+        let field = if key.is_empty() {
+            "env".to_string()
+        } else {
+            format!("env.{key}")
+        };
         if key.is_empty() || key.contains('=') || key.contains('\0') {
             return Err(refuse(
                 &field,
@@ -603,92 +648,284 @@ mod tests {
         assert_eq!(plan.cwd, PathBuf::from(WORKSPACE_TARGET));
     }
 
+    use crate::manifest::CpusValue;
+
+    type Edit = fn(&mut Manifest);
+
+    /// Each refusal of `compile_request`, by the one field changed from a manifest it
+    /// accepts.
     #[test]
-    fn each_bad_field_is_named() {
-        assert_eq!(field_of("version = 1"), "command");
+    fn every_refusal_names_its_field_and_reason() {
+        let cases: &[(Edit, &str)] = &[
+            (
+                |m| m.command.clear(),
+                "command: nothing to run: give `command = [...]` or `-- PROGRAM ARGS`",
+            ),
+            (
+                |m| m.command = vec![String::new(), "x".into()],
+                "command: the program name is empty",
+            ),
+            (
+                |m| m.command.push("a\0b".into()),
+                "command: an argument contains a NUL byte",
+            ),
+            (
+                |m| m.workspace = Some("/srv/w\0".into()),
+                "workspace: path contains a NUL byte",
+            ),
+            (
+                |m| {
+                    m.base_dir = PathBuf::new();
+                    m.workspace = Some("w".into());
+                },
+                "workspace: `w` is relative and the request has no absolute folder to resolve it against",
+            ),
+            (
+                |m| m.workspace = Some("../../..".into()),
+                "workspace: the host's root directory cannot be mounted into a sandbox",
+            ),
+            (
+                |m| m.read = vec!["/proc/self".into()],
+                "read: `/proc/self` lies under /proc, which the sandbox builds itself",
+            ),
+            (
+                |m| m.exec = vec!["/dev".into()],
+                "exec: `/dev` lies under /dev, which the sandbox builds itself",
+            ),
+            (
+                |m| m.write = vec!["/run/covenant/agent".into()],
+                "write: `/run/covenant/agent` lies under /run/covenant, which the sandbox builds itself",
+            ),
+            (
+                |m| m.read = vec!["/sys".into()],
+                "read: `/sys` lies under /sys, which the sandbox builds itself",
+            ),
+            (
+                |m| m.exec = vec!["/opt/tool".into(), "/opt/./tool/".into()],
+                "exec: `/opt/tool` is mounted twice",
+            ),
+            (
+                |m| {
+                    m.read = vec!["/srv/data".into()];
+                    m.write = vec!["/srv/data".into()];
+                },
+                "write: `/srv/data` is mounted twice",
+            ),
+            (
+                |m| m.cwd = Some("src".into()),
+                "cwd: `src` must be an absolute path inside the sandbox",
+            ),
+            (
+                |m| m.cwd = Some("/a/../b".into()),
+                "cwd: `/a/../b` must not contain `..`",
+            ),
+            (
+                |m| m.cwd = Some("/a\0".into()),
+                "cwd: path contains a NUL byte",
+            ),
+            (
+                |m| m.net = Some("wifi".into()),
+                "net: `wifi` is not one of none, loopback, host",
+            ),
+            (
+                |m| m.connect = vec![443],
+                "connect: TCP ports need `net` loopback or host; with none there is nothing to connect to",
+            ),
+            (
+                |m| {
+                    m.net = Some("loopback".into());
+                    m.connect = vec![80, 0];
+                },
+                "connect: port 0 is not a port",
+            ),
+            (
+                |m| m.syscalls = vec!["mount".into()],
+                "syscalls: `mount` is not a syscall group; known: ptrace",
+            ),
+            (
+                |m| {
+                    m.env.insert(String::new(), "x".into());
+                },
+                "env: a variable name must be non-empty without `=` or NUL",
+            ),
+            (
+                |m| {
+                    m.env.insert("A=B".into(), "x".into());
+                },
+                "env.A=B: a variable name must be non-empty without `=` or NUL",
+            ),
+            (
+                |m| {
+                    m.env.insert("A\0".into(), "x".into());
+                },
+                "env.A\0: a variable name must be non-empty without `=` or NUL",
+            ),
+            (
+                |m| {
+                    m.env.insert("A".into(), "x\0".into());
+                },
+                "env.A: the value contains a NUL byte",
+            ),
+            (
+                |m| m.user = Some("root".into()),
+                "user: `root` is not UID or UID:GID (numbers)",
+            ),
+            (
+                |m| m.user = Some("1000:staff".into()),
+                "user: `1000:staff` is not UID or UID:GID (numbers)",
+            ),
+            (
+                |m| m.user = Some("70000".into()),
+                "user: id 70000 is above 65535, the last id the sandbox maps",
+            ),
+            (
+                |m| m.user = Some("0:65536".into()),
+                "user: id 65536 is above 65535, the last id the sandbox maps",
+            ),
+            (
+                |m| m.hostname = Some("-box".into()),
+                "hostname: `-box` is not a valid host name (letters, digits, `-`, `.`; at most 63)",
+            ),
+            (
+                |m| m.hostname = Some(String::new()),
+                "hostname: `` is not a valid host name (letters, digits, `-`, `.`; at most 63)",
+            ),
+            (
+                |m| m.hostname = Some("a b".into()),
+                "hostname: `a b` is not a valid host name (letters, digits, `-`, `.`; at most 63)",
+            ),
+            (
+                |m| m.hostname = Some("h".repeat(64)),
+                "hostname: `hhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhh` is not a valid host name (letters, digits, `-`, `.`; at most 63)",
+            ),
+            (
+                |m| m.rootfs = Some("image:../alpine".into()),
+                "rootfs: `../alpine` is not an image reference (NAME[:TAG] or NAME@sha256:...)",
+            ),
+            (
+                |m| m.rootfs = Some("image:".into()),
+                "rootfs: `` is not an image reference (NAME[:TAG] or NAME@sha256:...)",
+            ),
+            (
+                |m| m.rootfs = Some("dir:/".into()),
+                "rootfs: the host's root directory cannot be mounted into a sandbox",
+            ),
+            (
+                |m| m.rootfs = Some("tar:root.tar".into()),
+                "rootfs: `tar:root.tar` is not a rootfs source: use host, image:NAME[:TAG] or dir:PATH",
+            ),
+            (
+                |m| m.runner = Some("docker".into()),
+                "runner: `docker` is not a runner: use native, gvisor or oci:/ABSOLUTE/PATH",
+            ),
+            (
+                |m| m.runner = Some("oci:bin/runc".into()),
+                "runner: `bin/runc` must be an absolute path without `.`, `..` or repeated `/`",
+            ),
+            (
+                |m| m.runner = Some("oci:/usr/bin/".into()),
+                "runner: `/usr/bin/` must be an absolute path without `.`, `..` or repeated `/`",
+            ),
+            (
+                |m| m.keep_changes = Some("/srv/keep".into()),
+                "keep_changes: only an image or directory root has changes to keep",
+            ),
+            (
+                |m| {
+                    m.rootfs = Some("image:alpine".into());
+                    m.keep_changes = Some("/srv/keep\0".into());
+                },
+                "keep_changes: path contains a NUL byte",
+            ),
+            (
+                |m| m.limits.memory = Some("lots".into()),
+                "limits.memory: `lots` is not a size: use a number with an optional unit B, KiB, MiB, GiB (or K, M, G, KB, MB, GB)",
+            ),
+            (
+                |m| m.limits.memory = Some("1MiB".into()),
+                "limits.memory: `1MiB` is below 4MiB, too small to start a process",
+            ),
+            (
+                |m| m.limits.memory = Some("99999999999TiB".into()),
+                "limits.memory: `99999999999TiB` is too large",
+            ),
+            (
+                |m| m.limits.pids = Some(1),
+                "limits.pids: must be at least 2: the sandbox's init counts as one",
+            ),
+            (
+                |m| m.limits.cpus = Some(CpusValue::Number(0.0)),
+                "limits.cpus: `0` is not a CPU count: use a positive decimal number such as 0.5 or 2",
+            ),
+            (
+                |m| m.limits.cpus = Some(CpusValue::Text("2000".into())),
+                "limits.cpus: `2000` is not a CPU count: use a positive decimal number such as 0.5 or 2",
+            ),
+            (
+                |m| m.limits.cpus = Some(CpusValue::Text("0.0001".into())),
+                "limits.cpus: `0.0001` is not a CPU count: use a positive decimal number such as 0.5 or 2",
+            ),
+            (
+                |m| m.limits.timeout = Some("30".into()),
+                "limits.timeout: `30` is not a duration: use a number with a unit ms, s, m or h (e.g. 30s)",
+            ),
+            (
+                |m| m.limits.timeout = Some("0s".into()),
+                "limits.timeout: must be longer than zero",
+            ),
+            (
+                |m| m.limits.timeout = Some("99999999999999999h".into()),
+                "limits.timeout: `99999999999999999h` is too large",
+            ),
+            (
+                |m| {
+                    m.rlimits.insert("stack2".into(), RlimitSpec::Both(1));
+                },
+                "rlimits.stack2: unknown rlimit; known: core, nofile, nproc, fsize, stack, as, cpu, memlock",
+            ),
+            (
+                |m| {
+                    m.rlimits
+                        .insert("nofile".into(), RlimitSpec::Split { soft: 9, hard: 8 });
+                },
+                "rlimits.nofile: soft limit 9 is above hard limit 8",
+            ),
+            (
+                |m| m.accept_degradations = vec!["seccomp".into()],
+                "accept_degradations: `seccomp` is not a degradation; known: landlock, landlock-net, landlock-scope, idmap",
+            ),
+        ];
+        let mut wrong = Vec::new();
+        for (edit, expected) in cases {
+            let mut m = manifest("version = 1\ncommand = [\"true\"]");
+            m.base_dir = PathBuf::from("/srv/m");
+            compile_request(&m, "job").expect("the fixture compiles");
+            edit(&mut m);
+            match compile_request(&m, "job") {
+                Ok(_) => wrong.push(format!("accepted, expected {expected}")),
+                Err(e) if e.to_string() != *expected => wrong.push(format!(
+                    "expected {expected:?}\n  got      {:?}",
+                    e.to_string()
+                )),
+                Err(_) => {}
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+
+    #[test]
+    fn a_refusal_is_the_field_and_the_reason() {
+        let err = compile_request(
+            &manifest("version = 1\nnet = \"wifi\"\ncommand = [\"x\"]"),
+            "job",
+        )
+        .unwrap_err();
         assert_eq!(
-            field_of("version = 1\ncommand = [\"x\"]\nnet = \"wifi\""),
-            "net"
-        );
-        assert_eq!(
-            field_of("version = 1\ncommand = [\"x\"]\nuser = \"70000\""),
-            "user"
-        );
-        assert_eq!(
-            field_of("version = 1\ncommand = [\"x\"]\nuser = \"root\""),
-            "user"
-        );
-        assert_eq!(
-            field_of("version = 1\ncommand = [\"x\"]\ncwd = \"rel\""),
-            "cwd"
-        );
-        assert_eq!(
-            field_of("version = 1\ncommand = [\"x\"]\ncwd = \"/a/../b\""),
-            "cwd"
-        );
-        assert_eq!(
-            field_of("version = 1\ncommand = [\"x\"]\nrootfs = \"image:../alpine\""),
-            "rootfs"
-        );
-        assert_eq!(
-            field_of("version = 1\ncommand = [\"x\"]\nworkspace = \"/a/..\""),
-            "workspace"
-        );
-        assert_eq!(
-            field_of("version = 1\ncommand = [\"x\"]\nrunner = \"oci:bin/runc\""),
-            "runner"
-        );
-        assert_eq!(
-            field_of("version = 1\ncommand = [\"x\"]\nrunner = \"docker\""),
-            "runner"
-        );
-        assert_eq!(
-            field_of("version = 1\ncommand = [\"x\"]\nread = [\"/\"]"),
-            "read"
-        );
-        assert_eq!(
-            field_of("version = 1\ncommand = [\"x\"]\nwrite = [\"/proc/self\"]"),
-            "write"
-        );
-        assert_eq!(
-            field_of("version = 1\ncommand = [\"x\"]\n[limits]\nmemory = \"lots\""),
-            "limits.memory"
-        );
-        assert_eq!(
-            field_of("version = 1\ncommand = [\"x\"]\n[limits]\nmemory = \"1MiB\""),
-            "limits.memory"
-        );
-        assert_eq!(
-            field_of("version = 1\ncommand = [\"x\"]\n[limits]\npids = 1"),
-            "limits.pids"
-        );
-        assert_eq!(
-            field_of("version = 1\ncommand = [\"x\"]\n[limits]\ncpus = 0"),
-            "limits.cpus"
-        );
-        assert_eq!(
-            field_of("version = 1\ncommand = [\"x\"]\n[limits]\ntimeout = \"0s\""),
-            "limits.timeout"
-        );
-        assert_eq!(
-            field_of("version = 1\ncommand = [\"x\"]\n[rlimits]\nstack2 = 1"),
-            "rlimits.stack2"
-        );
-        assert_eq!(
-            field_of("version = 1\ncommand = [\"x\"]\n[rlimits]\nnofile = { soft = 9, hard = 8 }"),
-            "rlimits.nofile"
-        );
-        assert_eq!(
-            field_of("version = 1\ncommand = [\"x\"]\n[env]\n\"A=B\" = \"c\""),
-            "env.A=B"
-        );
-        assert_eq!(
-            field_of("version = 1\ncommand = [\"x\"]\nhostname = \"a b\""),
-            "hostname"
-        );
-        assert_eq!(
-            field_of("version = 1\ncommand = [\"x\"]\naccept_degradations = [\"seccomp\"]"),
-            "accept_degradations"
+            err,
+            CompileError {
+                field: "net".into(),
+                reason: "`wifi` is not one of none, loopback, host".into(),
+            }
         );
     }
 
@@ -890,6 +1127,58 @@ mod tests {
         .unwrap();
         assert_eq!(plan.connect_tcp, vec![80, 443]);
         assert!(requested_scopes(&plan).contains(&Scope::NetConnectTcp(443)));
+    }
+
+    #[test]
+    fn egress_rules_imply_the_egress_mode_and_are_authorised_by_narrower_grants() {
+        let plan = compile_request(
+            &manifest(
+                "version = 1\ncommand = [\"x\"]\negress = [\"GitHub.com\", \"*.pypi.org:80,443\"]",
+            ),
+            "job",
+        )
+        .unwrap();
+        assert_eq!(plan.net, NetMode::Egress);
+        let rules: Vec<String> = plan.egress.iter().map(|r| r.to_string()).collect();
+        assert_eq!(rules, ["github.com:443", "*.pypi.org:80,443"]);
+        let ok = authorise(
+            plan.clone(),
+            &grant(&[
+                "net.egress:github.com:443",
+                "net.egress:*.pypi.org:80,443,8080",
+            ]),
+            capability(),
+        );
+        assert!(ok.is_ok(), "{ok:?}");
+        let wider = authorise(
+            plan.clone(),
+            &grant(&["net.egress:github.com:443", "net.egress:files.pypi.org:443"]),
+            capability(),
+        )
+        .unwrap_err();
+        assert!(
+            wider.to_string().contains("net.egress:*.pypi.org:80,443"),
+            "{wider}"
+        );
+        assert!(authorise(plan, &grant(&["net:host"]), capability()).is_ok());
+    }
+
+    #[test]
+    fn bad_egress_requests_are_refused_naming_the_field() {
+        for text in [
+            "egress = [\"*\"]",
+            "egress = [\"10.0.0.1\"]",
+            "egress = [\"a..com\"]",
+            "egress = [\"a.com:0\"]",
+            "net = \"egress\"",
+            "net = \"host\"\negress = [\"a.com\"]",
+        ] {
+            assert_eq!(
+                field_of(&format!("version = 1\ncommand = [\"x\"]\n{text}")),
+                "egress",
+                "{text}"
+            );
+        }
     }
 
     fn tempdir(name: &str) -> PathBuf {

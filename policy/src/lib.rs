@@ -11,6 +11,7 @@
 
 pub mod annotations;
 pub mod compile;
+pub mod egress;
 pub mod manifest;
 pub mod plan;
 pub mod scope;
@@ -22,6 +23,7 @@ pub mod verify;
 pub use compile::{
     authorise, compile_plan, compile_request, requested_scopes, AuthoriseError, CompileError,
 };
+pub use egress::{EgressRule, EgressTarget};
 pub use manifest::{Manifest, ManifestError};
 pub use plan::{
     Authorisation, Degradation, Limits, MountAccess, NetMode, ObjectId, PinnedPath, PlanMount,

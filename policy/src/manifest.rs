@@ -24,7 +24,10 @@ pub enum ManifestError {
 
 /// A CPU count written either as a TOML number (`1.5`) or a string (`"1.5"`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "a CPU count, as a number (1.5) or a string (\"1.5\")"
+)]
 pub enum CpusValue {
     Number(f64),
     Text(String),
@@ -51,7 +54,7 @@ pub struct LimitsSpec {
 
 /// One `[rlimits]` entry: a single number sets soft and hard alike.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "a number, or { soft = N, hard = N }")]
 pub enum RlimitSpec {
     Both(u64),
     Split { soft: u64, hard: u64 },
@@ -94,8 +97,12 @@ pub struct Manifest {
     pub hostname: Option<String>,
     /// `UID` or `UID:GID` inside the sandbox (default `0:0`, never host root).
     pub user: Option<String>,
-    /// `none` (default), `loopback` or `host`.
+    /// `none` (default), `loopback`, `egress` or `host`.
     pub net: Option<String>,
+    /// Hosts the sandbox may reach through the egress gateway, `PATTERN[:PORTS]`
+    /// (`github.com:443`, `*.pypi.org`); implies `net = "egress"`.
+    #[serde(default)]
+    pub egress: Vec<String>,
     /// `native` (default), `gvisor` or `oci:/ABSOLUTE/PATH`; any but native must be granted
     /// as a `runner:` scope.
     pub runner: Option<String>,
@@ -145,7 +152,15 @@ impl Manifest {
     /// A manifest sent as JSON (the daemon's API): the same keys and checks as the file;
     /// relative paths resolve against `base_dir`.
     pub fn from_json(value: serde_json::Value, base_dir: PathBuf) -> Result<Self, String> {
-        let mut manifest: Manifest = serde_json::from_value(value).map_err(|e| e.to_string())?;
+        // The error names the path of the key at fault (`limits.memory: invalid type ...`).
+        let mut manifest: Manifest = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            if path == "." || path == "?" {
+                e.inner().to_string()
+            } else {
+                format!("{path}: {}", e.inner())
+            }
+        })?;
         manifest.base_dir = base_dir;
         manifest.checked_version()
     }
@@ -199,6 +214,11 @@ impl Manifest {
                 self.connect.push(port);
             }
         }
+        for host in flags.egress {
+            if !self.egress.contains(&host) {
+                self.egress.push(host);
+            }
+        }
         for group in flags.syscalls {
             if !self.syscalls.contains(&group) {
                 self.syscalls.push(group);
@@ -233,21 +253,122 @@ impl Manifest {
 mod tests {
     use super::*;
 
+    /// Each refusal of the manifest file's reader, by the text that triggers it. The
+    /// reader's message names the line and the key; the semantic checks are
+    /// `compile_request`'s.
     #[test]
-    fn unknown_keys_are_refused_by_name() {
-        let err = Manifest::parse("version = 1\ncommand = [\"true\"]\n[limits]\nmemroy = \"1G\"\n")
-            .unwrap_err();
-        assert!(err.contains("memroy"), "{err}");
+    fn every_refusal_of_the_reader_names_the_line_and_key() {
+        let cases = [
+            ("", "version: missing; add `version = 1`"),
+            (
+                "command = [\"true\"]\n",
+                "version: missing; add `version = 1`",
+            ),
+            (
+                "version = 2\n",
+                "version: manifest version 2 is not supported (this build reads version 1)",
+            ),
+            (
+                "version = -1\n",
+                "TOML parse error at line 1, column 11\n  |\n1 | version = -1\n  |           ^^\ninvalid value: integer `-1`, expected u32\n",
+            ),
+            (
+                "version = \n",
+                "TOML parse error at line 1, column 11\n  |\n1 | version = \n  |           ^\ninvalid string\nexpected `\"`, `'`\n",
+            ),
+            (
+                "version = 1\nversion = 1\n",
+                "TOML parse error at line 2, column 1\n  |\n2 | version = 1\n  | ^\nduplicate key `version` in document root\n",
+            ),
+            (
+                "version = 1\nmemroy = 1\n",
+                "TOML parse error at line 2, column 1\n  |\n2 | memroy = 1\n  | ^^^^^^\nunknown field `memroy`, expected one of `version`, `command`, `workspace`, `read`, `write`, `exec`, `connect`, `syscalls`, `cwd`, `env`, `rootfs`, `keep_changes`, `hostname`, `user`, `net`, `runner`, `limits`, `rlimits`, `accept_degradations`\n",
+            ),
+            (
+                "version = 1\n[limits]\nmemroy = \"1G\"\n",
+                "TOML parse error at line 3, column 1\n  |\n3 | memroy = \"1G\"\n  | ^^^^^^\nunknown field `memroy`, expected one of `memory`, `pids`, `cpus`, `timeout`\n",
+            ),
+            (
+                "version = 1\ncommand = \"true\"\n",
+                "TOML parse error at line 2, column 11\n  |\n2 | command = \"true\"\n  |           ^^^^^^\ninvalid type: string \"true\", expected a sequence\n",
+            ),
+            (
+                "version = 1\nconnect = [70000]\n",
+                "TOML parse error at line 2, column 12\n  |\n2 | connect = [70000]\n  |            ^^^^^\ninvalid value: integer `70000`, expected u16\n",
+            ),
+            (
+                "version = 1\n[limits]\ncpus = true\n",
+                "TOML parse error at line 3, column 8\n  |\n3 | cpus = true\n  |        ^^^^\na CPU count, as a number (1.5) or a string (\"1.5\")\n",
+            ),
+            (
+                "version = 1\n[rlimits]\nnofile = \"x\"\n",
+                "TOML parse error at line 3, column 10\n  |\n3 | nofile = \"x\"\n  |          ^^^\na number, or { soft = N, hard = N }\n",
+            ),
+            (
+                "version = 1\n[rlimits]\nnofile = { soft = 1 }\n",
+                "TOML parse error at line 3, column 10\n  |\n3 | nofile = { soft = 1 }\n  |          ^^^^^^^^^^^^\na number, or { soft = N, hard = N }\n",
+            ),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(Manifest::parse(text).unwrap_err(), expected, "{text:?}");
+        }
     }
 
     #[test]
-    fn version_is_required_and_checked() {
-        assert!(Manifest::parse("command = [\"true\"]")
-            .unwrap_err()
-            .starts_with("version: missing"));
-        assert!(Manifest::parse("version = 2")
-            .unwrap_err()
-            .contains("version 2 is not supported"));
+    fn a_manifest_file_is_refused_naming_the_file() {
+        let dir = std::env::temp_dir().join(format!("covenant-manifest-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let missing = dir.join("missing.toml");
+        match Manifest::load(&missing) {
+            Err(ManifestError::Read { path, error }) => {
+                assert_eq!(
+                    (path, error.kind()),
+                    (missing, std::io::ErrorKind::NotFound)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let bad = dir.join("bad.toml");
+        std::fs::write(&bad, "version = 2\n").unwrap();
+        assert_eq!(
+            Manifest::load(&bad).unwrap_err().to_string(),
+            format!(
+                "manifest {} is invalid: version: manifest version 2 is not supported (this build reads version 1)",
+                bad.display()
+            )
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn every_refusal_of_the_json_reader() {
+        use serde_json::json;
+        let cases = [
+            (
+                json!({"command": ["x"]}),
+                "version: missing; add `version = 1`",
+            ),
+            (
+                json!({"version": 3}),
+                "version: manifest version 3 is not supported (this build reads version 1)",
+            ),
+            (
+                json!({"version": 1, "memroy": 1}),
+                "memroy: unknown field `memroy`, expected one of `version`, `command`, `workspace`, `read`, `write`, `exec`, `connect`, `syscalls`, `cwd`, `env`, `rootfs`, `keep_changes`, `hostname`, `user`, `net`, `runner`, `limits`, `rlimits`, `accept_degradations`",
+            ),
+            (
+                json!({"version": 1, "limits": {"pids": "x"}}),
+                "limits.pids: invalid type: string \"x\", expected u64",
+            ),
+        ];
+        for (value, expected) in cases {
+            let text = value.to_string();
+            assert_eq!(
+                Manifest::from_json(value, PathBuf::from("/")).unwrap_err(),
+                expected,
+                "{text}"
+            );
+        }
     }
 
     #[test]

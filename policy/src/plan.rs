@@ -156,6 +156,9 @@ pub enum NetMode {
     None,
     /// A fresh network namespace with `lo` up.
     Loopback,
+    /// A fresh network namespace with `lo` up and one way out: the egress gateway, which
+    /// reaches only what the plan's `egress` rules name.
+    Egress,
     /// The host's network namespace (must be asked for explicitly).
     Host,
 }
@@ -165,6 +168,7 @@ impl NetMode {
         match s {
             "none" => Some(Self::None),
             "loopback" => Some(Self::Loopback),
+            "egress" => Some(Self::Egress),
             "host" => Some(Self::Host),
             _ => None,
         }
@@ -174,6 +178,7 @@ impl NetMode {
         match self {
             Self::None => "none",
             Self::Loopback => "loopback",
+            Self::Egress => "egress",
             Self::Host => "host",
         }
     }
@@ -336,6 +341,9 @@ pub struct SandboxPlan {
     /// mount whose target is `/workspace`.
     pub mounts: Vec<PlanMount>,
     pub net: NetMode,
+    /// With `net` egress: the hosts and networks the gateway lets the sandbox reach.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress: Vec<crate::egress::EgressRule>,
     /// TCP ports the program may connect to; empty means no port restriction beyond `net`.
     pub connect_tcp: Vec<u16>,
     pub limits: Limits,

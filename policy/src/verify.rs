@@ -175,7 +175,10 @@ fn check_delegation(
         )));
     }
     if child.body.not_before < parent.body.not_before {
-        return Err(widened("becomes valid before its parent".into()));
+        return Err(widened(format!(
+            "becomes valid at {}, before its parent ({})",
+            child.body.not_before, parent.body.not_before
+        )));
     }
     if let Some(extra) = widening(&parent.body.scopes, &child.body.scopes) {
         return Err(widened(extra));
@@ -200,6 +203,7 @@ pub fn widening(parent: &[Scope], child: &[Scope]) -> Option<String> {
     }
     for kind in Resource::ALL {
         if let (Some(limit), None) = (ceiling(parent, kind), ceiling(child, kind)) {
+            // The ceiling is read from one of the parent's scopes, so it is always found.
             let example = parent
                 .iter()
                 .find(|s| matches!(s, Scope::Res(k, v) if *k == kind && *v == limit));
@@ -362,6 +366,32 @@ mod tests {
     }
 
     #[test]
+    fn an_egress_child_may_only_narrow_its_parent() {
+        let scopes = |list: &[&str]| -> Vec<Scope> {
+            list.iter().map(|s| Scope::parse(s).unwrap()).collect()
+        };
+        let parent = scopes(&[
+            "net.egress:*.example.com:80,443",
+            "net.egress:10.0.0.0/8:5432",
+        ]);
+        for narrower in [
+            &["net.egress:api.example.com:443"][..],
+            &["net.egress:*.a.example.com:80"],
+            &["net.egress:10.20.0.0/16:5432", "net:egress"],
+        ] {
+            assert_eq!(widening(&parent, &scopes(narrower)), None, "{narrower:?}");
+        }
+        for wider in [
+            &["net.egress:example.com:443"][..],
+            &["net.egress:api.example.com:22"],
+            &["net.egress:10.0.0.0/7:5432"],
+            &["net:host"],
+        ] {
+            assert!(widening(&parent, &scopes(wider)).is_some(), "{wider:?}");
+        }
+    }
+
+    #[test]
     fn widening_children_are_refused() {
         let roots = [key(1).verifying_key().to_bytes()];
         let none = HashSet::new();
@@ -480,5 +510,191 @@ mod tests {
             verify_capability(&c, ctx(&roots, &none)),
             Err(VerifyError::BrokenChain { link: 1, .. })
         ));
+    }
+
+    /// Each attenuation refusal, with every field of the error: a two-link chain whose
+    /// root (key 1, held by key 2) grants `fs.write:/w`, `res.mem:1GiB` from 100 to
+    /// 10,000, and whose child changes one thing.
+    #[test]
+    fn every_attenuation_refusal_is_exact() {
+        let roots = [key(1).verifying_key().to_bytes()];
+        let none = HashSet::new();
+        let (k1, k2, k3) = (key(1), key(2), key(3));
+        let granted = ["fs.write:/w", "res.mem:1GiB"];
+        let root = token(&k1, holder(&k2), None, &granted, (100, 10_000), 1);
+        let named_root = token(
+            &k1,
+            Subject::Name("ci".into()),
+            None,
+            &granted,
+            (100, 10_000),
+            1,
+        );
+        let other_root = token(&k1, holder(&k2), None, &granted, (100, 10_000), 7);
+        let child = |parent: Option<&SignedToken>, signer: &SigningKey, list: &[&str], window| {
+            token(signer, Subject::Name("a".into()), parent, list, window, 2)
+        };
+        let id = id_text(&[2; 16]);
+        let broken = |reason: &str| VerifyError::BrokenChain {
+            link: 1,
+            id: id.clone(),
+            reason: reason.into(),
+        };
+        let widened = |reason: &str| VerifyError::Widened {
+            link: 1,
+            id: id.clone(),
+            reason: reason.into(),
+        };
+        let cases = [
+            (
+                root.clone(),
+                child(None, &k2, &granted, (100, 10_000)),
+                broken("a delegated token must name its parent"),
+            ),
+            (
+                root.clone(),
+                child(Some(&other_root), &k2, &granted, (100, 10_000)),
+                broken("it does not name the token before it in the chain"),
+            ),
+            (
+                root.clone(),
+                child(Some(&root), &k3, &granted, (100, 10_000)),
+                broken("it is not signed by the key its parent was granted to"),
+            ),
+            (
+                named_root.clone(),
+                child(Some(&named_root), &k1, &granted, (100, 10_000)),
+                broken(
+                    "its parent was granted to the name `ci`, and only key-held tokens can be attenuated",
+                ),
+            ),
+            (
+                root.clone(),
+                child(Some(&root), &k2, &granted, (100, 10_001)),
+                widened("expires at 10001, after its parent (10000)"),
+            ),
+            (
+                root.clone(),
+                child(Some(&root), &k2, &granted, (99, 10_000)),
+                widened("becomes valid at 99, before its parent (100)"),
+            ),
+            (
+                root.clone(),
+                child(Some(&root), &k2, &["fs.write:/", "res.mem:1GiB"], (100, 10_000)),
+                widened("`fs.write:/` is not covered by its parent"),
+            ),
+            (
+                root.clone(),
+                child(Some(&root), &k2, &["fs.write:/w", "res.mem:2GiB"], (100, 10_000)),
+                widened("`res.mem:2GiB` is not covered by its parent"),
+            ),
+            (
+                root.clone(),
+                child(
+                    Some(&root),
+                    &k2,
+                    &["fs.write:/w", "res.mem:1GiB", "net:host"],
+                    (100, 10_000),
+                ),
+                widened("`net:host` is not covered by its parent"),
+            ),
+            (
+                root.clone(),
+                child(Some(&root), &k2, &["fs.write:/w"], (100, 10_000)),
+                widened("drops the parent's ceiling `res.mem:1GiB`"),
+            ),
+        ];
+        for (parent, child, expected) in cases {
+            let cap = Capability {
+                chain: vec![parent, child],
+            };
+            assert_eq!(verify_capability(&cap, ctx(&roots, &none)), Err(expected));
+        }
+    }
+
+    /// The refusals of the chain as a whole and of each link's own validity, exact.
+    #[test]
+    fn every_chain_and_link_refusal_is_exact() {
+        let roots = [key(1).verifying_key().to_bytes()];
+        let none = HashSet::new();
+        let id = |n: u8| id_text(&[n; 16]);
+        let check = |cap: &Capability, c: VerifyContext<'_>, expected: VerifyError| {
+            assert_eq!(verify_capability(cap, c), Err(expected));
+        };
+        check(
+            &chain(),
+            ctx(&[key(9).verifying_key().to_bytes()], &none),
+            VerifyError::UntrustedIssuer {
+                link: 0,
+                issuer: encode_key(&key(1).verifying_key().to_bytes()),
+            },
+        );
+        let mut forged = chain();
+        forged.chain[2].signature[10] ^= 1;
+        check(
+            &forged,
+            ctx(&roots, &none),
+            VerifyError::BadSignature { link: 2, id: id(3) },
+        );
+        let revoked: HashSet<[u8; 16]> = [[2u8; 16]].into();
+        check(
+            &chain(),
+            ctx(&roots, &revoked),
+            VerifyError::Revoked { link: 1, id: id(2) },
+        );
+        let now = 8_000 + CLOCK_SKEW_SECS + 1;
+        check(
+            &chain(),
+            VerifyContext {
+                now,
+                ..ctx(&roots, &none)
+            },
+            VerifyError::Expired {
+                link: 2,
+                id: id(3),
+                expires: 8_000,
+                now,
+            },
+        );
+        let now = -CLOCK_SKEW_SECS - 1;
+        check(
+            &chain(),
+            VerifyContext {
+                now,
+                ..ctx(&roots, &none)
+            },
+            VerifyError::NotYetValid {
+                link: 0,
+                id: id(1),
+                not_before: 0,
+                now,
+            },
+        );
+        // A root that names a parent, as if a chain were cut below its real root.
+        let c = chain();
+        let cut = Capability {
+            chain: c.chain[1..].to_vec(),
+        };
+        check(
+            &cut,
+            ctx(&[key(2).verifying_key().to_bytes()], &none),
+            VerifyError::BrokenChain {
+                link: 0,
+                id: id(2),
+                reason: "the root names a parent".into(),
+            },
+        );
+        let long = Capability {
+            chain: vec![c.chain[0].clone(); MAX_CHAIN + 1],
+        };
+        check(
+            &long,
+            ctx(&roots, &none),
+            VerifyError::TooDeep(MAX_CHAIN + 1),
+        );
+        assert_eq!(
+            VerifyError::TooDeep(9).to_string(),
+            "the chain has 9 links; at most 8 are accepted"
+        );
     }
 }

@@ -3,6 +3,9 @@
 //! one is missing.
 
 use crate::native::{landlock_abi, CgroupLayout};
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{fork, geteuid, ForkResult};
 use std::path::Path;
 
 /// One line of the report.
@@ -34,34 +37,30 @@ fn check(
 
 /// Creates a namespace of `flag` in a forked child; returns the errno on failure. The
 /// caller must be single-threaded.
-fn probe_namespace(flag: libc::c_int) -> Result<(), std::io::Error> {
-    // SAFETY: unshare/_exit only in the child; the caller is single-threaded.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    if pid == 0 {
-        // SAFETY: async-signal-safe calls only.
-        unsafe {
-            let user = if libc::geteuid() == 0 {
-                0
+fn probe_namespace(flag: CloneFlags) -> Result<(), std::io::Error> {
+    // SAFETY: the child only makes plain syscalls and ends with _exit; the caller is
+    // single-threaded.
+    match unsafe { fork() }? {
+        ForkResult::Child => {
+            let user = if geteuid().is_root() {
+                CloneFlags::empty()
             } else {
-                libc::CLONE_NEWUSER
+                CloneFlags::CLONE_NEWUSER
             };
-            let rc = libc::unshare(flag | user);
-            libc::_exit(if rc == 0 {
-                0
-            } else {
-                *libc::__errno_location()
-            });
+            let code = match unshare(flag | user) {
+                Ok(()) => 0,
+                Err(errno) => errno as i32,
+            };
+            // SAFETY: _exit ends the child at once, running none of the parent's destructors.
+            unsafe { libc::_exit(code) }
         }
-    }
-    let mut status = 0;
-    // SAFETY: waits for the child just forked.
-    unsafe { libc::waitpid(pid, &mut status, 0) };
-    match libc::WEXITSTATUS(status) {
-        0 => Ok(()),
-        errno => Err(std::io::Error::from_raw_os_error(errno)),
+        ForkResult::Parent { child } => match waitpid(child, None)? {
+            WaitStatus::Exited(_, 0) => Ok(()),
+            WaitStatus::Exited(_, errno) => Err(std::io::Error::from_raw_os_error(errno)),
+            other => Err(std::io::Error::other(format!(
+                "the probe ended unexpectedly: {other:?}"
+            ))),
+        },
     }
 }
 
@@ -142,13 +141,13 @@ fn probe_gvisor_platform(
 pub fn run_checks() -> Vec<Check> {
     let mut checks = Vec::new();
     for (name, flag) in [
-        ("user namespace", libc::CLONE_NEWUSER),
-        ("pid namespace", libc::CLONE_NEWPID),
-        ("mount namespace", libc::CLONE_NEWNS),
-        ("network namespace", libc::CLONE_NEWNET),
-        ("ipc namespace", libc::CLONE_NEWIPC),
-        ("uts namespace", libc::CLONE_NEWUTS),
-        ("cgroup namespace", libc::CLONE_NEWCGROUP),
+        ("user namespace", CloneFlags::CLONE_NEWUSER),
+        ("pid namespace", CloneFlags::CLONE_NEWPID),
+        ("mount namespace", CloneFlags::CLONE_NEWNS),
+        ("network namespace", CloneFlags::CLONE_NEWNET),
+        ("ipc namespace", CloneFlags::CLONE_NEWIPC),
+        ("uts namespace", CloneFlags::CLONE_NEWUTS),
+        ("cgroup namespace", CloneFlags::CLONE_NEWCGROUP),
     ] {
         let r = probe_namespace(flag);
         checks.push(check(

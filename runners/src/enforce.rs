@@ -62,9 +62,9 @@ pub fn enforce_and_exec(argv: &[String]) -> String {
                 let mut kv = k.as_bytes().to_vec();
                 kv.push(b'=');
                 kv.extend_from_slice(v.as_bytes());
-                CString::new(kv).unwrap_or_default()
+                CString::new(kv).map_err(|_| "a NUL byte in the environment".to_string())
             })
-            .collect();
+            .collect::<Result<_, _>>()?;
         let path = find_on_path(program)?;
         if let Some((policy, plan)) = &landlock {
             apply(policy, *plan).map_err(|e| format!("{}: {}", e.step, e.detail))?;
@@ -72,8 +72,10 @@ pub fn enforce_and_exec(argv: &[String]) -> String {
         crate::native::seccomp::load(&seccomp).map_err(|e| e.to_string())?;
         let args: Vec<CString> = argv
             .iter()
-            .map(|a| CString::new(a.as_bytes()).unwrap_or_default())
-            .collect();
+            .map(|a| {
+                CString::new(a.as_bytes()).map_err(|_| format!("a NUL byte in argument {a:?}"))
+            })
+            .collect::<Result<_, _>>()?;
         let e = nix::unistd::execve(&path, &args, &env).unwrap_err();
         Err(format!("exec {program}: {e}"))
     };

@@ -12,7 +12,7 @@
 //! binds from there, a place that only root can change and that vanishes with the
 //! process.
 
-use crate::native::mounts::{clone_fd_tree, move_tree};
+use crate::mount_api::{clone_fd_tree, move_tree};
 use covenant_policy::ObjectId;
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag};

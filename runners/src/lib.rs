@@ -5,57 +5,16 @@
 pub mod doctor;
 pub mod enforce;
 pub mod hostpath;
+mod mount_api;
 pub mod native;
 pub mod oci;
 pub mod supervise;
 
-use serde::Serialize;
+mod outcome;
+
+pub use outcome::{ExitKind, RunOutcome, RunnerContext, StartInfo};
+
 use std::path::Path;
-use std::time::Duration;
-
-/// How the program ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case", tag = "kind", content = "value")]
-pub enum ExitKind {
-    /// It exited with this code.
-    Exited(i32),
-    /// It was killed by this signal.
-    Signaled(i32),
-    /// The sandbox was killed before the program's status could be read (timeout).
-    Killed,
-}
-
-/// What a run did, as the runner saw it.
-#[derive(Debug, Clone, Serialize)]
-pub struct RunOutcome {
-    pub exit: ExitKind,
-    pub timed_out: bool,
-    pub oom_killed: bool,
-    pub pids_limit_hits: u64,
-    pub duration: Duration,
-    pub cpu_time_ns: Option<u64>,
-    pub peak_memory_bytes: Option<u64>,
-    pub namespaces: Vec<native::Namespace>,
-    pub landlock: Option<native::LandlockPlan>,
-    pub seccomp_filters: usize,
-    pub cgroup_version: Option<native::CgroupVersion>,
-    pub degradations_applied: Vec<covenant_policy::Degradation>,
-    /// Signals the caller sent that reached the sandbox (SIGINT, SIGTERM, ...).
-    pub signals_forwarded: Vec<i32>,
-}
-
-/// What a runner reports once the program is running (for the audit log).
-#[derive(Debug, Clone, Serialize)]
-pub struct StartInfo {
-    pub runner: &'static str,
-    /// The sandbox's init, as the host sees it.
-    pub pid: i32,
-    pub cgroup: Option<(native::CgroupVersion, Vec<std::path::PathBuf>)>,
-    pub namespaces: Vec<native::Namespace>,
-    pub landlock: Option<native::LandlockPlan>,
-    pub seccomp_filters: usize,
-    pub degradations: Vec<covenant_policy::Degradation>,
-}
 
 /// Why a runner could not run a bundle.
 #[derive(Debug, thiserror::Error)]
@@ -89,16 +48,6 @@ pub trait Runner {
     ) -> Result<RunOutcome, RunnerError>;
 }
 
-/// Where runners keep state and find the helper binary they inject.
-#[derive(Debug, Clone)]
-pub struct RunnerContext {
-    /// A directory for runtime state (`--root`) and derived bundles.
-    pub state_dir: std::path::PathBuf,
-    /// A binary that runs `enforce -- ARGV` (the CLI itself), for runtimes that cannot
-    /// apply landlock on their own.
-    pub enforcer: Option<std::path::PathBuf>,
-}
-
 /// The runner a name selects.
 pub fn runner_for(name: &str, ctx: &RunnerContext) -> Result<Box<dyn Runner>, RunnerError> {
     match name {
@@ -111,5 +60,46 @@ pub fn runner_for(name: &str, ctx: &RunnerContext) -> Result<Box<dyn Runner>, Ru
             )?)),
             None => Err(RunnerError::Unknown(other.to_string())),
         },
+    }
+}
+
+// The runners' side of the trait. Each runner is a plain struct with its own error; the
+// trait, the error that gathers theirs, and the choice between them live here, so no
+// runner module depends on this one.
+
+impl Runner for native::NativeRunner {
+    fn name(&self) -> String {
+        "native".into()
+    }
+
+    fn portable_bundle(&self) -> bool {
+        false
+    }
+
+    fn run(
+        &self,
+        bundle: &Path,
+        on_start: &mut dyn FnMut(&StartInfo),
+    ) -> Result<RunOutcome, RunnerError> {
+        let spec = native::spec::NativeSpec::load(bundle)?;
+        Ok(self.run_spec(&spec, on_start)?)
+    }
+}
+
+impl Runner for oci::OciRunner {
+    fn name(&self) -> String {
+        self.label()
+    }
+
+    fn portable_bundle(&self) -> bool {
+        true
+    }
+
+    fn run(
+        &self,
+        bundle: &Path,
+        on_start: &mut dyn FnMut(&StartInfo),
+    ) -> Result<RunOutcome, RunnerError> {
+        Ok(self.run_bundle(bundle, on_start)?)
     }
 }

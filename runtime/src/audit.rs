@@ -4,8 +4,8 @@
 //! asks for audit gets no unaudited action: a store that cannot be written fails the
 //! command before it acts.
 
+use crate::error::RuntimeError;
 use crate::policy::RuntimePolicy;
-use crate::RuntimeError;
 use covenant_policy::Grant;
 use covenant_supervisor::store::{self, Kind};
 use serde_json::Value;

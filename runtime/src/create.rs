@@ -9,11 +9,12 @@
 use crate::audit;
 use crate::cgroups::Cgroup;
 use crate::config::{self, field};
+use crate::error::RuntimeError;
 use crate::hooks::{self, HookSet};
-use crate::init::{child_main, ChildContext, StepError};
+use crate::init::{child_main, ChildContext};
 use crate::policy::RuntimePolicy;
 use crate::state::{self, Record, Root, Status, START_SOCKET};
-use crate::RuntimeError;
+use crate::step::StepError;
 use covenant_policy::annotations::{self, LandlockPolicy};
 use covenant_policy::Degradation;
 use covenant_runners::native::landlock as ll;
@@ -385,7 +386,7 @@ fn spawn(
     if let Some(p) = &opts.pid_file {
         write_pid_file(p, pid.as_raw()).map_err(abort)?;
     }
-    let st = hook_state(&record, Status::Created);
+    let st = state::hook_state(&record, Status::Created);
     for (kind, list) in [
         ("createRuntime", &hooks.create_runtime),
         ("prestart", &hooks.prestart),
@@ -459,16 +460,6 @@ fn pin_bind_sources(bundle: &Path, spec: &Spec) -> Result<Vec<Option<(OwnedFd, P
         out.push(Some((fd, real)));
     }
     Ok(out)
-}
-
-/// The state document hooks read on stdin.
-pub fn hook_state(record: &Record, status: Status) -> serde_json::Value {
-    let mut v = state::state_json(record);
-    v["status"] = serde_json::Value::from(status.as_str());
-    if status != Status::Stopped {
-        v["pid"] = serde_json::Value::from(record.pid);
-    }
-    v
 }
 
 /// Puts this process's future children (the init) in the container's time namespace:

@@ -6,9 +6,10 @@
 
 use crate::cgroups::Cgroup;
 use crate::config::{self, field};
-use crate::init::{self, step_err, ProcessPlan, StepError};
+use crate::error::RuntimeError;
+use crate::init::{self, ProcessPlan};
 use crate::state::{self, Root, Status};
-use crate::RuntimeError;
+use crate::step::{step_err, StepError};
 use covenant_policy::annotations::{self, LandlockPolicy};
 use covenant_policy::Degradation;
 use covenant_runners::native::landlock as ll;
@@ -171,11 +172,10 @@ pub fn exec(root: &Root, opts: &ExecOptions) -> Result<i32> {
                 landlock.as_ref(),
             );
             let bytes = e.encode();
-            // SAFETY: writes a live buffer to an owned pipe, then exits.
-            unsafe {
-                libc::write(err_wr.as_raw_fd(), bytes.as_ptr().cast(), bytes.len());
-                libc::_exit(126)
-            }
+            // SAFETY: writes a live buffer to an owned pipe.
+            unsafe { libc::write(err_wr.as_raw_fd(), bytes.as_ptr().cast(), bytes.len()) };
+            // SAFETY: ends the child without running the parent's destructors.
+            unsafe { libc::_exit(126) }
         }
         ForkResult::Parent { child } => {
             drop((sync_rd, err_wr, console, join));

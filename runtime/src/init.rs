@@ -8,6 +8,7 @@
 //! caller's frames (it ends in `execve` or `_exit`).
 
 use crate::config::Prepared;
+use crate::step::{step_err, StepError};
 use covenant_policy::annotations::LandlockPolicy;
 use covenant_runners::native::landlock::{self as ll, LandlockPlan};
 use covenant_runners::native::seccomp::{self as sc, CompiledSeccomp};
@@ -19,34 +20,6 @@ use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-
-/// A setup step that failed, and why.
-#[derive(Debug, Clone)]
-pub struct StepError {
-    pub step: &'static str,
-    pub detail: String,
-}
-
-pub fn step_err(step: &'static str, detail: impl Into<String>) -> StepError {
-    StepError {
-        step,
-        detail: detail.into(),
-    }
-}
-
-impl StepError {
-    pub fn encode(&self) -> Vec<u8> {
-        format!("{}\n{}", self.step, self.detail).into_bytes()
-    }
-
-    pub fn decode(bytes: &[u8]) -> (String, String) {
-        let text = String::from_utf8_lossy(bytes);
-        match text.split_once('\n') {
-            Some((s, d)) => (s.to_string(), d.to_string()),
-            None => ("container setup".to_string(), text.to_string()),
-        }
-    }
-}
 
 type Result<T> = std::result::Result<T, StepError>;
 
@@ -87,12 +60,10 @@ pub fn child_main(ctx: ChildContext<'_>) -> ! {
         Err(e) => e,
     };
     let bytes = e.encode();
-    // SAFETY: writes a live buffer to a descriptor this process owns, then exits without
-    // running the parent's destructors.
-    unsafe {
-        libc::write(report, bytes.as_ptr().cast(), bytes.len());
-        libc::_exit(1)
-    }
+    // SAFETY: writes a live buffer to a descriptor this process owns.
+    unsafe { libc::write(report, bytes.as_ptr().cast(), bytes.len()) };
+    // SAFETY: ends the child without running the parent's destructors.
+    unsafe { libc::_exit(1) }
 }
 
 /// Init's setup sequence, one step per line, in order.

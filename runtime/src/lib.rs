@@ -10,6 +10,7 @@ pub mod audit;
 pub mod cgroups;
 pub mod config;
 pub mod create;
+pub mod error;
 pub mod exec;
 pub mod hooks;
 pub mod init;
@@ -18,46 +19,6 @@ pub mod mounts;
 pub mod policy;
 mod privileges;
 pub mod state;
+pub mod step;
 
-use std::path::PathBuf;
-
-/// Every way a command can fail; the message names the field, file or step at fault.
-#[derive(Debug, thiserror::Error)]
-pub enum RuntimeError {
-    #[error(transparent)]
-    Config(#[from] config::ConfigError),
-    #[error(transparent)]
-    State(#[from] state::StateError),
-    #[error(transparent)]
-    Policy(#[from] policy::PolicyError),
-    #[error(transparent)]
-    Hook(#[from] hooks::HookError),
-    #[error(transparent)]
-    Cgroup(#[from] cgroups::CgroupError),
-    #[error("container `{id}` is {status}: cannot {action} it")]
-    Status {
-        id: String,
-        action: &'static str,
-        status: &'static str,
-    },
-    #[error("unknown signal `{0}`")]
-    Signal(String),
-    #[error("{what}: {errno}")]
-    Sys {
-        what: &'static str,
-        errno: nix::errno::Errno,
-    },
-    #[error("{what} {path}: {source}")]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("container setup failed at step `{step}`: {detail}")]
-    Setup { step: String, detail: String },
-    #[error("{0}")]
-    Usage(String),
-    #[error("the node's runtime policy requires audit, and the store refused the event: {0}")]
-    Audit(String),
-}
+pub use error::RuntimeError;

@@ -3,10 +3,9 @@
 //! `resume`, `events`, `update`.
 
 use crate::cgroups::Cgroup;
-use crate::create::hook_state;
+use crate::error::RuntimeError;
 use crate::hooks;
-use crate::state::{self, Record, Root, Status, START_SOCKET};
-use crate::RuntimeError;
+use crate::state::{self, hook_state, Record, Root, Status, START_SOCKET};
 use nix::sys::signal::{kill as send, Signal};
 use nix::unistd::Pid;
 use std::io::Read;
@@ -49,7 +48,7 @@ pub fn start(root: &Root, id: &str) -> Result<()> {
     let mut buf = Vec::new();
     let _ = conn.read_to_end(&mut buf);
     if !buf.is_empty() {
-        let (step, detail) = crate::init::StepError::decode(&buf);
+        let (step, detail) = crate::step::StepError::decode(&buf);
         return Err(RuntimeError::Setup { step, detail });
     }
     // A failed poststart hook is a warning: the container runs on.

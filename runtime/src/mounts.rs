@@ -5,7 +5,7 @@
 //! read-only root. Runs in the child between clone and exec; errors name the step.
 
 use crate::config::resolve_in_root;
-use crate::init::{step_err, StepError};
+use crate::step::{step_err, StepError};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 use oci_spec::runtime::{LinuxDeviceType, Mount, Spec};

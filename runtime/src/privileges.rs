@@ -3,7 +3,7 @@
 //! after every mount and before exec.
 
 use crate::config::CapSets;
-use crate::init::{step_err, StepError};
+use crate::step::{step_err, StepError};
 use caps::CapSet;
 use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid};
 use oci_spec::runtime::Process;

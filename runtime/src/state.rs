@@ -288,6 +288,16 @@ pub fn state_json(record: &Record) -> serde_json::Value {
     v
 }
 
+/// The state document hooks read on stdin.
+pub fn hook_state(record: &Record, status: Status) -> serde_json::Value {
+    let mut v = state_json(record);
+    v["status"] = serde_json::Value::from(status.as_str());
+    if status != Status::Stopped {
+        v["pid"] = serde_json::Value::from(record.pid);
+    }
+    v
+}
+
 /// Seconds since the epoch as an RFC 3339 UTC time.
 pub fn rfc3339(secs: u64) -> String {
     let days = secs / 86_400;

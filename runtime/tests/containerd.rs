@@ -11,30 +11,18 @@ use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 fn live() -> bool {
-    // SAFETY: geteuid has no failure mode.
-    let missing = if unsafe { libc::geteuid() } != 0 {
-        Some("not running as root")
-    } else if !Path::new("/bin/busybox").exists() {
-        Some("no static busybox at /bin/busybox (apt-get install busybox-static)")
-    } else if Command::new("containerd")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        Some("no containerd (apt-get install containerd)")
-    } else {
-        None
-    };
-    match missing {
-        None => true,
-        Some(reason) => {
-            if std::env::var("COVENANT_REQUIRE_LIVE").as_deref() == Ok("1") {
-                panic!("live test cannot run: {reason} (COVENANT_REQUIRE_LIVE=1)");
-            }
-            eprintln!("skipping live test: {reason}");
-            false
-        }
-    }
+    use covenant_test_support::live::{have, Need};
+    have(&[
+        Need::Root,
+        Need::File {
+            path: "/bin/busybox",
+            package: "busybox-static",
+        },
+        Need::File {
+            path: "/usr/bin/containerd",
+            package: "containerd",
+        },
+    ])
 }
 
 struct Containerd {

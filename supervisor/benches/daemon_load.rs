@@ -6,9 +6,9 @@
 //! `crun run`, printing each one's ratio to the daemon.
 //! Targets: at least 100 jobs/s on 2 cores, no job lost, idle RSS at most 20 MiB.
 
-use covenant_policy::token::{SignedToken, TokenBody};
-use covenant_policy::{Capability, Scope, Subject};
 use covenant_supervisor::daemon::client::Client;
+use covenant_test_support::scratch::traversable_dir;
+use covenant_test_support::Issuer;
 use serde_json::json;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -79,29 +79,11 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// A capability for `bench` that the daemon at `home` trusts.
 fn capability(home: &Path) -> String {
-    let key = covenant_supervisor::keys::generate_key().unwrap();
-    std::fs::create_dir_all(home.join("trust")).unwrap();
-    std::fs::write(
-        home.join("trust/bench.pub"),
-        covenant_policy::token::encode_key(&key.verifying_key().to_bytes()) + "\n",
-    )
-    .unwrap();
-    let now = covenant_supervisor::authority::now();
-    let body = TokenBody {
-        id: covenant_supervisor::keys::random_bytes().unwrap(),
-        issuer: key.verifying_key().to_bytes(),
-        subject: Subject::Name("bench".into()),
-        not_before: now - 5,
-        expires: now + 3600,
-        parent: None,
-        scopes: vec![Scope::parse("res.time:60s").unwrap()],
-        nonce: covenant_supervisor::keys::random_bytes().unwrap(),
-    };
-    Capability {
-        chain: vec![SignedToken::sign(body, &key).unwrap()],
-    }
-    .print()
+    let issuer = Issuer::random();
+    issuer.trust_in(home, "bench");
+    issuer.token_for_an_hour("bench", &["res.time:60s"])
 }
 
 fn main() {
@@ -116,8 +98,7 @@ fn main() {
         .collect();
     let jobs = args.first().copied().unwrap_or(1000);
     let clients = args.get(1).copied().unwrap_or(32);
-    let work = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let work = traversable_dir("daemon-load-");
     let home = work.path().join("daemon");
     std::fs::create_dir_all(&home).unwrap();
     std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o711)).unwrap();

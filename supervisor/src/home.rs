@@ -14,8 +14,7 @@ pub fn covenant_home() -> PathBuf {
     if let Some(home) = std::env::var_os("COVENANT_HOME").filter(|h| !h.is_empty()) {
         return PathBuf::from(home);
     }
-    // SAFETY: geteuid has no failure mode and no memory effects.
-    if unsafe { libc::geteuid() } == 0 {
+    if nix::unistd::geteuid().is_root() {
         return PathBuf::from("/var/lib/covenant");
     }
     std::env::var_os("HOME")
@@ -40,8 +39,10 @@ pub fn new_job_id() -> String {
 
 /// The id map for this caller: a subordinate range as root, the caller alone otherwise.
 pub fn identity_map() -> IdentityMap {
-    // SAFETY: getters without failure modes.
-    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let (uid, gid) = (
+        nix::unistd::geteuid().as_raw(),
+        nix::unistd::getegid().as_raw(),
+    );
     if uid != 0 {
         return IdentityMap::rootless(uid, gid);
     }

@@ -91,6 +91,10 @@ pub struct RunReport {
     /// What in the run's writable paths would make git on the host run code the sandbox
     /// chose: hooks and code-running config of repositories made during the run.
     pub git_findings: Vec<crate::gitsafe::GitFinding>,
+    /// With `net` egress: the gateway's totals, the first refusals, and whether the
+    /// gateway lasted the run (its events are in the audit log).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub egress: Option<covenant_egress::EgressReport>,
 }
 
 impl RunReport {
@@ -129,9 +133,35 @@ impl RunReport {
             authorisation: plan.authorisation.clone(),
             degradations: outcome.degradations_applied.clone(),
             git_findings: Vec::new(),
+            egress: outcome.egress.clone().map(|mut e| {
+                e.events = Vec::new();
+                e
+            }),
         }
     }
 }
+
+/// The gateway's events, in batches of [`EGRESS_BATCH`] per audit event, then its totals.
+fn audit_egress(audit: &mut RunAudit<'_>, report: &covenant_egress::EgressReport) {
+    use covenant_egress::events::EventKind;
+    for (kind, audit_kind) in [
+        (EventKind::Connect, Kind::EgressConnect),
+        (EventKind::Query, Kind::EgressQuery),
+    ] {
+        let events: Vec<&covenant_egress::EgressEvent> =
+            report.events.iter().filter(|e| e.kind == kind).collect();
+        for batch in events.chunks(EGRESS_BATCH) {
+            audit.push(audit_kind, serde_json::json!({ "events": batch }));
+        }
+    }
+    let mut summary = report.clone();
+    summary.events = Vec::new();
+    summary.refused = Vec::new();
+    audit.push(Kind::EgressSummary, crate::store::audit::body_of(&summary));
+}
+
+/// Gateway events per audit event.
+const EGRESS_BATCH: usize = 256;
 
 /// The exit status a caller sees: the program's own code, 128+N for signal N, 124 for the
 /// timeout, 137 for an OOM kill.
@@ -202,8 +232,7 @@ pub fn run_request(
         Ok(())
     };
     let mut audit = RunAudit::new(&job, opening, &mut sink);
-    // SAFETY: getuid has no failure mode.
-    let uid = unsafe { libc::getuid() };
+    let uid = nix::unistd::getuid().as_raw();
     audit.push(
         Kind::RunIntent,
         serde_json::json!({
@@ -370,8 +399,7 @@ pub fn run_bundle(dir: &Path, settings: &RunSettings) -> Result<RunReport, RunEr
         Ok(())
     };
     let mut audit = RunAudit::new(&new_job_id(), opening, &mut sink);
-    // SAFETY: getuid has no failure mode.
-    let uid = unsafe { libc::getuid() };
+    let uid = nix::unistd::getuid().as_raw();
     audit.push(
         Kind::RunIntent,
         serde_json::json!({"uid": uid, "pid": std::process::id(), "bundle": dir}),
@@ -483,6 +511,9 @@ fn execute(
             Kind::SandboxKilled,
             serde_json::json!({"reason": "timeout"}),
         );
+    }
+    if let Some(egress) = &outcome.egress {
+        audit_egress(audit, egress);
     }
     audit.push(
         Kind::RunExited,

@@ -296,19 +296,14 @@ fn exports_verify_without_the_database_and_pruning_keeps_the_chain_verifiable() 
 }
 
 const CHILD_ENV: &str = "COVENANT_AUDIT_TEST_CHILD";
+const COUNT_ENV: &str = "COVENANT_AUDIT_TEST_COUNT";
+/// The test that, given `CHILD_ENV`, is a writer process instead.
+const WRITER_TEST: &str = "a_second_process_appends_to_the_same_chain";
 
-/// The child side of the crash and concurrency tests: appends `count` events (or forever),
-/// printing each sequence number once its commit has returned.
-#[test]
-fn child_appender() {
-    let Ok(dir) = std::env::var(CHILD_ENV) else {
-        return;
-    };
-    let count: u64 = std::env::var("COVENANT_AUDIT_TEST_COUNT")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(u64::MAX);
-    let mut store = store_at(Path::new(&dir));
+/// The writer process of the crash and concurrency tests: appends `count` events to the
+/// store in `dir`, printing each sequence number once its commit has returned.
+fn append_and_acknowledge(dir: &Path, count: u64) {
+    let mut store = store_at(dir);
     for i in 0..count {
         let seq = store
             .append(&AuditEvent::by_agent(
@@ -320,17 +315,95 @@ fn child_appender() {
     }
 }
 
+/// The sequence number a writer acknowledged on `line`. The first shares its line with the
+/// test harness's `test NAME ... `, which has no newline of its own.
+fn acknowledged(line: &str) -> Option<u64> {
+    let (_, seq) = line.split_once("ACK ")?;
+    Some(seq.parse().unwrap())
+}
+
+/// Another process (this test binary again, as a writer) appends to the store while this
+/// one does: each gets its own sequence numbers, they interleave, and together they make
+/// one chain in which every row holds what its writer was told it wrote. With
+/// `CHILD_ENV` set, this test is that writer (and the writer of the tests below).
+#[test]
+fn a_second_process_appends_to_the_same_chain() {
+    if let Ok(dir) = std::env::var(CHILD_ENV) {
+        let count = std::env::var(COUNT_ENV)
+            .ok()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(u64::MAX);
+        append_and_acknowledge(Path::new(&dir), count);
+        return;
+    }
+    const THEIRS: u64 = 300;
+    const MINE: u64 = 150;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = spawn_child(dir.path(), Some(THEIRS));
+    let child_pid = child.id();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // Start once the other writer has committed, so the two really overlap.
+    let mut theirs: Vec<u64> = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| acknowledged(&l))
+        .into_iter()
+        .collect();
+    assert_eq!(theirs, [1], "the other writer made the first row");
+    let mut store = store_at(dir.path());
+    let mine: Vec<u64> = (0..MINE)
+        .map(|i| {
+            store
+                .append(&AuditEvent::by_agent(
+                    "test",
+                    serde_json::json!({"pid": std::process::id(), "i": i}),
+                ))
+                .unwrap()
+        })
+        .collect();
+    theirs.extend(lines.map_while(Result::ok).filter_map(|l| acknowledged(&l)));
+    assert!(child.wait().unwrap().success(), "the other writer failed");
+    assert_eq!(theirs.len() as u64, THEIRS, "every append was acknowledged");
+
+    for (who, seqs) in [("mine", &mine), ("theirs", &theirs)] {
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{who} rise: {seqs:?}");
+    }
+    assert!(
+        theirs.iter().any(|&s| s > mine[0]),
+        "the writers did not overlap: {mine:?} {theirs:?}"
+    );
+    let mut all: Vec<u64> = mine.iter().chain(&theirs).copied().collect();
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (1..=MINE + THEIRS).collect::<Vec<_>>(),
+        "one gapless sequence"
+    );
+    for (pid, seqs) in [(std::process::id(), &mine), (child_pid, &theirs)] {
+        for (i, &seq) in seqs.iter().enumerate() {
+            let row = store.row(seq).unwrap().unwrap();
+            let body: serde_json::Value = serde_json::from_str(&row.body).unwrap();
+            assert_eq!(
+                (&body["pid"], &body["i"]),
+                (&serde_json::json!(pid), &serde_json::json!(i)),
+                "row {seq}"
+            );
+        }
+    }
+    drop(store);
+    let report = store_at(dir.path()).verify().unwrap().unwrap();
+    assert_eq!(
+        (report.summary.rows, report.summary.last_seq),
+        (MINE + THEIRS, Some(MINE + THEIRS))
+    );
+}
+
 fn spawn_child(dir: &Path, count: Option<u64>) -> std::process::Child {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        "--exact",
-        "child_appender",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env(CHILD_ENV, dir);
+    cmd.args(["--exact", WRITER_TEST, "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, dir);
     if let Some(c) = count {
-        cmd.env("COVENANT_AUDIT_TEST_COUNT", c.to_string());
+        cmd.env(COUNT_ENV, c.to_string());
     }
     cmd.stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -341,7 +414,7 @@ fn spawn_child(dir: &Path, count: Option<u64>) -> std::process::Child {
 #[test]
 fn sigkill_at_random_points_loses_no_acknowledged_event() {
     let dir = tempfile::tempdir().unwrap();
-    let mut acknowledged: Vec<u64> = Vec::new();
+    let mut acks: Vec<u64> = Vec::new();
     let mut seed: u64 = 0x9e37_79b9_7f4a_7c15 ^ std::process::id() as u64;
     for _ in 0..20 {
         let mut child = spawn_child(dir.path(), None);
@@ -353,8 +426,8 @@ fn sigkill_at_random_points_loses_no_acknowledged_event() {
         let mut lines = BufReader::new(stdout).lines();
         let mut seen = 0;
         while let Some(Ok(line)) = lines.next() {
-            if let Some(seq) = line.strip_prefix("ACK ") {
-                acknowledged.push(seq.parse().unwrap());
+            if let Some(seq) = acknowledged(&line) {
+                acks.push(seq);
                 seen += 1;
                 if seen >= wanted {
                     break;
@@ -366,8 +439,8 @@ fn sigkill_at_random_points_loses_no_acknowledged_event() {
         child.wait().unwrap();
         // Whatever the child printed after we stopped reading was acknowledged too.
         for line in lines.map_while(Result::ok) {
-            if let Some(seq) = line.strip_prefix("ACK ") {
-                acknowledged.push(seq.parse().unwrap());
+            if let Some(seq) = acknowledged(&line) {
+                acks.push(seq);
             }
         }
     }
@@ -377,13 +450,13 @@ fn sigkill_at_random_points_loses_no_acknowledged_event() {
         .verify()
         .unwrap()
         .expect("the chain verifies after 20 crashes");
-    for seq in &acknowledged {
+    for seq in &acks {
         assert!(
             store.row(*seq).unwrap().is_some(),
             "acknowledged event {seq} is missing"
         );
     }
-    assert!(report.summary.rows >= acknowledged.len() as u64);
+    assert!(report.summary.rows >= acks.len() as u64);
 }
 
 #[test]

@@ -4,82 +4,26 @@
 //! Tests that run sandboxes need root (user namespaces, cgroups); without it they skip
 //! with a printed reason, unless `COVENANT_REQUIRE_LIVE=1`, where they fail.
 
-use covenant_policy::token::{SignedToken, TokenBody};
-use covenant_policy::{Capability, Scope, Subject};
+use covenant_policy::Subject;
 use covenant_supervisor::daemon::client::{Answer, Client};
-use ed25519_dalek::SigningKey;
+use covenant_test_support::issuer::now;
+use covenant_test_support::live::SANDBOX;
+use covenant_test_support::scratch::traversable_dir;
+use covenant_test_support::{skip_unless, Issuer, Need};
 use serde_json::{json, Value};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn live() -> bool {
-    // SAFETY: geteuid has no failure mode.
-    let missing = if unsafe { libc::geteuid() } != 0 {
-        Some("not running as root")
-    } else if !Path::new("/proc/self/ns/user").exists() {
-        Some("no user namespaces")
-    } else {
-        None
-    };
-    match missing {
-        None => true,
-        Some(reason) => {
-            if std::env::var("COVENANT_REQUIRE_LIVE").as_deref() == Ok("1") {
-                panic!("live test cannot run: {reason} (COVENANT_REQUIRE_LIVE=1)");
-            }
-            eprintln!("skipping live test: {reason}");
-            false
-        }
-    }
-}
-
 /// Live tests share the sandboxes' parent cgroup; the one that puts limits on it runs
 /// alone.
 static SANDBOXES: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
-fn random_key() -> SigningKey {
-    let mut seed = [0u8; 32];
-    // SAFETY: getrandom writes at most the buffer's length.
-    unsafe { libc::getrandom(seed.as_mut_ptr().cast(), 32, 0) };
-    SigningKey::from_bytes(&seed)
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-/// A token signed by `key` for `subject`, valid from `from` to `to` (unix seconds).
-fn token(key: &SigningKey, subject: Subject, scopes: &[&str], from: i64, to: i64) -> String {
-    let mut scopes: Vec<Scope> = scopes.iter().map(|s| Scope::parse(s).unwrap()).collect();
-    scopes.sort_by_key(|s| s.to_string());
-    let mut id = [0u8; 16];
-    // SAFETY: as above.
-    unsafe { libc::getrandom(id.as_mut_ptr().cast(), 16, 0) };
-    let body = TokenBody {
-        id,
-        issuer: key.verifying_key().to_bytes(),
-        subject,
-        not_before: from,
-        expires: to,
-        parent: None,
-        scopes,
-        nonce: id,
-    };
-    Capability {
-        chain: vec![SignedToken::sign(body, key).unwrap()],
-    }
-    .print()
-}
-
 /// A `$COVENANT_HOME` with a trusted issuer, and a daemon running on it.
 struct Daemon {
     home: tempfile::TempDir,
-    issuer: SigningKey,
+    issuer: Issuer,
     child: Option<Child>,
     client: Client,
     args: Vec<String>,
@@ -87,15 +31,9 @@ struct Daemon {
 
 impl Daemon {
     fn start(args: &[&str]) -> Self {
-        let home = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
-        let issuer = random_key();
-        std::fs::create_dir_all(home.path().join("trust")).unwrap();
-        std::fs::write(
-            home.path().join("trust/ci.pub"),
-            covenant_policy::token::encode_key(&issuer.verifying_key().to_bytes()) + "\n",
-        )
-        .unwrap();
+        let home = traversable_dir("covenantd-");
+        let issuer = Issuer::random();
+        issuer.trust_in(home.path(), "ci");
         let client = Client::new(&home.path().join("covenantd.sock"));
         let mut d = Daemon {
             home,
@@ -145,13 +83,7 @@ impl Daemon {
 
     /// A capability for `subject` with these scopes, valid for an hour.
     fn cap(&self, subject: &str, scopes: &[&str]) -> String {
-        token(
-            &self.issuer,
-            Subject::Name(subject.into()),
-            scopes,
-            now() - 5,
-            now() + 3600,
-        )
+        self.issuer.token_for_an_hour(subject, scopes)
     }
 
     fn get(&self, path: &str) -> Answer {
@@ -434,8 +366,7 @@ fn bad_requests_get_a_reason_and_store_nothing_but_the_refusal() {
         (400, Some("capability"))
     );
 
-    let stranger = token(
-        &random_key(),
+    let stranger = Issuer::random().token(
         Subject::Name("agent-a".into()),
         &["res.time:60s"],
         now() - 5,
@@ -449,8 +380,7 @@ fn bad_requests_get_a_reason_and_store_nothing_but_the_refusal() {
         a.error_text()
     );
 
-    let expired = token(
-        &d.issuer,
+    let expired = d.issuer.token(
         Subject::Name("agent-a".into()),
         &["res.time:60s"],
         now() - 7200,
@@ -460,9 +390,8 @@ fn bad_requests_get_a_reason_and_store_nothing_but_the_refusal() {
     assert_eq!(a.status, 403);
     assert!(a.error_text().contains("expired"), "{}", a.error_text());
 
-    let delegation = token(
-        &d.issuer,
-        Subject::Key(random_key().verifying_key().to_bytes()),
+    let delegation = d.issuer.token(
+        Subject::Key(Issuer::random().public()),
         &["res.time:60s"],
         now() - 5,
         now() + 60,
@@ -566,9 +495,7 @@ fn tcp_listener_requires_a_token_and_the_bearer() {
 
 #[test]
 fn a_job_runs_with_stdin_output_status_and_audit() {
-    if !live() {
-        return;
-    }
+    skip_unless!(SANDBOX);
     let _shared = SANDBOXES.read().unwrap_or_else(|e| e.into_inner());
     let d = Daemon::start(&[]);
     let cap = d.cap("agent-a", &["res.time:60s", "res.mem:256MiB"]);
@@ -630,9 +557,7 @@ fn a_job_runs_with_stdin_output_status_and_audit() {
 
 #[test]
 fn kill_stops_a_running_job_and_cancels_a_queued_one() {
-    if !live() {
-        return;
-    }
+    skip_unless!(SANDBOX);
     let _shared = SANDBOXES.read().unwrap_or_else(|e| e.into_inner());
     let d = Daemon::start(&["--max-jobs", "1", "--max-queue", "1"]);
     let cap = d.cap("agent-a", &["res.time:60s"]);
@@ -691,9 +616,7 @@ fn kill_stops_a_running_job_and_cancels_a_queued_one() {
 
 #[test]
 fn per_subject_quota_holds() {
-    if !live() {
-        return;
-    }
+    skip_unless!(SANDBOX);
     let _shared = SANDBOXES.read().unwrap_or_else(|e| e.into_inner());
     let d = Daemon::start(&["--per-subject", "2"]);
     let a = d.cap("agent-a", &["res.time:60s"]);
@@ -715,9 +638,7 @@ fn per_subject_quota_holds() {
 
 #[test]
 fn a_job_outlives_the_client_that_submitted_it() {
-    if !live() {
-        return;
-    }
+    skip_unless!(SANDBOX);
     let _shared = SANDBOXES.read().unwrap_or_else(|e| e.into_inner());
     let d = Daemon::start(&[]);
     let cap = d.cap("agent-a", &["res.time:60s"]);
@@ -750,9 +671,7 @@ fn count_cgroups(jobs: &[String]) -> usize {
 
 #[test]
 fn sigkill_of_the_daemon_with_20_jobs_running_then_restart_cleans_up_everything() {
-    if !live() {
-        return;
-    }
+    skip_unless!(SANDBOX);
     let _shared = SANDBOXES.read().unwrap_or_else(|e| e.into_inner());
     let mut d = Daemon::start(&["--max-jobs", "32"]);
     let cap = d.cap(
@@ -823,9 +742,7 @@ fn sigkill_of_the_daemon_with_20_jobs_running_then_restart_cleans_up_everything(
 
 #[test]
 fn sigterm_lets_jobs_finish_within_the_grace_then_kills_and_signs() {
-    if !live() {
-        return;
-    }
+    skip_unless!(SANDBOX);
     let _shared = SANDBOXES.read().unwrap_or_else(|e| e.into_inner());
     let mut d = Daemon::start(&["--grace", "1s"]);
     let cap = d.cap("agent-a", &["res.time:60s"]);
@@ -876,9 +793,7 @@ body() { curl -s --unix-socket /run/covenant/agent.sock -H "Authorization: Beare
 
 #[test]
 fn the_agent_socket_exists_only_with_its_scope_and_holds_to_the_grant() {
-    if !live() {
-        return;
-    }
+    skip_unless!(SANDBOX);
     let _shared = SANDBOXES.read().unwrap_or_else(|e| e.into_inner());
     if !Path::new("/usr/bin/curl").exists() {
         panic!("/usr/bin/curl is needed inside the sandbox (install curl)");
@@ -964,9 +879,7 @@ echo x > /run/covenant/token || echo token-is-read-only
 
 #[test]
 fn an_agent_cannot_flood_the_store() {
-    if !live() {
-        return;
-    }
+    skip_unless!(SANDBOX);
     let _shared = SANDBOXES.read().unwrap_or_else(|e| e.into_inner());
     let d = Daemon::start(&["--agent-writes", "3"]);
     let script = format!(
@@ -997,9 +910,7 @@ call -H content-type:application/json -d '{{"namespace":"notes","text":"one more
 
 #[test]
 fn covenant_ctl_runs_through_the_daemon_with_the_same_exit_codes() {
-    if !live() {
-        return;
-    }
+    skip_unless!(SANDBOX);
     let _shared = SANDBOXES.read().unwrap_or_else(|e| e.into_inner());
     let d = Daemon::start(&[]);
     // The operator key of this home signs the request; the daemon must trust it first.
@@ -1091,14 +1002,12 @@ fn covenant_ctl_runs_through_the_daemon_with_the_same_exit_codes() {
 
 #[test]
 fn socket_activation_serves_the_socket_systemd_passes_and_leaves_it() {
-    let tool = Path::new("/usr/bin/systemd-socket-activate");
-    if !tool.exists() {
-        if std::env::var("COVENANT_REQUIRE_LIVE").as_deref() == Ok("1") {
-            panic!("/usr/bin/systemd-socket-activate is missing (install systemd)");
-        }
-        eprintln!("skipping: /usr/bin/systemd-socket-activate is missing (install systemd)");
-        return;
-    }
+    const ACTIVATE: &str = "/usr/bin/systemd-socket-activate";
+    skip_unless!(&[Need::File {
+        path: ACTIVATE,
+        package: "systemd"
+    }]);
+    let tool = Path::new(ACTIVATE);
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("activated.sock");
     let mut child = Command::new(tool)
@@ -1139,9 +1048,7 @@ fn socket_activation_serves_the_socket_systemd_passes_and_leaves_it() {
 
 #[test]
 fn after_a_daemon_sigkill_a_runc_container_that_kept_running_is_killed_on_restart() {
-    if !live() {
-        return;
-    }
+    skip_unless!(SANDBOX);
     let _shared = SANDBOXES.read().unwrap_or_else(|e| e.into_inner());
     let runc = Path::new("/usr/sbin/runc");
     let runc = if runc.exists() {
@@ -1276,9 +1183,7 @@ fn memory_endpoints_and_audit_paging() {
 
 #[test]
 fn covenant_ctl_waits_out_a_full_queue() {
-    if !live() {
-        return;
-    }
+    skip_unless!(SANDBOX);
     let _shared = SANDBOXES.read().unwrap_or_else(|e| e.into_inner());
     let d = Daemon::start(&["--max-jobs", "1", "--max-queue", "0"]);
     let operator = d.home.path().join("operator.key");
@@ -1323,9 +1228,7 @@ fn covenant_ctl_waits_out_a_full_queue() {
 
 #[test]
 fn all_sandboxes_together_stay_under_the_daemons_parent_cgroup_limit() {
-    if !live() {
-        return;
-    }
+    skip_unless!(SANDBOX);
     let _alone = SANDBOXES.write().unwrap_or_else(|e| e.into_inner());
     let layout =
         covenant_runners::native::CgroupLayout::detect(Path::new("/sys/fs/cgroup")).unwrap();
@@ -1394,9 +1297,7 @@ fn submit_in(d: &Daemon, cap: &str, workspace: &Path, script: &str) -> Answer {
 
 #[test]
 fn a_runner_is_authority_the_capability_must_name() {
-    if !live() {
-        return;
-    }
+    skip_unless!(SANDBOX);
     let _shared = SANDBOXES.read().unwrap_or_else(|e| e.into_inner());
     let d = Daemon::start(&[]);
     let base = shared_dir();
@@ -1457,9 +1358,7 @@ fn a_runner_is_authority_the_capability_must_name() {
 
 #[test]
 fn a_granted_path_that_is_a_symlink_grants_nothing_beyond_its_name() {
-    if !live() {
-        return;
-    }
+    skip_unless!(SANDBOX);
     let _shared = SANDBOXES.read().unwrap_or_else(|e| e.into_inner());
     let d = Daemon::start(&[]);
     let base = shared_dir();
@@ -1495,9 +1394,7 @@ fn a_granted_path_that_is_a_symlink_grants_nothing_beyond_its_name() {
 
 #[test]
 fn a_queued_jobs_workspace_swapped_after_submission_is_refused_at_start() {
-    if !live() {
-        return;
-    }
+    skip_unless!(SANDBOX);
     let _shared = SANDBOXES.read().unwrap_or_else(|e| e.into_inner());
     let d = Daemon::start(&["--max-jobs", "1"]);
     let base = shared_dir();
@@ -1547,9 +1444,7 @@ fn a_queued_jobs_workspace_swapped_after_submission_is_refused_at_start() {
 
 #[test]
 fn an_agent_cannot_swap_a_sub_intents_path_between_submission_and_start() {
-    if !live() {
-        return;
-    }
+    skip_unless!(SANDBOX);
     let _shared = SANDBOXES.read().unwrap_or_else(|e| e.into_inner());
     if !Path::new("/usr/bin/curl").exists() {
         panic!("/usr/bin/curl is needed inside the sandbox (install curl)");
@@ -1683,18 +1578,20 @@ const ADMIN: As = As {
 fn command_as(who: As, program: &str) -> Command {
     use std::os::unix::process::CommandExt;
     let mut cmd = Command::new(program);
-    // SAFETY: only async-signal-safe calls (setgroups, setgid, setuid) before exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setgroups(who.groups.len(), who.groups.as_ptr()) != 0
-                || libc::setgid(who.gid) != 0
-                || libc::setuid(who.uid) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    // Built before the fork: the hook allocates nothing.
+    let groups: Vec<nix::unistd::Gid> = who
+        .groups
+        .iter()
+        .map(|&g| nix::unistd::Gid::from_raw(g))
+        .collect();
+    let drop_to = move || -> std::io::Result<()> {
+        nix::unistd::setgroups(&groups)?;
+        nix::unistd::setgid(nix::unistd::Gid::from_raw(who.gid))?;
+        nix::unistd::setuid(nix::unistd::Uid::from_raw(who.uid))?;
+        Ok(())
+    };
+    // SAFETY: the hook only makes async-signal-safe calls (setgroups, setgid, setuid).
+    unsafe { cmd.pre_exec(drop_to) };
     cmd
 }
 
@@ -1727,9 +1624,7 @@ fn curl_as(
 
 #[test]
 fn status_wait_on_a_forgotten_job_neither_hangs_nor_stops_the_daemon() {
-    if !live() {
-        return;
-    }
+    skip_unless!(SANDBOX);
     let _shared = SANDBOXES.read().unwrap_or_else(|e| e.into_inner());
     // The daemon keeps one finished job in memory: the first is forgotten once the
     // second ends, and is then only in the store.
@@ -1783,9 +1678,7 @@ fn status_wait_on_a_forgotten_job_neither_hangs_nor_stops_the_daemon() {
 
 #[test]
 fn a_socket_member_reaches_only_its_own_jobs_and_memory_through_mem_scopes() {
-    if !live() {
-        return;
-    }
+    skip_unless!(SANDBOX);
     let _shared = SANDBOXES.read().unwrap_or_else(|e| e.into_inner());
     let d = Daemon::start(&["--admin-group", &ADMIN_GID.to_string()]);
     let socket = d.client.socket.clone();
@@ -1882,8 +1775,7 @@ fn a_socket_member_reaches_only_its_own_jobs_and_memory_through_mem_scopes() {
         with_cap(MEMBER, "GET", &format!("/v1/mem/{item}"), None, &other).0,
         404
     );
-    let forged = token(
-        &random_key(),
+    let forged = Issuer::random().token(
         Subject::Name("agent-a".into()),
         &["mem.write:team"],
         now() - 5,
@@ -1967,9 +1859,7 @@ print(' '.join('%s=%d' % kv for kv in sorted(seen.items())))
 
 #[test]
 fn an_agent_flooding_refused_requests_is_summarised_and_cut_off() {
-    if !live() {
-        return;
-    }
+    skip_unless!(SANDBOX);
     let _shared = SANDBOXES.read().unwrap_or_else(|e| e.into_inner());
     let d = Daemon::start(&["--agent-refusals", "1000"]);
     let before = last_seq(&d);
@@ -2072,9 +1962,7 @@ fn a_slow_body_is_dropped_after_the_request_timeout_while_others_are_answered() 
 
 #[test]
 fn memory_listings_and_audit_answers_are_bounded() {
-    if !live() {
-        return;
-    }
+    skip_unless!(SANDBOX);
     let _shared = SANDBOXES.read().unwrap_or_else(|e| e.into_inner());
     let d = Daemon::start(&[]);
     for i in 0..250 {
@@ -2187,9 +2075,7 @@ print(len(socks), failed, answered)
 
 #[test]
 fn connection_floods_from_an_agent_and_a_uid_are_bounded_while_others_submit() {
-    if !live() {
-        return;
-    }
+    skip_unless!(SANDBOX);
     let _shared = SANDBOXES.read().unwrap_or_else(|e| e.into_inner());
     let d = Daemon::start(&[
         "--agent-connections",
@@ -2255,9 +2141,7 @@ fn connection_floods_from_an_agent_and_a_uid_are_bounded_while_others_submit() {
 #[test]
 fn an_output_reader_that_never_reads_is_dropped() {
     use std::io::{Read, Write};
-    if !live() {
-        return;
-    }
+    skip_unless!(SANDBOX);
     let _shared = SANDBOXES.read().unwrap_or_else(|e| e.into_inner());
     let d = Daemon::start(&["--request-timeout", "1s"]);
     let cap = d.cap("agent-a", &["res.time:60s"]);
@@ -2324,9 +2208,7 @@ if child:
 
 #[test]
 fn an_agent_and_its_sub_intents_share_one_write_and_byte_budget() {
-    if !live() {
-        return;
-    }
+    skip_unless!(SANDBOX);
     let _shared = SANDBOXES.read().unwrap_or_else(|e| e.into_inner());
     let scopes = [
         "res.time:120s",
@@ -2411,9 +2293,7 @@ fn a_flood_of_refused_submissions_stores_a_bounded_number_of_small_rows() {
 
 #[test]
 fn repeated_kills_of_an_ended_job_write_bounded_rows() {
-    if !live() {
-        return;
-    }
+    skip_unless!(SANDBOX);
     let _shared = SANDBOXES.read().unwrap_or_else(|e| e.into_inner());
     let d = Daemon::start(&[]);
     let cap = d.cap("agent-a", &["res.time:60s"]);

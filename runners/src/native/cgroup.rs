@@ -407,14 +407,19 @@ impl RunCgroup {
         let mut result = Ok(());
         for dir in std::mem::take(&mut self.dirs) {
             loop {
+                // Unreadable (the directory is already gone) means nothing to kill; a
+                // cgroup still populated is caught below, when it cannot be removed.
                 for pid in fs::read_to_string(dir.join("cgroup.procs"))
                     .unwrap_or_default()
                     .lines()
                 {
                     if let Ok(pid) = pid.trim().parse::<i32>() {
-                        // SAFETY: kill(2) has no memory effects; a stale pid is harmless
-                        // here because the pid was read from this cgroup just now.
-                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                        // A stale pid is harmless here: it was read from this cgroup
+                        // just now.
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
                     }
                 }
                 match fs::remove_dir(&dir) {

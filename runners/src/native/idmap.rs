@@ -6,7 +6,7 @@ use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 
 #[derive(Debug, thiserror::Error)]
 #[error("idmap user namespace ({what}): {error}")]
@@ -38,13 +38,8 @@ pub fn idmap_userns_range(
     kgid: u32,
     count: u32,
 ) -> Result<OwnedFd, IdmapError> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 writes two descriptors into the array.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(err("pipe")(std::io::Error::last_os_error()));
-    }
-    // SAFETY: both descriptors are fresh and owned here.
-    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (rd, wr) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| err("pipe")(e.into()))?;
     // SAFETY: a fork-like clone of a single-threaded caller; the child only blocks on read
     // and calls _exit (async-signal-safe).
     let pid = unsafe {
@@ -62,12 +57,10 @@ pub fn idmap_userns_range(
     }
     if pid == 0 {
         drop(wr);
-        let mut b = 0u8;
-        // SAFETY: reads at most one byte into a live buffer, then exits.
-        unsafe {
-            libc::read(rd.as_raw_fd(), (&mut b as *mut u8).cast(), 1);
-            libc::_exit(0);
-        }
+        // Blocks until the parent closes its end (a plain read into a stack buffer).
+        let _ = nix::unistd::read(rd.as_raw_fd(), &mut [0u8; 1]);
+        // SAFETY: _exit ends the child at once, running none of the parent's destructors.
+        unsafe { libc::_exit(0) }
     }
     drop(rd);
     let pid = Pid::from_raw(pid as i32);

@@ -5,7 +5,7 @@
 use nix::sys::signal::{kill, SigSet, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 use crate::supervise::FORWARDED;
 
@@ -45,11 +45,7 @@ pub fn run_init(program: Pid, signals: &SigSet, status_out: OwnedFd) -> ! {
                 Ok(WaitStatus::StillAlive) | Err(_) => break,
                 Ok(status) if status.pid() == Some(program) => {
                     if let Some(raw) = raw_status(status) {
-                        let bytes = raw.to_ne_bytes();
-                        // SAFETY: writes 4 bytes from a live buffer to an owned pipe.
-                        unsafe {
-                            libc::write(status_out.as_raw_fd(), bytes.as_ptr().cast(), bytes.len())
-                        };
+                        let _ = nix::unistd::write(&status_out, &raw.to_ne_bytes());
                         // SAFETY: _exit ends this process; PID 1 leaving tears the namespace down.
                         unsafe { libc::_exit(0) };
                     }

@@ -4,7 +4,7 @@
 //! `execve` ([`apply`]). A ruleset the kernel would only partly enforce is an error unless
 //! the plan accepted that named degradation.
 
-use super::ChildError;
+use super::step::{ChildError, SetupStep};
 use covenant_policy::annotations::{LandlockAccess, LandlockNet, LandlockPolicy};
 use covenant_policy::Degradation;
 use landlock::{
@@ -105,7 +105,7 @@ pub fn apply(policy: &LandlockPolicy, plan: LandlockPlan) -> Result<(), ChildErr
     if !plan.fs {
         return Ok(());
     }
-    let fail = |e: &dyn std::fmt::Display| ChildError::new("apply landlock", e.to_string());
+    let fail = |e: &dyn std::fmt::Display| ChildError::new(SetupStep::ApplyLandlock, e.to_string());
     let abi = abi_enum(plan.abi);
     let all = AccessFs::from_all(abi);
     let read_exec = AccessFs::from_read(abi);
@@ -136,7 +136,7 @@ pub fn apply(policy: &LandlockPolicy, plan: LandlockPlan) -> Result<(), ChildErr
             .add_rules(path_beneath_rules([&rule.path], access))
             .map_err(|e| {
                 ChildError::new(
-                    "apply landlock",
+                    SetupStep::ApplyLandlock,
                     format!("rule for {}: {e}", rule.path.display()),
                 )
             })?;
@@ -145,13 +145,15 @@ pub fn apply(policy: &LandlockPolicy, plan: LandlockPlan) -> Result<(), ChildErr
         for &port in ports {
             created = created
                 .add_rule(NetPort::new(port, AccessNet::ConnectTcp))
-                .map_err(|e| ChildError::new("apply landlock", format!("TCP port {port}: {e}")))?;
+                .map_err(|e| {
+                    ChildError::new(SetupStep::ApplyLandlock, format!("TCP port {port}: {e}"))
+                })?;
         }
     }
     let status = created.restrict_self().map_err(|e| fail(&e))?;
     if status.ruleset != RulesetStatus::FullyEnforced {
         return Err(ChildError::new(
-            "apply landlock",
+            SetupStep::ApplyLandlock,
             format!(
                 "the kernel enforces the ruleset only as {:?}",
                 status.ruleset

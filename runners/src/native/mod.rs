@@ -10,6 +10,7 @@
 //! means "the program is running".
 
 pub(crate) mod cgroup;
+pub(crate) mod egress;
 pub(crate) mod idmap;
 mod init;
 pub mod landlock;
@@ -18,53 +19,37 @@ mod net;
 mod privileges;
 pub mod seccomp;
 pub mod spec;
+mod step;
 mod syscall_table;
 
 pub use self::cgroup::{CgroupError, CgroupLayout, CgroupVersion, PARENT as CGROUP_PARENT};
 pub use self::landlock::{kernel_abi as landlock_abi, LandlockPlan};
 pub use self::spec::Namespace;
+pub use self::step::{ChildError, SetupStep, UnknownStep};
 
 use self::cgroup::{CgroupLimits, RunCgroup};
 use self::landlock::LandlockError;
 use self::mounts::{DetachedTree, MountError};
 use self::seccomp::{CompiledSeccomp, SeccompError};
 use self::spec::{MountKind, NativeSpec, SpecError};
+use crate::outcome::{ExitKind, RunOutcome, StartInfo};
 use crate::supervise::{forwarded_signals, supervise, Supervised};
-use crate::{ExitKind, RunOutcome, Runner, RunnerError, StartInfo};
 use covenant_policy::Degradation;
-use nix::sys::signal::{kill, SigSet, Signal};
+use nix::sys::signal::{kill, SigHandler, SigSet, Signal};
 use nix::sys::wait::waitpid;
-use nix::unistd::{sethostname, setresgid, setresuid, setsid, ForkResult, Gid, Pid, Uid};
+use nix::unistd::{
+    access, sethostname, setresgid, setresuid, setsid, AccessFlags, ForkResult, Gid, Pid, Uid,
+};
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// Exit code of a setup failure, as the CLI reports it.
 pub const SETUP_FAILED: i32 = 125;
-
-/// An error on the child side, named by the setup step that failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChildError {
-    pub step: &'static str,
-    pub detail: String,
-}
-
-impl ChildError {
-    pub fn new(step: &'static str, detail: impl Into<String>) -> Self {
-        Self {
-            step,
-            detail: detail.into(),
-        }
-    }
-
-    fn encode(&self) -> Vec<u8> {
-        format!("{}\n{}", self.step, self.detail).into_bytes()
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum NativeError {
@@ -91,7 +76,11 @@ pub enum NativeError {
         errno: nix::errno::Errno,
     },
     #[error("sandbox setup failed at step `{step}`: {detail}")]
-    Setup { step: String, detail: String },
+    Setup { step: SetupStep, detail: String },
+    #[error(transparent)]
+    UnknownStep(#[from] UnknownStep),
+    #[error(transparent)]
+    Egress(#[from] egress::EgressError),
 }
 
 type Result<T> = std::result::Result<T, NativeError>;
@@ -115,25 +104,6 @@ impl Default for NativeRunner {
     }
 }
 
-impl Runner for NativeRunner {
-    fn name(&self) -> String {
-        "native".into()
-    }
-
-    fn portable_bundle(&self) -> bool {
-        false
-    }
-
-    fn run(
-        &self,
-        bundle: &Path,
-        on_start: &mut dyn FnMut(&StartInfo),
-    ) -> std::result::Result<RunOutcome, RunnerError> {
-        let spec = NativeSpec::load(bundle)?;
-        Ok(self.run_spec(&spec, on_start)?)
-    }
-}
-
 /// Everything prepared in the parent before the clone, so the start path after it is short.
 struct Prepared {
     /// The directory holding the rootfs, entered by the child while it still has the
@@ -153,7 +123,7 @@ impl Prepared {
 }
 
 impl NativeRunner {
-    fn run_spec(
+    pub fn run_spec(
         &self,
         spec: &NativeSpec,
         on_start: &mut dyn FnMut(&StartInfo),
@@ -163,6 +133,12 @@ impl NativeRunner {
         // enters before it takes the sandbox's ids: a home only its owner may pass
         // through (0700, or under /root) stays closed to the sandbox's host uid.
         let relative;
+        if spec.egress.is_some() && !spec.has(Namespace::Network) {
+            return Err(NativeError::Egress(egress::EgressError {
+                step: "check the bundle",
+                detail: "net egress needs a network namespace of its own".into(),
+            }));
+        }
         let spec = match (spec.rootfs.parent(), spec.rootfs.file_name()) {
             (Some(parent), Some(name)) if !parent.as_os_str().is_empty() => {
                 prepared.root_parent = Some(parent.to_path_buf());
@@ -185,14 +161,13 @@ impl NativeRunner {
         let (err_rd, err_wr) = pipe()?;
         let (status_rd, status_wr) = pipe()?;
 
-        let status_rd_raw = status_rd.as_raw_fd();
+        let mut gateway: Option<covenant_egress::Gateway> = None;
         let (sfd, old_mask) = forwarded_signals().map_err(sys("block forwarded signals"))?;
         let result = (|| {
             let (pid, pidfd) = clone_sandbox(spec)?;
             let Some(pidfd) = pidfd else {
-                // SAFETY: closes the child's copies of the parent's pipe ends.
-                unsafe { libc::close(status_rd_raw) };
-                drop((sync_wr, err_rd, sfd));
+                // The child's copies of the parent's pipe ends.
+                drop((sync_wr, err_rd, status_rd, sfd));
                 child_main(spec, &mut prepared, sync_rd, err_wr, status_wr);
             };
             drop((sync_rd, err_wr, status_wr));
@@ -202,15 +177,19 @@ impl NativeRunner {
                 if let Some(cg) = &cgroup {
                     cg.add_process(pid.as_raw())?;
                 }
+                if let Some(rules) = &spec.egress {
+                    gateway = Some(egress::start_gateway(pid, rules)?);
+                }
                 File::from(sync_wr)
                     .write_all(b"g")
                     .map_err(|e| NativeError::Setup {
-                        step: "start sandbox".into(),
+                        step: SetupStep::StartSandbox,
                         detail: e.to_string(),
                     })?;
                 if let Some(err) = read_child_error(err_rd) {
+                    let err = err?;
                     return Err(NativeError::Setup {
-                        step: err.step.to_string(),
+                        step: err.step,
                         detail: err.detail,
                     });
                 }
@@ -234,11 +213,14 @@ impl NativeRunner {
                 let _ = kill(pid, Signal::SIGKILL);
             }
             let _ = waitpid(pid, None);
-            outcome
+            // Init is gone: its report, if it made one, is all the pipe holds.
+            outcome.map(|supervised| (supervised, read_status(status_rd)))
         })();
         let _ = old_mask.thread_set_mask();
-        let supervised = result?;
-        let status = read_status(status_rd);
+        // The sandbox is gone: its gateway stops and says whether it lasted the run.
+        let egress_report = gateway.map(|g| g.stop_after_sandbox());
+        let (supervised, status) = result?;
+        // Without a cgroup (rootless, no limits) nothing was measured.
         let usage = cgroup.as_ref().map(|cg| cg.usage()).unwrap_or_default();
         let cgroup_version = cgroup.as_ref().map(|cg| cg.version());
         if let Some(cg) = cgroup.as_mut() {
@@ -263,6 +245,7 @@ impl NativeRunner {
             cgroup_version,
             degradations_applied: prepared.degradations.clone(),
             signals_forwarded: supervised.forwarded.clone(),
+            egress: egress_report,
         })
     }
 }
@@ -425,16 +408,12 @@ fn write_id_maps(pid: Pid, spec: &NativeSpec, rootless: bool) -> Result<()> {
     )
 }
 
-fn read_child_error(fd: OwnedFd) -> Option<ChildError> {
+/// The child's report, if it wrote one before the pipe closed (see [`ChildError::decode`]).
+fn read_child_error(fd: OwnedFd) -> Option<std::result::Result<ChildError, UnknownStep>> {
     let mut buf = Vec::new();
+    // A read error keeps what was read so far.
     let _ = File::from(fd).read_to_end(&mut buf);
-    if buf.is_empty() {
-        return None;
-    }
-    let text = String::from_utf8_lossy(&buf);
-    let (step, detail) = text.split_once('\n').unwrap_or(("sandbox setup", &text));
-    let step: &'static str = Box::leak(step.to_string().into_boxed_str());
-    Some(ChildError::new(step, detail.to_string()))
+    ChildError::decode(&buf)
 }
 
 fn read_status(fd: OwnedFd) -> Option<i32> {
@@ -445,8 +424,10 @@ fn read_status(fd: OwnedFd) -> Option<i32> {
         .map(|_| i32::from_ne_bytes(buf))
 }
 
-/// The child side: never returns. Any error is sent to the parent and ends the child
-/// with [`SETUP_FAILED`].
+/// The child side: never returns. Init's setup runs in order, then init forks the program:
+/// the program reports its own setup error and execs, init closes its copy of the error
+/// pipe (so the parent reads end-of-file at exec) and becomes PID 1. Any error is sent to
+/// the parent and ends the process with [`SETUP_FAILED`].
 fn child_main(
     spec: &NativeSpec,
     prepared: &mut Prepared,
@@ -454,29 +435,44 @@ fn child_main(
     err: OwnedFd,
     status: OwnedFd,
 ) -> ! {
-    let code = match init_sandbox(spec, prepared, sync, &err, status) {
-        Ok(never) => match never {},
-        Err(e) => {
-            let bytes = e.encode();
-            // SAFETY: writes from a live buffer to an owned pipe.
-            unsafe { libc::write(err.as_raw_fd(), bytes.as_ptr().cast(), bytes.len()) };
-            SETUP_FAILED
-        }
+    let signals = match init_sandbox(spec, prepared, sync) {
+        Ok(signals) => signals,
+        Err(e) => report_and_exit(&err, &e),
     };
-    // SAFETY: _exit ends the child without running the parent's destructors.
-    unsafe { libc::_exit(code) }
+    // SAFETY: init is single-threaded; the program child only runs its own setup and execs.
+    match unsafe { nix::unistd::fork() } {
+        Err(e) => report_and_exit(
+            &err,
+            &ChildError::new(SetupStep::ForkProgram, e.to_string()),
+        ),
+        Ok(ForkResult::Child) => {
+            drop(status);
+            let e = start_program(spec, prepared);
+            report_and_exit(&err, &e)
+        }
+        Ok(ForkResult::Parent { child }) => {
+            drop(err);
+            init::run_init(child, &signals, status)
+        }
+    }
 }
 
-enum Never {}
+/// Writes the step's code and the detail to the error pipe, then ends the process without
+/// running the parent's destructors. Both writes are plain syscalls on ready buffers.
+fn report_and_exit(err: &OwnedFd, e: &ChildError) -> ! {
+    let _ = nix::unistd::write(err, &e.code());
+    let _ = nix::unistd::write(err, e.detail.as_bytes());
+    // SAFETY: _exit ends this process at once; nothing of the parent's state is touched.
+    unsafe { libc::_exit(SETUP_FAILED) }
+}
 
-/// Init's setup sequence, one step per line, in order.
+/// Init's setup sequence, one step per line, in order. Returns the signals init waits on,
+/// already blocked, so none is lost before the program runs.
 fn init_sandbox(
     spec: &NativeSpec,
     prepared: &mut Prepared,
     sync: OwnedFd,
-    err: &OwnedFd,
-    status: OwnedFd,
-) -> std::result::Result<Never, ChildError> {
+) -> std::result::Result<SigSet, ChildError> {
     await_parent(sync)?;
     enter_bundle_directory(prepared.root_parent.as_deref())?;
     become_namespace_root()?;
@@ -484,55 +480,34 @@ fn init_sandbox(
     die_with_parent()?;
     if spec.has(Namespace::Cgroup) {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
-            .map_err(|e| ChildError::new("enter cgroup namespace", e.to_string()))?;
+            .map_err(|e| ChildError::new(SetupStep::EnterCgroupNamespace, e.to_string()))?;
     }
     if let (true, Some(name)) = (spec.has(Namespace::Uts), &spec.hostname) {
-        sethostname(name).map_err(|e| ChildError::new("set hostname", e.to_string()))?;
+        sethostname(name).map_err(|e| ChildError::new(SetupStep::SetHostname, e.to_string()))?;
     }
     if spec.has(Namespace::Network) && spec.loopback_up {
         net::bring_up_loopback()?;
     }
     mounts::setup_rootfs(spec, &prepared.trees)?;
     prepared.trees.clear();
-    setsid().map_err(|e| ChildError::new("new session", e.to_string()))?;
+    setsid().map_err(|e| ChildError::new(SetupStep::NewSession, e.to_string()))?;
     let signals = init::init_signals();
     signals
         .thread_block()
-        .map_err(|e| ChildError::new("block signals", e.to_string()))?;
-    // SAFETY: init is single-threaded; the program child only runs its own setup and execs.
-    match unsafe { nix::unistd::fork() }
-        .map_err(|e| ChildError::new("fork program", e.to_string()))?
-    {
-        ForkResult::Child => {
-            drop(status);
-            let e = start_program(spec, prepared);
-            let bytes = e.encode();
-            // SAFETY: writes from a live buffer to an owned pipe, then exits.
-            unsafe {
-                libc::write(err.as_raw_fd(), bytes.as_ptr().cast(), bytes.len());
-                libc::_exit(SETUP_FAILED);
-            }
-        }
-        ForkResult::Parent { child } => {
-            // SAFETY: closes init's copy of the error pipe so the parent sees EOF at exec.
-            unsafe { libc::close(err.as_raw_fd()) };
-            init::run_init(child, &signals, status)
-        }
-    }
+        .map_err(|e| ChildError::new(SetupStep::BlockSignals, e.to_string()))?;
+    Ok(signals)
 }
 
 /// If the supervisor dies (even by SIGKILL), the sandbox dies with it: init gets SIGKILL,
 /// and with init the whole PID namespace. A supervisor gone before the sandbox was let go
 /// is caught by `await_parent`, whose pipe then reads end-of-file.
 fn die_with_parent() -> std::result::Result<(), ChildError> {
-    // SAFETY: prctl with integer arguments only.
-    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) } != 0 {
-        return Err(ChildError::new(
-            "set parent-death signal",
-            std::io::Error::last_os_error().to_string(),
-        ));
-    }
-    Ok(())
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(|e| {
+        ChildError::new(
+            SetupStep::SetParentDeathSignal,
+            std::io::Error::from(e).to_string(),
+        )
+    })
 }
 
 fn await_parent(sync: OwnedFd) -> std::result::Result<(), ChildError> {
@@ -540,7 +515,7 @@ fn await_parent(sync: OwnedFd) -> std::result::Result<(), ChildError> {
     match File::from(sync).read(&mut b) {
         Ok(1) => Ok(()),
         _ => Err(ChildError::new(
-            "wait for parent",
+            SetupStep::WaitForParent,
             "the supervisor went away before the sandbox started",
         )),
     }
@@ -553,7 +528,10 @@ fn await_parent(sync: OwnedFd) -> std::result::Result<(), ChildError> {
 fn enter_bundle_directory(dir: Option<&Path>) -> std::result::Result<(), ChildError> {
     match dir {
         Some(dir) => nix::unistd::chdir(dir).map_err(|e| {
-            ChildError::new("enter bundle directory", format!("{}: {e}", dir.display()))
+            ChildError::new(
+                SetupStep::EnterBundleDirectory,
+                format!("{}: {e}", dir.display()),
+            )
         }),
         None => Ok(()),
     }
@@ -563,25 +541,28 @@ fn enter_bundle_directory(dir: Option<&Path>) -> std::result::Result<(), ChildEr
 fn become_namespace_root() -> std::result::Result<(), ChildError> {
     let (u, g) = (Uid::from_raw(0), Gid::from_raw(0));
     setresgid(g, g, g)
-        .map_err(|e| ChildError::new("enter user namespace", format!("setresgid: {e}")))?;
+        .map_err(|e| ChildError::new(SetupStep::EnterUserNamespace, format!("setresgid: {e}")))?;
     setresuid(u, u, u)
-        .map_err(|e| ChildError::new("enter user namespace", format!("setresuid: {e}")))
+        .map_err(|e| ChildError::new(SetupStep::EnterUserNamespace, format!("setresuid: {e}")))
 }
+
+enum Never {}
 
 /// The program's setup, ending in `execve`; returns only the error that stopped it.
 fn start_program(spec: &NativeSpec, prepared: &Prepared) -> ChildError {
     let run = || -> std::result::Result<Never, ChildError> {
         SigSet::empty()
             .thread_set_mask()
-            .map_err(|e| ChildError::new("reset signals", e.to_string()))?;
-        // SAFETY: restores the default disposition the Rust runtime changed for itself.
-        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+            .map_err(|e| ChildError::new(SetupStep::ResetSignals, e.to_string()))?;
+        // SAFETY: restores the default disposition the Rust runtime changed for itself; no
+        // handler is installed.
+        let _ = unsafe { nix::sys::signal::signal(Signal::SIGPIPE, SigHandler::SigDfl) };
         privileges::set_rlimits(spec)?;
         privileges::drop_privileges(spec)?;
         privileges::set_no_new_privs()?;
         nix::unistd::chdir(&spec.cwd).map_err(|e| {
             ChildError::new(
-                "change directory",
+                SetupStep::ChangeDirectory,
                 format!("cwd {}: {e}", spec.cwd.display()),
             )
         })?;
@@ -601,16 +582,17 @@ fn start_program(spec: &NativeSpec, prepared: &Prepared) -> ChildError {
         if rc != 0 {
             // A descriptor the supervisor holds must never reach the program.
             return Err(ChildError::new(
-                "close inherited descriptors",
+                SetupStep::CloseInheritedDescriptors,
                 std::io::Error::last_os_error().to_string(),
             ));
         }
         if let Some(filters) = &prepared.seccomp {
-            seccomp::load(filters).map_err(|e| ChildError::new("load seccomp", e.to_string()))?;
+            seccomp::load(filters)
+                .map_err(|e| ChildError::new(SetupStep::LoadSeccomp, e.to_string()))?;
         }
         let e = nix::unistd::execve(&program, &spec.args, &spec.env).unwrap_err();
         Err(ChildError::new(
-            "exec",
+            SetupStep::Exec,
             format!("{}: {e}", program.to_string_lossy()),
         ))
     };
@@ -628,14 +610,16 @@ fn find_program(spec: &NativeSpec) -> std::result::Result<CString, ChildError> {
     }
     for dir in spec.path_var.split(':').filter(|d| !d.is_empty()) {
         let candidate = Path::new(dir).join(std::ffi::OsStr::from_bytes(name));
-        let c = CString::new(candidate.as_os_str().as_bytes()).unwrap_or_default();
-        // SAFETY: access reads a NUL-terminated path.
-        if unsafe { libc::access(c.as_ptr(), libc::X_OK) } == 0 && candidate.is_file() {
+        // A directory with a NUL byte names no file; a shell would pass over it too.
+        let Ok(c) = CString::new(candidate.as_os_str().as_bytes()) else {
+            continue;
+        };
+        if access(c.as_c_str(), AccessFlags::X_OK).is_ok() && candidate.is_file() {
             return Ok(c);
         }
     }
     Err(ChildError::new(
-        "exec",
+        SetupStep::Exec,
         format!(
             "{}: ENOENT: not found on PATH {}",
             String::from_utf8_lossy(name),

@@ -6,33 +6,17 @@
 //! up (a workspace under a 0700 home) is still mountable, and idmaps need host root.
 
 use super::spec::{MountKind, MountSpec, NativeSpec};
-use super::ChildError;
+use super::step::{ChildError, SetupStep};
+use crate::mount_api::{self, move_tree};
 use covenant_policy::annotations::RootfsLayout;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::stat::SFlag;
 use nix::unistd::{chdir, pivot_root};
 use std::ffi::CString;
 use std::fs;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-
-const OPEN_TREE_CLONE: libc::c_uint = 1;
-const AT_RECURSIVE: libc::c_uint = 0x8000;
-const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
-const MOUNT_ATTR_RDONLY: u64 = 0x1;
-const MOUNT_ATTR_NOSUID: u64 = 0x2;
-const MOUNT_ATTR_NODEV: u64 = 0x4;
-const MOUNT_ATTR_NOEXEC: u64 = 0x8;
-const MOUNT_ATTR_IDMAP: u64 = 0x10_0000;
-
-/// `struct mount_attr` of `mount_setattr(2)`.
-#[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
@@ -48,10 +32,17 @@ pub enum MountError {
         idmap: &'static str,
         errno: nix::errno::Errno,
     },
+    #[error("mount {destination}: the path {path} holds a NUL byte")]
+    NulInPath { destination: PathBuf, path: PathBuf },
 }
 
-fn cstring(path: &Path) -> CString {
-    CString::new(path.as_os_str().as_bytes()).unwrap_or_default()
+/// The path as a C string; a path holding a NUL byte names nothing the kernel could find,
+/// so it is refused rather than cut short.
+fn cstring(path: &Path, destination: &Path) -> Result<CString, MountError> {
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| MountError::NulInPath {
+        destination: destination.to_path_buf(),
+        path: path.to_path_buf(),
+    })
 }
 
 /// A detached copy of a host path, ready to be attached in the child.
@@ -67,63 +58,38 @@ pub fn clone_host_tree(m: &MountSpec, idmap: Option<&OwnedFd>) -> Result<Detache
     let MountKind::Bind { source, recursive } = &m.kind else {
         unreachable!("only bind mounts are cloned")
     };
-    let path = cstring(source);
-    let flags = OPEN_TREE_CLONE
-        | libc::O_CLOEXEC as libc::c_uint
-        | if *recursive { AT_RECURSIVE } else { 0 };
-    // SAFETY: open_tree reads a NUL-terminated path and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path.as_ptr(), flags) };
-    if fd < 0 {
-        return Err(MountError::OpenTree {
+    let path = cstring(source, &m.destination)?;
+    let fd =
+        mount_api::open_tree(None, &path, *recursive).map_err(|errno| MountError::OpenTree {
             destination: m.destination.clone(),
             source_path: source.clone(),
-            errno: nix::errno::Errno::last(),
-        });
-    }
-    // SAFETY: fd was just returned by open_tree and is owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+            errno,
+        })?;
     let mut set = 0;
     for (flag, attr) in [
-        (MsFlags::MS_RDONLY, MOUNT_ATTR_RDONLY),
-        (MsFlags::MS_NOSUID, MOUNT_ATTR_NOSUID),
-        (MsFlags::MS_NODEV, MOUNT_ATTR_NODEV),
-        (MsFlags::MS_NOEXEC, MOUNT_ATTR_NOEXEC),
+        (MsFlags::MS_RDONLY, mount_api::ATTR_RDONLY),
+        (MsFlags::MS_NOSUID, mount_api::ATTR_NOSUID),
+        (MsFlags::MS_NODEV, mount_api::ATTR_NODEV),
+        (MsFlags::MS_NOEXEC, mount_api::ATTR_NOEXEC),
     ] {
         if m.flags.contains(flag) {
             set |= attr;
         }
     }
-    let mut attr = MountAttr {
-        attr_set: set,
-        attr_clr: 0,
-        propagation: libc::MS_PRIVATE,
-        userns_fd: 0,
-    };
-    if let Some(ns) = idmap {
-        attr.attr_set |= MOUNT_ATTR_IDMAP;
-        attr.userns_fd = ns.as_raw_fd() as u64;
-    }
-    let at_flags = libc::AT_EMPTY_PATH as libc::c_uint | if *recursive { AT_RECURSIVE } else { 0 };
-    let empty = c"";
-    // SAFETY: attr is a valid mount_attr of the size passed; the path is an empty C string.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            fd.as_raw_fd(),
-            empty.as_ptr(),
-            at_flags,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    if rc < 0 {
-        return Err(MountError::SetAttr {
+    mount_api::set_attributes(&fd, set, idmap, *recursive).map_err(|errno| {
+        MountError::SetAttr {
             destination: m.destination.clone(),
             idmap: if idmap.is_some() { " (idmapped)" } else { "" },
-            errno: nix::errno::Errno::last(),
-        });
-    }
-    let is_dir = fs::metadata(source).map(|md| md.is_dir()).unwrap_or(true);
+            errno,
+        }
+    })?;
+    // The tree's own root, not whatever the path names by now, decides the mount point.
+    let st = nix::sys::stat::fstat(fd.as_raw_fd()).map_err(|errno| MountError::OpenTree {
+        destination: m.destination.clone(),
+        source_path: source.clone(),
+        errno,
+    })?;
+    let is_dir = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR;
     Ok(DetachedTree { fd, is_dir })
 }
 
@@ -143,7 +109,7 @@ pub(crate) fn attach_idmapped(
         flags: MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
     };
     let tree = clone_host_tree(&spec, Some(userns))?;
-    let t = cstring(target);
+    let t = cstring(target, target)?;
     move_tree(&tree.fd, &t).map_err(|errno| MountError::SetAttr {
         destination: target.to_path_buf(),
         idmap: " (attach)",
@@ -151,47 +117,8 @@ pub(crate) fn attach_idmapped(
     })
 }
 
-/// Clones the object `fd` refers to (a descriptor from `openat2`, `O_PATH` will do) into a
-/// detached mount tree, with its submounts when `recursive`: the tree is that object,
-/// whatever its path names by now.
-pub(crate) fn clone_fd_tree(fd: &OwnedFd, recursive: bool) -> Result<OwnedFd, nix::errno::Errno> {
-    let empty = c"";
-    let flags = OPEN_TREE_CLONE
-        | libc::O_CLOEXEC as libc::c_uint
-        | libc::AT_EMPTY_PATH as libc::c_uint
-        | if recursive { AT_RECURSIVE } else { 0 };
-    // SAFETY: open_tree reads an empty C string relative to a valid descriptor and
-    // returns a new descriptor or -1.
-    let tree = unsafe { libc::syscall(libc::SYS_open_tree, fd.as_raw_fd(), empty.as_ptr(), flags) };
-    if tree < 0 {
-        return Err(nix::errno::Errno::last());
-    }
-    // SAFETY: tree was just returned by open_tree and is owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(tree as RawFd) })
-}
-
-/// Attaches a detached tree at the C path `target`.
-pub(crate) fn move_tree(tree: &OwnedFd, target: &CString) -> Result<(), nix::errno::Errno> {
-    let empty = c"";
-    // SAFETY: both paths are valid C strings; the tree fd is a detached mount.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_move_mount,
-            tree.as_raw_fd(),
-            empty.as_ptr(),
-            libc::AT_FDCWD,
-            target.as_ptr(),
-            MOVE_MOUNT_F_EMPTY_PATH,
-        )
-    };
-    if rc < 0 {
-        return Err(nix::errno::Errno::last());
-    }
-    Ok(())
-}
-
 fn step<'a>(
-    step: &'static str,
+    step: SetupStep,
     target: &'a Path,
 ) -> impl FnOnce(nix::errno::Errno) -> ChildError + 'a {
     move |e| ChildError::new(step, format!("{}: {e}", target.display()))
@@ -204,12 +131,15 @@ fn inside(rootfs: &Path, dest: &Path) -> PathBuf {
 /// Creates the directory or empty file a mount attaches to, refusing a symlink there.
 fn ensure_mount_point(target: &Path, is_dir: bool) -> Result<(), ChildError> {
     let fail = |e: std::io::Error| {
-        ChildError::new("create mount point", format!("{}: {e}", target.display()))
+        ChildError::new(
+            SetupStep::CreateMountPoint,
+            format!("{}: {e}", target.display()),
+        )
     };
     match fs::symlink_metadata(target) {
         Ok(md) if md.file_type().is_symlink() => {
             return Err(ChildError::new(
-                "create mount point",
+                SetupStep::CreateMountPoint,
                 format!("{} is a symlink", target.display()),
             ))
         }
@@ -237,7 +167,7 @@ pub fn setup_rootfs(spec: &NativeSpec, trees: &[Option<DetachedTree>]) -> Result
         MsFlags::MS_REC | MsFlags::MS_PRIVATE,
         None::<&str>,
     )
-    .map_err(step("make mounts private", root))?;
+    .map_err(step(SetupStep::MakeMountsPrivate, root))?;
     let root_dir = match &spec.root_layout {
         RootfsLayout::Skeleton => {
             mount(
@@ -247,7 +177,7 @@ pub fn setup_rootfs(spec: &NativeSpec, trees: &[Option<DetachedTree>]) -> Result
                 MsFlags::MS_BIND | MsFlags::MS_REC,
                 None::<&str>,
             )
-            .map_err(step("bind rootfs", &spec.rootfs))?;
+            .map_err(step(SetupStep::BindRootfs, &spec.rootfs))?;
             spec.rootfs.clone()
         }
         RootfsLayout::InMemory { links } => {
@@ -281,7 +211,7 @@ pub fn setup_rootfs(spec: &NativeSpec, trees: &[Option<DetachedTree>]) -> Result
             root,
             MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         )
-        .map_err(step("remount root read-only", root))?;
+        .map_err(step(SetupStep::RemountRootReadOnly, root))?;
     }
     Ok(())
 }
@@ -296,16 +226,22 @@ fn build_memory_root(rootfs: &Path, links: &[(PathBuf, PathBuf)]) -> Result<(), 
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some("mode=0755,size=1m"),
     )
-    .map_err(step("mount in-memory root", rootfs))?;
+    .map_err(step(SetupStep::MountInMemoryRoot, rootfs))?;
     for (link, target) in links {
         let path = inside(rootfs, link);
         if let Some(parent) = path.parent() {
             fs::create_dir_all(parent).map_err(|e| {
-                ChildError::new("create root links", format!("{}: {e}", parent.display()))
+                ChildError::new(
+                    SetupStep::CreateRootLinks,
+                    format!("{}: {e}", parent.display()),
+                )
             })?;
         }
         std::os::unix::fs::symlink(target, &path).map_err(|e| {
-            ChildError::new("create root links", format!("{}: {e}", path.display()))
+            ChildError::new(
+                SetupStep::CreateRootLinks,
+                format!("{}: {e}", path.display()),
+            )
         })?;
     }
     Ok(())
@@ -325,17 +261,17 @@ fn build_overlay_root(
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some("mode=0755"),
     )
-    .map_err(step("mount overlay scratch", rootfs))?;
+    .map_err(step(SetupStep::MountOverlayScratch, rootfs))?;
     for d in ["upper", "work", "merged"] {
         fs::create_dir(rootfs.join(d))
-            .map_err(|e| ChildError::new("mount overlay root", format!("{d}: {e}")))?;
+            .map_err(|e| ChildError::new(SetupStep::MountOverlayRoot, format!("{d}: {e}")))?;
     }
     // A kept layer lives in a host directory prepared for the sandbox's root; its
     // `upper` and `work` are named by descriptor, never by a name its owner could swap.
     let kept = keep
         .map(|k| crate::hostpath::KeptLayer::open(k, None))
         .transpose()
-        .map_err(|e| ChildError::new("mount overlay root", e.to_string()))?;
+        .map_err(|e| ChildError::new(SetupStep::MountOverlayRoot, e.to_string()))?;
     let layer = match &kept {
         Some(kept) => kept.overlay_options(),
         None => format!(
@@ -354,7 +290,7 @@ fn build_overlay_root(
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some(options.as_str()),
     )
-    .map_err(step("mount overlay root", &merged))?;
+    .map_err(step(SetupStep::MountOverlayRoot, &merged))?;
     Ok(merged)
 }
 
@@ -363,9 +299,10 @@ fn attach(rootfs: &Path, m: &MountSpec, tree: Option<&DetachedTree>) -> Result<(
     match (&m.kind, tree) {
         (MountKind::Bind { .. }, Some(tree)) => {
             ensure_mount_point(&target, tree.is_dir)?;
-            let t = cstring(&target);
+            let t = cstring(&target, &m.destination)
+                .map_err(|e| ChildError::new(SetupStep::AttachBindMount, e.to_string()))?;
             if let Err(errno) = move_tree(&tree.fd, &t) {
-                return Err(step("attach bind mount", &target)(errno));
+                return Err(step(SetupStep::AttachBindMount, &target)(errno));
             }
             Ok(())
         }
@@ -384,14 +321,14 @@ fn attach(rootfs: &Path, m: &MountSpec, tree: Option<&DetachedTree>) -> Result<(
                 MsFlags::MS_BIND | rec,
                 None::<&str>,
             )
-            .map_err(step("bind mount", &target))?;
+            .map_err(step(SetupStep::BindMount, &target))?;
             let wanted = m.flags
                 & (MsFlags::MS_RDONLY
                     | MsFlags::MS_NOSUID
                     | MsFlags::MS_NODEV
                     | MsFlags::MS_NOEXEC);
             if !wanted.is_empty() {
-                remount_bind(&target, wanted).map_err(step("bind mount", &target))?;
+                remount_bind(&target, wanted).map_err(step(SetupStep::BindMount, &target))?;
             }
             Ok(())
         }
@@ -405,7 +342,7 @@ fn attach(rootfs: &Path, m: &MountSpec, tree: Option<&DetachedTree>) -> Result<(
                 m.flags,
                 data,
             )
-            .map_err(step("mount filesystem", &target))
+            .map_err(step(SetupStep::MountFilesystem, &target))
         }
     }
 }
@@ -426,7 +363,10 @@ fn make_dev_links(rootfs: &Path) -> Result<(), ChildError> {
             continue;
         }
         std::os::unix::fs::symlink(target, &path).map_err(|e| {
-            ChildError::new("create /dev links", format!("{}: {e}", path.display()))
+            ChildError::new(
+                SetupStep::CreateDevLinks,
+                format!("{}: {e}", path.display()),
+            )
         })?;
     }
     Ok(())
@@ -446,7 +386,7 @@ fn mask_path(rootfs: &Path, path: &Path) -> Result<(), ChildError> {
             MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
             Some("size=0,mode=0555"),
         )
-        .map_err(step("mask path", &target))
+        .map_err(step(SetupStep::MaskPath, &target))
     } else {
         let null = rootfs.join("dev/null");
         mount(
@@ -456,7 +396,7 @@ fn mask_path(rootfs: &Path, path: &Path) -> Result<(), ChildError> {
             MsFlags::MS_BIND,
             None::<&str>,
         )
-        .map_err(step("mask path", &target))
+        .map_err(step(SetupStep::MaskPath, &target))
     }
 }
 
@@ -472,12 +412,12 @@ fn readonly_path(rootfs: &Path, path: &Path) -> Result<(), ChildError> {
         MsFlags::MS_BIND | MsFlags::MS_REC,
         None::<&str>,
     )
-    .map_err(step("read-only path", &target))?;
+    .map_err(step(SetupStep::ReadOnlyPath, &target))?;
     remount_bind(
         &target,
         MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
     )
-    .map_err(step("read-only path", &target))
+    .map_err(step(SetupStep::ReadOnlyPath, &target))
 }
 
 /// Remounts a bind mount adding `extra` (read-only, nosuid, ...), keeping the flags it
@@ -505,8 +445,8 @@ fn remount_bind(target: &Path, extra: MsFlags) -> nix::Result<()> {
 /// `pivot_root(".", ".")` then detach the old root: nothing of the host's tree stays
 /// reachable from the sandbox.
 fn pivot_into(rootfs: &Path) -> Result<(), ChildError> {
-    chdir(rootfs).map_err(step("pivot_root", rootfs))?;
-    pivot_root(".", ".").map_err(step("pivot_root", rootfs))?;
-    umount2(".", MntFlags::MNT_DETACH).map_err(step("detach old root", Path::new("/")))?;
-    chdir("/").map_err(step("pivot_root", Path::new("/")))
+    chdir(rootfs).map_err(step(SetupStep::PivotRoot, rootfs))?;
+    pivot_root(".", ".").map_err(step(SetupStep::PivotRoot, rootfs))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(step(SetupStep::DetachOldRoot, Path::new("/")))?;
+    chdir("/").map_err(step(SetupStep::PivotRoot, Path::new("/")))
 }

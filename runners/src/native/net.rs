@@ -1,37 +1,39 @@
 //! The loopback interface of a fresh network namespace starts down; `net:loopback` brings
 //! it up, `net:none` leaves it down so not even local TCP works.
 
-use super::ChildError;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use super::step::{ChildError, SetupStep};
+use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+use std::os::fd::AsRawFd;
+
+nix::ioctl_read_bad!(get_interface_flags, libc::SIOCGIFFLAGS, libc::ifreq);
+nix::ioctl_write_ptr_bad!(set_interface_flags, libc::SIOCSIFFLAGS, libc::ifreq);
 
 pub fn bring_up_loopback() -> Result<(), ChildError> {
-    let fail = |what: &str| {
+    let fail = |what: &str, e: nix::errno::Errno| {
         ChildError::new(
-            "bring up loopback",
-            format!("{what}: {}", std::io::Error::last_os_error()),
+            SetupStep::BringUpLoopback,
+            format!("{what}: {}", std::io::Error::from(e)),
         )
     };
-    // SAFETY: socket returns a new descriptor or -1.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(fail("socket"));
-    }
-    // SAFETY: fd is a fresh descriptor owned here.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let sock = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|e| fail("socket", e))?;
     // SAFETY: ifreq is plain data; zeroed is a valid value.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
         *dst = *src as libc::c_char;
     }
-    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the ifreq passed.
-    unsafe {
-        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
-            return Err(fail("SIOCGIFFLAGS"));
-        }
-        req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
-            return Err(fail("SIOCSIFFLAGS"));
-        }
-    }
+    // SAFETY: SIOCGIFFLAGS fills the flags of the ifreq passed, which outlives the call.
+    unsafe { get_interface_flags(sock.as_raw_fd(), &mut req) }
+        .map_err(|e| fail("SIOCGIFFLAGS", e))?;
+    // SAFETY: SIOCGIFFLAGS just set the union's flags member, so that is the one read.
+    let flags = unsafe { req.ifr_ifru.ifru_flags };
+    req.ifr_ifru.ifru_flags = flags | (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+    // SAFETY: SIOCSIFFLAGS reads the ifreq passed, which outlives the call.
+    unsafe { set_interface_flags(sock.as_raw_fd(), &req) }.map_err(|e| fail("SIOCSIFFLAGS", e))?;
     Ok(())
 }

@@ -2,8 +2,9 @@
 //! `no_new_privs`. Runs in the program process, inside the sandbox's user namespace.
 
 use super::spec::NativeSpec;
-use super::ChildError;
+use super::step::{ChildError, SetupStep};
 use caps::CapSet;
+use nix::sys::resource::{getrlimit, setrlimit};
 use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid};
 
 const SECBIT_NOROOT: libc::c_ulong = 1 << 0;
@@ -15,22 +16,14 @@ const SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED: libc::c_ulong = 1 << 7;
 /// the host, so asking for more than the current hard limit is reported by name.
 pub fn set_rlimits(spec: &NativeSpec) -> Result<(), ChildError> {
     for &(resource, soft, hard, name) in &spec.rlimits {
-        let limit = libc::rlimit {
-            rlim_cur: soft,
-            rlim_max: hard,
-        };
-        // SAFETY: setrlimit reads one rlimit struct.
-        if unsafe { libc::setrlimit(resource, &limit) } != 0 {
-            let err = std::io::Error::last_os_error();
-            let mut current = libc::rlimit {
-                rlim_cur: 0,
-                rlim_max: 0,
+        if let Err(e) = setrlimit(resource, soft, hard) {
+            let current = match getrlimit(resource) {
+                Ok((_, hard)) => hard.to_string(),
+                Err(e) => format!("unknown ({e})"),
             };
-            // SAFETY: getrlimit writes one rlimit struct.
-            unsafe { libc::getrlimit(resource, &mut current) };
             return Err(ChildError::new(
-                "set rlimits",
-                format!("rlimit {name} {soft}:{hard}: {err} (the current hard limit is {}; only root with CAP_SYS_RESOURCE may raise it)", current.rlim_max),
+                SetupStep::SetRlimits,
+                format!("rlimit {name} {soft}:{hard}: {} (the current hard limit is {current}; only root with CAP_SYS_RESOURCE may raise it)", std::io::Error::from(e)),
             ));
         }
     }
@@ -42,12 +35,13 @@ pub fn set_rlimits(spec: &NativeSpec) -> Result<(), ChildError> {
 /// and inheritable sets.
 pub fn drop_privileges(spec: &NativeSpec) -> Result<(), ChildError> {
     let fail = |what: &str, e: &dyn std::fmt::Display| {
-        ChildError::new("drop privileges", format!("{what}: {e}"))
+        ChildError::new(SetupStep::DropPrivileges, format!("{what}: {e}"))
     };
     let bits = SECBIT_NOROOT
         | SECBIT_NOROOT_LOCKED
         | SECBIT_NO_CAP_AMBIENT_RAISE
         | SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED;
+    // nix has no securebits call: a raw prctl.
     // SAFETY: prctl with integer arguments only.
     if unsafe { libc::prctl(libc::PR_SET_SECUREBITS, bits, 0, 0, 0) } != 0 {
         return Err(fail("securebits", &std::io::Error::last_os_error()));
@@ -74,7 +68,7 @@ pub fn drop_privileges(spec: &NativeSpec) -> Result<(), ChildError> {
         .is_empty()
     {
         return Err(ChildError::new(
-            "drop privileges",
+            SetupStep::DropPrivileges,
             "capabilities remain after dropping them",
         ));
     }
@@ -83,12 +77,10 @@ pub fn drop_privileges(spec: &NativeSpec) -> Result<(), ChildError> {
 
 /// `no_new_privs`: `execve` can never grant privileges (setuid bits, file capabilities).
 pub fn set_no_new_privs() -> Result<(), ChildError> {
-    // SAFETY: prctl with integer arguments only.
-    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-        return Err(ChildError::new(
-            "set no_new_privs",
-            std::io::Error::last_os_error().to_string(),
-        ));
-    }
-    Ok(())
+    nix::sys::prctl::set_no_new_privs().map_err(|e| {
+        ChildError::new(
+            SetupStep::SetNoNewPrivs,
+            std::io::Error::from(e).to_string(),
+        )
+    })
 }

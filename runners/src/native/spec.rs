@@ -5,6 +5,7 @@
 use covenant_policy::annotations::{self, IdmapMount, LandlockPolicy};
 use covenant_policy::Degradation;
 use nix::mount::MsFlags;
+use nix::sys::resource::Resource;
 use oci_spec::runtime::{LinuxNamespaceType, LinuxSeccomp, Spec};
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
@@ -18,6 +19,11 @@ pub enum SpecError {
     Load { path: PathBuf, reason: String },
     #[error("config.json `{field}`: {reason}")]
     Field { field: String, reason: String },
+}
+
+/// The field name of annotation `key`, as a refusal names it.
+fn note(key: &str) -> String {
+    format!("annotations.{key}")
 }
 
 fn field(field: &str, reason: impl Into<String>) -> SpecError {
@@ -80,7 +86,7 @@ pub struct NativeSpec {
     pub uid: u32,
     pub gid: u32,
     pub additional_gids: Vec<u32>,
-    pub rlimits: Vec<(libc::__rlimit_resource_t, u64, u64, &'static str)>,
+    pub rlimits: Vec<(Resource, u64, u64, &'static str)>,
     pub namespaces: Vec<Namespace>,
     pub uid_map: IdRange,
     pub gid_map: IdRange,
@@ -93,6 +99,8 @@ pub struct NativeSpec {
     pub limits: CgroupLimits,
     pub timeout: Option<Duration>,
     pub loopback_up: bool,
+    /// With `net` egress: the rules of the gateway the runner starts for the sandbox.
+    pub egress: Option<Vec<covenant_policy::EgressRule>>,
     /// How the root is built (see `org.opencovenant.rootfs`).
     pub root_layout: annotations::RootfsLayout,
     pub accepted_degradations: Vec<Degradation>,
@@ -280,25 +288,22 @@ impl NativeSpec {
         let parse_json = |key: &str| -> Result<Option<serde_json::Value>, SpecError> {
             annotations
                 .get(key)
-                .map(|v| {
-                    serde_json::from_str(v)
-                        .map_err(|e| field(&format!("annotations.{key}"), e.to_string()))
-                })
+                .map(|v| serde_json::from_str(v).map_err(|e| field(&note(key), e.to_string())))
                 .transpose()
         };
         let landlock: Option<LandlockPolicy> = parse_json(annotations::LANDLOCK)?
             .map(serde_json::from_value)
             .transpose()
-            .map_err(|e| field(annotations::LANDLOCK, e.to_string()))?;
+            .map_err(|e| field(&note(annotations::LANDLOCK), e.to_string()))?;
         let idmap = parse_json(annotations::IDMAP)?
             .map(serde_json::from_value)
             .transpose()
-            .map_err(|e| field(annotations::IDMAP, e.to_string()))?
+            .map_err(|e| field(&note(annotations::IDMAP), e.to_string()))?
             .unwrap_or_default();
         let accepted_degradations: Vec<Degradation> = parse_json(annotations::DEGRADATIONS)?
             .map(serde_json::from_value)
             .transpose()
-            .map_err(|e| field(annotations::DEGRADATIONS, e.to_string()))?
+            .map_err(|e| field(&note(annotations::DEGRADATIONS), e.to_string()))?
             .unwrap_or_default();
         // Fail closed: a bundle that lost its filter or its ruleset is refused, not run bare.
         if linux.seccomp().is_none() {
@@ -309,30 +314,52 @@ impl NativeSpec {
         }
         if landlock.is_none() && !accepted_degradations.contains(&Degradation::Landlock) {
             return Err(field(
-                annotations::LANDLOCK,
+                &note(annotations::LANDLOCK),
                 "missing: without a ruleset the program would run with no landlock restriction; accept the degradation `landlock` to run anyway",
             ));
         }
         let timeout = annotations
             .get(annotations::TIMEOUT_MS)
-            .map(|t| t.parse::<u64>().map(Duration::from_millis))
-            .transpose()
-            .map_err(|e| field(annotations::TIMEOUT_MS, e.to_string()))?;
+            .map(|t| {
+                t.parse::<u64>().map(Duration::from_millis).map_err(|_| {
+                    field(
+                        &note(annotations::TIMEOUT_MS),
+                        format!("`{t}` is not a number of milliseconds"),
+                    )
+                })
+            })
+            .transpose()?;
         let loopback_up = match annotations.get(annotations::NET).map(String::as_str) {
-            None | Some("loopback") => true,
+            None | Some("loopback") | Some("egress") => true,
             Some("none") | Some("host") => false,
             Some(other) => {
                 return Err(field(
-                    annotations::NET,
-                    format!("`{other}` is not none, loopback or host"),
+                    &note(annotations::NET),
+                    format!("`{other}` is not none, loopback, egress or host"),
                 ))
             }
+        };
+        let egress = match annotations.get(annotations::NET).map(String::as_str) {
+            Some("egress") => {
+                let text = annotations
+                    .get(annotations::EGRESS)
+                    .ok_or_else(|| field(annotations::EGRESS, "missing with net egress"))?;
+                let rules: Vec<covenant_policy::EgressRule> = serde_json::from_str(text)
+                    .map_err(|e| field(annotations::EGRESS, e.to_string()))?;
+                // Rules in a bundle pass the same grammar as rules in a request.
+                for rule in &rules {
+                    covenant_policy::EgressRule::parse(&rule.to_string())
+                        .map_err(|e| field(annotations::EGRESS, e.to_string()))?;
+                }
+                Some(rules)
+            }
+            _ => None,
         };
 
         let root_layout = match parse_json(annotations::ROOTFS)?
             .map(serde_json::from_value::<annotations::RootfsLayout>)
             .transpose()
-            .map_err(|e| field(annotations::ROOTFS, e.to_string()))?
+            .map_err(|e| field(&note(annotations::ROOTFS), e.to_string()))?
         {
             None | Some(annotations::RootfsLayout::Skeleton) => annotations::RootfsLayout::Skeleton,
             Some(annotations::RootfsLayout::Overlay { lower, keep }) => {
@@ -344,7 +371,7 @@ impl NativeSpec {
                     })
                 {
                     return Err(field(
-                        annotations::ROOTFS,
+                        &note(annotations::ROOTFS),
                         "overlay lower directories must be absolute paths without `:` or `,`",
                     ));
                 }
@@ -358,7 +385,7 @@ impl NativeSpec {
                             .any(|c| matches!(c, std::path::Component::ParentDir))
                     {
                         return Err(field(
-                            annotations::ROOTFS,
+                            &note(annotations::ROOTFS),
                             format!("link {} must be absolute without `..`", link.display()),
                         ));
                     }
@@ -412,6 +439,7 @@ impl NativeSpec {
             limits,
             timeout,
             loopback_up,
+            egress,
             root_layout,
             accepted_degradations,
             job_id: annotations
@@ -454,23 +482,23 @@ fn add_default_devices(mounts: &mut Vec<MountSpec>) {
     mounts.splice(dev + 1..dev + 1, devices);
 }
 
-fn rlimit_resource(debug_name: &str) -> Option<(libc::__rlimit_resource_t, &'static str)> {
+fn rlimit_resource(debug_name: &str) -> Option<(Resource, &'static str)> {
     Some(match debug_name {
-        "RlimitCore" => (libc::RLIMIT_CORE, "core"),
-        "RlimitNofile" => (libc::RLIMIT_NOFILE, "nofile"),
-        "RlimitNproc" => (libc::RLIMIT_NPROC, "nproc"),
-        "RlimitFsize" => (libc::RLIMIT_FSIZE, "fsize"),
-        "RlimitStack" => (libc::RLIMIT_STACK, "stack"),
-        "RlimitAs" => (libc::RLIMIT_AS, "as"),
-        "RlimitCpu" => (libc::RLIMIT_CPU, "cpu"),
-        "RlimitMemlock" => (libc::RLIMIT_MEMLOCK, "memlock"),
-        "RlimitData" => (libc::RLIMIT_DATA, "data"),
-        "RlimitMsgqueue" => (libc::RLIMIT_MSGQUEUE, "msgqueue"),
-        "RlimitNice" => (libc::RLIMIT_NICE, "nice"),
-        "RlimitRtprio" => (libc::RLIMIT_RTPRIO, "rtprio"),
-        "RlimitSigpending" => (libc::RLIMIT_SIGPENDING, "sigpending"),
-        "RlimitRss" => (libc::RLIMIT_RSS, "rss"),
-        "RlimitLocks" => (libc::RLIMIT_LOCKS, "locks"),
+        "RlimitCore" => (Resource::RLIMIT_CORE, "core"),
+        "RlimitNofile" => (Resource::RLIMIT_NOFILE, "nofile"),
+        "RlimitNproc" => (Resource::RLIMIT_NPROC, "nproc"),
+        "RlimitFsize" => (Resource::RLIMIT_FSIZE, "fsize"),
+        "RlimitStack" => (Resource::RLIMIT_STACK, "stack"),
+        "RlimitAs" => (Resource::RLIMIT_AS, "as"),
+        "RlimitCpu" => (Resource::RLIMIT_CPU, "cpu"),
+        "RlimitMemlock" => (Resource::RLIMIT_MEMLOCK, "memlock"),
+        "RlimitData" => (Resource::RLIMIT_DATA, "data"),
+        "RlimitMsgqueue" => (Resource::RLIMIT_MSGQUEUE, "msgqueue"),
+        "RlimitNice" => (Resource::RLIMIT_NICE, "nice"),
+        "RlimitRtprio" => (Resource::RLIMIT_RTPRIO, "rtprio"),
+        "RlimitSigpending" => (Resource::RLIMIT_SIGPENDING, "sigpending"),
+        "RlimitRss" => (Resource::RLIMIT_RSS, "rss"),
+        "RlimitLocks" => (Resource::RLIMIT_LOCKS, "locks"),
         _ => return None,
     })
 }
@@ -568,49 +596,280 @@ mod tests {
         assert!(native.seccomp.is_some() && native.landlock.is_some());
     }
 
-    fn set_maps(spec: &mut Spec, uid: (u32, u32), gid: (u32, u32)) {
-        use oci_spec::runtime::LinuxIdMappingBuilder;
-        let map = |(host, size): (u32, u32)| {
-            vec![LinuxIdMappingBuilder::default()
-                .container_id(0u32)
-                .host_id(host)
-                .size(size)
-                .build()
-                .unwrap()]
-        };
-        let mut linux = spec.linux().clone().unwrap();
-        linux.set_uid_mappings(Some(map(uid)));
-        linux.set_gid_mappings(Some(map(gid)));
-        spec.set_linux(Some(linux));
+    /// The fixture's config as JSON, with `edit` applied, read back as a spec.
+    fn edited(spec: &Spec, edit: impl FnOnce(&mut serde_json::Value)) -> Spec {
+        let mut config = serde_json::to_value(spec).unwrap();
+        edit(&mut config);
+        serde_json::from_value(config).unwrap()
+    }
+
+    /// What `from_spec` says of the fixture bundle with `edit` applied to its config.
+    fn refusal(edit: impl FnOnce(&mut serde_json::Value)) -> String {
+        let (dir, spec) = bundle();
+        match NativeSpec::from_spec(&dir.path().join("b"), &edited(&spec, edit)) {
+            Ok(_) => panic!("accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    fn note(config: &mut serde_json::Value, key: &str, value: &str) {
+        config["annotations"][key] = value.into();
+    }
+
+    fn drop_note(config: &mut serde_json::Value, key: &str) {
+        config["annotations"].as_object_mut().unwrap().remove(key);
+    }
+
+    fn mount(config: &mut serde_json::Value, m: serde_json::Value) {
+        config["mounts"].as_array_mut().unwrap().push(m);
+    }
+
+    type Edit = fn(&mut serde_json::Value);
+
+    /// Each refusal of `from_spec`, by the one field changed from a bundle it accepts.
+    #[test]
+    fn every_refusal_names_its_field_and_reason() {
+        use serde_json::json;
+        let cases: &[(&str, Edit, &str)] = &[
+            ("no root", |c| c["root"] = json!(null), "config.json `root`: missing"),
+            ("no process", |c| c["process"] = json!(null), "config.json `process`: missing"),
+            (
+                "a terminal",
+                |c| c["process"]["terminal"] = json!(true),
+                "config.json `process.terminal`: a console socket is not supported; run with terminal=false",
+            ),
+            ("no args", |c| c["process"]["args"] = json!([]), "config.json `process.args`: empty"),
+            (
+                "a NUL in an argument",
+                |c| c["process"]["args"] = json!(["tr\0ue"]),
+                "config.json `process.args`: contains a NUL byte",
+            ),
+            (
+                "a NUL in the environment",
+                |c| c["process"]["env"] = json!(["A=\0"]),
+                "config.json `process.env`: contains a NUL byte",
+            ),
+            (
+                "no_new_privs off",
+                |c| c["process"]["noNewPrivileges"] = json!(false),
+                "config.json `process.noNewPrivileges`: must be true: the native runner always sets no_new_privs",
+            ),
+            (
+                "no_new_privs absent",
+                |c| {
+                    c["process"].as_object_mut().unwrap().remove("noNewPrivileges");
+                },
+                "config.json `process.noNewPrivileges`: must be true: the native runner always sets no_new_privs",
+            ),
+            (
+                "an rlimit the runner does not know",
+                |c| c["process"]["rlimits"] = json!([{"type": "RLIMIT_RTTIME", "soft": 1, "hard": 1}]),
+                "config.json `process.rlimits`: RlimitRttime is not supported",
+            ),
+            (
+                "an rlimit whose soft value is above its hard one",
+                |c| c["process"]["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "soft": 10, "hard": 5}]),
+                "config.json `process.rlimits`: nofile: soft 10 above hard 5",
+            ),
+            (
+                "a user outside the uid map",
+                |c| c["process"]["user"] = json!({"uid": 65_536, "gid": 0}),
+                "config.json `process.user`: 65536:0 is outside the user namespace's id mappings",
+            ),
+            (
+                "a group outside the gid map",
+                |c| c["process"]["user"] = json!({"uid": 0, "gid": 65_536}),
+                "config.json `process.user`: 0:65536 is outside the user namespace's id mappings",
+            ),
+            ("no linux section", |c| c["linux"] = json!(null), "config.json `linux`: missing"),
+            (
+                "joining a namespace",
+                |c| c["linux"]["namespaces"][1] = json!({"type": "pid", "path": "/proc/1/ns/pid"}),
+                "config.json `linux.namespaces`: joining an existing namespace (path) is not supported",
+            ),
+            (
+                "a time namespace",
+                |c| c["linux"]["namespaces"].as_array_mut().unwrap().push(json!({"type": "time"})),
+                "config.json `linux.namespaces`: Time is not supported",
+            ),
+            (
+                "no user namespace",
+                |c| c["linux"]["namespaces"].as_array_mut().unwrap().retain(|n| n["type"] != "user"),
+                "config.json `linux.namespaces`: the native runner requires a User namespace",
+            ),
+            (
+                "no pid namespace",
+                |c| c["linux"]["namespaces"].as_array_mut().unwrap().retain(|n| n["type"] != "pid"),
+                "config.json `linux.namespaces`: the native runner requires a Pid namespace",
+            ),
+            (
+                "no mount namespace",
+                |c| c["linux"]["namespaces"].as_array_mut().unwrap().retain(|n| n["type"] != "mount"),
+                "config.json `linux.namespaces`: the native runner requires a Mount namespace",
+            ),
+            (
+                "uids mapped onto host root",
+                |c| c["linux"]["uidMappings"][0]["hostID"] = json!(0),
+                "config.json `linux.uidMappings`: container ids 0..65536 map onto host id 0 (root); a sandbox never runs as host root",
+            ),
+            (
+                "gids mapped onto host root",
+                |c| c["linux"]["gidMappings"] = json!([{"hostID": 0, "containerID": 0, "size": 1}]),
+                "config.json `linux.gidMappings`: container ids 0..1 map onto host id 0 (root); a sandbox never runs as host root",
+            ),
+            (
+                "a uid range past the largest id",
+                |c| c["linux"]["uidMappings"][0]["hostID"] = json!(u32::MAX - 10),
+                "config.json `linux.uidMappings`: host ids 4294967285+65536 run past the largest id",
+            ),
+            (
+                "no uid mapping",
+                |c| c["linux"]["uidMappings"] = json!(null),
+                "config.json `linux.uidMappings`: exactly one mapping starting at container id 0 is supported",
+            ),
+            (
+                "two gid mappings",
+                |c| {
+                    let m = c["linux"]["gidMappings"][0].clone();
+                    c["linux"]["gidMappings"].as_array_mut().unwrap().push(m);
+                },
+                "config.json `linux.gidMappings`: exactly one mapping starting at container id 0 is supported",
+            ),
+            (
+                "a uid mapping that does not start at 0",
+                |c| c["linux"]["uidMappings"][0]["containerID"] = json!(1),
+                "config.json `linux.uidMappings`: exactly one mapping starting at container id 0 is supported",
+            ),
+            (
+                "an empty uid mapping",
+                |c| c["linux"]["uidMappings"][0]["size"] = json!(0),
+                "config.json `linux.uidMappings`: exactly one mapping starting at container id 0 is supported",
+            ),
+            (
+                "a relative mount destination",
+                |c| mount(c, json!({"destination": "mnt", "type": "tmpfs", "source": "tmpfs"})),
+                "config.json `mounts[mnt]`: destination must be absolute without `..`",
+            ),
+            (
+                "a mount destination with `..`",
+                |c| mount(c, json!({"destination": "/tmp/../etc", "type": "tmpfs", "source": "tmpfs"})),
+                "config.json `mounts[/tmp/../etc]`: destination must be absolute without `..`",
+            ),
+            (
+                "an unknown mount option",
+                |c| mount(c, json!({"destination": "/mnt", "type": "tmpfs", "options": ["suid"]})),
+                "config.json `mounts[/mnt]`: mount option `suid` is not supported",
+            ),
+            (
+                "a bind mount without a source",
+                |c| mount(c, json!({"destination": "/mnt", "type": "bind", "options": ["rbind"]})),
+                "config.json `mounts[/mnt]`: a bind mount needs a source",
+            ),
+            (
+                "a bind mount from a relative source",
+                |c| mount(c, json!({"destination": "/mnt", "options": ["bind"], "source": "usr"})),
+                "config.json `mounts[/mnt]`: a bind source must be an absolute host path",
+            ),
+            (
+                "a mount type the runner does not make",
+                |c| mount(c, json!({"destination": "/sys", "type": "sysfs", "source": "sysfs"})),
+                "config.json `mounts[/sys]`: mount type `sysfs` is not supported",
+            ),
+            (
+                "a mount without a type or bind option",
+                |c| mount(c, json!({"destination": "/mnt", "source": "/usr"})),
+                "config.json `mounts[/mnt]`: mount type `` is not supported",
+            ),
+            (
+                "no seccomp filter",
+                |c| {
+                    c["linux"].as_object_mut().unwrap().remove("seccomp");
+                },
+                "config.json `linux.seccomp`: missing: the native runner does not run a program without a seccomp filter",
+            ),
+            (
+                "no landlock ruleset",
+                |c| drop_note(c, annotations::LANDLOCK),
+                "config.json `annotations.org.opencovenant.landlock`: missing: without a ruleset the program would run with no landlock restriction; accept the degradation `landlock` to run anyway",
+            ),
+            (
+                "a landlock ruleset that is not JSON",
+                |c| note(c, annotations::LANDLOCK, "fs"),
+                "config.json `annotations.org.opencovenant.landlock`: expected ident at line 1 column 2",
+            ),
+            (
+                "a landlock ruleset without its paths",
+                |c| note(c, annotations::LANDLOCK, r#"{"net": {"mode": "deny-all"}, "scope": true}"#),
+                "config.json `annotations.org.opencovenant.landlock`: missing field `fs`",
+            ),
+            (
+                "idmapped mounts that are not a list",
+                |c| note(c, annotations::IDMAP, "{}"),
+                "config.json `annotations.org.opencovenant.idmap`: invalid type: map, expected a sequence",
+            ),
+            (
+                "an unknown degradation",
+                |c| note(c, annotations::DEGRADATIONS, r#"["seccomp"]"#),
+                "config.json `annotations.org.opencovenant.accepted-degradations`: unknown variant `seccomp`, expected one of `landlock`, `landlock-net`, `landlock-scope`, `idmap`",
+            ),
+            (
+                "a timeout that is not a number",
+                |c| note(c, annotations::TIMEOUT_MS, "10s"),
+                "config.json `annotations.org.opencovenant.timeout-ms`: `10s` is not a number of milliseconds",
+            ),
+            (
+                "an unknown network mode",
+                |c| note(c, annotations::NET, "wifi"),
+                "config.json `annotations.org.opencovenant.net`: `wifi` is not none, loopback, egress or host",
+            ),
+            (
+                "an unknown root layout",
+                |c| note(c, annotations::ROOTFS, r#"{"layout": "squashfs"}"#),
+                "config.json `annotations.org.opencovenant.rootfs`: unknown variant `squashfs`, expected one of `skeleton`, `in-memory`, `overlay`",
+            ),
+            (
+                "an overlay without lower directories",
+                |c| note(c, annotations::ROOTFS, r#"{"layout": "overlay", "lower": []}"#),
+                "config.json `annotations.org.opencovenant.rootfs`: overlay lower directories must be absolute paths without `:` or `,`",
+            ),
+            (
+                "an overlay with a relative lower directory",
+                |c| note(c, annotations::ROOTFS, r#"{"layout": "overlay", "lower": ["img"]}"#),
+                "config.json `annotations.org.opencovenant.rootfs`: overlay lower directories must be absolute paths without `:` or `,`",
+            ),
+            (
+                "an overlay lower directory with `:`",
+                |c| note(c, annotations::ROOTFS, r#"{"layout": "overlay", "lower": ["/a:/b"]}"#),
+                "config.json `annotations.org.opencovenant.rootfs`: overlay lower directories must be absolute paths without `:` or `,`",
+            ),
+            (
+                "an overlay lower directory with `,`",
+                |c| note(c, annotations::ROOTFS, r#"{"layout": "overlay", "lower": ["/a,upperdir=/b"]}"#),
+                "config.json `annotations.org.opencovenant.rootfs`: overlay lower directories must be absolute paths without `:` or `,`",
+            ),
+            (
+                "an in-memory root with a relative link",
+                |c| note(c, annotations::ROOTFS, r#"{"layout": "in-memory", "links": [["bin", "usr/bin"]]}"#),
+                "config.json `annotations.org.opencovenant.rootfs`: link bin must be absolute without `..`",
+            ),
+            (
+                "an in-memory root with a link through `..`",
+                |c| note(c, annotations::ROOTFS, r#"{"layout": "in-memory", "links": [["/tmp/../bin", "usr/bin"]]}"#),
+                "config.json `annotations.org.opencovenant.rootfs`: link /tmp/../bin must be absolute without `..`",
+            ),
+        ];
+        let mut wrong = Vec::new();
+        for (what, edit, expected) in cases {
+            let got = refusal(edit);
+            if got != *expected {
+                wrong.push(format!("{what}:\n  expected {expected}\n  got      {got}"));
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     }
 
     #[test]
-    fn a_bundle_that_maps_sandbox_ids_onto_host_root_is_refused() {
-        let (dir, mut spec) = bundle();
-        let b = dir.path().join("b");
-        set_maps(&mut spec, (0, 65_536), (100_000, 65_536));
-        let err = NativeSpec::from_spec(&b, &spec).unwrap_err().to_string();
-        assert!(
-            err.contains("linux.uidMappings") && err.contains("host id 0"),
-            "{err}"
-        );
-        set_maps(&mut spec, (100_000, 65_536), (0, 1));
-        let err = NativeSpec::from_spec(&b, &spec).unwrap_err().to_string();
-        assert!(
-            err.contains("linux.gidMappings") && err.contains("host id 0"),
-            "{err}"
-        );
-        set_maps(&mut spec, (u32::MAX - 10, 65_536), (100_000, 65_536));
-        let err = NativeSpec::from_spec(&b, &spec).unwrap_err().to_string();
-        assert!(err.contains("linux.uidMappings"), "{err}");
-        set_maps(&mut spec, (100_000, 65_536), (100_000, 65_536));
-        assert!(NativeSpec::from_spec(&b, &spec).is_ok());
-    }
-
-    #[test]
-    fn a_bundle_that_keeps_a_capability_is_refused() {
-        use oci_spec::runtime::{Capability, LinuxCapabilitiesBuilder};
-        let (dir, mut spec) = bundle();
+    fn every_kept_capability_set_is_refused_by_name() {
         for set in [
             "bounding",
             "effective",
@@ -618,60 +877,53 @@ mod tests {
             "inheritable",
             "ambient",
         ] {
-            let kept: std::collections::HashSet<Capability> =
-                [Capability::SysAdmin].into_iter().collect();
-            let none = std::collections::HashSet::new();
-            let mut b = LinuxCapabilitiesBuilder::default()
-                .bounding(none.clone())
-                .effective(none.clone())
-                .permitted(none.clone())
-                .inheritable(none.clone())
-                .ambient(none);
-            b = match set {
-                "bounding" => b.bounding(kept),
-                "effective" => b.effective(kept),
-                "permitted" => b.permitted(kept),
-                "inheritable" => b.inheritable(kept),
-                _ => b.ambient(kept),
-            };
-            let mut process = spec.process().clone().unwrap();
-            process.set_capabilities(Some(b.build().unwrap()));
-            let mut s = spec.clone();
-            s.set_process(Some(process));
-            let err = NativeSpec::from_spec(&dir.path().join("b"), &s)
-                .unwrap_err()
-                .to_string();
-            assert!(
-                err.contains(&format!("process.capabilities.{set}")),
-                "{set}: {err}"
+            let err = refusal(|c| {
+                c["process"]["capabilities"][set] = serde_json::json!(["CAP_SYS_ADMIN"])
+            });
+            assert_eq!(
+                err,
+                format!("config.json `process.capabilities.{set}`: the native runner drops every capability; a bundle that keeps one is refused")
             );
         }
-        let mut process = spec.process().clone().unwrap();
-        process.set_capabilities(None);
-        spec.set_process(Some(process));
-        assert!(NativeSpec::from_spec(&dir.path().join("b"), &spec).is_ok());
     }
 
     #[test]
-    fn a_bundle_without_its_seccomp_filter_is_refused() {
-        let (dir, mut spec) = bundle();
-        let mut linux = spec.linux().clone().unwrap();
-        linux.set_seccomp(None);
-        spec.set_linux(Some(linux));
-        let err = NativeSpec::from_spec(&dir.path().join("b"), &spec).unwrap_err();
-        assert!(err.to_string().contains("linux.seccomp"), "{err}");
+    fn a_bundle_without_config_json_is_refused_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let reason = Spec::load(dir.path().join("config.json"))
+            .unwrap_err()
+            .to_string();
+        match NativeSpec::load(dir.path()) {
+            Err(SpecError::Load { path, reason: got }) => {
+                assert_eq!((path.as_path(), got), (dir.path(), reason));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
-    fn a_bundle_without_its_landlock_ruleset_is_refused_unless_accepted() {
-        let (dir, mut spec) = bundle();
-        let mut notes = spec.annotations().clone().unwrap();
-        notes.remove(annotations::LANDLOCK);
-        spec.set_annotations(Some(notes.clone()));
-        let err = NativeSpec::from_spec(&dir.path().join("b"), &spec).unwrap_err();
-        assert!(err.to_string().contains(annotations::LANDLOCK), "{err}");
-        notes.insert(annotations::DEGRADATIONS.into(), "[\"landlock\"]".into());
-        spec.set_annotations(Some(notes));
-        assert!(NativeSpec::from_spec(&dir.path().join("b"), &spec).is_ok());
+    fn what_a_refusal_guards_is_accepted_in_its_allowed_forms() {
+        let (dir, spec) = bundle();
+        let b = dir.path().join("b");
+        let load = |edit: Edit| NativeSpec::from_spec(&b, &edited(&spec, edit)).unwrap();
+        // Capabilities absent altogether: nothing is kept.
+        load(|c| c["process"]["capabilities"] = serde_json::json!(null));
+        // No ruleset, with the degradation accepted.
+        let native = load(|c| {
+            drop_note(c, annotations::LANDLOCK);
+            note(c, annotations::DEGRADATIONS, r#"["landlock"]"#);
+        });
+        assert!(native.landlock.is_none() && native.accepts(Degradation::Landlock));
+        // Each network mode, and the default.
+        for (mode, up) in [("none", false), ("host", false), ("loopback", true)] {
+            let mut config = serde_json::to_value(&spec).unwrap();
+            note(&mut config, annotations::NET, mode);
+            let native =
+                NativeSpec::from_spec(&b, &serde_json::from_value(config).unwrap()).unwrap();
+            assert_eq!(native.loopback_up, up, "{mode}");
+        }
+        assert!(load(|c| drop_note(c, annotations::NET)).loopback_up);
+        let native = load(|c| note(c, annotations::TIMEOUT_MS, "1500"));
+        assert_eq!(native.timeout, Some(Duration::from_millis(1500)));
     }
 }

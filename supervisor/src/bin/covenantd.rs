@@ -75,6 +75,14 @@ struct Args {
     /// Process limit of the cgroup all sandboxes run under.
     #[arg(long, value_name = "N")]
     cgroup_pids: Option<u64>,
+    /// Upstream resolver of the egress gateways, IP:PORT (sets COVENANT_EGRESS_RESOLVER
+    /// for every job; default: that variable, else /etc/resolv.conf).
+    #[arg(long, value_name = "IP:PORT")]
+    egress_resolver: Option<String>,
+    /// Address ranges the egress gateways treat as public, CIDR[,CIDR...] (sets
+    /// COVENANT_EGRESS_PUBLIC for every job).
+    #[arg(long, value_name = "CIDRS")]
+    egress_public: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -105,6 +113,10 @@ fn main() -> ExitCode {
         }
         None => {}
     }
+    if let Err(e) = egress_settings(&args) {
+        eprintln!("covenantd: error: {e}");
+        return ExitCode::from(1);
+    }
     match config(args).and_then(|c| daemon::run(c).map_err(|e| e.to_string())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -112,6 +124,21 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Checks the egress flags and hands them to every job's shim through its environment
+/// (the shim runs the gateway). Called before any thread starts.
+fn egress_settings(args: &Args) -> Result<(), String> {
+    use covenant_egress::settings::{parse_public, parse_resolver, PUBLIC_VAR, RESOLVER_VAR};
+    if let Some(resolver) = &args.egress_resolver {
+        parse_resolver(resolver).map_err(|e| format!("--egress-resolver: {e}"))?;
+        std::env::set_var(RESOLVER_VAR, resolver);
+    }
+    if let Some(public) = &args.egress_public {
+        parse_public(public).map_err(|e| format!("--egress-public: {e}"))?;
+        std::env::set_var(PUBLIC_VAR, public);
+    }
+    Ok(())
 }
 
 fn health(args: &Args) -> ExitCode {

@@ -7,6 +7,8 @@ use crate::store::audit::now_ms;
 use crate::store::jobs::JobState;
 use crate::store::Kind;
 use bytes::Bytes;
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
 use serde_json::json;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -54,12 +56,14 @@ pub async fn kill(
         let killed = super::recovery::kill_job_processes(id, shim_pid);
         if killed == 0 {
             if let Some(pid) = shim_pid {
-                // SAFETY: kill(2); the pid is the daemon's own child, not yet reaped.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
+                // The daemon's own child, not yet reaped.
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
             }
         }
     } else if let Some(pid) = shim_pid {
-        // SAFETY: as above; the shim forwards the signal to the program.
+        // The shim forwards the signal to the program. Raw, because nix's `Signal` cannot
+        // name the real-time signals a caller may send.
+        // SAFETY: kill(2) on the daemon's own child, not yet reaped; no memory is touched.
         unsafe { libc::kill(pid, signal) };
     }
     Ok(JobState::Running)

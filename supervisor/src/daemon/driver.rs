@@ -141,28 +141,25 @@ async fn run_shim(daemon: &Arc<Daemon>, id: &str) -> Result<End, String> {
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let fd = std::os::fd::AsRawFd::as_raw_fd(&theirs);
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        let parent = libc::getpid();
-        cmd.pre_exec(move || {
-            if fd == super::shim::CONTROL_FD {
-                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            } else if libc::dup2(fd, super::shim::CONTROL_FD) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // The shim, and through it the sandbox, dies with the daemon; a restarted
-            // daemon cleans up what is left.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::getppid() != parent {
-                libc::_exit(125);
-            }
-            Ok(())
-        });
-    }
+    let parent = nix::unistd::getpid();
+    let hand_over = move || -> std::io::Result<()> {
+        use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+        if fd == super::shim::CONTROL_FD {
+            fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty()))?;
+        } else {
+            nix::unistd::dup2(fd, super::shim::CONTROL_FD)?;
+        }
+        // The shim, and through it the sandbox, dies with the daemon; a restarted
+        // daemon cleans up what is left.
+        nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+        if nix::unistd::getppid() != parent {
+            // SAFETY: _exit ends the child at once, running none of the daemon's destructors.
+            unsafe { libc::_exit(125) };
+        }
+        Ok(())
+    };
+    // SAFETY: the hook only makes async-signal-safe syscalls between fork and exec.
+    unsafe { cmd.pre_exec(hand_over) };
     let mut child = cmd.spawn().map_err(|e| {
         format!(
             "cannot start the sandbox process {}: {e}",

@@ -48,13 +48,22 @@ pub fn kill_job_processes(job: &str, _shim_pid: Option<i32>) -> usize {
             killed += 1;
         }
         for pid in procs(&dir) {
-            // SAFETY: kill(2); the pid was read from the job's cgroup just now.
-            if unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
+            // The pid was read from the job's cgroup just now.
+            if sigkill(pid) {
                 killed += 1;
             }
         }
     }
     killed
+}
+
+/// Sends SIGKILL to `pid`; whether it was delivered.
+fn sigkill(pid: i32) -> bool {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .is_ok()
 }
 
 /// The processes in cgroup `dir`; none when it is gone.
@@ -95,8 +104,7 @@ pub fn clean_job(home: &Path, job: &str, shim_pid: Option<i32>) -> Cleaned {
         loop {
             let pids = procs(dir);
             for &pid in &pids {
-                // SAFETY: as in kill_job_processes.
-                if unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
+                if sigkill(pid) {
                     out.processes_killed += 1;
                 }
             }
@@ -117,9 +125,8 @@ pub fn clean_job(home: &Path, job: &str, shim_pid: Option<i32>) -> Cleaned {
         }
     }
     if let Some(pid) = shim_pid.filter(|p| is_orphan_shim(*p)) {
-        // SAFETY: kill(2) on a process verified just now to be a shim of this daemon's
-        // executable that lost its daemon.
-        if unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
+        // Verified just now to be a shim of this daemon's executable that lost its daemon.
+        if sigkill(pid) {
             out.processes_killed += 1;
         }
     }
@@ -148,14 +155,9 @@ pub fn clean_job(home: &Path, job: &str, shim_pid: Option<i32>) -> Cleaned {
     };
     for place in places {
         for m in mounts_under(&mountinfo, &place) {
-            let Ok(c) = std::ffi::CString::new(m.as_os_str().as_encoded_bytes()) else {
-                out.errors
-                    .push(format!("{}: a mount point with a NUL byte", m.display()));
-                continue;
-            };
-            // SAFETY: umount2 reads a NUL-terminated path.
-            if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
-                out.mounts_removed.push(m);
+            match nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH) {
+                Ok(()) => out.mounts_removed.push(m),
+                Err(e) => out.errors.push(format!("umount {}: {e}", m.display())),
             }
         }
         if place.exists() || place.symlink_metadata().is_ok() {

@@ -167,11 +167,11 @@ pub(super) fn unix_listener(
             .unwrap_or(0)
             >= 1;
     let std_listener = if activated {
+        let cloexec = nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC);
+        let _ = nix::fcntl::fcntl(3, cloexec);
         // SAFETY: systemd passed the listening socket as descriptor 3 to this process.
-        let l = unsafe {
-            libc::fcntl(3, libc::F_SETFD, libc::FD_CLOEXEC);
-            <std::os::unix::net::UnixListener as std::os::fd::FromRawFd>::from_raw_fd(3)
-        };
+        let l =
+            unsafe { <std::os::unix::net::UnixListener as std::os::fd::FromRawFd>::from_raw_fd(3) };
         std::env::remove_var("LISTEN_PID");
         std::env::remove_var("LISTEN_FDS");
         l

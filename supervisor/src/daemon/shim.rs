@@ -61,14 +61,14 @@ fn send(out: &mut UnixStream, message: &ShimMessage) -> std::io::Result<()> {
 
 /// `covenantd shim`: returns the process's exit code.
 pub fn main() -> i32 {
+    // Marked close-on-exec so no runtime inherits it.
+    let cloexec = nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC);
+    if nix::fcntl::fcntl(CONTROL_FD, cloexec).is_err() {
+        return 125;
+    }
     // SAFETY: descriptor 3 was set up by the daemon for this process alone; from here it
-    // is owned by this stream, and marked close-on-exec so no runtime inherits it.
-    let mut control = unsafe {
-        if libc::fcntl(CONTROL_FD, libc::F_SETFD, libc::FD_CLOEXEC) != 0 {
-            return 125;
-        }
-        UnixStream::from_raw_fd(CONTROL_FD)
-    };
+    // is owned by this stream.
+    let mut control = unsafe { UnixStream::from_raw_fd(CONTROL_FD) };
     let mut line = String::new();
     let job: ShimJob = match BufReader::new(&control)
         .read_line(&mut line)

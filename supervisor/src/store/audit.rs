@@ -8,14 +8,15 @@
 use super::chain::{
     self, event_hash, AuditRow, ChainFault, ChainInput, ChainSummary, Checkpoint, GENESIS,
 };
+use super::error::{Result, StoreError};
+use super::handle::{CheckpointPolicy, Store};
 use super::kind::Kind;
-use super::{Result, Store, StoreError};
 use rusqlite::{params, OptionalExtension, Transaction};
 use serde::Serialize;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// The versioned list of event kinds is in `docs/audit.md`.
 pub const EVENT_KINDS_VERSION: u32 = 1;
@@ -41,23 +42,6 @@ impl AuditEvent {
         Self {
             kind: format!("agent.{kind}"),
             body,
-        }
-    }
-}
-
-/// When checkpoints are signed: every `every_events` appends, every `every` of time, and
-/// when the store is closed.
-#[derive(Debug, Clone, Copy)]
-pub struct CheckpointPolicy {
-    pub every_events: u64,
-    pub every: Duration,
-}
-
-impl Default for CheckpointPolicy {
-    fn default() -> Self {
-        Self {
-            every_events: 1_000,
-            every: Duration::from_secs(10),
         }
     }
 }
@@ -463,10 +447,9 @@ fn record_head(path: &Path, seq: u64, hash: &[u8; 32]) -> Result<()> {
         .mode(0o600)
         .open(&lock_path)
         .map_err(io)?;
-    // SAFETY: flock on an owned descriptor; released when `lock` is dropped.
-    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) } != 0 {
-        return Err(io(std::io::Error::last_os_error()));
-    }
+    // Held until `_held` is dropped at the end of this function.
+    let _held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, errno)| io(errno.into()))?;
     if read_head(path)?.is_some_and(|(s, _)| s >= seq) {
         return Ok(());
     }
@@ -534,8 +517,12 @@ fn process_started_ms(pid: u32) -> Option<i64> {
         .trim()
         .parse()
         .ok()?;
-    // SAFETY: sysconf has no memory effects.
-    let hz = i64::from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as i32).max(1);
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        // USER_HZ, 100 on every Linux, should sysconf not say.
+        .unwrap_or(100)
+        .max(1);
     Some(boot * 1000 + ticks * 1000 / hz)
 }
 
@@ -654,4 +641,61 @@ pub fn verify_export(
         live_writer: None,
     };
     Ok(chain::verify_chain(&input))
+}
+
+impl Store {
+    /// The events that record a writer opening the store; rows not covered by a checkpoint at that
+    /// moment (a writer crashed, or another one is running) are named in a
+    /// `store.recovered` event before the closing checkpoint adopts them.
+    pub fn opening_events(&self, who: &str) -> Result<Vec<AuditEvent>> {
+        let last: Option<i64> = self
+            .conn
+            .query_row("SELECT max(seq) FROM audit", [], |r| r.get(0))
+            .map_err(|e| self.sql(e))?;
+        let signed: Option<i64> = self
+            .conn
+            .query_row("SELECT max(seq) FROM checkpoints", [], |r| r.get(0))
+            .map_err(|e| self.sql(e))?;
+        let pid = std::process::id();
+        let mut events = vec![AuditEvent::new(
+            Kind::StoreOpened,
+            serde_json::json!({"by": who, "pid": pid}),
+        )];
+        if let (Some(last), signed) = (last, signed.unwrap_or(0)) {
+            if last > signed {
+                events.push(AuditEvent::new(
+                    Kind::StoreRecovered,
+                    serde_json::json!({"unsigned_from": signed + 1, "unsigned_to": last, "pid": pid}),
+                ));
+            }
+        }
+        Ok(events)
+    }
+
+    /// Records the close, with `events` before it, and signs the head in the same commit.
+    pub fn close(mut self, events: Vec<AuditEvent>) -> Result<()> {
+        let mut events = events;
+        events.push(AuditEvent::new(
+            Kind::StoreClosed,
+            serde_json::json!({"pid": std::process::id()}),
+        ));
+        self.append_batch_signed(&events, true).map(|_| ())
+    }
+}
+
+/// Appends one event to the default store (key, trust and capability changes).
+pub fn record(kind: Kind, body: serde_json::Value) -> Result<u64> {
+    let mut store = Store::open_default()?;
+    let mut body = body;
+    body["uid"] = serde_json::Value::from(nix::unistd::getuid().as_raw());
+    store.append(&AuditEvent::new(kind, body))
+}
+
+/// A writer that goes away signs what it wrote (a reader writes nothing).
+impl Drop for Store {
+    fn drop(&mut self) {
+        if self.writer {
+            let _ = self.close_checkpoint();
+        }
+    }
 }

@@ -2,8 +2,10 @@
 //! which commits whatever has queued up in a single transaction (one `fsync`) and then
 //! answers each caller. A caller is answered only after its event is durable.
 
+use super::audit::AuditEvent;
+use super::error::{Result, StoreError};
+use super::handle::Store;
 use super::jobs::JobRow;
-use super::{AuditEvent, Result, Store, StoreError};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::thread::JoinHandle;
 

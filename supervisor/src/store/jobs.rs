@@ -1,7 +1,8 @@
 //! The daemon's jobs table: one row per admitted job, rewritten as its state changes, in
 //! the same transaction as the audit events that record the change.
 
-use super::{Result, Store};
+use super::error::Result;
+use super::handle::Store;
 use rusqlite::{params, OptionalExtension, Transaction};
 use serde::{Deserialize, Serialize};
 

@@ -127,6 +127,12 @@ kinds! {
     AgentRequests = "agent.requests",
     /// A job's agent spent its refusals; its socket is closed.
     AgentSocketClosed = "agent.socket.closed",
+    /// Connections the egress gateway forwarded or refused, in batches.
+    EgressConnect = "net.egress.connect",
+    /// Names the egress gateway answered or refused, in batches.
+    EgressQuery = "net.egress.query",
+    /// The egress gateway's totals for the run.
+    EgressSummary = "net.egress.summary",
     /// `covenant-runtime create` made a container.
     ContainerCreated = "container.created",
     /// `covenant-runtime create` refused a container.

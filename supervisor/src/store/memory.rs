@@ -4,16 +4,13 @@
 //! audited with the item's digest, never its text.
 
 use super::audit::{now_ms, AuditEvent};
+use super::error::{MemoryError, Result, StoreError};
+pub use super::error::{MAX_METADATA_BYTES, MAX_TEXT_BYTES};
+use super::handle::Store;
 use super::kind::Kind;
-use super::{MemoryError, Result, Store, StoreError};
 use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-
-/// Largest item text accepted.
-pub const MAX_TEXT_BYTES: usize = 256 * 1024;
-/// Largest metadata accepted (JSON text).
-pub const MAX_METADATA_BYTES: usize = 16 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]

@@ -1,7 +1,8 @@
 //! Schema migrations, applied in order inside one transaction each. `PRAGMA user_version`
 //! is the number of migrations applied.
 
-use super::{Result, Store, StoreError};
+use super::error::{Result, StoreError};
+use super::handle::Store;
 
 const MIGRATIONS: &[&str] = &[
     // 1: audit chain, checkpoints, prune markers, memory with full-text search.

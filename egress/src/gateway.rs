@@ -1,0 +1,1154 @@
+//! The data path: one thread that owns the TUN device of a sandbox's network namespace and
+//! a userspace TCP/IP stack on it. Every packet the sandbox sends is looked at before the
+//! stack sees it:
+//!
+//! - IPv4 only, from the sandbox's own address, unfragmented; everything else is dropped;
+//! - UDP to the gateway's port 53 is a DNS query ([`crate::dns`]); other UDP (QUIC too) and
+//!   ICMP are dropped;
+//! - a TCP SYN is decided by its destination ([`decide_connect`]): allowed, the stack gets a
+//!   listening socket for exactly that destination and accepts; refused, the stack answers
+//!   with a reset, as it does for any port nothing listens on.
+//!
+//! An accepted connection's first bytes are held (bounded, with a deadline) until they show
+//! the name it claims ([`crate::sniff`]); only then does a byte go upstream. Upstream
+//! sockets are ordinary non-blocking sockets of the supervisor's own network namespace.
+//!
+//! The thread ends when its owner stops it or the device fails; either way the device's
+//! last descriptor closes with it, the kernel removes the device, and the sandbox has no
+//! route left. Nothing falls back to another path.
+
+use crate::decide::{
+    check_first_bytes, decide_connect, upstream_reachable, Refusal, Rules, Target,
+};
+use crate::dns::{self, QueryAction, Question};
+use crate::events::{EgressEvent, EgressReport, EventKind, Verdict};
+use crate::names::NameTable;
+use crate::settings::Settings;
+use crate::sniff::{sniff, Sniffed, MAX_FIRST_BYTES};
+use covenant_policy::egress::{EgressRule, GATEWAY_ADDR, LINK_PREFIX, SANDBOX_ADDR};
+use hickory_proto::op::ResponseCode;
+use mio::net::{TcpStream, UdpSocket};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
+use smoltcp::socket::tcp;
+use smoltcp::time::Instant as SmolInstant;
+use smoltcp::wire::{
+    HardwareAddress, IpAddress, IpCidr, IpListenEndpoint, IpProtocol, Ipv4Packet, Ipv4Repr,
+    TcpPacket, UdpPacket, UdpRepr,
+};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, SocketAddrV4};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// The bounds of one gateway.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections open at once (sniffing, connecting or relaying).
+    pub max_connections: usize,
+    /// How long a new connection may take to send the bytes that name its host.
+    pub first_bytes_timeout: Duration,
+    /// How long the gateway waits for a first byte before it connects upstream anyway
+    /// (protocols where the server speaks first); the client's first bytes are still
+    /// checked before any of them goes upstream.
+    pub server_first_wait: Duration,
+    /// The stack's receive buffer per connection (sandbox to upstream).
+    pub rx_buffer: usize,
+    /// The stack's send buffer per connection (upstream to sandbox).
+    pub tx_buffer: usize,
+    /// The send buffer of the first [`Limits::large_buffers`] connections open at once:
+    /// bulk downloads need a wide window, a storm of connections must not multiply it.
+    pub large_tx_buffer: usize,
+    pub large_buffers: usize,
+    /// Distinct (name, address) pairs answered per run.
+    pub max_names: usize,
+    /// Distinct names forwarded upstream per run (bounds what DNS can carry out).
+    pub max_forwarded_names: usize,
+    /// Queries waiting for the upstream resolver.
+    pub max_pending_queries: usize,
+    pub query_timeout: Duration,
+    /// Packets read from the device but not yet taken by the stack.
+    pub max_queued_packets: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 1024,
+            first_bytes_timeout: Duration::from_secs(10),
+            server_first_wait: Duration::from_millis(1000),
+            rx_buffer: 16 * 1024,
+            tx_buffer: 32 * 1024,
+            large_tx_buffer: 512 * 1024,
+            large_buffers: 64,
+            max_names: 4096,
+            max_forwarded_names: 1024,
+            max_pending_queries: 256,
+            query_timeout: Duration::from_secs(4),
+            max_queued_packets: 1024,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("egress gateway: {what}: {source}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("egress gateway: the rule `{rule}` overlaps the gateway's own addresses")]
+    Overlap { rule: String },
+}
+
+fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> GatewayError {
+    move |source| GatewayError::Io { what, source }
+}
+
+/// A running gateway; [`Gateway::stop`] ends it and returns its report.
+pub struct Gateway {
+    stop: Arc<AtomicBool>,
+    /// Set by [`Gateway::stop_after_sandbox`]: leave the device to the namespace's teardown.
+    leave: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+    running: Arc<AtomicBool>,
+    report: Arc<Mutex<EgressReport>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+const TUN: Token = Token(0);
+const RESOLVER: Token = Token(1);
+const WAKE: Token = Token(2);
+const FIRST_CONN_TOKEN: usize = 16;
+
+impl Gateway {
+    /// Starts the gateway on `tun` (a TUN device, `IFF_TUN | IFF_NO_PI`, already up in the
+    /// sandbox's namespace with [`SANDBOX_ADDR`] and a default route via [`GATEWAY_ADDR`]).
+    pub fn start(
+        tun: OwnedFd,
+        rules: Vec<EgressRule>,
+        settings: Settings,
+        limits: Limits,
+    ) -> Result<Gateway, GatewayError> {
+        for rule in &rules {
+            if let covenant_policy::EgressTarget::Network(c) = rule.target {
+                if c.contains(GATEWAY_ADDR)
+                    || c.contains(SANDBOX_ADDR)
+                    || crate::names::STANDIN_POOL.covers(c)
+                    || c.covers(crate::names::STANDIN_POOL)
+                {
+                    return Err(GatewayError::Overlap {
+                        rule: rule.to_string(),
+                    });
+                }
+            }
+        }
+        set_nonblocking(tun.as_raw_fd()).map_err(io("make the device non-blocking"))?;
+        raise_fd_limit();
+        let poll = Poll::new().map_err(io("create poll"))?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKE).map_err(io("create waker"))?);
+        poll.registry()
+            .register(&mut SourceFd(&tun.as_raw_fd()), TUN, Interest::READABLE)
+            .map_err(io("watch the device"))?;
+        let bind: SocketAddr = if settings.resolver.is_ipv4() {
+            "0.0.0.0:0".parse().expect("literal")
+        } else {
+            "[::]:0".parse().expect("literal")
+        };
+        let mut resolver = UdpSocket::bind(bind).map_err(io("bind the resolver socket"))?;
+        resolver
+            .connect(settings.resolver)
+            .map_err(io("connect the resolver socket"))?;
+        poll.registry()
+            .register(&mut resolver, RESOLVER, Interest::READABLE)
+            .map_err(io("watch the resolver socket"))?;
+        let mut device = TunDevice {
+            fd: tun,
+            rx: VecDeque::new(),
+            scratch: Vec::new(),
+        };
+        let mut config = Config::new(HardwareAddress::Ip);
+        config.random_seed = random_u64();
+        let mut iface = Interface::new(config, &mut device, SmolInstant::now());
+        iface.update_ip_addrs(|addrs| {
+            let _ = addrs.push(IpCidr::new(IpAddress::Ipv4(GATEWAY_ADDR), LINK_PREFIX));
+        });
+        // Accept every destination routed through the gateway's own address: with any_ip,
+        // a listening socket bound to a destination takes its SYN.
+        iface.set_any_ip(true);
+        let _ = iface.routes_mut().add_default_ipv4_route(GATEWAY_ADDR);
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let running = Arc::new(AtomicBool::new(true));
+        let report = Arc::new(Mutex::new(EgressReport::default()));
+        let mut state = State {
+            poll,
+            iface,
+            device,
+            sockets: SocketSet::new(Vec::new()),
+            conns: HashMap::new(),
+            tuples: HashMap::new(),
+            tokens: HashMap::new(),
+            next_token: FIRST_CONN_TOKEN,
+            large_in_use: 0,
+            names: NameTable::new(limits.max_names),
+            forwarded: HashSet::new(),
+            rules: Rules::new(rules),
+            settings,
+            limits,
+            resolver,
+            pending: HashMap::new(),
+            query_seed: random_u64(),
+            query_count: 0,
+            report: report.clone(),
+        };
+        let leave = Arc::new(AtomicBool::new(false));
+        let (stop2, running2, report2, leave2) =
+            (stop.clone(), running.clone(), report.clone(), leave.clone());
+        let thread = std::thread::Builder::new()
+            .name("egress-gateway".into())
+            .spawn(move || {
+                let result = state.run(&stop2);
+                state.finish_all();
+                match result {
+                    Err(e) => {
+                        lock(&report2).failure = Some(format!("the gateway stopped mid-run: {e}"))
+                    }
+                    // The sandbox has ended: its namespace's teardown removes the device, in
+                    // the background, instead of this close doing it (an RCU grace period,
+                    // some 20 ms, on every run's exit path).
+                    Ok(()) if leave2.load(Ordering::SeqCst) => leave_device(&state.device.fd),
+                    Ok(()) => {}
+                }
+                // Dropping the state closes the device: unless it was left to the
+                // namespace, the sandbox's route goes with it.
+                drop(state);
+                running2.store(false, Ordering::SeqCst);
+            })
+            .map_err(io("start the gateway thread"))?;
+        Ok(Gateway {
+            stop,
+            leave,
+            waker,
+            running,
+            report,
+            thread: Some(thread),
+        })
+    }
+
+    /// Whether the gateway still runs.
+    pub fn is_running(&self) -> bool {
+        self.running.load(Ordering::SeqCst)
+    }
+
+    /// Stops the gateway once the sandbox (every process of its network namespace) has
+    /// ended: the device is left for the namespace's own teardown to remove, which spares
+    /// the caller's exit path a synchronous device removal. Returns the report.
+    pub fn stop_after_sandbox(self) -> EgressReport {
+        self.leave.store(true, Ordering::SeqCst);
+        self.stop()
+    }
+
+    /// Stops the gateway (closing every connection and removing the device at once, so
+    /// whatever is still in the namespace has no route left) and returns its report.
+    pub fn stop(mut self) -> EgressReport {
+        let died = !self.is_running();
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.waker.wake();
+        let panicked = match self.thread.take() {
+            Some(t) => t.join().is_err(),
+            None => false,
+        };
+        let mut report = std::mem::take(&mut *lock(&self.report));
+        if panicked && report.failure.is_none() {
+            report.failure = Some("the gateway stopped mid-run: it panicked".into());
+        }
+        if died && report.failure.is_none() {
+            report.failure = Some("the gateway stopped mid-run".into());
+        }
+        report
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.waker.wake();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn lock(m: &Mutex<EgressReport>) -> std::sync::MutexGuard<'_, EgressReport> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
+}
+
+fn set_nonblocking(fd: RawFd) -> std::io::Result<()> {
+    // SAFETY: fcntl on a descriptor the caller owns, with integer arguments.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Makes the device outlive its descriptor, so that closing it does not remove it; the
+/// namespace's teardown does. Only for a namespace nothing runs in any more.
+fn leave_device(fd: &OwnedFd) {
+    const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
+    // SAFETY: TUNSETPERSIST takes an integer argument on the device descriptor.
+    unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETPERSIST, 1 as libc::c_ulong) };
+}
+
+/// Upstream sockets count against the supervisor's descriptor limit: raise the soft limit
+/// to the hard one.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            // Best effort: past the soft limit new connections are refused, not lost.
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
+}
+
+/// The TUN device as the stack's device: packets read (and checked) by the gateway wait in
+/// `rx`; packets the stack sends are written straight to the device.
+struct TunDevice {
+    fd: OwnedFd,
+    rx: VecDeque<Vec<u8>>,
+    /// Where outgoing packets are built (reused: no allocation or zeroing per packet).
+    scratch: Vec<u8>,
+}
+
+struct TunRx(Vec<u8>);
+struct TunTx<'a>(RawFd, &'a mut Vec<u8>);
+
+impl RxToken for TunRx {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&self.0)
+    }
+}
+
+impl TxToken for TunTx<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        if self.1.len() < VNET_HDR_LEN + len {
+            self.1.resize(VNET_HDR_LEN + len, 0);
+        }
+        let (hdr, packet) = self.1[..VNET_HDR_LEN + len].split_at_mut(VNET_HDR_LEN);
+        let r = f(packet);
+        partial_tcp_checksum(hdr, packet);
+        write_framed(self.0, &self.1[..VNET_HDR_LEN + len]);
+        r
+    }
+}
+
+/// Writes one packet with its `virtio_net_hdr` already in front; a full device drops it
+/// (TCP sends it again).
+fn write_framed(fd: RawFd, framed: &[u8]) {
+    // SAFETY: writes from a live buffer to the device descriptor.
+    unsafe { libc::write(fd, framed.as_ptr().cast(), framed.len()) };
+}
+
+/// Writes one packet whose checksums are complete (a zero `virtio_net_hdr` in front).
+fn write_packet(fd: RawFd, packet: &[u8]) {
+    let mut framed = Vec::with_capacity(VNET_HDR_LEN + packet.len());
+    framed.extend_from_slice(&[0; VNET_HDR_LEN]);
+    framed.extend_from_slice(packet);
+    write_framed(fd, &framed);
+}
+
+/// Fills the `virtio_net_hdr` of an outgoing packet: for TCP, "checksum to be completed"
+/// from the TCP header on, which the receiving kernel treats as verified (the stack leaves
+/// TCP checksums out; the packet is delivered inside the sandbox's namespace and nowhere
+/// else). Anything else carries its own checksums.
+fn partial_tcp_checksum(hdr: &mut [u8], packet: &[u8]) {
+    hdr.fill(0);
+    if packet.len() >= 20 && packet[0] >> 4 == 4 && packet[9] == 6 {
+        let ihl = (packet[0] & 0x0f) as u16 * 4;
+        hdr[0] = 1; // VIRTIO_NET_HDR_F_NEEDS_CSUM
+        hdr[6..8].copy_from_slice(&ihl.to_ne_bytes()); // csum_start
+        hdr[8..10].copy_from_slice(&16u16.to_ne_bytes()); // csum_offset: TCP checksum
+    }
+}
+
+impl Device for TunDevice {
+    type RxToken<'a> = TunRx;
+    type TxToken<'a> = TunTx<'a>;
+
+    fn receive(&mut self, _: SmolInstant) -> Option<(TunRx, TunTx<'_>)> {
+        let packet = self.rx.pop_front()?;
+        Some((TunRx(packet), TunTx(self.fd.as_raw_fd(), &mut self.scratch)))
+    }
+
+    fn transmit(&mut self, _: SmolInstant) -> Option<TunTx<'_>> {
+        Some(TunTx(self.fd.as_raw_fd(), &mut self.scratch))
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ip;
+        caps.max_transmission_unit = MTU;
+        // Incoming TCP checksums are verified; outgoing ones are left to the header (see
+        // `partial_tcp_checksum`).
+        caps.checksum.tcp = smoltcp::phy::Checksum::Rx;
+        caps
+    }
+}
+
+const MTU: usize = crate::link::LINK_MTU;
+const VNET_HDR_LEN: usize = crate::link::VNET_HDR_LEN;
+
+/// A query waiting for the upstream resolver.
+struct Pending {
+    question: Question,
+    client: SocketAddrV4,
+    deadline: Instant,
+}
+
+struct Upstream {
+    stream: TcpStream,
+    token: Token,
+    connected: bool,
+    readable: bool,
+    writable: bool,
+    eof: bool,
+    shut_write: bool,
+}
+
+struct Conn {
+    dst: SocketAddrV4,
+    target: Target,
+    opened: Instant,
+    /// Client bytes held until the first-bytes decision, then until upstream takes them.
+    held: Vec<u8>,
+    /// `None` until the first bytes are decided.
+    verdict: Option<bool>,
+    upstream: Option<Upstream>,
+    bytes_out: u64,
+    bytes_in: u64,
+    closing: bool,
+    /// Holds one of the large send buffers.
+    large: bool,
+    tuple: (SocketAddrV4, SocketAddrV4),
+}
+
+struct State {
+    poll: Poll,
+    iface: Interface,
+    device: TunDevice,
+    sockets: SocketSet<'static>,
+    conns: HashMap<SocketHandle, Conn>,
+    tuples: HashMap<(SocketAddrV4, SocketAddrV4), SocketHandle>,
+    tokens: HashMap<Token, SocketHandle>,
+    next_token: usize,
+    /// Connections holding a large send buffer.
+    large_in_use: usize,
+    names: NameTable,
+    forwarded: HashSet<String>,
+    rules: Rules,
+    settings: Settings,
+    limits: Limits,
+    resolver: UdpSocket,
+    pending: HashMap<u16, Pending>,
+    query_seed: u64,
+    query_count: u64,
+    report: Arc<Mutex<EgressReport>>,
+}
+
+impl State {
+    fn record(&self, event: EgressEvent) {
+        lock(&self.report).record(event);
+    }
+
+    fn run(&mut self, stop: &AtomicBool) -> std::io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            if stop.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            let now = SmolInstant::now();
+            let mut timeout = self
+                .iface
+                .poll_delay(now, &self.sockets)
+                .map(|d| Duration::from_micros(d.total_micros()))
+                .unwrap_or(Duration::from_secs(1))
+                .min(Duration::from_secs(1));
+            if !self.pending.is_empty() || self.conns.values().any(|c| c.verdict.is_none()) {
+                timeout = timeout.min(Duration::from_millis(100));
+            }
+            match self.poll.poll(&mut events, Some(timeout)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            for event in events.iter() {
+                match event.token() {
+                    TUN | RESOLVER | WAKE => {}
+                    token => {
+                        let Some(handle) = self.tokens.get(&token) else {
+                            continue;
+                        };
+                        if let Some(up) =
+                            self.conns.get_mut(handle).and_then(|c| c.upstream.as_mut())
+                        {
+                            if event.is_readable() || event.is_read_closed() || event.is_error() {
+                                up.readable = true;
+                            }
+                            if event.is_writable() || event.is_write_closed() || event.is_error() {
+                                up.writable = true;
+                            }
+                        }
+                    }
+                }
+            }
+            self.read_device()?;
+            self.read_resolver();
+            self.expire_queries();
+            self.iface
+                .poll(SmolInstant::now(), &mut self.device, &mut self.sockets);
+            self.service_connections();
+            self.iface
+                .poll(SmolInstant::now(), &mut self.device, &mut self.sockets);
+        }
+    }
+
+    /// Reads what the sandbox sent, checks each packet, and queues for the stack what it
+    /// should see. A read error other than "nothing more" ends the gateway.
+    fn read_device(&mut self) -> std::io::Result<()> {
+        let mut buf = vec![0u8; VNET_HDR_LEN + 65536];
+        for _ in 0..4096 {
+            // SAFETY: reads into a live buffer of the length passed.
+            let n = unsafe {
+                libc::read(
+                    self.device.fd.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                )
+            };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                return match e.kind() {
+                    ErrorKind::WouldBlock => Ok(()),
+                    ErrorKind::Interrupted => continue,
+                    _ => Err(e),
+                };
+            }
+            if n == 0 {
+                return Err(std::io::Error::new(
+                    ErrorKind::UnexpectedEof,
+                    "device closed",
+                ));
+            }
+            let n = n as usize;
+            // flags bit 0: checksum left to complete; gso_type: a segment to split. The
+            // device was asked for neither offload, so such a packet is not one of ours.
+            if n <= VNET_HDR_LEN || buf[0] & 1 != 0 || buf[1] != 0 {
+                self.drop_packet(|d| d.other += 1);
+                continue;
+            }
+            self.inspect(&buf[VNET_HDR_LEN..n]);
+            if self.device.rx.len() >= self.limits.max_queued_packets {
+                // Let the stack drain what is queued before reading more.
+                self.iface
+                    .poll(SmolInstant::now(), &mut self.device, &mut self.sockets);
+            }
+        }
+        Ok(())
+    }
+
+    fn drop_packet(&self, f: impl FnOnce(&mut crate::events::Dropped)) {
+        f(&mut lock(&self.report).dropped);
+    }
+
+    fn inspect(&mut self, packet: &[u8]) {
+        match packet.first().map(|b| b >> 4) {
+            Some(4) => {}
+            Some(6) => return self.drop_packet(|d| d.ipv6 += 1),
+            _ => return self.drop_packet(|d| d.other += 1),
+        }
+        let Ok(ip) = Ipv4Packet::new_checked(packet) else {
+            return self.drop_packet(|d| d.other += 1);
+        };
+        if ip.src_addr() != SANDBOX_ADDR
+            || ip.more_frags()
+            || ip.frag_offset() != 0
+            || !ip.verify_checksum()
+        {
+            return self.drop_packet(|d| d.other += 1);
+        }
+        let (src, dst) = (ip.src_addr(), ip.dst_addr());
+        match ip.next_header() {
+            IpProtocol::Icmp => self.drop_packet(|d| d.icmp += 1),
+            IpProtocol::Udp => {
+                let Ok(udp) = UdpPacket::new_checked(ip.payload()) else {
+                    return self.drop_packet(|d| d.other += 1);
+                };
+                if dst == GATEWAY_ADDR && udp.dst_port() == 53 {
+                    let client = SocketAddrV4::new(src, udp.src_port());
+                    let payload = udp.payload().to_vec();
+                    self.handle_query(client, &payload);
+                } else if udp.dst_port() == 443 {
+                    self.drop_packet(|d| d.quic += 1);
+                } else {
+                    self.drop_packet(|d| d.udp += 1);
+                }
+            }
+            IpProtocol::Tcp => {
+                let Ok(tcp) = TcpPacket::new_checked(ip.payload()) else {
+                    return self.drop_packet(|d| d.other += 1);
+                };
+                let from = SocketAddrV4::new(src, tcp.src_port());
+                let to = SocketAddrV4::new(dst, tcp.dst_port());
+                if tcp.syn() && !tcp.ack() && !self.tuples.contains_key(&(from, to)) {
+                    self.accept_syn(from, to);
+                }
+                if self.device.rx.len() < self.limits.max_queued_packets {
+                    self.device.rx.push_back(packet.to_vec());
+                }
+            }
+            _ => self.drop_packet(|d| d.other += 1),
+        }
+    }
+
+    /// Decides a new connection; when allowed, gives the stack a socket listening on
+    /// exactly its destination. Refused, nothing listens and the stack answers a reset.
+    fn accept_syn(&mut self, from: SocketAddrV4, to: SocketAddrV4) {
+        let decision = if self.conns.len() >= self.limits.max_connections {
+            Err(Refusal::ConnectionLimit)
+        } else {
+            decide_connect(to, &self.names, &self.rules, &self.settings)
+        };
+        let target = match decision {
+            Ok(t) => t,
+            Err(why) => {
+                let name = self.names.lookup(*to.ip()).map(|a| a.name.clone());
+                let address = self
+                    .names
+                    .lookup(*to.ip())
+                    .map(|a| a.upstream)
+                    .unwrap_or(*to.ip());
+                return self.record(EgressEvent {
+                    kind: EventKind::Connect,
+                    verdict: Verdict::Refused,
+                    name,
+                    address: Some(address.to_string()),
+                    port: Some(to.port()),
+                    bytes_out: 0,
+                    bytes_in: 0,
+                    reason: Some(why.to_string()),
+                });
+            }
+        };
+        let large = self.large_in_use < self.limits.large_buffers;
+        let tx = if large {
+            self.limits.large_tx_buffer
+        } else {
+            self.limits.tx_buffer
+        };
+        let mut socket = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; self.limits.rx_buffer]),
+            tcp::SocketBuffer::new(vec![0; tx]),
+        );
+        socket.set_nagle_enabled(false);
+        // The sandbox's kernel waits for window updates; a delayed ACK would stall it.
+        socket.set_ack_delay(None);
+        if socket
+            .listen(IpListenEndpoint {
+                addr: Some(IpAddress::Ipv4(*to.ip())),
+                port: to.port(),
+            })
+            .is_err()
+        {
+            return;
+        }
+        let handle = self.sockets.add(socket);
+        self.large_in_use += usize::from(large);
+        self.tuples.insert((from, to), handle);
+        self.conns.insert(
+            handle,
+            Conn {
+                dst: to,
+                target,
+                opened: Instant::now(),
+                held: Vec::new(),
+                verdict: None,
+                upstream: None,
+                bytes_out: 0,
+                bytes_in: 0,
+                closing: false,
+                large,
+                tuple: (from, to),
+            },
+        );
+        let peak = self.conns.len() as u64;
+        let mut r = lock(&self.report);
+        r.peak_connections = r.peak_connections.max(peak);
+    }
+
+    fn reply_udp(&self, client: SocketAddrV4, payload: &[u8]) {
+        let udp = UdpRepr {
+            src_port: 53,
+            dst_port: client.port(),
+        };
+        let ip = Ipv4Repr {
+            src_addr: GATEWAY_ADDR,
+            dst_addr: *client.ip(),
+            next_header: IpProtocol::Udp,
+            payload_len: 8 + payload.len(),
+            hop_limit: 64,
+        };
+        let mut buf = vec![0u8; ip.buffer_len() + 8 + payload.len()];
+        let caps = smoltcp::phy::ChecksumCapabilities::default();
+        let mut ip_packet = Ipv4Packet::new_unchecked(&mut buf);
+        ip.emit(&mut ip_packet, &caps);
+        let mut udp_packet = UdpPacket::new_unchecked(ip_packet.payload_mut());
+        udp.emit(
+            &mut udp_packet,
+            &IpAddress::Ipv4(GATEWAY_ADDR),
+            &IpAddress::Ipv4(*client.ip()),
+            payload.len(),
+            |b| b.copy_from_slice(payload),
+            &caps,
+        );
+        write_packet(self.device.fd.as_raw_fd(), &buf);
+    }
+
+    fn query_event(
+        &self,
+        name: Option<String>,
+        refused: Option<&Refusal>,
+        address: Option<String>,
+    ) {
+        self.record(EgressEvent {
+            kind: EventKind::Query,
+            verdict: if refused.is_some() {
+                Verdict::Refused
+            } else {
+                Verdict::Allowed
+            },
+            name,
+            address,
+            port: Some(53),
+            bytes_out: 0,
+            bytes_in: 0,
+            reason: refused.map(|r| r.to_string()),
+        });
+    }
+
+    fn handle_query(&mut self, client: SocketAddrV4, payload: &[u8]) {
+        match dns::handle_query(payload, &self.rules) {
+            QueryAction::Drop => self.drop_packet(|d| d.udp += 1),
+            QueryAction::Reply {
+                bytes,
+                name,
+                refused,
+            } => {
+                self.reply_udp(client, &bytes);
+                if refused.is_some() {
+                    self.query_event(name, refused.as_ref(), None);
+                }
+            }
+            QueryAction::Forward(question) => {
+                let refuse = if self.pending.len() >= self.limits.max_pending_queries {
+                    Some((
+                        ResponseCode::ServFail,
+                        Refusal::Upstream("too many queries waiting".into()),
+                    ))
+                } else if !self.forwarded.contains(&question.name)
+                    && self.forwarded.len() >= self.limits.max_forwarded_names
+                {
+                    Some((ResponseCode::Refused, Refusal::TooManyNames))
+                } else {
+                    None
+                };
+                if let Some((code, why)) = refuse {
+                    self.reply_udp(client, &dns::error_answer(&question, code));
+                    return self.query_event(Some(question.name), Some(&why), None);
+                }
+                self.forwarded.insert(question.name.clone());
+                let id = self.next_query_id();
+                let query = dns::upstream_query(id, &question.name);
+                if let Err(e) = self.resolver.send(&query) {
+                    self.reply_udp(
+                        client,
+                        &dns::error_answer(&question, ResponseCode::ServFail),
+                    );
+                    return self.query_event(
+                        Some(question.name),
+                        Some(&Refusal::Upstream(e.to_string())),
+                        None,
+                    );
+                }
+                self.pending.insert(
+                    id,
+                    Pending {
+                        question,
+                        client,
+                        deadline: Instant::now() + self.limits.query_timeout,
+                    },
+                );
+            }
+        }
+    }
+
+    fn next_query_id(&mut self) -> u16 {
+        loop {
+            self.query_count += 1;
+            let mixed = (self.query_seed ^ self.query_count.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+                .rotate_left((self.query_count % 61) as u32);
+            let id = (mixed ^ (mixed >> 16) ^ (mixed >> 32)) as u16;
+            if !self.pending.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    fn read_resolver(&mut self) {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = match self.resolver.recv(&mut buf) {
+                Ok(n) => n,
+                Err(_) => return,
+            };
+            if n < 2 {
+                continue;
+            }
+            let id = u16::from_be_bytes([buf[0], buf[1]]);
+            let Some(p) = self.pending.remove(&id) else {
+                continue;
+            };
+            self.answer_from_upstream(p, id, &buf[..n]);
+        }
+    }
+
+    fn answer_from_upstream(&mut self, p: Pending, id: u16, bytes: &[u8]) {
+        let name = p.question.name.clone();
+        let addresses = match dns::upstream_addresses(bytes, id, &name) {
+            Ok(a) => a,
+            Err(why) => {
+                let code = match &why {
+                    Refusal::Upstream(t) if t == dns::NXDOMAIN => ResponseCode::NXDomain,
+                    _ => ResponseCode::ServFail,
+                };
+                self.reply_udp(p.client, &dns::error_answer(&p.question, code));
+                return self.query_event(Some(name), Some(&why), None);
+            }
+        };
+        let mut standins = Vec::new();
+        let mut refusal = None;
+        for ip in &addresses {
+            if let Err(why) = upstream_reachable(*ip, &self.rules, &self.settings) {
+                // Rebinding: an allowed name may not lead to a range never reached.
+                self.query_event(Some(name.clone()), Some(&why), Some(ip.to_string()));
+                refusal = Some(why);
+                continue;
+            }
+            match self.names.standin_for(&name, *ip) {
+                Some(s) => standins.push(s),
+                None => refusal = Some(Refusal::TooManyNames),
+            }
+        }
+        if standins.is_empty() && !addresses.is_empty() {
+            self.reply_udp(
+                p.client,
+                &dns::error_answer(&p.question, ResponseCode::Refused),
+            );
+            if let Some(Refusal::TooManyNames) = refusal {
+                self.query_event(Some(name), Some(&Refusal::TooManyNames), None);
+            }
+            return;
+        }
+        self.reply_udp(p.client, &dns::answer(&p.question, &standins));
+        let answered: Vec<String> = addresses
+            .iter()
+            .filter(|ip| upstream_reachable(**ip, &self.rules, &self.settings).is_ok())
+            .map(|ip| ip.to_string())
+            .collect();
+        self.query_event(Some(name), None, Some(answered.join(",")));
+    }
+
+    fn expire_queries(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<u16> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some(p) = self.pending.remove(&id) {
+                self.reply_udp(
+                    p.client,
+                    &dns::error_answer(&p.question, ResponseCode::ServFail),
+                );
+                self.query_event(
+                    Some(p.question.name),
+                    Some(&Refusal::Upstream("no answer in time".into())),
+                    None,
+                );
+            }
+        }
+    }
+
+    fn service_connections(&mut self) {
+        let handles: Vec<SocketHandle> = self.conns.keys().copied().collect();
+        for handle in handles {
+            let outcome = self.service(handle);
+            match outcome {
+                Step::Keep => {}
+                Step::Refuse(why) => {
+                    self.sockets.get_mut::<tcp::Socket>(handle).abort();
+                    self.finish(handle, Some(why));
+                }
+                Step::Done => self.finish(handle, None),
+            }
+        }
+    }
+
+    /// Records every connection still open (the run ended, or the gateway failed).
+    fn finish_all(&mut self) {
+        let handles: Vec<SocketHandle> = self.conns.keys().copied().collect();
+        for handle in handles {
+            self.sockets.get_mut::<tcp::Socket>(handle).abort();
+            self.finish(handle, None);
+        }
+    }
+
+    /// Removes a connection and records it.
+    fn finish(&mut self, handle: SocketHandle, refused: Option<Refusal>) {
+        let Some(mut conn) = self.conns.remove(&handle) else {
+            return;
+        };
+        self.tuples.remove(&conn.tuple);
+        self.large_in_use -= usize::from(conn.large);
+        // The socket is removed once the reset or final FIN has gone out.
+        self.iface
+            .poll(SmolInstant::now(), &mut self.device, &mut self.sockets);
+        self.sockets.remove(handle);
+        if let Some(mut up) = conn.upstream.take() {
+            self.tokens.remove(&up.token);
+            let _ = self.poll.registry().deregister(&mut up.stream);
+        }
+        let refused = refused.or(match conn.verdict {
+            Some(true) => None,
+            _ if conn.upstream.is_none() && conn.bytes_in == 0 => {
+                Some(Refusal::FirstBytes("the sandbox closed before a decision"))
+            }
+            _ => None,
+        });
+        self.record(EgressEvent {
+            kind: EventKind::Connect,
+            verdict: if refused.is_some() {
+                Verdict::Refused
+            } else {
+                Verdict::Allowed
+            },
+            name: conn.target.name.clone(),
+            address: Some(conn.target.upstream.ip().to_string()),
+            port: Some(conn.dst.port()),
+            bytes_out: conn.bytes_out,
+            bytes_in: conn.bytes_in,
+            reason: refused.map(|r| r.to_string()),
+        });
+    }
+
+    fn connect_upstream(registry: &Registry, conn: &mut Conn, token: Token) -> Result<(), Refusal> {
+        let mut stream = TcpStream::connect(SocketAddr::V4(conn.target.upstream))
+            .map_err(|e| Refusal::Connect(e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        registry
+            .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
+            .map_err(|e| Refusal::Connect(e.to_string()))?;
+        conn.upstream = Some(Upstream {
+            stream,
+            token,
+            connected: false,
+            readable: false,
+            writable: true,
+            eof: false,
+            shut_write: false,
+        });
+        Ok(())
+    }
+
+    /// One step of one connection: decide its first bytes, connect, move bytes both ways,
+    /// pass on half-closes.
+    fn service(&mut self, handle: SocketHandle) -> Step {
+        let limits = self.limits;
+        let socket = self.sockets.get_mut::<tcp::Socket>(handle);
+        let conn = self
+            .conns
+            .get_mut(&handle)
+            .expect("serviced connections exist");
+        let state = socket.state();
+        if matches!(state, tcp::State::Closed | tcp::State::TimeWait) {
+            return Step::Done;
+        }
+        if state == tcp::State::Listen || state == tcp::State::SynReceived {
+            if conn.opened.elapsed() > limits.first_bytes_timeout {
+                return Step::Refuse(Refusal::FirstBytes("the handshake did not complete"));
+            }
+            return Step::Keep;
+        }
+        // The first bytes: held, bounded, until they name the host.
+        if conn.verdict.is_none() {
+            while socket.can_recv() && conn.held.len() < MAX_FIRST_BYTES {
+                let room = MAX_FIRST_BYTES - conn.held.len();
+                let _ = socket.recv(|b| {
+                    let n = b.len().min(room);
+                    conn.held.extend_from_slice(&b[..n]);
+                    (n, ())
+                });
+            }
+            if !conn.held.is_empty() {
+                match sniff(&conn.held) {
+                    Sniffed::NeedMore if conn.held.len() >= MAX_FIRST_BYTES => {
+                        return Step::Refuse(Refusal::FirstBytes("longer than the gateway holds"));
+                    }
+                    Sniffed::NeedMore if !socket.may_recv() => {
+                        return Step::Refuse(Refusal::FirstBytes("the sandbox stopped sending"));
+                    }
+                    Sniffed::NeedMore => {}
+                    sniffed => match check_first_bytes(&conn.target, &sniffed) {
+                        Ok(()) => conn.verdict = Some(true),
+                        Err(why) => return Step::Refuse(why),
+                    },
+                }
+            } else if !socket.may_recv() {
+                return Step::Refuse(Refusal::FirstBytes("the sandbox closed before a decision"));
+            }
+            // A first message begun must be finished in time. A connection that has sent
+            // nothing is connected upstream after `server_first_wait` (the server may
+            // speak first) and may then stay quiet; its first bytes are still decided
+            // before any goes upstream.
+            let late = conn.opened.elapsed() > limits.first_bytes_timeout;
+            if conn.verdict.is_none() && late && (!conn.held.is_empty() || conn.upstream.is_none())
+            {
+                return Step::Refuse(Refusal::FirstBytes("not complete in time"));
+            }
+        }
+        let server_first =
+            conn.held.is_empty() && conn.opened.elapsed() >= limits.server_first_wait;
+        if conn.upstream.is_none() && (conn.verdict == Some(true) || server_first) {
+            let token = Token(self.next_token);
+            self.next_token += 1;
+            if let Err(why) = Self::connect_upstream(self.poll.registry(), conn, token) {
+                return Step::Refuse(why);
+            }
+            self.tokens.insert(token, handle);
+        }
+        let Some(up) = conn.upstream.as_mut() else {
+            return Step::Keep;
+        };
+        if !up.connected {
+            if !up.writable {
+                return Step::Keep;
+            }
+            match up.stream.take_error() {
+                Ok(Some(e)) | Err(e) => return Step::Refuse(Refusal::Connect(e.to_string())),
+                Ok(None) => {}
+            }
+            match up.stream.peer_addr() {
+                Ok(_) => up.connected = true,
+                Err(e) if e.kind() == ErrorKind::NotConnected => {
+                    up.writable = false;
+                    return Step::Keep;
+                }
+                Err(e) => return Step::Refuse(Refusal::Connect(e.to_string())),
+            }
+        }
+        // Sandbox to upstream, only once the first bytes are decided.
+        if conn.verdict == Some(true) && up.writable {
+            while !conn.held.is_empty() {
+                match up.stream.write(&conn.held) {
+                    Ok(n) => {
+                        conn.bytes_out += n as u64;
+                        conn.held.drain(..n);
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        up.writable = false;
+                        break;
+                    }
+                    Err(_) => {
+                        socket.abort();
+                        return Step::Done;
+                    }
+                }
+            }
+            if conn.held.is_empty() {
+                conn.held = Vec::new();
+                while up.writable && socket.can_recv() {
+                    let r = socket.recv(|b| match up.stream.write(b) {
+                        Ok(n) => (n, Ok(n)),
+                        Err(e) => (0, Err(e)),
+                    });
+                    match r {
+                        Ok(Ok(n)) => conn.bytes_out += n as u64,
+                        Ok(Err(e)) if e.kind() == ErrorKind::WouldBlock => up.writable = false,
+                        _ => {
+                            socket.abort();
+                            return Step::Done;
+                        }
+                    }
+                }
+                if !socket.may_recv() && !socket.can_recv() && !up.shut_write {
+                    let _ = up.stream.shutdown(Shutdown::Write);
+                    up.shut_write = true;
+                }
+            }
+        }
+        // Upstream to sandbox.
+        while up.readable && !up.eof && socket.can_send() {
+            let r = socket.send(|b| match up.stream.read(b) {
+                Ok(n) => (n, Ok(n)),
+                Err(e) => (0, Err(e)),
+            });
+            match r {
+                Ok(Ok(0)) => up.eof = true,
+                Ok(Ok(n)) => conn.bytes_in += n as u64,
+                Ok(Err(e)) if e.kind() == ErrorKind::WouldBlock => up.readable = false,
+                Ok(Err(e)) if e.kind() == ErrorKind::Interrupted => {}
+                _ => {
+                    socket.abort();
+                    return Step::Done;
+                }
+            }
+        }
+        if up.eof && !conn.closing {
+            socket.close();
+            conn.closing = true;
+        }
+        if up.eof && up.shut_write && socket.send_queue() == 0 && !socket.is_open() {
+            return Step::Done;
+        }
+        Step::Keep
+    }
+}
+
+enum Step {
+    Keep,
+    Refuse(Refusal),
+    Done,
+}

@@ -1,0 +1,643 @@
+//! The gateway end to end, without a sandbox: a thread enters a fresh network namespace,
+//! creates the link, and probes through it; the test "internet" (servers and a DNS server)
+//! lives on 127.77.N.x of this machine's loopback. Every probe aims at those test hosts or
+//! at the gateway's own stand-in addresses, never at a real outside address.
+//!
+//! Needs root (a network namespace and a TUN device); with COVENANT_REQUIRE_LIVE=1 a
+//! missing privilege fails the test instead of skipping it.
+
+use covenant_egress::gateway::Limits;
+use covenant_egress::{EgressReport, Gateway, Settings};
+use covenant_policy::egress::{Cidr, EgressRule, GATEWAY_ADDR};
+use hickory_proto::op::{Message, MessageType, Query, ResponseCode};
+use hickory_proto::rr::{rdata::A, Name, RData, Record, RecordType};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+fn live() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root && std::env::var("COVENANT_REQUIRE_LIVE").as_deref() == Ok("1") {
+        panic!("COVENANT_REQUIRE_LIVE=1 but the gateway tests need root");
+    }
+    if !root {
+        eprintln!("skipped: needs root");
+    }
+    root
+}
+
+/// A test internet on 127.77.`net`.0/24: DNS on .53:53 answering `table`, TCP servers on
+/// .10 and .11 at ports 443 and 80 that record what they receive and answer `HELLO`.
+struct Internet {
+    net: u8,
+    received: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+fn host(net: u8, last: u8) -> Ipv4Addr {
+    Ipv4Addr::new(127, 77, net, last)
+}
+
+impl Internet {
+    fn start(net: u8, table: &[(&str, Ipv4Addr)]) -> Internet {
+        let table: Vec<(String, Ipv4Addr)> =
+            table.iter().map(|(n, a)| (format!("{n}."), *a)).collect();
+        let dns = UdpSocket::bind((host(net, 53), 53)).expect("bind the test DNS server");
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            while let Ok((n, from)) = dns.recv_from(&mut buf) {
+                let Ok(q) = Message::from_vec(&buf[..n]) else {
+                    continue;
+                };
+                let mut r = Message::new();
+                r.set_id(q.id()).set_message_type(MessageType::Response);
+                r.add_queries(q.queries().to_vec());
+                let name = q.queries()[0].name().to_ascii().to_ascii_lowercase();
+                let mut found = false;
+                for (n, a) in &table {
+                    let matches = n == &name || (n.starts_with("*.") && name.ends_with(&n[1..]));
+                    if matches {
+                        found = true;
+                        r.add_answer(Record::from_rdata(
+                            q.queries()[0].name().clone(),
+                            30,
+                            RData::A(A(*a)),
+                        ));
+                    }
+                }
+                if !found {
+                    r.set_response_code(ResponseCode::NXDomain);
+                }
+                let _ = dns.send_to(&r.to_vec().unwrap(), from);
+            }
+        });
+        let received = Arc::new(Mutex::new(Vec::new()));
+        for last in [10, 11] {
+            for port in [443, 80] {
+                let l = TcpListener::bind((host(net, last), port)).expect("bind a test server");
+                let rec = received.clone();
+                std::thread::spawn(move || {
+                    for s in l.incoming() {
+                        let Ok(mut s) = s else { continue };
+                        let rec = rec.clone();
+                        std::thread::spawn(move || {
+                            let _ = s.set_read_timeout(Some(Duration::from_millis(300)));
+                            let mut got = Vec::new();
+                            let mut buf = [0u8; 65536];
+                            while let Ok(n) = s.read(&mut buf) {
+                                if n == 0 {
+                                    break;
+                                }
+                                got.extend_from_slice(&buf[..n]);
+                                if got.ends_with(b"\r\n\r\n") || got.ends_with(b"END") {
+                                    break;
+                                }
+                            }
+                            if !got.is_empty() {
+                                rec.lock().unwrap().push(got);
+                            }
+                            let _ = s.write_all(b"HELLO\n");
+                        });
+                    }
+                });
+            }
+        }
+        // A server that speaks first (as ssh does), on port 22 of .10.
+        let l = TcpListener::bind((host(net, 10), 22)).expect("bind a server-first server");
+        let rec = received.clone();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { continue };
+                let rec = rec.clone();
+                std::thread::spawn(move || {
+                    let _ = s.write_all(b"SSH-2.0-test\r\n");
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
+                    let mut buf = [0u8; 4096];
+                    if let Ok(n) = s.read(&mut buf) {
+                        if n > 0 {
+                            rec.lock().unwrap().push(buf[..n].to_vec());
+                            let _ = s.write_all(b"OK\n");
+                        }
+                    }
+                });
+            }
+        });
+        Internet { net, received }
+    }
+
+    fn settings(&self) -> Settings {
+        Settings {
+            resolver: SocketAddr::from((host(self.net, 53), 53)),
+            public: vec![Cidr {
+                addr: Ipv4Addr::new(127, 77, self.net, 0),
+                prefix: 24,
+            }],
+            own_addresses: covenant_egress::settings::host_addresses(),
+        }
+    }
+
+    fn received(&self) -> Vec<Vec<u8>> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+/// Runs `probe` on a thread inside a fresh network namespace whose only way out is a
+/// gateway enforcing `rules`; returns its result and the gateway's report.
+fn in_sandbox<R: Send + 'static>(
+    internet: &Internet,
+    rules: &[&str],
+    limits: Limits,
+    probe: impl FnOnce() -> R + Send + 'static,
+) -> (R, EgressReport) {
+    let rules: Vec<EgressRule> = rules
+        .iter()
+        .map(|r| EgressRule::parse(r).unwrap())
+        .collect();
+    let (fd_tx, fd_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let sandbox = std::thread::spawn(move || {
+        // SAFETY: unshare of this thread's network namespace only.
+        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
+        fd_tx
+            .send(covenant_egress::link::create_link().expect("create the link"))
+            .unwrap();
+        go_rx.recv().unwrap();
+        probe()
+    });
+    let tun = fd_rx.recv().unwrap();
+    let gateway = Gateway::start(tun, rules, internet.settings(), limits).expect("start");
+    go_tx.send(()).unwrap();
+    let result = sandbox.join().expect("the probe panicked");
+    (result, gateway.stop())
+}
+
+fn query(name: &str) -> Result<Vec<Ipv4Addr>, ResponseCode> {
+    let sock = UdpSocket::bind("0.0.0.0:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut m = Message::new();
+    m.set_id(4242).set_recursion_desired(true);
+    m.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+    sock.send_to(&m.to_vec().unwrap(), (GATEWAY_ADDR, 53))
+        .map_err(|_| ResponseCode::ServFail)?;
+    let mut buf = [0u8; 1500];
+    let n = sock.recv(&mut buf).map_err(|_| ResponseCode::ServFail)?;
+    let r = Message::from_vec(&buf[..n]).unwrap();
+    if r.response_code() != ResponseCode::NoError {
+        return Err(r.response_code());
+    }
+    Ok(r.answers()
+        .iter()
+        .filter_map(|a| match a.data() {
+            RData::A(A(ip)) => Some(*ip),
+            _ => None,
+        })
+        .collect())
+}
+
+/// Connects, sends `bytes`, and reads the answer to the end.
+fn exchange(to: SocketAddrV4, bytes: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut s = TcpStream::connect_timeout(&to.into(), Duration::from_secs(3))?;
+    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    s.write_all(bytes)?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    Ok(out)
+}
+
+fn client_hello(sni: Option<&str>) -> Vec<u8> {
+    let mut ext = Vec::new();
+    if let Some(name) = sni {
+        let n = name.as_bytes();
+        ext.extend_from_slice(&[0, 0]);
+        ext.extend_from_slice(&((n.len() + 5) as u16).to_be_bytes());
+        ext.extend_from_slice(&((n.len() + 3) as u16).to_be_bytes());
+        ext.push(0);
+        ext.extend_from_slice(&(n.len() as u16).to_be_bytes());
+        ext.extend_from_slice(n);
+    }
+    let mut body = vec![3, 3];
+    body.extend_from_slice(&[7; 32]);
+    body.extend_from_slice(&[0, 0, 2, 0x13, 0x01, 1, 0]);
+    body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
+    body.extend_from_slice(&ext);
+    let mut hs = vec![1];
+    hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    hs.extend_from_slice(&body);
+    let mut rec = vec![0x16, 3, 1];
+    rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
+    rec.extend_from_slice(&hs);
+    rec.extend_from_slice(b"END");
+    rec
+}
+
+#[test]
+fn an_allowed_name_is_reached_by_tls_and_http() {
+    if !live() {
+        return;
+    }
+    let net = Internet::start(1, &[("api.test", host(1, 10))]);
+    let ((tls, http, port80), report) =
+        in_sandbox(&net, &["api.test:443,80"], Limits::default(), || {
+            let ips = query("api.test.").expect("api.test resolves");
+            assert_eq!(ips.len(), 1);
+            assert!(ips[0].octets()[..2] == [198, 18], "a stand-in: {ips:?}");
+            let to = |port| SocketAddrV4::new(ips[0], port);
+            (
+                exchange(to(443), &client_hello(Some("api.test"))),
+                exchange(to(443), b"GET / HTTP/1.1\r\nHost: API.test\r\n\r\n"),
+                exchange(to(80), b"GET / HTTP/1.1\r\nHost: api.test:80\r\n\r\n"),
+            )
+        });
+    assert_eq!(tls.unwrap(), b"HELLO\n");
+    assert_eq!(http.unwrap(), b"HELLO\n");
+    assert_eq!(port80.unwrap(), b"HELLO\n");
+    assert_eq!(net.received().len(), 3);
+    assert_eq!(report.connections_allowed, 3, "{report:#?}");
+    assert!(report.bytes_in >= 18 && report.bytes_out > 0, "{report:#?}");
+    assert_eq!(report.queries_answered, 1);
+}
+
+#[test]
+fn names_literals_ports_and_first_bytes_outside_the_rules_are_refused() {
+    if !live() {
+        return;
+    }
+    let net = Internet::start(2, &[("api.test", host(2, 10)), ("other.test", host(2, 11))]);
+    let (results, report) = in_sandbox(&net, &["api.test:443"], Limits::default(), || {
+        let other = query("other.test.");
+        let ips = query("api.test.").unwrap();
+        let api = |port| SocketAddrV4::new(ips[0], port);
+        vec![
+            (
+                "other name",
+                other.map(|_| Vec::new()).map_err(|c| c.to_string()),
+            ),
+            (
+                "IP literal of the server",
+                exchange(
+                    SocketAddrV4::new(host(2, 10), 443),
+                    b"GET / HTTP/1.1\r\nHost: api.test\r\n\r\n",
+                )
+                .map_err(|e| e.to_string()),
+            ),
+            (
+                "stand-in never handed out",
+                exchange(
+                    SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 200), 443),
+                    &client_hello(Some("api.test")),
+                )
+                .map_err(|e| e.to_string()),
+            ),
+            (
+                "port not allowed",
+                exchange(api(80), b"GET / HTTP/1.1\r\nHost: api.test\r\n\r\n")
+                    .map_err(|e| e.to_string()),
+            ),
+            (
+                "SNI mismatch (fronting)",
+                exchange(api(443), &client_hello(Some("other.test"))).map_err(|e| e.to_string()),
+            ),
+            (
+                "no SNI",
+                exchange(api(443), &client_hello(None)).map_err(|e| e.to_string()),
+            ),
+            (
+                "Host mismatch",
+                exchange(api(443), b"GET / HTTP/1.1\r\nHost: other.test\r\n\r\n")
+                    .map_err(|e| e.to_string()),
+            ),
+            (
+                "the gateway's other ports",
+                exchange(SocketAddrV4::new(GATEWAY_ADDR, 53), b"x").map_err(|e| e.to_string()),
+            ),
+        ]
+    });
+    for (what, result) in &results {
+        match result {
+            Err(_) => {}
+            Ok(bytes) => assert!(bytes.is_empty(), "{what}: got {bytes:?}"),
+        }
+        assert!(
+            result.is_err() || what == &"IP literal of the server",
+            "{what}: {result:?}"
+        );
+    }
+    assert!(
+        net.received().is_empty(),
+        "a refused stream reached a server: {:?}",
+        net.received()
+    );
+    let reasons: Vec<String> = report
+        .refused
+        .iter()
+        .filter_map(|e| e.reason.clone())
+        .collect();
+    for needle in [
+        "not allowed by any egress rule",
+        "not answered",
+        "port",
+        "SNI `other.test`",
+        "without SNI",
+        "Host `other.test`",
+    ] {
+        assert!(
+            reasons.iter().any(|r| r.contains(needle)),
+            "no refusal says {needle}: {reasons:#?}"
+        );
+    }
+}
+
+#[test]
+fn rebinding_and_long_names_are_refused() {
+    if !live() {
+        return;
+    }
+    let net = Internet::start(
+        3,
+        &[
+            ("rebind.test", Ipv4Addr::new(127, 0, 0, 1)),
+            ("meta.test", Ipv4Addr::new(127, 78, 3, 254)),
+            ("*.wild.test", host(3, 10)),
+        ],
+    );
+    let long = format!("{}.{}.wild.test.", "a".repeat(60), "b".repeat(60));
+    let (r, report) = in_sandbox(
+        &net,
+        &["rebind.test", "meta.test", "*.wild.test"],
+        Limits::default(),
+        move || {
+            (
+                query("rebind.test."),
+                query("meta.test."),
+                query(&long),
+                query("short.wild.test."),
+            )
+        },
+    );
+    assert_eq!(r.0, Err(ResponseCode::Refused));
+    assert_eq!(r.1, Err(ResponseCode::Refused));
+    assert_eq!(r.2, Err(ResponseCode::Refused));
+    assert_eq!(r.3.map(|a| a.len()), Ok(1));
+    let reasons: Vec<String> = report
+        .refused
+        .iter()
+        .filter_map(|e| e.reason.clone())
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r.contains("loopback")),
+        "{reasons:#?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("longer than")),
+        "{reasons:#?}"
+    );
+}
+
+#[test]
+fn udp_quic_icmp_and_ipv6_do_not_leave() {
+    if !live() {
+        return;
+    }
+    let net = Internet::start(4, &[("api.test", host(4, 10))]);
+    let sink = UdpSocket::bind((host(4, 10), 443)).unwrap();
+    sink.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let (r, report) = in_sandbox(&net, &["api.test"], Limits::default(), || {
+        let ip = query("api.test.").unwrap()[0];
+        let u = UdpSocket::bind("0.0.0.0:0").unwrap();
+        let quic = u.send_to(b"quic", (ip, 443)).is_ok();
+        let other_dns = u.send_to(b"dns", (ip, 53)).is_ok();
+        let _ = u.send_to(b"literal", (host(4, 10), 443));
+        // ICMP echo over a raw socket (root in this namespace may open one).
+        // SAFETY: socket returns a new descriptor or -1.
+        let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
+        let echo = [8u8, 0, 0xf7, 0xff, 0, 0, 0, 0];
+        let to = libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(ip).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        // SAFETY: sends from live buffers to a live sockaddr.
+        unsafe {
+            libc::sendto(
+                raw,
+                echo.as_ptr().cast(),
+                echo.len(),
+                0,
+                (&to as *const libc::sockaddr_in).cast(),
+                std::mem::size_of_val(&to) as u32,
+            );
+        }
+        let mut reply = [0u8; 64];
+        let mut tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 500_000,
+        };
+        // SAFETY: sets a timeout from a live timeval of the size passed.
+        unsafe {
+            libc::setsockopt(
+                raw,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&mut tv as *mut libc::timeval).cast(),
+                std::mem::size_of_val(&tv) as u32,
+            )
+        };
+        // SAFETY: reads at most the buffer's length into a live buffer.
+        let got = unsafe { libc::recv(raw, reply.as_mut_ptr().cast(), reply.len(), 0) };
+        let v6_global = TcpStream::connect_timeout(
+            &"[2001:db8::1]:443".parse().unwrap(),
+            Duration::from_secs(1),
+        );
+        let v6_link =
+            std::net::UdpSocket::bind("[::]:0").and_then(|s| s.send_to(b"x", "[fe80::1%2]:53"));
+        (quic, other_dns, got, v6_global.is_err(), v6_link)
+    });
+    let (quic, other_dns, icmp_reply, v6_refused, _v6_link) = r;
+    assert!(quic && other_dns, "the sends themselves succeed");
+    assert!(icmp_reply <= 0, "an ICMP echo was answered");
+    assert!(v6_refused, "IPv6 connected");
+    let mut buf = [0u8; 64];
+    assert!(sink.recv(&mut buf).is_err(), "UDP reached the test host");
+    assert!(
+        report.dropped.quic >= 1 && report.dropped.udp >= 1,
+        "{:?}",
+        report.dropped
+    );
+    assert!(report.dropped.icmp >= 1, "{:?}", report.dropped);
+}
+
+#[test]
+fn a_connection_storm_is_bounded_and_the_gateway_keeps_serving() {
+    if !live() {
+        return;
+    }
+    let net = Internet::start(5, &[("api.test", host(5, 10))]);
+    let limits = Limits {
+        max_connections: 64,
+        ..Limits::default()
+    };
+    let (after, report) = in_sandbox(&net, &["api.test"], limits, || {
+        let ip = query("api.test.").unwrap()[0];
+        let to: SocketAddr = SocketAddrV4::new(ip, 443).into();
+        let mut open = Vec::new();
+        for _ in 0..300 {
+            if let Ok(s) = TcpStream::connect_timeout(&to, Duration::from_millis(500)) {
+                open.push(s);
+            }
+        }
+        drop(open);
+        std::thread::sleep(Duration::from_millis(500));
+        exchange(SocketAddrV4::new(ip, 443), &client_hello(Some("api.test")))
+    });
+    assert_eq!(after.unwrap(), b"HELLO\n");
+    assert!(report.peak_connections <= 64, "{}", report.peak_connections);
+    assert!(
+        report
+            .refused
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("connection limit reached")),
+        "{:#?}",
+        report.refused
+    );
+}
+
+#[test]
+fn when_the_gateway_stops_the_sandbox_has_no_way_out() {
+    if !live() {
+        return;
+    }
+    let net = Internet::start(6, &[("api.test", host(6, 10))]);
+    let rules = vec![EgressRule::parse("api.test").unwrap()];
+    let (fd_tx, fd_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let sandbox = std::thread::spawn(move || {
+        // SAFETY: unshare of this thread's network namespace only.
+        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
+        fd_tx
+            .send(covenant_egress::link::create_link().unwrap())
+            .unwrap();
+        go_rx.recv().unwrap();
+        let before = query("api.test.");
+        go_rx.recv().unwrap();
+        let after = UdpSocket::bind("0.0.0.0:0")
+            .unwrap()
+            .send_to(b"x", (GATEWAY_ADDR, 53));
+        let tcp = TcpStream::connect_timeout(
+            &SocketAddr::from((Ipv4Addr::new(198, 18, 0, 1), 443)),
+            Duration::from_secs(1),
+        );
+        (before, after, tcp.map(|_| ()))
+    });
+    let gateway = Gateway::start(
+        fd_rx.recv().unwrap(),
+        rules,
+        net.settings(),
+        Limits::default(),
+    )
+    .unwrap();
+    go_tx.send(()).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let report = gateway.stop();
+    go_tx.send(()).unwrap();
+    let (before, after, tcp) = sandbox.join().unwrap();
+    assert!(before.is_ok());
+    assert!(after.is_err(), "the device outlived the gateway");
+    assert!(tcp.is_err());
+    assert_eq!(report.failure, None);
+}
+
+#[test]
+fn a_gateway_whose_link_goes_away_stops_and_says_so() {
+    if !live() {
+        return;
+    }
+    let net = Internet::start(7, &[("api.test", host(7, 10))]);
+    let rules = vec![EgressRule::parse("api.test").unwrap()];
+    let (fd_tx, fd_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let sandbox = std::thread::spawn(move || {
+        // SAFETY: unshare of this thread's network namespace only.
+        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
+        fd_tx
+            .send(covenant_egress::link::create_link().unwrap())
+            .unwrap();
+        go_rx.recv().unwrap();
+        let before = query("api.test.");
+        // A child of this thread runs in its namespace.
+        let deleted = std::process::Command::new("ip")
+            .args(["link", "delete", "egress0"])
+            .status()
+            .map(|s| s.success());
+        std::thread::sleep(Duration::from_millis(300));
+        let after = query("api.test.");
+        (before, deleted, after)
+    });
+    let gateway = Gateway::start(
+        fd_rx.recv().unwrap(),
+        rules,
+        net.settings(),
+        Limits::default(),
+    )
+    .unwrap();
+    go_tx.send(()).unwrap();
+    let (before, deleted, after) = sandbox.join().unwrap();
+    assert!(before.is_ok());
+    assert_eq!(deleted.ok(), Some(true), "ip link delete");
+    assert!(after.is_err());
+    assert!(!gateway.is_running(), "the gateway outlived its device");
+    let report = gateway.stop();
+    assert!(
+        report
+            .failure
+            .as_deref()
+            .is_some_and(|f| f.contains("mid-run")),
+        "{:?}",
+        report.failure
+    );
+}
+
+#[test]
+fn a_server_first_protocol_works_and_its_client_bytes_are_still_checked() {
+    if !live() {
+        return;
+    }
+    let net = Internet::start(8, &[("api.test", host(8, 10))]);
+    let ((plain, fronted), report) = in_sandbox(&net, &["api.test:22"], Limits::default(), || {
+        let ip = query("api.test.").unwrap()[0];
+        let talk = |first: &[u8]| -> std::io::Result<Vec<u8>> {
+            let mut s = TcpStream::connect_timeout(
+                &SocketAddr::from(SocketAddrV4::new(ip, 22)),
+                Duration::from_secs(3),
+            )?;
+            s.set_read_timeout(Some(Duration::from_secs(4)))?;
+            let mut banner = [0u8; 14];
+            s.read_exact(&mut banner)?;
+            assert_eq!(&banner, b"SSH-2.0-test\r\n");
+            s.write_all(first)?;
+            let mut out = Vec::new();
+            s.read_to_end(&mut out)?;
+            Ok(out)
+        };
+        (
+            talk(b"SSH-2.0-client\r\n"),
+            talk(&client_hello(Some("other.test"))),
+        )
+    });
+    assert_eq!(plain.unwrap(), b"OK\n");
+    assert!(fronted.map(|b| b.is_empty()).unwrap_or(true));
+    let got = net.received();
+    assert_eq!(got, vec![b"SSH-2.0-client\r\n".to_vec()], "{got:?}");
+    assert!(
+        report
+            .refused
+            .iter()
+            .any(|e| e.reason.as_deref().is_some_and(|r| r.contains("SNI"))),
+        "{:#?}",
+        report.refused
+    );
+}

@@ -1,0 +1,396 @@
+//! Before anything is created: every restriction the bundle carries, matched to how the
+//! runtime enforces it (or refused, naming it), and the config.json the runtime is given.
+
+use crate::native::cgroup::CgroupLimits;
+use crate::native::landlock::{check_support, kernel_abi, LandlockPlan};
+use crate::native::Namespace;
+use covenant_policy::annotations::{self, IdmapMount, LandlockNet, LandlockPolicy, RootfsLayout};
+use covenant_policy::Degradation;
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::runner::*;
+
+/// What the runner decided from the bundle before creating anything.
+pub(super) struct Decisions {
+    pub(super) config: Spec,
+    pub(super) landlock: Option<(LandlockPolicy, LandlockPlan)>,
+    pub(super) limits: CgroupLimits,
+    pub(super) timeout: Option<Duration>,
+    pub(super) network: &'static str,
+    /// With `net` egress (runc, crun): the gateway's rules; the runtime joins a namespace
+    /// prepared with its link.
+    pub(super) egress: Option<Vec<covenant_policy::EgressRule>>,
+    pub(super) degradations: Vec<Degradation>,
+    pub(super) namespaces: Vec<Namespace>,
+    /// An image or directory root: its read-only layers, top first.
+    pub(super) overlay: Option<(Vec<PathBuf>, Option<PathBuf>)>,
+}
+
+impl Decisions {
+    /// Filters the runtime loads: the OCI profile compiles to one.
+    pub(super) fn seccomp_filters(&self) -> usize {
+        usize::from(
+            self.config
+                .linux()
+                .as_ref()
+                .is_some_and(|l| l.seccomp().is_some()),
+        )
+    }
+}
+
+pub(super) fn annotation<T: serde::de::DeserializeOwned>(
+    spec: &Spec,
+    key: &str,
+) -> Result<Option<T>> {
+    spec.annotations()
+        .as_ref()
+        .and_then(|a| a.get(key))
+        .map(|v| {
+            serde_json::from_str(v).map_err(|e| OciError::Spec(format!("annotation {key}: {e}")))
+        })
+        .transpose()
+}
+
+impl OciRunner {
+    pub(super) fn decide(&self, bundle: &Path) -> Result<Decisions> {
+        let mut config =
+            Spec::load(bundle.join("config.json")).map_err(|e| OciError::Spec(e.to_string()))?;
+        let accepted: Vec<Degradation> =
+            annotation(&config, annotations::DEGRADATIONS)?.unwrap_or_default();
+        let mut degradations = Vec::new();
+        if let Some(RootfsLayout::InMemory { .. }) =
+            annotation::<RootfsLayout>(&config, annotations::ROOTFS)?
+        {
+            return Err(self.unenforceable(
+                "the in-memory root",
+                "only the native runner builds it; write a portable bundle",
+            ));
+        }
+        let gvisor = matches!(self.flavor, Flavor::Gvisor { .. });
+        if gvisor {
+            // Measured: a file made setuid inside gVisor lands on the host owned by root
+            // with its setuid bit, because the gofer writes as host root.
+            for m in config.mounts().iter().flatten() {
+                let bind = m.typ().as_deref() == Some("bind");
+                let writable = !m
+                    .options()
+                    .as_ref()
+                    .is_some_and(|o| o.iter().any(|x| x == "ro"));
+                if bind && writable {
+                    return Err(self.unenforceable(
+                        &format!("fs.write:{}", m.source().as_ref().map(|s| s.display().to_string()).unwrap_or_default()),
+                        "gVisor's gofer writes to host paths as host root (a file made setuid inside would be setuid root on the host); use the native runner for writable paths",
+                    ));
+                }
+            }
+        }
+        let idmap: Vec<IdmapMount> = annotation(&config, annotations::IDMAP)?.unwrap_or_default();
+        if !idmap.is_empty() {
+            if !accepted.contains(&Degradation::Idmap) {
+                return Err(self.unenforceable(
+                    &format!("the idmapped mount of {}", idmap[0].destination.display()),
+                    "this runtime does not idmap bind mounts; accept the degradation `idmap` to bind without",
+                ));
+            }
+            degradations.push(Degradation::Idmap);
+        }
+        let net_mode: Option<String> = config
+            .annotations()
+            .as_ref()
+            .and_then(|a| a.get(annotations::NET))
+            .cloned();
+        let network = match net_mode.as_deref() {
+            Some("host") => "host",
+            Some("egress") => match self.flavor {
+                // runsc would have to run inside the gateway's namespace with its own
+                // network stack in host mode; until it does, the sandbox would have no
+                // gateway. Refused rather than run without a network.
+                Flavor::Gvisor { .. } => {
+                    return Err(self.unenforceable(
+                        "net egress",
+                        "runsc does not yet run inside the egress gateway's network namespace; use runner native, runc or crun",
+                    ))
+                }
+                Flavor::Runc | Flavor::Crun => "egress",
+            },
+            _ => "none",
+        };
+        // Fail closed, as the native runner does: no filter or no ruleset, no run.
+        if !config
+            .linux()
+            .as_ref()
+            .is_some_and(|l| l.seccomp().is_some())
+        {
+            return Err(self.unenforceable("seccomp", "the bundle has no linux.seccomp filter"));
+        }
+        let egress: Option<Vec<covenant_policy::EgressRule>> = if network == "egress" {
+            Some(
+                annotation(&config, annotations::EGRESS)?
+                    .ok_or_else(|| self.unenforceable("net egress", "the bundle names no rules"))?,
+            )
+        } else {
+            None
+        };
+        let policy: Option<LandlockPolicy> = annotation(&config, annotations::LANDLOCK)?;
+        if policy.is_none() && !accepted.contains(&Degradation::Landlock) {
+            return Err(self.unenforceable(
+                "landlock",
+                "the bundle has no org.opencovenant.landlock ruleset; accept the degradation `landlock` to run anyway",
+            ));
+        }
+        let landlock = match policy {
+            None => None,
+            Some(p) if gvisor => {
+                if let LandlockNet::ConnectOnly { .. } = p.net {
+                    return Err(self.unenforceable(
+                        "net.connect:tcp",
+                        "gVisor's netstack has no per-port filter",
+                    ));
+                }
+                // Path rules equal the mounts, which the sentry enforces itself; signals and
+                // abstract sockets never leave the sentry's kernel.
+                None
+            }
+            Some(p) => {
+                let plan = check_support(&p, kernel_abi(), &accepted)?;
+                if !plan.fs {
+                    degradations.push(Degradation::Landlock);
+                    None
+                } else {
+                    if self.ctx.enforcer.is_none() {
+                        return Err(self.unenforceable("landlock", "no enforcer binary to inject"));
+                    }
+                    Some((p, plan))
+                }
+            }
+        };
+        // libseccomp drops conditional denials of a call it also allows outright (the
+        // terminal ioctls): the enforcer loads the profile again, so it must be there.
+        if !gvisor && self.ctx.enforcer.is_none() {
+            return Err(self.unenforceable(
+                "seccomp",
+                "no enforcer binary to inject for the ioctl rules libseccomp drops",
+            ));
+        }
+        let resources = config.linux().as_ref().and_then(|l| l.resources().as_ref());
+        let limits = CgroupLimits::from_oci(resources);
+        let timeout = config
+            .annotations()
+            .as_ref()
+            .and_then(|a| a.get(annotations::TIMEOUT_MS))
+            .map(|t| {
+                t.parse::<u64>().map(Duration::from_millis).map_err(|_| {
+                    OciError::Spec(format!(
+                        "annotation {}: `{t}` is not a number of milliseconds",
+                        annotations::TIMEOUT_MS
+                    ))
+                })
+            })
+            .transpose()?;
+        let namespaces = config
+            .linux()
+            .as_ref()
+            .and_then(|l| l.namespaces().clone())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|n| match n.typ() {
+                LinuxNamespaceType::User if !gvisor => Some(Namespace::User),
+                LinuxNamespaceType::Pid => Some(Namespace::Pid),
+                LinuxNamespaceType::Mount => Some(Namespace::Mount),
+                LinuxNamespaceType::Network => Some(Namespace::Network),
+                LinuxNamespaceType::Ipc => Some(Namespace::Ipc),
+                LinuxNamespaceType::Uts => Some(Namespace::Uts),
+                LinuxNamespaceType::Cgroup => Some(Namespace::Cgroup),
+                _ => None,
+            })
+            .collect();
+        if !config
+            .root()
+            .as_ref()
+            .is_some_and(|r| r.path().is_absolute())
+        {
+            let root = config
+                .root()
+                .clone()
+                .ok_or_else(|| OciError::Spec("root missing".into()))?;
+            let mut root = root;
+            root.set_path(bundle.join(root.path()));
+            config.set_root(Some(root));
+        }
+        let overlay = match annotation::<RootfsLayout>(&config, annotations::ROOTFS)? {
+            Some(RootfsLayout::Overlay { lower, keep }) => Some((lower, keep)),
+            _ => None,
+        };
+        if let (true, Some((_, Some(keep)))) = (gvisor, &overlay) {
+            return Err(self.unenforceable(
+                &format!("fs.write:{}", keep.display()),
+                "gVisor's gofer writes kept changes as host root; keep changes with the native runner",
+            ));
+        }
+        Ok(Decisions {
+            config,
+            landlock,
+            limits,
+            timeout,
+            network,
+            egress,
+            degradations,
+            namespaces,
+            overlay,
+        })
+    }
+
+    /// The config the runtime gets: the bundle's, with the enforcer injected (runc, crun),
+    /// or with the user namespace and resources left to the sentry and Covenant (gVisor).
+    pub(super) fn derive_config(&self, d: &Decisions, rootfs: &Path, id: &str) -> Result<Spec> {
+        let mut spec = d.config.clone();
+        let mut linux = spec
+            .linux()
+            .clone()
+            .ok_or_else(|| OciError::Spec("linux section missing".into()))?;
+        match self.flavor {
+            Flavor::Gvisor { .. } => {
+                // gVisor runs the sandbox's ids inside its own kernel; host-side it applies
+                // its own user namespace and drops to nobody.
+                let ns: Vec<_> = linux
+                    .namespaces()
+                    .clone()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|n| n.typ() != LinuxNamespaceType::User)
+                    .collect();
+                linux.set_namespaces(Some(ns));
+                linux.set_uid_mappings(None);
+                linux.set_gid_mappings(None);
+                linux.set_resources(None);
+                // gVisor's tasks are not host processes, so a host pids limit cannot stop a
+                // fork bomb inside it; the sentry enforces RLIMIT_NPROC itself (measured:
+                // a fork bomb stops at the limit).
+                if let Some(pids) = d.limits.pids {
+                    let mut process = spec
+                        .process()
+                        .clone()
+                        .ok_or_else(|| OciError::Spec("process missing".into()))?;
+                    let mut rlimits: Vec<_> = process
+                        .rlimits()
+                        .clone()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(|r| r.typ() != oci_spec::runtime::PosixRlimitType::RlimitNproc)
+                        .collect();
+                    rlimits.push(
+                        oci_spec::runtime::PosixRlimitBuilder::default()
+                            .typ(oci_spec::runtime::PosixRlimitType::RlimitNproc)
+                            .soft(pids)
+                            .hard(pids)
+                            .build()
+                            .map_err(|e| OciError::Spec(e.to_string()))?,
+                    );
+                    process.set_rlimits(Some(rlimits));
+                    spec.set_process(Some(process));
+                }
+            }
+            _ => {
+                linux.set_cgroups_path(Some(PathBuf::from(format!("/covenant/{id}"))));
+            }
+        }
+        spec.set_linux(Some(linux));
+        let gvisor = matches!(self.flavor, Flavor::Gvisor { .. });
+        if let (false, Some(enforcer)) = (gvisor, &self.ctx.enforcer) {
+            let point = rootfs.join(ENFORCER_TARGET.trim_start_matches('/'));
+            if !point.exists() {
+                fs::File::create(&point)
+                    .map_err(io(format!("enforcer mount point {}", point.display())))?;
+            }
+            let mut mounts = spec.mounts().clone().unwrap_or_default();
+            let ro_bind = |source: &Path, destination: &str| {
+                oci_spec::runtime::MountBuilder::default()
+                    .destination(destination)
+                    .typ("bind")
+                    .source(source)
+                    .options(vec![
+                        "bind".to_string(),
+                        "ro".to_string(),
+                        "nosuid".to_string(),
+                        "nodev".to_string(),
+                    ])
+                    .build()
+                    .map_err(|e| OciError::Spec(e.to_string()))
+            };
+            mounts.push(ro_bind(enforcer, ENFORCER_TARGET)?);
+            // An image root has its own (or no) C library: the enforcer then runs on the
+            // host's loader and libraries, bound read-only beside it.
+            let loader = if d.overlay.is_some() {
+                let host_loader = Path::new(HOST_LOADER)
+                    .canonicalize()
+                    .map_err(io(format!("host loader {HOST_LOADER}")))?;
+                let lib_dir = host_loader
+                    .parent()
+                    .unwrap_or(Path::new("/lib"))
+                    .to_path_buf();
+                let point = rootfs.join(ENFORCER_LIBS.trim_start_matches('/'));
+                fs::create_dir_all(&point)
+                    .map_err(io(format!("mount point {}", point.display())))?;
+                mounts.push(ro_bind(&lib_dir, ENFORCER_LIBS)?);
+                let name = host_loader
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .ok_or_else(|| OciError::Io {
+                        what: format!("host loader {}", host_loader.display()),
+                        error: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+                    })?;
+                Some(format!("{ENFORCER_LIBS}/{name}"))
+            } else {
+                None
+            };
+            spec.set_mounts(Some(mounts));
+            let mut process = spec
+                .process()
+                .clone()
+                .ok_or_else(|| OciError::Spec("process missing".into()))?;
+            let mut args = match loader {
+                Some(ld) => vec![
+                    ld,
+                    "--library-path".into(),
+                    ENFORCER_LIBS.into(),
+                    ENFORCER_TARGET.into(),
+                ],
+                None => vec![ENFORCER_TARGET.to_string()],
+            };
+            args.extend(["enforce".to_string(), "--".to_string()]);
+            args.extend(process.args().clone().unwrap_or_default());
+            process.set_args(Some(args));
+            let mut env = process.env().clone().unwrap_or_default();
+            // Without a ruleset (the degradation `landlock` accepted) the enforcer loads
+            // the seccomp profile alone.
+            if let Some((policy, plan)) = &d.landlock {
+                env.push(format!(
+                    "{}={}",
+                    crate::enforce::POLICY_ENV,
+                    serde_json::to_string(policy).map_err(|e| OciError::Spec(e.to_string()))?
+                ));
+                env.push(format!(
+                    "{}={}",
+                    crate::enforce::PLAN_ENV,
+                    serde_json::to_string(plan).map_err(|e| OciError::Spec(e.to_string()))?
+                ));
+            }
+            let seccomp = spec
+                .linux()
+                .as_ref()
+                .and_then(|l| l.seccomp().as_ref())
+                .ok_or_else(|| OciError::Spec("linux.seccomp missing".into()))?;
+            env.push(format!(
+                "{}={}",
+                crate::enforce::SECCOMP_ENV,
+                serde_json::to_string(seccomp).map_err(|e| OciError::Spec(e.to_string()))?
+            ));
+            process.set_env(Some(env));
+            spec.set_process(Some(process));
+        }
+        Ok(spec)
+    }
+}

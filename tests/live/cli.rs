@@ -1,0 +1,197 @@
+//! The command line around a run: manifests, refused requests, `doctor`, and the memory
+//! and audit commands.
+
+use crate::scene::{code, read_json, stderr, stdout, Scene};
+use std::path::Path;
+use std::process::Command;
+
+#[test]
+fn bad_requests_are_refused_with_125_naming_the_field() {
+    let Some(s) = Scene::live() else { return };
+    let out = s.run(&["--memory", "lots"], &["true"]);
+    assert_eq!(code(&out), 125);
+    assert!(stderr(&out).contains("limits.memory"), "{}", stderr(&out));
+    let manifest = s.home.path().join("bad.toml");
+    std::fs::write(
+        &manifest,
+        "version = 1\ncommand = [\"true\"]\n[limits]\nmemroy = \"1G\"\n",
+    )
+    .unwrap();
+    let out = s.ctl().arg("run").arg(&manifest).output().unwrap();
+    assert_eq!(code(&out), 125);
+    assert!(stderr(&out).contains("memroy"), "{}", stderr(&out));
+    let out = s.run(&["--rlimit-nonsense"], &["true"]);
+    assert_ne!(code(&out), 0);
+}
+
+#[test]
+fn a_manifest_runs_and_flags_override_it() {
+    let Some(s) = Scene::live() else { return };
+    let manifest = s.home.path().join("covenant.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "version = 1\ncommand = [\"sh\", \"-c\", \"echo $GREETING; hostname\"]\nworkspace = \"{}\"\nhostname = \"agent\"\n[env]\nGREETING = \"from-manifest\"\n",
+            s.workspace.display()
+        ),
+    )
+    .unwrap();
+    let out = s.ctl().arg("run").arg(&manifest).output().unwrap();
+    assert_eq!(stdout(&out), "from-manifest\nagent\n", "{}", stderr(&out));
+    let out = s
+        .ctl()
+        .arg("run")
+        .arg(&manifest)
+        .args(["--env", "GREETING=from-flag"])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&out), "from-flag\nagent\n");
+}
+
+#[test]
+fn the_example_manifest_runs_from_a_relative_path() {
+    let Some(s) = Scene::live() else { return };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let out = s
+        .ctl()
+        .current_dir(root)
+        .args(["run", "examples/hello/covenant.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with("hello from hello\n"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stdout(&out).contains("covenant.toml"),
+        "the workspace is the manifest's folder"
+    );
+}
+
+#[test]
+fn doctor_finds_every_required_feature() {
+    let Some(s) = Scene::live() else { return };
+    let out = s.ctl().arg("doctor").output().unwrap();
+    let text = stdout(&out);
+    assert_eq!(code(&out), 0, "{text}");
+    for feature in [
+        "user namespace",
+        "pid namespace",
+        "cgroup namespace",
+        "seccomp filters",
+        "landlock",
+        "cgroups",
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("ok") && l.contains(feature)),
+            "{feature} not ok:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn every_run_leaves_a_verifiable_audit_trail() {
+    let Some(s) = Scene::live() else { return };
+    let report = s.home.path().join("report.json");
+    let out = s.run(
+        &["--timeout", "1s", "--report", report.to_str().unwrap()],
+        &["sleep", "10"],
+    );
+    assert_eq!(code(&out), 124);
+    let job = read_json(&report)["job_id"].as_str().unwrap().to_string();
+    assert_eq!(code(&s.run(&["--memory", "lots"], &["true"])), 125);
+    let tail = s
+        .ctl()
+        .args(["audit", "tail", "-n", "100"])
+        .output()
+        .unwrap();
+    let text = stdout(&tail);
+    for kind in [
+        "run.intent",
+        "capability.verified",
+        "plan.compiled",
+        "bundle.written",
+        "sandbox.started",
+        "limit.hit",
+        "sandbox.killed",
+        "run.exited",
+        "request.invalid",
+        "store.closed",
+    ] {
+        assert!(text.contains(kind), "{kind} missing:\n{text}");
+    }
+    assert!(
+        text.lines().filter(|l| l.contains(&job)).count() >= 7,
+        "{text}"
+    );
+    let verify = s.ctl().args(["audit", "verify"]).output().unwrap();
+    assert_eq!(code(&verify), 0, "{}", stdout(&verify));
+    let db = s.home.path().join("home/covenant.db");
+    let status = Command::new("python3")
+        .arg("-c")
+        .arg("import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute('DROP TRIGGER audit_no_update'); c.execute(\"UPDATE audit SET body=replace(body,'sleep','true') WHERE kind='run.intent'\"); c.commit()")
+        .arg(&db)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let verify = s.ctl().args(["audit", "verify"]).output().unwrap();
+    assert_eq!(code(&verify), 1);
+    assert!(
+        stdout(&verify).contains("TAMPERED: row 2: Modified"),
+        "{}",
+        stdout(&verify)
+    );
+}
+
+#[test]
+fn memory_commands_round_trip_and_refuse_bad_input() {
+    let Some(s) = Scene::live() else { return };
+    let put = s
+        .ctl()
+        .args([
+            "mem",
+            "put",
+            "--ns",
+            "proj",
+            "--tier",
+            "long-term",
+            "--meta",
+            "{\"by\":\"test\"}",
+            "cargo needs libssl-dev",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(code(&put), 0, "{}", stderr(&put));
+    let id = stdout(&put).trim().to_string();
+    let found = s
+        .ctl()
+        .args(["mem", "search", "--ns", "proj", "libssl"])
+        .output()
+        .unwrap();
+    assert!(stdout(&found).starts_with(&id), "{}", stdout(&found));
+    let bad = s
+        .ctl()
+        .args(["mem", "put", "--ns", "proj", "--tier", "forever", "x"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&bad), 125);
+    assert!(stderr(&bad).contains("tier `forever`"), "{}", stderr(&bad));
+    let bad = s
+        .ctl()
+        .args(["mem", "put", "--ns", "proj", "--meta", "{oops", "x"])
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&bad).contains("metadata is not valid JSON"),
+        "{}",
+        stderr(&bad)
+    );
+    assert_eq!(code(&s.ctl().args(["mem", "rm", &id]).output().unwrap()), 0);
+    assert_eq!(
+        code(&s.ctl().args(["audit", "verify"]).output().unwrap()),
+        0
+    );
+}

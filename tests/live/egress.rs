@@ -1,0 +1,802 @@
+//! Live tests of `net` egress: the real `covenant-ctl run`, the real kernel, a sandboxed
+//! python that tries each way around the gateway. The test "internet" is this process: a
+//! DNS server and TCP servers on 127.77.N.x of this machine's loopback, named to the gateway
+//! by `COVENANT_EGRESS_RESOLVER` and made reachable by `COVENANT_EGRESS_PUBLIC`. Every probe
+//! aims at those test hosts, the gateway itself or reserved ranges, never at a real outside
+//! address, so a broken gateway cannot put a packet on a real network.
+//!
+//! They need root; without it they skip with a printed reason, unless
+//! `COVENANT_REQUIRE_LIVE=1`, in which case they fail.
+
+use hickory_proto::op::{Message, MessageType, ResponseCode};
+use hickory_proto::rr::{rdata::A, RData, Record};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpListener, UdpSocket};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const PROBE: &str = include_str!("egress_probe.py");
+
+fn live() -> bool {
+    // SAFETY: geteuid has no failure mode.
+    let missing = if unsafe { libc::geteuid() } != 0 {
+        Some("not running as root")
+    } else if !Path::new("/usr/bin/python3").exists() {
+        Some("/usr/bin/python3 is missing (install python3)")
+    } else if !Path::new("/dev/net/tun").exists() {
+        Some("/dev/net/tun is missing")
+    } else {
+        None
+    };
+    match missing {
+        None => true,
+        Some(reason) if std::env::var("COVENANT_REQUIRE_LIVE").as_deref() == Ok("1") => {
+            panic!("live test cannot run: {reason} (COVENANT_REQUIRE_LIVE=1)")
+        }
+        Some(reason) => {
+            eprintln!("skipping live test: {reason}");
+            false
+        }
+    }
+}
+
+fn host(net: u8, last: u8) -> Ipv4Addr {
+    Ipv4Addr::new(127, 77, net, last)
+}
+
+/// The test internet on 127.77.`net`.0/24 and a scratch home and workspace.
+struct Internet {
+    net: u8,
+    received: Arc<Mutex<Vec<Vec<u8>>>>,
+    dns_seen: Arc<Mutex<Vec<String>>>,
+    home: tempfile::TempDir,
+}
+
+impl Internet {
+    fn start(net: u8, table: &[(&str, Ipv4Addr)]) -> Internet {
+        let table: Vec<(String, Ipv4Addr)> =
+            table.iter().map(|(n, a)| (format!("{n}."), *a)).collect();
+        let dns = UdpSocket::bind((host(net, 53), 53)).expect("bind the test DNS server");
+        let dns_seen = Arc::new(Mutex::new(Vec::new()));
+        let seen = dns_seen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            while let Ok((n, from)) = dns.recv_from(&mut buf) {
+                let Ok(q) = Message::from_vec(&buf[..n]) else {
+                    continue;
+                };
+                let Some(question) = q.queries().first() else {
+                    continue;
+                };
+                let name = question.name().to_ascii().to_ascii_lowercase();
+                seen.lock().unwrap().push(name.clone());
+                let mut r = Message::new();
+                r.set_id(q.id()).set_message_type(MessageType::Response);
+                r.add_queries(q.queries().to_vec());
+                let hits: Vec<_> = table
+                    .iter()
+                    .filter(|(n, _)| n == &name || (n.starts_with("*.") && name.ends_with(&n[1..])))
+                    .collect();
+                if hits.is_empty() {
+                    r.set_response_code(ResponseCode::NXDomain);
+                }
+                for (_, a) in hits {
+                    r.add_answer(Record::from_rdata(
+                        question.name().clone(),
+                        30,
+                        RData::A(A(*a)),
+                    ));
+                }
+                let _ = dns.send_to(&r.to_vec().unwrap(), from);
+            }
+        });
+        let received = Arc::new(Mutex::new(Vec::new()));
+        for last in [10, 11] {
+            for port in [443, 80] {
+                let l = TcpListener::bind((host(net, last), port)).expect("bind a test server");
+                let rec = received.clone();
+                std::thread::spawn(move || {
+                    for s in l.incoming() {
+                        let Ok(mut s) = s else { continue };
+                        let rec = rec.clone();
+                        std::thread::spawn(move || {
+                            let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+                            let mut got = Vec::new();
+                            let mut buf = [0u8; 65536];
+                            while let Ok(n) = s.read(&mut buf) {
+                                if n == 0 {
+                                    break;
+                                }
+                                got.extend_from_slice(&buf[..n]);
+                                if got.ends_with(b"\r\n\r\n") || got.ends_with(b"END") {
+                                    break;
+                                }
+                            }
+                            if !got.is_empty() {
+                                rec.lock().unwrap().push(got);
+                                let _ = s.write_all(b"HELLO\n");
+                            }
+                        });
+                    }
+                });
+            }
+        }
+        let home = tempfile::Builder::new()
+            .prefix("covenant-egress-")
+            .tempdir()
+            .unwrap();
+        std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        std::fs::create_dir(home.path().join("ws")).unwrap();
+        std::fs::write(home.path().join("ws/probe.py"), PROBE).unwrap();
+        Internet {
+            net,
+            received,
+            dns_seen,
+            home,
+        }
+    }
+
+    fn ctl(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_covenant-ctl"));
+        cmd.env("COVENANT_HOME", self.home.path().join("home"))
+            .env(
+                "COVENANT_EGRESS_RESOLVER",
+                format!("{}:53", host(self.net, 53)),
+            )
+            .env(
+                "COVENANT_EGRESS_PUBLIC",
+                format!("127.77.{}.0/24", self.net),
+            );
+        cmd
+    }
+
+    /// `covenant-ctl run` with `flags`, running each probe (a probe.py command line, or
+    /// after `!` a shell command) in turn in one sandbox; returns the output and the run
+    /// report.
+    fn run(&self, flags: &[&str], probes: &[&str]) -> (Output, serde_json::Value) {
+        let script: Vec<String> = probes
+            .iter()
+            .map(|p| match p.strip_prefix('!') {
+                Some(shell) => shell.to_string(),
+                None => format!("python3 /workspace/probe.py {p}"),
+            })
+            .collect();
+        let report = self
+            .home
+            .path()
+            .join(format!("report-{}.json", rand_suffix()));
+        let out = self
+            .ctl()
+            .arg("run")
+            .arg("--workspace")
+            .arg(self.home.path().join("ws"))
+            .arg("--report")
+            .arg(&report)
+            .args(flags)
+            .arg("--")
+            .args(["sh", "-c", &script.join("; ")])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let report = std::fs::read(&report)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(serde_json::Value::Null);
+        (out, report)
+    }
+
+    fn received(&self) -> Vec<String> {
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .collect()
+    }
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+/// The `RESULT=` lines a run printed, in order.
+fn results(out: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("RESULT="))
+        .map(str::to_string)
+        .collect()
+}
+
+fn explain(out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn refusal_reasons(report: &serde_json::Value) -> Vec<String> {
+    report["egress"]["refused"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| e["reason"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn an_allowed_name_is_reached_with_no_proxy_settings() {
+    if !live() {
+        return;
+    }
+    let net = Internet::start(101, &[("api.test", host(101, 10))]);
+    let (out, report) = net.run(
+        &["--allow-host", "api.test:443,80"],
+        &[
+            "resolve api.test",
+            "http api.test 80 api.test",
+            "tls api.test 443 api.test",
+        ],
+    );
+    let r = results(&out);
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    assert!(r[0].starts_with("['198.18."), "{}", explain(&out));
+    assert_eq!(r[1], "ok:HELLO", "{}", explain(&out));
+    assert_eq!(r[2], "ok:HELLO", "{}", explain(&out));
+    assert_eq!(net.received().len(), 2);
+    assert_eq!(report["net"], "egress");
+    assert!(
+        report["egress"]["connections_allowed"].as_u64() >= Some(2),
+        "{report}"
+    );
+    assert!(
+        report["egress"]["bytes_in"].as_u64() >= Some(12),
+        "{report}"
+    );
+    assert!(report["egress"]["failure"].is_null(), "{report}");
+    // The link lived in the sandbox's namespace only: the host has no trace of it.
+    assert!(!Path::new("/sys/class/net/egress0").exists());
+}
+
+#[test]
+fn literals_other_resolvers_names_and_fronting_are_refused() {
+    if !live() {
+        return;
+    }
+    let net = Internet::start(
+        102,
+        &[("api.test", host(102, 10)), ("other.test", host(102, 11))],
+    );
+    let literal = format!("literal {} 443 api.test", host(102, 10));
+    let other_resolver = format!("dns {} api.test", host(102, 53));
+    let (out, report) = net.run(
+        &["--allow-host", "api.test"],
+        &[
+            "resolve other.test",
+            &literal,
+            "literal 198.18.0.99 443 api.test",
+            &other_resolver,
+            "tls api.test 443 other.test",
+            "tls api.test 443 -",
+            "http api.test 443 other.test",
+            "http api.test 80 api.test",
+        ],
+    );
+    let r = results(&out);
+    assert_eq!(r.len(), 8, "{}", explain(&out));
+    assert!(r[0].starts_with("gaierror"), "other name: {}", r[0]);
+    for (i, what) in [
+        (1, "IP literal of the server"),
+        (2, "a stand-in never answered"),
+        (4, "SNI of another name (fronting)"),
+        (5, "no SNI"),
+        (6, "Host of another name"),
+        (7, "a port not allowed"),
+    ] {
+        assert!(r[i].starts_with("err:"), "{what}: {}", r[i]);
+    }
+    assert!(
+        r[3].starts_with("err:"),
+        "another resolver answered: {}",
+        r[3]
+    );
+    assert!(
+        net.received().is_empty(),
+        "a refused stream arrived: {:?}",
+        net.received()
+    );
+    assert!(
+        !net.dns_seen
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|n| n.starts_with("other.test")),
+        "a refused name was forwarded upstream"
+    );
+    let reasons = refusal_reasons(&report);
+    for needle in [
+        "not allowed by any egress rule",
+        "not answered",
+        "SNI `other.test`",
+        "without SNI",
+        "Host `other.test`",
+        "port",
+    ] {
+        assert!(
+            reasons.iter().any(|r| r.contains(needle)),
+            "no refusal says {needle}: {reasons:#?}"
+        );
+    }
+}
+
+#[test]
+fn rebinding_metadata_and_dns_tunnelling_are_refused() {
+    if !live() {
+        return;
+    }
+    let net = Internet::start(
+        103,
+        &[
+            ("rebind.test", Ipv4Addr::new(127, 0, 0, 1)),
+            // Stands in for the metadata service: a test address outside the public list.
+            ("meta.test", Ipv4Addr::new(127, 78, 103, 254)),
+            ("*.wild.test", host(103, 10)),
+        ],
+    );
+    let long = format!("resolve {}.{}.wild.test", "a".repeat(60), "b".repeat(60));
+    let (out, report) = net.run(
+        &[
+            "--allow-host",
+            "rebind.test",
+            "--allow-host",
+            "meta.test",
+            "--allow-host",
+            "*.wild.test",
+        ],
+        &[
+            "resolve rebind.test",
+            "resolve meta.test",
+            &long,
+            "resolve short.wild.test",
+        ],
+    );
+    let r = results(&out);
+    assert_eq!(r.len(), 4, "{}", explain(&out));
+    assert!(
+        r[0].starts_with("gaierror"),
+        "rebinding to loopback: {}",
+        r[0]
+    );
+    assert!(
+        r[1].starts_with("gaierror"),
+        "rebinding to metadata: {}",
+        r[1]
+    );
+    assert!(r[2].starts_with("gaierror"), "a long name: {}", r[2]);
+    assert!(r[3].starts_with("['198.18."), "a short name: {}", r[3]);
+    assert!(
+        !net.dns_seen
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|n| n.starts_with("aaaa")),
+        "the long name was forwarded upstream"
+    );
+    let reasons = refusal_reasons(&report);
+    assert!(
+        reasons.iter().any(|r| r.contains("loopback")),
+        "{reasons:#?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("longer than")),
+        "{reasons:#?}"
+    );
+}
+
+#[test]
+fn udp_quic_icmp_and_ipv6_do_not_leave() {
+    if !live() {
+        return;
+    }
+    let net = Internet::start(104, &[("api.test", host(104, 10))]);
+    let sink = UdpSocket::bind((host(104, 10), 443)).unwrap();
+    sink.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let (out, report) = net.run(
+        &["--allow-host", "api.test"],
+        &[
+            "udp api.test 443",
+            "udp api.test 53",
+            "icmp api.test",
+            "ipv6",
+        ],
+    );
+    let r = results(&out);
+    assert_eq!(r.len(), 4, "{}", explain(&out));
+    assert_eq!(r[0], "silent", "QUIC");
+    assert_eq!(r[1], "silent", "UDP to a stand-in's port 53");
+    assert!(
+        r[2] == "silent" || r[2].starts_with("err:"),
+        "ICMP: {}",
+        r[2]
+    );
+    assert!(r[3].starts_with("err:"), "IPv6: {}", r[3]);
+    let mut buf = [0u8; 64];
+    assert!(sink.recv(&mut buf).is_err(), "UDP reached the test host");
+    assert!(
+        report["egress"]["dropped"]["quic"].as_u64() >= Some(1),
+        "{report}"
+    );
+}
+
+#[test]
+fn a_connection_storm_is_bounded_and_served() {
+    if !live() {
+        return;
+    }
+    let net = Internet::start(105, &[("api.test", host(105, 10))]);
+    let (out, report) = net.run(
+        &["--allow-host", "api.test", "--pids", "64"],
+        &["storm api.test 443 1200"],
+    );
+    let r = results(&out);
+    assert_eq!(r.len(), 1, "{}", explain(&out));
+    let held: u64 = r[0]
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("held="))
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(
+        held >= 1000,
+        "fewer than 1,000 concurrent connections served: {}",
+        r[0]
+    );
+    assert!(
+        r[0].ends_with("after=ok:HELLO"),
+        "the gateway stopped serving: {}",
+        r[0]
+    );
+    let peak = report["egress"]["peak_connections"].as_u64().unwrap();
+    assert!(peak <= 1024, "peak {peak}");
+    eprintln!("storm: {} (peak {peak})", r[0]);
+    assert!(
+        refusal_reasons(&report)
+            .iter()
+            .any(|r| r == "connection limit reached"),
+        "1,200 connections and none refused: {report}"
+    );
+}
+
+#[test]
+fn a_gateway_that_cannot_start_refuses_the_run() {
+    if !live() {
+        return;
+    }
+    let net = Internet::start(106, &[]);
+    let out = net
+        .ctl()
+        .env("COVENANT_EGRESS_RESOLVER", "not-an-address")
+        .args(["run", "--allow-host", "api.test", "--", "true"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125), "{}", explain(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("COVENANT_EGRESS_RESOLVER") && err.contains("egress"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_sandbox_cannot_take_down_or_reroute_its_link() {
+    if !live() {
+        return;
+    }
+    let net = Internet::start(107, &[("api.test", host(107, 10))]);
+    let route = format!("!ip route add {}/32 dev lo", host(107, 10));
+    let (out, report) = net.run(
+        &["--allow-host", "api.test"],
+        &[
+            "!ip link delete egress0 2>&1; echo RESULT=$?",
+            "!ip link set egress0 down 2>&1; echo RESULT=$?",
+            &format!("{route} 2>&1; echo RESULT=$?"),
+            "http api.test 443 api.test",
+        ],
+    );
+    let r = results(&out);
+    assert_eq!(r.len(), 4, "{}", explain(&out));
+    for (i, what) in [
+        (0, "delete the link"),
+        (1, "take the link down"),
+        (2, "add a route"),
+    ] {
+        assert_ne!(r[i], "0", "the sandbox could {what}: {}", explain(&out));
+    }
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Operation not permitted"));
+    assert_eq!(r[3], "ok:HELLO", "{}", explain(&out));
+    assert!(report["egress"]["failure"].is_null(), "{report}");
+}
+
+/// `covenantd` beside `covenant-ctl` (the workspace builds both), started on `net`'s home
+/// with the egress settings as flags; killed when dropped.
+struct Covenantd(std::process::Child);
+
+impl Drop for Covenantd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Internet {
+    fn covenantd(&self) -> Option<Covenantd> {
+        let exe = Path::new(env!("CARGO_BIN_EXE_covenant-ctl")).with_file_name("covenantd");
+        if !exe.exists() {
+            let reason = format!("{} is not built (cargo build --workspace)", exe.display());
+            if std::env::var("COVENANT_REQUIRE_LIVE").as_deref() == Ok("1") {
+                panic!("live test cannot run: {reason} (COVENANT_REQUIRE_LIVE=1)");
+            }
+            eprintln!("skipping live test: {reason}");
+            return None;
+        }
+        let home = self.home.path().join("home");
+        let child = Command::new(exe)
+            .arg("--home")
+            .arg(&home)
+            .arg("--egress-resolver")
+            .arg(format!("{}:53", host(self.net, 53)))
+            .arg("--egress-public")
+            .arg(format!("127.77.{}.0/24", self.net))
+            .env_remove("COVENANT_EGRESS_RESOLVER")
+            .env_remove("COVENANT_EGRESS_PUBLIC")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let daemon = Covenantd(child);
+        let socket = home.join("covenantd.sock");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !socket.exists() || std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "covenantd did not answer"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(daemon)
+    }
+}
+
+#[test]
+fn daemon_jobs_run_their_gateway_in_their_shim_native_and_runc() {
+    if !live() {
+        return;
+    }
+    let net = Internet::start(
+        108,
+        &[("api.test", host(108, 10)), ("other.test", host(108, 11))],
+    );
+    // The daemon trusts this home's operator key, which signs the client's request.
+    let plan = net.ctl().args(["plan", "--", "true"]).output().unwrap();
+    assert!(plan.status.success(), "{}", explain(&plan));
+    let key = net.home.path().join("home/operator.key");
+    let public = net.ctl().arg("key").arg("pub").arg(&key).output().unwrap();
+    let public = String::from_utf8_lossy(&public.stdout).trim().to_string();
+    let trust = net
+        .ctl()
+        .args(["key", "trust", "--name", "operator", &public])
+        .output()
+        .unwrap();
+    assert!(trust.status.success(), "{}", explain(&trust));
+    let Some(_daemon) = net.covenantd() else {
+        return;
+    };
+    let out = net
+        .ctl()
+        .env(
+            "COVENANT_SOCKET",
+            net.home.path().join("home/covenantd.sock"),
+        )
+        // The daemon's flags decide; the client's environment does not reach the job.
+        .env("COVENANT_EGRESS_RESOLVER", "127.0.0.1:9")
+        .args(["--daemon", "run", "--workspace"])
+        .arg(net.home.path().join("ws"))
+        .args(["--allow-host", "api.test", "--", "sh", "-c"])
+        .arg(
+            "python3 /workspace/probe.py tls api.test 443 api.test; \
+             python3 /workspace/probe.py resolve other.test; \
+             python3 /workspace/probe.py tls api.test 443 other.test",
+        )
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let r = results(&out);
+    assert_eq!(r.len(), 3, "{}", explain(&out));
+    assert_eq!(r[0], "ok:HELLO", "{}", explain(&out));
+    assert!(r[1].starts_with("gaierror"), "{}", r[1]);
+    assert!(r[2].starts_with("err:"), "{}", r[2]);
+    assert_eq!(net.received().len(), 1);
+    // The shim's gateway audited its decisions into the daemon's store.
+    let audit = net
+        .ctl()
+        .env(
+            "COVENANT_SOCKET",
+            net.home.path().join("home/covenantd.sock"),
+        )
+        .args(["--embedded", "audit", "tail", "-n", "200"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&audit.stdout);
+    assert!(text.contains("net.egress.connect"), "{}", explain(&audit));
+    assert!(text.contains("net.egress.summary"), "{}", explain(&audit));
+    // A job on an OCI runner: its shim prepares the namespace runc joins.
+    if Path::new("/usr/sbin/runc").exists() {
+        let out = net
+            .ctl()
+            .env(
+                "COVENANT_SOCKET",
+                net.home.path().join("home/covenantd.sock"),
+            )
+            .args(["--daemon", "run", "--runner", "oci:/usr/sbin/runc"])
+            .args(["--accept-degradation", "idmap", "--workspace"])
+            .arg(net.home.path().join("ws"))
+            .args(["--allow-host", "api.test", "--", "sh", "-c"])
+            .arg(
+                "python3 /workspace/probe.py tls api.test 443 api.test; \
+                 python3 /workspace/probe.py tls api.test 443 other.test",
+            )
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let r = results(&out);
+        assert_eq!(r.len(), 2, "runc job: {}", explain(&out));
+        assert_eq!(r[0], "ok:HELLO", "runc job: {}", explain(&out));
+        assert!(r[1].starts_with("err:"), "runc job: {}", r[1]);
+        assert_eq!(net.received().len(), 2);
+    } else {
+        cannot_run("/usr/sbin/runc is not installed");
+    }
+}
+
+#[test]
+fn gvisor_refuses_egress_naming_the_restriction() {
+    if !live() {
+        return;
+    }
+    if !Path::new("/usr/bin/runsc").exists() {
+        return cannot_run("runsc is not installed (apt-get install runsc)");
+    }
+    let net = Internet::start(109, &[]);
+    let out = net
+        .ctl()
+        .args([
+            "run",
+            "--runner",
+            "gvisor",
+            "--allow-host",
+            "api.test",
+            "--",
+            "true",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{}", explain(&out));
+    assert!(err.contains("net egress") && err.contains("runsc"), "{err}");
+}
+
+#[test]
+fn runc_and_crun_join_the_gateway_namespace() {
+    if !live() {
+        return;
+    }
+    let net = Internet::start(
+        110,
+        &[("api.test", host(110, 10)), ("other.test", host(110, 11))],
+    );
+    for runtime in ["/usr/sbin/runc", "/usr/bin/crun"] {
+        if !Path::new(runtime).exists() {
+            cannot_run(&format!("{runtime} is not installed"));
+            continue;
+        }
+        let runner = format!("oci:{runtime}");
+        let (out, report) = net.run(
+            &[
+                "--runner",
+                &runner,
+                "--accept-degradation",
+                "idmap",
+                "--allow-host",
+                "api.test",
+            ],
+            &[
+                "tls api.test 443 api.test",
+                "resolve other.test",
+                "tls api.test 443 other.test",
+                &format!("literal {} 443 api.test", host(110, 10)),
+                "!ip link delete egress0 2>&1; echo RESULT=$?",
+            ],
+        );
+        let r = results(&out);
+        assert_eq!(r.len(), 5, "{runtime}: {}", explain(&out));
+        assert_eq!(r[0], "ok:HELLO", "{runtime}: {}", explain(&out));
+        assert!(r[1].starts_with("gaierror"), "{runtime}: {}", r[1]);
+        assert!(r[2].starts_with("err:"), "{runtime}: {}", r[2]);
+        assert!(r[3].starts_with("err:"), "{runtime}: {}", r[3]);
+        assert_ne!(r[4], "0", "{runtime}: the container deleted its link");
+        assert_eq!(report["runner"], runner.as_str(), "{report}");
+        assert!(
+            report["egress"]["connections_allowed"].as_u64() >= Some(1),
+            "{report}"
+        );
+    }
+    assert_eq!(net.received().len(), 2, "{:?}", net.received());
+}
+
+fn cannot_run(reason: &str) {
+    if std::env::var("COVENANT_REQUIRE_LIVE").as_deref() == Ok("1") {
+        panic!("live test cannot run: {reason} (COVENANT_REQUIRE_LIVE=1)");
+    }
+    eprintln!("skipping: {reason}");
+}
+
+#[test]
+fn a_killed_supervisor_takes_the_sandbox_and_its_link_with_it() {
+    if !live() {
+        return;
+    }
+    let net = Internet::start(111, &[("api.test", host(111, 10))]);
+    let marker = "31.4159";
+    let mut child = net
+        .ctl()
+        .args(["run", "--allow-host", "api.test", "--", "sleep", marker])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let sandboxed = || -> Vec<u32> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| c == format!("sleep\0{marker}\0").as_bytes())
+            })
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while sandboxed().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sandbox did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    let _ = child.wait();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !sandboxed().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sandbox outlived its supervisor: {:?}",
+            sandboxed()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!Path::new("/sys/class/net/egress0").exists());
+}

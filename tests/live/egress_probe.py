@@ -1,0 +1,128 @@
+"""Egress probes run inside the sandbox: each prints `RESULT=...` lines the live tests
+read. Every address probed is a test host of the test's own internet (127.77.N.x, seen from
+the sandbox only through the gateway's names), the gateway itself, or a reserved range."""
+import errno
+import socket
+import struct
+import sys
+import time
+
+
+def hello(sni):
+    ext = b""
+    if sni:
+        n = sni.encode()
+        ext = struct.pack("!HHHBH", 0, len(n) + 5, len(n) + 3, 0, len(n)) + n
+    body = b"\x03\x03" + b"\x07" * 32 + b"\x00\x00\x02\x13\x01\x01\x00"
+    body += struct.pack("!H", len(ext)) + ext
+    hs = b"\x01" + struct.pack("!I", len(body))[1:] + body
+    return b"\x16\x03\x01" + struct.pack("!H", len(hs)) + hs + b"END"
+
+
+def exchange(addr, port, payload, timeout=3):
+    try:
+        s = socket.create_connection((addr, port), timeout=timeout)
+        s.sendall(payload)
+        out = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            out += chunk
+        return "ok:" + out.decode(errors="replace").strip()
+    except OSError as e:
+        return "err:" + (errno.errorcode.get(e.errno, str(e)) if e.errno else type(e).__name__)
+
+
+def resolve(name):
+    try:
+        return sorted({a[4][0] for a in socket.getaddrinfo(name, 443, socket.AF_INET, socket.SOCK_STREAM)})
+    except socket.gaierror as e:
+        return "gaierror:%s" % e.errno
+
+
+def dns_query(server, name):
+    q = struct.pack("!HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0)
+    for label in name.split("."):
+        q += bytes([len(label)]) + label.encode()
+    q += b"\x00\x00\x01\x00\x01"
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(1.5)
+    try:
+        s.sendto(q, (server, 53))
+        data = s.recv(1500)
+        return "answered rcode=%d" % (data[3] & 0x0F)
+    except OSError as e:
+        return "err:" + (errno.errorcode.get(e.errno, "timeout") if e.errno else "timeout")
+
+
+def main():
+    cmd, args = sys.argv[1], sys.argv[2:]
+    if cmd == "resolve":
+        print("RESULT=%s" % resolve(args[0]))
+    elif cmd == "http":
+        name, port, host = args[0], int(args[1]), args[2]
+        addrs = resolve(name)
+        target = addrs[0] if isinstance(addrs, list) else name
+        req = ("GET / HTTP/1.1\r\nHost: %s\r\n\r\n" % host).encode()
+        print("RESULT=%s" % exchange(target, port, req))
+    elif cmd == "tls":
+        name, port, sni = args[0], int(args[1]), args[2]
+        addrs = resolve(name)
+        target = addrs[0] if isinstance(addrs, list) else name
+        print("RESULT=%s" % exchange(target, port, hello(sni if sni != "-" else None)))
+    elif cmd == "literal":
+        print("RESULT=%s" % exchange(args[0], int(args[1]), hello(args[2])))
+    elif cmd == "dns":
+        print("RESULT=%s" % dns_query(args[0], args[1]))
+    elif cmd == "udp":
+        addr = resolve(args[0])[0]
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.settimeout(1)
+        s.sendto(b"probe", (addr, int(args[1])))
+        try:
+            s.recv(100)
+            print("RESULT=answered")
+        except OSError:
+            print("RESULT=silent")
+    elif cmd == "icmp":
+        addr = resolve(args[0])[0]
+        try:
+            s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        except OSError as e:
+            print("RESULT=err:%s" % errno.errorcode.get(e.errno, e.errno))
+            return
+        s.settimeout(1)
+        s.sendto(b"\x08\x00\xf7\xff\x00\x00\x00\x00", (addr, 0))
+        try:
+            s.recv(100)
+            print("RESULT=answered")
+        except OSError:
+            print("RESULT=silent")
+    elif cmd == "ipv6":
+        try:
+            s = socket.create_connection(("2001:db8::1", 443), timeout=1)
+            print("RESULT=connected")
+        except OSError as e:
+            print("RESULT=err:%s" % errno.errorcode.get(e.errno, type(e).__name__))
+    elif cmd == "storm":
+        name, port, n = args[0], int(args[1]), int(args[2])
+        addr = resolve(name)[0]
+        socks, failed = [], 0
+        for _ in range(n):
+            s = socket.socket()
+            s.settimeout(2)
+            try:
+                s.connect((addr, port))
+                socks.append(s)
+            except OSError:
+                failed += 1
+        held = len(socks)
+        for s in socks:
+            s.close()
+        time.sleep(0.5)
+        after = exchange(addr, port, hello(name))
+        print("RESULT=held=%d failed=%d after=%s" % (held, failed, after))
+
+
+main()

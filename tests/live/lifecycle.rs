@@ -1,0 +1,206 @@
+//! A run's life: exit codes, signals and streams pass through, and nothing outlives the run
+//! or its supervisor.
+
+use crate::scene::{
+    assert_jobs_left_nothing, code, marker, mounts_under, read_json, stderr, stdout, still_running,
+    Scene,
+};
+use std::io::Write;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+#[test]
+fn orphans_die_when_the_program_exits() {
+    let Some(s) = Scene::live() else { return };
+    let marker = marker(2);
+    let out = s.sh(&format!("(setsid sh -c 'exec sleep {marker}' &); exit 3"));
+    assert_eq!(code(&out), 3);
+    assert!(
+        !still_running(&marker),
+        "a background process outlived the sandbox"
+    );
+}
+
+#[test]
+fn exit_codes_and_signals_propagate() {
+    let Some(s) = Scene::live() else { return };
+    assert_eq!(code(&s.sh("exit 42")), 42);
+    assert_eq!(code(&s.run(&[], &["true"])), 0);
+    assert_eq!(code(&s.sh("kill -TERM $$")), 128 + 15);
+    assert_eq!(code(&s.sh("kill -KILL $$")), 128 + 9);
+    let missing = s.run(&[], &["no-such-program"]);
+    assert_eq!(code(&missing), 125);
+    assert!(
+        stderr(&missing).contains("no-such-program"),
+        "{}",
+        stderr(&missing)
+    );
+}
+
+#[test]
+fn sigterm_to_the_cli_reaches_the_program() {
+    let Some(s) = Scene::live() else { return };
+    let mut cmd = s.ctl();
+    cmd.args([
+        "run",
+        "--",
+        "sh",
+        "-c",
+        "trap 'echo GOT-TERM; exit 3' TERM; echo READY; while :; do sleep 0.1; done",
+    ]);
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    assert_eq!(line, "READY\n");
+    // SAFETY: kill(2) on a child this test started and has not reaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    assert_eq!(rest, "GOT-TERM\n");
+    assert_eq!(status.code(), Some(3));
+    let tail_out = s
+        .ctl()
+        .args(["audit", "tail", "-n", "20"])
+        .output()
+        .unwrap();
+    let tail = String::from_utf8_lossy(&tail_out.stdout);
+    assert!(
+        tail.contains("sandbox.signalled") && tail.contains("\"signal\":15"),
+        "the forwarded signal is audited:\n{tail}"
+    );
+}
+
+#[test]
+fn stdin_and_stdout_are_streamed() {
+    let Some(s) = Scene::live() else { return };
+    let mut cmd = s.ctl();
+    cmd.args(["run", "--", "sh", "-c", "read line; echo got:$line; cat"]);
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"first\nsecond\n").unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "got:first\nsecond\n");
+}
+
+#[test]
+fn a_hundred_runs_leave_nothing_behind() {
+    let Some(s) = Scene::live() else { return };
+    let mounts_before = mounts_under(s.home.path());
+    let marker = marker(3);
+    let report = s.home.path().join("report.json");
+    let mut job_ids = Vec::new();
+    for i in 0..100 {
+        let out = s.run(
+            &[
+                "--memory",
+                "64MiB",
+                "--pids",
+                "16",
+                "--timeout",
+                "20s",
+                "--report",
+                report.to_str().unwrap(),
+            ],
+            &[
+                "sh",
+                "-c",
+                &format!("(exec sleep {marker} &); echo {i} > /tmp/x; cat /tmp/x"),
+            ],
+        );
+        assert_eq!(stdout(&out), format!("{i}\n"), "{}", stderr(&out));
+        let r: serde_json::Value = read_json(&report);
+        job_ids.push(r["job_id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(mounts_under(s.home.path()), mounts_before, "mounts leaked");
+    assert_eq!(mounts_before, 0);
+    assert_jobs_left_nothing(&s, &job_ids);
+    assert!(!still_running(&marker), "processes leaked");
+}
+
+#[test]
+fn a_sandbox_dies_with_its_supervisor() {
+    let Some(s) = Scene::live() else { return };
+    let marker = marker(4);
+    let mut ctl = s
+        .ctl()
+        .args([
+            "run",
+            "--",
+            "sh",
+            "-c",
+            &format!("(exec sleep {marker} &); exec sleep {marker}"),
+        ])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let running = |m: &str| still_running(m);
+    while !running(&marker) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(running(&marker), "the sandbox never started");
+    // SAFETY: kill(2) on a child this test started and has not reaped.
+    unsafe { libc::kill(ctl.id() as i32, libc::SIGKILL) };
+    let _ = ctl.wait();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while running(&marker) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!running(&marker), "the sandbox outlived its supervisor");
+}
+
+#[test]
+fn a_signal_during_setup_still_leaves_nothing_behind() {
+    let Some(s) = Scene::live() else { return };
+    // SIGTERM at a spread of moments from right after the CLI starts until after the
+    // sandbox runs: whenever it lands, the run ends and removes its bundle and cgroups
+    // (a run killed mid-setup once left its bundle, which kept its image "in use").
+    for delay_ms in [0u64, 1, 2, 4, 8, 16, 32] {
+        let child = s
+            .ctl()
+            .args(["run", "--memory", "64MiB", "--", "sleep", "30"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let started = Instant::now();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the run outlived the signal: it reached the program only at its end"
+        );
+        // Killed by the signal itself only before the run began (nothing exists yet);
+        // after that, the program's 143, or 125 when setup stopped.
+        let c = code(&out);
+        let killed = std::os::unix::process::ExitStatusExt::signal(&out.status) == Some(15);
+        assert!(
+            killed || c == 128 + 15 || c == 125,
+            "after {delay_ms} ms: exit {c}: {}",
+            stderr(&out)
+        );
+        for dir in ["home/bundles", "home/staging"] {
+            let left: Vec<_> = std::fs::read_dir(s.home.path().join(dir))
+                .map(|d| d.flatten().map(|e| e.path()).collect())
+                .unwrap_or_default();
+            assert!(
+                left.is_empty(),
+                "after {delay_ms} ms: left behind: {left:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,40 @@
+//! The seccomp filter: each dangerous syscall fails with the errno the profile names.
+
+use crate::scene::{Scene, EPERM};
+
+#[test]
+fn dangerous_syscalls_are_denied_with_eperm() {
+    let Some(s) = Scene::live() else { return };
+    for name in [
+        "ptrace",
+        "process_vm_readv",
+        "bpf",
+        "io_uring_setup",
+        "keyctl",
+        "add_key",
+        "unshare_user",
+        "unshare_mount",
+        "clone_newuser",
+        "mount",
+        "open_tree",
+        "fsopen",
+        "perf_event_open",
+        "userfaultfd",
+        "kexec_load",
+        "init_module",
+        "personality",
+        "tiocsti",
+        "tiocsti_high_bits",
+    ] {
+        assert_eq!(
+            s.probe(&[], name),
+            EPERM,
+            "{name} was not denied with EPERM"
+        );
+    }
+    assert_eq!(
+        s.probe(&[], "clone3"),
+        libc::ENOSYS,
+        "clone3 must look unimplemented"
+    );
+}
