@@ -122,7 +122,9 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<CompiledSeccomp, SeccompError> 
     }
     let mut programs = Vec::new();
     for (i, (act, rules)) in groups.into_iter().enumerate() {
-        if i > 0 && rules.is_empty() {
+        // An empty group needs no filter; the allow group is always empty under a
+        // default-allow profile (its rules are the default's).
+        if rules.is_empty() && (i > 0 || act == default) {
             continue;
         }
         // `None` is an unconditional rule, which seccompiler spells as no conditions.

@@ -133,6 +133,16 @@ kinds! {
     EgressQuery = "net.egress.query",
     /// The egress gateway's totals for the run.
     EgressSummary = "net.egress.summary",
+    /// `covenant-runtime create` made a container.
+    ContainerCreated = "container.created",
+    /// `covenant-runtime create` refused a container.
+    ContainerRefused = "container.refused",
+    /// `covenant-runtime start` released a container's process.
+    ContainerStarted = "container.started",
+    /// `covenant-runtime kill` signalled a container.
+    ContainerKilled = "container.killed",
+    /// `covenant-runtime delete` removed a container.
+    ContainerDeleted = "container.deleted",
 }
 
 impl std::fmt::Display for Kind {

@@ -1,0 +1,448 @@
+//! Reads a bundle's `config.json` and turns it into the settings `create` acts on. Every
+//! refusal names the JSON field at fault. What this module decides without the kernel
+//! (ids, mount destinations, namespaces, rlimits, capabilities) is decided here, before
+//! anything is created, so a refused config leaves no state behind.
+
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use std::ffi::CString;
+use std::path::{Component, Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("bundle {bundle}: {reason}")]
+    Bundle { bundle: PathBuf, reason: String },
+    #[error("config.json `{field}`: {reason}")]
+    Field { field: String, reason: String },
+}
+
+pub fn field(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Field {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+type Result<T> = std::result::Result<T, ConfigError>;
+
+/// Loads `bundle/config.json`; a parse error names the JSON path of the bad value.
+pub fn load(bundle: &Path) -> Result<Spec> {
+    let path = bundle.join("config.json");
+    let text = std::fs::read(&path).map_err(|e| ConfigError::Bundle {
+        bundle: bundle.to_path_buf(),
+        reason: format!("cannot read config.json: {e}"),
+    })?;
+    let de = &mut serde_json::Deserializer::from_slice(&text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let at = e.path().to_string();
+        field(
+            if at == "." { "(document)".into() } else { at },
+            e.into_inner().to_string(),
+        )
+    })
+}
+
+/// One namespace: created new (`path` none) or joined.
+#[derive(Debug, Clone)]
+pub struct NamespaceSpec {
+    pub typ: LinuxNamespaceType,
+    pub path: Option<PathBuf>,
+}
+
+impl NamespaceSpec {
+    /// The name under `/proc/PID/ns`.
+    pub fn proc_name(&self) -> String {
+        self.typ.to_string()
+    }
+}
+
+/// What the child needs, checked and converted once in the parent.
+#[derive(Debug, Clone, Default)]
+pub struct Prepared {
+    pub rootfs: PathBuf,
+    pub args: Vec<CString>,
+    pub env: Vec<CString>,
+    pub path_var: String,
+    pub namespaces: Vec<NamespaceSpec>,
+    pub rlimits: Vec<(libc::__rlimit_resource_t, u64, u64)>,
+    pub caps: CapSets,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct CapSets {
+    pub bounding: Vec<caps::Capability>,
+    pub effective: Vec<caps::Capability>,
+    pub permitted: Vec<caps::Capability>,
+    pub inheritable: Vec<caps::Capability>,
+    pub ambient: Vec<caps::Capability>,
+}
+
+fn cap_list(
+    name: &str,
+    set: &Option<oci_spec::runtime::Capabilities>,
+) -> Result<Vec<caps::Capability>> {
+    let mut out = Vec::new();
+    for c in set.iter().flatten() {
+        let text = format!("CAP_{c}");
+        let cap: caps::Capability = text.parse().map_err(|_| {
+            field(
+                format!("process.capabilities.{name}"),
+                format!("{text} is not a capability this kernel interface knows"),
+            )
+        })?;
+        out.push(cap);
+    }
+    Ok(out)
+}
+
+/// Checks the parts of `spec` the kernel is not asked about and prepares the child's view.
+pub fn prepare(bundle: &Path, spec: &Spec) -> Result<Prepared> {
+    let root = spec
+        .root()
+        .as_ref()
+        .ok_or_else(|| field("root", "missing"))?;
+    let rootfs = if root.path().is_absolute() {
+        root.path().clone()
+    } else {
+        bundle.join(root.path())
+    };
+    let rootfs = std::fs::canonicalize(&rootfs)
+        .map_err(|e| field("root.path", format!("{}: {e}", rootfs.display())))?;
+    if !rootfs.is_dir() {
+        return Err(field(
+            "root.path",
+            format!("{} is not a directory", rootfs.display()),
+        ));
+    }
+    if rootfs == Path::new("/") {
+        return Err(field(
+            "root.path",
+            "the host's own root cannot be a container's root filesystem",
+        ));
+    }
+    // A config without `process` may be created; `start` then fails (runtime spec).
+    let mut prepared = match spec.process().as_ref() {
+        Some(process) => prepare_process(process)?,
+        None => Prepared::default(),
+    };
+    prepared.rootfs = rootfs;
+    let linux = spec
+        .linux()
+        .as_ref()
+        .ok_or_else(|| field("linux", "missing"))?;
+    let mut namespaces: Vec<NamespaceSpec> = Vec::new();
+    for (i, ns) in linux.namespaces().iter().flatten().enumerate() {
+        if namespaces.iter().any(|n| n.typ == ns.typ()) {
+            return Err(field(
+                format!("linux.namespaces[{i}].type"),
+                format!("{} is listed twice", ns.typ()),
+            ));
+        }
+        if let Some(p) = ns.path() {
+            if !p.is_absolute() {
+                return Err(field(
+                    format!("linux.namespaces[{i}].path"),
+                    "must be absolute",
+                ));
+            }
+        }
+        namespaces.push(NamespaceSpec {
+            typ: ns.typ(),
+            path: ns.path().clone(),
+        });
+    }
+    let new_timens = namespaces
+        .iter()
+        .any(|n| n.typ == LinuxNamespaceType::Time && n.path.is_none());
+    if let Some(offsets) = linux.time_offsets() {
+        if !new_timens {
+            return Err(field(
+                "linux.timeOffsets",
+                "offsets need a new time namespace in linux.namespaces",
+            ));
+        }
+        if let Some(k) = offsets
+            .keys()
+            .find(|k| *k != "monotonic" && *k != "boottime")
+        {
+            return Err(field(
+                format!("linux.timeOffsets.{k}"),
+                "only monotonic and boottime clocks can be offset",
+            ));
+        }
+    }
+    // Fail closed: a setting this runtime would not apply is refused, never ignored.
+    if linux.intel_rdt().is_some() {
+        return Err(field("linux.intelRdt", "not supported by this runtime"));
+    }
+    if linux.memory_policy().is_some() {
+        return Err(field("linux.memoryPolicy", "not supported by this runtime"));
+    }
+    if let Some(p) = linux.personality() {
+        if p.flags().as_ref().is_some_and(|f| !f.is_empty()) {
+            return Err(field(
+                "linux.personality.flags",
+                "personality flags are not supported by this runtime",
+            ));
+        }
+    }
+    let has_userns = namespaces
+        .iter()
+        .any(|n| n.typ == LinuxNamespaceType::User && n.path.is_none());
+    if has_userns && linux.uid_mappings().as_ref().map(Vec::len).unwrap_or(0) == 0 {
+        return Err(field(
+            "linux.uidMappings",
+            "a new user namespace needs uid and gid mappings",
+        ));
+    }
+    if !namespaces
+        .iter()
+        .any(|n| n.typ == LinuxNamespaceType::Mount)
+        && linux.masked_paths().as_ref().is_some_and(|m| !m.is_empty())
+    {
+        // Masking without a mount namespace would mask the host's own paths.
+        return Err(field(
+            "linux.maskedPaths",
+            "masking paths needs a mount namespace (it would mask the host's)",
+        ));
+    }
+    for (i, m) in spec.mounts().iter().flatten().enumerate() {
+        check_destination(&format!("mounts[{i}].destination"), m.destination())?;
+    }
+    for (i, d) in linux.devices().iter().flatten().enumerate() {
+        check_destination(&format!("linux.devices[{i}].path"), d.path())?;
+    }
+    for (key, _) in linux.sysctl().iter().flatten() {
+        if key.contains('/') || key.split('.').any(|p| p.is_empty() || p == "..") {
+            return Err(field(format!("linux.sysctl.{key}"), "not a sysctl name"));
+        }
+        let new = |t: LinuxNamespaceType| namespaces.iter().any(|n| n.typ == t && n.path.is_none());
+        let joined = |t: LinuxNamespaceType| namespaces.iter().any(|n| n.typ == t);
+        if !sysctl_is_namespaced(key, new, joined) {
+            return Err(field(
+                format!("linux.sysctl.{key}"),
+                "not a sysctl of the container's own namespaces: writing it would change the host (kernel.core_pattern runs a program as host root)",
+            ));
+        }
+    }
+    prepared.namespaces = namespaces;
+    Ok(prepared)
+}
+
+/// Checks and converts the process part (also what `exec` runs).
+pub fn prepare_process(process: &oci_spec::runtime::Process) -> Result<Prepared> {
+    let args = process.args().clone().unwrap_or_default();
+    if args.is_empty() {
+        return Err(field("process.args", "empty"));
+    }
+    let cstr = |f: &str, s: &str| CString::new(s).map_err(|_| field(f, "contains a NUL byte"));
+    let env_list = process.env().clone().unwrap_or_default();
+    for (i, e) in env_list.iter().enumerate() {
+        if !e.contains('=') {
+            return Err(field(format!("process.env[{i}]"), "must be KEY=VALUE"));
+        }
+    }
+    if !process.cwd().is_absolute() {
+        return Err(field("process.cwd", "must be an absolute path"));
+    }
+    let path_var = env_list
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .to_string();
+    let mut rlimits = Vec::new();
+    for (i, r) in process.rlimits().iter().flatten().enumerate() {
+        let name = format!("{:?}", r.typ());
+        let resource = rlimit_resource(&name).ok_or_else(|| {
+            field(
+                format!("process.rlimits[{i}].type"),
+                format!("{name} is not supported"),
+            )
+        })?;
+        if r.soft() > r.hard() {
+            return Err(field(
+                format!("process.rlimits[{i}]"),
+                format!("soft {} is above hard {}", r.soft(), r.hard()),
+            ));
+        }
+        if rlimits.iter().any(|(res, _, _)| *res == resource) {
+            return Err(field(
+                format!("process.rlimits[{i}].type"),
+                format!("{name} is listed twice"),
+            ));
+        }
+        rlimits.push((resource, r.soft(), r.hard()));
+    }
+    let caps = match process.capabilities() {
+        Some(c) => CapSets {
+            bounding: cap_list("bounding", c.bounding())?,
+            effective: cap_list("effective", c.effective())?,
+            permitted: cap_list("permitted", c.permitted())?,
+            inheritable: cap_list("inheritable", c.inheritable())?,
+            ambient: cap_list("ambient", c.ambient())?,
+        },
+        None => CapSets::default(),
+    };
+    Ok(Prepared {
+        rootfs: PathBuf::new(),
+        args: args
+            .iter()
+            .map(|a| cstr("process.args", a))
+            .collect::<Result<_>>()?,
+        env: env_list
+            .iter()
+            .map(|e| cstr("process.env", e))
+            .collect::<Result<_>>()?,
+        path_var,
+        namespaces: Vec::new(),
+        rlimits,
+        caps,
+    })
+}
+
+/// Whether `key` belongs to a namespace the container has (as runc decides it): IPC
+/// sysctls with an IPC namespace, `net.*` with a network namespace, the host and domain
+/// name with a UTS namespace. Everything else is the host's.
+fn sysctl_is_namespaced(
+    key: &str,
+    new: impl Fn(LinuxNamespaceType) -> bool,
+    has: impl Fn(LinuxNamespaceType) -> bool,
+) -> bool {
+    const IPC: [&str; 7] = [
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.sem",
+        "kernel.shmall",
+        "kernel.shmmax",
+        "kernel.shmmni",
+    ];
+    if IPC.contains(&key) || key == "kernel.shm_rmid_forced" || key.starts_with("fs.mqueue.") {
+        return has(LinuxNamespaceType::Ipc);
+    }
+    if key.starts_with("net.") {
+        return new(LinuxNamespaceType::Network) || has(LinuxNamespaceType::Network);
+    }
+    if key == "kernel.hostname" || key == "kernel.domainname" {
+        return new(LinuxNamespaceType::Uts);
+    }
+    false
+}
+
+/// A destination is a path inside the container: absolute, and it never climbs with `..`.
+fn check_destination(name: &str, dest: &Path) -> Result<()> {
+    if !dest.is_absolute() {
+        return Err(field(name, format!("{} must be absolute", dest.display())));
+    }
+    if dest.components().any(|c| matches!(c, Component::ParentDir)) {
+        return Err(field(
+            name,
+            format!("{} must not contain `..`", dest.display()),
+        ));
+    }
+    Ok(())
+}
+
+fn rlimit_resource(debug_name: &str) -> Option<libc::__rlimit_resource_t> {
+    Some(match debug_name {
+        "RlimitCore" => libc::RLIMIT_CORE,
+        "RlimitNofile" => libc::RLIMIT_NOFILE,
+        "RlimitNproc" => libc::RLIMIT_NPROC,
+        "RlimitFsize" => libc::RLIMIT_FSIZE,
+        "RlimitStack" => libc::RLIMIT_STACK,
+        "RlimitAs" => libc::RLIMIT_AS,
+        "RlimitCpu" => libc::RLIMIT_CPU,
+        "RlimitMemlock" => libc::RLIMIT_MEMLOCK,
+        "RlimitData" => libc::RLIMIT_DATA,
+        "RlimitMsgqueue" => libc::RLIMIT_MSGQUEUE,
+        "RlimitNice" => libc::RLIMIT_NICE,
+        "RlimitRtprio" => libc::RLIMIT_RTPRIO,
+        "RlimitRttime" => libc::RLIMIT_RTTIME,
+        "RlimitSigpending" => libc::RLIMIT_SIGPENDING,
+        "RlimitRss" => libc::RLIMIT_RSS,
+        "RlimitLocks" => libc::RLIMIT_LOCKS,
+        _ => return None,
+    })
+}
+
+/// Resolves `dest` inside `root` as the container would see it: symlinks are followed
+/// relative to `root`, and neither they nor `..` can leave it. The result is a host path
+/// under `root` (its last components may not exist yet).
+pub fn resolve_in_root(root: &Path, dest: &Path) -> PathBuf {
+    let mut parts: Vec<std::ffi::OsString> = Vec::new();
+    let mut pending: Vec<std::ffi::OsString> = dest
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(p) => Some(p.to_os_string()),
+            Component::ParentDir => Some("..".into()),
+            _ => None,
+        })
+        .rev()
+        .collect();
+    let mut links = 0;
+    while let Some(part) = pending.pop() {
+        if part == ".." {
+            parts.pop();
+            continue;
+        }
+        let mut candidate = root.to_path_buf();
+        candidate.extend(&parts);
+        candidate.push(&part);
+        match std::fs::read_link(&candidate) {
+            Ok(target) if links < 40 => {
+                links += 1;
+                if target.is_absolute() {
+                    parts.clear();
+                }
+                for c in target.components().rev() {
+                    match c {
+                        Component::Normal(p) => pending.push(p.to_os_string()),
+                        Component::ParentDir => pending.push("..".into()),
+                        _ => {}
+                    }
+                }
+            }
+            _ => parts.push(part),
+        }
+    }
+    let mut out = root.to_path_buf();
+    out.extend(&parts);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_symlinked_destination_cannot_leave_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("rootfs");
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::os::unix::fs::symlink("/etc", root.join("escape")).unwrap();
+        std::os::unix::fs::symlink("../../../../..", root.join("etc/up")).unwrap();
+        assert_eq!(
+            resolve_in_root(&root, Path::new("/escape/x")),
+            root.join("etc/x")
+        );
+        assert_eq!(
+            resolve_in_root(&root, Path::new("/etc/up/tmp")),
+            root.join("tmp")
+        );
+        std::os::unix::fs::symlink("loop", root.join("loop")).unwrap();
+        assert!(resolve_in_root(&root, Path::new("/loop")).starts_with(&root));
+    }
+
+    #[test]
+    fn a_malformed_config_names_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("config.json"),
+            r#"{"ociVersion":"1.0.2","process":{"cwd":"/","args":["sh"],"user":{"uid":"zero","gid":0}}}"#,
+        )
+        .unwrap();
+        let err = load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("process.user.uid"), "{err}");
+        let err = load(&dir.path().join("missing")).unwrap_err().to_string();
+        assert!(err.contains("cannot read config.json"), "{err}");
+    }
+}

@@ -1,0 +1,683 @@
+//! `covenant-runtime` as an engine calls it: one process per command, state under
+//! `--root`, a busybox bundle built here. Lifecycle tests, then configs written by an
+//! attacker who controls `config.json`.
+//!
+//! They need root (namespaces, cgroups, mknod); without it they skip with a printed
+//! reason, unless `COVENANT_REQUIRE_LIVE=1`, where they fail.
+
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn live() -> bool {
+    use covenant_test_support::live::{have, Need};
+    have(&[
+        Need::Root,
+        Need::File {
+            path: BUSYBOX,
+            package: "busybox-static",
+        },
+    ])
+}
+
+const BUSYBOX: &str = "/bin/busybox";
+
+/// A bundle whose root holds a static busybox, and a state root, in one temp dir.
+struct Fixture {
+    dir: tempfile::TempDir,
+    policy: PathBuf,
+}
+
+impl Fixture {
+    fn new(args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let rootfs = dir.path().join("bundle/rootfs");
+        std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+        for d in ["proc", "sys", "dev", "tmp", "etc"] {
+            std::fs::create_dir_all(rootfs.join(d)).unwrap();
+        }
+        std::fs::copy(BUSYBOX, rootfs.join("bin/busybox")).unwrap();
+        for tool in [
+            "sh", "sleep", "cat", "echo", "id", "hostname", "true", "ls", "mount",
+        ] {
+            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(tool)).unwrap();
+        }
+        let policy = dir.path().join("runtime.toml");
+        let f = Self { dir, policy };
+        assert!(f
+            .rt(&["spec", "--bundle", f.bundle().to_str().unwrap()])
+            .status
+            .success());
+        f.edit(|c| {
+            c["process"]["terminal"] = json!(false);
+            c["process"]["args"] = json!(args);
+            c["hostname"] = json!("covenant-test");
+        });
+        f
+    }
+
+    fn bundle(&self) -> PathBuf {
+        self.dir.path().join("bundle")
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    fn edit(&self, f: impl FnOnce(&mut Value)) {
+        let path = self.bundle().join("config.json");
+        let mut c: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        f(&mut c);
+        std::fs::write(&path, serde_json::to_vec_pretty(&c).unwrap()).unwrap();
+    }
+
+    /// Runs the runtime with its output in files, as engines do: a container's process
+    /// inherits them, and a pipe would stay open as long as it runs.
+    fn rt(&self, args: &[&str]) -> Output {
+        let out = tempfile::tempfile().unwrap();
+        let err = tempfile::tempfile().unwrap();
+        let status = Command::new(env!("CARGO_BIN_EXE_covenant-runtime"))
+            .arg("--root")
+            .arg(self.root())
+            .args(args)
+            .env("COVENANT_RUNTIME_CONFIG", &self.policy)
+            .stdin(std::process::Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(err.try_clone().unwrap())
+            .status()
+            .unwrap();
+        let read = |mut f: std::fs::File| {
+            use std::io::{Read, Seek};
+            let mut v = Vec::new();
+            f.seek(std::io::SeekFrom::Start(0)).unwrap();
+            f.read_to_end(&mut v).unwrap();
+            v
+        };
+        Output {
+            status,
+            stdout: read(out),
+            stderr: read(err),
+        }
+    }
+
+    fn create(&self, id: &str) -> Output {
+        self.rt(&["create", "--bundle", self.bundle().to_str().unwrap(), id])
+    }
+
+    fn status(&self, id: &str) -> String {
+        let out = self.rt(&["state", id]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["status"].as_str().unwrap().to_string()
+    }
+
+    fn wait_status(&self, id: &str, want: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.status(id) != want {
+            assert!(Instant::now() < deadline, "{id} never became {want}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// No state directory of `id` is left.
+    fn assert_no_state(&self, id: &str) {
+        assert!(!self.root().join(id).exists(), "state of {id} left behind");
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        if let Ok(entries) = std::fs::read_dir(self.root()) {
+            for e in entries.flatten() {
+                let id = e.file_name().to_string_lossy().to_string();
+                let _ = self.rt(&["delete", "--force", &id]);
+            }
+        }
+    }
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+#[test]
+fn create_start_state_kill_delete_across_invocations() {
+    if !live() {
+        return;
+    }
+    let f = Fixture::new(&["sleep", "30"]);
+    let out = f.create("life");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let state: Value = serde_json::from_slice(&f.rt(&["state", "life"]).stdout).unwrap();
+    assert_eq!(state["status"], "created");
+    assert_eq!(state["id"], "life");
+    let pid = state["pid"].as_i64().unwrap();
+    assert!(pid > 1);
+    // The init is waiting at the barrier: it has not exec'd sleep yet.
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+    assert_ne!(comm.trim(), "sleep");
+    let listed = f.rt(&["list", "--format", "json"]);
+    let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed[0]["id"], "life");
+    // Deleting a created container without --force is refused (runtime spec).
+    let out = f.rt(&["delete", "life"]);
+    assert!(
+        !out.status.success() && stderr(&out).contains("created"),
+        "{}",
+        stderr(&out)
+    );
+    let out = f.rt(&["start", "life"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(f.status("life"), "running");
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+    assert_eq!(comm.trim(), "sleep");
+    let out = f.rt(&["start", "life"]);
+    assert!(!out.status.success(), "a second start must fail");
+    let out = f.rt(&["kill", "life", "KILL"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    f.wait_status("life", "stopped");
+    let out = f.rt(&["kill", "life", "TERM"]);
+    assert!(
+        !out.status.success(),
+        "kill of a stopped container must fail"
+    );
+    let out = f.rt(&["delete", "life"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    f.assert_no_state("life");
+    assert!(!f.rt(&["state", "life"]).status.success());
+}
+
+#[test]
+fn run_reports_the_exit_code_and_leaves_nothing() {
+    if !live() {
+        return;
+    }
+    let f = Fixture::new(&["sh", "-c", "test \"$(hostname)\" = covenant-test && exit 7"]);
+    let out = f.rt(&["run", "--bundle", f.bundle().to_str().unwrap(), "runner"]);
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    f.assert_no_state("runner");
+    assert!(!Path::new("/sys/fs/cgroup/pids/covenant-runtime/runner").exists());
+}
+
+#[test]
+fn exec_ps_pause_resume_events_update_on_a_running_container() {
+    if !live() {
+        return;
+    }
+    let f = Fixture::new(&["sleep", "30"]);
+    assert!(f.create("busy").status.success());
+    assert!(f.rt(&["start", "busy"]).status.success());
+    // The exec'd process is in the container's pid namespace, next to its init.
+    let out = f.rt(&["exec", "busy", "sh", "-c", "echo $$"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let pid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    assert!((2..10).contains(&pid), "pid {pid} is not the container's");
+    let out = f.rt(&["exec", "busy", "hostname"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "covenant-test");
+    let out = f.rt(&["exec", "busy", "sh", "-c", "exit 3"]);
+    assert_eq!(out.status.code(), Some(3));
+    let out = f.rt(&["ps", "--format", "json", "busy"]);
+    let pids: Vec<i32> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    assert!(f.rt(&["pause", "busy"]).status.success());
+    assert_eq!(f.status("busy"), "paused");
+    assert!(f.rt(&["resume", "busy"]).status.success());
+    assert_eq!(f.status("busy"), "running");
+    let out = f.rt(&["events", "--stats", "busy"]);
+    let ev: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ev["type"], "stats");
+    assert!(ev["data"]["pids"]["current"].as_u64().unwrap() >= 1, "{ev}");
+    let res = f.dir.path().join("res.json");
+    std::fs::write(&res, r#"{"pids": {"limit": 42}}"#).unwrap();
+    let out = f.rt(&["update", "--resources", res.to_str().unwrap(), "busy"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = f.rt(&["events", "--stats", "busy"]);
+    let ev: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ev["data"]["pids"]["limit"], 42, "{ev}");
+    assert!(f.rt(&["delete", "--force", "busy"]).status.success());
+    f.assert_no_state("busy");
+}
+
+#[test]
+fn a_writable_bind_of_the_host_root_is_refused_and_leaves_no_state() {
+    if !live() {
+        return;
+    }
+    let f = Fixture::new(&["true"]);
+    f.edit(|c| {
+        c["mounts"].as_array_mut().unwrap().push(json!({
+            "destination": "/host", "type": "bind", "source": "/", "options": ["rbind", "rw"]
+        }));
+    });
+    let out = f.create("rootbind");
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("source") && stderr(&out).contains("host's `/`"),
+        "{}",
+        stderr(&out)
+    );
+    f.assert_no_state("rootbind");
+}
+
+#[test]
+fn joining_the_host_pid_and_network_namespaces_is_refused() {
+    if !live() {
+        return;
+    }
+    let f = Fixture::new(&["true"]);
+    // This test runs in the host's namespaces, as an engine does.
+    let me = std::process::id();
+    for (typ, name) in [("pid", "pid"), ("network", "net"), ("mount", "mnt")] {
+        f.edit(|c| {
+            let list = c["linux"]["namespaces"].as_array_mut().unwrap();
+            list.retain(|n| n["type"] != typ);
+            list.push(json!({"type": typ, "path": format!("/proc/{me}/ns/{name}")}));
+        });
+        let out = f.create("hostns");
+        assert!(!out.status.success(), "{typ}");
+        assert!(
+            stderr(&out).contains("linux.namespaces") && stderr(&out).contains("host's own"),
+            "{}",
+            stderr(&out)
+        );
+        f.assert_no_state("hostns");
+    }
+}
+
+#[test]
+fn a_hook_that_is_a_symlink_into_the_bundle_is_refused() {
+    if !live() {
+        return;
+    }
+    let f = Fixture::new(&["true"]);
+    let link = f.dir.path().join("innocent-hook");
+    std::os::unix::fs::symlink(f.bundle().join("rootfs/bin/busybox"), &link).unwrap();
+    f.edit(|c| {
+        c["hooks"] =
+            json!({"prestart": [{"path": link, "args": ["sh", "-c", "touch /tmp/pwned"]}]});
+    });
+    let out = f.create("hook");
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("hooks.prestart[0].path")
+            && stderr(&out).contains("inside the bundle"),
+        "{}",
+        stderr(&out)
+    );
+    f.assert_no_state("hook");
+}
+
+#[test]
+fn a_mount_through_a_symlink_in_the_image_stays_inside_the_root() {
+    if !live() {
+        return;
+    }
+    let f = Fixture::new(&["sh", "-c", "test -d /target/marker-dir"]);
+    // The image aims /escape at a host directory; the mount must land in the rootfs.
+    let host = f.dir.path().join("host-target");
+    std::fs::create_dir_all(&host).unwrap();
+    std::os::unix::fs::symlink(&host, f.bundle().join("rootfs/escape")).unwrap();
+    std::fs::create_dir_all(f.bundle().join("rootfs/target/marker-dir")).unwrap();
+    f.edit(|c| {
+        c["mounts"].as_array_mut().unwrap().push(json!({
+            "destination": "/escape/x", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid"]
+        }));
+        c["mounts"].as_array_mut().unwrap().push(json!({
+            "destination": "/target", "type": "bind", "source": f.bundle().join("rootfs/target"), "options": ["rbind", "ro"]
+        }));
+    });
+    let out = f.rt(&["run", "--bundle", f.bundle().to_str().unwrap(), "escape"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        !host.join("x").exists(),
+        "the mount point was made on the host"
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(host.to_str().unwrap()),
+        "a mount reached the host"
+    );
+}
+
+#[test]
+fn a_cgroups_path_that_names_an_occupied_cgroup_is_refused() {
+    if !live() {
+        return;
+    }
+    let f = Fixture::new(&["true"]);
+    // `kill --all` or `delete --force` of such a container would kill the host's processes.
+    for path in ["/", "/.."] {
+        f.edit(|c| c["linux"]["cgroupsPath"] = json!(path));
+        let out = f.create("cg");
+        assert!(!out.status.success(), "{path}");
+        assert!(
+            stderr(&out).contains("linux.cgroupsPath"),
+            "{}",
+            stderr(&out)
+        );
+        f.assert_no_state("cg");
+    }
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let pids = own
+        .lines()
+        .find(|l| l.contains(":pids:"))
+        .map(|l| l.rsplit(':').next().unwrap().to_string());
+    if let Some(pids) = pids.filter(|p| p != "/") {
+        f.edit(|c| c["linux"]["cgroupsPath"] = json!(pids));
+        let out = f.create("cg");
+        assert!(
+            stderr(&out).contains("already holds processes"),
+            "{}",
+            stderr(&out)
+        );
+        f.assert_no_state("cg");
+    }
+}
+
+#[test]
+fn a_sysctl_of_the_host_is_refused() {
+    if !live() {
+        return;
+    }
+    let f = Fixture::new(&["true"]);
+    let before = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap();
+    f.edit(|c| c["linux"]["sysctl"] = json!({"kernel.core_pattern": "|/tmp/evil"}));
+    let out = f.rt(&["run", "--bundle", f.bundle().to_str().unwrap(), "sysctl"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("linux.sysctl.kernel.core_pattern"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap(),
+        before
+    );
+    f.assert_no_state("sysctl");
+    // A sysctl of the container's own network namespace is fine.
+    f.edit(|c| c["linux"]["sysctl"] = json!({"net.ipv4.ip_forward": "1"}));
+    let out = f.rt(&["run", "--bundle", f.bundle().to_str().unwrap(), "sysctl"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn unsafe_and_taken_ids_are_refused() {
+    if !live() {
+        return;
+    }
+    let f = Fixture::new(&["sleep", "30"]);
+    for id in ["../x", "/", "a/b", &"x".repeat(300)] {
+        let out = f.create(id);
+        assert!(!out.status.success(), "{id}");
+        assert!(stderr(&out).contains("container id"), "{}", stderr(&out));
+    }
+    assert!(!f.dir.path().join("x").exists());
+    assert!(f.create("twice").status.success());
+    let pid =
+        serde_json::from_slice::<Value>(&f.rt(&["state", "twice"]).stdout).unwrap()["pid"].clone();
+    let out = f.create("twice");
+    assert!(
+        !out.status.success() && stderr(&out).contains("already exists"),
+        "{}",
+        stderr(&out)
+    );
+    let again =
+        serde_json::from_slice::<Value>(&f.rt(&["state", "twice"]).stdout).unwrap()["pid"].clone();
+    assert_eq!(
+        pid, again,
+        "the losing create changed the first container's state"
+    );
+    assert!(f.rt(&["delete", "--force", "twice"]).status.success());
+}
+
+/// A change to a config, as a test case.
+type ConfigEdit = Box<dyn Fn(&mut Value)>;
+
+#[test]
+fn bad_configs_name_the_field_and_leave_no_state() {
+    if !live() {
+        return;
+    }
+    let f = Fixture::new(&["true"]);
+    let cases: Vec<(ConfigEdit, &str)> = vec![
+        (
+            Box::new(|c| c["process"]["user"]["uid"] = json!("root")),
+            "process.user.uid",
+        ),
+        (
+            Box::new(|c| c["process"]["args"] = json!([])),
+            "process.args",
+        ),
+        (
+            Box::new(|c| c["mounts"][0]["destination"] = json!("/proc/../../etc")),
+            "mounts[0].destination",
+        ),
+        (
+            Box::new(|c| c["process"]["capabilities"]["bounding"] = json!(["CAP_TEST"])),
+            "process.capabilities.bounding",
+        ),
+        (
+            Box::new(|c| c["root"]["path"] = json!("missing-rootfs")),
+            "root.path",
+        ),
+        (
+            Box::new(|c| c["process"]["args"] = json!(["/no/such/program"])),
+            "process.args[0]",
+        ),
+    ];
+    for (edit, field) in cases {
+        let saved = std::fs::read(f.bundle().join("config.json")).unwrap();
+        f.edit(|c| edit(c));
+        let out = f.create("bad");
+        assert!(!out.status.success(), "{field}");
+        assert!(stderr(&out).contains(field), "{field}: {}", stderr(&out));
+        f.assert_no_state("bad");
+        std::fs::write(f.bundle().join("config.json"), saved).unwrap();
+    }
+    let out = f.rt(&["kill", "nothing", "NOTASIGNAL"]);
+    assert!(stderr(&out).contains("unknown signal"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_node_that_requires_a_capability_refuses_a_container_without_one() {
+    if !live() {
+        return;
+    }
+    let f = Fixture::new(&["true"]);
+    let key = f.dir.path().join("root.pub");
+    std::fs::write(&key, covenant_policy::token::encode_key(&[9u8; 32])).unwrap();
+    std::fs::write(
+        &f.policy,
+        format!(
+            "require_capability = true\ntrusted_keys = [\"{}\"]\n",
+            key.display()
+        ),
+    )
+    .unwrap();
+    let out = f.create("nocap");
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        stderr(&out).contains("org.opencovenant.capability") && stderr(&out).contains("missing"),
+        "{}",
+        stderr(&out)
+    );
+    f.assert_no_state("nocap");
+    f.edit(|c| c["annotations"] = json!({"org.opencovenant.capability": "covenant-cap:garbage"}));
+    let out = f.create("nocap");
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("org.opencovenant.capability"),
+        "{}",
+        stderr(&out)
+    );
+    f.assert_no_state("nocap");
+}
+
+#[test]
+fn systemd_cgroup_is_refused_clearly() {
+    let out = Command::new(env!("CARGO_BIN_EXE_covenant-runtime"))
+        .args(["--systemd-cgroup", "list"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--systemd-cgroup is not supported"));
+}
+
+#[test]
+fn a_terminal_goes_to_the_console_socket() {
+    if !live() {
+        return;
+    }
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::io::Read;
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let f = Fixture::new(&["sh", "-c", "test -t 0 && test -t 1 && echo on-a-tty"]);
+    f.edit(|c| c["process"]["terminal"] = json!(true));
+    let sock = f.dir.path().join("console.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let receiver = std::thread::spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 64];
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+        let msg = recvmsg::<()>(
+            conn.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::empty(),
+        )
+        .unwrap();
+        let fd = msg
+            .cmsgs()
+            .unwrap()
+            .find_map(|c| match c {
+                ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
+                _ => None,
+            })
+            .expect("no descriptor on the console socket");
+        // SAFETY: the descriptor was just received and is owned here.
+        unsafe { std::fs::File::from_raw_fd(fd) }
+    });
+    let out = f.rt(&[
+        "create",
+        "--bundle",
+        f.bundle().to_str().unwrap(),
+        "--console-socket",
+        sock.to_str().unwrap(),
+        "tty",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut master = receiver.join().unwrap();
+    assert!(f.rt(&["start", "tty"]).status.success());
+    let mut text = Vec::new();
+    let mut buf = [0u8; 256];
+    // The pty reads EIO once the process is gone.
+    while let Ok(n) = master.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        text.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        String::from_utf8_lossy(&text).contains("on-a-tty"),
+        "{:?}",
+        String::from_utf8_lossy(&text)
+    );
+    f.wait_status("tty", "stopped");
+    assert!(f.rt(&["delete", "tty"]).status.success());
+}
+
+#[test]
+fn create_start_kill_delete_and_refusals_are_audited_when_the_node_asks() {
+    if !live() {
+        return;
+    }
+    let f = Fixture::new(&["sleep", "30"]);
+    let home = f.dir.path().join("home");
+    std::fs::write(
+        &f.policy,
+        format!("audit = true\nstore_home = \"{}\"\n", home.display()),
+    )
+    .unwrap();
+    assert!(f.create("audited").status.success());
+    assert!(f.rt(&["start", "audited"]).status.success());
+    assert!(f.rt(&["kill", "audited", "KILL"]).status.success());
+    f.wait_status("audited", "stopped");
+    assert!(f.rt(&["delete", "audited"]).status.success());
+    f.edit(|c| {
+        c["mounts"].as_array_mut().unwrap().push(json!({
+            "destination": "/host", "type": "bind", "source": "/", "options": ["rbind", "rw"]
+        }));
+    });
+    assert!(!f.create("refused").status.success());
+
+    let store = covenant_supervisor::store::Store::open_reader(
+        &home.join("covenant.db"),
+        &home.join("supervisor.key"),
+    )
+    .unwrap();
+    let rows = store.tail(100).unwrap();
+    let kinds: Vec<&str> = rows
+        .iter()
+        .map(|r| r.kind.as_str())
+        .filter(|k| k.starts_with("container."))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "container.created",
+            "container.started",
+            "container.killed",
+            "container.deleted",
+            "container.refused"
+        ],
+        "{rows:?}"
+    );
+    let refused = rows.iter().find(|r| r.kind == "container.refused").unwrap();
+    assert!(
+        refused.body.contains("mounts[") && refused.body.contains("refused"),
+        "{}",
+        refused.body
+    );
+    assert!(store.verify().unwrap().is_ok(), "the chain does not verify");
+}
+
+#[test]
+fn a_time_namespace_gets_the_configured_clock_offsets() {
+    if !live() {
+        return;
+    }
+    // Ten days more of boot time than the host has: uptime inside is at least that.
+    let f = Fixture::new(&[
+        "sh",
+        "-c",
+        "read up idle < /proc/uptime; test ${up%.*} -ge 864000",
+    ]);
+    f.edit(|c| {
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"type": "time"}));
+        c["linux"]["timeOffsets"] = json!({"boottime": {"secs": 864000, "nanosecs": 0}});
+    });
+    let out = f.rt(&["run", "--bundle", f.bundle().to_str().unwrap(), "timens"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    f.edit(|c| {
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|n| n["type"] != "time");
+    });
+    let out = f.create("timens");
+    assert!(
+        stderr(&out).contains("linux.timeOffsets"),
+        "{}",
+        stderr(&out)
+    );
+    f.assert_no_state("timens");
+}
