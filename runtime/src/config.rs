@@ -32,13 +32,49 @@ pub fn load(bundle: &Path) -> Result<Spec> {
         reason: format!("cannot read config.json: {e}"),
     })?;
     let de = &mut serde_json::Deserializer::from_slice(&text);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let spec = serde_path_to_error::deserialize(de).map_err(|e| {
         let at = e.path().to_string();
         field(
             if at == "." { "(document)".into() } else { at },
             e.into_inner().to_string(),
         )
-    })
+    })?;
+    refuse_idmapped_mounts(&text)?;
+    Ok(spec)
+}
+
+/// Idmapped mounts (a mount's `uidMappings`/`gidMappings`, or its `idmap`/`ridmap`
+/// option) are not applied by this runtime, and the spec types it reads drop those keys:
+/// they are looked for in the document itself and refused, never silently ignored.
+fn refuse_idmapped_mounts(text: &[u8]) -> Result<()> {
+    let doc: serde_json::Value =
+        serde_json::from_slice(text).map_err(|e| field("(document)", e.to_string()))?;
+    let Some(mounts) = doc.get("mounts").and_then(|m| m.as_array()) else {
+        return Ok(());
+    };
+    for (i, m) in mounts.iter().enumerate() {
+        for key in ["uidMappings", "gidMappings"] {
+            if m.get(key).is_some() {
+                return Err(field(
+                    format!("mounts[{i}].{key}"),
+                    "idmapped mounts are not supported by this runtime",
+                ));
+            }
+        }
+        let options = m.get("options").and_then(|o| o.as_array());
+        if let Some(o) = options
+            .into_iter()
+            .flatten()
+            .filter_map(|o| o.as_str())
+            .find(|o| *o == "idmap" || *o == "ridmap")
+        {
+            return Err(field(
+                format!("mounts[{i}].options"),
+                format!("`{o}`: idmapped mounts are not supported by this runtime"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// One namespace: created new (`path` none) or joined.
@@ -411,6 +447,35 @@ pub fn resolve_in_root(root: &Path, dest: &Path) -> PathBuf {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn idmapped_mounts_are_refused_not_ignored() {
+        let with = |mount: &str| {
+            format!(
+                r#"{{"ociVersion": "1.0.2", "mounts": [{{"destination": "/proc", "type": "proc", "source": "proc"}}, {mount}]}}"#
+            )
+        };
+        let e = refuse_idmapped_mounts(
+            with(r#"{"destination": "/w", "type": "bind", "source": "/tmp", "uidMappings": [{"containerID": 0, "hostID": 1000, "size": 1}]}"#).as_bytes(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "config.json `mounts[1].uidMappings`: idmapped mounts are not supported by this runtime"
+        );
+        let e = refuse_idmapped_mounts(
+            with(r#"{"destination": "/w", "type": "bind", "source": "/tmp", "options": ["rbind", "idmap"]}"#).as_bytes(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "config.json `mounts[1].options`: `idmap`: idmapped mounts are not supported by this runtime"
+        );
+        refuse_idmapped_mounts(
+            with(r#"{"destination": "/w", "type": "bind", "source": "/tmp", "options": ["rbind", "ro"]}"#).as_bytes(),
+        )
+        .unwrap();
+    }
     use super::*;
 
     #[test]
