@@ -50,7 +50,30 @@ pub fn sniff(buf: &[u8]) -> Sniffed {
     match buf.first() {
         None => Sniffed::NeedMore,
         Some(0x16) => sniff_tls(buf),
+        Some(0x14..=0x18 | 0x80..=0xff) => sniff_other_tls(buf),
         Some(_) => sniff_http(buf),
+    }
+}
+
+/// A stream that begins with a TLS record other than a handshake (change_cipher_spec,
+/// alert, application_data, heartbeat: `0x14`-`0x18`, then version `3.x`), or with an
+/// SSLv2-format ClientHello (a two-byte length with the high bit set, then message type
+/// 1, then a version): TLS whose first message names no server the gateway can check, so
+/// it is TLS without an SNI, not "another protocol" passed on the address alone. Anything
+/// else with such a first byte is another protocol.
+fn sniff_other_tls(buf: &[u8]) -> Sniffed {
+    if buf.len() < 4 {
+        return Sniffed::NeedMore;
+    }
+    let record = (0x14..=0x18).contains(&buf[0]) && buf[1] == 3 && buf[2] <= 4;
+    let sslv2_hello = buf[0] & 0x80 != 0 && buf[2] == 1 && buf[3] <= 3;
+    if record || sslv2_hello {
+        Sniffed::Tls {
+            sni: None,
+            hidden: false,
+        }
+    } else {
+        sniff_http(buf)
     }
 }
 
@@ -328,6 +351,27 @@ pub(crate) mod tests {
         );
         assert_eq!(sniff(b"SSH-2.0-OpenSSH_9.2\r\n"), Sniffed::Other);
         assert_eq!(sniff(&[0, 0, 0, 8, 4, 210, 22, 47]), Sniffed::Other);
+    }
+
+    #[test]
+    fn tls_that_does_not_open_with_a_client_hello_is_tls_without_a_name() {
+        let no_name = Sniffed::Tls {
+            sni: None,
+            hidden: false,
+        };
+        // An alert, then a ClientHello naming anything: the name is never read.
+        let mut alert_first = vec![0x15, 3, 3, 0, 2, 1, 0];
+        alert_first.extend(client_hello(Some("evil.test")));
+        assert_eq!(sniff(&alert_first), no_name);
+        assert_eq!(sniff(&[0x14, 3, 3, 0, 1, 1]), no_name);
+        assert_eq!(sniff(&[0x17, 3, 3, 0, 3, 1, 2, 3]), no_name);
+        // An SSLv2-format ClientHello (length 0x2e, type 1, version 3.1).
+        assert_eq!(sniff(&[0x80, 0x2e, 1, 3, 1, 0, 0x15]), no_name);
+        // Too short to tell: wait.
+        assert_eq!(sniff(&[0x15, 3]), Sniffed::NeedMore);
+        // Other binary protocols with such a first byte stay other protocols.
+        assert_eq!(sniff(&[0x17, 0x01, 0x00, 0x01, 0x85, 0xa6]), Sniffed::Other);
+        assert_eq!(sniff(&[0x83, 0x00, 0x00, 0x00, 9]), Sniffed::Other);
     }
 
     #[test]
