@@ -9,100 +9,39 @@
 use covenant_egress::gateway::Limits;
 use covenant_egress::{EgressReport, Gateway, Settings};
 use covenant_policy::egress::{Cidr, EgressRule, GATEWAY_ADDR};
-use hickory_proto::op::{Message, MessageType, Query, ResponseCode};
-use hickory_proto::rr::{rdata::A, Name, RData, Record, RecordType};
+use covenant_test_support::internet::{self, host, Servers};
+use covenant_test_support::Need;
+use hickory_proto::op::{Message, Query, ResponseCode};
+use hickory_proto::rr::{rdata::A, Name, RData, RecordType};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::mpsc;
 use std::time::Duration;
 
 fn live() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root && std::env::var("COVENANT_REQUIRE_LIVE").as_deref() == Ok("1") {
-        panic!("COVENANT_REQUIRE_LIVE=1 but the gateway tests need root");
-    }
-    if !root {
-        eprintln!("skipped: needs root");
-    }
-    root
+    covenant_test_support::have(&[Need::Root, TUN])
 }
 
-/// A test internet on 127.77.`net`.0/24: DNS on .53:53 answering `table`, TCP servers on
-/// .10 and .11 at ports 443 and 80 that record what they receive and answer `HELLO`.
-struct Internet {
-    net: u8,
-    received: Arc<Mutex<Vec<Vec<u8>>>>,
-}
+const TUN: Need = Need::File {
+    path: "/dev/net/tun",
+    package: "the tun kernel module",
+};
 
-fn host(net: u8, last: u8) -> Ipv4Addr {
-    Ipv4Addr::new(127, 77, net, last)
-}
+/// The shared test internet (`covenant_test_support::internet`), plus a server that
+/// speaks first on port 22 of .10, and the gateway settings that reach it.
+struct Internet(internet::Internet);
 
 impl Internet {
     fn start(net: u8, table: &[(&str, Ipv4Addr)]) -> Internet {
-        let table: Vec<(String, Ipv4Addr)> =
-            table.iter().map(|(n, a)| (format!("{n}."), *a)).collect();
-        let dns = UdpSocket::bind((host(net, 53), 53)).expect("bind the test DNS server");
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 1500];
-            while let Ok((n, from)) = dns.recv_from(&mut buf) {
-                let Ok(q) = Message::from_vec(&buf[..n]) else {
-                    continue;
-                };
-                let mut r = Message::new();
-                r.set_id(q.id()).set_message_type(MessageType::Response);
-                r.add_queries(q.queries().to_vec());
-                let name = q.queries()[0].name().to_ascii().to_ascii_lowercase();
-                let mut found = false;
-                for (n, a) in &table {
-                    let matches = n == &name || (n.starts_with("*.") && name.ends_with(&n[1..]));
-                    if matches {
-                        found = true;
-                        r.add_answer(Record::from_rdata(
-                            q.queries()[0].name().clone(),
-                            30,
-                            RData::A(A(*a)),
-                        ));
-                    }
-                }
-                if !found {
-                    r.set_response_code(ResponseCode::NXDomain);
-                }
-                let _ = dns.send_to(&r.to_vec().unwrap(), from);
-            }
-        });
-        let received = Arc::new(Mutex::new(Vec::new()));
-        for last in [10, 11] {
-            for port in [443, 80] {
-                let l = TcpListener::bind((host(net, last), port)).expect("bind a test server");
-                let rec = received.clone();
-                std::thread::spawn(move || {
-                    for s in l.incoming() {
-                        let Ok(mut s) = s else { continue };
-                        let rec = rec.clone();
-                        std::thread::spawn(move || {
-                            let _ = s.set_read_timeout(Some(Duration::from_millis(300)));
-                            let mut got = Vec::new();
-                            let mut buf = [0u8; 65536];
-                            while let Ok(n) = s.read(&mut buf) {
-                                if n == 0 {
-                                    break;
-                                }
-                                got.extend_from_slice(&buf[..n]);
-                                if got.ends_with(b"\r\n\r\n") || got.ends_with(b"END") {
-                                    break;
-                                }
-                            }
-                            if !got.is_empty() {
-                                rec.lock().unwrap().push(got);
-                            }
-                            let _ = s.write_all(b"HELLO\n");
-                        });
-                    }
-                });
-            }
-        }
+        let inner = internet::Internet::start(
+            net,
+            table,
+            Servers {
+                read_timeout: Duration::from_millis(300),
+                answer_silence: true,
+            },
+        );
+        let received = inner.recorder();
         // A server that speaks first (as ssh does), on port 22 of .10.
         let l = TcpListener::bind((host(net, 10), 22)).expect("bind a server-first server");
         let rec = received.clone();
@@ -123,14 +62,14 @@ impl Internet {
                 });
             }
         });
-        Internet { net, received }
+        Internet(inner)
     }
 
     fn settings(&self) -> Settings {
         Settings {
-            resolver: SocketAddr::from((host(self.net, 53), 53)),
+            resolver: SocketAddr::from((host(self.0.net, 53), 53)),
             public: vec![Cidr {
-                addr: Ipv4Addr::new(127, 77, self.net, 0),
+                addr: Ipv4Addr::new(127, 77, self.0.net, 0),
                 prefix: 24,
             }],
             own_addresses: covenant_egress::settings::host_addresses(),
@@ -138,7 +77,7 @@ impl Internet {
     }
 
     fn received(&self) -> Vec<Vec<u8>> {
-        self.received.lock().unwrap().clone()
+        self.0.received()
     }
 }
 

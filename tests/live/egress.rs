@@ -8,122 +8,48 @@
 //! They need root; without it they skip with a printed reason, unless
 //! `COVENANT_REQUIRE_LIVE=1`, in which case they fail.
 
-use hickory_proto::op::{Message, MessageType, ResponseCode};
-use hickory_proto::rr::{rdata::A, RData, Record};
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpListener, UdpSocket};
+use covenant_test_support::internet::{self, host, Servers};
+use covenant_test_support::Need;
+use std::net::{Ipv4Addr, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const PROBE: &str = include_str!("egress_probe.py");
 
 fn live() -> bool {
-    // SAFETY: geteuid has no failure mode.
-    let missing = if unsafe { libc::geteuid() } != 0 {
-        Some("not running as root")
-    } else if !Path::new("/usr/bin/python3").exists() {
-        Some("/usr/bin/python3 is missing (install python3)")
-    } else if !Path::new("/dev/net/tun").exists() {
-        Some("/dev/net/tun is missing")
-    } else {
-        None
-    };
-    match missing {
-        None => true,
-        Some(reason) if std::env::var("COVENANT_REQUIRE_LIVE").as_deref() == Ok("1") => {
-            panic!("live test cannot run: {reason} (COVENANT_REQUIRE_LIVE=1)")
-        }
-        Some(reason) => {
-            eprintln!("skipping live test: {reason}");
-            false
-        }
-    }
+    covenant_test_support::have(&[
+        Need::Root,
+        Need::File {
+            path: "/usr/bin/python3",
+            package: "python3",
+        },
+        Need::File {
+            path: "/dev/net/tun",
+            package: "the tun kernel module",
+        },
+    ])
 }
 
-fn host(net: u8, last: u8) -> Ipv4Addr {
-    Ipv4Addr::new(127, 77, net, last)
-}
-
-/// The test internet on 127.77.`net`.0/24 and a scratch home and workspace.
+/// The shared test internet (`covenant_test_support::internet`) and a scratch home and
+/// workspace.
 struct Internet {
     net: u8,
-    received: Arc<Mutex<Vec<Vec<u8>>>>,
-    dns_seen: Arc<Mutex<Vec<String>>>,
+    servers: internet::Internet,
     home: tempfile::TempDir,
 }
 
 impl Internet {
     fn start(net: u8, table: &[(&str, Ipv4Addr)]) -> Internet {
-        let table: Vec<(String, Ipv4Addr)> =
-            table.iter().map(|(n, a)| (format!("{n}."), *a)).collect();
-        let dns = UdpSocket::bind((host(net, 53), 53)).expect("bind the test DNS server");
-        let dns_seen = Arc::new(Mutex::new(Vec::new()));
-        let seen = dns_seen.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 1500];
-            while let Ok((n, from)) = dns.recv_from(&mut buf) {
-                let Ok(q) = Message::from_vec(&buf[..n]) else {
-                    continue;
-                };
-                let Some(question) = q.queries().first() else {
-                    continue;
-                };
-                let name = question.name().to_ascii().to_ascii_lowercase();
-                seen.lock().unwrap().push(name.clone());
-                let mut r = Message::new();
-                r.set_id(q.id()).set_message_type(MessageType::Response);
-                r.add_queries(q.queries().to_vec());
-                let hits: Vec<_> = table
-                    .iter()
-                    .filter(|(n, _)| n == &name || (n.starts_with("*.") && name.ends_with(&n[1..])))
-                    .collect();
-                if hits.is_empty() {
-                    r.set_response_code(ResponseCode::NXDomain);
-                }
-                for (_, a) in hits {
-                    r.add_answer(Record::from_rdata(
-                        question.name().clone(),
-                        30,
-                        RData::A(A(*a)),
-                    ));
-                }
-                let _ = dns.send_to(&r.to_vec().unwrap(), from);
-            }
-        });
-        let received = Arc::new(Mutex::new(Vec::new()));
-        for last in [10, 11] {
-            for port in [443, 80] {
-                let l = TcpListener::bind((host(net, last), port)).expect("bind a test server");
-                let rec = received.clone();
-                std::thread::spawn(move || {
-                    for s in l.incoming() {
-                        let Ok(mut s) = s else { continue };
-                        let rec = rec.clone();
-                        std::thread::spawn(move || {
-                            let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-                            let mut got = Vec::new();
-                            let mut buf = [0u8; 65536];
-                            while let Ok(n) = s.read(&mut buf) {
-                                if n == 0 {
-                                    break;
-                                }
-                                got.extend_from_slice(&buf[..n]);
-                                if got.ends_with(b"\r\n\r\n") || got.ends_with(b"END") {
-                                    break;
-                                }
-                            }
-                            if !got.is_empty() {
-                                rec.lock().unwrap().push(got);
-                                let _ = s.write_all(b"HELLO\n");
-                            }
-                        });
-                    }
-                });
-            }
-        }
+        let servers = internet::Internet::start(
+            net,
+            table,
+            Servers {
+                read_timeout: Duration::from_millis(500),
+                answer_silence: false,
+            },
+        );
         let home = tempfile::Builder::new()
             .prefix("covenant-egress-")
             .tempdir()
@@ -131,12 +57,7 @@ impl Internet {
         std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
         std::fs::create_dir(home.path().join("ws")).unwrap();
         std::fs::write(home.path().join("ws/probe.py"), PROBE).unwrap();
-        Internet {
-            net,
-            received,
-            dns_seen,
-            home,
-        }
+        Internet { net, servers, home }
     }
 
     fn ctl(&self) -> Command {
@@ -189,9 +110,8 @@ impl Internet {
     }
 
     fn received(&self) -> Vec<String> {
-        self.received
-            .lock()
-            .unwrap()
+        self.servers
+            .received()
             .iter()
             .map(|b| String::from_utf8_lossy(b).into_owned())
             .collect()
@@ -316,9 +236,8 @@ fn literals_other_resolvers_names_and_fronting_are_refused() {
         net.received()
     );
     assert!(
-        !net.dns_seen
-            .lock()
-            .unwrap()
+        !net.servers
+            .dns_seen()
             .iter()
             .any(|n| n.starts_with("other.test")),
         "a refused name was forwarded upstream"
@@ -385,11 +304,7 @@ fn rebinding_metadata_and_dns_tunnelling_are_refused() {
     assert!(r[2].starts_with("gaierror"), "a long name: {}", r[2]);
     assert!(r[3].starts_with("['198.18."), "a short name: {}", r[3]);
     assert!(
-        !net.dns_seen
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|n| n.starts_with("aaaa")),
+        !net.servers.dns_seen().iter().any(|n| n.starts_with("aaaa")),
         "the long name was forwarded upstream"
     );
     let reasons = refusal_reasons(&report);
