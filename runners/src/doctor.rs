@@ -6,6 +6,7 @@ use crate::native::{landlock_abi, CgroupLayout};
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, geteuid, ForkResult};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 
 /// One line of the report.
@@ -89,11 +90,27 @@ fn probe_gvisor_platform(
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
+        // A group of its own: runsc re-executes itself and starts a gofer and a sandbox,
+        // and a probe that hangs must take all of them with it.
+        .process_group(0)
         .spawn();
     let mut child = match child {
         Ok(c) => c,
         Err(e) => return (false, e.to_string()),
     };
+    let group = nix::unistd::Pid::from_raw(child.id() as i32);
+    let result = wait_for_probe(&mut child, deadline);
+    // Whatever the probe left running (a re-executed runsc still booting its sandbox)
+    // goes with it; a group already empty answers ESRCH.
+    let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+    let _ = child.wait();
+    result
+}
+
+fn wait_for_probe(
+    child: &mut std::process::Child,
+    deadline: std::time::Duration,
+) -> (bool, String) {
     let started = std::time::Instant::now();
     loop {
         match child.try_wait() {
@@ -121,8 +138,6 @@ fn probe_gvisor_platform(
                 return (false, line.chars().take(120).collect());
             }
             Ok(None) if started.elapsed() > deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
                 return (
                     false,
                     format!(
