@@ -3,7 +3,7 @@
 //! seed inputs and random mutations of them (what CI runs). A target panics on any
 //! broken law; returning is passing.
 //!
-//! Never run `bounded` in place of `cargo fuzz` when a real fuzzing session is wanted:
+//! Never run `bounded` in place of `cargo fuzz` when coverage-guided fuzzing is wanted:
 //! without coverage feedback it finds only what lies near its seeds.
 
 use covenant_policy::scope::Scope;
