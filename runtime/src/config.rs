@@ -264,8 +264,30 @@ pub fn prepare(bundle: &Path, spec: &Spec) -> Result<Prepared> {
     Ok(prepared)
 }
 
+/// Whether the LSM whose switch is `file` is on (`Y` or `1`); an unreadable file means the
+/// kernel has no such LSM.
+fn lsm_active(file: &str) -> bool {
+    std::fs::read_to_string(file).is_ok_and(|t| matches!(t.trim(), "Y" | "1"))
+}
+
 /// Checks and converts the process part (also what `exec` runs).
 pub fn prepare_process(process: &oci_spec::runtime::Process) -> Result<Prepared> {
+    // This runtime applies neither LSM. Where the kernel has none, a profile or label means
+    // nothing (as with runc); where it has one, the container would run without what the
+    // config asks for, so it is refused.
+    if process.apparmor_profile().is_some() && lsm_active("/sys/module/apparmor/parameters/enabled")
+    {
+        return Err(field(
+            "process.apparmorProfile",
+            "AppArmor is enabled on this host and this runtime does not apply profiles",
+        ));
+    }
+    if process.selinux_label().is_some() && lsm_active("/sys/fs/selinux/enforce") {
+        return Err(field(
+            "process.selinuxLabel",
+            "SELinux is enabled on this host and this runtime does not apply labels",
+        ));
+    }
     let args = process.args().clone().unwrap_or_default();
     if args.is_empty() {
         return Err(field("process.args", "empty"));
