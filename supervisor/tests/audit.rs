@@ -6,7 +6,7 @@ use covenant_supervisor::store::audit::verify_export;
 use covenant_supervisor::store::chain::FaultKind;
 use covenant_supervisor::store::{AuditEvent, Store};
 use rusqlite::Connection;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -297,14 +297,24 @@ fn exports_verify_without_the_database_and_pruning_keeps_the_chain_verifiable() 
 
 const CHILD_ENV: &str = "COVENANT_AUDIT_TEST_CHILD";
 const COUNT_ENV: &str = "COVENANT_AUDIT_TEST_COUNT";
+const STEP_ENV: &str = "COVENANT_AUDIT_TEST_STEP";
 /// The test that, given `CHILD_ENV`, is a writer process instead.
 const WRITER_TEST: &str = "a_second_process_appends_to_the_same_chain";
 
 /// The writer process of the crash and concurrency tests: appends `count` events to the
 /// store in `dir`, printing each sequence number once its commit has returned.
+/// With `STEP_ENV` set, it waits for a line on stdin before each append.
 fn append_and_acknowledge(dir: &Path, count: u64) {
     let mut store = store_at(dir);
+    let stepped = std::env::var_os(STEP_ENV).is_some();
+    let mut stdin = std::io::stdin().lock();
     for i in 0..count {
+        if stepped {
+            let mut go = String::new();
+            if stdin.read_line(&mut go).unwrap() == 0 {
+                return;
+            }
+        }
         let seq = store
             .append(&AuditEvent::by_agent(
                 "test",
@@ -323,9 +333,10 @@ fn acknowledged(line: &str) -> Option<u64> {
 }
 
 /// Another process (this test binary again, as a writer) appends to the store while this
-/// one does: each gets its own sequence numbers, they interleave, and together they make
-/// one chain in which every row holds what its writer was told it wrote. With
-/// `CHILD_ENV` set, this test is that writer (and the writer of the tests below).
+/// one holds it open: the two take turns, one append each, so each must see the other's
+/// rows (no cached chain head), and together they make one gapless chain in which every
+/// row holds what its writer was told it wrote. Free-running writers are the next test's.
+/// With `CHILD_ENV` set, this test is that writer (and the writer of the tests below).
 #[test]
 fn a_second_process_appends_to_the_same_chain() {
     if let Ok(dir) = std::env::var(CHILD_ENV) {
@@ -339,39 +350,44 @@ fn a_second_process_appends_to_the_same_chain() {
     const THEIRS: u64 = 300;
     const MINE: u64 = 150;
     let dir = tempfile::tempdir().unwrap();
-    let mut child = spawn_child(dir.path(), Some(THEIRS));
+    let mut child = spawn_child(dir.path(), Some(THEIRS), true);
     let child_pid = child.id();
+    let mut go = child.stdin.take().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    // Start once the other writer has committed, so the two really overlap.
-    let mut theirs: Vec<u64> = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find_map(|l| acknowledged(&l))
-        .into_iter()
-        .collect();
-    assert_eq!(theirs, [1], "the other writer made the first row");
+    let mut theirs: Vec<u64> = Vec::new();
+    let mut their_turn = |theirs: &mut Vec<u64>| {
+        go.write_all(b"go\n").unwrap();
+        let seq = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .find_map(|l| acknowledged(&l))
+            .expect("the other writer acknowledged its append");
+        theirs.push(seq);
+    };
+    their_turn(&mut theirs);
     let mut store = store_at(dir.path());
-    let mine: Vec<u64> = (0..MINE)
-        .map(|i| {
-            store
-                .append(&AuditEvent::by_agent(
-                    "test",
-                    serde_json::json!({"pid": std::process::id(), "i": i}),
-                ))
-                .unwrap()
-        })
-        .collect();
-    theirs.extend(lines.map_while(Result::ok).filter_map(|l| acknowledged(&l)));
+    let mut mine: Vec<u64> = Vec::new();
+    for i in 0..MINE {
+        let seq = store
+            .append(&AuditEvent::by_agent(
+                "test",
+                serde_json::json!({"pid": std::process::id(), "i": i}),
+            ))
+            .unwrap();
+        mine.push(seq);
+        their_turn(&mut theirs);
+    }
+    while (theirs.len() as u64) < THEIRS {
+        their_turn(&mut theirs);
+    }
+    drop(their_turn);
     assert!(child.wait().unwrap().success(), "the other writer failed");
-    assert_eq!(theirs.len() as u64, THEIRS, "every append was acknowledged");
 
+    assert_eq!(theirs[..3], [1, 3, 5], "the turns interleave");
+    assert_eq!(mine[..3], [2, 4, 6], "the turns interleave");
     for (who, seqs) in [("mine", &mine), ("theirs", &theirs)] {
         assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{who} rise: {seqs:?}");
     }
-    assert!(
-        theirs.iter().any(|&s| s > mine[0]),
-        "the writers did not overlap: {mine:?} {theirs:?}"
-    );
     let mut all: Vec<u64> = mine.iter().chain(&theirs).copied().collect();
     all.sort_unstable();
     assert_eq!(
@@ -398,12 +414,15 @@ fn a_second_process_appends_to_the_same_chain() {
     );
 }
 
-fn spawn_child(dir: &Path, count: Option<u64>) -> std::process::Child {
+fn spawn_child(dir: &Path, count: Option<u64>, stepped: bool) -> std::process::Child {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.args(["--exact", WRITER_TEST, "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, dir);
     if let Some(c) = count {
         cmd.env(COUNT_ENV, c.to_string());
+    }
+    if stepped {
+        cmd.env(STEP_ENV, "1").stdin(Stdio::piped());
     }
     cmd.stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -417,7 +436,7 @@ fn sigkill_at_random_points_loses_no_acknowledged_event() {
     let mut acks: Vec<u64> = Vec::new();
     let mut seed: u64 = 0x9e37_79b9_7f4a_7c15 ^ std::process::id() as u64;
     for _ in 0..20 {
-        let mut child = spawn_child(dir.path(), None);
+        let mut child = spawn_child(dir.path(), None, false);
         let stdout = child.stdout.take().unwrap();
         seed ^= seed << 13;
         seed ^= seed >> 7;
@@ -462,7 +481,9 @@ fn sigkill_at_random_points_loses_no_acknowledged_event() {
 #[test]
 fn writers_in_several_processes_keep_one_linear_chain() {
     let dir = tempfile::tempdir().unwrap();
-    let children: Vec<_> = (0..4).map(|_| spawn_child(dir.path(), Some(150))).collect();
+    let children: Vec<_> = (0..4)
+        .map(|_| spawn_child(dir.path(), Some(150), false))
+        .collect();
     for c in children {
         let out = c.wait_with_output().unwrap();
         assert!(
