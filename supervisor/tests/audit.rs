@@ -380,7 +380,6 @@ fn a_second_process_appends_to_the_same_chain() {
     while (theirs.len() as u64) < THEIRS {
         their_turn(&mut theirs);
     }
-    drop(their_turn);
     assert!(child.wait().unwrap().success(), "the other writer failed");
 
     assert_eq!(theirs[..3], [1, 3, 5], "the turns interleave");
