@@ -88,6 +88,11 @@ pub enum Refusal {
     HostMismatch { host: String },
     /// The first bytes did not come, or did not fit, within the bounds.
     FirstBytes(&'static str),
+    /// A later request on a plain HTTP connection is framed so that a server could read
+    /// it differently, or is not HTTP/1 at all.
+    Framing(&'static str),
+    /// A plain HTTP request asks to switch protocols (an `Upgrade` header, `CONNECT`).
+    Upgrade(&'static str),
     /// The gateway holds as many connections as it may.
     ConnectionLimit,
     /// The upstream connection failed.
@@ -132,6 +137,11 @@ impl fmt::Display for Refusal {
                 )
             }
             Refusal::FirstBytes(what) => write!(f, "first bytes: {what}"),
+            Refusal::Framing(what) => write!(f, "HTTP framing: {what}"),
+            Refusal::Upgrade(what) => write!(
+                f,
+                "protocol upgrade on plain HTTP ({what}): what follows could not be checked; use TLS"
+            ),
             Refusal::ConnectionLimit => f.write_str("connection limit reached"),
             Refusal::Connect(e) => write!(f, "upstream connect: {e}"),
         }

@@ -23,6 +23,7 @@ use crate::decide::{
 use crate::dns::{self, QueryAction, Question};
 use crate::events::{EgressEvent, EgressReport, EventKind, Verdict};
 use crate::names::NameTable;
+use crate::requests::Requests;
 use crate::settings::Settings;
 use crate::sniff::{sniff, Sniffed, MAX_FIRST_BYTES};
 use covenant_policy::egress::{EgressRule, GATEWAY_ADDR, LINK_PREFIX, SANDBOX_ADDR};
@@ -445,6 +446,11 @@ struct Conn {
     held: Vec<u8>,
     /// `None` until the first bytes are decided.
     verdict: Option<bool>,
+    /// On a plain HTTP connection to a name, the framing of its requests: each request
+    /// head is checked before it goes upstream, not only the first.
+    requests: Option<Requests>,
+    /// How many bytes at the front of `held` are checked and wait only for upstream.
+    cleared: usize,
     upstream: Option<Upstream>,
     bytes_out: u64,
     bytes_in: u64,
@@ -694,6 +700,8 @@ impl State {
                 opened: Instant::now(),
                 held: Vec::new(),
                 verdict: None,
+                requests: None,
+                cleared: 0,
                 upstream: None,
                 bytes_out: 0,
                 bytes_in: 0,
@@ -1032,7 +1040,13 @@ impl State {
                     }
                     Sniffed::NeedMore => {}
                     sniffed => match check_first_bytes(&conn.target, &sniffed) {
-                        Ok(()) => conn.verdict = Some(true),
+                        Ok(()) => {
+                            conn.verdict = Some(true);
+                            if conn.target.name.is_some() && matches!(sniffed, Sniffed::Http { .. })
+                            {
+                                conn.requests = Some(Requests::new());
+                            }
+                        }
                         Err(why) => return Step::Refuse(why),
                     },
                 }
@@ -1080,7 +1094,11 @@ impl State {
             }
         }
         // Sandbox to upstream, only once the first bytes are decided.
-        if conn.verdict == Some(true) && up.writable {
+        if conn.verdict == Some(true) && up.writable && conn.requests.is_some() {
+            if let Err(step) = forward_requests(socket, conn) {
+                return step;
+            }
+        } else if conn.verdict == Some(true) && up.writable {
             while !conn.held.is_empty() {
                 match up.stream.write(&conn.held) {
                     Ok(n) => {
@@ -1119,6 +1137,7 @@ impl State {
                 }
             }
         }
+        let up = conn.upstream.as_mut().expect("connected above");
         // Upstream to sandbox.
         while up.readable && !up.eof && socket.can_send() {
             let r = socket.send(|b| match up.stream.read(b) {
@@ -1151,4 +1170,59 @@ enum Step {
     Keep,
     Refuse(Refusal),
     Done,
+}
+
+/// Sandbox to upstream on a plain HTTP connection: the sandbox's bytes are held (at most
+/// [`MAX_FIRST_BYTES`] not yet cleared) until [`Requests`] clears them, so every request
+/// head is checked before a byte of it goes upstream. An incomplete head left when the
+/// sandbox stops sending never goes.
+fn forward_requests(socket: &mut tcp::Socket, conn: &mut Conn) -> Result<(), Step> {
+    let Some(requests) = conn.requests.as_mut() else {
+        return Ok(());
+    };
+    let Some(up) = conn.upstream.as_mut() else {
+        return Ok(());
+    };
+    loop {
+        if conn.cleared < conn.held.len() {
+            let target = &conn.target;
+            let n = requests
+                .clear(&conn.held[conn.cleared..], |s| check_first_bytes(target, s))
+                .map_err(Step::Refuse)?;
+            conn.cleared += n;
+        }
+        while conn.cleared > 0 && up.writable {
+            match up.stream.write(&conn.held[..conn.cleared]) {
+                Ok(n) => {
+                    conn.bytes_out += n as u64;
+                    conn.held.drain(..n);
+                    conn.cleared -= n;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => up.writable = false,
+                Err(_) => {
+                    socket.abort();
+                    return Err(Step::Done);
+                }
+            }
+        }
+        if conn.cleared > 0 || conn.held.len() >= MAX_FIRST_BYTES || !socket.can_recv() {
+            break;
+        }
+        let room = MAX_FIRST_BYTES - conn.held.len();
+        let held = &mut conn.held;
+        let _ = socket.recv(|b| {
+            let n = b.len().min(room);
+            held.extend_from_slice(&b[..n]);
+            (n, ())
+        });
+    }
+    if conn.held.is_empty() {
+        // An idle kept-open connection holds no buffer.
+        conn.held = Vec::new();
+    }
+    if !socket.may_recv() && !socket.can_recv() && conn.cleared == 0 && !up.shut_write {
+        let _ = up.stream.shutdown(Shutdown::Write);
+        up.shut_write = true;
+    }
+    Ok(())
 }

@@ -23,6 +23,7 @@ pub mod events;
 pub mod gateway;
 pub mod link;
 pub mod names;
+pub mod requests;
 pub mod settings;
 pub mod sniff;
 

@@ -94,7 +94,9 @@ impl Internet {
         }
     }
 
-    /// Everything the TCP servers received, one entry per connection that sent bytes.
+    /// Everything the TCP servers received: one entry per request (a connection kept open
+    /// with `Connection: keep-alive` makes one per request), or per connection that sent
+    /// other bytes.
     pub fn received(&self) -> Vec<Vec<u8>> {
         self.received.lock().unwrap().clone()
     }
@@ -112,22 +114,38 @@ impl Internet {
 
 fn serve(s: &mut std::net::TcpStream, rec: &Mutex<Vec<Vec<u8>>>, servers: Servers) {
     let _ = s.set_read_timeout(Some(servers.read_timeout));
-    let mut got = Vec::new();
     let mut buf = [0u8; 65536];
-    while let Ok(n) = s.read(&mut buf) {
-        if n == 0 {
-            break;
+    loop {
+        let mut got = Vec::new();
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+            if got.ends_with(b"\r\n\r\n") || got.ends_with(b"END") {
+                break;
+            }
         }
-        got.extend_from_slice(&buf[..n]);
-        if got.ends_with(b"\r\n\r\n") || got.ends_with(b"END") {
-            break;
+        let sent = !got.is_empty();
+        // A request asking to keep the connection open gets a framed answer, and the
+        // connection stays open for the next request.
+        let keep = String::from_utf8_lossy(&got)
+            .to_ascii_lowercase()
+            .contains("\r\nconnection: keep-alive\r\n");
+        if sent {
+            rec.lock().unwrap().push(got);
         }
-    }
-    let sent = !got.is_empty();
-    if sent {
-        rec.lock().unwrap().push(got);
-    }
-    if sent || servers.answer_silence {
-        let _ = s.write_all(b"HELLO\n");
+        if keep {
+            if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nHELLO\n")
+                .is_err()
+            {
+                return;
+            }
+            continue;
+        }
+        if sent || servers.answer_silence {
+            let _ = s.write_all(b"HELLO\n");
+        }
+        return;
     }
 }

@@ -258,6 +258,46 @@ fn literals_other_resolvers_names_and_fronting_are_refused() {
     }
 }
 
+/// A shared front end: two names on one address, as on a CDN. A connection opened for the
+/// allowed name and kept open must not carry a later request for the other: each request's
+/// Host is checked, and the one naming the other host never reaches the server.
+#[test]
+fn every_request_on_a_kept_open_connection_is_checked() {
+    if !live() {
+        return;
+    }
+    let net = Internet::start(
+        112,
+        &[("api.test", host(112, 10)), ("other.test", host(112, 10))],
+    );
+    let (out, report) = net.run(
+        &["--allow-host", "api.test"],
+        &[
+            "keepalive api.test 443 api.test api.test api.test",
+            "keepalive api.test 443 api.test other.test api.test",
+        ],
+    );
+    let r = results(&out);
+    assert_eq!(r.len(), 2, "{}", explain(&out));
+    assert_eq!(r[0], "ok,ok,ok", "three requests for the allowed name");
+    assert!(
+        r[1] == "ok,closed" || r[1].starts_with("ok,err:"),
+        "the request for another host was answered: {}",
+        r[1]
+    );
+    let got = net.received();
+    assert_eq!(got.len(), 4, "requests that reached the server: {got:#?}");
+    assert!(
+        got.iter().all(|req| req.contains("Host: api.test\r\n")),
+        "a request for another host reached the server: {got:#?}"
+    );
+    let reasons = refusal_reasons(&report);
+    assert!(
+        reasons.iter().any(|r| r.contains("Host `other.test`")),
+        "the refused request is not named: {reasons:#?}"
+    );
+}
+
 #[test]
 fn rebinding_metadata_and_dns_tunnelling_are_refused() {
     if !live() {

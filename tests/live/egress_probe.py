@@ -34,6 +34,26 @@ def exchange(addr, port, payload, timeout=3):
         return "err:" + (errno.errorcode.get(e.errno, str(e)) if e.errno else type(e).__name__)
 
 
+def keepalive(addr, port, hosts):
+    """One connection, one request per host in turn, each asking to keep it open; says of
+    each whether its answer came."""
+    said = []
+    try:
+        s = socket.create_connection((addr, port), timeout=3)
+        for host in hosts:
+            s.sendall(("GET / HTTP/1.1\r\nHost: %s\r\nConnection: keep-alive\r\n\r\n" % host).encode())
+            got = b""
+            while not got.endswith(b"HELLO\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                got += chunk
+            said.append("ok" if got.endswith(b"HELLO\n") else "closed")
+    except OSError as e:
+        said.append("err:" + (errno.errorcode.get(e.errno, str(e)) if e.errno else type(e).__name__))
+    return ",".join(said)
+
+
 def resolve(name):
     try:
         return sorted({a[4][0] for a in socket.getaddrinfo(name, 443, socket.AF_INET, socket.SOCK_STREAM)})
@@ -66,6 +86,11 @@ def main():
         target = addrs[0] if isinstance(addrs, list) else name
         req = ("GET / HTTP/1.1\r\nHost: %s\r\n\r\n" % host).encode()
         print("RESULT=%s" % exchange(target, port, req))
+    elif cmd == "keepalive":
+        name, port, hosts = args[0], int(args[1]), args[2:]
+        addrs = resolve(name)
+        target = addrs[0] if isinstance(addrs, list) else name
+        print("RESULT=%s" % keepalive(target, port, hosts))
     elif cmd == "tls":
         name, port, sni = args[0], int(args[1]), args[2]
         addrs = resolve(name)
