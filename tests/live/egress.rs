@@ -17,6 +17,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 const PROBE: &str = include_str!("egress_probe.py");
+const FILES: &str = include_str!("egress_files.py");
 
 fn live() -> bool {
     covenant_test_support::have(&[
@@ -296,6 +297,248 @@ fn every_request_on_a_kept_open_connection_is_checked() {
         reasons.iter().any(|r| r.contains("Host `other.test`")),
         "the refused request is not named: {reasons:#?}"
     );
+}
+
+/// A granted network is reached by address, on its granted ports only, even inside the
+/// ranges never reached otherwise (RFC 1918 here); its neighbours are not. The test host
+/// lives in a network namespace made for the test (the supervisor runs there too), so no
+/// packet can reach a real 10.x network: a granted loopback address would not do, since
+/// the sandbox's own loopback answers for 127/8.
+#[test]
+fn a_granted_network_is_reached_by_address_and_only_it() {
+    if !live() {
+        return;
+    }
+    let tools = [
+        Need::File {
+            path: "/usr/bin/unshare",
+            package: "util-linux",
+        },
+        Need::File {
+            path: "/usr/sbin/ip",
+            package: "iproute2",
+        },
+    ];
+    if !covenant_test_support::have(&tools) {
+        return;
+    }
+    let net = Internet::start(114, &[]);
+    let ctl = env!("CARGO_BIN_EXE_covenant-ctl");
+    let home = net.home.path();
+    let server = r#"
+import socket, sys, threading
+def serve(l):
+    while True:
+        c, _ = l.accept()
+        got = b""
+        while not got.endswith(b"END"):
+            b = c.recv(65536)
+            if not b:
+                break
+            got += b
+        print("GOT %s:%d" % l.getsockname(), flush=True)
+        c.sendall(b"HELLO\n")
+        c.close()
+for a, p in [("10.20.0.10", 443), ("10.20.0.10", 80), ("10.20.0.11", 443)]:
+    l = socket.create_server((a, p))
+    threading.Thread(target=serve, args=(l,), daemon=True).start()
+print("ready", flush=True)
+sys.stdin.read()
+"#;
+    std::fs::write(home.join("server.py"), server).unwrap();
+    let script = format!(
+        "set -e
+         ip link set lo up
+         ip addr add 10.20.0.10/32 dev lo
+         ip addr add 10.20.0.11/32 dev lo
+         mkfifo {h}/hold
+         python3 {h}/server.py < {h}/hold > {h}/server.log &
+         exec 3> {h}/hold
+         until grep -q ready {h}/server.log; do sleep 0.05; done
+         {ctl} run --workspace {h}/ws --report {h}/report.json \
+           --allow-host 10.20.0.10/32:443 -- sh -c '
+             python3 /workspace/probe.py literal 10.20.0.10 443 anything.test
+             python3 /workspace/probe.py literal 10.20.0.10 80 anything.test
+             python3 /workspace/probe.py literal 10.20.0.11 443 anything.test
+             python3 /workspace/probe.py literal 10.20.0.12 443 anything.test'
+         exec 3>&-",
+        h = home.display()
+    );
+    let out = Command::new("/usr/bin/unshare")
+        .args(["--net", "sh", "-c", &script])
+        .env("COVENANT_HOME", home.join("home"))
+        .env("COVENANT_EGRESS_RESOLVER", "127.0.0.1:53")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let r = results(&out);
+    assert_eq!(r.len(), 4, "{}", explain(&out));
+    assert_eq!(r[0], "ok:HELLO", "the granted address: {}", explain(&out));
+    for (i, what) in [
+        (1, "a port not granted"),
+        (2, "a neighbour"),
+        (3, "an address nothing serves, outside the grant"),
+    ] {
+        assert!(r[i].starts_with("err:"), "{what}: {}", r[i]);
+    }
+    let log = std::fs::read_to_string(home.join("server.log")).unwrap();
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.starts_with("GOT"))
+            .collect::<Vec<_>>(),
+        ["GOT 10.20.0.10:443"],
+        "only the granted address and port were reached"
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(home.join("report.json")).unwrap()).unwrap();
+    let reasons = refusal_reasons(&report);
+    for needle in ["port not allowed", "not answered"] {
+        assert!(
+            reasons.iter().any(|r| r.contains(needle)),
+            "no refusal says {needle}: {reasons:#?}"
+        );
+    }
+}
+
+/// The package host of `egress_files.py`, killed when dropped.
+struct PackageHost(std::process::Child);
+
+impl PackageHost {
+    /// Serves `name` on `addr` (ports 80 and 443) from `dir`; its certificate is then
+    /// `dir/ca.pem`.
+    fn start(addr: Ipv4Addr, name: &str, dir: &Path) -> PackageHost {
+        let script = dir.join("files.py");
+        std::fs::write(&script, FILES).unwrap();
+        let mut child = Command::new("/usr/bin/python3")
+            .arg(&script)
+            .arg(addr.to_string())
+            .arg(name)
+            .arg(dir.join("srv"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut ready = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+            &mut ready,
+        )
+        .unwrap();
+        assert_eq!(ready.trim(), "ready", "the package host did not start");
+        PackageHost(child)
+    }
+}
+
+impl Drop for PackageHost {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Real clients, with no proxy settings, through the gateway: curl, git and pip over TLS
+/// (their own ClientHellos) and plain HTTP (kept-open connections carrying several
+/// requests, each checked), to an allowed package host; the same clients get nowhere
+/// with a name the run was not granted.
+#[test]
+fn curl_git_and_pip_reach_an_allowed_host_and_nothing_else() {
+    if !live() {
+        return;
+    }
+    let tools = [
+        Need::File {
+            path: "/usr/bin/curl",
+            package: "curl",
+        },
+        Need::File {
+            path: "/usr/bin/openssl",
+            package: "openssl",
+        },
+    ];
+    if !covenant_test_support::have(&tools) {
+        return;
+    }
+    let net = Internet::start(
+        113,
+        &[("pkg.test", host(113, 20)), ("other.test", host(113, 10))],
+    );
+    let _files = PackageHost::start(host(113, 20), "pkg.test", net.home.path());
+    std::fs::copy(
+        net.home.path().join("srv/ca.pem"),
+        net.home.path().join("ws/ca.pem"),
+    )
+    .unwrap();
+    let ca = "/workspace/ca.pem";
+    let curl_tls = format!("curl -sS --max-time 20 --cacert {ca} https://pkg.test/hello.txt");
+    let curl_plain =
+        "curl -sS --max-time 20 http://pkg.test/hello.txt http://pkg.test/hello.txt".to_string();
+    let git_tls = format!(
+        "git -c http.sslCAInfo={ca} clone -q https://pkg.test/repo.git /workspace/tls \
+         && git -C /workspace/tls log --format=%s"
+    );
+    let git_plain = "git clone -q http://pkg.test/repo.git /workspace/plain \
+         && cat /workspace/plain/README"
+        .to_string();
+    let pip = format!(
+        "python3 -m pip install -q --disable-pip-version-check --no-cache-dir --no-deps \
+         --target /workspace/pip --cert {ca} --index-url https://pkg.test/simple/ tinypkg \
+         && python3 -c 'import sys; sys.path.insert(0, \"/workspace/pip\"); import tinypkg; print(tinypkg.VALUE)'"
+    );
+    let other = format!("curl -sS --max-time 5 --cacert {ca} https://other.test/");
+    // Each line is the tool's output joined onto one line, and its exit status.
+    let probes: Vec<String> = [&curl_tls, &curl_plain, &git_tls, &git_plain, &pip, &other]
+        .iter()
+        .map(|c| {
+            format!(
+                "!o=$({c} 2>&1); s=$?; echo \"RESULT=$(printf '%s' \"$o\" | tr '\\n' ' ') status=$s\""
+            )
+        })
+        .collect();
+    let probes: Vec<&str> = probes.iter().map(String::as_str).collect();
+    let (out, report) = net.run(
+        &[
+            "--allow-host",
+            "pkg.test:80,443",
+            "--pids",
+            "256",
+            "--memory",
+            "1GiB",
+        ],
+        &probes,
+    );
+    let r = results(&out);
+    assert_eq!(r.len(), 6, "{}", explain(&out));
+    for (i, (what, want)) in [
+        ("curl over TLS", "hello from pkg.test status=0"),
+        (
+            "curl, two requests on one plain HTTP connection",
+            "hello from pkg.test hello from pkg.test status=0",
+        ),
+        ("git clone over TLS", "first status=0"),
+        (
+            "git clone over plain HTTP",
+            "a repository on the test internet status=0",
+        ),
+        ("pip install over TLS", "42 status=0"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        assert_eq!(r[i], want, "{what}: {}", explain(&out));
+    }
+    assert!(
+        r[5].contains("resolve") && !r[5].ends_with("status=0"),
+        "curl reached a name not granted: {}",
+        r[5]
+    );
+    let refused = refusal_reasons(&report);
+    assert!(
+        refused
+            .iter()
+            .all(|r| r.contains("not allowed by any egress rule")),
+        "a real client's connection to the allowed host was refused: {refused:#?}"
+    );
+    assert!(!refused.is_empty(), "the refused name is not in the report");
 }
 
 #[test]
