@@ -221,7 +221,17 @@ impl EgressRule {
                 "bare `*` is every host: that is `net:host`, not an egress rule".into(),
             ));
         } else if pattern.contains('/') {
-            EgressTarget::Network(Cidr::parse(pattern).map_err(err)?)
+            let network = Cidr::parse(pattern).map_err(err)?;
+            let loopback = Cidr {
+                addr: Ipv4Addr::new(127, 0, 0, 0),
+                prefix: 8,
+            };
+            if loopback.covers(network) {
+                return Err(err(format!(
+                    "`{network}` is inside 127.0.0.0/8, the sandbox's own loopback: it never reaches the gateway (`net:loopback` is the sandbox's loopback)"
+                )));
+            }
+            EgressTarget::Network(network)
         } else if let Some(rest) = pattern.strip_prefix("*.") {
             if rest.contains('*') {
                 return Err(err("`*` may only be the whole first label".into()));
@@ -352,6 +362,8 @@ mod tests {
             ("a b.com", "pattern", "character"),
             ("10.0.0.1/8", "pattern", "host bits"),
             ("0.0.0.0/0", "pattern", "net:host"),
+            ("127.0.0.1/32:5432", "pattern", "own loopback"),
+            ("127.0.0.0/8", "pattern", "own loopback"),
             ("", "pattern", "empty"),
         ] {
             let e = refused(input);
