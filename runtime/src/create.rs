@@ -339,25 +339,10 @@ fn spawn(
             errno: e,
         })
     })?;
-    // `R` means ready (the init keeps the pipe open while it waits); anything else is
-    // an error the init wrote before it exited.
+    // `M`, then `R`, mean mounted and ready (the init keeps the pipe open while it
+    // waits); anything else is an error the init wrote before it exited.
     let mut report = std::fs::File::from(report_rd);
-    let mut buf = vec![0u8; 1];
-    if report.read(&mut buf).unwrap_or(0) == 0 {
-        buf.clear();
-    }
-    if buf.first() != Some(&b'R') {
-        let _ = report.read_to_end(&mut buf);
-        let (step, detail) = if buf.is_empty() {
-            (
-                "container setup".to_string(),
-                "the container's init died before it was ready".to_string(),
-            )
-        } else {
-            StepError::decode(&buf)
-        };
-        return Err(abort(RuntimeError::Setup { step, detail }));
-    }
+    await_report(&mut report, b'M').map_err(abort)?;
     let pid_start = state::proc_stat(pid.as_raw()).map(|(_, s)| s).unwrap_or(0);
     let record = Record {
         id: opts.id.clone(),
@@ -390,10 +375,21 @@ fn spawn(
     for (kind, list) in [
         ("createRuntime", &hooks.create_runtime),
         ("prestart", &hooks.prestart),
-        ("createContainer", &hooks.create_container),
     ] {
         hooks::run(kind, list, &st).map_err(|e| abort(e.into()))?;
     }
+    // The init runs the createContainer hooks in the container's namespaces, then
+    // pivots and reports ready.
+    let body = serde_json::to_vec(&st).expect("a state serialises");
+    let mut framed = (body.len() as u32).to_be_bytes().to_vec();
+    framed.extend_from_slice(&body);
+    write_all(&sync_wr, &framed).map_err(|errno| {
+        abort(RuntimeError::Sys {
+            what: "send the container's state to its init",
+            errno,
+        })
+    })?;
+    await_report(&mut report, b'R').map_err(abort)?;
     // The container is recorded: the init may go on to the barrier. Had this process
     // died before, the init would have read end-of-file here and exited.
     nix::unistd::write(&sync_wr, b"c").map_err(|e| {
@@ -407,6 +403,39 @@ fn spawn(
         pid,
         grant: None,
     })
+}
+
+/// Writes all of `buf` to a pipe.
+fn write_all(fd: &OwnedFd, mut buf: &[u8]) -> nix::Result<()> {
+    while !buf.is_empty() {
+        match nix::unistd::write(fd, buf) {
+            Ok(n) => buf = &buf[n..],
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Reads the init's next report byte: `want`, or the error it wrote before it exited.
+fn await_report(report: &mut std::fs::File, want: u8) -> Result<()> {
+    let mut buf = vec![0u8; 1];
+    if report.read(&mut buf).unwrap_or(0) == 0 {
+        buf.clear();
+    }
+    if buf.first() == Some(&want) {
+        return Ok(());
+    }
+    let _ = report.read_to_end(&mut buf);
+    let (step, detail) = if buf.is_empty() {
+        (
+            "container setup".to_string(),
+            "the container's init died before it was ready".to_string(),
+        )
+    } else {
+        StepError::decode(&buf)
+    };
+    Err(RuntimeError::Setup { step, detail })
 }
 
 /// The config's resources, with an allow rule for each device it lists (as runc does:

@@ -68,6 +68,7 @@ pub fn child_main(ctx: ChildContext<'_>) -> ! {
 
 /// Init's setup sequence, one step per line, in order.
 fn init_container(mut ctx: ChildContext<'_>) -> Result<Never> {
+    let hooks = crate::hooks::HookSet::from_spec(ctx.spec);
     await_parent(&ctx.sync)?;
     join_namespaces(&ctx.join)?;
     if ctx.userns {
@@ -79,13 +80,18 @@ fn init_container(mut ctx: ChildContext<'_>) -> Result<Never> {
     }
     nix::unistd::setsid().map_err(|e| step_err("new session", e.to_string()))?;
     if ctx.has_mountns {
-        crate::mounts::setup_rootfs(
+        crate::mounts::build_rootfs(
             ctx.spec,
             ctx.bundle,
             &ctx.prepared.rootfs,
             ctx.userns,
             &ctx.bind_sources,
         )?;
+    }
+    let state = report_mounted(&ctx.report, &ctx.sync)?;
+    run_hooks("createContainer", &hooks.create_container, &state)?;
+    if ctx.has_mountns {
+        crate::mounts::enter_rootfs(ctx.spec, &ctx.prepared.rootfs)?;
     } else {
         crate::mounts::chroot_into(&ctx.prepared.rootfs)?;
     }
@@ -115,7 +121,7 @@ fn init_container(mut ctx: ChildContext<'_>) -> Result<Never> {
         Some(listener) => Some(await_start(listener)?),
         None => None,
     };
-    if let Err(e) = run_start_container_hooks(ctx.spec) {
+    if let Err(e) = run_hooks("startContainer", &hooks.start_container, &state) {
         return Err(report_after_start(started.as_ref(), e));
     }
     let (Some(process), Some(program)) = (ctx.spec.process().as_ref(), program) else {
@@ -340,6 +346,33 @@ pub fn find_program(p: &Prepared, cwd: &Path) -> Result<CString> {
     ))
 }
 
+/// Tells the parent the filesystem is built (`M`) and reads back the container's state
+/// (a big-endian length, then JSON), sent once the parent has recorded the container and
+/// run the createRuntime and prestart hooks.
+fn report_mounted(report: &OwnedFd, sync: &OwnedFd) -> Result<serde_json::Value> {
+    let f = report
+        .try_clone()
+        .map_err(|e| step_err("report mounted", e.to_string()))?;
+    std::fs::File::from(f)
+        .write_all(b"M")
+        .map_err(|e| step_err("report mounted", e.to_string()))?;
+    let mut from_parent = std::fs::File::from(
+        sync.try_clone()
+            .map_err(|e| step_err("read the container's state", e.to_string()))?,
+    );
+    let gone = |_| {
+        step_err(
+            "read the container's state",
+            "the runtime went away before it recorded the container",
+        )
+    };
+    let mut len = [0u8; 4];
+    from_parent.read_exact(&mut len).map_err(gone)?;
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    from_parent.read_exact(&mut body).map_err(gone)?;
+    serde_json::from_slice(&body).map_err(|e| step_err("read the container's state", e.to_string()))
+}
+
 fn report_ready(report: &OwnedFd) -> Result<()> {
     let f = report
         .try_clone()
@@ -463,17 +496,17 @@ fn load_seccomp_keeping_privileges(filters: &CompiledSeccomp) -> Result<()> {
     Ok(())
 }
 
-fn run_start_container_hooks(spec: &Spec) -> Result<()> {
-    let hooks = crate::hooks::HookSet::from_spec(spec);
-    if hooks.start_container.is_empty() {
+/// Runs the init's hooks of `kind` (createContainer, startContainer): in the container's
+/// namespaces, with the state the runtime sent on their stdin.
+fn run_hooks(
+    kind: &'static str,
+    list: &[crate::hooks::Hook],
+    state: &serde_json::Value,
+) -> Result<()> {
+    if list.is_empty() {
         return Ok(());
     }
-    crate::hooks::run(
-        "startContainer",
-        &hooks.start_container,
-        &serde_json::json!({}),
-    )
-    .map_err(|e| step_err("startContainer hook", e.to_string()))
+    crate::hooks::run(kind, list, state).map_err(|e| step_err(kind, e.to_string()))
 }
 
 fn set_rlimits(rlimits: &[(libc::__rlimit_resource_t, u64, u64)]) -> Result<()> {

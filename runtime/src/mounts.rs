@@ -103,21 +103,16 @@ fn make_target(path: &Path, dir: bool) -> Result<()> {
     .map_err(|e| step_err("create mount point", format!("{}: {e}", path.display())))
 }
 
-/// Builds the container's filesystem under `rootfs` and pivots into it.
-pub fn setup_rootfs(
+/// Builds the container's filesystem under `rootfs`: every mount and `/dev`. The init is
+/// still outside it afterwards ([`enter_rootfs`] pivots), so the createContainer hooks run
+/// in between, in the container's namespaces with the runtime's paths.
+pub fn build_rootfs(
     spec: &Spec,
     bundle: &Path,
     rootfs: &Path,
     userns: bool,
     bind_sources: &[Option<OwnedFd>],
 ) -> Result<()> {
-    let linux = spec.linux().as_ref();
-    let propagation = match linux.and_then(|l| l.rootfs_propagation().as_deref()) {
-        Some("shared") | Some("rshared") => MsFlags::MS_SHARED,
-        Some("private") | Some("rprivate") => MsFlags::MS_PRIVATE,
-        Some("unbindable") | Some("runbindable") => MsFlags::MS_UNBINDABLE,
-        _ => MsFlags::MS_SLAVE,
-    };
     // Nothing mounted below reaches the host's namespace.
     mount(
         None::<&str>,
@@ -159,6 +154,21 @@ pub fn setup_rootfs(
         make_devices(spec, rootfs, userns)?;
         make_dev_links(rootfs)?;
     }
+    Ok(())
+}
+
+/// Pivots into the filesystem [`build_rootfs`] made, and sets the root's propagation.
+pub fn enter_rootfs(spec: &Spec, rootfs: &Path) -> Result<()> {
+    let propagation = match spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.rootfs_propagation().as_deref())
+    {
+        Some("shared") | Some("rshared") => MsFlags::MS_SHARED,
+        Some("private") | Some("rprivate") => MsFlags::MS_PRIVATE,
+        Some("unbindable") | Some("runbindable") => MsFlags::MS_UNBINDABLE,
+        _ => MsFlags::MS_SLAVE,
+    };
     pivot_into(rootfs)?;
     if propagation != MsFlags::MS_SLAVE {
         mount(

@@ -289,6 +289,88 @@ fn joining_the_host_pid_and_network_namespaces_is_refused() {
     }
 }
 
+/// Each hook kind runs where the runtime spec says, with the state on its stdin:
+/// createRuntime in the runtime's namespaces; createContainer in the container's, after
+/// its mounts and before the pivot (so the runtime's paths still resolve, and the
+/// container's `/proc` is mounted under the root); startContainer in the container's,
+/// after `start`.
+#[test]
+fn each_hook_kind_runs_in_its_namespaces_with_the_state() {
+    if !live() {
+        return;
+    }
+    let f = Fixture::new(&["sleep", "30"]);
+    let out_dir = f.dir.path().join("hooks-out");
+    std::fs::create_dir(&out_dir).unwrap();
+    std::fs::set_permissions(
+        &out_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let rootfs = f.bundle().join("rootfs");
+    let hook = |kind: &str| {
+        let o = out_dir.join(kind);
+        json!({"path": "/bin/sh", "args": ["sh", "-c", format!(
+            "cat > {o}.state; readlink /proc/self/ns/mnt > {o}.mnt; \
+             stat -f -c %T {root}/proc > {o}.proc 2>&1",
+            o = o.display(), root = rootfs.display())]})
+    };
+    f.edit(|c| {
+        c["root"]["readonly"] = json!(false);
+        c["hooks"] = json!({
+            "createRuntime": [hook("createRuntime")],
+            "createContainer": [hook("createContainer")],
+            // Resolved in the container: its busybox, writing under its /tmp.
+            "startContainer": [{"path": "/bin/sh", "args": ["sh", "-c",
+                "cat > /tmp/startContainer.state; \
+                 busybox readlink /proc/self/ns/mnt > /tmp/startContainer.mnt"]}],
+        });
+    });
+    let out = f.create("hooks");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let read = |name: &str| {
+        let dir = match name.starts_with("startContainer") {
+            true => rootfs.join("tmp"),
+            false => out_dir.clone(),
+        };
+        std::fs::read_to_string(dir.join(name))
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+            .trim()
+            .to_string()
+    };
+    let pid = serde_json::from_slice::<Value>(&f.rt(&["state", "hooks"]).stdout).unwrap()["pid"]
+        .as_i64()
+        .unwrap();
+    let host_mnt = std::fs::read_link("/proc/self/ns/mnt").unwrap();
+    let container_mnt = std::fs::read_link(format!("/proc/{pid}/ns/mnt")).unwrap();
+    assert_ne!(host_mnt, container_mnt);
+    assert_eq!(read("createRuntime.mnt"), host_mnt.to_string_lossy());
+    assert_eq!(read("createContainer.mnt"), container_mnt.to_string_lossy());
+    assert_eq!(
+        read("createContainer.proc"),
+        "proc",
+        "mounted, not yet pivoted"
+    );
+    assert_ne!(read("createRuntime.proc"), "proc");
+    assert!(
+        !rootfs.join("tmp/startContainer.state").exists(),
+        "startContainer ran before start"
+    );
+    let out = f.rt(&["start", "hooks"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    f.wait_status("hooks", "running");
+    assert_eq!(read("startContainer.mnt"), container_mnt.to_string_lossy());
+    for kind in ["createRuntime", "createContainer", "startContainer"] {
+        let st: Value = serde_json::from_str(&read(&format!("{kind}.state")))
+            .unwrap_or_else(|e| panic!("{kind}'s stdin is not the state: {e}"));
+        assert_eq!(
+            (st["id"].as_str(), st["pid"].as_i64(), st["bundle"].as_str()),
+            (Some("hooks"), Some(pid), f.bundle().to_str()),
+            "{kind}: {st}"
+        );
+    }
+}
+
 #[test]
 fn a_hook_that_is_a_symlink_into_the_bundle_is_refused() {
     if !live() {
