@@ -192,9 +192,15 @@ fn create_container(root: &Root, policy: &RuntimePolicy, opts: &CreateOptions) -
             return Err(e.into());
         }
     };
-    let result = spawn(
-        root, &dir, &bundle, &spec, &prepared, &hooks, &cgroup, opts, landlock, seccomp, pinned,
-    );
+    let result = root
+        .save_cgroups(&opts.id, &cgroup.paths())
+        .map_err(RuntimeError::from)
+        .and_then(|()| {
+            spawn(
+                root, &dir, &bundle, &spec, &prepared, &hooks, &cgroup, opts, landlock, seccomp,
+                pinned,
+            )
+        });
     if result.is_err() {
         cgroup.remove();
         let _ = root.remove(&opts.id);

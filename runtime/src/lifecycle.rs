@@ -103,8 +103,17 @@ pub fn kill(root: &Root, id: &str, signal: Signal, all: bool) -> Result<()> {
 pub fn delete(root: &Root, id: &str, force: bool) -> Result<()> {
     let record = match root.load(id) {
         Ok(r) => r,
-        // A create that died before it recorded anything leaves only the directory.
-        Err(crate::state::StateError::NotFound(_)) if force => return Ok(root.remove(id)?),
+        // A create that died before it recorded the container leaves its directory and
+        // perhaps the cgroup it claimed; its init exits on its own. The cgroup goes only
+        // if it is empty: nothing is killed on the word of a half-made record, since
+        // another container may have been given the same `cgroupsPath` since.
+        Err(crate::state::StateError::NotFound(_)) if force => {
+            let cg = Cgroup::from_dirs(&root.claimed_cgroups(id));
+            if cg.pids().is_empty() {
+                cg.remove();
+            }
+            return Ok(root.remove(id)?);
+        }
         Err(e) => return Err(e.into()),
     };
     let status = state::status(&record);

@@ -208,6 +208,26 @@ impl Root {
         }
     }
 
+    /// Records, before the cgroup is made, which cgroup directories a create claims, so a
+    /// create that dies before `state.json` leaves nothing `delete --force` cannot find.
+    pub fn save_cgroups(&self, id: &str, dirs: &[PathBuf]) -> Result<()> {
+        let dir = self.container_dir(id);
+        let tmp = dir.join("cgroups.json.tmp");
+        let path = dir.join("cgroups.json");
+        let body = serde_json::to_vec(dirs).expect("paths serialise");
+        std::fs::write(&tmp, body).map_err(io("write", &tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io("rename", &path))
+    }
+
+    /// The cgroup directories a create of `id` claimed (empty if it recorded none).
+    pub fn claimed_cgroups(&self, id: &str) -> Vec<PathBuf> {
+        check_id(id)
+            .ok()
+            .and_then(|()| std::fs::read(self.container_dir(id).join("cgroups.json")).ok())
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
     /// Every container id with a directory here, sorted.
     pub fn ids(&self) -> Result<Vec<String>> {
         let entries = match std::fs::read_dir(&self.dir) {

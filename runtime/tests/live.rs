@@ -371,6 +371,48 @@ fn each_hook_kind_runs_in_its_namespaces_with_the_state() {
     }
 }
 
+/// A create that dies after making the cgroup but before recording the container leaves
+/// a record of the cgroup it claimed; `delete --force` then removes both.
+#[test]
+fn a_create_that_died_before_its_record_leaves_nothing_after_delete_force() {
+    if !live() {
+        return;
+    }
+    let f = Fixture::new(&["sleep", "30"]);
+    let out = f.create("half");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let dir = f.root().join("half");
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("state.json")).unwrap()).unwrap();
+    let claimed: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("cgroups.json")).unwrap()).unwrap();
+    assert_eq!(
+        claimed, state["cgroup_dirs"],
+        "the claim names the cgroups made"
+    );
+    let dirs: Vec<PathBuf> = serde_json::from_value(claimed).unwrap();
+    assert!(!dirs.is_empty() && dirs.iter().all(|d| d.exists()));
+    // As if the create had died before its record: the init is gone, no state.json.
+    let pid = state["pid"].as_i64().unwrap() as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(Instant::now() < deadline, "the init did not die");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::fs::remove_file(dir.join("state.json")).unwrap();
+    let out = f.rt(&["delete", "--force", "half"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    f.assert_no_state("half");
+    for d in &dirs {
+        assert!(!d.exists(), "cgroup {} left behind", d.display());
+    }
+}
+
 #[test]
 fn a_hook_that_is_a_symlink_into_the_bundle_is_refused() {
     if !live() {
