@@ -5,7 +5,7 @@
 pub mod doctor;
 pub mod enforce;
 pub mod hostpath;
-mod mount_api;
+pub mod mount_api;
 pub mod native;
 pub mod oci;
 pub mod supervise;

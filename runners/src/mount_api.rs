@@ -28,11 +28,7 @@ struct MountAttr {
 /// Clones what `path` names (relative to `dir`, or the working directory) into a detached
 /// tree, with its submounts when `recursive`. An empty `path` with a `dir` clones the
 /// object `dir` refers to.
-pub(crate) fn open_tree(
-    dir: Option<&OwnedFd>,
-    path: &CStr,
-    recursive: bool,
-) -> Result<OwnedFd, Errno> {
+pub fn open_tree(dir: Option<&OwnedFd>, path: &CStr, recursive: bool) -> Result<OwnedFd, Errno> {
     let dirfd = dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
     let flags = OPEN_TREE_CLONE
         | libc::O_CLOEXEC as libc::c_uint
@@ -55,13 +51,13 @@ pub(crate) fn open_tree(
 /// Clones the object `fd` refers to (a descriptor from `openat2`, `O_PATH` will do) into a
 /// detached mount tree, with its submounts when `recursive`: the tree is that object,
 /// whatever its path names by now.
-pub(crate) fn clone_fd_tree(fd: &OwnedFd, recursive: bool) -> Result<OwnedFd, Errno> {
+pub fn clone_fd_tree(fd: &OwnedFd, recursive: bool) -> Result<OwnedFd, Errno> {
     open_tree(Some(fd), c"", recursive)
 }
 
 /// Sets the `ATTR_*` bits in `set` on a detached tree (and its submounts when
 /// `recursive`), makes it private, and idmaps it through the user namespace `idmap`.
-pub(crate) fn set_attributes(
+pub fn set_attributes(
     tree: &OwnedFd,
     set: u64,
     idmap: Option<&OwnedFd>,
@@ -96,7 +92,7 @@ pub(crate) fn set_attributes(
 }
 
 /// Attaches a detached tree at the C path `target`.
-pub(crate) fn move_tree(tree: &OwnedFd, target: &CStr) -> Result<(), Errno> {
+pub fn move_tree(tree: &OwnedFd, target: &CStr) -> Result<(), Errno> {
     // SAFETY: both paths are valid C strings; the tree fd is a detached mount.
     let rc = unsafe {
         libc::syscall(

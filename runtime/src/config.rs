@@ -26,6 +26,11 @@ type Result<T> = std::result::Result<T, ConfigError>;
 
 /// Loads `bundle/config.json`; a parse error names the JSON path of the bad value.
 pub fn load(bundle: &Path) -> Result<Spec> {
+    load_with_idmaps(bundle).map(|(spec, _)| spec)
+}
+
+/// [`load`], and each mount's idmap ([`idmapped_mounts`]).
+pub fn load_with_idmaps(bundle: &Path) -> Result<(Spec, Vec<Option<Idmap>>)> {
     let path = bundle.join("config.json");
     let text = std::fs::read(&path).map_err(|e| ConfigError::Bundle {
         bundle: bundle.to_path_buf(),
@@ -39,42 +44,139 @@ pub fn load(bundle: &Path) -> Result<Spec> {
             e.into_inner().to_string(),
         )
     })?;
-    refuse_idmapped_mounts(&text)?;
-    Ok(spec)
+    let idmaps = idmapped_mounts(&text, &spec)?;
+    Ok((spec, idmaps))
 }
 
-/// Idmapped mounts (a mount's `uidMappings`/`gidMappings`, or its `idmap`/`ridmap`
-/// option) are not applied by this runtime, and the spec types it reads drop those keys:
-/// they are looked for in the document itself and refused, never silently ignored.
-fn refuse_idmapped_mounts(text: &[u8]) -> Result<()> {
+/// An idmapped bind mount: the mount shows a file owned on disk by `containerID` as owned
+/// by `hostID` (for `size` ids), through a user namespace that exists only for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Idmap {
+    /// `(containerID, hostID, size)` lines.
+    pub uid: Vec<(u32, u32, u32)>,
+    pub gid: Vec<(u32, u32, u32)>,
+    /// `ridmap`: the submounts of a recursive bind are idmapped too.
+    pub recursive: bool,
+}
+
+/// The most lines an id map may have (the kernel's limit).
+const MAX_MAP_LINES: usize = 340;
+
+/// Each mount's idmap, if it asks for one. The spec types this runtime reads drop a
+/// mount's `uidMappings`/`gidMappings`, so they are read from the document itself: a
+/// mount with mappings, or with the `idmap`/`ridmap` option (whose mappings are then the
+/// container's user namespace's), is idmapped; never silently not.
+pub fn idmapped_mounts(text: &[u8], spec: &Spec) -> Result<Vec<Option<Idmap>>> {
     let doc: serde_json::Value =
         serde_json::from_slice(text).map_err(|e| field("(document)", e.to_string()))?;
     let Some(mounts) = doc.get("mounts").and_then(|m| m.as_array()) else {
-        return Ok(());
+        return Ok(Vec::new());
     };
+    let linux = spec.linux().as_ref();
+    let own_userns = linux
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|ns| {
+            ns.iter()
+                .any(|n| n.typ() == LinuxNamespaceType::User && n.path().is_none())
+        });
+    let container_map =
+        |m: Option<&Vec<oci_spec::runtime::LinuxIdMapping>>| -> Vec<(u32, u32, u32)> {
+            m.into_iter()
+                .flatten()
+                .map(|l| (l.container_id(), l.host_id(), l.size()))
+                .collect()
+        };
+    let mut out = Vec::new();
     for (i, m) in mounts.iter().enumerate() {
-        for key in ["uidMappings", "gidMappings"] {
-            if m.get(key).is_some() {
-                return Err(field(
-                    format!("mounts[{i}].{key}"),
-                    "idmapped mounts are not supported by this runtime",
-                ));
-            }
-        }
-        let options = m.get("options").and_then(|o| o.as_array());
-        if let Some(o) = options
+        let options: Vec<&str> = m
+            .get("options")
+            .and_then(|o| o.as_array())
             .into_iter()
             .flatten()
             .filter_map(|o| o.as_str())
-            .find(|o| *o == "idmap" || *o == "ridmap")
-        {
+            .collect();
+        let recursive = options.contains(&"ridmap");
+        let asked = recursive || options.contains(&"idmap");
+        let uid = m.get("uidMappings");
+        let gid = m.get("gidMappings");
+        if !asked && uid.is_none() && gid.is_none() {
+            out.push(None);
+            continue;
+        }
+        let bind = m.get("type").and_then(|t| t.as_str()) == Some("bind")
+            || options.iter().any(|o| *o == "bind" || *o == "rbind");
+        if !bind {
             return Err(field(
-                format!("mounts[{i}].options"),
-                format!("`{o}`: idmapped mounts are not supported by this runtime"),
+                format!("mounts[{i}]"),
+                "an idmapped mount must be a bind mount",
             ));
         }
+        let (uid, gid) = match (uid, gid) {
+            (Some(u), Some(g)) => (
+                id_lines(u, &format!("mounts[{i}].uidMappings"))?,
+                id_lines(g, &format!("mounts[{i}].gidMappings"))?,
+            ),
+            (None, None) if own_userns => (
+                container_map(linux.and_then(|l| l.uid_mappings().as_ref())),
+                container_map(linux.and_then(|l| l.gid_mappings().as_ref())),
+            ),
+            (None, None) => {
+                return Err(field(
+                    format!("mounts[{i}].options"),
+                    "`idmap` without `uidMappings`/`gidMappings` takes the container's user namespace mappings, and the container has no user namespace of its own",
+                ))
+            }
+            (Some(_), None) => {
+                return Err(field(
+                    format!("mounts[{i}].gidMappings"),
+                    "an idmapped mount needs both uidMappings and gidMappings",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(field(
+                    format!("mounts[{i}].uidMappings"),
+                    "an idmapped mount needs both uidMappings and gidMappings",
+                ))
+            }
+        };
+        out.push(Some(Idmap {
+            uid,
+            gid,
+            recursive,
+        }));
     }
-    Ok(())
+    Ok(out)
+}
+
+/// An id map's lines: each `{containerID, hostID, size}` in range, at least one, within
+/// the kernel's limit.
+fn id_lines(v: &serde_json::Value, at: &str) -> Result<Vec<(u32, u32, u32)>> {
+    let lines = v
+        .as_array()
+        .ok_or_else(|| field(at, "must be an array of {containerID, hostID, size}"))?;
+    if lines.is_empty() || lines.len() > MAX_MAP_LINES {
+        return Err(field(at, format!("needs 1 to {MAX_MAP_LINES} lines")));
+    }
+    lines
+        .iter()
+        .enumerate()
+        .map(|(n, l)| {
+            let get = |k: &str| -> Result<u32> {
+                l.get(k)
+                    .and_then(|x| x.as_u64())
+                    .and_then(|x| u32::try_from(x).ok())
+                    .ok_or_else(|| field(format!("{at}[{n}].{k}"), "must be an id (0 to 2^32-1)"))
+            };
+            let (inside, host, size) = (get("containerID")?, get("hostID")?, get("size")?);
+            if size == 0 || inside.checked_add(size).is_none() || host.checked_add(size).is_none() {
+                return Err(field(
+                    format!("{at}[{n}].size"),
+                    "must be at least 1 and keep both ranges below 2^32",
+                ));
+            }
+            Ok((inside, host, size))
+        })
+        .collect()
 }
 
 /// One namespace: created new (`path` none) or joined.
@@ -471,32 +573,85 @@ pub fn resolve_in_root(root: &Path, dest: &Path) -> PathBuf {
 mod tests {
 
     #[test]
-    fn idmapped_mounts_are_refused_not_ignored() {
-        let with = |mount: &str| {
-            format!(
-                r#"{{"ociVersion": "1.0.2", "mounts": [{{"destination": "/proc", "type": "proc", "source": "proc"}}, {mount}]}}"#
-            )
+    fn idmapped_mounts_are_read_from_the_document_and_bad_ones_refused() {
+        let read = |mount: &str, userns: bool| {
+            let ns = if userns {
+                r#", "linux": {"namespaces": [{"type": "user"}], "uidMappings": [{"containerID": 0, "hostID": 100000, "size": 65536}], "gidMappings": [{"containerID": 0, "hostID": 200000, "size": 65536}]}"#
+            } else {
+                ""
+            };
+            let text = format!(
+                r#"{{"ociVersion": "1.0.2", "mounts": [{{"destination": "/proc", "type": "proc", "source": "proc"}}, {mount}]{ns}}}"#
+            );
+            let spec: Spec = serde_json::from_str(&text).unwrap();
+            idmapped_mounts(text.as_bytes(), &spec).map_err(|e| e.to_string())
         };
-        let e = refuse_idmapped_mounts(
-            with(r#"{"destination": "/w", "type": "bind", "source": "/tmp", "uidMappings": [{"containerID": 0, "hostID": 1000, "size": 1}]}"#).as_bytes(),
-        )
-        .unwrap_err();
+        let maps = r#""uidMappings": [{"containerID": 0, "hostID": 1000, "size": 1}, {"containerID": 1, "hostID": 5000, "size": 10}], "gidMappings": [{"containerID": 0, "hostID": 1001, "size": 1}]"#;
         assert_eq!(
-            e.to_string(),
-            "config.json `mounts[1].uidMappings`: idmapped mounts are not supported by this runtime"
+            read(
+                &format!(
+                    r#"{{"destination": "/w", "type": "bind", "source": "/tmp", "options": ["rbind", "ridmap"], {maps}}}"#
+                ),
+                false
+            ),
+            Ok(vec![
+                None,
+                Some(Idmap {
+                    uid: vec![(0, 1000, 1), (1, 5000, 10)],
+                    gid: vec![(0, 1001, 1)],
+                    recursive: true
+                })
+            ])
         );
-        let e = refuse_idmapped_mounts(
-            with(r#"{"destination": "/w", "type": "bind", "source": "/tmp", "options": ["rbind", "idmap"]}"#).as_bytes(),
-        )
-        .unwrap_err();
+        // Mappings alone mean `idmap`.
         assert_eq!(
-            e.to_string(),
-            "config.json `mounts[1].options`: `idmap`: idmapped mounts are not supported by this runtime"
+            read(
+                &format!(r#"{{"destination": "/w", "type": "bind", "source": "/tmp", {maps}}}"#),
+                false
+            )
+            .unwrap()[1]
+                .as_ref()
+                .map(|m| m.recursive),
+            Some(false)
         );
-        refuse_idmapped_mounts(
-            with(r#"{"destination": "/w", "type": "bind", "source": "/tmp", "options": ["rbind", "ro"]}"#).as_bytes(),
-        )
-        .unwrap();
+        // `idmap` alone takes the container's own user namespace mappings.
+        assert_eq!(
+            read(
+                r#"{"destination": "/w", "type": "bind", "source": "/tmp", "options": ["idmap"]}"#,
+                true
+            ),
+            Ok(vec![
+                None,
+                Some(Idmap {
+                    uid: vec![(0, 100000, 65536)],
+                    gid: vec![(0, 200000, 65536)],
+                    recursive: false
+                })
+            ])
+        );
+        for (mount, want) in [
+            (r#"{"destination": "/w", "type": "bind", "source": "/tmp", "options": ["idmap"]}"#,
+             "config.json `mounts[1].options`: `idmap` without `uidMappings`/`gidMappings` takes the container's user namespace mappings, and the container has no user namespace of its own"),
+            (r#"{"destination": "/w", "type": "tmpfs", "source": "tmpfs", "options": ["idmap"]}"#,
+             "config.json `mounts[1]`: an idmapped mount must be a bind mount"),
+            (r#"{"destination": "/w", "type": "bind", "source": "/tmp", "uidMappings": [{"containerID": 0, "hostID": 1000, "size": 1}]}"#,
+             "config.json `mounts[1].gidMappings`: an idmapped mount needs both uidMappings and gidMappings"),
+            (r#"{"destination": "/w", "type": "bind", "source": "/tmp", "uidMappings": [], "gidMappings": []}"#,
+             "config.json `mounts[1].uidMappings`: needs 1 to 340 lines"),
+            (r#"{"destination": "/w", "type": "bind", "source": "/tmp", "uidMappings": [{"containerID": 0, "hostID": 4294967295, "size": 2}], "gidMappings": [{"containerID": 0, "hostID": 0, "size": 1}]}"#,
+             "config.json `mounts[1].uidMappings[0].size`: must be at least 1 and keep both ranges below 2^32"),
+            (r#"{"destination": "/w", "type": "bind", "source": "/tmp", "uidMappings": [{"containerID": -1, "hostID": 0, "size": 1}], "gidMappings": [{"containerID": 0, "hostID": 0, "size": 1}]}"#,
+             "config.json `mounts[1].uidMappings[0].containerID`: must be an id (0 to 2^32-1)"),
+        ] {
+            assert_eq!(read(mount, false), Err(want.to_string()), "{mount}");
+        }
+        assert_eq!(
+            read(
+                r#"{"destination": "/w", "type": "bind", "source": "/tmp", "options": ["rbind", "ro"]}"#,
+                false
+            ),
+            Ok(vec![None, None])
+        );
     }
     use super::*;
 

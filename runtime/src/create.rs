@@ -12,11 +12,14 @@ use crate::config::{self, field};
 use crate::error::RuntimeError;
 use crate::hooks::{self, HookSet};
 use crate::init::{child_main, ChildContext};
+use crate::mounts::BindSource;
 use crate::policy::RuntimePolicy;
 use crate::state::{self, Record, Root, Status, START_SOCKET};
 use crate::step::StepError;
 use covenant_policy::annotations::{self, LandlockPolicy};
 use covenant_policy::Degradation;
+use covenant_runners::mount_api;
+use covenant_runners::native::idmap::idmap_userns_lines;
 use covenant_runners::native::landlock as ll;
 use covenant_runners::native::seccomp as sc;
 use covenant_supervisor::store::Kind;
@@ -86,8 +89,9 @@ pub struct Checked {
     pub prepared: config::Prepared,
     pub hooks: HookSet,
     pub grant: Option<covenant_policy::Grant>,
-    /// Each bind mount's source, held open since it was checked (by mount index).
-    pub bind_sources: Vec<Option<OwnedFd>>,
+    /// Each bind mount's source, held open since it was checked, and its idmapped tree
+    /// (by mount index).
+    pub bind_sources: Vec<Option<BindSource>>,
 }
 
 /// Checks everything about `opts` that needs no state; returns the loaded config.
@@ -97,7 +101,7 @@ pub fn check(root: &Root, policy: &RuntimePolicy, opts: &CreateOptions) -> Resul
         bundle: opts.bundle.clone(),
         reason: e.to_string(),
     })?;
-    let spec = config::load(&bundle)?;
+    let (spec, idmaps) = config::load_with_idmaps(&bundle)?;
     let prepared = config::prepare(&bundle, &spec)?;
     let hooks = HookSet::from_spec(&spec);
     hooks.check(&bundle, policy.allow_bundle_hooks)?;
@@ -123,14 +127,56 @@ pub fn check(root: &Root, policy: &RuntimePolicy, opts: &CreateOptions) -> Resul
     } else {
         policy.check(&spec, &real, &[])?
     };
+    let bind_sources = idmapped_sources(pinned, &idmaps, &spec)?;
     Ok(Checked {
         bundle,
         spec,
         prepared,
         hooks,
         grant,
-        bind_sources: pinned.into_iter().map(|p| p.map(|(fd, _)| fd)).collect(),
+        bind_sources,
     })
+}
+
+/// Each bind source with, for an idmapped mount, its tree: the pinned source cloned
+/// (with its submounts for `rbind`) and idmapped through a user namespace made for it
+/// (its submounts too for `ridmap`). The init attaches the tree as it is.
+fn idmapped_sources(
+    pinned: Vec<Option<(OwnedFd, PathBuf)>>,
+    idmaps: &[Option<config::Idmap>],
+    spec: &Spec,
+) -> Result<Vec<Option<BindSource>>> {
+    let mounts: Vec<_> = spec.mounts().iter().flatten().collect();
+    let mut out = Vec::new();
+    for (i, p) in pinned.into_iter().enumerate() {
+        let Some((checked, _)) = p else {
+            out.push(None);
+            continue;
+        };
+        let idmapped = match idmaps.get(i).and_then(Option::as_ref) {
+            None => None,
+            Some(map) => {
+                let rbind = mounts
+                    .get(i)
+                    .and_then(|m| m.options().as_ref())
+                    .is_some_and(|o| o.iter().any(|o| o == "rbind"));
+                let at = format!("mounts[{i}]");
+                let userns = idmap_userns_lines(&map.uid, &map.gid)
+                    .map_err(|e| field(&at, format!("idmap: {e}")))?;
+                let tree = mount_api::clone_fd_tree(&checked, rbind)
+                    .map_err(|e| field(&at, format!("idmap: clone the source: {e}")))?;
+                mount_api::set_attributes(&tree, 0, Some(&userns), map.recursive).map_err(|e| {
+                    field(
+                        &at,
+                        format!("idmap: the source's filesystem refuses an idmapped mount: {e}"),
+                    )
+                })?;
+                Some(tree)
+            }
+        };
+        out.push(Some(BindSource { checked, idmapped }));
+    }
+    Ok(out)
 }
 
 /// Creates the container, and records it (or the refusal) when the node audits.
@@ -220,7 +266,7 @@ fn spawn(
     opts: &CreateOptions,
     landlock: Option<(LandlockPolicy, ll::LandlockPlan)>,
     seccomp: Option<sc::CompiledSeccomp>,
-    bind_sources: Vec<Option<OwnedFd>>,
+    bind_sources: Vec<Option<BindSource>>,
 ) -> Result<Created> {
     cgroup.create()?;
     cgroup.apply(&resources_with_devices(spec))?;

@@ -34,8 +34,9 @@ pub struct ChildContext<'a> {
     pub report: OwnedFd,
     /// The start barrier: a listening socket `start` connects to. `None`: start at once.
     pub barrier: Option<OwnedFd>,
-    /// Each bind mount's source, opened and checked by the parent (by mount index).
-    pub bind_sources: Vec<Option<OwnedFd>>,
+    /// Each bind mount's source, opened and checked by the parent, and its idmapped tree
+    /// (by mount index).
+    pub bind_sources: Vec<Option<crate::mounts::BindSource>>,
     /// Namespaces to join, opened by path in the parent (user first).
     pub join: Vec<(LinuxNamespaceType, OwnedFd)>,
     pub new_cgroupns: bool,

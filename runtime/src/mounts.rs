@@ -10,6 +10,7 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 use oci_spec::runtime::{LinuxDeviceType, Mount, Spec};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
@@ -103,6 +104,13 @@ fn make_target(path: &Path, dir: bool) -> Result<()> {
     .map_err(|e| step_err("create mount point", format!("{}: {e}", path.display())))
 }
 
+/// A bind mount's source as `create` checked it: held open by descriptor, and for an
+/// idmapped mount the detached, idmapped tree to attach in its place.
+pub struct BindSource {
+    pub checked: OwnedFd,
+    pub idmapped: Option<OwnedFd>,
+}
+
 /// Builds the container's filesystem under `rootfs`: every mount and `/dev`. The init is
 /// still outside it afterwards ([`enter_rootfs`] pivots), so the createContainer hooks run
 /// in between, in the container's namespaces with the runtime's paths.
@@ -111,7 +119,7 @@ pub fn build_rootfs(
     bundle: &Path,
     rootfs: &Path,
     userns: bool,
-    bind_sources: &[Option<OwnedFd>],
+    bind_sources: &[Option<BindSource>],
 ) -> Result<()> {
     // Nothing mounted below reaches the host's namespace.
     mount(
@@ -197,7 +205,7 @@ fn mount_one(
     bundle: &Path,
     rootfs: &Path,
     userns: bool,
-    pinned: Option<&OwnedFd>,
+    pinned: Option<&BindSource>,
 ) -> Result<()> {
     let what = format!("mounts[{i}] {}", m.destination().display());
     let options = m.options().clone().unwrap_or_default();
@@ -219,15 +227,27 @@ fn mount_one(
             .map_err(|e| step_err("mount", format!("{what}: source {}: {e}", source.display())))?
             .is_dir();
         make_target(&target, is_dir)?;
-        mount(
-            Some(&source),
-            &target,
-            None::<&str>,
-            MsFlags::MS_BIND | (flags & MsFlags::MS_REC),
-            None::<&str>,
-        )
-        .map_err(|e| step_err("mount", format!("{what}: bind {}: {e}", source.display())))?;
-        if let Some(checked) = pinned {
+        match pinned.and_then(|p| p.idmapped.as_ref()) {
+            Some(tree) => {
+                let c_target = std::ffi::CString::new(target.as_os_str().as_bytes())
+                    .map_err(|_| step_err("mount", format!("{what}: a path with a NUL byte")))?;
+                covenant_runners::mount_api::move_tree(tree, &c_target).map_err(|e| {
+                    step_err(
+                        "mount",
+                        format!("{what}: attach the idmapped {}: {e}", source.display()),
+                    )
+                })?;
+            }
+            None => mount(
+                Some(&source),
+                &target,
+                None::<&str>,
+                MsFlags::MS_BIND | (flags & MsFlags::MS_REC),
+                None::<&str>,
+            )
+            .map_err(|e| step_err("mount", format!("{what}: bind {}: {e}", source.display())))?,
+        }
+        if let Some(BindSource { checked, .. }) = pinned {
             same_object(checked, &target).map_err(|reason| {
                 step_err(
                     "mount",

@@ -771,6 +771,101 @@ fn create_start_kill_delete_and_refusals_are_audited_when_the_node_asks() {
     assert!(store.verify().unwrap().is_ok(), "the chain does not verify");
 }
 
+/// Idmapped bind mounts: `idmap` alone maps a host directory through the container's own
+/// user namespace mappings (host root's files are the container root's), explicit
+/// `uidMappings`/`gidMappings` map just what they name (the rest shows as nobody), and a
+/// file the container's root makes lands on the host as the on-disk id its mapping gives.
+#[test]
+fn idmapped_mounts_show_host_files_through_their_mappings() {
+    if !live() {
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let f = Fixture::new(&[
+        "sh",
+        "-c",
+        "busybox stat -c %u:%g /data/rootfile /data/userfile /fixed/rootfile /fixed/userfile \
+         && busybox touch /data/made",
+    ]);
+    let data = f.dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    // The mount points: the container's root cannot make them in a root-owned image.
+    for d in ["data", "fixed"] {
+        std::fs::create_dir(f.bundle().join("rootfs").join(d)).unwrap();
+    }
+    std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    std::fs::write(data.join("rootfile"), "").unwrap();
+    std::fs::write(data.join("userfile"), "").unwrap();
+    std::os::unix::fs::chown(data.join("userfile"), Some(1000), Some(1000)).unwrap();
+    let map = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    f.edit(|c| {
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"type": "user"}));
+        c["linux"]["uidMappings"] = map.clone();
+        c["linux"]["gidMappings"] = map.clone();
+        let mounts = c["mounts"].as_array_mut().unwrap();
+        mounts.push(
+            json!({"destination": "/data", "type": "bind", "source": data,
+            "options": ["rbind", "idmap"]}),
+        );
+        mounts.push(
+            json!({"destination": "/fixed", "type": "bind", "source": data,
+            "options": ["rbind", "ro"],
+            "uidMappings": [{"containerID": 1000, "hostID": 100007, "size": 1}],
+            "gidMappings": [{"containerID": 1000, "hostID": 100007, "size": 1}]}),
+        );
+    });
+    let out = f.rt(&["run", "--bundle", f.bundle().to_str().unwrap(), "idmap"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .collect::<Vec<_>>(),
+        ["0:0", "1000:1000", "65534:65534", "7:7"],
+        "{}",
+        stderr(&out)
+    );
+    let made = std::fs::metadata(data.join("made")).unwrap();
+    assert_eq!(
+        (made.uid(), made.gid()),
+        (0, 0),
+        "the container root's file, on disk"
+    );
+    f.assert_no_state("idmap");
+}
+
+/// An idmapped mount of a filesystem that cannot be idmapped is refused at create, naming
+/// the mount, and leaves no state.
+#[test]
+fn an_idmapped_mount_the_filesystem_refuses_is_refused_naming_it() {
+    if !live() {
+        return;
+    }
+    let f = Fixture::new(&["true"]);
+    f.edit(|c| {
+        c["mounts"].as_array_mut().unwrap().push(json!({
+            "destination": "/p", "type": "bind", "source": "/proc/self", "options": ["rbind"],
+            "uidMappings": [{"containerID": 0, "hostID": 1000, "size": 1}],
+            "gidMappings": [{"containerID": 0, "hostID": 1000, "size": 1}]}));
+    });
+    let out = f.create("noidmap");
+    assert!(!out.status.success());
+    let n = f.bundle().join("config.json");
+    let mounts = serde_json::from_slice::<Value>(&std::fs::read(n).unwrap()).unwrap()["mounts"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert!(
+        stderr(&out).contains(&format!("mounts[{}]", mounts - 1))
+            && stderr(&out).contains("refuses an idmapped mount"),
+        "{}",
+        stderr(&out)
+    );
+    f.assert_no_state("noidmap");
+}
+
 #[test]
 fn a_time_namespace_gets_the_configured_clock_offsets() {
     if !live() {

@@ -38,6 +38,22 @@ pub fn idmap_userns_range(
     kgid: u32,
     count: u32,
 ) -> Result<OwnedFd, IdmapError> {
+    idmap_userns_lines(&[(on_disk_uid, kuid, count)], &[(on_disk_gid, kgid, count)])
+}
+
+/// A user namespace whose uid and gid maps are the given `(on-disk id, host id, count)`
+/// lines, as an OCI mount's `uidMappings` (`containerID`, `hostID`, `size`) state them.
+pub fn idmap_userns_lines(
+    uid: &[(u32, u32, u32)],
+    gid: &[(u32, u32, u32)],
+) -> Result<OwnedFd, IdmapError> {
+    let map = |lines: &[(u32, u32, u32)]| -> String {
+        lines
+            .iter()
+            .map(|(inside, host, count)| format!("{inside} {host} {count}\n"))
+            .collect()
+    };
+    let (uid_map, gid_map) = (map(uid), map(gid));
     let (rd, wr) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| err("pipe")(e.into()))?;
     // SAFETY: a fork-like clone of a single-threaded caller; the child only blocks on read
@@ -66,10 +82,10 @@ pub fn idmap_userns_range(
     let pid = Pid::from_raw(pid as i32);
     let result = (|| {
         File::create(format!("/proc/{pid}/uid_map"))
-            .and_then(|mut f| f.write_all(format!("{on_disk_uid} {kuid} {count}\n").as_bytes()))
+            .and_then(|mut f| f.write_all(uid_map.as_bytes()))
             .map_err(err("uid_map"))?;
         File::create(format!("/proc/{pid}/gid_map"))
-            .and_then(|mut f| f.write_all(format!("{on_disk_gid} {kgid} {count}\n").as_bytes()))
+            .and_then(|mut f| f.write_all(gid_map.as_bytes()))
             .map_err(err("gid_map"))?;
         File::open(format!("/proc/{pid}/ns/user"))
             .map(OwnedFd::from)

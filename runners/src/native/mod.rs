@@ -11,7 +11,7 @@
 
 pub(crate) mod cgroup;
 pub(crate) mod egress;
-pub(crate) mod idmap;
+pub mod idmap;
 mod init;
 pub mod landlock;
 pub(crate) mod mounts;
