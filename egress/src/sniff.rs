@@ -11,18 +11,10 @@ use tls_parser::{
 /// record (16 KiB and its header) with room to spare.
 pub const MAX_FIRST_BYTES: usize = 16 * 1024 + 5 + 256;
 
-/// HTTP/1 methods (and HTTP/2's preface, which carries no Host and is refused).
+/// HTTP/1 methods (and HTTP/2's preface, which carries no Host and is refused): a request
+/// line that opens with one is a request even without a version (HTTP/0.9).
 const HTTP_METHODS: &[&[u8]] = &[
-    b"GET ",
-    b"HEAD ",
-    b"POST ",
-    b"PUT ",
-    b"DELETE ",
-    b"OPTIONS ",
-    b"PATCH ",
-    b"CONNECT ",
-    b"TRACE ",
-    b"PRI ",
+    b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH", b"CONNECT", b"TRACE", b"PRI",
 ];
 
 /// What the first bytes of a stream are.
@@ -134,49 +126,50 @@ fn server_name(ext: &[u8]) -> Option<String> {
     Some(name.to_string())
 }
 
-/// The longest method token the gateway waits on before it calls a stream another
-/// protocol.
-const MAX_METHOD: usize = 32;
-
 /// A byte of an HTTP token (RFC 9110), the alphabet of methods and header names.
 fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-/// Whitespace a lenient server accepts between the parts of a request line.
+/// Whitespace a lenient server skips before a request line or accepts between its parts.
+/// Python's `http.server` splits the line with `str.split()` after reading it as Latin-1,
+/// which also takes VT, FF, the separators 0x1c-0x1f, NEL and NBSP.
 fn is_line_space(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | 0x0b | 0x0c | b'\r')
+    matches!(
+        b,
+        b' ' | b'\t' | 0x0b | 0x0c | b'\r' | 0x1c..=0x1f | 0x85 | 0xa0
+    )
 }
 
 /// A control byte no text protocol line holds.
 fn is_binary(b: u8) -> bool {
-    (b < 0x20 && !matches!(b, b'\t' | b'\r' | b'\n' | 0x0b | 0x0c)) || b == 0x7f
+    (b < 0x20 && b != b'\n' && !is_line_space(b)) || b == 0x7f
 }
 
 /// Reads an HTTP/1 request head the way a lenient server does: empty lines (and blanks)
 /// before the request line are skipped, any method token is a method, a bare LF ends a line, and a
 /// request target in absolute form (or CONNECT's authority form) names a host of its own,
 /// which a server routes by instead of the Host header.
+///
+/// A stream is another protocol only once no server could read it as a request: it opens
+/// with a byte that is neither a token's nor a blank's, its first token is followed by
+/// such a byte, its first line is complete without an `HTTP/` version (and its method is
+/// not one of the common ones), or, its line not yet complete, it holds a control byte.
+/// A token still arriving is waited for however long it grows (within the caller's bound):
+/// a server takes a method of any length, and a stream called another protocol is
+/// forwarded as it is, with no request of it checked.
 fn sniff_http(buf: &[u8]) -> Sniffed {
-    let Some(start) = buf
-        .iter()
-        .position(|b| !matches!(b, b'\r' | b'\n' | b' ' | b'\t'))
-    else {
+    let Some(start) = buf.iter().position(|b| *b != b'\n' && !is_line_space(*b)) else {
         return Sniffed::NeedMore;
     };
     let rest = &buf[start..];
-    let known = HTTP_METHODS.iter().any(|m| rest.starts_with(m));
-    if !known {
-        let maybe_known = HTTP_METHODS
-            .iter()
-            .any(|m| rest.len() < m.len() && m.starts_with(rest));
-        match rest.iter().position(|b| !is_tchar(*b)) {
-            None if rest.len() <= MAX_METHOD || maybe_known => return Sniffed::NeedMore,
-            None | Some(0) => return Sniffed::Other,
-            Some(n) if n > MAX_METHOD || !is_line_space(rest[n]) => return Sniffed::Other,
-            Some(_) => {}
-        }
-    }
+    let method = match rest.iter().position(|b| !is_tchar(*b)) {
+        None => return Sniffed::NeedMore,
+        Some(0) => return Sniffed::Other,
+        Some(n) if !is_line_space(rest[n]) => return Sniffed::Other,
+        Some(n) => &rest[..n],
+    };
+    let known = HTTP_METHODS.iter().any(|m| m.eq_ignore_ascii_case(method));
     let Some(eol) = rest.iter().position(|b| *b == b'\n') else {
         if !known && rest.iter().any(|b| is_binary(*b)) {
             return Sniffed::Other;
@@ -184,8 +177,7 @@ fn sniff_http(buf: &[u8]) -> Sniffed {
         return Sniffed::NeedMore;
     };
     let line = &rest[..eol];
-    let is_request_line = !line.iter().any(|b| is_binary(*b))
-        && line.windows(5).any(|w| w.eq_ignore_ascii_case(b"HTTP/"));
+    let is_request_line = line.windows(5).any(|w| w.eq_ignore_ascii_case(b"HTTP/"));
     if !known && !is_request_line {
         return Sniffed::Other;
     }
