@@ -434,6 +434,10 @@ mod tests {
             b"PROPFIND / HTTP/1.1\r\nHost: evil.test\r\n\r\n",
             b"get / HTTP/1.1\r\nHost: evil.test\r\n\r\n",
             b"GET\t/ HTTP/1.1\r\nHost: evil.test\r\n\r\n",
+            // a method of any length; the blanks Python's http.server splits a line on
+            b"XXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX / HTTP/1.1\r\nHost: evil.test\r\n\r\n",
+            b"\x0bGET / HTTP/1.1\r\nHost: evil.test\r\n\r\n",
+            b"GET\x1c/\x1cHTTP/1.1\r\nHost: evil.test\r\n\r\n",
             // bare LF ends a line: two Host headers, the first hidden in another header
             b"GET / HTTP/1.1\r\nX: a\nHost: evil.test\r\nHost: api.test\r\n\r\n",
             // a folded Host header

@@ -169,7 +169,8 @@ fn sniff_http(buf: &[u8]) -> Sniffed {
         Some(n) if !is_line_space(rest[n]) => return Sniffed::Other,
         Some(n) => &rest[..n],
     };
-    let known = HTTP_METHODS.iter().any(|m| m.eq_ignore_ascii_case(method));
+    // Case counts: methods are case-sensitive, and memcached's `get key` is not HTTP/0.9.
+    let known = HTTP_METHODS.contains(&method);
     let Some(eol) = rest.iter().position(|b| *b == b'\n') else {
         if !known && rest.iter().any(|b| is_binary(*b)) {
             return Sniffed::Other;
@@ -372,6 +373,11 @@ pub(crate) mod tests {
         assert_eq!(sniff(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n"), Sniffed::Other);
         assert_eq!(sniff(b"*1\r\n$4\r\nPING\r\n"), Sniffed::Other);
         assert_eq!(sniff(b"PING\r\n"), Sniffed::Other);
+        assert_eq!(sniff(b"get some-key\r\n"), Sniffed::Other);
+        // A long token is decided once something follows it (a method may be that long).
+        let long = "SSH-2.0-OpenSSH_9.6p1_hpn18.3.0-with-a-long-version";
+        assert_eq!(sniff(long.as_bytes()), Sniffed::NeedMore);
+        assert_eq!(sniff(format!("{long}\r\n").as_bytes()), Sniffed::Other);
         assert_eq!(
             sniff(b"0032git-upload-pack /project.git\0host=a.test\0"),
             Sniffed::Other
