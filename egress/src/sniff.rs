@@ -213,7 +213,16 @@ fn sniff_http(buf: &[u8]) -> Sniffed {
         let key = String::from_utf8_lossy(&l[..colon]);
         if key.trim().eq_ignore_ascii_case("host") {
             last_was_host = true;
-            hosts.push(String::from_utf8_lossy(&l[colon + 1..]).trim().to_string());
+            // Only the blanks a server strips: `str::trim` would also strip U+3000 and
+            // the like, which a server keeps as part of the name.
+            let value = &l[colon + 1..];
+            let start = value.iter().position(|b| !matches!(b, b' ' | b'\t'));
+            let end = value.iter().rposition(|b| !matches!(b, b' ' | b'\t'));
+            let value = match (start, end) {
+                (Some(s), Some(e)) => &value[s..=e],
+                _ => &[],
+            };
+            hosts.push(String::from_utf8_lossy(value).to_string());
         }
     }
     let host = match hosts.as_slice() {
