@@ -267,7 +267,9 @@ pub fn check_first_bytes(target: &Target, sniffed: &Sniffed) -> Result<(), Refus
     let Some(name) = &target.name else {
         return Ok(());
     };
-    let same = |given: &str| normalize_name(given).is_ok_and(|n| &n == name);
+    // Only as a server reads it: ASCII. IDNA would map fullwidth `ＡＰＩ.test` to the name,
+    // but a server compares the bytes, finds no site, and answers from its default one.
+    let same = |given: &str| given.is_ascii() && normalize_name(given).is_ok_and(|n| &n == name);
     match sniffed {
         Sniffed::NeedMore => Err(Refusal::FirstBytes("incomplete")),
         Sniffed::Tls { hidden: true, .. } => Err(Refusal::HiddenSni),
@@ -282,7 +284,10 @@ pub fn check_first_bytes(target: &Target, sniffed: &Sniffed) -> Result<(), Refus
             // A server routes by an absolute-form target's host before the Host header:
             // both must be the name.
             for given in std::iter::once(host).chain(authority) {
-                if !same(host_without_port(given)) {
+                // Nor with a trailing dot: a front end that matches sites by exact name
+                // (Go's ServeMux, an HAProxy ACL) sends `api.test.` to its default site.
+                let h = host_without_port(given);
+                if h.ends_with('.') || !same(h) {
                     return Err(Refusal::HostMismatch {
                         host: given.clone(),
                     });
@@ -434,10 +439,22 @@ mod tests {
             b"PROPFIND / HTTP/1.1\r\nHost: evil.test\r\n\r\n",
             b"get / HTTP/1.1\r\nHost: evil.test\r\n\r\n",
             b"GET\t/ HTTP/1.1\r\nHost: evil.test\r\n\r\n",
+            // a method of any length; the blanks Python's http.server splits a line on
+            b"XXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX / HTTP/1.1\r\nHost: evil.test\r\n\r\n",
+            b"\x0bGET / HTTP/1.1\r\nHost: evil.test\r\n\r\n",
+            b"GET\x1c/\x1cHTTP/1.1\r\nHost: evil.test\r\n\r\n",
             // bare LF ends a line: two Host headers, the first hidden in another header
             b"GET / HTTP/1.1\r\nX: a\nHost: evil.test\r\nHost: api.test\r\n\r\n",
             // a folded Host header
             b"GET / HTTP/1.1\r\nHost: api.test\r\n evil.test\r\n\r\n",
+            // names only the gateway reads as api.test; a server finds no such site and
+            // answers from its default one
+            "GET / HTTP/1.1\r\nHost: ＡＰＩ.test\r\n\r\n".as_bytes(),
+            "GET / HTTP/1.1\r\nHost: api\u{ff0e}test\r\n\r\n".as_bytes(),
+            "GET / HTTP/1.1\r\nHost: api.test\u{3000}\r\n\r\n".as_bytes(),
+            b"GET / HTTP/1.1\r\nHost: api.test.\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: api.test.:80\r\n\r\n",
+            b"GET http://api.test./ HTTP/1.1\r\nHost: api.test\r\n\r\n",
         ] {
             assert!(
                 check(attack).is_err(),
@@ -494,6 +511,7 @@ mod tests {
         };
         assert!(check_first_bytes(&t, &tls("api.test")).is_ok());
         assert!(check_first_bytes(&t, &tls("API.test.")).is_ok());
+        assert!(check_first_bytes(&t, &tls("ＡＰＩ.test")).is_err());
         assert!(matches!(
             check_first_bytes(&t, &tls("b.cdn.test")),
             Err(Refusal::SniMismatch { .. })

@@ -94,7 +94,23 @@ impl Requests {
                     };
                     n as usize
                 }
+                // `httparse` reads an empty (or blank) line as the last chunk's; a server
+                // refuses it, or skips it and reads the next line as the size.
+                At::ChunkSize if !rest[0].is_ascii_hexdigit() => {
+                    return Err(Refusal::Framing("a chunk-size line without a size"))
+                }
                 At::ChunkSize => match httparse::parse_chunk_size(rest) {
+                    // `httparse` ends the line at its CRLF and takes any byte in a chunk
+                    // extension; a server may end it at a bare LF (Go's did until
+                    // CVE-2025-22871), so its chunk data would begin where the gateway still
+                    // saw the extension.
+                    Ok(httparse::Status::Complete((n, _)))
+                        if rest[..n - 2]
+                            .iter()
+                            .any(|b| b.is_ascii_control() && *b != b'\t') =>
+                    {
+                        return Err(Refusal::Framing("a control byte in a chunk-size line"))
+                    }
                     Ok(httparse::Status::Complete((n, 0))) => {
                         self.at = At::Trailers;
                         n
@@ -188,6 +204,18 @@ impl Requests {
         let mut length: Option<u64> = None;
         let mut chunked = false;
         for h in request.headers.iter() {
+            // A server that reads `_` as `-` (as a CGI-style header table does) would frame
+            // the body by a header the gateway did not take for framing.
+            let dashed = h.name.replace('_', "-");
+            if dashed != h.name
+                && ["content-length", "transfer-encoding"]
+                    .iter()
+                    .any(|f| dashed.eq_ignore_ascii_case(f))
+            {
+                return Err(Refusal::Framing(
+                    "a framing header spelled with an underscore",
+                ));
+            }
             if h.name.eq_ignore_ascii_case("upgrade") {
                 return Err(Refusal::Upgrade("an Upgrade header"));
             }
@@ -211,6 +239,12 @@ impl Requests {
                 return Err(Refusal::Framing(
                     "both Content-Length and Transfer-Encoding",
                 ))
+            }
+            // HTTP/1.0 has no transfer codings: a server may ignore the header (Go's does)
+            // and read the chunks as the next request. RFC 9112 6.1 calls such framing
+            // faulty.
+            (true, None) if request.version == Some(0) => {
+                return Err(Refusal::Framing("Transfer-Encoding on an HTTP/1.0 request"))
             }
             (true, None) => At::ChunkSize,
             (false, Some(n)) if n > 0 => At::Body(n),
@@ -388,6 +422,11 @@ mod tests {
                 "Upgrade header",
             ),
             ("Upgrade: h2c\r\n", "Upgrade header"),
+            (
+                "Transfer_Encoding: chunked\r\n",
+                "spelled with an underscore",
+            ),
+            ("content_length: 5\r\n", "spelled with an underscore"),
         ] {
             let got = refused(head);
             assert!(got.contains(why), "{head:?}: {got}");
@@ -417,6 +456,10 @@ mod tests {
         let head = "POST / HTTP/1.1\r\nHost: api.test\r\nTransfer-Encoding: chunked\r\n\r\n";
         for body in [
             "zz\r\n",
+            "00000000000000005\r\nhello\r\n",
+            "5\nhello\r\n",
+            "5\r\nhello\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+            " 0\r\n\r\n",
             "5\r\nhelloX\r\n",
             "5\r\nhello\n0\r\n\r\n",
             "0\r\nbad trailer\r\n\r\n",
@@ -447,6 +490,108 @@ mod tests {
             feed(chunk.as_bytes(), 1000),
             Err(Refusal::Framing(_))
         ));
+    }
+
+    #[test]
+    fn a_chunk_line_a_server_ends_sooner_than_the_gateway_is_refused() {
+        // Go's chunk-size line ended at a bare LF (CVE-2025-22871): its chunk data is the 64
+        // x's, then "0" ends the body and a request for evil.test follows. `httparse` reads
+        // "a\nxxx..." as an extension and the rest as one 64-byte chunk.
+        let smuggled = "0\r\n\r\nGET / HTTP/1.1\r\nHost: evil.test\r\nContent-Length: 7\r\nX: ";
+        let smuggled = format!("{smuggled}{}\r\n\r\n", "y".repeat(64 - smuggled.len() - 4));
+        assert_eq!(smuggled.len(), 64);
+        let stream = format!(
+            "POST / HTTP/1.1\r\nHost: api.test\r\nTransfer-Encoding: chunked\r\n\r\n\
+             40;a\n{}\r\n{smuggled}\r\n0\r\n\r\n",
+            "x".repeat(64)
+        );
+        assert_eq!(
+            every_step(stream.as_bytes()),
+            Err(Refusal::Framing("a control byte in a chunk-size line"))
+        );
+        let head = "POST / HTTP/1.1\r\nHost: api.test\r\nTransfer-Encoding: chunked\r\n\r\n";
+        for line in ["5;a\0b\r\n", "5;\x0b\r\n", "5;a=\"\x7f\"\r\n"] {
+            let stream = format!("{head}{line}hello\r\n0\r\n\r\n");
+            assert!(
+                matches!(every_step(stream.as_bytes()), Err(Refusal::Framing(_))),
+                "{line:?}"
+            );
+        }
+        // A quoted extension value and blanks before the `;` are fine.
+        let ok = format!("{head}5 ;a=\"b c\"\r\nhello\r\n0\r\n\r\n{GOOD}");
+        assert_eq!(every_step(ok.as_bytes()), Ok(ok.len()));
+    }
+
+    #[test]
+    fn transfer_encoding_on_an_http_1_0_request_is_refused() {
+        // Go ignores Transfer-Encoding on HTTP/1.0 and reads the chunks as the next request.
+        let stream = "POST / HTTP/1.0\r\nHost: api.test\r\nConnection: keep-alive\r\n\
+                      Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+        assert_eq!(
+            every_step(stream.as_bytes()),
+            Err(Refusal::Framing("Transfer-Encoding on an HTTP/1.0 request"))
+        );
+        let ok = "POST / HTTP/1.0\r\nHost: api.test\r\nContent-Length: 5\r\n\r\nhello";
+        assert_eq!(every_step(ok.as_bytes()), Ok(ok.len()));
+    }
+
+    /// The gateway's own check for a connection to `api.test`.
+    fn gateway_check(s: &Sniffed) -> Result<(), Refusal> {
+        let target = crate::decide::Target {
+            upstream: "93.184.216.34:80".parse().unwrap(),
+            name: Some("api.test".into()),
+        };
+        crate::decide::check_first_bytes(&target, s)
+    }
+
+    #[test]
+    fn a_first_request_a_server_takes_is_followed_not_passed_as_another_protocol() {
+        // The gateway follows a connection's requests only when the first bytes sniff as
+        // HTTP; another protocol is forwarded unread. Each of these is a request a server
+        // takes (a long method, Python's `str.split()` blanks), then one for evil.test.
+        let evil = "GET / HTTP/1.1\r\nHost: evil.test\r\n\r\n";
+        for first in [
+            format!("{} / HTTP/1.1\r\nHost: api.test\r\n\r\n", "X".repeat(40)),
+            "\x0bGET / HTTP/1.1\r\nHost: api.test\r\n\r\n".to_string(),
+            "GET\x1c/\x1cHTTP/1.1\r\nHost: api.test\r\n\r\n".to_string(),
+        ] {
+            let stream = format!("{first}{evil}").into_bytes();
+            // At every cut the first bytes are either not yet decided or HTTP.
+            for cut in 1..=stream.len() {
+                let s = sniff(&stream[..cut]);
+                assert!(
+                    matches!(s, Sniffed::NeedMore | Sniffed::Http { .. }),
+                    "{first:?} cut at {cut}: {s:?}"
+                );
+            }
+            assert!(gateway_check(&sniff(&stream)).is_ok(), "{first:?}");
+            // Followed, the request for evil.test (or the odd first line) is refused.
+            assert!(
+                Requests::new().clear(&stream, gateway_check).is_err(),
+                "{first:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_later_request_is_checked_as_the_first_one_is() {
+        for next in [
+            "GET http://evil.test/ HTTP/1.1\r\nHost: api.test\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: api.test\r\nHost: evil.test\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: evil.test\r\n\r\n",
+            "GET / HTTP/1.1\r\n\r\n",
+            " GET / HTTP/1.1\r\nHost: api.test\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: api.test\r\nuPgRaDe: h2c\r\n\r\n",
+            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        ] {
+            let stream = format!("{GOOD}{next}");
+            let mut r = Requests::new();
+            assert!(
+                r.clear(stream.as_bytes(), gateway_check).is_err(),
+                "{next:?}"
+            );
+            assert_eq!(r.checked(), 1, "{next:?}");
+        }
     }
 
     #[test]

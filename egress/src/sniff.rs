@@ -11,18 +11,10 @@ use tls_parser::{
 /// record (16 KiB and its header) with room to spare.
 pub const MAX_FIRST_BYTES: usize = 16 * 1024 + 5 + 256;
 
-/// HTTP/1 methods (and HTTP/2's preface, which carries no Host and is refused).
+/// HTTP/1 methods (and HTTP/2's preface, which carries no Host and is refused): a request
+/// line that opens with one is a request even without a version (HTTP/0.9).
 const HTTP_METHODS: &[&[u8]] = &[
-    b"GET ",
-    b"HEAD ",
-    b"POST ",
-    b"PUT ",
-    b"DELETE ",
-    b"OPTIONS ",
-    b"PATCH ",
-    b"CONNECT ",
-    b"TRACE ",
-    b"PRI ",
+    b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH", b"CONNECT", b"TRACE", b"PRI",
 ];
 
 /// What the first bytes of a stream are.
@@ -134,49 +126,51 @@ fn server_name(ext: &[u8]) -> Option<String> {
     Some(name.to_string())
 }
 
-/// The longest method token the gateway waits on before it calls a stream another
-/// protocol.
-const MAX_METHOD: usize = 32;
-
 /// A byte of an HTTP token (RFC 9110), the alphabet of methods and header names.
 fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-/// Whitespace a lenient server accepts between the parts of a request line.
+/// Whitespace a lenient server skips before a request line or accepts between its parts.
+/// Python's `http.server` splits the line with `str.split()` after reading it as Latin-1,
+/// which also takes VT, FF, the separators 0x1c-0x1f, NEL and NBSP.
 fn is_line_space(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | 0x0b | 0x0c | b'\r')
+    matches!(
+        b,
+        b' ' | b'\t' | 0x0b | 0x0c | b'\r' | 0x1c..=0x1f | 0x85 | 0xa0
+    )
 }
 
 /// A control byte no text protocol line holds.
 fn is_binary(b: u8) -> bool {
-    (b < 0x20 && !matches!(b, b'\t' | b'\r' | b'\n' | 0x0b | 0x0c)) || b == 0x7f
+    (b < 0x20 && b != b'\n' && !is_line_space(b)) || b == 0x7f
 }
 
 /// Reads an HTTP/1 request head the way a lenient server does: empty lines (and blanks)
 /// before the request line are skipped, any method token is a method, a bare LF ends a line, and a
 /// request target in absolute form (or CONNECT's authority form) names a host of its own,
 /// which a server routes by instead of the Host header.
+///
+/// A stream is another protocol only once no server could read it as a request: it opens
+/// with a byte that is neither a token's nor a blank's, its first token is followed by
+/// such a byte, its first line is complete without an `HTTP/` version (and its method is
+/// not one of the common ones), or, its line not yet complete, it holds a control byte.
+/// A token still arriving is waited for however long it grows (within the caller's bound):
+/// a server takes a method of any length, and a stream called another protocol is
+/// forwarded as it is, with no request of it checked.
 fn sniff_http(buf: &[u8]) -> Sniffed {
-    let Some(start) = buf
-        .iter()
-        .position(|b| !matches!(b, b'\r' | b'\n' | b' ' | b'\t'))
-    else {
+    let Some(start) = buf.iter().position(|b| *b != b'\n' && !is_line_space(*b)) else {
         return Sniffed::NeedMore;
     };
     let rest = &buf[start..];
-    let known = HTTP_METHODS.iter().any(|m| rest.starts_with(m));
-    if !known {
-        let maybe_known = HTTP_METHODS
-            .iter()
-            .any(|m| rest.len() < m.len() && m.starts_with(rest));
-        match rest.iter().position(|b| !is_tchar(*b)) {
-            None if rest.len() <= MAX_METHOD || maybe_known => return Sniffed::NeedMore,
-            None | Some(0) => return Sniffed::Other,
-            Some(n) if n > MAX_METHOD || !is_line_space(rest[n]) => return Sniffed::Other,
-            Some(_) => {}
-        }
-    }
+    let method = match rest.iter().position(|b| !is_tchar(*b)) {
+        None => return Sniffed::NeedMore,
+        Some(0) => return Sniffed::Other,
+        Some(n) if !is_line_space(rest[n]) => return Sniffed::Other,
+        Some(n) => &rest[..n],
+    };
+    // Case counts: methods are case-sensitive, and memcached's `get key` is not HTTP/0.9.
+    let known = HTTP_METHODS.contains(&method);
     let Some(eol) = rest.iter().position(|b| *b == b'\n') else {
         if !known && rest.iter().any(|b| is_binary(*b)) {
             return Sniffed::Other;
@@ -184,8 +178,7 @@ fn sniff_http(buf: &[u8]) -> Sniffed {
         return Sniffed::NeedMore;
     };
     let line = &rest[..eol];
-    let is_request_line = !line.iter().any(|b| is_binary(*b))
-        && line.windows(5).any(|w| w.eq_ignore_ascii_case(b"HTTP/"));
+    let is_request_line = line.windows(5).any(|w| w.eq_ignore_ascii_case(b"HTTP/"));
     if !known && !is_request_line {
         return Sniffed::Other;
     }
@@ -220,7 +213,16 @@ fn sniff_http(buf: &[u8]) -> Sniffed {
         let key = String::from_utf8_lossy(&l[..colon]);
         if key.trim().eq_ignore_ascii_case("host") {
             last_was_host = true;
-            hosts.push(String::from_utf8_lossy(&l[colon + 1..]).trim().to_string());
+            // Only the blanks a server strips: `str::trim` would also strip U+3000 and
+            // the like, which a server keeps as part of the name.
+            let value = &l[colon + 1..];
+            let start = value.iter().position(|b| !matches!(b, b' ' | b'\t'));
+            let end = value.iter().rposition(|b| !matches!(b, b' ' | b'\t'));
+            let value = match (start, end) {
+                (Some(s), Some(e)) => &value[s..=e],
+                _ => &[],
+            };
+            hosts.push(String::from_utf8_lossy(value).to_string());
         }
     }
     let host = match hosts.as_slice() {
@@ -380,6 +382,11 @@ pub(crate) mod tests {
         assert_eq!(sniff(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n"), Sniffed::Other);
         assert_eq!(sniff(b"*1\r\n$4\r\nPING\r\n"), Sniffed::Other);
         assert_eq!(sniff(b"PING\r\n"), Sniffed::Other);
+        assert_eq!(sniff(b"get some-key\r\n"), Sniffed::Other);
+        // A long token is decided once something follows it (a method may be that long).
+        let long = "SSH-2.0-OpenSSH_9.6p1_hpn18.3.0-with-a-long-version";
+        assert_eq!(sniff(long.as_bytes()), Sniffed::NeedMore);
+        assert_eq!(sniff(format!("{long}\r\n").as_bytes()), Sniffed::Other);
         assert_eq!(
             sniff(b"0032git-upload-pack /project.git\0host=a.test\0"),
             Sniffed::Other
