@@ -418,6 +418,11 @@ fn spawn(
         // SAFETY: geteuid has no failure mode.
         owner: unsafe { libc::geteuid() },
         seccomp: spec.linux().as_ref().and_then(|l| l.seccomp().clone()),
+        personality: spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.personality().as_ref())
+            .map(|p| p.domain()),
     };
     root.save(&record).map_err(|e| abort(e.into()))?;
     if let Some(p) = &opts.pid_file {

@@ -170,6 +170,7 @@ pub fn exec(root: &Root, opts: &ExecOptions) -> Result<i32> {
                 opts.preserve_fds,
                 seccomp.as_ref(),
                 landlock.as_ref(),
+                record.personality,
             );
             let bytes = e.encode();
             // SAFETY: writes a live buffer to an owned pipe.
@@ -229,6 +230,7 @@ fn exec_child(
     preserve_fds: u32,
     seccomp: Option<&sc::CompiledSeccomp>,
     landlock: Option<&(LandlockPolicy, ll::LandlockPlan)>,
+    personality: Option<oci_spec::runtime::LinuxPersonalityDomain>,
 ) -> StepError {
     let run = || -> std::result::Result<init::Never, StepError> {
         let mut b = [0u8; 1];
@@ -258,7 +260,7 @@ fn exec_child(
                 preserve_fds,
                 seccomp,
                 landlock,
-                personality: None,
+                personality,
             },
             &program,
         ))

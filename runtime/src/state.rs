@@ -120,6 +120,9 @@ pub struct Record {
     pub owner: u32,
     /// The config's filter, which every `exec`'d process is held to as well.
     pub seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
+    /// The config's personality domain, which every `exec`'d process takes as well.
+    #[serde(default)]
+    pub personality: Option<oci_spec::runtime::LinuxPersonalityDomain>,
 }
 
 /// The `--root` directory.

@@ -866,6 +866,36 @@ fn an_idmapped_mount_the_filesystem_refuses_is_refused_naming_it() {
     f.assert_no_state("noidmap");
 }
 
+/// `linux.personality` LINUX32: the container's process and every process `exec` starts
+/// in it see a 32-bit machine.
+#[test]
+fn a_32_bit_personality_holds_for_the_process_and_for_exec() {
+    if !live() {
+        return;
+    }
+    let f = Fixture::new(&["sh", "-c", "busybox uname -m > /tmp/machine; exec sleep 30"]);
+    f.edit(|c| {
+        c["root"]["readonly"] = json!(false);
+        c["linux"]["personality"] = json!({"domain": "LINUX32"});
+    });
+    assert!(f.create("p32").status.success());
+    let out = f.rt(&["start", "p32"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let machine = f.bundle().join("rootfs/tmp/machine");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::fs::read_to_string(&machine).map_or(true, |m| m.is_empty()) {
+        assert!(
+            Instant::now() < deadline,
+            "the process never wrote its machine"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(std::fs::read_to_string(&machine).unwrap().trim(), "i686");
+    let out = f.rt(&["exec", "p32", "busybox", "uname", "-m"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "i686", "exec");
+}
+
 #[test]
 fn a_time_namespace_gets_the_configured_clock_offsets() {
     if !live() {
