@@ -4,6 +4,7 @@
 //! and `ps`, and removed (the leaf only) at `delete`. A limit the host cannot apply is an
 //! error that names the resource; nothing is skipped silently.
 
+use crate::device_filter::{self, DevType, Rule};
 use oci_spec::runtime::LinuxResources;
 use std::path::{Path, PathBuf};
 
@@ -277,19 +278,24 @@ impl Cgroup {
         })
     }
 
-    /// Writes every limit in `resources`.
+    /// Writes every limit in `resources`, and the device rules.
     pub fn apply(&self, r: &LinuxResources) -> Result<()> {
         self.apply_limits(r)?;
-        if self.is_v2() {
-            return Ok(());
-        }
         self.apply_devices(r)
     }
 
-    /// `update`: the limits given, and the device rules only if it lists some.
+    /// `update`: the limits given, and the device rules only if it lists some (on v1;
+    /// on v2 a second device program would only narrow the first, so new device rules
+    /// are refused there).
     pub fn update(&self, r: &LinuxResources) -> Result<()> {
+        if r.devices().is_some() && self.is_v2() {
+            return Err(CgroupError::Unsupported {
+                field: "devices",
+                reason: "device rules on cgroup v2 are set at create; update does not replace the device program".into(),
+            });
+        }
         self.apply_limits(r)?;
-        if r.devices().is_some() && !self.is_v2() {
+        if r.devices().is_some() {
             self.apply_devices(r)?;
         }
         Ok(())
@@ -475,56 +481,50 @@ impl Cgroup {
     }
 
     /// The device rules: everything denied, then the config's rules in order, then the
-    /// devices every container gets.
+    /// devices every container gets. On v1 they are written to `devices.deny`/`allow`; on
+    /// v2 they become a device program attached to the cgroup ([`device_filter`]).
     fn apply_devices(&self, r: &LinuxResources) -> Result<()> {
+        let rules = device_rules(r)?;
+        if self.is_v2() {
+            let dir = self
+                .dir_of("devices")
+                .expect("a v2 cgroup has its one directory");
+            return device_filter::attach(dir, &rules).map_err(|e| CgroupError::Unsupported {
+                field: "devices",
+                reason: e.to_string(),
+            });
+        }
         if self.dir_of("devices").is_none() {
             return Ok(());
         }
         self.write("devices", "devices", "devices.deny", "a")?;
-        let mut rules: Vec<(bool, String)> = r
-            .devices()
-            .iter()
-            .flatten()
-            // A fifo is no device to the cgroup; `u` (unbuffered) is a character device.
-            .filter(|d| d.typ().map(|t| t.as_str().to_string()).as_deref() != Some("p"))
-            .map(|d| {
-                let typ = match d.typ().map(|t| t.as_str().to_string()).as_deref() {
-                    None => "a".to_string(),
-                    Some("u") => "c".to_string(),
-                    Some(t) => t.to_string(),
-                };
-                let n = |v: Option<i64>| v.map(|v| v.to_string()).unwrap_or_else(|| "*".into());
-                let access = d.access().clone().unwrap_or_else(|| "rwm".into());
-                (
-                    d.allow(),
-                    format!("{typ} {}:{} {access}", n(d.major()), n(d.minor())),
-                )
-            })
-            .collect();
-        for (maj, min) in [
-            (1, 3),
-            (1, 5),
-            (1, 7),
-            (1, 8),
-            (1, 9),
-            (5, 0),
-            (5, 2),
-            (136, -1),
-        ] {
-            let min = if min < 0 {
-                "*".to_string()
-            } else {
-                min.to_string()
+        for rule in &rules[1..] {
+            let typ = match rule.typ {
+                None => 'a',
+                Some(DevType::Block) => 'b',
+                Some(DevType::Char) => 'c',
             };
-            rules.push((true, format!("c {maj}:{min} rwm")));
-        }
-        for (allow, rule) in rules {
-            let file = if allow {
+            let n = |v: Option<u32>| v.map(|v| v.to_string()).unwrap_or_else(|| "*".into());
+            let access: String = [
+                (device_filter::READ, 'r'),
+                (device_filter::WRITE, 'w'),
+                (device_filter::MKNOD, 'm'),
+            ]
+            .iter()
+            .filter(|(bit, _)| rule.access & bit != 0)
+            .map(|(_, c)| *c)
+            .collect();
+            let file = if rule.allow {
                 "devices.allow"
             } else {
                 "devices.deny"
             };
-            self.write("devices", "devices", file, &rule)?;
+            self.write(
+                "devices",
+                "devices",
+                file,
+                &format!("{typ} {}:{} {access}", n(rule.major), n(rule.minor)),
+            )?;
         }
         Ok(())
     }
@@ -583,13 +583,6 @@ impl Cgroup {
                 "max".into()
             };
             self.write("pids.limit", "pids", "pids.max", &v)?;
-        }
-        let devices_beyond_default = r.devices().iter().flatten().any(|d| d.allow());
-        if devices_beyond_default {
-            return Err(CgroupError::Unsupported {
-                field: "devices",
-                reason: "allowing devices on cgroup v2 needs a BPF device program, which this runtime does not load".into(),
-            });
         }
         Ok(())
     }
@@ -710,6 +703,76 @@ impl Cgroup {
             "pids": { "current": read("pids", "pids.current").unwrap_or(0), "limit": read("pids", "pids.max").unwrap_or(0) },
         })
     }
+}
+
+/// The container's device rules in order: deny everything, the config's rules (a fifo is no
+/// device to the cgroup; `u`, unbuffered, is a character device), then the devices every
+/// container gets (null, zero, full, random, urandom, tty, ptmx, the ptys).
+fn device_rules(r: &LinuxResources) -> Result<Vec<Rule>> {
+    let mut rules = vec![Rule {
+        allow: false,
+        typ: None,
+        major: None,
+        minor: None,
+        access: device_filter::access_bits("rwm").expect("rwm"),
+    }];
+    for (i, d) in r.devices().iter().flatten().enumerate() {
+        let typ = match d.typ().map(|t| t.as_str().to_string()).as_deref() {
+            Some("p") => continue,
+            None | Some("a") => None,
+            Some("c") | Some("u") => Some(DevType::Char),
+            Some("b") => Some(DevType::Block),
+            Some(other) => {
+                return Err(CgroupError::Unsupported {
+                    field: "devices",
+                    reason: format!("[{i}].type `{other}` is not a device type"),
+                })
+            }
+        };
+        let number = |v: Option<i64>, what: &str| -> Result<Option<u32>> {
+            match v {
+                None | Some(-1) => Ok(None),
+                Some(n) => u32::try_from(n)
+                    .map(Some)
+                    .map_err(|_| CgroupError::Unsupported {
+                        field: "devices",
+                        reason: format!("[{i}].{what} {n} is not a device number"),
+                    }),
+            }
+        };
+        let access = d.access().clone().unwrap_or_default();
+        rules.push(Rule {
+            allow: d.allow(),
+            typ,
+            major: number(d.major(), "major")?,
+            minor: number(d.minor(), "minor")?,
+            access: device_filter::access_bits(&access).ok_or_else(|| {
+                CgroupError::Unsupported {
+                    field: "devices",
+                    reason: format!("[{i}].access `{access}` is not a subset of `rwm`"),
+                }
+            })?,
+        });
+    }
+    for (major, minor) in [
+        (1, Some(3)),
+        (1, Some(5)),
+        (1, Some(7)),
+        (1, Some(8)),
+        (1, Some(9)),
+        (5, Some(0)),
+        (5, Some(2)),
+        (136, None),
+    ] {
+        rules.push(Rule {
+            allow: true,
+            typ: Some(DevType::Char),
+            major: Some(major),
+            minor,
+            access: device_filter::access_bits("rwm").expect("rwm"),
+        });
+    }
+    Ok(rules)
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ pub mod audit;
 pub mod cgroups;
 pub mod config;
 pub mod create;
+pub mod device_filter;
 pub mod error;
 pub mod exec;
 pub mod hooks;

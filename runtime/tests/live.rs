@@ -896,6 +896,65 @@ fn a_32_bit_personality_holds_for_the_process_and_for_exec() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "i686", "exec");
 }
 
+/// The cgroup v2 device program, enforced by this kernel: a shell moved into a v2 cgroup
+/// with the program attached opens what the rules allow (null; zero for reading) and
+/// nothing else (zero for writing, full). Runs on the unified hierarchy of a hybrid host
+/// too, which is enough for device programs: they need no controller.
+#[test]
+fn the_v2_device_program_is_enforced_by_the_kernel() {
+    use covenant_runtime::device_filter::{access_bits, attach, DevType, Rule};
+    if !live() {
+        return;
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let Some(v2) = mountinfo.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        (right.split(' ').next() == Some("cgroup2"))
+            .then(|| left.split(' ').nth(4).unwrap().to_string())
+    }) else {
+        covenant_test_support::live::cannot_run("no cgroup2 hierarchy is mounted");
+        return;
+    };
+    let dir = Path::new(&v2).join(format!("covenant-devtest-{}", std::process::id()));
+    std::fs::create_dir(&dir).unwrap();
+    let rule = |allow, typ, major, minor, access| Rule {
+        allow,
+        typ,
+        major,
+        minor,
+        access: access_bits(access).unwrap(),
+    };
+    let attached = attach(
+        &dir,
+        &[
+            rule(false, None, None, None, "rwm"),
+            rule(true, Some(DevType::Char), Some(1), Some(3), "rwm"),
+            rule(true, Some(DevType::Char), Some(1), Some(5), "rwm"),
+            rule(false, Some(DevType::Char), Some(1), Some(5), "w"),
+        ],
+    );
+    let script = format!(
+        "echo $$ > {procs}; \
+         (exec 3</dev/null) 2>/dev/null && echo null; \
+         (exec 3</dev/zero) 2>/dev/null && echo zero-read; \
+         (exec 3<>/dev/zero) 2>/dev/null && echo zero-write; \
+         (exec 3</dev/full) 2>/dev/null && echo full; true",
+        procs = dir.join("cgroup.procs").display()
+    );
+    let out = Command::new("/bin/sh").args(["-c", &script]).output();
+    let _ = std::fs::remove_dir(&dir);
+    attached.unwrap();
+    let out = out.unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .collect::<Vec<_>>(),
+        ["null", "zero-read"],
+        "{}",
+        stderr(&out)
+    );
+}
+
 #[test]
 fn a_time_namespace_gets_the_configured_clock_offsets() {
     if !live() {
