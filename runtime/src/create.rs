@@ -41,6 +41,9 @@ pub struct CreateOptions {
     pub pid_file: Option<PathBuf>,
     pub console_socket: Option<PathBuf>,
     pub preserve_fds: u32,
+    /// The init joins a new session keyring of its own (not `--no-new-keyring`), so the
+    /// container cannot reach the keys of the session that ran the runtime.
+    pub new_keyring: bool,
 }
 
 /// A created container: its record and its init.
@@ -370,6 +373,7 @@ fn spawn(
             userns: new_userns,
             console,
             preserve_fds: opts.preserve_fds,
+            new_keyring: opts.new_keyring,
             seccomp,
             landlock,
         });

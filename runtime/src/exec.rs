@@ -249,6 +249,7 @@ fn exec_child(
                 .map_err(|e| step_err("enter user namespace", e.to_string()))?;
         }
         nix::unistd::setsid().map_err(|e| step_err("new session", e.to_string()))?;
+        init::join_new_session_keyring()?;
         if let Some(c) = console {
             init::setup_console(c)?;
         }

@@ -45,6 +45,7 @@ pub struct ChildContext<'a> {
     pub userns: bool,
     pub console: Option<OwnedFd>,
     pub preserve_fds: u32,
+    pub new_keyring: bool,
     pub seccomp: Option<CompiledSeccomp>,
     pub landlock: Option<(LandlockPolicy, LandlockPlan)>,
 }
@@ -80,6 +81,9 @@ fn init_container(mut ctx: ChildContext<'_>) -> Result<Never> {
             .map_err(|e| step_err("enter cgroup namespace", e.to_string()))?;
     }
     nix::unistd::setsid().map_err(|e| step_err("new session", e.to_string()))?;
+    if ctx.new_keyring {
+        join_new_session_keyring()?;
+    }
     if ctx.has_mountns {
         crate::mounts::build_rootfs(
             ctx.spec,
@@ -345,6 +349,28 @@ pub fn find_program(p: &Prepared, cwd: &Path) -> Result<CString> {
             p.path_var
         ),
     ))
+}
+
+/// Joins a new, anonymous session keyring: the keys of the session that ran the runtime
+/// stay out of the container's reach.
+pub(crate) fn join_new_session_keyring() -> Result<()> {
+    const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+    // SAFETY: keyctl with a null name makes and joins an anonymous keyring; no memory is
+    // passed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_keyctl,
+            KEYCTL_JOIN_SESSION_KEYRING,
+            std::ptr::null::<libc::c_char>(),
+        )
+    };
+    if rc < 0 {
+        return Err(step_err(
+            "new session keyring",
+            std::io::Error::last_os_error().to_string(),
+        ));
+    }
+    Ok(())
 }
 
 /// Tells the parent the filesystem is built (`M`) and reads back the container's state

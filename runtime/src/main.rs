@@ -1,6 +1,6 @@
 //! The `covenant-runtime` command line: runc's commands and global flags.
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use covenant_runtime::audit;
 use covenant_runtime::create::{self, CreateOptions};
 use covenant_runtime::exec::{self, ExecOptions};
@@ -42,24 +42,43 @@ struct Cli {
     command: Command,
 }
 
+/// What `create` and `run` both take.
+#[derive(Args)]
+struct CreateArgs {
+    #[arg(short, long, default_value = ".")]
+    bundle: PathBuf,
+    #[arg(long)]
+    pid_file: Option<PathBuf>,
+    #[arg(long)]
+    console_socket: Option<PathBuf>,
+    #[arg(long, default_value_t = 0)]
+    preserve_fds: u32,
+    #[arg(long)]
+    no_pivot: bool,
+    /// Keep the caller's session keyring instead of a new one for the container.
+    #[arg(long)]
+    no_new_keyring: bool,
+    id: String,
+}
+
+impl CreateArgs {
+    fn options(self) -> Result<CreateOptions, RuntimeError> {
+        refuse_no_pivot(self.no_pivot)?;
+        Ok(CreateOptions {
+            id: self.id,
+            bundle: self.bundle,
+            pid_file: self.pid_file,
+            console_socket: self.console_socket,
+            preserve_fds: self.preserve_fds,
+            new_keyring: !self.no_new_keyring,
+        })
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Create a container: set it up and leave its process waiting for `start`.
-    Create {
-        #[arg(short, long, default_value = ".")]
-        bundle: PathBuf,
-        #[arg(long)]
-        pid_file: Option<PathBuf>,
-        #[arg(long)]
-        console_socket: Option<PathBuf>,
-        #[arg(long, default_value_t = 0)]
-        preserve_fds: u32,
-        #[arg(long)]
-        no_pivot: bool,
-        #[arg(long)]
-        no_new_keyring: bool,
-        id: String,
-    },
+    Create(#[command(flatten)] CreateArgs),
     /// Start a created container's process.
     Start { id: String },
     /// Print a container's state (runtime-spec JSON).
@@ -80,21 +99,10 @@ enum Command {
     },
     /// Create and start a container, wait for it (unless --detach) and delete it.
     Run {
-        #[arg(short, long, default_value = ".")]
-        bundle: PathBuf,
-        #[arg(long)]
-        pid_file: Option<PathBuf>,
-        #[arg(long)]
-        console_socket: Option<PathBuf>,
+        #[command(flatten)]
+        create: CreateArgs,
         #[arg(short, long)]
         detach: bool,
-        #[arg(long, default_value_t = 0)]
-        preserve_fds: u32,
-        #[arg(long)]
-        no_pivot: bool,
-        #[arg(long)]
-        no_new_keyring: bool,
-        id: String,
     },
     /// Run a new process in a container.
     Exec {
@@ -238,24 +246,9 @@ fn run(cli: Cli, log: &Log) -> Result<i32, RuntimeError> {
     }
     let root = Root::new(cli.root.clone());
     match cli.command {
-        Command::Create {
-            bundle,
-            pid_file,
-            console_socket,
-            preserve_fds,
-            no_pivot,
-            no_new_keyring: _,
-            id,
-        } => {
-            refuse_no_pivot(no_pivot)?;
+        Command::Create(args) => {
+            let opts = args.options()?;
             let policy = RuntimePolicy::load()?;
-            let opts = CreateOptions {
-                id,
-                bundle,
-                pid_file,
-                console_socket,
-                preserve_fds,
-            };
             let created = create::create(&root, &policy, &opts)?;
             log.debug(&format!("created {} (init pid {})", opts.id, created.pid));
             Ok(0)
@@ -299,25 +292,10 @@ fn run(cli: Cli, log: &Log) -> Result<i32, RuntimeError> {
             lifecycle::delete(&root, &id, force)?;
             Ok(0)
         }
-        Command::Run {
-            bundle,
-            pid_file,
-            console_socket,
-            detach,
-            preserve_fds,
-            no_pivot,
-            no_new_keyring: _,
-            id,
-        } => {
-            refuse_no_pivot(no_pivot)?;
+        Command::Run { create, detach } => {
+            let opts = create.options()?;
+            let id = opts.id.clone();
             let policy = RuntimePolicy::load()?;
-            let opts = CreateOptions {
-                id: id.clone(),
-                bundle,
-                pid_file,
-                console_socket,
-                preserve_fds,
-            };
             let forwarded = forwarded_signals();
             if !detach {
                 let _ = forwarded.thread_block();

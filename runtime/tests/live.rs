@@ -955,6 +955,52 @@ fn the_v2_device_program_is_enforced_by_the_kernel() {
     );
 }
 
+/// The container does not possess the keys of the session that ran the runtime: its init
+/// (and an exec'd process) joins a new session keyring, unless `--no-new-keyring`. The
+/// container runs as uid 1000, so only possession could show it the caller's keyring.
+#[test]
+fn the_callers_session_keyring_stays_out_of_the_container() {
+    if !live() {
+        return;
+    }
+    let name = std::ffi::CString::new(format!("covenant-test-{}", std::process::id())).unwrap();
+    // SAFETY: keyctl joins (making) a named session keyring for this thread, which the
+    // runtime it spawns inherits; the name is a valid C string.
+    let rc = unsafe { libc::syscall(libc::SYS_keyctl, 1 as libc::c_long, name.as_ptr()) };
+    assert!(
+        rc > 0,
+        "join a session keyring: {}",
+        std::io::Error::last_os_error()
+    );
+    let name = name.to_str().unwrap();
+    let sees_it = |extra: &[&str]| {
+        let f = Fixture::new(&["cat", "/proc/keys"]);
+        f.edit(|c| {
+            c["process"]["user"] = json!({"uid": 1000, "gid": 1000});
+            // The default config masks /proc/keys; this test reads it.
+            c["linux"]["maskedPaths"]
+                .as_array_mut()
+                .unwrap()
+                .retain(|p| p != "/proc/keys");
+        });
+        let bundle = f.bundle();
+        let mut args = vec!["run"];
+        args.extend_from_slice(extra);
+        args.extend(["--bundle", bundle.to_str().unwrap(), "keys"]);
+        let out = f.rt(&args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout).contains(name)
+    };
+    assert!(
+        !sees_it(&[]),
+        "the container possesses the caller's keyring"
+    );
+    assert!(
+        sees_it(&["--no-new-keyring"]),
+        "the check cannot see the keyring at all"
+    );
+}
+
 #[test]
 fn a_time_namespace_gets_the_configured_clock_offsets() {
     if !live() {
