@@ -5,7 +5,7 @@ use crate::scene::{live, runtime, stderr, stdout};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Builds covenant-ctl and covenantd statically (for the guest kernel's bare initramfs)
+/// Builds covenant-ctl, covenantd and covenant-runtime statically (for the guest kernel's bare initramfs)
 /// in their own target directory; returns covenant-ctl's path (covenantd is beside it).
 fn static_ctl() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -24,6 +24,8 @@ fn static_ctl() -> PathBuf {
             "covenant-ctl",
             "-p",
             "covenant-supervisor",
+            "-p",
+            "covenant-runtime",
             "--bins",
             "--target",
             "x86_64-unknown-linux-gnu",
@@ -45,7 +47,7 @@ fn a_pure_cgroup_v2_kernel_enforces_limits_and_landlock_fails_closed() {
     if !live() {
         return;
     }
-    for tool in ["qemu-system-x86_64", "busybox", "dpkg-deb", "apt-get"] {
+    for tool in ["qemu-system-x86_64", "busybox", "dpkg-deb", "apt-get", "jq"] {
         if runtime(tool).is_none() {
             return;
         }
@@ -110,4 +112,22 @@ fn a_pure_cgroup_v2_kernel_enforces_limits_and_landlock_fails_closed() {
     assert_eq!(line("daemon-stop"), "exit=0");
     assert_eq!(line("cgroups-left"), "0", "v2 cgroups left behind");
     assert_eq!(line("audit"), "clean");
+    // covenant-runtime on v2: the device program lets /dev/null open and not a bound
+    // /dev/kmsg; memory.max and pids.max hold; nothing is left.
+    assert_eq!(
+        line("runtime-devices"),
+        "exit=0 out=null ",
+        "v2 device rules under covenant-runtime"
+    );
+    assert_eq!(
+        line("runtime-memory"),
+        "exit=137",
+        "covenant-runtime, v2 memory.max"
+    );
+    let pids = line("runtime-pids");
+    assert!(
+        !pids.ends_with("forkfail=0"),
+        "covenant-runtime, v2 pids.max: {pids}"
+    );
+    assert_eq!(line("runtime-left"), "state=0 cgroups=0");
 }

@@ -7,7 +7,7 @@
 #
 #   tests/vm/run.sh STATIC-COVENANT-CTL
 #
-# Needs: qemu-system-x86, busybox-static, apt-get download access to Debian's kernel.
+# Needs: qemu-system-x86, busybox-static, jq, apt-get download access to Debian's kernel.
 set -eu
 CTL=$(realpath "$1")
 WORK=$(mktemp -d /tmp/covenant-vm.XXXXXX)
@@ -30,6 +30,25 @@ done
 cp "$CTL" root/bin/covenant-ctl
 cp "$(dirname "$CTL")/covenantd" root/bin/covenantd
 echo 'root:x:0:0:root:/root:/bin/sh' > root/etc/passwd
+# covenant-runtime, when built beside covenant-ctl: one busybox root and three bundles
+# (device rules, a memory limit, a pids limit), written here with the runtime's own
+# default config edited by jq.
+RT="$(dirname "$CTL")/covenant-runtime"
+if [ -x "$RT" ]; then
+    cp "$RT" root/bin/covenant-runtime
+    mkdir -p root/rootfs/bin root/rootfs/proc root/rootfs/sys root/rootfs/dev root/rootfs/tmp
+    cp /bin/busybox root/rootfs/bin/busybox
+    for applet in sh head tail sleep true echo; do ln -s busybox "root/rootfs/bin/$applet"; done
+    mkdir spec
+    "$RT" spec --bundle spec
+    bundle() { # NAME JQ-FILTER
+        mkdir -p "root/$1"
+        jq ".root.path = \"/rootfs\" | .process.terminal = false | $2" spec/config.json > "root/$1/config.json"
+    }
+    bundle b-devices '.process.args = ["sh", "-c", "(exec 3</dev/null) && echo null; (exec 3</dev/kmsg) 2>/dev/null && echo kmsg; true"] | .mounts += [{"destination": "/dev/kmsg", "type": "bind", "source": "/dev/kmsg", "options": ["bind"]}]'
+    bundle b-memory '.process.args = ["sh", "-c", "head -c 300000000 /dev/zero | tail"] | .linux.resources.memory = {"limit": 33554432}'
+    bundle b-pids '.process.args = ["sh", "-c", "for i in 1 2 3 4 5 6 7 8 9 10 11 12; do sleep 1 & done; wait"] | .linux.resources.pids = {"limit": 8}'
+fi
 cat > root/init <<'EOF'
 #!/bin/sh
 export PATH=/bin:/usr/bin:/sbin
@@ -37,6 +56,9 @@ if [ ! -e /.stage2 ]; then
     # pivot_root cannot leave the initial ramfs: move everything to a tmpfs first.
     mount -t tmpfs -o size=400m stage /newroot
     cp -a /bin /usr /sbin /etc /init /newroot/
+    for d in /rootfs /b-devices /b-memory /b-pids; do
+        if [ -e "$d" ]; then cp -a "$d" /newroot/; fi
+    done
     mkdir -p /newroot/proc /newroot/sys /newroot/dev /newroot/tmp /newroot/newroot
     touch /newroot/.stage2
     exec switch_root /newroot /init
@@ -84,6 +106,15 @@ wait $DPID
 echo "VMTEST daemon-stop exit=$?"
 echo "VMTEST cgroups-left $(ls -d /sys/fs/cgroup/covenant/*/ 2>/dev/null | wc -l)"
 echo "VMTEST audit $(covenant-ctl audit verify | head -c 5)"
+if [ -x /bin/covenant-runtime ]; then
+    covenant-runtime --root /tmp/rt run --bundle /b-devices d1 > /tmp/o 2>&1
+    echo "VMTEST runtime-devices exit=$? out=$(tr '\n' ' ' < /tmp/o)"
+    covenant-runtime --root /tmp/rt run --bundle /b-memory m1 > /tmp/o 2>&1
+    echo "VMTEST runtime-memory exit=$?"
+    covenant-runtime --root /tmp/rt run --bundle /b-pids p1 > /tmp/o 2>&1
+    echo "VMTEST runtime-pids exit=$? forkfail=$(grep -c -i 'fork' /tmp/o)"
+    echo "VMTEST runtime-left state=$(ls /tmp/rt 2>/dev/null | wc -l) cgroups=$(find /sys/fs/cgroup -name d1 -o -name m1 -o -name p1 | wc -l)"
+fi
 echo "VMTEST done"
 poweroff -f
 EOF
