@@ -5,6 +5,7 @@
 use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
 use smoltcp::time::Instant as SmolInstant;
 use std::collections::VecDeque;
+use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 /// The TUN device as the stack's device: packets read (and checked) by the gateway wait in
@@ -14,6 +15,9 @@ pub(crate) struct TunDevice {
     pub(crate) rx: VecDeque<Vec<u8>>,
     /// Where outgoing packets are built (reused: no allocation or zeroing per packet).
     scratch: Vec<u8>,
+    /// Where incoming packets are read (reused likewise; the gateway takes it while it
+    /// reads).
+    pub(crate) read_buf: Vec<u8>,
 }
 
 pub(crate) struct TunRx(Vec<u8>);
@@ -73,7 +77,18 @@ impl TunDevice {
             fd,
             rx: VecDeque::new(),
             scratch: Vec::new(),
+            read_buf: vec![0; VNET_HDR_LEN + MTU + 1],
         }
+    }
+
+    /// Reads one packet (with its `virtio_net_hdr`) from the device into `buf`.
+    pub(crate) fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: reads at most `buf.len()` bytes into a live, writable buffer.
+        let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
     }
 }
 

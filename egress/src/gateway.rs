@@ -31,7 +31,7 @@ use hickory_proto::op::ResponseCode;
 use mio::net::{TcpStream, UdpSocket};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
-use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::iface::{Config, Interface, PollResult, SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
 use smoltcp::time::Instant as SmolInstant;
 use smoltcp::wire::{
@@ -127,6 +127,10 @@ const TUN: Token = Token(0);
 const RESOLVER: Token = Token(1);
 const WAKE: Token = Token(2);
 const FIRST_CONN_TOKEN: usize = 16;
+/// Packets read from the device in one round before the other sources get a turn.
+const MAX_READS_PER_ROUND: usize = 4096;
+/// Bound on the stack polls of one round (each sends at most one segment per socket).
+const STACK_ROUNDS: usize = 256;
 
 impl Gateway {
     /// Starts the gateway on `tun` (a TUN device, `IFF_TUN | IFF_NO_PI`, already up in the
@@ -393,6 +397,8 @@ impl State {
 
     fn run(&mut self, stop: &AtomicBool) -> std::io::Result<()> {
         let mut events = Events::with_capacity(1024);
+        // Read both once at the start: readiness is only reported on a change.
+        let (mut device_ready, mut resolver_ready) = (true, true);
         loop {
             if stop.load(Ordering::SeqCst) {
                 return Ok(());
@@ -407,6 +413,10 @@ impl State {
             if !self.pending.is_empty() || self.conns.values().any(|c| c.verdict.is_none()) {
                 timeout = timeout.min(Duration::from_millis(100));
             }
+            if device_ready {
+                // The last read stopped at its bound: more is waiting.
+                timeout = Duration::ZERO;
+            }
             match self.poll.poll(&mut events, Some(timeout)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -414,7 +424,9 @@ impl State {
             }
             for event in events.iter() {
                 match event.token() {
-                    TUN | RESOLVER | WAKE => {}
+                    TUN => device_ready = true,
+                    RESOLVER => resolver_ready = true,
+                    WAKE => {}
                     token => {
                         let Some(handle) = self.tokens.get(&token) else {
                             continue;
@@ -432,45 +444,69 @@ impl State {
                     }
                 }
             }
-            self.read_device()?;
-            self.read_resolver();
-            self.expire_queries();
-            self.iface
-                .poll(SmolInstant::now(), &mut self.device, &mut self.sockets);
+            // The device and the resolver socket are drained to "nothing more" whenever
+            // they are read (their readiness is edge-triggered), so they are read only
+            // when they reported readiness, or when the last read stopped early.
+            if device_ready {
+                device_ready = self.read_device()?;
+            }
+            if resolver_ready {
+                self.read_resolver();
+                resolver_ready = false;
+            }
+            if !self.pending.is_empty() {
+                self.expire_queries();
+            }
+            self.poll_stack();
             self.service_connections();
-            self.iface
+            self.poll_stack();
+        }
+    }
+
+    /// Lets the stack take every packet queued for it and send what its sockets have to
+    /// send. One `Interface::poll` sends at most one segment per socket, so it is repeated
+    /// (bounded) while it still makes progress: a wide window goes out in one burst, and
+    /// the sandbox's kernel finds several segments at once.
+    fn poll_stack(&mut self) {
+        for _ in 0..STACK_ROUNDS {
+            let progress = self
+                .iface
                 .poll(SmolInstant::now(), &mut self.device, &mut self.sockets);
+            if progress == PollResult::None {
+                break;
+            }
         }
     }
 
     /// Reads what the sandbox sent, checks each packet, and queues for the stack what it
-    /// should see. A read error other than "nothing more" ends the gateway.
-    fn read_device(&mut self) -> std::io::Result<()> {
-        let mut buf = vec![0u8; VNET_HDR_LEN + 65536];
-        for _ in 0..4096 {
-            // SAFETY: reads into a live buffer of the length passed.
-            let n = unsafe {
-                libc::read(
-                    self.device.fd.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                )
+    /// should see. Returns whether the device may hold more (the read stopped at its bound
+    /// rather than at "nothing more"). A read error other than "nothing more" ends the
+    /// gateway.
+    fn read_device(&mut self) -> std::io::Result<bool> {
+        let mut buf = std::mem::take(&mut self.device.read_buf);
+        let result = self.read_device_into(&mut buf);
+        self.device.read_buf = buf;
+        result
+    }
+
+    fn read_device_into(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
+        for _ in 0..MAX_READS_PER_ROUND {
+            let n = match self.device.read(buf) {
+                Ok(0) => {
+                    return Err(std::io::Error::new(
+                        ErrorKind::UnexpectedEof,
+                        "device closed",
+                    ))
+                }
+                Ok(n) => n,
+                Err(e) => {
+                    return match e.kind() {
+                        ErrorKind::WouldBlock => Ok(false),
+                        ErrorKind::Interrupted => continue,
+                        _ => Err(e),
+                    }
+                }
             };
-            if n < 0 {
-                let e = std::io::Error::last_os_error();
-                return match e.kind() {
-                    ErrorKind::WouldBlock => Ok(()),
-                    ErrorKind::Interrupted => continue,
-                    _ => Err(e),
-                };
-            }
-            if n == 0 {
-                return Err(std::io::Error::new(
-                    ErrorKind::UnexpectedEof,
-                    "device closed",
-                ));
-            }
-            let n = n as usize;
             // flags bit 0: checksum left to complete; gso_type: a segment to split. The
             // device was asked for neither offload, so such a packet is not one of ours.
             if n <= VNET_HDR_LEN || buf[0] & 1 != 0 || buf[1] != 0 {
@@ -480,11 +516,10 @@ impl State {
             self.inspect(&buf[VNET_HDR_LEN..n]);
             if self.device.rx.len() >= self.limits.max_queued_packets {
                 // Let the stack drain what is queued before reading more.
-                self.iface
-                    .poll(SmolInstant::now(), &mut self.device, &mut self.sockets);
+                self.poll_stack();
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     fn drop_packet(&self, f: impl FnOnce(&mut crate::events::Dropped)) {
