@@ -20,6 +20,7 @@
 use crate::decide::{
     check_first_bytes, decide_connect, upstream_reachable, Refusal, Rules, Target,
 };
+use crate::device::{write_packet, TunDevice, VNET_HDR_LEN};
 use crate::dns::{self, QueryAction, Question};
 use crate::events::{EgressEvent, EgressReport, EventKind, Verdict};
 use crate::names::NameTable;
@@ -31,15 +32,14 @@ use hickory_proto::op::ResponseCode;
 use mio::net::{TcpStream, UdpSocket};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
-use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
-use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
+use smoltcp::iface::{Config, Interface, PollResult, SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
 use smoltcp::time::Instant as SmolInstant;
 use smoltcp::wire::{
     HardwareAddress, IpAddress, IpCidr, IpListenEndpoint, IpProtocol, Ipv4Packet, Ipv4Repr,
     TcpPacket, UdpPacket, UdpRepr,
 };
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -128,6 +128,10 @@ const TUN: Token = Token(0);
 const RESOLVER: Token = Token(1);
 const WAKE: Token = Token(2);
 const FIRST_CONN_TOKEN: usize = 16;
+/// Packets read from the device in one round before the other sources get a turn.
+const MAX_READS_PER_ROUND: usize = 4096;
+/// Bound on the stack polls of one round (each sends at most one segment per socket).
+const STACK_ROUNDS: usize = 256;
 
 impl Gateway {
     /// Starts the gateway on `tun` (a TUN device, `IFF_TUN | IFF_NO_PI`, already up in the
@@ -170,11 +174,7 @@ impl Gateway {
         poll.registry()
             .register(&mut resolver, RESOLVER, Interest::READABLE)
             .map_err(io("watch the resolver socket"))?;
-        let mut device = TunDevice {
-            fd: tun,
-            rx: VecDeque::new(),
-            scratch: Vec::new(),
-        };
+        let mut device = TunDevice::new(tun);
         let mut config = Config::new(HardwareAddress::Ip);
         config.random_seed = random_u64();
         let mut iface = Interface::new(config, &mut device, SmolInstant::now());
@@ -334,93 +334,6 @@ fn raise_fd_limit() {
     }
 }
 
-/// The TUN device as the stack's device: packets read (and checked) by the gateway wait in
-/// `rx`; packets the stack sends are written straight to the device.
-struct TunDevice {
-    fd: OwnedFd,
-    rx: VecDeque<Vec<u8>>,
-    /// Where outgoing packets are built (reused: no allocation or zeroing per packet).
-    scratch: Vec<u8>,
-}
-
-struct TunRx(Vec<u8>);
-struct TunTx<'a>(RawFd, &'a mut Vec<u8>);
-
-impl RxToken for TunRx {
-    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
-        f(&self.0)
-    }
-}
-
-impl TxToken for TunTx<'_> {
-    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        if self.1.len() < VNET_HDR_LEN + len {
-            self.1.resize(VNET_HDR_LEN + len, 0);
-        }
-        let (hdr, packet) = self.1[..VNET_HDR_LEN + len].split_at_mut(VNET_HDR_LEN);
-        let r = f(packet);
-        partial_tcp_checksum(hdr, packet);
-        write_framed(self.0, &self.1[..VNET_HDR_LEN + len]);
-        r
-    }
-}
-
-/// Writes one packet with its `virtio_net_hdr` already in front; a full device drops it
-/// (TCP sends it again).
-fn write_framed(fd: RawFd, framed: &[u8]) {
-    // SAFETY: writes from a live buffer to the device descriptor.
-    unsafe { libc::write(fd, framed.as_ptr().cast(), framed.len()) };
-}
-
-/// Writes one packet whose checksums are complete (a zero `virtio_net_hdr` in front).
-fn write_packet(fd: RawFd, packet: &[u8]) {
-    let mut framed = Vec::with_capacity(VNET_HDR_LEN + packet.len());
-    framed.extend_from_slice(&[0; VNET_HDR_LEN]);
-    framed.extend_from_slice(packet);
-    write_framed(fd, &framed);
-}
-
-/// Fills the `virtio_net_hdr` of an outgoing packet: for TCP, "checksum to be completed"
-/// from the TCP header on, which the receiving kernel treats as verified (the stack leaves
-/// TCP checksums out; the packet is delivered inside the sandbox's namespace and nowhere
-/// else). Anything else carries its own checksums.
-fn partial_tcp_checksum(hdr: &mut [u8], packet: &[u8]) {
-    hdr.fill(0);
-    if packet.len() >= 20 && packet[0] >> 4 == 4 && packet[9] == 6 {
-        let ihl = (packet[0] & 0x0f) as u16 * 4;
-        hdr[0] = 1; // VIRTIO_NET_HDR_F_NEEDS_CSUM
-        hdr[6..8].copy_from_slice(&ihl.to_ne_bytes()); // csum_start
-        hdr[8..10].copy_from_slice(&16u16.to_ne_bytes()); // csum_offset: TCP checksum
-    }
-}
-
-impl Device for TunDevice {
-    type RxToken<'a> = TunRx;
-    type TxToken<'a> = TunTx<'a>;
-
-    fn receive(&mut self, _: SmolInstant) -> Option<(TunRx, TunTx<'_>)> {
-        let packet = self.rx.pop_front()?;
-        Some((TunRx(packet), TunTx(self.fd.as_raw_fd(), &mut self.scratch)))
-    }
-
-    fn transmit(&mut self, _: SmolInstant) -> Option<TunTx<'_>> {
-        Some(TunTx(self.fd.as_raw_fd(), &mut self.scratch))
-    }
-
-    fn capabilities(&self) -> DeviceCapabilities {
-        let mut caps = DeviceCapabilities::default();
-        caps.medium = Medium::Ip;
-        caps.max_transmission_unit = MTU;
-        // Incoming TCP checksums are verified; outgoing ones are left to the header (see
-        // `partial_tcp_checksum`).
-        caps.checksum.tcp = smoltcp::phy::Checksum::Rx;
-        caps
-    }
-}
-
-const MTU: usize = crate::link::LINK_MTU;
-const VNET_HDR_LEN: usize = crate::link::VNET_HDR_LEN;
-
 /// A query waiting for the upstream resolver.
 struct Pending {
     question: Question,
@@ -490,6 +403,8 @@ impl State {
 
     fn run(&mut self, stop: &AtomicBool) -> std::io::Result<()> {
         let mut events = Events::with_capacity(1024);
+        // Read both once at the start: readiness is only reported on a change.
+        let (mut device_ready, mut resolver_ready) = (true, true);
         loop {
             if stop.load(Ordering::SeqCst) {
                 return Ok(());
@@ -504,6 +419,10 @@ impl State {
             if !self.pending.is_empty() || self.conns.values().any(|c| c.verdict.is_none()) {
                 timeout = timeout.min(Duration::from_millis(100));
             }
+            if device_ready {
+                // The last read stopped at its bound: more is waiting.
+                timeout = Duration::ZERO;
+            }
             match self.poll.poll(&mut events, Some(timeout)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -511,7 +430,9 @@ impl State {
             }
             for event in events.iter() {
                 match event.token() {
-                    TUN | RESOLVER | WAKE => {}
+                    TUN => device_ready = true,
+                    RESOLVER => resolver_ready = true,
+                    WAKE => {}
                     token => {
                         let Some(handle) = self.tokens.get(&token) else {
                             continue;
@@ -529,45 +450,69 @@ impl State {
                     }
                 }
             }
-            self.read_device()?;
-            self.read_resolver();
-            self.expire_queries();
-            self.iface
-                .poll(SmolInstant::now(), &mut self.device, &mut self.sockets);
+            // The device and the resolver socket are drained to "nothing more" whenever
+            // they are read (their readiness is edge-triggered), so they are read only
+            // when they reported readiness, or when the last read stopped early.
+            if device_ready {
+                device_ready = self.read_device()?;
+            }
+            if resolver_ready {
+                self.read_resolver();
+                resolver_ready = false;
+            }
+            if !self.pending.is_empty() {
+                self.expire_queries();
+            }
+            self.poll_stack();
             self.service_connections();
-            self.iface
+            self.poll_stack();
+        }
+    }
+
+    /// Lets the stack take every packet queued for it and send what its sockets have to
+    /// send. One `Interface::poll` sends at most one segment per socket, so it is repeated
+    /// (bounded) while it still makes progress: a wide window goes out in one burst, and
+    /// the sandbox's kernel finds several segments at once.
+    fn poll_stack(&mut self) {
+        for _ in 0..STACK_ROUNDS {
+            let progress = self
+                .iface
                 .poll(SmolInstant::now(), &mut self.device, &mut self.sockets);
+            if progress == PollResult::None {
+                break;
+            }
         }
     }
 
     /// Reads what the sandbox sent, checks each packet, and queues for the stack what it
-    /// should see. A read error other than "nothing more" ends the gateway.
-    fn read_device(&mut self) -> std::io::Result<()> {
-        let mut buf = vec![0u8; VNET_HDR_LEN + 65536];
-        for _ in 0..4096 {
-            // SAFETY: reads into a live buffer of the length passed.
-            let n = unsafe {
-                libc::read(
-                    self.device.fd.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                )
+    /// should see. Returns whether the device may hold more (the read stopped at its bound
+    /// rather than at "nothing more"). A read error other than "nothing more" ends the
+    /// gateway.
+    fn read_device(&mut self) -> std::io::Result<bool> {
+        let mut buf = std::mem::take(&mut self.device.read_buf);
+        let result = self.read_device_into(&mut buf);
+        self.device.read_buf = buf;
+        result
+    }
+
+    fn read_device_into(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
+        for _ in 0..MAX_READS_PER_ROUND {
+            let n = match self.device.read(buf) {
+                Ok(0) => {
+                    return Err(std::io::Error::new(
+                        ErrorKind::UnexpectedEof,
+                        "device closed",
+                    ))
+                }
+                Ok(n) => n,
+                Err(e) => {
+                    return match e.kind() {
+                        ErrorKind::WouldBlock => Ok(false),
+                        ErrorKind::Interrupted => continue,
+                        _ => Err(e),
+                    }
+                }
             };
-            if n < 0 {
-                let e = std::io::Error::last_os_error();
-                return match e.kind() {
-                    ErrorKind::WouldBlock => Ok(()),
-                    ErrorKind::Interrupted => continue,
-                    _ => Err(e),
-                };
-            }
-            if n == 0 {
-                return Err(std::io::Error::new(
-                    ErrorKind::UnexpectedEof,
-                    "device closed",
-                ));
-            }
-            let n = n as usize;
             // flags bit 0: checksum left to complete; gso_type: a segment to split. The
             // device was asked for neither offload, so such a packet is not one of ours.
             if n <= VNET_HDR_LEN || buf[0] & 1 != 0 || buf[1] != 0 {
@@ -577,11 +522,10 @@ impl State {
             self.inspect(&buf[VNET_HDR_LEN..n]);
             if self.device.rx.len() >= self.limits.max_queued_packets {
                 // Let the stack drain what is queued before reading more.
-                self.iface
-                    .poll(SmolInstant::now(), &mut self.device, &mut self.sockets);
+                self.poll_stack();
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     fn drop_packet(&self, f: impl FnOnce(&mut crate::events::Dropped)) {

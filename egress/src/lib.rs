@@ -18,6 +18,7 @@
 //! event log. Every decision is recorded ([`events`]).
 
 pub mod decide;
+mod device;
 pub mod dns;
 pub mod events;
 pub mod gateway;
