@@ -1,0 +1,313 @@
+//! The gateway's TCP connections: each accepted connection's first bytes held until they
+//! name the host (and, on plain HTTP, every request's head until it is checked), an
+//! upstream socket of the supervisor's own namespace, and the bytes between the two.
+
+use super::*;
+
+impl State {
+    pub(super) fn service_connections(&mut self) {
+        let handles: Vec<SocketHandle> = self.conns.keys().copied().collect();
+        for handle in handles {
+            let outcome = self.service(handle);
+            match outcome {
+                Step::Keep => {}
+                Step::Refuse(why) => {
+                    self.sockets.get_mut::<tcp::Socket>(handle).abort();
+                    self.finish(handle, Some(why));
+                }
+                Step::Done => self.finish(handle, None),
+            }
+        }
+    }
+
+    /// Records every connection still open (the run ended, or the gateway failed).
+    pub(super) fn finish_all(&mut self) {
+        let handles: Vec<SocketHandle> = self.conns.keys().copied().collect();
+        for handle in handles {
+            self.sockets.get_mut::<tcp::Socket>(handle).abort();
+            self.finish(handle, None);
+        }
+    }
+
+    /// Removes a connection and records it.
+    fn finish(&mut self, handle: SocketHandle, refused: Option<Refusal>) {
+        let Some(mut conn) = self.conns.remove(&handle) else {
+            return;
+        };
+        self.tuples.remove(&conn.tuple);
+        self.large_in_use -= usize::from(conn.large);
+        // The socket is removed once the reset or final FIN has gone out.
+        self.iface
+            .poll(SmolInstant::now(), &mut self.device, &mut self.sockets);
+        self.sockets.remove(handle);
+        if let Some(mut up) = conn.upstream.take() {
+            self.tokens.remove(&up.token);
+            let _ = self.poll.registry().deregister(&mut up.stream);
+        }
+        let refused = refused.or(match conn.verdict {
+            Some(true) => None,
+            _ if conn.upstream.is_none() && conn.bytes_in == 0 => {
+                Some(Refusal::FirstBytes("the sandbox closed before a decision"))
+            }
+            _ => None,
+        });
+        self.record(EgressEvent {
+            kind: EventKind::Connect,
+            verdict: if refused.is_some() {
+                Verdict::Refused
+            } else {
+                Verdict::Allowed
+            },
+            name: conn.target.name.clone(),
+            address: Some(conn.target.upstream.ip().to_string()),
+            port: Some(conn.dst.port()),
+            bytes_out: conn.bytes_out,
+            bytes_in: conn.bytes_in,
+            reason: refused.map(|r| r.to_string()),
+        });
+    }
+
+    fn connect_upstream(registry: &Registry, conn: &mut Conn, token: Token) -> Result<(), Refusal> {
+        let mut stream = TcpStream::connect(SocketAddr::V4(conn.target.upstream))
+            .map_err(|e| Refusal::Connect(e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        registry
+            .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
+            .map_err(|e| Refusal::Connect(e.to_string()))?;
+        conn.upstream = Some(Upstream {
+            stream,
+            token,
+            connected: false,
+            readable: false,
+            writable: true,
+            eof: false,
+            shut_write: false,
+        });
+        Ok(())
+    }
+
+    /// One step of one connection: decide its first bytes, connect, move bytes both ways,
+    /// pass on half-closes.
+    fn service(&mut self, handle: SocketHandle) -> Step {
+        let limits = self.limits;
+        let socket = self.sockets.get_mut::<tcp::Socket>(handle);
+        let conn = self
+            .conns
+            .get_mut(&handle)
+            .expect("serviced connections exist");
+        let state = socket.state();
+        if matches!(state, tcp::State::Closed | tcp::State::TimeWait) {
+            return Step::Done;
+        }
+        if state == tcp::State::Listen || state == tcp::State::SynReceived {
+            if conn.opened.elapsed() > limits.first_bytes_timeout {
+                return Step::Refuse(Refusal::FirstBytes("the handshake did not complete"));
+            }
+            return Step::Keep;
+        }
+        // The first bytes: held, bounded, until they name the host.
+        if conn.verdict.is_none() {
+            while socket.can_recv() && conn.held.len() < MAX_FIRST_BYTES {
+                let room = MAX_FIRST_BYTES - conn.held.len();
+                let _ = socket.recv(|b| {
+                    let n = b.len().min(room);
+                    conn.held.extend_from_slice(&b[..n]);
+                    (n, ())
+                });
+            }
+            if !conn.held.is_empty() {
+                match sniff(&conn.held) {
+                    Sniffed::NeedMore if conn.held.len() >= MAX_FIRST_BYTES => {
+                        return Step::Refuse(Refusal::FirstBytes("longer than the gateway holds"));
+                    }
+                    Sniffed::NeedMore if !socket.may_recv() => {
+                        return Step::Refuse(Refusal::FirstBytes("the sandbox stopped sending"));
+                    }
+                    Sniffed::NeedMore => {}
+                    sniffed => match check_first_bytes(&conn.target, &sniffed) {
+                        Ok(()) => {
+                            conn.verdict = Some(true);
+                            if conn.target.name.is_some() && matches!(sniffed, Sniffed::Http { .. })
+                            {
+                                conn.requests = Some(Requests::new());
+                            }
+                        }
+                        Err(why) => return Step::Refuse(why),
+                    },
+                }
+            } else if !socket.may_recv() {
+                return Step::Refuse(Refusal::FirstBytes("the sandbox closed before a decision"));
+            }
+            // A first message begun must be finished in time. A connection that has sent
+            // nothing is connected upstream after `server_first_wait` (the server may
+            // speak first) and may then stay quiet; its first bytes are still decided
+            // before any goes upstream.
+            let late = conn.opened.elapsed() > limits.first_bytes_timeout;
+            if conn.verdict.is_none() && late && (!conn.held.is_empty() || conn.upstream.is_none())
+            {
+                return Step::Refuse(Refusal::FirstBytes("not complete in time"));
+            }
+        }
+        let server_first =
+            conn.held.is_empty() && conn.opened.elapsed() >= limits.server_first_wait;
+        if conn.upstream.is_none() && (conn.verdict == Some(true) || server_first) {
+            let token = Token(self.next_token);
+            self.next_token += 1;
+            if let Err(why) = Self::connect_upstream(self.poll.registry(), conn, token) {
+                return Step::Refuse(why);
+            }
+            self.tokens.insert(token, handle);
+        }
+        let Some(up) = conn.upstream.as_mut() else {
+            return Step::Keep;
+        };
+        if !up.connected {
+            if !up.writable {
+                return Step::Keep;
+            }
+            match up.stream.take_error() {
+                Ok(Some(e)) | Err(e) => return Step::Refuse(Refusal::Connect(e.to_string())),
+                Ok(None) => {}
+            }
+            match up.stream.peer_addr() {
+                Ok(_) => up.connected = true,
+                Err(e) if e.kind() == ErrorKind::NotConnected => {
+                    up.writable = false;
+                    return Step::Keep;
+                }
+                Err(e) => return Step::Refuse(Refusal::Connect(e.to_string())),
+            }
+        }
+        // Sandbox to upstream, only once the first bytes are decided.
+        if conn.verdict == Some(true) && up.writable && conn.requests.is_some() {
+            if let Err(step) = forward_requests(socket, conn) {
+                return step;
+            }
+        } else if conn.verdict == Some(true) && up.writable {
+            while !conn.held.is_empty() {
+                match up.stream.write(&conn.held) {
+                    Ok(n) => {
+                        conn.bytes_out += n as u64;
+                        conn.held.drain(..n);
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        up.writable = false;
+                        break;
+                    }
+                    Err(_) => {
+                        socket.abort();
+                        return Step::Done;
+                    }
+                }
+            }
+            if conn.held.is_empty() {
+                conn.held = Vec::new();
+                while up.writable && socket.can_recv() {
+                    let r = socket.recv(|b| match up.stream.write(b) {
+                        Ok(n) => (n, Ok(n)),
+                        Err(e) => (0, Err(e)),
+                    });
+                    match r {
+                        Ok(Ok(n)) => conn.bytes_out += n as u64,
+                        Ok(Err(e)) if e.kind() == ErrorKind::WouldBlock => up.writable = false,
+                        _ => {
+                            socket.abort();
+                            return Step::Done;
+                        }
+                    }
+                }
+                if !socket.may_recv() && !socket.can_recv() && !up.shut_write {
+                    let _ = up.stream.shutdown(Shutdown::Write);
+                    up.shut_write = true;
+                }
+            }
+        }
+        let up = conn.upstream.as_mut().expect("connected above");
+        // Upstream to sandbox.
+        while up.readable && !up.eof && socket.can_send() {
+            let r = socket.send(|b| match up.stream.read(b) {
+                Ok(n) => (n, Ok(n)),
+                Err(e) => (0, Err(e)),
+            });
+            match r {
+                Ok(Ok(0)) => up.eof = true,
+                Ok(Ok(n)) => conn.bytes_in += n as u64,
+                Ok(Err(e)) if e.kind() == ErrorKind::WouldBlock => up.readable = false,
+                Ok(Err(e)) if e.kind() == ErrorKind::Interrupted => {}
+                _ => {
+                    socket.abort();
+                    return Step::Done;
+                }
+            }
+        }
+        if up.eof && !conn.closing {
+            socket.close();
+            conn.closing = true;
+        }
+        if up.eof && up.shut_write && socket.send_queue() == 0 && !socket.is_open() {
+            return Step::Done;
+        }
+        Step::Keep
+    }
+}
+
+enum Step {
+    Keep,
+    Refuse(Refusal),
+    Done,
+}
+
+/// Sandbox to upstream on a plain HTTP connection: the sandbox's bytes are held (at most
+/// [`MAX_FIRST_BYTES`] not yet cleared) until [`Requests`] clears them, so every request
+/// head is checked before a byte of it goes upstream. An incomplete head left when the
+/// sandbox stops sending never goes.
+fn forward_requests(socket: &mut tcp::Socket, conn: &mut Conn) -> Result<(), Step> {
+    let Some(requests) = conn.requests.as_mut() else {
+        return Ok(());
+    };
+    let Some(up) = conn.upstream.as_mut() else {
+        return Ok(());
+    };
+    loop {
+        if conn.cleared < conn.held.len() {
+            let target = &conn.target;
+            let n = requests
+                .clear(&conn.held[conn.cleared..], |s| check_first_bytes(target, s))
+                .map_err(Step::Refuse)?;
+            conn.cleared += n;
+        }
+        while conn.cleared > 0 && up.writable {
+            match up.stream.write(&conn.held[..conn.cleared]) {
+                Ok(n) => {
+                    conn.bytes_out += n as u64;
+                    conn.held.drain(..n);
+                    conn.cleared -= n;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => up.writable = false,
+                Err(_) => {
+                    socket.abort();
+                    return Err(Step::Done);
+                }
+            }
+        }
+        if conn.cleared > 0 || conn.held.len() >= MAX_FIRST_BYTES || !socket.can_recv() {
+            break;
+        }
+        let room = MAX_FIRST_BYTES - conn.held.len();
+        let held = &mut conn.held;
+        let _ = socket.recv(|b| {
+            let n = b.len().min(room);
+            held.extend_from_slice(&b[..n]);
+            (n, ())
+        });
+    }
+    if conn.held.is_empty() {
+        // An idle kept-open connection holds no buffer.
+        conn.held = Vec::new();
+    }
+    if !socket.may_recv() && !socket.can_recv() && conn.cleared == 0 && !up.shut_write {
+        let _ = up.stream.shutdown(Shutdown::Write);
+        up.shut_write = true;
+    }
+    Ok(())
+}
