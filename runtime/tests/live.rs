@@ -1120,6 +1120,45 @@ fn the_longest_device_rule_list_loads_and_is_enforced() {
     );
 }
 
+/// A createContainer hook runs in the container's mount namespace, where the config's
+/// mounts are in place. A root filesystem outside the bundle that holds the hook's path
+/// lets a mount cover it with the bundle's own program: the hook must not run that.
+#[test]
+fn a_mount_that_covers_a_create_container_hook_is_refused() {
+    if !live() {
+        return;
+    }
+    let f = Fixture::new(&["true"]);
+    let outside = f.dir.path().join("outside-rootfs");
+    std::fs::rename(f.bundle().join("rootfs"), &outside).unwrap();
+    let marker = f.dir.path().join("ran");
+    let script = |what: &str| format!("#!/bin/sh\necho {what} >> {}\n", marker.display());
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir(outside.join("hooks")).unwrap();
+    std::fs::write(outside.join("hooks/h"), script("checked")).unwrap();
+    std::fs::create_dir(f.bundle().join("evil")).unwrap();
+    std::fs::write(f.bundle().join("evil/h"), script("bundle")).unwrap();
+    for p in [outside.join("hooks/h"), f.bundle().join("evil/h")] {
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    f.edit(|c| {
+        c["root"] = json!({"path": outside, "readonly": false});
+        c["mounts"].as_array_mut().unwrap().push(json!({
+            "destination": "/hooks", "type": "bind",
+            "source": f.bundle().join("evil"), "options": ["bind", "ro"]}));
+        c["hooks"] = json!({"createContainer": [{"path": outside.join("hooks/h")}]});
+    });
+    let out = f.create("shadow");
+    assert!(!out.status.success(), "created");
+    assert!(
+        stderr(&out).contains("hooks.createContainer[0].path"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!marker.exists(), "a hook ran");
+    f.assert_no_state("shadow");
+}
+
 /// An idmap that shows host root's files as the container root's does not make a
 /// read-only bind writable: `ro` holds on the idmapped tree as on a plain bind.
 #[test]
