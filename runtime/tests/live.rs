@@ -1205,3 +1205,47 @@ fn an_idmapped_read_only_bind_stays_read_only() {
     );
     assert!(!data.join("new").exists());
 }
+
+/// A read-only `rbind` is read-only all the way down: a remount reaches only the top
+/// mount, and the submounts the bind brought along must not stay writable (the source
+/// may be granted for reading only).
+#[test]
+fn a_read_only_rbind_makes_its_submounts_read_only_too() {
+    if !live() {
+        return;
+    }
+    let f = Fixture::new(&[
+        "sh",
+        "-c",
+        "echo x > /data/top 2>/dev/null || echo top-refused; \
+         echo x > /data/sub/f 2>/dev/null || echo sub-refused",
+    ]);
+    let src = f.dir.path().join("src");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    std::fs::create_dir(f.bundle().join("rootfs/data")).unwrap();
+    let sub = src.join("sub");
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "tmpfs"])
+        .arg(&sub)
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    f.edit(|c| {
+        c["root"]["readonly"] = json!(false);
+        c["mounts"].as_array_mut().unwrap().push(json!({
+            "destination": "/data", "type": "bind", "source": src,
+            "options": ["rbind", "ro"]}));
+    });
+    let out = f.rt(&["run", "--bundle", f.bundle().to_str().unwrap(), "rro"]);
+    let written = sub.join("f").exists();
+    let _ = Command::new("umount").arg(&sub).status();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .collect::<Vec<_>>(),
+        ["top-refused", "sub-refused"],
+        "{}",
+        stderr(&out)
+    );
+    assert!(!written);
+}
