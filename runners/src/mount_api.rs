@@ -91,6 +91,32 @@ pub fn set_attributes(
     Ok(())
 }
 
+/// Makes the mount at `path` and every mount below it read-only, leaving every other
+/// attribute and the propagation as they are.
+pub fn make_read_only_recursive(path: &CStr) -> Result<(), Errno> {
+    let attr = MountAttr {
+        attr_set: ATTR_RDONLY,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: attr is a valid mount_attr of the size passed; path is a C string.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            AT_RECURSIVE,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if rc < 0 {
+        return Err(Errno::last());
+    }
+    Ok(())
+}
+
 /// Attaches a detached tree at the C path `target`.
 pub fn move_tree(tree: &OwnedFd, target: &CStr) -> Result<(), Errno> {
     // SAFETY: both paths are valid C strings; the tree fd is a detached mount.

@@ -499,32 +499,14 @@ impl Cgroup {
         }
         self.write("devices", "devices", "devices.deny", "a")?;
         for rule in &rules[1..] {
-            let typ = match rule.typ {
-                None => 'a',
-                Some(DevType::Block) => 'b',
-                Some(DevType::Char) => 'c',
-            };
-            let n = |v: Option<u32>| v.map(|v| v.to_string()).unwrap_or_else(|| "*".into());
-            let access: String = [
-                (device_filter::READ, 'r'),
-                (device_filter::WRITE, 'w'),
-                (device_filter::MKNOD, 'm'),
-            ]
-            .iter()
-            .filter(|(bit, _)| rule.access & bit != 0)
-            .map(|(_, c)| *c)
-            .collect();
             let file = if rule.allow {
                 "devices.allow"
             } else {
                 "devices.deny"
             };
-            self.write(
-                "devices",
-                "devices",
-                file,
-                &format!("{typ} {}:{} {access}", n(rule.major), n(rule.minor)),
-            )?;
+            for line in v1_lines(rule) {
+                self.write("devices", "devices", file, &line)?;
+            }
         }
         Ok(())
     }
@@ -705,6 +687,33 @@ impl Cgroup {
     }
 }
 
+/// A rule as cgroup v1 lines. v1 reads any line that starts with `a` as "every device,
+/// every access" (and drops the exceptions listed so far), whatever numbers and access
+/// follow; so `a` is written only for a rule that means exactly that, and a rule for both
+/// kinds with numbers or fewer accesses becomes one line per kind.
+fn v1_lines(rule: &Rule) -> Vec<String> {
+    let n = |v: Option<u32>| v.map(|v| v.to_string()).unwrap_or_else(|| "*".into());
+    let access: String = [
+        (device_filter::READ, 'r'),
+        (device_filter::WRITE, 'w'),
+        (device_filter::MKNOD, 'm'),
+    ]
+    .iter()
+    .filter(|(bit, _)| rule.access & bit != 0)
+    .map(|(_, c)| *c)
+    .collect();
+    let kinds: &[char] = match rule.typ {
+        None if rule.major.is_none() && rule.minor.is_none() && access == "rwm" => &['a'],
+        None => &['c', 'b'],
+        Some(DevType::Block) => &['b'],
+        Some(DevType::Char) => &['c'],
+    };
+    kinds
+        .iter()
+        .map(|k| format!("{k} {}:{} {access}", n(rule.major), n(rule.minor)))
+        .collect()
+}
+
 /// The container's device rules in order: deny everything, the config's rules (a fifo is no
 /// device to the cgroup; `u`, unbuffered, is a character device), then the devices every
 /// container gets (null, zero, full, random, urandom, tty, ptmx, the ptys).
@@ -716,6 +725,16 @@ fn device_rules(r: &LinuxResources) -> Result<Vec<Rule>> {
         minor: None,
         access: device_filter::access_bits("rwm").expect("rwm"),
     }];
+    let listed = r.devices().as_ref().map(Vec::len).unwrap_or(0);
+    if listed > device_filter::MAX_RULES - 9 {
+        return Err(CgroupError::Unsupported {
+            field: "devices",
+            reason: format!(
+                "{listed} rules; at most {} are taken",
+                device_filter::MAX_RULES - 9
+            ),
+        });
+    }
     for (i, d) in r.devices().iter().flatten().enumerate() {
         let typ = match d.typ().map(|t| t.as_str().to_string()).as_deref() {
             Some("p") => continue,
@@ -778,6 +797,44 @@ fn device_rules(r: &LinuxResources) -> Result<Vec<Rule>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn rules(json: serde_json::Value) -> Vec<Rule> {
+        let r: LinuxResources =
+            serde_json::from_value(serde_json::json!({ "devices": json })).unwrap();
+        device_rules(&r).unwrap()
+    }
+
+    /// v1 takes any line starting with `a` as "allow (or deny) everything": a rule for
+    /// both kinds with numbers, or with fewer accesses, must never be written that way.
+    #[test]
+    fn a_rule_for_both_kinds_is_never_allow_all_on_v1() {
+        let r = rules(serde_json::json!([
+            {"allow": true, "type": "a", "major": 1, "minor": 3, "access": "r"},
+            {"allow": true, "access": "m"},
+            {"allow": false, "type": "a", "major": 8, "access": "w"},
+            {"allow": true, "access": "rwm"},
+        ]));
+        let lines: Vec<Vec<String>> = r.iter().map(v1_lines).collect();
+        assert_eq!(lines[1], ["c 1:3 r", "b 1:3 r"]);
+        assert_eq!(lines[2], ["c *:* m", "b *:* m"]);
+        assert_eq!(lines[3], ["c 8:* w", "b 8:* w"]);
+        assert_eq!(lines[4], ["a *:* rwm"]);
+        assert_eq!(lines[5], ["c 1:3 rwm"], "the defaults follow");
+    }
+
+    #[test]
+    fn too_many_device_rules_are_refused() {
+        let one =
+            serde_json::json!({"allow": true, "type": "c", "major": 1, "minor": 3, "access": "r"});
+        let many = vec![one; device_filter::MAX_RULES];
+        let r: LinuxResources =
+            serde_json::from_value(serde_json::json!({ "devices": many })).unwrap();
+        let err = device_rules(&r).unwrap_err().to_string();
+        assert!(
+            err.contains("linux.resources.devices") && err.contains("at most"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn a_cgroups_path_with_dotdot_is_refused() {

@@ -332,6 +332,7 @@ fn spawn(
             .map_err(|e| field("linux.namespaces", format!("join pid namespace: {e}")))?;
     }
     enter_time_namespace(spec, new_time, time_ns.as_ref())?;
+    let create_container_hooks = hooks::identities(&hooks.create_container);
     let (sync_rd, sync_wr) = pipe()?;
     let (report_rd, report_wr) = pipe()?;
     // SAFETY: a fork-like clone (no new stack) of a single-threaded process; the child
@@ -376,6 +377,7 @@ fn spawn(
             new_keyring: opts.new_keyring,
             seccomp,
             landlock,
+            create_container_hooks,
         });
     }
     drop((sync_rd, report_wr, barrier, console, join, bind_sources));

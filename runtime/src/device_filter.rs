@@ -35,6 +35,10 @@ pub const READ: u32 = 2;
 pub const WRITE: u32 = 4;
 const ALL_ACCESS: u32 = MKNOD | READ | WRITE;
 
+/// The most rules a container may list. Each rule is at most five instructions of a
+/// section, and a section's jumps are 16-bit offsets: this keeps every offset in range.
+pub const MAX_RULES: usize = 4096;
+
 /// The access bits of an OCI `access` string (`rwm`, any subset; empty is all).
 pub fn access_bits(access: &str) -> Option<u32> {
     if access.is_empty() {
@@ -188,7 +192,8 @@ fn section(rules: &[Rule], bit: u32) -> Vec<Insn> {
 fn patch_ends(mut s: Vec<Insn>, to_end: &[usize]) -> Vec<Insn> {
     let end = s.len();
     for &at in to_end {
-        s[at].off = (end - at - 1) as i16;
+        s[at].off = i16::try_from(end - at - 1)
+            .expect("a section of at most MAX_RULES rules fits 16-bit jump offsets");
     }
     s
 }
@@ -444,6 +449,25 @@ mod tests {
         ] {
             assert_verifiable(&program(&rules));
         }
+    }
+
+    /// The longest list a config may give keeps every jump in range: the program is whole
+    /// and the first rule still decides what no later rule matches.
+    #[test]
+    fn the_longest_list_keeps_its_jumps_in_range() {
+        use DevType::*;
+        let mut rules = vec![
+            rule(false, None, None, None, "rwm"),
+            rule(true, Some(Char), Some(1), Some(3), "rwm"),
+        ];
+        rules.extend(
+            (0..MAX_RULES as u32 - 2).map(|n| rule(false, Some(Block), Some(7), Some(n), "rwm")),
+        );
+        let p = program(&rules);
+        assert_verifiable(&p);
+        assert_eq!(run(&p, C, READ | WRITE, 1, 3), 1);
+        assert_eq!(run(&p, B, READ, 7, 5), 0);
+        assert_eq!(run(&p, B, READ, 8, 0), 0);
     }
 
     #[test]

@@ -133,6 +133,37 @@ impl HookSet {
     }
 }
 
+/// The (device, inode) each hook's path names now, symlinks followed (`None`: it names
+/// nothing).
+pub fn identities(hooks: &[Hook]) -> Vec<Option<(u64, u64)>> {
+    use std::os::unix::fs::MetadataExt;
+    hooks
+        .iter()
+        .map(|h| std::fs::metadata(&h.path).ok().map(|m| (m.dev(), m.ino())))
+        .collect()
+}
+
+/// Refuses a hook whose path no longer names the file it named when `checked` was taken
+/// (the createContainer hooks run in the container's mount namespace, where a mount
+/// could cover the path the runtime checked).
+pub fn check_same(
+    kind: &'static str,
+    hooks: &[Hook],
+    checked: &[Option<(u64, u64)>],
+) -> Result<(), HookError> {
+    for (index, (hook, now)) in hooks.iter().zip(identities(hooks)).enumerate() {
+        if now.is_none() || checked.get(index).copied().flatten() != now {
+            return Err(HookError::Refused {
+                kind,
+                index,
+                path: hook.path.clone(),
+                reason: "names another file in the container's mount namespace than the one checked at create".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Runs `hooks` of `kind` in order with `state` on stdin. The first failure stops them.
 pub fn run(kind: &'static str, hooks: &[Hook], state: &serde_json::Value) -> Result<(), HookError> {
     let input = serde_json::to_vec(state).unwrap_or_default();

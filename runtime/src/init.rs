@@ -48,6 +48,8 @@ pub struct ChildContext<'a> {
     pub new_keyring: bool,
     pub seccomp: Option<CompiledSeccomp>,
     pub landlock: Option<(LandlockPolicy, LandlockPlan)>,
+    /// What each createContainer hook's path named when `create` checked it.
+    pub create_container_hooks: Vec<Option<(u64, u64)>>,
 }
 
 pub enum Never {}
@@ -94,6 +96,12 @@ fn init_container(mut ctx: ChildContext<'_>) -> Result<Never> {
         )?;
     }
     let state = report_mounted(&ctx.report, &ctx.sync)?;
+    crate::hooks::check_same(
+        "createContainer",
+        &hooks.create_container,
+        &ctx.create_container_hooks,
+    )
+    .map_err(|e| step_err("createContainer", e.to_string()))?;
     run_hooks("createContainer", &hooks.create_container, &state)?;
     if ctx.has_mountns {
         crate::mounts::enter_rootfs(ctx.spec, &ctx.prepared.rootfs)?;

@@ -260,6 +260,18 @@ fn mount_one(
             remount_bind(&target, extra)
                 .map_err(|e| step_err("mount", format!("{what}: remount {extra:?}: {e}")))?;
         }
+        // A remount reaches only the top mount: the submounts an `rbind` brought along
+        // would stay writable under a read-only bind (a source granted for reading only).
+        if flags.contains(MsFlags::MS_REC | MsFlags::MS_RDONLY) {
+            let c_target = std::ffi::CString::new(target.as_os_str().as_bytes())
+                .map_err(|_| step_err("mount", format!("{what}: a path with a NUL byte")))?;
+            covenant_runners::mount_api::make_read_only_recursive(&c_target).map_err(|e| {
+                step_err(
+                    "mount",
+                    format!("{what}: make the submounts read-only: {e}"),
+                )
+            })?;
+        }
     } else {
         make_target(&target, true)?;
         let source = m.source().clone().unwrap_or_else(|| PathBuf::from(&typ));

@@ -311,6 +311,58 @@ pub fn shareable_namespaces(inits: &[i32]) -> Vec<NamespaceId> {
     out
 }
 
+/// The character devices a governed container may be allowed to read and write by its
+/// device rules: those every container gets (null, zero, full, random, urandom, tty,
+/// ptmx, the ptys; `None` is any minor) and the tun device, which acts in the
+/// container's own network namespace.
+const GRANTABLE_DEVICES: [(i64, Option<i64>); 9] = [
+    (1, Some(3)),
+    (1, Some(5)),
+    (1, Some(7)),
+    (1, Some(8)),
+    (1, Some(9)),
+    (5, Some(0)),
+    (5, Some(2)),
+    (136, None),
+    (10, Some(200)),
+];
+
+/// Device rules can only narrow, except an allow that is mknod alone (a node the
+/// container may create but not open) or one of [`GRANTABLE_DEVICES`]: with `CAP_MKNOD`
+/// any other allow would let the container make and open a host disk.
+fn check_device_rules(linux: Option<&oci_spec::runtime::Linux>) -> Result<(), PolicyError> {
+    let rules = linux
+        .and_then(|l| l.resources().as_ref())
+        .and_then(|r| r.devices().clone())
+        .unwrap_or_default();
+    for (i, d) in rules.iter().enumerate() {
+        if !d.allow() {
+            continue;
+        }
+        let access = d.access().clone().unwrap_or_default();
+        if !access.is_empty() && access.chars().all(|c| c == 'm') {
+            continue;
+        }
+        let char_dev = matches!(
+            d.typ().map(|t| t.as_str().to_string()).as_deref(),
+            Some("c") | Some("u")
+        );
+        let minor = d.minor().filter(|m| *m != -1);
+        if char_dev
+            && GRANTABLE_DEVICES
+                .iter()
+                .any(|(ma, mi)| d.major() == Some(*ma) && (mi.is_none() || *mi == minor))
+        {
+            continue;
+        }
+        return Err(refuse(
+            format!("linux.resources.devices[{i}]"),
+            "a capability grants no device access beyond the default devices (null, zero, full, random, urandom, tty, ptmx, the ptys, tun), except mknod alone",
+        ));
+    }
+    Ok(())
+}
+
 fn check_against_grant(
     spec: &Spec,
     grant: &Grant,
@@ -350,6 +402,7 @@ fn check_against_grant(
             "device nodes are not grantable by a capability",
         ));
     }
+    check_device_rules(linux)?;
     if let Some(caps) = spec
         .process()
         .as_ref()
@@ -606,6 +659,30 @@ mod tests {
                 }),
                 "linux.devices",
             ),
+            // With CAP_MKNOD, an allow rule lets the container make and open a host disk.
+            (
+                Box::new(|v| {
+                    v["linux"]["resources"] = serde_json::json!({"devices": [
+                        {"allow": false, "access": "rwm"},
+                        {"allow": true, "type": "c", "major": 136, "access": "rwm"},
+                        {"allow": true, "access": "rwm"}]})
+                }),
+                "linux.resources.devices[2]",
+            ),
+            (
+                Box::new(|v| {
+                    v["linux"]["resources"] = serde_json::json!({"devices": [
+                        {"allow": true, "type": "b", "major": 8, "minor": 0, "access": "r"}]})
+                }),
+                "linux.resources.devices[0]",
+            ),
+            (
+                Box::new(|v| {
+                    v["linux"]["resources"] = serde_json::json!({"devices": [
+                        {"allow": true, "type": "c", "major": 1, "access": "rw"}]})
+                }),
+                "linux.resources.devices[0]",
+            ),
         ];
         for (edit, field) in cases {
             let err = policy
@@ -614,6 +691,19 @@ mod tests {
                 .to_string();
             assert!(err.contains(field), "{field}: {err}");
         }
+        // What engines list by default passes: deny all, mknod of anything, the default
+        // devices and tun.
+        let engine_default = governed_spec(&token, |v| {
+            v["linux"]["resources"] = serde_json::json!({"devices": [
+                {"allow": false, "access": "rwm"},
+                {"allow": true, "type": "c", "access": "m"},
+                {"allow": true, "type": "b", "access": "m"},
+                {"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rwm"},
+                {"allow": true, "type": "c", "major": 136, "minor": -1, "access": "rwm"},
+                {"allow": true, "type": "c", "major": 10, "minor": 200, "access": "rwm"},
+                {"allow": false, "type": "b", "major": 8, "access": "rwm"}]})
+        });
+        assert!(policy.check(&engine_default, &pinned, &[]).is_ok());
         let (other, _) = governed(dir.path(), &["fs.read:/tmp"]);
         let forged = token.replace('A', "B");
         assert!(other

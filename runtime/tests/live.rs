@@ -1035,3 +1035,217 @@ fn a_time_namespace_gets_the_configured_clock_offsets() {
     );
     f.assert_no_state("timens");
 }
+
+/// cgroup v1 reads any `devices.allow` line that starts with `a` as "every device, every
+/// access": a rule for both kinds that names a device (or asks only for mknod) must not
+/// become that.
+#[test]
+fn a_device_rule_for_both_kinds_does_not_allow_every_device_on_v1() {
+    if !live() {
+        return;
+    }
+    let list = Path::new("/sys/fs/cgroup/devices");
+    if !list.join("devices.list").exists() {
+        covenant_test_support::live::cannot_run("no cgroup v1 devices controller");
+        return;
+    }
+    let f = Fixture::new(&["sleep", "30"]);
+    f.edit(|c| {
+        c["linux"]["resources"] = json!({"devices": [
+            {"allow": false, "access": "rwm"},
+            {"allow": true, "type": "a", "major": 1, "minor": 11, "access": "r"},
+            {"allow": true, "access": "m"}]});
+    });
+    let out = f.create("devall");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rules = std::fs::read_to_string(list.join("covenant-runtime/devall/devices.list")).unwrap();
+    let rules: Vec<&str> = rules.lines().collect();
+    assert!(!rules.contains(&"a *:* rwm"), "{rules:?}");
+    for want in ["c 1:11 r", "b 1:11 r", "c *:* m", "b *:* m", "c 1:3 rwm"] {
+        assert!(rules.contains(&want), "{want} missing: {rules:?}");
+    }
+}
+
+/// The longest rule list a config may give compiles into a program the kernel's verifier
+/// accepts, and it still decides as the list says.
+#[test]
+fn the_longest_device_rule_list_loads_and_is_enforced() {
+    use covenant_runtime::device_filter::{access_bits, attach, DevType, Rule, MAX_RULES};
+    if !live() {
+        return;
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let Some(v2) = mountinfo.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        (right.split(' ').next() == Some("cgroup2"))
+            .then(|| left.split(' ').nth(4).unwrap().to_string())
+    }) else {
+        covenant_test_support::live::cannot_run("no cgroup2 hierarchy is mounted");
+        return;
+    };
+    let dir = Path::new(&v2).join(format!("covenant-devlong-{}", std::process::id()));
+    std::fs::create_dir(&dir).unwrap();
+    let rule = |allow, typ, major, minor: Option<u32>| Rule {
+        allow,
+        typ,
+        major,
+        minor,
+        access: access_bits("rwm").unwrap(),
+    };
+    let mut rules = vec![
+        rule(false, None, None, None),
+        rule(true, Some(DevType::Char), Some(1), Some(3)),
+    ];
+    rules.extend(
+        (0..MAX_RULES as u32 - 2).map(|n| rule(false, Some(DevType::Block), Some(7), Some(n))),
+    );
+    let attached = attach(&dir, &rules);
+    let script = format!(
+        "echo $$ > {procs}; \
+         (exec 3</dev/null) 2>/dev/null && echo null; \
+         (exec 3</dev/zero) 2>/dev/null && echo zero; true",
+        procs = dir.join("cgroup.procs").display()
+    );
+    let out = Command::new("/bin/sh").args(["-c", &script]).output();
+    let _ = std::fs::remove_dir(&dir);
+    attached.unwrap();
+    let out = out.unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .collect::<Vec<_>>(),
+        ["null"],
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// A createContainer hook runs in the container's mount namespace, where the config's
+/// mounts are in place. A root filesystem outside the bundle that holds the hook's path
+/// lets a mount cover it with the bundle's own program: the hook must not run that.
+#[test]
+fn a_mount_that_covers_a_create_container_hook_is_refused() {
+    if !live() {
+        return;
+    }
+    let f = Fixture::new(&["true"]);
+    let outside = f.dir.path().join("outside-rootfs");
+    std::fs::rename(f.bundle().join("rootfs"), &outside).unwrap();
+    let marker = f.dir.path().join("ran");
+    let script = |what: &str| format!("#!/bin/sh\necho {what} >> {}\n", marker.display());
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir(outside.join("hooks")).unwrap();
+    std::fs::write(outside.join("hooks/h"), script("checked")).unwrap();
+    std::fs::create_dir(f.bundle().join("evil")).unwrap();
+    std::fs::write(f.bundle().join("evil/h"), script("bundle")).unwrap();
+    for p in [outside.join("hooks/h"), f.bundle().join("evil/h")] {
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    f.edit(|c| {
+        c["root"] = json!({"path": outside, "readonly": false});
+        c["mounts"].as_array_mut().unwrap().push(json!({
+            "destination": "/hooks", "type": "bind",
+            "source": f.bundle().join("evil"), "options": ["bind", "ro"]}));
+        c["hooks"] = json!({"createContainer": [{"path": outside.join("hooks/h")}]});
+    });
+    let out = f.create("shadow");
+    assert!(!out.status.success(), "created");
+    assert!(
+        stderr(&out).contains("hooks.createContainer[0].path"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!marker.exists(), "a hook ran");
+    f.assert_no_state("shadow");
+}
+
+/// An idmap that shows host root's files as the container root's does not make a
+/// read-only bind writable: `ro` holds on the idmapped tree as on a plain bind.
+#[test]
+fn an_idmapped_read_only_bind_stays_read_only() {
+    if !live() {
+        return;
+    }
+    let f = Fixture::new(&[
+        "sh",
+        "-c",
+        "busybox stat -c %u /ro/rootfile; echo x > /ro/rootfile || echo refused; \
+         busybox touch /ro/new || echo refused",
+    ]);
+    let data = f.dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("rootfile"), "host\n").unwrap();
+    std::fs::create_dir(f.bundle().join("rootfs/ro")).unwrap();
+    let map = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    f.edit(|c| {
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"type": "user"}));
+        c["linux"]["uidMappings"] = map.clone();
+        c["linux"]["gidMappings"] = map.clone();
+        c["mounts"].as_array_mut().unwrap().push(json!({
+            "destination": "/ro", "type": "bind", "source": data,
+            "options": ["rbind", "ro"],
+            "uidMappings": [{"containerID": 0, "hostID": 100000, "size": 1}],
+            "gidMappings": [{"containerID": 0, "hostID": 100000, "size": 1}]}));
+    });
+    let out = f.rt(&["run", "--bundle", f.bundle().to_str().unwrap(), "idro"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .collect::<Vec<_>>(),
+        ["0", "refused", "refused"],
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        std::fs::read_to_string(data.join("rootfile")).unwrap(),
+        "host\n"
+    );
+    assert!(!data.join("new").exists());
+}
+
+/// A read-only `rbind` is read-only all the way down: a remount reaches only the top
+/// mount, and the submounts the bind brought along must not stay writable (the source
+/// may be granted for reading only).
+#[test]
+fn a_read_only_rbind_makes_its_submounts_read_only_too() {
+    if !live() {
+        return;
+    }
+    let f = Fixture::new(&[
+        "sh",
+        "-c",
+        "echo x > /data/top 2>/dev/null || echo top-refused; \
+         echo x > /data/sub/f 2>/dev/null || echo sub-refused",
+    ]);
+    let src = f.dir.path().join("src");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    std::fs::create_dir(f.bundle().join("rootfs/data")).unwrap();
+    let sub = src.join("sub");
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "tmpfs"])
+        .arg(&sub)
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    f.edit(|c| {
+        c["root"]["readonly"] = json!(false);
+        c["mounts"].as_array_mut().unwrap().push(json!({
+            "destination": "/data", "type": "bind", "source": src,
+            "options": ["rbind", "ro"]}));
+    });
+    let out = f.rt(&["run", "--bundle", f.bundle().to_str().unwrap(), "rro"]);
+    let written = sub.join("f").exists();
+    let _ = Command::new("umount").arg(&sub).status();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .collect::<Vec<_>>(),
+        ["top-refused", "sub-refused"],
+        "{}",
+        stderr(&out)
+    );
+    assert!(!written);
+}
