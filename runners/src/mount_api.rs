@@ -117,6 +117,28 @@ pub fn make_read_only_recursive(path: &CStr) -> Result<(), Errno> {
     Ok(())
 }
 
+/// Attaches a detached tree onto the object `target` refers to (an `O_PATH` descriptor of
+/// the mount point, so no path is resolved again).
+pub fn move_tree_onto(tree: &OwnedFd, target: &OwnedFd) -> Result<(), Errno> {
+    const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
+    // SAFETY: both descriptors are valid and owned by the caller; the paths are empty C
+    // strings.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            target.as_raw_fd(),
+            c"".as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    };
+    if rc < 0 {
+        return Err(Errno::last());
+    }
+    Ok(())
+}
+
 /// Attaches a detached tree at the C path `target`.
 pub fn move_tree(tree: &OwnedFd, target: &CStr) -> Result<(), Errno> {
     // SAFETY: both paths are valid C strings; the tree fd is a detached mount.

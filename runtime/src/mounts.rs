@@ -73,6 +73,54 @@ pub fn parse_options(options: &[String]) -> (MsFlags, MsFlags, Vec<String>, bool
 
 /// Whether what is now mounted at `target` is the object the parent opened and checked
 /// (a source renamed or swapped for a symlink in between is not).
+/// A mount point inside the root, held open. The kernel resolves every component inside
+/// the root (`RESOLVE_IN_ROOT`: a symlink, `..` or an absolute link cannot leave it; no
+/// magic links), and mounts go to `path` (`/proc/self/fd/N`), the object itself: a
+/// directory swapped for a symlink after the check cannot aim the mount at the host (the
+/// class of runc's CVE-2021-30465). Opened again after a mount, it is the new mount's root.
+struct MountPoint {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+fn open_in_root(rootfs: &Path, dest: &Path, what: &str) -> Result<MountPoint> {
+    use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+    let root = nix::fcntl::open(
+        rootfs,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| step_err("mount", format!("{what}: open the root: {e}")))?;
+    // SAFETY: open returned a fresh descriptor.
+    let root = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(root) };
+    let relative: PathBuf = dest
+        .components()
+        .filter(|c| !matches!(c, std::path::Component::RootDir))
+        .collect();
+    let relative = if relative.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        relative
+    };
+    let fd = openat2(
+        root.as_raw_fd(),
+        &relative,
+        OpenHow::new()
+            .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS),
+    )
+    .map_err(|e| {
+        step_err(
+            "mount",
+            format!("{what}: open the mount point in the root: {e}"),
+        )
+    })?;
+    // SAFETY: openat2 returned a fresh descriptor.
+    let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let path = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+    Ok(MountPoint { fd, path })
+}
+
 fn same_object(checked: &OwnedFd, target: &Path) -> std::result::Result<(), String> {
     let want = nix::sys::stat::fstat(checked.as_raw_fd()).map_err(|e| e.to_string())?;
     let got = nix::sys::stat::stat(target).map_err(|e| e.to_string())?;
@@ -227,11 +275,10 @@ fn mount_one(
             .map_err(|e| step_err("mount", format!("{what}: source {}: {e}", source.display())))?
             .is_dir();
         make_target(&target, is_dir)?;
+        let point = open_in_root(rootfs, m.destination(), &what)?;
         match pinned.and_then(|p| p.idmapped.as_ref()) {
             Some(tree) => {
-                let c_target = std::ffi::CString::new(target.as_os_str().as_bytes())
-                    .map_err(|_| step_err("mount", format!("{what}: a path with a NUL byte")))?;
-                covenant_runners::mount_api::move_tree(tree, &c_target).map_err(|e| {
+                covenant_runners::mount_api::move_tree_onto(tree, &point.fd).map_err(|e| {
                     step_err(
                         "mount",
                         format!("{what}: attach the idmapped {}: {e}", source.display()),
@@ -240,15 +287,16 @@ fn mount_one(
             }
             None => mount(
                 Some(&source),
-                &target,
+                &point.path,
                 None::<&str>,
                 MsFlags::MS_BIND | (flags & MsFlags::MS_REC),
                 None::<&str>,
             )
             .map_err(|e| step_err("mount", format!("{what}: bind {}: {e}", source.display())))?,
         }
+        let top = open_in_root(rootfs, m.destination(), &what)?;
         if let Some(BindSource { checked, .. }) = pinned {
-            same_object(checked, &target).map_err(|reason| {
+            same_object(checked, &top.path).map_err(|reason| {
                 step_err(
                     "mount",
                     format!("{what}: source {}: {reason}", source.display()),
@@ -257,13 +305,13 @@ fn mount_one(
         }
         let extra = flags & !(MsFlags::MS_REC | MsFlags::MS_REMOUNT);
         if !extra.is_empty() {
-            remount_bind(&target, extra)
+            remount_bind(&top.path, extra)
                 .map_err(|e| step_err("mount", format!("{what}: remount {extra:?}: {e}")))?;
         }
         // A remount reaches only the top mount: the submounts an `rbind` brought along
         // would stay writable under a read-only bind (a source granted for reading only).
         if flags.contains(MsFlags::MS_REC | MsFlags::MS_RDONLY) {
-            let c_target = std::ffi::CString::new(target.as_os_str().as_bytes())
+            let c_target = std::ffi::CString::new(top.path.as_os_str().as_bytes())
                 .map_err(|_| step_err("mount", format!("{what}: a path with a NUL byte")))?;
             covenant_runners::mount_api::make_read_only_recursive(&c_target).map_err(|e| {
                 step_err(
@@ -276,12 +324,15 @@ fn mount_one(
         make_target(&target, true)?;
         let source = m.source().clone().unwrap_or_else(|| PathBuf::from(&typ));
         let data = data.join(",");
+        let point = open_in_root(rootfs, m.destination(), &what)?;
         match typ.as_str() {
-            "cgroup" | "cgroup2" => mount_cgroup(&target, flags, &what)?,
+            "cgroup" | "cgroup2" => {
+                mount_cgroup(rootfs, m.destination(), &point.path, flags, &what)?
+            }
             _ => {
                 let r = mount(
                     Some(&source),
-                    &target,
+                    &point.path,
                     Some(typ.as_str()),
                     flags,
                     Some(data.as_str()),
@@ -292,13 +343,14 @@ fn mount_one(
                     Err(nix::errno::Errno::EPERM) if typ == "sysfs" && userns => {
                         mount(
                             Some("/sys"),
-                            &target,
+                            &point.path,
                             None::<&str>,
                             MsFlags::MS_BIND | MsFlags::MS_REC,
                             None::<&str>,
                         )
                         .map_err(|e| step_err("mount", format!("{what}: bind /sys: {e}")))?;
-                        remount_bind(&target, flags | MsFlags::MS_RDONLY)
+                        let top = open_in_root(rootfs, m.destination(), &what)?;
+                        remount_bind(&top.path, flags | MsFlags::MS_RDONLY)
                             .map_err(|e| step_err("mount", format!("{what}: remount: {e}")))?;
                     }
                     Err(e) => return Err(step_err("mount", format!("{what}: {typ}: {e}"))),
@@ -308,9 +360,10 @@ fn mount_one(
         }
     }
     if !propagation.is_empty() {
+        let top = open_in_root(rootfs, m.destination(), &what)?;
         mount(
             None::<&str>,
-            &target,
+            &top.path,
             None::<&str>,
             propagation,
             None::<&str>,
@@ -321,7 +374,13 @@ fn mount_one(
 }
 
 /// A `cgroup` mount: cgroup2 on a v2 host; on v1 a tmpfs holding one mount per hierarchy.
-fn mount_cgroup(target: &Path, flags: MsFlags, what: &str) -> Result<()> {
+fn mount_cgroup(
+    rootfs: &Path,
+    dest: &Path,
+    target: &Path,
+    flags: MsFlags,
+    what: &str,
+) -> Result<()> {
     let hs = crate::cgroups::hierarchies();
     if hs.iter().any(|h| h.v2) {
         return mount(
@@ -342,9 +401,11 @@ fn mount_cgroup(target: &Path, flags: MsFlags, what: &str) -> Result<()> {
         Some("mode=755"),
     )
     .map_err(|e| step_err("mount", format!("{what}: tmpfs: {e}")))?;
+    // The fresh tmpfs's own root, by descriptor, for what goes inside it.
+    let top = open_in_root(rootfs, dest, what)?;
     for h in &hs {
         let name = h.controllers.join(",");
-        let dir = target.join(name.trim_start_matches("name="));
+        let dir = top.path.join(name.trim_start_matches("name="));
         make_target(&dir, true)?;
         mount(
             Some("cgroup"),
@@ -356,7 +417,7 @@ fn mount_cgroup(target: &Path, flags: MsFlags, what: &str) -> Result<()> {
         .map_err(|e| step_err("mount", format!("{what}: cgroup {name}: {e}")))?;
     }
     if flags.contains(MsFlags::MS_RDONLY) {
-        remount_bind(target, flags)
+        remount_bind(&top.path, flags)
             .map_err(|e| step_err("mount", format!("{what}: remount: {e}")))?;
     }
     Ok(())
