@@ -29,7 +29,14 @@ pub(super) struct Decisions {
     pub(super) overlay: Option<(Vec<PathBuf>, Option<PathBuf>)>,
     /// gVisor: the writable host paths, each given to runsc through an idmapped mount.
     pub(super) writable: Vec<WritableBind>,
+    /// gVisor: the bundle mounts the daemon's agent socket, which the sandbox may connect
+    /// to (`--host-uds=open`).
+    pub(super) host_uds: bool,
 }
+
+/// Where the daemon mounts a job's agent socket; the compiler reserves it, so no other
+/// mount of a plan lands there.
+pub(super) const AGENT_SOCKET_DIR: &str = "/run/covenant";
 
 /// A writable bind mount under gVisor: the runtime is given an idmapped clone of `source`
 /// on which the on-disk `owner` appears as the sandbox's `sandbox` ids and no other id
@@ -255,6 +262,12 @@ impl OciRunner {
             Some(RootfsLayout::Overlay { lower, keep }) => Some((lower, keep)),
             _ => None,
         };
+        // runsc lets the sandbox connect to a host socket only with `--host-uds`; it is
+        // given for the agent socket's read-only directory alone.
+        let host_uds = gvisor
+            && config.mounts().iter().flatten().any(|m| {
+                m.destination() == Path::new(AGENT_SOCKET_DIR) && m.typ().as_deref() == Some("bind")
+            });
         if let (true, Some((_, Some(keep)))) = (gvisor, &overlay) {
             return Err(self.unenforceable(
                 &format!("fs.write:{}", keep.display()),
@@ -272,6 +285,7 @@ impl OciRunner {
             namespaces,
             overlay,
             writable,
+            host_uds,
         })
     }
 

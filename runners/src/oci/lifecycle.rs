@@ -472,6 +472,9 @@ impl OciRunner {
             if let Some(flag) = &network_flag {
                 args.push(flag);
             }
+            if d.host_uds {
+                args.push("--host-uds=open");
+            }
             // gVisor: `run` creates, starts, waits and deletes in one runsc process (each
             // runsc invocation costs tens of milliseconds); runc and crun: create + start.
             args.extend([
