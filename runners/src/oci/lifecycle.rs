@@ -266,7 +266,7 @@ impl OciRunner {
                     .map_err(|e| fail(e.to_string()))?;
             let target = writable_point(derived, i);
             fs::create_dir_all(&target).map_err(io(format!("mount point {}", target.display())))?;
-            crate::native::mounts::attach_idmapped(&w.source, &target, &ns, true)
+            crate::native::mounts::attach_idmapped(&w.source, &target, &ns, w.writable)
                 .map_err(|e| fail(e.to_string()))?;
             attached.push(target);
         }
