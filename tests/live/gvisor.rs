@@ -296,3 +296,87 @@ fn hostile_probes_fail_under_gvisor_with_a_writable_workspace() {
     assert_eq!(stdout(&out), "THREAD\n", "{}", stderr(&out));
     assert_eq!(violations(&s.workspace), Vec::<String>::new());
 }
+
+/// Git-safe workspaces under gVisor: the repository's control files are read-only binds
+/// inside the writable workspace, as under the native runner.
+#[test]
+fn gvisor_git_commit_works_inside_but_hooks_and_config_cannot_be_planted() {
+    let Some(s) = scene() else { return };
+    covenant_test_support::git::git_ok(&s.workspace, &["init", "-q"]);
+    let out = s.run(
+        &["--runner", "gvisor"],
+        &[
+            "sh",
+            "-c",
+            "cd /workspace && echo a > a && git add a && git -c user.email=a@b -c user.name=a commit -qm inside && echo COMMITTED; \
+             echo 'echo pwned' > .git/hooks/pre-commit 2>/dev/null && echo HOOK-PLANTED; \
+             git config core.hooksPath /workspace/h 2>/dev/null && echo CONFIG-CHANGED; \
+             mv .git .git-old 2>/dev/null && echo GIT-MOVED; true",
+        ],
+    );
+    let text = stdout(&out);
+    assert_eq!(text, "COMMITTED\n", "{}", stderr(&out));
+    assert!(!s.workspace.join(".git/hooks/pre-commit").exists());
+    assert_eq!(
+        covenant_test_support::git::git_ok(&s.workspace, &["log", "--format=%s"]),
+        "inside\n"
+    );
+}
+
+/// The rest of the scope table under gVisor with a writable workspace: loopback inside,
+/// the cpu quota, and what it cannot enforce refused naming the scope.
+#[test]
+fn gvisor_enforces_net_and_cpu_and_refuses_what_it_cannot_naming_the_scope() {
+    let Some(s) = scene() else { return };
+    std::fs::write(s.workspace.join("probe.py"), PROBE).unwrap();
+    for net in ["none", "loopback"] {
+        assert_eq!(
+            s.probe(&["--runner", "gvisor", "--net", net], "loopback_echo"),
+            0,
+            "loopback inside the sandbox under net {net}"
+        );
+        assert_ne!(
+            s.probe(&["--runner", "gvisor", "--net", net], "connect:1.1.1.1:53"),
+            0,
+            "net {net} reached out"
+        );
+    }
+    // A spinning program under a quarter of a cpu: the sandbox as a whole (sentry and
+    // gofer included) stays well under one cpu.
+    let report = s.home.path().join("cpu.json");
+    let out = s.run(
+        &[
+            "--runner",
+            "gvisor",
+            "--cpus",
+            "0.25",
+            "--report",
+            report.to_str().unwrap(),
+        ],
+        &[
+            "python3",
+            "-c",
+            "import time\nt = time.time()\nwhile time.time() - t < 2: pass",
+        ],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let r = crate::scene::read_json(&report);
+    let (cpu, wall) = (
+        r["cpu_time_ms"].as_f64().unwrap(),
+        r["duration_ms"].as_f64().unwrap(),
+    );
+    assert!(
+        cpu < 0.6 * wall,
+        "{cpu} ms of cpu in {wall} ms under 0.25 cpus"
+    );
+    for (flags, scope) in [
+        (&["--allow-host", "api.test:443"][..], "net egress"),
+        (&["--net", "host", "--connect", "443"][..], "net.connect"),
+    ] {
+        let mut all = vec!["--runner", "gvisor"];
+        all.extend_from_slice(flags);
+        let out = s.run(&all, &["true"]);
+        assert_eq!(code(&out), 125, "{flags:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(scope), "{flags:?}: {}", stderr(&out));
+    }
+}
