@@ -14,7 +14,7 @@
 //! | cgroup limits | the runtime (`linux.resources`, under `covenant/ID`) | Covenant's cgroup around the whole sandbox (`--ignore-cgroups`) |
 //! | network `none` / `loopback` / `host` | network namespace (landlock denies TCP for `none`) | `--network=none` / `none` / `host` |
 //! | network `egress` | joins a namespace Covenant prepared with the gateway's link | refused |
-//! | idmapped writable paths | refused (degradation `idmap`) | refused (degradation `idmap`) |
+//! | idmapped writable paths | refused (degradation `idmap`) | an idmapped clone (owner ↔ the sandbox's user) under the gofer guard (`gofer_guard.rs`); without an idmap, refused |
 //! | timeout | Covenant kills the container | Covenant kills the sandbox |
 
 mod decide;
