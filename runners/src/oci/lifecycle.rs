@@ -116,6 +116,27 @@ fn join_network_namespace(spec: &mut Spec, path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Mount points at or below `dir` in this process's mount namespace; `None` when the
+/// mount table cannot be read.
+fn mount_points_under(dir: &Path) -> Option<Vec<PathBuf>> {
+    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let points = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        // mountinfo escapes space, tab, newline and backslash in octal.
+        .map(|p| {
+            PathBuf::from(
+                p.replace("\\040", " ")
+                    .replace("\\011", "\t")
+                    .replace("\\012", "\n")
+                    .replace("\\134", "\\"),
+            )
+        })
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    Some(points)
+}
+
 /// Where the `i`th writable host path is attached idmapped, for gVisor.
 fn writable_point(derived: &Path, i: usize) -> PathBuf {
     derived.join(format!("writable{i}"))
@@ -208,7 +229,11 @@ impl OciRunner {
                 .stderr(Stdio::null());
             let _ = run_reaping_orphans(delete);
         }
-        let _ = fs::remove_dir_all(&work);
+        // A writable host path still attached below (its detach failed) would be
+        // emptied by the removal: the run's folder is then left in place.
+        if mount_points_under(&work).is_some_and(|m| m.is_empty()) {
+            let _ = fs::remove_dir_all(&work);
+        }
         result
     }
 
@@ -652,5 +677,21 @@ impl OciRunner {
             cg.remove(Duration::from_secs(5))?;
         }
         outcome
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_points_are_found_below_a_folder_and_only_there() {
+        let proc_mounts = mount_points_under(Path::new("/proc")).unwrap();
+        assert!(
+            proc_mounts.contains(&PathBuf::from("/proc")),
+            "{proc_mounts:?}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(mount_points_under(dir.path()), Some(Vec::new()));
     }
 }
