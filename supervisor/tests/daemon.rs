@@ -2399,7 +2399,7 @@ call -H content-type:application/json -d '{{"namespace":"notes","text":"from gvi
     // sandbox, gofer or mount of it behind.
     let id = submit("echo started > /workspace/started; sleep 700");
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !(ws.join("started").exists() && !processes_naming(&id).is_empty()) {
+    while !ws.join("started").exists() || processes_naming(&id).is_empty() {
         assert!(Instant::now() < deadline, "the gVisor job did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
