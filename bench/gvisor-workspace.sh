@@ -9,11 +9,12 @@
 #
 #   sudo bench/gvisor-workspace.sh [RUNS]
 #
+# COVENANT_CTL names another covenant-ctl binary (a debug build, say).
 # Needs: a release build, hyperfine, jq, runsc, git.
 set -eu
 RUNS=${1:-20}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-CTL=$ROOT/target/release/covenant-ctl
+CTL=${COVENANT_CTL:-$ROOT/target/release/covenant-ctl}
 [ -x "$CTL" ] || { echo "build first: cargo build --release -p covenant-ctl" >&2; exit 1; }
 for tool in hyperfine jq runsc git; do
     command -v $tool >/dev/null || { echo "missing $tool (apt-get install hyperfine jq runsc git)" >&2; exit 1; }
