@@ -12,16 +12,18 @@
 # COVENANT_CTL names another covenant-ctl binary (a debug build, say).
 # Needs: a release build, hyperfine, jq, runsc, git.
 set -eu
-RUNS=${1:-20}
+RUNS=${1:-10}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CTL=${COVENANT_CTL:-$ROOT/target/release/covenant-ctl}
 [ -x "$CTL" ] || { echo "build first: cargo build --release -p covenant-ctl" >&2; exit 1; }
 for tool in hyperfine jq runsc git; do
     command -v $tool >/dev/null || { echo "missing $tool (apt-get install hyperfine jq runsc git)" >&2; exit 1; }
 done
+# On a tmpfs of its own: this VM's disk discards on every unlink, which makes removing
+# 10,000 files take minutes and would measure the disk, not the runners.
 WORK=$(mktemp -d /tmp/covenant-bench.XXXXXX)
-trap 'rm -rf "$WORK"' EXIT
-chmod 711 "$WORK"
+mount -t tmpfs -o size=2g,mode=0711 covenant-bench "$WORK"
+trap 'umount -l "$WORK"; rmdir "$WORK"' EXIT
 export COVENANT_HOME=$WORK/home
 WS=$WORK/ws
 mkdir "$WS"
@@ -54,7 +56,7 @@ git -C "$WS/repo" -c user.email=b@b -c user.name=b commit -qm files
 UNPACK='rm -rf /workspace/out && mkdir /workspace/out && tar -xf /workspace/files.tar -C /workspace/out'
 STATUS='git -C /workspace/repo status --porcelain'
 
-hyperfine -N --warmup 3 --runs "$RUNS" --export-json "$WORK/result.json" \
+hyperfine -N --warmup 1 --runs "$RUNS" --export-json "$WORK/result.json" \
     -n "runsc run (plain)" "sh -c 'exec runsc --platform=ptrace --network=none --oci-seccomp --ignore-cgroups run -bundle $WORK/plain plain-\$\$'" \
     -n "covenant gvisor" "$CTL run --runner gvisor --bundle $WORK/bundle" \
     -n "unpack gvisor" "$CTL run --runner gvisor --workspace $WS -- sh -c '$UNPACK'" \
