@@ -29,16 +29,9 @@ pub(super) struct Decisions {
     pub(super) overlay: Option<(Vec<PathBuf>, Option<PathBuf>)>,
     /// gVisor: the writable host paths, each given to runsc through an idmapped mount.
     pub(super) writable: Vec<WritableBind>,
-    /// gVisor: the bundle mounts the daemon's agent socket, which the sandbox may connect
-    /// to (`--host-uds=open`).
-    pub(super) host_uds: bool,
 }
 
-/// Where the daemon mounts a job's agent socket; the compiler reserves it, so no other
-/// mount of a plan lands there.
-pub(super) const AGENT_SOCKET_DIR: &str = "/run/covenant";
-
-/// A writable bind mount (or the agent socket's directory) under gVisor: the runtime is given an idmapped clone of `source`
+/// A writable bind mount under gVisor: the runtime is given an idmapped clone of `source`
 /// on which the on-disk `owner` appears as the sandbox's `sandbox` ids and no other id
 /// exists.
 #[derive(Debug, Clone)]
@@ -47,8 +40,6 @@ pub(super) struct WritableBind {
     pub(super) source: PathBuf,
     pub(super) owner: (u32, u32),
     pub(super) sandbox: (u32, u32),
-    /// False for the agent socket's directory, which is idmapped read-only.
-    pub(super) writable: bool,
 }
 
 impl Decisions {
@@ -119,7 +110,6 @@ impl OciRunner {
                         source,
                         owner: (i.host_uid, i.host_gid),
                         sandbox: (uid, gid),
-                        writable: true,
                     }),
                     None => {
                         return Err(self.unenforceable(
@@ -265,36 +255,6 @@ impl OciRunner {
             Some(RootfsLayout::Overlay { lower, keep }) => Some((lower, keep)),
             _ => None,
         };
-        // runsc lets the sandbox connect to a host socket only with `--host-uds`; it is
-        // given for the agent socket's read-only directory alone.
-        let agent_dir = config
-            .mounts()
-            .iter()
-            .flatten()
-            .find(|m| {
-                m.destination() == Path::new(AGENT_SOCKET_DIR) && m.typ().as_deref() == Some("bind")
-            })
-            .filter(|_| gvisor);
-        let host_uds = agent_dir.is_some();
-        if let Some(m) = agent_dir {
-            // The socket and the credential belong to the sandbox's root on the host (its
-            // subordinate id); gVisor has no host user namespace, so the directory is
-            // given idmapped to the sandbox's user, read-only.
-            use std::os::unix::fs::MetadataExt;
-            let source = m.source().clone().unwrap_or_default();
-            let meta = fs::metadata(&source).map_err(io(format!(
-                "the agent socket's directory {}",
-                source.display()
-            )))?;
-            let user = config.process().as_ref().map(|p| p.user());
-            writable.push(WritableBind {
-                destination: m.destination().clone(),
-                source,
-                owner: (meta.uid(), meta.gid()),
-                sandbox: user.map(|u| (u.uid(), u.gid())).unwrap_or((0, 0)),
-                writable: false,
-            });
-        }
         if let (true, Some((_, Some(keep)))) = (gvisor, &overlay) {
             return Err(self.unenforceable(
                 &format!("fs.write:{}", keep.display()),
@@ -312,7 +272,6 @@ impl OciRunner {
             namespaces,
             overlay,
             writable,
-            host_uds,
         })
     }
 

@@ -291,7 +291,7 @@ impl OciRunner {
                     .map_err(|e| fail(e.to_string()))?;
             let target = writable_point(derived, i);
             fs::create_dir_all(&target).map_err(io(format!("mount point {}", target.display())))?;
-            crate::native::mounts::attach_idmapped(&w.source, &target, &ns, w.writable)
+            crate::native::mounts::attach_idmapped(&w.source, &target, &ns, true)
                 .map_err(|e| fail(e.to_string()))?;
             attached.push(target);
         }
@@ -496,9 +496,6 @@ impl OciRunner {
             let mut args: Vec<&str> = Vec::new();
             if let Some(flag) = &network_flag {
                 args.push(flag);
-            }
-            if d.host_uds {
-                args.push("--host-uds=open");
             }
             // gVisor: `run` creates, starts, waits and deletes in one runsc process (each
             // runsc invocation costs tens of milliseconds); runc and crun: create + start.
