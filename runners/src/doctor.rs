@@ -73,6 +73,19 @@ fn on_path(binary: &str) -> Option<String> {
         .map(|p| p.display().to_string())
 }
 
+/// The platform the gvisor runner will use, and why: `COVENANT_GVISOR_PLATFORM`, or
+/// ptrace, the one that works under nested virtualisation (kvm hangs there, and
+/// Debian's 2022 runsc has no systrap).
+pub fn gvisor_platform_choice() -> (String, &'static str) {
+    match std::env::var("COVENANT_GVISOR_PLATFORM") {
+        Ok(p) if !p.is_empty() => (p, "named by COVENANT_GVISOR_PLATFORM"),
+        _ => (
+            "ptrace".into(),
+            "the default: it works on nested virtualisation, where kvm hangs",
+        ),
+    }
+}
+
 /// Runs `true` under runsc on `platform`, killing it after `deadline` (the kvm platform
 /// hangs on nested virtualisation instead of failing).
 fn probe_gvisor_platform(
@@ -266,9 +279,13 @@ pub fn run_checks() -> Vec<Check> {
         Some("only gVisor's kvm platform needs it; use the ptrace platform otherwise"),
     ));
     if let Some(runsc) = on_path("runsc") {
+        let mut works = Vec::new();
         for platform in ["ptrace", "systrap", "kvm"] {
             let (ok, detail) =
                 probe_gvisor_platform(&runsc, platform, std::time::Duration::from_secs(8));
+            if ok {
+                works.push(platform);
+            }
             checks.push(check(
                 &format!("gVisor platform {platform}"),
                 ok,
@@ -277,6 +294,29 @@ pub fn run_checks() -> Vec<Check> {
                 Some("the gvisor runner uses the ptrace platform; only a platform that works here can be chosen"),
             ));
         }
+        let (chosen, why) = gvisor_platform_choice();
+        let ok = works.contains(&chosen.as_str());
+        checks.push(check(
+            "gVisor platform used",
+            ok,
+            false,
+            format!(
+                "{chosen} ({why}; {})",
+                if ok {
+                    "its probe above ran"
+                } else {
+                    "its probe above failed, so gvisor runs will fail"
+                }
+            ),
+            Some(&format!(
+                "set COVENANT_GVISOR_PLATFORM to one that works here: {}",
+                if works.is_empty() {
+                    "none does".to_string()
+                } else {
+                    works.join(", ")
+                }
+            )),
+        ));
     }
     for binary in ["runsc", "runc", "crun"] {
         let found = on_path(binary);

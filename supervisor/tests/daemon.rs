@@ -2328,3 +2328,100 @@ fn repeated_kills_of_an_ended_job_write_bounded_rows() {
     assert!(longest < 2048, "a row of {longest} bytes");
     assert_eq!(kills[0]["body"]["path"], format!("/v1/jobs/{id}/kill"));
 }
+
+/// Host processes whose command line names `job` (runsc's sandbox, gofer and helpers carry
+/// the job's container id or bundle path).
+fn processes_naming(job: &str) -> String {
+    let out = Command::new("pgrep")
+        .args(["-a", "-f", job])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_gvisor_job_writes_its_workspace_as_its_owner_and_a_sigkill_leaves_no_sandbox() {
+    skip_unless!(SANDBOX);
+    let _shared = SANDBOXES.read().unwrap_or_else(|e| e.into_inner());
+    if covenant_test_support::live::program("runsc").is_none() {
+        return;
+    }
+    let mut d = Daemon::start(&[]);
+    let base = shared_dir();
+    let ws = base.path().join("ws");
+    std::fs::create_dir(&ws).unwrap();
+    std::os::unix::fs::chown(&ws, Some(1234), Some(2345)).unwrap();
+    let scopes = [
+        "res.time:120s",
+        "res.mem:256MiB",
+        "runner:gvisor",
+        &format!("fs.write:{}", ws.display()),
+    ];
+    let cap = d.cap("agent-a", &scopes);
+    let post = |cap: &str, script: &str| {
+        d.post(
+            "/v1/jobs",
+            json!({"capability": cap, "argv": ["/bin/sh", "-c", script], "runner": "gvisor",
+                   "manifest": {"version": 1, "workspace": ws}}),
+        )
+    };
+    let submit = |script: &str| {
+        let a = post(&cap, script);
+        assert_eq!(a.status, 201, "{}", a.error_text());
+        a.json()["id"].as_str().unwrap().to_string()
+    };
+    let id = submit(
+        "echo made > /workspace/made; chmod 4755 /workspace/made 2>/dev/null || echo SETUID-REFUSED",
+    );
+    let s = d.wait(&id);
+    let (out, err) = d.output(&id);
+    assert_eq!(s["exit_code"], 0, "{s}\n{out}{err}");
+    assert_eq!(s["report"]["runner"], "gvisor", "{s}");
+    assert_eq!(out, "SETUID-REFUSED\n", "{err}");
+    use std::os::unix::fs::MetadataExt;
+    let made = std::fs::metadata(ws.join("made")).unwrap();
+    assert_eq!((made.uid(), made.gid()), (1234, 2345));
+    assert_eq!(made.mode() & 0o6000, 0);
+
+    // The agent socket stays refused under gVisor, naming the runner: runsc's gofer
+    // would connect to every host socket in the sandbox's mounts as host root.
+    let mut with_agent = scopes.to_vec();
+    with_agent.push("agent:audit");
+    let agent_cap = d.cap("agent-a", &with_agent);
+    let a = post(&agent_cap, "true");
+    assert_eq!(a.status, 400, "{}", a.error_text());
+    assert_eq!(a.json()["field"], "runner", "{}", a.error_text());
+
+    // A daemon SIGKILL while a gVisor job runs: the restarted daemon leaves no runsc
+    // sandbox, gofer or mount of it behind.
+    let id = submit("echo started > /workspace/started; sleep 700");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ws.join("started").exists() || processes_naming(&id).is_empty() {
+        assert!(Instant::now() < deadline, "the gVisor job did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    d.kill9();
+    d.spawn();
+    let s = d.get(&format!("/v1/jobs/{id}")).json();
+    assert_eq!(s["state"], "interrupted", "{s}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !processes_naming(&id).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "runsc processes left: {}",
+            processes_naming(&id)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(d.home.path().to_str().unwrap()),
+        "mounts left behind"
+    );
+    for sub in ["bundles", "agents", "runtime"] {
+        let left: Vec<_> = std::fs::read_dir(d.home.path().join(sub))
+            .map(|r| r.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{sub} left behind: {left:?}");
+    }
+}

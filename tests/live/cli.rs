@@ -90,6 +90,35 @@ fn doctor_finds_every_required_feature() {
             "{feature} not ok:\n{text}"
         );
     }
+    // With runsc here, doctor names the platform the gvisor runner will use and why, and
+    // says whether that platform's probe ran; a named platform that does not exist fails.
+    if crate::scene::runtime("runsc").is_some() {
+        let used = |out: &std::process::Output| {
+            stdout(out)
+                .lines()
+                .find(|l| l.contains("gVisor platform used"))
+                .unwrap_or_else(|| panic!("no platform line:\n{}", stdout(out)))
+                .to_string()
+        };
+        let line = used(&out);
+        assert!(
+            line.starts_with("ok") && line.contains("ptrace (the default"),
+            "{line}"
+        );
+        let out = s
+            .ctl()
+            .arg("doctor")
+            .env("COVENANT_GVISOR_PLATFORM", "nosuchplatform")
+            .output()
+            .unwrap();
+        let line = used(&out);
+        assert!(
+            line.starts_with("warn")
+                && line.contains("nosuchplatform (named by COVENANT_GVISOR_PLATFORM")
+                && line.contains("gvisor runs will fail"),
+            "{line}"
+        );
+    }
 }
 
 #[test]

@@ -13,6 +13,7 @@ mod bundles;
 mod cli;
 mod fs;
 mod git_safe;
+mod gvisor;
 mod images;
 mod lifecycle;
 mod limits;

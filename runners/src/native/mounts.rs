@@ -93,20 +93,26 @@ pub fn clone_host_tree(m: &MountSpec, idmap: Option<&OwnedFd>) -> Result<Detache
     Ok(DetachedTree { fd, is_dir })
 }
 
-/// Clones `source` recursively into a detached tree idmapped through `userns`, and
-/// attaches it at `target` (host side, for runtimes that need the result as a path).
+/// Clones `source` recursively into a detached tree idmapped through `userns` (nosuid,
+/// nodev, and read-only unless `writable`), and attaches it at `target` (host side, for
+/// runtimes that need the result as a path).
 pub(crate) fn attach_idmapped(
     source: &Path,
     target: &Path,
     userns: &OwnedFd,
+    writable: bool,
 ) -> Result<(), MountError> {
+    let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    if !writable {
+        flags |= MsFlags::MS_RDONLY;
+    }
     let spec = MountSpec {
         destination: target.to_path_buf(),
         kind: MountKind::Bind {
             source: source.to_path_buf(),
             recursive: true,
         },
-        flags: MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        flags,
     };
     let tree = clone_host_tree(&spec, Some(userns))?;
     let t = cstring(target, target)?;

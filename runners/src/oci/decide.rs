@@ -27,6 +27,19 @@ pub(super) struct Decisions {
     pub(super) namespaces: Vec<Namespace>,
     /// An image or directory root: its read-only layers, top first.
     pub(super) overlay: Option<(Vec<PathBuf>, Option<PathBuf>)>,
+    /// gVisor: the writable host paths, each given to runsc through an idmapped mount.
+    pub(super) writable: Vec<WritableBind>,
+}
+
+/// A writable bind mount under gVisor: the runtime is given an idmapped clone of `source`
+/// on which the on-disk `owner` appears as the sandbox's `sandbox` ids and no other id
+/// exists.
+#[derive(Debug, Clone)]
+pub(super) struct WritableBind {
+    pub(super) destination: PathBuf,
+    pub(super) source: PathBuf,
+    pub(super) owner: (u32, u32),
+    pub(super) sandbox: (u32, u32),
 }
 
 impl Decisions {
@@ -70,25 +83,43 @@ impl OciRunner {
             ));
         }
         let gvisor = matches!(self.flavor, Flavor::Gvisor { .. });
+        let idmap: Vec<IdmapMount> = annotation(&config, annotations::IDMAP)?.unwrap_or_default();
+        let mut writable = Vec::new();
         if gvisor {
-            // Measured: a file made setuid inside gVisor lands on the host owned by root
-            // with its setuid bit, because the gofer writes as host root.
+            // Measured: the gofer writes as host root with the sandbox's own ids, so a
+            // file made setuid by the sandbox's root lands on the host as setuid root. A
+            // writable host path is therefore only given to runsc through an idmapped
+            // mount on which the path's owner is the sandbox's user and no other id
+            // exists, under the gofer guard (`gofer_guard.rs`).
+            let user = config.process().as_ref().map(|p| p.user());
+            let (uid, gid) = user.map(|u| (u.uid(), u.gid())).unwrap_or((0, 0));
             for m in config.mounts().iter().flatten() {
                 let bind = m.typ().as_deref() == Some("bind");
-                let writable = !m
-                    .options()
-                    .as_ref()
-                    .is_some_and(|o| o.iter().any(|x| x == "ro"));
-                if bind && writable {
-                    return Err(self.unenforceable(
-                        &format!("fs.write:{}", m.source().as_ref().map(|s| s.display().to_string()).unwrap_or_default()),
-                        "gVisor's gofer writes to host paths as host root (a file made setuid inside would be setuid root on the host); use the native runner for writable paths",
-                    ));
+                let writable_bind = bind
+                    && !m
+                        .options()
+                        .as_ref()
+                        .is_some_and(|o| o.iter().any(|x| x == "ro"));
+                if !writable_bind {
+                    continue;
+                }
+                let source = m.source().clone().unwrap_or_default();
+                match idmap.iter().find(|i| i.destination == *m.destination()) {
+                    Some(i) => writable.push(WritableBind {
+                        destination: m.destination().clone(),
+                        source,
+                        owner: (i.host_uid, i.host_gid),
+                        sandbox: (uid, gid),
+                    }),
+                    None => {
+                        return Err(self.unenforceable(
+                            &format!("fs.write:{}", source.display()),
+                            "gVisor's gofer writes to host paths as host root, so a writable path is only given to it idmapped to the path's owner, and this one has no idmap (org.opencovenant.idmap); use the native runner, or run as root with a subordinate id range",
+                        ))
+                    }
                 }
             }
-        }
-        let idmap: Vec<IdmapMount> = annotation(&config, annotations::IDMAP)?.unwrap_or_default();
-        if !idmap.is_empty() {
+        } else if !idmap.is_empty() {
             if !accepted.contains(&Degradation::Idmap) {
                 return Err(self.unenforceable(
                     &format!("the idmapped mount of {}", idmap[0].destination.display()),
@@ -240,6 +271,7 @@ impl OciRunner {
             degradations,
             namespaces,
             overlay,
+            writable,
         })
     }
 
@@ -266,6 +298,9 @@ impl OciRunner {
                 linux.set_uid_mappings(None);
                 linux.set_gid_mappings(None);
                 linux.set_resources(None);
+                if let Some(seccomp) = linux.seccomp().clone() {
+                    linux.set_seccomp(Some(sentry_seccomp(seccomp)?));
+                }
                 // gVisor's tasks are not host processes, so a host pids limit cannot stop a
                 // fork bomb inside it; the sentry enforces RLIMIT_NPROC itself (measured:
                 // a fork bomb stops at the limit).
@@ -393,4 +428,105 @@ impl OciRunner {
         }
         Ok(spec)
     }
+}
+
+/// Calls the 2022 sentry does not implement (it answers ENOSYS itself), which the C
+/// library must see fail with ENOSYS to fall back: `clone3` to `clone` (glibc's
+/// `pthread_create` and `posix_spawn` fail outright on EPERM).
+const UNIMPLEMENTED: &[&str] = &["clone3"];
+
+/// Mode calls whose setuid or setgid bit the sentry refuses: (syscall, mode argument).
+const MODE_CALLS: &[(&str, usize)] = &[("chmod", 1), ("fchmod", 1), ("fchmodat", 2)];
+
+/// The bundle's profile as the sentry loads it under gVisor, with two changes:
+///
+/// - `chmod`, `fchmod` and `fchmodat` with a setuid or setgid bit fail with `EPERM`. The
+///   gofer guard already keeps such a mode off the host (`gofer_guard.rs`), but the
+///   2022 sentry then reports success for a mode it never applied (measured); refusing
+///   it in the sentry makes the program see the truth.
+/// - `statx` and `clone3` fail with `ENOSYS`: Debian's 2022 sentry answers `statx` with
+///   `EINVAL` for files on a gofer mount (measured: `ls -l`, `stat` fail) and the
+///   profile's default errno is not honoured (`EPERM` instead), while the C library
+///   falls back to `fstatat` and `clone` on `ENOSYS` only.
+pub(super) fn sentry_seccomp(
+    seccomp: oci_spec::runtime::LinuxSeccomp,
+) -> Result<oci_spec::runtime::LinuxSeccomp> {
+    use oci_spec::runtime::{
+        LinuxSeccompAction, LinuxSeccompArgBuilder, LinuxSeccompOperator, LinuxSyscallBuilder,
+    };
+    let spec_err = |e: oci_spec::OciSpecError| OciError::Spec(e.to_string());
+    let special = |index: usize, mask: u64, value: u64| {
+        LinuxSeccompArgBuilder::default()
+            .index(index)
+            .op(LinuxSeccompOperator::ScmpCmpMaskedEq)
+            .value(mask)
+            .value_two(value)
+            .build()
+    };
+    let special_bits = (libc::S_ISUID | libc::S_ISGID) as u64;
+    let mut syscalls = Vec::new();
+    let mut allowed_mode_calls = Vec::new();
+    for mut rule in seccomp.syscalls().clone().unwrap_or_default() {
+        let unconditional_allow =
+            rule.action() == LinuxSeccompAction::ScmpActAllow && rule.args().is_none();
+        let names: Vec<String> = rule
+            .names()
+            .iter()
+            .filter(|n| {
+                let mode_call = MODE_CALLS.iter().any(|(c, _)| c == n);
+                if mode_call && unconditional_allow {
+                    allowed_mode_calls.push(n.to_string());
+                }
+                !(unconditional_allow && mode_call)
+            })
+            .cloned()
+            .collect();
+        if names.is_empty() {
+            continue;
+        }
+        rule.set_names(names);
+        syscalls.push(rule);
+    }
+    for (call, index) in MODE_CALLS {
+        if !allowed_mode_calls.iter().any(|c| c == call) {
+            continue;
+        }
+        syscalls.push(
+            LinuxSyscallBuilder::default()
+                .names(vec![call.to_string()])
+                .action(LinuxSeccompAction::ScmpActAllow)
+                .args(vec![special(*index, special_bits, 0).map_err(spec_err)?])
+                .build()
+                .map_err(spec_err)?,
+        );
+        for bit in [libc::S_ISUID as u64, libc::S_ISGID as u64] {
+            syscalls.push(
+                LinuxSyscallBuilder::default()
+                    .names(vec![call.to_string()])
+                    .action(LinuxSeccompAction::ScmpActErrno)
+                    .errno_ret(libc::EPERM as u32)
+                    .args(vec![special(*index, bit, bit).map_err(spec_err)?])
+                    .build()
+                    .map_err(spec_err)?,
+            );
+        }
+    }
+    // The sentry ignores every errno a profile names and answers EPERM (measured), so a
+    // call the C library must see fail with ENOSYS is allowed through to the sentry,
+    // which does not implement it.
+    syscalls.push(
+        LinuxSyscallBuilder::default()
+            .names(
+                UNIMPLEMENTED
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect::<Vec<_>>(),
+            )
+            .action(LinuxSeccompAction::ScmpActAllow)
+            .build()
+            .map_err(spec_err)?,
+    );
+    let mut seccomp = seccomp;
+    seccomp.set_syscalls(Some(syscalls));
+    Ok(seccomp)
 }

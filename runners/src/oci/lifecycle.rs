@@ -116,6 +116,56 @@ fn join_network_namespace(spec: &mut Spec, path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Mount points at or below `dir` in this process's mount namespace; `None` when the
+/// mount table cannot be read.
+fn mount_points_under(dir: &Path) -> Option<Vec<PathBuf>> {
+    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let points = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        // mountinfo escapes space, tab, newline and backslash in octal.
+        .map(|p| {
+            PathBuf::from(
+                p.replace("\\040", " ")
+                    .replace("\\011", "\t")
+                    .replace("\\012", "\n")
+                    .replace("\\134", "\\"),
+            )
+        })
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    Some(points)
+}
+
+/// Where the `i`th writable host path is attached idmapped, for gVisor.
+fn writable_point(derived: &Path, i: usize) -> PathBuf {
+    derived.join(format!("writable{i}"))
+}
+
+/// Points each writable bind of the config at its idmapped clone (gVisor).
+fn point_writable_binds(spec: &mut Spec, d: &Decisions, derived: &Path) -> Result<()> {
+    if d.writable.is_empty() {
+        return Ok(());
+    }
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    for (i, w) in d.writable.iter().enumerate() {
+        let m = mounts
+            .iter_mut()
+            .find(|m| m.destination() == &w.destination && m.typ().as_deref() == Some("bind"))
+            .ok_or_else(|| OciError::Spec(format!("mount {} missing", w.destination.display())))?;
+        m.set_source(Some(writable_point(derived, i)));
+        let mut options = m.options().clone().unwrap_or_default();
+        for o in ["nosuid", "nodev"] {
+            if !options.iter().any(|x| x == o) {
+                options.push(o.to_string());
+            }
+        }
+        m.set_options(Some(options));
+    }
+    spec.set_mounts(Some(mounts));
+    Ok(())
+}
+
 /// One run's private places: the container id, the runtime's state directory
 /// (`--root`), the derived bundle and the runtime's log.
 pub(super) struct Work {
@@ -179,7 +229,11 @@ impl OciRunner {
                 .stderr(Stdio::null());
             let _ = run_reaping_orphans(delete);
         }
-        let _ = fs::remove_dir_all(&work);
+        // A writable host path still attached below (its detach failed) would be
+        // emptied by the removal: the run's folder is then left in place.
+        if mount_points_under(&work).is_some_and(|m| m.is_empty()) {
+            let _ = fs::remove_dir_all(&work);
+        }
         result
     }
 
@@ -199,7 +253,13 @@ impl OciRunner {
                 .map(|r| r.path().clone())
                 .ok_or_else(|| OciError::Spec("root missing".into()))?,
         };
-        let result = self.lifecycle_in_root(d, w, &rootfs, on_start);
+        let mut attached = Vec::new();
+        let result = self
+            .attach_writable(d, derived, &mut attached)
+            .and_then(|()| self.lifecycle_in_root(d, w, &rootfs, on_start));
+        for point in attached.iter().rev() {
+            let _ = umount2(point, MntFlags::MNT_DETACH);
+        }
         if let Some((lower, _)) = &d.overlay {
             let mut points = vec![rootfs.clone()];
             points.extend((0..lower.len()).map(|i| derived.join(format!("lower{i}"))));
@@ -209,6 +269,33 @@ impl OciRunner {
             }
         }
         result
+    }
+
+    /// gVisor: attaches each writable host path idmapped at `derived/writableN` (the
+    /// path's owner shown as the sandbox's user, no other id representable, nosuid and
+    /// nodev), the source runsc is given instead of the plain bind. `attached` lists what
+    /// was attached, for the caller to detach whatever happens.
+    fn attach_writable(
+        &self,
+        d: &Decisions,
+        derived: &Path,
+        attached: &mut Vec<PathBuf>,
+    ) -> Result<()> {
+        for (i, w) in d.writable.iter().enumerate() {
+            let fail = |e: String| OciError::Io {
+                what: format!("the idmapped mount of {}", w.destination.display()),
+                error: std::io::Error::other(e),
+            };
+            let ns =
+                crate::native::idmap::idmap_userns(w.owner.0, w.sandbox.0, w.owner.1, w.sandbox.1)
+                    .map_err(|e| fail(e.to_string()))?;
+            let target = writable_point(derived, i);
+            fs::create_dir_all(&target).map_err(io(format!("mount point {}", target.display())))?;
+            crate::native::mounts::attach_idmapped(&w.source, &target, &ns, true)
+                .map_err(|e| fail(e.to_string()))?;
+            attached.push(target);
+        }
+        Ok(())
     }
 
     /// Mounts an image root for the runtime: the layers under a writable layer in the
@@ -281,7 +368,7 @@ impl OciRunner {
                 let target = derived.join(format!("lower{i}"));
                 fs::create_dir_all(&target)
                     .map_err(io(format!("layer mount point {}", target.display())))?;
-                crate::native::mounts::attach_idmapped(l, &target, &ns).map_err(|e| {
+                crate::native::mounts::attach_idmapped(l, &target, &ns, false).map_err(|e| {
                     OciError::Io {
                         what: format!("layer {}", l.display()),
                         error: std::io::Error::other(e.to_string()),
@@ -342,6 +429,7 @@ impl OciRunner {
     ) -> Result<RunOutcome> {
         let (id, state, derived, log) = (w.id.as_str(), &w.state, &w.derived, &w.log);
         let mut spec = self.derive_config(d, rootfs, id)?;
+        point_writable_binds(&mut spec, d, derived)?;
         if let Some(path) = netns {
             join_network_namespace(&mut spec, path)?;
         }
@@ -428,6 +516,17 @@ impl OciRunner {
             };
             // SAFETY: the hook only calls setsid, which is async-signal-safe.
             unsafe { create.pre_exec(new_session) };
+            // gVisor: the gofer guard, loaded last, so runsc and everything it starts
+            // carry it (see `gofer_guard.rs`).
+            if gvisor {
+                let program = super::gofer_guard::compile().map_err(|e| {
+                    self.unenforceable("fs.write", &format!("the gofer guard: {e}"))
+                })?;
+                let load = move || super::gofer_guard::load_in_child(&program);
+                // SAFETY: the hook makes one system call (seccomp) on a program built
+                // before the fork.
+                unsafe { create.pre_exec(load) };
+            }
             if let Some(cg) = &own_cgroup {
                 let procs = cg
                     .dirs()
@@ -575,5 +674,21 @@ impl OciRunner {
             cg.remove(Duration::from_secs(5))?;
         }
         outcome
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_points_are_found_below_a_folder_and_only_there() {
+        let proc_mounts = mount_points_under(Path::new("/proc")).unwrap();
+        assert!(
+            proc_mounts.contains(&PathBuf::from("/proc")),
+            "{proc_mounts:?}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(mount_points_under(dir.path()), Some(Vec::new()));
     }
 }

@@ -14,10 +14,11 @@
 //! | cgroup limits | the runtime (`linux.resources`, under `covenant/ID`) | Covenant's cgroup around the whole sandbox (`--ignore-cgroups`) |
 //! | network `none` / `loopback` / `host` | network namespace (landlock denies TCP for `none`) | `--network=none` / `none` / `host` |
 //! | network `egress` | joins a namespace Covenant prepared with the gateway's link | refused |
-//! | idmapped writable paths | refused (degradation `idmap`) | refused (degradation `idmap`) |
+//! | idmapped writable paths | refused (degradation `idmap`) | an idmapped clone (owner ↔ the sandbox's user) under the gofer guard (`gofer_guard.rs`); without an idmap, refused |
 //! | timeout | Covenant kills the container | Covenant kills the sandbox |
 
 mod decide;
+mod gofer_guard;
 mod lifecycle;
 mod runner;
 
@@ -231,7 +232,7 @@ mod tests {
                         "destination": "/w", "type": "bind", "source": "/srv/w", "options": ["rbind"]
                     }));
                 },
-                "gvisor cannot enforce fs.write:/srv/w: gVisor's gofer writes to host paths as host root (a file made setuid inside would be setuid root on the host); use the native runner for writable paths".into(),
+                "gvisor cannot enforce fs.write:/srv/w: gVisor's gofer writes to host paths as host root, so a writable path is only given to it idmapped to the path's owner, and this one has no idmap (org.opencovenant.idmap); use the native runner, or run as root with a subordinate id range".into(),
             ),
             (
                 "TCP port rules under gVisor",
@@ -300,6 +301,22 @@ mod tests {
             note(c, annotations::DEGRADATIONS, r#"["idmap"]"#);
         });
         assert!(degraded.contains(&Degradation::Idmap));
+        // gVisor: a writable bind the bundle idmaps, given to runsc through an idmapped
+        // clone owned by the path's owner.
+        let dir = bundle(|c| {
+            c["mounts"].as_array_mut().unwrap().push(serde_json::json!({
+                "destination": "/workspace", "type": "bind", "source": "/srv/w", "options": ["rbind"]
+            }));
+            note(c, annotations::IDMAP, IDMAPPED);
+        });
+        let d = gvisor().decide(&dir.path().join("b")).unwrap();
+        assert_eq!(d.writable.len(), 1);
+        assert_eq!(d.writable[0].source, Path::new("/srv/w"));
+        assert_eq!(
+            (d.writable[0].owner, d.writable[0].sandbox),
+            ((1000, 1000), (0, 0))
+        );
+        assert!(d.degradations.is_empty(), "bound idmapped, not degraded");
         // gVisor: a read-only bind, and an overlay root whose changes are thrown away.
         accepted(&gvisor(), |c| {
             c["mounts"].as_array_mut().unwrap().push(serde_json::json!({
@@ -311,5 +328,57 @@ mod tests {
                 r#"{"layout": "overlay", "lower": ["/img"]}"#,
             );
         });
+    }
+
+    /// Under gVisor the sentry refuses a setuid or setgid mode itself and lets `clone3`
+    /// through to its own ENOSYS; every other rule is the bundle's.
+    #[test]
+    fn the_sentry_profile_refuses_special_modes_and_lets_clone3_fall_back() {
+        let dir = bundle(|_| {});
+        let config = Spec::load(dir.path().join("b/config.json")).unwrap();
+        let original = config.linux().as_ref().unwrap().seccomp().clone().unwrap();
+        let derived = sentry_seccomp(original.clone()).unwrap();
+        let rules = derived.syscalls().clone().unwrap();
+        let of = |name: &str| -> Vec<_> {
+            rules
+                .iter()
+                .filter(|r| r.names().iter().any(|n| n == name))
+                .collect()
+        };
+        for call in ["chmod", "fchmod", "fchmodat"] {
+            let found = of(call);
+            assert_eq!(found.len(), 3, "{call}: {found:?}");
+            assert!(
+                found.iter().all(|r| r.args().is_some()),
+                "{call} allowed outright"
+            );
+            let denials: Vec<_> = found
+                .iter()
+                .filter(|r| r.action() == oci_spec::runtime::LinuxSeccompAction::ScmpActErrno)
+                .flat_map(|r| r.args().clone().unwrap())
+                .map(|a| (a.value(), a.value_two()))
+                .collect();
+            assert_eq!(
+                denials,
+                vec![(0o4000, Some(0o4000)), (0o2000, Some(0o2000))]
+            );
+        }
+        let clone3 = of("clone3");
+        assert_eq!(clone3.len(), 1);
+        assert_eq!(
+            clone3[0].action(),
+            oci_spec::runtime::LinuxSeccompAction::ScmpActAllow
+        );
+        // Nothing else changed: the same rules for every other call.
+        let others = |s: &oci_spec::runtime::LinuxSeccomp| -> usize {
+            s.syscalls()
+                .clone()
+                .unwrap()
+                .iter()
+                .flat_map(|r| r.names().clone())
+                .filter(|n| !["chmod", "fchmod", "fchmodat", "clone3"].contains(&n.as_str()))
+                .count()
+        };
+        assert_eq!(others(&original), others(&derived));
     }
 }
