@@ -75,7 +75,6 @@ pub const ALLOWED: &[&str] = &[
     "capget",
     "capset",
     "chdir",
-    "chmod",
     "chown",
     "clock_getres",
     "clock_gettime",
@@ -84,7 +83,6 @@ pub const ALLOWED: &[&str] = &[
     "close_range",
     "connect",
     "copy_file_range",
-    "creat",
     "dup",
     "dup2",
     "dup3",
@@ -105,8 +103,6 @@ pub const ALLOWED: &[&str] = &[
     "fadvise64",
     "fallocate",
     "fchdir",
-    "fchmod",
-    "fchmodat",
     "fchown",
     "fchownat",
     "fcntl",
@@ -185,10 +181,6 @@ pub const ALLOWED: &[&str] = &[
     "membarrier",
     "memfd_create",
     "mincore",
-    "mkdir",
-    "mkdirat",
-    "mknod",
-    "mknodat",
     "mlock",
     "mlock2",
     "mlockall",
@@ -211,8 +203,6 @@ pub const ALLOWED: &[&str] = &[
     "munmap",
     "nanosleep",
     "newfstatat",
-    "open",
-    "openat",
     "openat2",
     "pause",
     "pidfd_open",
@@ -626,6 +616,83 @@ fn check(index: u8, op: ArgOp, value: u64, value_two: u64) -> ArgCheck {
     }
 }
 
+/// Calls that set a file's mode, and the argument that holds it.
+pub const MODE_CALLS: [(&str, u8); 8] = [
+    ("chmod", 1),
+    ("fchmod", 1),
+    ("fchmodat", 2),
+    ("mkdir", 1),
+    ("mkdirat", 2),
+    ("open", 2),
+    ("openat", 3),
+    ("creat", 1),
+];
+/// Calls that make a file of a kind the mode names, and the argument that holds it.
+pub const MKNOD_CALLS: [(&str, u8); 2] = [("mknod", 1), ("mknodat", 2)];
+const S_ISUID: u64 = 0o4000;
+const S_ISGID: u64 = 0o2000;
+const S_IFMT: u64 = 0o170000;
+/// File kinds `mknod` may make: regular files (also spelled 0) and sockets.
+const MKNOD_KINDS: [u64; 3] = [0, 0o100000, 0o140000];
+/// File kinds `mknod` may not: a FIFO, a character device, a block device.
+const MKNOD_REFUSED: [(u64, &str); 3] = [
+    (0o010000, "a FIFO"),
+    (0o020000, "a character device"),
+    (0o060000, "a block device"),
+];
+
+/// What a sandbox makes in a writable host path lands there as the path's owner: a
+/// setuid or setgid bit would give the owner's (or group's) rights to whoever runs it on
+/// the host, and a FIFO or device node is no file of the workspace. So a mode with either
+/// bit is refused on every call that sets one, and `mknod` makes regular files and
+/// sockets only.
+fn mode_rules() -> Vec<SyscallRule> {
+    let special = S_ISUID | S_ISGID;
+    let mut rules = Vec::new();
+    for (name, arg) in MODE_CALLS {
+        rules.push(rule(
+            &[name],
+            RuleAction::Allow,
+            vec![check(arg, ArgOp::MaskedEq, special, 0)],
+            "modes without the setuid and setgid bits",
+        ));
+    }
+    for (name, arg) in MKNOD_CALLS {
+        for kind in MKNOD_KINDS {
+            rules.push(rule(
+                &[name],
+                RuleAction::Allow,
+                vec![
+                    check(arg, ArgOp::MaskedEq, special, 0),
+                    check(arg, ArgOp::MaskedEq, S_IFMT, kind),
+                ],
+                "regular files and sockets, without the setuid and setgid bits",
+            ));
+        }
+        for (kind, what) in MKNOD_REFUSED {
+            rules.push(rule(
+                &[name],
+                RuleAction::Errno(EPERM),
+                vec![check(arg, ArgOp::MaskedEq, S_IFMT, kind)],
+                &format!("{what} made in a writable host path would land there"),
+            ));
+        }
+    }
+    for (name, arg) in MODE_CALLS.iter().chain(&MKNOD_CALLS) {
+        for (bit, what) in [(S_ISUID, "setuid"), (S_ISGID, "setgid")] {
+            rules.push(rule(
+                &[name],
+                RuleAction::Errno(EPERM),
+                vec![check(*arg, ArgOp::MaskedEq, bit, bit)],
+                &format!(
+                    "a {what} bit set in a writable host path would land there as its owner's"
+                ),
+            ));
+        }
+    }
+    rules
+}
+
 /// The default profile, assembled from the tables above.
 pub fn default_profile() -> SeccompProfile {
     let ns_mask = CLONE_NAMESPACE_FLAGS.iter().fold(0, |m, f| m | f);
@@ -694,6 +761,7 @@ pub fn default_profile() -> SeccompProfile {
         }
         rules.extend(other_families(call, families));
     }
+    rules.extend(mode_rules());
     for (names, reason) in DENIED {
         rules.push(rule(names, RuleAction::Errno(EPERM), vec![], reason));
     }

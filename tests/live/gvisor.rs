@@ -1,7 +1,8 @@
 //! gVisor with a writable workspace: what the sandbox writes lands owned by the
 //! workspace's owner, and no setuid or setgid bit, device node, FIFO, root-owned file,
 //! symlink or hardlink it makes reaches further on the host than the native runner
-//! allows. Every check is made on the host side, after the run.
+//! allows (and the native runner's own line, for the same attempts). Every check is made
+//! on the host side, after the run.
 
 use crate::scene::{code, runtime, stderr, stdout, Scene, EPERM, PROBE};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -134,6 +135,48 @@ t cp-preserve cp -p /usr/bin/passwd passwd-copy
     if let Ok(m) = copy {
         assert_eq!(m.mode() & 0o6000, 0, "passwd's setuid bit was copied");
     }
+}
+
+/// The native runner holds the same line: the default seccomp profile refuses a setuid or
+/// setgid mode on every call that sets one, and `mknod` of a FIFO or a device, so none
+/// lands in the workspace as its owner's.
+#[test]
+fn native_setuid_setgid_fifo_and_device_files_never_land_on_the_host() {
+    let Some(s) = Scene::live() else { return };
+    std::os::unix::fs::chown(&s.workspace, Some(OWNER.0), Some(OWNER.1)).unwrap();
+    let script = r#"cd /workspace
+t() { n=$1; shift; if "$@" 2>/dev/null; then echo "$n ok"; else echo "$n refused"; fi; }
+echo x > suid; echo x > sgid
+t chmod-setuid chmod 4755 suid
+t chmod-setgid chmod 2755 sgid
+t chmod-plain chmod 0750 suid
+t creat-setuid python3 -c 'import os; os.close(os.open("/workspace/creat", os.O_CREAT | os.O_WRONLY, 0o6755))'
+t creat-plain python3 -c 'import os; os.close(os.open("/workspace/plain", os.O_CREAT | os.O_WRONLY, 0o644))'
+t mkdir-setgid mkdir -m 2775 sgiddir
+t mkdir-plain mkdir -m 0755 plaindir
+t mkfifo mkfifo fifo
+t mknod-char mknod char c 1 3
+"#;
+    let out = s.run(&[], &["sh", "-c", script]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let said = stdout(&out);
+    for (name, want) in [
+        ("chmod-setuid", "refused"),
+        ("chmod-setgid", "refused"),
+        ("chmod-plain", "ok"),
+        ("creat-setuid", "refused"),
+        ("creat-plain", "ok"),
+        ("mkdir-setgid", "refused"),
+        ("mkdir-plain", "ok"),
+        ("mkfifo", "refused"),
+        ("mknod-char", "refused"),
+    ] {
+        assert!(
+            said.contains(&format!("{name} {want}")),
+            "{name} not {want}:\n{said}"
+        );
+    }
+    assert_eq!(violations(&s.workspace), Vec::<String>::new(), "{said}");
 }
 
 #[test]
