@@ -29,10 +29,11 @@ pub async fn run_starts(daemon: Arc<Daemon>, mut starts: mpsc::UnboundedReceiver
 async fn drive(daemon: Arc<Daemon>, id: String) {
     let End {
         mut state,
-        exit_code,
+        mut exit_code,
         mut reason,
         report,
         mut events,
+        silent,
     } = match run_shim(&daemon, &id).await {
         Ok(end) => end,
         Err(reason) => End::failed(&id, reason),
@@ -59,6 +60,12 @@ async fn drive(daemon: Arc<Daemon>, id: String) {
     if let Some(why) = killed {
         if daemon.shutting_down.load(Ordering::SeqCst) {
             state = JobState::Interrupted;
+        } else if silent {
+            // The SIGKILL reached the sandbox process before it could report (it was
+            // still setting up): the job ended by the kill asked for, as it would have a
+            // moment later, not by a failure of its own.
+            state = JobState::Exited;
+            exit_code = Some(128 + libc::SIGKILL);
         }
         reason = Some(match reason {
             Some(r) => format!("killed: {why} ({r})"),
@@ -103,6 +110,9 @@ struct End {
     report: Option<RunReport>,
     /// Audit events the driver adds for this end.
     events: Vec<AuditEvent>,
+    /// The sandbox process ended without a word (killed, crashed), not with an error it
+    /// reported.
+    silent: bool,
 }
 
 impl End {
@@ -114,6 +124,7 @@ impl End {
             events: vec![event(Kind::RunFailed, id, json!({"reason": reason}))],
             reason: Some(reason),
             report: None,
+            silent: false,
         }
     }
 }
@@ -278,19 +289,23 @@ async fn run_shim(daemon: &Arc<Daemon>, id: &str) -> Result<End, String> {
             reason: None,
             report: Some(*report),
             events: Vec::new(),
+            silent: false,
         },
         // The shim audited its own failure before it said so.
         Some(ShimMessage::Error { reason, .. }) => End {
             events: Vec::new(),
             ..End::failed(id, reason)
         },
-        _ => End::failed(
-            id,
-            match status {
-                Ok(s) => format!("the sandbox process ended without a report ({s})"),
-                Err(e) => format!("the sandbox process could not be waited for: {e}"),
-            },
-        ),
+        _ => End {
+            silent: true,
+            ..End::failed(
+                id,
+                match status {
+                    Ok(s) => format!("the sandbox process ended without a report ({s})"),
+                    Err(e) => format!("the sandbox process could not be waited for: {e}"),
+                },
+            )
+        },
     };
     // A shim that reported cleaned up after itself; one that died without a report (or
     // failed, possibly in its cleanup) may have left cgroups, mounts and the bundle.
