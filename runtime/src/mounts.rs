@@ -660,6 +660,13 @@ pub fn restrict_paths(spec: &Spec) -> Result<()> {
                 MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
             )
         })
+        .and_then(|_| {
+            // A remount reaches only the top mount: what is mounted below the path (the
+            // recursive bind brought it along) is made read-only too.
+            let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+                .map_err(|_| nix::errno::Errno::EINVAL)?;
+            covenant_runners::mount_api::make_read_only_recursive(&c)
+        })
         .map_err(|e| step_err("read-only path", format!("linux.readonlyPaths {p}: {e}")))?;
     }
     if spec.root().as_ref().and_then(|r| r.readonly()) == Some(true) {

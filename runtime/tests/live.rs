@@ -1001,6 +1001,37 @@ fn the_callers_session_keyring_stays_out_of_the_container() {
     );
 }
 
+/// `readonlyPaths` holds for what is mounted below the path too, not only its top mount.
+#[test]
+fn a_read_only_path_is_read_only_below_too() {
+    if !live() {
+        return;
+    }
+    let f = Fixture::new(&[
+        "sh",
+        "-c",
+        "echo x > /data/top 2>/dev/null && echo TOP; echo x > /data/sub/below 2>/dev/null && echo BELOW; echo DONE",
+    ]);
+    std::fs::create_dir_all(f.bundle().join("rootfs/data")).unwrap();
+    f.edit(|c| {
+        let mounts = c["mounts"].as_array_mut().unwrap();
+        mounts.push(json!({"destination": "/data", "type": "tmpfs", "source": "tmpfs"}));
+        mounts.push(json!({"destination": "/data/sub", "type": "tmpfs", "source": "tmpfs"}));
+        c["linux"]["readonlyPaths"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!("/data"));
+    });
+    let out = f.rt(&["run", "--bundle", f.bundle().to_str().unwrap(), "ro"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "DONE\n",
+        "{}",
+        stderr(&out)
+    );
+}
+
 #[test]
 fn a_time_namespace_gets_the_configured_clock_offsets() {
     if !live() {
