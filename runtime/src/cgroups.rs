@@ -714,6 +714,19 @@ fn v1_lines(rule: &Rule) -> Vec<String> {
         .collect()
 }
 
+/// The character devices every container may use (`major`, `minor`; `None` is any
+/// minor): null, zero, full, random, urandom, tty, ptmx and the ptys.
+pub const DEFAULT_DEVICES: [(u32, Option<u32>); 8] = [
+    (1, Some(3)),
+    (1, Some(5)),
+    (1, Some(7)),
+    (1, Some(8)),
+    (1, Some(9)),
+    (5, Some(0)),
+    (5, Some(2)),
+    (136, None),
+];
+
 /// The container's device rules in order: deny everything, the config's rules (a fifo is no
 /// device to the cgroup; `u`, unbuffered, is a character device), then the devices every
 /// container gets (null, zero, full, random, urandom, tty, ptmx, the ptys).
@@ -773,16 +786,7 @@ fn device_rules(r: &LinuxResources) -> Result<Vec<Rule>> {
             })?,
         });
     }
-    for (major, minor) in [
-        (1, Some(3)),
-        (1, Some(5)),
-        (1, Some(7)),
-        (1, Some(8)),
-        (1, Some(9)),
-        (5, Some(0)),
-        (5, Some(2)),
-        (136, None),
-    ] {
+    for (major, minor) in DEFAULT_DEVICES {
         rules.push(Rule {
             allow: true,
             typ: Some(DevType::Char),

@@ -312,23 +312,17 @@ pub fn shareable_namespaces(inits: &[i32]) -> Vec<NamespaceId> {
 }
 
 /// The character devices a governed container may be allowed to read and write by its
-/// device rules: those every container gets (null, zero, full, random, urandom, tty,
-/// ptmx, the ptys; `None` is any minor) and the tun device, which acts in the
-/// container's own network namespace.
-const GRANTABLE_DEVICES: [(i64, Option<i64>); 9] = [
-    (1, Some(3)),
-    (1, Some(5)),
-    (1, Some(7)),
-    (1, Some(8)),
-    (1, Some(9)),
-    (5, Some(0)),
-    (5, Some(2)),
-    (136, None),
-    (10, Some(200)),
-];
+/// device rules: those every container gets ([`crate::cgroups::DEFAULT_DEVICES`]) and the
+/// tun device, which acts in the container's own network namespace.
+fn grantable_devices() -> impl Iterator<Item = (i64, Option<i64>)> {
+    crate::cgroups::DEFAULT_DEVICES
+        .into_iter()
+        .chain([(10, Some(200))])
+        .map(|(major, minor)| (i64::from(major), minor.map(i64::from)))
+}
 
 /// Device rules can only narrow, except an allow that is mknod alone (a node the
-/// container may create but not open) or one of [`GRANTABLE_DEVICES`]: with `CAP_MKNOD`
+/// container may create but not open) or one of [`grantable_devices`]: with `CAP_MKNOD`
 /// any other allow would let the container make and open a host disk.
 fn check_device_rules(linux: Option<&oci_spec::runtime::Linux>) -> Result<(), PolicyError> {
     let rules = linux
@@ -349,9 +343,8 @@ fn check_device_rules(linux: Option<&oci_spec::runtime::Linux>) -> Result<(), Po
         );
         let minor = d.minor().filter(|m| *m != -1);
         if char_dev
-            && GRANTABLE_DEVICES
-                .iter()
-                .any(|(ma, mi)| d.major() == Some(*ma) && (mi.is_none() || *mi == minor))
+            && grantable_devices()
+                .any(|(ma, mi)| d.major() == Some(ma) && (mi.is_none() || mi == minor))
         {
             continue;
         }

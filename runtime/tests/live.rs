@@ -902,21 +902,10 @@ fn a_32_bit_personality_holds_for_the_process_and_for_exec() {
 /// too, which is enough for device programs: they need no controller.
 #[test]
 fn the_v2_device_program_is_enforced_by_the_kernel() {
-    use covenant_runtime::device_filter::{access_bits, attach, DevType, Rule};
+    use covenant_runtime::device_filter::{access_bits, DevType, Rule};
     if !live() {
         return;
     }
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let Some(v2) = mountinfo.lines().find_map(|l| {
-        let (left, right) = l.split_once(" - ")?;
-        (right.split(' ').next() == Some("cgroup2"))
-            .then(|| left.split(' ').nth(4).unwrap().to_string())
-    }) else {
-        covenant_test_support::live::cannot_run("no cgroup2 hierarchy is mounted");
-        return;
-    };
-    let dir = Path::new(&v2).join(format!("covenant-devtest-{}", std::process::id()));
-    std::fs::create_dir(&dir).unwrap();
     let rule = |allow, typ, major, minor, access| Rule {
         allow,
         typ,
@@ -924,35 +913,62 @@ fn the_v2_device_program_is_enforced_by_the_kernel() {
         minor,
         access: access_bits(access).unwrap(),
     };
-    let attached = attach(
-        &dir,
+    let Some(opened) = opens_under_device_program(
+        "devtest",
         &[
             rule(false, None, None, None, "rwm"),
             rule(true, Some(DevType::Char), Some(1), Some(3), "rwm"),
             rule(true, Some(DevType::Char), Some(1), Some(5), "rwm"),
             rule(false, Some(DevType::Char), Some(1), Some(5), "w"),
         ],
-    );
-    let script = format!(
-        "echo $$ > {procs}; \
-         (exec 3</dev/null) 2>/dev/null && echo null; \
-         (exec 3</dev/zero) 2>/dev/null && echo zero-read; \
-         (exec 3<>/dev/zero) 2>/dev/null && echo zero-write; \
-         (exec 3</dev/full) 2>/dev/null && echo full; true",
-        procs = dir.join("cgroup.procs").display()
-    );
+        &[
+            ("null", "3</dev/null"),
+            ("zero-read", "3</dev/zero"),
+            ("zero-write", "3<>/dev/zero"),
+            ("full", "3</dev/full"),
+        ],
+    ) else {
+        return;
+    };
+    assert_eq!(opened, ["null", "zero-read"]);
+}
+
+/// Moves a shell into a fresh cgroup v2 directory with the device program for `rules`
+/// attached, and returns the names of the `opens` (a name, a redirection) that succeeded
+/// there; `None` (after saying why) where no cgroup2 hierarchy is mounted.
+fn opens_under_device_program(
+    name: &str,
+    rules: &[covenant_runtime::device_filter::Rule],
+    opens: &[(&str, &str)],
+) -> Option<Vec<String>> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let Some(v2) = mountinfo.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        (right.split(' ').next() == Some("cgroup2"))
+            .then(|| left.split(' ').nth(4).unwrap().to_string())
+    }) else {
+        covenant_test_support::live::cannot_run("no cgroup2 hierarchy is mounted");
+        return None;
+    };
+    let dir = Path::new(&v2).join(format!("covenant-{name}-{}", std::process::id()));
+    std::fs::create_dir(&dir).unwrap();
+    let attached = covenant_runtime::device_filter::attach(&dir, rules);
+    let mut script = format!("echo $$ > {};", dir.join("cgroup.procs").display());
+    for (what, redirect) in opens {
+        script.push_str(&format!(" (exec {redirect}) 2>/dev/null && echo {what};"));
+    }
+    script.push_str(" true");
     let out = Command::new("/bin/sh").args(["-c", &script]).output();
     let _ = std::fs::remove_dir(&dir);
     attached.unwrap();
     let out = out.unwrap();
-    assert_eq!(
+    assert!(out.status.success(), "{}", stderr(&out));
+    Some(
         String::from_utf8_lossy(&out.stdout)
             .lines()
-            .collect::<Vec<_>>(),
-        ["null", "zero-read"],
-        "{}",
-        stderr(&out)
-    );
+            .map(str::to_string)
+            .collect(),
+    )
 }
 
 /// The container does not possess the keys of the session that ran the runtime: its init
@@ -1101,21 +1117,10 @@ fn a_device_rule_for_both_kinds_does_not_allow_every_device_on_v1() {
 /// accepts, and it still decides as the list says.
 #[test]
 fn the_longest_device_rule_list_loads_and_is_enforced() {
-    use covenant_runtime::device_filter::{access_bits, attach, DevType, Rule, MAX_RULES};
+    use covenant_runtime::device_filter::{access_bits, DevType, Rule, MAX_RULES};
     if !live() {
         return;
     }
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let Some(v2) = mountinfo.lines().find_map(|l| {
-        let (left, right) = l.split_once(" - ")?;
-        (right.split(' ').next() == Some("cgroup2"))
-            .then(|| left.split(' ').nth(4).unwrap().to_string())
-    }) else {
-        covenant_test_support::live::cannot_run("no cgroup2 hierarchy is mounted");
-        return;
-    };
-    let dir = Path::new(&v2).join(format!("covenant-devlong-{}", std::process::id()));
-    std::fs::create_dir(&dir).unwrap();
     let rule = |allow, typ, major, minor: Option<u32>| Rule {
         allow,
         typ,
@@ -1130,25 +1135,14 @@ fn the_longest_device_rule_list_loads_and_is_enforced() {
     rules.extend(
         (0..MAX_RULES as u32 - 2).map(|n| rule(false, Some(DevType::Block), Some(7), Some(n))),
     );
-    let attached = attach(&dir, &rules);
-    let script = format!(
-        "echo $$ > {procs}; \
-         (exec 3</dev/null) 2>/dev/null && echo null; \
-         (exec 3</dev/zero) 2>/dev/null && echo zero; true",
-        procs = dir.join("cgroup.procs").display()
-    );
-    let out = Command::new("/bin/sh").args(["-c", &script]).output();
-    let _ = std::fs::remove_dir(&dir);
-    attached.unwrap();
-    let out = out.unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .collect::<Vec<_>>(),
-        ["null"],
-        "{}",
-        stderr(&out)
-    );
+    let Some(opened) = opens_under_device_program(
+        "devlong",
+        &rules,
+        &[("null", "3</dev/null"), ("zero", "3</dev/zero")],
+    ) else {
+        return;
+    };
+    assert_eq!(opened, ["null"]);
 }
 
 /// A createContainer hook runs in the container's mount namespace, where the config's
