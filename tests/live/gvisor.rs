@@ -260,25 +260,7 @@ fn hostile_probes_fail_under_gvisor_with_a_writable_workspace() {
     std::fs::write(s.workspace.join("probe.py"), PROBE).unwrap();
     let flags = ["--runner", "gvisor"];
     std::os::unix::fs::chown(&s.workspace, Some(OWNER.0), Some(OWNER.1)).unwrap();
-    for name in [
-        "ptrace",
-        "process_vm_readv",
-        "bpf",
-        "io_uring_setup",
-        "keyctl",
-        "add_key",
-        "unshare_user",
-        "unshare_mount",
-        "clone_newuser",
-        "mount",
-        "open_tree",
-        "fsopen",
-        "perf_event_open",
-        "userfaultfd",
-        "kexec_load",
-        "init_module",
-        "personality",
-    ] {
+    for name in crate::seccomp::DENIED_PROBES {
         assert_eq!(s.probe(&flags, name), EPERM, "{name} was not denied");
     }
     assert_eq!(
