@@ -91,6 +91,10 @@ struct RunArgs {
     /// Write a JSON run report to FILE.
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
+    /// Print how long each step of the run took to stderr, as a table (the report's
+    /// `timings_us`).
+    #[arg(long)]
+    timings: bool,
 }
 
 #[derive(Args)]
@@ -277,7 +281,11 @@ fn run(args: RunArgs, mode: client_mode::Mode) -> anyhow::Result<i32> {
         let status = client_mode::run(&client, &manifest, args.request.cap.as_deref())?;
         let code = client_mode::exit_code(&status);
         match status.get("report").filter(|r| !r.is_null()) {
-            Some(report) => finish(report, args.report.as_deref())?,
+            Some(report) => {
+                let report: covenant_supervisor::run::RunReport =
+                    serde_json::from_value(report.clone()).context("the daemon's run report")?;
+                finish(&report, &args)?
+            }
             None => {
                 let reason = status["reason"].as_str().unwrap_or("the job did not run");
                 eprintln!("covenant: error: {reason}");
@@ -301,13 +309,14 @@ fn run(args: RunArgs, mode: client_mode::Mode) -> anyhow::Result<i32> {
         None => run_request(&manifest, args.request.cap.as_deref(), &settings)?,
     };
     debug_assert!(report.exit_code != EXIT_TIMEOUT || report.timed_out);
-    finish(&serde_json::to_value(&report)?, args.report.as_deref())?;
+    finish(&report, &args)?;
     Ok(report.exit_code)
 }
 
 /// What both modes say after a run: the limit that ended it, the degradations accepted,
-/// and the report file.
-fn finish(report: &serde_json::Value, report_file: Option<&std::path::Path>) -> anyhow::Result<()> {
+/// the step timings when asked, and the report file.
+fn finish(typed: &covenant_supervisor::run::RunReport, args: &RunArgs) -> anyhow::Result<()> {
+    let report = &serde_json::to_value(typed)?;
     let limits = &report["limits"];
     if report["timed_out"].as_bool() == Some(true) {
         let limit = limits["timeout_ms"].as_u64().unwrap_or(0) as f64 / 1000.0;
@@ -328,10 +337,13 @@ fn finish(report: &serde_json::Value, report_file: Option<&std::path::Path>) -> 
             .unwrap_or_else(|| d.to_string());
         eprintln!("covenant: running without `{name}` (accepted degradation)");
     }
-    if let Some(path) = report_file {
+    if args.timings {
+        eprint!("{}", typed.timings_us.table());
+    }
+    if let Some(path) = &args.report {
         // Often a path the sandbox could write: a link planted there is replaced, never
         // written through.
-        let json = serde_json::to_vec_pretty(report)?;
+        let json = serde_json::to_vec_pretty(typed)?;
         covenant_runners::hostpath::write_new_file(path, &json, 0o644)
             .with_context(|| format!("--report {}", path.display()))?;
     }

@@ -9,6 +9,7 @@ pub mod mount_api;
 pub mod native;
 pub mod oci;
 pub mod supervise;
+pub mod timing;
 
 mod outcome;
 
@@ -40,10 +41,13 @@ pub trait Runner {
 
     /// Runs the bundle at `bundle`, with the caller's stdin, stdout and stderr, until the
     /// program exits or is killed; `on_start` is called once the program is running.
+    /// Each step is charged to `clock` as it ends, the last one being
+    /// [`TimedStep::Wait`](timing::TimedStep::Wait) when the sandbox is gone.
     /// Leaves nothing behind but the bundle itself.
     fn run(
         &self,
         bundle: &Path,
+        clock: &mut timing::Stopwatch,
         on_start: &mut dyn FnMut(&StartInfo),
     ) -> Result<RunOutcome, RunnerError>;
 }
@@ -79,10 +83,12 @@ impl Runner for native::NativeRunner {
     fn run(
         &self,
         bundle: &Path,
+        clock: &mut timing::Stopwatch,
         on_start: &mut dyn FnMut(&StartInfo),
     ) -> Result<RunOutcome, RunnerError> {
         let spec = native::spec::NativeSpec::load(bundle)?;
-        Ok(self.run_spec(&spec, on_start)?)
+        clock.lap(timing::TimedStep::Bundle);
+        Ok(self.run_spec(&spec, clock, on_start)?)
     }
 }
 
@@ -98,8 +104,9 @@ impl Runner for oci::OciRunner {
     fn run(
         &self,
         bundle: &Path,
+        clock: &mut timing::Stopwatch,
         on_start: &mut dyn FnMut(&StartInfo),
     ) -> Result<RunOutcome, RunnerError> {
-        Ok(self.run_bundle(bundle, on_start)?)
+        Ok(self.run_bundle(bundle, clock, on_start)?)
     }
 }

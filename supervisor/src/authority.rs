@@ -182,7 +182,14 @@ pub fn authorise_run(
     job_id: &str,
     capability: Option<&Capability>,
 ) -> Result<SandboxPlan> {
-    let request = compile_request(manifest, job_id)?;
+    authorise_compiled(compile_request(manifest, job_id)?, capability)
+}
+
+/// [`authorise_run`] for a request already compiled.
+pub fn authorise_compiled(
+    request: SandboxPlan,
+    capability: Option<&Capability>,
+) -> Result<SandboxPlan> {
     match capability {
         Some(cap) => {
             let grant = verify(cap)?;

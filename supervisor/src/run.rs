@@ -1,7 +1,7 @@
 //! One run, embedded: plan → bundle → native runner → report, with the bundle removed
 //! afterwards unless the caller keeps it.
 
-use crate::authority::{authorise_run, load_capability, AuthorityError};
+use crate::authority::{authorise_compiled, load_capability, AuthorityError};
 use crate::bundle_signature::{
     trusted_bundle_keys, verify_bundle, BundleSignatureError, VerifiedBundle,
 };
@@ -11,6 +11,7 @@ use crate::store::{AuditEvent, Store, StoreError};
 use covenant_images::{write_bundle, write_native_bundle, Bundle, BundleError};
 use covenant_policy::Manifest;
 use covenant_policy::{Degradation, NetMode, SandboxPlan};
+use covenant_runners::timing::{StepTimings, Stopwatch, TimedStep};
 use covenant_runners::{runner_for, RunnerContext, RunnerError};
 use covenant_runners::{ExitKind, RunOutcome, Runner, StartInfo};
 use serde::{Deserialize, Serialize};
@@ -95,6 +96,10 @@ pub struct RunReport {
     /// gateway lasted the run (its events are in the audit log).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub egress: Option<covenant_egress::EgressReport>,
+    /// Microseconds per step of the run, in order, from the request to this report
+    /// (`docs/run-report.md`); `covenant-ctl run --timings` prints them.
+    #[serde(default)]
+    pub timings_us: StepTimings,
 }
 
 impl RunReport {
@@ -137,6 +142,7 @@ impl RunReport {
                 e.events = Vec::new();
                 e
             }),
+            timings_us: StepTimings::default(),
         }
     }
 }
@@ -180,12 +186,15 @@ pub fn exit_code(outcome: &RunOutcome) -> i32 {
 /// the daemon that owns it (a daemon job's sandbox process).
 pub type AuditSink<'a> = dyn FnMut(Vec<AuditEvent>) -> Result<(), RunError> + 'a;
 
-/// Audit events of one run, written in a few durable batches: before the sandbox starts,
-/// once it runs, and when it has ended.
+/// The record of one run as it is made: its audit events, written in a few durable
+/// batches (once the program runs, and when it has ended), and the time each step took.
 pub struct RunAudit<'a> {
     job: String,
     pending: Vec<AuditEvent>,
     sink: &'a mut AuditSink<'a>,
+    /// Laps of the run's steps, from when this record was started (or the clock it was
+    /// given) on.
+    pub clock: Stopwatch,
 }
 
 impl<'a> RunAudit<'a> {
@@ -194,6 +203,7 @@ impl<'a> RunAudit<'a> {
             job: job.to_string(),
             pending,
             sink,
+            clock: Stopwatch::start(),
         }
     }
 
@@ -224,6 +234,7 @@ pub fn run_request(
     capability: Option<&str>,
     settings: &RunSettings,
 ) -> Result<RunReport, RunError> {
+    let clock = Stopwatch::start();
     let store = std::cell::RefCell::new(Store::open_default()?);
     let opening = store.borrow().opening_events("covenant-ctl run")?;
     let job = new_job_id();
@@ -232,6 +243,8 @@ pub fn run_request(
         Ok(())
     };
     let mut audit = RunAudit::new(&job, opening, &mut sink);
+    audit.clock = clock;
+    audit.clock.lap(TimedStep::Store);
     let uid = nix::unistd::getuid().as_raw();
     audit.push(
         Kind::RunIntent,
@@ -247,9 +260,23 @@ pub fn run_request(
             serde_json::json!({"reason": e.to_string()}),
         );
     }
+    let mut clock = std::mem::take(&mut audit.clock);
     let pending = audit.into_pending();
     store.into_inner().close(pending)?;
-    result
+    finish_timings(result, &mut clock)
+}
+
+/// Charges what is left (the last commit included) to the teardown and puts the
+/// timings in the report.
+fn finish_timings(
+    result: Result<RunReport, RunError>,
+    clock: &mut Stopwatch,
+) -> Result<RunReport, RunError> {
+    clock.lap(TimedStep::Teardown);
+    result.map(|mut report| {
+        report.timings_us = clock.timings().clone();
+        report
+    })
 }
 
 /// The audit event kind that records `e`.
@@ -271,8 +298,12 @@ fn authorised_run(
     capability: Option<&str>,
     settings: &RunSettings,
 ) -> Result<RunReport, RunError> {
+    let request =
+        covenant_policy::compile_request(manifest, &audit.job).map_err(AuthorityError::from)?;
+    audit.clock.lap(TimedStep::Compile);
     let cap = capability.map(load_capability).transpose()?;
-    let plan = authorise_run(manifest, &audit.job, cap.as_ref())?;
+    let plan = authorise_compiled(request, cap.as_ref())?;
+    audit.clock.lap(TimedStep::Authorise);
     audit.push(
         Kind::CapabilityVerified,
         crate::store::audit::body_of(&plan.authorisation),
@@ -338,6 +369,7 @@ pub fn run_plan(
         crate::host_paths::pin_for_run(plan, stage.as_deref(), (ids.host_uid, ids.host_gid))
             .map_err(RunError::from)
             .and_then(|mut pinned| {
+                audit.clock.lap(TimedStep::HostPaths);
                 let result = run_pinned(audit, plan, &mut pinned, &dir, runner.as_ref());
                 // Every staged object is detached before its place is removed.
                 let released = pinned.release();
@@ -351,8 +383,10 @@ pub fn run_plan(
         .as_deref()
         .map_or(Ok(()), remove_staging)
         .and_then(|()| remove_bundle(&dir));
-    let report = outcome?;
+    let mut report = outcome?;
     cleaned?;
+    audit.clock.lap(TimedStep::Teardown);
+    report.timings_us = audit.clock.timings().clone();
     Ok(report)
 }
 
@@ -375,6 +409,7 @@ fn run_pinned(
         Kind::BundleWritten,
         serde_json::json!({"config_digest": bundle.config_digest, "dir": bundle.dir}),
     );
+    audit.clock.lap(TimedStep::Bundle);
     let mut report = execute(audit, plan, &bundle, runner)?;
     report.git_findings = pinned.git_findings();
     if !report.git_findings.is_empty() {
@@ -392,6 +427,7 @@ fn run_pinned(
 /// refused, naming the first field that differs. What runs is the verified plan, written
 /// afresh by the normal run path: never the files on disk. The bundle is left in place.
 pub fn run_bundle(dir: &Path, settings: &RunSettings) -> Result<RunReport, RunError> {
+    let clock = Stopwatch::start();
     let store = std::cell::RefCell::new(Store::open_default()?);
     let opening = store.borrow().opening_events("covenant-ctl run --bundle")?;
     let mut sink = |events: Vec<AuditEvent>| -> Result<(), RunError> {
@@ -399,6 +435,8 @@ pub fn run_bundle(dir: &Path, settings: &RunSettings) -> Result<RunReport, RunEr
         Ok(())
     };
     let mut audit = RunAudit::new(&new_job_id(), opening, &mut sink);
+    audit.clock = clock;
+    audit.clock.lap(TimedStep::Store);
     let uid = nix::unistd::getuid().as_raw();
     audit.push(
         Kind::RunIntent,
@@ -412,9 +450,10 @@ pub fn run_bundle(dir: &Path, settings: &RunSettings) -> Result<RunReport, RunEr
         };
         audit.push(kind, serde_json::json!({"reason": e.to_string()}));
     }
+    let mut clock = std::mem::take(&mut audit.clock);
     let pending = audit.into_pending();
     store.into_inner().close(pending)?;
-    result
+    finish_timings(result, &mut clock)
 }
 
 fn verified_bundle_run(
@@ -427,6 +466,7 @@ fn verified_bundle_run(
         mut plan,
         signature,
     } = verify_bundle(dir, &trusted, identity_map())?;
+    audit.clock.lap(TimedStep::Authorise);
     // A signed bundle says which plan an operator approved; running it is the local
     // operator's act, and what the bundle claims about its authority is recorded as a
     // claim. Each run is its own job, so a bundle may run again (or twice at once).
@@ -468,7 +508,8 @@ fn execute(
     runner: &dyn Runner,
 ) -> Result<RunReport, RunError> {
     let mut start_error = None;
-    let outcome = runner.run(&bundle.dir, &mut |info: &StartInfo| {
+    let mut clock = std::mem::take(&mut audit.clock);
+    let outcome = runner.run(&bundle.dir, &mut clock, &mut |info: &StartInfo| {
         audit.push(Kind::SandboxStarted, crate::store::audit::body_of(info));
         for d in &info.degradations {
             audit.push(
@@ -479,7 +520,9 @@ fn execute(
         if let Err(e) = audit.flush() {
             start_error = Some(e);
         }
-    })?;
+    });
+    audit.clock = clock;
+    let outcome = outcome?;
     let mut report = RunReport::new(
         plan,
         &outcome,
@@ -515,11 +558,14 @@ fn execute(
     if let Some(egress) = &outcome.egress {
         audit_egress(audit, egress);
     }
+    // The record's teardown runs up to the record itself; the report's includes the rest.
+    audit.clock.lap(TimedStep::Teardown);
     audit.push(
         Kind::RunExited,
         serde_json::json!({
             "exit_code": report.exit_code, "signal": report.signal, "duration_ms": report.duration_ms,
             "cpu_time_ms": report.cpu_time_ms, "peak_memory_bytes": report.peak_memory_bytes,
+            "timings_us": audit.clock.timings(),
         }),
     );
     match start_error {

@@ -224,3 +224,142 @@ fn memory_commands_round_trip_and_refuse_bad_input() {
         0
     );
 }
+
+/// The steps a native run reports, in the order they run.
+const NATIVE_STEPS: [&str; 19] = [
+    "store",
+    "compile",
+    "authorise",
+    "host_paths",
+    "bundle",
+    "prepare",
+    "cgroup",
+    "clone",
+    "id_maps",
+    "init",
+    "mounts",
+    "pivot",
+    "privileges",
+    "landlock",
+    "seccomp",
+    "exec",
+    "audit",
+    "wait",
+    "teardown",
+];
+
+#[test]
+fn a_run_reports_the_time_of_each_step_in_its_report_audit_and_table() {
+    let Some(s) = Scene::live() else { return };
+    let report = s.home.path().join("report.json");
+    let begun = std::time::Instant::now();
+    let out = s.run(
+        &[
+            "--timings",
+            "--memory",
+            "64MiB",
+            "--pids",
+            "32",
+            "--report",
+            report.to_str().unwrap(),
+        ],
+        &["true"],
+    );
+    let wall_us = begun.elapsed().as_micros() as u64;
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    // In the file, in the order the steps ran (`timings_us` is the report's last field).
+    let raw = std::fs::read_to_string(&report).unwrap();
+    let section = &raw[raw.find("\"timings_us\"").unwrap()..];
+    let at: Vec<usize> = NATIVE_STEPS
+        .iter()
+        .map(|step| section.find(&format!("\"{step}\":")).unwrap())
+        .collect();
+    assert!(at.windows(2).all(|w| w[0] < w[1]), "{section}");
+    let report = read_json(&report);
+    let timings = report["timings_us"].as_object().unwrap();
+    let steps: Vec<&str> = timings.keys().map(String::as_str).collect();
+    let mut expected = NATIVE_STEPS.to_vec();
+    expected.sort_unstable();
+    assert_eq!(steps, expected, "the report names every step once");
+    let us = |step: &str| timings[step].as_u64().unwrap();
+    // The sandbox's own steps crossed from the child: each took some time, and none was
+    // folded into `exec`, where a lost stamp would land.
+    for step in [
+        "init",
+        "mounts",
+        "pivot",
+        "privileges",
+        "landlock",
+        "seccomp",
+    ] {
+        assert!(us(step) > 0, "{step}: {timings:?}");
+    }
+    let total: u64 = NATIVE_STEPS.iter().map(|s| us(s)).sum();
+    assert!(
+        total <= wall_us,
+        "the steps ({total} µs) cannot outlast the command ({wall_us} µs)"
+    );
+    // The table on stderr, in the order the steps ran, then the preparation and total.
+    let printed = stderr(&out);
+    let table: Vec<&str> = printed
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let mut want = vec!["step"];
+    want.extend(NATIVE_STEPS);
+    want.extend(["(preparation)", "total"]);
+    assert_eq!(table, want, "{printed}");
+    // The audit's run record carries them up to the record itself.
+    let tail = s
+        .ctl()
+        .args(["audit", "tail", "-n", "40"])
+        .output()
+        .unwrap();
+    let exited = stdout(&tail)
+        .lines()
+        .find(|l| l.contains("run.exited"))
+        .map(str::to_string)
+        .unwrap_or_default();
+    assert!(
+        exited.contains("\"timings_us\"") && exited.contains("\"wait\""),
+        "{}",
+        stdout(&tail)
+    );
+}
+
+#[test]
+fn an_oci_runtime_run_reports_its_runtime_as_one_step() {
+    let Some(s) = Scene::live() else { return };
+    let Some(runc) = crate::scene::runtime("runc") else {
+        return;
+    };
+    let report = s.home.path().join("report.json");
+    let out = s.run_with(
+        &format!("oci:{runc}"),
+        &["--report", report.to_str().unwrap()],
+        &["true"],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let report = read_json(&report);
+    let mut steps: Vec<&str> = report["timings_us"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    steps.sort_unstable();
+    let mut want = vec![
+        "store",
+        "compile",
+        "authorise",
+        "host_paths",
+        "bundle",
+        "prepare",
+        "runtime",
+        "audit",
+        "wait",
+        "teardown",
+    ];
+    want.sort_unstable();
+    assert_eq!(steps, want);
+}

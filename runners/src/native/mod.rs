@@ -34,6 +34,7 @@ use self::seccomp::{CompiledSeccomp, SeccompError};
 use self::spec::{MountKind, NativeSpec, SpecError};
 use crate::outcome::{ExitKind, RunOutcome, StartInfo};
 use crate::supervise::{forwarded_signals, supervise, Supervised};
+use crate::timing::{monotonic_ns, Stopwatch, TimedStep};
 use covenant_policy::Degradation;
 use nix::sys::signal::{kill, SigHandler, SigSet, Signal};
 use nix::sys::wait::waitpid;
@@ -123,12 +124,17 @@ impl Prepared {
 }
 
 impl NativeRunner {
+    /// Runs `spec` to its end, charging each step of the start to `clock` (the child's
+    /// steps by the stamps it sends, see [`ChildClock`]) and the program's run to
+    /// [`TimedStep::Wait`].
     pub fn run_spec(
         &self,
         spec: &NativeSpec,
+        clock: &mut Stopwatch,
         on_start: &mut dyn FnMut(&StartInfo),
     ) -> Result<RunOutcome> {
         let mut prepared = prepare(spec)?;
+        clock.lap(TimedStep::Prepare);
         // The child reaches its rootfs relative to the directory that holds it, which it
         // enters before it takes the sandbox's ids: a home only its owner may pass
         // through (0700, or under /root) stays closed to the sandbox's host uid.
@@ -157,9 +163,11 @@ impl NativeRunner {
             let name = format!("{}-{}", spec.job_id, std::process::id());
             Some(RunCgroup::create(&layout, &name, spec.limits)?)
         };
+        clock.lap(TimedStep::Cgroup);
         let (sync_rd, sync_wr) = pipe()?;
         let (err_rd, err_wr) = pipe()?;
         let (status_rd, status_wr) = pipe()?;
+        let (stamps_rd, stamps_wr) = pipe()?;
 
         let mut gateway: Option<covenant_egress::Gateway> = None;
         let (sfd, old_mask) = forwarded_signals().map_err(sys("block forwarded signals"))?;
@@ -167,18 +175,28 @@ impl NativeRunner {
             let (pid, pidfd) = clone_sandbox(spec)?;
             let Some(pidfd) = pidfd else {
                 // The child's copies of the parent's pipe ends.
-                drop((sync_wr, err_rd, status_rd, sfd));
-                child_main(spec, &mut prepared, sync_rd, err_wr, status_wr);
+                drop((sync_wr, err_rd, status_rd, stamps_rd, sfd));
+                let pipes = ChildPipes {
+                    sync: sync_rd,
+                    err: err_wr,
+                    status: status_wr,
+                    stamps: ChildClock(stamps_wr),
+                };
+                child_main(spec, &mut prepared, pipes);
             };
-            drop((sync_rd, err_wr, status_wr));
+            drop((sync_rd, err_wr, status_wr, stamps_wr));
+            clock.lap(TimedStep::Clone);
             prepared.trees.clear();
             let supervise = || -> Result<Supervised> {
                 write_id_maps(pid, spec, rootless)?;
+                clock.lap(TimedStep::IdMaps);
                 if let Some(cg) = &cgroup {
                     cg.add_process(pid.as_raw())?;
+                    clock.lap(TimedStep::Cgroup);
                 }
                 if let Some(rules) = &spec.egress {
                     gateway = Some(egress::start_gateway(pid, rules)?);
+                    clock.lap(TimedStep::Gateway);
                 }
                 File::from(sync_wr)
                     .write_all(b"g")
@@ -193,6 +211,12 @@ impl NativeRunner {
                         detail: err.detail,
                     });
                 }
+                // The error pipe closed at exec: the program runs.
+                let exec_ns = monotonic_ns();
+                for (step, at_ns) in ChildClock::read(stamps_rd) {
+                    clock.lap_at(step, at_ns);
+                }
+                clock.lap_at(TimedStep::Exec, exec_ns);
                 let started = Instant::now();
                 on_start(&StartInfo {
                     runner: "native",
@@ -203,6 +227,7 @@ impl NativeRunner {
                     seccomp_filters: prepared.seccomp_filters(),
                     degradations: prepared.degradations.clone(),
                 });
+                clock.lap(TimedStep::Audit);
                 supervise(&pidfd, &sfd, spec.timeout, started, &mut |sig| {
                     let _ = kill(pid, sig);
                 })
@@ -213,6 +238,7 @@ impl NativeRunner {
                 let _ = kill(pid, Signal::SIGKILL);
             }
             let _ = waitpid(pid, None);
+            clock.lap(TimedStep::Wait);
             // Init is gone: its report, if it made one, is all the pipe holds.
             outcome.map(|supervised| (supervised, read_status(status_rd)))
         })();
@@ -416,6 +442,64 @@ fn read_child_error(fd: OwnedFd) -> Option<std::result::Result<ChildError, Unkno
     ChildError::decode(&buf)
 }
 
+/// The child's ends of the pipes to the parent.
+struct ChildPipes {
+    /// Reads the parent's go-ahead.
+    sync: OwnedFd,
+    /// The setup error, if any; closes empty at exec.
+    err: OwnedFd,
+    /// Init's report of the program's status.
+    status: OwnedFd,
+    stamps: ChildClock,
+}
+
+/// The child side's step stamps: when each step ended on the monotonic clock, sent to the
+/// parent as fixed records (a step code, then the nanoseconds) on a close-on-exec pipe.
+/// A record is 9 bytes, so each write is atomic and a handful never fills the pipe; the
+/// parent reads them once the program runs. Lost or garbled stamps cost only timings.
+struct ChildClock(OwnedFd);
+
+impl ChildClock {
+    /// The steps the child side stamps, in order; a record carries the index.
+    const STEPS: [TimedStep; 6] = [
+        TimedStep::Init,
+        TimedStep::Mounts,
+        TimedStep::Pivot,
+        TimedStep::Privileges,
+        TimedStep::Landlock,
+        TimedStep::Seccomp,
+    ];
+    const RECORD: usize = 9;
+
+    fn stamp(&self, step: TimedStep) {
+        let Some(code) = Self::STEPS.iter().position(|s| *s == step) else {
+            return;
+        };
+        let mut record = [0u8; Self::RECORD];
+        record[0] = code as u8;
+        record[1..].copy_from_slice(&monotonic_ns().to_le_bytes());
+        let _ = nix::unistd::write(&self.0, &record);
+    }
+
+    /// Every whole record in the pipe, in the order written; an unknown code is skipped.
+    fn read(fd: OwnedFd) -> Vec<(TimedStep, u64)> {
+        let mut buf = Vec::new();
+        let _ = File::from(fd).read_to_end(&mut buf);
+        Self::decode(&buf)
+    }
+
+    fn decode(buf: &[u8]) -> Vec<(TimedStep, u64)> {
+        buf.chunks_exact(Self::RECORD)
+            .filter_map(|r| {
+                let step = *Self::STEPS.get(r[0] as usize)?;
+                let mut ns = [0u8; 8];
+                ns.copy_from_slice(&r[1..]);
+                Some((step, u64::from_le_bytes(ns)))
+            })
+            .collect()
+    }
+}
+
 fn read_status(fd: OwnedFd) -> Option<i32> {
     let mut buf = [0u8; 4];
     File::from(fd)
@@ -428,14 +512,14 @@ fn read_status(fd: OwnedFd) -> Option<i32> {
 /// the program reports its own setup error and execs, init closes its copy of the error
 /// pipe (so the parent reads end-of-file at exec) and becomes PID 1. Any error is sent to
 /// the parent and ends the process with [`SETUP_FAILED`].
-fn child_main(
-    spec: &NativeSpec,
-    prepared: &mut Prepared,
-    sync: OwnedFd,
-    err: OwnedFd,
-    status: OwnedFd,
-) -> ! {
-    let signals = match init_sandbox(spec, prepared, sync) {
+fn child_main(spec: &NativeSpec, prepared: &mut Prepared, pipes: ChildPipes) -> ! {
+    let ChildPipes {
+        sync,
+        err,
+        status,
+        stamps,
+    } = pipes;
+    let signals = match init_sandbox(spec, prepared, sync, &stamps) {
         Ok(signals) => signals,
         Err(e) => report_and_exit(&err, &e),
     };
@@ -447,10 +531,12 @@ fn child_main(
         ),
         Ok(ForkResult::Child) => {
             drop(status);
-            let e = start_program(spec, prepared);
+            let e = start_program(spec, prepared, &stamps);
             report_and_exit(&err, &e)
         }
         Ok(ForkResult::Parent { child }) => {
+            // The stamps first: the parent reads them once the error pipe has closed.
+            drop(stamps);
             drop(err);
             init::run_init(child, &signals, status)
         }
@@ -472,6 +558,7 @@ fn init_sandbox(
     spec: &NativeSpec,
     prepared: &mut Prepared,
     sync: OwnedFd,
+    stamps: &ChildClock,
 ) -> std::result::Result<SigSet, ChildError> {
     await_parent(sync)?;
     enter_bundle_directory(prepared.root_parent.as_deref())?;
@@ -488,7 +575,11 @@ fn init_sandbox(
     if spec.has(Namespace::Network) && spec.loopback_up {
         net::bring_up_loopback()?;
     }
-    mounts::setup_rootfs(spec, &prepared.trees)?;
+    stamps.stamp(TimedStep::Init);
+    let root_dir = mounts::build_rootfs(spec, &prepared.trees)?;
+    stamps.stamp(TimedStep::Mounts);
+    mounts::enter_rootfs(spec, &root_dir)?;
+    stamps.stamp(TimedStep::Pivot);
     prepared.trees.clear();
     setsid().map_err(|e| ChildError::new(SetupStep::NewSession, e.to_string()))?;
     let signals = init::init_signals();
@@ -549,7 +640,7 @@ fn become_namespace_root() -> std::result::Result<(), ChildError> {
 enum Never {}
 
 /// The program's setup, ending in `execve`; returns only the error that stopped it.
-fn start_program(spec: &NativeSpec, prepared: &Prepared) -> ChildError {
+fn start_program(spec: &NativeSpec, prepared: &Prepared, stamps: &ChildClock) -> ChildError {
     let run = || -> std::result::Result<Never, ChildError> {
         SigSet::empty()
             .thread_set_mask()
@@ -566,9 +657,11 @@ fn start_program(spec: &NativeSpec, prepared: &Prepared) -> ChildError {
                 format!("cwd {}: {e}", spec.cwd.display()),
             )
         })?;
+        stamps.stamp(TimedStep::Privileges);
         if let (Some(policy), Some(plan)) = (&spec.landlock, prepared.landlock) {
             landlock::apply(policy, plan)?;
         }
+        stamps.stamp(TimedStep::Landlock);
         let program = find_program(spec)?;
         // SAFETY: marks every descriptor above stderr close-on-exec; no memory effects.
         let rc = unsafe {
@@ -590,6 +683,9 @@ fn start_program(spec: &NativeSpec, prepared: &Prepared) -> ChildError {
             seccomp::load(filters)
                 .map_err(|e| ChildError::new(SetupStep::LoadSeccomp, e.to_string()))?;
         }
+        // The last write before `execve`; the seccomp profile allows `write` and
+        // `clock_gettime` (the vDSO's, no system call) to every program.
+        stamps.stamp(TimedStep::Seccomp);
         let e = nix::unistd::execve(&program, &spec.args, &spec.env).unwrap_err();
         Err(ChildError::new(
             SetupStep::Exec,
@@ -626,4 +722,28 @@ fn find_program(spec: &NativeSpec) -> std::result::Result<CString, ChildError> {
             spec.path_var
         ),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps_decode_whole_known_records_in_order() {
+        let mut buf = Vec::new();
+        for (code, ns) in [(0u8, 10u64), (2, 30), (9, 40), (5, 50)] {
+            buf.push(code);
+            buf.extend_from_slice(&ns.to_le_bytes());
+        }
+        // A record cut short (the writer died mid-way) is not read as one.
+        buf.extend_from_slice(&[1, 0xff, 0xff]);
+        assert_eq!(
+            ChildClock::decode(&buf),
+            vec![
+                (TimedStep::Init, 10),
+                (TimedStep::Pivot, 30),
+                (TimedStep::Seccomp, 50)
+            ]
+        );
+    }
 }

@@ -162,9 +162,13 @@ fn ensure_mount_point(target: &Path, is_dir: bool) -> Result<(), ChildError> {
     }
 }
 
-/// Builds the root filesystem and pivots into it. Runs in the child, in its own user and
-/// mount namespaces; `trees[i]` is the detached tree of `spec.mounts[i]` when it is a bind.
-pub fn setup_rootfs(spec: &NativeSpec, trees: &[Option<DetachedTree>]) -> Result<(), ChildError> {
+/// Builds the root filesystem, ready for [`enter_rootfs`], and returns its directory.
+/// Runs in the child, in its own user and mount namespaces; `trees[i]` is the detached
+/// tree of `spec.mounts[i]` when it is a bind.
+pub fn build_rootfs(
+    spec: &NativeSpec,
+    trees: &[Option<DetachedTree>],
+) -> Result<PathBuf, ChildError> {
     let root = Path::new("/");
     mount(
         None::<&str>,
@@ -211,7 +215,14 @@ pub fn setup_rootfs(spec: &NativeSpec, trees: &[Option<DetachedTree>]) -> Result
     for p in &spec.readonly_paths {
         readonly_path(rootfs, p)?;
     }
-    pivot_into(rootfs)?;
+    Ok(root_dir)
+}
+
+/// Makes `root_dir`, built by [`build_rootfs`], the root: `pivot_root`, the old root
+/// detached, and the new one remounted read-only when the spec says so.
+pub fn enter_rootfs(spec: &NativeSpec, root_dir: &Path) -> Result<(), ChildError> {
+    let root = Path::new("/");
+    pivot_into(root_dir)?;
     if spec.root_readonly {
         remount_bind(
             root,

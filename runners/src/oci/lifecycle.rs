@@ -4,6 +4,7 @@
 use crate::native::cgroup::{CgroupLayout, CgroupLimits, RunCgroup};
 use crate::outcome::{ExitKind, RunOutcome, StartInfo};
 use crate::supervise::{forwarded_signals, supervise};
+use crate::timing::{Stopwatch, TimedStep};
 use covenant_policy::annotations::{self};
 use nix::fcntl::{open, OFlag};
 use nix::mount::{umount2, MntFlags};
@@ -179,9 +180,11 @@ impl OciRunner {
     pub fn run_bundle(
         &self,
         bundle: &Path,
+        clock: &mut Stopwatch,
         on_start: &mut dyn FnMut(&StartInfo),
     ) -> Result<RunOutcome> {
         let decisions = self.decide(bundle)?;
+        clock.lap(TimedStep::Prepare);
         let job = decisions
             .config
             .annotations()
@@ -214,7 +217,13 @@ impl OciRunner {
                     .map_err(io(format!("{what} {}", dir.display())))?;
             }
         }
-        let result = self.lifecycle_run(&decisions, &w, on_start);
+        // What the runtime does between our start and the program's is its own: one step.
+        let result = self.lifecycle_run(&decisions, &w, &mut |info: &StartInfo| {
+            clock.lap(TimedStep::Runtime);
+            on_start(info);
+            clock.lap(TimedStep::Audit);
+        });
+        clock.lap(TimedStep::Wait);
         // Whatever happened: no container, no state directory, no derived bundle.
         // `runsc run` deletes its container itself; anything left in the state directory
         // is a container to delete.
