@@ -13,7 +13,7 @@ pub mod timing;
 
 mod outcome;
 
-pub use outcome::{ExitKind, RunOutcome, RunnerContext, StartInfo};
+pub use outcome::{CgroupEntry, ExitKind, RunOutcome, RunnerContext, StartInfo};
 
 use std::path::Path;
 

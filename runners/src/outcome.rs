@@ -47,10 +47,23 @@ pub struct StartInfo {
         crate::native::cgroup::CgroupVersion,
         Vec<std::path::PathBuf>,
     )>,
+    /// How the sandbox entered its cgroup, when the runner put it there itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup_entry: Option<CgroupEntry>,
     pub namespaces: Vec<crate::native::spec::Namespace>,
     pub landlock: Option<crate::native::landlock::LandlockPlan>,
     pub seccomp_filters: usize,
     pub degradations: Vec<covenant_policy::Degradation>,
+}
+
+/// How a sandbox's first process came to be in its cgroup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CgroupEntry {
+    /// Cloned straight into it (`clone3` with `CLONE_INTO_CGROUP`, cgroup v2).
+    Clone,
+    /// Moved there after the clone (`cgroup.procs`; cgroup v1, or a kernel without it).
+    Move,
 }
 
 /// Where runners keep state and find the helper binary they inject.

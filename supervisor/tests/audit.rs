@@ -14,7 +14,7 @@ fn store_at(dir: &Path) -> Store {
     Store::open(&dir.join("covenant.db"), &dir.join("supervisor.key")).unwrap()
 }
 
-/// A store with `n` events, closed cleanly (so every row is checkpointed).
+/// A store with `n` events, closed cleanly (so every row is under a signed checkpoint).
 fn filled(n: u64) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let mut store = store_at(dir.path());
@@ -28,6 +28,19 @@ fn filled(n: u64) -> tempfile::TempDir {
     }
     drop(store);
     dir
+}
+
+/// Replaces the store in `to` with the one in `from`, as someone with file access would:
+/// the database and its WAL (closing does not fold the WAL into the file).
+fn replace_store(from: &Path, to: &Path) {
+    for file in ["covenant.db-shm", "covenant.db-wal"] {
+        let _ = std::fs::remove_file(to.join(file));
+    }
+    for file in ["covenant.db", "covenant.db-wal"] {
+        if from.join(file).exists() {
+            std::fs::copy(from.join(file), to.join(file)).unwrap();
+        }
+    }
 }
 
 /// A second connection that lifts the triggers, as an attacker with file access would.
@@ -219,11 +232,7 @@ fn a_truncated_tail_is_named_even_with_its_checkpoints_gone() {
 fn a_replaced_file_with_a_shorter_valid_chain_is_caught() {
     let dir = filled(20);
     let other = filled(10);
-    std::fs::copy(
-        other.path().join("covenant.db"),
-        dir.path().join("covenant.db"),
-    )
-    .unwrap();
+    replace_store(other.path(), dir.path());
     let (_, kind) = fault_of(dir.path());
     assert_eq!(
         kind,
@@ -245,12 +254,7 @@ fn a_replaced_file_with_a_shorter_valid_chain_is_caught() {
                 .unwrap();
         }
     }
-    std::fs::copy(
-        old.path().join("covenant.db"),
-        dir.path().join("covenant.db"),
-    )
-    .unwrap();
-    let _ = std::fs::remove_file(dir.path().join("covenant.db-wal"));
+    replace_store(old.path(), dir.path());
     assert_eq!(fault_of(dir.path()).1, FaultKind::Truncated);
 }
 

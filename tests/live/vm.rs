@@ -87,6 +87,11 @@ fn a_pure_cgroup_v2_kernel_enforces_limits_and_landlock_fails_closed() {
         degraded.starts_with("exit=0 out=hello") && degraded.contains("\"cgroup_version\": \"v2\""),
         "{degraded}"
     );
+    assert_eq!(
+        line("cgroup-entry"),
+        r#""cgroup_entry":"clone""#,
+        "on v2 the sandbox is cloned straight into its cgroup"
+    );
     let pids = line("pids");
     assert!(
         !pids.ends_with("forkfail=0"),

@@ -78,6 +78,7 @@ echo "VMTEST failclosed exit=$? $(tr '\n' ' ' < /tmp/o)"
 D="--accept-degradation landlock-net --accept-degradation landlock-scope"
 covenant-ctl run $D --report /tmp/r.json -- echo hello > /tmp/o 2>&1
 echo "VMTEST degraded exit=$? out=$(head -1 /tmp/o) $(grep -o '"cgroup_version": "[a-z0-9]*"' /tmp/r.json)"
+echo "VMTEST cgroup-entry $(covenant-ctl audit tail -n 20 | grep -o '"cgroup_entry":"[a-z]*"' | tail -1)"
 covenant-ctl run $D --pids 8 -- sh -c 'for i in 1 2 3 4 5 6 7 8 9 10 11 12; do sleep 1 & done; wait' > /tmp/o 2>&1
 echo "VMTEST pids exit=$? forkfail=$(grep -c -i 'fork' /tmp/o)"
 covenant-ctl run $D --memory 32MiB -- sh -c 'head -c 300000000 /dev/zero | tail' > /tmp/o 2>&1

@@ -352,6 +352,19 @@ impl RunCgroup {
         &self.dirs
     }
 
+    /// On cgroup v2, the cgroup's directory opened for `clone3(CLONE_INTO_CGROUP)`, so a
+    /// process can start inside it instead of being moved there (a move takes the cgroup
+    /// core's process-group lock for writing, which waits for an RCU grace period).
+    /// `None` on v1, where a process can only be moved.
+    pub fn clone_target(&self) -> Result<Option<std::os::fd::OwnedFd>> {
+        match (self.version, self.dirs.as_slice()) {
+            (CgroupVersion::V2, [dir]) => fs::File::open(dir)
+                .map(|f| Some(f.into()))
+                .map_err(|e| io("open", dir, e)),
+            _ => Ok(None),
+        }
+    }
+
     /// Moves `pid` into the cgroup, in every hierarchy.
     pub fn add_process(&self, pid: i32) -> Result<()> {
         for dir in &self.dirs {

@@ -32,7 +32,7 @@ use self::landlock::LandlockError;
 use self::mounts::{DetachedTree, MountError};
 use self::seccomp::{CompiledSeccomp, SeccompError};
 use self::spec::{MountKind, NativeSpec, SpecError};
-use crate::outcome::{ExitKind, RunOutcome, StartInfo};
+use crate::outcome::{CgroupEntry, ExitKind, RunOutcome, StartInfo};
 use crate::supervise::{forwarded_signals, supervise, Supervised};
 use crate::timing::{monotonic_ns, Stopwatch, TimedStep};
 use covenant_policy::Degradation;
@@ -44,7 +44,7 @@ use nix::unistd::{
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -168,11 +168,15 @@ impl NativeRunner {
         let (err_rd, err_wr) = pipe()?;
         let (status_rd, status_wr) = pipe()?;
         let (stamps_rd, stamps_wr) = pipe()?;
+        let into_cgroup = match &cgroup {
+            Some(cg) => cg.clone_target()?,
+            None => None,
+        };
 
         let mut gateway: Option<covenant_egress::Gateway> = None;
         let (sfd, old_mask) = forwarded_signals().map_err(sys("block forwarded signals"))?;
         let result = (|| {
-            let (pid, pidfd) = clone_sandbox(spec)?;
+            let (pid, pidfd, entry) = clone_sandbox(spec, into_cgroup.as_ref())?;
             let Some(pidfd) = pidfd else {
                 // The child's copies of the parent's pipe ends.
                 drop((sync_wr, err_rd, status_rd, stamps_rd, sfd));
@@ -184,16 +188,21 @@ impl NativeRunner {
                 };
                 child_main(spec, &mut prepared, pipes);
             };
-            drop((sync_rd, err_wr, status_wr, stamps_wr));
+            drop((sync_rd, err_wr, status_wr, stamps_wr, into_cgroup));
             clock.lap(TimedStep::Clone);
             prepared.trees.clear();
             let supervise = || -> Result<Supervised> {
                 write_id_maps(pid, spec, rootless)?;
                 clock.lap(TimedStep::IdMaps);
-                if let Some(cg) = &cgroup {
-                    cg.add_process(pid.as_raw())?;
-                    clock.lap(TimedStep::Cgroup);
-                }
+                let cgroup_entry = match &cgroup {
+                    Some(_) if entry == CgroupEntry::Clone => Some(CgroupEntry::Clone),
+                    Some(cg) => {
+                        cg.add_process(pid.as_raw())?;
+                        clock.lap(TimedStep::Cgroup);
+                        Some(CgroupEntry::Move)
+                    }
+                    None => None,
+                };
                 if let Some(rules) = &spec.egress {
                     gateway = Some(egress::start_gateway(pid, rules)?);
                     clock.lap(TimedStep::Gateway);
@@ -222,6 +231,7 @@ impl NativeRunner {
                     runner: "native",
                     pid: pid.as_raw(),
                     cgroup: cgroup.as_ref().map(|cg| (cg.version(), cg.dirs().to_vec())),
+                    cgroup_entry,
                     namespaces: spec.namespaces.clone(),
                     landlock: prepared.landlock,
                     seccomp_filters: prepared.seccomp_filters(),
@@ -373,8 +383,13 @@ fn pipe() -> Result<(OwnedFd, OwnedFd)> {
 }
 
 /// Clones the sandbox's init into its namespaces (all but the cgroup namespace, which init
-/// enters after the parent has moved it into the run's cgroup). Returns pid 0 in the child.
-fn clone_sandbox(spec: &NativeSpec) -> Result<(Pid, Option<OwnedFd>)> {
+/// enters once it is in the run's cgroup): straight into the cgroup `into_cgroup` names
+/// when there is one (cgroup v2, `clone3` with `CLONE_INTO_CGROUP`), so it never has to be
+/// moved there. Returns pid 0 in the child, and how the child's cgroup is to be entered.
+fn clone_sandbox(
+    spec: &NativeSpec,
+    into_cgroup: Option<&OwnedFd>,
+) -> Result<(Pid, Option<OwnedFd>, CgroupEntry)> {
     let mut flags =
         libc::CLONE_NEWUSER | libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_PIDFD;
     for (ns, flag) in [
@@ -387,33 +402,76 @@ fn clone_sandbox(spec: &NativeSpec) -> Result<(Pid, Option<OwnedFd>)> {
         }
     }
     let mut pidfd: libc::c_int = -1;
-    // SAFETY: a fork-like clone (no new stack) of a single-threaded process; the child
-    // continues in child_main and never returns into the caller's frames. The pidfd is
-    // written to `pidfd` in the parent only.
-    let pid = unsafe {
-        libc::syscall(
-            libc::SYS_clone,
-            (flags | libc::SIGCHLD) as libc::c_ulong,
-            0usize,
-            &mut pidfd as *mut libc::c_int,
-            0usize,
-            0usize,
-        )
-    };
+    let mut entry = CgroupEntry::Move;
+    let mut pid = -1;
+    if let Some(cgroup) = into_cgroup {
+        let mut args = libc::clone_args {
+            flags: flags as u64 | CLONE_INTO_CGROUP,
+            pidfd: &mut pidfd as *mut libc::c_int as u64,
+            child_tid: 0,
+            parent_tid: 0,
+            exit_signal: libc::SIGCHLD as u64,
+            stack: 0,
+            stack_size: 0,
+            tls: 0,
+            set_tid: 0,
+            set_tid_size: 0,
+            cgroup: cgroup.as_raw_fd() as u64,
+        };
+        // SAFETY: a fork-like clone3 (no stack given: the child runs on a copy of this
+        // one) of a single-threaded process; the child continues in child_main and never
+        // returns into the caller's frames. The kernel reads `args` and writes the pidfd.
+        pid = unsafe {
+            libc::syscall(
+                libc::SYS_clone3,
+                &mut args as *mut libc::clone_args,
+                std::mem::size_of::<libc::clone_args>(),
+            )
+        };
+        match nix::errno::Errno::last() {
+            // A kernel without clone3 (before 5.3) or without CLONE_INTO_CGROUP (before
+            // 5.7, which refuses the larger argument): the child is moved instead.
+            nix::errno::Errno::ENOSYS | nix::errno::Errno::E2BIG if pid < 0 => {}
+            errno if pid < 0 => {
+                return Err(sys(
+                    "clone3 the sandbox into its cgroup (user, pid, mount, ipc, uts, net namespaces)",
+                )(errno))
+            }
+            _ => entry = CgroupEntry::Clone,
+        }
+    }
+    if pid < 0 {
+        // SAFETY: as above, with the fork-like clone (no new stack); the pidfd is written
+        // to `pidfd` in the parent only.
+        pid = unsafe {
+            libc::syscall(
+                libc::SYS_clone,
+                (flags | libc::SIGCHLD) as libc::c_ulong,
+                0usize,
+                &mut pidfd as *mut libc::c_int,
+                0usize,
+                0usize,
+            )
+        };
+    }
     if pid < 0 {
         return Err(sys(
             "clone the sandbox (user, pid, mount, ipc, uts, net namespaces)",
         )(nix::errno::Errno::last()));
     }
     if pid == 0 {
-        return Ok((Pid::from_raw(0), None));
+        return Ok((Pid::from_raw(0), None, entry));
     }
     // SAFETY: the kernel returned a fresh pidfd for the child.
     Ok((
         Pid::from_raw(pid as i32),
         Some(unsafe { OwnedFd::from_raw_fd(pidfd) }),
+        entry,
     ))
 }
+
+/// `CLONE_INTO_CGROUP` (Linux 5.7), a 64-bit flag only `clone3` takes.
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
 /// Maps the sandbox's ids: a subordinate range when run as root, the caller alone rootless.
 fn write_id_maps(pid: Pid, spec: &NativeSpec, rootless: bool) -> Result<()> {

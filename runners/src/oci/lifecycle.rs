@@ -610,6 +610,8 @@ impl OciRunner {
                 runner: if gvisor { "gvisor" } else { "oci" },
                 pid,
                 cgroup: cgroup.clone(),
+                // The runtime put it there, however it does.
+                cgroup_entry: None,
                 namespaces: d.namespaces.clone(),
                 landlock: d.landlock.as_ref().map(|(_, p)| *p),
                 seccomp_filters: d.seccomp_filters(),

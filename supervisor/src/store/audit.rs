@@ -433,7 +433,11 @@ fn signed_json(kind: &str, c: &Checkpoint) -> serde_json::Value {
 }
 
 /// The head recorded outside the database at each checkpoint: `SEQ HEXHASH`. It is only
-/// ever moved forward, under an exclusive lock, and replaced atomically.
+/// ever moved forward, under an exclusive lock, and replaced atomically: the new file is
+/// synced before it is renamed over the old one, so after a crash the file is whole, old
+/// or new. The directory is not synced: a rename lost to a crash leaves the older head,
+/// which the chain (committed before this is written) still extends, so it can cost a
+/// check its reach for the last commits but never raise a false alarm.
 fn record_head(path: &Path, seq: u64, hash: &[u8; 32]) -> Result<()> {
     let io = |error| StoreError::Io {
         path: path.to_path_buf(),
@@ -461,15 +465,10 @@ fn record_head(path: &Path, seq: u64, hash: &[u8; 32]) -> Result<()> {
         .mode(0o600)
         .open(&tmp)
         .map_err(io)?;
-    writeln!(f, "{seq} {}", hex(hash)).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)?;
-    if let Some(dir) = path.parent() {
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
+    f.write_all(format!("{seq} {}\n", hex(hash)).as_bytes())
+        .map_err(io)?;
+    f.sync_data().map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
 }
 
 /// The latest writer that opened the store (`store.opened`), has not closed it

@@ -78,6 +78,18 @@ impl Store {
         }
         self.conn
             .execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")
+            .map_err(|e| self.sql(e))?;
+        // Closing does not checkpoint the WAL into the main file: every commit is already
+        // durable in the WAL (`synchronous=FULL`), SQLite's automatic checkpoint moves it
+        // over every 1,000 pages, and a short-lived writer (one embedded run) no longer
+        // pays two more syncs at its close and a new WAL, with a directory sync, at the
+        // next open. The WAL is part of the store: copy both files, or neither.
+        self.conn
+            .set_db_config(
+                rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+                true,
+            )
+            .map(drop)
             .map_err(|e| self.sql(e))
     }
 
