@@ -20,8 +20,9 @@ pub(super) struct Decisions {
     pub(super) limits: CgroupLimits,
     pub(super) timeout: Option<Duration>,
     pub(super) network: &'static str,
-    /// With `net` egress (runc, crun): the gateway's rules; the runtime joins a namespace
-    /// prepared with its link.
+    /// With `net` egress: the gateway's rules; the runtime joins a namespace prepared with
+    /// its link (runc, crun: as the container's namespace; runsc: its sandbox joins it and
+    /// its netstack takes the link over).
     pub(super) egress: Option<Vec<covenant_policy::EgressRule>>,
     pub(super) degradations: Vec<Degradation>,
     pub(super) namespaces: Vec<Namespace>,
@@ -136,15 +137,13 @@ impl OciRunner {
         let network = match net_mode.as_deref() {
             Some("host") => "host",
             Some("egress") => match self.flavor {
-                // runsc would have to run inside the gateway's namespace with its own
-                // network stack in host mode; until it does, the sandbox would have no
-                // gateway. Refused rather than run without a network.
-                Flavor::Gvisor { .. } => {
-                    return Err(self.unenforceable(
-                        "net egress",
-                        "runsc does not yet run inside the egress gateway's network namespace; use runner native, runc or crun",
-                    ))
-                }
+                // runsc's own network stack (netstack) in the namespace Covenant prepared:
+                // runsc joins it (config.json's network namespace path), takes the link's
+                // address over and reaches the link only through a packet socket bound to
+                // it, so every packet of the sandbox goes to the gateway. The link has no
+                // hardware address, so netstack frames plain IP packets (no Ethernet
+                // header), which is what the gateway reads.
+                Flavor::Gvisor { .. } => "sandbox",
                 Flavor::Runc | Flavor::Crun => "egress",
             },
             _ => "none",
@@ -157,7 +156,9 @@ impl OciRunner {
         {
             return Err(self.unenforceable("seccomp", "the bundle has no linux.seccomp filter"));
         }
-        let egress: Option<Vec<covenant_policy::EgressRule>> = if network == "egress" {
+        let egress: Option<Vec<covenant_policy::EgressRule>> = if net_mode.as_deref()
+            == Some("egress")
+        {
             Some(
                 annotation(&config, annotations::EGRESS)?
                     .ok_or_else(|| self.unenforceable("net egress", "the bundle names no rules"))?,

@@ -13,7 +13,7 @@
 //! | landlock (`org.opencovenant.landlock`) | `covenant-ctl enforce` injected as the first program | path rules: the sentry's own mount table; TCP port rules: refused |
 //! | cgroup limits | the runtime (`linux.resources`, under `covenant/ID`) | Covenant's cgroup around the whole sandbox (`--ignore-cgroups`) |
 //! | network `none` / `loopback` / `host` | network namespace (landlock denies TCP for `none`) | `--network=none` / `none` / `host` |
-//! | network `egress` | joins a namespace Covenant prepared with the gateway's link | refused |
+//! | network `egress` | joins a namespace Covenant prepared with the gateway's link | `--network=sandbox` in that namespace: netstack takes the link over (`--gso=false`) |
 //! | idmapped writable paths | refused (degradation `idmap`) | an idmapped clone (owner ↔ the sandbox's user) under the gofer guard (`gofer_guard.rs`); without an idmap, refused |
 //! | timeout | Covenant kills the container | Covenant kills the sandbox |
 
@@ -241,6 +241,12 @@ mod tests {
                 "gvisor cannot enforce net.connect:tcp: gVisor's netstack has no per-port filter".into(),
             ),
             (
+                "net egress without its rules, under gVisor",
+                &gvisor,
+                |c| note(c, annotations::NET, "egress"),
+                "gvisor cannot enforce net egress: the bundle names no rules".into(),
+            ),
+            (
                 "kept root changes under gVisor",
                 &gvisor,
                 |c| note(c, annotations::ROOTFS, r#"{"layout": "overlay", "lower": ["/img"], "keep": "/srv/keep"}"#),
@@ -317,6 +323,19 @@ mod tests {
             ((1000, 1000), (0, 0))
         );
         assert!(d.degradations.is_empty(), "bound idmapped, not degraded");
+        // gVisor: net egress, on runsc's own network stack in the namespace prepared with
+        // the gateway's link, with the gateway's rules.
+        let dir = bundle(|c| {
+            note(c, annotations::NET, "egress");
+            note(
+                c,
+                annotations::EGRESS,
+                r#"[{"target": {"name": "api.test"}, "ports": [443]}]"#,
+            );
+        });
+        let d = gvisor().decide(&dir.path().join("b")).unwrap();
+        assert_eq!(d.network, "sandbox");
+        assert_eq!(d.egress.as_ref().map(Vec::len), Some(1));
         // gVisor: a read-only bind, and an overlay root whose changes are thrown away.
         accepted(&gvisor(), |c| {
             c["mounts"].as_array_mut().unwrap().push(serde_json::json!({
