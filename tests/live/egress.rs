@@ -1170,3 +1170,71 @@ fn a_killed_supervisor_takes_the_sandbox_and_its_link_with_it() {
     }
     assert!(!Path::new("/sys/class/net/egress0").exists());
 }
+
+/// The same under gVisor: `runsc run`, its sandbox and its gofer go with a supervisor
+/// killed mid-run (and with it the gateway), and the link with them.
+#[test]
+fn a_killed_supervisor_takes_the_gvisor_sandbox_and_its_link_with_it() {
+    if !live() {
+        return;
+    }
+    if !Path::new("/usr/bin/runsc").exists() {
+        return cannot_run("runsc is not installed (apt-get install runsc)");
+    }
+    let net = Internet::start(116, &[("api.test", host(116, 10))]);
+    let home = net.home.path().join("home");
+    let mut child = net
+        .ctl()
+        .args([
+            "run",
+            "--runner",
+            "gvisor",
+            "--allow-host",
+            "api.test",
+            "--",
+            "sleep",
+            "30",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // runsc, its sandbox and its gofer name the run's state under this home.
+    let runsc = || -> Vec<u32> {
+        let needle = home.to_string_lossy().into_owned();
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                    let c = String::from_utf8_lossy(&c);
+                    c.starts_with("runsc") || c.starts_with("/usr/bin/runsc")
+                }) && std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle))
+            })
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while runsc().len() < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gVisor sandbox did not start: {:?}",
+            runsc()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    let _ = child.wait();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !runsc().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "runsc outlived its supervisor: {:?}",
+            runsc()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!Path::new("/sys/class/net/egress0").exists());
+}
