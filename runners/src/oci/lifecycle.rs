@@ -333,7 +333,7 @@ impl OciRunner {
                     .map_err(|e| fail(e.to_string()))?;
             let target = writable_point(derived, i);
             fs::create_dir_all(&target).map_err(io(format!("mount point {}", target.display())))?;
-            crate::native::mounts::attach_idmapped(&w.source, &target, &ns, true)
+            crate::native::mounts::attach_idmapped(&w.source, &target, &ns, w.writable)
                 .map_err(|e| fail(e.to_string()))?;
             attached.push(target);
         }
@@ -524,6 +524,11 @@ impl OciRunner {
         let mut network_flags = Vec::new();
         if gvisor {
             network_flags.push(format!("--network={}", d.network));
+            if !d.host_sockets.is_empty() {
+                // The gofer may connect to host sockets; which ones is decided by the
+                // broker (`host_sockets.rs`).
+                network_flags.push("--host-uds=open".to_string());
+            }
             if netns.is_some() {
                 // runsc's default host GSO sees the link's generic segmentation offload
                 // and has the packet socket carry virtio headers asking for offloads, which
@@ -544,6 +549,8 @@ impl OciRunner {
             error: e.into(),
         })?;
         let outcome = (|| {
+            // Stopped (and its thread joined) when this closure returns, after runsc.
+            let mut broker: Option<super::host_sockets::Broker> = None;
             let mut args: Vec<&str> = network_flags.iter().map(String::as_str).collect();
             // gVisor: `run` creates, starts, waits and deletes in one runsc process (each
             // runsc invocation costs tens of milliseconds); runc and crun: create + start.
@@ -607,6 +614,30 @@ impl OciRunner {
                 // before the fork.
                 unsafe { create.pre_exec(load) };
             }
+            // gVisor with host sockets to reach: every connect of runsc and its helpers is
+            // decided by this process (see `host_sockets.rs`); the listener comes back over
+            // `broker_channel`.
+            let broker_channel = if gvisor && !d.host_sockets.is_empty() {
+                let (ours, theirs) = nix::sys::socket::socketpair(
+                    nix::sys::socket::AddressFamily::Unix,
+                    nix::sys::socket::SockType::SeqPacket,
+                    None,
+                    nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+                )
+                .map_err(|e| OciError::Io {
+                    what: "the host sockets' channel".into(),
+                    error: e.into(),
+                })?;
+                let program = super::host_sockets::filter();
+                let channel = std::os::fd::AsRawFd::as_raw_fd(&theirs);
+                let load = move || super::host_sockets::load_in_child(&program, channel);
+                // SAFETY: the hook makes system calls (seccomp, sendmsg, close) on memory
+                // prepared before the fork.
+                unsafe { create.pre_exec(load) };
+                Some((ours, theirs))
+            } else {
+                None
+            };
             if let Some(cg) = &own_cgroup {
                 let procs = cg
                     .dirs()
@@ -627,6 +658,25 @@ impl OciRunner {
                 let mut child = create
                     .spawn()
                     .map_err(io(format!("{} run", self.binary.display())))?;
+                if let Some((ours, theirs)) = broker_channel {
+                    drop(theirs);
+                    let started = super::host_sockets::receive_listener(&ours).and_then(|l| {
+                        super::host_sockets::Broker::start(l, &d.host_sockets, child.id() as i32)
+                    });
+                    match started {
+                        Ok(b) => broker = Some(b),
+                        Err(e) => {
+                            let _ = child.kill();
+                            let _ = child.wait();
+                            return Err(self.unenforceable(
+                                "the host sockets (org.opencovenant.host-sockets)",
+                                &format!(
+                                    "the supervisor could not take over runsc's connects: {e}"
+                                ),
+                            ));
+                        }
+                    }
+                }
                 let deadline = Instant::now() + Duration::from_secs(60);
                 let pid = loop {
                     if let Some(pid) = read_pid() {
@@ -709,6 +759,9 @@ impl OciRunner {
                 // `runsc run` exits with the container's status.
                 Some(child) => {
                     let status = child.wait().map_err(io("runsc run"))?;
+                    if let Some(b) = broker.take() {
+                        b.stop();
+                    }
                     reap_orphans(Pid::from_raw(0));
                     use std::os::unix::process::ExitStatusExt;
                     match (status.code(), status.signal()) {
