@@ -2520,4 +2520,28 @@ call http://a/v1/self
         0,
         "the read-only bind's host socket was reached"
     );
+
+    // With `net` egress too: runsc in the gateway's namespace and the agent socket in one
+    // job. Only a name not granted is asked for, which the gateway refuses without
+    // asking any resolver, so nothing leaves this machine.
+    let mut with_egress = scopes.to_vec();
+    with_egress.push("net.egress:api.test:443");
+    let cap = d.cap("agent-a", &with_egress);
+    let script = format!(
+        r#"{AGENT}
+python3 -c 'import socket; socket.getaddrinfo("other.test", 443)' 2>/dev/null || echo NAME-REFUSED
+call http://a/v1/self
+"#
+    );
+    let a = d.post(
+        "/v1/jobs",
+        json!({"capability": cap, "argv": ["/bin/sh", "-c", script], "runner": "gvisor",
+               "manifest": {"version": 1, "workspace": ws, "egress": ["api.test:443"]}}),
+    );
+    assert_eq!(a.status, 201, "{}", a.error_text());
+    let id = a.json()["id"].as_str().unwrap().to_string();
+    let s = d.wait(&id);
+    let (out, err) = d.output(&id);
+    assert_eq!(s["report"]["net"], "egress", "{s}");
+    assert_eq!(out, "NAME-REFUSED\n200\n", "{s}\n{out}{err}");
 }
