@@ -688,6 +688,9 @@ fn build_spec(
     if plan.net == NetMode::Egress {
         notes.insert(annotations::EGRESS.into(), json(&plan.egress));
     }
+    if !plan.host_sockets.is_empty() {
+        notes.insert(annotations::HOST_SOCKETS.into(), json(&plan.host_sockets));
+    }
     if *layout != RootfsLayout::Skeleton {
         notes.insert(annotations::ROOTFS.into(), json(layout));
     }

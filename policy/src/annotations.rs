@@ -43,6 +43,12 @@ pub const NET: &str = "org.opencovenant.net";
 /// [`crate::egress::EgressRule`]. A runner that cannot run the gateway refuses the bundle.
 pub const EGRESS: &str = "org.opencovenant.egress";
 
+/// Host unix sockets the program may connect to, a JSON list of paths inside the sandbox
+/// (each inside a bind mount). Runtimes that bind host paths directly need nothing more;
+/// under gVisor, whose gofer connects to host sockets for the sandbox, these are the only
+/// ones it may reach.
+pub const HOST_SOCKETS: &str = "org.opencovenant.host-sockets";
+
 /// Access granted beneath a path by landlock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

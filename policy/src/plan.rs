@@ -344,6 +344,12 @@ pub struct SandboxPlan {
     /// With `net` egress: the hosts and networks the gateway lets the sandbox reach.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub egress: Vec<crate::egress::EgressRule>,
+    /// Host unix sockets the program may connect to, by their path inside the sandbox
+    /// (the daemon's agent socket); each lies in one of `mounts`. A runner whose runtime
+    /// reaches host sockets through a broker (gVisor's gofer) lets it reach these and no
+    /// other.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_sockets: Vec<PathBuf>,
     /// TCP ports the program may connect to; empty means no port restriction beyond `net`.
     pub connect_tcp: Vec<u16>,
     pub limits: Limits,

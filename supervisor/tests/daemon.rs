@@ -2383,15 +2383,6 @@ fn a_gvisor_job_writes_its_workspace_as_its_owner_and_a_sigkill_leaves_no_sandbo
     assert_eq!((made.uid(), made.gid()), (1234, 2345));
     assert_eq!(made.mode() & 0o6000, 0);
 
-    // The agent socket stays refused under gVisor, naming the runner: runsc's gofer
-    // would connect to every host socket in the sandbox's mounts as host root.
-    let mut with_agent = scopes.to_vec();
-    with_agent.push("agent:audit");
-    let agent_cap = d.cap("agent-a", &with_agent);
-    let a = post(&agent_cap, "true");
-    assert_eq!(a.status, 400, "{}", a.error_text());
-    assert_eq!(a.json()["field"], "runner", "{}", a.error_text());
-
     // A daemon SIGKILL while a gVisor job runs: the restarted daemon leaves no runsc
     // sandbox, gofer or mount of it behind.
     let id = submit("echo started > /workspace/started; sleep 700");
@@ -2424,4 +2415,133 @@ fn a_gvisor_job_writes_its_workspace_as_its_owner_and_a_sigkill_leaves_no_sandbo
             .unwrap_or_default();
         assert!(left.is_empty(), "{sub} left behind: {left:?}");
     }
+}
+
+/// A host listener for the gVisor test below: accepts on `path` and counts the
+/// connections it got.
+fn counting_listener(path: &Path) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+    let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = count.clone();
+    std::thread::spawn(move || {
+        for c in listener.incoming() {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if let Ok(mut c) = c {
+                let _ = std::io::Write::write_all(&mut c, b"HOST\n");
+            }
+        }
+    });
+    count
+}
+
+/// Under gVisor the agent socket works, and it is the only host socket the sandbox
+/// reaches: runsc's gofer connects as host root to any socket file in the sandbox's
+/// mounts, so every connection it makes is decided by the job's shim. A host daemon's
+/// socket in the workspace, and one in a read-only bind, stay out of reach, by name and
+/// through a symlink made inside.
+#[test]
+fn a_gvisor_job_reaches_its_agent_socket_and_no_other_host_socket() {
+    skip_unless!(SANDBOX);
+    let _shared = SANDBOXES.read().unwrap_or_else(|e| e.into_inner());
+    if covenant_test_support::live::program("runsc").is_none() {
+        return;
+    }
+    for tool in ["/usr/bin/curl", "/usr/bin/python3"] {
+        if !Path::new(tool).exists() {
+            panic!("{tool} is needed inside the sandbox");
+        }
+    }
+    let d = Daemon::start(&[]);
+    let base = shared_dir();
+    let ws = base.path().join("ws");
+    let ro = base.path().join("ro");
+    std::fs::create_dir(&ws).unwrap();
+    std::fs::create_dir(&ro).unwrap();
+    std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // The workspace owner's own daemon (its socket theirs, 0600), and root's in a
+    // read-only bind.
+    let in_workspace = counting_listener(&ws.join("host.sock"));
+    std::os::unix::fs::chown(ws.join("host.sock"), Some(1234), Some(2345)).unwrap();
+    std::fs::set_permissions(ws.join("host.sock"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let in_read_only = counting_listener(&ro.join("host.sock"));
+    std::os::unix::fs::chown(&ws, Some(1234), Some(2345)).unwrap();
+    let scopes = [
+        "res.time:120s",
+        "res.mem:256MiB",
+        "runner:gvisor",
+        "agent:audit",
+        &format!("fs.write:{}", ws.display()),
+        &format!("fs.read:{}", ro.display()),
+    ];
+    let cap = d.cap("agent-a", &scopes);
+    let probe = format!(
+        r#"{AGENT}
+for p in /workspace/host.sock {ro}/host.sock /workspace/link.sock; do
+  python3 -c '
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+try:
+    s.connect(sys.argv[1])
+    print("CONNECTED", s.recv(10))
+except OSError as e:
+    print("REFUSED", e.errno)
+' "$p"
+  [ "$p" = {ro}/host.sock ] && ln -s {ro}/host.sock /workspace/link.sock
+done
+call http://a/v1/self
+"#,
+        ro = ro.display()
+    );
+    let a = d.post(
+        "/v1/jobs",
+        json!({"capability": cap, "argv": ["/bin/sh", "-c", probe], "runner": "gvisor",
+               "manifest": {"version": 1, "workspace": ws, "read": [ro]}}),
+    );
+    assert_eq!(a.status, 201, "{}", a.error_text());
+    let id = a.json()["id"].as_str().unwrap().to_string();
+    let s = d.wait(&id);
+    let (out, err) = d.output(&id);
+    assert_eq!(s["report"]["runner"], "gvisor", "{s}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        ["REFUSED 111", "REFUSED 111", "REFUSED 111", "200"],
+        "{s}\n{out}{err}"
+    );
+    use std::sync::atomic::Ordering::SeqCst;
+    assert_eq!(
+        in_workspace.load(SeqCst),
+        0,
+        "the workspace's host socket was reached"
+    );
+    assert_eq!(
+        in_read_only.load(SeqCst),
+        0,
+        "the read-only bind's host socket was reached"
+    );
+
+    // With `net` egress too: runsc in the gateway's namespace and the agent socket in one
+    // job. Only a name not granted is asked for, which the gateway refuses without
+    // asking any resolver, so nothing leaves this machine.
+    let mut with_egress = scopes.to_vec();
+    with_egress.push("net.egress:api.test:443");
+    let cap = d.cap("agent-a", &with_egress);
+    let script = format!(
+        r#"{AGENT}
+python3 -c 'import socket; socket.getaddrinfo("other.test", 443)' 2>/dev/null || echo NAME-REFUSED
+call http://a/v1/self
+"#
+    );
+    let a = d.post(
+        "/v1/jobs",
+        json!({"capability": cap, "argv": ["/bin/sh", "-c", script], "runner": "gvisor",
+               "manifest": {"version": 1, "workspace": ws, "egress": ["api.test:443"]}}),
+    );
+    assert_eq!(a.status, 201, "{}", a.error_text());
+    let id = a.json()["id"].as_str().unwrap().to_string();
+    let s = d.wait(&id);
+    let (out, err) = d.output(&id);
+    assert_eq!(s["report"]["net"], "egress", "{s}");
+    assert_eq!(out, "NAME-REFUSED\n200\n", "{s}\n{out}{err}");
 }

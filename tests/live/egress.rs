@@ -778,7 +778,7 @@ impl Internet {
 }
 
 #[test]
-fn daemon_jobs_run_their_gateway_in_their_shim_native_and_runc() {
+fn daemon_jobs_run_their_gateway_in_their_shim_native_runc_and_gvisor() {
     if !live() {
         return;
     }
@@ -866,19 +866,188 @@ fn daemon_jobs_run_their_gateway_in_their_shim_native_and_runc() {
     } else {
         cannot_run("/usr/sbin/runc is not installed");
     }
+    // A gVisor job: its shim prepares the namespace runsc takes the link of.
+    if Path::new("/usr/bin/runsc").exists() {
+        let before = net.received().len();
+        let out = net
+            .ctl()
+            .env(
+                "COVENANT_SOCKET",
+                net.home.path().join("home/covenantd.sock"),
+            )
+            .args(["--daemon", "run", "--runner", "gvisor", "--workspace"])
+            .arg(net.home.path().join("ws"))
+            .args(["--allow-host", "api.test", "--", "sh", "-c"])
+            .arg(
+                "python3 /workspace/probe.py tls api.test 443 api.test; \
+                 python3 /workspace/probe.py resolve other.test; \
+                 python3 /workspace/probe.py tls api.test 443 other.test",
+            )
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let r = results(&out);
+        assert_eq!(r.len(), 3, "gvisor job: {}", explain(&out));
+        assert_eq!(r[0], "ok:HELLO", "gvisor job: {}", explain(&out));
+        assert!(r[1].starts_with("gaierror"), "gvisor job: {}", r[1]);
+        assert!(r[2].starts_with("err:"), "gvisor job: {}", r[2]);
+        assert_eq!(net.received().len(), before + 1);
+    } else {
+        cannot_run("runsc is not installed (apt-get install runsc)");
+    }
 }
 
+/// runsc on the gateway's link: the sentry's own network stack in the namespace Covenant
+/// prepared, whose only device is the link. The same probes as the native runner's, each
+/// around the gateway, and the ones inside gVisor's own stack (a ping socket, changing its
+/// view of the link) that have no native counterpart.
 #[test]
-fn gvisor_refuses_egress_naming_the_restriction() {
+fn gvisor_runs_behind_the_gateway_and_every_way_around_it_is_refused() {
     if !live() {
         return;
     }
     if !Path::new("/usr/bin/runsc").exists() {
         return cannot_run("runsc is not installed (apt-get install runsc)");
     }
-    let net = Internet::start(109, &[]);
+    let net = Internet::start(
+        109,
+        &[
+            ("api.test", host(109, 10)),
+            ("other.test", host(109, 11)),
+            ("rebind.test", Ipv4Addr::new(127, 0, 0, 1)),
+        ],
+    );
+    let sink = UdpSocket::bind((host(109, 10), 443)).unwrap();
+    sink.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let literal = format!("literal {} 443 api.test", host(109, 10));
+    let other_resolver = format!("dns {} api.test", host(109, 53));
+    let probes = [
+        "tls api.test 443 api.test",
+        "http api.test 80 api.test",
+        "resolve other.test",
+        &literal,
+        "literal 198.18.0.99 443 api.test",
+        &other_resolver,
+        "tls api.test 443 other.test",
+        "tls api.test 443 -",
+        "resolve rebind.test",
+        "udp api.test 443",
+        "icmp api.test",
+        "ping api.test",
+        "ipv6",
+        "!ip link set egress0 down 2>&1; ip route add 127.77.109.10/32 dev egress0 2>&1; true",
+        "tls api.test 443 api.test",
+    ];
+    let (out, report) = net.run(
+        &[
+            "--runner",
+            "gvisor",
+            "--allow-host",
+            "api.test:443,80",
+            "--allow-host",
+            "rebind.test",
+        ],
+        &probes,
+    );
+    let r = results(&out);
+    assert_eq!(r.len(), 14, "{}", explain(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    assert_eq!(
+        r[0],
+        "ok:HELLO",
+        "TLS to an allowed name: {}",
+        explain(&out)
+    );
+    assert_eq!(
+        r[1],
+        "ok:HELLO",
+        "HTTP to an allowed name: {}",
+        explain(&out)
+    );
+    assert!(r[2].starts_with("gaierror"), "a name not granted: {}", r[2]);
+    for (i, what) in [
+        (3, "an IP literal of the server"),
+        (4, "a stand-in never answered"),
+        (5, "another resolver"),
+        (6, "SNI of another name (fronting)"),
+        (7, "no SNI"),
+    ] {
+        assert!(r[i].starts_with("err:"), "{what}: {}", r[i]);
+    }
+    assert!(
+        r[8].starts_with("gaierror"),
+        "rebinding to loopback: {}",
+        r[8]
+    );
+    assert_eq!(r[9], "silent", "QUIC");
+    for (i, what) in [(10, "a raw ICMP socket"), (11, "a ping socket")] {
+        assert!(
+            r[i] == "silent" || r[i].starts_with("err:"),
+            "{what}: {}",
+            r[i]
+        );
+    }
+    assert!(r[12].starts_with("err:"), "IPv6: {}", r[12]);
+    assert_eq!(
+        r[13],
+        "ok:HELLO",
+        "after the sandbox changed its view of the link: {}",
+        explain(&out)
+    );
+    let mut buf = [0u8; 64];
+    assert!(sink.recv(&mut buf).is_err(), "UDP reached the test host");
+    let got = net.received();
+    assert_eq!(got.len(), 3, "streams that reached the servers: {got:#?}");
+    assert_eq!(report["runner"], "gvisor", "{report}");
+    assert_eq!(report["net"], "egress", "{report}");
+    assert!(
+        report["egress"]["connections_allowed"].as_u64() >= Some(3),
+        "{report}"
+    );
+    assert!(report["egress"]["failure"].is_null(), "{report}");
+    assert!(
+        report["egress"]["dropped"]["quic"].as_u64() >= Some(1),
+        "{report}"
+    );
+    let reasons = refusal_reasons(&report);
+    for needle in [
+        "not allowed by any egress rule",
+        "not answered",
+        "SNI `other.test`",
+        "without SNI",
+        "answer 127.0.0.1",
+    ] {
+        assert!(
+            reasons.iter().any(|r| r.contains(needle)),
+            "no refusal says {needle}: {reasons:#?}"
+        );
+    }
+    assert!(
+        !net.servers
+            .dns_seen()
+            .iter()
+            .any(|n| n.starts_with("other.test")),
+        "a refused name was forwarded upstream"
+    );
+    // The link lived in the run's namespace only.
+    assert!(!Path::new("/sys/class/net/egress0").exists());
+}
+
+/// A gateway that cannot start refuses a gVisor run too, naming the restriction, and
+/// runsc is never started without it.
+#[test]
+fn gvisor_with_a_gateway_that_cannot_start_is_refused() {
+    if !live() {
+        return;
+    }
+    if !Path::new("/usr/bin/runsc").exists() {
+        return cannot_run("runsc is not installed (apt-get install runsc)");
+    }
+    let net = Internet::start(115, &[]);
     let out = net
         .ctl()
+        .env("COVENANT_EGRESS_RESOLVER", "not-an-address")
         .args([
             "run",
             "--runner",
@@ -891,9 +1060,12 @@ fn gvisor_refuses_egress_naming_the_restriction() {
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(125), "{}", explain(&out));
-    assert!(err.contains("net egress") && err.contains("runsc"), "{err}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("net egress") && err.contains("COVENANT_EGRESS_RESOLVER"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -993,6 +1165,74 @@ fn a_killed_supervisor_takes_the_sandbox_and_its_link_with_it() {
             std::time::Instant::now() < deadline,
             "the sandbox outlived its supervisor: {:?}",
             sandboxed()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!Path::new("/sys/class/net/egress0").exists());
+}
+
+/// The same under gVisor: `runsc run`, its sandbox and its gofer go with a supervisor
+/// killed mid-run (and with it the gateway), and the link with them.
+#[test]
+fn a_killed_supervisor_takes_the_gvisor_sandbox_and_its_link_with_it() {
+    if !live() {
+        return;
+    }
+    if !Path::new("/usr/bin/runsc").exists() {
+        return cannot_run("runsc is not installed (apt-get install runsc)");
+    }
+    let net = Internet::start(116, &[("api.test", host(116, 10))]);
+    let home = net.home.path().join("home");
+    let mut child = net
+        .ctl()
+        .args([
+            "run",
+            "--runner",
+            "gvisor",
+            "--allow-host",
+            "api.test",
+            "--",
+            "sleep",
+            "30",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // runsc, its sandbox and its gofer name the run's state under this home.
+    let runsc = || -> Vec<u32> {
+        let needle = home.to_string_lossy().into_owned();
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                    let c = String::from_utf8_lossy(&c);
+                    c.starts_with("runsc") || c.starts_with("/usr/bin/runsc")
+                }) && std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle))
+            })
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while runsc().len() < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gVisor sandbox did not start: {:?}",
+            runsc()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    let _ = child.wait();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !runsc().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "runsc outlived its supervisor: {:?}",
+            runsc()
         );
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -124,6 +124,20 @@ def main():
             print("RESULT=answered")
         except OSError:
             print("RESULT=silent")
+    elif cmd == "ping":
+        addr = resolve(args[0])[0]
+        try:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
+        except OSError as e:
+            print("RESULT=err:%s" % errno.errorcode.get(e.errno, e.errno))
+            return
+        s.settimeout(1)
+        try:
+            s.sendto(b"\x08\x00\x00\x00\x00\x00\x00\x00", (addr, 0))
+            s.recv(100)
+            print("RESULT=answered")
+        except OSError:
+            print("RESULT=silent")
     elif cmd == "ipv6":
         try:
             s = socket.create_connection(("2001:db8::1", 443), timeout=1)

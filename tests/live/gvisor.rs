@@ -394,14 +394,10 @@ fn gvisor_enforces_net_and_cpu_and_refuses_what_it_cannot_naming_the_scope() {
         cpu < 0.6 * wall,
         "{cpu} ms of cpu in {wall} ms under 0.25 cpus"
     );
-    for (flags, scope) in [
-        (&["--allow-host", "api.test:443"][..], "net egress"),
-        (&["--net", "host", "--connect", "443"][..], "net.connect"),
-    ] {
-        let mut all = vec!["--runner", "gvisor"];
-        all.extend_from_slice(flags);
-        let out = s.run(&all, &["true"]);
-        assert_eq!(code(&out), 125, "{flags:?}: {}", stderr(&out));
-        assert!(stderr(&out).contains(scope), "{flags:?}: {}", stderr(&out));
-    }
+    // `net` egress runs behind the gateway (tests/live/egress.rs); TCP port rules have no
+    // enforcement point in the sentry's netstack.
+    let flags = ["--runner", "gvisor", "--net", "host", "--connect", "443"];
+    let out = s.run(&flags, &["true"]);
+    assert_eq!(code(&out), 125, "{}", stderr(&out));
+    assert!(stderr(&out).contains("net.connect"), "{}", stderr(&out));
 }

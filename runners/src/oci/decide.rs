@@ -20,8 +20,9 @@ pub(super) struct Decisions {
     pub(super) limits: CgroupLimits,
     pub(super) timeout: Option<Duration>,
     pub(super) network: &'static str,
-    /// With `net` egress (runc, crun): the gateway's rules; the runtime joins a namespace
-    /// prepared with its link.
+    /// With `net` egress: the gateway's rules; the runtime joins a namespace prepared with
+    /// its link (runc, crun: as the container's namespace; runsc: its sandbox joins it and
+    /// its netstack takes the link over).
     pub(super) egress: Option<Vec<covenant_policy::EgressRule>>,
     pub(super) degradations: Vec<Degradation>,
     pub(super) namespaces: Vec<Namespace>,
@@ -29,17 +30,22 @@ pub(super) struct Decisions {
     pub(super) overlay: Option<(Vec<PathBuf>, Option<PathBuf>)>,
     /// gVisor: the writable host paths, each given to runsc through an idmapped mount.
     pub(super) writable: Vec<WritableBind>,
+    /// gVisor: the host sockets the sandbox may connect to, through the gofer and the
+    /// broker (`host_sockets.rs`); empty for the other runtimes, which bind them directly.
+    pub(super) host_sockets: Vec<super::host_sockets::HostSocket>,
 }
 
-/// A writable bind mount under gVisor: the runtime is given an idmapped clone of `source`
-/// on which the on-disk `owner` appears as the sandbox's `sandbox` ids and no other id
-/// exists.
+/// A bind mount under gVisor given to the runtime as an idmapped clone of `source` on
+/// which the on-disk `owner` appears as the sandbox's `sandbox` ids and no other id
+/// exists: every writable host path, and the folder of a host socket the sandbox may
+/// connect to (read-only), which belongs to the sandbox's host uid.
 #[derive(Debug, Clone)]
 pub(super) struct WritableBind {
     pub(super) destination: PathBuf,
     pub(super) source: PathBuf,
     pub(super) owner: (u32, u32),
     pub(super) sandbox: (u32, u32),
+    pub(super) writable: bool,
 }
 
 impl Decisions {
@@ -110,6 +116,7 @@ impl OciRunner {
                         source,
                         owner: (i.host_uid, i.host_gid),
                         sandbox: (uid, gid),
+                        writable: true,
                     }),
                     None => {
                         return Err(self.unenforceable(
@@ -136,15 +143,13 @@ impl OciRunner {
         let network = match net_mode.as_deref() {
             Some("host") => "host",
             Some("egress") => match self.flavor {
-                // runsc would have to run inside the gateway's namespace with its own
-                // network stack in host mode; until it does, the sandbox would have no
-                // gateway. Refused rather than run without a network.
-                Flavor::Gvisor { .. } => {
-                    return Err(self.unenforceable(
-                        "net egress",
-                        "runsc does not yet run inside the egress gateway's network namespace; use runner native, runc or crun",
-                    ))
-                }
+                // runsc's own network stack (netstack) in the namespace Covenant prepared:
+                // runsc joins it (config.json's network namespace path), takes the link's
+                // address over and reaches the link only through a packet socket bound to
+                // it, so every packet of the sandbox goes to the gateway. The link has no
+                // hardware address, so netstack frames plain IP packets (no Ethernet
+                // header), which is what the gateway reads.
+                Flavor::Gvisor { .. } => "sandbox",
                 Flavor::Runc | Flavor::Crun => "egress",
             },
             _ => "none",
@@ -157,7 +162,9 @@ impl OciRunner {
         {
             return Err(self.unenforceable("seccomp", "the bundle has no linux.seccomp filter"));
         }
-        let egress: Option<Vec<covenant_policy::EgressRule>> = if network == "egress" {
+        let egress: Option<Vec<covenant_policy::EgressRule>> = if net_mode.as_deref()
+            == Some("egress")
+        {
             Some(
                 annotation(&config, annotations::EGRESS)?
                     .ok_or_else(|| self.unenforceable("net egress", "the bundle names no rules"))?,
@@ -261,7 +268,13 @@ impl OciRunner {
                 "gVisor's gofer writes kept changes as host root; keep changes with the native runner",
             ));
         }
+        let host_sockets = if gvisor {
+            self.host_sockets(&config, &mut writable)?
+        } else {
+            Vec::new()
+        };
         Ok(Decisions {
+            host_sockets,
             config,
             landlock,
             limits,
@@ -273,6 +286,63 @@ impl OciRunner {
             overlay,
             writable,
         })
+    }
+
+    /// gVisor: each host socket the bundle lets the program connect to, with its host path
+    /// (the bind mount it lies in, the longest that holds it); one that is not in a bind
+    /// mount or is not a socket refuses the run. A read-only bind holding one is added to
+    /// `idmapped`: its owner (the sandbox's host uid, which gVisor, without a user
+    /// namespace, would show as a stranger) appears as the sandbox's user.
+    fn host_sockets(
+        &self,
+        config: &Spec,
+        idmapped: &mut Vec<WritableBind>,
+    ) -> Result<Vec<super::host_sockets::HostSocket>> {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let user = config.process().as_ref().map(|p| p.user());
+        let user_ids = user.map(|u| (u.uid(), u.gid())).unwrap_or((0, 0));
+        let wanted: Vec<PathBuf> =
+            annotation(config, annotations::HOST_SOCKETS)?.unwrap_or_default();
+        let mut found = Vec::new();
+        for sandbox in wanted {
+            let restriction = format!("the host socket {}", sandbox.display());
+            let mount = config
+                .mounts()
+                .iter()
+                .flatten()
+                .filter(|m| m.typ().as_deref() == Some("bind") && m.source().is_some())
+                .filter(|m| sandbox.starts_with(m.destination()) && sandbox != *m.destination())
+                .max_by_key(|m| m.destination().components().count())
+                .ok_or_else(|| self.unenforceable(&restriction, "it lies in no bind mount"))?;
+            let rest = sandbox
+                .strip_prefix(mount.destination())
+                .map_err(|_| self.unenforceable(&restriction, "it lies in no bind mount"))?;
+            let host = mount.source().clone().unwrap_or_default().join(rest);
+            let is_socket = fs::symlink_metadata(&host).is_ok_and(|md| md.file_type().is_socket());
+            if !is_socket {
+                return Err(self.unenforceable(
+                    &restriction,
+                    &format!("{} is not a unix socket", host.display()),
+                ));
+            }
+            let source = mount.source().clone().unwrap_or_default();
+            if !idmapped
+                .iter()
+                .any(|w| w.destination == *mount.destination())
+            {
+                let md = fs::metadata(&source)
+                    .map_err(|e| self.unenforceable(&restriction, &e.to_string()))?;
+                idmapped.push(WritableBind {
+                    destination: mount.destination().clone(),
+                    source,
+                    owner: (md.uid(), md.gid()),
+                    sandbox: user_ids,
+                    writable: false,
+                });
+            }
+            found.push(super::host_sockets::HostSocket { host });
+        }
+        Ok(found)
     }
 
     /// The config the runtime gets: the bundle's, with the enforcer injected (runc, crun),

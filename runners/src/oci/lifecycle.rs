@@ -117,6 +117,48 @@ fn join_network_namespace(spec: &mut Spec, path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Runs the runtime (runsc) in a mount namespace of its own in which the network
+/// namespace at `netns` shows no `/proc/sys/net/core` entries.
+///
+/// runsc 2022 (`isRootNS` in `runsc/sandbox/network.go`) refuses to take over a
+/// namespace's links when `/proc/sys/net/core/rmem_default` exists in it, taking that
+/// as the mark of the host's namespace; since Linux 6.11 every network namespace has it
+/// (gVisor issue 10704), so it refuses every namespace. The folder is covered by an
+/// empty read-only tmpfs, mounted while this child is in `netns` so that it covers that
+/// namespace's entries only (proc's sysctl entries are per namespace): the host's
+/// namespace still shows its own to runsc. Nothing else of runsc's view changes, the
+/// mount goes with the runtime's last process, and the namespace is known not to be the
+/// host's: `egress::prepare_namespace` made it. Runs between fork and exec: only
+/// syscalls on descriptors opened and strings built before the fork.
+fn hide_core_sysctls_in_child(cmd: &mut Command, netns: OwnedFd, host: OwnedFd) {
+    use nix::mount::{mount, MsFlags};
+    use nix::sched::{setns, unshare, CloneFlags};
+    use std::ffi::CStr;
+    let hide = move || -> std::io::Result<()> {
+        unshare(CloneFlags::CLONE_NEWNS)?;
+        mount(
+            None::<&CStr>,
+            c"/",
+            None::<&CStr>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&CStr>,
+        )?;
+        setns(&netns, CloneFlags::CLONE_NEWNET)?;
+        mount(
+            Some(c"tmpfs"),
+            c"/proc/sys/net/core",
+            Some(c"tmpfs"),
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some(c"mode=0555,size=4k"),
+        )?;
+        setns(&host, CloneFlags::CLONE_NEWNET)?;
+        Ok(())
+    };
+    // SAFETY: the hook only makes async-signal-safe syscalls (unshare, mount, setns) on
+    // static C strings and descriptors opened before the fork.
+    unsafe { cmd.pre_exec(hide) };
+}
+
 /// Mount points at or below `dir` in this process's mount namespace; `None` when the
 /// mount table cannot be read.
 fn mount_points_under(dir: &Path) -> Option<Vec<PathBuf>> {
@@ -300,7 +342,7 @@ impl OciRunner {
                     .map_err(|e| fail(e.to_string()))?;
             let target = writable_point(derived, i);
             fs::create_dir_all(&target).map_err(io(format!("mount point {}", target.display())))?;
-            crate::native::mounts::attach_idmapped(&w.source, &target, &ns, true)
+            crate::native::mounts::attach_idmapped(&w.source, &target, &ns, w.writable)
                 .map_err(|e| fail(e.to_string()))?;
             attached.push(target);
         }
@@ -488,9 +530,23 @@ impl OciRunner {
         let pid_file = derived.with_file_name("container.pid");
         let pid_arg = pid_file.display().to_string();
         let bundle_arg = derived.display().to_string();
-        let mut network_flag = None;
+        let mut network_flags = Vec::new();
         if gvisor {
-            network_flag = Some(format!("--network={}", d.network));
+            network_flags.push(format!("--network={}", d.network));
+            if !d.host_sockets.is_empty() {
+                // The gofer may connect to host sockets; which ones is decided by the
+                // broker (`host_sockets.rs`).
+                network_flags.push("--host-uds=open".to_string());
+            }
+            if netns.is_some() {
+                // runsc's default host GSO sees the link's generic segmentation offload
+                // and has the packet socket carry virtio headers asking for offloads, which
+                // the gateway reads as not its own (it asked the device for none).
+                // Measured: with it, every TCP connection to an allowed name timed out
+                // (refusals still came); without it, netstack segments and checksums
+                // every packet itself and the connections go through.
+                network_flags.push("--gso=false".to_string());
+            }
         }
         // The runtime's first process is reparented to us once `create` returns.
         set_child_subreaper(true).map_err(|e| OciError::Io {
@@ -502,10 +558,9 @@ impl OciRunner {
             error: e.into(),
         })?;
         let outcome = (|| {
-            let mut args: Vec<&str> = Vec::new();
-            if let Some(flag) = &network_flag {
-                args.push(flag);
-            }
+            // Stopped (and its thread joined) when this closure returns, after runsc.
+            let mut broker: Option<super::host_sockets::Broker> = None;
+            let mut args: Vec<&str> = network_flags.iter().map(String::as_str).collect();
             // gVisor: `run` creates, starts, waits and deletes in one runsc process (each
             // runsc invocation costs tens of milliseconds); runc and crun: create + start.
             args.extend([
@@ -525,6 +580,38 @@ impl OciRunner {
             };
             // SAFETY: the hook only calls setsid, which is async-signal-safe.
             unsafe { create.pre_exec(new_session) };
+            // gVisor: `runsc run` is the sandbox's lifeline (it starts the sandbox
+            // `--attached`, which dies with it), so it dies with this process: a killed
+            // supervisor (and with it the egress gateway) leaves no sandbox running.
+            // Measured before: after a SIGKILL of `covenant-ctl run`, runsc, its sandbox
+            // and its gofer kept running.
+            if gvisor {
+                let supervisor = Pid::this();
+                let die_with_supervisor = move || -> std::io::Result<()> {
+                    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+                    // The supervisor died before the line above: no signal would come.
+                    if nix::unistd::getppid() != supervisor {
+                        return Err(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+                    }
+                    Ok(())
+                };
+                // SAFETY: the hook only makes async-signal-safe syscalls (prctl, getppid).
+                unsafe { create.pre_exec(die_with_supervisor) };
+            }
+            // gVisor on the gateway's link: runsc sees that namespace as one it may take
+            // the links of (see `hide_core_sysctls_in_child`).
+            if let (true, Some(path)) = (gvisor, netns) {
+                let open_ns = |p: &Path| -> Result<OwnedFd> {
+                    fs::File::open(p)
+                        .map(OwnedFd::from)
+                        .map_err(io(format!("network namespace {}", p.display())))
+                };
+                hide_core_sysctls_in_child(
+                    &mut create,
+                    open_ns(path)?,
+                    open_ns(Path::new("/proc/thread-self/ns/net"))?,
+                );
+            }
             // gVisor: the gofer guard, loaded last, so runsc and everything it starts
             // carry it (see `gofer_guard.rs`).
             if gvisor {
@@ -536,6 +623,30 @@ impl OciRunner {
                 // before the fork.
                 unsafe { create.pre_exec(load) };
             }
+            // gVisor with host sockets to reach: every connect of runsc and its helpers is
+            // decided by this process (see `host_sockets.rs`); the listener comes back over
+            // `broker_channel`.
+            let broker_channel = if gvisor && !d.host_sockets.is_empty() {
+                let (ours, theirs) = nix::sys::socket::socketpair(
+                    nix::sys::socket::AddressFamily::Unix,
+                    nix::sys::socket::SockType::SeqPacket,
+                    None,
+                    nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+                )
+                .map_err(|e| OciError::Io {
+                    what: "the host sockets' channel".into(),
+                    error: e.into(),
+                })?;
+                let program = super::host_sockets::filter();
+                let channel = std::os::fd::AsRawFd::as_raw_fd(&theirs);
+                let load = move || super::host_sockets::load_in_child(&program, channel);
+                // SAFETY: the hook makes system calls (seccomp, sendmsg, close) on memory
+                // prepared before the fork.
+                unsafe { create.pre_exec(load) };
+                Some((ours, theirs))
+            } else {
+                None
+            };
             if let Some(cg) = &own_cgroup {
                 let procs = cg
                     .dirs()
@@ -556,6 +667,25 @@ impl OciRunner {
                 let mut child = create
                     .spawn()
                     .map_err(io(format!("{} run", self.binary.display())))?;
+                if let Some((ours, theirs)) = broker_channel {
+                    drop(theirs);
+                    let started = super::host_sockets::receive_listener(&ours).and_then(|l| {
+                        super::host_sockets::Broker::start(l, &d.host_sockets, child.id() as i32)
+                    });
+                    match started {
+                        Ok(b) => broker = Some(b),
+                        Err(e) => {
+                            let _ = child.kill();
+                            let _ = child.wait();
+                            return Err(self.unenforceable(
+                                "the host sockets (org.opencovenant.host-sockets)",
+                                &format!(
+                                    "the supervisor could not take over runsc's connects: {e}"
+                                ),
+                            ));
+                        }
+                    }
+                }
                 let deadline = Instant::now() + Duration::from_secs(60);
                 let pid = loop {
                     if let Some(pid) = read_pid() {
@@ -588,10 +718,7 @@ impl OciRunner {
                 }
                 let pid = read_pid()
                     .ok_or_else(|| OciError::Spec("the runtime wrote no valid pid file".into()))?;
-                let mut start_args: Vec<&str> = Vec::new();
-                if let Some(flag) = &network_flag {
-                    start_args.push(flag);
-                }
+                let mut start_args: Vec<&str> = network_flags.iter().map(String::as_str).collect();
                 start_args.extend(["start", id]);
                 self.lifecycle(state, log, &start_args)?;
                 (pid, None)
@@ -643,6 +770,9 @@ impl OciRunner {
                 // `runsc run` exits with the container's status.
                 Some(child) => {
                     let status = child.wait().map_err(io("runsc run"))?;
+                    if let Some(b) = broker.take() {
+                        b.stop();
+                    }
                     reap_orphans(Pid::from_raw(0));
                     use std::os::unix::process::ExitStatusExt;
                     match (status.code(), status.signal()) {

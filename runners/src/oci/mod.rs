@@ -13,12 +13,14 @@
 //! | landlock (`org.opencovenant.landlock`) | `covenant-ctl enforce` injected as the first program | path rules: the sentry's own mount table; TCP port rules: refused |
 //! | cgroup limits | the runtime (`linux.resources`, under `covenant/ID`) | Covenant's cgroup around the whole sandbox (`--ignore-cgroups`) |
 //! | network `none` / `loopback` / `host` | network namespace (landlock denies TCP for `none`) | `--network=none` / `none` / `host` |
-//! | network `egress` | joins a namespace Covenant prepared with the gateway's link | refused |
+//! | network `egress` | joins a namespace Covenant prepared with the gateway's link | `--network=sandbox` in that namespace: netstack takes the link over (`--gso=false`) |
 //! | idmapped writable paths | refused (degradation `idmap`) | an idmapped clone (owner ↔ the sandbox's user) under the gofer guard (`gofer_guard.rs`); without an idmap, refused |
+//! | host sockets (`org.opencovenant.host-sockets`, the agent socket) | the bind mount itself | `--host-uds=open` with every `connect` of runsc decided by the supervisor (`host_sockets.rs`) |
 //! | timeout | Covenant kills the container | Covenant kills the sandbox |
 
 mod decide;
 mod gofer_guard;
+mod host_sockets;
 mod lifecycle;
 mod runner;
 
@@ -241,6 +243,29 @@ mod tests {
                 "gvisor cannot enforce net.connect:tcp: gVisor's netstack has no per-port filter".into(),
             ),
             (
+                "net egress without its rules, under gVisor",
+                &gvisor,
+                |c| note(c, annotations::NET, "egress"),
+                "gvisor cannot enforce net egress: the bundle names no rules".into(),
+            ),
+            (
+                "a host socket in no bind mount, under gVisor",
+                &gvisor,
+                |c| note(c, annotations::HOST_SOCKETS, r#"["/run/covenant/agent.sock"]"#),
+                "gvisor cannot enforce the host socket /run/covenant/agent.sock: it lies in no bind mount".into(),
+            ),
+            (
+                "a host socket that is not one, under gVisor",
+                &gvisor,
+                |c| {
+                    c["mounts"].as_array_mut().unwrap().push(json!({
+                        "destination": "/run/covenant", "type": "bind", "source": "/nonexistent/agents/job", "options": ["rbind", "ro"]
+                    }));
+                    note(c, annotations::HOST_SOCKETS, r#"["/run/covenant/agent.sock"]"#);
+                },
+                "gvisor cannot enforce the host socket /run/covenant/agent.sock: /nonexistent/agents/job/agent.sock is not a unix socket".into(),
+            ),
+            (
                 "kept root changes under gVisor",
                 &gvisor,
                 |c| note(c, annotations::ROOTFS, r#"{"layout": "overlay", "lower": ["/img"], "keep": "/srv/keep"}"#),
@@ -317,6 +342,53 @@ mod tests {
             ((1000, 1000), (0, 0))
         );
         assert!(d.degradations.is_empty(), "bound idmapped, not degraded");
+        // gVisor: net egress, on runsc's own network stack in the namespace prepared with
+        // the gateway's link, with the gateway's rules.
+        let dir = bundle(|c| {
+            note(c, annotations::NET, "egress");
+            note(
+                c,
+                annotations::EGRESS,
+                r#"[{"target": {"name": "api.test"}, "ports": [443]}]"#,
+            );
+        });
+        let d = gvisor().decide(&dir.path().join("b")).unwrap();
+        assert_eq!(d.network, "sandbox");
+        assert_eq!(d.egress.as_ref().map(Vec::len), Some(1));
+        // gVisor: a host socket the program may connect to, in a read-only bind of a folder
+        // of another owner, which runsc is given idmapped (read-only) so that its owner is
+        // the sandbox's user.
+        let agents = tempfile::tempdir().unwrap();
+        let _listener =
+            std::os::unix::net::UnixListener::bind(agents.path().join("agent.sock")).unwrap();
+        let owner = {
+            use std::os::unix::fs::MetadataExt;
+            let md = fs::metadata(agents.path()).unwrap();
+            (md.uid(), md.gid())
+        };
+        let source = agents.path().to_path_buf();
+        let dir = bundle(move |c| {
+            c["mounts"].as_array_mut().unwrap().push(serde_json::json!({
+                "destination": "/run/covenant", "type": "bind", "source": source, "options": ["rbind", "ro"]
+            }));
+            note(
+                c,
+                annotations::HOST_SOCKETS,
+                r#"["/run/covenant/agent.sock"]"#,
+            );
+        });
+        let d = gvisor().decide(&dir.path().join("b")).unwrap();
+        assert_eq!(d.host_sockets.len(), 1);
+        assert_eq!(d.host_sockets[0].host, agents.path().join("agent.sock"));
+        let idmapped = d
+            .writable
+            .iter()
+            .find(|w| w.destination == Path::new("/run/covenant"))
+            .unwrap();
+        assert_eq!(
+            (idmapped.owner, idmapped.sandbox, idmapped.writable),
+            (owner, (0, 0), false)
+        );
         // gVisor: a read-only bind, and an overlay root whose changes are thrown away.
         accepted(&gvisor(), |c| {
             c["mounts"].as_array_mut().unwrap().push(serde_json::json!({

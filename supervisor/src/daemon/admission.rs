@@ -218,13 +218,6 @@ fn prepare(
         within_parent(daemon, parent, &asked, &mut plan).map_err(|e| (Kind::RequestRefused, e))?;
     }
     let agent = if agent_socket::wanted(&grant) {
-        if plan.runner == covenant_policy::RunnerChoice::Gvisor {
-            return Err(invalid(ApiError::field(
-                400,
-                "runner",
-                "the agent socket (granted by mem.* and agent:* scopes) needs the native or an OCI runner",
-            )));
-        }
         let socket = AgentSocket::create(&daemon.config.home, job, &plan)
             .map_err(|e| (Kind::RunFailed, ApiError::new(500, e)))?;
         socket.mount_into(&mut plan);

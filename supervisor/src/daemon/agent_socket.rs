@@ -74,13 +74,16 @@ impl AgentSocket {
         Ok(socket)
     }
 
-    /// Adds the read-only mount of the socket's folder to the plan.
+    /// Adds the read-only mount of the socket's folder to the plan, and the socket to the
+    /// host sockets the program may connect to.
     pub fn mount_into(&self, plan: &mut SandboxPlan) {
         plan.mounts.push(PlanMount {
             host: self.dir.clone(),
             target: PathBuf::from(MOUNT_POINT),
             access: MountAccess::ReadOnly,
         });
+        plan.host_sockets
+            .push(Path::new(MOUNT_POINT).join("agent.sock"));
     }
 
     /// Starts serving the socket: `serve` gets the listener and the credential and
