@@ -1,10 +1,12 @@
 //! `cargo bench -p covenant-supervisor --bench daemon_load [-- JOBS CLIENTS]` (as root):
 //! JOBS runs of `/bin/true` (default 1,000) from CLIENTS concurrent clients (default 32)
 //! through one `covenantd`, with the audit log on. Prints jobs/s, p50/p99 submit-to-exit
-//! latency and the daemon's idle RSS, checks that every job ended with its audit rows,
-//! and runs the same load side by side through embedded `covenant-ctl run` processes and
-//! `crun run`, printing each one's ratio to the daemon.
-//! Targets: at least 100 jobs/s on 2 cores, no job lost, idle RSS at most 20 MiB.
+//! latency and the daemon's idle RSS, checks that every job ended with its audit rows
+//! and left no bundle or staging folder, and runs the same load side by side through the
+//! daemon without its shim pool (`--shim-pool 0`), embedded `covenant-ctl run` processes
+//! and `crun run`, printing each one's ratio to the daemon.
+//! Targets: at least 250 jobs/s on 2 cores with p99 under 250 ms, no job lost, idle RSS
+//! at most 20 MiB.
 
 use covenant_supervisor::daemon::client::Client;
 use covenant_test_support::scratch::traversable_dir;
@@ -100,9 +102,6 @@ fn main() {
     let clients = args.get(1).copied().unwrap_or(32);
     let work = traversable_dir("daemon-load-");
     let home = work.path().join("daemon");
-    std::fs::create_dir_all(&home).unwrap();
-    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o711)).unwrap();
-    let cap = capability(&home);
     let daemon_exe = PathBuf::from(env!("CARGO_BIN_EXE_covenantd"));
     let ctl = daemon_exe.with_file_name("covenant-ctl");
     let help = Command::new(&ctl)
@@ -117,80 +116,17 @@ fn main() {
         );
         std::process::exit(1);
     }
-    let mut daemon = Command::new(&daemon_exe)
-        .arg("--home")
-        .arg(&home)
-        .args([
-            "--max-jobs",
-            "16",
-            "--max-queue",
-            "4096",
-            "--per-subject",
-            "4096",
-        ])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let client = Client::new(&home.join("covenantd.sock"));
-    while !client.answers() {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    let idle_before = rss_kib(daemon.id());
-
-    let ids = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let one: Arc<dyn Fn(usize) + Send + Sync> = {
-        let (client, cap, ids) = (client.clone(), cap.clone(), ids.clone());
-        Arc::new(move |_| {
-            let a = client
-                .request(
-                    "POST",
-                    "/v1/jobs",
-                    Some(&json!({"capability": cap, "argv": ["/bin/true"]})),
-                )
-                .unwrap();
-            assert_eq!(a.status, 201, "{}", a.error_text());
-            let id = a.json()["id"].as_str().unwrap().to_string();
-            let s = client
-                .request("GET", &format!("/v1/jobs/{id}?wait=120"), None)
-                .unwrap()
-                .json();
-            assert_eq!(s["exit_code"], 0, "{s}");
-            ids.lock().unwrap().push(id);
-        })
-    };
-    let through_daemon = load("covenantd", jobs, clients, one);
-    std::thread::sleep(Duration::from_millis(500));
-    let idle_after = rss_kib(daemon.id());
-
-    // No job lost: every id is final in the store, with its rows in the audit log.
-    let ids = ids.lock().unwrap().clone();
-    let mut finished = std::collections::HashSet::new();
-    let mut after = 0u64;
-    loop {
-        let page = client
-            .request("GET", &format!("/v1/audit?after={after}&limit=10000"), None)
-            .unwrap()
-            .json();
-        let rows = page["rows"].as_array().unwrap();
-        let Some(last) = rows.last() else { break };
-        after = last["seq"].as_u64().unwrap();
-        finished.extend(
-            rows.iter()
-                .filter(|r| r["kind"] == "job.finished")
-                .filter_map(|r| r["body"]["job"].as_str().map(str::to_string)),
-        );
-    }
-    let listed = client
-        .request("GET", "/v1/jobs?state=exited&limit=10000", None)
-        .unwrap()
-        .json();
-    let exited = listed["jobs"].as_array().map(Vec::len).unwrap_or(0);
-    let lost: Vec<&String> = ids.iter().filter(|id| !finished.contains(*id)).collect();
-    let verify = client.request("GET", "/v1/audit/verify", None).unwrap();
-    // SAFETY: kill(2) on the daemon this bench started and has not reaped.
-    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
-    let stopped = daemon.wait().unwrap();
+    // The daemon as it starts each job's shim on demand (`--shim-pool 0`, as before the
+    // pool), then with its default pool, on the same load.
+    let on_demand = through_daemon(
+        "covenantd --shim-pool 0",
+        &daemon_exe,
+        &work.path().join("daemon-on-demand"),
+        &["--shim-pool", "0"],
+        jobs,
+        clients,
+    );
+    let pooled = through_daemon("covenantd (pool 4)", &daemon_exe, &home, &[], jobs, clients);
 
     // Peers, same load: embedded covenant-ctl processes, and crun.
     let ctl_home = work.path().join("embedded");
@@ -210,7 +146,7 @@ fn main() {
             }),
         )
     };
-    let mut results = vec![through_daemon, embedded];
+    let mut results = vec![pooled.result, on_demand.result, embedded];
     if Path::new("/usr/bin/crun").exists() {
         let bundle = work.path().join("bundle");
         let s = Command::new(&ctl)
@@ -260,23 +196,133 @@ fn main() {
             r.rate() / base
         );
     }
-    println!(
-        "covenantd idle RSS: {:.1} MiB at start, {:.1} MiB after the load (target <= 20 MiB)",
-        idle_before as f64 / 1024.0,
-        idle_after as f64 / 1024.0
+    for run in [&pooled.checks, &on_demand.checks] {
+        println!("{run}");
+    }
+}
+
+/// One daemon's run of the load, and what was checked after it.
+struct DaemonRun {
+    result: Result,
+    /// Idle RSS, jobs lost, the chain's verification, the exit on SIGTERM.
+    checks: String,
+}
+
+/// Starts `covenantd` on `home` with `extra` flags (besides `--max-jobs 16` and room in
+/// the queue for every client), runs the load through it, checks that no job was lost
+/// and that the chain verifies, and stops it with SIGTERM.
+fn through_daemon(
+    name: &str,
+    daemon_exe: &Path,
+    home: &Path,
+    extra: &[&str],
+    jobs: usize,
+    clients: usize,
+) -> DaemonRun {
+    std::fs::create_dir_all(home).unwrap();
+    std::fs::set_permissions(home, std::fs::Permissions::from_mode(0o711)).unwrap();
+    let cap = capability(home);
+    let mut daemon = Command::new(daemon_exe)
+        .arg("--home")
+        .arg(home)
+        .args([
+            "--max-jobs",
+            "16",
+            "--max-queue",
+            "4096",
+            "--per-subject",
+            "4096",
+        ])
+        .args(extra)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = Client::new(&home.join("covenantd.sock"));
+    while !client.answers() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let idle_before = rss_kib(daemon.id());
+
+    let ids = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let one: Arc<dyn Fn(usize) + Send + Sync> = {
+        let (client, cap, ids) = (client.clone(), cap.clone(), ids.clone());
+        Arc::new(move |_| {
+            let a = client
+                .request(
+                    "POST",
+                    "/v1/jobs",
+                    Some(&json!({"capability": cap, "argv": ["/bin/true"]})),
+                )
+                .unwrap();
+            assert_eq!(a.status, 201, "{}", a.error_text());
+            let id = a.json()["id"].as_str().unwrap().to_string();
+            let s = client
+                .request("GET", &format!("/v1/jobs/{id}?wait=120"), None)
+                .unwrap()
+                .json();
+            assert_eq!(s["exit_code"], 0, "{s}");
+            ids.lock().unwrap().push(id);
+        })
+    };
+    let result = load(name, jobs, clients, one);
+    std::thread::sleep(Duration::from_millis(500));
+    let idle_after = rss_kib(daemon.id());
+
+    // No job lost: every id is final in the store, with its rows in the audit log.
+    let ids = ids.lock().unwrap().clone();
+    let mut finished = std::collections::HashSet::new();
+    let mut after = 0u64;
+    loop {
+        let page = client
+            .request("GET", &format!("/v1/audit?after={after}&limit=10000"), None)
+            .unwrap()
+            .json();
+        let rows = page["rows"].as_array().unwrap();
+        let Some(last) = rows.last() else { break };
+        after = last["seq"].as_u64().unwrap();
+        finished.extend(
+            rows.iter()
+                .filter(|r| r["kind"] == "job.finished")
+                .filter_map(|r| r["body"]["job"].as_str().map(str::to_string)),
+        );
+    }
+    let listed = client
+        .request("GET", "/v1/jobs?state=exited&limit=10000", None)
+        .unwrap()
+        .json();
+    let exited = listed["jobs"].as_array().map(Vec::len).unwrap_or(0);
+    let lost: Vec<&String> = ids.iter().filter(|id| !finished.contains(*id)).collect();
+    let verify = client.request("GET", "/v1/audit/verify", None).unwrap();
+    // SAFETY: kill(2) on the daemon this bench started and has not reaped.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    let stopped = daemon.wait().unwrap();
+    assert!(
+        lost.is_empty(),
+        "{name}: jobs without a final audit row: {lost:?}"
     );
-    println!(
-        "jobs lost: {} of {} (job.finished rows for {}, exited rows {exited}); audit verify: {}; SIGTERM exit: {stopped}",
-        lost.len(),
-        ids.len(),
-        finished.len(),
-        if verify.status == 200 { "ok" } else { "FAILED" }
-    );
-    assert!(lost.is_empty(), "jobs without a final audit row: {lost:?}");
     assert_eq!(
         verify.status,
         200,
-        "{}",
+        "{name}: {}",
         String::from_utf8_lossy(&verify.body)
     );
+    // Nothing left behind: every bundle and staging folder was removed.
+    for sub in ["bundles", "staging"] {
+        let left = std::fs::read_dir(home.join(sub))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        assert_eq!(left, 0, "{name}: {sub} left behind");
+    }
+    let checks = format!(
+        "{name}: idle RSS {:.1} MiB at start, {:.1} MiB after the load (target <= 20 MiB); \
+         jobs lost: {} of {} (job.finished rows for {}, exited rows {exited}); audit verify: ok; \
+         SIGTERM exit: {stopped}",
+        idle_before as f64 / 1024.0,
+        idle_after as f64 / 1024.0,
+        lost.len(),
+        ids.len(),
+        finished.len(),
+    );
+    DaemonRun { result, checks }
 }

@@ -6,6 +6,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// Idle shims kept by default: enough to cover the jobs that start between two refills
+/// on a small machine, few enough to cost little memory (each is a few MiB resident).
+const DEFAULT_SHIM_POOL: usize = 4;
+
 #[derive(Parser)]
 #[command(name = "covenantd", version, about = "The Covenant supervisor daemon")]
 struct Args {
@@ -24,6 +28,11 @@ struct Args {
     /// Most sandboxes running at once.
     #[arg(long, default_value_t = 16)]
     max_jobs: usize,
+    /// Shims started ahead of their jobs and kept idle (each still runs one job only);
+    /// 0 starts every job's shim when it starts. At most --max-jobs; default 4, or
+    /// --max-jobs if that is less.
+    #[arg(long, value_name = "N")]
+    shim_pool: Option<usize>,
     /// Most jobs waiting for a slot; past it, submissions get 429.
     #[arg(long, default_value_t = 256)]
     max_queue: usize,
@@ -247,6 +256,16 @@ fn config(args: Args) -> Result<Config, String> {
         // The running image itself, even if the file has been replaced by an upgrade
         // since: a shim always speaks its daemon's protocol.
         shim_exe: PathBuf::from("/proc/self/exe"),
+        shim_pool: match args.shim_pool {
+            None => DEFAULT_SHIM_POOL.min(args.max_jobs),
+            Some(n) if n > args.max_jobs => {
+                return Err(format!(
+                    "--shim-pool {n} is more than --max-jobs {}: idle shims beyond the running jobs are never used",
+                    args.max_jobs
+                ))
+            }
+            Some(n) => n,
+        },
         home,
     })
 }

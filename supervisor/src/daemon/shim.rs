@@ -21,6 +21,9 @@ pub const CONTROL_FD: i32 = 3;
 pub struct ShimJob {
     pub plan: SandboxPlan,
     pub runner: String,
+    /// The job's stdin comes through the shim's stdin pipe; otherwise the shim reads
+    /// from /dev/null (a pooled shim is started before anyone knows).
+    pub stdin: bool,
 }
 
 /// What the shim sends back, a line each.
@@ -59,6 +62,22 @@ fn send(out: &mut UnixStream, message: &ShimMessage) -> std::io::Result<()> {
     out.write_all(&line)
 }
 
+/// Puts /dev/null on descriptor 0 in place of the (closed) pipe the daemon started the
+/// shim with, so the sandbox's stdin reads as it would on a shim started with it.
+fn stdin_from_dev_null() -> nix::Result<()> {
+    use nix::fcntl::{open, OFlag};
+    let null = open(
+        "/dev/null",
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    if null != 0 {
+        nix::unistd::dup2(null, 0)?;
+        nix::unistd::close(null)?;
+    }
+    Ok(())
+}
+
 /// `covenantd shim`: returns the process's exit code.
 pub fn main() -> i32 {
     // Marked close-on-exec so no runtime inherits it.
@@ -87,6 +106,18 @@ pub fn main() -> i32 {
             return 125;
         }
     };
+    if !job.stdin {
+        if let Err(e) = stdin_from_dev_null() {
+            let _ = send(
+                &mut control,
+                &ShimMessage::Error {
+                    kind: Kind::RunFailed,
+                    reason: format!("shim: stdin from /dev/null: {e}"),
+                },
+            );
+            return 125;
+        }
+    }
     let mut out = control.try_clone().expect("duplicating the control socket");
     let mut sink = |events: Vec<AuditEvent>| -> Result<(), RunError> {
         let events = events.into_iter().map(WireEvent::from).collect();
