@@ -1,6 +1,6 @@
-//! `cargo bench -p covenant-supervisor --bench daemon_load [-- JOBS CLIENTS]` (as root):
-//! JOBS runs of `/bin/true` (default 1,000) from CLIENTS concurrent clients (default 32)
-//! through one `covenantd`, with the audit log on. Prints jobs/s, p50/p99 submit-to-exit
+//! `cargo bench -p covenant-supervisor --bench daemon_load [-- JOBS CLIENTS MAX_JOBS]` (as
+//! root): JOBS runs of `/bin/true` (default 1,000) from CLIENTS concurrent clients
+//! (default 32) through one `covenantd --max-jobs MAX_JOBS` (default 16), with the audit log on. Prints jobs/s, p50/p99 submit-to-exit
 //! latency and the daemon's idle RSS, checks that every job ended with its audit rows
 //! and left no bundle or staging folder, and runs the same load side by side through the
 //! daemon without its shim pool (`--shim-pool 0`), embedded `covenant-ctl run` processes
@@ -100,6 +100,7 @@ fn main() {
         .collect();
     let jobs = args.first().copied().unwrap_or(1000);
     let clients = args.get(1).copied().unwrap_or(32);
+    let max_jobs = args.get(2).copied().unwrap_or(16).to_string();
     let work = traversable_dir("daemon-load-");
     let home = work.path().join("daemon");
     let daemon_exe = PathBuf::from(env!("CARGO_BIN_EXE_covenantd"));
@@ -118,15 +119,22 @@ fn main() {
     }
     // The daemon as it starts each job's shim on demand (`--shim-pool 0`, as before the
     // pool), then with its default pool, on the same load.
+    let pooled = through_daemon(
+        "covenantd (pool 4)",
+        &daemon_exe,
+        &home,
+        &["--max-jobs", &max_jobs],
+        jobs,
+        clients,
+    );
     let on_demand = through_daemon(
         "covenantd --shim-pool 0",
         &daemon_exe,
         &work.path().join("daemon-on-demand"),
-        &["--shim-pool", "0"],
+        &["--max-jobs", &max_jobs, "--shim-pool", "0"],
         jobs,
         clients,
     );
-    let pooled = through_daemon("covenantd (pool 4)", &daemon_exe, &home, &[], jobs, clients);
 
     // Peers, same load: embedded covenant-ctl processes, and crun.
     let ctl_home = work.path().join("embedded");
@@ -180,7 +188,9 @@ fn main() {
         ));
     }
 
-    println!("{jobs} jobs of /bin/true from {clients} concurrent clients, audit on");
+    println!(
+        "{jobs} jobs of /bin/true from {clients} concurrent clients, audit on, covenantd --max-jobs {max_jobs}"
+    );
     println!(
         "{:<26} {:>9} {:>10} {:>10} {:>14}",
         "", "jobs/s", "p50 ms", "p99 ms", "rate vs daemon"
@@ -208,8 +218,8 @@ struct DaemonRun {
     checks: String,
 }
 
-/// Starts `covenantd` on `home` with `extra` flags (besides `--max-jobs 16` and room in
-/// the queue for every client), runs the load through it, checks that no job was lost
+/// Starts `covenantd` on `home` with `extra` flags (besides room in the queue for every
+/// client), runs the load through it, checks that no job was lost
 /// and that the chain verifies, and stops it with SIGTERM.
 fn through_daemon(
     name: &str,
@@ -225,14 +235,7 @@ fn through_daemon(
     let mut daemon = Command::new(daemon_exe)
         .arg("--home")
         .arg(home)
-        .args([
-            "--max-jobs",
-            "16",
-            "--max-queue",
-            "4096",
-            "--per-subject",
-            "4096",
-        ])
+        .args(["--max-queue", "4096", "--per-subject", "4096"])
         .args(extra)
         .stderr(Stdio::null())
         .spawn()

@@ -114,7 +114,8 @@ struct End {
     reason: Option<String>,
     /// The shim's report; none when the run failed or the shim died.
     report: Option<RunReport>,
-    /// Audit events the driver adds for this end.
+    /// Audit events committed with this end: the run's last (sent with the shim's
+    /// report or error), or the driver's record of a failure.
     events: Vec<AuditEvent>,
     /// The sandbox process ended without a word (killed, crashed), not with an error it
     /// reported.
@@ -260,6 +261,7 @@ async fn run_shim(daemon: &Arc<Daemon>, id: &str) -> Result<End, String> {
                     last = Some(ShimMessage::Error {
                         kind: Kind::RunFailed,
                         reason: format!("sandbox process sent an unreadable message: {e}"),
+                        events: Vec::new(),
                     })
                 }
             }
@@ -275,18 +277,23 @@ async fn run_shim(daemon: &Arc<Daemon>, id: &str) -> Result<End, String> {
     if let Some(t) = stdin_task {
         t.abort();
     }
+    let last_events = |events: Vec<super::shim::WireEvent>| {
+        let events: Vec<AuditEvent> = events.into_iter().map(Into::into).collect();
+        daemon.metrics.observe_events(&events);
+        events
+    };
     let end = match last {
-        Some(ShimMessage::Report { report }) => End {
+        Some(ShimMessage::Report { report, events }) => End {
             state: JobState::Exited,
             exit_code: Some(report.exit_code),
             reason: None,
             report: Some(*report),
-            events: Vec::new(),
+            events: last_events(events),
             silent: false,
         },
-        // The shim audited its own failure before it said so.
-        Some(ShimMessage::Error { reason, .. }) => End {
-            events: Vec::new(),
+        // The shim audited its own failure in the events it sent with it.
+        Some(ShimMessage::Error { reason, events, .. }) => End {
+            events: last_events(events),
             ..End::failed(id, reason)
         },
         _ => End {

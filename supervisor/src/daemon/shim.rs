@@ -26,13 +26,24 @@ pub struct ShimJob {
     pub stdin: bool,
 }
 
-/// What the shim sends back, a line each.
+/// What the shim sends back, a line each: events as the run flushes them (the daemon
+/// commits each batch as it arrives), then the report or the error with the run's last
+/// events, which the daemon commits in one transaction with the job's end.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum ShimMessage {
-    Events { events: Vec<WireEvent> },
-    Report { report: Box<RunReport> },
-    Error { kind: Kind, reason: String },
+    Events {
+        events: Vec<WireEvent>,
+    },
+    Report {
+        report: Box<RunReport>,
+        events: Vec<WireEvent>,
+    },
+    Error {
+        kind: Kind,
+        reason: String,
+        events: Vec<WireEvent>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -101,6 +112,7 @@ pub fn main() -> i32 {
                 &ShimMessage::Error {
                     kind: Kind::RunFailed,
                     reason: format!("shim: no job on the control channel: {reason}"),
+                    events: Vec::new(),
                 },
             );
             return 125;
@@ -113,6 +125,7 @@ pub fn main() -> i32 {
                 &ShimMessage::Error {
                     kind: Kind::RunFailed,
                     reason: format!("shim: stdin from /dev/null: {e}"),
+                    events: Vec::new(),
                 },
             );
             return 125;
@@ -138,15 +151,17 @@ pub fn main() -> i32 {
             serde_json::json!({"reason": e.to_string()}),
         );
     }
-    let pending: Vec<WireEvent> = audit.into_pending().into_iter().map(Into::into).collect();
-    let _ = send(&mut control, &ShimMessage::Events { events: pending });
+    // The last events travel with the outcome: one message, one commit with the end.
+    let events: Vec<WireEvent> = audit.into_pending().into_iter().map(Into::into).collect();
     let last = match result {
         Ok(report) => ShimMessage::Report {
             report: Box::new(report),
+            events,
         },
         Err(e) => ShimMessage::Error {
             kind: crate::run::refusal_kind(&e),
             reason: e.to_string(),
+            events,
         },
     };
     match send(&mut control, &last) {
