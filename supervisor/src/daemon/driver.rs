@@ -1,6 +1,7 @@
 //! The shim driver: each running job gets its own shim process (`covenantd shim`), which
-//! clones the sandbox. The driver takes it from the pool (or starts it), sends it the plan, copies its output into the
-//! job's buffers, commits the audit events it reports, and commits the job's end.
+//! clones the sandbox. The driver takes it from the pool (or starts it), sends it the
+//! plan, copies its output into the job's buffers, commits the audit events it reports,
+//! and commits the job's end with the run's last events.
 
 use super::api::Stream;
 use super::control::kill;
