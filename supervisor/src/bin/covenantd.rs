@@ -100,7 +100,14 @@ struct Args {
 enum Command {
     /// One job's sandbox process (started by the daemon itself).
     #[command(hide = true)]
-    Shim,
+    Shim {
+        /// The descriptor of the control socket the daemon passed.
+        #[arg(long)]
+        control_fd: i32,
+        /// The daemon's process id: the shim exits unless it is still its parent.
+        #[arg(long)]
+        parent: i32,
+    },
     /// Exit 0 when a daemon answers on the socket (for liveness probes).
     Health,
     /// Inside a sandbox run by runc or crun: apply the landlock ruleset, then exec ARGV
@@ -115,7 +122,9 @@ enum Command {
 fn main() -> ExitCode {
     let args = Args::parse();
     match &args.command {
-        Some(Command::Shim) => return ExitCode::from(daemon::shim::main().clamp(0, 255) as u8),
+        Some(Command::Shim { control_fd, parent }) => {
+            return ExitCode::from(daemon::shim::main(*control_fd, *parent).clamp(0, 255) as u8)
+        }
         Some(Command::Health) => return health(&args),
         Some(Command::Enforce { argv }) => {
             return ExitCode::from(covenant_runners::enforce::command(argv) as u8)

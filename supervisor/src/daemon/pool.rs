@@ -12,7 +12,6 @@
 //! a shim found dead when taken is discarded, never handed a job.
 
 use super::config::Config;
-use super::shim::CONTROL_FD;
 use std::collections::VecDeque;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -25,46 +24,44 @@ pub(super) struct Shim {
     pub(super) control: UnixStream,
 }
 
-/// Starts one shim: stdin, stdout and stderr piped to the daemon, the control socket on
-/// descriptor 3, killed with the daemon. Must be called on the daemon's runtime thread.
+/// Starts one shim: stdin, stdout and stderr piped to the daemon, its end of the control
+/// socket passed by number (`--control-fd`), killed with the daemon (`--parent`: the shim
+/// sets its parent-death signal first thing and exits unless its parent is still this
+/// daemon). Nothing runs between fork and exec, so the standard library starts it with
+/// `posix_spawn` (a `vfork`-style clone) instead of copying the daemon's page tables as
+/// `fork` does. Must be called on the daemon's runtime thread: the parent-death signal
+/// follows the thread that started the shim, and no other thread of the daemon starts
+/// processes, so the control socket's end, inheritable for this one call, reaches this
+/// shim alone.
 pub(super) fn start_shim(config: &Config) -> Result<Shim, String> {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    use std::os::fd::AsRawFd;
     let (ours, theirs) =
         UnixStream::pair().map_err(|e| format!("the sandbox process's control socket: {e}"))?;
+    let fd = theirs.as_raw_fd();
+    fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty()))
+        .map_err(|e| format!("the sandbox process's control socket: {e}"))?;
     let mut cmd = tokio::process::Command::new(&config.shim_exe);
     cmd.arg("shim")
+        .arg("--control-fd")
+        .arg(fd.to_string())
+        .arg("--parent")
+        .arg(std::process::id().to_string())
         .env("COVENANT_HOME", &config.home)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         // An idle shim the daemon lets go of (shutdown, a pool dropped) ends at once.
         .kill_on_drop(true);
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&theirs);
-    let parent = nix::unistd::getpid();
-    let hand_over = move || -> std::io::Result<()> {
-        use nix::fcntl::{fcntl, FcntlArg, FdFlag};
-        if fd == CONTROL_FD {
-            fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty()))?;
-        } else {
-            nix::unistd::dup2(fd, CONTROL_FD)?;
-        }
-        // The shim, and through it the sandbox, dies with the daemon; a restarted
-        // daemon cleans up what is left.
-        nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
-        if nix::unistd::getppid() != parent {
-            // SAFETY: _exit ends the child at once, running none of the daemon's destructors.
-            unsafe { libc::_exit(125) };
-        }
-        Ok(())
-    };
-    // SAFETY: the hook only makes async-signal-safe syscalls between fork and exec.
-    unsafe { cmd.pre_exec(hand_over) };
-    let child = cmd.spawn().map_err(|e| {
+    let spawned = cmd.spawn();
+    // Closed in the daemon whatever happened: the shim holds its own copy.
+    drop(theirs);
+    let child = spawned.map_err(|e| {
         format!(
             "cannot start the sandbox process {}: {e}",
             config.shim_exe.display()
         )
     })?;
-    drop(theirs);
     Ok(Shim {
         child,
         control: ours,

@@ -1,8 +1,9 @@
 //! The per-job sandbox process. The daemon is multithreaded, and a sandbox must be cloned
 //! from a single-threaded process; so for each job the daemon starts its own executable
 //! again as `covenantd shim`, which runs one plan with the stdio the daemon gave it and
-//! reports over descriptor 3: audit events as they are flushed, then the report or the
-//! error. The shim never opens the store: the daemon writes every event.
+//! reports over its control socket (`--control-fd`): audit events as they are flushed,
+//! then the report or the error. The shim never opens the store: the daemon writes every
+//! event.
 
 use crate::run::{run_plan, RunAudit, RunError, RunReport, RunSettings};
 use crate::store::AuditEvent;
@@ -12,9 +13,6 @@ use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::FromRawFd;
 use std::os::unix::net::UnixStream;
-
-/// The descriptor the shim's control channel arrives on.
-pub const CONTROL_FD: i32 = 3;
 
 /// What the daemon sends the shim: one line of JSON.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -89,16 +87,28 @@ fn stdin_from_dev_null() -> nix::Result<()> {
     Ok(())
 }
 
-/// `covenantd shim`: returns the process's exit code.
-pub fn main() -> i32 {
-    // Marked close-on-exec so no runtime inherits it.
-    let cloexec = nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC);
-    if nix::fcntl::fcntl(CONTROL_FD, cloexec).is_err() {
+/// `covenantd shim --control-fd FD --parent PID`: returns the process's exit code.
+///
+/// The shim dies with the daemon: it asks for SIGKILL when its parent goes, then checks
+/// that its parent is still `parent`, so a daemon that died before the request leaves no
+/// shim behind either.
+pub fn main(control_fd: i32, parent: i32) -> i32 {
+    if nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).is_err()
+        || nix::unistd::getppid().as_raw() != parent
+    {
         return 125;
     }
-    // SAFETY: descriptor 3 was set up by the daemon for this process alone; from here it
-    // is owned by this stream.
-    let mut control = unsafe { UnixStream::from_raw_fd(CONTROL_FD) };
+    if control_fd <= 2 {
+        return 125;
+    }
+    // Marked close-on-exec so no runtime inherits it.
+    let cloexec = nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC);
+    if nix::fcntl::fcntl(control_fd, cloexec).is_err() {
+        return 125;
+    }
+    // SAFETY: the descriptor was passed by the daemon for this process alone; from here
+    // it is owned by this stream.
+    let mut control = unsafe { UnixStream::from_raw_fd(control_fd) };
     let mut line = String::new();
     let job: ShimJob = match BufReader::new(&control)
         .read_line(&mut line)
