@@ -880,6 +880,58 @@ fn shims_of_any(pids: &[u32]) -> bool {
         .all(|p| process_state(*p).is_none_or(|(state, _)| state == 'Z'))
 }
 
+/// Starts `covenantd shim` with one end of a socket pair as its control socket and
+/// `parent` as the daemon it must be a child of; returns what it wrote back on the socket
+/// after a line that is not a job, and its exit code.
+fn shim_answer(parent: u32) -> (String, Option<i32>) {
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let (mut ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let fd = theirs.as_raw_fd();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_covenantd"));
+    cmd.args([
+        "shim",
+        "--control-fd",
+        &fd.to_string(),
+        "--parent",
+        &parent.to_string(),
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    // SAFETY: fcntl is async-signal-safe; it only makes the socket inheritable.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::fcntl::fcntl(
+                fd,
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+            )?;
+            Ok(())
+        })
+    };
+    let mut child = cmd.spawn().unwrap();
+    drop(theirs);
+    // Fails with EPIPE when the shim is already gone; what it answered is what counts.
+    let _ = ours.write_all(b"not a job\n");
+    let mut answer = String::new();
+    let _ = ours.read_to_string(&mut answer);
+    (answer, child.wait().unwrap().code())
+}
+
+#[test]
+fn a_shim_whose_parent_is_not_the_daemon_it_names_exits_before_reading_a_job() {
+    // Its parent is this test, not process 1: it must not serve, as a shim whose daemon
+    // died before it could ask for the parent-death signal must not.
+    let (answer, code) = shim_answer(1);
+    assert_eq!(code, Some(125));
+    assert_eq!(answer, "", "a shim of a dead daemon answered: {answer}");
+    // The same shim with its real parent reads the line and says why it is no job.
+    let (answer, code) = shim_answer(std::process::id());
+    assert_eq!(code, Some(125));
+    assert!(answer.contains("no job on the control channel"), "{answer}");
+}
+
 #[test]
 fn sigterm_lets_jobs_finish_within_the_grace_then_kills_and_signs() {
     skip_unless!(SANDBOX);
