@@ -1,15 +1,15 @@
-//! Shims started ahead of their jobs. Starting a shim (fork, exec of this large binary,
-//! the dynamic loader, the runtime's start-up) is a few milliseconds a job pays before
-//! its sandbox can be cloned; a pooled shim has paid it already and waits, idle, on its
+//! Shims started ahead of their jobs. Starting a shim (the spawn, the exec of this large
+//! binary, the dynamic loader, the shim's start-up) is about 2 ms a job pays before its
+//! sandbox can be cloned; a pooled shim has paid it already and waits, idle, on its
 //! control socket for the one plan it will ever run.
 //!
 //! A pooled shim is the same fresh, single-threaded process a shim started on demand is:
 //! it is handed exactly one job and ends with it, so no two jobs ever share a supervising
-//! process. It is started with `PR_SET_PDEATHSIG`, from the daemon's runtime thread (the
-//! signal follows the thread that forked), so it dies with the daemon; it has created
-//! nothing yet (no cgroup, bundle, mount or staging folder), so a daemon killed with
-//! idle shims leaves nothing for recovery. The pool never holds more than its bound, and
-//! a shim found dead when taken is discarded, never handed a job.
+//! process. It is started from the daemon's runtime thread and sets `PR_SET_PDEATHSIG`
+//! itself (the signal follows the thread that started it), so it dies with the daemon;
+//! it has created nothing yet (no cgroup, bundle, mount or staging folder), so a daemon
+//! killed with idle shims leaves nothing for recovery. The pool never holds more than its
+//! bound, and a shim found dead when taken is discarded, never handed a job.
 
 use super::config::Config;
 use std::collections::VecDeque;
@@ -20,7 +20,7 @@ use std::sync::Mutex;
 /// A started shim that has not been given its job yet.
 pub(super) struct Shim {
     pub(super) child: tokio::process::Child,
-    /// The daemon's end of the shim's control socket (descriptor 3 in the shim).
+    /// The daemon's end of the shim's control socket (`--control-fd` in the shim).
     pub(super) control: UnixStream,
 }
 
