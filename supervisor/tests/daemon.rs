@@ -740,6 +740,198 @@ fn sigkill_of_the_daemon_with_20_jobs_running_then_restart_cleans_up_everything(
     d.verify_store();
 }
 
+/// The live shims `covenantd` (process `daemon`) has started: its children running
+/// `covenantd shim`.
+fn shims_of(daemon: u32) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if process_state(pid).is_none_or(|(state, ppid)| state == 'Z' || ppid != daemon) {
+            continue;
+        }
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        if args.get(1) == Some(&&b"shim"[..]) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// A process's state letter and parent, or none once it is gone.
+fn process_state(pid: u32) -> Option<(char, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some((state, ppid))
+}
+
+/// Waits until `pids` have all ended (gone, or zombies waiting to be reaped); fails the
+/// test naming those still running after `secs`.
+fn until_ended(pids: &[u32], secs: u64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let running: Vec<u32> = pids
+            .iter()
+            .copied()
+            .filter(|p| process_state(*p).is_some_and(|(state, _)| state != 'Z'))
+            .collect();
+        if running.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: still running: {running:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until the daemon's pool holds `n` idle shims; returns their ids.
+fn idle_shims(d: &Daemon, n: usize) -> Vec<u32> {
+    let pid = d.child.as_ref().unwrap().id();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let shims = shims_of(pid);
+        if shims.len() == n {
+            return shims;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pool did not fill to {n} shims: {shims:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_pooled_shim_killed_before_its_job_is_never_handed_one() {
+    skip_unless!(SANDBOX);
+    let _shared = SANDBOXES.read().unwrap_or_else(|e| e.into_inner());
+    let d = Daemon::start(&["--max-jobs", "2", "--shim-pool", "2"]);
+    let cap = d.cap("agent-a", &["res.time:60s"]);
+    let pooled = idle_shims(&d, 2);
+    for pid in &pooled {
+        // SAFETY: kill(2) on a process of the daemon this test started.
+        assert_eq!(unsafe { libc::kill(*pid as i32, libc::SIGKILL) }, 0);
+    }
+    until_ended(&pooled, 20, "killed pooled shims");
+    // Every idle shim is dead: the job gets a live one, and its stdin, asked for by
+    // nobody, reads as /dev/null (`cat` ends at once).
+    let id = d.submit_ok(&cap, &["/bin/sh", "-c", "cat; echo done"]);
+    let status = d.wait(&id);
+    assert_eq!(status["state"], "exited", "{status}");
+    assert_eq!(status["exit_code"], 0, "{status}");
+    assert_eq!(d.output(&id).0, "done\n");
+    let shim = status["shim_pid"].as_u64().map(|p| p as u32);
+    assert!(
+        shim.is_some_and(|p| !pooled.contains(&p)),
+        "the job ran on {shim:?}, one of the killed shims {pooled:?}"
+    );
+    let kinds = d.audit_kinds(&id);
+    assert!(kinds.iter().any(|k| k == "job.finished"), "{kinds:?}");
+    // The pool fills again, with new processes.
+    let refilled = idle_shims(&d, 2);
+    assert!(refilled.iter().all(|p| !pooled.contains(p)), "{refilled:?}");
+    let v = d.get("/v1/audit/verify");
+    assert_eq!(v.status, 200, "{}", String::from_utf8_lossy(&v.body));
+}
+
+#[test]
+fn sigkill_of_the_daemon_with_idle_pooled_shims_leaves_nothing_behind() {
+    skip_unless!(SANDBOX);
+    let _shared = SANDBOXES.read().unwrap_or_else(|e| e.into_inner());
+    let mut d = Daemon::start(&["--max-jobs", "8", "--shim-pool", "4"]);
+    let cap = d.cap("agent-a", &["res.time:60s"]);
+    // One job through the pool first, so the idle shims include ones started to refill it.
+    let id = d.submit_ok(&cap, TRUE);
+    assert_eq!(d.wait(&id)["exit_code"], 0);
+    let pooled = idle_shims(&d, 4);
+    d.kill9();
+    until_ended(&pooled, 20, "idle shims of a daemon killed with SIGKILL");
+    d.spawn();
+    for sub in ["bundles", "staging", "agents", "runtime"] {
+        let left: Vec<_> = std::fs::read_dir(d.home.path().join(sub))
+            .map(|r| r.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{sub} left behind: {left:?}");
+    }
+    let id = d.submit_ok(&cap, TRUE);
+    let status = d.wait(&id);
+    assert_eq!(status["exit_code"], 0, "{status}");
+    d.terminate();
+    assert!(
+        shims_of_any(&pooled),
+        "a pooled shim outlived its daemon: {pooled:?}"
+    );
+    d.verify_store();
+}
+
+/// True when none of `pids` is a running process.
+fn shims_of_any(pids: &[u32]) -> bool {
+    pids.iter()
+        .all(|p| process_state(*p).is_none_or(|(state, _)| state == 'Z'))
+}
+
+/// Starts `covenantd shim` with one end of a socket pair as its control socket and
+/// `parent` as the daemon it must be a child of; returns what it wrote back on the socket
+/// after a line that is not a job, and its exit code.
+fn shim_answer(parent: u32) -> (String, Option<i32>) {
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let (mut ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let fd = theirs.as_raw_fd();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_covenantd"));
+    cmd.args([
+        "shim",
+        "--control-fd",
+        &fd.to_string(),
+        "--parent",
+        &parent.to_string(),
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    // SAFETY: fcntl is async-signal-safe; it only makes the socket inheritable.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::fcntl::fcntl(
+                fd,
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+            )?;
+            Ok(())
+        })
+    };
+    let mut child = cmd.spawn().unwrap();
+    drop(theirs);
+    // Fails with EPIPE when the shim is already gone; what it answered is what counts.
+    let _ = ours.write_all(b"not a job\n");
+    let mut answer = String::new();
+    let _ = ours.read_to_string(&mut answer);
+    (answer, child.wait().unwrap().code())
+}
+
+#[test]
+fn a_shim_whose_parent_is_not_the_daemon_it_names_exits_before_reading_a_job() {
+    // Its parent is this test, not process 1: it must not serve, as a shim whose daemon
+    // died before it could ask for the parent-death signal must not.
+    let (answer, code) = shim_answer(1);
+    assert_eq!(code, Some(125));
+    assert_eq!(answer, "", "a shim of a dead daemon answered: {answer}");
+    // The same shim with its real parent reads the line and says why it is no job.
+    let (answer, code) = shim_answer(std::process::id());
+    assert_eq!(code, Some(125));
+    assert!(answer.contains("no job on the control channel"), "{answer}");
+}
+
 #[test]
 fn sigterm_lets_jobs_finish_within_the_grace_then_kills_and_signs() {
     skip_unless!(SANDBOX);

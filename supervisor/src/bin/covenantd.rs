@@ -6,6 +6,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// Idle shims kept by default: enough to cover the jobs that start between two refills
+/// on a small machine, few enough to cost little memory (each is a few MiB resident).
+const DEFAULT_SHIM_POOL: usize = 4;
+
 #[derive(Parser)]
 #[command(name = "covenantd", version, about = "The Covenant supervisor daemon")]
 struct Args {
@@ -24,6 +28,11 @@ struct Args {
     /// Most sandboxes running at once.
     #[arg(long, default_value_t = 16)]
     max_jobs: usize,
+    /// Shims started ahead of their jobs and kept idle (each still runs one job only);
+    /// 0 starts every job's shim when it starts. At most --max-jobs; default 4, or
+    /// --max-jobs if that is less.
+    #[arg(long, value_name = "N")]
+    shim_pool: Option<usize>,
     /// Most jobs waiting for a slot; past it, submissions get 429.
     #[arg(long, default_value_t = 256)]
     max_queue: usize,
@@ -91,7 +100,14 @@ struct Args {
 enum Command {
     /// One job's sandbox process (started by the daemon itself).
     #[command(hide = true)]
-    Shim,
+    Shim {
+        /// The descriptor of the control socket the daemon passed.
+        #[arg(long)]
+        control_fd: i32,
+        /// The daemon's process id: the shim exits unless it is still its parent.
+        #[arg(long)]
+        parent: i32,
+    },
     /// Exit 0 when a daemon answers on the socket (for liveness probes).
     Health,
     /// Inside a sandbox run by runc or crun: apply the landlock ruleset, then exec ARGV
@@ -106,7 +122,9 @@ enum Command {
 fn main() -> ExitCode {
     let args = Args::parse();
     match &args.command {
-        Some(Command::Shim) => return ExitCode::from(daemon::shim::main().clamp(0, 255) as u8),
+        Some(Command::Shim { control_fd, parent }) => {
+            return ExitCode::from(daemon::shim::main(*control_fd, *parent).clamp(0, 255) as u8)
+        }
         Some(Command::Health) => return health(&args),
         Some(Command::Enforce { argv }) => {
             return ExitCode::from(covenant_runners::enforce::command(argv) as u8)
@@ -247,6 +265,16 @@ fn config(args: Args) -> Result<Config, String> {
         // The running image itself, even if the file has been replaced by an upgrade
         // since: a shim always speaks its daemon's protocol.
         shim_exe: PathBuf::from("/proc/self/exe"),
+        shim_pool: match args.shim_pool {
+            None => DEFAULT_SHIM_POOL.min(args.max_jobs),
+            Some(n) if n > args.max_jobs => {
+                return Err(format!(
+                    "--shim-pool {n} is more than --max-jobs {}: idle shims beyond the running jobs are never used",
+                    args.max_jobs
+                ))
+            }
+            Some(n) => n,
+        },
         home,
     })
 }

@@ -47,6 +47,9 @@ pub struct Config {
     pub admin_group: Option<u32>,
     /// The executable started as each job's shim.
     pub shim_exe: PathBuf,
+    /// Shims started ahead of their jobs and kept idle, at most this many (0: each job
+    /// starts its own); `daemon::pool`.
+    pub shim_pool: usize,
 }
 
 impl Config {
@@ -61,7 +64,8 @@ impl Config {
     /// Descriptors the daemon needs besides client connections: the store, listeners,
     /// each running job's pipes and control socket, each admitted job's agent listener.
     pub(super) fn descriptors_besides_connections(&self) -> u64 {
-        64 + 8 * self.max_jobs as u64 + 2 * (self.max_jobs + self.max_queue) as u64
+        64 + 8 * (self.max_jobs + self.shim_pool) as u64
+            + 2 * (self.max_jobs + self.max_queue) as u64
     }
 }
 

@@ -1,9 +1,11 @@
 //! The shim driver: each running job gets its own shim process (`covenantd shim`), which
-//! clones the sandbox. The driver starts it, sends it the plan, copies its output into the
-//! job's buffers, commits the audit events it reports, and commits the job's end.
+//! clones the sandbox. The driver takes it from the pool (or starts it), sends it the
+//! plan, copies its output into the job's buffers, commits the audit events it reports,
+//! and commits the job's end with the run's last events.
 
 use super::api::Stream;
 use super::control::kill;
+use super::pool::{start_shim, Shim};
 use super::shim::{ShimJob, ShimMessage};
 use super::state::{event, release, Daemon};
 use crate::run::RunReport;
@@ -19,6 +21,11 @@ use tokio::sync::mpsc;
 /// Drives every job handed to [`Daemon::start`], each in a task of its own, until the
 /// daemon is dropped.
 pub async fn run_starts(daemon: Arc<Daemon>, mut starts: mpsc::UnboundedReceiver<String>) {
+    // On the runtime thread, which lives as long as the daemon: each shim's
+    // PR_SET_PDEATHSIG follows the thread that started it.
+    daemon.pool.fill(&daemon.config, || {
+        daemon.shutting_down.load(Ordering::SeqCst)
+    });
     while let Some(id) = starts.recv().await {
         tokio::spawn(drive(daemon.clone(), id));
     }
@@ -108,7 +115,8 @@ struct End {
     reason: Option<String>,
     /// The shim's report; none when the run failed or the shim died.
     report: Option<RunReport>,
-    /// Audit events the driver adds for this end.
+    /// Audit events committed with this end: the run's last (sent with the shim's
+    /// report or error), or the driver's record of a failure.
     events: Vec<AuditEvent>,
     /// The sandbox process ended without a word (killed, crashed), not with an error it
     /// reported.
@@ -139,45 +147,27 @@ async fn run_shim(daemon: &Arc<Daemon>, id: &str) -> Result<End, String> {
             job.stdin_rx.take(),
         )
     };
-    let (ours, theirs) =
-        std::os::unix::net::UnixStream::pair().map_err(|e| format!("control socket: {e}"))?;
-    let mut cmd = tokio::process::Command::new(&daemon.config.shim_exe);
-    cmd.arg("shim")
-        .env("COVENANT_HOME", &daemon.config.home)
-        .stdin(if stdin_rx.is_some() {
-            std::process::Stdio::piped()
-        } else {
-            std::process::Stdio::null()
-        })
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&theirs);
-    let parent = nix::unistd::getpid();
-    let hand_over = move || -> std::io::Result<()> {
-        use nix::fcntl::{fcntl, FcntlArg, FdFlag};
-        if fd == super::shim::CONTROL_FD {
-            fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty()))?;
-        } else {
-            nix::unistd::dup2(fd, super::shim::CONTROL_FD)?;
-        }
-        // The shim, and through it the sandbox, dies with the daemon; a restarted
-        // daemon cleans up what is left.
-        nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
-        if nix::unistd::getppid() != parent {
-            // SAFETY: _exit ends the child at once, running none of the daemon's destructors.
-            unsafe { libc::_exit(125) };
-        }
-        Ok(())
+    // A pooled shim if one is idle, else one started now; either way a fresh process
+    // that runs this job alone. The pool is topped up once this task yields.
+    let Shim {
+        mut child,
+        control: ours,
+    } = match daemon.pool.take() {
+        Some(shim) => shim,
+        None => start_shim(&daemon.config)?,
     };
-    // SAFETY: the hook only makes async-signal-safe syscalls between fork and exec.
-    unsafe { cmd.pre_exec(hand_over) };
-    let mut child = cmd.spawn().map_err(|e| {
-        format!(
-            "cannot start the sandbox process {}: {e}",
-            daemon.config.shim_exe.display()
-        )
-    })?;
-    drop(theirs);
+    if daemon.config.shim_pool > 0 {
+        let d = daemon.clone();
+        tokio::spawn(async move {
+            d.pool
+                .fill(&d.config, || d.shutting_down.load(Ordering::SeqCst))
+        });
+    }
+    let wants_stdin = stdin_rx.is_some();
+    if !wants_stdin {
+        // The shim reads its stdin from /dev/null instead (ShimJob::stdin).
+        drop(child.stdin.take());
+    }
     let shim_pid = child.id().map(|p| p as i32);
     let row = {
         let mut st = daemon.lock_state();
@@ -205,7 +195,12 @@ async fn run_shim(daemon: &Arc<Daemon>, id: &str) -> Result<End, String> {
         .map_err(|e| format!("control socket: {e}"))?;
     let control = tokio::net::UnixStream::from_std(ours).map_err(|e| format!("control: {e}"))?;
     let (control_rd, mut control_wr) = control.into_split();
-    let sent = match serde_json::to_vec(&ShimJob { plan, runner }) {
+    let job = ShimJob {
+        plan,
+        runner,
+        stdin: wants_stdin,
+    };
+    let sent = match serde_json::to_vec(&job) {
         Ok(mut line) => {
             line.push(b'\n');
             control_wr.write_all(&line).await
@@ -267,6 +262,7 @@ async fn run_shim(daemon: &Arc<Daemon>, id: &str) -> Result<End, String> {
                     last = Some(ShimMessage::Error {
                         kind: Kind::RunFailed,
                         reason: format!("sandbox process sent an unreadable message: {e}"),
+                        events: Vec::new(),
                     })
                 }
             }
@@ -282,18 +278,23 @@ async fn run_shim(daemon: &Arc<Daemon>, id: &str) -> Result<End, String> {
     if let Some(t) = stdin_task {
         t.abort();
     }
+    let last_events = |events: Vec<super::shim::WireEvent>| {
+        let events: Vec<AuditEvent> = events.into_iter().map(Into::into).collect();
+        daemon.metrics.observe_events(&events);
+        events
+    };
     let end = match last {
-        Some(ShimMessage::Report { report }) => End {
+        Some(ShimMessage::Report { report, events }) => End {
             state: JobState::Exited,
             exit_code: Some(report.exit_code),
             reason: None,
             report: Some(*report),
-            events: Vec::new(),
+            events: last_events(events),
             silent: false,
         },
-        // The shim audited its own failure before it said so.
-        Some(ShimMessage::Error { reason, .. }) => End {
-            events: Vec::new(),
+        // The shim audited its own failure in the events it sent with it.
+        Some(ShimMessage::Error { reason, events, .. }) => End {
+            events: last_events(events),
             ..End::failed(id, reason)
         },
         _ => End {

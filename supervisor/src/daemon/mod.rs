@@ -19,6 +19,7 @@ pub mod lineage;
 pub mod memory;
 pub mod metrics;
 mod peer;
+mod pool;
 pub mod recovery;
 pub mod request_audit;
 pub mod routes;
@@ -212,6 +213,7 @@ async fn serve(daemon: Arc<Daemon>) -> Result<(), DaemonError> {
 /// and writes a signed checkpoint.
 async fn shutdown(daemon: &Arc<Daemon>, signal: &str) {
     daemon.shutting_down.store(true, Ordering::SeqCst);
+    daemon.pool.drain().await;
     let (running, queued) = daemon.counts();
     eprintln!(
         "covenantd: SIG{signal}: {running} running, {queued} queued; grace {:?}",

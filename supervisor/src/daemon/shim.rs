@@ -1,8 +1,9 @@
 //! The per-job sandbox process. The daemon is multithreaded, and a sandbox must be cloned
 //! from a single-threaded process; so for each job the daemon starts its own executable
 //! again as `covenantd shim`, which runs one plan with the stdio the daemon gave it and
-//! reports over descriptor 3: audit events as they are flushed, then the report or the
-//! error. The shim never opens the store: the daemon writes every event.
+//! reports over its control socket (`--control-fd`): audit events as they are flushed,
+//! then the report or the error. The shim never opens the store: the daemon writes every
+//! event.
 
 use crate::run::{run_plan, RunAudit, RunError, RunReport, RunSettings};
 use crate::store::AuditEvent;
@@ -13,23 +14,34 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::fd::FromRawFd;
 use std::os::unix::net::UnixStream;
 
-/// The descriptor the shim's control channel arrives on.
-pub const CONTROL_FD: i32 = 3;
-
 /// What the daemon sends the shim: one line of JSON.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ShimJob {
     pub plan: SandboxPlan,
     pub runner: String,
+    /// The job's stdin comes through the shim's stdin pipe; otherwise the shim reads
+    /// from /dev/null (a pooled shim is started before anyone knows).
+    pub stdin: bool,
 }
 
-/// What the shim sends back, a line each.
+/// What the shim sends back, a line each: events as the run flushes them (the daemon
+/// commits each batch as it arrives), then the report or the error with the run's last
+/// events, which the daemon commits in one transaction with the job's end.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum ShimMessage {
-    Events { events: Vec<WireEvent> },
-    Report { report: Box<RunReport> },
-    Error { kind: Kind, reason: String },
+    Events {
+        events: Vec<WireEvent>,
+    },
+    Report {
+        report: Box<RunReport>,
+        events: Vec<WireEvent>,
+    },
+    Error {
+        kind: Kind,
+        reason: String,
+        events: Vec<WireEvent>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -59,16 +71,44 @@ fn send(out: &mut UnixStream, message: &ShimMessage) -> std::io::Result<()> {
     out.write_all(&line)
 }
 
-/// `covenantd shim`: returns the process's exit code.
-pub fn main() -> i32 {
-    // Marked close-on-exec so no runtime inherits it.
-    let cloexec = nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC);
-    if nix::fcntl::fcntl(CONTROL_FD, cloexec).is_err() {
+/// Puts /dev/null on descriptor 0 in place of the (closed) pipe the daemon started the
+/// shim with, so the sandbox's stdin reads as it would on a shim started with it.
+fn stdin_from_dev_null() -> nix::Result<()> {
+    use nix::fcntl::{open, OFlag};
+    let null = open(
+        "/dev/null",
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    if null != 0 {
+        nix::unistd::dup2(null, 0)?;
+        nix::unistd::close(null)?;
+    }
+    Ok(())
+}
+
+/// `covenantd shim --control-fd FD --parent PID`: returns the process's exit code.
+///
+/// The shim dies with the daemon: it asks for SIGKILL when its parent goes, then checks
+/// that its parent is still `parent`, so a daemon that died before the request leaves no
+/// shim behind either.
+pub fn main(control_fd: i32, parent: i32) -> i32 {
+    if nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).is_err()
+        || nix::unistd::getppid().as_raw() != parent
+    {
         return 125;
     }
-    // SAFETY: descriptor 3 was set up by the daemon for this process alone; from here it
-    // is owned by this stream.
-    let mut control = unsafe { UnixStream::from_raw_fd(CONTROL_FD) };
+    if control_fd <= 2 {
+        return 125;
+    }
+    // Marked close-on-exec so no runtime inherits it.
+    let cloexec = nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC);
+    if nix::fcntl::fcntl(control_fd, cloexec).is_err() {
+        return 125;
+    }
+    // SAFETY: the descriptor was passed by the daemon for this process alone; from here
+    // it is owned by this stream.
+    let mut control = unsafe { UnixStream::from_raw_fd(control_fd) };
     let mut line = String::new();
     let job: ShimJob = match BufReader::new(&control)
         .read_line(&mut line)
@@ -82,11 +122,25 @@ pub fn main() -> i32 {
                 &ShimMessage::Error {
                     kind: Kind::RunFailed,
                     reason: format!("shim: no job on the control channel: {reason}"),
+                    events: Vec::new(),
                 },
             );
             return 125;
         }
     };
+    if !job.stdin {
+        if let Err(e) = stdin_from_dev_null() {
+            let _ = send(
+                &mut control,
+                &ShimMessage::Error {
+                    kind: Kind::RunFailed,
+                    reason: format!("shim: stdin from /dev/null: {e}"),
+                    events: Vec::new(),
+                },
+            );
+            return 125;
+        }
+    }
     let mut out = control.try_clone().expect("duplicating the control socket");
     let mut sink = |events: Vec<AuditEvent>| -> Result<(), RunError> {
         let events = events.into_iter().map(WireEvent::from).collect();
@@ -107,15 +161,17 @@ pub fn main() -> i32 {
             serde_json::json!({"reason": e.to_string()}),
         );
     }
-    let pending: Vec<WireEvent> = audit.into_pending().into_iter().map(Into::into).collect();
-    let _ = send(&mut control, &ShimMessage::Events { events: pending });
+    // The last events travel with the outcome: one message, one commit with the end.
+    let events: Vec<WireEvent> = audit.into_pending().into_iter().map(Into::into).collect();
     let last = match result {
         Ok(report) => ShimMessage::Report {
             report: Box::new(report),
+            events,
         },
         Err(e) => ShimMessage::Error {
             kind: crate::run::refusal_kind(&e),
             reason: e.to_string(),
+            events,
         },
     };
     match send(&mut control, &last) {

@@ -8,6 +8,7 @@ use super::api::ApiError;
 use super::config::Config;
 use super::connections::Connections;
 use super::metrics::Metrics;
+use super::pool::ShimPool;
 use super::request_audit::RequestTally;
 use crate::store::group::AuditSender;
 use crate::store::jobs::{JobRow, JobState};
@@ -151,6 +152,8 @@ pub struct Daemon {
     pub shutting_down: AtomicBool,
     /// Bumped when a job ends.
     pub ended: watch::Sender<u64>,
+    /// Shims started ahead of their jobs (`--shim-pool`).
+    pub(super) pool: ShimPool,
 }
 
 impl Daemon {
@@ -160,6 +163,7 @@ impl Daemon {
         store: Store,
     ) -> (Arc<Self>, mpsc::UnboundedReceiver<String>) {
         let (starts, started) = mpsc::unbounded_channel();
+        let pool = ShimPool::new(config.shim_pool);
         let daemon = Arc::new(Daemon {
             connections: Connections::new(config.connection_bounds()),
             config,
@@ -170,6 +174,7 @@ impl Daemon {
             state: Mutex::new(State::default()),
             shutting_down: AtomicBool::new(false),
             ended: watch::channel(0).0,
+            pool,
             starts,
         });
         (daemon, started)
@@ -352,6 +357,7 @@ mod tests {
             keep_finished: 2,
             admin_group: None,
             shim_exe: "/bin/false".into(),
+            shim_pool: 0,
         };
         let (daemon, _) = Daemon::new(config, writer.sender(), open());
         (daemon, writer)
