@@ -432,11 +432,9 @@ fn clone_sandbox(
             // A kernel without clone3 (before 5.3) or without CLONE_INTO_CGROUP (before
             // 5.7, which refuses the larger argument): the child is moved instead.
             nix::errno::Errno::ENOSYS | nix::errno::Errno::E2BIG if pid < 0 => {}
-            errno if pid < 0 => {
-                return Err(sys(
-                    "clone3 the sandbox into its cgroup (user, pid, mount, ipc, uts, net namespaces)",
-                )(errno))
-            }
+            errno if pid < 0 => return Err(sys(
+                "clone3 the sandbox into its cgroup (user, pid, mount, ipc, uts, net namespaces)",
+            )(errno)),
             _ => entry = CgroupEntry::Clone,
         }
     }

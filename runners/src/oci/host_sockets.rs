@@ -15,14 +15,20 @@
 //!   control socket; nothing the sandbox reaches);
 //! - a socket that is not a unix socket (its own family, read from a duplicate taken
 //!   with `pidfd_getfd`, not the address's, which the caller could change before the
-//!   kernel reads it again): the call proceeds, and the kernel refuses a unix address
-//!   on it;
+//!   kernel reads it again): the supervisor connects that very socket to the address it
+//!   copied, and the call returns what that `connect` did. The call itself never
+//!   proceeds: between the check and the kernel's own reading, another thread could put
+//!   a unix socket under the same descriptor number;
 //! - a unix socket and a path naming one of the bundle's host sockets (the same inode,
 //!   seen from the caller's root): the supervisor connects the caller's own socket to
 //!   that socket's host path, never to the path the caller gave, so no rename or
 //!   symlink race can aim it elsewhere; the call returns what that `connect` did;
 //! - any other unix `connect` (another path, an abstract name): `ECONNREFUSED`, and the
 //!   call never reaches the kernel.
+//!
+//! `sendto` with a destination, `sendmsg` and `sendmmsg` are not brokered: a datagram to
+//! a host unix socket needs code running in runsc's own processes, which gVisor's filters
+//! and this one's refusal of io_uring and x32 calls hold to what runsc itself does.
 //!
 //! The filter is loaded in the child before `runsc` executes, so every process of the
 //! sandbox's runtime inherits it; the sandboxed program's own calls never reach it (the
@@ -51,6 +57,9 @@ const AUDIT_ARCH: u32 = 0xc000_003e;
 #[cfg(target_arch = "aarch64")]
 const AUDIT_ARCH: u32 = 0xc000_00b7;
 
+/// Bit 30 of a system call number: the x32 ABI.
+const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+
 /// How long the supervisor's own `connect` to an allowed socket may wait for the
 /// listener's backlog.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -68,12 +77,14 @@ const fn jump(code: u16, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
     libc::sock_filter { code, jt, jf, k }
 }
 
-/// The filter: `connect` goes to the supervisor, everything else proceeds; a call of
-/// another architecture kills the process (runsc makes none), as the gofer guard does.
+/// The filter: `connect` goes to the supervisor, io_uring and x32 calls fail (`ENOSYS`),
+/// everything else proceeds; a call of another architecture kills the process (runsc
+/// makes none), as the gofer guard does.
 pub(super) fn filter() -> Vec<libc::sock_filter> {
     use libc::{BPF_ABS, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_RET, BPF_W};
     let ld = (BPF_LD | BPF_W | BPF_ABS) as u16;
     let jeq = (BPF_JMP | BPF_JEQ | BPF_K) as u16;
+    let jge = (BPF_JMP | libc::BPF_JGE | BPF_K) as u16;
     let ret = (BPF_RET | BPF_K) as u16;
     vec![
         // seccomp_data.arch
@@ -82,6 +93,12 @@ pub(super) fn filter() -> Vec<libc::sock_filter> {
         stmt(ret, libc::SECCOMP_RET_KILL_PROCESS),
         // seccomp_data.nr
         stmt(ld, 0),
+        // The x32 numbers (bit 30) pass the architecture check: none is runsc's.
+        jump(jge, X32_SYSCALL_BIT, 0, 1),
+        stmt(ret, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32),
+        // io_uring connects and sends without a system call per operation.
+        jump(jeq, libc::SYS_io_uring_setup as u32, 0, 1),
+        stmt(ret, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32),
         jump(jeq, libc::SYS_connect as u32, 0, 1),
         stmt(ret, libc::SECCOMP_RET_USER_NOTIF),
         stmt(ret, libc::SECCOMP_RET_ALLOW),
@@ -233,6 +250,10 @@ impl Drop for Broker {
 
 fn serve(listener: &OwnedFd, allowed: &[((u64, u64), PathBuf)], runtime: i32, stop: &AtomicBool) {
     loop {
+        // Checked on every round, so a stream of calls cannot hold the supervisor's end.
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
         let mut pfd = libc::pollfd {
             fd: listener.as_raw_fd(),
             events: libc::POLLIN,
@@ -275,7 +296,7 @@ fn serve(listener: &OwnedFd, allowed: &[((u64, u64), PathBuf)], runtime: i32, st
             flags: 0,
         };
         match answer {
-            Answer::Proceed => resp.flags = libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32,
+            Answer::ProceedRuntime => resp.flags = libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32,
             Answer::Done(0) => {}
             Answer::Done(errno) | Answer::Refuse(errno) => resp.error = -errno,
         }
@@ -292,8 +313,8 @@ fn serve(listener: &OwnedFd, allowed: &[((u64, u64), PathBuf)], runtime: i32, st
 }
 
 enum Answer {
-    /// Let the call proceed unchanged.
-    Proceed,
+    /// Let the call proceed unchanged: `runsc run`'s own calls only.
+    ProceedRuntime,
     /// Done here, with this errno (0: success).
     Done(i32),
     /// Refused with this errno.
@@ -327,7 +348,7 @@ fn decide(
     };
     // `runsc run` itself (its sandbox's control socket): nothing the sandbox reaches.
     if pid == runtime {
-        return Answer::Proceed;
+        return Answer::ProceedRuntime;
     }
     let (fd, addr, len) = (req.data.args[0], req.data.args[1], req.data.args[2]);
     // The socket itself, shared with the caller: its family decides, not the address
@@ -336,11 +357,8 @@ fn decide(
         Ok(sock) => sock,
         Err(_) => return Answer::Refuse(libc::ECONNREFUSED),
     };
-    if socket_domain(&sock) != Some(libc::AF_UNIX) {
-        // The kernel refuses a unix address on any other socket.
-        return Answer::Proceed;
-    }
-    let mut raw = [0u8; std::mem::size_of::<libc::sockaddr_un>()];
+    let unix = socket_domain(&sock) == Some(libc::AF_UNIX);
+    let mut raw = [0u8; std::mem::size_of::<libc::sockaddr_storage>()];
     let want = (len as usize).min(raw.len());
     let local = libc::iovec {
         iov_base: raw.as_mut_ptr().cast(),
@@ -352,11 +370,22 @@ fn decide(
     };
     // SAFETY: reads another process's memory into `raw`, at most its length.
     let got = unsafe { libc::process_vm_readv(tid, &local, 1, &remote, 1, 0) };
-    if got < 3 || !still_valid(listener, req.id) {
+    if got < 2 || !still_valid(listener, req.id) {
+        return Answer::Refuse(libc::ECONNREFUSED);
+    }
+    if !unix {
+        // This socket, to the address copied here: the kernel checks it against the
+        // socket's own family, and a descriptor swapped meanwhile is not the one connected.
+        return match connect_raw(&sock, &raw[..got as usize]) {
+            Ok(()) => Answer::Done(0),
+            Err(e) => Answer::Done(e.raw_os_error().unwrap_or(libc::ECONNREFUSED)),
+        };
+    }
+    if got < 3 {
         return Answer::Refuse(libc::ECONNREFUSED);
     }
     let family = u16::from_ne_bytes([raw[0], raw[1]]);
-    let path = &raw[2..got as usize];
+    let path = &raw[2..(got as usize).min(std::mem::size_of::<libc::sockaddr_un>())];
     // Abstract names (a leading NUL) and other families are never a host socket file.
     if family != libc::AF_UNIX as u16 || path[0] == 0 {
         return Answer::Refuse(libc::ECONNREFUSED);
@@ -418,6 +447,70 @@ fn thread_group(tid: i32) -> Option<i32> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// Connects the caller's socket (shared with `sock`) to the address `addr` copied from
+/// the caller; a blocking socket waits at most [`CONNECT_TIMEOUT`] here.
+fn connect_raw(sock: &OwnedFd, addr: &[u8]) -> std::io::Result<()> {
+    with_send_timeout(sock, || {
+        // SAFETY: connect reads `addr.len()` bytes of the buffer passed, alive for the call.
+        unsafe {
+            libc::connect(
+                sock.as_raw_fd(),
+                addr.as_ptr().cast(),
+                addr.len() as libc::socklen_t,
+            )
+        }
+    })
+}
+
+/// Runs `connect` with the socket's send timeout bounded to [`CONNECT_TIMEOUT`], then puts
+/// back the timeout the caller had.
+fn with_send_timeout(sock: &OwnedFd, connect: impl FnOnce() -> libc::c_int) -> std::io::Result<()> {
+    let opt = |t: Option<&libc::timeval>, out: Option<&mut libc::timeval>| {
+        let mut len = std::mem::size_of::<libc::timeval>() as libc::socklen_t;
+        match (t, out) {
+            // SAFETY: SO_SNDTIMEO reads the timeval passed.
+            (Some(t), _) => unsafe {
+                libc::setsockopt(
+                    sock.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_SNDTIMEO,
+                    (t as *const libc::timeval).cast(),
+                    len,
+                )
+            },
+            // SAFETY: SO_SNDTIMEO writes one timeval into the buffer passed.
+            (None, Some(out)) => unsafe {
+                libc::getsockopt(
+                    sock.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_SNDTIMEO,
+                    (out as *mut libc::timeval).cast(),
+                    &mut len,
+                )
+            },
+            (None, None) => 0,
+        }
+    };
+    let mut before = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 0,
+    };
+    opt(None, Some(&mut before));
+    let bound = libc::timeval {
+        tv_sec: CONNECT_TIMEOUT.as_secs() as libc::time_t,
+        tv_usec: CONNECT_TIMEOUT.subsec_micros() as libc::suseconds_t,
+    };
+    opt(Some(&bound), None);
+    let rc = connect();
+    let result = if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    };
+    opt(Some(&before), None);
+    result
+}
+
 /// Connects the caller's socket (shared with `sock`) to `host`, from this process, so
 /// the caller's descriptor is connected when this returns.
 fn connect_to(sock: &OwnedFd, host: &Path) -> std::io::Result<()> {
@@ -431,39 +524,16 @@ fn connect_to(sock: &OwnedFd, host: &Path) -> std::io::Result<()> {
     for (d, s) in sa.sun_path.iter_mut().zip(bytes) {
         *d = *s as libc::c_char;
     }
-    let timeout = |t: Duration| libc::timeval {
-        tv_sec: t.as_secs() as libc::time_t,
-        tv_usec: t.subsec_micros() as libc::suseconds_t,
-    };
-    let set_timeout = |t: libc::timeval| {
-        // SAFETY: SO_SNDTIMEO reads the timeval passed.
+    with_send_timeout(sock, || {
+        // SAFETY: connect reads the address passed, alive for the call.
         unsafe {
-            libc::setsockopt(
+            libc::connect(
                 sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_SNDTIMEO,
-                (&t as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+                (&sa as *const libc::sockaddr_un).cast(),
+                std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
             )
         }
-    };
-    // The socket is the caller's too: its send timeout is bounded only for this connect.
-    set_timeout(timeout(CONNECT_TIMEOUT));
-    // SAFETY: connect reads the address passed, alive for the call.
-    let rc = unsafe {
-        libc::connect(
-            sock.as_raw_fd(),
-            (&sa as *const libc::sockaddr_un).cast(),
-            std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
-        )
-    };
-    let result = if rc < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(())
-    };
-    set_timeout(timeout(Duration::ZERO));
-    result
+    })
 }
 
 #[cfg(test)]
@@ -475,7 +545,8 @@ mod tests {
 
     /// A process under the filter reaches the allowed socket, and neither another host
     /// socket nor a symlink to it (each refused before the kernel sees it, so the other
-    /// listener never has a connection waiting); a TCP connect proceeds untouched.
+    /// listener never has a connection waiting); a TCP connect is made for the caller's
+    /// own socket, which then carries its data; io_uring is not there.
     #[test]
     fn only_the_allowed_socket_is_reached_under_the_filter() {
         assert!(
@@ -503,7 +574,7 @@ mod tests {
         let channel = theirs.as_raw_fd();
         let script = r#"
 import errno, socket, sys
-for p in sys.argv[1:]:
+for p in sys.argv[1:-1]:
     s = socket.socket(socket.AF_UNIX)
     try:
         s.connect(p)
@@ -511,15 +582,20 @@ for p in sys.argv[1:]:
     except OSError as e:
         print("refused", errno.errorcode[e.errno])
 t = socket.socket()
-try:
-    t.connect(("127.0.0.1", 1))
-    print("tcp connected")
-except OSError as e:
-    print("tcp", errno.errorcode[e.errno])
+t.connect(("127.0.0.1", int(sys.argv[-1])))
+t.sendall(b"through")
+print("tcp connected")
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+rc = libc.syscall(425, 4, ctypes.create_string_buffer(120))
+print("io_uring", rc, errno.errorcode[ctypes.get_errno()])
 "#;
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = tcp.local_addr().unwrap().port().to_string();
         let mut cmd = Command::new("/usr/bin/python3");
         cmd.args(["-c", script])
             .args([&allowed, &other, &link])
+            .arg(&port)
             .stdout(Stdio::piped());
         let load = move || {
             // Unprivileged tests need it to load a filter; runsc's own start is root's.
@@ -551,8 +627,11 @@ except OSError as e:
         broker.stop();
         assert_eq!(
             out,
-            "ok\nrefused ECONNREFUSED\nrefused ECONNREFUSED\ntcp ECONNREFUSED\n"
+            "ok\nrefused ECONNREFUSED\nrefused ECONNREFUSED\ntcp connected\nio_uring -1 ENOSYS\n"
         );
+        let mut got = String::new();
+        tcp.accept().unwrap().0.read_to_string(&mut got).unwrap();
+        assert_eq!(got, "through");
         drop(allowed_listener);
         assert_eq!(
             other_listener.accept().map_err(|e| e.kind()).err(),

@@ -769,10 +769,17 @@ impl OciRunner {
             let exit = match waiter.as_mut() {
                 // `runsc run` exits with the container's status.
                 Some(child) => {
-                    let status = child.wait().map_err(io("runsc run"))?;
+                    // Its end is seen but not reaped until the broker has stopped: a zombie
+                    // keeps its pid, so no process started later can take the pid the
+                    // broker lets through.
+                    let _ = waitid(
+                        Id::Pid(Pid::from_raw(child.id() as i32)),
+                        WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT,
+                    );
                     if let Some(b) = broker.take() {
                         b.stop();
                     }
+                    let status = child.wait().map_err(io("runsc run"))?;
                     reap_orphans(Pid::from_raw(0));
                     use std::os::unix::process::ExitStatusExt;
                     match (status.code(), status.signal()) {
