@@ -801,31 +801,39 @@ fn daemon_jobs_run_their_gateway_in_their_shim_native_runc_and_gvisor() {
     let Some(_daemon) = net.covenantd() else {
         return;
     };
-    let out = net
-        .ctl()
-        .env(
-            "COVENANT_SOCKET",
-            net.home.path().join("home/covenantd.sock"),
-        )
-        // The daemon's flags decide; the client's environment does not reach the job.
-        .env("COVENANT_EGRESS_RESOLVER", "127.0.0.1:9")
-        .args(["--daemon", "run", "--workspace"])
-        .arg(net.home.path().join("ws"))
-        .args(["--allow-host", "api.test", "--", "sh", "-c"])
-        .arg(
-            "python3 /workspace/probe.py tls api.test 443 api.test; \
-             python3 /workspace/probe.py resolve other.test; \
-             python3 /workspace/probe.py tls api.test 443 other.test",
-        )
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let r = results(&out);
-    assert_eq!(r.len(), 3, "{}", explain(&out));
-    assert_eq!(r[0], "ok:HELLO", "{}", explain(&out));
-    assert!(r[1].starts_with("gaierror"), "{}", r[1]);
-    assert!(r[2].starts_with("err:"), "{}", r[2]);
-    assert_eq!(net.received().len(), 1);
+    // A daemon job on `runner`: an allowed name reached, another not resolved, and the
+    // allowed address refused under the other name; exactly one request reaches the host.
+    let job_reaches_only_its_name = |runner: &[&str]| {
+        let before = net.received().len();
+        let out = net
+            .ctl()
+            .env(
+                "COVENANT_SOCKET",
+                net.home.path().join("home/covenantd.sock"),
+            )
+            // The daemon's flags decide; the client's environment does not reach the job.
+            .env("COVENANT_EGRESS_RESOLVER", "127.0.0.1:9")
+            .args(["--daemon", "run"])
+            .args(runner)
+            .arg("--workspace")
+            .arg(net.home.path().join("ws"))
+            .args(["--allow-host", "api.test", "--", "sh", "-c"])
+            .arg(
+                "python3 /workspace/probe.py tls api.test 443 api.test; \
+                 python3 /workspace/probe.py resolve other.test; \
+                 python3 /workspace/probe.py tls api.test 443 other.test",
+            )
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let r = results(&out);
+        assert_eq!(r.len(), 3, "{runner:?}: {}", explain(&out));
+        assert_eq!(r[0], "ok:HELLO", "{runner:?}: {}", explain(&out));
+        assert!(r[1].starts_with("gaierror"), "{runner:?}: {}", r[1]);
+        assert!(r[2].starts_with("err:"), "{runner:?}: {}", r[2]);
+        assert_eq!(net.received().len(), before + 1, "{runner:?}");
+    };
+    job_reaches_only_its_name(&[]);
     // The shim's gateway audited its decisions into the daemon's store.
     let audit = net
         .ctl()
@@ -868,30 +876,7 @@ fn daemon_jobs_run_their_gateway_in_their_shim_native_runc_and_gvisor() {
     }
     // A gVisor job: its shim prepares the namespace runsc takes the link of.
     if Path::new("/usr/bin/runsc").exists() {
-        let before = net.received().len();
-        let out = net
-            .ctl()
-            .env(
-                "COVENANT_SOCKET",
-                net.home.path().join("home/covenantd.sock"),
-            )
-            .args(["--daemon", "run", "--runner", "gvisor", "--workspace"])
-            .arg(net.home.path().join("ws"))
-            .args(["--allow-host", "api.test", "--", "sh", "-c"])
-            .arg(
-                "python3 /workspace/probe.py tls api.test 443 api.test; \
-                 python3 /workspace/probe.py resolve other.test; \
-                 python3 /workspace/probe.py tls api.test 443 other.test",
-            )
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        let r = results(&out);
-        assert_eq!(r.len(), 3, "gvisor job: {}", explain(&out));
-        assert_eq!(r[0], "ok:HELLO", "gvisor job: {}", explain(&out));
-        assert!(r[1].starts_with("gaierror"), "gvisor job: {}", r[1]);
-        assert!(r[2].starts_with("err:"), "gvisor job: {}", r[2]);
-        assert_eq!(net.received().len(), before + 1);
+        job_reaches_only_its_name(&["--runner", "gvisor"]);
     } else {
         cannot_run("runsc is not installed (apt-get install runsc)");
     }
