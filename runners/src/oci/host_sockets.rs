@@ -411,7 +411,7 @@ fn decide(
 
 /// A duplicate of `pid`'s descriptor `fd` (the same open socket).
 fn caller_socket(pid: i32, fd: RawFd) -> std::io::Result<OwnedFd> {
-    let pidfd = super::lifecycle::pidfd_open(pid)?;
+    let pidfd = crate::supervise::pidfd_open(pid)?;
     // SAFETY: pidfd_getfd returns a new descriptor or -1.
     let dup = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
     if dup < 0 {

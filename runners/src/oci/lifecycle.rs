@@ -3,7 +3,7 @@
 
 use crate::native::cgroup::{CgroupLayout, CgroupLimits, RunCgroup};
 use crate::outcome::{ExitKind, RunOutcome, StartInfo};
-use crate::supervise::{forwarded_signals, supervise};
+use crate::supervise::{forwarded_signals, pidfd_open, supervise};
 use crate::timing::{Stopwatch, TimedStep};
 use covenant_policy::annotations::{self};
 use nix::fcntl::{open, OFlag};
@@ -56,16 +56,6 @@ pub(super) fn reap_orphans(keep: Pid) {
         };
         let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
     }
-}
-
-pub(super) fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
-    // SAFETY: pidfd_open returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a fresh descriptor owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// Writes "0" to each `cgroup.procs`: the calling process moves itself into the cgroup.
