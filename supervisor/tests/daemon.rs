@@ -812,6 +812,60 @@ fn idle_shims(d: &Daemon, n: usize) -> Vec<u32> {
 }
 
 #[test]
+fn a_descriptor_the_daemon_inherited_never_reaches_a_shim() {
+    skip_unless!(SANDBOX);
+    let home = traversable_dir("covenantd-");
+    let marker = home.path().join("inherited-marker");
+    let file = std::fs::File::create(&marker).unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_covenantd"));
+    cmd.arg("--home")
+        .arg(home.path())
+        .env_remove("COVENANT_SOCKET")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // The daemon gets the file open without close-on-exec, as a careless parent's would.
+    let keep = move || {
+        nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+        )
+        .map(drop)
+        .map_err(std::io::Error::from)
+    };
+    // SAFETY: the hook makes one fcntl call on a descriptor of this process.
+    unsafe { std::os::unix::process::CommandExt::pre_exec(&mut cmd, keep) };
+    let mut child = cmd.spawn().unwrap();
+    let holds = |pid: u32| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| std::fs::read_link(e.path()).is_ok_and(|t| t == marker))
+    };
+    // Its pool of idle shims (children of the daemon, each started with posix_spawn).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let shims = loop {
+        let shims = shims_of(child.id());
+        if !shims.is_empty() {
+            break shims;
+        }
+        assert!(Instant::now() < deadline, "no shim was started");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(holds(child.id()), "the daemon did not inherit the file");
+    for shim in &shims {
+        assert!(
+            !holds(*shim),
+            "shim {shim} inherited the daemon's descriptor"
+        );
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
 fn a_pooled_shim_killed_before_its_job_is_never_handed_one() {
     skip_unless!(SANDBOX);
     let _shared = SANDBOXES.read().unwrap_or_else(|e| e.into_inner());

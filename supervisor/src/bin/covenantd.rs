@@ -131,6 +131,25 @@ fn main() -> ExitCode {
         }
         None => {}
     }
+    // Nothing the daemon was started with reaches a shim, nor through one a runtime:
+    // every inherited descriptor above stderr is marked close-on-exec (still open here;
+    // a socket systemd passes is one of them).
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets a flag on descriptors.
+    if unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    } != 0
+    {
+        eprintln!(
+            "covenantd: error: marking inherited descriptors close-on-exec: {}",
+            std::io::Error::last_os_error()
+        );
+        return ExitCode::from(1);
+    }
     if let Err(e) = egress_settings(&args) {
         eprintln!("covenantd: error: {e}");
         return ExitCode::from(1);
