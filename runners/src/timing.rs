@@ -22,6 +22,12 @@ pub enum TimedStep {
     /// Verifying the capability (or the operator's self-grant) and authorising the
     /// request under it, images resolved.
     Authorise,
+    /// A daemon job's admission: the request read, the capability verified, the plan
+    /// compiled and authorised, the job's first rows committed.
+    Admit,
+    /// A daemon job waiting for a slot, then its start committed and its plan handed to
+    /// the job's shim.
+    Queue,
     /// Opening every host path again, checking it is the object authorised, and staging it.
     HostPaths,
     /// Writing the bundle (and, for the native runner, reading its spec back).
@@ -68,6 +74,8 @@ impl TimedStep {
         match self {
             TimedStep::Store => "store",
             TimedStep::Authorise => "authorise",
+            TimedStep::Admit => "admit",
+            TimedStep::Queue => "queue",
             TimedStep::Compile => "compile",
             TimedStep::HostPaths => "host_paths",
             TimedStep::Bundle => "bundle",
@@ -97,6 +105,7 @@ impl TimedStep {
             self,
             TimedStep::Store
                 | TimedStep::Authorise
+                | TimedStep::Admit
                 | TimedStep::Compile
                 | TimedStep::HostPaths
                 | TimedStep::Bundle

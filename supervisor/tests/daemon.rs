@@ -524,6 +524,36 @@ fn a_job_runs_with_stdin_output_status_and_audit() {
         256 * 1024 * 1024
     );
     assert_eq!(status["subject"], "agent-a");
+    // The report's steps: the daemon's (admission, queue), then the shim's, each once.
+    let mut steps: Vec<&str> = status["report"]["timings_us"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    steps.sort_unstable();
+    let mut want = vec![
+        "admit",
+        "queue",
+        "host_paths",
+        "bundle",
+        "prepare",
+        "cgroup",
+        "clone",
+        "id_maps",
+        "init",
+        "mounts",
+        "pivot",
+        "privileges",
+        "landlock",
+        "seccomp",
+        "exec",
+        "audit",
+        "wait",
+        "teardown",
+    ];
+    want.sort_unstable();
+    assert_eq!(steps, want, "{}", status["report"]["timings_us"]);
     let (out, err) = d.output(&id);
     assert_eq!(out, "got:hello\n");
     assert_eq!(err, "oops\n");

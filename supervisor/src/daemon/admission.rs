@@ -106,6 +106,7 @@ async fn submit_now(
     req: SubmitRequest,
     parent: Option<&str>,
 ) -> Result<Submitted, ApiError> {
+    let clock = covenant_runners::timing::Stopwatch::start();
     let job = new_job_id();
     match prepare(daemon, caller, &job, &req, parent) {
         Ok(prepared) => {
@@ -114,7 +115,7 @@ async fn submit_now(
                 &job,
                 json!({"caller": caller.audit(), "argv": req.argv, "runner": req.runner, "parent": parent}),
             );
-            admit(daemon, caller, intent, prepared).await
+            admit(daemon, caller, intent, prepared, clock).await
         }
         Err((kind, e)) => {
             daemon.metrics.refused(refusal_reason(e.status, Some(kind)));
@@ -343,6 +344,7 @@ async fn admit(
     caller: &Caller,
     intent: AuditEvent,
     prepared: Prepared,
+    clock: covenant_runners::timing::Stopwatch,
 ) -> Result<Submitted, ApiError> {
     let Prepared {
         mut row,
@@ -411,6 +413,7 @@ async fn admit(
             st.jobs.insert(
                 id.clone(),
                 Job {
+                    clock,
                     row: row.clone(),
                     plan: plan.clone(),
                     lineage,
@@ -484,6 +487,9 @@ async fn admit(
         end.ended_ms = Some(now_ms());
         release(daemon, &id, &end);
         return Err(e);
+    }
+    if let Some(job) = daemon.lock_state().jobs.get_mut(&id) {
+        job.clock.lap(covenant_runners::timing::TimedStep::Admit);
     }
     if row.state == JobState::Running {
         daemon.start(id.clone());

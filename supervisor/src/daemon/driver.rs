@@ -18,6 +18,16 @@ use std::sync::Arc;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+/// The report with the daemon's own steps (admission, queue) before the shim's.
+fn with_daemon_timings(daemon: &Daemon, id: &str, mut report: RunReport) -> RunReport {
+    if let Some(job) = daemon.lock_state().jobs.get(id) {
+        let mut timings = job.clock.timings().clone();
+        timings.extend(&report.timings_us);
+        report.timings_us = timings;
+    }
+    report
+}
+
 /// Drives every job handed to [`Daemon::start`], each in a task of its own, until the
 /// daemon is dropped.
 pub async fn run_starts(daemon: Arc<Daemon>, mut starts: mpsc::UnboundedReceiver<String>) {
@@ -212,6 +222,9 @@ async fn run_shim(daemon: &Arc<Daemon>, id: &str) -> Result<End, String> {
         let _ = child.wait().await;
         return Err(format!("sending the job to its sandbox process: {e}"));
     }
+    if let Some(job) = daemon.lock_state().jobs.get_mut(id) {
+        job.clock.lap(covenant_runners::timing::TimedStep::Queue);
+    }
     let stdin_task = match (child.stdin.take(), stdin_rx) {
         (Some(mut pipe), Some(mut rx)) => Some(tokio::spawn(async move {
             while let Some(chunk) = rx.recv().await {
@@ -288,7 +301,7 @@ async fn run_shim(daemon: &Arc<Daemon>, id: &str) -> Result<End, String> {
             state: JobState::Exited,
             exit_code: Some(report.exit_code),
             reason: None,
-            report: Some(*report),
+            report: Some(with_daemon_timings(daemon, id, *report)),
             events: last_events(events),
             silent: false,
         },

@@ -65,6 +65,9 @@ pub struct Lineage {
 
 pub(super) struct Job {
     pub(super) row: JobRow,
+    /// Laps of the daemon's side of the job (admission, queue); the shim's report adds
+    /// its own.
+    pub(super) clock: covenant_runners::timing::Stopwatch,
     pub(super) plan: SandboxPlan,
     pub(super) lineage: Lineage,
     pub(super) stdout: Output,
