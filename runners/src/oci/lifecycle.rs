@@ -122,17 +122,9 @@ fn join_network_namespace(spec: &mut Spec, path: &Path) -> Result<()> {
 /// syscalls on descriptors opened and strings built before the fork.
 fn hide_core_sysctls_in_child(cmd: &mut Command, netns: OwnedFd, host: OwnedFd) {
     use nix::mount::{mount, MsFlags};
-    use nix::sched::{setns, unshare, CloneFlags};
-    use std::ffi::CStr;
+    use nix::sched::{setns, CloneFlags};
     let hide = move || -> std::io::Result<()> {
-        unshare(CloneFlags::CLONE_NEWNS)?;
-        mount(
-            None::<&CStr>,
-            c"/",
-            None::<&CStr>,
-            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-            None::<&CStr>,
-        )?;
+        super::runner::private_mount_namespace()?;
         setns(&netns, CloneFlags::CLONE_NEWNET)?;
         mount(
             Some(c"tmpfs"),
