@@ -114,3 +114,40 @@ impl DaemonError {
         }
     }
 }
+
+#[cfg(test)]
+impl Config {
+    /// Small bounds for unit tests: `max_jobs` jobs (queue and per-subject alike),
+    /// `shim_pool` idle shims of `shim_exe`, state under `home`.
+    pub(super) fn for_tests(
+        home: &std::path::Path,
+        max_jobs: usize,
+        shim_exe: &str,
+        shim_pool: usize,
+    ) -> Self {
+        Config {
+            home: home.to_path_buf(),
+            socket: home.join("covenantd.sock"),
+            listen: None,
+            tcp_token: None,
+            max_jobs,
+            max_queue: max_jobs,
+            per_subject: max_jobs,
+            grace: std::time::Duration::from_secs(1),
+            output_limit: 1024,
+            cgroup_memory: None,
+            cgroup_pids: None,
+            agent_writes: 10,
+            agent_bytes: 1024,
+            agent_refusals: 10,
+            agent_connections: 2,
+            caller_connections: 2,
+            max_connections: 16,
+            request_timeout: std::time::Duration::from_secs(1),
+            keep_finished: 2,
+            admin_group: None,
+            shim_exe: shim_exe.into(),
+            shim_pool,
+        }
+    }
+}

@@ -151,30 +151,7 @@ mod tests {
     use std::time::Duration;
 
     fn config(shim_exe: &str) -> Config {
-        Config {
-            home: std::env::temp_dir(),
-            socket: std::env::temp_dir().join("unused.sock"),
-            listen: None,
-            tcp_token: None,
-            max_jobs: 4,
-            max_queue: 4,
-            per_subject: 4,
-            grace: Duration::from_secs(1),
-            output_limit: 1024,
-            cgroup_memory: None,
-            cgroup_pids: None,
-            agent_writes: 10,
-            agent_bytes: 1024,
-            agent_refusals: 10,
-            agent_connections: 2,
-            caller_connections: 2,
-            max_connections: 16,
-            request_timeout: Duration::from_secs(1),
-            keep_finished: 2,
-            admin_group: None,
-            shim_exe: shim_exe.into(),
-            shim_pool: 3,
-        }
+        Config::for_tests(&std::env::temp_dir(), 4, shim_exe, 3)
     }
 
     /// `/bin/false shim` exits at once: a shim that dies while idle.
@@ -207,8 +184,14 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn the_pool_holds_its_bound_and_hands_out_each_shim_once() {
         let pool = ShimPool::new(2);
-        // `yes shim` fills its stdout pipe, which nobody reads, and waits: an idle shim.
-        let cfg = config("/usr/bin/yes");
+        // A stand-in that takes the shim's arguments and waits: an idle shim. (`yes`
+        // refuses `--control-fd` and exits at once, which made this test a race.)
+        let dir = tempfile::tempdir().unwrap();
+        let idle = dir.path().join("idle-shim");
+        std::fs::write(&idle, "#!/bin/sh\nexec sleep 60\n").unwrap();
+        std::fs::set_permissions(&idle, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let cfg = config(idle.to_str().unwrap());
         pool.fill(&cfg, || false);
         pool.fill(&cfg, || false);
         let pids = pool.idle_pids();

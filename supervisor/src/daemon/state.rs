@@ -333,35 +333,11 @@ pub(super) fn release(daemon: &Arc<Daemon>, id: &str, end: &JobRow) -> Option<Jo
 mod tests {
     use super::*;
     use crate::store::group::AuditWriter;
-    use std::time::Duration;
 
     fn daemon(home: &std::path::Path) -> (Arc<Daemon>, AuditWriter) {
         let open = || Store::open(&home.join("covenant.db"), &home.join("supervisor.key")).unwrap();
         let writer = AuditWriter::start(open());
-        let config = Config {
-            home: home.to_path_buf(),
-            socket: home.join("covenantd.sock"),
-            listen: None,
-            tcp_token: None,
-            max_jobs: 2,
-            max_queue: 2,
-            per_subject: 2,
-            grace: Duration::from_secs(1),
-            output_limit: 1024,
-            cgroup_memory: None,
-            cgroup_pids: None,
-            agent_writes: 10,
-            agent_bytes: 1024,
-            agent_refusals: 10,
-            agent_connections: 2,
-            caller_connections: 2,
-            max_connections: 16,
-            request_timeout: Duration::from_secs(1),
-            keep_finished: 2,
-            admin_group: None,
-            shim_exe: "/bin/false".into(),
-            shim_pool: 0,
-        };
+        let config = Config::for_tests(home, 2, "/bin/false", 0);
         let (daemon, _) = Daemon::new(config, writer.sender(), open());
         (daemon, writer)
     }
