@@ -357,7 +357,12 @@ fn decide(
         Ok(sock) => sock,
         Err(_) => return Answer::Refuse(libc::ECONNREFUSED),
     };
-    let unix = socket_domain(&sock) == Some(libc::AF_UNIX);
+    // A family that cannot be read is refused: guessing "not unix" would connect a unix
+    // socket, as root, to the caller's address.
+    let unix = match socket_domain(&sock) {
+        Some(domain) => domain == libc::AF_UNIX,
+        None => return Answer::Refuse(libc::ECONNREFUSED),
+    };
     let mut raw = [0u8; std::mem::size_of::<libc::sockaddr_storage>()];
     let want = (len as usize).min(raw.len());
     let local = libc::iovec {
