@@ -1,0 +1,55 @@
+#!/usr/bin/env python3
+"""What moving a process into its v1 cgroups costs, per controller and in both orders.
+
+    sudo bench/cgroup-attach.py [ROUNDS]
+
+Each round starts a `sleep`, makes one cgroup per controller under each hierarchy, waits
+half a second (so no other move happened lately), then writes the pid to each
+cgroup.procs in turn and times every write. Prints the median per controller and
+position, for the order memory,pids,cpu,cpuacct and its reverse. The first write of a
+round pays the cgroup core's RCU grace period whichever controller it is; the others do
+not. Needs the v1 (or hybrid) layout under /sys/fs/cgroup.
+"""
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+ROUNDS = int(sys.argv[1]) if len(sys.argv) > 1 else 6
+ORDERS = [["memory", "pids", "cpu", "cpuacct"], ["cpuacct", "cpu", "pids", "memory"]]
+
+
+def one_round(order, n):
+    child = subprocess.Popen(["sleep", "30"])
+    name = f"covenant-bench-{os.getpid()}-{n}"
+    for c in order:
+        os.mkdir(f"/sys/fs/cgroup/{c}/{name}")
+    time.sleep(0.5)
+    costs = []
+    try:
+        for c in order:
+            start = time.monotonic_ns()
+            with open(f"/sys/fs/cgroup/{c}/{name}/cgroup.procs", "w") as f:
+                f.write(str(child.pid))
+            costs.append((time.monotonic_ns() - start) // 1000)
+    finally:
+        child.kill()
+        child.wait()
+        for c in order:
+            while True:
+                try:
+                    os.rmdir(f"/sys/fs/cgroup/{c}/{name}")
+                    break
+                except OSError:
+                    time.sleep(0.001)
+    return costs
+
+
+for order in ORDERS:
+    rounds = [one_round(order, n) for n in range(ROUNDS)]
+    print("order: " + ",".join(order))
+    for i, c in enumerate(order):
+        values = [r[i] for r in rounds]
+        print(f"  {i + 1}. {c:<8} median {statistics.median(values):>7.0f} µs"
+              f"  min {min(values):>6} µs  max {max(values):>6} µs")
