@@ -95,6 +95,9 @@ pub struct Bundle {
     pub dir: PathBuf,
     pub config_digest: String,
     pub seccomp_digest: String,
+    /// What `config.json` holds, as written: a runner that takes it from here never reads
+    /// the file back.
+    pub spec: Spec,
 }
 
 impl Bundle {
@@ -176,6 +179,7 @@ fn write_bundle_with(
         dir: dir.to_path_buf(),
         config_digest: digest(&json),
         seccomp_digest,
+        spec,
     })
 }
 

@@ -50,6 +50,21 @@ pub trait Runner {
         clock: &mut timing::Stopwatch,
         on_start: &mut dyn FnMut(&StartInfo),
     ) -> Result<RunOutcome, RunnerError>;
+
+    /// [`Runner::run`] for a bundle whose `config.json` this process wrote from `spec`
+    /// and still holds. A runner that reads the config itself takes it from memory
+    /// instead of parsing the file again; one that hands the bundle to another program
+    /// runs it from disk.
+    fn run_written(
+        &self,
+        bundle: &Path,
+        spec: &oci_spec::runtime::Spec,
+        clock: &mut timing::Stopwatch,
+        on_start: &mut dyn FnMut(&StartInfo),
+    ) -> Result<RunOutcome, RunnerError> {
+        let _ = spec;
+        self.run(bundle, clock, on_start)
+    }
 }
 
 /// The runner a name selects.
@@ -87,6 +102,18 @@ impl Runner for native::NativeRunner {
         on_start: &mut dyn FnMut(&StartInfo),
     ) -> Result<RunOutcome, RunnerError> {
         let spec = native::spec::NativeSpec::load(bundle)?;
+        clock.lap(timing::TimedStep::Bundle);
+        Ok(self.run_spec(&spec, clock, on_start)?)
+    }
+
+    fn run_written(
+        &self,
+        bundle: &Path,
+        spec: &oci_spec::runtime::Spec,
+        clock: &mut timing::Stopwatch,
+        on_start: &mut dyn FnMut(&StartInfo),
+    ) -> Result<RunOutcome, RunnerError> {
+        let spec = native::spec::NativeSpec::from_spec(bundle, spec)?;
         clock.lap(timing::TimedStep::Bundle);
         Ok(self.run_spec(&spec, clock, on_start)?)
     }

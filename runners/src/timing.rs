@@ -15,7 +15,9 @@ use std::fmt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TimedStep {
-    /// Opening the audit store and reading its head (embedded runs).
+    /// Waiting for the audit store (embedded runs). It opens on a thread of its own
+    /// beside the preparation, so this is only what is left of the open once the
+    /// bundle is written.
     Store,
     /// Compiling the request into a plan.
     Compile,
@@ -30,7 +32,7 @@ pub enum TimedStep {
     Queue,
     /// Opening every host path again, checking it is the object authorised, and staging it.
     HostPaths,
-    /// Writing the bundle (and, for the native runner, reading its spec back).
+    /// Writing the bundle (and, for the native runner, checking the spec it holds).
     Bundle,
     /// Compiling seccomp, deciding landlock, cloning the host trees to attach.
     Prepare,

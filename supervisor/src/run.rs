@@ -7,7 +7,7 @@ use crate::bundle_signature::{
 };
 use crate::home::{covenant_home, identity_map, new_job_id};
 use crate::store::Kind;
-use crate::store::{AuditEvent, Store, StoreError};
+use crate::store::{AuditEvent, StoreBeside, StoreError};
 use covenant_images::{write_bundle, write_native_bundle, Bundle, BundleError};
 use covenant_policy::Manifest;
 use covenant_policy::{Degradation, NetMode, SandboxPlan};
@@ -195,6 +195,9 @@ pub struct RunAudit<'a> {
     /// Laps of the run's steps, from when this record was started (or the clock it was
     /// given) on.
     pub clock: Stopwatch,
+    /// Whether the sink's store opens beside the run's preparation: the wait for it is
+    /// then the run's [`TimedStep::Store`].
+    pub store_beside: bool,
 }
 
 impl<'a> RunAudit<'a> {
@@ -204,12 +207,25 @@ impl<'a> RunAudit<'a> {
             pending,
             sink,
             clock: Stopwatch::start(),
+            store_beside: false,
         }
     }
 
     pub fn push(&mut self, kind: Kind, mut body: serde_json::Value) {
         body["job"] = serde_json::Value::String(self.job.clone());
         self.pending.push(AuditEvent::new(kind, body));
+    }
+
+    /// Waits until the sink can take events: an empty batch, which an embedded run's sink
+    /// takes as "wait for the store opened beside the preparation" (see
+    /// [`StoreBeside`]). A run calls it before its sandbox is made, so a sink that cannot
+    /// take events refuses the run first.
+    pub fn ready(&mut self) -> Result<(), RunError> {
+        (self.sink)(Vec::new())?;
+        if self.store_beside {
+            self.clock.lap(TimedStep::Store);
+        }
+        Ok(())
     }
 
     pub fn flush(&mut self) -> Result<(), RunError> {
@@ -235,16 +251,15 @@ pub fn run_request(
     settings: &RunSettings,
 ) -> Result<RunReport, RunError> {
     let clock = Stopwatch::start();
-    let store = std::cell::RefCell::new(Store::open_default()?);
-    let opening = store.borrow().opening_events("covenant-ctl run")?;
+    let store = std::cell::RefCell::new(StoreBeside::open_default("covenant-ctl run"));
     let job = new_job_id();
     let mut sink = |events: Vec<AuditEvent>| -> Result<(), RunError> {
-        store.borrow_mut().append_batch(&events)?;
+        store.borrow_mut().append_batch(events)?;
         Ok(())
     };
-    let mut audit = RunAudit::new(&job, opening, &mut sink);
+    let mut audit = RunAudit::new(&job, Vec::new(), &mut sink);
     audit.clock = clock;
-    audit.clock.lap(TimedStep::Store);
+    audit.store_beside = true;
     let uid = nix::unistd::getuid().as_raw();
     audit.push(
         Kind::RunIntent,
@@ -428,15 +443,14 @@ fn run_pinned(
 /// afresh by the normal run path: never the files on disk. The bundle is left in place.
 pub fn run_bundle(dir: &Path, settings: &RunSettings) -> Result<RunReport, RunError> {
     let clock = Stopwatch::start();
-    let store = std::cell::RefCell::new(Store::open_default()?);
-    let opening = store.borrow().opening_events("covenant-ctl run --bundle")?;
+    let store = std::cell::RefCell::new(StoreBeside::open_default("covenant-ctl run --bundle"));
     let mut sink = |events: Vec<AuditEvent>| -> Result<(), RunError> {
-        store.borrow_mut().append_batch(&events)?;
+        store.borrow_mut().append_batch(events)?;
         Ok(())
     };
-    let mut audit = RunAudit::new(&new_job_id(), opening, &mut sink);
+    let mut audit = RunAudit::new(&new_job_id(), Vec::new(), &mut sink);
     audit.clock = clock;
-    audit.clock.lap(TimedStep::Store);
+    audit.store_beside = true;
     let uid = nix::unistd::getuid().as_raw();
     audit.push(
         Kind::RunIntent,
@@ -507,20 +521,26 @@ fn execute(
     bundle: &Bundle,
     runner: &dyn Runner,
 ) -> Result<RunReport, RunError> {
+    audit.ready()?;
     let mut start_error = None;
     let mut clock = std::mem::take(&mut audit.clock);
-    let outcome = runner.run(&bundle.dir, &mut clock, &mut |info: &StartInfo| {
-        audit.push(Kind::SandboxStarted, crate::store::audit::body_of(info));
-        for d in &info.degradations {
-            audit.push(
-                Kind::DegradationAccepted,
-                serde_json::json!({"degradation": d.name()}),
-            );
-        }
-        if let Err(e) = audit.flush() {
-            start_error = Some(e);
-        }
-    });
+    let outcome = runner.run_written(
+        &bundle.dir,
+        &bundle.spec,
+        &mut clock,
+        &mut |info: &StartInfo| {
+            audit.push(Kind::SandboxStarted, crate::store::audit::body_of(info));
+            for d in &info.degradations {
+                audit.push(
+                    Kind::DegradationAccepted,
+                    serde_json::json!({"degradation": d.name()}),
+                );
+            }
+            if let Err(e) = audit.flush() {
+                start_error = Some(e);
+            }
+        },
+    );
     audit.clock = clock;
     let outcome = outcome?;
     let mut report = RunReport::new(

@@ -143,6 +143,10 @@ pub fn main(control_fd: i32, parent: i32) -> i32 {
     }
     let mut out = control.try_clone().expect("duplicating the control socket");
     let mut sink = |events: Vec<AuditEvent>| -> Result<(), RunError> {
+        // An empty batch asks only whether the daemon can take events: it can.
+        if events.is_empty() {
+            return Ok(());
+        }
         let events = events.into_iter().map(WireEvent::from).collect();
         send(&mut out, &ShimMessage::Events { events }).map_err(|error| RunError::Home {
             path: "control channel".into(),

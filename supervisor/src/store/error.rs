@@ -56,6 +56,9 @@ pub enum StoreError {
     },
     #[error("audit chain: {0}")]
     Chain(ChainFault),
+    /// Asked again after opening failed: the first failure, as it was reported.
+    #[error("the store could not be opened: {0}")]
+    NotOpened(String),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;

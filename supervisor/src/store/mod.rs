@@ -5,6 +5,7 @@
 //! versioned (`PRAGMA user_version`) and migrated forward on open.
 
 pub mod audit;
+mod beside;
 pub mod chain;
 mod error;
 pub mod group;
@@ -16,6 +17,7 @@ mod open;
 mod schema;
 
 pub use audit::{record, AuditEvent};
+pub use beside::StoreBeside;
 pub use chain::{ChainFault, FaultKind};
 pub use error::{MemoryError, Result, StoreError};
 pub use handle::{store_files, CheckpointPolicy, Store, BUSY_TIMEOUT};
