@@ -4,7 +4,7 @@
 
 use covenant_supervisor::store::audit::verify_export;
 use covenant_supervisor::store::chain::FaultKind;
-use covenant_supervisor::store::{AuditEvent, Store};
+use covenant_supervisor::store::{AuditEvent, Kind, Store};
 use rusqlite::Connection;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -504,4 +504,43 @@ fn writers_in_several_processes_keep_one_linear_chain() {
     let report = store.verify().unwrap().unwrap();
     assert_eq!(report.summary.rows, 600);
     assert_eq!(report.summary.last_seq, Some(600));
+}
+
+/// A writer's close keeps the WAL short, so the next process to open the store does not
+/// read a long one back; the chain stays whole across the checkpoint and the new WAL.
+#[test]
+fn a_writers_close_bounds_the_wal_and_the_chain_stays_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = dir.path().join("covenant.db-wal");
+    let wal_len = || std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+    let body = serde_json::json!({"padding": "x".repeat(2048)});
+    let mut grown = 0;
+    for round in 0..3 {
+        let mut store = store_at(dir.path());
+        while wal_len() <= covenant_supervisor::store::WAL_BOUND_BYTES {
+            store
+                .append_batch(&[AuditEvent::new(Kind::RunIntent, body.clone())])
+                .unwrap();
+        }
+        grown = grown.max(wal_len());
+        store.close(Vec::new()).unwrap();
+        assert_eq!(wal_len(), 0, "round {round}: the close truncated the WAL");
+        // The next writer starts a new one.
+        let mut store = store_at(dir.path());
+        store
+            .append_batch(&[AuditEvent::new(
+                Kind::RunIntent,
+                serde_json::json!({"round": round}),
+            )])
+            .unwrap();
+        assert!(
+            wal_len() < covenant_supervisor::store::WAL_BOUND_BYTES / 2,
+            "round {round}: the WAL holds {} bytes after a close at {grown}",
+            wal_len()
+        );
+        store.close(Vec::new()).unwrap();
+    }
+    assert!(grown > covenant_supervisor::store::WAL_BOUND_BYTES);
+    let report = reader_at(dir.path()).verify().unwrap();
+    assert!(report.is_ok(), "{report:?}");
 }

@@ -678,7 +678,9 @@ impl Store {
             Kind::StoreClosed,
             serde_json::json!({"pid": std::process::id()}),
         ));
-        self.append_batch_signed(&events, true).map(|_| ())
+        self.append_batch_signed(&events, true)?;
+        self.bound_wal();
+        Ok(())
     }
 }
 

@@ -20,5 +20,5 @@ pub use audit::{record, AuditEvent};
 pub use beside::StoreBeside;
 pub use chain::{ChainFault, FaultKind};
 pub use error::{MemoryError, Result, StoreError};
-pub use handle::{store_files, CheckpointPolicy, Store, BUSY_TIMEOUT};
+pub use handle::{store_files, CheckpointPolicy, Store, BUSY_TIMEOUT, WAL_BOUND_BYTES};
 pub use kind::Kind;
