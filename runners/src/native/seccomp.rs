@@ -171,6 +171,17 @@ fn program(
     mismatch: SeccompAction,
     act: SeccompAction,
 ) -> Result<BpfProgram, SeccompError> {
+    program_within(rules, mismatch, act, dispatch::MAX_INSTRUCTIONS)
+}
+
+/// [`program`], with the search given up for the linear program when it would be longer
+/// than `limit` instructions.
+fn program_within(
+    rules: RuleGroup,
+    mismatch: SeccompAction,
+    act: SeccompAction,
+    limit: usize,
+) -> Result<BpfProgram, SeccompError> {
     let mut searched = Vec::new();
     let mut conditional: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     for (nr, rule) in rules {
@@ -182,12 +193,21 @@ fn program(
             }
         }
     }
-    let ret = u32::from(act.clone());
-    Ok(dispatch::prepend(
-        &dispatch::ranges(searched),
-        ret,
-        linear(conditional, mismatch, act)?,
-    ))
+    let program = dispatch::prepend(
+        &dispatch::ranges(searched.iter().copied()),
+        u32::from(act.clone()),
+        linear(conditional.clone(), mismatch.clone(), act.clone())?,
+    );
+    if program.len() <= limit {
+        return Ok(program);
+    }
+    // Scattered numbers can make the search a little longer than the linear program
+    // (three instructions a number against two or three), so a profile the kernel takes
+    // linearly is never refused for the search's sake; and seccompiler refuses, naming
+    // the limit, a program the kernel would not take.
+    let mut all = conditional;
+    all.extend(searched.iter().map(|&nr| (i64::from(nr), Vec::new())));
+    linear(all, mismatch, act)
 }
 
 /// seccompiler's program for `rules`: one comparison after another.
@@ -532,6 +552,89 @@ mod tests {
             }
             assert!(runs > 3 * numbers.len(), "{runs} calls compared");
         }
+    }
+
+    /// A profile of many isolated unconditional calls and many conditional rules, whose
+    /// linear program is just within the kernel's limit, is not pushed over it by the
+    /// search: every filter `compile` returns is one the kernel takes.
+    #[test]
+    fn no_filter_is_longer_than_the_kernel_takes_and_the_longest_loadable_still_compiles() {
+        use oci_spec::runtime::{LinuxSeccompArgBuilder, LinuxSeccompBuilder, LinuxSyscallBuilder};
+        let isolated: Vec<String> = SYSCALLS
+            .iter()
+            .filter(|(n, nr)| nr % 2 == 0 && *n != "ioctl")
+            .map(|(n, _)| n.to_string())
+            .collect();
+        let profile = |ioctl_rules: u64| {
+            let mut rules = vec![LinuxSyscallBuilder::default()
+                .names(isolated.clone())
+                .action(LinuxSeccompAction::ScmpActAllow)
+                .build()
+                .unwrap()];
+            rules.extend((0..ioctl_rules).map(|v| {
+                let arg = LinuxSeccompArgBuilder::default()
+                    .index(1usize)
+                    .value(0x5400 + v)
+                    .op(LinuxSeccompOperator::ScmpCmpEq)
+                    .build()
+                    .unwrap();
+                LinuxSyscallBuilder::default()
+                    .names(vec!["ioctl".to_string()])
+                    .action(LinuxSeccompAction::ScmpActAllow)
+                    .args(vec![arg])
+                    .build()
+                    .unwrap()
+            }));
+            LinuxSeccompBuilder::default()
+                .default_action(LinuxSeccompAction::ScmpActErrno)
+                .syscalls(rules)
+                .build()
+                .unwrap()
+        };
+        let linear_fits = |n: u64| {
+            let f = filters(&profile(n)).unwrap().pop().unwrap();
+            let rules = f
+                .rules
+                .into_iter()
+                .map(|(nr, r)| (nr, r.unwrap_or_default()));
+            linear(rules.collect(), f.mismatch, f.act).is_ok()
+        };
+        // The most ioctl rules whose linear program seccompiler still takes.
+        let (mut fits, mut too_many) = (0, 2048);
+        while too_many - fits > 1 {
+            let mid = (fits + too_many) / 2;
+            if linear_fits(mid) {
+                fits = mid;
+            } else {
+                too_many = mid;
+            }
+        }
+        assert!(fits > 100, "{fits} rules");
+        let oci = profile(fits);
+        let compiled = compile(&oci).unwrap();
+        assert!(compiled.programs[0].len() <= dispatch::MAX_INSTRUCTIONS);
+        let linear = compile_linear(&oci);
+        for nr in 0..1024 {
+            for arg in [0, 0x5400, 0x5400 + fits - 1, 0x5400 + fits] {
+                let data = call(dispatch::AUDIT_ARCH, nr, [0, arg, 0, 0, 0, 0]);
+                assert_eq!(
+                    verdict_on(&compiled, &data),
+                    verdict_on(&linear, &data),
+                    "{nr}"
+                );
+            }
+        }
+        // One rule more is refused when compiled, naming the limit, not at load.
+        let err = compile(&profile(too_many)).unwrap_err();
+        assert!(matches!(err, SeccompError::Compile(_)), "{err}");
+        // A search over the limit gives way to the linear program, verdicts unchanged.
+        let f = filters(&oci).unwrap().pop().unwrap();
+        let (searched, fallen_back) = (
+            program(f.rules.clone(), f.mismatch.clone(), f.act.clone()).unwrap(),
+            program_within(f.rules, f.mismatch, f.act, 100).unwrap(),
+        );
+        assert_ne!(searched, fallen_back);
+        assert_eq!(fallen_back, linear.programs[0]);
     }
 
     /// What the search is for: the default profile's filters are shorter (about half).

@@ -52,8 +52,12 @@ pub fn ranges(numbers: impl IntoIterator<Item = u32>) -> Vec<(u32, u32)> {
     out
 }
 
+/// The kernel's limit on a filter's length (`BPF_MAXINSNS`).
+pub const MAX_INSTRUCTIONS: usize = 4096;
+
 /// A program that returns `ret` for a call of [`AUDIT_ARCH`] whose number lies in one of
-/// `ranges` (ascending, disjoint), and runs `rest` for every other call.
+/// `ranges` (ascending, disjoint), and runs `rest` for every other call. It may be longer
+/// than [`MAX_INSTRUCTIONS`]: the caller checks.
 pub fn prepend(ranges: &[(u32, u32)], ret: u32, rest: BpfProgram) -> BpfProgram {
     if ranges.is_empty() {
         return rest;
@@ -68,7 +72,9 @@ pub fn prepend(ranges: &[(u32, u32)], ret: u32, rest: BpfProgram) -> BpfProgram 
     let end = out.len();
     for (i, insn) in out.iter_mut().enumerate() {
         if insn.code == JA && insn.k == FALL_THROUGH {
-            insn.k = u32::try_from(end - (i + 1)).expect("a program is under 4096 instructions");
+            // The search alone is at most 6 instructions a range, and a range holds at
+            // least one 32-bit number: far below `u32::MAX`.
+            insn.k = u32::try_from(end - (i + 1)).expect("a search of u32 ranges");
         }
     }
     out.extend(rest);
@@ -81,6 +87,11 @@ pub fn prepend(ranges: &[(u32, u32)], ret: u32, rest: BpfProgram) -> BpfProgram 
 fn search(ranges: &[(u32, u32)], ret: u32, out: &mut Vec<sock_filter>) {
     match ranges {
         [] => out.push(stmt(JA, FALL_THROUGH)),
+        [(lo, hi)] if lo == hi => {
+            out.push(jump(JEQ_K, *lo, 1, 0));
+            out.push(stmt(JA, FALL_THROUGH));
+            out.push(stmt(RET_K, ret));
+        }
         [(lo, hi)] => {
             out.push(jump(JGE_K, *lo, 1, 0));
             out.push(stmt(JA, FALL_THROUGH));
@@ -97,7 +108,7 @@ fn search(ranges: &[(u32, u32)], ret: u32, out: &mut Vec<sock_filter>) {
             out.push(stmt(JA, 0));
             search(from, ret, out);
             out[to_below].k =
-                u32::try_from(out.len() - (to_below + 1)).expect("a program is under 4096");
+                u32::try_from(out.len() - (to_below + 1)).expect("a search of u32 ranges");
             search(below, ret, out);
         }
     }
