@@ -8,7 +8,9 @@
 //! that cannot be opened refuses the run before anything runs, as before, and the process
 //! is back to one thread before it forks.
 
-use super::{AuditEvent, Result, Store, StoreError};
+use super::audit::AuditEvent;
+use super::error::{Result, StoreError};
+use super::handle::Store;
 use std::thread::JoinHandle;
 
 type Opened = Result<(Store, Vec<AuditEvent>)>;
@@ -21,7 +23,8 @@ pub struct StoreBeside {
 enum State {
     Opening(JoinHandle<Opened>),
     Open {
-        store: Store,
+        /// Boxed: a `Store` is large beside the other states.
+        store: Box<Store>,
         /// The store's opening events, written ahead of the first batch.
         opening: Vec<AuditEvent>,
     },
@@ -57,7 +60,10 @@ impl StoreBeside {
     fn settle(&mut self, opened: Opened) -> Option<StoreError> {
         match opened {
             Ok((store, opening)) => {
-                self.state = State::Open { store, opening };
+                self.state = State::Open {
+                    store: Box::new(store),
+                    opening,
+                };
                 None
             }
             Err(e) => {
@@ -85,7 +91,7 @@ impl StoreBeside {
             }
         }
         match &mut self.state {
-            State::Open { store, .. } => Ok(store),
+            State::Open { store, .. } => Ok(&mut **store),
             State::Failed(why) => Err(StoreError::NotOpened(why.clone())),
             State::Opening(_) => unreachable!("joined above"),
         }
