@@ -204,3 +204,41 @@ fn a_signal_during_setup_still_leaves_nothing_behind() {
         }
     }
 }
+
+/// The store opens beside the run's preparation; a store that cannot open still refuses
+/// the run before its program starts, loses nothing, and leaves nothing behind.
+#[test]
+fn a_store_that_cannot_open_refuses_the_run_before_its_program() {
+    let Some(s) = Scene::live() else { return };
+    // The control: with a store, the same program leaves its mark.
+    let control = Scene::new();
+    let out = control.sh("touch /workspace/ran");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(control.workspace.join("ran").exists());
+
+    let home = s.home.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let garbage = b"this is not an SQLite database, and it must stay as it is\n".repeat(200);
+    let db = home.join("covenant.db");
+    std::fs::write(&db, &garbage).unwrap();
+    let ran = s.workspace.join("ran");
+    let out = s.sh("touch /workspace/ran");
+    assert_eq!(code(&out), 125, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("store") || stderr(&out).contains("database"),
+        "the refusal does not name the store: {}",
+        stderr(&out)
+    );
+    assert!(!ran.exists(), "the program ran with no store to audit it");
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        garbage,
+        "the refused run changed the file where the store should be"
+    );
+    for dir in ["bundles", "staging"] {
+        let left: Vec<_> = std::fs::read_dir(home.join(dir))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "left behind: {left:?}");
+    }
+}
