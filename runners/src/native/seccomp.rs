@@ -330,7 +330,9 @@ mod tests {
     }
 
     /// Classic BPF as the kernel runs a seccomp filter, for the instructions seccompiler
-    /// emits; `data` is a `struct seccomp_data`.
+    /// emits; `data` is a `struct seccomp_data`. Its opcodes are written out here, not
+    /// taken from `dispatch.rs`: an oracle that shared the generator's constants would
+    /// read a wrong one the same wrong way.
     fn run_filter(program: &[seccompiler::sock_filter], data: &[u8; 64]) -> u32 {
         const LD_W_ABS: u16 = 0x20;
         const ALU_AND_K: u16 = 0x54;
