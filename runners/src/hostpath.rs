@@ -355,7 +355,10 @@ impl KeptLayer {
 
 /// Moves the calling process into a mount namespace of its own whose mounts do not
 /// propagate back to the host (mounts the host makes still reach it). The caller must be
-/// single-threaded and privileged.
+/// privileged. A mount namespace belongs to a thread: only the calling one moves, and a
+/// thread running beside it stays in the host's namespace (an embedded run's store
+/// opener, which only opens files under `$COVENANT_HOME` and ends before the sandbox is
+/// made), so whatever this thread forks starts in the private one.
 pub fn enter_private_mount_namespace() -> Result<()> {
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(|errno| {
         HostPathError::Namespace {
