@@ -83,9 +83,14 @@ pub fn write_private_key(path: &Path, key: &SigningKey) -> Result<()> {
         });
     }
     // Written whole under a private name, then linked into place: a reader never sees a
-    // half-written key, and `link` refuses to replace a file another process put there.
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    let _ = fs::remove_file(&tmp);
+    // half-written key, and `link` refuses to replace a file another writer put there.
+    // The name is this call's alone: two threads of one process (the store opened beside
+    // a run that loads the same key) must not share, and so remove, each other's.
+    let tmp = path.with_extension(format!(
+        "tmp.{}.{}",
+        std::process::id(),
+        covenant_policy::plan::hex(&random_bytes::<8>()?)
+    ));
     let result = (|| {
         let mut file = fs::OpenOptions::new()
             .write(true)
@@ -300,4 +305,35 @@ pub fn revoke(id: &[u8; 16]) -> Result<bool> {
         .map_err(io(&path))?;
     file.sync_all().map_err(io(&path))?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Threads of one process creating the same key at once all end with the key on disk.
+    #[test]
+    fn concurrent_first_uses_agree_on_the_one_key_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        for round in 0..100 {
+            let path = dir.path().join(format!("k{round}.key"));
+            let keys: Vec<_> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..4)
+                    .map(|_| s.spawn(|| key_created_on_first_use(&path).map(|k| k.to_bytes())))
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            let on_disk = read_private_key(&path).unwrap().to_bytes();
+            for key in keys {
+                assert_eq!(key.unwrap(), on_disk, "round {round}");
+            }
+        }
+        let left: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .filter(|n| n.to_string_lossy().contains(".tmp."))
+            .collect();
+        assert!(left.is_empty(), "temporary files left: {left:?}");
+    }
 }
