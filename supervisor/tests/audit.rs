@@ -544,3 +544,60 @@ fn a_writers_close_bounds_the_wal_and_the_chain_stays_whole() {
     let report = reader_at(dir.path()).verify().unwrap();
     assert!(report.is_ok(), "{report:?}");
 }
+
+/// A reader verifying while writers append, close (signing checkpoints, bounding the
+/// WAL) and open again never reports a fault: what it reads is one snapshot.
+#[test]
+fn verifying_while_writers_append_and_close_never_reports_tampering() {
+    let dir = tempfile::tempdir().unwrap();
+    store_at(dir.path()).close(Vec::new()).unwrap();
+    let body = serde_json::json!({"padding": "x".repeat(3000)});
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (verifies, faults) = std::thread::scope(|s| {
+        let writers: Vec<_> = (0..4)
+            .map(|w| {
+                let (dir, body) = (dir.path(), body.clone());
+                s.spawn(move || {
+                    for round in 0..40 {
+                        let mut store = store_at(dir);
+                        let mut batch = store.opening_events("writer").unwrap();
+                        batch.push(AuditEvent::new(Kind::RunIntent, body.clone()));
+                        store.append_batch(&batch).unwrap();
+                        for _ in 0..6 {
+                            store
+                                .append_batch(&[AuditEvent::new(Kind::RunIntent, body.clone())])
+                                .unwrap();
+                        }
+                        let last = serde_json::json!({"writer": w, "round": round});
+                        store
+                            .close(vec![AuditEvent::new(Kind::RunIntent, last)])
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        let verifier = s.spawn(|| {
+            let (mut verifies, mut faults) = (0, Vec::new());
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Err(fault) = reader_at(dir.path()).verify().unwrap() {
+                    faults.push(format!("{fault:?}"));
+                }
+                verifies += 1;
+            }
+            (verifies, faults)
+        });
+        for w in writers {
+            w.join().unwrap();
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        verifier.join().unwrap()
+    });
+    assert!(verifies > 0);
+    assert!(
+        faults.is_empty(),
+        "{} of {verifies}: {faults:?}",
+        faults.len()
+    );
+    let report = reader_at(dir.path()).verify().unwrap();
+    assert!(report.is_ok(), "{report:?}");
+}

@@ -300,16 +300,26 @@ impl Store {
 
     /// Recomputes the whole chain and checks every checkpoint against this store's key
     /// and the head recorded beside the database.
+    ///
+    /// Writers may append meanwhile. The head file is read first, so it is never newer than
+    /// the rows (a writer renames it into place after its commit), and the rows, the
+    /// checkpoints and the prune marker are read in one transaction: one snapshot, never
+    /// a checkpoint read after the rows it vouches for were pruned or appended.
     pub fn verify(&self) -> Result<std::result::Result<VerifyReport, ChainFault>> {
-        let rows = self.all_rows()?;
-        let checkpoints = self.all_checkpoints()?;
-        let marker = self.prune_marker()?;
+        let recorded_head = read_head(&self.head_file)?;
+        let (rows, checkpoints, marker) = self.snapshot(|store| {
+            Ok((
+                store.all_rows()?,
+                store.all_checkpoints()?,
+                store.prune_marker()?,
+            ))
+        })?;
         let input = ChainInput {
             rows: &rows,
             checkpoints: &checkpoints,
             marker: marker.as_ref(),
             expected_key: self.public_key(),
-            recorded_head: read_head(&self.head_file)?,
+            recorded_head,
             live_writer: live_writer(&rows),
         };
         Ok(chain::verify_chain(&input).map(|summary| VerifyReport {
@@ -318,14 +328,30 @@ impl Store {
         }))
     }
 
-    /// Writes a self-contained JSONL export of rows `from..=to` (all when `None`).
+    /// `read` in one read transaction: everything it reads comes from one snapshot.
+    fn snapshot<T>(&self, read: impl FnOnce(&Self) -> Result<T>) -> Result<T> {
+        let tx = self.conn.unchecked_transaction().map_err(|e| self.sql(e))?;
+        let out = read(self)?;
+        tx.finish().map_err(|e| self.sql(e))?;
+        Ok(out)
+    }
+
+    /// Writes a self-contained JSONL export of rows `from..=to` (all when `None`), read
+    /// from one snapshot.
     pub fn export(&self, out: &mut dyn Write, range: Option<(u64, u64)>) -> Result<u64> {
         let (from, to) = range.unwrap_or((0, u64::MAX));
         let io = |error| StoreError::Io {
             path: "export".into(),
             error,
         };
-        let marker = self.prune_marker()?.filter(|m| m.seq + 1 >= from);
+        let (marker, rows, checkpoints) = self.snapshot(|store| {
+            Ok((
+                store.prune_marker()?,
+                store.all_rows()?,
+                store.all_checkpoints()?,
+            ))
+        })?;
+        let marker = marker.filter(|m| m.seq + 1 >= from);
         let header = serde_json::json!({
             "type": "header",
             "format": "covenant-audit-export-v1",
@@ -336,11 +362,7 @@ impl Store {
             writeln!(out, "{}", signed_json("prune-marker", m)).map_err(io)?;
         }
         let mut count = 0;
-        for row in self
-            .all_rows()?
-            .into_iter()
-            .filter(|r| r.seq >= from && r.seq <= to)
-        {
+        for row in rows.into_iter().filter(|r| r.seq >= from && r.seq <= to) {
             let line = serde_json::json!({
                 "type": "event", "seq": row.seq, "time_ms": row.time_ms, "kind": row.kind, "body": row.body,
                 "prev_hash": hex(&row.prev_hash), "hash": hex(&row.hash),
@@ -348,8 +370,7 @@ impl Store {
             writeln!(out, "{line}").map_err(io)?;
             count += 1;
         }
-        for c in self
-            .all_checkpoints()?
+        for c in checkpoints
             .into_iter()
             .filter(|c| c.seq >= from && c.seq <= to)
         {
