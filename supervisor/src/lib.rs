@@ -1,6 +1,7 @@
 //! The supervisor: where plans become runs. This crate owns the job lifecycle (bundle
 //! directory, runner, cleanup, report); later it also owns the store and the daemon.
 
+pub mod abandoned;
 pub mod authority;
 pub mod bundle_signature;
 pub mod daemon;

@@ -198,6 +198,8 @@ pub struct RunAudit<'a> {
     /// Whether the sink's store opens beside the run's preparation: the wait for it is
     /// then the run's [`TimedStep::Store`].
     pub store_beside: bool,
+    /// Whether [`RunAudit::ready`] has succeeded: the sink takes events from then on.
+    ready: bool,
 }
 
 impl<'a> RunAudit<'a> {
@@ -208,6 +210,7 @@ impl<'a> RunAudit<'a> {
             sink,
             clock: Stopwatch::start(),
             store_beside: false,
+            ready: false,
         }
     }
 
@@ -221,7 +224,11 @@ impl<'a> RunAudit<'a> {
     /// [`StoreBeside`]). A run calls it before its sandbox is made, so a sink that cannot
     /// take events refuses the run first.
     pub fn ready(&mut self) -> Result<(), RunError> {
+        if self.ready {
+            return Ok(());
+        }
         (self.sink)(Vec::new())?;
+        self.ready = true;
         if self.store_beside {
             self.clock.lap(TimedStep::Store);
         }
@@ -276,7 +283,9 @@ pub fn run_request(
         );
     }
     let mut clock = std::mem::take(&mut audit.clock);
-    let pending = audit.into_pending();
+    let by = audit.job.clone();
+    let mut pending = audit.into_pending();
+    pending.extend(crate::abandoned::sweep(&covenant_home(), &by));
     store.into_inner().close(pending)?;
     finish_timings(result, &mut clock)
 }
@@ -359,6 +368,8 @@ pub fn run_plan(
 ) -> Result<RunReport, RunError> {
     let runner = runner(&plan.runner.name())?;
     if let Some(kept) = &settings.keep_bundle {
+        // A signed bundle outlives the run: it is made only once the store can record it.
+        audit.ready()?;
         // The kept bundle names the host paths, to be checked again when it is run, and
         // is signed like `bundle --out`'s; this run goes through a bundle of its own like
         // any other.
@@ -465,7 +476,9 @@ pub fn run_bundle(dir: &Path, settings: &RunSettings) -> Result<RunReport, RunEr
         audit.push(kind, serde_json::json!({"reason": e.to_string()}));
     }
     let mut clock = std::mem::take(&mut audit.clock);
-    let pending = audit.into_pending();
+    let by = audit.job.clone();
+    let mut pending = audit.into_pending();
+    pending.extend(crate::abandoned::sweep(&covenant_home(), &by));
     store.into_inner().close(pending)?;
     finish_timings(result, &mut clock)
 }

@@ -230,6 +230,18 @@ fn a_store_that_cannot_open_refuses_the_run_before_its_program() {
         stderr(&out)
     );
     assert!(!ran.exists(), "the program ran with no store to audit it");
+    // Nor is a signed bundle, which outlives the run, made with no store to record it.
+    let kept = s.home.path().join("kept");
+    let out = s.run(
+        &["--keep-bundle", kept.to_str().unwrap()],
+        &["sh", "-c", "touch /workspace/ran"],
+    );
+    assert_eq!(code(&out), 125, "{}", stderr(&out));
+    assert!(!ran.exists(), "the program ran with no store to audit it");
+    assert!(
+        !kept.join("signature.json").exists() && !kept.join("config.json").exists(),
+        "a bundle was kept and signed with no store to record it"
+    );
     assert_eq!(
         std::fs::read(&db).unwrap(),
         garbage,
@@ -241,4 +253,88 @@ fn a_store_that_cannot_open_refuses_the_run_before_its_program() {
             .unwrap_or_default();
         assert!(left.is_empty(), "left behind: {left:?}");
     }
+}
+
+/// A supervisor killed outright cannot remove its run's cgroups or folders; the next run
+/// with the same home removes them once they are old enough, records it, and leaves every
+/// other cgroup (a live run's, another home's) alone.
+#[test]
+fn a_killed_supervisors_leftovers_are_removed_by_the_next_run() {
+    let Some(s) = Scene::live() else { return };
+    let marker = marker(6);
+    let mut ctl = s
+        .ctl()
+        .args(["run", "--memory", "64MiB", "--"])
+        .args(["sleep", &marker])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = ctl.id();
+    let suffix = format!("-{pid}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !still_running(&marker) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(still_running(&marker), "the sandbox never started");
+    let made = Instant::now();
+    let cgroups: Vec<_> = crate::scene::covenant_cgroups()
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(&suffix))
+        .collect();
+    assert!(!cgroups.is_empty(), "the run has no cgroup named for {pid}");
+    let job = cgroups[0]
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .trim_end_matches(&suffix)
+        .to_string();
+    // SAFETY: kill(2) on a child this test started and has not reaped.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let _ = ctl.wait();
+    let home = s.home.path().join("home");
+    let left = |p: &std::path::Path| p.symlink_metadata().is_ok();
+    assert!(
+        left(&home.join("bundles").join(&job)) && cgroups.iter().all(|c| left(c)),
+        "the killed run left nothing: this test shows nothing"
+    );
+
+    // Another home's run does not touch them, however old they are.
+    let other = Scene::new();
+    // Too young for this home's next run, too.
+    assert_eq!(code(&s.run(&[], &["true"])), 0);
+    assert!(cgroups.iter().all(|c| left(c)), "a young cgroup was taken");
+
+    let min_age = Duration::from_secs(10) + Duration::from_millis(500);
+    if let Some(wait) = min_age.checked_sub(made.elapsed()) {
+        std::thread::sleep(wait);
+    }
+    assert_eq!(code(&other.run(&[], &["true"])), 0);
+    assert!(
+        cgroups.iter().all(|c| left(c)),
+        "another home's run removed them"
+    );
+
+    assert_eq!(code(&s.run(&[], &["true"])), 0);
+    for c in &cgroups {
+        assert!(!left(c), "{} is still there", c.display());
+    }
+    for d in ["bundles", "staging"] {
+        assert!(!left(&home.join(d).join(&job)), "{d}/{job} is still there");
+    }
+    let tail = s
+        .ctl()
+        .args(["audit", "tail", "-n", "40"])
+        .output()
+        .unwrap();
+    let text = stdout(&tail);
+    let line = text
+        .lines()
+        .find(|l| l.contains("run.abandoned"))
+        .unwrap_or_else(|| panic!("no run.abandoned event:\n{text}"));
+    assert!(
+        line.contains(&job) && line.contains(&pid.to_string()),
+        "the event does not name the run: {line}"
+    );
+    let verify = s.ctl().args(["audit", "verify"]).output().unwrap();
+    assert_eq!(code(&verify), 0, "{}", stderr(&verify));
 }

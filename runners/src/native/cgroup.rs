@@ -6,6 +6,10 @@
 //! controllers beside a cgroup2 mount, and the tests here need to point the code at a fake
 //! cgroupfs. Every limit asked for must be written, or the run does not start.
 
+mod abandoned;
+
+pub use abandoned::{remove_abandoned, Abandoned};
+
 use std::fs;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
@@ -139,6 +143,25 @@ impl CgroupLayout {
             Self::V1 { .. } => CgroupVersion::V1,
             Self::V2 { .. } => CgroupVersion::V2,
         }
+    }
+
+    /// The hierarchies that hold run cgroups: the v2 root, or each v1 controller's.
+    pub fn roots(&self) -> Vec<PathBuf> {
+        let mut roots: Vec<PathBuf> = match self {
+            Self::V2 { root } => vec![root.clone()],
+            Self::V1 {
+                memory,
+                pids,
+                cpu,
+                cpuacct,
+            } => [memory, pids, cpu, cpuacct]
+                .into_iter()
+                .flatten()
+                .cloned()
+                .collect(),
+        };
+        roots.dedup();
+        roots
     }
 
     /// Controllers available for run cgroups, for `doctor`.
@@ -321,20 +344,8 @@ impl RunCgroup {
     /// A cgroup another runtime created (`covenant/NAME` in each hierarchy), to read its
     /// usage. It is not removed when dropped; the runtime that made it removes it.
     pub fn existing(layout: &CgroupLayout, name: &str) -> Self {
-        let roots: Vec<PathBuf> = match layout {
-            CgroupLayout::V2 { root } => vec![root.clone()],
-            CgroupLayout::V1 {
-                memory,
-                pids,
-                cpu,
-                cpuacct,
-            } => [memory, pids, cpu, cpuacct]
-                .into_iter()
-                .flatten()
-                .cloned()
-                .collect(),
-        };
-        let mut dirs: Vec<PathBuf> = roots
+        let mut dirs: Vec<PathBuf> = layout
+            .roots()
             .into_iter()
             .map(|r| r.join(PARENT).join(name))
             .filter(|d| d.is_dir())

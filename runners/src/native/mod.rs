@@ -22,7 +22,10 @@ pub mod spec;
 mod step;
 mod syscall_table;
 
-pub use self::cgroup::{CgroupError, CgroupLayout, CgroupVersion, PARENT as CGROUP_PARENT};
+pub use self::cgroup::{
+    remove_abandoned as remove_abandoned_cgroups, Abandoned as AbandonedCgroups, CgroupError,
+    CgroupLayout, CgroupVersion, PARENT as CGROUP_PARENT,
+};
 pub use self::landlock::{kernel_abi as landlock_abi, LandlockPlan};
 pub use self::spec::Namespace;
 pub use self::step::{ChildError, SetupStep, UnknownStep};

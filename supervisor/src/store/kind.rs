@@ -71,6 +71,8 @@ kinds! {
     RunExited = "run.exited",
     /// Setup failed.
     RunFailed = "run.failed",
+    /// An embedded run found what a run whose supervisor died left, and removed it.
+    RunAbandoned = "run.abandoned",
     /// What in the run's writable paths would make git on the host run code.
     WorkspaceGitFindings = "workspace.git.findings",
     /// A key was generated.
