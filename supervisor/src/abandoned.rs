@@ -17,46 +17,52 @@ pub const MIN_AGE: Duration = Duration::from_secs(10);
 
 /// Removes what abandoned runs left: their cgroups on the host, and their bundle and
 /// staging folders under `home`. Returns one `run.abandoned` event per run, naming `by`,
-/// the job that found it. Does nothing unless root (only root makes run cgroups).
+/// the job that found it. Does nothing unless root (only root makes run cgroups) in the
+/// host's PID namespace (a cgroup names its supervisor by its PID there).
 pub fn sweep(home: &Path, by: &str) -> Vec<AuditEvent> {
-    if !nix::unistd::geteuid().is_root() {
+    if !nix::unistd::geteuid().is_root() || !in_initial_pid_namespace() {
         return Vec::new();
     }
     let Ok(layout) = CgroupLayout::detect(Path::new("/sys/fs/cgroup")) else {
         return Vec::new();
     };
-    // This home's runs only: those it holds a bundle or staging folder of.
+    // Mount points are matched against the home's real path, never a symlink to it.
+    let Ok(home) = std::fs::canonicalize(home) else {
+        return Vec::new();
+    };
+    let places = |job: &str| {
+        [
+            home.join("bundles").join(job),
+            home.join("staging").join(job),
+        ]
+    };
+    let mountinfo = std::cell::OnceCell::new();
+    let mounted = |place: &Path| {
+        match mountinfo.get_or_init(|| std::fs::read_to_string("/proc/self/mountinfo")) {
+            Ok(text) => !crate::daemon::recovery::mounts_under(text, place).is_empty(),
+            // Unknown: taken as mounted.
+            Err(_) => true,
+        }
+    };
+    // This home's runs only (those it holds a folder of), and none with anything mounted
+    // under its folders: whatever is mounted there is not ours to descend into, and its
+    // cgroups stay too, so a later run looks again.
     let ours = |job: &str| {
-        ["bundles", "staging"]
-            .iter()
-            .any(|d| home.join(d).join(job).symlink_metadata().is_ok())
+        let places = places(job);
+        places.iter().any(|p| p.symlink_metadata().is_ok()) && !places.iter().any(|p| mounted(p))
     };
     let found = remove_abandoned_cgroups(&layout, MIN_AGE, ours);
-    if found.is_empty() {
-        return Vec::new();
-    }
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo");
     found
         .into_iter()
         .map(|run| {
             let mut dirs = Vec::new();
             let mut errors = Vec::new();
-            for place in [
-                home.join("bundles").join(&run.job),
-                home.join("staging").join(&run.job),
-            ] {
+            for place in places(&run.job) {
                 if place.symlink_metadata().is_err() {
                     continue;
                 }
-                // Whatever is mounted there is not ours to descend into.
-                let mounted = match &mountinfo {
-                    Ok(text) => !crate::daemon::recovery::mounts_under(text, &place).is_empty(),
-                    Err(_) => true,
-                };
-                if mounted {
-                    errors.push(format!("{}: mounts under it, left", place.display()));
-                    continue;
-                }
+                // Checked above with nothing mounted under it; `remove_dir_all` unlinks
+                // symlinks without following them.
                 match std::fs::remove_dir_all(&place) {
                     Ok(()) => dirs.push(place),
                     Err(e) => errors.push(format!("{}: {e}", place.display())),
@@ -71,4 +77,11 @@ pub fn sweep(home: &Path, by: &str) -> Vec<AuditEvent> {
             )
         })
         .collect()
+}
+
+/// Whether this process is in the host's PID namespace, whose inode number is fixed
+/// (`PROC_PID_INIT_INO`).
+fn in_initial_pid_namespace() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self/ns/pid").is_ok_and(|m| m.ino() == 0xEFFF_FFFC)
 }

@@ -298,6 +298,28 @@ fn a_killed_supervisors_leftovers_are_removed_by_the_next_run() {
         "the killed run left nothing: this test shows nothing"
     );
 
+    // A run of this home whose folder has something mounted under it: neither the mount
+    // nor its cgroup is touched, even when the home is named through a symlink.
+    let planted = "job-00000000000000aa";
+    let planted_cgroup =
+        std::path::Path::new("/sys/fs/cgroup/memory/covenant").join(format!("{planted}-4194305")); // above PID_MAX_LIMIT: no process
+    let victim = s.home.path().join("victim");
+    std::fs::create_dir_all(victim.join("sub")).unwrap();
+    std::fs::write(victim.join("sub/file"), "precious").unwrap();
+    let mount_point = home.join("bundles").join(planted).join("rootfs");
+    std::fs::create_dir_all(&mount_point).unwrap();
+    nix::mount::mount(
+        Some(&victim),
+        &mount_point,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .unwrap();
+    std::fs::create_dir(&planted_cgroup).unwrap();
+    let link = s.home.path().join("home-link");
+    std::os::unix::fs::symlink(&home, &link).unwrap();
+
     // Another home's run does not touch them, however old they are.
     let other = Scene::new();
     // Too young for this home's next run, too.
@@ -314,7 +336,23 @@ fn a_killed_supervisors_leftovers_are_removed_by_the_next_run() {
         "another home's run removed them"
     );
 
-    assert_eq!(code(&s.run(&[], &["true"])), 0);
+    let out = s
+        .ctl()
+        .env("COVENANT_HOME", &link)
+        .args(["run", "--", "true"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let planted_left = left(&planted_cgroup);
+    let victim_left = victim.join("sub/file").exists();
+    let _ = nix::mount::umount2(&mount_point, nix::mount::MntFlags::MNT_DETACH);
+    let _ = std::fs::remove_dir(&planted_cgroup);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(victim_left, "the sweep deleted files through a mount");
+    assert!(
+        planted_left,
+        "a job with a mount under its folder lost its cgroup"
+    );
     for c in &cgroups {
         assert!(!left(c), "{} is still there", c.display());
     }

@@ -7,13 +7,15 @@
 //! cgroup a little slower. The next run finds and removes them.
 //!
 //! A directory is taken as abandoned only when all of these hold: its name is
-//! `JOB-PID`; PID is no process in this PID namespace; it was made more than `min_age`
-//! ago (a run empties its cgroup for milliseconds only: before its sandbox moves in and
-//! after it exits); its job is the caller's (a run cleans up after its own home's runs
-//! only, whose folders it can remove too); and the kernel lets it go. Removal is `rmdir`, which the kernel
-//! refuses for a cgroup that holds a process or a child. So a PID misread (a supervisor
-//! in another PID namespace) can at worst take the empty cgroup of a run that is in its
-//! last milliseconds; it never touches a running sandbox, and nothing is killed here.
+//! `JOB-PID`; PID is no process in the caller's PID namespace; it was made more than
+//! `min_age` ago (a run empties its cgroup for milliseconds only: before its sandbox
+//! moves in and after it exits); the caller claims its job (a run cleans up after its own
+//! home's runs only); and the kernel lets it go. Removal is `rmdir`, which the kernel
+//! refuses for a cgroup that holds a process or a child, and nothing is killed here.
+//!
+//! The PID is read in the caller's PID namespace, so the caller must be in the one the
+//! supervisors run in (the host's): from a child namespace every host PID looks gone, and
+//! a run in its last milliseconds, its sandbox already ended, could lose its cgroup.
 
 use super::CgroupLayout;
 use std::collections::BTreeMap;
