@@ -213,16 +213,11 @@ fn an_edited_or_foreign_bundle_is_refused_and_nothing_runs() {
         assert!(!marker.exists(), "{what}: the refused bundle ran");
     }
     // The refusals are audited.
-    let out = s
-        .ctl()
-        .args(["audit", "tail", "-n", "200"])
-        .output()
-        .unwrap();
+    let tail = s.audit_tail(200);
     assert_eq!(
-        stdout(&out).matches("bundle.refused").count(),
+        tail.matches("bundle.refused").count(),
         cases.len(),
-        "{}",
-        stdout(&out)
+        "{tail}"
     );
 }
 

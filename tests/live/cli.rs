@@ -132,12 +132,7 @@ fn every_run_leaves_a_verifiable_audit_trail() {
     assert_eq!(code(&out), 124);
     let job = read_json(&report)["job_id"].as_str().unwrap().to_string();
     assert_eq!(code(&s.run(&["--memory", "lots"], &["true"])), 125);
-    let tail = s
-        .ctl()
-        .args(["audit", "tail", "-n", "100"])
-        .output()
-        .unwrap();
-    let text = stdout(&tail);
+    let text = s.audit_tail(100);
     for kind in [
         "run.intent",
         "capability.verified",
@@ -310,12 +305,8 @@ fn a_run_reports_the_time_of_each_step_in_its_report_audit_and_table() {
     want.extend(["(preparation)", "total"]);
     assert_eq!(table, want, "{printed}");
     // The audit's run record carries them up to the record itself.
-    let tail = s
-        .ctl()
-        .args(["audit", "tail", "-n", "40"])
-        .output()
-        .unwrap();
-    let exited = stdout(&tail)
+    let tail = s.audit_tail(40);
+    let exited = tail
         .lines()
         .find(|l| l.contains("run.exited"))
         .map(str::to_string)
@@ -323,7 +314,7 @@ fn a_run_reports_the_time_of_each_step_in_its_report_audit_and_table() {
     assert!(
         exited.contains("\"timings_us\"") && exited.contains("\"wait\""),
         "{}",
-        stdout(&tail)
+        tail
     );
     // On cgroup v2 the sandbox is cloned into its cgroup; on v1 it can only be moved.
     let entry = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
@@ -332,9 +323,9 @@ fn a_run_reports_the_time_of_each_step_in_its_report_audit_and_table() {
         "move"
     };
     assert!(
-        stdout(&tail).contains(&format!("\"cgroup_entry\":\"{entry}\"")),
+        tail.contains(&format!("\"cgroup_entry\":\"{entry}\"")),
         "{}",
-        stdout(&tail)
+        tail
     );
 }
 

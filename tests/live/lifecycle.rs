@@ -64,12 +64,7 @@ fn sigterm_to_the_cli_reaches_the_program() {
     std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
     assert_eq!(rest, "GOT-TERM\n");
     assert_eq!(status.code(), Some(3));
-    let tail_out = s
-        .ctl()
-        .args(["audit", "tail", "-n", "20"])
-        .output()
-        .unwrap();
-    let tail = String::from_utf8_lossy(&tail_out.stdout);
+    let tail = s.audit_tail(20);
     assert!(
         tail.contains("sandbox.signalled") && tail.contains("\"signal\":15"),
         "the forwarded signal is audited:\n{tail}"
@@ -128,36 +123,34 @@ fn a_hundred_runs_leave_nothing_behind() {
     assert!(!still_running(&marker), "processes leaked");
 }
 
+/// `covenant-ctl ARGS`, returned once its sandbox's `sleep MARKER` runs.
+fn started(s: &Scene, args: &[&str], marker: &str) -> std::process::Child {
+    let ctl = s.ctl().args(args).stdin(Stdio::null()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !still_running(marker) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(still_running(marker), "the sandbox never started");
+    ctl
+}
+
 #[test]
 fn a_sandbox_dies_with_its_supervisor() {
     let Some(s) = Scene::live() else { return };
     let marker = marker(4);
-    let mut ctl = s
-        .ctl()
-        .args([
-            "run",
-            "--",
-            "sh",
-            "-c",
-            &format!("(exec sleep {marker} &); exec sleep {marker}"),
-        ])
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let running = |m: &str| still_running(m);
-    while !running(&marker) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(running(&marker), "the sandbox never started");
+    let script = format!("(exec sleep {marker} &); exec sleep {marker}");
+    let mut ctl = started(&s, &["run", "--", "sh", "-c", &script], &marker);
     // SAFETY: kill(2) on a child this test started and has not reaped.
     unsafe { libc::kill(ctl.id() as i32, libc::SIGKILL) };
     let _ = ctl.wait();
     let deadline = Instant::now() + Duration::from_secs(5);
-    while running(&marker) && Instant::now() < deadline {
+    while still_running(&marker) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(!running(&marker), "the sandbox outlived its supervisor");
+    assert!(
+        !still_running(&marker),
+        "the sandbox outlived its supervisor"
+    );
 }
 
 #[test]
@@ -262,20 +255,10 @@ fn a_store_that_cannot_open_refuses_the_run_before_its_program() {
 fn a_killed_supervisors_leftovers_are_removed_by_the_next_run() {
     let Some(s) = Scene::live() else { return };
     let marker = marker(6);
-    let mut ctl = s
-        .ctl()
-        .args(["run", "--memory", "64MiB", "--"])
-        .args(["sleep", &marker])
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
+    let args = ["run", "--memory", "64MiB", "--", "sleep", &marker];
+    let mut ctl = started(&s, &args, &marker);
     let pid = ctl.id();
     let suffix = format!("-{pid}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !still_running(&marker) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(still_running(&marker), "the sandbox never started");
     let made = Instant::now();
     let cgroups: Vec<_> = crate::scene::covenant_cgroups()
         .into_iter()
@@ -359,12 +342,7 @@ fn a_killed_supervisors_leftovers_are_removed_by_the_next_run() {
     for d in ["bundles", "staging"] {
         assert!(!left(&home.join(d).join(&job)), "{d}/{job} is still there");
     }
-    let tail = s
-        .ctl()
-        .args(["audit", "tail", "-n", "40"])
-        .output()
-        .unwrap();
-    let text = stdout(&tail);
+    let text = s.audit_tail(40);
     let line = text
         .lines()
         .find(|l| l.contains("run.abandoned"))

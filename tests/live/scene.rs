@@ -49,6 +49,16 @@ impl Scene {
         cmd
     }
 
+    /// What `covenant-ctl audit tail -n N` prints: the store's last `n` events.
+    pub fn audit_tail(&self, n: u32) -> String {
+        let out = self
+            .ctl()
+            .args(["audit", "tail", "-n", &n.to_string()])
+            .output()
+            .unwrap();
+        stdout(&out)
+    }
+
     /// `covenant-ctl run --workspace WS FLAGS -- ARGV`.
     pub fn run(&self, flags: &[&str], argv: &[&str]) -> Output {
         let mut cmd = self.ctl();
