@@ -1,14 +1,18 @@
 #!/usr/bin/env python3
 """What moving a process into its v1 cgroups costs, per controller and in both orders.
 
-    sudo bench/cgroup-attach.py [ROUNDS]
+    sudo bench/cgroup-attach.py [ROUNDS [HEAD_START_MS]]
 
 Each round starts a `sleep`, makes one cgroup per controller under each hierarchy, waits
 half a second (so no other move happened lately), then writes the pid to each
 cgroup.procs in turn and times every write. Prints the median per controller and
 position, for the order memory,pids,cpu,cpuacct and its reverse. The first write of a
 round pays the cgroup core's RCU grace period whichever controller it is; the others do
-not. Needs the v1 (or hybrid) layout under /sys/fs/cgroup.
+not. Then the same first write after a head start, as a run makes it
+(runners/src/native/cgroup/warmup.rs): a child moves itself into the cgroup it is
+already in, and the real write follows HEAD_START later (the head start as measured is
+printed beside it: a sleep oversleeps). Needs the v1 (or hybrid) layout under
+/sys/fs/cgroup.
 """
 import os
 import statistics
@@ -17,6 +21,7 @@ import sys
 import time
 
 ROUNDS = int(sys.argv[1]) if len(sys.argv) > 1 else 6
+HEAD_START = float(sys.argv[2]) / 1000 if len(sys.argv) > 2 else 0.005
 ORDERS = [["memory", "pids", "cpu", "cpuacct"], ["cpuacct", "cpu", "pids", "memory"]]
 
 
@@ -53,3 +58,50 @@ for order in ORDERS:
         values = [r[i] for r in rounds]
         print(f"  {i + 1}. {c:<8} median {statistics.median(values):>7.0f} µs"
               f"  min {min(values):>6} µs  max {max(values):>6} µs")
+
+
+def own_procs(controller):
+    for line in open("/proc/self/cgroup"):
+        _, controllers, path = line.rstrip("\n").split(":", 2)
+        if controller in controllers.split(","):
+            return f"/sys/fs/cgroup/{controller}{path.rstrip('/')}/cgroup.procs"
+    raise SystemExit(f"no {controller} v1 hierarchy")
+
+
+def head_start_round(n):
+    child = subprocess.Popen(["sleep", "30"])
+    name = f"covenant-bench-{os.getpid()}-h{n}"
+    os.mkdir(f"/sys/fs/cgroup/memory/{name}")
+    time.sleep(0.5)
+    procs = own_procs("pids")
+    try:
+        begun = time.monotonic_ns()
+        helper = os.fork()
+        if helper == 0:
+            fd = os.open(procs, os.O_WRONLY)
+            os.write(fd, str(os.getpid()).encode())
+            os._exit(0)
+        time.sleep(HEAD_START)
+        start = time.monotonic_ns()
+        with open(f"/sys/fs/cgroup/memory/{name}/cgroup.procs", "w") as f:
+            f.write(str(child.pid))
+        end = time.monotonic_ns()
+        os.waitpid(helper, 0)
+        return (end - start) // 1000, (start - begun) // 1000
+    finally:
+        child.kill()
+        child.wait()
+        while True:
+            try:
+                os.rmdir(f"/sys/fs/cgroup/memory/{name}")
+                break
+            except OSError:
+                time.sleep(0.001)
+
+
+rounds = [head_start_round(n) for n in range(ROUNDS)]
+print(f"after a head start of {HEAD_START * 1000:.0f} ms (the helper moves in pids, the sandbox in memory)")
+for i, what in enumerate(["the write", "the head start it had"]):
+    values = [r[i] for r in rounds]
+    print(f"  {what:<30} median {statistics.median(values):>7.0f} µs"
+          f"  min {min(values):>6} µs  max {max(values):>6} µs")

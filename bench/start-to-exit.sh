@@ -4,7 +4,11 @@
 # to crun's own default bundle (`crun spec`: no user namespace, no seccomp, a busybox
 # root), then the native run's median time per step (its reports' `timings_us`).
 #
-#   sudo [BEFORE=OLD-COVENANT-CTL] bench/start-to-exit.sh [RUNS]
+#   sudo [BEFORE=OLD-COVENANT-CTL] [GAP=SECONDS] bench/start-to-exit.sh [RUNS]
+#
+# Every run follows a pause of GAP seconds (default 0.1), as an agent's commands do: on a
+# cgroup v1 host the first move into a cgroup after a quiet spell waits for an RCU grace
+# period, which back-to-back runs (GAP=0) hide from each other.
 #
 # Needs: a release build (cargo build --release), hyperfine, jq, runc, crun, runsc, bwrap.
 # crun 1.8 refuses the cgroup v1 hybrid layout, so it runs in a private mount namespace
@@ -14,6 +18,7 @@
 # the user namespace removed (host root inside), which is their ordinary mode.
 set -eu
 RUNS=${1:-50}
+GAP=${GAP:-0.1}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CTL=$ROOT/target/release/covenant-ctl
 [ -x "$CTL" ] || { echo "build first: cargo build --release" >&2; exit 1; }
@@ -40,7 +45,7 @@ set --
 if [ -n "${BEFORE:-}" ]; then
     set -- -n "covenant native (before)" "$BEFORE run --memory 256MiB --pids 64 --timeout 30s --net none -- /bin/true"
 fi
-hyperfine -N --warmup 5 --runs "$RUNS" --export-json "$WORK/result.json" \
+hyperfine -N --warmup 5 --runs "$RUNS" --prepare "sleep $GAP" --export-json "$WORK/result.json" \
     -n "fork+exec" "/bin/true" "$@" \
     -n "covenant native" "$CTL run --memory 256MiB --pids 64 --timeout 30s --net none -- /bin/true" \
     -n "crun run" "unshare -m --propagation private sh -c 'umount /sys/fs/cgroup/unified; exec crun run -b $WORK/bundle crun-\$\$'" \
@@ -63,6 +68,7 @@ i=0
 while [ $i -lt "$RUNS" ]; do
     "$CTL" run --memory 256MiB --pids 64 --timeout 30s --net none --report "$WORK/r.json" -- /bin/true
     jq -c .timings_us "$WORK/r.json" >> "$WORK/steps.jsonl"
+    sleep "$GAP"
     i=$((i + 1))
 done
 python3 - "$WORK/steps.jsonl" <<'PY'

@@ -348,7 +348,7 @@ const FAVORDYNMODS_FIX: &str = "mount -o remount,favordynmods /sys/fs/cgroup/uni
 /// Whether putting a sandbox into its cgroup is cheap here, and why: on v2 the native
 /// runner clones it straight in; on v1 it is moved, and the first move after a quiet spell
 /// takes the cgroup core's process-group lock for writing, which waits for an RCU grace
-/// period (5-14 ms measured) unless a cgroup hierarchy is mounted `favordynmods` or the
+/// period (5-18 ms measured) unless a cgroup hierarchy is mounted `favordynmods` or the
 /// kernel expedites grace periods.
 fn cgroup_entry_cost(
     version: crate::native::CgroupVersion,
@@ -382,7 +382,7 @@ fn cgroup_entry_cost(
         ),
         (None, false) => (
             false,
-            "v1: each run is moved into its cgroups, and the first move after a quiet spell waits for an RCU grace period (5-14 ms measured on a 2-core VM, whatever the controller order)".into(),
+            "v1: each run is moved into its cgroups, and the first move after a quiet spell waits for an RCU grace period (5-18 ms measured on a 2-core VM, whatever the controller order); a run starts that wait beside its preparation, which hides only the first few milliseconds of it".into(),
         ),
     }
 }

@@ -290,6 +290,15 @@ pub fn run_request(
     finish_timings(result, &mut clock)
 }
 
+/// Starts the wait a move into a v1 cgroup has after a quiet spell now, beside an
+/// authorised run's preparation, instead of after its sandbox's clone (see
+/// [`covenant_runners::native::cgroup_warmup`]): every runner's sandbox is moved there on
+/// a v1 host. The native runner waits for it before its clone.
+fn warm_cgroup_attach() {
+    let runner = covenant_runners::native::NativeRunner::default();
+    covenant_runners::native::cgroup_warmup::start(&runner.cgroup_root);
+}
+
 /// Charges what is left (the last commit included) to the teardown and puts the
 /// timings in the report.
 fn finish_timings(
@@ -367,6 +376,7 @@ pub fn run_plan(
     settings: &RunSettings,
 ) -> Result<RunReport, RunError> {
     let runner = runner(&plan.runner.name())?;
+    warm_cgroup_attach();
     if let Some(kept) = &settings.keep_bundle {
         // A signed bundle outlives the run: it is made only once the store can record it.
         audit.ready()?;
@@ -409,6 +419,8 @@ pub fn run_plan(
         .as_deref()
         .map_or(Ok(()), remove_staging)
         .and_then(|()| remove_bundle(&dir));
+    // Joined already, before a native sandbox's clone; for the others, here.
+    covenant_runners::native::cgroup_warmup::finish();
     let mut report = outcome?;
     cleaned?;
     audit.clock.lap(TimedStep::Teardown);

@@ -7,6 +7,7 @@
 //! cgroupfs. Every limit asked for must be written, or the run does not start.
 
 mod abandoned;
+pub mod warmup;
 
 pub use abandoned::{remove_abandoned, Abandoned};
 

@@ -22,6 +22,7 @@ pub mod spec;
 mod step;
 mod syscall_table;
 
+pub use self::cgroup::warmup as cgroup_warmup;
 pub use self::cgroup::{
     remove_abandoned as remove_abandoned_cgroups, Abandoned as AbandonedCgroups, CgroupError,
     CgroupLayout, CgroupVersion, PARENT as CGROUP_PARENT,
@@ -136,6 +137,12 @@ impl NativeRunner {
         clock: &mut Stopwatch,
         on_start: &mut dyn FnMut(&StartInfo),
     ) -> Result<RunOutcome> {
+        let rootless = !Uid::effective().is_root();
+        let in_cgroup = !rootless || spec.limits != CgroupLimits::default();
+        if in_cgroup {
+            // Unless the caller started it earlier, beside its own preparation.
+            cgroup::warmup::start(&self.cgroup_root);
+        }
         let mut prepared = prepare(spec)?;
         clock.lap(TimedStep::Prepare);
         // The child reaches its rootfs relative to the directory that holds it, which it
@@ -158,13 +165,19 @@ impl NativeRunner {
             }
             _ => spec,
         };
-        let rootless = !Uid::effective().is_root();
-        let mut cgroup = if rootless && spec.limits == CgroupLimits::default() {
-            None
-        } else {
-            let layout = CgroupLayout::detect(&self.cgroup_root)?;
-            let name = format!("{}-{}", spec.job_id, std::process::id());
-            Some(RunCgroup::create(&layout, &name, spec.limits)?)
+        let layout = match in_cgroup {
+            true => Some(CgroupLayout::detect(&self.cgroup_root)?),
+            false => None,
+        };
+        let cgroup_name = format!("{}-{}", spec.job_id, std::process::id());
+        // On v2 the sandbox is cloned into its cgroup, which must exist first. On v1 it is
+        // moved there after the clone, and its cgroups are made then: making one waits
+        // while a move waits (see `cgroup::warmup`), and the clone need not.
+        let mut cgroup = match &layout {
+            Some(layout) if layout.version() == CgroupVersion::V2 => {
+                Some(RunCgroup::create(layout, &cgroup_name, spec.limits)?)
+            }
+            _ => None,
         };
         clock.lap(TimedStep::Cgroup);
         let (sync_rd, sync_wr) = pipe()?;
@@ -197,15 +210,21 @@ impl NativeRunner {
             let supervise = || -> Result<Supervised> {
                 write_id_maps(pid, spec, rootless)?;
                 clock.lap(TimedStep::IdMaps);
+                if let (None, Some(layout)) = (&cgroup, &layout) {
+                    cgroup = Some(RunCgroup::create(layout, &cgroup_name, spec.limits)?);
+                }
                 let cgroup_entry = match &cgroup {
                     Some(_) if entry == CgroupEntry::Clone => Some(CgroupEntry::Clone),
                     Some(cg) => {
                         cg.add_process(pid.as_raw())?;
-                        clock.lap(TimedStep::Cgroup);
                         Some(CgroupEntry::Move)
                     }
                     None => None,
                 };
+                // The sandbox has its cgroups: the warm-up's helper is done, or is let
+                // finish here.
+                cgroup::warmup::finish();
+                clock.lap(TimedStep::Cgroup);
                 if let Some(rules) = &spec.egress {
                     gateway = Some(egress::start_gateway(pid, rules)?);
                     clock.lap(TimedStep::Gateway);
@@ -256,6 +275,8 @@ impl NativeRunner {
             outcome.map(|supervised| (supervised, read_status(status_rd)))
         })();
         let _ = old_mask.thread_set_mask();
+        // Reaped already unless the run failed before its cgroups were made.
+        cgroup::warmup::finish();
         // The sandbox is gone: its gateway stops and says whether it lasted the run.
         let egress_report = gateway.map(|g| g.stop_after_sandbox());
         let (supervised, status) = result?;
