@@ -276,6 +276,8 @@ pub fn run_request(
         }),
     );
     let result = authorised_run(&mut audit, manifest, capability, settings);
+    // Reaped already once a native sandbox moved; otherwise here.
+    covenant_runners::native::cgroup_warmup::finish();
     if let Err(e) = &result {
         audit.push(
             refusal_kind(e),
@@ -291,9 +293,10 @@ pub fn run_request(
 }
 
 /// Starts the wait a move into a v1 cgroup has after a quiet spell now, beside an
-/// authorised run's preparation, instead of after its sandbox's clone (see
+/// authorised embedded run's preparation, instead of after its sandbox's clone (see
 /// [`covenant_runners::native::cgroup_warmup`]): every runner's sandbox is moved there on
-/// a v1 host. The native runner waits for it before its clone.
+/// a v1 host. A daemon's jobs do not: under load their moves keep the lock warm. The
+/// helper is reaped once the sandbox has moved, or when the run has ended.
 fn warm_cgroup_attach() {
     let runner = covenant_runners::native::NativeRunner::default();
     covenant_runners::native::cgroup_warmup::start(&runner.cgroup_root);
@@ -345,6 +348,7 @@ fn authorised_run(
         Kind::PlanCompiled,
         serde_json::json!({"plan_digest": plan.digest(), "seccomp_profile": plan.seccomp_profile}),
     );
+    warm_cgroup_attach();
     run_plan(audit, &plan, settings)
 }
 
@@ -376,7 +380,6 @@ pub fn run_plan(
     settings: &RunSettings,
 ) -> Result<RunReport, RunError> {
     let runner = runner(&plan.runner.name())?;
-    warm_cgroup_attach();
     if let Some(kept) = &settings.keep_bundle {
         // A signed bundle outlives the run: it is made only once the store can record it.
         audit.ready()?;
@@ -419,8 +422,6 @@ pub fn run_plan(
         .as_deref()
         .map_or(Ok(()), remove_staging)
         .and_then(|()| remove_bundle(&dir));
-    // Joined already, before a native sandbox's clone; for the others, here.
-    covenant_runners::native::cgroup_warmup::finish();
     let mut report = outcome?;
     cleaned?;
     audit.clock.lap(TimedStep::Teardown);
@@ -480,6 +481,7 @@ pub fn run_bundle(dir: &Path, settings: &RunSettings) -> Result<RunReport, RunEr
         serde_json::json!({"uid": uid, "pid": std::process::id(), "bundle": dir}),
     );
     let result = verified_bundle_run(&mut audit, dir, settings);
+    covenant_runners::native::cgroup_warmup::finish();
     if let Err(e) = &result {
         let kind = match e {
             RunError::BundleSignature(_) => Kind::BundleRefused,
@@ -536,6 +538,7 @@ fn verified_bundle_run(
         keep_bundle: None,
         runner: None,
     };
+    warm_cgroup_attach();
     run_plan(audit, &plan, &fresh)
 }
 

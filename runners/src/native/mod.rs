@@ -139,10 +139,6 @@ impl NativeRunner {
     ) -> Result<RunOutcome> {
         let rootless = !Uid::effective().is_root();
         let in_cgroup = !rootless || spec.limits != CgroupLimits::default();
-        if in_cgroup {
-            // Unless the caller started it earlier, beside its own preparation.
-            cgroup::warmup::start(&self.cgroup_root);
-        }
         let mut prepared = prepare(spec)?;
         clock.lap(TimedStep::Prepare);
         // The child reaches its rootfs relative to the directory that holds it, which it
@@ -221,8 +217,8 @@ impl NativeRunner {
                     }
                     None => None,
                 };
-                // The sandbox has its cgroups: the warm-up's helper is done, or is let
-                // finish here.
+                // The sandbox has its cgroups: a warm-up the caller started is done, or
+                // is let finish here.
                 cgroup::warmup::finish();
                 clock.lap(TimedStep::Cgroup);
                 if let Some(rules) = &spec.egress {

@@ -31,10 +31,14 @@ use std::sync::Mutex;
 /// The helper under way in this process, if any.
 static UNDER_WAY: Mutex<Option<Pid>> = Mutex::new(None);
 
-/// Starts the warm-up unless one was started and not yet finished (a caller that starts
-/// it early, and the runner that starts it in case nobody did): on cgroup v1, as root, a
-/// child moves itself into its own cgroup of one of the hierarchies under `cgroup_root`.
-/// Returns at once; [`finish`] reaps it.
+/// Starts the warm-up unless one was started and not yet finished: on cgroup v1, as root,
+/// a child moves itself into its own cgroup of one of the hierarchies under
+/// `cgroup_root`. Returns at once; [`finish`] reaps it, and the native runner calls
+/// [`finish`] once its sandbox has moved.
+///
+/// For a lone run, whose move would find the lock cold. A supervisor that starts runs
+/// back to back (the daemon under load) keeps the lock warm by its own moves, and a
+/// helper would only cost it a fork per run.
 pub fn start(cgroup_root: &Path) {
     if !nix::unistd::Uid::effective().is_root() {
         return;
