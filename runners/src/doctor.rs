@@ -382,7 +382,7 @@ fn cgroup_entry_cost(
         ),
         (None, false) => (
             false,
-            "v1: each run is moved into its cgroups, and the first move after a quiet spell waits for an RCU grace period (5-18 ms measured on a 2-core VM, whatever the controller order); a run starts that wait beside its preparation, which hides only the first few milliseconds of it".into(),
+            "v1: each run is moved into its cgroups, and the first move after a quiet spell waits for an RCU grace period (5-18 ms measured on a 2-core VM, whatever the controller order); an embedded run starts that wait beside its preparation, which hides as much of it as the preparation, clone and id maps take".into(),
         ),
     }
 }

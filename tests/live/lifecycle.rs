@@ -354,3 +354,47 @@ fn a_killed_supervisors_leftovers_are_removed_by_the_next_run() {
     let verify = s.ctl().args(["audit", "verify"]).output().unwrap();
     assert_eq!(code(&verify), 0, "{}", stderr(&verify));
 }
+
+/// A supervisor whose own pids cgroup leaves little room still runs: the helper an
+/// embedded run forks to start the v1 move's wait early is not forked where the limit
+/// leaves fewer than four tasks to spare (2 and 3: the run's own tasks only; forked
+/// there, it took the task the idmapped workspace's helper needed), and where it is
+/// forked (5) it never takes a task the run's own steps need.
+#[test]
+fn a_supervisor_with_few_tasks_to_spare_still_runs() {
+    let Some(s) = Scene::live() else { return };
+    let pids = std::path::Path::new("/sys/fs/cgroup/pids");
+    if !pids.join("tasks").exists() {
+        // cgroup v2: sandboxes are cloned into their cgroup, and no helper is forked.
+        eprintln!("not applicable: no v1 pids hierarchy");
+        return;
+    }
+    let tight = pids.join(format!("covenant-live-tight-{}", std::process::id()));
+    std::fs::create_dir(&tight).unwrap();
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec \"$0\" run --embedded --workspace {} --memory 64MiB --pids 32 -- /bin/echo ok",
+        tight.display(),
+        s.workspace.display()
+    );
+    let mut outs = Vec::new();
+    for max in ["2", "2", "2", "3", "3", "5", "5"] {
+        std::fs::write(tight.join("pids.max"), max).unwrap();
+        // Spaced out, so each run meets the lock cold.
+        std::thread::sleep(Duration::from_millis(150));
+        let out = std::process::Command::new("sh")
+            .args(["-c", &script, env!("CARGO_BIN_EXE_covenant-ctl")])
+            .env("COVENANT_HOME", s.home.path().join("home"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        outs.push((max, out));
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::fs::remove_dir(&tight).is_err() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for (max, out) in outs {
+        assert_eq!(code(&out), 0, "pids.max {max}: {}", stderr(&out));
+        assert_eq!(stdout(&out), "ok\n");
+    }
+}

@@ -187,8 +187,19 @@ impl NativeRunner {
 
         let mut gateway: Option<covenant_egress::Gateway> = None;
         let (sfd, old_mask) = forwarded_signals().map_err(sys("block forwarded signals"))?;
+        // A warm-up helper that is done but not reaped still counts against this
+        // process's pids limit.
+        cgroup::warmup::reap_if_done();
         let result = (|| {
-            let (pid, pidfd, entry) = clone_sandbox(spec, into_cgroup.as_ref())?;
+            let (pid, pidfd, entry) = match clone_sandbox(spec, into_cgroup.as_ref()) {
+                // Under a pids limit with no room to spare, the task the clone needs may
+                // be the helper's, still waiting: let it end, then try once more.
+                Err(NativeError::Sys {
+                    errno: nix::errno::Errno::EAGAIN,
+                    ..
+                }) if cgroup::warmup::finish() => clone_sandbox(spec, into_cgroup.as_ref())?,
+                cloned => cloned?,
+            };
             let Some(pidfd) = pidfd else {
                 // The child's copies of the parent's pipe ends.
                 drop((sync_wr, err_rd, status_rd, stamps_rd, sfd));

@@ -21,15 +21,17 @@
 //! fails closed, is where a run finds out that it cannot have its cgroup.
 
 use super::CgroupLayout;
-use nix::sys::wait::waitpid;
-use nix::unistd::{ForkResult, Pid};
+use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
 use std::ffi::{CStr, CString};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-/// The helper under way in this process, if any.
-static UNDER_WAY: Mutex<Option<Pid>> = Mutex::new(None);
+/// The helper under way in this process, if any, by its pidfd: waited for through it, a
+/// helper another wait already reaped is never confused with a later process that got
+/// its pid.
+static UNDER_WAY: Mutex<Option<OwnedFd>> = Mutex::new(None);
 
 /// Starts the warm-up unless one was started and not yet finished: on cgroup v1, as root,
 /// a child moves itself into its own cgroup of one of the hierarchies under
@@ -49,30 +51,69 @@ pub fn start(cgroup_root: &Path) {
     }
     let Some(procs) = CgroupLayout::detect(cgroup_root).ok().and_then(|layout| {
         let membership = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-        own_procs_file(&layout, &membership)
+        let room = room_to_spare(&layout, &membership, TASKS_TO_SPARE);
+        own_procs_file(&layout, &membership).filter(|_| room)
     }) else {
         return;
     };
     let Ok(procs) = CString::new(procs.as_os_str().as_bytes()) else {
         return;
     };
-    // SAFETY: the child makes only async-signal-safe calls (open, getpid, write, _exit)
-    // on memory made before the fork, so a lock another thread held at the fork is never
-    // taken in it.
-    match unsafe { nix::unistd::fork() } {
-        Ok(ForkResult::Child) => move_self(&procs),
-        Ok(ForkResult::Parent { child }) => *slot = Some(child),
-        // No process to be had: no head start, and the real move waits as it always did.
-        Err(_) => {}
+    let mut pidfd: libc::c_int = -1;
+    // SAFETY: a fork-like clone (no new stack: the child runs on a copy of this one) that
+    // also returns the child's pidfd (Linux 5.2). The child makes only async-signal-safe
+    // calls (open, getpid, write, _exit) on memory made before it, so a lock another
+    // thread held at the clone is never taken in it; it never returns into the caller.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (libc::CLONE_PIDFD | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            &mut pidfd as *mut libc::c_int,
+            0usize,
+            0usize,
+        )
+    };
+    match pid {
+        0 => move_self(&procs),
+        // SAFETY: the kernel returned a fresh pidfd for the child, owned from here.
+        pid if pid > 0 => *slot = Some(unsafe { OwnedFd::from_raw_fd(pidfd) }),
+        // No process to be had (or no pidfd on this kernel): no head start, and the real
+        // move waits as it always did.
+        _ => {}
+    }
+}
+
+/// Reaps the helper if it has already ended, without waiting: a helper that is done
+/// but not reaped still counts against the supervisor's pids limit.
+pub fn reap_if_done() {
+    let mut slot = UNDER_WAY.lock().unwrap_or_else(|e| e.into_inner());
+    let done = slot.as_ref().is_some_and(|pidfd| {
+        !matches!(
+            waitid(
+                Id::PIDFd(pidfd.as_fd()),
+                WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG
+            ),
+            Ok(WaitStatus::StillAlive)
+        )
+    });
+    if done {
+        *slot = None;
     }
 }
 
 /// Reaps the helper, if one was started: when this returns, its move is over (waited
-/// for, if it was still waiting) and the process has no child of its making.
-pub fn finish() {
+/// for, if it was still waiting) and the process has no child of its making. Returns
+/// whether there was one.
+pub fn finish() -> bool {
     let helper = UNDER_WAY.lock().unwrap_or_else(|e| e.into_inner()).take();
-    if let Some(pid) = helper {
-        let _ = waitpid(pid, None);
+    match helper {
+        Some(pidfd) => {
+            // ECHILD: another wait of this process reaped it already.
+            let _ = waitid(Id::PIDFd(pidfd.as_fd()), WaitPidFlag::WEXITED);
+            true
+        }
+        None => false,
     }
 }
 
@@ -127,30 +168,69 @@ fn own_procs_file(layout: &CgroupLayout, membership: &str) -> Option<PathBuf> {
         (cpuacct, "cpuacct"),
     ];
     hierarchies.into_iter().find_map(|(root, controller)| {
-        let root = root.as_ref()?;
-        // `ID:CONTROLLERS:PATH`, the controllers comma-separated (`cpu,cpuacct`).
-        let path = membership.lines().find_map(|line| {
-            let mut fields = line.splitn(3, ':');
-            let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
-            controllers
-                .split(',')
-                .any(|c| c == controller)
-                .then_some(path)
-        })?;
-        let relative = path.strip_prefix('/')?;
-        // A path that climbs out of the hierarchy is not one this mount shows.
-        if relative.split('/').any(|part| part == "..") {
-            return None;
-        }
-        let procs = root.join(relative).join("cgroup.procs");
+        let procs = own_dir(root.as_ref()?, controller, membership)?.join("cgroup.procs");
         procs.is_file().then_some(procs)
     })
+}
+
+/// The caller's own cgroup directory under the hierarchy `root` of `controller`.
+fn own_dir(root: &Path, controller: &str, membership: &str) -> Option<PathBuf> {
+    // `ID:CONTROLLERS:PATH`, the controllers comma-separated (`cpu,cpuacct`).
+    let path = membership.lines().find_map(|line| {
+        let mut fields = line.splitn(3, ':');
+        let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+        controllers
+            .split(',')
+            .any(|c| c == controller)
+            .then_some(path)
+    })?;
+    let relative = path.strip_prefix('/')?;
+    // A path that climbs out of the hierarchy is not one this mount shows.
+    if relative.split('/').any(|part| part == "..") {
+        return None;
+    }
+    Some(root.join(relative))
+}
+
+/// Tasks a run may need at once beside its supervisor before its sandbox has moved (the
+/// store's opening thread, an idmapped mount's helper, the sandbox's init) and the
+/// warm-up's helper itself.
+const TASKS_TO_SPARE: u64 = 4;
+
+/// Whether the caller's v1 pids cgroup, and each one above it, has `needed` tasks to
+/// spare: a helper must never take the task a run's own step needs. No pids hierarchy,
+/// or none that shows the caller's cgroup, limits nothing here.
+fn room_to_spare(layout: &CgroupLayout, membership: &str, needed: u64) -> bool {
+    let CgroupLayout::V1 {
+        pids: Some(root), ..
+    } = layout
+    else {
+        return true;
+    };
+    let Some(mut dir) = own_dir(root, "pids", membership) else {
+        return true;
+    };
+    let read = |path: PathBuf| std::fs::read_to_string(path).ok();
+    while dir.starts_with(root) && dir != *root {
+        let max = read(dir.join("pids.max")).and_then(|m| m.trim().parse::<u64>().ok());
+        let current = read(dir.join("pids.current")).and_then(|c| c.trim().parse::<u64>().ok());
+        if let (Some(max), Some(current)) = (max, current) {
+            if max.saturating_sub(current) < needed {
+                return false;
+            }
+        }
+        if !dir.pop() {
+            break;
+        }
+    }
+    true
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::fs;
+    use std::os::fd::AsRawFd;
 
     const HYBRID: &str = "9:name=systemd:/\n8:pids:/\n4:memory:/agents/a1\n2:cpu,cpuacct:/\n0::/\n";
 
@@ -213,6 +293,32 @@ mod tests {
     }
 
     #[test]
+    fn no_helper_where_a_pids_limit_leaves_too_few_tasks() {
+        let fake = fake_v1(&["pids"]);
+        let layout = CgroupLayout::detect(fake.path()).unwrap();
+        let own = fake.path().join("pids/agents/a1");
+        fs::create_dir_all(&own).unwrap();
+        let membership = "8:pids:/agents/a1\n";
+        // No limit anywhere, or "max": room.
+        assert!(room_to_spare(&layout, membership, 4));
+        fs::write(own.join("pids.max"), "max\n").unwrap();
+        fs::write(own.join("pids.current"), "3\n").unwrap();
+        assert!(room_to_spare(&layout, membership, 4));
+        fs::write(own.join("pids.max"), "7\n").unwrap();
+        assert!(room_to_spare(&layout, membership, 4));
+        fs::write(own.join("pids.max"), "6\n").unwrap();
+        assert!(!room_to_spare(&layout, membership, 4));
+        // A tighter limit further up counts too.
+        fs::write(own.join("pids.max"), "max\n").unwrap();
+        let parent = fake.path().join("pids/agents");
+        fs::write(parent.join("pids.max"), "10\n").unwrap();
+        fs::write(parent.join("pids.current"), "8\n").unwrap();
+        assert!(!room_to_spare(&layout, membership, 4));
+        // A cgroup this mount does not show limits nothing it can see.
+        assert!(room_to_spare(&layout, "8:pids:/elsewhere/b\n", 4));
+    }
+
+    #[test]
     fn pids_are_written_in_decimal_without_allocating() {
         let mut buf = [0u8; 12];
         assert_eq!(decimal(0, &mut buf), b"0");
@@ -244,15 +350,22 @@ mod tests {
         }
         start(fake.path());
         // Started twice, one helper: the second call finds the first one's.
-        let first = *UNDER_WAY.lock().unwrap();
+        let pidfd = |slot: &Option<OwnedFd>| slot.as_ref().map(|fd| fd.as_raw_fd());
+        let first = pidfd(&UNDER_WAY.lock().unwrap());
+        let helper = first.map(|fd| {
+            let info = fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap();
+            let pid = info.lines().find_map(|l| l.strip_prefix("Pid:")).unwrap();
+            nix::unistd::Pid::from_raw(pid.trim().parse().unwrap())
+        });
         start(fake.path());
-        assert_eq!(*UNDER_WAY.lock().unwrap(), first);
-        finish();
+        assert_eq!(pidfd(&UNDER_WAY.lock().unwrap()), first);
+        assert_eq!(finish(), first.is_some());
         assert!(UNDER_WAY.lock().unwrap().is_none());
+        assert!(!finish(), "nothing left to reap");
         let layout = CgroupLayout::detect(fake.path()).unwrap();
         match (root, own_procs_file(&layout, &own)) {
             (true, Some(procs)) => {
-                let helper = first.expect("started as root on a v1 membership");
+                let helper = helper.expect("started as root on a v1 membership");
                 assert_eq!(
                     fs::read_to_string(procs).unwrap(),
                     helper.as_raw().to_string(),
@@ -260,7 +373,7 @@ mod tests {
                 );
                 // Reaped: no longer a child of this process.
                 assert_eq!(
-                    waitpid(helper, Some(nix::sys::wait::WaitPidFlag::WNOHANG)),
+                    nix::sys::wait::waitpid(helper, Some(WaitPidFlag::WNOHANG)),
                     Err(nix::errno::Errno::ECHILD)
                 );
             }
@@ -269,7 +382,10 @@ mod tests {
 
         let before = fs::read_to_string("/proc/self/cgroup").unwrap();
         start(Path::new("/sys/fs/cgroup"));
+        // Done or not, `reap_if_done` never waits; `finish` reaps what is left.
+        reap_if_done();
         finish();
+        assert!(UNDER_WAY.lock().unwrap().is_none());
         assert_eq!(fs::read_to_string("/proc/self/cgroup").unwrap(), before);
     }
 }
