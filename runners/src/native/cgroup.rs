@@ -488,7 +488,9 @@ mod tests {
         dir
     }
 
-    fn fake_v1(controllers: &[&str]) -> tempfile::TempDir {
+    /// A fake cgroupfs with one v1 hierarchy per controller named (the warm-up's tests
+    /// use it too).
+    pub(super) fn fake_v1(controllers: &[&str]) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         for c in controllers {
             let h = dir.path().join(c);

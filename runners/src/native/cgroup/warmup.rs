@@ -228,22 +228,12 @@ fn room_to_spare(layout: &CgroupLayout, membership: &str, needed: u64) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::fake_v1;
     use super::*;
     use std::fs;
     use std::os::fd::AsRawFd;
 
     const HYBRID: &str = "9:name=systemd:/\n8:pids:/\n4:memory:/agents/a1\n2:cpu,cpuacct:/\n0::/\n";
-
-    fn fake_v1(controllers: &[&str]) -> tempfile::TempDir {
-        let dir = tempfile::tempdir().unwrap();
-        for c in controllers {
-            let h = dir.path().join(c);
-            fs::create_dir(&h).unwrap();
-            fs::write(h.join("cgroup.procs"), "").unwrap();
-            fs::write(h.join("tasks"), "").unwrap();
-        }
-        dir
-    }
 
     #[test]
     fn the_file_is_the_callers_own_cgroup_in_a_v1_hierarchy() {
