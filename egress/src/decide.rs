@@ -97,6 +97,8 @@ pub enum Refusal {
     ConnectionLimit,
     /// The upstream connection failed.
     Connect(String),
+    /// The destination is the sandbox's own loopback, which is never forwarded.
+    OwnLoopback,
 }
 
 impl fmt::Display for Refusal {
@@ -144,6 +146,7 @@ impl fmt::Display for Refusal {
             ),
             Refusal::ConnectionLimit => f.write_str("connection limit reached"),
             Refusal::Connect(e) => write!(f, "upstream connect: {e}"),
+            Refusal::OwnLoopback => f.write_str("the sandbox's own loopback is never forwarded"),
         }
     }
 }

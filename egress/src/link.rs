@@ -120,3 +120,264 @@ pub fn create_link() -> io::Result<OwnedFd> {
     })?;
     Ok(tun)
 }
+
+/// The sandbox's side of the kernel path: its own network namespace's loopback made to
+/// take every IPv4 destination ([`create_kernel_link`]), and the gateway's sockets in it.
+/// Made by a thread that entered the namespace; the sockets keep the namespace they were
+/// made in, whatever thread later uses them.
+pub struct KernelLink {
+    /// One listener on `0.0.0.0:PORT` per port some rule grants: every TCP connection the
+    /// sandbox opens to such a port, whatever its destination, arrives here, and
+    /// `getsockname` on the accepted socket names the destination dialled.
+    pub listeners: Vec<std::net::TcpListener>,
+    /// The resolver the sandbox's `resolv.conf` names: UDP on [`GATEWAY_ADDR`]:53.
+    pub dns: std::net::UdpSocket,
+    /// UDP to port 53 of any other address: counted and dropped.
+    pub other_resolvers: std::net::UdpSocket,
+    /// UDP to port 443 of any address (QUIC): counted and dropped, so clients fall back to
+    /// TCP.
+    pub quic: std::net::UdpSocket,
+    /// A packet socket on `lo` that sees (and only sees: it is not on the data path) the
+    /// first packet of what the namespace's own kernel refuses: TCP SYNs, UDP and ICMP to
+    /// addresses outside 127/8. It lets the gateway record those refusals too.
+    pub observer: OwnedFd,
+}
+
+/// Makes the calling thread's network namespace a closed room whose only door is the
+/// gateway, with no device but `lo`:
+/// - `lo` up, and a `local` route for `0.0.0.0/0` in the `local` table: every IPv4
+///   destination is this namespace's own, so nothing is ever routed anywhere else (there
+///   is nowhere else), and a connection to any address reaches a socket of this
+///   namespace or is refused by its kernel;
+/// - ICMP echo ignored, so a ping to any address is not answered by the namespace itself;
+/// - no IPv6 address or route but `::1`: IPv6 to anywhere else is unreachable;
+/// - the gateway's sockets ([`KernelLink`]) for `ports`.
+pub fn create_kernel_link(ports: &[u16]) -> io::Result<KernelLink> {
+    // SAFETY: socket returns a new descriptor or -1.
+    let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    check("socket", s)?;
+    // SAFETY: s is a fresh descriptor owned here.
+    let sock = unsafe { OwnedFd::from_raw_fd(s) };
+    set_up(&sock, c"lo")?;
+    add_route_to_everywhere()?;
+    std::fs::write("/proc/sys/net/ipv4/icmp_echo_ignore_all", b"1")
+        .map_err(|e| io::Error::new(e.kind(), format!("icmp_echo_ignore_all: {e}")))?;
+    let mut listeners = Vec::with_capacity(ports.len());
+    for &port in ports {
+        let listener = std::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))
+            .map_err(|e| io::Error::new(e.kind(), format!("listen on port {port}: {e}")))?;
+        listener.set_nonblocking(true)?;
+        listeners.push(listener);
+    }
+    // The resolver's exact address wins over the wildcard for its own datagrams; both
+    // binds need SO_REUSEADDR to share the port.
+    Ok(KernelLink {
+        listeners,
+        dns: udp_socket(GATEWAY_ADDR, 53)?,
+        other_resolvers: udp_socket(Ipv4Addr::UNSPECIFIED, 53)?,
+        quic: udp_socket(Ipv4Addr::UNSPECIFIED, 443)?,
+        observer: observer()?,
+    })
+}
+
+/// The packet socket of [`KernelLink::observer`]: IPv4 on `lo`, incoming copies only (each
+/// packet on `lo` is seen leaving and arriving), filtered in the kernel to the first
+/// packets worth recording, at most 64 bytes of each.
+fn observer() -> io::Result<OwnedFd> {
+    const SKIP: u8 = 0xff; // patched below: a jump to the "drop" instruction
+    let proto = (libc::ETH_P_IP as u16).to_be();
+    // SAFETY: socket returns a new descriptor or -1.
+    let s = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            proto as libc::c_int,
+        )
+    };
+    check("packet socket", s)?;
+    // SAFETY: s is a fresh descriptor owned here.
+    let sock = unsafe { OwnedFd::from_raw_fd(s) };
+    // Classic BPF over the IPv4 header (SOCK_DGRAM: no link header).
+    let op = |code: u32, jt: u8, jf: u8, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    };
+    use libc::{BPF_ABS, BPF_ALU, BPF_AND, BPF_B, BPF_H, BPF_IND, BPF_JEQ, BPF_JMP, BPF_JSET, BPF_K, BPF_LD, BPF_LDX, BPF_MSH, BPF_RET, BPF_W};
+    let mut prog = [
+        /* 0 */ op(BPF_LD | BPF_W | BPF_ABS, 0, 0, 16), // destination
+        /* 1 */ op(BPF_ALU | BPF_AND | BPF_K, 0, 0, 0xff00_0000),
+        /* 2 */ op(BPF_JMP | BPF_JEQ | BPF_K, SKIP, 0, 0x7f00_0000), // 127/8: its own
+        /* 3 */ op(BPF_LD | BPF_B | BPF_ABS, 0, 0, 9), // protocol
+        /* 4 */ op(BPF_JMP | BPF_JEQ | BPF_K, 8, 0, libc::IPPROTO_UDP as u32),
+        /* 5 */ op(BPF_JMP | BPF_JEQ | BPF_K, 7, 0, libc::IPPROTO_ICMP as u32),
+        /* 6 */ op(BPF_JMP | BPF_JEQ | BPF_K, 0, SKIP, libc::IPPROTO_TCP as u32),
+        /* 7 */ op(BPF_LD | BPF_H | BPF_ABS, 0, 0, 6), // fragment offset
+        /* 8 */ op(BPF_JMP | BPF_JSET | BPF_K, SKIP, 0, 0x1fff),
+        /* 9 */ op(BPF_LDX | BPF_B | BPF_MSH, 0, 0, 0), // header length
+        /* 10 */ op(BPF_LD | BPF_B | BPF_IND, 0, 0, 13), // TCP flags
+        /* 11 */ op(BPF_ALU | BPF_AND | BPF_K, 0, 0, 0x12), // SYN, ACK
+        /* 12 */ op(BPF_JMP | BPF_JEQ | BPF_K, 0, SKIP, 0x02), // SYN alone
+        /* 13 */ op(BPF_RET | BPF_K, 0, 0, 64),
+        /* 14 */ op(BPF_RET | BPF_K, 0, 0, 0),
+    ];
+    let last = prog.len() - 1;
+    for (i, ins) in prog.iter_mut().enumerate() {
+        for j in [&mut ins.jt, &mut ins.jf] {
+            if *j == SKIP {
+                *j = (last - i - 1) as u8;
+            }
+        }
+    }
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_mut_ptr(),
+    };
+    const SO_ATTACH_FILTER: libc::c_int = 26;
+    const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
+    let one: libc::c_int = 1;
+    // SAFETY: the filter program outlives the call, which copies it.
+    check("SO_ATTACH_FILTER", unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_ATTACH_FILTER,
+            (&fprog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    })?;
+    // SAFETY: reads one int from a live local.
+    check("PACKET_IGNORE_OUTGOING", unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_PACKET,
+            PACKET_IGNORE_OUTGOING,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })?;
+    // SAFETY: a NUL-terminated literal name.
+    let lo = unsafe { libc::if_nametoindex(c"lo".as_ptr()) };
+    // SAFETY: sockaddr_ll is plain data; zeroed is a valid value.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_protocol = proto;
+    addr.sll_ifindex = lo as libc::c_int;
+    // SAFETY: bind reads a sockaddr_ll of the length given.
+    check("bind the packet socket to lo", unsafe {
+        libc::bind(
+            sock.as_raw_fd(),
+            (&addr as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    })?;
+    Ok(sock)
+}
+
+fn udp_socket(ip: Ipv4Addr, port: u16) -> io::Result<std::net::UdpSocket> {
+    // SAFETY: socket returns a new descriptor or -1.
+    let s = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            0,
+        )
+    };
+    check("socket", s)?;
+    // SAFETY: s is a fresh descriptor owned here.
+    let sock = unsafe { OwnedFd::from_raw_fd(s) };
+    let one: libc::c_int = 1;
+    // SAFETY: SO_REUSEADDR reads one int from a live local.
+    check("SO_REUSEADDR", unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })?;
+    let mut addr = sockaddr(ip);
+    // SAFETY: sockaddr and sockaddr_in share their first fields; the port is the first
+    // two bytes of sa_data, in network order.
+    addr.sa_data[..2].copy_from_slice(&port.to_be_bytes().map(|b| b as libc::c_char));
+    // SAFETY: bind reads a sockaddr of the length given.
+    check("bind", unsafe {
+        libc::bind(
+            sock.as_raw_fd(),
+            &addr,
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    })
+    .map_err(|e| io::Error::new(e.kind(), format!("udp {ip}:{port}: {e}")))?;
+    Ok(std::net::UdpSocket::from(sock))
+}
+
+/// `ip route add local 0.0.0.0/0 dev lo table local`, by one rtnetlink request. (The
+/// routing ioctl cannot make a `local` route; one fixed message does not call for a
+/// netlink library.) The route must be in the `local` table: the kernel takes an address
+/// as a connection's own source only if that table names it.
+fn add_route_to_everywhere() -> io::Result<()> {
+    const NLMSG_ERROR: u16 = 2;
+    // SAFETY: socket returns a new descriptor or -1.
+    let s = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        )
+    };
+    check("netlink socket", s)?;
+    // SAFETY: s is a fresh descriptor owned here.
+    let nl = unsafe { OwnedFd::from_raw_fd(s) };
+    // SAFETY: a NUL-terminated literal name.
+    let lo = unsafe { libc::if_nametoindex(c"lo".as_ptr()) };
+    if lo == 0 {
+        return Err(io::Error::new(io::ErrorKind::NotFound, "no device lo"));
+    }
+    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_ACK | libc::NLM_F_CREATE | libc::NLM_F_EXCL)
+        as u16;
+    let mut msg = Vec::with_capacity(36);
+    msg.extend_from_slice(&36u32.to_ne_bytes()); // nlmsg_len
+    msg.extend_from_slice(&libc::RTM_NEWROUTE.to_ne_bytes());
+    msg.extend_from_slice(&flags.to_ne_bytes());
+    msg.extend_from_slice(&1u32.to_ne_bytes()); // seq
+    msg.extend_from_slice(&0u32.to_ne_bytes()); // pid: the kernel
+    // struct rtmsg: family, dst_len (0: the default route), src_len, tos, table, protocol,
+    // scope, type, flags.
+    msg.extend_from_slice(&[
+        libc::AF_INET as u8,
+        0,
+        0,
+        0,
+        libc::RT_TABLE_LOCAL,
+        libc::RTPROT_STATIC,
+        libc::RT_SCOPE_HOST,
+        libc::RTN_LOCAL,
+    ]);
+    msg.extend_from_slice(&0u32.to_ne_bytes());
+    // RTA_OIF: lo.
+    msg.extend_from_slice(&8u16.to_ne_bytes());
+    msg.extend_from_slice(&(libc::RTA_OIF).to_ne_bytes());
+    msg.extend_from_slice(&lo.to_ne_bytes());
+    debug_assert_eq!(msg.len(), 36);
+    // SAFETY: send reads `msg.len()` bytes from a live buffer.
+    let sent = unsafe { libc::send(nl.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0) };
+    check("netlink send", sent as libc::c_int)?;
+    let mut reply = [0u8; 256];
+    // SAFETY: recv writes at most `reply.len()` bytes into a live buffer.
+    let n = unsafe { libc::recv(nl.as_raw_fd(), reply.as_mut_ptr().cast(), reply.len(), 0) };
+    check("netlink recv", n as libc::c_int)?;
+    let n = n as usize;
+    // nlmsghdr (16 bytes), then struct nlmsgerr's error (an int; 0 is the ack).
+    if n < 20 || u16::from_ne_bytes([reply[4], reply[5]]) != NLMSG_ERROR {
+        return Err(io::Error::other("route to everywhere: no acknowledgement"));
+    }
+    let errno = i32::from_ne_bytes([reply[16], reply[17], reply[18], reply[19]]);
+    if errno != 0 {
+        let e = io::Error::from_raw_os_error(-errno);
+        return Err(io::Error::new(e.kind(), format!("route to everywhere: {e}")));
+    }
+    Ok(())
+}

@@ -51,20 +51,12 @@ impl State {
             }
             _ => None,
         });
-        self.record(EgressEvent {
-            kind: EventKind::Connect,
-            verdict: if refused.is_some() {
-                Verdict::Refused
-            } else {
-                Verdict::Allowed
-            },
-            name: conn.target.name.clone(),
-            address: Some(conn.target.upstream.ip().to_string()),
-            port: Some(conn.dst.port()),
-            bytes_out: conn.bytes_out,
-            bytes_in: conn.bytes_in,
-            reason: refused.map(|r| r.to_string()),
-        });
+        self.core.finished_connect(
+            &conn.target,
+            conn.dst.port(),
+            (conn.bytes_out, conn.bytes_in),
+            refused,
+        );
     }
 
     fn connect_upstream(registry: &Registry, conn: &mut Conn, token: Token) -> Result<(), Refusal> {
@@ -89,7 +81,7 @@ impl State {
     /// One step of one connection: decide its first bytes, connect, move bytes both ways,
     /// pass on half-closes.
     fn service(&mut self, handle: SocketHandle) -> Step {
-        let limits = self.limits;
+        let limits = self.core.limits;
         let socket = self.sockets.get_mut::<tcp::Socket>(handle);
         let conn = self
             .conns
@@ -115,35 +107,16 @@ impl State {
                     (n, ())
                 });
             }
-            if !conn.held.is_empty() {
-                match sniff(&conn.held) {
-                    Sniffed::NeedMore if conn.held.len() >= MAX_FIRST_BYTES => {
-                        return Step::Refuse(Refusal::FirstBytes("longer than the gateway holds"));
-                    }
-                    Sniffed::NeedMore if !socket.may_recv() => {
-                        return Step::Refuse(Refusal::FirstBytes("the sandbox stopped sending"));
-                    }
-                    Sniffed::NeedMore => {}
-                    sniffed => match check_first_bytes(&conn.target, &sniffed) {
-                        Ok(()) => {
-                            conn.verdict = Some(true);
-                            if conn.target.name.is_some() && matches!(sniffed, Sniffed::Http { .. })
-                            {
-                                conn.requests = Some(Requests::new());
-                            }
-                        }
-                        Err(why) => return Step::Refuse(why),
-                    },
+            match decide_first_bytes(&conn.target, &conn.held, socket.may_recv()) {
+                FirstBytes::Wait => {}
+                FirstBytes::Allowed { requests } => {
+                    conn.verdict = Some(true);
+                    conn.requests = requests;
                 }
-            } else if !socket.may_recv() {
-                return Step::Refuse(Refusal::FirstBytes("the sandbox closed before a decision"));
+                FirstBytes::Refused(why) => return Step::Refuse(why),
             }
-            // A first message begun must be finished in time. A connection that has sent
-            // nothing is connected upstream after `server_first_wait` (the server may
-            // speak first) and may then stay quiet; its first bytes are still decided
-            // before any goes upstream.
-            let late = conn.opened.elapsed() > limits.first_bytes_timeout;
-            if conn.verdict.is_none() && late && (!conn.held.is_empty() || conn.upstream.is_none())
+            if conn.verdict.is_none()
+                && first_bytes_late(conn.opened, &limits, &conn.held, conn.upstream.is_some())
             {
                 return Step::Refuse(Refusal::FirstBytes("not complete in time"));
             }

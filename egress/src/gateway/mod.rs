@@ -49,6 +49,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 mod conn;
+mod kernel;
 mod resolver;
 
 /// The bounds of one gateway.
@@ -145,38 +146,12 @@ impl Gateway {
         settings: Settings,
         limits: Limits,
     ) -> Result<Gateway, GatewayError> {
-        for rule in &rules {
-            if let covenant_policy::EgressTarget::Network(c) = rule.target {
-                if c.contains(GATEWAY_ADDR)
-                    || c.contains(SANDBOX_ADDR)
-                    || crate::names::STANDIN_POOL.covers(c)
-                    || c.covers(crate::names::STANDIN_POOL)
-                {
-                    return Err(GatewayError::Overlap {
-                        rule: rule.to_string(),
-                    });
-                }
-            }
-        }
         set_nonblocking(tun.as_raw_fd()).map_err(io("make the device non-blocking"))?;
-        raise_fd_limit();
         let poll = Poll::new().map_err(io("create poll"))?;
-        let waker = Arc::new(Waker::new(poll.registry(), WAKE).map_err(io("create waker"))?);
+        let core = Core::new(rules, settings, limits, &poll)?;
         poll.registry()
             .register(&mut SourceFd(&tun.as_raw_fd()), TUN, Interest::READABLE)
             .map_err(io("watch the device"))?;
-        let bind: SocketAddr = if settings.resolver.is_ipv4() {
-            "0.0.0.0:0".parse().expect("literal")
-        } else {
-            "[::]:0".parse().expect("literal")
-        };
-        let mut resolver = UdpSocket::bind(bind).map_err(io("bind the resolver socket"))?;
-        resolver
-            .connect(settings.resolver)
-            .map_err(io("connect the resolver socket"))?;
-        poll.registry()
-            .register(&mut resolver, RESOLVER, Interest::READABLE)
-            .map_err(io("watch the resolver socket"))?;
         let mut device = TunDevice::new(tun);
         let mut config = Config::new(HardwareAddress::Ip);
         config.random_seed = random_u64();
@@ -188,11 +163,8 @@ impl Gateway {
         // a listening socket bound to a destination takes its SYN.
         iface.set_any_ip(true);
         let _ = iface.routes_mut().add_default_ipv4_route(GATEWAY_ADDR);
-
-        let stop = Arc::new(AtomicBool::new(false));
-        let running = Arc::new(AtomicBool::new(true));
-        let report = Arc::new(Mutex::new(EgressReport::default()));
-        let mut state = State {
+        let state = State {
+            core,
             poll,
             iface,
             device,
@@ -202,17 +174,29 @@ impl Gateway {
             tokens: HashMap::new(),
             next_token: FIRST_CONN_TOKEN,
             large_in_use: 0,
-            names: NameTable::new(limits.max_names),
-            forwarded: HashSet::new(),
-            rules: Rules::new(rules),
-            settings,
-            limits,
-            resolver,
-            pending: HashMap::new(),
-            query_seed: random_u64(),
-            query_count: 0,
-            report: report.clone(),
         };
+        Gateway::spawn(state)
+    }
+
+    /// Starts the gateway on the kernel path ([`crate::link::create_kernel_link`]): the
+    /// sandbox's connections arrive on listeners in its own namespace and are relayed by
+    /// the kernel (`splice`) once their first bytes are decided.
+    pub fn start_kernel(
+        link: crate::link::KernelLink,
+        rules: Vec<EgressRule>,
+        settings: Settings,
+        limits: Limits,
+    ) -> Result<Gateway, GatewayError> {
+        let poll = Poll::new().map_err(io("create poll"))?;
+        let core = Core::new(rules, settings, limits, &poll)?;
+        Gateway::spawn(kernel::KernelState::new(core, poll, link)?)
+    }
+
+    fn spawn(mut state: impl DataPath) -> Result<Gateway, GatewayError> {
+        let waker = Arc::new(Waker::new(state.poll().registry(), WAKE).map_err(io("create waker"))?);
+        let stop = Arc::new(AtomicBool::new(false));
+        let running = Arc::new(AtomicBool::new(true));
+        let report = state.core().report.clone();
         let leave = Arc::new(AtomicBool::new(false));
         let (stop2, running2, report2, leave2) =
             (stop.clone(), running.clone(), report.clone(), leave.clone());
@@ -225,14 +209,11 @@ impl Gateway {
                     Err(e) => {
                         lock(&report2).failure = Some(format!("the gateway stopped mid-run: {e}"))
                     }
-                    // The sandbox has ended: its namespace's teardown removes the device, in
-                    // the background, instead of this close doing it (an RCU grace period,
-                    // some 20 ms, on every run's exit path).
-                    Ok(()) if leave2.load(Ordering::SeqCst) => leave_device(&state.device.fd),
+                    Ok(()) if leave2.load(Ordering::SeqCst) => state.leave(),
                     Ok(()) => {}
                 }
-                // Dropping the state closes the device: unless it was left to the
-                // namespace, the sandbox's route goes with it.
+                // Dropping the state closes its sockets and the device: unless the device
+                // was left to the namespace, the sandbox's way out goes with them.
                 drop(state);
                 running2.store(false, Ordering::SeqCst);
             })
@@ -337,6 +318,84 @@ fn raise_fd_limit() {
     }
 }
 
+/// A data path: the TUN device with its stack, or the kernel path.
+trait DataPath: Send + 'static {
+    fn poll(&self) -> &Poll;
+    fn core(&self) -> &Core;
+    /// Serves the sandbox until `stop` is set or the path fails.
+    fn run(&mut self, stop: &AtomicBool) -> std::io::Result<()>;
+    /// Records every connection still open (the run ended, or the gateway failed).
+    fn finish_all(&mut self);
+    /// The sandbox has ended: leave what its namespace's teardown removes anyway.
+    fn leave(&mut self) {}
+}
+
+impl DataPath for State {
+    fn poll(&self) -> &Poll {
+        &self.poll
+    }
+    fn core(&self) -> &Core {
+        &self.core
+    }
+    fn run(&mut self, stop: &AtomicBool) -> std::io::Result<()> {
+        State::run(self, stop)
+    }
+    fn finish_all(&mut self) {
+        State::finish_all(self)
+    }
+    /// The namespace's teardown removes the device, in the background, instead of this
+    /// close doing it (an RCU grace period, some 20 ms, on every run's exit path).
+    fn leave(&mut self) {
+        leave_device(&self.device.fd)
+    }
+}
+
+/// What a connection's first bytes, as far as they came, decide.
+enum FirstBytes {
+    Wait,
+    /// On plain HTTP to a name, every later request head is checked too.
+    Allowed {
+        requests: Option<Requests>,
+    },
+    Refused(Refusal),
+}
+
+/// Decides the first bytes `held` so far; `more`: whether the sandbox may still send.
+fn decide_first_bytes(target: &Target, held: &[u8], more: bool) -> FirstBytes {
+    if held.is_empty() {
+        return match more {
+            true => FirstBytes::Wait,
+            false => FirstBytes::Refused(Refusal::FirstBytes(
+                "the sandbox closed before a decision",
+            )),
+        };
+    }
+    match sniff(held) {
+        Sniffed::NeedMore if held.len() >= MAX_FIRST_BYTES => {
+            FirstBytes::Refused(Refusal::FirstBytes("longer than the gateway holds"))
+        }
+        Sniffed::NeedMore if !more => {
+            FirstBytes::Refused(Refusal::FirstBytes("the sandbox stopped sending"))
+        }
+        Sniffed::NeedMore => FirstBytes::Wait,
+        sniffed => match check_first_bytes(target, &sniffed) {
+            Ok(()) => FirstBytes::Allowed {
+                requests: (target.name.is_some() && matches!(sniffed, Sniffed::Http { .. }))
+                    .then(Requests::new),
+            },
+            Err(why) => FirstBytes::Refused(why),
+        },
+    }
+}
+
+/// Whether an undecided connection is out of time. A first message begun must be finished
+/// in time. A connection that has sent nothing is connected upstream after
+/// `server_first_wait` (the server may speak first) and may then stay quiet; its first
+/// bytes are still decided before any goes upstream.
+fn first_bytes_late(opened: Instant, limits: &Limits, held: &[u8], upstream: bool) -> bool {
+    opened.elapsed() > limits.first_bytes_timeout && (!held.is_empty() || !upstream)
+}
+
 /// A query waiting for the upstream resolver.
 struct Pending {
     question: Question,
@@ -376,17 +435,8 @@ struct Conn {
     tuple: (SocketAddrV4, SocketAddrV4),
 }
 
-struct State {
-    poll: Poll,
-    iface: Interface,
-    device: TunDevice,
-    sockets: SocketSet<'static>,
-    conns: HashMap<SocketHandle, Conn>,
-    tuples: HashMap<(SocketAddrV4, SocketAddrV4), SocketHandle>,
-    tokens: HashMap<Token, SocketHandle>,
-    next_token: usize,
-    /// Connections holding a large send buffer.
-    large_in_use: usize,
+/// What both data paths share: the rules, the names answered, the resolver and the report.
+struct Core {
     names: NameTable,
     forwarded: HashSet<String>,
     rules: Rules,
@@ -397,11 +447,166 @@ struct State {
     query_seed: u64,
     query_count: u64,
     report: Arc<Mutex<EgressReport>>,
+    /// DNS answers ready for the sandbox, sent by the data path its own way.
+    answers: Vec<(SocketAddrV4, Vec<u8>)>,
+}
+
+impl Core {
+    fn new(
+        rules: Vec<EgressRule>,
+        settings: Settings,
+        limits: Limits,
+        poll: &Poll,
+    ) -> Result<Core, GatewayError> {
+        check_rules(&rules)?;
+        raise_fd_limit();
+        let bind: SocketAddr = if settings.resolver.is_ipv4() {
+            "0.0.0.0:0".parse().expect("literal")
+        } else {
+            "[::]:0".parse().expect("literal")
+        };
+        let mut resolver = UdpSocket::bind(bind).map_err(io("bind the resolver socket"))?;
+        resolver
+            .connect(settings.resolver)
+            .map_err(io("connect the resolver socket"))?;
+        poll.registry()
+            .register(&mut resolver, RESOLVER, Interest::READABLE)
+            .map_err(io("watch the resolver socket"))?;
+        Ok(Core {
+            names: NameTable::new(limits.max_names),
+            forwarded: HashSet::new(),
+            rules: Rules::new(rules),
+            settings,
+            limits,
+            resolver,
+            pending: HashMap::new(),
+            query_seed: random_u64(),
+            query_count: 0,
+            report: Arc::new(Mutex::new(EgressReport::default())),
+            answers: Vec::new(),
+        })
+    }
+
+    fn record(&self, event: EgressEvent) {
+        lock(&self.report).record(event);
+    }
+
+    fn drop_packet(&self, f: impl FnOnce(&mut crate::events::Dropped)) {
+        f(&mut lock(&self.report).dropped);
+    }
+
+    /// Records a connection refused before anything was accepted or relayed.
+    fn refused_connect(&self, to: SocketAddrV4, why: Refusal) {
+        let answered = self.names.lookup(*to.ip());
+        self.record(EgressEvent {
+            kind: EventKind::Connect,
+            verdict: Verdict::Refused,
+            name: answered.map(|a| a.name.clone()),
+            address: Some(answered.map(|a| a.upstream).unwrap_or(*to.ip()).to_string()),
+            port: Some(to.port()),
+            bytes_out: 0,
+            bytes_in: 0,
+            reason: Some(why.to_string()),
+        });
+    }
+
+    /// Records a connection at its end.
+    fn finished_connect(
+        &self,
+        target: &Target,
+        port: u16,
+        bytes: (u64, u64),
+        refused: Option<Refusal>,
+    ) {
+        self.record(EgressEvent {
+            kind: EventKind::Connect,
+            verdict: if refused.is_some() {
+                Verdict::Refused
+            } else {
+                Verdict::Allowed
+            },
+            name: target.name.clone(),
+            address: Some(target.upstream.ip().to_string()),
+            port: Some(port),
+            bytes_out: bytes.0,
+            bytes_in: bytes.1,
+            reason: refused.map(|r| r.to_string()),
+        });
+    }
+
+    fn peak(&self, open: usize) {
+        let mut r = lock(&self.report);
+        r.peak_connections = r.peak_connections.max(open as u64);
+    }
+}
+
+/// A rule's network may not cover the gateway's own addresses.
+fn check_rules(rules: &[EgressRule]) -> Result<(), GatewayError> {
+    for rule in rules {
+        if let covenant_policy::EgressTarget::Network(c) = rule.target {
+            if c.contains(GATEWAY_ADDR)
+                || c.contains(SANDBOX_ADDR)
+                || crate::names::STANDIN_POOL.covers(c)
+                || c.covers(crate::names::STANDIN_POOL)
+            {
+                return Err(GatewayError::Overlap {
+                    rule: rule.to_string(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The device path's state: the TUN device and the userspace stack on it.
+struct State {
+    core: Core,
+    poll: Poll,
+    iface: Interface,
+    device: TunDevice,
+    sockets: SocketSet<'static>,
+    conns: HashMap<SocketHandle, Conn>,
+    tuples: HashMap<(SocketAddrV4, SocketAddrV4), SocketHandle>,
+    tokens: HashMap<Token, SocketHandle>,
+    next_token: usize,
+    /// Connections holding a large send buffer.
+    large_in_use: usize,
 }
 
 impl State {
-    fn record(&self, event: EgressEvent) {
-        lock(&self.report).record(event);
+    fn drop_packet(&self, f: impl FnOnce(&mut crate::events::Dropped)) {
+        self.core.drop_packet(f);
+    }
+
+    /// Writes the DNS answers the core has ready as packets from the gateway's address.
+    fn send_answers(&mut self) {
+        for (client, payload) in std::mem::take(&mut self.core.answers) {
+            let udp = UdpRepr {
+                src_port: 53,
+                dst_port: client.port(),
+            };
+            let ip = Ipv4Repr {
+                src_addr: GATEWAY_ADDR,
+                dst_addr: *client.ip(),
+                next_header: IpProtocol::Udp,
+                payload_len: 8 + payload.len(),
+                hop_limit: 64,
+            };
+            let mut buf = vec![0u8; ip.buffer_len() + 8 + payload.len()];
+            let caps = smoltcp::phy::ChecksumCapabilities::default();
+            let mut ip_packet = Ipv4Packet::new_unchecked(&mut buf);
+            ip.emit(&mut ip_packet, &caps);
+            let mut udp_packet = UdpPacket::new_unchecked(ip_packet.payload_mut());
+            udp.emit(
+                &mut udp_packet,
+                &IpAddress::Ipv4(GATEWAY_ADDR),
+                &IpAddress::Ipv4(*client.ip()),
+                payload.len(),
+                |b| b.copy_from_slice(&payload),
+                &caps,
+            );
+            write_packet(self.device.fd.as_raw_fd(), &buf);
+        }
     }
 
     fn run(&mut self, stop: &AtomicBool) -> std::io::Result<()> {
@@ -419,7 +624,7 @@ impl State {
                 .map(|d| Duration::from_micros(d.total_micros()))
                 .unwrap_or(Duration::from_secs(1))
                 .min(Duration::from_secs(1));
-            if !self.pending.is_empty() || self.conns.values().any(|c| c.verdict.is_none()) {
+            if !self.core.pending.is_empty() || self.conns.values().any(|c| c.verdict.is_none()) {
                 timeout = timeout.min(Duration::from_millis(100));
             }
             if device_ready {
@@ -460,12 +665,13 @@ impl State {
                 device_ready = self.read_device()?;
             }
             if resolver_ready {
-                self.read_resolver();
+                self.core.read_resolver();
                 resolver_ready = false;
             }
-            if !self.pending.is_empty() {
-                self.expire_queries();
+            if !self.core.pending.is_empty() {
+                self.core.expire_queries();
             }
+            self.send_answers();
             self.poll_stack();
             self.service_connections();
             self.poll_stack();
@@ -523,16 +729,12 @@ impl State {
                 continue;
             }
             self.inspect(&buf[VNET_HDR_LEN..n]);
-            if self.device.rx.len() >= self.limits.max_queued_packets {
+            if self.device.rx.len() >= self.core.limits.max_queued_packets {
                 // Let the stack drain what is queued before reading more.
                 self.poll_stack();
             }
         }
         Ok(true)
-    }
-
-    fn drop_packet(&self, f: impl FnOnce(&mut crate::events::Dropped)) {
-        f(&mut lock(&self.report).dropped);
     }
 
     fn inspect(&mut self, packet: &[u8]) {
@@ -561,7 +763,8 @@ impl State {
                 if dst == GATEWAY_ADDR && udp.dst_port() == 53 {
                     let client = SocketAddrV4::new(src, udp.src_port());
                     let payload = udp.payload().to_vec();
-                    self.handle_query(client, &payload);
+                    self.core.handle_query(client, &payload);
+                    self.send_answers();
                 } else if udp.dst_port() == 443 {
                     self.drop_packet(|d| d.quic += 1);
                 } else {
@@ -577,7 +780,7 @@ impl State {
                 if tcp.syn() && !tcp.ack() && !self.tuples.contains_key(&(from, to)) {
                     self.accept_syn(from, to);
                 }
-                if self.device.rx.len() < self.limits.max_queued_packets {
+                if self.device.rx.len() < self.core.limits.max_queued_packets {
                     self.device.rx.push_back(packet.to_vec());
                 }
             }
@@ -588,40 +791,25 @@ impl State {
     /// Decides a new connection; when allowed, gives the stack a socket listening on
     /// exactly its destination. Refused, nothing listens and the stack answers a reset.
     fn accept_syn(&mut self, from: SocketAddrV4, to: SocketAddrV4) {
-        let decision = if self.conns.len() >= self.limits.max_connections {
+        let core = &self.core;
+        let decision = if self.conns.len() >= core.limits.max_connections {
             Err(Refusal::ConnectionLimit)
         } else {
-            decide_connect(to, &self.names, &self.rules, &self.settings)
+            decide_connect(to, &core.names, &core.rules, &core.settings)
         };
         let target = match decision {
             Ok(t) => t,
-            Err(why) => {
-                let name = self.names.lookup(*to.ip()).map(|a| a.name.clone());
-                let address = self
-                    .names
-                    .lookup(*to.ip())
-                    .map(|a| a.upstream)
-                    .unwrap_or(*to.ip());
-                return self.record(EgressEvent {
-                    kind: EventKind::Connect,
-                    verdict: Verdict::Refused,
-                    name,
-                    address: Some(address.to_string()),
-                    port: Some(to.port()),
-                    bytes_out: 0,
-                    bytes_in: 0,
-                    reason: Some(why.to_string()),
-                });
-            }
+            Err(why) => return core.refused_connect(to, why),
         };
-        let large = self.large_in_use < self.limits.large_buffers;
+        let limits = &self.core.limits;
+        let large = self.large_in_use < limits.large_buffers;
         let tx = if large {
-            self.limits.large_tx_buffer
+            limits.large_tx_buffer
         } else {
-            self.limits.tx_buffer
+            limits.tx_buffer
         };
         let mut socket = tcp::Socket::new(
-            tcp::SocketBuffer::new(vec![0; self.limits.rx_buffer]),
+            tcp::SocketBuffer::new(vec![0; limits.rx_buffer]),
             tcp::SocketBuffer::new(vec![0; tx]),
         );
         socket.set_nagle_enabled(false);
@@ -657,8 +845,6 @@ impl State {
                 tuple: (from, to),
             },
         );
-        let peak = self.conns.len() as u64;
-        let mut r = lock(&self.report);
-        r.peak_connections = r.peak_connections.max(peak);
+        self.core.peak(self.conns.len());
     }
 }

@@ -4,33 +4,10 @@
 
 use super::*;
 
-impl State {
-    fn reply_udp(&self, client: SocketAddrV4, payload: &[u8]) {
-        let udp = UdpRepr {
-            src_port: 53,
-            dst_port: client.port(),
-        };
-        let ip = Ipv4Repr {
-            src_addr: GATEWAY_ADDR,
-            dst_addr: *client.ip(),
-            next_header: IpProtocol::Udp,
-            payload_len: 8 + payload.len(),
-            hop_limit: 64,
-        };
-        let mut buf = vec![0u8; ip.buffer_len() + 8 + payload.len()];
-        let caps = smoltcp::phy::ChecksumCapabilities::default();
-        let mut ip_packet = Ipv4Packet::new_unchecked(&mut buf);
-        ip.emit(&mut ip_packet, &caps);
-        let mut udp_packet = UdpPacket::new_unchecked(ip_packet.payload_mut());
-        udp.emit(
-            &mut udp_packet,
-            &IpAddress::Ipv4(GATEWAY_ADDR),
-            &IpAddress::Ipv4(*client.ip()),
-            payload.len(),
-            |b| b.copy_from_slice(payload),
-            &caps,
-        );
-        write_packet(self.device.fd.as_raw_fd(), &buf);
+impl Core {
+    /// Queues an answer for the data path to send.
+    fn reply_udp(&mut self, client: SocketAddrV4, payload: &[u8]) {
+        self.answers.push((client, payload.to_vec()));
     }
 
     fn query_event(

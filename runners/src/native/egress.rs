@@ -1,8 +1,14 @@
-//! The egress gateway of one sandbox. Its link (a TUN device, the sandbox's only route) is
-//! created inside the sandbox's network namespace by a short-lived thread of this process
-//! that enters it (`setns` of a network namespace is per thread); the gateway itself runs
-//! on a thread of this process, with the host's network. The sandbox is let go only once
-//! the gateway runs: a gateway that cannot start refuses the run.
+//! The egress gateway of one sandbox. Its link is made inside the sandbox's network
+//! namespace by a short-lived thread of this process that enters it (`setns` of a network
+//! namespace is per thread); the gateway itself runs on a thread of this process, with the
+//! host's network. The sandbox is let go only once the gateway runs: a gateway that cannot
+//! start refuses the run.
+//!
+//! Two kinds of link ([`Link`]): for a sandbox on the host's kernel (the native runner,
+//! runc, crun), the kernel path, in which the namespace's loopback takes every destination
+//! and the gateway's listeners there take the sandbox's connections; for gVisor, whose own
+//! network stack reads the namespace's devices and routes, a TUN device and a default route
+//! to it.
 
 use covenant_egress::gateway::Limits;
 use covenant_egress::{Gateway, Settings};
@@ -24,8 +30,50 @@ fn refused(step: &'static str, detail: impl ToString) -> EgressError {
     }
 }
 
-/// Creates the sandbox's link in the network namespace of `pid` and starts the gateway
-/// enforcing `rules` with the operator's settings.
+/// Which link a sandbox's namespace gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    /// Connections reach the gateway's listeners in the namespace, and are relayed by the
+    /// kernel.
+    Kernel,
+    /// A TUN device whose other end is the gateway's own TCP/IP stack.
+    Device,
+}
+
+/// The link made in the calling thread's namespace, not yet with its gateway.
+enum Made {
+    Kernel(covenant_egress::link::KernelLink),
+    Device(std::os::fd::OwnedFd),
+}
+
+impl Link {
+    /// Makes the link in the calling thread's network namespace.
+    fn make(self, rules: &[EgressRule]) -> std::io::Result<Made> {
+        match self {
+            Link::Kernel => {
+                let mut ports: Vec<u16> = rules.iter().flat_map(|r| r.ports.clone()).collect();
+                ports.sort_unstable();
+                ports.dedup();
+                covenant_egress::link::create_kernel_link(&ports).map(Made::Kernel)
+            }
+            Link::Device => covenant_egress::link::create_link().map(Made::Device),
+        }
+    }
+}
+
+impl Made {
+    fn start(self, rules: &[EgressRule], settings: Settings) -> Result<Gateway, EgressError> {
+        let rules = rules.to_vec();
+        match self {
+            Made::Kernel(link) => Gateway::start_kernel(link, rules, settings, Limits::default()),
+            Made::Device(tun) => Gateway::start(tun, rules, settings, Limits::default()),
+        }
+        .map_err(|e| refused("start the gateway", e))
+    }
+}
+
+/// Creates the sandbox's link (the kernel path) in the network namespace of `pid` and
+/// starts the gateway enforcing `rules` with the operator's settings.
 pub fn start_gateway(pid: Pid, rules: &[EgressRule]) -> Result<Gateway, EgressError> {
     let settings = Settings::from_env().map_err(|e| refused("read the operator's settings", e))?;
     let path = format!("/proc/{pid}/ns/net");
@@ -35,12 +83,13 @@ pub fn start_gateway(pid: Pid, rules: &[EgressRule]) -> Result<Gateway, EgressEr
             format!("{path}: {e}"),
         )
     })?;
+    let thread_rules = rules.to_vec();
     let link = std::thread::Builder::new()
         .name("egress-link".into())
         .spawn(move || {
             // Moves only this thread, which ends after creating the link.
             nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)?;
-            covenant_egress::link::create_link()
+            Link::Kernel.make(&thread_rules)
         })
         .map_err(|e| refused("start the link thread", e))?
         .join()
@@ -48,11 +97,10 @@ pub fn start_gateway(pid: Pid, rules: &[EgressRule]) -> Result<Gateway, EgressEr
         .map_err(|e| {
             refused(
                 "create the link in the sandbox's network namespace",
-                format!("{e} (needs root and /dev/net/tun)"),
+                format!("{e} (needs root)"),
             )
         })?;
-    Gateway::start(link, rules.to_vec(), settings, Limits::default())
-        .map_err(|e| refused("start the gateway", e))
+    link.start(rules, settings)
 }
 
 /// A network namespace made for a runtime to join (runc, crun: `linux.namespaces` network
@@ -74,19 +122,23 @@ impl Drop for HeldNamespace {
     }
 }
 
-/// Makes a network namespace with the gateway's link in it and starts the gateway;
+/// Makes a network namespace with the gateway's link (`kind`) in it and starts the gateway;
 /// returns both (drop the namespace after the gateway is stopped).
-pub fn prepare_namespace(rules: &[EgressRule]) -> Result<(HeldNamespace, Gateway), EgressError> {
+pub fn prepare_namespace(
+    rules: &[EgressRule],
+    kind: Link,
+) -> Result<(HeldNamespace, Gateway), EgressError> {
     let settings = Settings::from_env().map_err(|e| refused("read the operator's settings", e))?;
     let (tx, rx) = std::sync::mpsc::channel();
     let (release, wait) = std::sync::mpsc::channel::<()>();
+    let thread_rules = rules.to_vec();
     let thread = std::thread::Builder::new()
         .name("egress-netns".into())
         .spawn(move || {
             // Moves only this thread into a new network namespace.
             let made = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
                 .map_err(std::io::Error::from)
-                .and_then(|()| covenant_egress::link::create_link());
+                .and_then(|()| kind.make(&thread_rules));
             let tid = nix::unistd::gettid();
             let path = format!("/proc/{}/task/{tid}/ns/net", std::process::id());
             let ok = made.is_ok();
@@ -103,7 +155,7 @@ pub fn prepare_namespace(rules: &[EgressRule]) -> Result<(HeldNamespace, Gateway
         .map_err(|e| {
             refused(
                 "create the sandbox's network namespace and link",
-                format!("{e} (needs root and /dev/net/tun)"),
+                format!("{e} (needs root, and /dev/net/tun for a device)"),
             )
         })?;
     let held = HeldNamespace {
@@ -111,7 +163,6 @@ pub fn prepare_namespace(rules: &[EgressRule]) -> Result<(HeldNamespace, Gateway
         release,
         thread: Some(thread),
     };
-    let gateway = Gateway::start(link, rules.to_vec(), settings, Limits::default())
-        .map_err(|e| refused("start the gateway", e))?;
+    let gateway = link.start(rules, settings)?;
     Ok((held, gateway))
 }

@@ -441,7 +441,13 @@ impl OciRunner {
         let Some(rules) = &d.egress else {
             return self.lifecycle_with_netns(d, w, rootfs, None, on_start);
         };
-        let (held, gateway) = crate::native::egress::prepare_namespace(rules)
+        // gVisor's own network stack reads the namespace's devices and routes, so it gets
+        // the device; a runtime on the host's kernel gets the kernel path.
+        let link = match self.flavor {
+            Flavor::Gvisor { .. } => crate::native::egress::Link::Device,
+            _ => crate::native::egress::Link::Kernel,
+        };
+        let (held, gateway) = crate::native::egress::prepare_namespace(rules, link)
             .map_err(|e| self.unenforceable("net egress", &e.to_string()))?;
         let outcome = self.lifecycle_with_netns(d, w, rootfs, Some(&held.path), on_start);
         let report = gateway.stop_after_sandbox();

@@ -1,0 +1,716 @@
+//! The kernel path: the sandbox's namespace takes every IPv4 destination as its own
+//! ([`crate::link::create_kernel_link`]), so each TCP connection the sandbox opens to a
+//! granted port arrives at one of the gateway's listeners there, and `getsockname` on the
+//! accepted socket names the destination it dialled. The connection is decided as on the
+//! device path (the destination, then the first bytes), and then relayed by the kernel:
+//! `splice` through a pipe each way, so no byte is copied through the gateway. A plain HTTP
+//! connection to a name is the exception one way: each of its request heads is read and
+//! checked before it goes upstream.
+//!
+//! A connection to a port no rule grants is refused by the namespace's own kernel (nothing
+//! listens there); a refused destination on a granted port is accepted, then reset. UDP
+//! reaches only the resolver on the gateway's address; datagrams to port 53 of other
+//! addresses and to port 443 (QUIC) are counted and dropped, others are answered by the
+//! namespace's kernel as unreachable. Nothing is routed out of the namespace: there is no
+//! device to route to.
+
+use super::*;
+use crate::link::KernelLink;
+use mio::net::TcpListener;
+use nix::fcntl::{splice, SpliceFFlags};
+use std::os::fd::AsFd;
+
+/// Tokens: the resolver socket, the two sinks, then listeners, then two per connection.
+const DNS: Token = Token(3);
+const OTHER_RESOLVERS: Token = Token(4);
+const QUIC: Token = Token(5);
+const OBSERVER: Token = Token(6);
+const FIRST_LISTENER: usize = 8;
+const FIRST_CONN: usize = 1 << 20;
+
+/// The kernel path's state.
+pub(super) struct KernelState {
+    core: Core,
+    poll: Poll,
+    listeners: Vec<TcpListener>,
+    dns: UdpSocket,
+    other_resolvers: UdpSocket,
+    quic: UdpSocket,
+    observer: OwnedFd,
+    /// The ports listened on.
+    ports: HashSet<u16>,
+    conns: HashMap<usize, KConn>,
+    next_id: usize,
+}
+
+/// One direction's pipe: what one socket gave and the other has not yet taken.
+struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+    held: usize,
+    capacity: usize,
+}
+
+impl Pipe {
+    fn new() -> std::io::Result<Pipe> {
+        let (read, write) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)?;
+        let capacity = nix::fcntl::fcntl(read.as_raw_fd(), nix::fcntl::F_GETPIPE_SZ)? as usize;
+        Ok(Pipe {
+            read,
+            write,
+            held: 0,
+            capacity,
+        })
+    }
+}
+
+/// One side of a connection: its socket and what is known of it.
+struct Side {
+    stream: TcpStream,
+    readable: bool,
+    writable: bool,
+    /// It sent its last byte.
+    eof: bool,
+    /// Its write side is shut (it was sent the other side's end).
+    shut: bool,
+}
+
+impl Side {
+    fn new(stream: TcpStream) -> Side {
+        Side {
+            stream,
+            readable: true,
+            writable: true,
+            eof: false,
+            shut: false,
+        }
+    }
+}
+
+/// One connection: the sandbox's side, accepted in its namespace, and the upstream side.
+struct KConn {
+    down: Side,
+    up: Option<Side>,
+    connected: bool,
+    dst: SocketAddrV4,
+    target: Target,
+    opened: Instant,
+    /// Sandbox bytes held until the first-bytes decision (and, on plain HTTP to a name,
+    /// until each request head is checked).
+    held: Vec<u8>,
+    verdict: Option<bool>,
+    requests: Option<Requests>,
+    cleared: usize,
+    to_up: Option<Pipe>,
+    to_down: Option<Pipe>,
+    bytes_out: u64,
+    bytes_in: u64,
+}
+
+impl KernelState {
+    pub(super) fn new(
+        core: Core,
+        poll: Poll,
+        link: KernelLink,
+    ) -> Result<KernelState, GatewayError> {
+        let registry = poll.registry();
+        let mut listeners = Vec::with_capacity(link.listeners.len());
+        let mut ports = HashSet::new();
+        for (i, l) in link.listeners.into_iter().enumerate() {
+            ports.insert(l.local_addr().map_err(io("name a listener"))?.port());
+            l.set_nonblocking(true)
+                .map_err(io("make a listener non-blocking"))?;
+            let mut l = TcpListener::from_std(l);
+            registry
+                .register(&mut l, Token(FIRST_LISTENER + i), Interest::READABLE)
+                .map_err(io("watch a listener"))?;
+            listeners.push(l);
+        }
+        let udp = |s: std::net::UdpSocket, token| {
+            s.set_nonblocking(true)?;
+            let mut s = UdpSocket::from_std(s);
+            registry.register(&mut s, token, Interest::READABLE)?;
+            Ok(s)
+        };
+        let dns = udp(link.dns, DNS).map_err(io("watch the resolver's socket"))?;
+        let other_resolvers =
+            udp(link.other_resolvers, OTHER_RESOLVERS).map_err(io("watch port 53"))?;
+        let quic = udp(link.quic, QUIC).map_err(io("watch port 443/udp"))?;
+        registry
+            .register(
+                &mut SourceFd(&link.observer.as_raw_fd()),
+                OBSERVER,
+                Interest::READABLE,
+            )
+            .map_err(io("watch the observer"))?;
+        Ok(KernelState {
+            observer: link.observer,
+            ports,
+            core,
+            poll,
+            listeners,
+            dns,
+            other_resolvers,
+            quic,
+            conns: HashMap::new(),
+            next_id: 0,
+        })
+    }
+
+    fn run_loop(&mut self, stop: &AtomicBool) -> std::io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        let mut touched: HashSet<usize> = HashSet::new();
+        // Everything is read once at the start: readiness is only reported on a change.
+        let mut resolver_ready = true;
+        let mut dns_ready = true;
+        let mut sinks_ready = true;
+        let mut observer_ready = true;
+        let mut accept: Vec<usize> = (0..self.listeners.len()).collect();
+        loop {
+            if stop.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            if resolver_ready {
+                self.core.read_resolver();
+                resolver_ready = false;
+            }
+            if dns_ready {
+                self.read_queries();
+                dns_ready = false;
+            }
+            if sinks_ready {
+                self.drain_sinks();
+                sinks_ready = false;
+            }
+            if observer_ready {
+                self.observe();
+                observer_ready = false;
+            }
+            if !self.core.pending.is_empty() {
+                self.core.expire_queries();
+            }
+            self.send_answers();
+            for i in accept.drain(..) {
+                self.accept(i, &mut touched);
+            }
+            // Undecided connections are looked at on every round: their deadlines.
+            touched.extend(
+                self.conns
+                    .iter()
+                    .filter(|(_, c)| c.verdict.is_none())
+                    .map(|(id, _)| *id),
+            );
+            for id in touched.drain() {
+                self.service(id);
+            }
+            let timeout = if self.core.pending.is_empty()
+                && self.conns.values().all(|c| c.verdict.is_some())
+            {
+                Duration::from_secs(1)
+            } else {
+                Duration::from_millis(100)
+            };
+            match self.poll.poll(&mut events, Some(timeout)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            for event in events.iter() {
+                let Token(t) = event.token();
+                match event.token() {
+                    RESOLVER => resolver_ready = true,
+                    DNS => dns_ready = true,
+                    OTHER_RESOLVERS | QUIC => sinks_ready = true,
+                    OBSERVER => observer_ready = true,
+                    WAKE => {}
+                    _ if (FIRST_LISTENER..FIRST_CONN).contains(&t) => {
+                        accept.push(t - FIRST_LISTENER)
+                    }
+                    _ if t >= FIRST_CONN => {
+                        let id = (t - FIRST_CONN) / 2;
+                        let Some(conn) = self.conns.get_mut(&id) else {
+                            continue;
+                        };
+                        let side = if (t - FIRST_CONN) % 2 == 0 {
+                            Some(&mut conn.down)
+                        } else {
+                            conn.up.as_mut()
+                        };
+                        if let Some(side) = side {
+                            if event.is_readable() || event.is_read_closed() || event.is_error() {
+                                side.readable = true;
+                            }
+                            if event.is_writable() || event.is_write_closed() || event.is_error() {
+                                side.writable = true;
+                            }
+                        }
+                        touched.insert(id);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn read_queries(&mut self) {
+        let mut buf = [0u8; 4096];
+        loop {
+            match self.dns.recv_from(&mut buf) {
+                Ok((n, SocketAddr::V4(client))) => self.core.handle_query(client, &buf[..n]),
+                Ok(_) => self.core.drop_packet(|d| d.udp += 1),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn drain_sinks(&mut self) {
+        let mut buf = [0u8; 64];
+        for (sink, quic) in [(&self.other_resolvers, false), (&self.quic, true)] {
+            loop {
+                match sink.recv(&mut buf) {
+                    Ok(_) if quic => self.core.drop_packet(|d| d.quic += 1),
+                    Ok(_) => self.core.drop_packet(|d| d.udp += 1),
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+
+    /// Records what the namespace's own kernel refused, from the packets the observer saw:
+    /// a SYN to a port nothing listens on, UDP other than to the resolver and the sinks
+    /// (which count their own), an ICMP echo request.
+    fn observe(&mut self) {
+        let mut buf = [0u8; 64];
+        loop {
+            // SAFETY: reads at most `buf.len()` bytes into a live, writable buffer.
+            let n = unsafe {
+                libc::recv(
+                    self.observer.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_TRUNC,
+                )
+            };
+            if n < 0 {
+                if std::io::Error::last_os_error().kind() == ErrorKind::Interrupted {
+                    continue;
+                }
+                return;
+            }
+            let seen = &buf[..(n as usize).min(buf.len())];
+            // At most 64 bytes of each: the IPv4 header and the first of the next.
+            if seen.len() < 20 || seen[0] >> 4 != 4 {
+                continue;
+            }
+            let ip = Ipv4Packet::new_unchecked(seen);
+            let header = usize::from(ip.header_len());
+            let l4 = &seen[header.min(seen.len())..];
+            let (dst, protocol) = (ip.dst_addr(), ip.next_header());
+            let port = (l4.len() >= 4).then(|| u16::from_be_bytes([l4[2], l4[3]]));
+            match (protocol, port) {
+                (IpProtocol::Tcp, Some(port)) if !self.ports.contains(&port) => {
+                    let to = SocketAddrV4::new(dst, port);
+                    let core = &self.core;
+                    let why = decide_connect(to, &core.names, &core.rules, &core.settings)
+                        .err()
+                        .unwrap_or(Refusal::Port);
+                    core.refused_connect(to, why);
+                }
+                (IpProtocol::Udp, Some(53 | 443)) => {}
+                (IpProtocol::Udp, _) => self.core.drop_packet(|d| d.udp += 1),
+                (IpProtocol::Icmp, _) if l4.first() == Some(&8) => {
+                    self.core.drop_packet(|d| d.icmp += 1)
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn send_answers(&mut self) {
+        for (client, payload) in std::mem::take(&mut self.core.answers) {
+            // A full socket buffer loses the answer; the client asks again.
+            let _ = self.dns.send_to(&payload, SocketAddr::V4(client));
+        }
+    }
+
+    /// Accepts what waits on listener `i`, and decides each connection by its destination.
+    fn accept(&mut self, i: usize, touched: &mut HashSet<usize>) {
+        loop {
+            let (stream, _) = match self.listeners[i].accept() {
+                Ok(s) => s,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                // WouldBlock, or out of descriptors: what waits is taken on the next edge.
+                Err(_) => return,
+            };
+            let dst = match stream.local_addr() {
+                Ok(SocketAddr::V4(dst)) => dst,
+                _ => {
+                    reset(&stream);
+                    continue;
+                }
+            };
+            let core = &self.core;
+            let decision = if dst.ip().is_loopback() || dst.ip().is_unspecified() {
+                Err(Refusal::OwnLoopback)
+            } else if self.conns.len() >= core.limits.max_connections {
+                Err(Refusal::ConnectionLimit)
+            } else {
+                decide_connect(dst, &core.names, &core.rules, &core.settings)
+            };
+            let target = match decision {
+                Ok(t) => t,
+                Err(why) => {
+                    reset(&stream);
+                    core.refused_connect(dst, why);
+                    continue;
+                }
+            };
+            let id = self.next_id;
+            self.next_id += 1;
+            let mut down = stream;
+            let _ = down.set_nodelay(true);
+            if self
+                .poll
+                .registry()
+                .register(
+                    &mut down,
+                    Token(FIRST_CONN + 2 * id),
+                    Interest::READABLE | Interest::WRITABLE,
+                )
+                .is_err()
+            {
+                reset(&down);
+                core.refused_connect(dst, Refusal::Connect("cannot watch the connection".into()));
+                continue;
+            }
+            self.conns.insert(
+                id,
+                KConn {
+                    down: Side::new(down),
+                    up: None,
+                    connected: false,
+                    dst,
+                    target,
+                    opened: Instant::now(),
+                    held: Vec::new(),
+                    verdict: None,
+                    requests: None,
+                    cleared: 0,
+                    to_up: None,
+                    to_down: None,
+                    bytes_out: 0,
+                    bytes_in: 0,
+                },
+            );
+            self.core.peak(self.conns.len());
+            touched.insert(id);
+        }
+    }
+
+    fn service(&mut self, id: usize) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        match step(conn, &self.core.limits, self.poll.registry(), id) {
+            Ok(false) => {}
+            Ok(true) => self.finish(id, None),
+            Err(why) => self.finish(id, why),
+        }
+    }
+
+    /// Removes a connection, resets what is still open of it, and records it.
+    fn finish(&mut self, id: usize, refused: Option<Refusal>) {
+        let Some(mut conn) = self.conns.remove(&id) else {
+            return;
+        };
+        let registry = self.poll.registry();
+        let _ = registry.deregister(&mut conn.down.stream);
+        if !(conn.down.shut && conn.down.eof) {
+            reset(&conn.down.stream);
+        }
+        if let Some(up) = conn.up.as_mut() {
+            let _ = registry.deregister(&mut up.stream);
+            if !(up.shut && up.eof) {
+                reset(&up.stream);
+            }
+        }
+        let refused = refused.or(match conn.verdict {
+            Some(true) => None,
+            _ if conn.up.is_none() => Some(Refusal::FirstBytes(
+                "the sandbox closed before a decision",
+            )),
+            _ => None,
+        });
+        self.core.finished_connect(
+            &conn.target,
+            conn.dst.port(),
+            (conn.bytes_out, conn.bytes_in),
+            refused,
+        );
+    }
+}
+
+/// Makes the socket's close a reset: the peer learns the connection was refused or broken,
+/// not that it ended.
+fn reset(stream: &TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    let _ = nix::sys::socket::setsockopt(stream, nix::sys::socket::sockopt::Linger, &linger);
+}
+
+/// One step of one connection: decide its first bytes, connect, move bytes both ways, pass
+/// on ends. `Ok(true)`: done both ways; `Err(Some(why))`: refused; `Err(None)`: broken.
+fn step(
+    c: &mut KConn,
+    limits: &Limits,
+    registry: &Registry,
+    id: usize,
+) -> Result<bool, Option<Refusal>> {
+    if c.verdict.is_none() {
+        read_held(&mut c.down, &mut c.held, MAX_FIRST_BYTES).map_err(|_| None)?;
+        match decide_first_bytes(&c.target, &c.held, !c.down.eof) {
+            FirstBytes::Wait => {}
+            FirstBytes::Allowed { requests } => {
+                c.verdict = Some(true);
+                c.requests = requests;
+            }
+            FirstBytes::Refused(why) => return Err(Some(why)),
+        }
+        if c.verdict.is_none() && first_bytes_late(c.opened, limits, &c.held, c.up.is_some()) {
+            return Err(Some(Refusal::FirstBytes("not complete in time")));
+        }
+    }
+    let server_first = c.held.is_empty() && c.opened.elapsed() >= limits.server_first_wait;
+    if c.up.is_none() && (c.verdict == Some(true) || server_first) {
+        let mut stream = TcpStream::connect(SocketAddr::V4(c.target.upstream))
+            .map_err(|e| Some(Refusal::Connect(e.to_string())))?;
+        let _ = stream.set_nodelay(true);
+        registry
+            .register(
+                &mut stream,
+                Token(FIRST_CONN + 2 * id + 1),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .map_err(|e| Some(Refusal::Connect(e.to_string())))?;
+        let mut up = Side::new(stream);
+        up.readable = false;
+        c.up = Some(up);
+    }
+    let Some(up) = c.up.as_mut() else {
+        return Ok(false);
+    };
+    if !c.connected {
+        if !up.writable {
+            return Ok(false);
+        }
+        match up.stream.take_error() {
+            Ok(Some(e)) | Err(e) => return Err(Some(Refusal::Connect(e.to_string()))),
+            Ok(None) => {}
+        }
+        match up.stream.peer_addr() {
+            Ok(_) => c.connected = true,
+            Err(e) if e.kind() == ErrorKind::NotConnected => {
+                up.writable = false;
+                return Ok(false);
+            }
+            Err(e) => return Err(Some(Refusal::Connect(e.to_string()))),
+        }
+        let pipes = Pipe::new().and_then(|a| Ok((a, Pipe::new()?)));
+        let (to_up, to_down) = pipes.map_err(|e| Some(Refusal::Connect(e.to_string())))?;
+        c.to_up = Some(to_up);
+        c.to_down = Some(to_down);
+    }
+    let (Some(to_up), Some(to_down)) = (c.to_up.as_mut(), c.to_down.as_mut()) else {
+        return Ok(false);
+    };
+    // Sandbox to upstream, only once the first bytes are decided.
+    if c.verdict == Some(true) {
+        if let Some(requests) = c.requests.as_mut() {
+            c.bytes_out += forward_requests(
+                &mut c.down,
+                up,
+                &mut c.held,
+                &mut c.cleared,
+                requests,
+                &c.target,
+            )?;
+        } else {
+            c.bytes_out += write_held(up, &mut c.held).map_err(|_| None)?;
+            if c.held.is_empty() {
+                c.bytes_out += pump(&mut c.down, to_up, up).map_err(|_| None)?;
+            }
+        }
+        if c.down.eof && c.held.is_empty() && to_up.held == 0 && !up.shut {
+            let _ = up.stream.shutdown(Shutdown::Write);
+            up.shut = true;
+        }
+    }
+    // Upstream to sandbox.
+    c.bytes_in += pump(up, to_down, &mut c.down).map_err(|_| None)?;
+    if up.eof && to_down.held == 0 && !c.down.shut {
+        let _ = c.down.stream.shutdown(Shutdown::Write);
+        c.down.shut = true;
+    }
+    Ok(c.down.shut && up.shut && c.down.eof && up.eof)
+}
+
+/// Reads what `side` has into `held`, up to `bound` bytes in all.
+fn read_held(side: &mut Side, held: &mut Vec<u8>, bound: usize) -> std::io::Result<()> {
+    let mut buf = [0u8; 4096];
+    while side.readable && !side.eof && held.len() < bound {
+        let room = (bound - held.len()).min(buf.len());
+        match side.stream.read(&mut buf[..room]) {
+            Ok(0) => side.eof = true,
+            Ok(n) => held.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => side.readable = false,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Writes the held bytes (checked already) to `to`, as far as it takes them.
+fn write_held(to: &mut Side, held: &mut Vec<u8>) -> std::io::Result<u64> {
+    let mut moved = 0;
+    while !held.is_empty() && to.writable {
+        match to.stream.write(held) {
+            Ok(n) => {
+                moved += n as u64;
+                held.drain(..n);
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => to.writable = false,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if held.is_empty() {
+        // An idle connection holds no buffer.
+        *held = Vec::new();
+    }
+    Ok(moved)
+}
+
+/// Plain HTTP to a name, sandbox to upstream: bytes are held (at most [`MAX_FIRST_BYTES`]
+/// not yet cleared) until [`Requests`] clears them, so every request head is checked
+/// before a byte of it goes upstream. An incomplete head left when the sandbox stops
+/// sending never goes.
+fn forward_requests(
+    down: &mut Side,
+    up: &mut Side,
+    held: &mut Vec<u8>,
+    cleared: &mut usize,
+    requests: &mut Requests,
+    target: &Target,
+) -> Result<u64, Option<Refusal>> {
+    let mut moved = 0;
+    loop {
+        if *cleared < held.len() {
+            *cleared += requests
+                .clear(&held[*cleared..], |s| check_first_bytes(target, s))
+                .map_err(Some)?;
+        }
+        while *cleared > 0 && up.writable {
+            match up.stream.write(&held[..*cleared]) {
+                Ok(n) => {
+                    moved += n as u64;
+                    held.drain(..n);
+                    *cleared -= n;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => up.writable = false,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return Err(None),
+            }
+        }
+        if *cleared > 0 || held.len() >= MAX_FIRST_BYTES || !down.readable || down.eof {
+            break;
+        }
+        let before = held.len();
+        read_held(down, held, MAX_FIRST_BYTES).map_err(|_| None)?;
+        if held.len() == before {
+            break;
+        }
+    }
+    if down.eof && *cleared == 0 {
+        // What is left is an incomplete head: it never goes.
+        *held = Vec::new();
+    }
+    Ok(moved)
+}
+
+/// Moves what `from` has to `to` through `pipe`, as far as both sockets allow; returns
+/// how many bytes reached `to`.
+fn pump(from: &mut Side, pipe: &mut Pipe, to: &mut Side) -> std::io::Result<u64> {
+    let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
+    let mut moved = 0;
+    loop {
+        let mut progress = false;
+        if from.readable && !from.eof && pipe.held < pipe.capacity {
+            match splice(
+                from.stream.as_fd(),
+                None,
+                pipe.write.as_fd(),
+                None,
+                pipe.capacity - pipe.held,
+                flags,
+            ) {
+                Ok(0) => from.eof = true,
+                Ok(n) => {
+                    pipe.held += n;
+                    progress = true;
+                }
+                // With bytes in the pipe, "would block" may mean the pipe is out of slots
+                // rather than the socket out of bytes: the socket stays marked readable
+                // until an empty pipe says so.
+                Err(nix::errno::Errno::EAGAIN) if pipe.held == 0 => from.readable = false,
+                Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if pipe.held > 0 && to.writable {
+            match splice(
+                pipe.read.as_fd(),
+                None,
+                to.stream.as_fd(),
+                None,
+                pipe.held,
+                flags,
+            ) {
+                Ok(n) => {
+                    pipe.held -= n;
+                    moved += n as u64;
+                    progress = true;
+                }
+                Err(nix::errno::Errno::EAGAIN) => to.writable = false,
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if !progress {
+            return Ok(moved);
+        }
+    }
+}
+
+impl DataPath for KernelState {
+    fn poll(&self) -> &Poll {
+        &self.poll
+    }
+    fn core(&self) -> &Core {
+        &self.core
+    }
+    fn run(&mut self, stop: &AtomicBool) -> std::io::Result<()> {
+        self.run_loop(stop)
+    }
+    fn finish_all(&mut self) {
+        let ids: Vec<usize> = self.conns.keys().copied().collect();
+        for id in ids {
+            self.finish(id, None);
+        }
+    }
+}
