@@ -204,7 +204,10 @@ fn observer() -> io::Result<OwnedFd> {
         jf,
         k,
     };
-    use libc::{BPF_ABS, BPF_ALU, BPF_AND, BPF_B, BPF_H, BPF_IND, BPF_JEQ, BPF_JMP, BPF_JSET, BPF_K, BPF_LD, BPF_LDX, BPF_MSH, BPF_RET, BPF_W};
+    use libc::{
+        BPF_ABS, BPF_ALU, BPF_AND, BPF_B, BPF_H, BPF_IND, BPF_JEQ, BPF_JMP, BPF_JSET, BPF_K,
+        BPF_LD, BPF_LDX, BPF_MSH, BPF_RET, BPF_W,
+    };
     let mut prog = [
         /* 0 */ op(BPF_LD | BPF_W | BPF_ABS, 0, 0, 16), // destination
         /* 1 */ op(BPF_ALU | BPF_AND | BPF_K, 0, 0, 0xff00_0000),
@@ -336,16 +339,16 @@ fn add_route_to_everywhere() -> io::Result<()> {
     if lo == 0 {
         return Err(io::Error::new(io::ErrorKind::NotFound, "no device lo"));
     }
-    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_ACK | libc::NLM_F_CREATE | libc::NLM_F_EXCL)
-        as u16;
+    let flags =
+        (libc::NLM_F_REQUEST | libc::NLM_F_ACK | libc::NLM_F_CREATE | libc::NLM_F_EXCL) as u16;
     let mut msg = Vec::with_capacity(36);
     msg.extend_from_slice(&36u32.to_ne_bytes()); // nlmsg_len
     msg.extend_from_slice(&libc::RTM_NEWROUTE.to_ne_bytes());
     msg.extend_from_slice(&flags.to_ne_bytes());
     msg.extend_from_slice(&1u32.to_ne_bytes()); // seq
     msg.extend_from_slice(&0u32.to_ne_bytes()); // pid: the kernel
-    // struct rtmsg: family, dst_len (0: the default route), src_len, tos, table, protocol,
-    // scope, type, flags.
+                                                // struct rtmsg: family, dst_len (0: the default route), src_len, tos, table, protocol,
+                                                // scope, type, flags.
     msg.extend_from_slice(&[
         libc::AF_INET as u8,
         0,
@@ -377,7 +380,10 @@ fn add_route_to_everywhere() -> io::Result<()> {
     let errno = i32::from_ne_bytes([reply[16], reply[17], reply[18], reply[19]]);
     if errno != 0 {
         let e = io::Error::from_raw_os_error(-errno);
-        return Err(io::Error::new(e.kind(), format!("route to everywhere: {e}")));
+        return Err(io::Error::new(
+            e.kind(),
+            format!("route to everywhere: {e}"),
+        ));
     }
     Ok(())
 }

@@ -637,6 +637,70 @@ fn udp_quic_icmp_and_ipv6_do_not_leave() {
     );
 }
 
+/// On the kernel path the sandbox's namespace takes every destination as its own, and the
+/// gateway listens there on the granted ports. The sandbox's own loopback stays its own (a
+/// connection to 127/8 is never forwarded to the host's), it cannot take a granted port
+/// from the gateway, a ping to anywhere is answered by no one, and what its own kernel
+/// refuses is still recorded.
+#[test]
+fn the_kernel_path_keeps_the_sandboxs_loopback_and_the_gateways_ports() {
+    if !live() {
+        return;
+    }
+    let net = Internet::start(115, &[("api.test", host(115, 10))]);
+    let literal = format!("literal {} 443 api.test", host(115, 10));
+    let bind = "!python3 -c 'import errno, socket\n\
+                s = socket.socket()\n\
+                try:\n    s.bind((\"0.0.0.0\", 8443)); s.listen(); print(\"RESULT=bound\")\n\
+                except OSError as e:\n    print(\"RESULT=\" + errno.errorcode[e.errno])'";
+    let (out, report) = net.run(
+        &["--allow-host", "api.test:443,8443"],
+        &[
+            &literal,
+            bind,
+            "ping api.test",
+            "udp api.test 5353",
+            "literal 198.18.0.99 9999 api.test",
+            "tls api.test 443 api.test",
+        ],
+    );
+    let r = results(&out);
+    assert_eq!(r.len(), 6, "{}", explain(&out));
+    assert!(r[0].starts_with("err:"), "the host's loopback: {}", r[0]);
+    assert_eq!(r[1], "EADDRINUSE", "the sandbox took a granted port");
+    assert!(
+        r[2] == "silent" || r[2].starts_with("err:"),
+        "ping: {}",
+        r[2]
+    );
+    assert_eq!(r[3], "silent", "UDP to another port");
+    assert!(r[4].starts_with("err:"), "a port not granted: {}", r[4]);
+    assert_eq!(r[5], "ok:HELLO", "{}", explain(&out));
+    assert_eq!(
+        net.received().len(),
+        1,
+        "only the allowed stream arrived: {:?}",
+        net.received()
+    );
+    let reasons = refusal_reasons(&report);
+    assert!(
+        reasons.iter().any(|r| r.contains("own loopback")),
+        "{reasons:#?}"
+    );
+    assert!(
+        report["egress"]["refused"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["port"] == 9999 && e["address"] == "198.18.0.99"),
+        "the refusal at a port nothing listens on is not recorded: {report}"
+    );
+    assert!(
+        report["egress"]["dropped"]["udp"].as_u64() >= Some(1),
+        "{report}"
+    );
+}
+
 #[test]
 fn a_connection_storm_is_bounded_and_served() {
     if !live() {

@@ -193,7 +193,8 @@ impl Gateway {
     }
 
     fn spawn(mut state: impl DataPath) -> Result<Gateway, GatewayError> {
-        let waker = Arc::new(Waker::new(state.poll().registry(), WAKE).map_err(io("create waker"))?);
+        let waker =
+            Arc::new(Waker::new(state.poll().registry(), WAKE).map_err(io("create waker"))?);
         let stop = Arc::new(AtomicBool::new(false));
         let running = Arc::new(AtomicBool::new(true));
         let report = state.core().report.clone();
@@ -365,9 +366,9 @@ fn decide_first_bytes(target: &Target, held: &[u8], more: bool) -> FirstBytes {
     if held.is_empty() {
         return match more {
             true => FirstBytes::Wait,
-            false => FirstBytes::Refused(Refusal::FirstBytes(
-                "the sandbox closed before a decision",
-            )),
+            false => {
+                FirstBytes::Refused(Refusal::FirstBytes("the sandbox closed before a decision"))
+            }
         };
     }
     match sniff(held) {
