@@ -81,9 +81,69 @@ impl Internet {
     }
 }
 
+/// Which link the sandbox's namespace gets.
+#[derive(Debug, Clone, Copy)]
+enum Path {
+    /// A TUN device and the gateway's own TCP/IP stack (gVisor's).
+    Device,
+    /// The namespace's loopback takes every destination; the gateway's sockets are in it.
+    Kernel,
+}
+
+/// Declares a test written as `fn NAME(path, net)` once for each path, each with a test
+/// internet of its own (`net`, and `net + 100` on the kernel path).
+macro_rules! on_both_paths {
+    ($name:ident, $net:expr) => {
+        mod $name {
+            #[test]
+            fn device() {
+                super::$name(super::Path::Device, $net)
+            }
+            #[test]
+            fn kernel() {
+                super::$name(super::Path::Kernel, $net + 100)
+            }
+        }
+    };
+}
+
+/// Makes the link of `path` in the calling thread's network namespace.
+fn make_link(path: Path, rules: &[EgressRule]) -> Link {
+    match path {
+        Path::Device => {
+            Link::Device(covenant_egress::link::create_link().expect("create the link"))
+        }
+        Path::Kernel => {
+            let mut ports: Vec<u16> = rules.iter().flat_map(|r| r.ports.clone()).collect();
+            ports.sort_unstable();
+            ports.dedup();
+            Link::Kernel(
+                covenant_egress::link::create_kernel_link(&ports).expect("create the link"),
+            )
+        }
+    }
+}
+
+enum Link {
+    Device(std::os::fd::OwnedFd),
+    Kernel(covenant_egress::link::KernelLink),
+}
+
+impl Link {
+    fn start(self, rules: Vec<EgressRule>, settings: Settings, limits: Limits) -> Gateway {
+        match self {
+            Link::Device(tun) => Gateway::start(tun, rules, settings, limits),
+            Link::Kernel(link) => Gateway::start_kernel(link, rules, settings, limits),
+        }
+        .expect("start")
+    }
+}
+
 /// Runs `probe` on a thread inside a fresh network namespace whose only way out is a
-/// gateway enforcing `rules`; returns its result and the gateway's report.
+/// gateway enforcing `rules` over the link of `path`; returns its result and the gateway's
+/// report.
 fn in_sandbox<R: Send + 'static>(
+    path: Path,
     internet: &Internet,
     rules: &[&str],
     limits: Limits,
@@ -93,19 +153,20 @@ fn in_sandbox<R: Send + 'static>(
         .iter()
         .map(|r| EgressRule::parse(r).unwrap())
         .collect();
-    let (fd_tx, fd_rx) = mpsc::channel();
+    let (link_tx, link_rx) = mpsc::channel();
     let (go_tx, go_rx) = mpsc::channel::<()>();
+    let thread_rules = rules.clone();
     let sandbox = std::thread::spawn(move || {
         // SAFETY: unshare of this thread's network namespace only.
         assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
-        fd_tx
-            .send(covenant_egress::link::create_link().expect("create the link"))
-            .unwrap();
+        link_tx.send(make_link(path, &thread_rules)).unwrap();
         go_rx.recv().unwrap();
         probe()
     });
-    let tun = fd_rx.recv().unwrap();
-    let gateway = Gateway::start(tun, rules, internet.settings(), limits).expect("start");
+    let gateway = link_rx
+        .recv()
+        .unwrap()
+        .start(rules, internet.settings(), limits);
     go_tx.send(()).unwrap();
     let result = sandbox.join().expect("the probe panicked");
     (result, gateway.stop())
@@ -170,14 +231,15 @@ fn client_hello(sni: Option<&str>) -> Vec<u8> {
     rec
 }
 
-#[test]
-fn an_allowed_name_is_reached_by_tls_and_http() {
+on_both_paths!(an_allowed_name_is_reached_by_tls_and_http, 1);
+
+fn an_allowed_name_is_reached_by_tls_and_http(path: Path, net: u8) {
     if !live() {
         return;
     }
-    let net = Internet::start(1, &[("api.test", host(1, 10))]);
+    let net = Internet::start(net, &[("api.test", host(net, 10))]);
     let ((tls, http, port80), report) =
-        in_sandbox(&net, &["api.test:443,80"], Limits::default(), || {
+        in_sandbox(path, &net, &["api.test:443,80"], Limits::default(), || {
             let ips = query("api.test.").expect("api.test resolves");
             assert_eq!(ips.len(), 1);
             assert!(ips[0].octets()[..2] == [198, 18], "a stand-in: {ips:?}");
@@ -197,61 +259,76 @@ fn an_allowed_name_is_reached_by_tls_and_http() {
     assert_eq!(report.queries_answered, 1);
 }
 
-#[test]
-fn names_literals_ports_and_first_bytes_outside_the_rules_are_refused() {
+on_both_paths!(
+    names_literals_ports_and_first_bytes_outside_the_rules_are_refused,
+    2
+);
+
+fn names_literals_ports_and_first_bytes_outside_the_rules_are_refused(path: Path, net: u8) {
     if !live() {
         return;
     }
-    let net = Internet::start(2, &[("api.test", host(2, 10)), ("other.test", host(2, 11))]);
-    let (results, report) = in_sandbox(&net, &["api.test:443"], Limits::default(), || {
-        let other = query("other.test.");
-        let ips = query("api.test.").unwrap();
-        let api = |port| SocketAddrV4::new(ips[0], port);
-        vec![
-            (
-                "other name",
-                other.map(|_| Vec::new()).map_err(|c| c.to_string()),
-            ),
-            (
-                "IP literal of the server",
-                exchange(
-                    SocketAddrV4::new(host(2, 10), 443),
-                    b"GET / HTTP/1.1\r\nHost: api.test\r\n\r\n",
-                )
-                .map_err(|e| e.to_string()),
-            ),
-            (
-                "stand-in never handed out",
-                exchange(
-                    SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 200), 443),
-                    &client_hello(Some("api.test")),
-                )
-                .map_err(|e| e.to_string()),
-            ),
-            (
-                "port not allowed",
-                exchange(api(80), b"GET / HTTP/1.1\r\nHost: api.test\r\n\r\n")
+    let server = host(net, 10);
+    let net = Internet::start(
+        net,
+        &[("api.test", host(net, 10)), ("other.test", host(net, 11))],
+    );
+    let (results, report) = in_sandbox(
+        path,
+        &net,
+        &["api.test:443"],
+        Limits::default(),
+        move || {
+            let other = query("other.test.");
+            let ips = query("api.test.").unwrap();
+            let api = |port| SocketAddrV4::new(ips[0], port);
+            vec![
+                (
+                    "other name",
+                    other.map(|_| Vec::new()).map_err(|c| c.to_string()),
+                ),
+                (
+                    "IP literal of the server",
+                    exchange(
+                        SocketAddrV4::new(server, 443),
+                        b"GET / HTTP/1.1\r\nHost: api.test\r\n\r\n",
+                    )
                     .map_err(|e| e.to_string()),
-            ),
-            (
-                "SNI mismatch (fronting)",
-                exchange(api(443), &client_hello(Some("other.test"))).map_err(|e| e.to_string()),
-            ),
-            (
-                "no SNI",
-                exchange(api(443), &client_hello(None)).map_err(|e| e.to_string()),
-            ),
-            (
-                "Host mismatch",
-                exchange(api(443), b"GET / HTTP/1.1\r\nHost: other.test\r\n\r\n")
+                ),
+                (
+                    "stand-in never handed out",
+                    exchange(
+                        SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 200), 443),
+                        &client_hello(Some("api.test")),
+                    )
                     .map_err(|e| e.to_string()),
-            ),
-            (
-                "the gateway's other ports",
-                exchange(SocketAddrV4::new(GATEWAY_ADDR, 53), b"x").map_err(|e| e.to_string()),
-            ),
-        ]
-    });
+                ),
+                (
+                    "port not allowed",
+                    exchange(api(80), b"GET / HTTP/1.1\r\nHost: api.test\r\n\r\n")
+                        .map_err(|e| e.to_string()),
+                ),
+                (
+                    "SNI mismatch (fronting)",
+                    exchange(api(443), &client_hello(Some("other.test")))
+                        .map_err(|e| e.to_string()),
+                ),
+                (
+                    "no SNI",
+                    exchange(api(443), &client_hello(None)).map_err(|e| e.to_string()),
+                ),
+                (
+                    "Host mismatch",
+                    exchange(api(443), b"GET / HTTP/1.1\r\nHost: other.test\r\n\r\n")
+                        .map_err(|e| e.to_string()),
+                ),
+                (
+                    "the gateway's other ports",
+                    exchange(SocketAddrV4::new(GATEWAY_ADDR, 53), b"x").map_err(|e| e.to_string()),
+                ),
+            ]
+        },
+    );
     for (what, result) in &results {
         match result {
             Err(_) => {}
@@ -287,21 +364,23 @@ fn names_literals_ports_and_first_bytes_outside_the_rules_are_refused() {
     }
 }
 
-#[test]
-fn rebinding_and_long_names_are_refused() {
+on_both_paths!(rebinding_and_long_names_are_refused, 3);
+
+fn rebinding_and_long_names_are_refused(path: Path, net: u8) {
     if !live() {
         return;
     }
     let net = Internet::start(
-        3,
+        net,
         &[
             ("rebind.test", Ipv4Addr::new(127, 0, 0, 1)),
             ("meta.test", Ipv4Addr::new(127, 78, 3, 254)),
-            ("*.wild.test", host(3, 10)),
+            ("*.wild.test", host(net, 10)),
         ],
     );
     let long = format!("{}.{}.wild.test.", "a".repeat(60), "b".repeat(60));
     let (r, report) = in_sandbox(
+        path,
         &net,
         &["rebind.test", "meta.test", "*.wild.test"],
         Limits::default(),
@@ -333,21 +412,23 @@ fn rebinding_and_long_names_are_refused() {
     );
 }
 
-#[test]
-fn udp_quic_icmp_and_ipv6_do_not_leave() {
+on_both_paths!(udp_quic_icmp_and_ipv6_do_not_leave, 4);
+
+fn udp_quic_icmp_and_ipv6_do_not_leave(path: Path, net: u8) {
     if !live() {
         return;
     }
-    let net = Internet::start(4, &[("api.test", host(4, 10))]);
-    let sink = UdpSocket::bind((host(4, 10), 443)).unwrap();
+    let literal = host(net, 10);
+    let net = Internet::start(net, &[("api.test", literal)]);
+    let sink = UdpSocket::bind((literal, 443)).unwrap();
     sink.set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();
-    let (r, report) = in_sandbox(&net, &["api.test"], Limits::default(), || {
+    let (r, report) = in_sandbox(path, &net, &["api.test"], Limits::default(), move || {
         let ip = query("api.test.").unwrap()[0];
         let u = UdpSocket::bind("0.0.0.0:0").unwrap();
         let quic = u.send_to(b"quic", (ip, 443)).is_ok();
         let other_dns = u.send_to(b"dns", (ip, 53)).is_ok();
-        let _ = u.send_to(b"literal", (host(4, 10), 443));
+        let _ = u.send_to(b"literal", (literal, 443));
         // ICMP echo over a raw socket (root in this namespace may open one).
         // SAFETY: socket returns a new descriptor or -1.
         let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
@@ -386,8 +467,20 @@ fn udp_quic_icmp_and_ipv6_do_not_leave() {
                 std::mem::size_of_val(&tv) as u32,
             )
         };
-        // SAFETY: reads at most the buffer's length into a live buffer.
-        let got = unsafe { libc::recv(raw, reply.as_mut_ptr().cast(), reply.len(), 0) };
+        // A raw socket also sees the request itself where it loops back (on the kernel
+        // path, `lo`): only an echo reply (type 0, after the 20-byte IP header) counts.
+        let mut got = 0;
+        loop {
+            // SAFETY: reads at most the buffer's length into a live buffer.
+            let n = unsafe { libc::recv(raw, reply.as_mut_ptr().cast(), reply.len(), 0) };
+            if n <= 20 {
+                break;
+            }
+            if reply[20] == 0 {
+                got = n;
+                break;
+            }
+        }
         let v6_global = TcpStream::connect_timeout(
             &"[2001:db8::1]:443".parse().unwrap(),
             Duration::from_secs(1),
@@ -410,17 +503,21 @@ fn udp_quic_icmp_and_ipv6_do_not_leave() {
     assert!(report.dropped.icmp >= 1, "{:?}", report.dropped);
 }
 
-#[test]
-fn a_connection_storm_is_bounded_and_the_gateway_keeps_serving() {
+on_both_paths!(
+    a_connection_storm_is_bounded_and_the_gateway_keeps_serving,
+    5
+);
+
+fn a_connection_storm_is_bounded_and_the_gateway_keeps_serving(path: Path, net: u8) {
     if !live() {
         return;
     }
-    let net = Internet::start(5, &[("api.test", host(5, 10))]);
+    let net = Internet::start(net, &[("api.test", host(net, 10))]);
     let limits = Limits {
         max_connections: 64,
         ..Limits::default()
     };
-    let (after, report) = in_sandbox(&net, &["api.test"], limits, || {
+    let (after, report) = in_sandbox(path, &net, &["api.test"], limits, || {
         let ip = query("api.test.").unwrap()[0];
         let to: SocketAddr = SocketAddrV4::new(ip, 443).into();
         let mut open = Vec::new();
@@ -445,48 +542,48 @@ fn a_connection_storm_is_bounded_and_the_gateway_keeps_serving() {
     );
 }
 
-#[test]
-fn when_the_gateway_stops_the_sandbox_has_no_way_out() {
+on_both_paths!(when_the_gateway_stops_the_sandbox_has_no_way_out, 6);
+
+fn when_the_gateway_stops_the_sandbox_has_no_way_out(path: Path, net: u8) {
     if !live() {
         return;
     }
-    let net = Internet::start(6, &[("api.test", host(6, 10))]);
+    let net = Internet::start(net, &[("api.test", host(net, 10))]);
     let rules = vec![EgressRule::parse("api.test").unwrap()];
-    let (fd_tx, fd_rx) = mpsc::channel();
+    let (link_tx, link_rx) = mpsc::channel();
     let (go_tx, go_rx) = mpsc::channel::<()>();
+    let thread_rules = rules.clone();
     let sandbox = std::thread::spawn(move || {
         // SAFETY: unshare of this thread's network namespace only.
         assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
-        fd_tx
-            .send(covenant_egress::link::create_link().unwrap())
-            .unwrap();
+        link_tx.send(make_link(path, &thread_rules)).unwrap();
         go_rx.recv().unwrap();
         let before = query("api.test.");
+        let standin = before.clone().unwrap()[0];
         go_rx.recv().unwrap();
-        let after = UdpSocket::bind("0.0.0.0:0")
-            .unwrap()
-            .send_to(b"x", (GATEWAY_ADDR, 53));
-        let tcp = TcpStream::connect_timeout(
-            &SocketAddr::from((Ipv4Addr::new(198, 18, 0, 1), 443)),
-            Duration::from_secs(1),
-        );
+        let after = query("api.test.");
+        let tcp =
+            TcpStream::connect_timeout(&SocketAddr::from((standin, 443)), Duration::from_secs(1));
         (before, after, tcp.map(|_| ()))
     });
-    let gateway = Gateway::start(
-        fd_rx.recv().unwrap(),
-        rules,
-        net.settings(),
-        Limits::default(),
-    )
-    .unwrap();
+    let gateway = link_rx
+        .recv()
+        .unwrap()
+        .start(rules, net.settings(), Limits::default());
     go_tx.send(()).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let report = gateway.stop();
     go_tx.send(()).unwrap();
     let (before, after, tcp) = sandbox.join().unwrap();
     assert!(before.is_ok());
-    assert!(after.is_err(), "the device outlived the gateway");
-    assert!(tcp.is_err());
+    assert!(
+        after.is_err(),
+        "a query was answered after the gateway stopped"
+    );
+    assert!(
+        tcp.is_err(),
+        "a connection was made after the gateway stopped"
+    );
     assert_eq!(report.failure, None);
 }
 
@@ -540,33 +637,38 @@ fn a_gateway_whose_link_goes_away_stops_and_says_so() {
     );
 }
 
-#[test]
-fn a_server_first_protocol_works_and_its_client_bytes_are_still_checked() {
+on_both_paths!(
+    a_server_first_protocol_works_and_its_client_bytes_are_still_checked,
+    8
+);
+
+fn a_server_first_protocol_works_and_its_client_bytes_are_still_checked(path: Path, net: u8) {
     if !live() {
         return;
     }
-    let net = Internet::start(8, &[("api.test", host(8, 10))]);
-    let ((plain, fronted), report) = in_sandbox(&net, &["api.test:22"], Limits::default(), || {
-        let ip = query("api.test.").unwrap()[0];
-        let talk = |first: &[u8]| -> std::io::Result<Vec<u8>> {
-            let mut s = TcpStream::connect_timeout(
-                &SocketAddr::from(SocketAddrV4::new(ip, 22)),
-                Duration::from_secs(3),
-            )?;
-            s.set_read_timeout(Some(Duration::from_secs(4)))?;
-            let mut banner = [0u8; 14];
-            s.read_exact(&mut banner)?;
-            assert_eq!(&banner, b"SSH-2.0-test\r\n");
-            s.write_all(first)?;
-            let mut out = Vec::new();
-            s.read_to_end(&mut out)?;
-            Ok(out)
-        };
-        (
-            talk(b"SSH-2.0-client\r\n"),
-            talk(&client_hello(Some("other.test"))),
-        )
-    });
+    let net = Internet::start(net, &[("api.test", host(net, 10))]);
+    let ((plain, fronted), report) =
+        in_sandbox(path, &net, &["api.test:22"], Limits::default(), || {
+            let ip = query("api.test.").unwrap()[0];
+            let talk = |first: &[u8]| -> std::io::Result<Vec<u8>> {
+                let mut s = TcpStream::connect_timeout(
+                    &SocketAddr::from(SocketAddrV4::new(ip, 22)),
+                    Duration::from_secs(3),
+                )?;
+                s.set_read_timeout(Some(Duration::from_secs(4)))?;
+                let mut banner = [0u8; 14];
+                s.read_exact(&mut banner)?;
+                assert_eq!(&banner, b"SSH-2.0-test\r\n");
+                s.write_all(first)?;
+                let mut out = Vec::new();
+                s.read_to_end(&mut out)?;
+                Ok(out)
+            };
+            (
+                talk(b"SSH-2.0-client\r\n"),
+                talk(&client_hello(Some("other.test"))),
+            )
+        });
     assert_eq!(plain.unwrap(), b"OK\n");
     assert!(fronted.map(|b| b.is_empty()).unwrap_or(true));
     let got = net.received();
@@ -664,8 +766,12 @@ fn malformed_packets_do_not_stop_the_gateway() {
         return;
     }
     let net = Internet::start(9, &[("api.test", host(9, 10))]);
-    let ((survived, after), report) =
-        in_sandbox(&net, &["api.test:443,80"], Limits::default(), || {
+    let ((survived, after), report) = in_sandbox(
+        Path::Device,
+        &net,
+        &["api.test:443,80"],
+        Limits::default(),
+        || {
             let ips = query("api.test.").unwrap();
             let api = ips[0];
             // SAFETY: a raw socket of this thread's namespace.
@@ -735,7 +841,8 @@ fn malformed_packets_do_not_stop_the_gateway() {
             let alive = query("api.test.").is_ok();
             let after = exchange(SocketAddrV4::new(api, 443), &client_hello(Some("api.test")));
             (alive, after)
-        });
+        },
+    );
     assert!(survived, "{report:#?}");
     assert_eq!(after.unwrap(), b"HELLO\n", "{report:#?}");
     assert!(report.failure.is_none(), "{report:#?}");

@@ -237,7 +237,7 @@ impl KernelState {
                         let Some(conn) = self.conns.get_mut(&id) else {
                             continue;
                         };
-                        let side = if (t - FIRST_CONN) % 2 == 0 {
+                        let side = if (t - FIRST_CONN).is_multiple_of(2) {
                             Some(&mut conn.down)
                         } else {
                             conn.up.as_mut()
