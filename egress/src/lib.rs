@@ -27,6 +27,7 @@ pub mod names;
 pub mod requests;
 pub mod settings;
 pub mod sniff;
+pub mod steer;
 
 pub use events::{EgressEvent, EgressReport, Verdict};
 pub use gateway::{Gateway, GatewayError};

@@ -126,10 +126,13 @@ pub fn create_link() -> io::Result<OwnedFd> {
 /// Made by a thread that entered the namespace; the sockets keep the namespace they were
 /// made in, whatever thread later uses them.
 pub struct KernelLink {
-    /// One listener on `0.0.0.0:PORT` per port some rule grants: every TCP connection the
-    /// sandbox opens to such a port, whatever its destination, arrives here, and
-    /// `getsockname` on the accepted socket names the destination dialled.
-    pub listeners: Vec<std::net::TcpListener>,
+    /// The gateway's one TCP listener, on an address and port of its own: every TCP
+    /// connection the sandbox opens to an address outside 127/8, on any port, is handed to
+    /// it ([`crate::steer`]), and `getsockname` on the accepted socket names the
+    /// destination dialled.
+    pub listener: std::net::TcpListener,
+    /// The program that hands those connections over; dropping it detaches it.
+    pub steering: crate::steer::Steering,
     /// The resolver the sandbox's `resolv.conf` names: UDP on [`GATEWAY_ADDR`]:53.
     pub dns: std::net::UdpSocket,
     /// UDP to port 53 of any other address: counted and dropped.
@@ -137,9 +140,9 @@ pub struct KernelLink {
     /// UDP to port 443 of any address (QUIC): counted and dropped, so clients fall back to
     /// TCP.
     pub quic: std::net::UdpSocket,
-    /// A packet socket on `lo` that sees (and only sees: it is not on the data path) the
-    /// first packet of what the namespace's own kernel refuses: TCP SYNs, UDP and ICMP to
-    /// addresses outside 127/8. It lets the gateway record those refusals too.
+    /// A packet socket on `lo` that sees (and only sees: it is not on the data path) ICMP
+    /// to addresses outside 127/8: echo requests no one answers, and the namespace's own
+    /// "port unreachable" for UDP nothing was bound to. It lets the gateway count those.
     pub observer: OwnedFd,
 }
 
@@ -147,12 +150,13 @@ pub struct KernelLink {
 /// gateway, with no device but `lo`:
 /// - `lo` up, and a `local` route for `0.0.0.0/0` in the `local` table: every IPv4
 ///   destination is this namespace's own, so nothing is ever routed anywhere else (there
-///   is nowhere else), and a connection to any address reaches a socket of this
-///   namespace or is refused by its kernel;
+///   is nowhere else);
+/// - a TCP connection to an address outside 127/8 goes to the gateway's listener
+///   ([`crate::steer`]); one to 127/8 stays the namespace's own;
 /// - ICMP echo ignored, so a ping to any address is not answered by the namespace itself;
 /// - no IPv6 address or route but `::1`: IPv6 to anywhere else is unreachable;
-/// - the gateway's sockets ([`KernelLink`]) for `ports`.
-pub fn create_kernel_link(ports: &[u16]) -> io::Result<KernelLink> {
+/// - the gateway's other sockets ([`KernelLink`]).
+pub fn create_kernel_link() -> io::Result<KernelLink> {
     // SAFETY: socket returns a new descriptor or -1.
     let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     check("socket", s)?;
@@ -162,17 +166,22 @@ pub fn create_kernel_link(ports: &[u16]) -> io::Result<KernelLink> {
     add_route_to_everywhere()?;
     std::fs::write("/proc/sys/net/ipv4/icmp_echo_ignore_all", b"1")
         .map_err(|e| io::Error::new(e.kind(), format!("icmp_echo_ignore_all: {e}")))?;
-    let mut listeners = Vec::with_capacity(ports.len());
-    for &port in ports {
-        let listener = std::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))
-            .map_err(|e| io::Error::new(e.kind(), format!("listen on port {port}: {e}")))?;
-        listener.set_nonblocking(true)?;
-        listeners.push(listener);
-    }
+    let listener = std::net::TcpListener::bind((GATEWAY_ADDR, 0))
+        .map_err(|e| io::Error::new(e.kind(), format!("the gateway's listener: {e}")))?;
+    // A storm of connections waits in the backlog, not refused (the kernel caps it at
+    // the namespace's somaxconn).
+    // SAFETY: listen on a descriptor owned by `listener`.
+    check("listen", unsafe {
+        libc::listen(listener.as_raw_fd(), 4096)
+    })?;
+    listener.set_nonblocking(true)?;
+    let netns = std::fs::File::open("/proc/thread-self/ns/net")?;
+    let steering = crate::steer::steer_tcp(&listener, &netns)?;
     // The resolver's exact address wins over the wildcard for its own datagrams; both
     // binds need SO_REUSEADDR to share the port.
     Ok(KernelLink {
-        listeners,
+        listener,
+        steering,
         dns: udp_socket(GATEWAY_ADDR, 53)?,
         other_resolvers: udp_socket(Ipv4Addr::UNSPECIFIED, 53)?,
         quic: udp_socket(Ipv4Addr::UNSPECIFIED, 443)?,
@@ -181,8 +190,9 @@ pub fn create_kernel_link(ports: &[u16]) -> io::Result<KernelLink> {
 }
 
 /// The packet socket of [`KernelLink::observer`]: IPv4 on `lo`, incoming copies only (each
-/// packet on `lo` is seen leaving and arriving), filtered in the kernel to the first
-/// packets worth recording, at most 64 bytes of each.
+/// packet on `lo` is seen leaving and arriving), filtered in the kernel to ICMP to
+/// addresses outside 127/8, at most 96 bytes of each (an ICMP error quotes the header of
+/// what it answers).
 fn observer() -> io::Result<OwnedFd> {
     const SKIP: u8 = 0xff; // patched below: a jump to the "drop" instruction
     let proto = (libc::ETH_P_IP as u16).to_be();
@@ -204,26 +214,21 @@ fn observer() -> io::Result<OwnedFd> {
         jf,
         k,
     };
-    use libc::{
-        BPF_ABS, BPF_ALU, BPF_AND, BPF_B, BPF_H, BPF_IND, BPF_JEQ, BPF_JMP, BPF_JSET, BPF_K,
-        BPF_LD, BPF_LDX, BPF_MSH, BPF_RET, BPF_W,
-    };
+    use libc::{BPF_ABS, BPF_ALU, BPF_AND, BPF_B, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_RET, BPF_W};
     let mut prog = [
         /* 0 */ op(BPF_LD | BPF_W | BPF_ABS, 0, 0, 16), // destination
         /* 1 */ op(BPF_ALU | BPF_AND | BPF_K, 0, 0, 0xff00_0000),
         /* 2 */ op(BPF_JMP | BPF_JEQ | BPF_K, SKIP, 0, 0x7f00_0000), // 127/8: its own
         /* 3 */ op(BPF_LD | BPF_B | BPF_ABS, 0, 0, 9), // protocol
-        /* 4 */ op(BPF_JMP | BPF_JEQ | BPF_K, 8, 0, libc::IPPROTO_UDP as u32),
-        /* 5 */ op(BPF_JMP | BPF_JEQ | BPF_K, 7, 0, libc::IPPROTO_ICMP as u32),
-        /* 6 */ op(BPF_JMP | BPF_JEQ | BPF_K, 0, SKIP, libc::IPPROTO_TCP as u32),
-        /* 7 */ op(BPF_LD | BPF_H | BPF_ABS, 0, 0, 6), // fragment offset
-        /* 8 */ op(BPF_JMP | BPF_JSET | BPF_K, SKIP, 0, 0x1fff),
-        /* 9 */ op(BPF_LDX | BPF_B | BPF_MSH, 0, 0, 0), // header length
-        /* 10 */ op(BPF_LD | BPF_B | BPF_IND, 0, 0, 13), // TCP flags
-        /* 11 */ op(BPF_ALU | BPF_AND | BPF_K, 0, 0, 0x12), // SYN, ACK
-        /* 12 */ op(BPF_JMP | BPF_JEQ | BPF_K, 0, SKIP, 0x02), // SYN alone
-        /* 13 */ op(BPF_RET | BPF_K, 0, 0, 64),
-        /* 14 */ op(BPF_RET | BPF_K, 0, 0, 0),
+        /* 4 */
+        op(
+            BPF_JMP | BPF_JEQ | BPF_K,
+            0,
+            SKIP,
+            libc::IPPROTO_ICMP as u32,
+        ),
+        /* 5 */ op(BPF_RET | BPF_K, 0, 0, 96),
+        /* 6 */ op(BPF_RET | BPF_K, 0, 0, 0),
     ];
     let last = prog.len() - 1;
     for (i, ins) in prog.iter_mut().enumerate() {

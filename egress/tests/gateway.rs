@@ -108,18 +108,13 @@ macro_rules! on_both_paths {
 }
 
 /// Makes the link of `path` in the calling thread's network namespace.
-fn make_link(path: Path, rules: &[EgressRule]) -> Link {
+fn make_link(path: Path) -> Link {
     match path {
         Path::Device => {
             Link::Device(covenant_egress::link::create_link().expect("create the link"))
         }
         Path::Kernel => {
-            let mut ports: Vec<u16> = rules.iter().flat_map(|r| r.ports.clone()).collect();
-            ports.sort_unstable();
-            ports.dedup();
-            Link::Kernel(
-                covenant_egress::link::create_kernel_link(&ports).expect("create the link"),
-            )
+            Link::Kernel(covenant_egress::link::create_kernel_link().expect("create the link"))
         }
     }
 }
@@ -155,11 +150,10 @@ fn in_sandbox<R: Send + 'static>(
         .collect();
     let (link_tx, link_rx) = mpsc::channel();
     let (go_tx, go_rx) = mpsc::channel::<()>();
-    let thread_rules = rules.clone();
     let sandbox = std::thread::spawn(move || {
         // SAFETY: unshare of this thread's network namespace only.
         assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
-        link_tx.send(make_link(path, &thread_rules)).unwrap();
+        link_tx.send(make_link(path)).unwrap();
         go_rx.recv().unwrap();
         probe()
     });
@@ -552,11 +546,10 @@ fn when_the_gateway_stops_the_sandbox_has_no_way_out(path: Path, net: u8) {
     let rules = vec![EgressRule::parse("api.test").unwrap()];
     let (link_tx, link_rx) = mpsc::channel();
     let (go_tx, go_rx) = mpsc::channel::<()>();
-    let thread_rules = rules.clone();
     let sandbox = std::thread::spawn(move || {
         // SAFETY: unshare of this thread's network namespace only.
         assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
-        link_tx.send(make_link(path, &thread_rules)).unwrap();
+        link_tx.send(make_link(path)).unwrap();
         go_rx.recv().unwrap();
         let before = query("api.test.");
         let standin = before.clone().unwrap()[0];

@@ -20,25 +20,28 @@ use mio::net::TcpListener;
 use nix::fcntl::{splice, SpliceFFlags};
 use std::os::fd::AsFd;
 
-/// Tokens: the resolver socket, the two sinks, then listeners, then two per connection.
+/// Tokens: the resolver socket, the two sinks, the observer, the listener, then two per
+/// connection.
 const DNS: Token = Token(3);
 const OTHER_RESOLVERS: Token = Token(4);
 const QUIC: Token = Token(5);
 const OBSERVER: Token = Token(6);
-const FIRST_LISTENER: usize = 8;
-const FIRST_CONN: usize = 1 << 20;
+const LISTENER: Token = Token(7);
+const FIRST_CONN: usize = 16;
+/// Reads (or accepts) from one socket in one round before the others get a turn.
+const MAX_PER_ROUND: usize = 1024;
 
 /// The kernel path's state.
 pub(super) struct KernelState {
     core: Core,
     poll: Poll,
-    listeners: Vec<TcpListener>,
+    listener: TcpListener,
+    /// Held for as long as the gateway serves: dropping it detaches the steering.
+    _steering: crate::steer::Steering,
     dns: UdpSocket,
     other_resolvers: UdpSocket,
     quic: UdpSocket,
     observer: OwnedFd,
-    /// The ports listened on.
-    ports: HashSet<u16>,
     conns: HashMap<usize, KConn>,
     next_id: usize,
 }
@@ -120,18 +123,10 @@ impl KernelState {
         link: KernelLink,
     ) -> Result<KernelState, GatewayError> {
         let registry = poll.registry();
-        let mut listeners = Vec::with_capacity(link.listeners.len());
-        let mut ports = HashSet::new();
-        for (i, l) in link.listeners.into_iter().enumerate() {
-            ports.insert(l.local_addr().map_err(io("name a listener"))?.port());
-            l.set_nonblocking(true)
-                .map_err(io("make a listener non-blocking"))?;
-            let mut l = TcpListener::from_std(l);
-            registry
-                .register(&mut l, Token(FIRST_LISTENER + i), Interest::READABLE)
-                .map_err(io("watch a listener"))?;
-            listeners.push(l);
-        }
+        let mut listener = TcpListener::from_std(link.listener);
+        registry
+            .register(&mut listener, LISTENER, Interest::READABLE)
+            .map_err(io("watch the listener"))?;
         let udp = |s: std::net::UdpSocket, token| {
             s.set_nonblocking(true)?;
             let mut s = UdpSocket::from_std(s);
@@ -151,10 +146,10 @@ impl KernelState {
             .map_err(io("watch the observer"))?;
         Ok(KernelState {
             observer: link.observer,
-            ports,
+            _steering: link.steering,
             core,
             poll,
-            listeners,
+            listener,
             dns,
             other_resolvers,
             quic,
@@ -171,33 +166,32 @@ impl KernelState {
         let mut dns_ready = true;
         let mut sinks_ready = true;
         let mut observer_ready = true;
-        let mut accept: Vec<usize> = (0..self.listeners.len()).collect();
+        let mut accept_ready = true;
         loop {
             if stop.load(Ordering::SeqCst) {
                 return Ok(());
             }
+            // Each source is read to "nothing more" (readiness is edge-triggered) or to its
+            // bound for the round; one left at its bound is read again next round.
             if resolver_ready {
                 self.core.read_resolver();
                 resolver_ready = false;
             }
             if dns_ready {
-                self.read_queries();
-                dns_ready = false;
+                dns_ready = self.read_queries();
             }
             if sinks_ready {
-                self.drain_sinks();
-                sinks_ready = false;
+                sinks_ready = self.drain_sinks();
             }
             if observer_ready {
-                self.observe();
-                observer_ready = false;
+                observer_ready = self.observe();
             }
             if !self.core.pending.is_empty() {
                 self.core.expire_queries();
             }
             self.send_answers();
-            for i in accept.drain(..) {
-                self.accept(i, &mut touched);
+            if accept_ready {
+                accept_ready = self.accept(&mut touched);
             }
             // Undecided connections are looked at on every round: their deadlines.
             touched.extend(
@@ -209,7 +203,9 @@ impl KernelState {
             for id in touched.drain() {
                 self.service(id);
             }
-            let timeout = if self.core.pending.is_empty()
+            let timeout = if dns_ready || sinks_ready || observer_ready || accept_ready {
+                Duration::ZERO
+            } else if self.core.pending.is_empty()
                 && self.conns.values().all(|c| c.verdict.is_some())
             {
                 Duration::from_secs(1)
@@ -228,10 +224,8 @@ impl KernelState {
                     DNS => dns_ready = true,
                     OTHER_RESOLVERS | QUIC => sinks_ready = true,
                     OBSERVER => observer_ready = true,
+                    LISTENER => accept_ready = true,
                     WAKE => {}
-                    _ if (FIRST_LISTENER..FIRST_CONN).contains(&t) => {
-                        accept.push(t - FIRST_LISTENER)
-                    }
                     _ if t >= FIRST_CONN => {
                         let id = (t - FIRST_CONN) / 2;
                         let Some(conn) = self.conns.get_mut(&id) else {
@@ -258,80 +252,84 @@ impl KernelState {
         }
     }
 
-    fn read_queries(&mut self) {
+    /// Answers the sandbox's queries; returns whether more may wait.
+    fn read_queries(&mut self) -> bool {
         let mut buf = [0u8; 4096];
-        loop {
+        for _ in 0..MAX_PER_ROUND {
             match self.dns.recv_from(&mut buf) {
                 Ok((n, SocketAddr::V4(client))) => self.core.handle_query(client, &buf[..n]),
                 Ok(_) => self.core.drop_packet(|d| d.udp += 1),
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(_) => return,
+                Err(_) => return false,
             }
+            // Answered at once: nothing piles up in the gateway.
+            self.send_answers();
         }
+        true
     }
 
-    fn drain_sinks(&mut self) {
+    /// Counts and drops what reached the sinks; returns whether more may wait.
+    fn drain_sinks(&mut self) -> bool {
         let mut buf = [0u8; 64];
+        let mut more = false;
         for (sink, quic) in [(&self.other_resolvers, false), (&self.quic, true)] {
-            loop {
+            let mut drained = false;
+            for _ in 0..MAX_PER_ROUND {
                 match sink.recv(&mut buf) {
                     Ok(_) if quic => self.core.drop_packet(|d| d.quic += 1),
                     Ok(_) => self.core.drop_packet(|d| d.udp += 1),
                     Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                    Err(_) => break,
+                    Err(_) => {
+                        drained = true;
+                        break;
+                    }
                 }
             }
+            more |= !drained;
         }
+        more
     }
 
-    /// Records what the namespace's own kernel refused, from the packets the observer saw:
-    /// a SYN to a port nothing listens on, UDP other than to the resolver and the sinks
-    /// (which count their own), an ICMP echo request.
-    fn observe(&mut self) {
-        let mut buf = [0u8; 64];
-        loop {
+    /// Counts what the observer saw: an ICMP echo request (no one answers it), and the
+    /// namespace's own "port unreachable" for a UDP datagram to a port nothing was bound
+    /// to. Returns whether more may wait.
+    fn observe(&mut self) -> bool {
+        let mut buf = [0u8; 96];
+        for _ in 0..MAX_PER_ROUND {
             // SAFETY: reads at most `buf.len()` bytes into a live, writable buffer.
             let n = unsafe {
                 libc::recv(
                     self.observer.as_raw_fd(),
                     buf.as_mut_ptr().cast(),
                     buf.len(),
-                    libc::MSG_TRUNC,
+                    0,
                 )
             };
             if n < 0 {
                 if std::io::Error::last_os_error().kind() == ErrorKind::Interrupted {
                     continue;
                 }
-                return;
+                return false;
             }
-            let seen = &buf[..(n as usize).min(buf.len())];
-            // At most 64 bytes of each: the IPv4 header and the first of the next.
+            // At most 96 bytes of each: the IPv4 header, the ICMP header, and for an error
+            // the header of the datagram it answers.
+            let seen = &buf[..n as usize];
             if seen.len() < 20 || seen[0] >> 4 != 4 {
                 continue;
             }
-            let ip = Ipv4Packet::new_unchecked(seen);
-            let header = usize::from(ip.header_len());
-            let l4 = &seen[header.min(seen.len())..];
-            let (dst, protocol) = (ip.dst_addr(), ip.next_header());
-            let port = (l4.len() >= 4).then(|| u16::from_be_bytes([l4[2], l4[3]]));
-            match (protocol, port) {
-                (IpProtocol::Tcp, Some(port)) if !self.ports.contains(&port) => {
-                    let to = SocketAddrV4::new(dst, port);
-                    let core = &self.core;
-                    let why = decide_connect(to, &core.names, &core.rules, &core.settings)
-                        .err()
-                        .unwrap_or(Refusal::Port);
-                    core.refused_connect(to, why);
-                }
-                (IpProtocol::Udp, Some(53 | 443)) => {}
-                (IpProtocol::Udp, _) => self.core.drop_packet(|d| d.udp += 1),
-                (IpProtocol::Icmp, _) if l4.first() == Some(&8) => {
-                    self.core.drop_packet(|d| d.icmp += 1)
+            let icmp = &seen[usize::from(seen[0] & 0x0f) * 4..];
+            match icmp {
+                [8, ..] => self.core.drop_packet(|d| d.icmp += 1),
+                // Destination unreachable, port: quoting a UDP datagram.
+                [3, 3, _, _, _, _, _, _, quoted @ ..]
+                    if quoted.len() >= 20 && quoted[9] == libc::IPPROTO_UDP as u8 =>
+                {
+                    self.core.drop_packet(|d| d.udp += 1)
                 }
                 _ => {}
             }
         }
+        true
     }
 
     fn send_answers(&mut self) {
@@ -341,14 +339,16 @@ impl KernelState {
         }
     }
 
-    /// Accepts what waits on listener `i`, and decides each connection by its destination.
-    fn accept(&mut self, i: usize, touched: &mut HashSet<usize>) {
-        loop {
-            let (stream, _) = match self.listeners[i].accept() {
+    /// Accepts what waits, and decides each connection by its destination; returns whether
+    /// more may wait.
+    fn accept(&mut self, touched: &mut HashSet<usize>) -> bool {
+        for _ in 0..MAX_PER_ROUND {
+            let (stream, _) = match self.listener.accept() {
                 Ok(s) => s,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                // WouldBlock, or out of descriptors: what waits is taken on the next edge.
-                Err(_) => return,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
+                // Out of descriptors, or the like: what waits is taken next round.
+                Err(_) => return true,
             };
             let dst = match stream.local_addr() {
                 Ok(SocketAddr::V4(dst)) => dst,
@@ -413,6 +413,7 @@ impl KernelState {
             self.core.peak(self.conns.len());
             touched.insert(id);
         }
+        true
     }
 
     fn service(&mut self, id: usize) {

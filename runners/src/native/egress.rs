@@ -33,7 +33,7 @@ fn refused(step: &'static str, detail: impl ToString) -> EgressError {
 /// Which link a sandbox's namespace gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Link {
-    /// Connections reach the gateway's listeners in the namespace, and are relayed by the
+    /// Connections reach the gateway's listener in the namespace, and are relayed by the
     /// kernel.
     Kernel,
     /// A TUN device whose other end is the gateway's own TCP/IP stack.
@@ -48,14 +48,9 @@ enum Made {
 
 impl Link {
     /// Makes the link in the calling thread's network namespace.
-    fn make(self, rules: &[EgressRule]) -> std::io::Result<Made> {
+    fn make(self) -> std::io::Result<Made> {
         match self {
-            Link::Kernel => {
-                let mut ports: Vec<u16> = rules.iter().flat_map(|r| r.ports.clone()).collect();
-                ports.sort_unstable();
-                ports.dedup();
-                covenant_egress::link::create_kernel_link(&ports).map(Made::Kernel)
-            }
+            Link::Kernel => covenant_egress::link::create_kernel_link().map(Made::Kernel),
             Link::Device => covenant_egress::link::create_link().map(Made::Device),
         }
     }
@@ -83,13 +78,12 @@ pub fn start_gateway(pid: Pid, rules: &[EgressRule]) -> Result<Gateway, EgressEr
             format!("{path}: {e}"),
         )
     })?;
-    let thread_rules = rules.to_vec();
     let link = std::thread::Builder::new()
         .name("egress-link".into())
         .spawn(move || {
             // Moves only this thread, which ends after creating the link.
             nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)?;
-            Link::Kernel.make(&thread_rules)
+            Link::Kernel.make()
         })
         .map_err(|e| refused("start the link thread", e))?
         .join()
@@ -131,14 +125,13 @@ pub fn prepare_namespace(
     let settings = Settings::from_env().map_err(|e| refused("read the operator's settings", e))?;
     let (tx, rx) = std::sync::mpsc::channel();
     let (release, wait) = std::sync::mpsc::channel::<()>();
-    let thread_rules = rules.to_vec();
     let thread = std::thread::Builder::new()
         .name("egress-netns".into())
         .spawn(move || {
             // Moves only this thread into a new network namespace.
             let made = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
                 .map_err(std::io::Error::from)
-                .and_then(|()| kind.make(&thread_rules));
+                .and_then(|()| kind.make());
             let tid = nix::unistd::gettid();
             let path = format!("/proc/{}/task/{tid}/ns/net", std::process::id());
             let ok = made.is_ok();
