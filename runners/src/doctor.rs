@@ -65,6 +65,17 @@ fn probe_namespace(flag: CloneFlags) -> Result<(), std::io::Error> {
     }
 }
 
+/// Makes the egress kernel path's link in a scratch network namespace, on a thread of its
+/// own (`unshare` of a network namespace moves only the calling thread), and drops it.
+fn probe_egress_kernel_path() -> Result<(), std::io::Error> {
+    std::thread::spawn(|| {
+        unshare(CloneFlags::CLONE_NEWNET)?;
+        covenant_egress::link::create_kernel_link().map(drop)
+    })
+    .join()
+    .unwrap_or_else(|_| Err(std::io::Error::other("the probe panicked")))
+}
+
 fn on_path(binary: &str) -> Option<String> {
     let path = std::env::var("PATH").unwrap_or_default();
     path.split(':')
@@ -273,6 +284,16 @@ pub fn run_checks() -> Vec<Check> {
         false,
         "for image rootfs sources",
         Some("modprobe overlay"),
+    ));
+    let kernel_path = probe_egress_kernel_path();
+    checks.push(check(
+        "egress kernel path",
+        kernel_path.is_ok(),
+        false,
+        kernel_path
+            .map(|()| "AnyIP route, sk_lookup steering and the observer, made in a scratch network namespace".to_string())
+            .unwrap_or_else(|e| e.to_string()),
+        Some("net egress on the native runner, runc and crun needs root and a kernel with BPF sk_lookup (Linux 5.9, CONFIG_BPF_SYSCALL); gVisor uses /dev/net/tun instead"),
     ));
     let kvm = std::fs::OpenOptions::new()
         .read(true)
