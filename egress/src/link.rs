@@ -140,9 +140,9 @@ pub struct KernelLink {
     /// UDP to port 443 of any address (QUIC): counted and dropped, so clients fall back to
     /// TCP.
     pub quic: std::net::UdpSocket,
-    /// A packet socket on `lo` that sees (and only sees: it is not on the data path) ICMP
-    /// to addresses outside 127/8: echo requests no one answers, and the namespace's own
-    /// "port unreachable" for UDP nothing was bound to. It lets the gateway count those.
+    /// A packet socket on `lo` that sees (and only sees: it is not on the data path) ICMP:
+    /// echo requests no one answers, and the namespace's own "port unreachable" for UDP
+    /// nothing was bound to. It lets the gateway count those sent outside 127/8.
     pub observer: OwnedFd,
 }
 
@@ -190,9 +190,8 @@ pub fn create_kernel_link() -> io::Result<KernelLink> {
 }
 
 /// The packet socket of [`KernelLink::observer`]: IPv4 on `lo`, incoming copies only (each
-/// packet on `lo` is seen leaving and arriving), filtered in the kernel to ICMP to
-/// addresses outside 127/8, at most 96 bytes of each (an ICMP error quotes the header of
-/// what it answers).
+/// packet on `lo` is seen leaving and arriving), filtered in the kernel to ICMP, at most 96
+/// bytes of each (an ICMP error quotes the header of what it answers).
 fn observer() -> io::Result<OwnedFd> {
     const SKIP: u8 = 0xff; // patched below: a jump to the "drop" instruction
     let proto = (libc::ETH_P_IP as u16).to_be();
@@ -302,6 +301,17 @@ fn udp_socket(ip: Ipv4Addr, port: u16) -> io::Result<std::net::UdpSocket> {
             sock.as_raw_fd(),
             libc::SOL_SOCKET,
             libc::SO_REUSEADDR,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })?;
+    // The destination of each datagram, to tell the sandbox's own loopback apart.
+    // SAFETY: IP_PKTINFO reads one int from a live local.
+    check("IP_PKTINFO", unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_PKTINFO,
             (&one as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )

@@ -83,6 +83,14 @@ const FAMILY: i16 = 8;
 const PROTOCOL: i16 = 12;
 const LOCAL_IP4: i16 = 40;
 
+/// `local_ip4` is in network order, loaded as a native `u32`: the mask that keeps its first
+/// octet, and that octet at 127 under the mask.
+const FIRST_OCTET: (i32, i32) = if cfg!(target_endian = "little") {
+    (0xff, 127)
+} else {
+    (0xff00_0000_u32 as i32, 0x7f00_0000)
+};
+
 /// The program, with `map` as its sockmap.
 fn program(map: RawFd) -> [Insn; 26] {
     [
@@ -90,8 +98,8 @@ fn program(map: RawFd) -> [Insn; 26] {
         /* 1 */ insn(LDX_W, 2, 6, FAMILY, 0),
         /* 2 */ insn(JNE_K, 2, 0, 21, libc::AF_INET),
         /* 3 */ insn(LDX_W, 2, 6, LOCAL_IP4, 0),
-        /* 4 */ insn(AND64_K, 2, 0, 0, 0xff), // network order: the first octet
-        /* 5 */ insn(JEQ_K, 2, 0, 18, 127),
+        /* 4 */ insn(AND64_K, 2, 0, 0, FIRST_OCTET.0),
+        /* 5 */ insn(JEQ_K, 2, 0, 18, FIRST_OCTET.1),
         /* 6 */ insn(LDX_W, 2, 6, PROTOCOL, 0),
         /* 7 */ insn(MOV64_K, 3, 0, 0, 0), // the key
         /* 8 */ insn(JEQ_K, 2, 0, 1, libc::IPPROTO_TCP),

@@ -18,6 +18,7 @@ use super::*;
 use crate::link::KernelLink;
 use mio::net::TcpListener;
 use nix::fcntl::{splice, SpliceFFlags};
+use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
 
 /// Tokens: the resolver socket, the two sinks, the observer, the listener, then two per
@@ -43,11 +44,28 @@ pub(super) struct KernelState {
     quic: UdpSocket,
     observer: OwnedFd,
     conns: HashMap<usize, KConn>,
+    /// Connections holding large buffers.
+    large_in_use: usize,
+    /// Connections open at once: the limit, or fewer where the descriptor limit would be
+    /// reached first.
+    max_connections: usize,
     next_id: usize,
 }
 
-/// The size asked of each pipe (the default is 64 KiB).
-const PIPE_SIZE: libc::c_int = 1 << 20;
+/// The pipe of each direction of the first [`Limits::large_buffers`] connections open at
+/// once (the default, which the rest keep, is 64 KiB). Bulk transfers need wide buffers;
+/// a storm of connections must not multiply them.
+const LARGE_PIPE: libc::c_int = 1 << 20;
+/// The socket buffers (`SO_SNDBUF`, `SO_RCVBUF`, set on both sockets of a connection, so
+/// that the kernel's autotuning cannot grow them) of those connections and of the rest.
+/// The kernel doubles what is asked. The gateway's sockets are the supervisor's, outside
+/// the sandbox's memory limit: fixed sizes bound what a sandbox can make it hold.
+const LARGE_SOCKET_BUFFER: libc::c_int = 512 * 1024;
+const SMALL_SOCKET_BUFFER: libc::c_int = 32 * 1024;
+/// Descriptors each connection takes: two sockets and two pipes.
+const FDS_PER_CONNECTION: u64 = 6;
+/// Descriptors left for everything else of the supervising process.
+const RESERVED_FDS: u64 = 256;
 
 /// One direction's pipe: what one socket gave and the other has not yet taken.
 struct Pipe {
@@ -58,11 +76,13 @@ struct Pipe {
 }
 
 impl Pipe {
-    fn new() -> std::io::Result<Pipe> {
+    fn new(large: bool) -> std::io::Result<Pipe> {
         let (read, write) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)?;
-        // Fewer, larger moves; the pages are the kernel's, and only while bytes wait.
-        let _ = nix::fcntl::fcntl(read.as_raw_fd(), nix::fcntl::F_SETPIPE_SZ(PIPE_SIZE));
+        if large {
+            // Fewer, larger moves; the pages are held only while bytes wait.
+            let _ = nix::fcntl::fcntl(read.as_raw_fd(), nix::fcntl::F_SETPIPE_SZ(LARGE_PIPE));
+        }
         let capacity = nix::fcntl::fcntl(read.as_raw_fd(), nix::fcntl::F_GETPIPE_SZ)? as usize;
         Ok(Pipe {
             read,
@@ -114,6 +134,8 @@ struct KConn {
     to_down: Option<Pipe>,
     bytes_out: u64,
     bytes_in: u64,
+    /// Holds large buffers.
+    large: bool,
 }
 
 impl KernelState {
@@ -144,7 +166,13 @@ impl KernelState {
                 Interest::READABLE,
             )
             .map_err(io("watch the observer"))?;
+        let fds = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .map(|(soft, _)| soft)
+            .unwrap_or(1024);
+        let by_fds = (fds.saturating_sub(RESERVED_FDS) / FDS_PER_CONNECTION) as usize;
         Ok(KernelState {
+            max_connections: core.limits.max_connections.min(by_fds),
+            large_in_use: 0,
             observer: link.observer,
             _steering: link.steering,
             core,
@@ -268,17 +296,18 @@ impl KernelState {
         true
     }
 
-    /// Counts and drops what reached the sinks; returns whether more may wait.
+    /// Counts and drops what reached the sinks (the sandbox's own loopback aside); returns
+    /// whether more may wait.
     fn drain_sinks(&mut self) -> bool {
-        let mut buf = [0u8; 64];
         let mut more = false;
         for (sink, quic) in [(&self.other_resolvers, false), (&self.quic, true)] {
             let mut drained = false;
             for _ in 0..MAX_PER_ROUND {
-                match sink.recv(&mut buf) {
+                match sink_datagram(sink) {
+                    Ok(to) if to.is_loopback() => {}
                     Ok(_) if quic => self.core.drop_packet(|d| d.quic += 1),
                     Ok(_) => self.core.drop_packet(|d| d.udp += 1),
-                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(nix::errno::Errno::EINTR) => {}
                     Err(_) => {
                         drained = true;
                         break;
@@ -317,12 +346,17 @@ impl KernelState {
             if seen.len() < 20 || seen[0] >> 4 != 4 {
                 continue;
             }
+            let outside = |dst: &[u8]| dst[0] != 127;
             let icmp = &seen[usize::from(seen[0] & 0x0f) * 4..];
             match icmp {
-                [8, ..] => self.core.drop_packet(|d| d.icmp += 1),
-                // Destination unreachable, port: quoting a UDP datagram.
+                [8, ..] if outside(&seen[16..20]) => self.core.drop_packet(|d| d.icmp += 1),
+                // Destination unreachable, port: quoting a UDP datagram, whose destination
+                // says where it was sent (the error goes back to its source, which the
+                // sandbox chooses).
                 [3, 3, _, _, _, _, _, _, quoted @ ..]
-                    if quoted.len() >= 20 && quoted[9] == libc::IPPROTO_UDP as u8 =>
+                    if quoted.len() >= 20
+                        && quoted[9] == libc::IPPROTO_UDP as u8
+                        && outside(&quoted[16..20]) =>
                 {
                     self.core.drop_packet(|d| d.udp += 1)
                 }
@@ -360,7 +394,7 @@ impl KernelState {
             let core = &self.core;
             let decision = if dst.ip().is_loopback() || dst.ip().is_unspecified() {
                 Err(Refusal::OwnLoopback)
-            } else if self.conns.len() >= core.limits.max_connections {
+            } else if self.conns.len() >= self.max_connections {
                 Err(Refusal::ConnectionLimit)
             } else {
                 decide_connect(dst, &core.names, &core.rules, &core.settings)
@@ -377,6 +411,8 @@ impl KernelState {
             self.next_id += 1;
             let mut down = stream;
             let _ = down.set_nodelay(true);
+            let large = self.large_in_use < core.limits.large_buffers;
+            set_buffers(&down, large);
             if self
                 .poll
                 .registry()
@@ -408,8 +444,10 @@ impl KernelState {
                     to_down: None,
                     bytes_out: 0,
                     bytes_in: 0,
+                    large,
                 },
             );
+            self.large_in_use += usize::from(large);
             self.core.peak(self.conns.len());
             touched.insert(id);
         }
@@ -432,6 +470,7 @@ impl KernelState {
         let Some(mut conn) = self.conns.remove(&id) else {
             return;
         };
+        self.large_in_use -= usize::from(conn.large);
         let registry = self.poll.registry();
         let _ = registry.deregister(&mut conn.down.stream);
         if !(conn.down.shut && conn.down.eof) {
@@ -456,6 +495,59 @@ impl KernelState {
             (conn.bytes_out, conn.bytes_in),
             refused,
         );
+    }
+}
+
+/// Receives one datagram from a sink and returns the address it was sent to.
+fn sink_datagram(sink: &UdpSocket) -> nix::Result<Ipv4Addr> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrIn};
+    let mut buf = [0u8; 64];
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!(libc::in_pktinfo);
+    let msg = recvmsg::<SockaddrIn>(
+        sink.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::empty(),
+    )?;
+    let to = msg.cmsgs()?.find_map(|c| match c {
+        ControlMessageOwned::Ipv4PacketInfo(info) => {
+            Some(Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr)))
+        }
+        _ => None,
+    });
+    // Without its destination (never, with IP_PKTINFO set), a datagram counts.
+    Ok(to.unwrap_or(Ipv4Addr::UNSPECIFIED))
+}
+
+/// Fixes a gateway socket's buffers at its class's size.
+fn set_buffers(stream: &TcpStream, large: bool) {
+    let size = if large {
+        LARGE_SOCKET_BUFFER
+    } else {
+        SMALL_SOCKET_BUFFER
+    };
+    let set = |opt| {
+        // SAFETY: reads one int from a live local.
+        unsafe {
+            libc::setsockopt(
+                stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        }
+    };
+    // Past the host's wmem_max and rmem_max only with CAP_NET_ADMIN; without it, the size
+    // is still fixed, at most at those maxima.
+    for (forced, plain) in [
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+    ] {
+        if set(forced) < 0 {
+            set(plain);
+        }
     }
 }
 
@@ -496,6 +588,7 @@ fn step(
         let mut stream = TcpStream::connect(SocketAddr::V4(c.target.upstream))
             .map_err(|e| Some(Refusal::Connect(e.to_string())))?;
         let _ = stream.set_nodelay(true);
+        set_buffers(&stream, c.large);
         registry
             .register(
                 &mut stream,
@@ -526,7 +619,7 @@ fn step(
             }
             Err(e) => return Err(Some(Refusal::Connect(e.to_string()))),
         }
-        let pipes = Pipe::new().and_then(|a| Ok((a, Pipe::new()?)));
+        let pipes = Pipe::new(c.large).and_then(|a| Ok((a, Pipe::new(c.large)?)));
         let (to_up, to_down) = pipes.map_err(|e| Some(Refusal::Connect(e.to_string())))?;
         c.to_up = Some(to_up);
         c.to_down = Some(to_down);
