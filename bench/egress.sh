@@ -1,16 +1,19 @@
 #!/bin/sh
 # The egress gateway against --net host, side by side in one run, on the same loopback test
 # server (bench/egress_server.py on 127.77.200.x; nothing leaves this machine):
-#   - bulk download of BYTES (default 1 GiB): throughput;
+#   - bulk download of BYTES (default 1 GiB): throughput, ROUNDS (default 5) interleaved
+#     pairs, each pair's ratio and the median (the host path's own rate swings with the
+#     machine's other load, so one pair says little);
 #   - connection setup (connect, first bytes, one round trip): p50 and p90 over 200;
 #   - 1,000 concurrent connections from one sandbox: how many are served;
 #   - the supervising process's resident memory per idle connection (1,000 held).
 #
-#   sudo bench/egress.sh [BYTES]
+#   sudo bench/egress.sh [BYTES [ROUNDS]]
 #
 # Needs: a release build (cargo build --release), python3, jq.
 set -eu
 BYTES=${1:-1073741824}
+ROUNDS=${2:-5}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CTL=$ROOT/target/release/covenant-ctl
 [ -x "$CTL" ] || { echo "build first: cargo build --release" >&2; exit 1; }
@@ -37,9 +40,16 @@ run() { # MODE-FLAGS TARGET ARGS...
 }
 
 printf '%-34s %14s %14s %8s\n' "measure" "net host" "egress gateway" "ratio"
-h=$(run "$HOST" bulk 127.77.200.10 "$BYTES" | jq .mib_per_s)
-e=$(run "$EGRESS" bulk bulk.test "$BYTES" | jq .mib_per_s)
-printf '%-34s %12.0f/s %12.0f/s %8.2f\n' "bulk download, MiB" "$h" "$e" "$(calc "$e / $h")"
+: > "$WORK/bulk"
+for i in $(seq "$ROUNDS"); do
+    h=$(run "$HOST" bulk 127.77.200.10 "$BYTES" | jq .mib_per_s)
+    e=$(run "$EGRESS" bulk bulk.test "$BYTES" | jq .mib_per_s)
+    r=$(calc "$e / $h")
+    echo "$r" >> "$WORK/bulk"
+    printf '%-34s %12.0f/s %12.0f/s %8.2f\n' "bulk download, MiB, pair $i" "$h" "$e" "$r"
+done
+printf '%-34s %14s %14s %8.2f\n' "bulk download, median ratio" "" "" \
+    "$(sort -n "$WORK/bulk" | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }')"
 
 h=$(run "$HOST" setup 127.77.200.10 200)
 e=$(run "$EGRESS" setup bulk.test 200)

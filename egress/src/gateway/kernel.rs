@@ -53,15 +53,17 @@ pub(super) struct KernelState {
 }
 
 /// The pipe of each direction of the first [`Limits::large_buffers`] connections open at
-/// once (the default, which the rest keep, is 64 KiB). Bulk transfers need wide buffers;
-/// a storm of connections must not multiply them.
+/// once, and of the rest. Bulk transfers need wide buffers (measured: 64 KiB pipes and
+/// socket buffers halve a download's rate); a storm of connections must not multiply
+/// them.
 const LARGE_PIPE: libc::c_int = 1 << 20;
+const SMALL_PIPE: libc::c_int = 16 * 1024;
 /// The socket buffers (`SO_SNDBUF`, `SO_RCVBUF`, set on both sockets of a connection, so
 /// that the kernel's autotuning cannot grow them) of those connections and of the rest.
 /// The kernel doubles what is asked. The gateway's sockets are the supervisor's, outside
 /// the sandbox's memory limit: fixed sizes bound what a sandbox can make it hold.
 const LARGE_SOCKET_BUFFER: libc::c_int = 512 * 1024;
-const SMALL_SOCKET_BUFFER: libc::c_int = 32 * 1024;
+const SMALL_SOCKET_BUFFER: libc::c_int = 16 * 1024;
 /// Descriptors each connection takes: two sockets and two pipes.
 const FDS_PER_CONNECTION: u64 = 6;
 /// Descriptors left for everything else of the supervising process.
@@ -79,10 +81,9 @@ impl Pipe {
     fn new(large: bool) -> std::io::Result<Pipe> {
         let (read, write) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)?;
-        if large {
-            // Fewer, larger moves; the pages are held only while bytes wait.
-            let _ = nix::fcntl::fcntl(read.as_raw_fd(), nix::fcntl::F_SETPIPE_SZ(LARGE_PIPE));
-        }
+        // The pages are held only while bytes wait.
+        let size = if large { LARGE_PIPE } else { SMALL_PIPE };
+        let _ = nix::fcntl::fcntl(read.as_raw_fd(), nix::fcntl::F_SETPIPE_SZ(size));
         let capacity = nix::fcntl::fcntl(read.as_raw_fd(), nix::fcntl::F_GETPIPE_SZ)? as usize;
         Ok(Pipe {
             read,
