@@ -497,6 +497,46 @@ fn udp_quic_icmp_and_ipv6_do_not_leave(path: Path, net: u8) {
     assert!(report.dropped.icmp >= 1, "{:?}", report.dropped);
 }
 
+/// On the kernel path the namespace's own kernel answers UDP nothing is bound to, and the
+/// gateway counts from what those answers quote: where a datagram was sent, not where the
+/// answer goes (the sandbox chooses its sockets' source addresses). The sandbox's own
+/// loopback is never counted, and the sinks count by destination too.
+#[test]
+fn the_kernel_paths_udp_counts_follow_where_datagrams_were_sent() {
+    if !live() {
+        return;
+    }
+    let net = Internet::start(110, &[("api.test", host(110, 10))]);
+    let ((), report) = in_sandbox(Path::Kernel, &net, &["api.test"], Limits::default(), || {
+        let send = |from: (Ipv4Addr, u16), to: (Ipv4Addr, u16), n: usize| {
+            let u = UdpSocket::bind(from).unwrap();
+            for _ in 0..n {
+                u.send_to(b"x", to).unwrap();
+            }
+        };
+        let (any, lo, other) = (
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::LOCALHOST,
+            Ipv4Addr::new(10, 1, 2, 3),
+        );
+        let outside = Ipv4Addr::new(10, 0, 0, 1);
+        // Counted: sent outside 127/8. (From a socket bound to 127/8, the namespace's
+        // kernel sends its "port unreachable" too, but the observer does not see it, so
+        // such datagrams go uncounted; they go nowhere either.)
+        send((any, 0), (outside, 9000), 5);
+        send((other, 0), (outside, 9001), 3);
+        send((any, 0), (outside, 53), 4);
+        send((any, 0), (outside, 443), 6);
+        // Not counted: the sandbox's own loopback, whatever the source.
+        send((other, 0), (lo, 9000), 7);
+        send((any, 0), (lo, 53), 2);
+        send((any, 0), (lo, 443), 2);
+        std::thread::sleep(Duration::from_millis(300));
+    });
+    assert_eq!(report.dropped.udp, 5 + 3 + 4, "{:?}", report.dropped);
+    assert_eq!(report.dropped.quic, 6, "{:?}", report.dropped);
+}
+
 on_both_paths!(
     a_connection_storm_is_bounded_and_the_gateway_keeps_serving,
     5

@@ -170,9 +170,8 @@ impl KernelState {
         let fds = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
             .map(|(soft, _)| soft)
             .unwrap_or(1024);
-        let by_fds = (fds.saturating_sub(RESERVED_FDS) / FDS_PER_CONNECTION) as usize;
         Ok(KernelState {
-            max_connections: core.limits.max_connections.min(by_fds),
+            max_connections: connection_cap(core.limits.max_connections, fds),
             large_in_use: 0,
             observer: link.observer,
             _steering: link.steering,
@@ -499,6 +498,11 @@ impl KernelState {
     }
 }
 
+/// Connections open at once: `limit`, or fewer where `fds` descriptors would run out first.
+fn connection_cap(limit: usize, fds: u64) -> usize {
+    limit.min((fds.saturating_sub(RESERVED_FDS) / FDS_PER_CONNECTION) as usize)
+}
+
 /// Receives one datagram from a sink and returns the address it was sent to.
 fn sink_datagram(sink: &UdpSocket) -> nix::Result<Ipv4Addr> {
     use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrIn};
@@ -812,5 +816,20 @@ impl DataPath for KernelState {
         for id in ids {
             self.finish(id, None);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_cap_leaves_descriptors_for_everything_else() {
+        assert_eq!(connection_cap(1024, 1 << 20), 1024);
+        // 4096 descriptors: (4096 - 256) / 6 connections, each with its two sockets and
+        // two pipes.
+        assert_eq!(connection_cap(1024, 4096), 640);
+        assert_eq!(connection_cap(1024, 256), 0);
+        assert_eq!(connection_cap(1024, 0), 0);
     }
 }
