@@ -283,52 +283,24 @@ fn observer() -> io::Result<OwnedFd> {
 }
 
 fn udp_socket(ip: Ipv4Addr, port: u16) -> io::Result<std::net::UdpSocket> {
-    // SAFETY: socket returns a new descriptor or -1.
-    let s = unsafe {
-        libc::socket(
-            libc::AF_INET,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-            0,
-        )
-    };
-    check("socket", s)?;
-    // SAFETY: s is a fresh descriptor owned here.
-    let sock = unsafe { OwnedFd::from_raw_fd(s) };
-    let one: libc::c_int = 1;
-    // SAFETY: SO_REUSEADDR reads one int from a live local.
-    check("SO_REUSEADDR", unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_REUSEADDR,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    })?;
+    use nix::sys::socket::{bind, setsockopt, socket, sockopt, AddressFamily, SockFlag};
+    use nix::sys::socket::{SockType, SockaddrIn};
+    let named = |e: nix::errno::Errno| io::Error::other(format!("udp {ip}:{port}: {e}"));
+    let sock = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )
+    .map_err(named)?;
+    setsockopt(&sock, sockopt::ReuseAddr, &true).map_err(named)?;
     // The destination of each datagram, to tell the sandbox's own loopback apart.
-    // SAFETY: IP_PKTINFO reads one int from a live local.
-    check("IP_PKTINFO", unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_PKTINFO,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    })?;
-    let mut addr = sockaddr(ip);
-    // SAFETY: sockaddr and sockaddr_in share their first fields; the port is the first
-    // two bytes of sa_data, in network order.
-    addr.sa_data[..2].copy_from_slice(&port.to_be_bytes().map(|b| b as libc::c_char));
-    // SAFETY: bind reads a sockaddr of the length given.
-    check("bind", unsafe {
-        libc::bind(
-            sock.as_raw_fd(),
-            &addr,
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        )
-    })
-    .map_err(|e| io::Error::new(e.kind(), format!("udp {ip}:{port}: {e}")))?;
+    setsockopt(&sock, sockopt::Ipv4PacketInfo, &true).map_err(named)?;
+    bind(
+        sock.as_raw_fd(),
+        &SockaddrIn::from(std::net::SocketAddrV4::new(ip, port)),
+    )
+    .map_err(named)?;
     Ok(std::net::UdpSocket::from(sock))
 }
 

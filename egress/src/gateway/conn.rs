@@ -44,23 +44,12 @@ impl State {
             self.tokens.remove(&up.token);
             let _ = self.poll.registry().deregister(&mut up.stream);
         }
-        let refused = refused.or(match conn.verdict {
-            Some(true) => None,
-            _ if conn.upstream.is_none() && conn.bytes_in == 0 => {
-                Some(Refusal::FirstBytes("the sandbox closed before a decision"))
-            }
-            _ => None,
-        });
-        self.core.finished_connect(
-            &conn.target,
-            conn.dst.port(),
-            (conn.bytes_out, conn.bytes_in),
-            refused,
-        );
+        conn.s
+            .record_end(&self.core, conn.upstream.is_some(), refused);
     }
 
     fn connect_upstream(registry: &Registry, conn: &mut Conn, token: Token) -> Result<(), Refusal> {
-        let mut stream = TcpStream::connect(SocketAddr::V4(conn.target.upstream))
+        let mut stream = TcpStream::connect(SocketAddr::V4(conn.s.target.upstream))
             .map_err(|e| Refusal::Connect(e.to_string()))?;
         let _ = stream.set_nodelay(true);
         registry
@@ -92,38 +81,43 @@ impl State {
             return Step::Done;
         }
         if state == tcp::State::Listen || state == tcp::State::SynReceived {
-            if conn.opened.elapsed() > limits.first_bytes_timeout {
+            if conn.s.opened.elapsed() > limits.first_bytes_timeout {
                 return Step::Refuse(Refusal::FirstBytes("the handshake did not complete"));
             }
             return Step::Keep;
         }
         // The first bytes: held, bounded, until they name the host.
-        if conn.verdict.is_none() {
-            while socket.can_recv() && conn.held.len() < MAX_FIRST_BYTES {
-                let room = MAX_FIRST_BYTES - conn.held.len();
+        if conn.s.verdict.is_none() {
+            while socket.can_recv() && conn.s.held.len() < MAX_FIRST_BYTES {
+                let room = MAX_FIRST_BYTES - conn.s.held.len();
                 let _ = socket.recv(|b| {
                     let n = b.len().min(room);
-                    conn.held.extend_from_slice(&b[..n]);
+                    conn.s.held.extend_from_slice(&b[..n]);
                     (n, ())
                 });
             }
-            match decide_first_bytes(&conn.target, &conn.held, socket.may_recv()) {
+            match decide_first_bytes(&conn.s.target, &conn.s.held, socket.may_recv()) {
                 FirstBytes::Wait => {}
                 FirstBytes::Allowed { requests } => {
-                    conn.verdict = Some(true);
-                    conn.requests = requests;
+                    conn.s.verdict = Some(true);
+                    conn.s.requests = requests;
                 }
                 FirstBytes::Refused(why) => return Step::Refuse(why),
             }
-            if conn.verdict.is_none()
-                && first_bytes_late(conn.opened, &limits, &conn.held, conn.upstream.is_some())
+            if conn.s.verdict.is_none()
+                && first_bytes_late(
+                    conn.s.opened,
+                    &limits,
+                    &conn.s.held,
+                    conn.upstream.is_some(),
+                )
             {
                 return Step::Refuse(Refusal::FirstBytes("not complete in time"));
             }
         }
         let server_first =
-            conn.held.is_empty() && conn.opened.elapsed() >= limits.server_first_wait;
-        if conn.upstream.is_none() && (conn.verdict == Some(true) || server_first) {
+            conn.s.held.is_empty() && conn.s.opened.elapsed() >= limits.server_first_wait;
+        if conn.upstream.is_none() && (conn.s.verdict == Some(true) || server_first) {
             let token = Token(self.next_token);
             self.next_token += 1;
             if let Err(why) = Self::connect_upstream(self.poll.registry(), conn, token) {
@@ -152,16 +146,16 @@ impl State {
             }
         }
         // Sandbox to upstream, only once the first bytes are decided.
-        if conn.verdict == Some(true) && up.writable && conn.requests.is_some() {
+        if conn.s.verdict == Some(true) && up.writable && conn.s.requests.is_some() {
             if let Err(step) = forward_requests(socket, conn) {
                 return step;
             }
-        } else if conn.verdict == Some(true) && up.writable {
-            while !conn.held.is_empty() {
-                match up.stream.write(&conn.held) {
+        } else if conn.s.verdict == Some(true) && up.writable {
+            while !conn.s.held.is_empty() {
+                match up.stream.write(&conn.s.held) {
                     Ok(n) => {
-                        conn.bytes_out += n as u64;
-                        conn.held.drain(..n);
+                        conn.s.bytes_out += n as u64;
+                        conn.s.held.drain(..n);
                     }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => {
                         up.writable = false;
@@ -173,15 +167,15 @@ impl State {
                     }
                 }
             }
-            if conn.held.is_empty() {
-                conn.held = Vec::new();
+            if conn.s.held.is_empty() {
+                conn.s.held = Vec::new();
                 while up.writable && socket.can_recv() {
                     let r = socket.recv(|b| match up.stream.write(b) {
                         Ok(n) => (n, Ok(n)),
                         Err(e) => (0, Err(e)),
                     });
                     match r {
-                        Ok(Ok(n)) => conn.bytes_out += n as u64,
+                        Ok(Ok(n)) => conn.s.bytes_out += n as u64,
                         Ok(Err(e)) if e.kind() == ErrorKind::WouldBlock => up.writable = false,
                         _ => {
                             socket.abort();
@@ -204,7 +198,7 @@ impl State {
             });
             match r {
                 Ok(Ok(0)) => up.eof = true,
-                Ok(Ok(n)) => conn.bytes_in += n as u64,
+                Ok(Ok(n)) => conn.s.bytes_in += n as u64,
                 Ok(Err(e)) if e.kind() == ErrorKind::WouldBlock => up.readable = false,
                 Ok(Err(e)) if e.kind() == ErrorKind::Interrupted => {}
                 _ => {
@@ -235,26 +229,28 @@ enum Step {
 /// head is checked before a byte of it goes upstream. An incomplete head left when the
 /// sandbox stops sending never goes.
 fn forward_requests(socket: &mut tcp::Socket, conn: &mut Conn) -> Result<(), Step> {
-    let Some(requests) = conn.requests.as_mut() else {
+    let Some(requests) = conn.s.requests.as_mut() else {
         return Ok(());
     };
     let Some(up) = conn.upstream.as_mut() else {
         return Ok(());
     };
     loop {
-        if conn.cleared < conn.held.len() {
-            let target = &conn.target;
+        if conn.s.cleared < conn.s.held.len() {
+            let target = &conn.s.target;
             let n = requests
-                .clear(&conn.held[conn.cleared..], |s| check_first_bytes(target, s))
+                .clear(&conn.s.held[conn.s.cleared..], |s| {
+                    check_first_bytes(target, s)
+                })
                 .map_err(Step::Refuse)?;
-            conn.cleared += n;
+            conn.s.cleared += n;
         }
-        while conn.cleared > 0 && up.writable {
-            match up.stream.write(&conn.held[..conn.cleared]) {
+        while conn.s.cleared > 0 && up.writable {
+            match up.stream.write(&conn.s.held[..conn.s.cleared]) {
                 Ok(n) => {
-                    conn.bytes_out += n as u64;
-                    conn.held.drain(..n);
-                    conn.cleared -= n;
+                    conn.s.bytes_out += n as u64;
+                    conn.s.held.drain(..n);
+                    conn.s.cleared -= n;
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => up.writable = false,
                 Err(_) => {
@@ -263,22 +259,22 @@ fn forward_requests(socket: &mut tcp::Socket, conn: &mut Conn) -> Result<(), Ste
                 }
             }
         }
-        if conn.cleared > 0 || conn.held.len() >= MAX_FIRST_BYTES || !socket.can_recv() {
+        if conn.s.cleared > 0 || conn.s.held.len() >= MAX_FIRST_BYTES || !socket.can_recv() {
             break;
         }
-        let room = MAX_FIRST_BYTES - conn.held.len();
-        let held = &mut conn.held;
+        let room = MAX_FIRST_BYTES - conn.s.held.len();
+        let held = &mut conn.s.held;
         let _ = socket.recv(|b| {
             let n = b.len().min(room);
             held.extend_from_slice(&b[..n]);
             (n, ())
         });
     }
-    if conn.held.is_empty() {
+    if conn.s.held.is_empty() {
         // An idle kept-open connection holds no buffer.
-        conn.held = Vec::new();
+        conn.s.held = Vec::new();
     }
-    if !socket.may_recv() && !socket.can_recv() && conn.cleared == 0 && !up.shut_write {
+    if !socket.may_recv() && !socket.can_recv() && conn.s.cleared == 0 && !up.shut_write {
         let _ = up.stream.shutdown(Shutdown::Write);
         up.shut_write = true;
     }

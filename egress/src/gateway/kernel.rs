@@ -62,8 +62,8 @@ const SMALL_PIPE: libc::c_int = 16 * 1024;
 /// that the kernel's autotuning cannot grow them) of those connections and of the rest.
 /// The kernel doubles what is asked. The gateway's sockets are the supervisor's, outside
 /// the sandbox's memory limit: fixed sizes bound what a sandbox can make it hold.
-const LARGE_SOCKET_BUFFER: libc::c_int = 512 * 1024;
-const SMALL_SOCKET_BUFFER: libc::c_int = 16 * 1024;
+const LARGE_SOCKET_BUFFER: usize = 512 * 1024;
+const SMALL_SOCKET_BUFFER: usize = 16 * 1024;
 /// Descriptors each connection takes: two sockets and two pipes.
 const FDS_PER_CONNECTION: u64 = 6;
 /// Descriptors left for everything else of the supervising process.
@@ -122,19 +122,9 @@ struct KConn {
     down: Side,
     up: Option<Side>,
     connected: bool,
-    dst: SocketAddrV4,
-    target: Target,
-    opened: Instant,
-    /// Sandbox bytes held until the first-bytes decision (and, on plain HTTP to a name,
-    /// until each request head is checked).
-    held: Vec<u8>,
-    verdict: Option<bool>,
-    requests: Option<Requests>,
-    cleared: usize,
+    s: Stream,
     to_up: Option<Pipe>,
     to_down: Option<Pipe>,
-    bytes_out: u64,
-    bytes_in: u64,
     /// Holds large buffers.
     large: bool,
 }
@@ -225,7 +215,7 @@ impl KernelState {
             touched.extend(
                 self.conns
                     .iter()
-                    .filter(|(_, c)| c.verdict.is_none())
+                    .filter(|(_, c)| c.s.verdict.is_none())
                     .map(|(id, _)| *id),
             );
             for id in touched.drain() {
@@ -234,7 +224,7 @@ impl KernelState {
             let timeout = if dns_ready || sinks_ready || observer_ready || accept_ready {
                 Duration::ZERO
             } else if self.core.pending.is_empty()
-                && self.conns.values().all(|c| c.verdict.is_some())
+                && self.conns.values().all(|c| c.s.verdict.is_some())
             {
                 Duration::from_secs(1)
             } else {
@@ -433,17 +423,9 @@ impl KernelState {
                     down: Side::new(down),
                     up: None,
                     connected: false,
-                    dst,
-                    target,
-                    opened: Instant::now(),
-                    held: Vec::new(),
-                    verdict: None,
-                    requests: None,
-                    cleared: 0,
+                    s: Stream::new(dst, target),
                     to_up: None,
                     to_down: None,
-                    bytes_out: 0,
-                    bytes_in: 0,
                     large,
                 },
             );
@@ -482,19 +464,7 @@ impl KernelState {
                 reset(&up.stream);
             }
         }
-        let refused = refused.or(match conn.verdict {
-            Some(true) => None,
-            _ if conn.up.is_none() => {
-                Some(Refusal::FirstBytes("the sandbox closed before a decision"))
-            }
-            _ => None,
-        });
-        self.core.finished_connect(
-            &conn.target,
-            conn.dst.port(),
-            (conn.bytes_out, conn.bytes_in),
-            refused,
-        );
+        conn.s.record_end(&self.core, conn.up.is_some(), refused);
     }
 }
 
@@ -525,34 +495,21 @@ fn sink_datagram(sink: &UdpSocket) -> nix::Result<Ipv4Addr> {
     Ok(to.unwrap_or(Ipv4Addr::UNSPECIFIED))
 }
 
-/// Fixes a gateway socket's buffers at its class's size.
+/// Fixes a gateway socket's buffers at its class's size. Past the host's `wmem_max` and
+/// `rmem_max` only with `CAP_NET_ADMIN`; without it the size is still fixed, at most at
+/// those maxima.
 fn set_buffers(stream: &TcpStream, large: bool) {
+    use nix::sys::socket::{setsockopt, sockopt};
     let size = if large {
         LARGE_SOCKET_BUFFER
     } else {
         SMALL_SOCKET_BUFFER
     };
-    let set = |opt| {
-        // SAFETY: reads one int from a live local.
-        unsafe {
-            libc::setsockopt(
-                stream.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                (&size as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        }
-    };
-    // Past the host's wmem_max and rmem_max only with CAP_NET_ADMIN; without it, the size
-    // is still fixed, at most at those maxima.
-    for (forced, plain) in [
-        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
-        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
-    ] {
-        if set(forced) < 0 {
-            set(plain);
-        }
+    if setsockopt(stream, sockopt::SndBufForce, &size).is_err() {
+        let _ = setsockopt(stream, sockopt::SndBuf, &size);
+    }
+    if setsockopt(stream, sockopt::RcvBufForce, &size).is_err() {
+        let _ = setsockopt(stream, sockopt::RcvBuf, &size);
     }
 }
 
@@ -574,23 +531,24 @@ fn step(
     registry: &Registry,
     id: usize,
 ) -> Result<bool, Option<Refusal>> {
-    if c.verdict.is_none() {
-        read_held(&mut c.down, &mut c.held, MAX_FIRST_BYTES).map_err(|_| None)?;
-        match decide_first_bytes(&c.target, &c.held, !c.down.eof) {
+    if c.s.verdict.is_none() {
+        read_held(&mut c.down, &mut c.s.held, MAX_FIRST_BYTES).map_err(|_| None)?;
+        match decide_first_bytes(&c.s.target, &c.s.held, !c.down.eof) {
             FirstBytes::Wait => {}
             FirstBytes::Allowed { requests } => {
-                c.verdict = Some(true);
-                c.requests = requests;
+                c.s.verdict = Some(true);
+                c.s.requests = requests;
             }
             FirstBytes::Refused(why) => return Err(Some(why)),
         }
-        if c.verdict.is_none() && first_bytes_late(c.opened, limits, &c.held, c.up.is_some()) {
+        if c.s.verdict.is_none() && first_bytes_late(c.s.opened, limits, &c.s.held, c.up.is_some())
+        {
             return Err(Some(Refusal::FirstBytes("not complete in time")));
         }
     }
-    let server_first = c.held.is_empty() && c.opened.elapsed() >= limits.server_first_wait;
-    if c.up.is_none() && (c.verdict == Some(true) || server_first) {
-        let mut stream = TcpStream::connect(SocketAddr::V4(c.target.upstream))
+    let server_first = c.s.held.is_empty() && c.s.opened.elapsed() >= limits.server_first_wait;
+    if c.up.is_none() && (c.s.verdict == Some(true) || server_first) {
+        let mut stream = TcpStream::connect(SocketAddr::V4(c.s.target.upstream))
             .map_err(|e| Some(Refusal::Connect(e.to_string())))?;
         let _ = stream.set_nodelay(true);
         set_buffers(&stream, c.large);
@@ -633,29 +591,29 @@ fn step(
         return Ok(false);
     };
     // Sandbox to upstream, only once the first bytes are decided.
-    if c.verdict == Some(true) {
-        if let Some(requests) = c.requests.as_mut() {
-            c.bytes_out += forward_requests(
+    if c.s.verdict == Some(true) {
+        if let Some(requests) = c.s.requests.as_mut() {
+            c.s.bytes_out += forward_requests(
                 &mut c.down,
                 up,
-                &mut c.held,
-                &mut c.cleared,
+                &mut c.s.held,
+                &mut c.s.cleared,
                 requests,
-                &c.target,
+                &c.s.target,
             )?;
         } else {
-            c.bytes_out += write_held(up, &mut c.held).map_err(|_| None)?;
-            if c.held.is_empty() {
-                c.bytes_out += pump(&mut c.down, to_up, up).map_err(|_| None)?;
+            c.s.bytes_out += write_held(up, &mut c.s.held).map_err(|_| None)?;
+            if c.s.held.is_empty() {
+                c.s.bytes_out += pump(&mut c.down, to_up, up).map_err(|_| None)?;
             }
         }
-        if c.down.eof && c.held.is_empty() && to_up.held == 0 && !up.shut {
+        if c.down.eof && c.s.held.is_empty() && to_up.held == 0 && !up.shut {
             let _ = up.stream.shutdown(Shutdown::Write);
             up.shut = true;
         }
     }
     // Upstream to sandbox.
-    c.bytes_in += pump(up, to_down, &mut c.down).map_err(|_| None)?;
+    c.s.bytes_in += pump(up, to_down, &mut c.down).map_err(|_| None)?;
     if up.eof && to_down.held == 0 && !c.down.shut {
         let _ = c.down.stream.shutdown(Shutdown::Write);
         c.down.shut = true;

@@ -414,7 +414,9 @@ struct Upstream {
     shut_write: bool,
 }
 
-struct Conn {
+/// What both data paths know of a connection: where it goes, what the sandbox sent that is
+/// not yet decided or cleared, and what it carried.
+struct Stream {
     dst: SocketAddrV4,
     target: Target,
     opened: Instant,
@@ -427,9 +429,55 @@ struct Conn {
     requests: Option<Requests>,
     /// How many bytes at the front of `held` are checked and wait only for upstream.
     cleared: usize,
-    upstream: Option<Upstream>,
     bytes_out: u64,
     bytes_in: u64,
+}
+
+impl Stream {
+    fn new(dst: SocketAddrV4, target: Target) -> Stream {
+        Stream {
+            dst,
+            target,
+            opened: Instant::now(),
+            held: Vec::new(),
+            verdict: None,
+            requests: None,
+            cleared: 0,
+            bytes_out: 0,
+            bytes_in: 0,
+        }
+    }
+
+    /// Records the connection at its end; `upstream`: whether it was connected upstream.
+    /// One that ends undecided, never connected and never answered was refused.
+    fn record_end(&self, core: &Core, upstream: bool, refused: Option<Refusal>) {
+        let refused = refused.or(match self.verdict {
+            Some(true) => None,
+            _ if !upstream && self.bytes_in == 0 => {
+                Some(Refusal::FirstBytes("the sandbox closed before a decision"))
+            }
+            _ => None,
+        });
+        core.record(EgressEvent {
+            kind: EventKind::Connect,
+            verdict: if refused.is_some() {
+                Verdict::Refused
+            } else {
+                Verdict::Allowed
+            },
+            name: self.target.name.clone(),
+            address: Some(self.target.upstream.ip().to_string()),
+            port: Some(self.dst.port()),
+            bytes_out: self.bytes_out,
+            bytes_in: self.bytes_in,
+            reason: refused.map(|r| r.to_string()),
+        });
+    }
+}
+
+struct Conn {
+    s: Stream,
+    upstream: Option<Upstream>,
     closing: bool,
     /// Holds one of the large send buffers.
     large: bool,
@@ -508,30 +556,6 @@ impl Core {
             bytes_out: 0,
             bytes_in: 0,
             reason: Some(why.to_string()),
-        });
-    }
-
-    /// Records a connection at its end.
-    fn finished_connect(
-        &self,
-        target: &Target,
-        port: u16,
-        bytes: (u64, u64),
-        refused: Option<Refusal>,
-    ) {
-        self.record(EgressEvent {
-            kind: EventKind::Connect,
-            verdict: if refused.is_some() {
-                Verdict::Refused
-            } else {
-                Verdict::Allowed
-            },
-            name: target.name.clone(),
-            address: Some(target.upstream.ip().to_string()),
-            port: Some(port),
-            bytes_out: bytes.0,
-            bytes_in: bytes.1,
-            reason: refused.map(|r| r.to_string()),
         });
     }
 
@@ -625,7 +649,7 @@ impl State {
                 .map(|d| Duration::from_micros(d.total_micros()))
                 .unwrap_or(Duration::from_secs(1))
                 .min(Duration::from_secs(1));
-            if !self.core.pending.is_empty() || self.conns.values().any(|c| c.verdict.is_none()) {
+            if !self.core.pending.is_empty() || self.conns.values().any(|c| c.s.verdict.is_none()) {
                 timeout = timeout.min(Duration::from_millis(100));
             }
             if device_ready {
@@ -831,16 +855,8 @@ impl State {
         self.conns.insert(
             handle,
             Conn {
-                dst: to,
-                target,
-                opened: Instant::now(),
-                held: Vec::new(),
-                verdict: None,
-                requests: None,
-                cleared: 0,
+                s: Stream::new(to, target),
                 upstream: None,
-                bytes_out: 0,
-                bytes_in: 0,
                 closing: false,
                 large,
                 tuple: (from, to),
