@@ -99,6 +99,9 @@ pub enum Refusal {
     Connect(String),
     /// The destination is the sandbox's own loopback, which is never forwarded.
     OwnLoopback,
+    /// The sandbox ended, first, as many connections as it may in a minute: each left one
+    /// of the host's ports in TIME_WAIT.
+    Churn { limit: usize },
 }
 
 impl fmt::Display for Refusal {
@@ -146,6 +149,10 @@ impl fmt::Display for Refusal {
             ),
             Refusal::ConnectionLimit => f.write_str("connection limit reached"),
             Refusal::Connect(e) => write!(f, "upstream connect: {e}"),
+            Refusal::Churn { limit } => write!(
+                f,
+                "{limit} connections ended by the sandbox first within a minute (each holds a host port in TIME_WAIT)"
+            ),
             Refusal::OwnLoopback => f.write_str("the sandbox's own loopback is never forwarded"),
         }
     }

@@ -213,21 +213,20 @@ fn observer() -> io::Result<OwnedFd> {
         jf,
         k,
     };
-    use libc::{BPF_ABS, BPF_ALU, BPF_AND, BPF_B, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_RET, BPF_W};
+    use libc::{BPF_ABS, BPF_B, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_RET};
+    // Every ICMP packet: which ones count is read from what an error quotes, not from
+    // where the error goes (back to a source address the sandbox chooses).
     let mut prog = [
-        /* 0 */ op(BPF_LD | BPF_W | BPF_ABS, 0, 0, 16), // destination
-        /* 1 */ op(BPF_ALU | BPF_AND | BPF_K, 0, 0, 0xff00_0000),
-        /* 2 */ op(BPF_JMP | BPF_JEQ | BPF_K, SKIP, 0, 0x7f00_0000), // 127/8: its own
-        /* 3 */ op(BPF_LD | BPF_B | BPF_ABS, 0, 0, 9), // protocol
-        /* 4 */
+        /* 0 */ op(BPF_LD | BPF_B | BPF_ABS, 0, 0, 9), // protocol
+        /* 1 */
         op(
             BPF_JMP | BPF_JEQ | BPF_K,
             0,
             SKIP,
             libc::IPPROTO_ICMP as u32,
         ),
-        /* 5 */ op(BPF_RET | BPF_K, 0, 0, 96),
-        /* 6 */ op(BPF_RET | BPF_K, 0, 0, 0),
+        /* 2 */ op(BPF_RET | BPF_K, 0, 0, 96),
+        /* 3 */ op(BPF_RET | BPF_K, 0, 0, 0),
     ];
     let last = prog.len() - 1;
     for (i, ins) in prog.iter_mut().enumerate() {

@@ -520,10 +520,8 @@ fn the_kernel_paths_udp_counts_follow_where_datagrams_were_sent() {
             Ipv4Addr::new(10, 1, 2, 3),
         );
         let outside = Ipv4Addr::new(10, 0, 0, 1);
-        // Counted: sent outside 127/8. (From a socket bound to 127/8, the namespace's
-        // kernel sends its "port unreachable" too, but the observer does not see it, so
-        // such datagrams go uncounted; they go nowhere either.)
-        send((any, 0), (outside, 9000), 5);
+        // Counted: sent outside 127/8, whatever the source.
+        send((lo, 0), (outside, 9000), 5);
         send((other, 0), (outside, 9001), 3);
         send((any, 0), (outside, 53), 4);
         send((any, 0), (outside, 443), 6);
@@ -531,10 +529,66 @@ fn the_kernel_paths_udp_counts_follow_where_datagrams_were_sent() {
         send((other, 0), (lo, 9000), 7);
         send((any, 0), (lo, 53), 2);
         send((any, 0), (lo, 443), 2);
+        // Not counted: the resolver's answers to clients already gone.
+        for _ in 0..4 {
+            let u = UdpSocket::bind((any, 0)).unwrap();
+            let mut m = Message::new();
+            m.add_query(Query::query(
+                Name::from_ascii("api.test.").unwrap(),
+                RecordType::A,
+            ));
+            u.send_to(&m.to_vec().unwrap(), (GATEWAY_ADDR, 53)).unwrap();
+        }
         std::thread::sleep(Duration::from_millis(300));
     });
     assert_eq!(report.dropped.udp, 5 + 3 + 4, "{:?}", report.dropped);
     assert_eq!(report.dropped.quic, 6, "{:?}", report.dropped);
+}
+
+on_both_paths!(
+    connections_the_sandbox_ends_first_are_bounded_per_minute,
+    11
+);
+
+/// Every upstream connection the gateway ends first (the sandbox ended its side first)
+/// leaves a TIME_WAIT on the host, holding one of its ports for a minute: past the limit
+/// per minute, new connections are refused, and say why.
+fn connections_the_sandbox_ends_first_are_bounded_per_minute(path: Path, net: u8) {
+    if !live() {
+        return;
+    }
+    let net = Internet::start(net, &[("api.test", host(net, 10))]);
+    let limits = Limits {
+        max_closed_first_per_minute: 5,
+        ..Limits::default()
+    };
+    let (served, report) = in_sandbox(path, &net, &["api.test"], limits, || {
+        let ip = query("api.test.").unwrap()[0];
+        (0..10)
+            .filter(|_| {
+                let Ok(mut s) = TcpStream::connect((ip, 443)) else {
+                    return false;
+                };
+                let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
+                let _ = s.write_all(&client_hello(Some("api.test")));
+                // The sandbox ends its side first; the server answers at its end.
+                let _ = s.shutdown(std::net::Shutdown::Write);
+                let mut out = Vec::new();
+                let served = s.read_to_end(&mut out).is_ok() && out == b"HELLO\n";
+                std::thread::sleep(Duration::from_millis(50));
+                served
+            })
+            .count()
+    });
+    assert!((5..10).contains(&served), "served {served} of 10");
+    assert!(
+        report
+            .refused
+            .iter()
+            .any(|e| e.reason.as_deref().is_some_and(|r| r.contains("TIME_WAIT"))),
+        "{:#?}",
+        report.refused
+    );
 }
 
 on_both_paths!(

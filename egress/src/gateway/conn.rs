@@ -45,7 +45,7 @@ impl State {
             let _ = self.poll.registry().deregister(&mut up.stream);
         }
         conn.s
-            .record_end(&self.core, conn.upstream.is_some(), refused);
+            .record_end(&mut self.core, conn.upstream.is_some(), refused);
     }
 
     fn connect_upstream(registry: &Registry, conn: &mut Conn, token: Token) -> Result<(), Refusal> {
@@ -186,6 +186,7 @@ impl State {
                 if !socket.may_recv() && !socket.can_recv() && !up.shut_write {
                     let _ = up.stream.shutdown(Shutdown::Write);
                     up.shut_write = true;
+                    conn.s.closed_first |= !up.eof;
                 }
             }
         }
@@ -277,6 +278,7 @@ fn forward_requests(socket: &mut tcp::Socket, conn: &mut Conn) -> Result<(), Ste
     if !socket.may_recv() && !socket.can_recv() && conn.s.cleared == 0 && !up.shut_write {
         let _ = up.stream.shutdown(Shutdown::Write);
         up.shut_write = true;
+        conn.s.closed_first |= !up.eof;
     }
     Ok(())
 }

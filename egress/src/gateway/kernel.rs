@@ -342,11 +342,13 @@ impl KernelState {
                 [8, ..] if outside(&seen[16..20]) => self.core.drop_packet(|d| d.icmp += 1),
                 // Destination unreachable, port: quoting a UDP datagram, whose destination
                 // says where it was sent (the error goes back to its source, which the
-                // sandbox chooses).
+                // sandbox chooses). The gateway's own DNS answers to a client that is gone
+                // bounce too: those are not the sandbox's.
                 [3, 3, _, _, _, _, _, _, quoted @ ..]
                     if quoted.len() >= 20
                         && quoted[9] == libc::IPPROTO_UDP as u8
-                        && outside(&quoted[16..20]) =>
+                        && outside(&quoted[16..20])
+                        && !from_the_resolver(quoted) =>
                 {
                     self.core.drop_packet(|d| d.udp += 1)
                 }
@@ -381,11 +383,16 @@ impl KernelState {
                     continue;
                 }
             };
+            let churned = !self.core.churn_allows();
             let core = &self.core;
             let decision = if dst.ip().is_loopback() || dst.ip().is_unspecified() {
                 Err(Refusal::OwnLoopback)
             } else if self.conns.len() >= self.max_connections {
                 Err(Refusal::ConnectionLimit)
+            } else if churned {
+                Err(Refusal::Churn {
+                    limit: core.limits.max_closed_first_per_minute,
+                })
             } else {
                 decide_connect(dst, &core.names, &core.rules, &core.settings)
             };
@@ -464,8 +471,17 @@ impl KernelState {
                 reset(&up.stream);
             }
         }
-        conn.s.record_end(&self.core, conn.up.is_some(), refused);
+        conn.s
+            .record_end(&mut self.core, conn.up.is_some(), refused);
     }
+}
+
+/// Whether a quoted UDP datagram (its IPv4 header first) is one of the resolver's answers:
+/// from the gateway's address, port 53.
+fn from_the_resolver(quoted: &[u8]) -> bool {
+    let header = usize::from(quoted[0] & 0x0f) * 4;
+    quoted[12..16] == GATEWAY_ADDR.octets()
+        && quoted.get(header..header + 2) == Some(&53u16.to_be_bytes()[..])
 }
 
 /// Connections open at once: `limit`, or fewer where `fds` descriptors would run out first.
@@ -610,6 +626,7 @@ fn step(
         if c.down.eof && c.s.held.is_empty() && to_up.held == 0 && !up.shut {
             let _ = up.stream.shutdown(Shutdown::Write);
             up.shut = true;
+            c.s.closed_first |= !up.eof;
         }
     }
     // Upstream to sandbox.

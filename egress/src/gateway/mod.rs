@@ -80,6 +80,10 @@ pub struct Limits {
     pub query_timeout: Duration,
     /// Packets read from the device but not yet taken by the stack.
     pub max_queued_packets: usize,
+    /// Upstream connections the gateway may close first (each leaves a TIME_WAIT on the
+    /// host, holding one of its ephemeral ports for a minute) in any minute; past it, new
+    /// connections are refused until older ones age out.
+    pub max_closed_first_per_minute: usize,
 }
 
 impl Default for Limits {
@@ -97,6 +101,7 @@ impl Default for Limits {
             max_pending_queries: 256,
             query_timeout: Duration::from_secs(4),
             max_queued_packets: 1024,
+            max_closed_first_per_minute: 4096,
         }
     }
 }
@@ -431,6 +436,9 @@ struct Stream {
     cleared: usize,
     bytes_out: u64,
     bytes_in: u64,
+    /// The gateway ended the upstream side before the server did (so that socket goes
+    /// into TIME_WAIT on the host).
+    closed_first: bool,
 }
 
 impl Stream {
@@ -445,12 +453,16 @@ impl Stream {
             cleared: 0,
             bytes_out: 0,
             bytes_in: 0,
+            closed_first: false,
         }
     }
 
     /// Records the connection at its end; `upstream`: whether it was connected upstream.
     /// One that ends undecided, never connected and never answered was refused.
-    fn record_end(&self, core: &Core, upstream: bool, refused: Option<Refusal>) {
+    fn record_end(&self, core: &mut Core, upstream: bool, refused: Option<Refusal>) {
+        if self.closed_first {
+            core.closed_first.push_back(Instant::now());
+        }
         let refused = refused.or(match self.verdict {
             Some(true) => None,
             _ if !upstream && self.bytes_in == 0 => {
@@ -498,6 +510,8 @@ struct Core {
     report: Arc<Mutex<EgressReport>>,
     /// DNS answers ready for the sandbox, sent by the data path its own way.
     answers: Vec<(SocketAddrV4, Vec<u8>)>,
+    /// When the gateway last closed upstream connections first, within a minute.
+    closed_first: std::collections::VecDeque<Instant>,
 }
 
 impl Core {
@@ -533,6 +547,7 @@ impl Core {
             query_count: 0,
             report: Arc::new(Mutex::new(EgressReport::default())),
             answers: Vec::new(),
+            closed_first: std::collections::VecDeque::new(),
         })
     }
 
@@ -559,11 +574,28 @@ impl Core {
         });
     }
 
+    /// Whether a new connection may be taken: fewer than the limit of upstream connections
+    /// closed first in the last minute (each of those is a host port in TIME_WAIT).
+    fn churn_allows(&mut self) -> bool {
+        let now = Instant::now();
+        while self
+            .closed_first
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= TIME_WAIT)
+        {
+            self.closed_first.pop_front();
+        }
+        self.closed_first.len() < self.limits.max_closed_first_per_minute
+    }
+
     fn peak(&self, open: usize) {
         let mut r = lock(&self.report);
         r.peak_connections = r.peak_connections.max(open as u64);
     }
 }
+
+/// How long Linux keeps a connection closed first in TIME_WAIT.
+const TIME_WAIT: Duration = Duration::from_secs(60);
 
 /// A rule's network may not cover the gateway's own addresses.
 fn check_rules(rules: &[EgressRule]) -> Result<(), GatewayError> {
@@ -816,9 +848,14 @@ impl State {
     /// Decides a new connection; when allowed, gives the stack a socket listening on
     /// exactly its destination. Refused, nothing listens and the stack answers a reset.
     fn accept_syn(&mut self, from: SocketAddrV4, to: SocketAddrV4) {
+        let churned = !self.core.churn_allows();
         let core = &self.core;
         let decision = if self.conns.len() >= core.limits.max_connections {
             Err(Refusal::ConnectionLimit)
+        } else if churned {
+            Err(Refusal::Churn {
+                limit: core.limits.max_closed_first_per_minute,
+            })
         } else {
             decide_connect(to, &core.names, &core.rules, &core.settings)
         };
