@@ -337,7 +337,9 @@ impl KernelState {
                 continue;
             }
             let outside = |dst: &[u8]| dst[0] != 127;
-            let icmp = &seen[usize::from(seen[0] & 0x0f) * 4..];
+            let Some(icmp) = seen.get(usize::from(seen[0] & 0x0f) * 4..) else {
+                continue;
+            };
             match icmp {
                 [8, ..] if outside(&seen[16..20]) => self.core.drop_packet(|d| d.icmp += 1),
                 // Destination unreachable, port: quoting a UDP datagram, whose destination
