@@ -592,6 +592,89 @@ fn connections_the_sandbox_ends_first_are_bounded_per_minute(path: Path, net: u8
 }
 
 on_both_paths!(
+    a_connection_the_sandbox_resets_leaves_no_time_wait_on_the_host,
+    12
+);
+
+/// A connection that ends by a reset (here the sandbox's) ends upstream by a reset too:
+/// closed with a FIN, the upstream socket, which is the host's, would be the first to close
+/// and sit in TIME_WAIT, uncounted by the churn bound.
+fn a_connection_the_sandbox_resets_leaves_no_time_wait_on_the_host(path: Path, net: u8) {
+    if !live() {
+        return;
+    }
+    let server = host(net, 12);
+    let net = Internet::start(net, &[("patient.test", server)]);
+    // Answers, then waits for the client's end before closing (as HTTP servers do).
+    let l = TcpListener::bind((server, 443)).unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut buf = [0u8; 4096];
+                let mut got = Vec::new();
+                while let Ok(n) = s.read(&mut buf) {
+                    got.extend_from_slice(&buf[..n]);
+                    if n == 0 || got.ends_with(b"END") {
+                        break;
+                    }
+                }
+                let _ = s.write_all(b"HELLO\n");
+                while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+            });
+        }
+    });
+    let (served, _) = in_sandbox(path, &net, &["patient.test"], Limits::default(), || {
+        let ip = query("patient.test.").unwrap()[0];
+        (0..10)
+            .filter(|_| {
+                let Ok(mut s) = TcpStream::connect((ip, 443)) else {
+                    return false;
+                };
+                let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
+                let _ = s.write_all(&client_hello(Some("patient.test")));
+                let mut answer = [0u8; 6];
+                let served = s.read_exact(&mut answer).is_ok();
+                let abort = libc::linger {
+                    l_onoff: 1,
+                    l_linger: 0,
+                };
+                nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::Linger, &abort)
+                    .unwrap();
+                drop(s);
+                served
+            })
+            .count()
+    });
+    assert_eq!(served, 10);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        time_wait_to(SocketAddrV4::new(server, 443)),
+        0,
+        "upstream sockets left in TIME_WAIT on the host"
+    );
+}
+
+/// TCP sockets of this namespace in TIME_WAIT towards `to` (`/proc/net/tcp`: addresses
+/// are the network-order bytes read as a native integer, in hex, then the port).
+fn time_wait_to(to: SocketAddrV4) -> usize {
+    let remote = format!(
+        "{:08X}:{:04X}",
+        u32::from_ne_bytes(to.ip().octets()),
+        to.port()
+    );
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[2] == remote && f[3] == "06"
+        })
+        .count()
+}
+
+on_both_paths!(
     a_connection_storm_is_bounded_and_the_gateway_keeps_serving,
     5
 );

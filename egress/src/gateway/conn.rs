@@ -43,6 +43,11 @@ impl State {
         if let Some(mut up) = conn.upstream.take() {
             self.tokens.remove(&up.token);
             let _ = self.poll.registry().deregister(&mut up.stream);
+            // Ended any other way than both sides closing: reset, so that the upstream
+            // socket (the host's) is not left in TIME_WAIT.
+            if !(up.eof && up.shut_write) {
+                reset(&up.stream);
+            }
         }
         conn.s
             .record_end(&mut self.core, conn.upstream.is_some(), refused);

@@ -333,7 +333,7 @@ impl KernelState {
             // At most 96 bytes of each: the IPv4 header, the ICMP header, and for an error
             // the header of the datagram it answers.
             let seen = &buf[..n as usize];
-            if seen.len() < 20 || seen[0] >> 4 != 4 {
+            if seen.len() < 20 || seen[0] >> 4 != 4 || seen[0] & 0x0f < 5 {
                 continue;
             }
             let outside = |dst: &[u8]| dst[0] != 127;
@@ -529,16 +529,6 @@ fn set_buffers(stream: &TcpStream, large: bool) {
     if setsockopt(stream, sockopt::RcvBufForce, &size).is_err() {
         let _ = setsockopt(stream, sockopt::RcvBuf, &size);
     }
-}
-
-/// Makes the socket's close a reset: the peer learns the connection was refused or broken,
-/// not that it ended.
-fn reset(stream: &TcpStream) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    let _ = nix::sys::socket::setsockopt(stream, nix::sys::socket::sockopt::Linger, &linger);
 }
 
 /// One step of one connection: decide its first bytes, connect, move bytes both ways, pass

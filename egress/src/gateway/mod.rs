@@ -594,6 +594,16 @@ impl Core {
     }
 }
 
+/// Makes the socket's close a reset: the peer learns the connection was refused or broken,
+/// not that it ended.
+fn reset(stream: &TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    let _ = nix::sys::socket::setsockopt(stream, nix::sys::socket::sockopt::Linger, &linger);
+}
+
 /// How long Linux keeps a connection closed first in TIME_WAIT.
 const TIME_WAIT: Duration = Duration::from_secs(60);
 
