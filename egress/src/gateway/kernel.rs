@@ -385,19 +385,13 @@ impl KernelState {
                     continue;
                 }
             };
-            let churned = !self.core.churn_allows();
-            let core = &self.core;
+            // The sandbox's own loopback is never steered here; refused all the same.
             let decision = if dst.ip().is_loopback() || dst.ip().is_unspecified() {
                 Err(Refusal::OwnLoopback)
-            } else if self.conns.len() >= self.max_connections {
-                Err(Refusal::ConnectionLimit)
-            } else if churned {
-                Err(Refusal::Churn {
-                    limit: core.limits.max_closed_first_per_minute,
-                })
             } else {
-                decide_connect(dst, &core.names, &core.rules, &core.settings)
+                self.core.admit(dst, self.conns.len(), self.max_connections)
             };
+            let core = &self.core;
             let target = match decision {
                 Ok(t) => t,
                 Err(why) => {

@@ -574,6 +574,20 @@ impl Core {
         });
     }
 
+    /// Decides a new connection to `to` while `open` of at most `max` are open: the
+    /// connection limit, the churn bound, then the destination.
+    fn admit(&mut self, to: SocketAddrV4, open: usize, max: usize) -> Result<Target, Refusal> {
+        if open >= max {
+            return Err(Refusal::ConnectionLimit);
+        }
+        if !self.churn_allows() {
+            return Err(Refusal::Churn {
+                limit: self.limits.max_closed_first_per_minute,
+            });
+        }
+        decide_connect(to, &self.names, &self.rules, &self.settings)
+    }
+
     /// Whether a new connection may be taken: fewer than the limit of upstream connections
     /// closed first in the last minute (each of those is a host port in TIME_WAIT).
     fn churn_allows(&mut self) -> bool {
@@ -858,20 +872,10 @@ impl State {
     /// Decides a new connection; when allowed, gives the stack a socket listening on
     /// exactly its destination. Refused, nothing listens and the stack answers a reset.
     fn accept_syn(&mut self, from: SocketAddrV4, to: SocketAddrV4) {
-        let churned = !self.core.churn_allows();
-        let core = &self.core;
-        let decision = if self.conns.len() >= core.limits.max_connections {
-            Err(Refusal::ConnectionLimit)
-        } else if churned {
-            Err(Refusal::Churn {
-                limit: core.limits.max_closed_first_per_minute,
-            })
-        } else {
-            decide_connect(to, &core.names, &core.rules, &core.settings)
-        };
-        let target = match decision {
+        let max = self.core.limits.max_connections;
+        let target = match self.core.admit(to, self.conns.len(), max) {
             Ok(t) => t,
-            Err(why) => return core.refused_connect(to, why),
+            Err(why) => return self.core.refused_connect(to, why),
         };
         let limits = &self.core.limits;
         let large = self.large_in_use < limits.large_buffers;

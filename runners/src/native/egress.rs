@@ -6,9 +6,9 @@
 //!
 //! Two kinds of link ([`Link`]): for a sandbox on the host's kernel (the native runner,
 //! runc, crun), the kernel path, in which the namespace's loopback takes every destination
-//! and the gateway's listeners there take the sandbox's connections; for gVisor, whose own
-//! network stack reads the namespace's devices and routes, a TUN device and a default route
-//! to it.
+//! and a BPF program hands the sandbox's connections to the gateway's listener there; for
+//! gVisor, whose own network stack reads the namespace's devices and routes, a TUN device
+//! and a default route to it.
 
 use covenant_egress::gateway::Limits;
 use covenant_egress::{Gateway, Settings};
