@@ -31,6 +31,8 @@ const LISTENER: Token = Token(7);
 const FIRST_CONN: usize = 16;
 /// Reads (or accepts) from one socket in one round before the others get a turn.
 const MAX_PER_ROUND: usize = 1024;
+/// Moves in and out of one pipe in one round before the other connections get a turn.
+const PUMP_ROUNDS: usize = 8;
 
 /// The kernel path's state.
 pub(super) struct KernelState {
@@ -125,6 +127,8 @@ struct KConn {
     s: Stream,
     to_up: Option<Pipe>,
     to_down: Option<Pipe>,
+    /// A pump stopped at its bound in the last step: to be stepped again next round.
+    again: bool,
     /// Holds large buffers.
     large: bool,
 }
@@ -221,7 +225,19 @@ impl KernelState {
             for id in touched.drain() {
                 self.service(id);
             }
-            let timeout = if dns_ready || sinks_ready || observer_ready || accept_ready {
+            // Connections whose pumps stopped at their bound go on next round, at once.
+            touched.extend(
+                self.conns
+                    .iter()
+                    .filter(|(_, c)| c.again)
+                    .map(|(id, _)| *id),
+            );
+            let timeout = if dns_ready
+                || sinks_ready
+                || observer_ready
+                || accept_ready
+                || !touched.is_empty()
+            {
                 Duration::ZERO
             } else if self.core.pending.is_empty()
                 && self.conns.values().all(|c| c.s.verdict.is_some())
@@ -429,6 +445,7 @@ impl KernelState {
                     s: Stream::new(dst, target),
                     to_up: None,
                     to_down: None,
+                    again: false,
                     large,
                 },
             );
@@ -533,6 +550,7 @@ fn step(
     registry: &Registry,
     id: usize,
 ) -> Result<bool, Option<Refusal>> {
+    c.again = false;
     if c.s.verdict.is_none() {
         read_held(&mut c.down, &mut c.s.held, MAX_FIRST_BYTES).map_err(|_| None)?;
         match decide_first_bytes(&c.s.target, &c.s.held, !c.down.eof) {
@@ -606,7 +624,9 @@ fn step(
         } else {
             c.s.bytes_out += write_held(up, &mut c.s.held).map_err(|_| None)?;
             if c.s.held.is_empty() {
-                c.s.bytes_out += pump(&mut c.down, to_up, up).map_err(|_| None)?;
+                let (n, more) = pump(&mut c.down, to_up, up).map_err(|_| None)?;
+                c.s.bytes_out += n;
+                c.again |= more;
             }
         }
         if c.down.eof && c.s.held.is_empty() && to_up.held == 0 && !up.shut {
@@ -616,7 +636,9 @@ fn step(
         }
     }
     // Upstream to sandbox.
-    c.s.bytes_in += pump(up, to_down, &mut c.down).map_err(|_| None)?;
+    let (n, more) = pump(up, to_down, &mut c.down).map_err(|_| None)?;
+    c.s.bytes_in += n;
+    c.again |= more;
     if up.eof && to_down.held == 0 && !c.down.shut {
         let _ = c.down.stream.shutdown(Shutdown::Write);
         c.down.shut = true;
@@ -708,12 +730,14 @@ fn forward_requests(
     Ok(moved)
 }
 
-/// Moves what `from` has to `to` through `pipe`, as far as both sockets allow; returns
-/// how many bytes reached `to`.
-fn pump(from: &mut Side, pipe: &mut Pipe, to: &mut Side) -> std::io::Result<u64> {
+/// Moves what `from` has to `to` through `pipe`, as far as both sockets allow or for at
+/// most [`PUMP_ROUNDS`] pipefuls; returns how many bytes reached `to`, and whether it
+/// stopped at that bound (more may wait: a fast pair must not keep the gateway from every
+/// other connection).
+fn pump(from: &mut Side, pipe: &mut Pipe, to: &mut Side) -> std::io::Result<(u64, bool)> {
     let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
     let mut moved = 0;
-    loop {
+    for _ in 0..PUMP_ROUNDS {
         let mut progress = false;
         if from.readable && !from.eof && pipe.held < pipe.capacity {
             match splice(
@@ -757,9 +781,10 @@ fn pump(from: &mut Side, pipe: &mut Pipe, to: &mut Side) -> std::io::Result<u64>
             }
         }
         if !progress {
-            return Ok(moved);
+            return Ok((moved, false));
         }
     }
+    Ok((moved, true))
 }
 
 impl DataPath for KernelState {
