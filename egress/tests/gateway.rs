@@ -13,10 +13,10 @@ use covenant_test_support::internet::{self, host, Servers};
 use covenant_test_support::Need;
 use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::{rdata::A, Name, RData, RecordType};
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn live() -> bool {
     covenant_test_support::have(&[Need::Root, TUN])
@@ -679,6 +679,15 @@ on_both_paths!(
     5
 );
 
+/// Whether the other side has reset (or ended) `s`, without waiting.
+fn was_reset(s: &TcpStream) -> bool {
+    let _ = s.set_nonblocking(true);
+    let mut byte = [0u8];
+    let reset = !matches!(s.peek(&mut byte), Err(e) if e.kind() == ErrorKind::WouldBlock);
+    let _ = s.set_nonblocking(false);
+    reset
+}
+
 fn a_connection_storm_is_bounded_and_the_gateway_keeps_serving(path: Path, net: u8) {
     if !live() {
         return;
@@ -696,6 +705,12 @@ fn a_connection_storm_is_bounded_and_the_gateway_keeps_serving(path: Path, net: 
             if let Ok(s) = TcpStream::connect_timeout(&to, Duration::from_millis(500)) {
                 open.push(s);
             }
+        }
+        // Held until the gateway has refused some: on the kernel path the handshake is the
+        // kernel's, and the refusal a reset after it.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while open.len() == 300 && !open.iter().any(was_reset) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
         }
         drop(open);
         std::thread::sleep(Duration::from_millis(500));

@@ -739,16 +739,19 @@ fn a_connection_storm_is_bounded_and_served() {
     );
     let r = results(&out);
     assert_eq!(r.len(), 1, "{}", explain(&out));
-    let held: u64 = r[0]
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("held="))
-        .and_then(|n| n.parse().ok())
-        .unwrap();
+    let count = |key: &str| -> u64 {
+        r[0].split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in {}", r[0]))
+    };
+    let (held, refused) = (count("held="), count("reset=") + count("failed="));
     assert!(
-        held >= 1000,
-        "fewer than 1,000 concurrent connections served: {}",
+        (1000..=1024).contains(&held),
+        "not 1,000 to 1,024 connections held at once: {}",
         r[0]
     );
+    assert_eq!(held + refused, 1200, "{}", r[0]);
     assert!(
         r[0].ends_with("after=ok:HELLO"),
         "the gateway stopped serving: {}",

@@ -145,6 +145,8 @@ def main():
         except OSError as e:
             print("RESULT=err:%s" % errno.errorcode.get(e.errno, type(e).__name__))
     elif cmd == "storm":
+        # Every connection is held until the gateway has decided it: on the kernel path the
+        # handshake is the kernel's, and a refusal is a reset that comes after it.
         name, port, n = args[0], int(args[1]), int(args[2])
         addr = resolve(name)[0]
         socks, failed = [], 0
@@ -156,12 +158,37 @@ def main():
                 socks.append(s)
             except OSError:
                 failed += 1
-        held = len(socks)
+        reset = settled(socks, deadline=time.monotonic() + 8)
+        held = len(socks) - reset
         for s in socks:
             s.close()
         time.sleep(0.5)
         after = exchange(addr, port, hello(name))
-        print("RESULT=held=%d failed=%d after=%s" % (held, failed, after))
+        print("RESULT=held=%d reset=%d failed=%d after=%s" % (held, reset, failed, after))
 
+
+def settled(socks, deadline):
+    """How many of `socks` the other side has reset, once that count has held still for a
+    second (or at `deadline`)."""
+    count, still_since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        now = sum(1 for s in socks if was_reset(s))
+        if now != count:
+            count, still_since = now, time.monotonic()
+        elif count > 0 and time.monotonic() - still_since >= 1:
+            break
+        time.sleep(0.1)
+    return count
+
+
+def was_reset(s):
+    s.setblocking(False)  # with a timeout set, Python would wait out the timeout here
+    try:
+        s.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        return True  # an end or bytes: not held open either
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
 
 main()
