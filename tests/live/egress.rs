@@ -43,11 +43,16 @@ struct Internet {
 
 impl Internet {
     fn start(net: u8, table: &[(&str, Ipv4Addr)]) -> Internet {
+        Internet::start_with(net, table, Duration::from_millis(500))
+    }
+
+    /// With servers that end a connection after `read_timeout` without a complete request.
+    fn start_with(net: u8, table: &[(&str, Ipv4Addr)], read_timeout: Duration) -> Internet {
         let servers = internet::Internet::start(
             net,
             table,
             Servers {
-                read_timeout: Duration::from_millis(500),
+                read_timeout,
                 answer_silence: false,
             },
         );
@@ -267,9 +272,11 @@ fn every_request_on_a_kept_open_connection_is_checked() {
     if !live() {
         return;
     }
-    let net = Internet::start(
+    // The server keeps an idle connection open longer than any stall between two requests.
+    let net = Internet::start_with(
         112,
         &[("api.test", host(112, 10)), ("other.test", host(112, 10))],
+        Duration::from_secs(5),
     );
     let (out, report) = net.run(
         &["--allow-host", "api.test"],
