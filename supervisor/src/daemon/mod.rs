@@ -46,6 +46,9 @@ use std::time::Duration;
 /// How often the agents' request counts are written as summary rows.
 const AGENT_SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
 
+/// The page cache of each of the daemon's two store connections, in KiB.
+const DAEMON_CACHE_KIB: u32 = 256;
+
 /// Runs the daemon until SIGTERM or SIGINT; returns once it has shut down cleanly.
 pub fn run(config: Config) -> Result<(), DaemonError> {
     if config.listen.is_some() && config.tcp_token.as_deref().is_none_or(str::is_empty) {
@@ -73,6 +76,10 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         &config.home.join("covenant.db"),
         &config.home.join("supervisor.key"),
     )?;
+    // The daemon's resident size: each connection would otherwise keep up to 2 MB of
+    // pages for as long as the daemon runs.
+    store.limit_cache(DAEMON_CACHE_KIB)?;
+    reader.limit_cache(DAEMON_CACHE_KIB)?;
     let writer = AuditWriter::start(store);
     apply_cgroup_limits(&config)?;
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -148,6 +148,15 @@ impl Store {
         }
     }
 
+    /// Bounds this connection's page cache to `kib` KiB (SQLite's default is 2,000): a
+    /// long-lived process keeps what it cached, and pages it reads again come from the
+    /// kernel's cache of the file.
+    pub fn limit_cache(&self, kib: u32) -> Result<()> {
+        self.conn
+            .pragma_update(None, "cache_size", -i64::from(kib))
+            .map_err(|e| self.sql(e))
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -177,4 +186,27 @@ pub fn store_files(db: &Path) -> [PathBuf; 5] {
         db.with_extension("head"),
         db.with_extension("head.lock"),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Store;
+
+    #[test]
+    fn a_limited_cache_is_what_the_connection_keeps() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            &dir.path().join("covenant.db"),
+            &dir.path().join("supervisor.key"),
+        )
+        .unwrap();
+        let cache = |s: &Store| -> i64 {
+            s.conn
+                .query_row("PRAGMA cache_size", [], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(cache(&store), -2000, "SQLite's default");
+        store.limit_cache(256).unwrap();
+        assert_eq!(cache(&store), -256);
+    }
 }
