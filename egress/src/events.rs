@@ -45,6 +45,17 @@ pub enum Verdict {
     Refused,
 }
 
+impl Verdict {
+    /// `Refused` when `refused`, else `Allowed`.
+    pub fn refused_if(refused: bool) -> Verdict {
+        if refused {
+            Verdict::Refused
+        } else {
+            Verdict::Allowed
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {

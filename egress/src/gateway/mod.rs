@@ -472,11 +472,7 @@ impl Stream {
         });
         core.record(EgressEvent {
             kind: EventKind::Connect,
-            verdict: if refused.is_some() {
-                Verdict::Refused
-            } else {
-                Verdict::Allowed
-            },
+            verdict: Verdict::refused_if(refused.is_some()),
             name: self.target.name.clone(),
             address: Some(self.target.upstream.ip().to_string()),
             port: Some(self.dst.port()),

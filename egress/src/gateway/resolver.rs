@@ -18,11 +18,7 @@ impl Core {
     ) {
         self.record(EgressEvent {
             kind: EventKind::Query,
-            verdict: if refused.is_some() {
-                Verdict::Refused
-            } else {
-                Verdict::Allowed
-            },
+            verdict: Verdict::refused_if(refused.is_some()),
             name,
             address,
             port: Some(53),
