@@ -2,7 +2,7 @@
 
 use clap::Subcommand;
 use covenant_policy::units::{format_size, format_unix_time};
-use covenant_supervisor::images::{id_shift, job_using, store};
+use covenant_supervisor::images::{id_shift, store};
 use covenant_supervisor::store as audit_store;
 use covenant_supervisor::store::Kind;
 use std::io::{IsTerminal, Write};
@@ -82,11 +82,11 @@ pub fn image(cmd: ImageCommand) -> anyhow::Result<i32> {
             let lowers = s.lower_dirs(&r)?;
             let mut v = serde_json::to_value(&r)?;
             v["layer_dirs"] = serde_json::to_value(lowers)?;
-            v["in_use_by"] = serde_json::to_value(job_using(&r))?;
+            v["in_use"] = serde_json::Value::Bool(s.in_use(&r)?);
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
         ImageCommand::Rm { reference } => {
-            let r = store()?.remove(&reference, &job_using)?;
+            let r = store()?.remove(&reference)?;
             audit_store::record(
                 Kind::ImageRemoved,
                 serde_json::json!({"name": r.name, "manifest_digest": r.manifest_digest}),

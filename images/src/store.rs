@@ -20,6 +20,9 @@ use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
+
 /// Largest blob accepted.
 pub const MAX_BLOB_BYTES: u64 = 16 << 30;
 /// Largest manifest, index or config accepted.
@@ -48,8 +51,10 @@ pub enum ImageError {
     Unpack(#[from] UnpackError),
     #[error("no image `{0}`; see `covenant-ctl image ls`")]
     NotFound(String),
-    #[error("image `{name}` is in use by a running job ({job}); it was not removed")]
-    InUse { name: String, job: String },
+    #[error("image `{name}` is in use by a running sandbox; it was not removed")]
+    InUse { name: String },
+    #[error("image {manifest_digest} was removed before its run could hold it; import it again")]
+    Removed { manifest_digest: String },
     #[error("the image has no name: give --name NAME:TAG")]
     NoName,
     #[error("image store {path} was unpacked for sandbox ids starting at {stored}, but this host maps them to {wanted}")]
@@ -95,6 +100,17 @@ struct Refs {
     /// Host uid/gid the image's id 0 was shifted to when layers were unpacked.
     id_shift: Option<(u32, u32)>,
     images: BTreeMap<String, ImageRecord>,
+    /// Images an import took the name of: kept, with their layers, for as long as a run
+    /// holds them; `gc` drops those nobody holds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    retired: Vec<ImageRecord>,
+}
+
+/// A run's shared lock on its image ([`ImageStore::hold`]), released when dropped (or when
+/// the process holding it dies).
+#[derive(Debug)]
+pub struct ImageHold {
+    _lock: Flock<fs::File>,
 }
 
 /// Normalises `name[:tag]` to `name:tag` (default tag `latest`).
@@ -174,7 +190,7 @@ impl<R: Read> Read for Hashing<R> {
 
 impl ImageStore {
     pub fn open(root: &Path) -> Result<Self> {
-        for sub in ["blobs/sha256", "layers", "tmp"] {
+        for sub in ["blobs/sha256", "layers", "tmp", "locks"] {
             let dir = root.join(sub);
             fs::create_dir_all(&dir).map_err(io(&dir))?;
         }
@@ -183,6 +199,8 @@ impl ImageStore {
         for dir in [root.to_path_buf(), root.join("layers")] {
             fs::set_permissions(&dir, fs::Permissions::from_mode(0o711)).map_err(io(&dir))?;
         }
+        let locks = root.join("locks");
+        fs::set_permissions(&locks, fs::Permissions::from_mode(0o700)).map_err(io(&locks))?;
         Ok(Self {
             root: root.to_path_buf(),
         })
@@ -314,6 +332,9 @@ impl ImageStore {
         ids: IdShift,
         progress: &mut dyn FnMut(&str),
     ) -> Result<ImageRecord> {
+        // One writer at a time: `gc` must not take layers an import has unpacked but not
+        // named yet.
+        let _store = self.exclusive()?;
         let mut refs = self.refs()?;
         if let Some((u, _)) = refs.id_shift {
             if u != ids.uid {
@@ -357,7 +378,17 @@ impl ImageStore {
         let _ = fs::remove_dir_all(&staging);
         let record = result?;
         refs.id_shift = Some((ids.uid, ids.gid));
-        refs.images.insert(record.name.clone(), record.clone());
+        if let Some(old) = refs.images.insert(record.name.clone(), record.clone()) {
+            let named = |d: &str| refs.images.values().any(|r| r.manifest_digest == d);
+            if !named(&old.manifest_digest)
+                && !refs
+                    .retired
+                    .iter()
+                    .any(|r| r.manifest_digest == old.manifest_digest)
+            {
+                refs.retired.push(old);
+            }
+        }
         self.save_refs(&refs)?;
         Ok(record)
     }
@@ -614,30 +645,102 @@ impl ImageStore {
         Ok(dirs)
     }
 
-    /// Removes a name; `in_use` says which job (if any) runs on the image.
-    pub fn remove(
-        &self,
-        reference: &str,
-        in_use: &dyn Fn(&ImageRecord) -> Option<String>,
-    ) -> Result<ImageRecord> {
+    /// Holds an image for a run: until the hold is dropped, no name of its manifest can be
+    /// removed (so `gc` keeps its layers). Checked again once held: an image removed
+    /// between its resolution and this call is refused, never run from layers that may be
+    /// going.
+    pub fn hold(&self, manifest_digest: &str) -> Result<ImageHold> {
+        let file = self.lock_file(manifest_digest)?;
+        let lock = Flock::lock(file, FlockArg::LockShared)
+            .map_err(|(_, errno)| io(&self.root.join("locks"))(errno.into()))?;
+        let refs = self.refs()?;
+        let record = refs
+            .images
+            .into_values()
+            .chain(refs.retired)
+            .find(|r| r.manifest_digest == manifest_digest)
+            .ok_or_else(|| ImageError::Removed {
+                manifest_digest: manifest_digest.to_string(),
+            })?;
+        self.lower_dirs(&record)?;
+        Ok(ImageHold { _lock: lock })
+    }
+
+    /// Whether a run holds the image ([`ImageStore::hold`]).
+    pub fn in_use(&self, record: &ImageRecord) -> Result<bool> {
+        Ok(self.unheld(&record.manifest_digest)?.is_none())
+    }
+
+    /// Removes a name, unless a run holds its image: the check and the removal happen
+    /// under the image's lock, so no run can take it in between.
+    pub fn remove(&self, reference: &str) -> Result<ImageRecord> {
+        let _store = self.exclusive()?;
         let record = self.resolve(reference)?;
-        if let Some(job) = in_use(&record) {
-            return Err(ImageError::InUse {
-                name: record.name,
-                job,
-            });
-        }
+        let Some(_unheld) = self.unheld(&record.manifest_digest)? else {
+            return Err(ImageError::InUse { name: record.name });
+        };
         let mut refs = self.refs()?;
         refs.images.remove(&record.name);
         self.save_refs(&refs)?;
         Ok(record)
     }
 
-    /// Deletes blobs and layers no image refers to; returns how many entries went.
+    /// The store's own lock (`locks/store`), held by whatever changes the names or
+    /// deletes files: imports, `rm` and `gc` take turns. Runs never take it.
+    fn exclusive(&self) -> Result<Flock<fs::File>> {
+        let path = self.root.join("locks/store");
+        let file = Self::open_lock(&path)?;
+        Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| io(&path)(errno.into()))
+    }
+
+    /// The image's lock, exclusive, if no run holds it.
+    fn unheld(&self, manifest_digest: &str) -> Result<Option<Flock<fs::File>>> {
+        let file = self.lock_file(manifest_digest)?;
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(Some(lock)),
+            Err((_, Errno::EWOULDBLOCK)) => Ok(None),
+            Err((_, errno)) => Err(io(&self.root.join("locks"))(errno.into())),
+        }
+    }
+
+    /// The lock file of a manifest (`locks/HEX`), opened read-only: a lock needs no
+    /// more, and a descriptor that leaked could not write anything.
+    fn lock_file(&self, manifest_digest: &str) -> Result<fs::File> {
+        Self::open_lock(&self.root.join("locks").join(digest_hex(manifest_digest)?))
+    }
+
+    fn open_lock(path: &Path) -> Result<fs::File> {
+        use std::os::unix::fs::OpenOptionsExt;
+        // O_CREAT with read-only access: the file only carries locks.
+        fs::OpenOptions::new()
+            .read(true)
+            .mode(0o600)
+            .custom_flags(libc::O_CREAT | libc::O_NOFOLLOW)
+            .open(path)
+            .map_err(io(path))
+    }
+
+    /// Deletes blobs and layers no image refers to (a retired image a run still holds
+    /// counts as referred to); returns how many entries went.
     pub fn gc(&self) -> Result<u64> {
-        let refs = self.refs()?;
+        let _store = self.exclusive()?;
+        let mut refs = self.refs()?;
+        // Each retired image nobody holds is dropped, and stays locked until its files
+        // are gone: a run that tries to hold it meanwhile waits, then finds it gone.
+        let mut dropped = Vec::new();
+        let mut kept = Vec::new();
+        for record in std::mem::take(&mut refs.retired) {
+            match self.unheld(&record.manifest_digest)? {
+                Some(lock) => dropped.push(lock),
+                None => kept.push(record),
+            }
+        }
+        refs.retired = kept;
+        if !dropped.is_empty() {
+            self.save_refs(&refs)?;
+        }
         let mut live: std::collections::HashSet<String> = std::collections::HashSet::new();
-        for r in refs.images.values() {
+        for r in refs.images.values().chain(&refs.retired) {
             live.insert(digest_hex(&r.manifest_digest)?.to_string());
             live.insert(digest_hex(&r.config_digest)?.to_string());
             for l in &r.layers {
@@ -658,6 +761,19 @@ impl ImageStore {
                     .map_err(io(&p))?;
                     removed += 1;
                 }
+            }
+        }
+        // A lock file of a manifest nothing refers to goes once nobody holds it; a run
+        // that opened it just before finds no image under its lock and is refused.
+        drop(dropped);
+        let locks = self.root.join("locks");
+        for entry in fs::read_dir(&locks).map_err(io(&locks))?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name == "store" || live.contains(&name) {
+                continue;
+            }
+            if let Ok(Some(_unheld)) = self.unheld(&format!("sha256:{name}")) {
+                fs::remove_file(entry.path()).map_err(io(&entry.path()))?;
             }
         }
         Ok(removed)
@@ -854,15 +970,70 @@ mod tests {
         let layout = tempfile::tempdir().unwrap();
         write_oci_layout(&layers(), layout.path(), "t:1", &["sh"]).unwrap();
         let record = s.import(layout.path(), None, IDS, &mut |_| {}).unwrap();
-        let err = s.remove("t:1", &|_| Some("job-1".into())).unwrap_err();
+        let held = s.hold(&record.manifest_digest).unwrap();
+        assert!(s.in_use(&record).unwrap());
+        let err = s.remove("t:1").unwrap_err();
         assert!(matches!(err, ImageError::InUse { .. }), "{err}");
+        // A second run holds it too: holds are shared.
+        let second = s.hold(&record.manifest_digest).unwrap();
         assert_eq!(s.gc().unwrap(), 0);
-        s.remove("t", &|_| None).unwrap_err();
-        s.remove("t:1", &|_| None).unwrap();
+        drop(held);
+        s.remove("t:1").unwrap_err();
+        drop(second);
+        assert!(!s.in_use(&record).unwrap());
+        s.remove("t").unwrap_err();
+        s.remove("t:1").unwrap();
+        // A run that resolved the image before it went cannot hold it now.
+        let err = s.hold(&record.manifest_digest).unwrap_err();
+        assert!(matches!(err, ImageError::Removed { .. }), "{err}");
         assert!(
             s.gc().unwrap() >= 4,
             "manifest, config, two layer blobs and two layers"
         );
         assert!(!s.blob_path(&record.config_digest).unwrap().exists());
+        let locks: Vec<_> = fs::read_dir(s.root.join("locks"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(locks, ["store"], "gc left the removed image's lock file");
+    }
+
+    /// An import that takes a name from an image a run holds leaves that image's layers
+    /// until the run lets go.
+    #[test]
+    fn a_held_image_whose_name_is_taken_keeps_its_layers_until_let_go() {
+        skip_unless!(AS_OWNERS);
+        let (_d, s) = store();
+        let first = tempfile::tempdir().unwrap();
+        write_oci_layout(&layers(), first.path(), "t:1", &["sh"]).unwrap();
+        let old = s.import(first.path(), None, IDS, &mut |_| {}).unwrap();
+        let held = s.hold(&old.manifest_digest).unwrap();
+        let extra = tempfile::tempdir().unwrap();
+        fs::write(extra.path().join("new"), b"new\n").unwrap();
+        let mut newer = layers();
+        newer.push(tar_directory(extra.path()).unwrap());
+        let second = tempfile::tempdir().unwrap();
+        write_oci_layout(&newer, second.path(), "t:1", &["sh"]).unwrap();
+        let new = s.import(second.path(), None, IDS, &mut |_| {}).unwrap();
+        assert_ne!(new.manifest_digest, old.manifest_digest);
+        assert_eq!(s.resolve("t:1").unwrap(), new);
+
+        s.gc().unwrap();
+        assert!(s.lower_dirs(&old).is_ok(), "gc took a held image's layers");
+        // A second run that resolved the old image before the import still gets it.
+        let again = s.hold(&old.manifest_digest).unwrap();
+        drop((held, again));
+        assert!(s.gc().unwrap() >= 1, "the old manifest went");
+        assert!(s
+            .blob_path(&old.manifest_digest)
+            .map(|p| !p.exists())
+            .unwrap());
+        let err = s.hold(&old.manifest_digest).unwrap_err();
+        assert!(matches!(err, ImageError::Removed { .. }), "{err}");
+        assert!(
+            s.lower_dirs(&new).is_ok(),
+            "gc took the image that is named"
+        );
     }
 }

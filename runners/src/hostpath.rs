@@ -48,6 +48,8 @@ pub enum HostPathError {
     },
     #[error("cannot give the supervisor a private mount namespace: {step}: {errno}")]
     Namespace { step: &'static str, errno: Errno },
+    #[error("cannot mount the run's private folder {at} (tmpfs): {errno}")]
+    PrivateFolder { at: PathBuf, errno: Errno },
 }
 
 type Result<T> = std::result::Result<T, HostPathError>;
@@ -375,6 +377,29 @@ pub fn enter_private_mount_namespace() -> Result<()> {
     )
     .map_err(|errno| HostPathError::Namespace {
         step: "make / a recursive slave",
+        errno,
+    })
+}
+
+/// The bound of a [`mount_private_folder`]: a run's bundle (its config.json, plan and
+/// generated files) and its staging places (empty mount points) take a few hundred KiB.
+pub const PRIVATE_FOLDER_OPTIONS: &str = "mode=0711,size=16m,nr_inodes=16384";
+
+/// Mounts an empty tmpfs on `at` in the caller's private mount namespace (see
+/// [`enter_private_mount_namespace`]): what the run writes there exists in memory, is seen
+/// only by this namespace's processes, and goes with them, however the run ends. Nothing
+/// on the host's file system is created for it, and a sandbox that fills it fills only
+/// its own run's folder.
+pub fn mount_private_folder(at: &Path) -> Result<()> {
+    mount(
+        Some("tmpfs"),
+        at,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(PRIVATE_FOLDER_OPTIONS),
+    )
+    .map_err(|errno| HostPathError::PrivateFolder {
+        at: at.to_path_buf(),
         errno,
     })
 }

@@ -70,7 +70,10 @@ pub trait Runner {
 /// The runner a name selects.
 pub fn runner_for(name: &str, ctx: &RunnerContext) -> Result<Box<dyn Runner>, RunnerError> {
     match name {
-        "native" => Ok(Box::new(native::NativeRunner::default())),
+        "native" => Ok(Box::new(native::NativeRunner {
+            owner: ctx.owner.clone(),
+            ..native::NativeRunner::default()
+        })),
         "gvisor" => Ok(Box::new(oci::OciRunner::gvisor(ctx)?)),
         other => match other.strip_prefix("oci:") {
             Some(path) => Ok(Box::new(oci::OciRunner::generic(

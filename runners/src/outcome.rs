@@ -74,4 +74,7 @@ pub struct RunnerContext {
     /// A binary that runs `enforce -- ARGV` (the CLI itself), for runtimes that cannot
     /// apply landlock on their own.
     pub enforcer: Option<std::path::PathBuf>,
+    /// The tag a run's own cgroups carry (the supervisor's home): once the supervisor is
+    /// gone, a later run takes only its own home's abandoned cgroups.
+    pub owner: Option<std::path::PathBuf>,
 }

@@ -2,13 +2,16 @@
 //! end.
 //!
 //! A `covenant-ctl run` killed outright (SIGKILL, the OOM killer) takes its sandbox with
-//! it but leaves the sandbox's empty cgroups, and its bundle and staging folders. The
+//! it but leaves the sandbox's empty cgroups (its bundle and staging folders are in its
+//! own mount namespace and go with it; an OCI runner's state folder stays). The
 //! daemon's recovery cleans up after its own jobs; for embedded runs, the next run with
-//! the same `$COVENANT_HOME` does it, from the cgroups of jobs it holds folders of (see [`covenant_runners::native::remove_abandoned_cgroups`]
-//! for when a cgroup counts as abandoned), and records each in a `run.abandoned` event.
+//! the same `$COVENANT_HOME` does it, from the cgroups tagged with that home or of jobs
+//! it holds folders of (see [`covenant_runners::native::remove_abandoned_cgroups`] for
+//! when a cgroup counts as abandoned), and records each in a `run.abandoned` event.
 
 use crate::store::{AuditEvent, Kind};
-use covenant_runners::native::{remove_abandoned_cgroups, CgroupLayout};
+use covenant_runners::native::{cgroup_owner, remove_abandoned_cgroups, CgroupLayout};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -44,12 +47,16 @@ pub fn sweep(home: &Path, by: &str) -> Vec<AuditEvent> {
             Err(_) => true,
         }
     };
-    // This home's runs only (those it holds a folder of), and none with anything mounted
-    // under its folders: whatever is mounted there is not ours to descend into, and its
-    // cgroups stay too, so a later run looks again.
-    let ours = |job: &str| {
+    // This home's runs only (cgroups tagged with it, or runs it holds a folder of: an
+    // older build's, an OCI runner's), and none with anything mounted under its folders:
+    // whatever is mounted there is not ours to descend into, and its cgroups stay too, so
+    // a later run looks again.
+    let tag = home.as_os_str().as_bytes();
+    let ours = |job: &str, dir: &Path| {
         let places = places(job);
-        places.iter().any(|p| p.symlink_metadata().is_ok()) && !places.iter().any(|p| mounted(p))
+        let claimed = cgroup_owner(dir).is_some_and(|owner| owner == tag)
+            || places.iter().any(|p| p.symlink_metadata().is_ok());
+        claimed && !places.iter().any(|p| mounted(p))
     };
     let found = remove_abandoned_cgroups(&layout, MIN_AGE, ours);
     found

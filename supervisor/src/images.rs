@@ -3,7 +3,7 @@
 
 use crate::home::covenant_home;
 use crate::home::identity_map;
-use covenant_images::store::{ImageError, ImageRecord, ImageStore};
+use covenant_images::store::{ImageError, ImageHold, ImageStore};
 use covenant_images::unpack::IdShift;
 use covenant_policy::{RootfsSource, SandboxPlan};
 
@@ -38,23 +38,14 @@ pub fn resolve_rootfs(plan: &mut SandboxPlan) -> Result<(), ImageError> {
     Ok(())
 }
 
-/// The job running on `record`, if any: a bundle directory whose plan names its manifest
-/// (bundles exist only while their run does, or after a crash until recovery).
-pub fn job_using(record: &ImageRecord) -> Option<String> {
-    let bundles = covenant_home().join("bundles");
-    std::fs::read_dir(bundles)
-        .ok()?
-        .flatten()
-        .find_map(|entry| {
-            let plan: SandboxPlan =
-                serde_json::from_slice(&std::fs::read(entry.path().join("plan.json")).ok()?)
-                    .ok()?;
-            match plan.rootfs {
-                RootfsSource::Image {
-                    manifest_digest: Some(d),
-                    ..
-                } if d == record.manifest_digest => Some(plan.job_id),
-                _ => None,
-            }
-        })
+/// Holds the image a plan runs on, if any, for as long as the returned hold lives: `image
+/// rm` refuses it meanwhile ([`ImageStore::hold`]).
+pub fn hold(plan: &SandboxPlan) -> Result<Option<ImageHold>, ImageError> {
+    match &plan.rootfs {
+        RootfsSource::Image {
+            manifest_digest: Some(digest),
+            ..
+        } => store()?.hold(digest).map(Some),
+        _ => Ok(None),
+    }
 }

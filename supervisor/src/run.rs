@@ -50,6 +50,8 @@ pub enum RunError {
     Path(#[from] crate::host_paths::PathRefused),
     #[error(transparent)]
     Namespace(#[from] covenant_runners::hostpath::HostPathError),
+    #[error(transparent)]
+    Image(#[from] covenant_images::store::ImageError),
 }
 
 /// Caller's choices that are not part of the plan.
@@ -353,9 +355,12 @@ fn authorised_run(
 }
 
 fn runner(name: &str) -> Result<Box<dyn Runner>, RunError> {
+    let home = covenant_home();
     let ctx = RunnerContext {
-        state_dir: covenant_home().join("runtime"),
+        state_dir: home.join("runtime"),
         enforcer: std::env::current_exe().ok(),
+        // Matched by `abandoned::sweep` against the home's real path.
+        owner: Some(std::fs::canonicalize(&home).unwrap_or(home)),
     };
     Ok(runner_for(name, &ctx)?)
 }
@@ -394,14 +399,22 @@ pub fn run_plan(
             serde_json::json!({"config_digest": bundle.config_digest, "dir": bundle.dir}),
         );
     }
-    let dir = covenant_home().join("bundles").join(&plan.job_id);
-    ensure_traversable(&covenant_home())?;
+    // Until the run ends, its image cannot be removed.
+    let _image = crate::images::hold(plan)?;
+    let home = covenant_home();
+    let dir = home.join("bundles").join(&plan.job_id);
+    ensure_traversable(&home)?;
     let stage = nix::unistd::geteuid()
         .is_root()
         .then(|| staging_dir(&plan.job_id));
     if let Some(stage) = &stage {
-        covenant_runners::hostpath::enter_private_mount_namespace()?;
-        ensure_traversable_dir(stage.parent().unwrap_or(Path::new("/")))?;
+        use covenant_runners::hostpath::{enter_private_mount_namespace, mount_private_folder};
+        enter_private_mount_namespace()?;
+        let staging = stage.parent().unwrap_or(Path::new("/"));
+        ensure_traversable_dir(staging)?;
+        // The bundle and the staging places live in memory, in this run's namespace only.
+        mount_private_folder(&home.join("bundles"))?;
+        mount_private_folder(staging)?;
     }
     let ids = identity_map();
     let outcome =

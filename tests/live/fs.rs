@@ -96,10 +96,17 @@ fn a_private_home_runs_and_other_users_read_none_of_its_files() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    // The bundle lives in the run's own mount namespace: root finds it through the
+    // run's root, and the host's folder stays empty.
     let deadline = Instant::now() + Duration::from_secs(10);
+    let inside = Path::new("/proc")
+        .join(running.id().to_string())
+        .join("root")
+        .join(home.strip_prefix("/").unwrap());
     let bundle = loop {
-        let found = std::fs::read_dir(home.join("bundles"))
-            .unwrap()
+        let found = std::fs::read_dir(inside.join("bundles"))
+            .into_iter()
+            .flatten()
             .flatten()
             .map(|e| e.path())
             .find(|p| p.join("config.json").exists() && p.join("plan.json").exists());
@@ -109,13 +116,38 @@ fn a_private_home_runs_and_other_users_read_none_of_its_files() {
         assert!(Instant::now() < deadline, "the run wrote no bundle");
         std::thread::sleep(Duration::from_millis(20));
     };
+    let on_host: Vec<_> = std::fs::read_dir(home.join("bundles"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(
+        on_host.is_empty(),
+        "the host sees the run's bundle: {on_host:?}"
+    );
     let config = bundle.join("config.json");
     assert!(std::fs::read_to_string(&config)
         .unwrap()
         .contains("hunter2-live"));
+    // Inside the run's namespace, only the files' own modes stand between them and
+    // another user.
+    let in_run = |p: &Path| home.join(p.strip_prefix(&inside).unwrap());
+    for f in [config, bundle.join("plan.json")] {
+        let out = Command::new("nsenter")
+            .arg(format!("--mount=/proc/{}/ns/mnt", running.id()))
+            .args(["--setuid", "65534", "--setgid", "65534", "cat"])
+            .arg(in_run(&f))
+            .output()
+            .unwrap();
+        assert_ne!(code(&out), 0, "nobody read {} in the run", f.display());
+        assert!(
+            stderr(&out).contains("Permission denied"),
+            "{}: {}",
+            f.display(),
+            stderr(&out)
+        );
+    }
     let mut files = vec![
-        config,
-        bundle.join("plan.json"),
         home.join("covenant.db"),
         home.join("covenant.db-wal"),
         home.join("supervisor.key"),

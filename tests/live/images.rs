@@ -5,6 +5,7 @@ use crate::scene::{
     all_runners, busybox_image, code, mounts_under, runtime, stderr, stdout, Scene,
 };
 use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -118,7 +119,13 @@ fn image_archives_import_and_rm_refuses_an_image_in_use() {
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    let bundles = s.home.path().join("home/bundles");
+    // The run holds its image from before its bundle is written: wait for the bundle,
+    // in the run's own mount namespace.
+    let bundles = Path::new("/proc")
+        .join(job.id().to_string())
+        .join("root")
+        .join(s.home.path().strip_prefix("/").unwrap())
+        .join("home/bundles");
     let has_plan = || {
         std::fs::read_dir(&bundles)
             .map(|d| {
@@ -131,6 +138,7 @@ fn image_archives_import_and_rm_refuses_an_image_in_use() {
     while !has_plan() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
+    assert!(has_plan(), "the run wrote no bundle");
     let refused = loop {
         let out = s.ctl().args(["image", "rm", "busy:tar"]).output().unwrap();
         if code(&out) != 0 && stderr(&out).contains("in use") {
@@ -141,10 +149,17 @@ fn image_archives_import_and_rm_refuses_an_image_in_use() {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
+    let inspect = stdout(
+        &s.ctl()
+            .args(["image", "inspect", "busy:tar"])
+            .output()
+            .unwrap(),
+    );
     // SAFETY: kill(2) on a child this test started and has not reaped.
     unsafe { libc::kill(job.id() as i32, libc::SIGTERM) };
     let _ = job.wait();
     assert!(refused, "image rm did not refuse an image in use");
+    assert!(inspect.contains("\"in_use\": true"), "{inspect}");
     assert_eq!(
         code(&s.ctl().args(["image", "rm", "busy:tar"]).output().unwrap()),
         0

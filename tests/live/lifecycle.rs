@@ -277,9 +277,13 @@ fn a_killed_supervisors_leftovers_are_removed_by_the_next_run() {
     let home = s.home.path().join("home");
     let left = |p: &std::path::Path| p.symlink_metadata().is_ok();
     assert!(
-        left(&home.join("bundles").join(&job)) && cgroups.iter().all(|c| left(c)),
+        cgroups.iter().all(|c| left(c)),
         "the killed run left nothing: this test shows nothing"
     );
+    // Its bundle and staging places were in its own mount namespace, gone with it.
+    for d in ["bundles", "staging"] {
+        assert!(!left(&home.join(d).join(&job)), "{d}/{job} is on the host");
+    }
 
     // A run of this home whose folder has something mounted under it: neither the mount
     // nor its cgroup is touched, even when the home is named through a symlink.

@@ -19,6 +19,15 @@ use std::time::{Duration, Instant};
 /// The directory under each hierarchy that holds Covenant's run cgroups.
 pub const PARENT: &str = "covenant";
 
+/// The extended attribute naming a run cgroup's owner ([`RunCgroup::create`]): `trusted.`,
+/// so only a privileged process can write or read it.
+pub const OWNER_XATTR: &str = "trusted.covenant.owner";
+
+/// The owner a run cgroup's directory was tagged with, if any.
+pub fn owner_of(dir: &Path) -> Option<Vec<u8>> {
+    xattr::get(dir, OWNER_XATTR).ok().flatten()
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
     #[error("cgroup: no cgroup filesystem found under {root}")]
@@ -224,6 +233,19 @@ fn make_dir(path: &Path) -> Result<()> {
     }
 }
 
+/// Tags a run cgroup's directory with its owner, so that once its supervisor is gone a
+/// later run can tell whose it was ([`remove_abandoned`](abandoned::remove_abandoned)). A
+/// kernel without extended attributes on cgroups (`EOPNOTSUPP`) leaves it untagged: such
+/// a cgroup, abandoned, is left for the operator, never taken.
+fn mark(dir: &Path, owner: Option<&Path>) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let Some(owner) = owner else { return Ok(()) };
+    match xattr::set(dir, OWNER_XATTR, owner.as_os_str().as_bytes()) {
+        Err(e) if e.raw_os_error() != Some(libc::EOPNOTSUPP) => Err(io("tag", dir, e)),
+        _ => Ok(()),
+    }
+}
+
 fn read_u64(path: &Path) -> Option<u64> {
     fs::read_to_string(path).ok()?.trim().parse().ok()
 }
@@ -238,15 +260,21 @@ fn read_key(path: &Path, key: &str) -> Option<u64> {
 }
 
 impl RunCgroup {
-    /// Creates the cgroup `name` and writes `limits`. A limit whose controller is missing is
-    /// an error; on any error, what was created is removed again.
-    pub fn create(layout: &CgroupLayout, name: &str, limits: CgroupLimits) -> Result<Self> {
+    /// Creates the cgroup `name`, tags each of its directories with `owner` (see
+    /// [`OWNER_XATTR`]) and writes `limits`. A limit whose controller is missing is an
+    /// error; on any error, what was created is removed again.
+    pub fn create(
+        layout: &CgroupLayout,
+        name: &str,
+        limits: CgroupLimits,
+        owner: Option<&Path>,
+    ) -> Result<Self> {
         let mut cg = RunCgroup {
             version: layout.version(),
             dirs: Vec::new(),
             owned: true,
         };
-        match cg.populate(layout, name, limits) {
+        match cg.populate(layout, name, limits, owner) {
             Ok(()) => Ok(cg),
             Err(e) => {
                 let _ = cg.remove(Duration::from_millis(200));
@@ -255,7 +283,13 @@ impl RunCgroup {
         }
     }
 
-    fn populate(&mut self, layout: &CgroupLayout, name: &str, limits: CgroupLimits) -> Result<()> {
+    fn populate(
+        &mut self,
+        layout: &CgroupLayout,
+        name: &str,
+        limits: CgroupLimits,
+        owner: Option<&Path>,
+    ) -> Result<()> {
         match layout {
             CgroupLayout::V2 { root } => {
                 let controllers = layout.controllers();
@@ -278,6 +312,7 @@ impl RunCgroup {
                 let dir = parent.join(name);
                 make_dir(&dir)?;
                 self.dirs.push(dir.clone());
+                mark(&dir, owner)?;
                 if let Some(mem) = limits.memory_bytes {
                     write(&dir.join("memory.max"), &mem.to_string())?;
                     if dir.join("memory.swap.max").exists() {
@@ -315,7 +350,8 @@ impl RunCgroup {
                     make_dir(&parent)?;
                     let dir = parent.join(name);
                     make_dir(&dir)?;
-                    self.dirs.push(dir);
+                    self.dirs.push(dir.clone());
+                    mark(&dir, owner)?;
                 }
                 let dir_in = |h: &Option<PathBuf>| h.as_ref().map(|h| h.join(PARENT).join(name));
                 if let (Some(mem), Some(dir)) = (limits.memory_bytes, dir_in(memory)) {
@@ -477,6 +513,7 @@ impl Drop for RunCgroup {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::ffi::OsStrExt;
 
     fn fake_v2() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
@@ -512,7 +549,7 @@ mod tests {
         let fake = fake_v2();
         let layout = CgroupLayout::detect(fake.path()).unwrap();
         assert_eq!(layout.version(), CgroupVersion::V2);
-        let mut cg = RunCgroup::create(&layout, "job1", LIMITS).unwrap();
+        let mut cg = RunCgroup::create(&layout, "job1", LIMITS, None).unwrap();
         let dir = fake.path().join("covenant/job1");
         assert_eq!(
             fs::read_to_string(dir.join("memory.max")).unwrap(),
@@ -548,7 +585,7 @@ mod tests {
         let fake = tempfile::tempdir().unwrap();
         fs::write(fake.path().join("cgroup.controllers"), "cpu hugetlb\n").unwrap();
         let layout = CgroupLayout::detect(fake.path()).unwrap();
-        let err = RunCgroup::create(&layout, "job", LIMITS).unwrap_err();
+        let err = RunCgroup::create(&layout, "job", LIMITS, None).unwrap_err();
         assert!(
             matches!(
                 err,
@@ -566,7 +603,7 @@ mod tests {
         let fake = fake_v1(&["memory", "pids", "cpu", "cpuacct"]);
         let layout = CgroupLayout::detect(fake.path()).unwrap();
         assert_eq!(layout.version(), CgroupVersion::V1);
-        let mut cg = RunCgroup::create(&layout, "job", LIMITS).unwrap();
+        let mut cg = RunCgroup::create(&layout, "job", LIMITS, None).unwrap();
         assert_eq!(cg.dirs().len(), 4);
         let p = fake.path();
         assert_eq!(
@@ -592,11 +629,31 @@ mod tests {
         cg.dirs.clear();
     }
 
+    /// Each directory of a run cgroup names its owner, and only a privileged process
+    /// reads or writes the tag (`trusted.`).
+    #[test]
+    fn a_run_cgroup_names_its_owner_in_every_hierarchy() {
+        covenant_test_support::skip_unless!(&[covenant_test_support::live::Need::Root]);
+        let fake = fake_v1(&["memory", "pids", "cpu", "cpuacct"]);
+        let layout = CgroupLayout::detect(fake.path()).unwrap();
+        let home = Path::new("/var/lib/covenant-a");
+        let mut cg = RunCgroup::create(&layout, "job", LIMITS, Some(home)).unwrap();
+        assert_eq!(cg.dirs().len(), 4);
+        for dir in cg.dirs() {
+            assert_eq!(owner_of(dir).as_deref(), Some(home.as_os_str().as_bytes()));
+        }
+        let untagged = RunCgroup::create(&layout, "job2", LIMITS, None).unwrap();
+        for dir in untagged.dirs() {
+            assert_eq!(owner_of(dir), None);
+        }
+        cg.dirs.clear();
+    }
+
     #[test]
     fn v1_without_pids_refuses_a_pids_limit_and_leaves_nothing() {
         let fake = fake_v1(&["memory"]);
         let layout = CgroupLayout::detect(fake.path()).unwrap();
-        let err = RunCgroup::create(&layout, "job", LIMITS).unwrap_err();
+        let err = RunCgroup::create(&layout, "job", LIMITS, None).unwrap_err();
         assert!(
             matches!(
                 err,

@@ -24,8 +24,9 @@ mod syscall_table;
 
 pub use self::cgroup::warmup as cgroup_warmup;
 pub use self::cgroup::{
-    remove_abandoned as remove_abandoned_cgroups, Abandoned as AbandonedCgroups, CgroupError,
-    CgroupLayout, CgroupVersion, PARENT as CGROUP_PARENT,
+    owner_of as cgroup_owner, remove_abandoned as remove_abandoned_cgroups,
+    Abandoned as AbandonedCgroups, CgroupError, CgroupLayout, CgroupVersion,
+    PARENT as CGROUP_PARENT,
 };
 pub use self::landlock::{kernel_abi as landlock_abi, LandlockPlan};
 pub use self::spec::Namespace;
@@ -99,12 +100,15 @@ fn sys(what: &'static str) -> impl FnOnce(nix::errno::Errno) -> NativeError {
 pub struct NativeRunner {
     /// Where the cgroup hierarchies are mounted (normally `/sys/fs/cgroup`).
     pub cgroup_root: PathBuf,
+    /// What the run's cgroups are tagged with ([`RunnerContext::owner`]).
+    pub owner: Option<PathBuf>,
 }
 
 impl Default for NativeRunner {
     fn default() -> Self {
         Self {
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+            owner: None,
         }
     }
 }
@@ -170,9 +174,12 @@ impl NativeRunner {
         // moved there after the clone, and its cgroups are made then: making one waits
         // while a move waits (see `cgroup::warmup`), and the clone need not.
         let mut cgroup = match &layout {
-            Some(layout) if layout.version() == CgroupVersion::V2 => {
-                Some(RunCgroup::create(layout, &cgroup_name, spec.limits)?)
-            }
+            Some(layout) if layout.version() == CgroupVersion::V2 => Some(RunCgroup::create(
+                layout,
+                &cgroup_name,
+                spec.limits,
+                self.owner.as_deref(),
+            )?),
             _ => None,
         };
         clock.lap(TimedStep::Cgroup);
@@ -218,7 +225,12 @@ impl NativeRunner {
                 write_id_maps(pid, spec, rootless)?;
                 clock.lap(TimedStep::IdMaps);
                 if let (None, Some(layout)) = (&cgroup, &layout) {
-                    cgroup = Some(RunCgroup::create(layout, &cgroup_name, spec.limits)?);
+                    cgroup = Some(RunCgroup::create(
+                        layout,
+                        &cgroup_name,
+                        spec.limits,
+                        self.owner.as_deref(),
+                    )?);
                 }
                 let cgroup_entry = match &cgroup {
                     Some(_) if entry == CgroupEntry::Clone => Some(CgroupEntry::Clone),

@@ -511,7 +511,12 @@ impl OciRunner {
                     .map(|p| p.saturating_mul(GVISOR_PIDS_PER_TASK) + GVISOR_PIDS_ALLOWANCE),
                 cpu: d.limits.cpu,
             };
-            Some(RunCgroup::create(&layout, id, limits)?)
+            Some(RunCgroup::create(
+                &layout,
+                id,
+                limits,
+                self.ctx.owner.as_deref(),
+            )?)
         } else {
             None
         };

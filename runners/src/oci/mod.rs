@@ -80,6 +80,7 @@ mod tests {
         let ctx = RunnerContext {
             state_dir: std::env::temp_dir(),
             enforcer: Some(PathBuf::from("/bin/true")),
+            owner: None,
         };
         OciRunner::generic(Path::new("/bin/true"), &ctx).unwrap()
     }
@@ -113,6 +114,7 @@ mod tests {
             ctx: RunnerContext {
                 state_dir: std::env::temp_dir(),
                 enforcer: None,
+                owner: None,
             },
             cgroup_root: "/sys/fs/cgroup".into(),
         }

@@ -20,7 +20,7 @@
 use super::CgroupLayout;
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// One dead supervisor's run, and the cgroup directories of it that were removed.
@@ -32,11 +32,12 @@ pub struct Abandoned {
 }
 
 /// Removes the abandoned run cgroups under `covenant/` in every hierarchy of `layout`
-/// whose job the caller claims with `ours` (a run removes only its own home's).
+/// whose job the caller claims with `ours`, given the job and the directory (a run
+/// removes only its own home's, see [`super::owner_of`]).
 pub fn remove_abandoned(
     layout: &CgroupLayout,
     min_age: Duration,
-    ours: impl Fn(&str) -> bool,
+    ours: impl Fn(&str, &Path) -> bool,
 ) -> Vec<Abandoned> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -51,10 +52,10 @@ pub fn remove_abandoned(
             let Some((job, pid)) = name.to_str().and_then(job_and_pid) else {
                 continue;
             };
-            if supervisor_lives(pid) || !ours(job) {
+            let dir = entry.path();
+            if supervisor_lives(pid) || !ours(job, &dir) {
                 continue;
             }
-            let dir = entry.path();
             let Ok(meta) = std::fs::symlink_metadata(&dir) else {
                 continue;
             };
@@ -138,11 +139,11 @@ mod tests {
         std::fs::write(parent.join(&names[2]).join("cgroup.procs"), "7\n").unwrap();
 
         // Too young to be taken for abandoned; or another home's.
-        assert!(remove_abandoned(&layout, Duration::from_secs(3600), |_| true).is_empty());
-        assert!(remove_abandoned(&layout, Duration::ZERO, |job| job == "job-zz").is_empty());
+        assert!(remove_abandoned(&layout, Duration::from_secs(3600), |_, _| true).is_empty());
+        assert!(remove_abandoned(&layout, Duration::ZERO, |job, _| job == "job-zz").is_empty());
         assert!(parent.join(&names[0]).exists());
 
-        let gone = remove_abandoned(&layout, Duration::ZERO, |_| true);
+        let gone = remove_abandoned(&layout, Duration::ZERO, |_, _| true);
         assert_eq!(
             gone,
             [Abandoned {
