@@ -2,7 +2,7 @@
 
 use clap::Subcommand;
 use covenant_policy::units::{format_size, format_unix_time};
-use covenant_supervisor::images::{id_shift, store};
+use covenant_supervisor::images::{id_shift, orphan_using, store};
 use covenant_supervisor::store as audit_store;
 use covenant_supervisor::store::Kind;
 use std::io::{IsTerminal, Write};
@@ -82,11 +82,12 @@ pub fn image(cmd: ImageCommand) -> anyhow::Result<i32> {
             let lowers = s.lower_dirs(&r)?;
             let mut v = serde_json::to_value(&r)?;
             v["layer_dirs"] = serde_json::to_value(lowers)?;
-            v["in_use"] = serde_json::Value::Bool(s.in_use(&r)?);
+            v["in_use"] = serde_json::Value::Bool(s.in_use(&r)? || orphan_using(&s, &r));
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
         ImageCommand::Rm { reference } => {
-            let r = store()?.remove(&reference)?;
+            let s = store()?;
+            let r = s.remove(&reference, &|r| orphan_using(&s, r))?;
             audit_store::record(
                 Kind::ImageRemoved,
                 serde_json::json!({"name": r.name, "manifest_digest": r.manifest_digest}),
@@ -94,7 +95,8 @@ pub fn image(cmd: ImageCommand) -> anyhow::Result<i32> {
             println!("removed {}", r.name);
         }
         ImageCommand::Gc => {
-            let n = store()?.gc()?;
+            let s = store()?;
+            let n = s.gc(&|r| orphan_using(&s, r))?;
             if n > 0 {
                 audit_store::record(Kind::ImageGc, serde_json::json!({"removed": n}))?;
             }

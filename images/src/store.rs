@@ -650,9 +650,7 @@ impl ImageStore {
     /// between its resolution and this call is refused, never run from layers that may be
     /// going.
     pub fn hold(&self, manifest_digest: &str) -> Result<ImageHold> {
-        let file = self.lock_file(manifest_digest)?;
-        let lock = Flock::lock(file, FlockArg::LockShared)
-            .map_err(|(_, errno)| io(&self.root.join("locks"))(errno.into()))?;
+        let lock = self.shared(manifest_digest)?;
         let refs = self.refs()?;
         let record = refs
             .images
@@ -666,19 +664,48 @@ impl ImageStore {
         Ok(ImageHold { _lock: lock })
     }
 
+    /// The image's lock, shared, on the file that is its lock file once locked: `gc`
+    /// deletes the lock files of images gone, so one opened just before may be deleted
+    /// (and another made in its place) by the time it is locked.
+    fn shared(&self, manifest_digest: &str) -> Result<Flock<fs::File>> {
+        use std::os::unix::fs::MetadataExt;
+        let path = self.root.join("locks").join(digest_hex(manifest_digest)?);
+        for _ in 0..8 {
+            let lock = Flock::lock(self.lock_file(manifest_digest)?, FlockArg::LockShared)
+                .map_err(|(_, errno)| io(&path)(errno.into()))?;
+            let held = lock.metadata().map_err(io(&path))?;
+            match fs::symlink_metadata(&path) {
+                Ok(now) if (now.dev(), now.ino()) == (held.dev(), held.ino()) => return Ok(lock),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(&path)(e)),
+            }
+        }
+        Err(invalid(
+            path.display().to_string(),
+            "replaced again and again while being locked",
+        ))
+    }
+
     /// Whether a run holds the image ([`ImageStore::hold`]).
     pub fn in_use(&self, record: &ImageRecord) -> Result<bool> {
         Ok(self.unheld(&record.manifest_digest)?.is_none())
     }
 
-    /// Removes a name, unless a run holds its image: the check and the removal happen
-    /// under the image's lock, so no run can take it in between.
-    pub fn remove(&self, reference: &str) -> Result<ImageRecord> {
+    /// Removes a name, unless a run holds its image or `also_in_use` says a sandbox runs
+    /// on it: the checks and the removal happen under the image's lock, so no run can take
+    /// it in between.
+    pub fn remove(
+        &self,
+        reference: &str,
+        also_in_use: &dyn Fn(&ImageRecord) -> bool,
+    ) -> Result<ImageRecord> {
         let _store = self.exclusive()?;
         let record = self.resolve(reference)?;
-        let Some(_unheld) = self.unheld(&record.manifest_digest)? else {
+        let unheld = self.unheld(&record.manifest_digest)?;
+        if unheld.is_none() || also_in_use(&record) {
             return Err(ImageError::InUse { name: record.name });
-        };
+        }
         let mut refs = self.refs()?;
         refs.images.remove(&record.name);
         self.save_refs(&refs)?;
@@ -720,9 +747,10 @@ impl ImageStore {
             .map_err(io(path))
     }
 
-    /// Deletes blobs and layers no image refers to (a retired image a run still holds
-    /// counts as referred to); returns how many entries went.
-    pub fn gc(&self) -> Result<u64> {
+    /// Deletes blobs and layers no image refers to (a retired image a run still holds, or
+    /// `also_in_use` says a sandbox runs on, counts as referred to); returns how many
+    /// entries went.
+    pub fn gc(&self, also_in_use: &dyn Fn(&ImageRecord) -> bool) -> Result<u64> {
         let _store = self.exclusive()?;
         let mut refs = self.refs()?;
         // Each retired image nobody holds is dropped, and stays locked until its files
@@ -731,8 +759,8 @@ impl ImageStore {
         let mut kept = Vec::new();
         for record in std::mem::take(&mut refs.retired) {
             match self.unheld(&record.manifest_digest)? {
-                Some(lock) => dropped.push(lock),
-                None => kept.push(record),
+                Some(lock) if !also_in_use(&record) => dropped.push(lock),
+                _ => kept.push(record),
             }
         }
         refs.retired = kept;
@@ -972,22 +1000,25 @@ mod tests {
         let record = s.import(layout.path(), None, IDS, &mut |_| {}).unwrap();
         let held = s.hold(&record.manifest_digest).unwrap();
         assert!(s.in_use(&record).unwrap());
-        let err = s.remove("t:1").unwrap_err();
+        let err = s.remove("t:1", &|_| false).unwrap_err();
         assert!(matches!(err, ImageError::InUse { .. }), "{err}");
         // A second run holds it too: holds are shared.
         let second = s.hold(&record.manifest_digest).unwrap();
-        assert_eq!(s.gc().unwrap(), 0);
+        assert_eq!(s.gc(&|_| false).unwrap(), 0);
         drop(held);
-        s.remove("t:1").unwrap_err();
+        s.remove("t:1", &|_| false).unwrap_err();
         drop(second);
         assert!(!s.in_use(&record).unwrap());
-        s.remove("t").unwrap_err();
-        s.remove("t:1").unwrap();
+        s.remove("t", &|_| false).unwrap_err();
+        // Unheld, but a sandbox whose supervisor is gone runs on it.
+        let err = s.remove("t:1", &|r| r.name == "t:1").unwrap_err();
+        assert!(matches!(err, ImageError::InUse { .. }), "{err}");
+        s.remove("t:1", &|_| false).unwrap();
         // A run that resolved the image before it went cannot hold it now.
         let err = s.hold(&record.manifest_digest).unwrap_err();
         assert!(matches!(err, ImageError::Removed { .. }), "{err}");
         assert!(
-            s.gc().unwrap() >= 4,
+            s.gc(&|_| false).unwrap() >= 4,
             "manifest, config, two layer blobs and two layers"
         );
         assert!(!s.blob_path(&record.config_digest).unwrap().exists());
@@ -1019,12 +1050,12 @@ mod tests {
         assert_ne!(new.manifest_digest, old.manifest_digest);
         assert_eq!(s.resolve("t:1").unwrap(), new);
 
-        s.gc().unwrap();
+        s.gc(&|_| false).unwrap();
         assert!(s.lower_dirs(&old).is_ok(), "gc took a held image's layers");
         // A second run that resolved the old image before the import still gets it.
         let again = s.hold(&old.manifest_digest).unwrap();
         drop((held, again));
-        assert!(s.gc().unwrap() >= 1, "the old manifest went");
+        assert!(s.gc(&|_| false).unwrap() >= 1, "the old manifest went");
         assert!(s
             .blob_path(&old.manifest_digest)
             .map(|p| !p.exists())

@@ -355,19 +355,30 @@ impl KeptLayer {
     }
 }
 
-/// Moves the calling process into a mount namespace of its own whose mounts do not
-/// propagate back to the host (mounts the host makes still reach it). The caller must be
-/// privileged. A mount namespace belongs to a thread: only the calling one moves, and a
-/// thread running beside it stays in the host's namespace (an embedded run's store
-/// opener, which only opens files under `$COVENANT_HOME` and ends before the sandbox is
-/// made), so whatever this thread forks starts in the private one.
-pub fn enter_private_mount_namespace() -> Result<()> {
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(|errno| {
-        HostPathError::Namespace {
-            step: "unshare(CLONE_NEWNS)",
-            errno,
-        }
-    })?;
+/// Moves the calling thread into a mount namespace of its own whose mounts do not
+/// propagate back to the host (mounts the host makes still reach it), and returns the way
+/// back ([`HostNamespace::restore`]). The caller must be privileged. A mount namespace
+/// belongs to a thread: only the calling one moves, and a thread running beside it stays
+/// in the host's namespace (an embedded run's store opener, which only opens files under
+/// `$COVENANT_HOME` and ends before the sandbox is made), so whatever this thread forks
+/// starts in the private one.
+pub fn enter_private_mount_namespace() -> Result<HostNamespace> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let fail = |step: &'static str| move |errno: Errno| HostPathError::Namespace { step, errno };
+    let errno = |e: std::io::Error| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
+    let ns = std::fs::File::open("/proc/thread-self/ns/mnt")
+        .map_err(|e| fail("open the host's mount namespace")(errno(e)))?;
+    let cwd = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+        .open(".")
+        .map_err(|e| fail("open the working directory")(errno(e)))?;
+    let host = HostNamespace {
+        ns: ns.into(),
+        cwd: cwd.into(),
+    };
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+        .map_err(fail("unshare(CLONE_NEWNS)"))?;
     mount(
         None::<&str>,
         "/",
@@ -375,10 +386,29 @@ pub fn enter_private_mount_namespace() -> Result<()> {
         MsFlags::MS_REC | MsFlags::MS_SLAVE,
         None::<&str>,
     )
-    .map_err(|errno| HostPathError::Namespace {
-        step: "make / a recursive slave",
-        errno,
-    })
+    .map_err(fail("make / a recursive slave"))?;
+    Ok(host)
+}
+
+/// The mount namespace a thread left for a private one, and its working directory there.
+#[derive(Debug)]
+pub struct HostNamespace {
+    ns: OwnedFd,
+    cwd: OwnedFd,
+}
+
+impl HostNamespace {
+    /// Moves the calling thread back into the namespace it left, in the directory it was
+    /// in. The private namespace, and every mount made in it, goes once no process is left
+    /// in it.
+    pub fn restore(self) -> Result<()> {
+        let fail =
+            |step: &'static str| move |errno: Errno| HostPathError::Namespace { step, errno };
+        nix::sched::setns(&self.ns, nix::sched::CloneFlags::CLONE_NEWNS)
+            .map_err(fail("setns back to the host's mount namespace"))?;
+        // setns puts the thread at the namespace's root.
+        nix::unistd::fchdir(self.cwd.as_raw_fd()).map_err(fail("return to the working directory"))
+    }
 }
 
 /// The bound of a [`mount_private_folder`]: a run's bundle (its config.json, plan and

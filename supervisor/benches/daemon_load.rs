@@ -4,7 +4,8 @@
 //! latency and the daemon's idle RSS, checks that every job ended with its audit rows
 //! and left no bundle or staging folder, and runs the same load side by side through the
 //! daemon without its shim pool (`--shim-pool 0`), embedded `covenant-ctl run` processes
-//! and `crun run`, printing each one's ratio to the daemon.
+//! and `crun run`, printing each one's ratio to the daemon. With `BEFORE=PATH` (an older
+//! build's `covenantd`), that daemon runs the same load too, second in the table.
 //! Targets: at least 250 jobs/s on 2 cores with p99 under 250 ms, no job lost, idle RSS
 //! at most 20 MiB.
 
@@ -184,6 +185,18 @@ fn main() {
         clients,
     );
 
+    // An older build on the same load, for before-and-after figures taken side by side.
+    let before = std::env::var_os("BEFORE").map(|exe| {
+        through_daemon(
+            "covenantd BEFORE (pool 4)",
+            Path::new(&exe),
+            &work.path().join("daemon-before"),
+            &["--max-jobs", &max_jobs],
+            jobs,
+            clients,
+        )
+    });
+
     // Peers, same load: embedded covenant-ctl processes, and crun.
     let ctl_home = work.path().join("embedded");
     let embedded = {
@@ -202,7 +215,12 @@ fn main() {
             }),
         )
     };
-    let mut results = vec![pooled.result, on_demand.result, embedded];
+    let mut results = vec![pooled.result];
+    let before_checks = before.map(|b| {
+        results.push(b.result);
+        b.checks
+    });
+    results.extend([on_demand.result, embedded]);
     if Path::new("/usr/bin/crun").exists() {
         let bundle = work.path().join("bundle");
         let s = Command::new(&ctl)
@@ -268,7 +286,14 @@ fn main() {
     println!(
         "CPU floor: the jobs/s the serving side's CPU per job allows if every core did nothing else"
     );
-    for run in [&pooled.checks, &on_demand.checks] {
+    for run in [
+        Some(&pooled.checks),
+        before_checks.as_ref(),
+        Some(&on_demand.checks),
+    ]
+    .into_iter()
+    .flatten()
+    {
         println!("{run}");
     }
 }

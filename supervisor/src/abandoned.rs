@@ -18,8 +18,9 @@ use std::time::Duration;
 /// How long a run cgroup must have existed before it can count as abandoned.
 pub const MIN_AGE: Duration = Duration::from_secs(10);
 
-/// Removes what abandoned runs left: their cgroups on the host, and their bundle and
-/// staging folders under `home`. Returns one `run.abandoned` event per run, naming `by`,
+/// Removes what abandoned runs left: their cgroups on the host, and their folders under
+/// `home` (an OCI runner's `runtime/JOB-PID`; an older build's bundle and staging
+/// folders). Returns one `run.abandoned` event per run, naming `by`,
 /// the job that found it. Does nothing unless root (only root makes run cgroups) in the
 /// host's PID namespace (a cgroup names its supervisor by its PID there).
 pub fn sweep(home: &Path, by: &str) -> Vec<AuditEvent> {
@@ -33,10 +34,13 @@ pub fn sweep(home: &Path, by: &str) -> Vec<AuditEvent> {
     let Ok(home) = std::fs::canonicalize(home) else {
         return Vec::new();
     };
-    let places = |job: &str| {
+    // A run's folders on the host: an older build's bundle and staging folders, and an
+    // OCI runner's state and derived bundle (`runtime/JOB-PID`, named like the cgroup).
+    let places = |job: &str, run: &str| {
         [
             home.join("bundles").join(job),
             home.join("staging").join(job),
+            home.join("runtime").join(run),
         ]
     };
     let mountinfo = std::cell::OnceCell::new();
@@ -48,12 +52,16 @@ pub fn sweep(home: &Path, by: &str) -> Vec<AuditEvent> {
         }
     };
     // This home's runs only (cgroups tagged with it, or runs it holds a folder of: an
-    // older build's, an OCI runner's), and none with anything mounted under its folders:
+    // older build's, an OCI runner's, whose runtime makes the cgroup untagged), and none
+    // with anything mounted under its folders:
     // whatever is mounted there is not ours to descend into, and its cgroups stay too, so
     // a later run looks again.
     let tag = home.as_os_str().as_bytes();
     let ours = |job: &str, dir: &Path| {
-        let places = places(job);
+        let Some(run) = dir.file_name().and_then(|n| n.to_str()) else {
+            return false;
+        };
+        let places = places(job, run);
         let claimed = cgroup_owner(dir).is_some_and(|owner| owner == tag)
             || places.iter().any(|p| p.symlink_metadata().is_ok());
         claimed && !places.iter().any(|p| mounted(p))
@@ -64,7 +72,7 @@ pub fn sweep(home: &Path, by: &str) -> Vec<AuditEvent> {
         .map(|run| {
             let mut dirs = Vec::new();
             let mut errors = Vec::new();
-            for place in places(&run.job) {
+            for place in places(&run.job, &format!("{}-{}", run.job, run.pid)) {
                 if place.symlink_metadata().is_err() {
                     continue;
                 }

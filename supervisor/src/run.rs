@@ -407,14 +407,22 @@ pub fn run_plan(
     let stage = nix::unistd::geteuid()
         .is_root()
         .then(|| staging_dir(&plan.job_id));
+    // The run's own mount namespace, left again when the run is over: what follows the
+    // run (the abandoned-run sweep) sees the host's folders.
+    let mut host = None;
     if let Some(stage) = &stage {
         use covenant_runners::hostpath::{enter_private_mount_namespace, mount_private_folder};
-        enter_private_mount_namespace()?;
+        let entered = enter_private_mount_namespace()?;
         let staging = stage.parent().unwrap_or(Path::new("/"));
-        ensure_traversable_dir(staging)?;
         // The bundle and the staging places live in memory, in this run's namespace only.
-        mount_private_folder(&home.join("bundles"))?;
-        mount_private_folder(staging)?;
+        let private = ensure_traversable_dir(staging)
+            .and_then(|()| Ok(mount_private_folder(&home.join("bundles"))?))
+            .and_then(|()| Ok(mount_private_folder(staging)?));
+        if let Err(e) = private {
+            let _ = entered.restore();
+            return Err(e);
+        }
+        host = Some(entered);
     }
     let ids = identity_map();
     let outcome =
@@ -435,8 +443,10 @@ pub fn run_plan(
         .as_deref()
         .map_or(Ok(()), remove_staging)
         .and_then(|()| remove_bundle(&dir));
+    let restored = host.map_or(Ok(()), |h| h.restore());
     let mut report = outcome?;
     cleaned?;
+    restored?;
     audit.clock.lap(TimedStep::Teardown);
     report.timings_us = audit.clock.timings().clone();
     Ok(report)

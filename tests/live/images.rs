@@ -253,3 +253,91 @@ fn a_kept_layer_planted_with_symlinks_neither_chowns_nor_redirects_the_root() {
     );
     assert_eq!(std::fs::metadata(keep.join("upper")).unwrap().uid(), 100000);
 }
+
+/// An OCI runtime's container can outlive a `covenant-ctl` killed outright, and the run's
+/// hold on its image dies with the CLI: `image rm` and `gc` still leave the image to the
+/// container, until it is gone.
+#[test]
+fn an_image_under_a_container_that_outlived_its_supervisor_stays() {
+    let Some(s) = Scene::live() else { return };
+    let Some(_) = busybox_image(&s) else { return };
+    let Some(runc) = runtime("runc") else { return };
+    let mut ctl = s
+        .ctl()
+        .args([
+            "run",
+            "--runner",
+            &format!("oci:{runc}"),
+            "--rootfs",
+            "image:busy:1",
+        ])
+        .args(["--", "sleep", "300"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let runtime_dir = s.home.path().join("home/runtime");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let container = loop {
+        let pid = std::fs::read_dir(&runtime_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .find_map(|e| std::fs::read_to_string(e.path().join("container.pid")).ok())
+            .and_then(|p| p.trim().parse::<i32>().ok());
+        if let Some(pid) = pid {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "the container did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // SAFETY: kill(2) on a child this test started and has not reaped.
+    unsafe { libc::kill(ctl.id() as i32, libc::SIGKILL) };
+    let _ = ctl.wait();
+    assert!(
+        Path::new(&format!("/proc/{container}")).exists(),
+        "the container died with its supervisor: this test shows nothing"
+    );
+    let rm = s.ctl().args(["image", "rm", "busy:1"]).output().unwrap();
+    let gc = s.ctl().args(["image", "gc"]).output().unwrap();
+    let inspect = stdout(
+        &s.ctl()
+            .args(["image", "inspect", "busy:1"])
+            .output()
+            .unwrap(),
+    );
+    let listing = Command::new("nsenter")
+        .args(["-t", &container.to_string(), "-m", "ls", "/bin/sh"])
+        .output()
+        .unwrap();
+    // SAFETY: kill(2) on the container's process, which this test's run started.
+    unsafe { libc::kill(container, libc::SIGKILL) };
+    assert_ne!(
+        code(&rm),
+        0,
+        "image rm removed an image a container runs on"
+    );
+    assert!(stderr(&rm).contains("in use"), "{}", stderr(&rm));
+    assert_eq!(code(&gc), 0, "{}", stderr(&gc));
+    assert!(inspect.contains("\"in_use\": true"), "{inspect}");
+    assert_eq!(
+        code(&listing),
+        0,
+        "the container lost its root: {}",
+        stderr(&listing)
+    );
+    // Once the container is gone, the image can go.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Path::new(&format!("/proc/{container}")).exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let rm = s.ctl().args(["image", "rm", "busy:1"]).output().unwrap();
+    // The runtime's cgroups of the killed run (a later run of this home would sweep them).
+    for run in std::fs::read_dir(&runtime_dir).unwrap().flatten() {
+        for hierarchy in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+            let _ = std::fs::remove_dir(hierarchy.path().join("covenant").join(run.file_name()));
+        }
+    }
+    assert_eq!(code(&rm), 0, "{}", stderr(&rm));
+}

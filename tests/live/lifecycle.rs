@@ -304,6 +304,19 @@ fn a_killed_supervisors_leftovers_are_removed_by_the_next_run() {
     )
     .unwrap();
     std::fs::create_dir(&planted_cgroup).unwrap();
+    // Untagged cgroups of this home's dead runs, claimed by the folders they left on the
+    // host: an older build's bundle folder, an OCI runtime's state folder.
+    let memory = std::path::Path::new("/sys/fs/cgroup/memory/covenant");
+    let older = ("job-00000000000000bb", "4194306");
+    let oci = ("job-00000000000000cc", "4194307");
+    let older_cgroup = memory.join(format!("{}-{}", older.0, older.1));
+    let oci_cgroup = memory.join(format!("{}-{}", oci.0, oci.1));
+    let older_folder = home.join("bundles").join(older.0);
+    let oci_folder = home.join("runtime").join(format!("{}-{}", oci.0, oci.1));
+    for dir in [&older_cgroup, &oci_cgroup, &older_folder, &oci_folder] {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    std::fs::write(older_folder.join("config.json"), "{}").unwrap();
     let link = s.home.path().join("home-link");
     std::os::unix::fs::symlink(&home, &link).unwrap();
 
@@ -332,10 +345,22 @@ fn a_killed_supervisors_leftovers_are_removed_by_the_next_run() {
         .unwrap();
     let planted_left = left(&planted_cgroup);
     let victim_left = victim.join("sub/file").exists();
+    let claimed_left: Vec<_> = [&older_cgroup, &oci_cgroup, &older_folder, &oci_folder]
+        .into_iter()
+        .filter(|p| left(p))
+        .cloned()
+        .collect();
+    for c in [&older_cgroup, &oci_cgroup] {
+        let _ = std::fs::remove_dir(c);
+    }
     let _ = nix::mount::umount2(&mount_point, nix::mount::MntFlags::MNT_DETACH);
     let _ = std::fs::remove_dir(&planted_cgroup);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(victim_left, "the sweep deleted files through a mount");
+    assert!(
+        claimed_left.is_empty(),
+        "the sweep left dead runs this home holds folders of: {claimed_left:?}"
+    );
     assert!(
         planted_left,
         "a job with a mount under its folder lost its cgroup"
@@ -347,14 +372,19 @@ fn a_killed_supervisors_leftovers_are_removed_by_the_next_run() {
         assert!(!left(&home.join(d).join(&job)), "{d}/{job} is still there");
     }
     let text = s.audit_tail(40);
-    let line = text
+    let abandoned: Vec<&str> = text
         .lines()
-        .find(|l| l.contains("run.abandoned"))
-        .unwrap_or_else(|| panic!("no run.abandoned event:\n{text}"));
-    assert!(
-        line.contains(&job) && line.contains(&pid.to_string()),
-        "the event does not name the run: {line}"
-    );
+        .filter(|l| l.contains("run.abandoned"))
+        .collect();
+    let pid = pid.to_string();
+    for (job, pid) in [(job.as_str(), pid.as_str()), older, oci] {
+        assert!(
+            abandoned
+                .iter()
+                .any(|l| l.contains(&format!("\"job\":\"{job}\"")) && l.contains(pid)),
+            "no run.abandoned event names {job} ({pid}):\n{text}"
+        );
+    }
     let verify = s.ctl().args(["audit", "verify"]).output().unwrap();
     assert_eq!(code(&verify), 0, "{}", stderr(&verify));
 }

@@ -235,13 +235,17 @@ fn make_dir(path: &Path) -> Result<()> {
 
 /// Tags a run cgroup's directory with its owner, so that once its supervisor is gone a
 /// later run can tell whose it was ([`remove_abandoned`](abandoned::remove_abandoned)). A
-/// kernel without extended attributes on cgroups (`EOPNOTSUPP`) leaves it untagged: such
-/// a cgroup, abandoned, is left for the operator, never taken.
+/// kernel without extended attributes on cgroups (`EOPNOTSUPP`), or a supervisor that is
+/// root only in a user namespace of its own (`EPERM`: `trusted.` needs the host's
+/// `CAP_SYS_ADMIN`), leaves it untagged: such a cgroup, abandoned, is left for the
+/// operator, never taken; the run itself is not refused for it.
 fn mark(dir: &Path, owner: Option<&Path>) -> Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let Some(owner) = owner else { return Ok(()) };
     match xattr::set(dir, OWNER_XATTR, owner.as_os_str().as_bytes()) {
-        Err(e) if e.raw_os_error() != Some(libc::EOPNOTSUPP) => Err(io("tag", dir, e)),
+        Err(e) if !matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EPERM)) => {
+            Err(io("tag", dir, e))
+        }
         _ => Ok(()),
     }
 }
