@@ -373,40 +373,53 @@ pub fn enter_private_mount_namespace() -> Result<HostNamespace> {
         .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
         .open(".")
         .map_err(|e| fail("open the working directory")(errno(e)))?;
+    let root = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+        .open("/")
+        .map_err(|e| fail("open the root directory")(errno(e)))?;
     let host = HostNamespace {
         ns: ns.into(),
+        root: root.into(),
         cwd: cwd.into(),
     };
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
         .map_err(fail("unshare(CLONE_NEWNS)"))?;
-    mount(
+    if let Err(errno) = mount(
         None::<&str>,
         "/",
         None::<&str>,
         MsFlags::MS_REC | MsFlags::MS_SLAVE,
         None::<&str>,
-    )
-    .map_err(fail("make / a recursive slave"))?;
+    ) {
+        // Never left in a namespace whose mounts would reach the host's.
+        let _ = host.restore();
+        return Err(fail("make / a recursive slave")(errno));
+    }
     Ok(host)
 }
 
-/// The mount namespace a thread left for a private one, and its working directory there.
+/// The mount namespace a thread left for a private one, and its root and working
+/// directories there.
 #[derive(Debug)]
 pub struct HostNamespace {
     ns: OwnedFd,
+    root: OwnedFd,
     cwd: OwnedFd,
 }
 
 impl HostNamespace {
-    /// Moves the calling thread back into the namespace it left, in the directory it was
-    /// in. The private namespace, and every mount made in it, goes once no process is left
-    /// in it.
+    /// Moves the calling thread back into the namespace it left, with the root and the
+    /// working directory it had (setns puts it at the namespace's own root: a supervisor
+    /// started in a chroot stays in it). The private namespace, and every mount made in
+    /// it, goes once no process is left in it.
     pub fn restore(self) -> Result<()> {
         let fail =
             |step: &'static str| move |errno: Errno| HostPathError::Namespace { step, errno };
         nix::sched::setns(&self.ns, nix::sched::CloneFlags::CLONE_NEWNS)
             .map_err(fail("setns back to the host's mount namespace"))?;
-        // setns puts the thread at the namespace's root.
+        nix::unistd::fchdir(self.root.as_raw_fd()).map_err(fail("return to the root"))?;
+        nix::unistd::chroot(".").map_err(fail("return to the root"))?;
         nix::unistd::fchdir(self.cwd.as_raw_fd()).map_err(fail("return to the working directory"))
     }
 }

@@ -10,7 +10,9 @@
 //! when a cgroup counts as abandoned), and records each in a `run.abandoned` event.
 
 use crate::store::{AuditEvent, Kind};
-use covenant_runners::native::{cgroup_owner, remove_abandoned_cgroups, CgroupLayout};
+use covenant_runners::native::{
+    cgroup_owner, remove_abandoned_cgroups, CgroupLayout, CGROUP_PARENT,
+};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::Duration;
@@ -72,7 +74,21 @@ pub fn sweep(home: &Path, by: &str) -> Vec<AuditEvent> {
         .map(|run| {
             let mut dirs = Vec::new();
             let mut errors = Vec::new();
-            for place in places(&run.job, &format!("{}-{}", run.job, run.pid)) {
+            // The folder claimed was named like the cgroup: the same name, not a new one.
+            let name = run
+                .removed
+                .first()
+                .and_then(|d| d.file_name())
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| format!("{}-{}", run.job, run.pid));
+            // An OCI runtime made the run's cgroup in every hierarchy it found, beyond
+            // those the layout names: empty ones go too (rmdir, never recursive).
+            if let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") {
+                for h in hierarchies.flatten() {
+                    let _ = std::fs::remove_dir(h.path().join(CGROUP_PARENT).join(&name));
+                }
+            }
+            for place in places(&run.job, &name) {
                 if place.symlink_metadata().is_err() {
                     continue;
                 }
@@ -96,7 +112,7 @@ pub fn sweep(home: &Path, by: &str) -> Vec<AuditEvent> {
 
 /// Whether this process is in the host's PID namespace, whose inode number is fixed
 /// (`PROC_PID_INIT_INO`).
-fn in_initial_pid_namespace() -> bool {
+pub(crate) fn in_initial_pid_namespace() -> bool {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata("/proc/self/ns/pid").is_ok_and(|m| m.ino() == 0xEFFF_FFFC)
 }

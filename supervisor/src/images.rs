@@ -55,40 +55,71 @@ pub fn hold(plan: &SandboxPlan) -> Result<Option<ImageHold>, ImageError> {
 /// image while its supervisor lives ([`hold`]); an OCI runtime's container can outlive a
 /// `covenant-ctl` killed outright, and its hold with it. Such a container's state folder,
 /// `runtime/JOB-PID`, names its process (`container.pid`) and its layers (the derived
-/// config's rootfs annotation); a live process whose layers cannot be read counts as
-/// using every image.
+/// config's rootfs annotation), compared with the image's by device and inode, however
+/// either names the home. Whatever cannot be judged counts as in use: a live process
+/// whose layers cannot be read uses every image, and outside the host's PID namespace
+/// (where a host pid cannot be looked up) every process named is taken as live.
 pub fn orphan_using(store: &ImageStore, record: &ImageRecord) -> bool {
     let Ok(layers) = store.lower_dirs(record) else {
         return false;
     };
+    let layers: Vec<(u64, u64)> = layers.iter().filter_map(|l| identity(l)).collect();
     let Ok(runs) = std::fs::read_dir(covenant_home().join("runtime")) else {
         return false;
     };
+    let judge_pids = crate::abandoned::in_initial_pid_namespace();
     runs.flatten().any(|run| {
         let dir = run.path();
-        let pid = std::fs::read_to_string(dir.join("container.pid"))
-            .ok()
+        let pid = read_small(&dir.join("container.pid"), 32)
+            .and_then(|p| String::from_utf8(p).ok())
             .and_then(|p| p.trim().parse::<i32>().ok())
             .filter(|p| *p > 0);
         let alive = pid.is_some_and(|p| {
-            !matches!(
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None),
-                Err(nix::errno::Errno::ESRCH)
-            )
+            !judge_pids
+                || !matches!(
+                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None),
+                    Err(nix::errno::Errno::ESRCH)
+                )
         });
         alive && uses_any(&dir.join("bundle/config.json"), &layers).unwrap_or(true)
     })
 }
 
+/// A directory's device and inode.
+fn identity(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// A regular file's first `limit` bytes, read without following a symlink or waiting on
+/// a FIFO; `None` when it is not such a file.
+fn read_small(path: &std::path::Path, limit: u64) -> Option<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut bytes = Vec::new();
+    file.take(limit).read_to_end(&mut bytes).ok()?;
+    Some(bytes)
+}
+
 /// Whether the OCI config at `path` overlays any of `layers`; `None` when it cannot be
 /// read.
-fn uses_any(path: &std::path::Path, layers: &[std::path::PathBuf]) -> Option<bool> {
-    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+fn uses_any(path: &std::path::Path, layers: &[(u64, u64)]) -> Option<bool> {
+    let config: serde_json::Value = serde_json::from_slice(&read_small(path, 4 << 20)?).ok()?;
     let Some(note) = config["annotations"][annotations::ROOTFS].as_str() else {
         return Some(false);
     };
     Some(match serde_json::from_str::<RootfsLayout>(note).ok()? {
-        RootfsLayout::Overlay { lower, .. } => lower.iter().any(|l| layers.contains(l)),
+        RootfsLayout::Overlay { lower, .. } => lower
+            .iter()
+            .any(|l| identity(l).is_some_and(|id| layers.contains(&id))),
         _ => false,
     })
 }

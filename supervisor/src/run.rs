@@ -8,7 +8,7 @@ use crate::bundle_signature::{
 use crate::home::{covenant_home, identity_map, new_job_id};
 use crate::store::Kind;
 use crate::store::{AuditEvent, StoreBeside, StoreError};
-use covenant_images::{write_bundle, write_native_bundle, Bundle, BundleError};
+use covenant_images::{write_bundle, write_native_bundle, Bundle, BundleError, IdentityMap};
 use covenant_policy::Manifest;
 use covenant_policy::{Degradation, NetMode, SandboxPlan};
 use covenant_runners::timing::{StepTimings, Stopwatch, TimedStep};
@@ -430,7 +430,7 @@ pub fn run_plan(
             .map_err(RunError::from)
             .and_then(|mut pinned| {
                 audit.clock.lap(TimedStep::HostPaths);
-                let result = run_pinned(audit, plan, &mut pinned, &dir, runner.as_ref());
+                let result = run_pinned(audit, plan, &mut pinned, &dir, runner.as_ref(), ids);
                 // Every staged object is detached before its place is removed.
                 let released = pinned.release();
                 let report = result?;
@@ -460,12 +460,13 @@ fn run_pinned(
     pinned: &mut crate::host_paths::PinnedRun,
     dir: &Path,
     runner: &dyn Runner,
+    ids: IdentityMap,
 ) -> Result<RunReport, RunError> {
     let bundle_plan = &pinned.bundle_plan;
     let bundle = if runner.portable_bundle() {
-        write_bundle(bundle_plan, dir, identity_map())?
+        write_bundle(bundle_plan, dir, ids)?
     } else {
-        write_native_bundle(bundle_plan, dir, identity_map())?
+        write_native_bundle(bundle_plan, dir, ids)?
     };
     audit.push(
         Kind::BundleWritten,

@@ -300,6 +300,15 @@ fn an_image_under_a_container_that_outlived_its_supervisor_stays() {
         "the container died with its supervisor: this test shows nothing"
     );
     let rm = s.ctl().args(["image", "rm", "busy:1"]).output().unwrap();
+    // The same home named through a symlink: the layers are compared as files, not names.
+    let link = s.home.path().join("home-link");
+    std::os::unix::fs::symlink(s.home.path().join("home"), &link).unwrap();
+    let rm_linked = s
+        .ctl()
+        .env("COVENANT_HOME", &link)
+        .args(["image", "rm", "busy:1"])
+        .output()
+        .unwrap();
     let gc = s.ctl().args(["image", "gc"]).output().unwrap();
     let inspect = stdout(
         &s.ctl()
@@ -319,6 +328,11 @@ fn an_image_under_a_container_that_outlived_its_supervisor_stays() {
         "image rm removed an image a container runs on"
     );
     assert!(stderr(&rm).contains("in use"), "{}", stderr(&rm));
+    assert!(
+        stderr(&rm_linked).contains("in use"),
+        "{}",
+        stderr(&rm_linked)
+    );
     assert_eq!(code(&gc), 0, "{}", stderr(&gc));
     assert!(inspect.contains("\"in_use\": true"), "{inspect}");
     assert_eq!(

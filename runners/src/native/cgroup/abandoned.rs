@@ -77,8 +77,12 @@ pub fn remove_abandoned(
 
 /// `JOB-PID`, where JOB is a job id (letters, digits, `-` and `_`) and PID a process id.
 fn job_and_pid(name: &str) -> Option<(&str, i32)> {
-    let (job, pid) = name.rsplit_once('-')?;
-    let pid: i32 = pid.parse().ok().filter(|p| *p > 0)?;
+    let (job, digits) = name.rsplit_once('-')?;
+    let pid: i32 = digits.parse().ok().filter(|p| *p > 0)?;
+    // Only the pid's own spelling: `job-07` and `job-7` are not one run's.
+    if pid.to_string() != digits {
+        return None;
+    }
     let job_ok = !job.is_empty()
         && job
             .bytes()
@@ -105,7 +109,8 @@ mod tests {
             Some(("job-29832c9c7acbd4ea", 15478))
         );
         for name in [
-            "job", "job-", "-15", "job-0", "job-1x", "job-x", "../x-12", "a b-12",
+            "job", "job-", "-15", "job-0", "job-1x", "job-x", "../x-12", "a b-12", "job-07",
+            "job-+7",
         ] {
             assert_eq!(job_and_pid(name), None, "{name}");
         }
