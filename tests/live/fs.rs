@@ -68,6 +68,17 @@ fn read_as_nobody(path: &Path) -> Output {
         .unwrap()
 }
 
+/// `out` is another user's read of `f`, refused by the file's modes.
+fn assert_denied(out: &Output, f: &Path) {
+    assert_ne!(code(out), 0, "nobody read {}", f.display());
+    assert!(
+        stderr(out).contains("Permission denied"),
+        "{}: {}",
+        f.display(),
+        stderr(out)
+    );
+}
+
 #[test]
 fn a_private_home_runs_and_other_users_read_none_of_its_files() {
     let Some(s) = Scene::live() else { return };
@@ -139,13 +150,7 @@ fn a_private_home_runs_and_other_users_read_none_of_its_files() {
             .arg(in_run(&f))
             .output()
             .unwrap();
-        assert_ne!(code(&out), 0, "nobody read {} in the run", f.display());
-        assert!(
-            stderr(&out).contains("Permission denied"),
-            "{}: {}",
-            f.display(),
-            stderr(&out)
-        );
+        assert_denied(&out, &f);
     }
     let mut files = vec![
         home.join("covenant.db"),
@@ -158,14 +163,7 @@ fn a_private_home_runs_and_other_users_read_none_of_its_files() {
     }
     for f in &files {
         assert!(f.exists(), "{} does not exist", f.display());
-        let out = read_as_nobody(f);
-        assert_ne!(code(&out), 0, "nobody read {}", f.display());
-        assert!(
-            stderr(&out).contains("Permission denied"),
-            "{}: {}",
-            f.display(),
-            stderr(&out)
-        );
+        assert_denied(&read_as_nobody(f), f);
     }
     let _ = running.kill();
     let _ = running.wait();

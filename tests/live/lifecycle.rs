@@ -6,7 +6,7 @@ use crate::scene::{
     Scene,
 };
 use std::io::Write;
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 #[test]
@@ -150,6 +150,50 @@ fn a_sandbox_dies_with_its_supervisor() {
     assert!(
         !still_running(&marker),
         "the sandbox outlived its supervisor"
+    );
+}
+
+/// The sandbox's init lives as long as the program, inside the sandbox's namespaces: it
+/// keeps none of the supervisor's descriptors (the store, the host's mount namespace,
+/// staged host objects), only stdio and its status pipe.
+#[test]
+fn the_sandboxs_init_keeps_no_supervisor_descriptor() {
+    let Some(s) = Scene::live() else { return };
+    let marker = marker(7);
+    let mut ctl = started(&s, &["run", "--", "sleep", &marker], &marker);
+    let out = Command::new("pgrep")
+        .args(["-f", &format!("^sleep {marker}$")])
+        .output()
+        .unwrap();
+    let program: i32 = stdout(&out).trim().parse().unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{program}/stat")).unwrap();
+    let init: i32 = stat
+        .rsplit_once(") ")
+        .and_then(|(_, rest)| rest.split(' ').nth(1))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let fds: Vec<(String, String)> = std::fs::read_dir(format!("/proc/{init}/fd"))
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            let target = std::fs::read_link(e.path()).unwrap_or_default();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                target.display().to_string(),
+            )
+        })
+        .collect();
+    // SAFETY: kill(2) on a child this test started and has not reaped.
+    unsafe { libc::kill(ctl.id() as i32, libc::SIGTERM) };
+    let _ = ctl.wait();
+    let beyond_stdio: Vec<_> = fds
+        .iter()
+        .filter(|(n, _)| !matches!(n.as_str(), "0" | "1" | "2"))
+        .collect();
+    assert!(
+        beyond_stdio.len() == 1 && beyond_stdio[0].1.starts_with("pipe:"),
+        "init holds more than its status pipe: {fds:?}"
     );
 }
 

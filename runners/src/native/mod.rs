@@ -637,7 +637,22 @@ fn child_main(spec: &NativeSpec, prepared: &mut Prepared, pipes: ChildPipes) -> 
             // The stamps first: the parent reads them once the error pipe has closed.
             drop(stamps);
             drop(err);
+            keep_only(status.as_raw_fd());
             init::run_init(child, &signals, status)
+        }
+    }
+}
+
+/// Closes every descriptor init inherited from the supervisor (the store's, the host's
+/// mount namespace, staging places, sockets) but stdio and `keep`, its status pipe: init
+/// lives in the sandbox's namespaces as long as the program, and needs nothing else. It
+/// never returns, so no owner of a closed descriptor closes it again.
+fn keep_only(keep: std::os::fd::RawFd) {
+    let keep = keep as u32;
+    for (first, last) in [(3, keep.wrapping_sub(1)), (keep + 1, u32::MAX)] {
+        if first <= last {
+            // SAFETY: closes descriptor numbers only; nothing in init uses them again.
+            unsafe { libc::syscall(libc::SYS_close_range, first, last, 0u32) };
         }
     }
 }
