@@ -7,6 +7,7 @@ use covenant_images::store::{ImageError, ImageHold, ImageRecord, ImageStore};
 use covenant_images::unpack::IdShift;
 use covenant_policy::annotations::{self, RootfsLayout};
 use covenant_policy::{RootfsSource, SandboxPlan};
+use covenant_runners::native::CGROUP_PARENT;
 
 pub fn store() -> Result<ImageStore, ImageError> {
     ImageStore::open(&covenant_home().join("images"))
@@ -56,9 +57,11 @@ pub fn hold(plan: &SandboxPlan) -> Result<Option<ImageHold>, ImageError> {
 /// `covenant-ctl` killed outright, and its hold with it. Such a container's state folder,
 /// `runtime/JOB-PID`, names its process (`container.pid`) and its layers (the derived
 /// config's rootfs annotation), compared with the image's by device and inode, however
-/// either names the home. Whatever cannot be judged counts as in use: a live process
-/// whose layers cannot be read uses every image, and outside the host's PID namespace
-/// (where a host pid cannot be looked up) every process named is taken as live.
+/// either names the home. It is live while its cgroup (`covenant/JOB-PID`) holds a
+/// process, so a reused pid keeps nothing in use; without a cgroup, while its pid names
+/// a process. Whatever cannot be judged counts as in use: a live run whose layers cannot
+/// be read uses every image, and outside the host's PID namespace (where a host pid
+/// cannot be looked up) every pid named is taken as live.
 pub fn orphan_using(store: &ImageStore, record: &ImageRecord) -> bool {
     let Ok(layers) = store.lower_dirs(record) else {
         return false;
@@ -74,15 +77,48 @@ pub fn orphan_using(store: &ImageStore, record: &ImageRecord) -> bool {
             .and_then(|p| String::from_utf8(p).ok())
             .and_then(|p| p.trim().parse::<i32>().ok())
             .filter(|p| *p > 0);
-        let alive = pid.is_some_and(|p| {
-            !judge_pids
-                || !matches!(
-                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None),
+        let Some(pid) = pid else { return false };
+        // The run's cgroup, named like its folder, says whether anything of it is left,
+        // whatever process got its pid since; without one, the pid itself.
+        // Outside the host's PID namespace neither can be judged (a v1 `cgroup.procs`
+        // read there omits the processes it cannot name).
+        let alive = !judge_pids
+            || populated(&run.file_name().to_string_lossy()).unwrap_or_else(|| {
+                !matches!(
+                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
                     Err(nix::errno::Errno::ESRCH)
                 )
-        });
+            });
         alive && uses_any(&dir.join("bundle/config.json"), &layers).unwrap_or(true)
     })
+}
+
+/// Whether the run cgroup `covenant/NAME` holds a process in any hierarchy (v2:
+/// `cgroup.events` says `populated 1`; v1: `cgroup.procs` lists one); `None` when no
+/// hierarchy has it.
+fn populated(name: &str) -> Option<bool> {
+    if name.is_empty() || name.contains('/') || name.starts_with('.') {
+        return None;
+    }
+    let mut found = false;
+    for hierarchy in std::fs::read_dir("/sys/fs/cgroup").ok()?.flatten() {
+        let dir = hierarchy.path().join(CGROUP_PARENT).join(name);
+        if let Some(events) = read_small(&dir.join("cgroup.events"), 4096) {
+            found = true;
+            if String::from_utf8_lossy(&events)
+                .lines()
+                .any(|l| l == "populated 1")
+            {
+                return Some(true);
+            }
+        } else if let Some(procs) = read_small(&dir.join("cgroup.procs"), 64) {
+            found = true;
+            if !procs.is_empty() {
+                return Some(true);
+            }
+        }
+    }
+    found.then_some(false)
 }
 
 /// A directory's device and inode.
