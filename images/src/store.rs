@@ -1000,6 +1000,12 @@ mod tests {
         let record = s.import(layout.path(), None, IDS, &mut |_| {}).unwrap();
         let held = s.hold(&record.manifest_digest).unwrap();
         assert!(s.in_use(&record).unwrap());
+        // Another local user can neither list, create nor lock the store's locks.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&s.root.join("locks")), 0o700);
+        let hex = digest_hex(&record.manifest_digest).unwrap();
+        assert_eq!(mode(&s.root.join("locks").join(hex)), 0o600);
         let err = s.remove("t:1", &|_| false).unwrap_err();
         assert!(matches!(err, ImageError::InUse { .. }), "{err}");
         // A second run holds it too: holds are shared.
