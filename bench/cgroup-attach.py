@@ -11,8 +11,10 @@ round pays the cgroup core's RCU grace period whichever controller it is; the ot
 not. Then the same first write after a head start, as a run makes it
 (runners/src/native/cgroup/warmup.rs): a child moves itself into the cgroup it is
 already in, and the real write follows HEAD_START later (the head start as measured is
-printed beside it: a sleep oversleeps). Needs the v1 (or hybrid) layout under
-/sys/fs/cgroup.
+printed beside it: a sleep oversleeps). Last, a fresh process that moves itself, as the
+native runner's init does (runners/src/native/cgroup.rs, `join`): `0` written to each
+hierarchy's `tasks`, which the kernel (5.16 or later) does without the lock. Needs the
+v1 (or hybrid) layout under /sys/fs/cgroup.
 """
 import os
 import statistics
@@ -104,4 +106,47 @@ print(f"after a head start of {HEAD_START * 1000:.0f} ms (the helper moves in pi
 for i, what in enumerate(["the write", "the head start it had"]):
     values = [r[i] for r in rounds]
     print(f"  {what:<30} median {statistics.median(values):>7.0f} µs"
+          f"  min {min(values):>6} µs  max {max(values):>6} µs")
+
+
+def self_join_round(n, order):
+    """A fresh child moves itself in, as the native runner's init does: `0` written to
+    each hierarchy's `tasks`, through files its parent opened. Times the child's writes."""
+    name = f"covenant-bench-{os.getpid()}-j{n}"
+    for c in order:
+        os.mkdir(f"/sys/fs/cgroup/{c}/{name}")
+    files = [os.open(f"/sys/fs/cgroup/{c}/{name}/tasks", os.O_WRONLY) for c in order]
+    time.sleep(0.5)
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:
+        costs = []
+        for fd in files:
+            start = time.monotonic_ns()
+            os.write(fd, b"0")
+            costs.append((time.monotonic_ns() - start) // 1000)
+        os.write(w, ",".join(map(str, costs)).encode())
+        os._exit(0)
+    os.close(w)
+    costs = [int(v) for v in os.read(r, 200).decode().split(",")]
+    os.close(r)
+    os.waitpid(child, 0)
+    for fd in files:
+        os.close(fd)
+    for c in order:
+        while True:
+            try:
+                os.rmdir(f"/sys/fs/cgroup/{c}/{name}")
+                break
+            except OSError:
+                time.sleep(0.001)
+    return costs
+
+
+order = ORDERS[0]
+rounds = [self_join_round(n, order) for n in range(ROUNDS)]
+print("a process moving itself (`0` to tasks, as the native runner's init): " + ",".join(order))
+for i, c in enumerate(order):
+    values = [r[i] for r in rounds]
+    print(f"  {i + 1}. {c:<8} median {statistics.median(values):>7.0f} µs"
           f"  min {min(values):>6} µs  max {max(values):>6} µs")

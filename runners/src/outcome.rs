@@ -62,8 +62,13 @@ pub struct StartInfo {
 pub enum CgroupEntry {
     /// Cloned straight into it (`clone3` with `CLONE_INTO_CGROUP`, cgroup v2).
     Clone,
-    /// Moved there after the clone (`cgroup.procs`; cgroup v1, or a kernel without it).
+    /// Moved there by the supervisor after the clone (`cgroup.procs`: cgroup v2 on a
+    /// kernel without `CLONE_INTO_CGROUP`).
     Move,
+    /// Moved itself in after the clone (`0` written to `tasks` in every hierarchy, cgroup
+    /// v1): a move the kernel makes without the process-group lock, see
+    /// [`crate::native::cgroup::join`].
+    Join,
 }
 
 /// Where runners keep state and find the helper binary they inject.

@@ -278,7 +278,6 @@ pub fn run_request(
         }),
     );
     let result = authorised_run(&mut audit, manifest, capability, settings);
-    // Reaped already once a native sandbox moved; otherwise here.
     covenant_runners::native::cgroup_warmup::finish();
     if let Err(e) = &result {
         audit.push(
@@ -296,10 +295,14 @@ pub fn run_request(
 
 /// Starts the wait a move into a v1 cgroup has after a quiet spell now, beside an
 /// authorised embedded run's preparation, instead of after its sandbox's clone (see
-/// [`covenant_runners::native::cgroup_warmup`]): every runner's sandbox is moved there on
-/// a v1 host. A daemon's jobs do not: under load their moves keep the lock warm. The
-/// helper is reaped once the sandbox has moved, or when the run has ended.
-fn warm_cgroup_attach() {
+/// [`covenant_runners::native::cgroup_warmup`]): an OCI runtime moves its container
+/// there on a v1 host. The native runner's init moves itself in without that wait
+/// (`cgroup::join`), so its runs start no helper; nor do a daemon's jobs: under load
+/// their moves keep the lock warm. The helper is reaped when the run has ended.
+fn warm_cgroup_attach(runner: &covenant_policy::RunnerChoice) {
+    if *runner == covenant_policy::RunnerChoice::Native {
+        return;
+    }
     let runner = covenant_runners::native::NativeRunner::default();
     covenant_runners::native::cgroup_warmup::start(&runner.cgroup_root);
 }
@@ -350,7 +353,7 @@ fn authorised_run(
         Kind::PlanCompiled,
         serde_json::json!({"plan_digest": plan.digest(), "seccomp_profile": plan.seccomp_profile}),
     );
-    warm_cgroup_attach();
+    warm_cgroup_attach(&plan.runner);
     run_plan(audit, &plan, settings)
 }
 
@@ -562,7 +565,7 @@ fn verified_bundle_run(
         keep_bundle: None,
         runner: None,
     };
-    warm_cgroup_attach();
+    warm_cgroup_attach(&plan.runner);
     run_plan(audit, &plan, &fresh)
 }
 

@@ -433,11 +433,10 @@ fn a_killed_supervisors_leftovers_are_removed_by_the_next_run() {
     assert_eq!(code(&verify), 0, "{}", stderr(&verify));
 }
 
-/// A supervisor whose own pids cgroup leaves little room still runs: the helper an
-/// embedded run forks to start the v1 move's wait early is not forked where the limit
-/// leaves fewer than four tasks to spare (2 and 3: the run's own tasks only; forked
-/// there, it took the task the idmapped workspace's helper needed), and where it is
-/// forked (5) it never takes a task the run's own steps need.
+/// A supervisor whose own pids cgroup leaves little room still runs: a native run takes
+/// only the tasks of its own steps (its init moves itself into its v1 cgroups, and no
+/// helper is forked to warm the lock up; such a helper, forked where 2 or 3 tasks were
+/// left, once took the task the idmapped workspace's helper needed).
 #[test]
 fn a_supervisor_with_few_tasks_to_spare_still_runs() {
     let Some(s) = Scene::live() else { return };

@@ -13,6 +13,8 @@ pub use abandoned::{remove_abandoned, Abandoned};
 
 use std::fs;
 use std::io::ErrorKind;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -22,6 +24,39 @@ pub const PARENT: &str = "covenant";
 /// The extended attribute naming a run cgroup's owner ([`RunCgroup::create`]): `trusted.`,
 /// so only a privileged process can write or read it.
 pub const OWNER_XATTR: &str = "trusted.covenant.owner";
+
+/// A v1 hierarchy's `tasks` file of a run cgroup, opened by the supervisor for the
+/// sandbox's init to move itself in ([`RunCgroup::join_files`], [`join`]).
+#[derive(Debug)]
+pub struct JoinFile {
+    pub path: PathBuf,
+    pub fd: OwnedFd,
+}
+
+/// Moves the calling thread into every cgroup of `files` by writing `0` to its `tasks`
+/// file. For a single-threaded process (the sandbox's init before it forks) that moves
+/// the process.
+///
+/// Why the process moves itself: a move the supervisor makes names a pid, and the kernel
+/// takes the cgroup core's process-group lock for writing for it, a per-CPU rwsem whose
+/// first writer after a quiet spell waits for an RCU grace period (5 to 20 ms on a
+/// 2-core VM). A thread that names itself (`0`) in `tasks` cannot exit or exec under the
+/// move, and since Linux 5.16 the kernel moves it without that lock; on an older kernel
+/// the move takes the lock, as the supervisor's would. The file was opened by the
+/// supervisor, and v1 checks the opener's credentials, so the move is allowed whatever
+/// ids the caller has taken since.
+///
+/// Returns the path of the file whose write failed, and the error.
+pub fn join(files: &[JoinFile]) -> std::result::Result<(), (&Path, std::io::Error)> {
+    for file in files {
+        match nix::unistd::write(&file.fd, b"0") {
+            Ok(1) => {}
+            Ok(_) => return Err((&file.path, ErrorKind::WriteZero.into())),
+            Err(e) => return Err((&file.path, e.into())),
+        }
+    }
+    Ok(())
+}
 
 /// The owner a run cgroup's directory was tagged with, if any.
 pub fn owner_of(dir: &Path) -> Option<Vec<u8>> {
@@ -417,6 +452,30 @@ impl RunCgroup {
         }
     }
 
+    /// On cgroup v1, the `tasks` file of every hierarchy's directory, opened for writing
+    /// (close-on-exec), for the sandbox's init to move itself in with [`join`]. Empty on
+    /// v2, where the sandbox is cloned into its cgroup.
+    pub fn join_files(&self) -> Result<Vec<JoinFile>> {
+        if self.version != CgroupVersion::V1 {
+            return Ok(Vec::new());
+        }
+        self.dirs
+            .iter()
+            .map(|dir| {
+                let path = dir.join("tasks");
+                fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+                    .open(&path)
+                    .map(|f| JoinFile {
+                        path: path.clone(),
+                        fd: f.into(),
+                    })
+                    .map_err(|e| io("open", &path, e))
+            })
+            .collect()
+    }
+
     /// Moves `pid` into the cgroup, in every hierarchy.
     pub fn add_process(&self, pid: i32) -> Result<()> {
         for dir in &self.dirs {
@@ -517,6 +576,40 @@ impl Drop for RunCgroup {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each file gets `0` (the caller, by itself); a file that cannot be written stops
+    /// the join and is named.
+    #[test]
+    fn join_writes_zero_to_every_file_and_names_the_one_that_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = |name: &str, write: bool| {
+            let path = dir.path().join(name);
+            fs::write(&path, "").unwrap();
+            let file = fs::OpenOptions::new()
+                .read(!write)
+                .write(write)
+                .open(&path)
+                .unwrap();
+            JoinFile {
+                path,
+                fd: file.into(),
+            }
+        };
+        let files = [open("memory", true), open("pids", true)];
+        join(&files).unwrap();
+        for f in &files {
+            assert_eq!(fs::read_to_string(&f.path).unwrap(), "0");
+        }
+        let files = [
+            open("cpu", true),
+            open("cpuacct", false),
+            open("blkio", true),
+        ];
+        let (path, e) = join(&files).unwrap_err();
+        assert_eq!(path, dir.path().join("cpuacct"));
+        assert_eq!(e.raw_os_error(), Some(libc::EBADF));
+        assert_eq!(fs::read_to_string(dir.path().join("blkio")).unwrap(), "");
+    }
     use std::os::unix::ffi::OsStrExt;
 
     fn fake_v2() -> tempfile::TempDir {
@@ -570,6 +663,8 @@ mod tests {
         );
         cg.add_process(42).unwrap();
         assert_eq!(fs::read_to_string(dir.join("cgroup.procs")).unwrap(), "42");
+        // On v2 the sandbox is cloned in: nothing to join.
+        assert!(cg.join_files().unwrap().is_empty());
         fs::write(dir.join("memory.peak"), "1048576\n").unwrap();
         fs::write(
             dir.join("memory.events"),
@@ -630,6 +725,18 @@ mod tests {
         fs::write(p.join("cpuacct/covenant/job/cpuacct.usage"), "123456\n").unwrap();
         assert_eq!(cg.usage().oom_kills, 2);
         assert_eq!(cg.usage().cpu_time_ns, Some(123456));
+        // Init joins through every hierarchy's `tasks` file.
+        for dir in cg.dirs() {
+            fs::write(dir.join("tasks"), "").unwrap();
+        }
+        let files = cg.join_files().unwrap();
+        let paths: Vec<PathBuf> = files.iter().map(|f| f.path.clone()).collect();
+        let expected: Vec<PathBuf> = cg.dirs().iter().map(|d| d.join("tasks")).collect();
+        assert_eq!(paths, expected);
+        join(&files).unwrap();
+        for path in &paths {
+            assert_eq!(fs::read_to_string(path).unwrap(), "0");
+        }
         cg.dirs.clear();
     }
 

@@ -170,17 +170,20 @@ impl NativeRunner {
             false => None,
         };
         let cgroup_name = format!("{}-{}", spec.job_id, std::process::id());
-        // On v2 the sandbox is cloned into its cgroup, which must exist first. On v1 it is
-        // moved there after the clone, and its cgroups are made then: making one waits
-        // while a move waits (see `cgroup::warmup`), and the clone need not.
+        // Made before the clone: on v2 the sandbox is cloned into it; on v1 its init moves
+        // itself in through the `tasks` files opened here (`cgroup::join`).
         let mut cgroup = match &layout {
-            Some(layout) if layout.version() == CgroupVersion::V2 => Some(RunCgroup::create(
+            Some(layout) => Some(RunCgroup::create(
                 layout,
                 &cgroup_name,
                 spec.limits,
                 self.owner.as_deref(),
             )?),
-            _ => None,
+            None => None,
+        };
+        let join = match &cgroup {
+            Some(cg) => cg.join_files()?,
+            None => Vec::new(),
         };
         clock.lap(TimedStep::Cgroup);
         let (sync_rd, sync_wr) = pipe()?;
@@ -194,19 +197,8 @@ impl NativeRunner {
 
         let mut gateway: Option<covenant_egress::Gateway> = None;
         let (sfd, old_mask) = forwarded_signals().map_err(sys("block forwarded signals"))?;
-        // A warm-up helper that is done but not reaped still counts against this
-        // process's pids limit.
-        cgroup::warmup::reap_if_done();
         let result = (|| {
-            let (pid, pidfd, entry) = match clone_sandbox(spec, into_cgroup.as_ref()) {
-                // Under a pids limit with no room to spare, the task the clone needs may
-                // be the helper's, still waiting: let it end, then try once more.
-                Err(NativeError::Sys {
-                    errno: nix::errno::Errno::EAGAIN,
-                    ..
-                }) if cgroup::warmup::finish() => clone_sandbox(spec, into_cgroup.as_ref())?,
-                cloned => cloned?,
-            };
+            let (pid, pidfd, entry) = clone_sandbox(spec, into_cgroup.as_ref())?;
             let Some(pidfd) = pidfd else {
                 // The child's copies of the parent's pipe ends.
                 drop((sync_wr, err_rd, status_rd, stamps_rd, sfd));
@@ -216,34 +208,28 @@ impl NativeRunner {
                     status: status_wr,
                     stamps: ChildClock(stamps_wr),
                 };
-                child_main(spec, &mut prepared, pipes);
+                child_main(spec, &mut prepared, join, pipes);
             };
             drop((sync_rd, err_wr, status_wr, stamps_wr, into_cgroup));
+            let joins = !join.is_empty();
+            drop(join);
             clock.lap(TimedStep::Clone);
             prepared.trees.clear();
             let supervise = || -> Result<Supervised> {
                 write_id_maps(pid, spec, rootless)?;
                 clock.lap(TimedStep::IdMaps);
-                if let (None, Some(layout)) = (&cgroup, &layout) {
-                    cgroup = Some(RunCgroup::create(
-                        layout,
-                        &cgroup_name,
-                        spec.limits,
-                        self.owner.as_deref(),
-                    )?);
-                }
+                // On v1 init moves itself in once let go, before anything else; a move
+                // that fails is its setup error, and the run does not start.
                 let cgroup_entry = match &cgroup {
                     Some(_) if entry == CgroupEntry::Clone => Some(CgroupEntry::Clone),
+                    Some(_) if joins => Some(CgroupEntry::Join),
                     Some(cg) => {
                         cg.add_process(pid.as_raw())?;
+                        clock.lap(TimedStep::Cgroup);
                         Some(CgroupEntry::Move)
                     }
                     None => None,
                 };
-                // The sandbox has its cgroups: a warm-up the caller started is done, or
-                // is let finish here.
-                cgroup::warmup::finish();
-                clock.lap(TimedStep::Cgroup);
                 if let Some(rules) = &spec.egress {
                     gateway = Some(egress::start_gateway(pid, rules)?);
                     clock.lap(TimedStep::Gateway);
@@ -294,8 +280,6 @@ impl NativeRunner {
             outcome.map(|supervised| (supervised, read_status(status_rd)))
         })();
         let _ = old_mask.thread_set_mask();
-        // Reaped already unless the run failed before its cgroups were made.
-        cgroup::warmup::finish();
         // The sandbox is gone: its gateway stops and says whether it lasted the run.
         let egress_report = gateway.map(|g| g.stop_after_sandbox());
         let (supervised, status) = result?;
@@ -611,14 +595,19 @@ fn read_status(fd: OwnedFd) -> Option<i32> {
 /// the program reports its own setup error and execs, init closes its copy of the error
 /// pipe (so the parent reads end-of-file at exec) and becomes PID 1. Any error is sent to
 /// the parent and ends the process with [`SETUP_FAILED`].
-fn child_main(spec: &NativeSpec, prepared: &mut Prepared, pipes: ChildPipes) -> ! {
+fn child_main(
+    spec: &NativeSpec,
+    prepared: &mut Prepared,
+    join: Vec<cgroup::JoinFile>,
+    pipes: ChildPipes,
+) -> ! {
     let ChildPipes {
         sync,
         err,
         status,
         stamps,
     } = pipes;
-    let signals = match init_sandbox(spec, prepared, sync, &stamps) {
+    let signals = match init_sandbox(spec, prepared, join, sync, &stamps) {
         Ok(signals) => signals,
         Err(e) => report_and_exit(&err, &e),
     };
@@ -671,10 +660,18 @@ fn report_and_exit(err: &OwnedFd, e: &ChildError) -> ! {
 fn init_sandbox(
     spec: &NativeSpec,
     prepared: &mut Prepared,
+    join: Vec<cgroup::JoinFile>,
     sync: OwnedFd,
     stamps: &ChildClock,
 ) -> std::result::Result<SigSet, ChildError> {
     await_parent(sync)?;
+    if !join.is_empty() {
+        cgroup::join(&join).map_err(|(path, e)| {
+            ChildError::new(SetupStep::JoinCgroup, format!("{}: {e}", path.display()))
+        })?;
+        drop(join);
+        stamps.stamp(TimedStep::Cgroup);
+    }
     enter_bundle_directory(prepared.root_parent.as_deref())?;
     become_namespace_root()?;
     // After the last change of credentials: changing them clears the parent-death signal.

@@ -13,6 +13,7 @@ pub enum SetupStep {
     StartSandbox = 1,
     // Init, before the root filesystem.
     WaitForParent,
+    JoinCgroup,
     EnterBundleDirectory,
     EnterUserNamespace,
     SetParentDeathSignal,
@@ -54,9 +55,10 @@ pub enum SetupStep {
 
 impl SetupStep {
     /// Every step, so that a code read from the pipe maps back to exactly one.
-    pub const ALL: [SetupStep; 36] = [
+    pub const ALL: [SetupStep; 37] = [
         SetupStep::StartSandbox,
         SetupStep::WaitForParent,
+        SetupStep::JoinCgroup,
         SetupStep::EnterBundleDirectory,
         SetupStep::EnterUserNamespace,
         SetupStep::SetParentDeathSignal,
@@ -108,6 +110,7 @@ impl SetupStep {
         match self {
             SetupStep::StartSandbox => "start sandbox",
             SetupStep::WaitForParent => "wait for parent",
+            SetupStep::JoinCgroup => "join cgroup",
             SetupStep::EnterBundleDirectory => "enter bundle directory",
             SetupStep::EnterUserNamespace => "enter user namespace",
             SetupStep::SetParentDeathSignal => "set parent-death signal",

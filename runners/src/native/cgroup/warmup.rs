@@ -1,27 +1,26 @@
-//! A head start on the wait of a v1 move.
+//! A head start on the wait of a v1 move an OCI runtime makes.
 //!
-//! On cgroup v1 a sandbox can only be moved into its cgroups, after its clone, and a move
-//! takes the cgroup core's thread-group lock for writing. That lock is a per-CPU rwsem
-//! shared by every hierarchy: its first writer after a quiet spell waits for an RCU grace
-//! period (5 to 18 ms measured on a 2-core VM), while a writer that comes within a grace
-//! period of the last one's release goes through at once (about 0.15 ms). Nothing of the
-//! lock is held while that wait lasts: forks go on.
+//! On cgroup v1 a runtime such as runc or crun moves its container into its cgroups by
+//! pid, and such a move takes the cgroup core's thread-group lock for writing. That lock
+//! is a per-CPU rwsem shared by every hierarchy: its first writer after a quiet spell
+//! waits for an RCU grace period (5 to 20 ms measured on a 2-core VM), while a writer
+//! that comes within a grace period of the last one's release goes through at once
+//! (about 0.15 ms). Nothing of the lock is held while that wait lasts: forks go on. (The
+//! native runner's init moves itself in without the lock, see [`super::join`], and needs
+//! no head start.)
 //!
-//! So a run starts the wait early, beside its own preparation: a short-lived child of
-//! the supervisor (a forked copy, which is in the supervisor's cgroups) moves itself into
-//! the cgroup it is already in, a move that changes nothing but takes the lock like any
-//! other, and the sandbox's own move finds the lock warm. Being a process and not a
-//! thread, it lets the supervisor clone the sandbox while it waits: on v1 the run makes
-//! its cgroups after the clone (a cgroup is made under the lock the helper holds while it
-//! waits), so the clone and the id maps overlap the wait too. The helper is reaped once
-//! the sandbox has moved.
+//! So a run under an OCI runtime starts the wait early, beside its own preparation: a
+//! short-lived child of the supervisor (a forked copy, which is in the supervisor's
+//! cgroups) moves itself into the cgroup it is already in, naming its pid, a move that
+//! changes nothing but takes the lock like any other, and the container's move finds the
+//! lock warm. The helper is reaped once the run has ended.
 //!
 //! Nothing is enforced by the warm-up: where it cannot move (no v1 hierarchy, not root,
 //! a cgroup path this mount does not show), it does nothing, and the real move, which
 //! fails closed, is where a run finds out that it cannot have its cgroup.
 
 use super::CgroupLayout;
-use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+use nix::sys::wait::{waitid, Id, WaitPidFlag};
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -35,8 +34,7 @@ static UNDER_WAY: Mutex<Option<OwnedFd>> = Mutex::new(None);
 
 /// Starts the warm-up unless one was started and not yet finished: on cgroup v1, as root,
 /// a child moves itself into its own cgroup of one of the hierarchies under
-/// `cgroup_root`. Returns at once; [`finish`] reaps it, and the native runner calls
-/// [`finish`] once its sandbox has moved.
+/// `cgroup_root`. Returns at once; [`finish`] reaps it.
 ///
 /// For a lone run, whose move would find the lock cold. A supervisor that starts runs
 /// back to back (the daemon under load) keeps the lock warm by its own moves, and a
@@ -81,24 +79,6 @@ pub fn start(cgroup_root: &Path) {
         // No process to be had (or no pidfd on this kernel): no head start, and the real
         // move waits as it always did.
         _ => {}
-    }
-}
-
-/// Reaps the helper if it has already ended, without waiting: a helper that is done
-/// but not reaped still counts against the supervisor's pids limit.
-pub fn reap_if_done() {
-    let mut slot = UNDER_WAY.lock().unwrap_or_else(|e| e.into_inner());
-    let done = slot.as_ref().is_some_and(|pidfd| {
-        !matches!(
-            waitid(
-                Id::PIDFd(pidfd.as_fd()),
-                WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG
-            ),
-            Ok(WaitStatus::StillAlive)
-        )
-    });
-    if done {
-        *slot = None;
     }
 }
 
@@ -372,8 +352,6 @@ mod tests {
 
         let before = fs::read_to_string("/proc/self/cgroup").unwrap();
         start(Path::new("/sys/fs/cgroup"));
-        // Done or not, `reap_if_done` never waits; `finish` reaps what is left.
-        reap_if_done();
         finish();
         assert!(UNDER_WAY.lock().unwrap().is_none());
         assert_eq!(fs::read_to_string("/proc/self/cgroup").unwrap(), before);
