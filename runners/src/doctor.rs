@@ -368,8 +368,8 @@ pub fn run_checks() -> Vec<Check> {
 const FAVORDYNMODS_FIX: &str = "mount -o remount,favordynmods /sys/fs/cgroup/unified (the cgroup2 mount of the hybrid layout; the lock it relaxes is shared by every hierarchy, so v1 moves stop waiting; Linux 6.0 or later; forks and exits get slightly dearer), or run on cgroup v2, where sandboxes are cloned into their cgroup";
 
 /// Whether putting a sandbox into its cgroup is cheap here, and why: on v2 the native
-/// runner clones it straight in; on v1 its init moves itself in, which takes no lock on
-/// Linux 5.16 or later (`cgroup::join`). A move by pid, an OCI runtime's (or the native
+/// runner clones it straight in; on v1 its init moves itself in, which skips the
+/// process-group lock on Linux 5.16 or later (`cgroup::join`). A move by pid, an OCI runtime's (or the native
 /// runner's own on an older kernel), takes the cgroup core's process-group lock for
 /// writing, whose first writer after a quiet spell waits for an RCU grace period (5-18 ms
 /// measured) unless a cgroup hierarchy is mounted `favordynmods` or the kernel expedites
@@ -406,7 +406,7 @@ fn cgroup_entry_cost(
     if kernel >= (5, 16) {
         return (
             true,
-            format!("v1: native sandboxes move themselves into their cgroups, which takes no lock on Linux 5.16 or later; an OCI runtime's move of its container {move_by_pid}"),
+            format!("v1: native sandboxes move themselves into their cgroups, which skips the process-group lock on Linux 5.16 or later; an OCI runtime's move of its container {move_by_pid}"),
         );
     }
     (

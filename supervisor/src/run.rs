@@ -298,7 +298,8 @@ pub fn run_request(
 /// [`covenant_runners::native::cgroup_warmup`]): an OCI runtime moves its container
 /// there on a v1 host. The native runner's init moves itself in without that wait
 /// (`cgroup::join`), so its runs start no helper; nor do a daemon's jobs: under load
-/// their moves keep the lock warm. The helper is reaped when the run has ended.
+/// their moves keep the lock warm. The helper is reaped once the runtime has made its
+/// container, or when the run has ended.
 fn warm_cgroup_attach(runner: &covenant_policy::RunnerChoice) {
     if *runner == covenant_policy::RunnerChoice::Native {
         return;

@@ -49,7 +49,7 @@ use nix::unistd::{
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -544,13 +544,14 @@ struct ChildClock(OwnedFd);
 
 impl ChildClock {
     /// The steps the child side stamps, in order; a record carries the index.
-    const STEPS: [TimedStep; 6] = [
+    const STEPS: [TimedStep; 7] = [
         TimedStep::Init,
         TimedStep::Mounts,
         TimedStep::Pivot,
         TimedStep::Privileges,
         TimedStep::Landlock,
         TimedStep::Seccomp,
+        TimedStep::Cgroup,
     ];
     const RECORD: usize = 9;
 
@@ -607,7 +608,7 @@ fn child_main(
         status,
         stamps,
     } = pipes;
-    let signals = match init_sandbox(spec, prepared, join, sync, &stamps) {
+    let signals = match init_sandbox(spec, prepared, join, sync, &err, &stamps) {
         Ok(signals) => signals,
         Err(e) => report_and_exit(&err, &e),
     };
@@ -662,6 +663,7 @@ fn init_sandbox(
     prepared: &mut Prepared,
     join: Vec<cgroup::JoinFile>,
     sync: OwnedFd,
+    err: &OwnedFd,
     stamps: &ChildClock,
 ) -> std::result::Result<SigSet, ChildError> {
     await_parent(sync)?;
@@ -675,7 +677,7 @@ fn init_sandbox(
     enter_bundle_directory(prepared.root_parent.as_deref())?;
     become_namespace_root()?;
     // After the last change of credentials: changing them clears the parent-death signal.
-    die_with_parent()?;
+    die_with_parent(err)?;
     if spec.has(Namespace::Cgroup) {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
             .map_err(|e| ChildError::new(SetupStep::EnterCgroupNamespace, e.to_string()))?;
@@ -702,14 +704,36 @@ fn init_sandbox(
 
 /// If the supervisor dies (even by SIGKILL), the sandbox dies with it: init gets SIGKILL,
 /// and with init the whole PID namespace. A supervisor gone before the sandbox was let go
-/// is caught by `await_parent`, whose pipe then reads end-of-file.
-fn die_with_parent() -> std::result::Result<(), ChildError> {
+/// is caught by `await_parent`, whose pipe then reads end-of-file; one gone after that but
+/// before the signal was set is caught here, by `err`, the error pipe whose only reader
+/// is the supervisor (init's parent is outside its PID namespace, so `getppid` says 0
+/// either way).
+fn die_with_parent(err: &OwnedFd) -> std::result::Result<(), ChildError> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(|e| {
         ChildError::new(
             SetupStep::SetParentDeathSignal,
             std::io::Error::from(e).to_string(),
         )
-    })
+    })?;
+    match reader_gone(err) {
+        false => Ok(()),
+        true => Err(ChildError::new(
+            SetupStep::SetParentDeathSignal,
+            "the supervisor went away before the parent-death signal was set",
+        )),
+    }
+}
+
+/// Whether nothing can read from the pipe whose write end is `fd` any more (`POLLERR`).
+fn reader_gone(fd: &OwnedFd) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLOUT)];
+    match poll(&mut fds, PollTimeout::ZERO) {
+        Ok(_) => fds[0]
+            .revents()
+            .is_some_and(|r| r.intersects(PollFlags::POLLERR | PollFlags::POLLHUP)),
+        Err(_) => false,
+    }
 }
 
 fn await_parent(sync: OwnedFd) -> std::result::Result<(), ChildError> {
@@ -839,10 +863,21 @@ fn find_program(spec: &NativeSpec) -> std::result::Result<CString, ChildError> {
 mod tests {
     use super::*;
 
+    /// A pipe whose reader is gone is told apart from one whose reader is only slow.
+    #[test]
+    fn a_pipe_without_its_reader_is_seen_gone() {
+        let (rd, wr) = pipe().unwrap();
+        assert!(!reader_gone(&wr));
+        nix::unistd::write(&wr, b"x").unwrap();
+        assert!(!reader_gone(&wr), "unread data is not a gone reader");
+        drop(rd);
+        assert!(reader_gone(&wr));
+    }
+
     #[test]
     fn stamps_decode_whole_known_records_in_order() {
         let mut buf = Vec::new();
-        for (code, ns) in [(0u8, 10u64), (2, 30), (9, 40), (5, 50)] {
+        for (code, ns) in [(6u8, 5u64), (0, 10), (2, 30), (9, 40), (5, 50)] {
             buf.push(code);
             buf.extend_from_slice(&ns.to_le_bytes());
         }
@@ -851,6 +886,7 @@ mod tests {
         assert_eq!(
             ChildClock::decode(&buf),
             vec![
+                (TimedStep::Cgroup, 5),
                 (TimedStep::Init, 10),
                 (TimedStep::Pivot, 30),
                 (TimedStep::Seccomp, 50)

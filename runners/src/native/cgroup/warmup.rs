@@ -13,7 +13,8 @@
 //! short-lived child of the supervisor (a forked copy, which is in the supervisor's
 //! cgroups) moves itself into the cgroup it is already in, naming its pid, a move that
 //! changes nothing but takes the lock like any other, and the container's move finds the
-//! lock warm. The helper is reaped once the run has ended.
+//! lock warm. The helper is reaped once the runtime has made the container (or when the
+//! run ends, if it never did).
 //!
 //! Nothing is enforced by the warm-up: where it cannot move (no v1 hierarchy, not root,
 //! a cgroup path this mount does not show), it does nothing, and the real move, which
