@@ -78,3 +78,109 @@ fn timeout_kills_double_forked_children() {
     assert!(stderr(&out).contains("timeout"), "{}", stderr(&out));
     assert!(!still_running(&marker), "processes outlived the sandbox");
 }
+
+/// Every process of a sandbox, its init and what the program forks (even into a session
+/// of its own), is in the run's cgroup in each hierarchy a limit was set in, from the
+/// host's view; the supervisor itself is not. On v1 init moves itself there before it
+/// does anything else.
+#[test]
+fn every_process_of_the_sandbox_is_in_the_runs_cgroups() {
+    let Some(s) = Scene::live() else { return };
+    let marker = marker(5);
+    let script = format!("(setsid sh -c 'exec sleep {marker}' &) ; exec sleep {marker}");
+    let mut run = s.ctl();
+    run.args(["run", "--workspace"])
+        .arg(&s.workspace)
+        .args([
+            "--memory",
+            "64MiB",
+            "--pids",
+            "32",
+            "--cpus",
+            "1",
+            "--timeout",
+            "4s",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let child = run.spawn().unwrap();
+    let supervisor = child.id();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let sleepers = loop {
+        let out = std::process::Command::new("pgrep")
+            .arg("-f")
+            .arg(format!("^sleep {marker}$"))
+            .output()
+            .unwrap();
+        let pids: Vec<u32> = stdout(&out)
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+        if pids.len() == 2 || Instant::now() > deadline {
+            break pids;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(sleepers.len(), 2, "the sandbox's two sleeps never ran");
+    let parent_of = |pid: u32| -> u32 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        after.split(' ').nth(1).unwrap().parse().unwrap()
+    };
+    // The program exec'd its sleep; its parent is the sandbox's init.
+    let init = sleepers
+        .iter()
+        .map(|&p| parent_of(p))
+        .find(|&pp| parent_of(pp) == supervisor)
+        .expect("a sleep whose parent is the sandbox's init, the supervisor's child");
+    let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let limited = |controllers: &str| {
+        let c: Vec<&str> = controllers.split(',').collect();
+        match v2 {
+            true => controllers.is_empty(),
+            false => ["memory", "pids", "cpu"].iter().any(|w| c.contains(w)),
+        }
+    };
+    let run_cgroups = |pid: u32| -> Vec<String> {
+        std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.splitn(3, ':');
+                let (_, controllers, path) = (f.next()?, f.next()?, f.next()?);
+                limited(controllers).then(|| format!("{controllers}:{path}"))
+            })
+            .collect()
+    };
+    let expected_dir = "/covenant/job-";
+    let init_view = run_cgroups(init);
+    assert!(!init_view.is_empty());
+    for line in &init_view {
+        let path = line.split_once(':').unwrap().1;
+        assert!(
+            path.starts_with(expected_dir) && path.ends_with(&format!("-{supervisor}")),
+            "init {init} is outside its run's cgroup: {line}"
+        );
+    }
+    for &pid in &sleepers {
+        assert_eq!(
+            run_cgroups(pid),
+            init_view,
+            "sleep {pid} is not where init is"
+        );
+    }
+    for line in run_cgroups(supervisor) {
+        assert!(
+            !line.contains("/covenant/"),
+            "the supervisor itself moved into a run cgroup: {line}"
+        );
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(code(&out), 124, "{}", stderr(&out));
+    assert!(!still_running(&marker), "processes outlived the sandbox");
+}
