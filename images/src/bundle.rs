@@ -169,8 +169,8 @@ fn write_bundle_with(
 
     let spec = build_spec(plan, ids, mounts, seccomp, &layout)?;
     // A bundle another runtime reads, or a person, is indented; the native runner's own,
-    // which lives only as long as its run and is read by nobody, is not (a third less to
-    // serialise, write and digest, at every run).
+    // which lives only as long as its run (as root, on the run's own tmpfs) and is read
+    // by nobody, is not: a third less to serialise, write and digest, at every run.
     let json = match in_memory {
         false => serde_json::to_vec_pretty(&spec),
         true => serde_json::to_vec(&spec),

@@ -167,6 +167,7 @@ fn a_private_home_runs_and_other_users_read_none_of_its_files() {
     }
     let _ = running.kill();
     let _ = running.wait();
+    crate::scene::remove_cgroups_of(&home);
 
     // A home an older build left readable is tightened when the store opens.
     let db = home.join("covenant.db");

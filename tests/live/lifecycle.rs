@@ -151,6 +151,7 @@ fn a_sandbox_dies_with_its_supervisor() {
         !still_running(&marker),
         "the sandbox outlived its supervisor"
     );
+    crate::scene::remove_cgroups_of(&s.home.path().join("home"));
 }
 
 /// The sandbox's init lives as long as the program, inside the sandbox's namespaces: it

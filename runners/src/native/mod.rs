@@ -725,6 +725,8 @@ fn die_with_parent(err: &OwnedFd) -> std::result::Result<(), ChildError> {
 }
 
 /// Whether nothing can read from the pipe whose write end is `fd` any more (`POLLERR`).
+/// A poll that fails answers yes: the run stops rather than go on unsure of its
+/// supervisor (the pipe is empty, so a zero-timeout poll has an answer at once).
 fn reader_gone(fd: &OwnedFd) -> bool {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLOUT)];
@@ -732,7 +734,7 @@ fn reader_gone(fd: &OwnedFd) -> bool {
         Ok(_) => fds[0]
             .revents()
             .is_some_and(|r| r.intersects(PollFlags::POLLERR | PollFlags::POLLHUP)),
-        Err(_) => false,
+        Err(_) => true,
     }
 }
 

@@ -716,9 +716,10 @@ impl OciRunner {
                 self.lifecycle(state, log, &start_args)?;
                 (pid, None)
             };
-            // The container is in its cgroups: a warm-up helper the caller started has
-            // done its part, and is reaped now rather than held (a task of this process's
-            // pids cgroup) for the whole run.
+            // The container is in its cgroups (created and started; under gVisor, its
+            // pid written): a warm-up helper the caller started has done its part, and is
+            // reaped now rather than held (a task of this process's pids cgroup) for the
+            // whole run.
             crate::native::cgroup_warmup::finish();
             let started = Instant::now();
             let watched = waiter.as_ref().map(|c| c.id() as i32).unwrap_or(pid);
