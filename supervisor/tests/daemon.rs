@@ -182,6 +182,9 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
+        // Jobs still running die with their shims; their cgroups are left to a later
+        // daemon of this home, which there is not: the test removes them.
+        let _ = covenant_test_support::live::remove_run_cgroups_of(self.home.path());
     }
 }
 

@@ -88,6 +88,43 @@ macro_rules! skip_unless {
     };
 }
 
+/// Removes the run cgroups that supervisors of `home` killed outright left behind, as a
+/// later run of that home would once they are old enough: every `covenant/*` directory,
+/// in each hierarchy under `/sys/fs/cgroup`, tagged with `home` (`trusted.covenant.owner`,
+/// the canonical home), given up to 5 s to empty (a sandbox dies with its supervisor).
+/// Chosen by the tag, never by a killed supervisor's pid, which another test's supervisor
+/// may have by now. Returns the directories that stayed.
+pub fn remove_run_cgroups_of(home: &Path) -> Vec<PathBuf> {
+    let Ok(home) = std::fs::canonicalize(home) else {
+        return Vec::new();
+    };
+    let tag = home.as_os_str().as_encoded_bytes();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut stayed = Vec::new();
+    let hierarchies = std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten();
+    for h in hierarchies.flatten() {
+        let entries = std::fs::read_dir(h.path().join("covenant"))
+            .into_iter()
+            .flatten();
+        for dir in entries.flatten().map(|e| e.path()) {
+            let owner = xattr::get(&dir, "trusted.covenant.owner").ok().flatten();
+            if !dir.is_dir() || owner.as_deref() != Some(tag) {
+                continue;
+            }
+            while std::fs::remove_dir(&dir).is_err()
+                && dir.exists()
+                && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            if dir.exists() {
+                stayed.push(dir);
+            }
+        }
+    }
+    stayed
+}
+
 #[cfg(test)]
 mod tests {
     use super::Need;

@@ -1254,6 +1254,8 @@ fn a_killed_supervisor_takes_the_sandbox_and_its_link_with_it() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(!Path::new("/sys/class/net/egress0").exists());
+    let stayed = covenant_test_support::live::remove_run_cgroups_of(&net.home.path().join("home"));
+    assert!(stayed.is_empty(), "run cgroups stayed: {stayed:?}");
 }
 
 /// The same under gVisor: `runsc run`, its sandbox and its gofer go with a supervisor

@@ -184,25 +184,11 @@ pub fn covenant_cgroups() -> Vec<PathBuf> {
     found
 }
 
-/// Removes the run cgroups a supervisor of `home` killed outright left behind (tagged with
-/// that home, empty once its sandbox is gone), as a later run of the home would once they
-/// are old enough: a test leaves nothing on the host. Chosen by their owner tag, never by
-/// the killed supervisor's pid, which another test's supervisor may have by now.
+/// Removes the run cgroups supervisors of `home` killed outright left behind (see
+/// [`covenant_test_support::live::remove_run_cgroups_of`]): a test leaves nothing.
 pub fn remove_cgroups_of(home: &Path) {
-    let home = std::fs::canonicalize(home).unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    for dir in covenant_cgroups().into_iter().filter(|dir| {
-        covenant_runners::native::cgroup_owner(dir).as_deref()
-            == Some(home.as_os_str().as_encoded_bytes())
-    }) {
-        while std::fs::remove_dir(&dir).is_err()
-            && dir.exists()
-            && std::time::Instant::now() < deadline
-        {
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        assert!(!dir.exists(), "{} stayed", dir.display());
-    }
+    let stayed = covenant_test_support::live::remove_run_cgroups_of(home);
+    assert!(stayed.is_empty(), "run cgroups stayed: {stayed:?}");
 }
 
 /// A `sleep` duration no other process on the host uses: a test's processes are found by
