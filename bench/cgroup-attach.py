@@ -27,6 +27,25 @@ HEAD_START = float(sys.argv[2]) / 1000 if len(sys.argv) > 2 else 0.005
 ORDERS = [["memory", "pids", "cpu", "cpuacct"], ["cpuacct", "cpu", "pids", "memory"]]
 
 
+def remove_cgroup(path):
+    """Removes an emptied cgroup, waiting while the kernel still counts its last task."""
+    while True:
+        try:
+            os.rmdir(path)
+            return
+        except OSError:
+            time.sleep(0.001)
+
+
+def print_medians(title, order, rounds):
+    """One line per controller: the median, least and most of its writes over the rounds."""
+    print(title + ",".join(order))
+    for i, c in enumerate(order):
+        values = [r[i] for r in rounds]
+        print(f"  {i + 1}. {c:<8} median {statistics.median(values):>7.0f} µs"
+              f"  min {min(values):>6} µs  max {max(values):>6} µs")
+
+
 def one_round(order, n):
     child = subprocess.Popen(["sleep", "30"])
     name = f"covenant-bench-{os.getpid()}-{n}"
@@ -44,22 +63,12 @@ def one_round(order, n):
         child.kill()
         child.wait()
         for c in order:
-            while True:
-                try:
-                    os.rmdir(f"/sys/fs/cgroup/{c}/{name}")
-                    break
-                except OSError:
-                    time.sleep(0.001)
+            remove_cgroup(f"/sys/fs/cgroup/{c}/{name}")
     return costs
 
 
 for order in ORDERS:
-    rounds = [one_round(order, n) for n in range(ROUNDS)]
-    print("order: " + ",".join(order))
-    for i, c in enumerate(order):
-        values = [r[i] for r in rounds]
-        print(f"  {i + 1}. {c:<8} median {statistics.median(values):>7.0f} µs"
-              f"  min {min(values):>6} µs  max {max(values):>6} µs")
+    print_medians("order: ", order, [one_round(order, n) for n in range(ROUNDS)])
 
 
 def own_procs(controller):
@@ -93,12 +102,7 @@ def head_start_round(n):
     finally:
         child.kill()
         child.wait()
-        while True:
-            try:
-                os.rmdir(f"/sys/fs/cgroup/memory/{name}")
-                break
-            except OSError:
-                time.sleep(0.001)
+        remove_cgroup(f"/sys/fs/cgroup/memory/{name}")
 
 
 rounds = [head_start_round(n) for n in range(ROUNDS)]
@@ -134,19 +138,9 @@ def self_join_round(n, order):
     for fd in files:
         os.close(fd)
     for c in order:
-        while True:
-            try:
-                os.rmdir(f"/sys/fs/cgroup/{c}/{name}")
-                break
-            except OSError:
-                time.sleep(0.001)
+        remove_cgroup(f"/sys/fs/cgroup/{c}/{name}")
     return costs
 
 
-order = ORDERS[0]
-rounds = [self_join_round(n, order) for n in range(ROUNDS)]
-print("a process moving itself (`0` to tasks, as the native runner's init): " + ",".join(order))
-for i, c in enumerate(order):
-    values = [r[i] for r in rounds]
-    print(f"  {i + 1}. {c:<8} median {statistics.median(values):>7.0f} µs"
-          f"  min {min(values):>6} µs  max {max(values):>6} µs")
+print_medians("a process moving itself (`0` to tasks, as the native runner's init): ",
+              ORDERS[0], [self_join_round(n, ORDERS[0]) for n in range(ROUNDS)])
