@@ -369,9 +369,9 @@ const FAVORDYNMODS_FIX: &str = "mount -o remount,favordynmods /sys/fs/cgroup/uni
 
 /// Whether putting a sandbox into its cgroup is cheap here, and why: on v2 the native
 /// runner clones it straight in; on v1 its init moves itself in, which skips the
-/// process-group lock on Linux 5.16 or later (`cgroup::join`). A move by pid, an OCI runtime's (or the native
-/// runner's own on an older kernel), takes the cgroup core's process-group lock for
-/// writing, whose first writer after a quiet spell waits for an RCU grace period (5-18 ms
+/// process-group lock on Linux 5.16 or later (`cgroup::join`). A move by pid (an OCI
+/// runtime's, or the native runner's own on an older kernel) takes that lock for writing,
+/// whose first writer after a quiet spell waits for an RCU grace period (5-18 ms
 /// measured) unless a cgroup hierarchy is mounted `favordynmods` or the kernel expedites
 /// grace periods.
 fn cgroup_entry_cost(

@@ -101,28 +101,36 @@ pub fn remove_run_cgroups_of(home: &Path) -> Vec<PathBuf> {
     let tag = home.as_os_str().as_encoded_bytes();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     let mut stayed = Vec::new();
+    for dir in run_cgroups() {
+        let owner = xattr::get(&dir, "trusted.covenant.owner").ok().flatten();
+        if owner.as_deref() != Some(tag) {
+            continue;
+        }
+        while std::fs::remove_dir(&dir).is_err()
+            && dir.exists()
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        if dir.exists() {
+            stayed.push(dir);
+        }
+    }
+    stayed
+}
+
+/// Every run cgroup on the host: the directories under `covenant/` in each hierarchy of
+/// `/sys/fs/cgroup` (the unified one included).
+pub fn run_cgroups() -> Vec<PathBuf> {
     let hierarchies = std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten();
+    let mut found = Vec::new();
     for h in hierarchies.flatten() {
         let entries = std::fs::read_dir(h.path().join("covenant"))
             .into_iter()
             .flatten();
-        for dir in entries.flatten().map(|e| e.path()) {
-            let owner = xattr::get(&dir, "trusted.covenant.owner").ok().flatten();
-            if !dir.is_dir() || owner.as_deref() != Some(tag) {
-                continue;
-            }
-            while std::fs::remove_dir(&dir).is_err()
-                && dir.exists()
-                && std::time::Instant::now() < deadline
-            {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            if dir.exists() {
-                stayed.push(dir);
-            }
-        }
+        found.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
     }
-    stayed
+    found
 }
 
 #[cfg(test)]

@@ -166,14 +166,8 @@ fn the_sandboxs_init_keeps_no_supervisor_descriptor() {
         .args(["-f", &format!("^sleep {marker}$")])
         .output()
         .unwrap();
-    let program: i32 = stdout(&out).trim().parse().unwrap();
-    let stat = std::fs::read_to_string(format!("/proc/{program}/stat")).unwrap();
-    let init: i32 = stat
-        .rsplit_once(") ")
-        .and_then(|(_, rest)| rest.split(' ').nth(1))
-        .unwrap()
-        .parse()
-        .unwrap();
+    let program: u32 = stdout(&out).trim().parse().unwrap();
+    let init = crate::scene::parent_of(program);
     let fds: Vec<(String, String)> = std::fs::read_dir(format!("/proc/{init}/fd"))
         .unwrap()
         .flatten()

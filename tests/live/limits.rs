@@ -1,6 +1,8 @@
 //! Resource limits (cgroups and the timeout): each stops the program and is reported.
 
-use crate::scene::{code, forked, marker, read_json, stderr, stdout, still_running, Scene};
+use crate::scene::{
+    code, forked, marker, parent_of, read_json, stderr, stdout, still_running, Scene,
+};
 use std::time::{Duration, Instant};
 
 #[test]
@@ -127,11 +129,6 @@ fn every_process_of_the_sandbox_is_in_the_runs_cgroups() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(sleepers.len(), 2, "the sandbox's two sleeps never ran");
-    let parent_of = |pid: u32| -> u32 {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-        let after = &stat[stat.rfind(')').unwrap() + 2..];
-        after.split(' ').nth(1).unwrap().parse().unwrap()
-    };
     // The program exec'd its sleep; its parent is the sandbox's init.
     let init = sleepers
         .iter()

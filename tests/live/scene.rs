@@ -170,18 +170,15 @@ pub fn mounts_under(under: &Path) -> usize {
 }
 
 pub fn covenant_cgroups() -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    for h in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
-        if let Ok(entries) = std::fs::read_dir(h.path().join("covenant")) {
-            found.extend(
-                entries
-                    .flatten()
-                    .filter(|e| e.path().is_dir())
-                    .map(|e| e.path()),
-            );
-        }
-    }
-    found
+    covenant_test_support::live::run_cgroups()
+}
+
+/// The parent of process `pid`, from `/proc/PID/stat` (the field after the name, which
+/// may hold spaces and parentheses, and the state).
+pub fn parent_of(pid: u32) -> u32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let (_, rest) = stat.rsplit_once(") ").unwrap();
+    rest.split(' ').nth(1).unwrap().parse().unwrap()
 }
 
 /// Removes the run cgroups supervisors of `home` killed outright left behind (see

@@ -576,6 +576,7 @@ impl Drop for RunCgroup {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::ffi::OsStrExt;
 
     /// Each file gets `0` (the caller, by itself); a file that cannot be written stops
     /// the join and is named.
@@ -610,7 +611,6 @@ mod tests {
         assert_eq!(e.raw_os_error(), Some(libc::EBADF));
         assert_eq!(fs::read_to_string(dir.path().join("blkio")).unwrap(), "");
     }
-    use std::os::unix::ffi::OsStrExt;
 
     fn fake_v2() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
